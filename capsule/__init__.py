@@ -1,0 +1,62 @@
+"""capsule: a single-file, append-only, content-addressed memory capsule for agents.
+
+>>> import capsule, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "agent.capsule")
+>>> with capsule.create(path) as cap:
+...     with cap.commit() as tx:
+...         rid = tx.remember("user prefers metric units", tags=["prefs"])
+>>> with capsule.open(path) as cap:
+...     cap.get(rid).tags
+('prefs',)
+"""
+
+from __future__ import annotations
+
+from ._capsule import Capsule, CommitRow, Summary, Transaction, create, open
+from ._errors import (
+    AlreadyExists,
+    CapsuleError,
+    CapsuleNotFound,
+    CorruptError,
+    DataError,
+    InvalidRecordError,
+    Locked,
+    NonCanonicalError,
+    NotFound,
+    ReadOnlyError,
+    UnsupportedError,
+    UsageError,
+    WriterPoisoned,
+)
+from ._records import GenericRecord, Memory, kinds, register_kind
+from ._verify import VerifyReport, verify
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists",
+    "Capsule",
+    "CapsuleError",
+    "CapsuleNotFound",
+    "CommitRow",
+    "CorruptError",
+    "DataError",
+    "GenericRecord",
+    "InvalidRecordError",
+    "Locked",
+    "Memory",
+    "NonCanonicalError",
+    "NotFound",
+    "ReadOnlyError",
+    "Summary",
+    "Transaction",
+    "UnsupportedError",
+    "UsageError",
+    "VerifyReport",
+    "WriterPoisoned",
+    "create",
+    "kinds",
+    "open",
+    "register_kind",
+    "verify",
+]

@@ -1,0 +1,186 @@
+"""COMMIT, INDEX and RECOVERY payloads (spec sections 6, 8 and 9). Sans-IO."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+from . import _canonical as canon
+from . import _constants as C
+from ._errors import CorruptError, NonCanonicalError
+from ._index import SegmentRef
+
+_LOC = struct.Struct("<8sQ")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    """What a COMMIT frame says (6.1)."""
+
+    offset: int  # where the COMMIT frame starts
+    end: int  # where it ends: the committed length of the file
+    seq: int  # the COMMIT frame's seq; equals tree_size (6.1)
+    time: int
+    root: bytes  # Merkle root over frames [0, seq)
+    records: int  # records committed in total, this commit included
+    commits: int  # ordinal of this commit: 1 for the first
+    prev: int | None  # offset of the previous COMMIT frame
+    index: int | None  # offset of the INDEX frame in force
+    index_hash: bytes | None  # SHA-256 of that INDEX frame's payload
+    chain: bytes = b""  # the COMMIT frame's chain value
+
+    def to_value(self) -> dict[str, object]:
+        return {
+            "commits": self.commits,
+            "index": None if self.index is None else [self.index, self.index_hash],
+            "prev": self.prev,
+            "records": self.records,
+            "root": self.root,
+            "time": self.time,
+            "tree_size": self.seq,
+        }
+
+
+def encode_commit_payload(info: CommitInfo) -> bytes:
+    """6.1-6.2: canonical map, then the 16-byte tail locator as the last payload bytes."""
+    return canon.pack(info.to_value()) + _LOC.pack(C.TAIL_MAGIC, info.offset)
+
+
+def _fail(msg: str, offset: int, seq: int | None) -> CorruptError:
+    return CorruptError(msg, offset=offset, seq=seq, check="commit")
+
+
+def parse_commit_payload(payload: bytes, offset: int, seq: int, end: int, chain: bytes) -> CommitInfo:
+    if len(payload) < C.TAIL_LOCATOR_SIZE + 1:
+        raise _fail("commit payload too short", offset, seq)
+    magic, loc = _LOC.unpack(payload[-C.TAIL_LOCATOR_SIZE :])
+    if magic != C.TAIL_MAGIC or loc != offset:
+        raise _fail("tail locator does not point at its own frame", offset, seq)
+    try:
+        v = canon.decode(payload[: -C.TAIL_LOCATOR_SIZE])
+    except NonCanonicalError as e:
+        raise _fail(str(e), offset, seq) from e
+    try:
+        if not isinstance(v, dict) or set(v) != {"commits", "index", "prev", "records", "root", "time", "tree_size"}:
+            raise ValueError("fields")
+        idx = v["index"]
+        if idx is not None:
+            if not (isinstance(idx, list) and len(idx) == 2 and type(idx[0]) is int and isinstance(idx[1], bytes)
+                    and len(idx[1]) == 32 and C.HEADER_SIZE <= idx[0] < offset):
+                raise ValueError("index")
+        prev = v["prev"]
+        if prev is not None and not (type(prev) is int and C.HEADER_SIZE <= prev < offset):
+            raise ValueError("prev")
+        if v["tree_size"] != seq:
+            raise ValueError("tree_size")
+        if not isinstance(v["root"], bytes) or len(v["root"]) != 32:
+            raise ValueError("root")
+        if type(v["commits"]) is not int or v["commits"] < 1:
+            raise ValueError("commits")
+        for k in ("records", "time"):
+            if type(v[k]) is not int or v[k] < 0:
+                raise ValueError(k)
+    except (ValueError, KeyError) as e:
+        raise _fail(f"commit field {e} is invalid", offset, seq) from e
+    return CommitInfo(
+        offset=offset, end=end, seq=seq, time=v["time"], root=v["root"], records=v["records"], commits=v["commits"], prev=prev,
+        index=None if idx is None else idx[0], index_hash=None if idx is None else idx[1], chain=chain,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexMeta:
+    """What an INDEX frame says (9.2): a checkpoint of the reader's state."""
+
+    tree_size: int  # == the INDEX frame's own seq; frontier covers frames before it
+    frontier: list[bytes]
+    records: int
+    kinds: dict[str, int]
+    segments: list[SegmentRef] = field(default_factory=list)
+
+    def to_value(self) -> dict[str, object]:
+        return {
+            "frontier": list(self.frontier),
+            "kinds": dict(sorted(self.kinds.items())),
+            "records": self.records,
+            "segments": [s.to_value() for s in self.segments],
+            "tree_size": self.tree_size,
+        }
+
+    def encode(self) -> bytes:
+        return canon.pack(self.to_value())
+
+
+def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
+    def bad(msg: str) -> CorruptError:
+        return CorruptError(msg, offset=offset, seq=seq, check="index")
+
+    if len(payload) > C.MAX_INDEX_META:
+        raise bad("index payload over its limit")
+    try:
+        v = canon.decode(payload)
+    except NonCanonicalError as e:
+        raise bad(str(e)) from e
+    if not isinstance(v, dict) or set(v) != {"frontier", "kinds", "records", "segments", "tree_size"}:
+        raise bad("index fields are wrong")
+    if v["tree_size"] != seq:
+        raise bad("index tree_size is not its own seq")
+    fr = v["frontier"]
+    if (not isinstance(fr, list) or any(not isinstance(h, bytes) or len(h) != 32 for h in fr)
+            or len(fr) != bin(seq).count("1")):
+        raise bad("index frontier is malformed")
+    kinds = v["kinds"]
+    if not isinstance(kinds, dict) or any(type(n) is not int or n < 0 for n in kinds.values()):
+        raise bad("index kind counts are malformed")
+    segs = []
+    total = 0
+    segv = v["segments"]
+    if not isinstance(segv, list) or len(segv) > C.MAX_SEGMENTS:
+        raise bad("index segment list is malformed")
+    for s in segv:
+        if (not isinstance(s, list) or len(s) != 3 or type(s[0]) is not int or type(s[1]) is not int
+                or not isinstance(s[2], bytes) or len(s[2]) != 32 or not C.HEADER_SIZE <= s[0] < offset
+                or not 0 < s[1] <= (offset - s[0]) // 52):
+            raise bad("index segment entry is malformed")
+        segs.append(SegmentRef(s[0], s[1], s[2]))
+        total += s[1]
+    if type(v["records"]) is not int or v["records"] != total or sum(kinds.values()) != total:
+        raise bad("index record counts disagree")
+    return IndexMeta(seq, list(fr), v["records"], dict(kinds), segs)
+
+
+def encode_recovery(offset: int, dropped: bytes) -> bytes:
+    """8.3: a writer that truncated a torn tail says what it dropped."""
+    return canon.pack({"length": len(dropped), "offset": offset, "sha256": hashlib.sha256(dropped).digest()})
+
+
+# --- RECORDS payload (7.0) ---------------------------------------------------------
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_records_payload(items: list[bytes]) -> bytes:
+    """7.0: a RECORDS payload is one canonical array of record maps."""
+    return array_header(len(items)) + b"".join(items)
+
+
+def decode_records_payload(raw: bytes, offset: int, seq: int) -> list[tuple[object, bytes]]:
+    """Split a RECORDS payload into (value, canonical bytes) pairs, checking the profile."""
+    import msgpack
+
+    try:
+        values = canon.decode(raw)
+    except NonCanonicalError as e:
+        raise CorruptError(str(e), offset=offset, seq=seq, check="canonical") from e
+    if not isinstance(values, list) or not values or len(values) > C.MAX_RECORDS_PER_FRAME:
+        raise CorruptError("RECORDS payload must be a non-empty array", offset=offset, seq=seq, check="records")
+    # decode() proved raw re-encodes identically, so re-packing each element
+    # gives exactly its stored bytes.
+    return [(v, msgpack.packb(v, use_bin_type=True)) for v in values]

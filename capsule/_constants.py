@@ -1,0 +1,103 @@
+"""Every constant of format v1, each tagged with the spec section that defines it.
+
+The normative text is ``spec/format.md``; if this module and the spec disagree,
+that is a bug in one of them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+# --- 2. Header ---------------------------------------------------------------
+#: 2.1: high-bit byte catches 7-bit transfers, CRLF catches newline rewriting,
+#: ^Z stops `type` on DOS, the final LF catches LF->CRLF.
+MAGIC = b"\x89CAP\r\n\x1a\n"
+FORMAT_MAJOR = 1  # 2.2
+FORMAT_MINOR = 0  # 2.2
+HEADER_SIZE = 64  # 2.1
+HEADER_STRUCT = struct.Struct("<8sBBH16sBBBBI24sI")  # 2.1 layout, CRC last
+assert HEADER_STRUCT.size == HEADER_SIZE
+
+#: 2.3: header flag bits. v1 defines only ENCRYPTED, reserved for section 10.
+HFLAG_ENCRYPTED = 0x0001
+HFLAGS_KNOWN = 0x0000  # 2.3: no flag bit is usable in v1 yet; any set bit is refused.
+
+HASH_SHA256 = 1  # 2.4
+AEAD_NONE = 0  # 2.4
+AEAD_CHACHA20_POLY1305 = 1  # 2.4 (reserved, section 10)
+AEAD_AES256_GCM = 2  # 2.4 (reserved, section 10)
+SIG_ED25519 = 1  # 2.4
+CODEC_ZSTD = 1  # 2.4
+
+# --- 3. Frames ---------------------------------------------------------------
+FRAME_HEADER_STRUCT = struct.Struct("<IBBHQIIII")  # 3.1
+FRAME_HEADER_SIZE = FRAME_HEADER_STRUCT.size  # 3.1: 32 bytes
+assert FRAME_HEADER_SIZE == 32
+TRAILER_SIZE = 32  # 3.1: the chain value
+FRAME_OVERHEAD = FRAME_HEADER_SIZE + TRAILER_SIZE
+
+CRITICAL = 0x80  # 3.2: high bit of the type byte
+FT_RECORDS = 0x81  # 3.2
+FT_COMMIT = 0x82  # 3.2
+FT_INDEX = 0x03  # 3.2 (non-critical: a reader may ignore it and scan)
+FT_RECOVERY = 0x04  # 3.2 (non-critical, informational)
+# 3.2: reserved for later versions of this format; v1 writers MUST NOT emit them.
+FT_CHECKPOINT = 0x85
+FT_KEYSET = 0x86
+FT_KEYSLOT = 0x87
+FT_SESSION = 0x88
+FT_LINEAGE = 0x89
+FT_BLOB = 0x0A
+FT_TABLE = 0x0B  # 3.2 (non-critical): an index table, see 9.1
+FRAME_TYPE_NAMES = {
+    FT_RECORDS: "RECORDS",
+    FT_COMMIT: "COMMIT",
+    FT_INDEX: "INDEX",
+    FT_RECOVERY: "RECOVERY",
+    FT_CHECKPOINT: "CHECKPOINT",
+    FT_KEYSET: "KEYSET",
+    FT_KEYSLOT: "KEYSLOT",
+    FT_SESSION: "SESSION",
+    FT_LINEAGE: "LINEAGE",
+    FT_BLOB: "BLOB",
+    FT_TABLE: "TABLE",
+}
+KNOWN_FRAME_TYPES = frozenset({FT_RECORDS, FT_COMMIT, FT_INDEX, FT_RECOVERY, FT_TABLE})
+
+FFLAG_ZSTD = 0x01  # 3.3
+FFLAG_AEAD = 0x02  # 3.3 (reserved, section 10)
+FFLAGS_KNOWN = FFLAG_ZSTD
+
+# --- 4. Hash domains -----------------------------------------------------------
+CHAIN_SEED_TAG = b"capsule/v1/chain-seed\x00"  # 4.2
+CHAIN_TAG = b"capsule/v1/chain\x00"  # 4.2
+RECORD_ID_TAG = b"capsule/v1/record\x00"  # 5.3
+STATE_ROOT_TAG = b"capsule/v1/state\x00"  # 8.1
+FILE_ID_TAG = b"capsule/v1/file-id\x00"  # 2.5 reproducible file id
+
+# --- 6. Commit ----------------------------------------------------------------
+TAIL_MAGIC = b"CAPSTAIL"  # 6.2
+TAIL_LOCATOR_SIZE = 16  # 6.2: magic + u64 offset of the COMMIT frame
+TAIL_SIZE = TAIL_LOCATOR_SIZE + TRAILER_SIZE  # bytes from locator start to EOF
+
+# --- Limits (section 11) --------------------------------------------------------
+MAX_FRAME_LEN_DEFAULT = 64 * 1024 * 1024  # 11: header field default
+MAX_FRAME_LEN_CEILING = 1 << 30  # 11: a header may not declare more
+MAX_RAW_LEN = 256 * 1024 * 1024  # 11: decompressed payload
+MAX_RECORD_BYTES = 16 * 1024 * 1024  # 11: one encoded record
+MAX_RECORDS_PER_FRAME = 1_000_000  # 11
+MAX_DEPTH = 32  # 11: nesting of maps/arrays in a record
+MAX_STR = 16 * 1024 * 1024  # 11
+MAX_BIN = 64 * 1024 * 1024  # 11
+MAX_ARRAY = 1_000_000  # 11
+MAX_MAP = 100_000  # 11
+MAX_INDEX_META = 1 << 20  # 11
+MAX_SEGMENTS = 64  # 11
+
+# Writer policy (not part of the format): records per RECORDS frame and when to
+# write an INDEX frame.
+FRAME_TARGET_RAW = 1 << 20
+INDEX_EVERY_RECORDS = 4096
+INDEX_EVERY_FRAMES = 256
+INDEX_ON_CLOSE_RECORDS = 512
+INDEX_ON_CLOSE_FRAMES = 16

@@ -1,0 +1,295 @@
+"""Record kinds, their canonical form and content ids (spec sections 5.3 and 7).
+
+A record on disk is one canonical msgpack map holding ``kind``, ``time`` (int
+nanoseconds UTC) and the kind's own fields, flat, so the field names are also
+the JSONL names. Its content id is SHA-256(tag || kind || 0x00 || bytes) over
+the stored bytes (5.3). Kinds live in a registry; a reader that meets a kind it
+does not know keeps it as a :class:`GenericRecord` (still content-checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from . import _canonical as canon
+from ._constants import MAX_RECORD_BYTES, RECORD_ID_TAG
+from ._errors import InvalidRecordError, NonCanonicalError
+
+TIERS = ("scratch", "working", "validated")
+MAX_TAG_LEN = 256
+MAX_DIM = 65536
+
+
+def record_id(kind: str, data: bytes) -> bytes:
+    """5.3: content id over the stored canonical bytes."""
+    return hashlib.sha256(RECORD_ID_TAG + kind.encode() + b"\x00" + data).digest()
+
+
+class Record(Protocol):
+    kind: ClassVar[str]
+    time: int
+    id: str
+
+    def to_value(self) -> dict[str, Any]: ...
+
+
+_REGISTRY: dict[str, type[Any]] = {}
+
+
+def register_kind(cls: type[Any]) -> type[Any]:
+    """Register a record class under its ``kind`` (style rule 6)."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# --- validators (parse_* return the canonical value or raise) ---------------------
+
+
+def parse_time(v: object, name: str = "time") -> int:
+    if type(v) is not int or v < 0 or v >= 1 << 63:
+        raise InvalidRecordError(f"{name} must be a non-negative integer of nanoseconds")
+    return v
+
+
+def parse_text(v: object, name: str = "text") -> str:
+    if not isinstance(v, str):
+        raise InvalidRecordError(f"{name} must be a string")
+    return canon._nfc(v)
+
+
+def parse_tags(v: object) -> tuple[str, ...]:
+    if isinstance(v, str) or not isinstance(v, Sequence):
+        raise InvalidRecordError("tags must be a list of strings")
+    out = set()
+    for t in v:
+        if not isinstance(t, str) or not t or len(t) > MAX_TAG_LEN:
+            raise InvalidRecordError(f"tag {t!r} must be a non-empty string of at most {MAX_TAG_LEN} chars")
+        out.add(canon._nfc(t))
+    return tuple(sorted(out))
+
+
+def parse_meta(v: object) -> dict[str, Any]:
+    if not isinstance(v, Mapping):
+        raise InvalidRecordError("meta must be a map with string keys")
+    try:
+        norm = canon.normalize(dict(v))
+    except NonCanonicalError as e:
+        raise InvalidRecordError(f"meta: {e}") from e
+    return norm  # type: ignore[no-any-return]
+
+
+def parse_embedding(v: object) -> np.ndarray | None:
+    """Embeddings are float32 vectors, stored little-endian (spec 7.1)."""
+    if v is None:
+        return None
+    if isinstance(v, Mapping):  # the stored form
+        if set(v) != {"data", "dtype", "shape"} or v["dtype"] != "f32":
+            raise InvalidRecordError("embedding must be {data, dtype: 'f32', shape: [d]}")
+        shape = v["shape"]
+        data = v["data"]
+        if (not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int
+                or not isinstance(data, bytes) or len(data) != 4 * shape[0]):
+            raise InvalidRecordError("embedding shape does not match its data")
+        arr = np.frombuffer(data, dtype="<f4")
+    else:
+        try:
+            arr = np.asarray(v, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise InvalidRecordError(f"embedding must be a list of numbers: {e}") from e
+    if arr.ndim != 1 or not 1 <= arr.shape[0] <= MAX_DIM:
+        raise InvalidRecordError(f"embedding must be one vector of 1..{MAX_DIM} numbers")
+    if not np.isfinite(arr).all():
+        raise InvalidRecordError("embedding contains NaN or infinity")
+    arr = arr.astype("<f4", copy=True)
+    arr[arr == 0] = 0.0  # -0.0 -> 0.0, as everywhere in the profile
+    arr.flags.writeable = False
+    return arr
+
+
+def _opt_text(v: object, name: str) -> str | None:
+    return None if v is None else parse_text(v, name)
+
+
+# --- kinds -----------------------------------------------------------------------
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, eq=False)
+class Memory:
+    """Something the agent knows (spec 7.1).
+
+    >>> m = Memory(text="the deploy key rotates on Fridays", tags=("ops",), time=0)
+    >>> m.tier
+    'working'
+    """
+
+    kind: ClassVar[str] = "memory"
+    FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"kind", "time", "text", "tags", "meta", "embedding", "tier", "ttl", "source"}
+    )
+    text: str
+    time: int = 0
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    tier: str = "working"
+    ttl: int | None = None
+    source: str | None = None
+    id: str = field(default="", compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Memory) and self.to_value() == other.to_value()
+
+    def __hash__(self) -> int:
+        return hash(canon.pack(self.to_value()))
+
+    @classmethod
+    def build(
+        cls,
+        text: object,
+        *,
+        time: int,
+        tags: object = (),
+        meta: object = None,
+        embedding: object = None,
+        tier: object = "working",
+        ttl: object = None,
+        source: object = None,
+    ) -> Memory:
+        """Validate user input into a canonical Memory (raises InvalidRecordError)."""
+        if tier not in TIERS:
+            raise InvalidRecordError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
+        if ttl is not None and (type(ttl) is not int or ttl <= 0):
+            raise InvalidRecordError("ttl must be a positive integer of nanoseconds")
+        return cls(
+            text=parse_text(text),
+            time=parse_time(time),
+            tags=parse_tags(tags if tags is not None else ()),
+            meta=parse_meta(meta if meta is not None else {}),
+            embedding=parse_embedding(embedding),
+            tier=str(tier),
+            ttl=ttl,  # type: ignore[arg-type]
+            source=_opt_text(source, "source"),
+        )
+
+    def to_value(self) -> dict[str, Any]:
+        """The canonical map (keys in sorted order; defaults omitted, spec 7.1)."""
+        v: dict[str, Any] = {}
+        if self.embedding is not None:
+            e = self.embedding
+            v["embedding"] = {"data": e.tobytes(), "dtype": "f32", "shape": [int(e.shape[0])]}
+        v["kind"] = "memory"
+        if self.meta:
+            v["meta"] = self.meta
+        if self.source is not None:
+            v["source"] = self.source
+        if self.tags:
+            v["tags"] = list(self.tags)
+        v["text"] = self.text
+        if self.tier != "working":
+            v["tier"] = self.tier
+        v["time"] = self.time
+        if self.ttl is not None:
+            v["ttl"] = self.ttl
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (embedding as a list of floats)."""
+        d: dict[str, Any] = {"id": self.id, "kind": "memory", "time": self.time, "text": self.text,
+                             "tags": list(self.tags), "meta": dict(self.meta), "tier": self.tier}
+        if self.embedding is not None:
+            d["embedding"] = [float(x) for x in self.embedding]
+        if self.ttl is not None:
+            d["ttl"] = self.ttl
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+    @classmethod
+    def from_value(cls, v: Mapping[str, Any], rid: str = "") -> Memory:
+        """Parse a stored map; every default must be omitted (spec 7.1)."""
+        extra = set(v) - cls.FIELDS
+        if extra:
+            raise InvalidRecordError(f"unknown memory field(s): {', '.join(sorted(extra))}")
+        if "text" not in v:
+            raise InvalidRecordError("memory needs text")
+        m = cls.build(
+            v["text"], time=v.get("time", -1), tags=v.get("tags", ()), meta=v.get("meta"),
+            embedding=v.get("embedding"), tier=v.get("tier", "working"), ttl=v.get("ttl"),
+            source=v.get("source"),
+        )
+        if m.to_value() != v:
+            # e.g. tier "working" spelled out, unsorted tags, empty meta present
+            raise NonCanonicalError("memory record is not in canonical form (spec 7.1)")
+        return cls(m.text, m.time, m.tags, m.meta, m.embedding, m.tier, m.ttl, m.source, rid)
+
+
+@dataclass(frozen=True, slots=True)
+class GenericRecord:
+    """A record of a kind this reader does not know (12.3): kept, not interpreted."""
+
+    kind_name: str
+    value: Mapping[str, Any]
+    id: str = field(default="", compare=False)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.kind_name
+
+    @property
+    def time(self) -> int:
+        t = self.value.get("time", 0)
+        return t if type(t) is int else 0
+
+    def to_value(self) -> dict[str, Any]:
+        return dict(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.value.items()}}
+
+
+def encode_record(rec: Any) -> tuple[bytes, bytes]:
+    """Return (content id, canonical bytes) of a record object."""
+    data = canon.pack(rec.to_value())
+    if len(data) > MAX_RECORD_BYTES:
+        raise InvalidRecordError(f"record is {len(data)} bytes, over the {MAX_RECORD_BYTES} limit")
+    return record_id(rec.kind, data), data
+
+
+def decode_record(value: object, rid: bytes) -> Any:
+    """Turn a decoded canonical map into a record object (7, 12.3)."""
+    if not isinstance(value, dict) or type(value.get("kind")) is not str:
+        raise InvalidRecordError("a record must be a map with a text `kind`")
+    if type(value.get("time")) is not int:
+        raise InvalidRecordError("a record must have an integer `time`")
+    kind = value["kind"]
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        return GenericRecord(kind, value, rid.hex())
+    return cls.from_value(value, rid.hex())
+
+
+def record_from_input(obj: Mapping[str, Any], *, time: int) -> Any:
+    """Build a record from user input (a JSONL line): ``kind`` defaults to memory."""
+    kind = obj.get("kind", "memory")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidRecordError(f"unknown record kind {kind!r} (known: {', '.join(kinds())})")
+    fields = {k: v for k, v in obj.items() if k != "kind"}
+    extra = set(fields) - (cls.FIELDS - {"kind"})
+    if extra:
+        raise InvalidRecordError(f"unknown {kind} field(s): {', '.join(sorted(extra))}")
+    t = fields.pop("time", time)
+    if isinstance(t, float) and math.isfinite(t) and t == int(t):
+        t = int(t)
+    return cls.build(time=t, **fields)

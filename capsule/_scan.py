@@ -1,0 +1,264 @@
+"""Finding the last commit, replaying what follows the index, torn-tail rules
+(spec sections 6, 8 and 9). Works on any object with ``pread(offset, n)``.
+
+Theory of operation (fast open, 6.3): the last 48 bytes of a cleanly committed
+file are the COMMIT frame's tail locator and chain value, so a reader goes
+tail -> COMMIT -> INDEX -> replays only the frames between the INDEX and the
+COMMIT, checking every chain link and that the recomputed Merkle root equals
+the one the COMMIT names. If the tail is not a valid COMMIT the file was torn
+(or damaged): a structural scan from the start finds the last valid COMMIT. A
+COMMIT-shaped frame *after* the first bad byte means the damage cannot come
+from a crash (8.2): that is reported, never truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from . import _constants as C
+from ._commit import CommitInfo, IndexMeta, decode_records_payload, parse_commit_payload, parse_index_payload
+from ._errors import CorruptError
+from ._frames import FileHeader, FrameHeader, Merkle, check_frame_body, parse_frame_header, parse_header, raw_payload
+from ._index import Segment, SegmentRef
+from ._records import record_id
+
+
+class Source(Protocol):
+    def pread(self, offset: int, n: int) -> bytes: ...
+
+
+@dataclass
+class Snapshot:
+    """Everything a reader knows about one committed prefix of the file."""
+
+    header: FileHeader
+    end: int  # committed length
+    commit: CommitInfo | None
+    chain: bytes
+    merkle: Merkle
+    next_seq: int
+    segments: list[Segment] = field(default_factory=list)
+    mem: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    kinds: dict[str, int] = field(default_factory=dict)
+    records: int = 0
+    frames_since_index: int = 0
+    torn: tuple[int, int] | None = None  # (offset, length) of an ignored torn tail
+
+    @property
+    def commits(self) -> int:
+        return self.commit.commits if self.commit else 0
+
+
+class Reader:
+    """Sequential, bounded, chunked reading of frames with chain checking."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, src: Source, pos: int, end: int, seq: int, chain: bytes, max_frame: int) -> None:
+        self.src, self.pos, self.end, self.seq, self.chain, self.max_frame = src, pos, end, seq, chain, max_frame
+        self._buf = b""
+        self._buf_at = pos
+
+    def _read(self, off: int, n: int) -> bytes:
+        b0 = off - self._buf_at
+        if 0 <= b0 and b0 + n <= len(self._buf):
+            return self._buf[b0 : b0 + n]
+        want = min(max(n, self.CHUNK), self.end - off)
+        self._buf = self.src.pread(off, want)
+        self._buf_at = off
+        return self._buf[:n]
+
+    def frames(self) -> Iterator[tuple[FrameHeader, bytes, bytes]]:
+        """Yield (header, stored payload, leaf hash); raise CorruptError at the first bad frame."""
+        while self.pos < self.end:
+            off = self.pos
+            if self.end - off < C.FRAME_OVERHEAD:
+                raise CorruptError("truncated frame", offset=off, seq=self.seq, check="frame-truncated")
+            fh = parse_frame_header(self._read(off, C.FRAME_HEADER_SIZE), off, expect_seq=self.seq,
+                                    max_frame_len=self.max_frame)
+            if fh.end > self.end:
+                raise CorruptError("frame runs past the end of the file", offset=off, seq=self.seq,
+                                   check="frame-truncated")
+            body = self._read(fh.payload_offset, fh.payload_len + C.TRAILER_SIZE)
+            payload, trailer = body[: fh.payload_len], body[fh.payload_len :]
+            self.chain, leaf = check_frame_body(fh, payload, trailer, self.chain)
+            self.pos = fh.end
+            self.seq += 1
+            yield fh, payload, leaf
+
+
+def read_frame_at(src: Source, offset: int, *, max_frame: int, seq: int | None = None,
+                  prev_chain: bytes | None = None) -> tuple[FrameHeader, bytes, bytes, bytes]:
+    """Read one frame in isolation and check its chain link against the 32 bytes
+    before it (or ``prev_chain``). Returns (header, payload, chain, leaf)."""
+    if prev_chain is None:
+        prev_chain = src.pread(offset - C.TRAILER_SIZE, C.TRAILER_SIZE)
+    fh = parse_frame_header(src.pread(offset, C.FRAME_HEADER_SIZE), offset, expect_seq=seq, max_frame_len=max_frame)
+    body = src.pread(fh.payload_offset, fh.payload_len + C.TRAILER_SIZE)
+    if len(body) != fh.payload_len + C.TRAILER_SIZE:
+        raise CorruptError("frame runs past the end of the file", offset=offset, seq=fh.seq, check="frame-truncated")
+    payload, trailer = body[: fh.payload_len], body[fh.payload_len :]
+    chain, leaf = check_frame_body(fh, payload, trailer, prev_chain)
+    return fh, payload, chain, leaf
+
+
+def read_commit_at(src: Source, offset: int, header: FileHeader, *, prev_chain: bytes | None = None) -> CommitInfo:
+    if offset == C.HEADER_SIZE:
+        prev_chain = header.chain_seed
+    fh, payload, chain, _ = read_frame_at(src, offset, max_frame=header.max_frame_len, prev_chain=prev_chain)
+    if fh.ftype != C.FT_COMMIT:
+        raise CorruptError("expected a COMMIT frame", offset=offset, seq=fh.seq, check="commit")
+    return parse_commit_payload(payload, offset, fh.seq, fh.end, chain)
+
+
+def tail_commit_offset(src: Source, size: int) -> int | None:
+    """6.2: the tail locator, if the file ends with one."""
+    if size < C.HEADER_SIZE + C.FRAME_OVERHEAD + C.TAIL_LOCATOR_SIZE:
+        return None
+    tail = src.pread(size - C.TAIL_SIZE, C.TAIL_LOCATOR_SIZE)
+    magic, off = struct.unpack("<8sQ", tail)
+    if magic != C.TAIL_MAGIC or not C.HEADER_SIZE <= off < size:
+        return None
+    return int(off)
+
+
+def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int) -> bool:
+    """8.2: can the bad bytes at ``stop`` be the torn tail of an interrupted append?
+
+    A crashed writer leaves a *prefix* of what it meant to write, so every
+    complete frame in a torn tail is valid and only the last one is cut short.
+    The damage is therefore not a crash when (a) the frame at ``stop`` is
+    complete (its header checks and it fits in the file) yet failed a check, or
+    (b) a tail locator beyond ``stop`` points at a COMMIT frame that ends
+    exactly where the locator's chain value ends.
+    """
+    try:
+        fh = parse_frame_header(src.pread(stop, C.FRAME_HEADER_SIZE), stop, expect_seq=None,
+                                max_frame_len=max_frame)
+        if fh.end <= size:
+            return True
+    except CorruptError:
+        pass
+    step = 1 << 20
+    pos = stop
+    while pos < size:
+        chunk = src.pread(pos, min(step + C.TAIL_SIZE, size - pos))
+        i = chunk.find(C.TAIL_MAGIC)
+        while i != -1:
+            loc = pos + i
+            if loc + C.TAIL_SIZE <= size:
+                (off,) = struct.unpack("<Q", src.pread(loc + 8, 8))
+                if off == stop:
+                    return True
+                if stop < off < loc:
+                    try:
+                        fh = parse_frame_header(src.pread(off, C.FRAME_HEADER_SIZE), off, expect_seq=None,
+                                                max_frame_len=max_frame)
+                        if fh.ftype == C.FT_COMMIT and fh.end == loc + C.TAIL_SIZE:
+                            return True
+                    except CorruptError:
+                        pass
+            i = chunk.find(C.TAIL_MAGIC, i + 1)
+        pos += step
+    return False
+
+
+def scan(src: Source, header: FileHeader, size: int) -> tuple[CommitInfo | None, CorruptError | None, int]:
+    """Structural scan from the start: (last valid commit, first error, where it stopped)."""
+    rd = Reader(src, C.HEADER_SIZE, size, 0, header.chain_seed, header.max_frame_len)
+    last: CommitInfo | None = None
+    try:
+        for fh, payload, _leaf in rd.frames():
+            if fh.ftype == C.FT_COMMIT:
+                last = parse_commit_payload(payload, fh.offset, fh.seq, fh.end, rd.chain)
+    except CorruptError as e:
+        return last, e, rd.pos
+    return last, None, rd.pos
+
+
+def load(src: Source, size: int) -> Snapshot:
+    """Open the committed prefix of a file of ``size`` bytes (6.3, 8.1-8.2)."""
+    header = parse_header(src.pread(0, C.HEADER_SIZE))
+    commit: CommitInfo | None = None
+    off = tail_commit_offset(src, size)
+    if off is not None:
+        try:
+            commit = read_commit_at(src, off, header)
+            if commit.end != size:
+                commit = None
+        except CorruptError:
+            commit = None
+    torn = None
+    if commit is None:
+        commit, err, stop = scan(src, header, size)
+        if err is not None and damage_is_not_a_crash(src, stop, size, header.max_frame_len):
+            raise err  # 8.2: report, never truncate
+        end = commit.end if commit else C.HEADER_SIZE
+        if end < size:
+            torn = (end, size - end)
+    snap = replay(src, header, commit)
+    snap.torn = torn
+    return snap
+
+
+def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapshot:
+    """Rebuild reader state at ``commit`` from its INDEX and the frames after it (9.4)."""
+    if commit is None:
+        return Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
+    segments: list[Segment] = []
+    kinds: dict[str, int] = {}
+    records = 0
+    if commit.index is not None:
+        prev = header.chain_seed if commit.index == C.HEADER_SIZE else None
+        fh, payload, chain, leaf = read_frame_at(src, commit.index, max_frame=header.max_frame_len, prev_chain=prev)
+        if fh.ftype != C.FT_INDEX or hashlib.sha256(payload).digest() != commit.index_hash:
+            raise CorruptError("COMMIT points at a frame that is not its INDEX", offset=commit.index,
+                               seq=fh.seq, check="index")
+        meta: IndexMeta = parse_index_payload(payload, fh.offset, fh.seq)
+        merkle = Merkle(meta.tree_size, meta.frontier)
+        merkle.append(leaf)
+        segments = [segment(src, r) for r in meta.segments]
+        kinds, records = dict(meta.kinds), meta.records
+        pos, seq = fh.end, fh.seq + 1
+    else:
+        pos, seq, chain, merkle = C.HEADER_SIZE, 0, header.chain_seed, Merkle()
+    snap = Snapshot(header, commit.end, commit, chain, merkle, seq, segments, {}, kinds, records)
+    rd = Reader(src, pos, commit.end, seq, chain, header.max_frame_len)
+    for fh, payload, leaf in rd.frames():
+        if fh.offset == commit.offset:
+            if merkle.root() != commit.root:
+                raise CorruptError("Merkle root does not match the COMMIT", offset=fh.offset, seq=fh.seq,
+                                   check="merkle-root")
+        elif fh.ftype == C.FT_RECORDS:
+            add_records(snap, fh, payload)
+        merkle.append(leaf)
+        snap.frames_since_index += 1
+    if rd.chain != commit.chain:
+        raise CorruptError("chain does not reach the COMMIT", offset=commit.offset, check="chain")
+    if snap.records != commit.records:
+        raise CorruptError(f"COMMIT says {commit.records} records, replay found {snap.records}",
+                           offset=commit.offset, seq=commit.seq, check="record-count")
+    snap.chain, snap.next_seq = rd.chain, rd.seq
+    return snap
+
+
+def segment(src: Source, ref: SegmentRef) -> Segment:
+    view = getattr(src, "view", None)
+    buf = view(ref.offset, ref.count * 52) if view else src.pread(ref.offset, ref.count * 52)
+    return Segment(ref, buf)
+
+
+def add_records(snap: Snapshot, fh: FrameHeader, payload: bytes) -> None:
+    raw = raw_payload(fh, payload)
+    for slot, (value, data) in enumerate(decode_records_payload(raw, fh.offset, fh.seq)):
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if not isinstance(kind, str):
+            raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+        rid = record_id(kind, data)
+        snap.mem[rid] = (fh.offset, slot)
+        snap.kinds[kind] = snap.kinds.get(kind, 0) + 1
+        snap.records += 1

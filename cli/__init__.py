@@ -1,0 +1,1 @@
+"""Thin Typer front end for capsule, installed as ``capsule_cli``."""

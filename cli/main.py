@@ -1,0 +1,260 @@
+"""The ``capsule`` command: each command parses, calls one library function, renders.
+
+Exit codes: 0 ok; 1 the capsule or the input data is bad; 2 the command was
+used wrongly (missing file, bad option, capsule locked). Errors are one line on
+stderr; tracebacks are never shown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import capsule
+from capsule import CapsuleError, DataError, UsageError
+
+app = typer.Typer(
+    name="capsule",
+    help="Portable, crash-safe memory capsules for long-running agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+FileArg = Annotated[Path, typer.Argument(help="Path to the capsule file.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"capsule: error: {message}", markup=False)
+    raise typer.Exit(code)
+
+
+def run(fn: Callable[[], T]) -> T:
+    """The one place library errors become exit codes and one-line messages."""
+    try:
+        return fn()
+    except DataError as e:
+        fail(str(e), 1)
+    except UsageError as e:
+        fail(str(e), 2)
+    except CapsuleError as e:
+        fail(str(e), 1)
+    except OSError as e:
+        fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), 2)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def init(path: FileArg, json_out: JsonOpt = False) -> None:
+    """Create a new, empty capsule.
+
+    Example: capsule init agent.capsule
+    """
+
+    def go() -> dict[str, Any]:
+        with capsule.create(path) as cap:
+            return {"file": str(path), "file_id": cap.file_id, "state_root": cap.state_root}
+
+    info = run(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"created {path} (file id {info['file_id']})")
+
+
+def _parse_meta(items: list[str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            fail(f"--meta expects KEY=VALUE, got {item!r}", 2)
+        meta[key] = value
+    return meta
+
+
+def _jsonl(source: str) -> Iterator[tuple[int, Any]]:
+    if source == "-":
+        stream = sys.stdin
+    else:
+        p = Path(source)
+        if not p.is_file():
+            fail(f"{source}: no such file", 2)
+        stream = p.open(encoding="utf-8")
+    try:
+        for n, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise capsule.InvalidRecordError(f"line {n}: invalid JSON: {e.msg}") from None
+    except UnicodeDecodeError:
+        raise capsule.InvalidRecordError(f"{source}: not UTF-8 text") from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+
+
+@app.command()
+def put(
+    path: FileArg,
+    text: Annotated[str | None, typer.Option("--text", help="Text of one memory.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")] = None,
+    jsonl: Annotated[
+        str | None,
+        typer.Option("--jsonl", help='JSONL file (or - for stdin), one record per line: {"text", "tags"?, '
+                     '"meta"?, "embedding"?, "kind"?}. The whole file is one commit.'),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add records: one memory with --text, or a batch with --jsonl (one commit).
+
+    Examples:
+      capsule put agent.capsule --text "deploys freeze on Fridays" --tag ops --meta team=infra
+      capsule put agent.capsule --jsonl memories.jsonl --json
+    """
+    if (text is None) == (jsonl is None):
+        fail("give exactly one of --text or --jsonl", 2)
+    if jsonl is not None and (tag or meta):
+        fail("--tag and --meta go with --text; put tags and meta inside the JSONL lines", 2)
+    if not path.is_file():
+        fail(f"{path}: no such capsule (create it with `capsule init`)", 2)
+    meta_map = _parse_meta(meta or [])
+
+    def go() -> list[str]:
+        # Validate the whole input before the writer is opened: a bad line
+        # must leave the capsule byte-for-byte as it was.
+        lines = list(_jsonl(jsonl)) if jsonl is not None else []
+        with capsule.open(path, "a") as cap, cap.commit() as tx:
+            if text is not None:
+                return [tx.remember(text, tags=tag or [], meta=meta_map)]
+            ids = []
+            for n, obj in lines:
+                try:
+                    ids.append(tx.put_value(obj))
+                except DataError as e:
+                    raise capsule.InvalidRecordError(f"line {n}: {e}") from None
+            return ids
+
+    ids = run(go)
+    if json_out:
+        emit_json({"count": len(ids), "ids": ids})
+    elif text is not None:
+        out.print(ids[0])
+    else:
+        out.print(f"{len(ids)} records committed")
+
+
+@app.command("open")
+def open_(path: FileArg, json_out: JsonOpt = False) -> None:
+    """Summarise a capsule: ids, version, commits, records by kind, size, state root.
+
+    Example: capsule open agent.capsule --json
+    """
+
+    def go() -> dict[str, Any]:
+        with capsule.open(path) as cap:
+            return cap.summary().to_dict()
+
+    s = run(go)
+    if json_out:
+        emit_json(s)
+        return
+    for k in ("file", "file_id", "format_version", "commits", "records", "bytes", "state_root",
+              "last_commit_time"):
+        out.print(f"{k:<17} {s[k]}", markup=False)
+    for kind, n in s["records_by_kind"].items():
+        out.print(f"  {kind:<15} {n}", markup=False)
+    if s["torn_tail_bytes"]:
+        out.print(f"torn tail         {s['torn_tail_bytes']} bytes (ignored; the next writer truncates it)")
+
+
+@app.command()
+def log(path: FileArg, json_out: JsonOpt = False) -> None:
+    """List every commit: seq, offset, end offset, records, time, Merkle root.
+
+    Example: capsule log agent.capsule
+    """
+
+    def go() -> list[dict[str, Any]]:
+        with capsule.open(path) as cap:
+            return [r.to_dict() for r in cap.log()]
+
+    rows = run(go)
+    if json_out:
+        emit_json(rows)
+        return
+    t = Table("commit", "seq", "offset", "end", "records", "time", "root")
+    for r in rows:
+        t.add_row(str(r["commit"]), str(r["seq"]), str(r["offset"]), str(r["end"]), str(r["records"]),
+                  r["time"], r["root"][:16])
+    out.print(t)
+
+
+@app.command()
+def verify(
+    path: FileArg,
+    json_out: JsonOpt = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "
+                                        "skip per-record schema checks.")] = False,
+) -> None:
+    """Check every byte: header, frames, chain, Merkle roots, content ids, encoding.
+
+    Exit 0 when sound, 1 when not (naming the first bad offset, seq and check).
+    Example: capsule verify agent.capsule --json
+    """
+    from rich.progress import BarColumn, Progress, TransferSpeedColumn
+
+    def go() -> capsule.VerifyReport:
+        if not path.exists():
+            raise capsule.CapsuleNotFound(f"{path}: no such capsule")
+        size = path.stat().st_size
+        show = not json_out and sys.stderr.isatty() and size > 64 << 20
+        if not show:
+            return capsule.verify(path, deep=not quick)
+        with Progress("verifying", BarColumn(), TransferSpeedColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("verify", total=size)
+            return capsule.verify(path, deep=not quick, progress=lambda done, _t: bar.update(task, completed=done))
+
+    rep = run(go)
+    if json_out:
+        emit_json(rep.to_dict())
+    elif rep.ok:
+        out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes")
+        for w in rep.warnings:
+            err.print(f"capsule: warning: {w}", markup=False)
+    else:
+        e = rep.first_error or {}
+        err.print(f"capsule: verify failed: {e.get('check')} at offset {e.get('offset')}, seq {e.get('seq')}: "
+                  f"{e.get('message')}", markup=False)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("capsule: interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

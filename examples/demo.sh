@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# A short tour of the capsule command on a throwaway capsule.
+set -euo pipefail
+BIN=${1:-.venv/bin}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+cap="$dir/agent.capsule"
+run() { echo "\$ $*"; "$@"; echo; }
+run "$BIN/capsule" init "$cap"
+run "$BIN/capsule" put "$cap" --text "the staging database is db-stg-2" --tag infra --meta source=runbook
+cat > "$dir/batch.jsonl" <<'JSONL'
+{"text": "deploys are frozen on Fridays", "tags": ["policy"]}
+{"text": "alice owns the billing service", "tags": ["people"], "meta": {"team": "payments"}}
+{"text": "p95 latency budget is 300 ms", "tags": ["slo"], "embedding": [0.1, 0.7, 0.2]}
+JSONL
+run "$BIN/capsule" put "$cap" --jsonl "$dir/batch.jsonl"
+run "$BIN/capsule" open "$cap"
+run "$BIN/capsule" log "$cap"
+run "$BIN/capsule" verify "$cap"
+echo "# simulate a crash mid-append: cut the last 20 bytes"
+truncate -s -20 "$cap"
+run "$BIN/capsule" verify "$cap"
+run "$BIN/capsule" put "$cap" --text "written after the crash; the torn tail was recovered"
+run "$BIN/capsule" verify "$cap"
+echo "# flip one byte inside committed data: verify names it"
+printf '\xff' | dd of="$cap" bs=1 seek=300 conv=notrunc status=none
+"$BIN/capsule" verify "$cap" || echo "(exit $? as expected)"
