@@ -56,7 +56,7 @@ def normalize(obj: object, depth: int = 0) -> Value:
             raise NonCanonicalError("NaN and infinities are not allowed (spec 5.1)")
         return 0.0 if obj == 0.0 else obj
     if t is bytes or t is bytearray or t is memoryview:
-        return bytes(obj)  # type: ignore[arg-type]
+        return bytes(obj)  # type: ignore[call-overload]
     if t is dict:
         items = []
         for k, v in obj.items():  # type: ignore[attr-defined]
@@ -94,7 +94,7 @@ def encode(obj: object) -> bytes:
 def _check_scalar(v: object) -> None:
     t = type(v)
     if t is str:
-        if not v.isascii() and not unicodedata.is_normalized("NFC", v):  # type: ignore[attr-defined]
+        if not v.isascii() and not unicodedata.is_normalized("NFC", v):  # type: ignore[attr-defined,arg-type]
             raise NonCanonicalError("text is not NFC (spec 5.1)")
     elif t is float:
         if not math.isfinite(v) or (v == 0.0 and math.copysign(1.0, v) < 0):  # type: ignore[arg-type]

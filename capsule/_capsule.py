@@ -23,14 +23,21 @@ from ._commit import (
     IndexMeta,
     decode_records_payload,
     encode_commit_payload,
-    encode_recovery,
     encode_records_payload,
+    encode_recovery,
 )
-from ._errors import AlreadyExists, CorruptError, InvalidRecordError, NotFound, ReadOnlyError, UsageError
+from ._errors import (
+    AlreadyExists,
+    CorruptError,
+    InvalidRecordError,
+    NotFound,
+    ReadOnlyError,
+    UsageError,
+)
 from ._file import ReadHandle, WriteHandle, fsync_dir
 from ._frames import FileHeader, Merkle, encode_frame, new_file_id, raw_payload
 from ._index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
-from ._records import Memory, decode_record, encode_record, record_from_input
+from ._records import decode_record, encode_record, encode_value, memory_value, record_from_input
 from ._scan import Reader, Snapshot, load, read_commit_at, read_frame_at, replay
 
 Mode = Literal["r", "a"]
@@ -459,9 +466,11 @@ class Transaction:
         ``time`` (int ns) defaults to the capsule's clock; ``embedding`` is any
         1-D sequence of floats and is stored as little-endian float32.
         """
-        m = Memory.build(text, time=self._cap.clock() if time is None else time, tags=tags, meta=meta,
-                         embedding=embedding, tier=tier, ttl=ttl, source=source)
-        return self.put(m)
+        value = memory_value(text, time=self._cap.clock() if time is None else time, tags=tags, meta=meta,
+                             embedding=embedding, tier=tier, ttl=ttl, source=source)
+        rid, data = encode_value("memory", value)
+        self._items.setdefault(rid, (rid, "memory", data))
+        return rid.hex()
 
     def put_value(self, obj: Mapping[str, Any]) -> str:
         """Add a record given as a JSON-like map (a JSONL line); ``kind`` defaults to memory."""

@@ -65,10 +65,11 @@ def parse_commit_payload(payload: bytes, offset: int, seq: int, end: int, chain:
         if not isinstance(v, dict) or set(v) != {"commits", "index", "prev", "records", "root", "time", "tree_size"}:
             raise ValueError("fields")
         idx = v["index"]
-        if idx is not None:
-            if not (isinstance(idx, list) and len(idx) == 2 and type(idx[0]) is int and isinstance(idx[1], bytes)
-                    and len(idx[1]) == 32 and C.HEADER_SIZE <= idx[0] < offset):
-                raise ValueError("index")
+        if idx is not None and not (
+            isinstance(idx, list) and len(idx) == 2 and type(idx[0]) is int and isinstance(idx[1], bytes)
+            and len(idx[1]) == 32 and C.HEADER_SIZE <= idx[0] < offset
+        ):
+            raise ValueError("index")
         prev = v["prev"]
         if prev is not None and not (type(prev) is int and C.HEADER_SIZE <= prev < offset):
             raise ValueError("prev")

@@ -68,6 +68,13 @@ def parse_text(v: object, name: str = "text") -> str:
 
 
 def parse_tags(v: object) -> tuple[str, ...]:
+    if type(v) is list or type(v) is tuple:
+        # fast path: short ASCII tags need no NFC work
+        for t in v:
+            if type(t) is not str or not 0 < len(t) <= MAX_TAG_LEN or not t.isascii():
+                break
+        else:
+            return tuple(sorted(set(v)))
     if isinstance(v, str) or not isinstance(v, Sequence):
         raise InvalidRecordError("tags must be a list of strings")
     out = set()
@@ -79,6 +86,22 @@ def parse_tags(v: object) -> tuple[str, ...]:
 
 
 def parse_meta(v: object) -> dict[str, Any]:
+    if type(v) is dict:
+        # fast path: a flat map of ASCII text keys and simple values is canonical once sorted
+        for k, x in v.items():
+            t = type(x)
+            if type(k) is not str or not k.isascii():
+                break
+            if t is str:
+                if not x.isascii():
+                    break
+            elif t is int:
+                if not -(1 << 63) <= x < 1 << 64:
+                    break
+            elif t is not bool and x is not None:
+                break
+        else:
+            return {k: v[k] for k in sorted(v)}
     if not isinstance(v, Mapping):
         raise InvalidRecordError("meta must be a map with string keys")
     try:
@@ -178,7 +201,7 @@ class Memory:
             meta=parse_meta(meta if meta is not None else {}),
             embedding=parse_embedding(embedding),
             tier=str(tier),
-            ttl=ttl,  # type: ignore[arg-type]
+            ttl=ttl,
             source=_opt_text(source, "source"),
         )
 
@@ -243,7 +266,7 @@ class GenericRecord:
     id: str = field(default="", compare=False)
 
     @property
-    def kind(self) -> str:  # type: ignore[override]
+    def kind(self) -> str:
         return self.kind_name
 
     @property
@@ -256,6 +279,56 @@ class GenericRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.value.items()}}
+
+
+def memory_value(
+    text: object,
+    *,
+    time: int,
+    tags: object = (),
+    meta: object = None,
+    embedding: object = None,
+    tier: object = "working",
+    ttl: object = None,
+    source: object = None,
+) -> dict[str, Any]:
+    """The canonical map of a memory built straight from user input (the write
+    hot path: same checks as :meth:`Memory.build`, no dataclass in between)."""
+    v: dict[str, Any] = {}
+    if embedding is not None:
+        e = parse_embedding(embedding)
+        assert e is not None
+        v["embedding"] = {"data": e.tobytes(), "dtype": "f32", "shape": [int(e.shape[0])]}
+    v["kind"] = "memory"
+    if meta:
+        v["meta"] = parse_meta(meta)
+    elif meta is not None and not isinstance(meta, Mapping):
+        raise InvalidRecordError("meta must be a map with string keys")
+    if source is not None:
+        v["source"] = parse_text(source, "source")
+    if tags:
+        v["tags"] = list(parse_tags(tags))
+    elif tags is not None and not isinstance(tags, Sequence | set):
+        raise InvalidRecordError("tags must be a list of strings")
+    v["text"] = text if type(text) is str and text.isascii() else parse_text(text)
+    if tier != "working":
+        if tier not in TIERS:
+            raise InvalidRecordError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
+        v["tier"] = tier
+    v["time"] = parse_time(time)
+    if ttl is not None:
+        if type(ttl) is not int or ttl <= 0:
+            raise InvalidRecordError("ttl must be a positive integer of nanoseconds")
+        v["ttl"] = ttl
+    return v
+
+
+def encode_value(kind: str, value: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(content id, canonical bytes) of an already-canonical record map."""
+    data = canon.pack(value)
+    if len(data) > MAX_RECORD_BYTES:
+        raise InvalidRecordError(f"record is {len(data)} bytes, over the {MAX_RECORD_BYTES} limit")
+    return record_id(kind, data), data
 
 
 def encode_record(rec: Any) -> tuple[bytes, bytes]:

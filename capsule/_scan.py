@@ -20,9 +20,23 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import _constants as C
-from ._commit import CommitInfo, IndexMeta, decode_records_payload, parse_commit_payload, parse_index_payload
+from ._commit import (
+    CommitInfo,
+    IndexMeta,
+    decode_records_payload,
+    parse_commit_payload,
+    parse_index_payload,
+)
 from ._errors import CorruptError
-from ._frames import FileHeader, FrameHeader, Merkle, check_frame_body, parse_frame_header, parse_header, raw_payload
+from ._frames import (
+    FileHeader,
+    FrameHeader,
+    Merkle,
+    check_frame_body,
+    parse_frame_header,
+    parse_header,
+    raw_payload,
+)
 from ._index import Segment, SegmentRef
 from ._records import record_id
 
@@ -65,7 +79,7 @@ class Reader:
 
     def _read(self, off: int, n: int) -> bytes:
         b0 = off - self._buf_at
-        if 0 <= b0 and b0 + n <= len(self._buf):
+        if b0 >= 0 and b0 + n <= len(self._buf):
             return self._buf[b0 : b0 + n]
         want = min(max(n, self.CHUNK), self.end - off)
         self._buf = self.src.pread(off, want)

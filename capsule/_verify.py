@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _constants as C
 from ._commit import decode_records_payload, parse_commit_payload, parse_index_payload
-from ._errors import CapsuleError, CorruptError, DataError, InvalidRecordError
+from ._errors import CapsuleError, CorruptError, DataError
 from ._file import ReadHandle
 from ._frames import FileHeader, Merkle, parse_header, raw_payload
 from ._index import Segment, merge_inputs
@@ -168,8 +168,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     order = np.argsort(all_ids, kind="stable")
     sorted_ids = all_ids[order]
     if n_committed > 1:
-        raw = np.frombuffer(sorted_ids.tobytes(), dtype="V32")
-        dups = np.nonzero(raw[1:] == raw[:-1])[0]
+        packed = np.frombuffer(sorted_ids.tobytes(), dtype="V32")
+        dups = np.nonzero(packed[1:] == packed[:-1])[0]
         if len(dups):
             j = int(order[dups[0] + 1])
             rep.first_error = {"offset": locs[j][0], "seq": None, "check": "duplicate-record",
@@ -188,4 +188,3 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                "message": "the INDEX tables do not match the committed records"}
             return
     rep.ok = True
-    _ = InvalidRecordError

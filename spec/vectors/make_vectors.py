@@ -1,0 +1,117 @@
+"""Build the golden vectors of spec/format.md, in reproducible mode.
+
+    python spec/vectors/make_vectors.py            # rewrite spec/vectors/
+    python spec/vectors/make_vectors.py --check    # rebuild in a temp dir and compare
+
+tests/test_vectors.py imports ``build`` and checks both the committed bytes and
+a fresh rebuild byte for byte. Changing what this script writes is a format
+change: bump the version and note it in spec/CHANGES.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import capsule
+
+EPOCH = 1767225600  # 2026-01-01T00:00:00Z
+HERE = Path(__file__).resolve().parent
+
+
+def _ids_roots(path: Path) -> dict[str, Any]:
+    with capsule.open(path) as cap:
+        return {
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "bytes": path.stat().st_size,
+            "file_id": cap.file_id,
+            **_records_doc([r.id for r in cap.records()]),
+            "commit_roots": [row.root for row in cap.log()],
+            "state_root": cap.state_root,
+        }
+
+
+def _records_doc(ids: list[str]) -> dict[str, Any]:
+    if len(ids) <= 20:
+        return {"records": ids}
+    return {"record_count": len(ids), "records_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
+
+
+def build(out: Path) -> dict[str, Any]:
+    """Write every vector into ``out`` and return the expected-values document."""
+    os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.capsule"):
+        old.unlink()
+    docs: dict[str, Any] = {}
+
+    # 1. A new, empty capsule: header + the first COMMIT.
+    p = out / "empty.capsule"
+    capsule.create(p).close()
+    docs["empty"] = _ids_roots(p)
+
+    # 2. Memories exercising every memory field and the canonical rules.
+    p = out / "memories.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.remember("deploys are frozen on Fridays", tags=["policy", "ops", "ops"])
+            tx.remember("cafe\u0301 opens at 8", meta={"z": 1, "a": [1.5, None, True], "m": {"b": b"\x00\x01"}})
+            tx.remember("scratch note", tier="scratch", ttl=3_600_000_000_000, source="planner")
+        with cap.commit() as tx:
+            tx.remember("vector memory", embedding=[0.25, -0.0, 1.0, -2.5], time=EPOCH * 10**9 - 1)
+            tx.put_value({"kind": "memory", "text": "validated fact", "tier": "validated", "tags": ["kb"]})
+    docs["memories"] = _ids_roots(p)
+
+    # 3. A torn tail: the memories capsule plus half of an interrupted append.
+    torn = out / "torn.capsule"
+    scratch = Path(tempfile.mkdtemp()) / "x.capsule"
+    scratch.write_bytes(p.read_bytes())
+    with capsule.open(scratch, "a") as cap, cap.commit() as tx:
+        tx.remember("this commit is torn")
+    data = scratch.read_bytes()
+    cut = len(p.read_bytes()) + (len(data) - len(p.read_bytes())) // 2
+    torn.write_bytes(data[:cut])
+    scratch.unlink()
+    docs["torn"] = {**_ids_roots(torn), "committed_bytes": len(p.read_bytes())}
+
+    # 4. What a writer makes of it: truncate, RECOVERY frame, COMMIT, then new work.
+    rec = out / "recovered.capsule"
+    rec.write_bytes(torn.read_bytes())
+    with capsule.open(rec, "a") as cap, cap.commit() as tx:
+        tx.remember("written after recovery")
+    docs["recovered"] = _ids_roots(rec)
+
+    # 5. Enough records for TABLE and INDEX frames, with a merge of two tables.
+    p = out / "indexed.capsule"
+    for batch in range(3):
+        # two writer sessions: the second close merges the first session's table
+        with capsule.create(p, exist_ok=True) as cap, cap.commit() as tx:
+            for i in range(300):
+                tx.remember(f"m{batch}.{i}")
+    docs["indexed"] = _ids_roots(p)
+    return docs
+
+
+def main() -> int:
+    if "--check" in sys.argv:
+        with tempfile.TemporaryDirectory() as d:
+            docs = build(Path(d))
+            want = json.loads((HERE / "vectors.json").read_text())
+            ok = docs == want and all(
+                (Path(d) / f).read_bytes() == (HERE / f).read_bytes() for f in os.listdir(d)
+            )
+        print("vectors match" if ok else "vectors DIFFER")
+        return 0 if ok else 1
+    docs = build(HERE)
+    (HERE / "vectors.json").write_text(json.dumps(docs, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(docs)} vectors to {HERE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

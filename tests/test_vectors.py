@@ -1,0 +1,64 @@
+"""Golden vectors (spec/vectors): committed bytes decode to the expected ids and
+roots, and a reproducible rebuild gives identical bytes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+import capsule
+
+VEC = Path(__file__).resolve().parent.parent / "spec" / "vectors"
+EXPECTED = json.loads((VEC / "vectors.json").read_text())
+
+
+def _load_builder():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("make_vectors", VEC / "make_vectors.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_committed_vector_decodes(name: str) -> None:
+    want = EXPECTED[name]
+    path = VEC / f"{name}.capsule"
+    builder = _load_builder()
+    got = builder._ids_roots(path)
+    assert got == {k: v for k, v in want.items() if k != "committed_bytes"}
+    rep = capsule.verify(path)
+    assert rep.ok, rep.first_error
+    assert (rep.torn_tail > 0) == (name == "torn")
+
+
+def test_rebuild_is_byte_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    builder = _load_builder()
+    docs = builder.build(tmp_path / "elsewhere")
+    assert docs == EXPECTED
+    for f in sorted(VEC.glob("*.capsule")):
+        assert (tmp_path / "elsewhere" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_torn_vector_reads_committed_prefix_without_writing() -> None:
+    path = VEC / "torn.capsule"
+    before = path.read_bytes()
+    with capsule.open(path) as cap:
+        assert cap.size == EXPECTED["torn"]["committed_bytes"]
+        assert cap.state_root == EXPECTED["memories"]["state_root"]
+    assert path.read_bytes() == before
+
+
+def test_memory_vector_fields() -> None:
+    with capsule.open(VEC / "memories.capsule") as cap:
+        recs = {r.text: r for r in cap.records()}
+    assert recs["deploys are frozen on Fridays"].tags == ("ops", "policy")
+    assert "caf\u00e9 opens at 8" in recs  # stored NFC
+    assert recs["scratch note"].tier == "scratch" and recs["scratch note"].source == "planner"
+    emb = recs["vector memory"].embedding
+    assert emb is not None and emb.tolist() == [0.25, 0.0, 1.0, -2.5]
+    assert recs["validated fact"].tier == "validated"
