@@ -307,6 +307,8 @@ class Capsule:
             raise ReadOnlyError(f"{self.path}: opened read-only; open with mode='a' to write")
         if self._tx_open:
             raise UsageError("a commit is already open on this capsule")
+        if isinstance(self._h, WriteHandle):
+            self._h._check()  # a poisoned writer refuses every commit, even an empty one
         return Transaction(self)
 
     def _write_commit(self, items: list[tuple[bytes, str, bytes]], *, force_index: bool = False,
@@ -427,6 +429,8 @@ class Transaction:
 
     def _flush(self) -> CommitInfo | None:
         cap = self._cap
+        if isinstance(cap._h, WriteHandle):
+            cap._h._check()
         items = list(self._items.values())
         if items:
             # Content addressing: a record already committed is not written again.

@@ -61,6 +61,20 @@ def parse_time(v: object, name: str = "time") -> int:
     return v
 
 
+def parse_iso_time(v: str) -> int:
+    """An ISO-8601 time (``2026-01-05T09:30:00Z``; no zone means UTC) as int ns."""
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00") if v.endswith("Z") else v)
+    except ValueError:
+        raise InvalidRecordError(f"time {v!r} is not an ISO-8601 time or integer nanoseconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return parse_time((delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000)
+
+
 def parse_text(v: object, name: str = "text") -> str:
     if not isinstance(v, str):
         raise InvalidRecordError(f"{name} must be a string")
@@ -365,4 +379,6 @@ def record_from_input(obj: Mapping[str, Any], *, time: int) -> Any:
     t = fields.pop("time", time)
     if isinstance(t, float) and math.isfinite(t) and t == int(t):
         t = int(t)
+    elif isinstance(t, str):
+        t = parse_iso_time(t)
     return cls.build(time=t, **fields)

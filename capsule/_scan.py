@@ -197,26 +197,63 @@ def scan(src: Source, header: FileHeader, size: int) -> tuple[CommitInfo | None,
 def load(src: Source, size: int) -> Snapshot:
     """Open the committed prefix of a file of ``size`` bytes (6.3, 8.1-8.2)."""
     header = parse_header(src.pread(0, C.HEADER_SIZE))
-    commit: CommitInfo | None = None
     off = tail_commit_offset(src, size)
     if off is not None:
         try:
-            commit = read_commit_at(src, off, header)
-            if commit.end != size:
-                commit = None
+            commit: CommitInfo | None = read_commit_at(src, off, header)
         except CorruptError:
             commit = None
-    torn = None
+        if commit is not None and commit.end == size:
+            return replay(src, header, commit)  # clean file: the common, fast case
+    commit = _last_commit_before(src, header, size)
     if commit is None:
         commit, err, stop = scan(src, header, size)
-        if err is not None and damage_is_not_a_crash(src, stop, size, header.max_frame_len):
-            raise err  # 8.2: report, never truncate
-        end = commit.end if commit else C.HEADER_SIZE
-        if end < size:
-            torn = (end, size - end)
+    else:
+        # Walk the tail after that commit to find where the valid frames stop.
+        rd = Reader(src, commit.end, size, commit.seq + 1, commit.chain, header.max_frame_len)
+        err = None
+        try:
+            for _ in rd.frames():
+                pass
+        except CorruptError as e:
+            err = e
+        stop = rd.pos
+    if err is not None and damage_is_not_a_crash(src, stop, size, header.max_frame_len):
+        raise err  # 8.2: report, never truncate
     snap = replay(src, header, commit)
-    snap.torn = torn
+    end = commit.end if commit else C.HEADER_SIZE
+    if end < size:
+        snap.torn = (end, size - end)
     return snap
+
+
+def _last_commit_before(src: Source, header: FileHeader, size: int) -> CommitInfo | None:
+    """Search backwards for the newest self-consistent COMMIT frame (6.2).
+
+    A candidate is only a hint: :func:`replay` then walks real frame
+    boundaries from a trusted start to it and checks its Merkle root, so a
+    COMMIT-shaped byte string inside a payload can never be accepted.
+    """
+    step = 1 << 20
+    hi = size
+    while hi > C.HEADER_SIZE:
+        lo = max(C.HEADER_SIZE, hi - step)
+        chunk = src.pread(lo, hi - lo + C.TAIL_LOCATOR_SIZE)
+        i = chunk.rfind(C.TAIL_MAGIC)
+        while i != -1:
+            loc = lo + i
+            if loc + C.TAIL_SIZE <= size:
+                (off,) = struct.unpack("<Q", src.pread(loc + 8, 8))
+                if C.HEADER_SIZE <= off < loc:
+                    try:
+                        c = read_commit_at(src, off, header)
+                    except CorruptError:
+                        c = None
+                    if c is not None and c.end == loc + C.TAIL_SIZE:
+                        return c
+            i = chunk.rfind(C.TAIL_MAGIC, 0, i)
+        hi = lo
+    return None
 
 
 def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapshot:
