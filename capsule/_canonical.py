@@ -32,6 +32,10 @@ Value = Any  # None | bool | int | float | str | bytes | list[Value] | dict[str,
 def _nfc(s: str) -> str:
     if s.isascii():
         return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NonCanonicalError("text is not valid Unicode (lone surrogate or undecodable byte)") from None
     return unicodedata.normalize("NFC", s)
 
 

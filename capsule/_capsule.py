@@ -103,6 +103,8 @@ class Capsule:
         self._frame_cache: OrderedDict[int, list[tuple[object, bytes]]] = OrderedDict()
         self._state_root: str | None = None
         self._tx_open = False
+        self._pending_recovery: list[tuple[int, bytes]] = []
+        self._committed = False  # a handle that never committed never writes, not even on close
 
     # --- lifecycle -------------------------------------------------------------
     def __enter__(self) -> Capsule:
@@ -117,6 +119,7 @@ class Capsule:
             return
         try:
             if (self.mode == "a" and isinstance(self._h, WriteHandle) and self._h.poisoned is None
+                    and self._committed
                     and (len(self._snap.mem) >= C.INDEX_ON_CLOSE_RECORDS
                          or self._snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES)):
                 self._write_commit([], force_index=True)
@@ -314,8 +317,14 @@ class Capsule:
     def _write_commit(self, items: list[tuple[bytes, str, bytes]], *, force_index: bool = False,
                       extra: list[tuple[int, bytes]] = ()) -> CommitInfo:  # type: ignore[assignment]
         """Append records (+ INDEX when due) + COMMIT, fsync once, then publish."""
-        snap = self._snap
         assert isinstance(self._h, WriteHandle)
+        if self._snap.torn is not None:
+            # 8.3: a torn tail is dropped, durably and on the record, before any write.
+            self._recover()
+            extra = [*self._pending_recovery, *extra]
+        self._pending_recovery = []
+        self._committed = True
+        snap = self._snap
         seq, chain, merkle = snap.next_seq, snap.chain, snap.merkle.copy()
         pos = snap.end
         parts: list[bytes] = []
@@ -402,7 +411,7 @@ class Capsule:
         dropped = self._h.pread(torn[0], torn[1])
         self._h.truncate(torn[0])
         self._h.sync()
-        self._write_commit([], extra=[(C.FT_RECOVERY, encode_recovery(torn[0], dropped))])
+        self._pending_recovery = [(C.FT_RECOVERY, encode_recovery(torn[0], dropped))]
         self._snap.torn = None
 
 
@@ -413,6 +422,7 @@ class Transaction:
         self._cap = cap
         self._items: dict[bytes, tuple[bytes, str, bytes]] = {}
         self.info: CommitInfo | None = None
+        self.new_ids: list[str] = []  # after exit: ids actually written (not already committed)
 
     def __enter__(self) -> Transaction:
         self._cap._tx_open = True
@@ -445,7 +455,9 @@ class Transaction:
             items = [it for it, d in zip(items, dup, strict=True) if not d and it[0] not in mem]
         if not items:
             return None
-        return cap._write_commit(items)
+        info = cap._write_commit(items)
+        self.new_ids = [it[0].hex() for it in items]
+        return info
 
     def put(self, record: Any) -> str:
         """Add a record object (e.g. :class:`Memory`); returns its content id (hex)."""
@@ -553,10 +565,6 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None) -> C
     try:
         snap = _load_stable(h)
         cap = Capsule(p, h, snap, mode, clock)
-        if mode == "a" and snap.torn is not None:
-            cap._recover()
-        elif mode == "a" and snap.commit is None:
-            cap._write_commit([])
     except BaseException:
         h.close()
         raise

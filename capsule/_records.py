@@ -78,7 +78,10 @@ def parse_iso_time(v: str) -> int:
 def parse_text(v: object, name: str = "text") -> str:
     if not isinstance(v, str):
         raise InvalidRecordError(f"{name} must be a string")
-    return canon._nfc(v)
+    try:
+        return canon._nfc(v)
+    except NonCanonicalError as e:
+        raise InvalidRecordError(f"{name}: {e}") from None
 
 
 def parse_tags(v: object) -> tuple[str, ...]:
@@ -95,7 +98,7 @@ def parse_tags(v: object) -> tuple[str, ...]:
     for t in v:
         if not isinstance(t, str) or not t or len(t) > MAX_TAG_LEN:
             raise InvalidRecordError(f"tag {t!r} must be a non-empty string of at most {MAX_TAG_LEN} chars")
-        out.add(canon._nfc(t))
+        out.add(parse_text(t, "tag"))
     return tuple(sorted(out))
 
 
@@ -138,10 +141,19 @@ def parse_embedding(v: object) -> np.ndarray | None:
                 or not isinstance(data, bytes) or len(data) != 4 * shape[0]):
             raise InvalidRecordError("embedding shape does not match its data")
         arr = np.frombuffer(data, dtype="<f4")
+    elif isinstance(v, np.ndarray):
+        if v.dtype.kind not in "fiu":
+            raise InvalidRecordError(f"embedding must hold numbers, not {v.dtype}")
+        arr = v.astype(np.float32)
     else:
+        if isinstance(v, str | bytes) or not isinstance(v, Sequence):
+            raise InvalidRecordError("embedding must be a list of numbers")
+        for x in v:
+            if type(x) is not float and type(x) is not int and not isinstance(x, np.floating | np.integer):
+                raise InvalidRecordError(f"embedding must be a list of numbers, found {type(x).__name__}")
         try:
             arr = np.asarray(v, dtype=np.float32)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise InvalidRecordError(f"embedding must be a list of numbers: {e}") from e
     if arr.ndim != 1 or not 1 <= arr.shape[0] <= MAX_DIM:
         raise InvalidRecordError(f"embedding must be one vector of 1..{MAX_DIM} numbers")

@@ -88,25 +88,28 @@ def _parse_meta(items: list[str]) -> dict[str, Any]:
 
 
 def _jsonl(source: str) -> Iterator[tuple[int, Any]]:
+    """Parse JSONL strictly as UTF-8 (stdin too: no surrogate escapes)."""
     if source == "-":
-        stream = sys.stdin
+        stream = sys.stdin.buffer
     else:
         p = Path(source)
         if not p.is_file():
             fail(f"{source}: no such file", 2)
-        stream = p.open(encoding="utf-8")
+        stream = p.open("rb")
     try:
-        for n, line in enumerate(stream, 1):
+        for n, raw in enumerate(stream, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise capsule.InvalidRecordError(f"line {n}: not UTF-8 text") from None
             if not line.strip():
                 continue
             try:
                 yield n, json.loads(line)
             except json.JSONDecodeError as e:
                 raise capsule.InvalidRecordError(f"line {n}: invalid JSON: {e.msg}") from None
-    except UnicodeDecodeError:
-        raise capsule.InvalidRecordError(f"{source}: not UTF-8 text") from None
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
 
 
@@ -137,28 +140,32 @@ def put(
         fail(f"{path}: no such capsule (create it with `capsule init`)", 2)
     meta_map = _parse_meta(meta or [])
 
-    def go() -> list[str]:
-        # Validate the whole input before the writer is opened: a bad line
-        # must leave the capsule byte-for-byte as it was.
+    def go() -> tuple[list[str], int]:
+        # Parse the whole input before the writer is opened; records are
+        # validated inside the commit, and a bad one discards the batch, so a
+        # failed put leaves the capsule byte-for-byte as it was.
         lines = list(_jsonl(jsonl)) if jsonl is not None else []
-        with capsule.open(path, "a") as cap, cap.commit() as tx:
-            if text is not None:
-                return [tx.remember(text, tags=tag or [], meta=meta_map)]
-            ids = []
-            for n, obj in lines:
-                try:
-                    ids.append(tx.put_value(obj))
-                except DataError as e:
-                    raise capsule.InvalidRecordError(f"line {n}: {e}") from None
-            return ids
+        with capsule.open(path, "a") as cap:
+            with cap.commit() as tx:
+                if text is not None:
+                    ids = [tx.remember(text, tags=tag or [], meta=meta_map)]
+                else:
+                    ids = []
+                    for n, obj in lines:
+                        try:
+                            ids.append(tx.put_value(obj))
+                        except DataError as e:
+                            raise capsule.InvalidRecordError(f"line {n}: {e}") from None
+            return ids, len(tx.new_ids)
 
-    ids = run(go)
+    ids, new = run(go)
     if json_out:
-        emit_json({"count": len(ids), "ids": ids})
+        emit_json({"count": len(ids), "ids": ids, "new": new})
     elif text is not None:
-        out.print(ids[0])
+        out.print(ids[0] + ("" if new else "  (already in the capsule)"))
     else:
-        out.print(f"{len(ids)} records committed")
+        dup = len(ids) - new
+        out.print(f"{new} records committed" + (f" ({dup} already in the capsule)" if dup else ""))
 
 
 @app.command("open")
