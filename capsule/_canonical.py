@@ -44,8 +44,6 @@ def normalize(obj: object, depth: int = 0) -> Value:
 
     Tuples become lists, text becomes NFC, map keys are sorted, -0.0 becomes 0.0.
     """
-    if depth > MAX_DEPTH:
-        raise NonCanonicalError(f"nesting deeper than {MAX_DEPTH} (spec 11)")
     if obj is None or obj is True or obj is False:
         return obj
     t = type(obj)
@@ -61,6 +59,8 @@ def normalize(obj: object, depth: int = 0) -> Value:
         return 0.0 if obj == 0.0 else obj
     if t is bytes or t is bytearray or t is memoryview:
         return bytes(obj)  # type: ignore[call-overload]
+    if (t is dict or t is list or t is tuple) and depth >= MAX_DEPTH:
+        raise NonCanonicalError(f"nesting deeper than {MAX_DEPTH} (spec 11)")
     if t is dict:
         items = []
         for k, v in obj.items():  # type: ignore[attr-defined]
@@ -132,6 +132,25 @@ def _no_ext(code: int, data: bytes) -> object:
     raise NonCanonicalError(f"ext type {code} is outside the profile (spec 5.1)")
 
 
+def depth(v: Value, limit: int = MAX_DEPTH) -> int:
+    """Nesting depth of a decoded value (0 for a scalar, 1 for a flat map or
+    array), iteratively and stopping once it exceeds ``limit``."""
+    if type(v) is not dict and type(v) is not list:
+        return 0
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(v, 1)]
+    while stack:
+        node, d = stack.pop()
+        if d > deepest:
+            deepest = d
+            if deepest > limit:
+                return deepest
+        for x in node.values() if type(node) is dict else node:
+            if type(x) is dict or type(x) is list:
+                stack.append((x, d + 1))
+    return deepest
+
+
 def decode(raw: bytes, *, max_bin: int = MAX_BIN) -> Value:
     """Decode canonical bytes, refusing anything outside the profile (spec 5.2).
 
@@ -160,7 +179,7 @@ def decode(raw: bytes, *, max_bin: int = MAX_BIN) -> Value:
         raise NonCanonicalError("trailing bytes after the value (spec 5.2)") from e
     except (ValueError, TypeError, msgpack.StackError, msgpack.FormatError) as e:
         # ValueError covers over-limit lengths, truncated input and bad UTF-8.
-        raise NonCanonicalError(f"malformed msgpack: {e or type(e).__name__} (spec 5.2)") from e
+        raise NonCanonicalError(f"malformed msgpack: {str(e) or type(e).__name__} (spec 5.2)") from e
     _check_scalar(obj)
     if pack(obj) != raw:
         raise NonCanonicalError("bytes do not re-encode identically (spec 5.2)")

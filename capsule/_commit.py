@@ -182,6 +182,11 @@ def decode_records_payload(raw: bytes, offset: int, seq: int) -> list[tuple[obje
         raise CorruptError(str(e), offset=offset, seq=seq, check="canonical") from e
     if not isinstance(values, list) or not values or len(values) > C.MAX_RECORDS_PER_FRAME:
         raise CorruptError("RECORDS payload must be a non-empty array", offset=offset, seq=seq, check="records")
+    for v in values:
+        # 11: the array itself is one level, so a record may reach MAX_DEPTH below it
+        if canon.depth(v) > C.MAX_DEPTH:
+            raise CorruptError(f"record nested deeper than {C.MAX_DEPTH} (spec 11)", offset=offset, seq=seq,
+                               check="canonical")
     # decode() proved raw re-encodes identically, so re-packing each element
     # gives exactly its stored bytes.
     return [(v, msgpack.packb(v, use_bin_type=True)) for v in values]

@@ -86,7 +86,14 @@ class ReadHandle:
             size = self.size()
             if end > size:
                 raise ValueError("view beyond end of file")
-            self._map = mmap.mmap(self.fd, size, prot=mmap.PROT_READ)
+            # Map through a descriptor of our own: mmap keeps a dup() of the fd it
+            # is given, and a dup of the writer's descriptor would hold its flock
+            # for as long as any table view lives.
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
             self._map_len = size
         return memoryview(self._map)[offset:end]
 
@@ -154,7 +161,7 @@ class WriteHandle(ReadHandle):
                     raise OSError(errno.EIO, "short write")
                 pos += n
         except OSError as e:
-            self.poisoned = e
+            self.poisoned = e.with_traceback(None)
             raise WriterPoisoned(f"{self.path}: write failed: {e}") from e
 
     def sync(self) -> None:
@@ -162,7 +169,7 @@ class WriteHandle(ReadHandle):
         try:
             _fsync(self.fd)
         except OSError as e:
-            self.poisoned = e  # never retry fsync on the same descriptor (design 6)
+            self.poisoned = e.with_traceback(None)  # never retry fsync on the same descriptor (design 6)
             raise WriterPoisoned(f"{self.path}: fsync failed: {e}") from e
 
     def truncate(self, size: int) -> None:
@@ -170,7 +177,7 @@ class WriteHandle(ReadHandle):
         try:
             _ftruncate(self.fd, size)
         except OSError as e:
-            self.poisoned = e
+            self.poisoned = e.with_traceback(None)
             raise WriterPoisoned(f"{self.path}: truncate failed: {e}") from e
         self._map = None
 

@@ -150,6 +150,10 @@ def parse_frame_header(
         raise UnsupportedError("reserved frame header fields are not zero", offset=offset, seq=seq, check="frame-reserved")
     if flags & ~C.FFLAGS_KNOWN:
         raise UnsupportedError(f"unknown frame flags 0x{flags:02x}", offset=offset, seq=seq, check="frame-flags")
+    if flags & C.FFLAG_ZSTD and ftype in C.KNOWN_FRAME_TYPES and ftype != C.FT_RECORDS:
+        # 3.3: only RECORDS payloads may be compressed
+        raise CorruptError("codec flag on a frame type that must be stored plain", offset=offset, seq=seq,
+                           check="frame-flags")
     if rlen > C.MAX_RAW_LEN or (not flags & C.FFLAG_ZSTD and rlen != plen):
         raise CorruptError(f"raw length {rlen} is invalid", offset=offset, seq=seq, check="frame-raw-length")
     if ftype & C.CRITICAL and ftype not in C.KNOWN_FRAME_TYPES:

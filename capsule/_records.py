@@ -122,7 +122,7 @@ def parse_meta(v: object) -> dict[str, Any]:
     if not isinstance(v, Mapping):
         raise InvalidRecordError("meta must be a map with string keys")
     try:
-        norm = canon.normalize(dict(v))
+        norm = canon.normalize(dict(v), 1)  # meta sits one level below the record map
     except NonCanonicalError as e:
         raise InvalidRecordError(f"meta: {e}") from e
     return norm  # type: ignore[no-any-return]

@@ -112,6 +112,10 @@ def read_frame_at(src: Source, offset: int, *, max_frame: int, seq: int | None =
     if prev_chain is None:
         prev_chain = src.pread(offset - C.TRAILER_SIZE, C.TRAILER_SIZE)
     fh = parse_frame_header(src.pread(offset, C.FRAME_HEADER_SIZE), offset, expect_seq=seq, max_frame_len=max_frame)
+    size = getattr(src, "size", None)
+    if size is not None and fh.end > size():
+        # 11: never allocate from a length the file cannot back
+        raise CorruptError("frame runs past the end of the file", offset=offset, seq=fh.seq, check="frame-truncated")
     body = src.pread(fh.payload_offset, fh.payload_len + C.TRAILER_SIZE)
     if len(body) != fh.payload_len + C.TRAILER_SIZE:
         raise CorruptError("frame runs past the end of the file", offset=offset, seq=fh.seq, check="frame-truncated")
@@ -150,11 +154,13 @@ def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int) -> 
     (b) a tail locator beyond ``stop`` points at a COMMIT frame that ends
     exactly where the locator's chain value ends.
     """
+    header_ok = False
     try:
         fh = parse_frame_header(src.pread(stop, C.FRAME_HEADER_SIZE), stop, expect_seq=None,
                                 max_frame_len=max_frame)
         if fh.end <= size:
             return True
+        header_ok = True  # a valid header cut short by EOF: the shape of a tear
     except CorruptError:
         pass
     step = 1 << 20
@@ -166,8 +172,8 @@ def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int) -> 
             loc = pos + i
             if loc + C.TAIL_SIZE <= size:
                 (off,) = struct.unpack("<Q", src.pread(loc + 8, 8))
-                if off == stop:
-                    return True
+                if off == stop and not header_ok:
+                    return True  # the locator vouches for a frame whose header is damaged
                 if stop < off < loc:
                     try:
                         fh = parse_frame_header(src.pread(off, C.FRAME_HEADER_SIZE), off, expect_seq=None,
@@ -190,7 +196,7 @@ def scan(src: Source, header: FileHeader, size: int) -> tuple[CommitInfo | None,
             if fh.ftype == C.FT_COMMIT:
                 last = parse_commit_payload(payload, fh.offset, fh.seq, fh.end, rd.chain)
     except CorruptError as e:
-        return last, e, rd.pos
+        return last, e.with_traceback(None), rd.pos
     return last, None, rd.pos
 
 
@@ -216,7 +222,7 @@ def load(src: Source, size: int) -> Snapshot:
             for _ in rd.frames():
                 pass
         except CorruptError as e:
-            err = e
+            err = e.with_traceback(None)  # no frame cycle keeping the snapshot alive
         stop = rd.pos
     if err is not None and damage_is_not_a_crash(src, stop, size, header.max_frame_len):
         raise err  # 8.2: report, never truncate
