@@ -14,8 +14,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+import msgpack
 import numpy as np
 
+from . import _canonical as canon
 from . import _constants as C
 from ._clock import Clock, default_clock, iso, source_date_epoch
 from ._commit import (
@@ -29,6 +31,7 @@ from ._commit import (
 from ._errors import (
     AlreadyExists,
     CorruptError,
+    DataError,
     InvalidRecordError,
     NotFound,
     ReadOnlyError,
@@ -38,6 +41,7 @@ from ._file import ReadHandle, WriteHandle, fsync_dir
 from ._frames import FileHeader, Merkle, encode_frame, new_file_id, raw_payload
 from ._index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
 from ._records import decode_record, encode_record, encode_value, memory_value, record_from_input
+from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, load, read_commit_at, read_frame_at, replay
 
 Mode = Literal["r", "a"]
@@ -100,7 +104,7 @@ class Capsule:
         self._snap = snap
         self.mode: Mode = mode
         self.clock = clock
-        self._frame_cache: OrderedDict[int, list[tuple[object, bytes]]] = OrderedDict()
+        self._frame_cache: OrderedDict[int, tuple[bytes, list[int]]] = OrderedDict()
         self._state_root: str | None = None
         self._tx_open = False
         self._pending_recovery: list[tuple[int, bytes]] = []
@@ -169,11 +173,14 @@ class Capsule:
         loc = self._snap.mem.get(rid)
         if loc is not None:
             return loc
+        # A hit needs no table hash: get() checks the record against its id.
         for seg in reversed(self._snap.segments):
-            seg.verify()
             loc = seg.find(rid)
             if loc is not None:
                 return loc
+        # Before saying "absent", make sure no table was tampered with (9.2).
+        for seg in self._snap.segments:
+            seg.verify()
         return None
 
     def __contains__(self, rid: object) -> bool:
@@ -182,7 +189,13 @@ class Capsule:
         except (ValueError, TypeError):
             return False
 
-    def _frame_records(self, offset: int) -> list[tuple[object, bytes]]:
+    def _frame_slots(self, offset: int) -> tuple[bytes, list[int]]:
+        """The raw payload of a RECORDS frame and the byte offsets of its records.
+
+        Reading one record skips to its slot instead of decoding the whole
+        (~1 MB) frame: the record itself is then canonical-checked and matched
+        against its id, which is what makes the read trustworthy.
+        """
         hit = self._frame_cache.get(offset)
         if hit is not None:
             self._frame_cache.move_to_end(offset)
@@ -194,11 +207,12 @@ class Capsule:
                                           prev_chain=prev)
         if fh.ftype != C.FT_RECORDS or fh.end > self._snap.end:
             raise CorruptError("record location is not a RECORDS frame", offset=offset, check="index-location")
-        recs = decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq)
-        self._frame_cache[offset] = recs
+        raw = raw_payload(fh, payload)
+        bounds = _record_bounds(raw, fh.offset, fh.seq)
+        self._frame_cache[offset] = (raw, bounds)
         if len(self._frame_cache) > 8:
             self._frame_cache.popitem(last=False)
-        return recs
+        return raw, bounds
 
     def get(self, record_id: str | bytes) -> Any:
         """The record with this content id (hex), checked against its id.
@@ -210,23 +224,25 @@ class Capsule:
         loc = self._locate(rid)
         if loc is None:
             raise NotFound(f"no record {rid.hex()}")
-        recs = self._frame_records(loc[0])
-        if loc[1] >= len(recs):
+        raw, bounds = self._frame_slots(loc[0])
+        if loc[1] + 1 >= len(bounds):
             raise CorruptError("record slot outside its frame", offset=loc[0], check="index-location")
-        value, data = recs[loc[1]]
-        from ._records import record_id as _rid
-
+        data = raw[bounds[loc[1]] : bounds[loc[1] + 1]]
+        try:
+            value = canon.decode(data)
+        except DataError as e:
+            raise CorruptError(str(e), offset=loc[0], check="canonical") from None
         kind = value.get("kind") if isinstance(value, dict) else None
-        if not isinstance(kind, str) or _rid(kind, data) != rid:
+        if not isinstance(kind, str) or content_id(kind, data) != rid:
             raise CorruptError(f"record {rid.hex()} does not match its content id", offset=loc[0],
                                check="content-id")
+        if canon.depth(value) > C.MAX_DEPTH:
+            raise CorruptError("record nested too deeply", offset=loc[0], check="canonical")
         return decode_record(value, rid)
 
     def records(self, kind: str | None = None) -> Iterator[Any]:
         """Every committed record in commit order, each checked on the way."""
         self._check_open()
-        from ._records import record_id as _rid
-
         snap = self._snap
         rd = Reader(self._h, C.HEADER_SIZE, snap.end, 0, snap.header.chain_seed, snap.header.max_frame_len)
         for fh, payload, _ in rd.frames():
@@ -238,7 +254,7 @@ class Capsule:
                     continue
                 if not isinstance(k, str):
                     raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
-                yield decode_record(value, _rid(k, data))
+                yield decode_record(value, content_id(k, data))
 
     def all_ids(self) -> np.ndarray:
         """Sorted content ids of every committed record (``S32`` array)."""
@@ -328,7 +344,9 @@ class Capsule:
         seq, chain, merkle = snap.next_seq, snap.chain, snap.merkle.copy()
         pos = snap.end
         parts: list[bytes] = []
-        mem = dict(snap.mem)
+        # New entries go to side tables and are merged into the snapshot only
+        # after the fsync, so a failed commit leaves the in-memory state as it was.
+        new_mem: dict[bytes, tuple[int, int]] = {}
         kinds = dict(snap.kinds)
 
         def emit(ftype: int, raw: bytes, compress: bool = False) -> int:
@@ -356,14 +374,16 @@ class Capsule:
             at = emit(C.FT_RECORDS, encode_records_payload(batch), compress=True)
             frames += 1
             for slot, (rid, kind, _) in enumerate(items[start:i]):
-                mem[rid] = (at, slot)
+                new_mem[rid] = (at, slot)
                 kinds[kind] = kinds.get(kind, 0) + 1
         records = snap.records + len(items)
         segments = list(snap.segments)
         index_at, index_hash = (snap.commit.index, snap.commit.index_hash) if snap.commit else (None, None)
         since = snap.frames_since_index + frames
         wrote_index = False
-        if force_index or len(mem) >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES:
+        n_mem = len(snap.mem) + len(new_mem)
+        if force_index or n_mem >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES:
+            mem = {**snap.mem, **new_mem}
             k = plan_merge([s.ref.count for s in segments], len(mem))
             if k:
                 for s in segments[-k:]:
@@ -374,7 +394,7 @@ class Capsule:
                 table = build_table(ids, fr_offs, slots)
                 t_at = emit(C.FT_TABLE, table)
                 ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
-                new_table = Segment(ref, table)
+                new_table = Segment(ref, table, verified=True)
                 segments = segments[: len(segments) - k] + [new_table]
             meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments])
             payload = meta.encode()
@@ -395,9 +415,13 @@ class Capsule:
         end = snap.end + len(data)
         info = CommitInfo(info.offset, end, info.seq, info.time, info.root, info.records, info.commits,
                           info.prev, info.index, info.index_hash, cframe.chain)
+        if wrote_index:
+            mem_after: dict[bytes, tuple[int, int]] = {}
+        else:
+            mem_after = snap.mem
+            mem_after.update(new_mem)
         self._snap = Snapshot(
-            snap.header, end, info, cframe.chain, merkle, seq + 1, segments,
-            {} if wrote_index else mem, kinds, records, since + 1,
+            snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
         )
         self._state_root = None
         return info
@@ -497,6 +521,26 @@ class Transaction:
         except TypeError as e:
             raise InvalidRecordError(f"missing or bad field: {e}") from e
         return self.put(rec)
+
+
+def _record_bounds(raw: bytes, offset: int, seq: int) -> list[int]:
+    """Start offsets of each record in a RECORDS payload, plus its end (7.0)."""
+    up = msgpack.Unpacker(raw=False, max_buffer_size=len(raw) or 1, max_str_len=C.MAX_STR, max_bin_len=C.MAX_BIN,
+                          max_array_len=C.MAX_ARRAY, max_map_len=C.MAX_MAP, max_ext_len=0)
+    up.feed(raw)
+    try:
+        n = up.read_array_header()
+        if not 0 < n <= C.MAX_RECORDS_PER_FRAME:
+            raise ValueError("record count")
+        bounds = [up.tell()]
+        for _ in range(n):
+            up.skip()
+            bounds.append(up.tell())
+    except (ValueError, msgpack.OutOfData, msgpack.StackError, msgpack.FormatError) as e:
+        raise CorruptError(f"malformed RECORDS payload: {e}", offset=offset, seq=seq, check="records") from None
+    if bounds[-1] != len(raw):
+        raise CorruptError("trailing bytes in a RECORDS payload", offset=offset, seq=seq, check="records")
+    return bounds
 
 
 def _parse_id(v: object) -> bytes:

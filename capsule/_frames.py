@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import zlib
 from dataclasses import dataclass
 
@@ -193,14 +194,28 @@ def encode_frame(
     """Build one frame. Compression is kept only when it saves bytes (3.3)."""
     payload = raw_payload
     flags = 0
-    if compress and len(raw_payload) > 128:
-        z = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw_payload)
+    if compress and len(raw_payload) > 128:  # tiny payloads never shrink
+        z = _compressor(level).compress(raw_payload)
         if len(z) < len(raw_payload):
             payload, flags = z, C.FFLAG_ZSTD
     header = encode_frame_header(ftype, flags, seq, len(payload), len(raw_payload))
     ph = _sha256(payload).digest()
     chain = chain_next(prev_chain, header, ph)
     return EncodedFrame(header + payload + chain, chain, leaf_hash(header, ph), header)
+
+
+_tls = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level: building one costs more than a small frame."""
+    cache = getattr(_tls, "zc", None)
+    if cache is None:
+        cache = _tls.zc = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return c
 
 
 def check_frame_body(fh: FrameHeader, payload: bytes, trailer: bytes, prev_chain: bytes) -> tuple[bytes, bytes]:

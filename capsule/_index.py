@@ -40,13 +40,13 @@ class SegmentRef:
 class Segment:
     __slots__ = ("ref", "prefix", "ids", "frames", "slots", "_buf", "_verified")
 
-    def __init__(self, ref: SegmentRef, buf: memoryview | bytes) -> None:
+    def __init__(self, ref: SegmentRef, buf: memoryview | bytes, *, verified: bool = False) -> None:
         n = ref.count
         if len(buf) != n * ENTRY_SIZE:
             raise CorruptError("index table has the wrong size", offset=ref.offset, check="index-table")
         self.ref = ref
         self._buf = buf
-        self._verified = False
+        self._verified = verified
         self.prefix = np.frombuffer(buf, dtype="<u8", count=n, offset=0)
         self.ids = np.frombuffer(buf, dtype="S32", count=n, offset=8 * n)
         self.frames = np.frombuffer(buf, dtype="<u8", count=n, offset=40 * n)

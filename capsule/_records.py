@@ -26,9 +26,19 @@ MAX_TAG_LEN = 256
 MAX_DIM = 65536
 
 
+_ID_PREFIX: dict[str, Any] = {}
+
+
 def record_id(kind: str, data: bytes) -> bytes:
     """5.3: content id over the stored canonical bytes."""
-    return hashlib.sha256(RECORD_ID_TAG + kind.encode() + b"\x00" + data).digest()
+    h = _ID_PREFIX.get(kind)
+    if h is None:
+        if len(_ID_PREFIX) > 1024:
+            _ID_PREFIX.clear()
+        h = _ID_PREFIX[kind] = hashlib.sha256(RECORD_ID_TAG + kind.encode() + b"\x00")
+    h = h.copy()
+    h.update(data)
+    return h.digest()
 
 
 class Record(Protocol):
