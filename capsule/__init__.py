@@ -28,12 +28,34 @@ from ._errors import (
     UsageError,
     WriterPoisoned,
 )
+from ._keys import (
+    Keyset,
+    PrivateKey,
+    PublicKey,
+    generate_key,
+    load_private_key,
+    load_public_key,
+    save_private_key,
+)
+from ._kinds import Approval, Constraint, Decision, Identity, Note
 from ._records import GenericRecord, Memory, kinds, register_kind
 from ._verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Approval",
+    "Constraint",
+    "Decision",
+    "Identity",
+    "Keyset",
+    "Note",
+    "PrivateKey",
+    "PublicKey",
+    "generate_key",
+    "load_private_key",
+    "load_public_key",
+    "save_private_key",
     "AlreadyExists",
     "Capsule",
     "CapsuleError",

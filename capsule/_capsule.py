@@ -40,9 +40,17 @@ from ._errors import (
 from ._file import ReadHandle, WriteHandle, fsync_dir
 from ._frames import FileHeader, Merkle, encode_frame, new_file_id, raw_payload
 from ._index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
-from ._records import decode_record, encode_record, encode_value, memory_value, record_from_input
+from ._records import (
+    decode_record,
+    encode_record,
+    encode_value,
+    memory_value,
+    parse_iso_time,
+    record_from_input,
+)
 from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, load, read_commit_at, read_frame_at, replay
+from ._state import State, fold
 
 Mode = Literal["r", "a"]
 
@@ -108,6 +116,7 @@ class Capsule:
         self._state_root: str | None = None
         self._tx_open = False
         self._pending_recovery: list[tuple[int, bytes]] = []
+        self._pinned = False  # a view of an older commit never moves
         self._committed = False  # a handle that never committed never writes, not even on close
 
     # --- lifecycle -------------------------------------------------------------
@@ -302,10 +311,70 @@ class Capsule:
             before = c.records
         return out
 
+    def state(self) -> State:
+        """The agent's state at this snapshot: a pure fold over its records (13)."""
+        return fold(self.records())
+
+    def _commits(self) -> Iterator[CommitInfo]:
+        """Commits newest first, by walking COMMIT back-pointers."""
+        c = self._snap.commit
+        while c is not None:
+            yield c
+            if c.prev is None:
+                return
+            p = read_commit_at(self._h, c.prev, self._snap.header)
+            if p.commits != c.commits - 1 or p.end > c.offset:
+                raise CorruptError("commit back-pointer is inconsistent", offset=c.offset, check="commit-prev")
+            c = p
+
+    def resolve(self, at: str | int) -> CommitInfo:
+        """Find the commit a view names (6.5): a commit seq (as ``log`` shows it), a
+        hex prefix of a commit root (>= 4 digits), or an ISO-8601 time (the last
+        commit at or before it)."""
+        self._check_open()
+        text = str(at).strip()
+        if text.isdigit():
+            seq = int(text)
+            for c in self._commits():
+                if c.seq == seq:
+                    return c
+                if c.seq < seq:
+                    break
+            raise NotFound(f"no commit with seq {seq} (see `capsule log`)")
+        low = text.lower()
+        if len(low) >= 4 and all(ch in "0123456789abcdef" for ch in low):
+            hits = [c for c in self._commits() if c.root.hex().startswith(low)]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise UsageError(f"commit prefix {text!r} is ambiguous ({len(hits)} commits)")
+            raise NotFound(f"no commit root starts with {text!r}")
+        try:
+            t = parse_iso_time(text)
+        except InvalidRecordError:
+            raise UsageError(f"--at {text!r} is not a commit seq, a commit hash prefix or an ISO-8601 time") from None
+        for c in self._commits():
+            if c.time <= t:
+                return c
+        raise NotFound(f"no commit at or before {text}")
+
+    def view(self, at: str | int) -> Capsule:
+        """A read-only capsule fixed at an earlier commit (time travel, audit)."""
+        c = self.resolve(at)
+        h = ReadHandle(self.path)
+        try:
+            snap = replay(h, self._snap.header, c)
+        except BaseException:
+            h.close()
+            raise
+        v = Capsule(self.path, h, snap, "r", self.clock)
+        v._pinned = True
+        return v
+
     def refresh(self) -> bool:
         """Readers: move the snapshot to the newest commit. True if it moved."""
         self._check_open()
-        if self.mode == "a":
+        if self.mode == "a" or self._pinned:
             return False
         size = self._h.size()
         if size == self._snap.end:
@@ -470,7 +539,11 @@ class Transaction:
             # Content addressing: a record already committed is not written again.
             ids = [it[0] for it in items]
             dup = np.zeros(len(ids), dtype=bool)
-            if cap._snap.segments:
+            if cap._snap.segments and len(ids) <= 16:
+                # a few scalar lookups beat the vectorised path's setup cost
+                for j, rid in enumerate(ids):
+                    dup[j] = any(seg.find(rid) is not None for seg in cap._snap.segments)
+            elif cap._snap.segments:
                 prefixes = np.frombuffer(b"".join(r[:8] for r in ids), dtype=">u8").astype(np.uint64)
                 for seg in cap._snap.segments:
                     seg.verify()
@@ -511,6 +584,42 @@ class Transaction:
         rid, data = encode_value("memory", value)
         self._items.setdefault(rid, (rid, "memory", data))
         return rid.hex()
+
+    def _put_kind(self, kind: str, **kw: Any) -> str:
+        from ._records import _REGISTRY
+
+        time = kw.pop("time", None)
+        rec = _REGISTRY[kind].build(time=self._cap.clock() if time is None else time, **kw)
+        return self.put(rec)
+
+    def decide(self, summary: str, *, rationale: str = "", evidence: Any = (), inputs: Mapping[str, Any] | None = None,
+               alternatives: Any = (), time: int | None = None) -> str:
+        """Record an immutable decision and the evidence (record ids) behind it."""
+        return self._put_kind("decision", summary=summary, rationale=rationale, evidence=evidence, inputs=inputs,
+                              alternatives=alternatives, time=time)
+
+    def constrain(self, text: str, *, scope: str = "global", status: str = "active", time: int | None = None) -> str:
+        """Add (or, with ``status="revoked"``, lift) a rule for ``scope``."""
+        return self._put_kind("constraint", text=text, scope=scope, status=status, time=time)
+
+    def approve(self, subject: str | bytes, key: Any, *, time: int | None = None) -> str:
+        """Sign approval of the record ``subject`` with a :class:`capsule.PrivateKey`."""
+        from ._kinds import approval_message, parse_id
+
+        sid = parse_id(subject, "subject")
+        sig = key.sign(approval_message(sid))
+        return self._put_kind("approval", subject=sid, approver=key.key_id, signature=sig, time=time)
+
+    def set_identity(self, agent_id: str, *, name: str = "", model: str = "", config: Mapping[str, Any] | None = None,
+                     keys: Any = (), time: int | None = None) -> str:
+        """Record who the agent is now; identity history is the chain of these records."""
+        raw = [k.raw if hasattr(k, "raw") else k for k in keys]
+        return self._put_kind("identity", agent_id=agent_id, name=name, model=model, config=config, keys=raw,
+                              time=time)
+
+    def note(self, text: str, *, time: int | None = None) -> str:
+        """A free-text note (task progress and the like)."""
+        return self._put_kind("note", text=text, time=time)
 
     def put_value(self, obj: Mapping[str, Any]) -> str:
         """Add a record given as a JSON-like map (a JSONL line); ``kind`` defaults to memory."""
@@ -594,15 +703,21 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     return cap
 
 
-def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None) -> Capsule:  # noqa: A001
+def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: str | int | None = None) -> Capsule:  # noqa: A001
     """Open a capsule: ``"r"`` a lock-free read-only snapshot, ``"a"`` the single writer.
 
+    ``at`` opens a read-only view as of an earlier commit (see :meth:`Capsule.resolve`).
     A writer that finds a torn tail truncates it durably and records a
-    RECOVERY frame before anything else (8.3). Damage before the last commit
+    RECOVERY frame with its first commit (8.3). Damage before the last commit
     raises :class:`CorruptError` and is never repaired.
     """
     if mode not in ("r", "a"):
         raise UsageError(f"mode must be 'r' or 'a', not {mode!r}")
+    if at is not None:
+        if mode != "r":
+            raise UsageError("a view (at=...) is read-only; open it with mode 'r'")
+        with open(path, "r", clock=clock) as cap:
+            return cap.view(at)
     p = Path(path)
     clock = clock or default_clock()
     h: ReadHandle = WriteHandle(p) if mode == "a" else ReadHandle(p)

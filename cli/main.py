@@ -35,6 +35,11 @@ T = TypeVar("T")
 
 FileArg = Annotated[Path, typer.Argument(help="Path to the capsule file.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AtOpt = Annotated[
+    str | None,
+    typer.Option("--at", help="View as of an earlier commit: a commit seq, a commit root prefix "
+                 "(>= 4 hex digits) or an ISO-8601 time."),
+]
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -125,16 +130,37 @@ def put(
         typer.Option("--jsonl", help='JSONL file (or - for stdin), one record per line: {"text", "tags"?, '
                      '"meta"?, "embedding"?, "kind"?}. The whole file is one commit.'),
     ] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="Record kind for --json-body (memory, decision, "
+                                             "constraint, approval, identity, note).")] = None,
+    json_body: Annotated[str | None, typer.Option("--json-body", help="The record's fields as one JSON object.")]
+    = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add records: one memory with --text, or a batch with --jsonl (one commit).
+    """Add records: one memory with --text, one record of any kind with --kind and
+    --json-body, or a batch with --jsonl (one commit).
 
     Examples:
       capsule put agent.capsule --text "deploys freeze on Fridays" --tag ops --meta team=infra
+      capsule put agent.capsule --kind decision --json-body '{"summary": "use canary deploys"}'
       capsule put agent.capsule --jsonl memories.jsonl --json
     """
+    if (kind is None) != (json_body is None):
+        fail("--kind and --json-body go together", 2)
+    if json_body is not None:
+        if text is not None or jsonl is not None or tag or meta:
+            fail("--json-body stands alone: no --text, --jsonl, --tag or --meta", 2)
+        try:
+            body = json.loads(json_body)
+        except json.JSONDecodeError as e:
+            fail(f"--json-body is not valid JSON: {e.msg}", 1)
+        if not isinstance(body, dict):
+            fail("--json-body must be a JSON object", 1)
+        if "kind" in body and body["kind"] != kind:
+            fail(f"--kind {kind} disagrees with the body's kind {body['kind']!r}", 2)
+        jsonl = "\0body"
+        body = {**body, "kind": kind}
     if (text is None) == (jsonl is None):
-        fail("give exactly one of --text or --jsonl", 2)
+        fail("give exactly one of --text, --jsonl or --kind with --json-body", 2)
     if jsonl is not None and (tag or meta):
         fail("--tag and --meta go with --text; put tags and meta inside the JSONL lines", 2)
     if not path.is_file():
@@ -145,7 +171,10 @@ def put(
         # Parse the whole input before the writer is opened; records are
         # validated inside the commit, and a bad one discards the batch, so a
         # failed put leaves the capsule byte-for-byte as it was.
-        lines = list(_jsonl(jsonl)) if jsonl is not None else []
+        if jsonl == "\0body":
+            lines = [(1, body)]
+        else:
+            lines = list(_jsonl(jsonl)) if jsonl is not None else []
         with capsule.open(path, "a") as cap:
             with cap.commit() as tx:
                 if text is not None:
@@ -170,14 +199,14 @@ def put(
 
 
 @app.command("open")
-def open_(path: FileArg, json_out: JsonOpt = False) -> None:
+def open_(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
     """Summarise a capsule: ids, version, commits, records by kind, size, state root.
 
     Example: capsule open agent.capsule --json
     """
 
     def go() -> dict[str, Any]:
-        with capsule.open(path) as cap:
+        with capsule.open(path, at=at) as cap:
             return cap.summary().to_dict()
 
     s = run(go)
@@ -194,14 +223,14 @@ def open_(path: FileArg, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def log(path: FileArg, json_out: JsonOpt = False) -> None:
+def log(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
     """List every commit: seq, offset, end offset, records, time, Merkle root.
 
     Example: capsule log agent.capsule
     """
 
     def go() -> list[dict[str, Any]]:
-        with capsule.open(path) as cap:
+        with capsule.open(path, at=at) as cap:
             return [r.to_dict() for r in cap.log()]
 
     rows = run(go)
@@ -213,6 +242,70 @@ def log(path: FileArg, json_out: JsonOpt = False) -> None:
         t.add_row(str(r["commit"]), str(r["seq"]), str(r["offset"]), str(r["end"]), str(r["records"]),
                   r["time"], r["root"][:16])
     out.print(t)
+
+
+@app.command()
+def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
+    """Show what the agent believes: live memories by tier, decisions, active
+    constraints with approvals, current identity. --json is canonical (sorted, stable).
+
+    Example: capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
+    """
+
+    def go() -> dict[str, Any]:
+        with capsule.open(path, at=at) as cap:
+            return cap.state().to_dict()
+
+    st = run(go)
+    if json_out:
+        sys.stdout.write(json.dumps(st, sort_keys=True, ensure_ascii=False, indent=1) + "\n")
+        return
+    out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)
+    ident = st["identity"]
+    if ident:
+        out.print(f"identity    {ident['agent_id']} {ident['name']} {ident['model']}".rstrip(), markup=False)
+    for tier, mems in st["memories"].items():
+        out.print(f"{tier:<11} {len(mems)} memories", markup=False)
+        for m in mems[-5:]:
+            out.print(f"  {m['id'][:12]}  {m['text'][:100]}", markup=False)
+    out.print(f"constraints {len(st['constraints'])} active", markup=False)
+    for c in st["constraints"]:
+        ok = sum(a["verified"] for a in c["approvals"])
+        out.print(f"  [{c['scope']}] {c['text'][:100]}  ({ok} verified approvals)", markup=False)
+    out.print(f"decisions   {len(st['decisions'])}", markup=False)
+    for d in st["decisions"][-5:]:
+        out.print(f"  {d['id'][:12]}  {d['summary'][:100]}", markup=False)
+
+
+@app.command()
+def keygen(
+    out_path: Annotated[Path, typer.Option("-o", "--out", help="Where to write the private key (KEY.pub too).")],
+    passphrase_env: Annotated[str | None, typer.Option("--passphrase-env", help="Encrypt the key with the "
+                                                       "passphrase in this environment variable.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an Ed25519 signing key (mode 0600) and its KEY.pub.
+
+    Example: CAPSULE_PASS=... capsule keygen -o agent.key --passphrase-env CAPSULE_PASS
+    """
+    import os
+
+    def go() -> dict[str, Any]:
+        pw = None
+        if passphrase_env is not None:
+            v = os.environ.get(passphrase_env)
+            if not v:
+                raise capsule.UsageError(f"environment variable {passphrase_env} is not set or empty")
+            pw = v.encode()
+        key = capsule.generate_key()
+        pub = capsule.save_private_key(out_path, key, passphrase=pw)
+        return {"key": str(out_path), "public_key": str(pub), "key_id": key.key_id, "encrypted": pw is not None}
+
+    info = run(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"wrote {info['key']} (key id {info['key_id']}) and {info['public_key']}", markup=False)
 
 
 @app.command()
