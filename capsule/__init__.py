@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from ._capsule import Capsule, CommitRow, Summary, Transaction, create, open
+from ._capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
 from ._errors import (
     AlreadyExists,
     CapsuleError,
@@ -77,6 +77,7 @@ __all__ = [
     "VerifyReport",
     "WriterPoisoned",
     "create",
+    "fork",
     "kinds",
     "open",
     "register_kind",

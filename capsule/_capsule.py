@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +19,14 @@ import numpy as np
 
 from . import _canonical as canon
 from . import _constants as C
+from ._checkpoint import (
+    CheckpointFrame,
+    KeysetFrame,
+    encode_checkpoint,
+    encode_keyset,
+    parse_checkpoint,
+    parse_keyset,
+)
 from ._clock import Clock, default_clock, iso, source_date_epoch
 from ._commit import (
     CommitInfo,
@@ -40,6 +48,11 @@ from ._errors import (
 from ._file import ReadHandle, WriteHandle, fsync_dir
 from ._frames import FileHeader, Merkle, encode_frame, new_file_id, raw_payload
 from ._index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
+from ._keys import (
+    CheckpointBody,
+    Keyset,
+    PrivateKey,
+)
 from ._records import (
     decode_record,
     encode_record,
@@ -50,7 +63,7 @@ from ._records import (
 )
 from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, load, read_commit_at, read_frame_at, replay
-from ._state import State, fold
+from ._state import EVENT_KINDS, State, fold
 
 Mode = Literal["r", "a"]
 
@@ -274,7 +287,9 @@ class Capsule:
 
     @property
     def state_root(self) -> str:
-        """8.1: SHA-256 over the sorted ids of the live records (hex)."""
+        """13.1: SHA-256 over the sorted ids of the live records (hex)."""
+        if self._state_root is None and any(k in EVENT_KINDS for k in self._snap.kinds):
+            self._state_root = self.state().root  # events change liveness: fold
         if self._state_root is None:
             ids = self.all_ids()
             h = hashlib.sha256(C.STATE_ROOT_TAG)
@@ -327,12 +342,176 @@ class Capsule:
                 raise CorruptError("commit back-pointer is inconsistent", offset=c.offset, check="commit-prev")
             c = p
 
+    # --- checkpoints and keys (14.9) ---------------------------------------------
+    def _read_checkpoint(self, offset: int) -> CheckpointFrame:
+        fh, payload, _, _ = read_frame_at(self._h, offset, max_frame=self._snap.header.max_frame_len)
+        if fh.ftype != C.FT_CHECKPOINT:
+            raise CorruptError("checkpoint pointer does not name a CHECKPOINT frame", offset=offset,
+                               check="checkpoint")
+        return parse_checkpoint(payload, offset, fh.seq)
+
+    def checkpoints(self) -> list[CheckpointFrame]:
+        """Every checkpoint up to this snapshot, oldest first (walks the prev pointers)."""
+        self._check_open()
+        out: list[CheckpointFrame] = []
+        cur = self._snap.checkpoint
+        expect = cur[1] if cur else None
+        off = cur[0] if cur else None
+        while off is not None:
+            ck = self._read_checkpoint(off)
+            if ck.hash != expect:
+                raise CorruptError("checkpoint chain is broken", offset=off, check="checkpoint-prev")
+            out.append(ck)
+            off, expect = ck.prev_offset, ck.body.prev
+        out.reverse()
+        return out
+
+    def find_checkpoint(self, label: str) -> CheckpointFrame | None:
+        """The newest checkpoint with this label, or None."""
+        cur = self._snap.checkpoint
+        off = cur[0] if cur else None
+        while off is not None:
+            ck = self._read_checkpoint(off)
+            if ck.body.label == label:
+                return ck
+            off = ck.prev_offset
+        return None
+
+    def commit_of(self, ck: CheckpointFrame) -> CommitInfo:
+        """The commit that made a checkpoint durable (the first COMMIT after it)."""
+        found = None
+        for c in self._commits():
+            if c.seq <= ck.body.tree_size:
+                break
+            found = c
+        if found is None:
+            raise CorruptError("checkpoint has no commit", offset=ck.offset, check="checkpoint")
+        return found
+
+    def keysets(self) -> list[KeysetFrame]:
+        """The keyset history, oldest first: the first keyset, then each rotation."""
+        out: list[KeysetFrame] = []
+        off = self._snap.keyset
+        while off is not None:
+            fh, payload, _, _ = read_frame_at(self._h, off, max_frame=self._snap.header.max_frame_len)
+            if fh.ftype != C.FT_KEYSET:
+                raise CorruptError("keyset pointer does not name a KEYSET frame", offset=off, check="keyset")
+            kf = parse_keyset(payload, off, fh.seq)
+            out.append(kf)
+            off = kf.prev_offset
+        out.reverse()
+        return out
+
+    @property
+    def keyset(self) -> Keyset | None:
+        """The keyset in force (None before the first checkpoint)."""
+        ks = self.keysets()
+        return ks[-1].keyset if ks else None
+
+    def checkpoint(self, label: str, *, key: PrivateKey | Sequence[PrivateKey], runtime_state: bytes | None = None,
+                   ) -> CheckpointFrame:
+        """Sign and commit a checkpoint of the current state (14.9).
+
+        The first checkpoint also records the signing keys as the capsule's
+        keyset. Later ones must be signed by a threshold of the keyset in force
+        (rotate with :meth:`rotate_keys`), and must extend the previous checkpoint.
+        """
+        self._check_writer()
+        keys = [key] if isinstance(key, PrivateKey) else list(key)
+        if not keys:
+            raise UsageError("a checkpoint needs at least one signing key")
+        if runtime_state is not None and not isinstance(runtime_state, bytes | bytearray | memoryview):
+            raise UsageError("runtime_state must be bytes")
+        runtime = None if runtime_state is None else bytes(runtime_state)
+        ks_frames = self.keysets()
+        after: list[tuple[int, Callable[[int, bytes, Merkle, int], bytes]]] = []
+        if ks_frames:
+            keyset = ks_frames[-1].keyset
+            signers = {k.key_id for k in keys}
+            inside = [k for k in keyset.keys if k.key_id in signers]
+            if len(inside) < keyset.threshold:
+                raise UsageError(
+                    f"the capsule's keyset v{keyset.version} needs {keyset.threshold} of its keys; "
+                    f"{len(inside)} given ({', '.join(sorted(signers))}): rotate keys first"
+                )
+        else:
+            keyset = Keyset.of([k.public_key for k in keys], threshold=len({k.key_id for k in keys}))
+            after.append((C.FT_KEYSET, lambda seq, chain, m, pos: encode_keyset(keyset, [], None)))
+        prev = self._read_checkpoint(self._snap.checkpoint[0]) if self._snap.checkpoint else None
+        if prev is not None and (prev.hash != self._snap.checkpoint[1]  # type: ignore[index]
+                                 or prev.body.origin != self._snap.header.file_id):
+            raise CorruptError("the previous checkpoint does not match its pointer", offset=prev.offset,
+                               check="checkpoint")
+        state_root = bytes.fromhex(self.state_root)
+        now = self.clock()
+
+        def build(seq: int, chain: bytes, merkle: Merkle, pos: int) -> bytes:
+            if prev is not None and seq <= prev.body.tree_size:
+                raise UsageError("refusing to sign a checkpoint that does not extend the previous one")
+            body = CheckpointBody(
+                origin=self._snap.header.file_id, tree_size=seq, root=merkle.root(), chain=chain,
+                prev=prev.hash if prev else None, keyset=keyset.digest, state_root=state_root, label=label,
+                time=now, runtime=None if runtime is None else hashlib.sha256(runtime).digest(),
+            )
+            return encode_checkpoint(body, body.sign(keys), prev.offset if prev else None, runtime)
+
+        after.append((C.FT_CHECKPOINT, build))
+        self._write_commit([], after=after)
+        assert self._snap.checkpoint is not None
+        return self._read_checkpoint(self._snap.checkpoint[0])
+
+    def rotate_keys(self, new: Keyset, *, old_signers: Sequence[PrivateKey], new_signers: Sequence[PrivateKey],
+                    ) -> KeysetFrame:
+        """Replace the keyset; accepted only with a threshold of the old keys and of
+        the new keys (each counted once). Keys left out of ``new`` are revoked."""
+        from ._keys import rotate
+
+        self._check_writer()
+        ks = self.keysets()
+        if not ks:
+            raise UsageError("no keyset yet: the first checkpoint sets it")
+        rot = rotate(ks[-1].keyset, new, old_signers, new_signers)
+        prev_off = ks[-1].offset
+        self._write_commit([], after=[(C.FT_KEYSET, lambda seq, chain, m, pos: encode_keyset(
+            rot.new, rot.signatures, prev_off))])
+        return self.keysets()[-1]
+
+    def rollback(self, to: str, *, key: PrivateKey | Sequence[PrivateKey] | None = None) -> str:
+        """Append a ``revert`` so the live state equals checkpoint ``to``'s again;
+        history stays in the file. With ``key``, also sign a checkpoint
+        ``rollback-to-<label>``. Returns the revert record's id."""
+        self._check_writer()
+        ck = self.find_checkpoint(to)
+        if ck is None:
+            raise NotFound(f"no checkpoint labelled {to!r} (see `capsule checkpoints`)")
+        from ._state import live_records
+
+        with self.view(str(self.commit_of(ck).seq)) as then:
+            then_ids = {bytes.fromhex(r.id) for r in live_records(then.records())}
+        now_ids = {bytes.fromhex(r.id) for r in live_records(self.records())}
+        with self.commit() as tx:
+            rid = tx._put_kind("revert", to=ck.hash, drop=sorted(now_ids - then_ids),
+                               restore=sorted(then_ids - now_ids))
+        if key is not None:
+            self.checkpoint(f"rollback-to-{to}", key=key)
+        return rid
+
+    def _check_writer(self) -> None:
+        self._check_open()
+        if self.mode != "a":
+            raise ReadOnlyError(f"{self.path}: opened read-only; open with mode='a' to write")
+        if self._tx_open:
+            raise UsageError("a commit is open on this capsule")
+
     def resolve(self, at: str | int) -> CommitInfo:
-        """Find the commit a view names (6.5): a commit seq (as ``log`` shows it), a
-        hex prefix of a commit root (>= 4 digits), or an ISO-8601 time (the last
-        commit at or before it)."""
+        """Find the commit a view names (6.5): a checkpoint label, a commit seq (as
+        ``log`` shows it), a hex prefix of a commit root (>= 4 digits), or an
+        ISO-8601 time (the last commit at or before it)."""
         self._check_open()
         text = str(at).strip()
+        ck = self.find_checkpoint(text) if self._snap.checkpoint else None
+        if ck is not None:
+            return self.commit_of(ck)  # labels first: a label may look like a number
         if text.isdigit():
             seq = int(text)
             for c in self._commits():
@@ -352,7 +531,9 @@ class Capsule:
         try:
             t = parse_iso_time(text)
         except InvalidRecordError:
-            raise UsageError(f"--at {text!r} is not a commit seq, a commit hash prefix or an ISO-8601 time") from None
+            raise UsageError(
+                f"--at {text!r} is not a checkpoint label, a commit seq, a commit hash prefix or an ISO-8601 time"
+            ) from None
         for c in self._commits():
             if c.time <= t:
                 return c
@@ -400,8 +581,14 @@ class Capsule:
         return Transaction(self)
 
     def _write_commit(self, items: list[tuple[bytes, str, bytes]], *, force_index: bool = False,
-                      extra: list[tuple[int, bytes]] = ()) -> CommitInfo:  # type: ignore[assignment]
-        """Append records (+ INDEX when due) + COMMIT, fsync once, then publish."""
+                      extra: list[tuple[int, bytes]] = (),  # type: ignore[assignment]
+                      after: list[tuple[int, Callable[[int, bytes, Merkle, int], bytes]]] = (),  # type: ignore[assignment]
+                      ) -> CommitInfo:
+        """Append records (+ INDEX when due) + COMMIT, fsync once, then publish.
+
+        ``extra`` frames go first; ``after`` frames are built by callbacks that get
+        (seq, chain, Merkle so far, offset) once everything before them is laid out.
+        """
         assert isinstance(self._h, WriteHandle)
         if self._snap.torn is not None:
             # 8.3: a torn tail is dropped, durably and on the record, before any write.
@@ -445,6 +632,15 @@ class Capsule:
             for slot, (rid, kind, _) in enumerate(items[start:i]):
                 new_mem[rid] = (at, slot)
                 kinds[kind] = kinds.get(kind, 0) + 1
+        ckpt, keyset_at = snap.checkpoint, snap.keyset
+        for ftype, build in after:
+            raw = build(seq, chain, merkle, pos)
+            at = emit(ftype, raw)
+            frames += 1
+            if ftype == C.FT_CHECKPOINT:
+                ckpt = (at, parse_checkpoint(raw, at, seq - 1).hash)
+            elif ftype == C.FT_KEYSET:
+                keyset_at = at
         records = snap.records + len(items)
         segments = list(snap.segments)
         index_at, index_hash = (snap.commit.index, snap.commit.index_hash) if snap.commit else (None, None)
@@ -465,7 +661,7 @@ class Capsule:
                 ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
                 new_table = Segment(ref, table, verified=True)
                 segments = segments[: len(segments) - k] + [new_table]
-            meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments])
+            meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments], ckpt, keyset_at)
             payload = meta.encode()
             index_at, index_hash = emit(C.FT_INDEX, payload), hashlib.sha256(payload).digest()
             wrote_index = True
@@ -491,6 +687,7 @@ class Capsule:
             mem_after.update(new_mem)
         self._snap = Snapshot(
             snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
+            checkpoint=ckpt, keyset=keyset_at,
         )
         self._state_root = None
         return info
@@ -667,7 +864,7 @@ def _parse_id(v: object) -> bytes:
 
 
 def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | None = None,
-           exist_ok: bool = False) -> Capsule:
+           exist_ok: bool = False, lineage: bytes | None = None) -> Capsule:
     """Create a new, empty capsule and open it for writing.
 
     With ``SOURCE_DATE_EPOCH`` set (and no explicit ``file_id``/``clock``) the
@@ -694,7 +891,7 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
         h.append_at(0, hb)
         snap = Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
         cap = Capsule(p, h, snap, "a", clock)
-        cap._write_commit([])
+        cap._write_commit([], extra=[(C.FT_LINEAGE, lineage)] if lineage is not None else [])
         fsync_dir(p)
     except BaseException:
         h.close()
@@ -730,6 +927,36 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
     return cap
 
 
+def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, clock: Clock | None = None) -> Capsule:
+    """Write a new capsule holding the live state of ``path`` (at ``at``, default
+    now), whose first commit starts with a LINEAGE frame naming the parent and
+    the fork point (spec 15). Returns the new capsule open for writing."""
+    from ._checkpoint import Lineage
+    from ._state import live_records
+
+    with open(path, "r") as src:
+        view = src.view(at) if at is not None else src.view(str(src._snap.commit.seq if src._snap.commit else 0))
+    with view:
+        c = view._snap.commit
+        if c is None:
+            raise UsageError(f"{path}: has no commit to fork from")
+        lin = Lineage(view._snap.header.file_id, c.root, c.seq, c.chain,
+                      view._snap.checkpoint[1] if view._snap.checkpoint else None)
+        recs = live_records(view.records())
+    new = create(out, clock=clock, lineage=canon.pack(lin.to_value()))
+    try:
+        items = []
+        for rec in recs:
+            rid, data = encode_record(rec)
+            items.append((rid, rec.kind, data))
+        if items:
+            new._write_commit(items)
+    except BaseException:
+        new.close()
+        raise
+    return new
+
+
 def _load_stable(h: ReadHandle) -> Snapshot:
     """Load; a reader that raced a writer's append retries on a steady size."""
     for _ in range(20):
@@ -744,4 +971,4 @@ def _load_stable(h: ReadHandle) -> Snapshot:
     return load(h, h.size())
 
 
-__all__ = ["Capsule", "Transaction", "CommitRow", "Summary", "create", "open", "replay"]
+__all__ = ["Capsule", "Transaction", "CommitRow", "Summary", "create", "fork", "open", "replay"]

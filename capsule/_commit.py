@@ -99,10 +99,14 @@ class IndexMeta:
     records: int
     kinds: dict[str, int]
     segments: list[SegmentRef] = field(default_factory=list)
+    checkpoint: tuple[int, bytes] | None = None  # latest CHECKPOINT frame: (offset, body hash)
+    keyset: int | None = None  # latest KEYSET frame offset
 
     def to_value(self) -> dict[str, object]:
         return {
+            "checkpoint": None if self.checkpoint is None else [self.checkpoint[0], self.checkpoint[1]],
             "frontier": list(self.frontier),
+            "keyset": self.keyset,
             "kinds": dict(sorted(self.kinds.items())),
             "records": self.records,
             "segments": [s.to_value() for s in self.segments],
@@ -123,8 +127,16 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
         v = canon.decode(payload)
     except NonCanonicalError as e:
         raise bad(str(e)) from e
-    if not isinstance(v, dict) or set(v) != {"frontier", "kinds", "records", "segments", "tree_size"}:
+    if not isinstance(v, dict) or set(v) != {"checkpoint", "frontier", "keyset", "kinds", "records", "segments",
+                                              "tree_size"}:
         raise bad("index fields are wrong")
+    ck = v["checkpoint"]
+    if ck is not None and not (isinstance(ck, list) and len(ck) == 2 and type(ck[0]) is int
+                               and C.HEADER_SIZE <= ck[0] < offset and isinstance(ck[1], bytes) and len(ck[1]) == 32):
+        raise bad("index checkpoint pointer is malformed")
+    ks = v["keyset"]
+    if ks is not None and not (type(ks) is int and C.HEADER_SIZE <= ks < offset):
+        raise bad("index keyset pointer is malformed")
     if v["tree_size"] != seq:
         raise bad("index tree_size is not its own seq")
     fr = v["frontier"]
@@ -148,7 +160,8 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
         total += s[1]
     if type(v["records"]) is not int or v["records"] != total or sum(kinds.values()) != total:
         raise bad("index record counts disagree")
-    return IndexMeta(seq, list(fr), v["records"], dict(kinds), segs)
+    return IndexMeta(seq, list(fr), v["records"], dict(kinds), segs,
+                     None if ck is None else (ck[0], ck[1]), ks)
 
 
 def encode_recovery(offset: int, dropped: bytes) -> bytes:

@@ -41,12 +41,12 @@ FT_RECORDS = 0x81  # 3.2
 FT_COMMIT = 0x82  # 3.2
 FT_INDEX = 0x03  # 3.2 (non-critical: a reader may ignore it and scan)
 FT_RECOVERY = 0x04  # 3.2 (non-critical, informational)
+FT_CHECKPOINT = 0x85  # 3.2, 14.9
+FT_KEYSET = 0x86  # 3.2, 14.9
+FT_LINEAGE = 0x89  # 3.2, 15
 # 3.2: reserved for later versions of this format; v1 writers MUST NOT emit them.
-FT_CHECKPOINT = 0x85
-FT_KEYSET = 0x86
 FT_KEYSLOT = 0x87
 FT_SESSION = 0x88
-FT_LINEAGE = 0x89
 FT_BLOB = 0x0A
 FT_TABLE = 0x0B  # 3.2 (non-critical): an index table, see 9.1
 FRAME_TYPE_NAMES = {
@@ -62,7 +62,9 @@ FRAME_TYPE_NAMES = {
     FT_BLOB: "BLOB",
     FT_TABLE: "TABLE",
 }
-KNOWN_FRAME_TYPES = frozenset({FT_RECORDS, FT_COMMIT, FT_INDEX, FT_RECOVERY, FT_TABLE})
+KNOWN_FRAME_TYPES = frozenset(
+    {FT_RECORDS, FT_COMMIT, FT_INDEX, FT_RECOVERY, FT_TABLE, FT_CHECKPOINT, FT_KEYSET, FT_LINEAGE}
+)
 
 FFLAG_ZSTD = 0x01  # 3.3
 FFLAG_AEAD = 0x02  # 3.3 (reserved, section 10)
@@ -72,7 +74,7 @@ FFLAGS_KNOWN = FFLAG_ZSTD
 CHAIN_SEED_TAG = b"capsule/v1/chain-seed\x00"  # 4.2
 CHAIN_TAG = b"capsule/v1/chain\x00"  # 4.2
 RECORD_ID_TAG = b"capsule/v1/record\x00"  # 5.3
-STATE_ROOT_TAG = b"capsule/v1/state\x00"  # 8.1
+STATE_ROOT_TAG = b"capsule/v1/state\x00"  # 13.1
 FILE_ID_TAG = b"capsule/v1/file-id\x00"  # 2.5 reproducible file id
 
 # --- 6. Commit ----------------------------------------------------------------

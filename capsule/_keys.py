@@ -765,6 +765,7 @@ _CHECKPOINT_FIELDS = (
     "origin",
     "prev",
     "root",
+    "runtime",
     "state_root",
     "time",
     "tree_size",
@@ -791,6 +792,7 @@ class CheckpointBody:
     state_root: bytes
     label: str
     time: int
+    runtime: bytes | None = None  # SHA-256 of the runtime state blob saved with it, if any
 
     def __post_init__(self) -> None:
         _bin(self.origin, FILE_ID_SIZE, "checkpoint origin (spec 14.8)")
@@ -799,6 +801,8 @@ class CheckpointBody:
             _bin(getattr(self, name), HASH_SIZE, f"checkpoint {name} (spec 14.8)")
         if self.prev is not None:
             _bin(self.prev, HASH_SIZE, "checkpoint prev (spec 14.8)")
+        if self.runtime is not None:
+            _bin(self.runtime, HASH_SIZE, "checkpoint runtime (spec 14.8)")
         if type(self.label) is not str:
             raise InvalidRecordError("checkpoint label: expected text (spec 14.8)")
         try:

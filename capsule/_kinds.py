@@ -270,6 +270,26 @@ class Note(KindBase):
     id: str = field(default="", compare=False)
 
 
+@_declare
+@dataclass(frozen=True, slots=True)
+class Revert(KindBase):
+    """A rollback event (spec 7.7): the records in ``drop`` stop being live and
+    those in ``restore`` are live again, so the live state equals the state at
+    the checkpoint ``to`` (its hash). Events are history, not state."""
+
+    kind: ClassVar[str] = "revert"
+    SPEC: ClassVar[tuple[Field, ...]] = (
+        Field("to", parse_bytes(32), _REQUIRED, lambda v: v, lambda v: v.hex()),
+        Field("drop", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
+        Field("restore", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
+    )
+    time: int
+    to: bytes
+    drop: tuple[bytes, ...] = ()
+    restore: tuple[bytes, ...] = ()
+    id: str = field(default="", compare=False)
+
+
 APPROVAL_PAYLOAD_TYPE = "application/vnd.capsule.approval"
 
 

@@ -61,6 +61,8 @@ class Snapshot:
     records: int = 0
     frames_since_index: int = 0
     torn: tuple[int, int] | None = None  # (offset, length) of an ignored torn tail
+    checkpoint: tuple[int, bytes] | None = None  # latest CHECKPOINT frame (offset, hash)
+    keyset: int | None = None  # latest KEYSET frame offset
 
     @property
     def commits(self) -> int:
@@ -280,10 +282,13 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapsh
         merkle.append(leaf)
         segments = [segment(src, r) for r in meta.segments]
         kinds, records = dict(meta.kinds), meta.records
+        ckpt, keyset = meta.checkpoint, meta.keyset
         pos, seq = fh.end, fh.seq + 1
     else:
         pos, seq, chain, merkle = C.HEADER_SIZE, 0, header.chain_seed, Merkle()
-    snap = Snapshot(header, commit.end, commit, chain, merkle, seq, segments, {}, kinds, records)
+        ckpt, keyset = None, None
+    snap = Snapshot(header, commit.end, commit, chain, merkle, seq, segments, {}, kinds, records,
+                    checkpoint=ckpt, keyset=keyset)
     rd = Reader(src, pos, commit.end, seq, chain, header.max_frame_len)
     for fh, payload, leaf in rd.frames():
         if fh.offset == commit.offset:
@@ -292,6 +297,12 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapsh
                                    check="merkle-root")
         elif fh.ftype == C.FT_RECORDS:
             add_records(snap, fh, payload)
+        elif fh.ftype == C.FT_CHECKPOINT:
+            from ._checkpoint import parse_checkpoint
+
+            snap.checkpoint = (fh.offset, parse_checkpoint(payload, fh.offset, fh.seq).hash)
+        elif fh.ftype == C.FT_KEYSET:
+            snap.keyset = fh.offset
         merkle.append(leaf)
         snap.frames_since_index += 1
     if rd.chain != commit.chain:

@@ -22,6 +22,7 @@ from ._constants import STATE_ROOT_TAG
 from ._records import TIERS, GenericRecord, Memory
 
 STATE_KINDS = ("memory", "decision", "constraint", "approval", "identity", "note")
+EVENT_KINDS = frozenset({"revert"})  # history, not state: never live, never in the state root
 
 
 def state_root(ids: Iterable[bytes]) -> str:
@@ -95,10 +96,21 @@ def _times(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def live_records(records: Iterable[Any]) -> list[Any]:
+    """The live state records in commit order: events removed, reverts applied (13.1)."""
+    recs = list(records)
+    dead: set[bytes] = set()
+    for rec in recs:
+        if rec.kind == "revert":
+            dead.update(rec.drop)
+            dead.difference_update(rec.restore)
+    return [r for r in recs if r.kind not in EVENT_KINDS and bytes.fromhex(r.id) not in dead]
+
+
 def fold(records: Iterable[Any]) -> State:
     """Fold records (in commit order) into a :class:`State`."""
     st = State()
-    for rec in records:
+    for rec in live_records(records):
         rid = bytes.fromhex(rec.id)
         kind = rec.kind
         st.live.append(rid)

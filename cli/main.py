@@ -308,10 +308,136 @@ def keygen(
         out.print(f"wrote {info['key']} (key id {info['key_id']}) and {info['public_key']}", markup=False)
 
 
+KeyOpt = Annotated[Path, typer.Option("--key", help="Private key file (from `capsule keygen`); repeat for "
+                                      "a threshold of keys.")]
+PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
+                                             "passphrase.")]
+
+
+def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.PrivateKey]:
+    import os
+
+    pw = None
+    if passphrase_env is not None:
+        v = os.environ.get(passphrase_env)
+        if not v:
+            raise capsule.UsageError(f"environment variable {passphrase_env} is not set or empty")
+        pw = v.encode()
+    return [capsule.load_private_key(p, pw) for p in paths]
+
+
+@app.command()
+def checkpoint(
+    path: FileArg,
+    label: Annotated[str, typer.Option("--label", help="A name for this checkpoint (used by --at and rollback).")],
+    key: Annotated[list[Path], typer.Option("--key", help="Private key file; repeat for a threshold of keys.")],
+    runtime: Annotated[Path | None, typer.Option("--runtime", help="A file of runtime state to store with it.")]
+    = None,
+    passphrase_env: PassOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign and commit a checkpoint of the current state.
+
+    Example: capsule checkpoint agent.capsule --label day-1 --key agent.key
+    """
+
+    def go() -> dict[str, Any]:
+        keys = _load_keys(key, passphrase_env)
+        blob = runtime.read_bytes() if runtime is not None else None
+        with capsule.open(path, "a") as cap:
+            return cap.checkpoint(label, key=keys, runtime_state=blob).to_dict()
+
+    info = run(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"checkpoint {info['label']!r} at seq {info['seq']}, state root {info['state_root']}", markup=False)
+
+
+@app.command()
+def checkpoints(path: FileArg, json_out: JsonOpt = False) -> None:
+    """List signed checkpoints: label, seq, state root, signer key ids, time.
+
+    Example: capsule checkpoints agent.capsule --json
+    """
+
+    def go() -> list[dict[str, Any]]:
+        with capsule.open(path) as cap:
+            return [c.to_dict() for c in cap.checkpoints()]
+
+    rows = run(go)
+    if json_out:
+        emit_json(rows)
+        return
+    t = Table("label", "seq", "time", "state root", "signers")
+    for r in rows:
+        t.add_row(r["label"], str(r["seq"]), r["time"], r["state_root"][:16], ", ".join(r["signers"]))
+    out.print(t)
+
+
+@app.command()
+def rollback(
+    path: FileArg,
+    to: Annotated[str, typer.Option("--to", help="Label of the checkpoint to return to.")],
+    key: Annotated[list[Path] | None, typer.Option("--key", help="Sign a checkpoint after the rollback "
+                                                   "(repeatable).")] = None,
+    passphrase_env: PassOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make the live state equal a checkpoint's again; all history stays in the file.
+
+    Example: capsule rollback agent.capsule --to day-1 --key agent.key
+    """
+
+    def go() -> dict[str, Any]:
+        keys = _load_keys(key or [], passphrase_env)
+        with capsule.open(path, "a") as cap:
+            rid = cap.rollback(to, key=keys or None)
+            return {"revert": rid, "state_root": cap.state_root}
+
+    info = run(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"rolled back to {to!r}: state root {info['state_root']}", markup=False)
+
+
+@app.command()
+def fork(
+    path: FileArg,
+    out_path: Annotated[Path, typer.Option("-o", "--out", help="The new capsule.")],
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a new capsule from the live state at a point, with a LINEAGE frame
+    naming its parent and the fork point.
+
+    Example: capsule fork agent.capsule --at day-1 -o experiment.capsule
+    """
+
+    def go() -> dict[str, Any]:
+        with capsule.fork(path, out_path, at=at) as new:
+            return {"file": str(out_path), "file_id": new.file_id, "records": len(new),
+                    "state_root": new.state_root}
+
+    info = run(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"forked {path} into {info['file']}: {info['records']} records, state root {info['state_root']}",
+                  markup=False)
+
+
 @app.command()
 def verify(
     path: FileArg,
     json_out: JsonOpt = False,
+    trust: Annotated[str | None, typer.Option("--trust", help="Trust anchor for checkpoint signatures: a KEY.pub "
+                                              "file or a keyset hash (64 hex digits).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail when signatures are present but not anchored.")]
+    = False,
+    parent: Annotated[Path | None, typer.Option("--parent", help="For a fork: check its LINEAGE against this "
+                                                "parent capsule.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "
                                         "skip per-record schema checks.")] = False,
 ) -> None:
@@ -327,17 +453,32 @@ def verify(
             raise capsule.CapsuleNotFound(f"{path}: no such capsule")
         size = path.stat().st_size
         show = not json_out and sys.stderr.isatty() and size > 64 << 20
+        anchor: Any = None
+        if trust is not None:
+            tp = Path(trust)
+            if tp.is_file():
+                anchor = capsule.load_public_key(tp)
+            elif len(trust) == 64 and all(c in "0123456789abcdefABCDEF" for c in trust):
+                anchor = trust.lower()
+            else:
+                raise capsule.UsageError(f"--trust {trust!r} is neither a key file nor a keyset hash")
+        kw: dict[str, Any] = {"deep": not quick, "trust": anchor, "strict": strict, "parent": parent}
         if not show:
-            return capsule.verify(path, deep=not quick)
+            return capsule.verify(path, **kw)
         with Progress("verifying", BarColumn(), TransferSpeedColumn(), console=err, transient=True) as bar:
             task = bar.add_task("verify", total=size)
-            return capsule.verify(path, deep=not quick, progress=lambda done, _t: bar.update(task, completed=done))
+            return capsule.verify(path, progress=lambda done, _t: bar.update(task, completed=done), **kw)
 
     rep = run(go)
     if json_out:
         emit_json(rep.to_dict())
     elif rep.ok:
-        out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes")
+        extra = ""
+        if rep.checkpoints:
+            extra = f", {rep.checkpoints} checkpoints" + (" (signatures anchored)" if rep.anchored else "")
+        if rep.lineage:
+            extra += f", fork of {rep.lineage['parent']} at seq {rep.lineage['tree_size']}"
+        out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes{extra}")
         for w in rep.warnings:
             err.print(f"capsule: warning: {w}", markup=False)
     else:

@@ -564,7 +564,7 @@ def test_future_major_version_cli(tmp_path: Path) -> None:
 # --- unknown frame types ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ftype", [C.FT_CHECKPOINT, C.FT_LINEAGE, 0xC1, 0xFF])
+@pytest.mark.parametrize("ftype", [C.FT_KEYSLOT, C.FT_SESSION, 0xC1, 0xFF])
 def test_unknown_critical_frame_is_refused(tmp_path: Path, ftype: int) -> None:
     path = tmp_path / "a.capsule"
     build_base(path)

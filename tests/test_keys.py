@@ -675,7 +675,7 @@ def _body(**kw: object) -> CheckpointBody:
 def test_checkpoint_value_shape() -> None:
     v = _body().to_value()
     assert sorted(v) == [
-        "chain", "keyset", "label", "origin", "prev", "root", "state_root", "time", "tree_size",
+        "chain", "keyset", "label", "origin", "prev", "root", "runtime", "state_root", "time", "tree_size",
     ]  # fmt: skip
     assert _body(label="e\u0301").label == "\u00e9"  # stored NFC (spec 5.1)
 

@@ -94,7 +94,44 @@ def build(out: Path) -> dict[str, Any]:
             for i in range(300):
                 tx.remember(f"m{batch}.{i}")
     docs["indexed"] = _ids_roots(p)
+
+    # 6. Agent state: every kind, a signed checkpoint, a key rotation, a rollback.
+    #    Test keys come from fixed seeds (Ed25519 signing is deterministic).
+    k1, k2, k3 = (capsule.PrivateKey.from_seed(bytes([n]) * 32) for n in (1, 2, 3))
+    p = out / "agent.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.set_identity("agent-7", name="Ada", model="example-model", config={"temperature": 0.2},
+                            keys=[k1.public_key])
+            fact = tx.remember("the staging database is db-stg-2", tags=["infra"])
+            rule = tx.constrain("no production deploys on Fridays", scope="deploy")
+            tx.approve(rule, k1)
+            tx.decide("deploy on Thursday", rationale="Friday freeze", evidence=[fact], alternatives=["wait"])
+            tx.note("collected facts for the deploy")
+        cap.checkpoint("day-1", key=k1, runtime_state=b'{"step": 1}')
+        with cap.commit() as tx:
+            tx.remember("deploy went out", tier="validated")
+            tx.constrain("no production deploys on Fridays", scope="deploy", status="revoked")
+        cap.rotate_keys(capsule.Keyset.of([k2.public_key, k3.public_key], threshold=2, version=2),
+                        old_signers=[k1], new_signers=[k2, k3])
+        cap.checkpoint("day-2", key=[k2, k3])
+        cap.rollback("day-1", key=[k2, k3])
+    docs["agent"] = {**_ids_roots(p), "checkpoints": _checkpoints(p), "keyset": _keyset(p),
+                     "trust_key": k1.public_key.to_text()}
     return docs
+
+
+def _checkpoints(path: Path) -> list[dict[str, Any]]:
+    with capsule.open(path) as cap:
+        return [{k: c.to_dict()[k] for k in ("label", "seq", "hash", "state_root", "signers")}
+                for c in cap.checkpoints()]
+
+
+def _keyset(path: Path) -> str:
+    with capsule.open(path) as cap:
+        ks = cap.keyset
+        assert ks is not None
+        return ks.keyset_hash
 
 
 def main() -> int:
