@@ -293,20 +293,18 @@ def save_private_key(
 ) -> Path:
     """Write ``key`` as PEM PKCS#8 with mode 0600, and ``<path>.pub`` beside it (spec 14.2).
 
-    The passphrase, when given, encrypts the file (``BestAvailableEncryption``).
+    The passphrase, when given, seals the seed with scrypt + ChaCha20-Poly1305 (see ``_seal_seed``).
     Existing files are refused with :class:`AlreadyExists` unless ``overwrite``.
     Returns the path of the ``.pub`` file.
     """
     path = Path(path)
     pub = _pub_path(path)
-    enc: serialization.KeySerializationEncryption
     if passphrase is None:
-        enc = serialization.NoEncryption()
+        pem = key.key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     elif type(passphrase) is not bytes or not passphrase:
         raise PassphraseError("a passphrase must be non-empty bytes")
     else:
-        enc = serialization.BestAvailableEncryption(passphrase)
-    pem = key.key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, enc)
+        pem = _seal_seed(key, passphrase)
     if not overwrite:
         for p in (path, pub):  # check both first, so a refusal writes nothing
             if os.path.lexists(p):
@@ -344,7 +342,74 @@ def _key_type(obj: object) -> str:
     return name or "unknown"
 
 
+# --- passphrase-sealed keys (14.2) --------------------------------------------------------
+# PKCS#8 encryption in `cryptography` is PBKDF2 with 2,048 iterations and cannot
+# be raised, which is weak against offline guessing. Sealed keys use scrypt
+# (N=2^15, r=8, p=1, ~32 MiB) and ChaCha20-Poly1305 over the 32-byte seed, in a
+# PEM-style block; the work factor is capped before computing on load.
+_SEALED_BEGIN = b"-----BEGIN CAPSULE ENCRYPTED PRIVATE KEY-----"
+_SEALED_END = b"-----END CAPSULE ENCRYPTED PRIVATE KEY-----"
+_SCRYPT_LOG_N, _SCRYPT_R, _SCRYPT_P = 15, 8, 1
+_SCRYPT_MAX_LOG_N = 20
+
+
+def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return Scrypt(salt=salt, length=32, n=1 << log_n, r=r, p=p).derive(passphrase)
+
+
+def _seal_seed(key: PrivateKey, passphrase: bytes) -> bytes:
+    import base64
+
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    seed = key.key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                 serialization.NoEncryption())
+    salt, nonce = os.urandom(16), os.urandom(12)
+    kek = _scrypt(passphrase, salt, _SCRYPT_LOG_N, _SCRYPT_R, _SCRYPT_P)
+    ct = ChaCha20Poly1305(kek).encrypt(nonce, seed, _SEALED_BEGIN)
+    blob = encode({"ct": ct, "kdf": "scrypt", "log_n": _SCRYPT_LOG_N, "nonce": nonce, "p": _SCRYPT_P,
+                   "r": _SCRYPT_R, "salt": salt})
+    b64 = base64.encodebytes(blob).replace(b"\n", b"")
+    lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
+    return b"\n".join([_SEALED_BEGIN, *lines, _SEALED_END]) + b"\n"
+
+
+def _open_sealed(data: bytes, passphrase: bytes | None, where: str) -> PrivateKey:
+    import base64
+    import binascii
+
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    if passphrase is None:
+        raise PassphraseRequired(f"{where} is encrypted; a passphrase is required")
+    try:
+        inner = data.split(_SEALED_BEGIN, 1)[1].split(_SEALED_END, 1)[0]
+        v = decode(base64.b64decode(b"".join(inner.split()), validate=True))
+        ok = (isinstance(v, dict) and set(v) == {"ct", "kdf", "log_n", "nonce", "p", "r", "salt"}
+              and v["kdf"] == "scrypt" and type(v["log_n"]) is int and type(v["r"]) is int
+              and type(v["p"]) is int and isinstance(v["salt"], bytes) and isinstance(v["nonce"], bytes)
+              and len(v["nonce"]) == 12 and isinstance(v["ct"], bytes) and len(v["ct"]) == 48)
+    except (IndexError, ValueError, binascii.Error):
+        ok = False
+    if not ok:
+        raise KeyFileError(f"{where} is not a valid encrypted key file")
+    # Cap the work factor before computing: a hostile file must not demand GiBs.
+    if not (10 <= v["log_n"] <= _SCRYPT_MAX_LOG_N and 1 <= v["r"] <= 16 and 1 <= v["p"] <= 4):
+        raise KeyFileError(f"{where}: scrypt parameters out of the allowed range")
+    kek = _scrypt(passphrase, v["salt"], v["log_n"], v["r"], v["p"])
+    try:
+        seed = ChaCha20Poly1305(kek).decrypt(v["nonce"], v["ct"], _SEALED_BEGIN)
+    except InvalidTag:
+        raise WrongPassphrase(f"wrong passphrase for {where} (or the file is damaged)") from None
+    return PrivateKey(Ed25519PrivateKey.from_private_bytes(seed))
+
+
 def _parse_private(data: bytes, passphrase: bytes | None, where: str) -> PrivateKey:
+    if _SEALED_BEGIN in data:
+        return _open_sealed(data, passphrase, where)
     if data.lstrip().startswith(PUBLIC_KEY_PREFIX.encode("ascii") + b" "):
         raise KeyFileError(f"{where} is a public key file; a private key file is needed")
     if b"OPENSSH PRIVATE KEY" in data:

@@ -153,7 +153,7 @@ def test_key_file_round_trip(tmp_path: Path, passphrase: bytes | None) -> None:
     assert _mode(path) == 0o600
     text = path.read_bytes()
     assert text.startswith(
-        b"-----BEGIN ENCRYPTED PRIVATE KEY-----" if passphrase else b"-----BEGIN PRIVATE KEY-----"
+        b"-----BEGIN CAPSULE ENCRYPTED PRIVATE KEY-----" if passphrase else b"-----BEGIN PRIVATE KEY-----"
     )
     loaded = load_private_key(path, passphrase)
     assert loaded.public_key == K[0].public_key
@@ -734,3 +734,20 @@ def test_checkpoint_hash_links_and_ignores_signatures() -> None:
     second = _body(prev=first.checkpoint_hash(), tree_size=20)
     assert second.prev == first.checkpoint_hash() != second.checkpoint_hash()
     assert _body(prev=b"\x00" * 32).checkpoint_hash() != first.checkpoint_hash()
+
+
+def test_sealed_key_refuses_hostile_work_factor(tmp_path: Path) -> None:
+    """A sealed key file naming an enormous scrypt cost is refused before computing."""
+    import base64
+
+    from capsule._canonical import decode, encode
+
+    path = tmp_path / "k.key"
+    save_private_key(path, K[0], passphrase=b"pw")
+    lines = path.read_bytes().split(b"\n")
+    v = decode(base64.b64decode(b"".join(lines[1:-2])))
+    v["log_n"] = 40
+    blob = base64.encodebytes(encode(v)).replace(b"\n", b"")
+    path.write_bytes(b"\n".join([lines[0], blob, lines[-2]]) + b"\n")
+    with pytest.raises(KeyFileError, match="scrypt"):
+        load_private_key(path, b"pw")
