@@ -22,6 +22,19 @@ truncate -s -20 "$cap"
 run "$BIN/capsule" verify "$cap"
 run "$BIN/capsule" put "$cap" --text "written after the crash; the torn tail was recovered"
 run "$BIN/capsule" verify "$cap"
+echo "# agent state: identity, a decision with evidence, a constraint, a signed checkpoint"
+run "$BIN/capsule" keygen -o "$dir/agent.key"
+run "$BIN/capsule" put "$cap" --kind identity --json-body '{"agent_id": "ops-agent", "name": "Ada", "model": "example"}'
+run "$BIN/capsule" put "$cap" --kind constraint --json-body '{"text": "no production deploys on Fridays", "scope": "deploy"}'
+run "$BIN/capsule" put "$cap" --kind decision --json-body '{"summary": "ship the billing fix on Thursday", "rationale": "Friday freeze"}'
+run "$BIN/capsule" checkpoint "$cap" --label day-1 --key "$dir/agent.key"
+run "$BIN/capsule" put "$cap" --text "an experiment that went wrong" --tag scratch
+run "$BIN/capsule" state "$cap"
+run "$BIN/capsule" rollback "$cap" --to day-1 --key "$dir/agent.key"
+run "$BIN/capsule" checkpoints "$cap"
+run "$BIN/capsule" verify "$cap" --trust "$dir/agent.key.pub"
+run "$BIN/capsule" fork "$cap" --at day-1 -o "$dir/experiment.capsule"
+run "$BIN/capsule" verify "$dir/experiment.capsule" --parent "$cap"
 echo "# flip one byte inside committed data: verify names it"
 printf '\xff' | dd of="$cap" bs=1 seek=300 conv=notrunc status=none
 "$BIN/capsule" verify "$cap" || echo "(exit $? as expected)"
