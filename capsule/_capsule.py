@@ -46,7 +46,7 @@ from ._errors import (
     UsageError,
 )
 from ._file import ReadHandle, WriteHandle, fsync_dir
-from ._frames import FileHeader, Merkle, encode_frame, new_file_id, raw_payload
+from ._frames import FileHeader, Merkle, encode_frame, new_file_id, parse_frame_header, raw_payload
 from ._index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
 from ._keys import (
     CheckpointBody,
@@ -62,7 +62,7 @@ from ._records import (
     record_from_input,
 )
 from ._records import record_id as content_id
-from ._scan import Reader, Snapshot, load, read_commit_at, read_frame_at, replay
+from ._scan import Reader, Snapshot, label_key, load, read_commit_at, read_frame_at, replay
 from ._state import EVENT_KINDS, State, fold
 
 Mode = Literal["r", "a"]
@@ -367,26 +367,38 @@ class Capsule:
         return out
 
     def find_checkpoint(self, label: str) -> CheckpointFrame | None:
-        """The newest checkpoint with this label, or None."""
-        cur = self._snap.checkpoint
-        off = cur[0] if cur else None
-        while off is not None:
-            ck = self._read_checkpoint(off)
-            if ck.body.label == label:
-                return ck
-            off = ck.prev_offset
-        return None
+        """The newest checkpoint with this label, or None: one table lookup (14.9)."""
+        key = label_key(label)
+        loc = self._snap.label_mem.get(key)
+        if loc is None:
+            for seg in reversed(self._snap.labels):
+                loc = seg.find(key)
+                if loc is not None:
+                    break
+        if loc is None:
+            return None
+        ck = self._read_checkpoint(loc[0])
+        if ck.body.label != label:
+            raise CorruptError("label table points at another checkpoint", offset=loc[0], check="index-label")
+        return ck
 
     def commit_of(self, ck: CheckpointFrame) -> CommitInfo:
-        """The commit that made a checkpoint durable (the first COMMIT after it)."""
-        found = None
-        for c in self._commits():
-            if c.seq <= ck.body.tree_size:
+        """The commit that made a checkpoint durable: the first COMMIT after it,
+        found by reading forward over the few frames of the same commit."""
+        hdr = self._snap.header
+        pos = ck.offset
+        for _ in range(16):
+            fh = parse_frame_header(self._h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=None,
+                                    max_frame_len=hdr.max_frame_len)
+            if fh.ftype == C.FT_COMMIT and pos != ck.offset:
+                c = read_commit_at(self._h, pos, hdr)
+                if c.end > self._snap.end:
+                    break
+                return c
+            pos = fh.end
+            if pos >= self._snap.end:
                 break
-            found = c
-        if found is None:
-            raise CorruptError("checkpoint has no commit", offset=ck.offset, check="checkpoint")
-        return found
+        raise CorruptError("checkpoint has no commit", offset=ck.offset, check="checkpoint")
 
     def keysets(self) -> list[KeysetFrame]:
         """The keyset history, oldest first: the first keyset, then each rotation."""
@@ -633,12 +645,15 @@ class Capsule:
                 new_mem[rid] = (at, slot)
                 kinds[kind] = kinds.get(kind, 0) + 1
         ckpt, keyset_at = snap.checkpoint, snap.keyset
+        new_labels: dict[bytes, tuple[int, int]] = {}
         for ftype, build in after:
             raw = build(seq, chain, merkle, pos)
             at = emit(ftype, raw)
             frames += 1
             if ftype == C.FT_CHECKPOINT:
-                ckpt = (at, parse_checkpoint(raw, at, seq - 1).hash)
+                ckf = parse_checkpoint(raw, at, seq - 1)
+                ckpt = (at, ckf.hash)
+                new_labels[label_key(ckf.body.label)] = (at, 0)
             elif ftype == C.FT_KEYSET:
                 keyset_at = at
         records = snap.records + len(items)
@@ -661,7 +676,25 @@ class Capsule:
                 ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
                 new_table = Segment(ref, table, verified=True)
                 segments = segments[: len(segments) - k] + [new_table]
-            meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments], ckpt, keyset_at)
+            labels = list(snap.labels)
+            lmem = {**snap.label_mem, **new_labels}
+            if lmem:
+                # Label tables: same layout and merge rule as record tables, but a
+                # later checkpoint with the same label replaces the entry (14.9).
+                k = plan_merge([s.ref.count for s in labels], len(lmem))
+                merged: dict[bytes, tuple[int, int]] = {}
+                for seg in labels[len(labels) - k:]:
+                    seg.verify()
+                    for j in range(seg.ref.count):
+                        merged[bytes(seg.ids[j]).ljust(32, b"\0")] = (int(seg.frames[j]), int(seg.slots[j]))
+                merged.update(lmem)
+                ids, fr_offs, slots = merge_inputs([], merged)
+                table = build_table(ids, fr_offs, slots)
+                t_at = emit(C.FT_TABLE, table)
+                ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
+                labels = labels[: len(labels) - k] + [Segment(ref, table, verified=True)]
+            meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments], ckpt, keyset_at,
+                             [s.ref for s in labels])
             payload = meta.encode()
             index_at, index_hash = emit(C.FT_INDEX, payload), hashlib.sha256(payload).digest()
             wrote_index = True
@@ -682,12 +715,14 @@ class Capsule:
                           info.prev, info.index, info.index_hash, cframe.chain)
         if wrote_index:
             mem_after: dict[bytes, tuple[int, int]] = {}
+            label_mem: dict[bytes, tuple[int, int]] = {}
         else:
-            mem_after = snap.mem
+            mem_after, label_mem, labels = snap.mem, snap.label_mem, snap.labels
             mem_after.update(new_mem)
+            label_mem.update(new_labels)
         self._snap = Snapshot(
             snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
-            checkpoint=ckpt, keyset=keyset_at,
+            checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem,
         )
         self._state_root = None
         return info

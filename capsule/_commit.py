@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import _canonical as canon
@@ -101,6 +102,7 @@ class IndexMeta:
     segments: list[SegmentRef] = field(default_factory=list)
     checkpoint: tuple[int, bytes] | None = None  # latest CHECKPOINT frame: (offset, body hash)
     keyset: int | None = None  # latest KEYSET frame offset
+    labels: list[SegmentRef] = field(default_factory=list)  # checkpoint label tables (9.2, 14.9)
 
     def to_value(self) -> dict[str, object]:
         return {
@@ -108,6 +110,7 @@ class IndexMeta:
             "frontier": list(self.frontier),
             "keyset": self.keyset,
             "kinds": dict(sorted(self.kinds.items())),
+            "labels": [s.to_value() for s in self.labels],
             "records": self.records,
             "segments": [s.to_value() for s in self.segments],
             "tree_size": self.tree_size,
@@ -127,8 +130,8 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
         v = canon.decode(payload)
     except NonCanonicalError as e:
         raise bad(str(e)) from e
-    if not isinstance(v, dict) or set(v) != {"checkpoint", "frontier", "keyset", "kinds", "records", "segments",
-                                              "tree_size"}:
+    if not isinstance(v, dict) or set(v) != {"checkpoint", "frontier", "keyset", "kinds", "labels", "records",
+                                              "segments", "tree_size"}:
         raise bad("index fields are wrong")
     ck = v["checkpoint"]
     if ck is not None and not (isinstance(ck, list) and len(ck) == 2 and type(ck[0]) is int
@@ -146,22 +149,26 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
     kinds = v["kinds"]
     if not isinstance(kinds, dict) or any(type(n) is not int or n < 0 for n in kinds.values()):
         raise bad("index kind counts are malformed")
-    segs = []
-    total = 0
-    segv = v["segments"]
+    segs = _segment_refs(v["segments"], offset, bad)
+    labels = _segment_refs(v["labels"], offset, bad)
+    total = sum(r.count for r in segs)
+    if type(v["records"]) is not int or v["records"] != total or sum(kinds.values()) != total:
+        raise bad("index record counts disagree")
+    return IndexMeta(seq, list(fr), v["records"], dict(kinds), segs,
+                     None if ck is None else (ck[0], ck[1]), ks, labels)
+
+
+def _segment_refs(segv: object, offset: int, bad: Callable[[str], CorruptError]) -> list[SegmentRef]:
     if not isinstance(segv, list) or len(segv) > C.MAX_SEGMENTS:
         raise bad("index segment list is malformed")
+    out = []
     for s in segv:
         if (not isinstance(s, list) or len(s) != 3 or type(s[0]) is not int or type(s[1]) is not int
                 or not isinstance(s[2], bytes) or len(s[2]) != 32 or not C.HEADER_SIZE <= s[0] < offset
                 or not 0 < s[1] <= (offset - s[0]) // 52):
             raise bad("index segment entry is malformed")
-        segs.append(SegmentRef(s[0], s[1], s[2]))
-        total += s[1]
-    if type(v["records"]) is not int or v["records"] != total or sum(kinds.values()) != total:
-        raise bad("index record counts disagree")
-    return IndexMeta(seq, list(fr), v["records"], dict(kinds), segs,
-                     None if ck is None else (ck[0], ck[1]), ks)
+        out.append(SegmentRef(s[0], s[1], s[2]))
+    return out
 
 
 def encode_recovery(offset: int, dropped: bytes) -> bytes:

@@ -74,6 +74,7 @@ FFLAGS_KNOWN = FFLAG_ZSTD
 CHAIN_SEED_TAG = b"capsule/v1/chain-seed\x00"  # 4.2
 CHAIN_TAG = b"capsule/v1/chain\x00"  # 4.2
 RECORD_ID_TAG = b"capsule/v1/record\x00"  # 5.3
+LABEL_TAG = b"capsule/v1/label\x00"  # 14.9: key of a checkpoint label in a label table
 STATE_ROOT_TAG = b"capsule/v1/state\x00"  # 13.1
 FILE_ID_TAG = b"capsule/v1/file-id\x00"  # 2.5 reproducible file id
 

@@ -63,6 +63,8 @@ class Snapshot:
     torn: tuple[int, int] | None = None  # (offset, length) of an ignored torn tail
     checkpoint: tuple[int, bytes] | None = None  # latest CHECKPOINT frame (offset, hash)
     keyset: int | None = None  # latest KEYSET frame offset
+    labels: list[Segment] = field(default_factory=list)  # label tables (14.9)
+    label_mem: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # labels since the INDEX
 
     @property
     def commits(self) -> int:
@@ -283,12 +285,13 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapsh
         segments = [segment(src, r) for r in meta.segments]
         kinds, records = dict(meta.kinds), meta.records
         ckpt, keyset = meta.checkpoint, meta.keyset
+        labels = [segment(src, r) for r in meta.labels]
         pos, seq = fh.end, fh.seq + 1
     else:
         pos, seq, chain, merkle = C.HEADER_SIZE, 0, header.chain_seed, Merkle()
-        ckpt, keyset = None, None
+        ckpt, keyset, labels = None, None, []
     snap = Snapshot(header, commit.end, commit, chain, merkle, seq, segments, {}, kinds, records,
-                    checkpoint=ckpt, keyset=keyset)
+                    checkpoint=ckpt, keyset=keyset, labels=labels)
     rd = Reader(src, pos, commit.end, seq, chain, header.max_frame_len)
     for fh, payload, leaf in rd.frames():
         if fh.offset == commit.offset:
@@ -300,7 +303,9 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapsh
         elif fh.ftype == C.FT_CHECKPOINT:
             from ._checkpoint import parse_checkpoint
 
-            snap.checkpoint = (fh.offset, parse_checkpoint(payload, fh.offset, fh.seq).hash)
+            ck = parse_checkpoint(payload, fh.offset, fh.seq)
+            snap.checkpoint = (fh.offset, ck.hash)
+            snap.label_mem[label_key(ck.body.label)] = (fh.offset, 0)
         elif fh.ftype == C.FT_KEYSET:
             snap.keyset = fh.offset
         merkle.append(leaf)
@@ -312,6 +317,11 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapsh
                            offset=commit.offset, seq=commit.seq, check="record-count")
     snap.chain, snap.next_seq = rd.chain, rd.seq
     return snap
+
+
+def label_key(label: str) -> bytes:
+    """14.9: the table key of a checkpoint label."""
+    return hashlib.sha256(C.LABEL_TAG + label.encode()).digest()
 
 
 def segment(src: Source, ref: SegmentRef) -> Segment:

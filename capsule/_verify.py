@@ -34,7 +34,7 @@ from ._keys import (
     verify_rotation,
 )
 from ._records import decode_record, record_id
-from ._scan import Reader, damage_is_not_a_crash
+from ._scan import Reader, damage_is_not_a_crash, label_key
 from ._state import EVENT_KINDS
 
 
@@ -195,6 +195,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     chain_before = header.chain_seed
     dead: set[bytes] = set()
     events: set[bytes] = set()
+    labels_at: dict[bytes, int] = {}
     try:
         for fh, payload, leaf in rd.frames():
             try:
@@ -240,6 +241,17 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                         if tables.get(s.offset) != (s.count * 52, s.sha256):
                             raise CorruptError("INDEX names a table that is not there", offset=fh.offset, seq=fh.seq,
                                                check="index")
+                    got_labels: dict[bytes, int] = {}
+                    for r in meta.labels:
+                        if tables.get(r.offset) != (r.count * 52, r.sha256):
+                            raise CorruptError("INDEX names a label table that is not there", offset=fh.offset,
+                                               seq=fh.seq, check="index")
+                        seg = Segment(r, h.pread(r.offset, r.count * 52))
+                        for j in range(r.count):
+                            got_labels.setdefault(bytes(seg.ids[j]).ljust(32, b"\0"), int(seg.frames[j]))
+                    if len(got_labels) != sum(r.count for r in meta.labels) or got_labels != labels_at:
+                        raise CorruptError("INDEX label tables do not match the checkpoints", offset=fh.offset,
+                                           seq=fh.seq, check="index-label")
                     want_ck = (last_ck.offset, last_ck.hash) if last_ck else None
                     if meta.checkpoint != want_ck or meta.keyset != (keysets[-1].offset if keysets else None):
                         raise CorruptError("INDEX checkpoint or keyset pointer is wrong", offset=fh.offset,
@@ -297,6 +309,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                            f"{ks.threshold} keyset v{ks.version} needs", offset=fh.offset,
                                            seq=fh.seq, check="checkpoint-signature")
                     last_ck = ck
+                    labels_at[label_key(b.label)] = fh.offset
                     rep.checkpoints += 1
                 elif t == C.FT_LINEAGE:
                     if fh.seq != 0:
