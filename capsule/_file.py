@@ -25,7 +25,10 @@ from ._errors import CapsuleNotFound, Locked, UsageError, WriterPoisoned
 
 _write = os.write
 _pwrite = os.pwrite
-_fsync = os.fsync
+# fdatasync flushes the data and the metadata needed to read it back (the file
+# size included), which is all a commit needs; it skips the mtime update that
+# makes fsync ~20% slower per append here. Platforms without it use fsync.
+_fsync = getattr(os, "fdatasync", os.fsync)
 _ftruncate = os.ftruncate
 
 
@@ -37,7 +40,7 @@ def fsync_dir(path: Path) -> None:
     """A new or renamed file is durable only once its directory entry is (6.4)."""
     fd = os.open(path.parent or ".", os.O_RDONLY)
     try:
-        _fsync(fd)
+        os.fsync(fd)
     finally:
         os.close(fd)
 
