@@ -502,11 +502,27 @@ class Capsule:
             then_ids = {bytes.fromhex(r.id) for r in live_records(then.records())}
         now_ids = {bytes.fromhex(r.id) for r in live_records(self.records())}
         with self.commit() as tx:
-            rid = tx._put_kind("revert", to=ck.hash, drop=sorted(now_ids - then_ids),
-                               restore=sorted(then_ids - now_ids))
+            rid = tx._put_kind("revert", after=bytes.fromhex(self.root), to=ck.hash,
+                               drop=sorted(now_ids - then_ids), restore=sorted(then_ids - now_ids))
+        if self.state_root != ck.body.state_root.hex():
+            raise CorruptError(f"rollback to {to!r} did not reproduce its state root", check="rollback")
         if key is not None:
             self.checkpoint(f"rollback-to-{to}", key=key)
         return rid
+
+    def _dead_ids(self) -> set[bytes]:
+        """Ids that revert events currently hold dead (13.1)."""
+        dead: set[bytes] = set()
+        for rec in self.records(kind="revert"):
+            dead.update(rec.drop)
+            dead.difference_update(rec.restore)
+        return dead
+
+    @staticmethod
+    def _kind(name: str) -> Any:
+        from ._records import _REGISTRY
+
+        return _REGISTRY[name]
 
     def _check_writer(self) -> None:
         self._check_open()
@@ -531,7 +547,9 @@ class Capsule:
                     return c
                 if c.seq < seq:
                     break
-            raise NotFound(f"no commit with seq {seq} (see `capsule log`)")
+            if len(text) < 4:
+                raise NotFound(f"no commit with seq {seq} (see `capsule log`)")
+            # an all-digit root prefix: fall through
         low = text.lower()
         if len(low) >= 4 and all(ch in "0123456789abcdef" for ch in low):
             hits = [c for c in self._commits() if c.root.hex().startswith(low)]
@@ -539,7 +557,8 @@ class Capsule:
                 return hits[0]
             if len(hits) > 1:
                 raise UsageError(f"commit prefix {text!r} is ambiguous ({len(hits)} commits)")
-            raise NotFound(f"no commit root starts with {text!r}")
+            raise NotFound(f"no commit with seq {text} and no commit root starting with {text!r}"
+                           if text.isdigit() else f"no commit root starts with {text!r}")
         try:
             t = parse_iso_time(text)
         except InvalidRecordError:
@@ -781,7 +800,17 @@ class Transaction:
                     seg.verify()
                     dup |= seg.contains_many(prefixes, ids)
             mem = cap._snap.mem
-            items = [it for it, d in zip(items, dup, strict=True) if not d and it[0] not in mem]
+            dup |= np.array([it[0] in mem for it in items], dtype=bool)
+            if dup.any() and "revert" in cap._snap.kinds:
+                # A record a rollback dropped is live again only through a restore event.
+                dead = cap._dead_ids()
+                again = sorted(it[0] for it, d in zip(items, dup, strict=True) if d and it[0] in dead)
+                if again:
+                    rev = cap._kind("revert").build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)
+                    rid, data = encode_record(rev)
+                    items.append((rid, "revert", data))
+                    dup = np.append(dup, False)
+            items = [it for it, d in zip(items, dup, strict=True) if not d]
         if not items:
             return None
         info = cap._write_commit(items)

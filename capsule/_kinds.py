@@ -273,18 +273,21 @@ class Note(KindBase):
 @_declare
 @dataclass(frozen=True, slots=True)
 class Revert(KindBase):
-    """A rollback event (spec 7.7): the records in ``drop`` stop being live and
-    those in ``restore`` are live again, so the live state equals the state at
-    the checkpoint ``to`` (its hash). Events are history, not state."""
+    """A liveness event (spec 7.7): the records in ``drop`` stop being live and
+    those in ``restore`` are live again. A rollback names the checkpoint ``to``
+    (its hash); re-adding a dropped record is a revert with only ``restore``.
+    Events are history, not state."""
 
     kind: ClassVar[str] = "revert"
     SPEC: ClassVar[tuple[Field, ...]] = (
-        Field("to", parse_bytes(32), _REQUIRED, lambda v: v, lambda v: v.hex()),
+        Field("after", parse_bytes(32), _REQUIRED, lambda v: v, lambda v: v.hex()),
+        Field("to", parse_bytes(32), None, lambda v: v, lambda v: None if v is None else v.hex()),
         Field("drop", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
         Field("restore", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
     )
     time: int
-    to: bytes
+    after: bytes  # Merkle root of the last commit before it: makes every revert unique
+    to: bytes | None = None  # the checkpoint rolled back to; None when re-adding records
     drop: tuple[bytes, ...] = ()
     restore: tuple[bytes, ...] = ()
     id: str = field(default="", compare=False)

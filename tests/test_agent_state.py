@@ -27,7 +27,6 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -454,8 +453,8 @@ def test_state_is_identical_across_hosts_names_and_environments(tmp_path: Path) 
         for v in views:
             seen[tuple(v)].add(run_child([str(CAPSULE_BIN), v[0], str(path), *v[1:]], env, tmp_path))
         roots.add(run_child([sys.executable, "-c", ROOTS_SCRIPT, str(path)], env, tmp_path))
-    for v, outs in seen.items():
-        assert len(outs) == 1, f"`capsule {' '.join(v)}` differs between environments"
+    for view, outs in seen.items():
+        assert len(outs) == 1, f"`capsule {' '.join(view)}` differs between environments"
     assert len(roots) == 1
     now_root, now_fold, at_root, at_fold = roots.pop().split()
     assert now_root == now_fold and at_root == at_fold and now_root != at_root
@@ -834,11 +833,3 @@ def test_first_checkpoint_with_two_keys_sets_threshold_two(tmp_path: Path) -> No
             cap.checkpoint("c2", key=K1)
         cap.checkpoint("c2", key=[K2, K1])
     assert capsule.verify(path, trust=capsule.Keyset.of([K1, K2], threshold=2).keyset_hash).ok
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_stray_files() -> Iterator[None]:
-    # Every test writes under tmp_path only; the CliRunner must not leave files in the cwd.
-    before = set(os.listdir("."))
-    yield
-    assert set(os.listdir(".")) == before
