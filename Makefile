@@ -27,7 +27,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/store.py
+	$(BIN)/python benchmarks/checkpoints.py
 
 vectors: $(STAMP)
 	$(BIN)/python spec/vectors/make_vectors.py
