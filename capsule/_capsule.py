@@ -14,7 +14,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-import msgpack
 import numpy as np
 
 from . import _canonical as canon
@@ -35,6 +34,9 @@ from ._commit import (
     encode_commit_payload,
     encode_records_payload,
     encode_recovery,
+)
+from ._commit import (
+    record_bounds as _record_bounds,
 )
 from ._errors import (
     AlreadyExists,
@@ -64,6 +66,7 @@ from ._records import (
 from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, label_key, load, read_commit_at, read_frame_at, replay
 from ._state import EVENT_KINDS, State, fold
+from ._stateroot import RootCache
 
 Mode = Literal["r", "a"]
 
@@ -130,6 +133,7 @@ class Capsule:
         self._tx_open = False
         self._pending_recovery: list[tuple[int, bytes]] = []
         self._pinned = False  # a view of an older commit never moves
+        self._roots: RootCache | None = None  # incremental state root (writers)
         self._committed = False  # a handle that never committed never writes, not even on close
 
     # --- lifecycle -------------------------------------------------------------
@@ -287,15 +291,13 @@ class Capsule:
 
     @property
     def state_root(self) -> str:
-        """13.1: SHA-256 over the sorted ids of the live records (hex)."""
+        """13.1: the hash over the sorted ids of the live records (hex)."""
         if self._state_root is None and any(k in EVENT_KINDS for k in self._snap.kinds):
             self._state_root = self.state().root  # events change liveness: fold
         if self._state_root is None:
-            ids = self.all_ids()
-            h = hashlib.sha256(C.STATE_ROOT_TAG)
-            h.update(len(ids).to_bytes(8, "little"))
-            h.update(ids.tobytes())
-            self._state_root = h.hexdigest()
+            if self._roots is None:
+                self._roots = RootCache(self.all_ids())
+            self._state_root = self._roots.root()
         return self._state_root
 
     def summary(self) -> Summary:
@@ -468,7 +470,11 @@ class Capsule:
             return encode_checkpoint(body, body.sign(keys), prev.offset if prev else None, runtime)
 
         after.append((C.FT_CHECKPOINT, build))
-        self._write_commit([], after=after)
+        # Index with the checkpoint when much is pending, so a view at any
+        # checkpoint replays at most a few hundred records (6.3).
+        pending = len(self._snap.mem) >= C.INDEX_ON_CLOSE_RECORDS or \
+            self._snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES
+        self._write_commit([], after=after, force_index=pending)
         assert self._snap.checkpoint is not None
         return self._read_checkpoint(self._snap.checkpoint[0])
 
@@ -575,7 +581,7 @@ class Capsule:
         c = self.resolve(at)
         h = ReadHandle(self.path)
         try:
-            snap = replay(h, self._snap.header, c)
+            snap = replay(h, self._snap.header, c, strict=False)
         except BaseException:
             h.close()
             raise
@@ -591,10 +597,10 @@ class Capsule:
         size = self._h.size()
         if size == self._snap.end:
             return False
-        snap = load(self._h, size)
+        snap = load(self._h, size, strict=False)
         if snap.end == self._snap.end:
             return False
-        self._snap, self._state_root = snap, None
+        self._snap, self._state_root, self._roots = snap, None, None
         self._frame_cache.clear()
         return True
 
@@ -743,6 +749,8 @@ class Capsule:
             snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
             checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem,
         )
+        if self._roots is not None:
+            self._roots.add(list(new_mem))
         self._state_root = None
         return info
 
@@ -893,26 +901,6 @@ class Transaction:
         return self.put(rec)
 
 
-def _record_bounds(raw: bytes, offset: int, seq: int) -> list[int]:
-    """Start offsets of each record in a RECORDS payload, plus its end (7.0)."""
-    up = msgpack.Unpacker(raw=False, max_buffer_size=len(raw) or 1, max_str_len=C.MAX_STR, max_bin_len=C.MAX_BIN,
-                          max_array_len=C.MAX_ARRAY, max_map_len=C.MAX_MAP, max_ext_len=0)
-    up.feed(raw)
-    try:
-        n = up.read_array_header()
-        if not 0 < n <= C.MAX_RECORDS_PER_FRAME:
-            raise ValueError("record count")
-        bounds = [up.tell()]
-        for _ in range(n):
-            up.skip()
-            bounds.append(up.tell())
-    except (ValueError, msgpack.OutOfData, msgpack.StackError, msgpack.FormatError) as e:
-        raise CorruptError(f"malformed RECORDS payload: {e}", offset=offset, seq=seq, check="records") from None
-    if bounds[-1] != len(raw):
-        raise CorruptError("trailing bytes in a RECORDS payload", offset=offset, seq=seq, check="records")
-    return bounds
-
-
 def _parse_id(v: object) -> bytes:
     if isinstance(v, bytes) and len(v) == 32:
         return v
@@ -983,7 +971,7 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
     clock = clock or default_clock()
     h: ReadHandle = WriteHandle(p) if mode == "a" else ReadHandle(p)
     try:
-        snap = _load_stable(h)
+        snap = _load_stable(h, strict=mode == "a")
         cap = Capsule(p, h, snap, mode, clock)
     except BaseException:
         h.close()
@@ -1021,18 +1009,18 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
     return new
 
 
-def _load_stable(h: ReadHandle) -> Snapshot:
+def _load_stable(h: ReadHandle, *, strict: bool = True) -> Snapshot:
     """Load; a reader that raced a writer's append retries on a steady size."""
     for _ in range(20):
         size = h.size()
         try:
-            snap = load(h, size)
+            snap = load(h, size, strict=strict)
         except CorruptError:
             if h.size() != size:
                 continue
             raise
         return snap
-    return load(h, h.size())
+    return load(h, h.size(), strict=strict)
 
 
 __all__ = ["Capsule", "Transaction", "CommitRow", "Summary", "create", "fork", "open", "replay"]

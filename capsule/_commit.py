@@ -7,6 +7,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgpack
+
 from . import _canonical as canon
 from . import _constants as C
 from ._errors import CorruptError, NonCanonicalError
@@ -194,8 +196,6 @@ def encode_records_payload(items: list[bytes]) -> bytes:
 
 def decode_records_payload(raw: bytes, offset: int, seq: int) -> list[tuple[object, bytes]]:
     """Split a RECORDS payload into (value, canonical bytes) pairs, checking the profile."""
-    import msgpack
-
     try:
         values = canon.decode(raw)
     except NonCanonicalError as e:
@@ -210,3 +210,44 @@ def decode_records_payload(raw: bytes, offset: int, seq: int) -> list[tuple[obje
     # decode() proved raw re-encodes identically, so re-packing each element
     # gives exactly its stored bytes.
     return [(v, msgpack.packb(v, use_bin_type=True)) for v in values]
+
+
+def record_bounds(raw: bytes, offset: int, seq: int) -> list[int]:
+    """Start offsets of each record in a RECORDS payload, plus its end (7.0)."""
+    up = msgpack.Unpacker(raw=False, max_buffer_size=len(raw) or 1, max_str_len=C.MAX_STR, max_bin_len=C.MAX_BIN,
+                          max_array_len=C.MAX_ARRAY, max_map_len=C.MAX_MAP, max_ext_len=0)
+    up.feed(raw)
+    try:
+        n = up.read_array_header()
+        if not 0 < n <= C.MAX_RECORDS_PER_FRAME:
+            raise ValueError("record count")
+        bounds = [up.tell()]
+        for _ in range(n):
+            up.skip()
+            bounds.append(up.tell())
+    except (ValueError, msgpack.OutOfData, msgpack.StackError, msgpack.FormatError) as e:
+        raise CorruptError(f"malformed RECORDS payload: {e}", offset=offset, seq=seq, check="records") from None
+    if bounds[-1] != len(raw):
+        raise CorruptError("trailing bytes in a RECORDS payload", offset=offset, seq=seq, check="records")
+    return bounds
+
+
+def record_kinds(raw: bytes, offset: int, seq: int) -> list[tuple[str, bytes]]:
+    """(kind, stored bytes) of each record in a RECORDS payload, without the full
+    canonical check: enough to index ids (5.3). Every read of a record's content
+    (get, records, verify) checks it fully, so replay stays cheap."""
+    bounds = record_bounds(raw, offset, seq)
+    out = []
+    for i in range(len(bounds) - 1):
+        data = raw[bounds[i] : bounds[i + 1]]
+        try:
+            v = msgpack.unpackb(data, raw=False, strict_map_key=False, max_str_len=C.MAX_STR,
+                                max_bin_len=C.MAX_BIN, max_array_len=C.MAX_ARRAY, max_map_len=C.MAX_MAP,
+                                max_ext_len=0)
+        except (ValueError, TypeError, msgpack.StackError, msgpack.FormatError) as e:
+            raise CorruptError(f"malformed record: {e}", offset=offset, seq=seq, check="records") from None
+        kind = v.get("kind") if isinstance(v, dict) else None
+        if not isinstance(kind, str):
+            raise CorruptError("record without a kind", offset=offset, seq=seq, check="record")
+        out.append((kind, data))
+    return out

@@ -26,6 +26,7 @@ from ._commit import (
     decode_records_payload,
     parse_commit_payload,
     parse_index_payload,
+    record_kinds,
 )
 from ._errors import CorruptError
 from ._frames import (
@@ -204,7 +205,7 @@ def scan(src: Source, header: FileHeader, size: int) -> tuple[CommitInfo | None,
     return last, None, rd.pos
 
 
-def load(src: Source, size: int) -> Snapshot:
+def load(src: Source, size: int, *, strict: bool = True) -> Snapshot:
     """Open the committed prefix of a file of ``size`` bytes (6.3, 8.1-8.2)."""
     header = parse_header(src.pread(0, C.HEADER_SIZE))
     off = tail_commit_offset(src, size)
@@ -214,7 +215,7 @@ def load(src: Source, size: int) -> Snapshot:
         except CorruptError:
             commit = None
         if commit is not None and commit.end == size:
-            return replay(src, header, commit)  # clean file: the common, fast case
+            return replay(src, header, commit, strict=strict)  # clean file: the common, fast case
     commit = _last_commit_before(src, header, size)
     if commit is None:
         commit, err, stop = scan(src, header, size)
@@ -230,7 +231,7 @@ def load(src: Source, size: int) -> Snapshot:
         stop = rd.pos
     if err is not None and damage_is_not_a_crash(src, stop, size, header.max_frame_len):
         raise err  # 8.2: report, never truncate
-    snap = replay(src, header, commit)
+    snap = replay(src, header, commit, strict=strict)
     end = commit.end if commit else C.HEADER_SIZE
     if end < size:
         snap.torn = (end, size - end)
@@ -266,7 +267,7 @@ def _last_commit_before(src: Source, header: FileHeader, size: int) -> CommitInf
     return None
 
 
-def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapshot:
+def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict: bool = True) -> Snapshot:
     """Rebuild reader state at ``commit`` from its INDEX and the frames after it (9.4)."""
     if commit is None:
         return Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
@@ -299,7 +300,7 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None) -> Snapsh
                 raise CorruptError("Merkle root does not match the COMMIT", offset=fh.offset, seq=fh.seq,
                                    check="merkle-root")
         elif fh.ftype == C.FT_RECORDS:
-            add_records(snap, fh, payload)
+            add_records(snap, fh, payload, strict)
         elif fh.ftype == C.FT_CHECKPOINT:
             from ._checkpoint import parse_checkpoint
 
@@ -330,12 +331,21 @@ def segment(src: Source, ref: SegmentRef) -> Segment:
     return Segment(ref, buf)
 
 
-def add_records(snap: Snapshot, fh: FrameHeader, payload: bytes) -> None:
+def add_records(snap: Snapshot, fh: FrameHeader, payload: bytes, strict: bool = True) -> None:
+    """Index a RECORDS frame's ids. ``strict`` (writers) checks the canonical
+    profile too, so a writer never appends after damaged records; readers skip
+    that here because every read of a record's content checks it anyway."""
     raw = raw_payload(fh, payload)
-    for slot, (value, data) in enumerate(decode_records_payload(raw, fh.offset, fh.seq)):
-        kind = value.get("kind") if isinstance(value, dict) else None
-        if not isinstance(kind, str):
-            raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+    if strict:
+        pairs = []
+        for value, data in decode_records_payload(raw, fh.offset, fh.seq):
+            kind = value.get("kind") if isinstance(value, dict) else None
+            if not isinstance(kind, str):
+                raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+            pairs.append((kind, data))
+    else:
+        pairs = record_kinds(raw, fh.offset, fh.seq)
+    for slot, (kind, data) in enumerate(pairs):
         rid = record_id(kind, data)
         snap.mem[rid] = (fh.offset, slot)
         snap.kinds[kind] = snap.kinds.get(kind, 0) + 1

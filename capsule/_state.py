@@ -11,28 +11,22 @@ the environment or a file, so equal bytes give equal state on every host.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._clock import iso
-from ._constants import STATE_ROOT_TAG
 from ._records import TIERS, GenericRecord, Memory
+from ._stateroot import state_root_of
 
 STATE_KINDS = ("memory", "decision", "constraint", "approval", "identity", "note")
 EVENT_KINDS = frozenset({"revert"})  # history, not state: never live, never in the state root
 
 
 def state_root(ids: Iterable[bytes]) -> str:
-    """13.1: SHA-256 over the count and the sorted ids of the live records."""
-    srt = sorted(ids)
-    h = hashlib.sha256(STATE_ROOT_TAG)
-    h.update(len(srt).to_bytes(8, "little"))
-    for rid in srt:
-        h.update(rid)
-    return h.hexdigest()
+    """13.1: the two-level hash over the sorted live ids (see _stateroot)."""
+    return state_root_of(list(ids))
 
 
 @dataclass
@@ -86,8 +80,8 @@ class State:
         }
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, no insignificant whitespace differences."""
-        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, indent=1)
+        """Canonical JSON: sorted keys, compact separators (and the C encoder)."""
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _times(d: dict[str, Any]) -> dict[str, Any]:

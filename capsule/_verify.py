@@ -36,6 +36,7 @@ from ._keys import (
 from ._records import decode_record, record_id
 from ._scan import Reader, damage_is_not_a_crash, label_key
 from ._state import EVENT_KINDS
+from ._stateroot import state_root_of
 
 
 @dataclass
@@ -119,11 +120,7 @@ def _state_root(ids: bytearray, dead: set[bytes], events: set[bytes]) -> bytes:
         gone = dead | events
         arr = np.array([x for x in (bytes(ids[i : i + 32]) for i in range(0, len(ids), 32)) if x not in gone],
                        dtype="S32")
-    arr = np.sort(arr, kind="stable")
-    h = hashlib.sha256(C.STATE_ROOT_TAG)
-    h.update(len(arr).to_bytes(8, "little"))
-    h.update(arr.tobytes())
-    return h.digest()
+    return bytes.fromhex(state_root_of(arr))
 
 
 def _check_parent(rep: VerifyReport, parent: Path) -> None:

@@ -252,13 +252,14 @@ def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
     Example: capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
     """
 
-    def go() -> dict[str, Any]:
+    def go() -> tuple[dict[str, Any], str]:
         with capsule.open(path, at=at) as cap:
-            return cap.state().to_dict()
+            s = cap.state()
+            return s.to_dict(), s.to_json() if json_out else ""
 
-    st = run(go)
+    st, text = run(go)
     if json_out:
-        sys.stdout.write(json.dumps(st, sort_keys=True, ensure_ascii=False, indent=1) + "\n")
+        sys.stdout.write(text + "\n")
         return
     out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)
     ident = st["identity"]

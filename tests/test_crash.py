@@ -29,8 +29,9 @@ import pytest
 import capsule
 from capsule import _canonical as canon
 from capsule import _constants as C
+from tests.spec_ref import state_root as spec_state_root
 
-EMPTY_STATE_ROOT = hashlib.sha256(C.STATE_ROOT_TAG + (0).to_bytes(8, "little")).hexdigest()
+EMPTY_STATE_ROOT = spec_state_root([])
 
 
 def make_clock(start: int = 1_700_000_000 * 10**9) -> Callable[[], int]:
