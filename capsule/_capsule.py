@@ -66,7 +66,7 @@ from ._records import (
 from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, label_key, load, read_commit_at, read_frame_at, replay
 from ._state import EVENT_KINDS, State, fold
-from ._stateroot import RootCache
+from ._stateroot import RootCache, state_root_of
 
 Mode = Literal["r", "a"]
 
@@ -134,6 +134,7 @@ class Capsule:
         self._pending_recovery: list[tuple[int, bytes]] = []
         self._pinned = False  # a view of an older commit never moves
         self._roots: RootCache | None = None  # incremental state root (writers)
+        self._roots_next: RootCache | None = None  # the cache after the commit being written
         self._committed = False  # a handle that never committed never writes, not even on close
 
     # --- lifecycle -------------------------------------------------------------
@@ -429,8 +430,42 @@ class Capsule:
         The first checkpoint also records the signing keys as the capsule's
         keyset. Later ones must be signed by a threshold of the keyset in force
         (rotate with :meth:`rotate_keys`), and must extend the previous checkpoint.
+        To checkpoint a step's records in the same commit (one fsync), call
+        :meth:`Transaction.checkpoint` inside ``with cap.commit()``.
         """
         self._check_writer()
+        try:
+            after = self._checkpoint_frames(label, key, runtime_state, [])
+            self._write_commit([], after=after, force_index=self._index_due_for_checkpoint())
+        finally:
+            self._roots_next = None
+        assert self._snap.checkpoint is not None
+        return self._read_checkpoint(self._snap.checkpoint[0])
+
+    def _index_due_for_checkpoint(self) -> bool:
+        # Index with the checkpoint when much is pending, so a view at any
+        # checkpoint replays at most a few hundred records (6.3).
+        return (len(self._snap.mem) >= C.INDEX_AT_CHECKPOINT_RECORDS
+                or self._snap.frames_since_index >= C.INDEX_AT_CHECKPOINT_FRAMES)
+
+    def _root_with(self, items: list[tuple[bytes, str, bytes]]) -> bytes:
+        """The state root once ``items`` (not yet written) are committed."""
+        if not items:
+            return bytes.fromhex(self.state_root)
+        if any(k in EVENT_KINDS for k in self._snap.kinds) or any(it[1] in EVENT_KINDS for it in items):
+            from ._state import live_records
+
+            extra = [decode_record(canon.decode(data), rid) for rid, _, data in items]
+            return bytes.fromhex(state_root_of([bytes.fromhex(r.id) for r in
+                                                live_records([*self.records(), *extra])]))
+        if self._roots is None:
+            self._roots = RootCache(self.all_ids())
+        root, self._roots_next = self._roots.root_with([it[0] for it in items])
+        return bytes.fromhex(root)
+
+    def _checkpoint_frames(self, label: str, key: PrivateKey | Sequence[PrivateKey], runtime_state: bytes | None,
+                           items: list[tuple[bytes, str, bytes]],
+                           ) -> list[tuple[int, Callable[[int, bytes, Merkle, int], bytes]]]:
         keys = [key] if isinstance(key, PrivateKey) else list(key)
         if not keys:
             raise UsageError("a checkpoint needs at least one signing key")
@@ -456,7 +491,7 @@ class Capsule:
                                  or prev.body.origin != self._snap.header.file_id):
             raise CorruptError("the previous checkpoint does not match its pointer", offset=prev.offset,
                                check="checkpoint")
-        state_root = bytes.fromhex(self.state_root)
+        state_root = self._root_with(items)
         now = self.clock()
 
         def build(seq: int, chain: bytes, merkle: Merkle, pos: int) -> bytes:
@@ -470,13 +505,7 @@ class Capsule:
             return encode_checkpoint(body, body.sign(keys), prev.offset if prev else None, runtime)
 
         after.append((C.FT_CHECKPOINT, build))
-        # Index with the checkpoint when much is pending, so a view at any
-        # checkpoint replays at most a few hundred records (6.3).
-        pending = len(self._snap.mem) >= C.INDEX_ON_CLOSE_RECORDS or \
-            self._snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES
-        self._write_commit([], after=after, force_index=pending)
-        assert self._snap.checkpoint is not None
-        return self._read_checkpoint(self._snap.checkpoint[0])
+        return after
 
     def rotate_keys(self, new: Keyset, *, old_signers: Sequence[PrivateKey], new_signers: Sequence[PrivateKey],
                     ) -> KeysetFrame:
@@ -749,7 +778,9 @@ class Capsule:
             snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
             checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem,
         )
-        if self._roots is not None:
+        if self._roots_next is not None:
+            self._roots, self._roots_next = self._roots_next, None  # computed for the checkpoint
+        elif self._roots is not None:
             self._roots.add(list(new_mem))
         self._state_root = None
         return info
@@ -775,6 +806,8 @@ class Transaction:
         self._items: dict[bytes, tuple[bytes, str, bytes]] = {}
         self.info: CommitInfo | None = None
         self.new_ids: list[str] = []  # after exit: ids actually written (not already committed)
+        self._checkpoint: tuple[str, Any, bytes | None] | None = None
+        self.checkpoint_frame: CheckpointFrame | None = None
 
     def __enter__(self) -> Transaction:
         self._cap._tx_open = True
@@ -819,11 +852,29 @@ class Transaction:
                     items.append((rid, "revert", data))
                     dup = np.append(dup, False)
             items = [it for it, d in zip(items, dup, strict=True) if not d]
+        if self._checkpoint is not None:
+            label, key, runtime = self._checkpoint
+            try:
+                after = cap._checkpoint_frames(label, key, runtime, items)
+                info = cap._write_commit(items, after=after, force_index=cap._index_due_for_checkpoint())
+            finally:
+                cap._roots_next = None
+            self.new_ids = [it[0].hex() for it in items]
+            assert cap._snap.checkpoint is not None
+            self.checkpoint_frame = cap._read_checkpoint(cap._snap.checkpoint[0])
+            return info
         if not items:
             return None
         info = cap._write_commit(items)
         self.new_ids = [it[0].hex() for it in items]
         return info
+
+    def checkpoint(self, label: str, *, key: Any, runtime_state: bytes | None = None) -> None:
+        """Sign a checkpoint of the state *including this commit's records*, written
+        in the same commit (one fsync for the whole agent step)."""
+        if self._checkpoint is not None:
+            raise UsageError("one checkpoint per commit")
+        self._checkpoint = (label, key, runtime_state)
 
     def put(self, record: Any) -> str:
         """Add a record object (e.g. :class:`Memory`); returns its content id (hex)."""

@@ -74,6 +74,14 @@ class RootCache:
     def add(self, ids: list[bytes]) -> None:
         self._pending.extend(ids)
 
+    def root_with(self, extra: list[bytes]) -> tuple[str, RootCache]:
+        """The root once ``extra`` ids are added, leaving this cache as it is; also
+        the cache for that future state, to adopt once it is committed."""
+        self.root()  # settle what is pending
+        probe = RootCache.__new__(RootCache)
+        probe._ids, probe._digests, probe._pending = self._ids, bytearray(self._digests), list(extra)
+        return probe.root(), probe
+
     def root(self) -> str:
         if self._pending:
             new = np.sort(np.array(self._pending, dtype="S32"), kind="stable")
