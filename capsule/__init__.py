@@ -42,6 +42,7 @@ from ._records import GenericRecord, Memory, kinds, register_kind
 from ._verify import VerifyReport, verify
 
 __version__ = "0.1.0"
+FORMAT_VERSION = "1.0"
 
 __all__ = [
     "Approval",

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from time import time_ns
 from types import TracebackType
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ from ._commit import (
 )
 from ._errors import (
     AlreadyExists,
+    CapsuleError,
     CorruptError,
     DataError,
     InvalidRecordError,
@@ -132,6 +134,9 @@ class Capsule:
         self._state_root: str | None = None
         self._tx_open = False
         self._pending_recovery: list[tuple[int, bytes]] = []
+        #: set when close() could not write its optional final INDEX (disk full...):
+        #: every acknowledged commit is still durable, the next open is just slower.
+        self.close_error: BaseException | None = None
         self._pinned = False  # a view of an older commit never moves
         self._roots: RootCache | None = None  # incremental state root (writers)
         self._roots_next: RootCache | None = None  # the cache after the commit being written
@@ -153,7 +158,13 @@ class Capsule:
                     and self._committed
                     and (len(self._snap.mem) >= C.INDEX_ON_CLOSE_RECORDS
                          or self._snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES)):
-                self._write_commit([], force_index=True)
+                # Best effort: the index only speeds up the next open. Every commit
+                # acknowledged so far is durable, so a failure here (disk full) must
+                # not surface as if they had failed.
+                try:
+                    self._write_commit([], force_index=True)
+                except (CapsuleError, OSError) as e:
+                    self.close_error = e.with_traceback(None)
         finally:
             self._h.close()
 
@@ -523,24 +534,29 @@ class Capsule:
             rot.new, rot.signatures, prev_off))])
         return self.keysets()[-1]
 
-    def rollback(self, to: str, *, key: PrivateKey | Sequence[PrivateKey] | None = None) -> str:
+    def rollback(self, to: str, *, key: PrivateKey | Sequence[PrivateKey] | None = None) -> str | None:
         """Append a ``revert`` so the live state equals checkpoint ``to``'s again;
         history stays in the file. With ``key``, also sign a checkpoint
-        ``rollback-to-<label>``. Returns the revert record's id."""
+        ``rollback-to-<label>``. Returns the revert record's id, or None when the
+        live state already equals the checkpoint's (nothing is written)."""
         self._check_writer()
         ck = self.find_checkpoint(to)
         if ck is None:
             raise NotFound(f"no checkpoint labelled {to!r} (see `capsule checkpoints`)")
         from ._state import live_records
 
-        with self.view(str(self.commit_of(ck).seq)) as then:
+        with self.view(self.commit_of(ck)) as then:
             then_ids = {bytes.fromhex(r.id) for r in live_records(then.records())}
+        if state_root_of(list(then_ids)) != ck.body.state_root.hex():
+            # checked before anything is written: the checkpoint and its records disagree
+            raise CorruptError(f"checkpoint {to!r} does not match the records before it",
+                               offset=ck.offset, check="checkpoint-state")
         now_ids = {bytes.fromhex(r.id) for r in live_records(self.records())}
+        if now_ids == then_ids:
+            return None  # already there: nothing to write
         with self.commit() as tx:
             rid = tx._put_kind("revert", after=bytes.fromhex(self.root), to=ck.hash,
                                drop=sorted(now_ids - then_ids), restore=sorted(then_ids - now_ids))
-        if self.state_root != ck.body.state_root.hex():
-            raise CorruptError(f"rollback to {to!r} did not reproduce its state root", check="rollback")
         if key is not None:
             self.checkpoint(f"rollback-to-{to}", key=key)
         return rid
@@ -576,14 +592,19 @@ class Capsule:
         if ck is not None:
             return self.commit_of(ck)  # labels first: a label may look like a number
         if text.isdigit():
+            # A seq names the commit that made frame N durable: N itself when N is a
+            # COMMIT's seq (as `log` shows), else the first commit after it (so a
+            # checkpoint's seq from `checkpoints` works too).
             seq = int(text)
+            found = None
             for c in self._commits():
-                if c.seq == seq:
-                    return c
                 if c.seq < seq:
                     break
+                found = c
+            if found is not None:
+                return found
             if len(text) < 4:
-                raise NotFound(f"no commit with seq {seq} (see `capsule log`)")
+                raise NotFound(f"no commit at or after seq {seq} (see `capsule log`)")
             # an all-digit root prefix: fall through
         low = text.lower()
         if len(low) >= 4 and all(ch in "0123456789abcdef" for ch in low):
@@ -605,9 +626,9 @@ class Capsule:
                 return c
         raise NotFound(f"no commit at or before {text}")
 
-    def view(self, at: str | int) -> Capsule:
+    def view(self, at: str | int | CommitInfo) -> Capsule:
         """A read-only capsule fixed at an earlier commit (time travel, audit)."""
-        c = self.resolve(at)
+        c = at if isinstance(at, CommitInfo) else self.resolve(at)
         h = ReadHandle(self.path)
         try:
             snap = replay(h, self._snap.header, c, strict=False)
@@ -1019,10 +1040,16 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
         with open(path, "r", clock=clock) as cap:
             return cap.view(at)
     p = Path(path)
-    clock = clock or default_clock()
+    if p.exists() and not p.is_file() and not p.is_dir():
+        raise UsageError(f"{p}: not a regular file")
+    # A reader never writes a timestamp, so it never needs SOURCE_DATE_EPOCH.
+    clock = clock or (default_clock() if mode == "a" else time_ns)
     h: ReadHandle = WriteHandle(p) if mode == "a" else ReadHandle(p)
     try:
         snap = _load_stable(h, strict=mode == "a")
+        if mode == "a":
+            for seg in [*snap.segments, *snap.labels]:
+                seg.verify()  # a writer must not build on damaged index tables (8.2)
         cap = Capsule(p, h, snap, mode, clock)
     except BaseException:
         h.close()
@@ -1038,7 +1065,9 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
     from ._state import live_records
 
     with open(path, "r") as src:
-        view = src.view(at) if at is not None else src.view(str(src._snap.commit.seq if src._snap.commit else 0))
+        if src._snap.commit is None:
+            raise UsageError(f"{path}: has no commit to fork from")
+        view = src.view(at if at is not None else src._snap.commit)
     with view:
         c = view._snap.commit
         if c is None:

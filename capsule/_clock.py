@@ -20,8 +20,8 @@ def source_date_epoch() -> int | None:
         n = int(v)
     except ValueError:
         raise UsageError(f"SOURCE_DATE_EPOCH must be an integer number of seconds, not {v!r}") from None
-    if n < 0:
-        raise UsageError("SOURCE_DATE_EPOCH must not be negative")
+    if not 0 <= n <= (1 << 63) // 1_000_000_000 - 1:
+        raise UsageError("SOURCE_DATE_EPOCH must be between 0 and 9223372035 seconds")
     return n
 
 

@@ -165,7 +165,12 @@ class WriteHandle(ReadHandle):
                 pos += n
         except OSError as e:
             self.poisoned = e.with_traceback(None)
-            raise WriterPoisoned(f"{self.path}: write failed: {e}") from e
+            # Nothing since the last commit was synced: cut the partial write
+            # back off (best effort), so a failed write leaves the file as it was.
+            with contextlib.suppress(OSError):
+                _ftruncate(self.fd, offset)
+                _fsync(self.fd)
+            raise WriterPoisoned(f"{self.path}: write failed: {e.strerror or e}") from e
 
     def sync(self) -> None:
         self._check()

@@ -279,6 +279,7 @@ class Revert(KindBase):
     Events are history, not state."""
 
     kind: ClassVar[str] = "revert"
+    INTERNAL: ClassVar[bool] = True  # written by rollback and re-adds only (7.7)
     SPEC: ClassVar[tuple[Field, ...]] = (
         Field("after", parse_bytes(32), _REQUIRED, lambda v: v, lambda v: v.hex()),
         Field("to", parse_bytes(32), None, lambda v: v, lambda v: None if v is None else v.hex()),

@@ -63,6 +63,11 @@ def kinds() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def input_kinds() -> list[str]:
+    """Kinds a user may put directly (internal event kinds excluded)."""
+    return sorted(k for k, c in _REGISTRY.items() if not getattr(c, "INTERNAL", False))
+
+
 # --- validators (parse_* return the canonical value or raise) ---------------------
 
 
@@ -104,8 +109,8 @@ def parse_text(v: object, name: str = "text") -> str:
         raise InvalidRecordError(f"{name} must be a string")
     try:
         return canon._nfc(v)
-    except NonCanonicalError as e:
-        raise InvalidRecordError(f"{name}: {e}") from None
+    except NonCanonicalError:
+        raise InvalidRecordError(f"{name} is not valid Unicode (lone surrogate or undecodable byte)") from None
 
 
 def parse_tags(v: object) -> tuple[str, ...]:
@@ -168,7 +173,8 @@ def parse_embedding(v: object) -> np.ndarray | None:
     elif isinstance(v, np.ndarray):
         if v.dtype.kind not in "fiu":
             raise InvalidRecordError(f"embedding must hold numbers, not {v.dtype}")
-        arr = v.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = v.astype(np.float32)
     else:
         if isinstance(v, str | bytes) or not isinstance(v, Sequence):
             raise InvalidRecordError("embedding must be a list of numbers")
@@ -176,13 +182,14 @@ def parse_embedding(v: object) -> np.ndarray | None:
             if type(x) is not float and type(x) is not int and not isinstance(x, np.floating | np.integer):
                 raise InvalidRecordError(f"embedding must be a list of numbers, found {type(x).__name__}")
         try:
-            arr = np.asarray(v, dtype=np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr = np.asarray(v, dtype=np.float32)
         except (TypeError, ValueError, OverflowError) as e:
             raise InvalidRecordError(f"embedding must be a list of numbers: {e}") from e
     if arr.ndim != 1 or not 1 <= arr.shape[0] <= MAX_DIM:
         raise InvalidRecordError(f"embedding must be one vector of 1..{MAX_DIM} numbers")
     if not np.isfinite(arr).all():
-        raise InvalidRecordError("embedding contains NaN or infinity")
+        raise InvalidRecordError("embedding contains NaN, infinity or a value beyond float32 range")
     arr = arr.astype("<f4", copy=True)
     arr[arr == 0] = 0.0  # -0.0 -> 0.0, as everywhere in the profile
     arr.flags.writeable = False
@@ -402,16 +409,29 @@ def decode_record(value: object, rid: bytes) -> Any:
     return cls.from_value(value, rid.hex())
 
 
+def _required_marker() -> object:
+    from ._kinds import _REQUIRED
+
+    return _REQUIRED
+
+
 def record_from_input(obj: Mapping[str, Any], *, time: int) -> Any:
     """Build a record from user input (a JSONL line): ``kind`` defaults to memory."""
     kind = obj.get("kind", "memory")
     cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise InvalidRecordError(f"unknown record kind {kind!r} (known: {', '.join(kinds())})")
+    if cls is None or getattr(cls, "INTERNAL", False):
+        # internal kinds (revert) are written only by the operations that own them
+        raise InvalidRecordError(f"unknown record kind {kind!r} (known: {', '.join(input_kinds())})")
     fields = {k: v for k, v in obj.items() if k != "kind"}
     extra = set(fields) - (cls.FIELDS - {"kind"})
     if extra:
         raise InvalidRecordError(f"unknown {kind} field(s): {', '.join(sorted(extra))}")
+    required = [f.name for f in getattr(cls, "SPEC", ()) if getattr(f, "default", None) is _required_marker()]
+    if kind == "memory":
+        required = ["text"]
+    missing = [f for f in required if f not in fields]
+    if missing:
+        raise InvalidRecordError(f"{kind} needs {', '.join(missing)}")
     t = fields.pop("time", time)
     if isinstance(t, float) and math.isfinite(t) and t == int(t):
         t = int(t)

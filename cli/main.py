@@ -7,6 +7,7 @@ stderr; tracebacks are never shown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -37,8 +38,8 @@ FileArg = Annotated[Path, typer.Argument(help="Path to the capsule file.", show_
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AtOpt = Annotated[
     str | None,
-    typer.Option("--at", help="View as of an earlier commit: a commit seq, a commit root prefix "
-                 "(>= 4 hex digits) or an ISO-8601 time."),
+    typer.Option("--at", help="View as of a checkpoint label, a seq (the commit that made that frame "
+                 "durable), a commit root prefix (>= 4 hex digits) or an ISO-8601 time."),
 ]
 
 
@@ -53,6 +54,8 @@ def run(fn: Callable[[], T]) -> T:
         return fn()
     except DataError as e:
         fail(str(e), 1)
+    except capsule.WriterPoisoned as e:
+        fail(str(e), 1)  # the disk or file system failed: not a usage mistake
     except UsageError as e:
         fail(str(e), 2)
     except CapsuleError as e:
@@ -61,8 +64,13 @@ def run(fn: Callable[[], T]) -> T:
         fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), 2)
 
 
+def write_out(text: str) -> None:
+    """Machine output as UTF-8 whatever the locale's encoding (same bytes everywhere)."""
+    sys.stdout.buffer.write(text.encode("utf-8"))
+
+
 def emit_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n")
+    write_out(json.dumps(obj, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 @app.command()
@@ -80,7 +88,7 @@ def init(path: FileArg, json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json(info)
     else:
-        out.print(f"created {path} (file id {info['file_id']})")
+        out.print(f"created {path} (file id {info['file_id']})", markup=False)
 
 
 def _parse_meta(items: list[str]) -> dict[str, Any]:
@@ -93,27 +101,47 @@ def _parse_meta(items: list[str]) -> dict[str, Any]:
     return meta
 
 
+@contextlib.contextmanager
+def _close_warning(cap: capsule.Capsule) -> Iterator[None]:
+    """After a successful write, a failed optional index on close is a warning."""
+    try:
+        yield
+    finally:
+        cap.close()
+        if cap.close_error is not None:
+            err.print(f"capsule: warning: the commit is durable, but the final index was not written "
+                      f"({cap.close_error}); the next open may be slower", markup=False)
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise capsule.InvalidRecordError(f"{where}invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise capsule.InvalidRecordError(f"{where}JSON nested too deeply") from None
+
+
 def _jsonl(source: str) -> Iterator[tuple[int, Any]]:
     """Parse JSONL strictly as UTF-8 (stdin too: no surrogate escapes)."""
     if source == "-":
         stream = sys.stdin.buffer
     else:
         p = Path(source)
-        if not p.is_file():
+        if not p.exists():
             fail(f"{source}: no such file", 2)
+        if p.is_dir():
+            fail(f"{source}: is a directory", 2)
         stream = p.open("rb")
     try:
         for n, raw in enumerate(stream, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # tolerate a leading BOM
             except UnicodeDecodeError:
                 raise capsule.InvalidRecordError(f"line {n}: not UTF-8 text") from None
             if not line.strip():
                 continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise capsule.InvalidRecordError(f"line {n}: invalid JSON: {e.msg}") from None
+            yield n, _loads(line, f"line {n}: ")
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -136,8 +164,9 @@ def put(
     = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add records: one memory with --text, one record of any kind with --kind and
-    --json-body, or a batch with --jsonl (one commit).
+    """Add records: --text (a memory), --kind with --json-body (any kind), or --jsonl (a batch).
+
+    Each call is one atomic commit.
 
     Examples:
       capsule put agent.capsule --text "deploys freeze on Fridays" --tag ops --meta team=infra
@@ -150,9 +179,9 @@ def put(
         if text is not None or jsonl is not None or tag or meta:
             fail("--json-body stands alone: no --text, --jsonl, --tag or --meta", 2)
         try:
-            body = json.loads(json_body)
-        except json.JSONDecodeError as e:
-            fail(f"--json-body is not valid JSON: {e.msg}", 1)
+            body = _loads(json_body, "--json-body: ")
+        except capsule.InvalidRecordError as e:
+            fail(str(e), 1)
         if not isinstance(body, dict):
             fail("--json-body must be a JSON object", 1)
         if "kind" in body and body["kind"] != kind:
@@ -175,7 +204,7 @@ def put(
             lines = [(1, body)]
         else:
             lines = list(_jsonl(jsonl)) if jsonl is not None else []
-        with capsule.open(path, "a") as cap:
+        with capsule.open(path, "a") as cap, _close_warning(cap):
             with cap.commit() as tx:
                 if text is not None:
                     ids = [tx.remember(text, tags=tag or [], meta=meta_map)]
@@ -185,17 +214,19 @@ def put(
                         try:
                             ids.append(tx.put_value(obj))
                         except DataError as e:
-                            raise capsule.InvalidRecordError(f"line {n}: {e}") from None
+                            where = "--json-body" if jsonl == "\0body" else f"line {n}"
+                            raise capsule.InvalidRecordError(f"{where}: {e}") from None
             return ids, len(tx.new_ids)
 
     ids, new = run(go)
     if json_out:
         emit_json({"count": len(ids), "ids": ids, "new": new})
-    elif text is not None:
-        out.print(ids[0] + ("" if new else "  (already in the capsule)"))
+    elif text is not None or jsonl == "\0body":
+        out.print(ids[0] + ("" if new else "  (already in the capsule)"), markup=False)
     else:
         dup = len(ids) - new
-        out.print(f"{new} records committed" + (f" ({dup} already in the capsule)" if dup else ""))
+        noun = "record" if new == 1 else "records"
+        out.print(f"{new} {noun} committed" + (f" ({dup} already in the capsule)" if dup else ""))
 
 
 @app.command("open")
@@ -246,8 +277,9 @@ def log(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
 
 @app.command()
 def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
-    """Show what the agent believes: live memories by tier, decisions, active
-    constraints with approvals, current identity. --json is canonical (sorted, stable).
+    """Show what the agent believes: memories by tier, decisions, constraints, identity.
+
+    Active constraints come with their approvals; --json is canonical (sorted keys, stable).
 
     Example: capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
     """
@@ -259,7 +291,7 @@ def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
 
     st, text = run(go)
     if json_out:
-        sys.stdout.write(text + "\n")
+        write_out(text + "\n")
         return
     out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)
     ident = st["identity"]
@@ -394,13 +426,15 @@ def rollback(
         keys = _load_keys(key or [], passphrase_env)
         with capsule.open(path, "a") as cap:
             rid = cap.rollback(to, key=keys or None)
-            return {"revert": rid, "state_root": cap.state_root}
+            return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None}
 
     info = run(go)
     if json_out:
         emit_json(info)
-    else:
+    elif info["changed"]:
         out.print(f"rolled back to {to!r}: state root {info['state_root']}", markup=False)
+    else:
+        out.print(f"already at {to!r} (state root {info['state_root']}): nothing written", markup=False)
 
 
 @app.command()
@@ -410,8 +444,7 @@ def fork(
     at: AtOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a new capsule from the live state at a point, with a LINEAGE frame
-    naming its parent and the fork point.
+    """Start a new capsule from the live state at a point; its LINEAGE names the parent.
 
     Example: capsule fork agent.capsule --at day-1 -o experiment.capsule
     """
@@ -484,19 +517,41 @@ def verify(
             err.print(f"capsule: warning: {w}", markup=False)
     else:
         e = rep.first_error or {}
-        err.print(f"capsule: verify failed: {e.get('check')} at offset {e.get('offset')}, seq {e.get('seq')}: "
-                  f"{e.get('message')}", markup=False)
+        where = ", ".join(f"{k} {e[k]}" for k in ("offset", "seq") if e.get(k) is not None)
+        err.print(f"capsule: verify failed: {e.get('check')}{' at ' + where if where else ''}: {e.get('message')}",
+                  markup=False)
     if not rep.ok:
         raise typer.Exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """Portable, crash-safe memory capsules for long-running agents."""
+    if version:
+        out.print(f"capsule {capsule.__version__} (format {capsule.FORMAT_VERSION})")
+        raise typer.Exit(0)
 
 
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        app(standalone_mode=True)
+        sys.stdout.flush()
     except KeyboardInterrupt:
         err.print("capsule: interrupted")
         sys.exit(130)
+    except SystemExit as e:
+        try:
+            sys.stdout.flush()
+        except OSError as oe:
+            sys.stderr.write(f"capsule: error: cannot write output: {oe.strerror or oe}\n")
+            sys.exit(1)
+        raise e from None
+    except OSError as e:  # e.g. stdout is /dev/full or a closed pipe
+        sys.stderr.write(f"capsule: error: cannot write output: {e.strerror or e}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
