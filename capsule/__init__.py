@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from ._actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
 from ._capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
 from ._errors import (
     AlreadyExists,
@@ -45,6 +46,11 @@ __version__ = "0.1.0"
 FORMAT_VERSION = "1.0"
 
 __all__ = [
+    "NOT_DONE",
+    "Action",
+    "ActionFailed",
+    "ActionState",
+    "InDoubt",
     "Approval",
     "Constraint",
     "Decision",

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _canonical as canon
 from . import _constants as C
+from ._actions import ActionHandle, ActionState, Journal
 from ._checkpoint import (
     CheckpointFrame,
     KeysetFrame,
@@ -140,6 +141,7 @@ class Capsule:
         self._pinned = False  # a view of an older commit never moves
         self._roots: RootCache | None = None  # incremental state root (writers)
         self._roots_next: RootCache | None = None  # the cache after the commit being written
+        self._journal: Journal | None = None
         self._committed = False  # a handle that never committed never writes, not even on close
 
     # --- lifecycle -------------------------------------------------------------
@@ -560,6 +562,45 @@ class Capsule:
         if key is not None:
             self.checkpoint(f"rollback-to-{to}", key=key)
         return rid
+
+    # --- idempotent actions (7.8) ----------------------------------------------
+    @property
+    def _actions(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self)
+        return self._journal
+
+    def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = None,
+                 policy: str = "at-most-once", what: str = "", inputs: Mapping[str, Any] | None = None) -> Any:
+        """Run the side effect ``fn`` at most once for ``key``, across crashes and hosts.
+
+        The intent is committed (fsynced) before ``fn`` runs and the result after.
+        A key already done returns its stored value without calling ``fn``; a key
+        whose intent has no result is *in doubt*: ``reconcile(key)`` decides (its
+        value, or ``capsule.NOT_DONE`` to run ``fn``), else :class:`InDoubt` is
+        raised. ``policy="retry-safe"`` re-runs in-doubt effects; ``"ask"`` leaves
+        them to ``capsule actions --resolve``.
+
+        >>> sent = cap.run_once("email:42", lambda: mailer.send(msg), reconcile=mailer.lookup)  # doctest: +SKIP
+        """
+        self._check_writer()
+        return self._actions.run_once(key, fn, reconcile=reconcile, policy=policy, what=what, inputs=inputs)
+
+    def action(self, key: str, *, reconcile: Callable[[str], Any] | None = None, policy: str = "at-most-once",
+               what: str = "", inputs: Mapping[str, Any] | None = None) -> ActionHandle:
+        """``with cap.action(key) as a: if not a.done: a.complete(send(...))``."""
+        self._check_writer()
+        return self._actions.begin(key, what=what, inputs=inputs, reconcile=reconcile, policy=policy)
+
+    def actions(self) -> list[ActionState]:
+        """Every action key's state, in key order."""
+        return [st for _, st in sorted(Journal(self).states().items())] if self.mode == "r" else \
+            [st for _, st in sorted(self._actions.states().items())]
+
+    def resolve_action(self, key: str, *, done: bool, value: Any = None) -> ActionState:
+        """Settle an in-doubt action by hand: it happened (``done=True``) or not."""
+        self._check_writer()
+        return self._actions.resolve(key, done=done, value=value)
 
     def _dead_ids(self) -> set[bytes]:
         """Ids that revert events currently hold dead (13.1)."""

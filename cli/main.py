@@ -463,6 +463,48 @@ def fork(
 
 
 @app.command()
+def actions(
+    path: FileArg,
+    json_out: JsonOpt = False,
+    in_doubt: Annotated[bool, typer.Option("--in-doubt", help="Only actions whose outcome is unknown.")] = False,
+    resolve: Annotated[str | None, typer.Option("--resolve", help="Settle this in-doubt action key.")] = None,
+    done: Annotated[bool | None, typer.Option("--done/--not-done", help="With --resolve: the effect happened, "
+                                              "or it did not (the next run_once runs it).")] = None,
+    value: Annotated[str | None, typer.Option("--value", help="With --resolve --done: the result, as JSON.")]
+    = None,
+) -> None:
+    """List the idempotent-action journal: keys, status, times, results; settle in-doubt ones.
+
+    Example: capsule actions agent.capsule --resolve email:42 --done --value '{"id": "m-1"}'
+    """
+    if resolve is None and (done is not None or value is not None):
+        fail("--done/--not-done and --value go with --resolve", 2)
+    if resolve is not None and done is None:
+        fail("--resolve needs --done or --not-done", 2)
+    if value is not None and not done:
+        fail("--value goes with --done", 2)
+
+    def go() -> list[dict[str, Any]]:
+        if resolve is not None:
+            v = _loads(value, "--value: ") if value is not None else None
+            with capsule.open(path, "a") as cap:
+                return [cap.resolve_action(resolve, done=bool(done), value=v).to_dict()]
+        with capsule.open(path) as cap:
+            rows = [a.to_dict() for a in cap.actions()]
+        return [r for r in rows if r["status"] == "in-doubt"] if in_doubt else rows
+
+    rows = run(go)
+    if json_out:
+        emit_json(rows)
+        return
+    t = Table("key", "status", "attempt", "started", "finished", "result")
+    for r in rows:
+        res = r["error"] if r["status"] == "failed" else json.dumps(r["value"], ensure_ascii=False)
+        t.add_row(r["key"], r["status"], str(r["attempt"]), r["started"] or "", r["finished"] or "", res[:60])
+    out.print(t)
+
+
+@app.command()
 def verify(
     path: FileArg,
     json_out: JsonOpt = False,
