@@ -30,22 +30,6 @@ def _bucket_index(sorted_ids: np.ndarray) -> np.ndarray:
     return (raw[:, 0].astype(np.int64) << 4) | (raw[:, 1].astype(np.int64) >> 4)
 
 
-def _bucket_digest(sorted_ids: np.ndarray, bounds: np.ndarray, b: int) -> bytes:
-    lo, hi = int(bounds[b]), int(bounds[b + 1])
-    if lo == hi:
-        return EMPTY
-    return hashlib.sha256(sorted_ids[lo:hi].tobytes()).digest()
-
-
-def _bucket_key(b: int) -> bytes:
-    """The smallest id in bucket ``b`` (NumPy's ``S32`` compare ignores trailing NULs,
-    which for equal-length ids is still byte order)."""
-    return bytes([b >> 4, (b & 15) << 4]) + bytes(30)
-
-
-_KEYS = np.array([_bucket_key(b) for b in range(BUCKETS)] + [b"\xff" * 32], dtype="S32")
-
-
 def _root(n: int, digests: bytearray) -> str:
     h = hashlib.sha256(STATE_ROOT_TAG)
     h.update(n.to_bytes(8, "little"))
@@ -61,15 +45,17 @@ def state_root_of(ids: object) -> str:
 
 
 class RootCache:
-    """A writer's incrementally maintained state root."""
+    """A writer's incrementally maintained state root: one sorted byte string per bucket."""
 
-    __slots__ = ("_ids", "_digests", "_pending")
+    __slots__ = ("_buckets", "_digests", "_pending", "_n")
 
     def __init__(self, sorted_ids: np.ndarray) -> None:
-        self._ids = sorted_ids
         self._pending: list[bytes] = []
-        bounds = np.searchsorted(_bucket_index(sorted_ids), np.arange(BUCKETS + 1))
-        self._digests = bytearray(b"".join(_bucket_digest(sorted_ids, bounds, b) for b in range(BUCKETS)))
+        self._n = len(sorted_ids)
+        bounds = np.searchsorted(_bucket_index(sorted_ids), np.arange(BUCKETS + 1)).tolist()
+        raw = sorted_ids.tobytes()
+        self._buckets = [raw[32 * bounds[b] : 32 * bounds[b + 1]] for b in range(BUCKETS)]
+        self._digests = bytearray(b"".join(hashlib.sha256(x).digest() for x in self._buckets))
 
     def add(self, ids: list[bytes]) -> None:
         self._pending.extend(ids)
@@ -79,20 +65,23 @@ class RootCache:
         the cache for that future state, to adopt once it is committed."""
         self.root()  # settle what is pending
         probe = RootCache.__new__(RootCache)
-        probe._ids, probe._digests, probe._pending = self._ids, bytearray(self._digests), list(extra)
+        probe._buckets, probe._digests, probe._n = list(self._buckets), bytearray(self._digests), self._n
+        probe._pending = list(extra)
         return probe.root(), probe
 
     def root(self) -> str:
         if self._pending:
-            new = np.sort(np.array(self._pending, dtype="S32"), kind="stable")
+            by_bucket: dict[int, list[bytes]] = {}
+            for rid in self._pending:
+                by_bucket.setdefault((rid[0] << 4) | (rid[1] >> 4), []).append(rid)
+            self._n += len(self._pending)
             self._pending = []
-            pos = np.searchsorted(self._ids, new)
-            self._ids = np.insert(self._ids, pos, new)
-            dirty = np.unique(_bucket_index(new))
-            los = np.searchsorted(self._ids, _KEYS[dirty])
-            his = np.searchsorted(self._ids, _KEYS[dirty + 1])
-            his[dirty + 1 == BUCKETS] = len(self._ids)
-            buf = self._ids
-            for b, lo, hi in zip(dirty.tolist(), los.tolist(), his.tolist(), strict=True):
-                self._digests[32 * b : 32 * b + 32] = hashlib.sha256(buf[lo:hi].tobytes()).digest() if hi > lo else EMPTY
-        return _root(len(self._ids), self._digests)
+            for b, new in by_bucket.items():
+                old = self._buckets[b]
+                ids = [old[i : i + 32] for i in range(0, len(old), 32)]
+                ids.extend(new)
+                ids.sort()
+                joined = b"".join(ids)
+                self._buckets[b] = joined
+                self._digests[32 * b : 32 * b + 32] = hashlib.sha256(joined).digest()
+        return _root(self._n, self._digests)
