@@ -168,7 +168,8 @@ class ActionHandle:
     """``with cap.action(key) as a: if not a.done: a.complete(send(...))``."""
 
     def __init__(self, journal: Journal, key: str, state: ActionState) -> None:
-        self._journal, self.key, self._state = journal, key, state
+        self._journal, self.key = journal, key
+        self._state = ActionState(**vars(state))  # a snapshot: another handle cannot change our attempt
         self._completed = False
 
     @property
@@ -184,7 +185,8 @@ class ActionHandle:
             raise UsageError(f"action {self.key!r} is already done")
         self._journal._result(self.key, self._state.attempt, ok=True, value=value)
         self._completed = True
-        return value
+        self._state = ActionState(**vars(self._journal.state(self.key)))
+        return self._state.value
 
     def __enter__(self) -> ActionHandle:
         return self
@@ -193,13 +195,16 @@ class ActionHandle:
         if self.done or self._completed:
             return
         if ev is not None:
+            if not isinstance(ev, Exception):
+                return  # interrupted: leave the key in doubt
             self._journal._result(self.key, self._state.attempt, ok=False, error=_describe(ev))
         else:
             self._journal._result(self.key, self._state.attempt, ok=True, value=None)
 
 
 def _describe(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"[:2000]
+    text = f"{type(e).__name__}: {e}"[:2000]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # never hide the caller's error
 
 
 class Journal:
@@ -234,6 +239,7 @@ class Journal:
                      "value": value if ok else None, "error": "" if ok else error, "by": by})
 
     def resolve(self, key: str, *, done: bool, value: Any = None, by: str = "human") -> ActionState:
+        key = _text(key, "key")
         st = self.state(key)
         if st.status != "in-doubt":
             raise UsageError(f"action {key!r} is {st.status}, not in doubt: nothing to resolve")
@@ -261,6 +267,7 @@ class Journal:
             raise UsageError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
         if not isinstance(key, str) or not key:
             raise UsageError("an action key must be a non-empty string")
+        key = _text(key, "key")  # stored NFC: look it up the same way
         st = self.state(key)
         if st.status == "in-doubt" and self._settle(key, st, reconcile, policy):
             return ActionHandle(self, key, self.state(key))
@@ -278,13 +285,16 @@ class Journal:
         a = self.begin(key, what=what, inputs=inputs, reconcile=reconcile, policy=policy)
         if a.done:
             return a.value
+        attempt = a._state.attempt
         try:
             value = fn()
-        except BaseException as e:
-            self._result(key, a._state.attempt, ok=False, error=_describe(e))
+        except Exception as e:
+            self._result(a.key, attempt, ok=False, error=_describe(e))
             raise
-        self._result(key, a._state.attempt, ok=True, value=value)
-        return value
+        # KeyboardInterrupt/SystemExit: the effect may be half done, so the key
+        # stays in doubt (no result is written).
+        self._result(a.key, attempt, ok=True, value=value)
+        return self.state(a.key).value  # the stored (canonical) value, as every replay returns
 
 
 _ = _UNSET

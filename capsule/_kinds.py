@@ -166,7 +166,10 @@ def _declare(cls: type[Any]) -> type[Any]:
 
 
 def _meta(v: object, name: str) -> dict[str, Any]:
-    return parse_meta(v)
+    try:
+        return parse_meta(v)
+    except InvalidRecordError as e:
+        raise InvalidRecordError(f"{name}{str(e).removeprefix('meta')}") from None
 
 
 def _text(v: object, name: str) -> str:
