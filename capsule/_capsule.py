@@ -1015,14 +1015,12 @@ class Transaction:
 
 
 def _parse_id(v: object) -> bytes:
-    if isinstance(v, bytes) and len(v) == 32:
-        return v
-    if isinstance(v, str) and len(v) == 64:
-        try:
-            return bytes.fromhex(v)
-        except ValueError:
-            pass
-    raise NotFound(f"{v!r} is not a record id (64 hex digits)")
+    from ._kinds import parse_id
+
+    try:
+        return parse_id(v, "record id")
+    except InvalidRecordError:
+        raise NotFound(f"{v!r} is not a record id (64 hex digits)") from None
 
 
 # --- entry points ------------------------------------------------------------------

@@ -321,15 +321,9 @@ def keygen(
 
     Example: CAPSULE_PASS=... capsule keygen -o agent.key --passphrase-env CAPSULE_PASS
     """
-    import os
 
     def go() -> dict[str, Any]:
-        pw = None
-        if passphrase_env is not None:
-            v = os.environ.get(passphrase_env)
-            if not v:
-                raise capsule.UsageError(f"environment variable {passphrase_env} is not set or empty")
-            pw = v.encode()
+        pw = _passphrase(passphrase_env)
         key = capsule.generate_key()
         pub = capsule.save_private_key(out_path, key, passphrase=pw)
         return {"key": str(out_path), "public_key": str(pub), "key_id": key.key_id, "encrypted": pw is not None}
@@ -347,15 +341,19 @@ PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environme
                                              "passphrase.")]
 
 
-def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.PrivateKey]:
+def _passphrase(env: str | None) -> bytes | None:
     import os
 
-    pw = None
-    if passphrase_env is not None:
-        v = os.environ.get(passphrase_env)
-        if not v:
-            raise capsule.UsageError(f"environment variable {passphrase_env} is not set or empty")
-        pw = v.encode()
+    if env is None:
+        return None
+    v = os.environ.get(env)
+    if not v:
+        raise capsule.UsageError(f"environment variable {env} is not set or empty")
+    return v.encode()
+
+
+def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.PrivateKey]:
+    pw = _passphrase(passphrase_env)
     return [capsule.load_private_key(p, pw) for p in paths]
 
 
