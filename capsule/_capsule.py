@@ -70,6 +70,7 @@ from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, label_key, load, read_commit_at, read_frame_at, replay
 from ._state import EVENT_KINDS, State, fold
 from ._stateroot import RootCache, state_root_of
+from ._tasks import Tasks
 
 Mode = Literal["r", "a"]
 
@@ -142,6 +143,7 @@ class Capsule:
         self._roots: RootCache | None = None  # incremental state root (writers)
         self._roots_next: RootCache | None = None  # the cache after the commit being written
         self._journal: Journal | None = None
+        self._tasks: Tasks | None = None
         self._committed = False  # a handle that never committed never writes, not even on close
 
     # --- lifecycle -------------------------------------------------------------
@@ -562,6 +564,15 @@ class Capsule:
         if key is not None:
             self.checkpoint(f"rollback-to-{to}", key=key)
         return rid
+
+    # --- durable tasks (7.9) ------------------------------------------------------
+    @property
+    def tasks(self) -> Tasks:
+        """The durable task queue: ``cap.tasks.add/due/claim/complete/fail/cancel``.
+        Everything is computed from committed task records and the injected clock."""
+        if self._tasks is None:
+            self._tasks = Tasks(self)
+        return self._tasks
 
     # --- idempotent actions (7.8) ----------------------------------------------
     @property

@@ -52,7 +52,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, Self, TypeAlias
 
 from . import _canonical as canon
 from ._errors import InvalidRecordError, NonCanonicalError, NotFound, UsageError
@@ -137,10 +137,10 @@ def _text(v: object, name: str, limit: int, *, empty: bool = True) -> str:
         s: str = canon.normalize(str(v))
     except NonCanonicalError:
         raise InvalidTaskEvent(f"{name} is not valid Unicode") from None
-    if len(s) > limit or (not empty and not s):
-        raise InvalidTaskEvent(
-            f"{name} must be {'' if empty else '1 to '}{limit} characters at most"
-        )
+    if not empty and not s:
+        raise InvalidTaskEvent(f"{name} must not be empty")
+    if len(s) > limit:
+        raise InvalidTaskEvent(f"{name} must be at most {limit} characters")
     return s
 
 
@@ -202,7 +202,7 @@ class _Event:
         return dict(sorted(v.items()))
 
     @classmethod
-    def from_value(cls, v: object) -> Any:
+    def from_value(cls, v: object) -> Self:
         """Parse a stored map strictly: unknown, missing or spelled-out default fields refused."""
         if not isinstance(v, Mapping) or not all(type(k) is str for k in v):
             raise InvalidTaskEvent("a task event must be a map with string keys")
@@ -416,7 +416,16 @@ def _jsonable(v: Any) -> Any:
 
 @dataclass
 class Queue:
-    """Every task, folded. Check an event, commit it, then ``apply`` it."""
+    """Every task, folded. Check an event, commit it, then ``apply`` it.
+
+    >>> q = Queue()
+    >>> for ev in (TaskAdded(time=0, task="fetch"),
+    ...            TaskClaimed(time=1, task="fetch", worker="w1", lease=30_000_000_000)):
+    ...     q.check(ev)  # refuses an illegal event before it is written
+    ...     q.apply(ev)  # after the commit
+    >>> q.tasks["fetch"].status, q.due(now=2)
+    ('claimed', [])
+    """
 
     tasks: dict[str, TaskState] = field(default_factory=dict)
     time: int = 0  # latest accepted event time; the queue's clock never runs backward
@@ -652,11 +661,12 @@ class Queue:
         """The earliest time after ``now`` at which an open task may become due by
         the clock alone (not_before, backoff or a lease expiring), or None."""
         t = self._now(now)
-        blocked = self.blocked()
         times = []
         for st in self.tasks.values():
-            if st.status in TERMINAL or st.id in blocked:
+            if st.status in TERMINAL:
                 continue
+            if any(d not in self.tasks or self.tasks[d].status != "done" for d in st.deps):
+                continue  # waits for an event, not for the clock
             at = max(st.spec.not_before or 0, st.next_attempt_at)
             if st.status == "claimed" and st.lease_expires_at is not None:
                 at = max(at, st.lease_expires_at)

@@ -461,6 +461,32 @@ def fork(
 
 
 @app.command()
+def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
+    """Show the durable task queue: status, attempts, leases, what is due and blocked.
+
+    Example: capsule tasks agent.capsule --json
+    """
+
+    def go() -> dict[str, Any]:
+        with capsule.open(path, at=at) as cap:
+            c = cap._snap.commit
+            # "now" for a read-only view is the time of the commit it shows
+            return cap.tasks.to_dict(now=c.time if c else 0)
+
+    q = run(go)
+    if json_out:
+        emit_json(q)
+        return
+    t = Table("task", "status", "attempts", "worker", "due")
+    due = {d if isinstance(d, str) else d.get("id") for d in q.get("due") or []}
+    for st in q.get("tasks", []):
+        name = st["id"]
+        t.add_row(name, str(st.get("status")), str(st.get("attempts", 0)), str(st.get("worker") or ""),
+                  "yes" if name in due else "")
+    out.print(t)
+
+
+@app.command()
 def actions(
     path: FileArg,
     json_out: JsonOpt = False,
