@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/python examples/week_demo.py
 	bash examples/demo.sh $(BIN)
 
 test: $(STAMP)

@@ -1,0 +1,80 @@
+"""AgentLoop resumes after a crash mid-step without repeating side effects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import capsule
+from capsule._loop import AgentLoop, Step
+
+S = 10**9
+T0 = 1_800_000_000 * S
+
+
+class SimClock:
+    def __init__(self, t: int) -> None:
+        self.now = t
+
+    def __call__(self) -> int:
+        self.now += S
+        return self.now
+
+    def advance_to(self, t: int) -> None:
+        self.now = max(self.now, t)
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: not an Exception, so nothing records a result."""
+
+
+def test_loop_resumes_after_a_crash_between_effect_and_result(tmp_path: Path) -> None:
+    path = tmp_path / "a.capsule"
+    sent: list[str] = []
+    crash_once = {"armed": True}
+
+    def act(s: Step) -> Any:
+        def send() -> str:
+            sent.append(s.name)
+            if crash_once["armed"] and s.name == "b":
+                crash_once["armed"] = False
+                raise Crash  # the effect happened; the process "dies" before the result is written
+            return f"sent {s.name}"
+
+        return s.run_once(f"send:{s.name}", send, reconcile=lambda key: f"found {key}"
+                          if key.removeprefix("send:") in sent else capsule.NOT_DONE)
+
+    key = capsule.PrivateKey.from_seed(b"\x05" * 32)
+    clock = SimClock(T0)
+    with capsule.create(path, clock=clock) as cap:
+        cap.tasks.add_many([{"task": "a", "name": "act"}, {"task": "b", "name": "act", "deps": ["a"]},
+                            {"task": "c", "name": "act", "deps": ["b"], "not_before": T0 + 3600 * S}])
+        loop = AgentLoop(cap, {"act": act}, lease=60 * S, key=key, checkpoint_every=1, jump_when_idle=True)
+        try:
+            loop.run()
+        except Crash:
+            pass
+    # a new process: b is claimed by a dead worker; its lease expires, it runs again,
+    # and reconcile finds the email instead of sending it twice
+    clock2 = SimClock(clock.now)
+    with capsule.open(path, "a", clock=clock2) as cap:
+        res = AgentLoop(cap, {"act": act}, lease=60 * S, key=key, checkpoint_every=1, jump_when_idle=True).run()
+        assert res.done == ["b", "c"] and res.failed == []
+        q = cap.tasks.queue()
+        assert all(t.status == "done" for t in q.tasks.values())
+        assert q.tasks["b"].result == "found send:b"
+        assert clock2.now >= T0 + 3600 * S  # the idle loop jumped to c's not_before
+    assert sorted(sent) == ["a", "b", "c"]  # every effect exactly once
+    rep = capsule.verify(path, trust=key.public_key)
+    assert rep.ok and rep.checkpoints >= 3, rep.first_error
+
+
+def test_loop_records_handler_failures_and_stops_when_idle(tmp_path: Path) -> None:
+    path = tmp_path / "a.capsule"
+    clock = SimClock(T0)
+    with capsule.create(path, clock=clock) as cap:
+        cap.tasks.add("x", name="boom", max_attempts=1)
+        cap.tasks.add("y", name="missing", max_attempts=1)
+        res = AgentLoop(cap, {"boom": lambda s: 1 / 0}).run()
+        assert sorted(res.failed) == ["x", "y"]
+        assert cap.tasks.queue().tasks["x"].status == "failed"
