@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import capsule
 from capsule._loop import AgentLoop, Step
 
@@ -50,10 +52,8 @@ def test_loop_resumes_after_a_crash_between_effect_and_result(tmp_path: Path) ->
         cap.tasks.add_many([{"task": "a", "name": "act"}, {"task": "b", "name": "act", "deps": ["a"]},
                             {"task": "c", "name": "act", "deps": ["b"], "not_before": T0 + 3600 * S}])
         loop = AgentLoop(cap, {"act": act}, lease=60 * S, key=key, checkpoint_every=1, jump_when_idle=True)
-        try:
+        with pytest.raises(Crash):
             loop.run()
-        except Crash:
-            pass
     # a new process: b is claimed by a dead worker; its lease expires, it runs again,
     # and reconcile finds the email instead of sending it twice
     clock2 = SimClock(clock.now)
