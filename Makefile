@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/store.py
 	$(BIN)/python benchmarks/checkpoints.py
+	$(BIN)/python benchmarks/actions.py
 
 vectors: $(STAMP)
 	$(BIN)/python spec/vectors/make_vectors.py
