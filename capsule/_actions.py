@@ -138,9 +138,23 @@ class ActionState:
         from ._clock import iso
 
         return {"key": self.key, "status": self.status, "attempt": self.attempt, "what": self.what,
-                "value": self.value, "error": self.error or None, "by": self.by or None,
+                "value": _jsonable(self.value), "error": self.error or None, "by": self.by or None,
                 "started": None if self.started is None else iso(self.started),
                 "finished": None if self.finished is None else iso(self.finished)}
+
+
+def _jsonable(v: Any) -> Any:
+    """Stored values as JSON: bytes become hex."""
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+MAX_KEY = 1024
 
 
 def apply(st: ActionState, rec: Action) -> None:
@@ -268,6 +282,8 @@ class Journal:
         if not isinstance(key, str) or not key:
             raise UsageError("an action key must be a non-empty string")
         key = _text(key, "key")  # stored NFC: look it up the same way
+        if len(key) > MAX_KEY:
+            raise UsageError(f"an action key is at most {MAX_KEY} characters")
         st = self.state(key)
         if st.status == "in-doubt" and self._settle(key, st, reconcile, policy):
             return ActionHandle(self, key, self.state(key))
@@ -293,7 +309,14 @@ class Journal:
             raise
         # KeyboardInterrupt/SystemExit: the effect may be half done, so the key
         # stays in doubt (no result is written).
-        self._result(a.key, attempt, ok=True, value=value)
+        try:
+            self._result(a.key, attempt, ok=True, value=value)
+        except InvalidRecordError as e:
+            # The effect ran, but its value cannot be stored: record it as done
+            # with no value and say why, rather than leaving it in doubt for ever.
+            self._write({"key": a.key, "phase": "result", "attempt": attempt, "ok": True,
+                         "error": f"value not recordable: {e}", "by": "fn"})
+            raise
         return self.state(a.key).value  # the stored (canonical) value, as every replay returns
 
 

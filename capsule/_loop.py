@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._capsule import Capsule
+from ._errors import UsageError
+from ._scheduler import TaskRefused
 
 
 @dataclass
@@ -43,6 +45,13 @@ class Step:
         """A side effect that happens at most once, whatever crashes in between."""
         return self.cap.run_once(key, fn, reconcile=reconcile)
 
+    def heartbeat(self, lease: int | None = None) -> None:
+        """Extend this task's lease during long work."""
+        cap = self.cap
+        cap.tasks.heartbeat(self.name, self.task.worker, lease=lease or self.task_lease)
+
+    task_lease: int = 600 * 10**9
+
     def result_of(self, task: str) -> Any:
         """The recorded result of another (finished) task."""
         return self.cap.tasks.queue().tasks[task].result
@@ -53,6 +62,7 @@ class LoopResult:
     steps: int = 0
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # finished after the lease expired
     checkpoints: int = 0
 
 
@@ -69,6 +79,8 @@ class AgentLoop:
                  jump_when_idle: bool = False) -> None:
         self.cap, self.handlers, self.worker, self.lease = cap, handlers, worker, lease
         self.key, self.checkpoint_every, self.jump = key, checkpoint_every, jump_when_idle
+        if jump_when_idle and not callable(getattr(cap.clock, "advance_to", None)):
+            raise UsageError("jump_when_idle needs a clock with advance_to(ns) (a simulated clock)")
 
     def run(self, max_steps: int | None = None) -> LoopResult:
         res = LoopResult()
@@ -87,16 +99,25 @@ class AgentLoop:
             handler = self.handlers.get(ts.spec.name)
             tasks.claim(name, self.worker, lease=self.lease, now=now)
             step = Step(self.cap, tasks.queue().tasks[name], now)
+            step.task_lease = self.lease
             try:
                 if handler is None:
                     raise LookupError(f"no handler for task kind {ts.spec.name!r}")
                 result = handler(step)
+                error = None
             except Exception as e:
-                tasks.fail(name, self.worker, f"{type(e).__name__}: {e}"[:2000])
-                res.failed.append(name)
-            else:
-                tasks.complete(name, self.worker, result)
-                res.done.append(name)
+                result, error = None, f"{type(e).__name__}: {e}"[:2000]
+            try:
+                if error is None:
+                    tasks.complete(name, self.worker, result)
+                    res.done.append(name)
+                else:
+                    tasks.fail(name, self.worker, error)
+                    res.failed.append(name)
+            except TaskRefused:
+                # The lease ran out while the handler worked: the task is due again
+                # (its effects replay from the journal) and this result is dropped.
+                res.lost.append(name)
             res.steps += 1
             if self.key is not None and self.checkpoint_every and res.steps % self.checkpoint_every == 0:
                 self.cap.checkpoint(f"loop-{len(self.cap.checkpoints()) + 1}", key=self.key)

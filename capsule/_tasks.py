@@ -17,6 +17,7 @@ from ._errors import InvalidRecordError
 from ._records import register_kind
 from ._scheduler import (
     Event,
+    InvalidTaskEvent,
     Queue,
     TaskAdded,
     TaskCancelled,
@@ -98,7 +99,14 @@ class Tasks:
     def add_many(self, specs: Sequence[Mapping[str, Any]], *, now: int | None = None) -> list[str]:
         """Add tasks that may depend on each other, in one commit (cycles refused)."""
         t = self._now(now)
-        evs = [TaskAdded(time=t, **dict(s)) for s in specs]
+        allowed = {"task", "name", "deps", "not_before", "deadline", "priority", "max_attempts", "backoff",
+                   "backoff_cap", "payload"}
+        evs = []
+        for spec in specs:
+            extra = set(spec) - allowed
+            if extra:
+                raise InvalidTaskEvent(f"unknown task field(s): {', '.join(sorted(map(str, extra)))}")
+            evs.append(TaskAdded(time=t, **dict(spec)))
         ordered = self.queue().check_add_many(evs)
         self._write(ordered)
         return [e.task for e in ordered]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import capsule
 from capsule import CapsuleError, DataError, UsageError
@@ -41,6 +43,16 @@ AtOpt = Annotated[
     typer.Option("--at", help="View as of a checkpoint label, a seq (the commit that made that frame "
                  "durable), a commit root prefix (>= 4 hex digits) or an ISO-8601 time."),
 ]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def cell(value: object) -> Text:
+    """Table text shown literally: no rich markup, control characters escaped (a
+    capsule from another host must not be able to drive the terminal)."""
+    text = str(value)
+    return Text(_CONTROL.sub(lambda m: repr(m.group())[1:-1], text))
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -270,8 +282,8 @@ def log(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
         return
     t = Table("commit", "seq", "offset", "end", "records", "time", "root")
     for r in rows:
-        t.add_row(str(r["commit"]), str(r["seq"]), str(r["offset"]), str(r["end"]), str(r["records"]),
-                  r["time"], r["root"][:16])
+        t.add_row(*(cell(x) for x in (r["commit"], r["seq"], r["offset"], r["end"], r["records"], r["time"],
+                                      r["root"][:16])))
     out.print(t)
 
 
@@ -402,7 +414,8 @@ def checkpoints(path: FileArg, json_out: JsonOpt = False) -> None:
         return
     t = Table("label", "seq", "time", "state root", "signers")
     for r in rows:
-        t.add_row(r["label"], str(r["seq"]), r["time"], r["state_root"][:16], ", ".join(r["signers"]))
+        t.add_row(*(cell(x) for x in (r["label"], r["seq"], r["time"], r["state_root"][:16],
+                                      ", ".join(r["signers"]))))
     out.print(t)
 
 
@@ -470,8 +483,13 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
     def go() -> dict[str, Any]:
         with capsule.open(path, at=at) as cap:
             c = cap._snap.commit
-            # "now" for a read-only view is the time of the commit it shows
-            return cap.tasks.to_dict(now=c.time if c else 0)
+            # a view at an earlier commit is judged at that commit's time; the live
+            # capsule at the current time (SOURCE_DATE_EPOCH in reproducible mode)
+            if at is not None:
+                return cap.tasks.to_dict(now=c.time if c else 0)
+            from capsule._clock import default_clock
+
+            return cap.tasks.to_dict(now=default_clock()())
 
     q = run(go)
     if json_out:
@@ -481,8 +499,8 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
     due = {d if isinstance(d, str) else d.get("id") for d in q.get("due") or []}
     for st in q.get("tasks", []):
         name = st["id"]
-        t.add_row(name, str(st.get("status")), str(st.get("attempts", 0)), str(st.get("worker") or ""),
-                  "yes" if name in due else "")
+        mark = "yes" if name in due else ("blocked" if st.get("blocked_by") else "")
+        t.add_row(*(cell(x) for x in (name, st.get("status"), st.get("attempts", 0), st.get("worker") or "", mark)))
     out.print(t)
 
 
@@ -507,6 +525,10 @@ def actions(
         fail("--resolve needs --done or --not-done", 2)
     if value is not None and not done:
         fail("--value goes with --done", 2)
+    if resolve is not None and in_doubt:
+        fail("--in-doubt lists; --resolve settles: give one of them", 2)
+    if resolve is not None and not resolve.strip():
+        fail("--resolve needs a non-empty action key", 2)
 
     def go() -> list[dict[str, Any]]:
         if resolve is not None:
@@ -524,7 +546,8 @@ def actions(
     t = Table("key", "status", "attempt", "started", "finished", "result")
     for r in rows:
         res = r["error"] if r["status"] == "failed" else json.dumps(r["value"], ensure_ascii=False)
-        t.add_row(r["key"], r["status"], str(r["attempt"]), r["started"] or "", r["finished"] or "", res[:60])
+        t.add_row(*(cell(x) for x in (r["key"][:200], r["status"], r["attempt"], r["started"] or "",
+                                      r["finished"] or "", res[:60])))
     out.print(t)
 
 

@@ -941,21 +941,20 @@ def test_bad_key_or_policy_is_a_usage_error_and_writes_nothing(tmp_path: Path, k
     ({1: "int key"}, "map key"),
     (capsule.NOT_DONE, "_NotDone"),
 ])
-def test_non_canonical_return_value_leaves_the_key_in_doubt(tmp_path: Path, value: Any, match: str) -> None:
+def test_non_canonical_return_value_is_recorded_as_done_without_a_value(tmp_path: Path, value: Any, match: str) -> None:
     path = tmp_path / "agent.capsule"
     with capsule.create(path) as cap:
         commits, fn = cap.commit_count, Spy(lambda: value)
         with pytest.raises(capsule.InvalidRecordError, match=match) as ei:
             cap.run_once("k", fn)
         assert "value" in str(ei.value) and isinstance(ei.value, capsule.DataError)
-        # The effect ran, so the journal must not call it failed or not done:
-        # only the intent is there, and the key is in doubt.
-        assert len(fn.calls) == 1 and cap.commit_count == commits + 1
-        assert journal(cap, "k") == [("intent", 1, True, "")]
-        assert state(cap, "k").status == "in-doubt"
-        with pytest.raises(capsule.InDoubt):
-            cap.run_once("k", fn)
-        assert cap.run_once("k", fn, reconcile=lambda k: "it went out") == "it went out"
+        # The effect ran, so the journal must not call it failed, nor leave it in
+        # doubt for ever: it is done, with no value and the reason recorded.
+        assert len(fn.calls) == 1 and cap.commit_count == commits + 2
+        assert [j[:3] for j in journal(cap, "k")] == [("intent", 1, True), ("result", 1, True)]
+        st = state(cap, "k")
+        assert st.status == "done" and st.value is None and "not recordable" in st.error
+        assert cap.run_once("k", fn) is None  # replays without running the effect again
         assert len(fn.calls) == 1
     rep = capsule.verify(path)
     assert rep.ok and rep.torn_tail == 0

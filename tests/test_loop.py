@@ -78,3 +78,23 @@ def test_loop_records_handler_failures_and_stops_when_idle(tmp_path: Path) -> No
         res = AgentLoop(cap, {"boom": lambda s: 1 / 0}).run()
         assert sorted(res.failed) == ["x", "y"]
         assert cap.tasks.queue().tasks["x"].status == "failed"
+
+
+def test_a_handler_that_outlives_its_lease_is_retried_not_crashed(tmp_path: Path) -> None:
+    path = tmp_path / "a.capsule"
+    clock = SimClock(T0)
+    runs: list[int] = []
+
+    def slow(s: Step) -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            for _ in range(10):
+                s.cap.clock()  # 10 simulated seconds: longer than the 4 s lease
+        return "ok"
+
+    with capsule.create(path, clock=clock) as cap:
+        cap.tasks.add("t", name="slow")
+        res = AgentLoop(cap, {"slow": slow}, lease=4 * S, jump_when_idle=True).run(max_steps=5)
+        assert res.lost == ["t"] and res.done == ["t"] and len(runs) == 2
+    with capsule.open(path, "a") as cap, pytest.raises(capsule.UsageError, match="advance_to"):
+        AgentLoop(cap, {}, jump_when_idle=True)
