@@ -39,6 +39,7 @@ from ._keys import (
     save_private_key,
 )
 from ._kinds import Approval, Constraint, Decision, Identity, Note
+from ._loop import AgentLoop, LoopResult, Step
 from ._records import GenericRecord, Memory, kinds, register_kind
 from ._verify import VerifyReport, verify
 
@@ -46,6 +47,9 @@ __version__ = "0.1.0"
 FORMAT_VERSION = "1.0"
 
 __all__ = [
+    "AgentLoop",
+    "LoopResult",
+    "Step",
     "NOT_DONE",
     "Action",
     "ActionFailed",

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import capsule
-from capsule._loop import AgentLoop, Step
+from capsule import AgentLoop, Step
 
 DAY = 86_400 * 10**9
 T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import capsule
-from capsule._loop import AgentLoop, Step
+from capsule import AgentLoop, Step
 
 S = 10**9
 T0 = 1_800_000_000 * S
