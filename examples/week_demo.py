@@ -184,7 +184,7 @@ def main() -> int:
         proc = subprocess.Popen([sys.executable, __file__, "--worker", str(cap_path), str(db_path), str(key_path)])
         if crashes < args.kills:
             try:
-                proc.wait(timeout=rnd.uniform(0.15, 0.9))
+                proc.wait(timeout=rnd.uniform(0.1, 0.6))
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
