@@ -173,6 +173,19 @@ def _segment_refs(segv: object, offset: int, bad: Callable[[str], CorruptError])
     return out
 
 
+def parse_recovery(payload: bytes, offset: int, seq: int) -> dict[str, object]:
+    """8.3: the RECOVERY map, strictly."""
+    try:
+        v = canon.decode(payload)
+    except NonCanonicalError as e:
+        raise CorruptError(str(e), offset=offset, seq=seq, check="recovery") from None
+    if (not isinstance(v, dict) or set(v) != {"length", "offset", "sha256"} or type(v["length"]) is not int
+            or type(v["offset"]) is not int or v["length"] < 1 or not C.HEADER_SIZE <= v["offset"] <= offset
+            or not isinstance(v["sha256"], bytes) or len(v["sha256"]) != 32):
+        raise CorruptError("RECOVERY map is malformed", offset=offset, seq=seq, check="recovery")
+    return v
+
+
 def encode_recovery(offset: int, dropped: bytes) -> bytes:
     """8.3: a writer that truncated a torn tail says what it dropped."""
     return canon.pack({"length": len(dropped), "offset": offset, "sha256": hashlib.sha256(dropped).digest()})

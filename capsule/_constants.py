@@ -22,12 +22,12 @@ assert HEADER_STRUCT.size == HEADER_SIZE
 HFLAG_ENCRYPTED = 0x0001
 HFLAGS_KNOWN = 0x0000  # 2.3: no flag bit is usable in v1 yet; any set bit is refused.
 
-HASH_SHA256 = 1  # 2.4
-AEAD_NONE = 0  # 2.4
-AEAD_CHACHA20_POLY1305 = 1  # 2.4 (reserved, section 10)
-AEAD_AES256_GCM = 2  # 2.4 (reserved, section 10)
-SIG_ED25519 = 1  # 2.4
-CODEC_ZSTD = 1  # 2.4
+HASH_SHA256 = 1  # 2.1
+AEAD_NONE = 0  # 2.1
+AEAD_CHACHA20_POLY1305 = 1  # 2.1 (reserved, section 10)
+AEAD_AES256_GCM = 2  # 2.1 (reserved, section 10)
+SIG_ED25519 = 1  # 2.1
+CODEC_ZSTD = 1  # 2.1
 
 # --- 3. Frames ---------------------------------------------------------------
 FRAME_HEADER_STRUCT = struct.Struct("<IBBHQIIII")  # 3.1

@@ -6,8 +6,7 @@ CRC, so a flipped length is caught before it is trusted (3.1). The chain value
 of a frame is SHA-256 over the previous chain value, this frame's header and the
 SHA-256 of its payload (4.2), so any edit, reorder, removal or splice breaks
 every later chain value. Independently every frame is a leaf of an RFC 6962
-Merkle tree (4.3), whose root each COMMIT names; that root is what signed
-checkpoints will bind and what consistency proofs between two sizes will use.
+Merkle tree (4.3), whose root each COMMIT names and signed checkpoints bind.
 
 Nothing here touches a file: functions take bytes and return values or raise
 :class:`CorruptError` naming the offset, seq and check that failed.
@@ -238,7 +237,7 @@ def raw_payload(fh: FrameHeader, payload: bytes) -> bytes:
         declared = zstandard.frame_content_size(payload)
     except zstandard.ZstdError as e:
         raise CorruptError(f"bad zstd frame: {e}", offset=fh.offset, seq=fh.seq, check="zstd") from e
-    # 11: the declared content size MUST equal the authenticated raw length
+    # 3.3: the declared content size MUST equal the authenticated raw length
     # before anything is allocated; a forged 14-byte frame can claim 64 GiB.
     if declared != fh.raw_len:
         raise CorruptError(

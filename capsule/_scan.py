@@ -270,7 +270,7 @@ def _last_commit_before(src: Source, header: FileHeader, size: int) -> CommitInf
 
 
 def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict: bool = True) -> Snapshot:
-    """Rebuild reader state at ``commit`` from its INDEX and the frames after it (9.4)."""
+    """Rebuild reader state at ``commit`` from its INDEX and the frames after it (6.3, 9.2)."""
     if commit is None:
         return Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
     segments: list[Segment] = []

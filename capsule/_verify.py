@@ -20,7 +20,12 @@ import numpy as np
 
 from . import _constants as C
 from ._checkpoint import CheckpointFrame, KeysetFrame, parse_checkpoint, parse_keyset, parse_lineage
-from ._commit import decode_records_payload, parse_commit_payload, parse_index_payload
+from ._commit import (
+    decode_records_payload,
+    parse_commit_payload,
+    parse_index_payload,
+    parse_recovery,
+)
 from ._errors import CapsuleError, CorruptError, DataError
 from ._file import ReadHandle
 from ._frames import FileHeader, Merkle, parse_header, raw_payload
@@ -147,7 +152,7 @@ def _check_parent(rep: VerifyReport, parent: Path) -> None:
 
 
 def _trust(rep: VerifyReport, keysets: list[KeysetFrame], trust: object, strict: bool) -> bool:
-    """14.10: anchor the keyset chain; False (with first_error set) when that fails."""
+    """14.7: anchor the keyset chain; False (with first_error set) when that fails."""
     rep.keyset = keysets[-1].keyset.keyset_hash if keysets else None
     if trust is None:
         if rep.checkpoints:
@@ -308,6 +313,11 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     last_ck = ck
                     labels_at[label_key(b.label)] = fh.offset
                     rep.checkpoints += 1
+                elif t == C.FT_RECOVERY:
+                    rv = parse_recovery(payload, fh.offset, fh.seq)
+                    if rv["offset"] != fh.offset:
+                        raise CorruptError("RECOVERY does not stand where the dropped bytes began",
+                                           offset=fh.offset, seq=fh.seq, check="recovery")
                 elif t == C.FT_LINEAGE:
                     if fh.seq != 0:
                         raise CorruptError("LINEAGE must be the first frame", offset=fh.offset, seq=fh.seq,
