@@ -80,8 +80,6 @@ def _attempt(v: object, name: str) -> int:
     return v
 
 
-_UNSET = object()
-
 
 @_declare
 @dataclass(frozen=True, slots=True)
@@ -319,5 +317,3 @@ class Journal:
             raise
         return self.state(a.key).value  # the stored (canonical) value, as every replay returns
 
-
-_ = _UNSET

@@ -605,8 +605,7 @@ class Capsule:
 
     def actions(self) -> list[ActionState]:
         """Every action key's state, in key order."""
-        return [st for _, st in sorted(Journal(self).states().items())] if self.mode == "r" else \
-            [st for _, st in sorted(self._actions.states().items())]
+        return [st for _, st in sorted(self._actions.states().items())]
 
     def resolve_action(self, key: str, *, done: bool, value: Any = None) -> ActionState:
         """Settle an in-doubt action by hand: it happened (``done=True``) or not."""

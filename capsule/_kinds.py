@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from . import _canonical as canon
 from ._errors import InvalidRecordError, NonCanonicalError
 from ._records import parse_meta, parse_text, parse_time, register_kind
 
@@ -306,5 +305,3 @@ def approval_message(subject: bytes) -> bytes:
 
     return pae(APPROVAL_PAYLOAD_TYPE, subject)
 
-
-_ = canon  # canonical rules are applied through parse_meta/parse_text

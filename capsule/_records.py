@@ -196,10 +196,6 @@ def parse_embedding(v: object) -> np.ndarray | None:
     return arr
 
 
-def _opt_text(v: object, name: str) -> str | None:
-    return None if v is None else parse_text(v, name)
-
-
 # --- kinds -----------------------------------------------------------------------
 
 
@@ -247,20 +243,11 @@ class Memory:
         source: object = None,
     ) -> Memory:
         """Validate user input into a canonical Memory (raises InvalidRecordError)."""
-        if tier not in TIERS:
-            raise InvalidRecordError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
-        if ttl is not None and (type(ttl) is not int or ttl <= 0):
-            raise InvalidRecordError("ttl must be a positive integer of nanoseconds")
-        return cls(
-            text=parse_text(text),
-            time=parse_time(time),
-            tags=parse_tags(tags if tags is not None else ()),
-            meta=parse_meta(meta if meta is not None else {}),
-            embedding=parse_embedding(embedding),
-            tier=str(tier),
-            ttl=ttl,
-            source=_opt_text(source, "source"),
-        )
+        v = memory_value(text, time=time, tags=tags, meta=meta, embedding=embedding, tier=tier, ttl=ttl,
+                         source=source)
+        return cls(text=v["text"], time=v["time"], tags=tuple(v.get("tags", ())), meta=v.get("meta", {}),
+                   embedding=parse_embedding(v.get("embedding")), tier=v.get("tier", "working"), ttl=v.get("ttl"),
+                   source=v.get("source"))
 
     def to_value(self) -> dict[str, Any]:
         """The canonical map (keys in sorted order; defaults omitted, spec 7.1)."""
@@ -408,12 +395,6 @@ def decode_record(value: object, rid: bytes) -> Any:
     return cls.from_value(value, rid.hex())
 
 
-def _required_marker() -> object:
-    from ._kinds import _REQUIRED
-
-    return _REQUIRED
-
-
 def record_from_input(obj: Mapping[str, Any], *, time: int) -> Any:
     """Build a record from user input (a JSONL line): ``kind`` defaults to memory."""
     kind = obj.get("kind", "memory")
@@ -425,12 +406,8 @@ def record_from_input(obj: Mapping[str, Any], *, time: int) -> Any:
     extra = set(fields) - (cls.FIELDS - {"kind"})
     if extra:
         raise InvalidRecordError(f"unknown {kind} field(s): {', '.join(sorted(extra))}")
-    required = [f.name for f in getattr(cls, "SPEC", ()) if getattr(f, "default", None) is _required_marker()]
-    if kind == "memory":
-        required = ["text"]
-    missing = [f for f in required if f not in fields]
-    if missing:
-        raise InvalidRecordError(f"{kind} needs {', '.join(missing)}")
+    if kind == "memory" and "text" not in fields:  # other kinds say what they need in build()
+        raise InvalidRecordError("memory needs text")
     t = fields.pop("time", time)
     if isinstance(t, float) and math.isfinite(t) and t == int(t):
         t = int(t)

@@ -19,7 +19,6 @@ from ._constants import STATE_ROOT_TAG
 
 BUCKET_BITS = 12
 BUCKETS = 1 << BUCKET_BITS
-EMPTY = hashlib.sha256(b"").digest()
 
 
 def _bucket_index(sorted_ids: np.ndarray) -> np.ndarray:
