@@ -14,6 +14,14 @@ from __future__ import annotations
 
 from ._actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
 from ._capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
+from ._embed import (
+    Embedder,
+    HashEmbedder,
+    SentenceTransformerEmbedder,
+    embedders,
+    get_embedder,
+    register_embedder,
+)
 from ._errors import (
     AlreadyExists,
     CapsuleError,
@@ -40,13 +48,27 @@ from ._keys import (
 )
 from ._kinds import Approval, Constraint, Decision, Identity, Note
 from ._loop import AgentLoop, LoopResult, Step
+from ._pack import PackReport, pack
 from ._records import GenericRecord, Memory, kinds, register_kind
+from ._search import Filter, Hit
 from ._verify import VerifyReport, verify
+from ._vindex import VectorParams
 
 __version__ = "0.1.0"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 
 __all__ = [
+    "Embedder",
+    "HashEmbedder",
+    "SentenceTransformerEmbedder",
+    "embedders",
+    "get_embedder",
+    "register_embedder",
+    "Filter",
+    "Hit",
+    "PackReport",
+    "pack",
+    "VectorParams",
     "AgentLoop",
     "LoopResult",
     "Step",

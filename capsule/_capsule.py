@@ -20,6 +20,7 @@ import numpy as np
 from . import _canonical as canon
 from . import _constants as C
 from ._actions import ActionHandle, ActionState, Journal
+from ._blob import BlobRef, blob_parts
 from ._checkpoint import (
     CheckpointFrame,
     KeysetFrame,
@@ -68,9 +69,12 @@ from ._records import (
 )
 from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, label_key, load, read_commit_at, read_frame_at, replay
+from ._search import SNAPSHOT_EVERY, SNAPSHOT_ON_CLOSE, Hit, Searcher
+from ._search import search as _search
 from ._state import EVENT_KINDS, State, fold
 from ._stateroot import RootCache, state_root_of
 from ._tasks import Tasks
+from ._vindex import BLOB_TYPE, VectorIndex, VectorParams
 
 Mode = Literal["r", "a"]
 
@@ -145,6 +149,8 @@ class Capsule:
         self._journal: Journal | None = None
         self._tasks: Tasks | None = None
         self._committed = False  # a handle that never committed never writes, not even on close
+        self._search: Searcher | None = None
+        self._vector_defaults: VectorParams | None = None  # configure_vectors() before the first embedding
 
     # --- lifecycle -------------------------------------------------------------
     def __enter__(self) -> Capsule:
@@ -159,7 +165,16 @@ class Capsule:
             return
         try:
             if (self.mode == "a" and isinstance(self._h, WriteHandle) and self._h.poisoned is None
-                    and self._committed
+                    and self._search is not None and self._search.vi is not None):
+                # 16.3: a snapshot of the vector index, so the next open need not insert much.
+                try:
+                    self._search.vectors()
+                    if len(self._search.vi) - self._search.snapshot_count >= SNAPSHOT_ON_CLOSE:
+                        self._write_snapshot()
+                except (CapsuleError, OSError) as e:
+                    self.close_error = e.with_traceback(None)
+            if (self.mode == "a" and isinstance(self._h, WriteHandle) and self._h.poisoned is None
+                    and self._committed and self.close_error is None
                     and (len(self._snap.mem) >= C.INDEX_ON_CLOSE_RECORDS
                          or self._snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES)):
                 # Best effort: the index only speeds up the next open. Every commit
@@ -705,6 +720,106 @@ class Capsule:
         self._frame_cache.clear()
         return True
 
+    # --- search (16) ---------------------------------------------------------------
+    def _searcher(self) -> Searcher:
+        self._check_open()
+        if self._search is None:
+            self._search = Searcher(self)
+        return self._search
+
+    def search(self, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
+               tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None, since: Any = None,
+               until: Any = None, meta: Mapping[str, Any] | None = None, ef: int = 64,
+               embedder: Any = None, now: int | None = None) -> list[Hit]:
+        """Find live memories (and notes and decisions, lexically) by meaning or by words.
+
+        ``mode``: ``vector`` (needs ``vector`` or an embedder for ``query``), ``lexical``
+        (BM25 over text), ``hybrid`` (both, fused by reciprocal rank) or ``auto``.
+        Filters: ``tags`` (all of), ``any_tags``, ``tier``, ``kind``, ``since`` /
+        ``until`` (int ns or ISO-8601, inclusive), ``meta`` (equality per key).
+        Expired (``time + ttl <= now``) and rolled-back records are never returned.
+        Results are exactly scored, best first, ties by id: the same on every host.
+
+        >>> import capsule, tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "s.capsule")
+        >>> with capsule.create(p) as cap:
+        ...     with cap.commit() as tx:
+        ...         _ = tx.remember("the deploy key lives in vault", embedding=[1.0, 0.0])
+        ...         _ = tx.remember("lunch is at noon", embedding=[0.0, 1.0])
+        ...     [h.text for h in cap.search(vector=[0.9, 0.1], k=1)]
+        ...     [h.text for h in cap.search("deploy key", mode="lexical")]
+        ['the deploy key lives in vault']
+        ['the deploy key lives in vault']
+        """
+        return _search(self, query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now, tags=tags,
+                       any_tags=any_tags, tier=tier, kind=kind, since=since, until=until, meta=meta)
+
+    def vector_config(self) -> VectorParams | None:
+        """The vector index parameters fixed at first use (16.1), or None."""
+        return self._searcher().config()
+
+    def configure_vectors(self, *, space: str = "cosine", dim: int | None = None, M: int = 16,
+                          ef_construction: int = 200, seed: int = 100, embedder: str = "") -> VectorParams:
+        """Fix how the vector index is built, before the first embedding (16.1).
+
+        With ``dim`` the choice is committed now; without, it is committed with the
+        first embedding. Asking for other parameters once they are fixed is an error."""
+        self._check_writer()
+        want = VectorParams(space, dim or 0, M, ef_construction, seed, embedder)
+        have = self._searcher().config()
+        if have is not None:
+            if (dim is not None and have != want) or (dim is None and have != VectorParams(
+                    space, have.dim, M, ef_construction, seed, embedder)):
+                raise UsageError(f"this capsule's vector index is already fixed: {have.space}, dim {have.dim}, "
+                                 f"M {have.M}, ef_construction {have.ef_construction}, seed {have.seed}")
+            return have
+        if dim is None:
+            self._vector_defaults = want
+            return want
+        with self.commit() as tx:
+            tx._vector_config(dim, want)
+        return want
+
+    def build_index(self) -> int:
+        """Bring the vector index up to date now (load its snapshot, insert newer
+        memories, single-threaded); returns the number of indexed vectors."""
+        vi = self._searcher().vectors()
+        return 0 if vi is None else len(vi)
+
+    def index_info(self) -> dict[str, Any]:
+        """What the search indexes hold: vector parameters and counts, snapshot, doubts."""
+        s = self._searcher()
+        p = s.config()
+        ref = self._snap.blobs.get(BLOB_TYPE)
+        return {"vectors": None if p is None else {**p.to_value(), "embedder": p.embedder},
+                "indexed": None if s.vi is None else len(s.vi),
+                "snapshot": None if ref is None else {"offset": ref.offset, "bytes": ref.size, "parts": ref.parts,
+                                                      "sha256": ref.id.hex(),
+                                                      "vectors": s.snapshot_count if s.vi is not None
+                                                      else (s._blob_params() or (None, None))[1]},
+                "doubt": s.doubt}
+
+    def save_index(self) -> bool:
+        """Write a snapshot of the vector index now if it holds vectors the newest
+        snapshot lacks. True if one was written."""
+        self._check_writer()
+        vi = self._searcher().vectors()
+        if vi is None or (len(vi) == self._search.snapshot_count and BLOB_TYPE in self._snap.blobs):  # type: ignore[union-attr]
+            return False
+        self._write_snapshot()
+        return True
+
+    def _write_snapshot(self) -> None:
+        s = self._search
+        assert s is not None and s.vi is not None
+        blob = s.vi.encode()
+        self._write_commit([], blob=(BLOB_TYPE, blob))
+        # Continue from the blob as a reader would load it: the graph's level
+        # generator restarts there too, so writer and readers stay identical (7).
+        s.vi = VectorIndex.decode(blob)
+        s.snapshot_count, s.pending_vectors = len(s.vi), 0
+        s._vpos = self._snap.end
+
     # --- writing ---------------------------------------------------------------
     def commit(self) -> Transaction:
         """Start a group commit: every record added in the block lands in one
@@ -721,6 +836,7 @@ class Capsule:
     def _write_commit(self, items: list[tuple[bytes, str, bytes]], *, force_index: bool = False,
                       extra: list[tuple[int, bytes]] = (),  # type: ignore[assignment]
                       after: list[tuple[int, Callable[[int, bytes, Merkle, int], bytes]]] = (),  # type: ignore[assignment]
+                      blob: tuple[str, bytes] | None = None,
                       ) -> CommitInfo:
         """Append records (+ INDEX when due) + COMMIT, fsync once, then publish.
 
@@ -756,6 +872,17 @@ class Capsule:
         for ftype, raw in extra:
             emit(ftype, raw)
             frames += 1
+        blobs = snap.blobs
+        if blob is not None:
+            # 3.4: the parts go first; the INDEX this commit must write names them.
+            btype, content = blob
+            payloads, bid = blob_parts(btype, content)
+            first = pos
+            for raw in payloads:
+                emit(C.FT_BLOB, raw)
+                frames += 1
+            blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), len(content), bid)}
+            force_index = True
         i = 0
         while i < len(items):
             batch: list[bytes] = []
@@ -820,7 +947,7 @@ class Capsule:
                 ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
                 labels = labels[: len(labels) - k] + [Segment(ref, table, verified=True)]
             meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments], ckpt, keyset_at,
-                             [s.ref for s in labels])
+                             [s.ref for s in labels], blobs)
             payload = meta.encode()
             index_at, index_hash = emit(C.FT_INDEX, payload), hashlib.sha256(payload).digest()
             wrote_index = True
@@ -848,7 +975,7 @@ class Capsule:
             label_mem.update(new_labels)
         self._snap = Snapshot(
             snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
-            checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem,
+            checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem, blobs=blobs,
         )
         if self._roots_next is not None:
             self._roots, self._roots_next = self._roots_next, None  # computed for the checkpoint
@@ -880,6 +1007,8 @@ class Transaction:
         self.new_ids: list[str] = []  # after exit: ids actually written (not already committed)
         self._checkpoint: tuple[str, Any, bytes | None] | None = None
         self.checkpoint_frame: CheckpointFrame | None = None
+        self._vconfig: VectorParams | None = None  # a vindex record this commit adds
+        self._vectors = 0
 
     def __enter__(self) -> Transaction:
         self._cap._tx_open = True
@@ -890,6 +1019,14 @@ class Transaction:
         if et is not None:
             return  # nothing was written: the batch is discarded
         self.info = self._flush()
+        cap, s = self._cap, self._cap._search
+        if self.info is not None and s is not None:
+            if self._vconfig is not None and s.params is None:
+                s.params = self._vconfig
+            s.pending_vectors += self._vectors
+            if s.vi is not None and s.pending_vectors >= max(SNAPSHOT_EVERY, s.snapshot_count):
+                s.vectors()  # 16.3: catch up and snapshot at the threshold
+                cap._write_snapshot()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -948,8 +1085,32 @@ class Transaction:
             raise UsageError("one checkpoint per commit")
         self._checkpoint = (label, key, runtime_state)
 
+    def _vector_config(self, dim: int, want: VectorParams | None = None) -> None:
+        """16.1: the first embedding fixes the index; later ones must match it."""
+        have = self._vconfig or self._cap._searcher().config()
+        if have is None:
+            base = want or self._cap._vector_defaults
+            if base is None:
+                # 16.1: no vindex record needed; the defaults and this dimension govern.
+                self._vconfig = VectorParams(dim=dim)
+                return
+            have = VectorParams(base.space, dim, base.M, base.ef_construction, base.seed, base.embedder)
+            cfg = self._cap._kind("vindex").build(time=self._cap.clock(), dim=dim, space=have.space, M=have.M,
+                                                  ef_construction=have.ef_construction, seed=have.seed,
+                                                  embedder=have.embedder)
+            rid, data = encode_record(cfg)
+            self._items.setdefault(rid, (rid, "vindex", data))
+            self._vconfig = have
+        elif have.dim != dim:
+            raise InvalidRecordError(f"embedding has dimension {dim}, but this capsule's vectors have {have.dim} "
+                                     f"(fixed by its first embedding)")
+
     def put(self, record: Any) -> str:
         """Add a record object (e.g. :class:`Memory`); returns its content id (hex)."""
+        emb = getattr(record, "embedding", None) if getattr(record, "kind", None) == "memory" else None
+        if emb is not None:
+            self._vector_config(len(emb))
+            self._vectors += 1
         rid, data = encode_record(record)
         self._items.setdefault(rid, (rid, record.kind, data))
         return rid.hex()
@@ -973,6 +1134,9 @@ class Transaction:
         """
         value = memory_value(text, time=self._cap.clock() if time is None else time, tags=tags, meta=meta,
                              embedding=embedding, tier=tier, ttl=ttl, source=source)
+        if "embedding" in value:
+            self._vector_config(value["embedding"]["shape"][0])
+            self._vectors += 1
         rid, data = encode_value("memory", value)
         self._items.setdefault(rid, (rid, "memory", data))
         return rid.hex()

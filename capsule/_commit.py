@@ -11,6 +11,7 @@ import msgpack
 
 from . import _canonical as canon
 from . import _constants as C
+from ._blob import BlobRef, parse_blob_refs
 from ._errors import CorruptError, NonCanonicalError
 from ._index import SegmentRef
 
@@ -105,9 +106,10 @@ class IndexMeta:
     checkpoint: tuple[int, bytes] | None = None  # latest CHECKPOINT frame: (offset, body hash)
     keyset: int | None = None  # latest KEYSET frame offset
     labels: list[SegmentRef] = field(default_factory=list)  # checkpoint label tables (9.2, 14.9)
+    blobs: dict[str, BlobRef] = field(default_factory=dict)  # newest blob of each type (9.2, 1.1)
 
     def to_value(self) -> dict[str, object]:
-        return {
+        v: dict[str, object] = {
             "checkpoint": None if self.checkpoint is None else [self.checkpoint[0], self.checkpoint[1]],
             "frontier": list(self.frontier),
             "keyset": self.keyset,
@@ -117,6 +119,9 @@ class IndexMeta:
             "segments": [s.to_value() for s in self.segments],
             "tree_size": self.tree_size,
         }
+        if self.blobs:  # 9.2: omitted when the file has no blob, so 1.0 INDEX bytes are unchanged
+            v["blobs"] = [self.blobs[t].to_value() for t in sorted(self.blobs)]
+        return dict(sorted(v.items()))  # 5.1: keys in canonical order
 
     def encode(self) -> bytes:
         return canon.pack(self.to_value())
@@ -132,9 +137,10 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
         v = canon.decode(payload)
     except NonCanonicalError as e:
         raise bad(str(e)) from e
-    if not isinstance(v, dict) or set(v) != {"checkpoint", "frontier", "keyset", "kinds", "labels", "records",
-                                              "segments", "tree_size"}:
+    if not isinstance(v, dict) or set(v) - {"blobs"} != {"checkpoint", "frontier", "keyset", "kinds", "labels",
+                                                         "records", "segments", "tree_size"}:
         raise bad("index fields are wrong")
+    blobs = parse_blob_refs(v["blobs"], offset) if "blobs" in v else {}
     ck = v["checkpoint"]
     if ck is not None and not (isinstance(ck, list) and len(ck) == 2 and type(ck[0]) is int
                                and C.HEADER_SIZE <= ck[0] < offset and isinstance(ck[1], bytes) and len(ck[1]) == 32):
@@ -157,7 +163,7 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
     if type(v["records"]) is not int or v["records"] != total or sum(kinds.values()) != total:
         raise bad("index record counts disagree")
     return IndexMeta(seq, list(fr), v["records"], dict(kinds), segs,
-                     None if ck is None else (ck[0], ck[1]), ks, labels)
+                     None if ck is None else (ck[0], ck[1]), ks, labels, blobs)
 
 
 def _segment_refs(segv: object, offset: int, bad: Callable[[str], CorruptError]) -> list[SegmentRef]:

@@ -13,7 +13,7 @@ import struct
 #: ^Z stops `type` on DOS, the final LF catches LF->CRLF.
 MAGIC = b"\x89CAP\r\n\x1a\n"
 FORMAT_MAJOR = 1  # 2.2
-FORMAT_MINOR = 0  # 2.2
+FORMAT_MINOR = 1  # 2.2, 12.4: 1.1 adds BLOB frames and the search index (16)
 HEADER_SIZE = 64  # 2.1
 HEADER_STRUCT = struct.Struct("<8sBBH16sBBBBI24sI")  # 2.1 layout, CRC last
 assert HEADER_STRUCT.size == HEADER_SIZE
@@ -44,10 +44,10 @@ FT_RECOVERY = 0x04  # 3.2 (non-critical, informational)
 FT_CHECKPOINT = 0x85  # 3.2, 14.9
 FT_KEYSET = 0x86  # 3.2, 14.9
 FT_LINEAGE = 0x89  # 3.2, 15
+FT_BLOB = 0x0A  # 3.2, 3.4 (non-critical): a part of a large blob (1.1)
 # 3.2: reserved for later versions of this format; v1 writers MUST NOT emit them.
 FT_KEYSLOT = 0x87
 FT_SESSION = 0x88
-FT_BLOB = 0x0A
 FT_TABLE = 0x0B  # 3.2 (non-critical): an index table, see 9.1
 FRAME_TYPE_NAMES = {
     FT_RECORDS: "RECORDS",
@@ -63,12 +63,14 @@ FRAME_TYPE_NAMES = {
     FT_TABLE: "TABLE",
 }
 KNOWN_FRAME_TYPES = frozenset(
-    {FT_RECORDS, FT_COMMIT, FT_INDEX, FT_RECOVERY, FT_TABLE, FT_CHECKPOINT, FT_KEYSET, FT_LINEAGE}
+    {FT_RECORDS, FT_COMMIT, FT_INDEX, FT_RECOVERY, FT_TABLE, FT_CHECKPOINT, FT_KEYSET, FT_LINEAGE, FT_BLOB}
 )
 
 FFLAG_ZSTD = 0x01  # 3.3
 FFLAG_AEAD = 0x02  # 3.3 (reserved, section 10)
 FFLAGS_KNOWN = FFLAG_ZSTD
+
+BLOB_PART = 32 * 1024 * 1024  # 3.4: bytes of blob content per BLOB frame (all parts but the last)
 
 # --- 4. Hash domains -----------------------------------------------------------
 CHAIN_SEED_TAG = b"capsule/v1/chain-seed\x00"  # 4.2

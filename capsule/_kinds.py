@@ -305,3 +305,39 @@ def approval_message(subject: bytes) -> bytes:
 
     return pae(APPROVAL_PAYLOAD_TYPE, subject)
 
+
+
+def _int_in(lo: int, hi: int) -> Callable[[object, str], int]:
+    def parse(v: object, name: str) -> int:
+        if type(v) is not int or not lo <= v <= hi:
+            raise InvalidRecordError(f"{name} must be an integer in {lo}..{hi}")
+        return v
+
+    return parse
+
+
+@_declare
+@dataclass(frozen=True, slots=True)
+class VectorConfig(KindBase):
+    """How this capsule's vector index is built (spec 7.10): fixed at first use.
+
+    The first one in commit order governs; a writer never adds a second."""
+
+    kind: ClassVar[str] = "vindex"
+    INTERNAL: ClassVar[bool] = True  # written by the capsule with the first embedding
+    SPEC: ClassVar[tuple[Field, ...]] = (
+        Field("dim", _int_in(1, 65536)),
+        Field("space", parse_choice("cosine", "ip", "l2"), "cosine"),
+        Field("M", _int_in(2, 128), 16),
+        Field("ef_construction", _int_in(1, 100_000), 200),
+        Field("seed", _int_in(0, (1 << 31) - 1), 100),
+        Field("embedder", lambda v, n: parse_text(v, n) if v != "" else "", ""),
+    )
+    time: int
+    dim: int
+    space: str = "cosine"
+    M: int = 16
+    ef_construction: int = 200
+    seed: int = 100
+    embedder: str = ""
+    id: str = field(default="", compare=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import _constants as C
+from ._blob import BlobRef
 from ._commit import (
     CommitInfo,
     IndexMeta,
@@ -66,6 +67,7 @@ class Snapshot:
     keyset: int | None = None  # latest KEYSET frame offset
     labels: list[Segment] = field(default_factory=list)  # label tables (14.9)
     label_mem: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # labels since the INDEX
+    blobs: dict[str, BlobRef] = field(default_factory=dict)  # newest blob of each type (9.2)
 
     @property
     def commits(self) -> int:
@@ -289,12 +291,13 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
         kinds, records = dict(meta.kinds), meta.records
         ckpt, keyset = meta.checkpoint, meta.keyset
         labels = [segment(src, r) for r in meta.labels]
+        blobs = meta.blobs
         pos, seq = fh.end, fh.seq + 1
     else:
         pos, seq, chain, merkle = C.HEADER_SIZE, 0, header.chain_seed, Merkle()
-        ckpt, keyset, labels = None, None, []
+        ckpt, keyset, labels, blobs = None, None, [], {}
     snap = Snapshot(header, commit.end, commit, chain, merkle, seq, segments, {}, kinds, records,
-                    checkpoint=ckpt, keyset=keyset, labels=labels)
+                    checkpoint=ckpt, keyset=keyset, labels=labels, blobs=blobs)
     rd = Reader(src, pos, commit.end, seq, chain, header.max_frame_len)
     for fh, payload, leaf in rd.frames():
         if fh.offset == commit.offset:

@@ -106,7 +106,7 @@ def build_history(path: Path) -> tuple[bytes, list[State], dict[str, capsule.Mem
         ],
         [{"text": "a long transcript line that repeats. " * 60, "tags": ["big"]}],
         [
-            {"text": "two", "embedding": [float(i) / 7 for i in range(16)]},
+            {"text": "two", "embedding": [float(i) / 7 for i in range(8)]},
             {"text": "three", "meta": {"k": "v"}, "tier": "validated"},
         ],
         [{"text": "caf\u00e9 \u65e5\u672c\u8a9e \U0001f600"}],
@@ -124,7 +124,7 @@ def build_history(path: Path) -> tuple[bytes, list[State], dict[str, capsule.Mem
     with capsule.open(path) as r:
         states.append(snapshot(r))
     with capsule.open(path, "a", clock=clock) as cap, cap.commit() as tx:
-        tx.remember("after the index", embedding=[1.0, 2.0])
+        tx.remember("after the index", embedding=[1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5])
         tx.remember("and one more")
     with capsule.open(path) as r:
         states.append(snapshot(r))

@@ -61,7 +61,7 @@ def jsonl_lines(explicit_time: bool) -> str:
     rows: list[dict[str, Any]] = [
         {"text": "cafe\u0301 NFD", "tags": ["z", "a", "a"], "meta": {"b": 1, "a": {"y": [1, 2], "x": "s"}},
          "time": "2025-03-01T00:00:00Z"},
-        {"text": "embedded", "embedding": [0.25, -0.0, 3.5, 1e-3]},
+        {"text": "embedded", "embedding": [0.25, -0.0, 3.5, 1e-3, 0.0, 1.0, -1.0, 2.0]},
         {"text": "validated", "tier": "validated", "ttl": 1000, "source": "jsonl"},
         {"text": "local-looking time", "time": "2026-01-05T09:30:00"},  # no zone: UTC, not $TZ
         {"text": "zoned time", "time": "2026-01-05T15:00:00+05:30"},

@@ -70,7 +70,7 @@ RECORD = st.fixed_dictionaries(
     {"text": st.sampled_from(TEXTS)},
     optional={
         "tags": st.lists(st.sampled_from(["a", "b", "ops"]), max_size=2),
-        "embedding": st.lists(st.sampled_from([0.0, 0.5, -1.25, 3.0]), min_size=1, max_size=4),
+        "embedding": st.lists(st.sampled_from([0.0, 0.5, -1.25, 3.0]), min_size=4, max_size=4),  # one dim (16.1)
         "meta": st.dictionaries(st.sampled_from(["k", "n"]), st.integers(-3, 3), max_size=2),
     },
 )

@@ -80,3 +80,56 @@ def test_agent_vector_checkpoints_and_trust(tmp_path: Path) -> None:
     with capsule.open(path) as cap, capsule.open(path, at="day-1") as day1:
         assert cap.state_root == day1.state_root  # the rollback restored day-1's state
         assert cap.state().to_dict()["memories"] == day1.state().to_dict()["memories"]
+
+
+# --- 1.1: search, and the 1.0 vectors a 1.1 reader must still read (12.4) ----------
+
+V10 = VEC / "v1.0"
+EXPECTED_10 = json.loads((V10 / "vectors.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_10))
+def test_version_1_0_vectors_still_read(name: str) -> None:
+    want = EXPECTED_10[name]
+    path = V10 / f"{name}.capsule"
+    before = path.read_bytes()
+    with capsule.open(path) as cap:
+        assert cap.format_version == "1.0"
+        assert cap.state_root == want["state_root"]
+        assert [row.root for row in cap.log()] == want["commit_roots"]
+        ids = [r.id for r in cap.records()]
+        if "records" in want:
+            assert ids == want["records"]
+        else:
+            assert len(ids) == want["record_count"]
+    rep = capsule.verify(path)
+    assert rep.ok, rep.first_error
+    assert path.read_bytes() == before
+
+
+def test_search_vector_results() -> None:
+    want = EXPECTED["search"]
+    path = VEC / "search.capsule"
+    with capsule.open(path) as cap:
+        assert cap.index_info()["snapshot"] == want["snapshot"]
+        q = [1.0, 0.5, 0.0, 0.5]
+        got = [[h.id, h.score] for h in cap.search(vector=q, k=3, mode="vector")]
+        assert got == want["vector_top3"]
+        got = [[h.id, h.score] for h in cap.search(vector=q, k=5, mode="vector", tags=["t0"], tier="validated")]
+        assert got == want["vector_t1_validated"]
+        got = [[h.id, h.score] for h in cap.search("blue service", k=4, mode="lexical")]
+        assert got == want["lexical_blue"]
+        got = [[h.id, h.score] for h in cap.search("red service", vector=q, k=4, mode="hybrid")]
+        assert got == want["hybrid"]
+        # the snapshot was used, and the memory after it was inserted on open (16.3)
+        assert cap.index_info()["doubt"] is None
+        assert cap.index_info()["indexed"] == want["snapshot"]["vectors"] + 1
+
+
+def test_hash_embedder_is_pinned() -> None:
+    import hashlib
+
+    want = EXPECTED["search"]["hash_embedder"]
+    vec = capsule.get_embedder("hash").embed(["Deploys freeze on Fridays.", ""])
+    assert vec.shape[1] == want["dim"]
+    assert hashlib.sha256(vec.tobytes()).hexdigest() == want["sha256"]

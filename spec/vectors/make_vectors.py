@@ -46,7 +46,7 @@ def build(out: Path) -> dict[str, Any]:
     """Write every vector into ``out`` and return the expected-values document."""
     os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.capsule"):
+    for old in out.glob("*.capsule"):  # only this folder: v1.0/ keeps the 1.0 vectors
         old.unlink()
     docs: dict[str, Any] = {}
 
@@ -118,6 +118,39 @@ def build(out: Path) -> dict[str, Any]:
         cap.rollback("day-1", key=[k2, k3])
     docs["agent"] = {**_ids_roots(p), "checkpoints": _checkpoints(p), "keyset": _keyset(p),
                      "trust_key": k1.public_key.to_text()}
+
+    # 7. Search (1.1): a vindex record, memories with vectors, a snapshot blob named by
+    #    the INDEX, one memory after it (inserted on open), and expected results.
+    p = out / "search.capsule"
+    with capsule.create(p) as cap:
+        cap.configure_vectors(space="cosine", dim=4, M=4, ef_construction=20, seed=7)
+        with cap.commit() as tx:
+            for i in range(12):
+                tx.remember(f"fact {i}: the {'red' if i % 2 else 'blue'} service", tags=[f"t{i % 3}"],
+                            tier="validated" if i % 4 == 0 else "working",
+                            embedding=[1.0, i / 4, (i % 3) - 1.0, 0.5 if i % 2 else -0.5])
+            tx.note("the blue service restarts nightly")
+        cap.save_index()
+        with cap.commit() as tx:
+            tx.remember("fact 12: after the snapshot", embedding=[1.0, 3.0, 0.0, 0.5])
+    with capsule.open(p) as cap:
+        info = cap.index_info()
+
+        def hits(**kw: Any) -> list[list[Any]]:
+            return [[h.id, h.score] for h in cap.search(**kw)]
+
+        docs["search"] = {
+            **_ids_roots(p), "snapshot": info["snapshot"], "vectors": info["vectors"],
+            "vector_top3": hits(vector=[1.0, 0.5, 0.0, 0.5], k=3, mode="vector"),
+            "vector_t1_validated": hits(vector=[1.0, 0.5, 0.0, 0.5], k=5, mode="vector", tags=["t0"],
+                                        tier="validated"),
+            "lexical_blue": hits(query="blue service", k=4, mode="lexical"),
+            "hybrid": hits(query="red service", vector=[1.0, 0.5, 0.0, 0.5], k=4, mode="hybrid"),
+        }
+    # The offline `hash` embedder (16.5), pinned by the bytes of two vectors.
+    vec = capsule.get_embedder("hash").embed(["Deploys freeze on Fridays.", ""])
+    docs["search"]["hash_embedder"] = {"sha256": hashlib.sha256(vec.tobytes()).hexdigest(),
+                                       "dim": int(vec.shape[1])}
     return docs
 
 

@@ -1,0 +1,452 @@
+"""The vector index: an hnswlib graph plus the catalog that filters need (spec 16).
+
+Theory of operation
+-------------------
+Labels are positions: the i-th memory with an embedding, in commit order, has
+label i. The graph is built single-threaded, so it is a pure function of the
+parameters (including the seed) and the order of insertion; a snapshot of it
+is stored in the capsule as a content-addressed blob, and whoever opens the file
+loads that snapshot and inserts the newer memories in commit order. Loading
+goes through hnswlib's ``__setstate__`` with arrays this module builds and
+bounds-checks itself (never pickle): every neighbour id, level, count and size
+is checked before the C++ code sees it, because a blob is input like any other.
+
+Scores are recomputed exactly (float64 over the stored float32 vectors, then
+rounded to float32) and ties are broken by record id, so the answer does not
+depend on which candidates a search visited first.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from . import _canonical as canon
+from ._errors import CorruptError, NonCanonicalError, UsageError
+
+SPACES = ("cosine", "ip", "l2")
+TIERS = {"scratch": 0, "working": 1, "validated": 2}
+TIER_NAMES = {v: k for k, v in TIERS.items()}
+BLOB_TYPE = "hnsw"  # 16.2
+MAGIC = b"CAPHNSW1"  # 16.2
+NO_TTL = 0
+#: below this many candidates an exact scan is as fast as the graph and exact by definition
+EXACT_BELOW = 20_000
+MAX_LEVEL = 64  # 16.2: a level beyond this is a forged blob (1/M^64 odds)
+
+
+@dataclass(frozen=True, slots=True)
+class VectorParams:
+    """16.1: fixed at first use, recorded in the `vindex` record and every snapshot."""
+
+    space: str = "cosine"
+    dim: int = 0
+    M: int = 16
+    ef_construction: int = 200
+    seed: int = 100
+    embedder: str = ""
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise UsageError(f"vector space must be one of {', '.join(SPACES)}, not {self.space!r}")
+        if not 0 <= self.dim <= 65536:
+            raise UsageError(f"vector dimension {self.dim} is out of range")
+        if not 2 <= self.M <= 128:
+            raise UsageError(f"M must be in 2..128, not {self.M}")
+        if not 1 <= self.ef_construction <= 100_000:
+            raise UsageError(f"ef_construction must be in 1..100000, not {self.ef_construction}")
+        if not 0 <= self.seed < 1 << 31:
+            raise UsageError("seed must be in 0..2^31-1")
+
+    def to_value(self) -> dict[str, Any]:
+        v: dict[str, Any] = {"M": self.M, "dim": self.dim, "ef_construction": self.ef_construction,
+                             "seed": self.seed, "space": self.space}
+        if self.embedder:
+            v["embedder"] = self.embedder
+        return v
+
+    @classmethod
+    def from_value(cls, v: object) -> VectorParams:
+        if not isinstance(v, dict) or not {"M", "dim", "ef_construction", "seed", "space"} <= set(v) <= {
+                "M", "dim", "ef_construction", "seed", "space", "embedder"}:
+            raise ValueError("vector index parameters are malformed")
+        if any(type(v[k]) is not int for k in ("M", "dim", "ef_construction", "seed")):
+            raise ValueError("vector index parameters are malformed")
+        if not isinstance(v["space"], str) or not isinstance(v.get("embedder", ""), str):
+            raise ValueError("vector index parameters are malformed")
+        try:
+            return cls(v["space"], v["dim"], v["M"], v["ef_construction"], v["seed"], v.get("embedder", ""))
+        except UsageError as e:
+            raise ValueError(str(e)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What filters need to know of one indexed memory."""
+
+    rid: bytes
+    time: int
+    ttl: int  # 0: no ttl
+    tier: int
+    tags: tuple[str, ...]
+
+
+class VectorIndex:
+    """An hnswlib graph over memories, labelled in commit order, plus its catalog."""
+
+    def __init__(self, params: VectorParams) -> None:
+        if params.dim < 1:
+            raise UsageError("a vector index needs its dimension")
+        self.params = params
+        self.ids: list[bytes] = []
+        self.times = np.zeros(0, np.int64)
+        self.ttls = np.zeros(0, np.int64)
+        self.tiers = np.zeros(0, np.uint8)
+        self.tags: list[tuple[str, ...]] = []
+        self._buf = np.zeros((0, params.dim), np.float32)  # as stored by hnswlib (unit vectors for cosine)
+        self._n = 0
+        self._label_of: dict[bytes, int] | None = None
+        self._tag_labels: dict[str, np.ndarray] | None = None
+        self._hnsw: Any = None
+
+    # --- building --------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def _graph(self, capacity: int) -> Any:
+        if self._hnsw is None:
+            p = self.params
+            g = hnswlib.Index(space=p.space, dim=p.dim)
+            g.init_index(max_elements=max(capacity, 16), ef_construction=p.ef_construction, M=p.M,
+                         random_seed=p.seed)
+            g.set_num_threads(1)
+            self._hnsw = g
+        elif self._hnsw.get_max_elements() < capacity:
+            self._hnsw.resize_index(max(capacity, 2 * self._hnsw.get_max_elements()))
+        return self._hnsw
+
+    def add(self, entries: list[Entry], vectors: np.ndarray) -> None:
+        """Insert in order, single-threaded (7, 16.3): the graph stays deterministic."""
+        if not entries:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(entries), -1)
+        if vectors.shape[1] != self.params.dim:
+            raise UsageError(f"vectors have dimension {vectors.shape[1]}, this index has {self.params.dim}")
+        n0, n1 = self._n, self._n + len(entries)
+        g = self._graph(n1)
+        g.add_items(vectors, np.arange(n0, n1, dtype=np.uint64), num_threads=1)
+        stored = vectors
+        if self.params.space == "cosine":  # hnswlib stores unit vectors; keep the same ones
+            stored = g.get_items(np.arange(n0, n1), return_type="numpy").astype(np.float32)
+        self._append(entries, stored)
+
+    def _append(self, entries: list[Entry], stored: np.ndarray) -> None:
+        self.ids.extend(e.rid for e in entries)
+        self.times = np.concatenate([self.times, np.array([e.time for e in entries], np.int64)])
+        self.ttls = np.concatenate([self.ttls, np.array([e.ttl for e in entries], np.int64)])
+        self.tiers = np.concatenate([self.tiers, np.array([e.tier for e in entries], np.uint8)])
+        self.tags.extend(e.tags for e in entries)
+        n1 = self._n + len(entries)
+        if n1 > len(self._buf):  # grow by doubling: appends stay amortized O(1)
+            grown = np.zeros((max(n1, 2 * len(self._buf), 64), self.params.dim), np.float32)
+            grown[: self._n] = self._buf[: self._n]
+            self._buf = grown
+        self._buf[self._n : n1] = stored
+        self._n = n1
+        self._label_of = None
+        self._tag_labels = None
+
+    @property
+    def _vecs(self) -> np.ndarray:
+        return self._buf[: self._n]
+
+    # --- lookup helpers ----------------------------------------------------------
+    def label_of(self, rid: bytes) -> int | None:
+        if self._label_of is None:
+            self._label_of = {r: i for i, r in enumerate(self.ids)}
+        return self._label_of.get(rid)
+
+    def tag_mask(self, tag: str) -> np.ndarray:
+        if self._tag_labels is None:
+            acc: dict[str, list[int]] = {}
+            for i, ts in enumerate(self.tags):
+                for t in ts:
+                    acc.setdefault(t, []).append(i)
+            self._tag_labels = {t: np.array(v, np.int64) for t, v in acc.items()}
+        m = np.zeros(self._n, bool)
+        hit = self._tag_labels.get(tag)
+        if hit is not None:
+            m[hit] = True
+        return m
+
+    # --- search ------------------------------------------------------------------
+    def prepare(self, q: Any) -> np.ndarray:
+        """A query vector as float64, checked, and normalized for cosine."""
+        try:
+            v = np.asarray(q, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise UsageError("the query vector is not a list of numbers") from None
+        if v.shape[0] != self.params.dim:
+            raise UsageError(f"query vector has dimension {v.shape[0]}, this capsule's vectors have "
+                             f"{self.params.dim}")
+        if not np.all(np.isfinite(v)):
+            raise UsageError("the query vector has a NaN or infinite value")
+        if self.params.space == "cosine":
+            norm = math.sqrt(float(np.dot(v, v)))
+            if norm == 0.0:
+                raise UsageError("a zero query vector has no cosine similarity")
+            v = v / norm
+        return v
+
+    def exact_scores(self, labels: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Higher is better: cosine similarity, inner product, or minus squared L2.
+
+        Products of float32 values are exact in float64, so the sums differ between
+        hosts only in their last float64 bits, which rounding to float32 removes."""
+        v = self._vecs[labels].astype(np.float64)
+        if self.params.space == "l2":
+            d = v - q
+            s = -np.einsum("ij,ij->i", d, d)
+        else:
+            s = np.einsum("ij,j->i", v, q)
+        return np.asarray(s, np.float64).astype(np.float32)
+
+    def search(self, q: np.ndarray, k: int, mask: np.ndarray | None, ef: int) -> list[tuple[int, float]]:
+        """Top ``k`` labels allowed by ``mask``, exactly scored, ties by record id."""
+        n = self._n
+        if n == 0 or k <= 0:
+            return []
+        if mask is not None:
+            allowed = np.flatnonzero(mask)
+            if len(allowed) == 0:
+                return []
+            if len(allowed) <= EXACT_BELOW or len(allowed) <= 2 * k:
+                return self._rank(allowed, q, k)
+        elif n <= EXACT_BELOW:
+            return self._rank(np.arange(n), q, k)
+        g = self._hnsw
+        fetch = min(n if mask is None else int(mask.sum()), max(2 * k, k + 10))
+        g.set_ef(max(ef, fetch))
+        filt = None if mask is None else (lambda label: bool(mask[label]))
+        qq = q.astype(np.float32)[None, :]
+        while True:
+            try:
+                labels, _ = g.knn_query(qq, k=fetch, num_threads=1, filter=filt)
+                break
+            except RuntimeError:  # fewer than `fetch` reachable: ask for fewer, then scan
+                if fetch <= k:
+                    return self._rank(np.arange(n) if mask is None else np.flatnonzero(mask), q, k)
+                fetch = max(k, fetch // 2)
+        return self._rank(labels[0].astype(np.int64), q, k)
+
+    def _rank(self, labels: np.ndarray, q: np.ndarray, k: int) -> list[tuple[int, float]]:
+        if len(labels) > 4 * k + 64:
+            # Pick a generous candidate set in float32, then rank it exactly.
+            v = self._vecs[labels]
+            q32 = q.astype(np.float32)
+            approx = -((v - q32) ** 2).sum(axis=1) if self.params.space == "l2" else v @ q32
+            keep = np.argpartition(-approx, 4 * k + 32)[: 4 * k + 32]
+            labels = labels[keep]
+        scores = self.exact_scores(labels, q)
+        order = sorted(range(len(labels)), key=lambda i: (-float(scores[i]), self.ids[int(labels[i])]))
+        return [(int(labels[i]), float(scores[i])) for i in order[:k]]
+
+    # --- snapshots (16.2) ------------------------------------------------------------
+    def encode(self) -> bytes:
+        """The snapshot blob: magic, header length, canonical header, 8-aligned arrays."""
+        p, n = self.params, self._n
+        if n == 0:
+            state: dict[str, Any] = {"max_level": 0, "enterpoint_node": 0}
+            level0 = links = b""
+            levels = np.zeros(0, np.int32)
+        else:
+            state = self._hnsw.__getstate__()[0]
+            level0 = np.asarray(state["data_level0"]).tobytes()
+            links = np.asarray(state["link_lists"]).tobytes()
+            levels = np.asarray(state["element_levels"], np.int32)[:n]
+        tag_names = sorted({t for ts in self.tags for t in ts})
+        tag_ix = {t: i for i, t in enumerate(tag_names)}
+        tag_off = np.zeros(n + 1, np.uint32)
+        flat: list[int] = []
+        for i, ts in enumerate(self.tags):
+            flat.extend(tag_ix[t] for t in ts)
+            tag_off[i + 1] = len(flat)
+        sections = [
+            ("tag_names", canon.pack(tag_names)),
+            ("ids", b"".join(self.ids)),
+            ("time", self.times.astype("<i8").tobytes()),
+            ("ttl", self.ttls.astype("<i8").tobytes()),
+            ("tier", self.tiers.tobytes()),
+            ("tag_off", tag_off.astype("<u4").tobytes()),
+            ("tag_ix", np.array(flat, "<u4").tobytes()),
+            ("levels", levels.astype("<i4").tobytes()),
+            ("level0", level0),
+            ("links", links),
+        ]
+        layout: list[list[object]] = []
+        offsets: list[int] = []
+        pos = 0
+        for name, data in sections:
+            layout.append([name, pos, len(data)])
+            offsets.append(pos)
+            pos += (len(data) + 7) & ~7
+        header = canon.pack({"count": n, "enterpoint": int(state["enterpoint_node"]),
+                             "max_level": int(state["max_level"]), "params": p.to_value(), "sections": layout})
+        head = MAGIC + struct.pack("<I", len(header)) + header
+        head += b"\0" * (-len(head) % 8)
+        body = bytearray(pos)
+        for at, (_, data) in zip(offsets, sections, strict=True):
+            body[at : at + len(data)] = data
+        return head + bytes(body)
+
+    @staticmethod
+    def peek(head: bytes) -> tuple[VectorParams, int] | None:
+        """Parameters and count from the first bytes of a snapshot, or None."""
+        if len(head) < 12 or head[:8] != MAGIC:
+            return None
+        hlen = struct.unpack_from("<I", head, 8)[0]
+        if 12 + hlen > len(head):
+            return None
+        try:
+            h = canon.decode(bytes(head[12 : 12 + hlen]))
+            return VectorParams.from_value(h["params"]), int(h["count"])
+        except (NonCanonicalError, ValueError, KeyError, TypeError):
+            return None
+
+    @classmethod
+    def decode(cls, blob: bytes | memoryview | np.ndarray, *, where: int = 0) -> VectorIndex:
+        """Parse and bounds-check a snapshot (16.2); raise CorruptError on any doubt."""
+        buf = np.frombuffer(blob, np.uint8)
+
+        def bad(msg: str) -> CorruptError:
+            return CorruptError(f"vector index snapshot: {msg}", offset=where, check="vindex")
+
+        if len(buf) < 12 or buf[:8].tobytes() != MAGIC:
+            raise bad("bad magic")
+        hlen = int(buf[8:12].view("<u4")[0])
+        if hlen > min(len(buf) - 12, 1 << 26):
+            raise bad("header length out of range")
+        try:
+            h = canon.decode(buf[12 : 12 + hlen].tobytes())
+        except NonCanonicalError as e:
+            raise bad(str(e)) from None
+        if not isinstance(h, dict) or set(h) != {"count", "enterpoint", "max_level", "params", "sections"}:
+            raise bad("header fields are wrong")
+        try:
+            p = VectorParams.from_value(h["params"])
+        except ValueError as e:
+            raise bad(str(e)) from None
+        n, ep, top = h["count"], h["enterpoint"], h["max_level"]
+        if p.dim < 1 or any(type(x) is not int for x in (n, ep, top)) or not 0 <= n < 1 << 31:
+            raise bad("count or dimension out of range")
+        if not 0 <= top <= MAX_LEVEL or (n and not 0 <= ep < n):
+            raise bad("entry point or top level out of range")
+        base = 12 + hlen + (-(12 + hlen) % 8)
+        body = buf[base:]
+        m0, m = 2 * p.M, p.M
+        link0 = 4 + 4 * m0
+        per = link0 + 4 * p.dim + 8
+        per_links = 4 + 4 * m
+        names = ["tag_names", "ids", "time", "ttl", "tier", "tag_off", "tag_ix", "levels", "level0", "links"]
+        secs = h["sections"]
+        if not isinstance(secs, list) or [s[0] if isinstance(s, list) and s else None for s in secs] != names:
+            raise bad("section table is malformed")
+        arr: dict[str, np.ndarray] = {}
+        pos = 0
+        for s in secs:
+            if len(s) != 3 or type(s[1]) is not int or type(s[2]) is not int or s[1] != pos or s[2] < 0:
+                raise bad("section table is malformed")
+            if s[1] + s[2] > len(body):
+                raise bad(f"section {s[0]} runs past the blob")
+            arr[s[0]] = body[s[1] : s[1] + s[2]]
+            pos = s[1] + ((s[2] + 7) & ~7)
+        if pos != len(body):
+            raise bad("blob has trailing bytes")
+        want = {"ids": 32 * n, "time": 8 * n, "ttl": 8 * n, "tier": n, "tag_off": 4 * (n + 1), "levels": 4 * n,
+                "level0": per * n}
+        for name, size in want.items():
+            if len(arr[name]) != size:
+                raise bad(f"section {name} has the wrong size")
+        try:
+            tags = canon.decode(arr["tag_names"].tobytes())
+        except NonCanonicalError as e:
+            raise bad(str(e)) from None
+        if not isinstance(tags, list) or any(not isinstance(t, str) for t in tags) or tags != sorted(set(tags)):
+            raise bad("tag table is malformed")
+        tier = arr["tier"]
+        if n and int(tier.max()) > 2:
+            raise bad("tier out of range")
+        tag_off = arr["tag_off"].view("<u4").astype(np.int64)
+        tag_ix = arr["tag_ix"]
+        if len(tag_ix) % 4:
+            raise bad("tag index is malformed")
+        tag_ix = tag_ix.view("<u4").astype(np.int64)
+        if tag_off[0] != 0 or tag_off[-1] != len(tag_ix) or np.any(np.diff(tag_off) < 0):
+            raise bad("tag offsets are malformed")
+        if len(tag_ix) and int(tag_ix.max()) >= len(tags):
+            raise bad("tag index out of range")
+        ttl = arr["ttl"].view("<i8")
+        if n and int(ttl.min()) < 0:
+            raise bad("negative ttl")
+        levels = arr["levels"].view("<i4").astype(np.int64)
+        if n and (int(levels.min()) < 0 or int(levels.max()) != top or levels[ep] != top):
+            raise bad("levels disagree with the top level")
+        # Level 0: per element, a u32 count, 2M neighbour ids, the vector, the label.
+        l0 = arr["level0"].reshape(n, per) if n else arr["level0"].reshape(0, per)
+        cnt = l0[:, :4].copy().view("<u4").reshape(-1)
+        if n and int(cnt.max()) > m0:
+            raise bad("a level-0 neighbour count exceeds 2M")
+        nb = l0[:, 4:link0].copy().view("<u4").reshape(n, m0)
+        used = np.arange(m0)[None, :] < cnt[:, None]
+        if n and int(np.where(used, nb, 0).max()) >= n:
+            raise bad("a level-0 neighbour is out of range")
+        labels = l0[:, per - 8 :].copy().view("<u8").reshape(-1)
+        if not np.array_equal(labels, np.arange(n, dtype=np.uint64)):
+            raise bad("labels are not in commit order")
+        vecs = l0[:, link0 : link0 + 4 * p.dim].copy().view("<f4").reshape(n, p.dim)
+        if not np.all(np.isfinite(vecs)):
+            raise bad("a stored vector is not finite")
+        links = arr["links"]
+        upper = levels[levels > 0]
+        if len(links) != per_links * int(upper.sum()):
+            raise bad("upper-level links have the wrong size")
+        if len(links):
+            lk = links.view("<u4").reshape(-1, m + 1)
+            if int(lk[:, 0].max()) > m:
+                raise bad("an upper-level neighbour count exceeds M")
+            used = np.arange(m)[None, :] < lk[:, :1]
+            if int(np.where(used, lk[:, 1:], 0).max()) >= n:
+                raise bad("an upper-level neighbour is out of range")
+        self = cls(p)
+        ids = arr["ids"].tobytes()
+        entries_tags = [tuple(tags[j] for j in tag_ix[tag_off[i] : tag_off[i + 1]]) for i in range(n)]
+        self.ids = [ids[32 * i : 32 * i + 32] for i in range(n)]
+        self.times = arr["time"].view("<i8").astype(np.int64)
+        self.ttls = ttl.astype(np.int64)
+        self.tiers = tier.astype(np.uint8)
+        self.tags = entries_tags
+        self._buf = vecs
+        self._n = n
+        if n:
+            # pybind11 restores into an uninitialised instance; __init__ first would crash.
+            g = hnswlib.Index.__new__(hnswlib.Index)
+            g.__setstate__(({
+                "ser_version": 1, "space": p.space, "dim": p.dim, "index_inited": True, "ep_added": True,
+                "normalize": p.space == "cosine", "num_threads": 1, "seed": p.seed, "offset_level0": 0,
+                "max_elements": n, "cur_element_count": n, "size_data_per_element": per,
+                "label_offset": per - 8, "offset_data": link0, "max_level": top, "enterpoint_node": ep,
+                "max_M": m, "max_M0": m0, "M": m, "mult": 1.0 / math.log(m), "ef_construction": p.ef_construction,
+                "ef": 10, "has_deletions": False, "size_links_per_element": per_links,
+                "allow_replace_deleted": False, "label_lookup_external": np.arange(n, dtype=np.uint64),
+                "label_lookup_internal": np.arange(n, dtype=np.uint32),
+                "element_levels": levels.astype(np.int32), "data_level0": l0.reshape(-1).view(np.int8),
+                "link_lists": links.view(np.int8),
+            },))
+            g.set_num_threads(1)
+            self._hnsw = g
+        return self
