@@ -68,7 +68,7 @@ class VectorParams:
                              "seed": self.seed, "space": self.space}
         if self.embedder:
             v["embedder"] = self.embedder
-        return v
+        return dict(sorted(v.items()))  # 5.1: canonical key order
 
     @classmethod
     def from_value(cls, v: object) -> VectorParams:
