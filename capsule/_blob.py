@@ -9,7 +9,10 @@ size, SHA-256), which is how a reader finds the newest one without scanning.
 from __future__ import annotations
 
 import hashlib
+import queue
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,41 +71,69 @@ def parse_blob_refs(v: object, offset: int, bad: type[Exception] | None = None) 
     return out
 
 
-def read_blob(src: object, ref: BlobRef, max_frame: int, end: int) -> np.ndarray:
-    """Read and check a blob: every part's frame header, part header, and the SHA-256.
+def read_blob(src: object, ref: BlobRef, max_frame: int, end: int) -> tuple[np.ndarray, int, Callable[[], None]]:
+    """Read a blob, checking every part's frame header and part header.
 
-    Parts are read through the mmap view when the source has one, and copied
-    once into the result; the hash covers the assembled bytes.
+    Each part's data is read straight into the result (one copy from the page
+    cache). The SHA-256 runs in a thread (hashlib releases the GIL) while the
+    caller parses: returns the content, the offset just past the last part, and
+    ``check()``, which waits for the hash and raises CorruptError on a mismatch.
+    The caller MUST call ``check()`` before trusting anything it derived.
     """
     out = np.empty(ref.size, np.uint8)
+    mv = memoryview(out)
     at, filled, seq = ref.offset, 0, None
     h = hashlib.sha256()
-    view = getattr(src, "view", None)
+    todo: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+
+    def hash_parts() -> None:
+        while (chunk := todo.get()) is not None:
+            h.update(chunk)
+
+    worker = threading.Thread(target=hash_parts, name="capsule-blob-sha256", daemon=True)
+    worker.start()
+    try:
+        at = _read_parts(src, ref, max_frame, end, mv, todo)
+    finally:
+        todo.put(None)
+
+    def check() -> None:
+        worker.join()
+        if h.digest() != ref.id:
+            raise CorruptError(f"blob {ref.type} does not match its SHA-256", offset=ref.offset, check="blob")
+
+    return out, at, check
+
+
+def _read_parts(src: object, ref: BlobRef, max_frame: int, end: int, mv: memoryview,
+                todo: queue.SimpleQueue[memoryview | None]) -> int:
+    at, filled, seq = ref.offset, 0, None
     for i in range(ref.parts):
         def bad(msg: str, at: int = at) -> CorruptError:
             return CorruptError(f"blob {ref.type}: {msg}", offset=at, check="blob")
 
         fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=seq,  # type: ignore[attr-defined]
                                 max_frame_len=max_frame)
-        if fh.ftype != C.FT_BLOB or fh.flags or fh.end > end:
+        if fh.ftype != C.FT_BLOB or fh.flags or fh.end > end or fh.payload_len < 2:
             raise bad("part is not a plain BLOB frame inside the commit")
-        payload = view(fh.payload_offset, fh.payload_len) if view else src.pread(fh.payload_offset, fh.payload_len)  # type: ignore[attr-defined]
-        if len(payload) < 2:
-            raise bad("part is too short")
-        hl = _LEN.unpack(bytes(payload[:2]))[0]
+        hl = _LEN.unpack(src.pread(fh.payload_offset, 2))[0]  # type: ignore[attr-defined]
+        if 2 + hl > fh.payload_len:
+            raise bad("part header runs past the frame")
         try:
-            head = canon.decode(bytes(payload[2 : 2 + hl]))
+            head = canon.decode(src.pread(fh.payload_offset + 2, hl))  # type: ignore[attr-defined]
         except NonCanonicalError as e:
             raise bad(str(e)) from None
         if head != {"id": ref.id, "part": i, "parts": ref.parts, "size": ref.size, "type": ref.type}:
             raise bad(f"part {i} does not belong to this blob")
-        data = payload[2 + hl :]
-        if filled + len(data) > ref.size or (i < ref.parts - 1 and len(data) != C.BLOB_PART):
+        n = fh.payload_len - 2 - hl
+        if filled + n > ref.size or (i < ref.parts - 1 and n != C.BLOB_PART):
             raise bad("part sizes do not add up")
-        out[filled : filled + len(data)] = np.frombuffer(data, np.uint8)
-        h.update(data)
-        filled += len(data)
+        chunk = mv[filled : filled + n]
+        if src.readinto(fh.payload_offset + 2 + hl, chunk) != n:  # type: ignore[attr-defined]
+            raise bad("part runs past the end of the file")
+        todo.put(chunk)
+        filled += n
         at, seq = fh.end, fh.seq + 1
-    if filled != ref.size or h.digest() != ref.id:
-        raise CorruptError(f"blob {ref.type} does not match its SHA-256", offset=ref.offset, check="blob")
-    return out
+    if filled != ref.size:
+        raise CorruptError(f"blob {ref.type} is shorter than its size", offset=ref.offset, check="blob")
+    return at

@@ -170,7 +170,7 @@ class Capsule:
                 try:
                     self._search.vectors()
                     if len(self._search.vi) - self._search.snapshot_count >= SNAPSHOT_ON_CLOSE:
-                        self._write_snapshot()
+                        self._write_snapshot(reload=False)
                 except (CapsuleError, OSError) as e:
                     self.close_error = e.with_traceback(None)
             if (self.mode == "a" and isinstance(self._h, WriteHandle) and self._h.poisoned is None
@@ -809,11 +809,14 @@ class Capsule:
         self._write_snapshot()
         return True
 
-    def _write_snapshot(self) -> None:
+    def _write_snapshot(self, *, reload: bool = True) -> None:
         s = self._search
         assert s is not None and s.vi is not None
         blob = s.vi.encode()
         self._write_commit([], blob=(BLOB_TYPE, blob))
+        if not reload:  # closing: nothing will search this handle again
+            s.snapshot_count = len(s.vi)
+            return
         # Continue from the blob as a reader would load it: the graph's level
         # generator restarts there too, so writer and readers stay identical (7).
         s.vi = VectorIndex.decode(blob)

@@ -82,6 +82,16 @@ class ReadHandle:
             out += more
         return out
 
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset`` without an intermediate copy (large blobs)."""
+        done, n = 0, len(buf)
+        while done < n:
+            got = os.preadv(self.fd, [buf[done:]], offset + done)
+            if got <= 0:
+                break
+            done += got
+        return done
+
     def view(self, offset: int, n: int) -> memoryview:
         """Zero-copy view of committed bytes (for index tables), via mmap."""
         end = offset + n

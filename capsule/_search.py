@@ -261,12 +261,15 @@ class Searcher:
             ref = snap.blobs.get(BLOB_TYPE)
             if ref is not None:
                 try:
-                    blob = read_blob(self.cap._h, ref, snap.header.max_frame_len, snap.end)
-                    vi = VectorIndex.decode(blob, where=ref.offset)
+                    blob, after, check = read_blob(self.cap._h, ref, snap.header.max_frame_len, snap.end)
+                    try:
+                        vi = VectorIndex.decode(blob, where=ref.offset)
+                    finally:
+                        check()  # 3.4: nothing derived from the blob is used unless its hash holds
                     if len(vi) > snap.kinds.get("memory", 0):
                         raise CorruptError("vector index snapshot: more vectors than memories",
                                            offset=ref.offset, check="vindex")
-                    self.vi, self.params, self._vpos = vi, vi.params, ref.offset
+                    self.vi, self.params, self._vpos = vi, vi.params, after
                     self.snapshot_count = len(vi)
                 except CorruptError as e:
                     self.doubt = f"{e}; rebuilt the vector index from the records"
@@ -329,14 +332,12 @@ class Searcher:
         return d
 
     # --- filters ------------------------------------------------------------------------
-    def _mask(self, ids: Sequence[bytes], times: np.ndarray, ttls: np.ndarray, tiers: np.ndarray,
-              tags: Sequence[tuple[str, ...]], kinds: np.ndarray | None, flt: Filter, now: int,
-              meta_of: Any) -> np.ndarray:
-        n = len(ids)
+    def _mask(self, n: int, dead: np.ndarray, times: np.ndarray, ttls: np.ndarray, tiers: np.ndarray,
+              tag_mask: Any, kinds: np.ndarray | None, flt: Filter, now: int, meta_of: Any) -> np.ndarray:
+        """Which of ``n`` entries may be returned. ``dead`` holds positions of dead
+        records; ``tag_mask(tag)`` gives the entries carrying a tag."""
         m = np.ones(n, bool)
-        dead = self.dead()
-        if dead:
-            m &= np.fromiter((r not in dead for r in ids), bool, n)
+        m[dead] = False
         has_ttl = ttls > 0
         if has_ttl.any():
             m &= ~(has_ttl & (times + ttls <= now))  # 7.1: expired at time + ttl
@@ -351,22 +352,23 @@ class Searcher:
             m &= times >= flt.since
         if flt.until is not None:
             m &= times <= flt.until
-        if flt.tags or flt.any_tags:
-            want, any_ = set(flt.tags), set(flt.any_tags)
-            sel = np.flatnonzero(m)
-            keep = [i for i in sel.tolist()
-                    if want.issubset(tags[i]) and (not any_ or any_.intersection(tags[i]))]
-            m[:] = False
-            m[keep] = True
+        for t in flt.tags:
+            m &= tag_mask(t)
+        if flt.any_tags:
+            anym = np.zeros(n, bool)
+            for t in flt.any_tags:
+                anym |= tag_mask(t)
+            m &= anym
         if flt.meta:
-            for i in np.flatnonzero(m):
-                meta = meta_of(int(i))
+            for i in np.flatnonzero(m).tolist():
+                meta = meta_of(i)
                 m[i] = all(k in meta and _same(meta[k], v) for k, v in flt.meta)
         return m
 
     def _vector_mask(self, vi: VectorIndex, flt: Filter, now: int) -> np.ndarray | None:
+        dead = self.dead()
         if not (flt.tags or flt.any_tags or flt.tiers or flt.kinds or flt.since is not None
-                or flt.until is not None or flt.meta or self.dead() or bool((vi.ttls > 0).any())):
+                or flt.until is not None or flt.meta or dead or vi.has_ttl):
             return None
         meta_of = None
         if flt.meta:
@@ -376,7 +378,9 @@ class Searcher:
                 j = d.pos.get(vi.ids[i])
                 return (getattr(d.recs[j], "meta", None) or {}) if j is not None else {}
 
-        return self._mask(vi.ids, vi.times, vi.ttls, vi.tiers, vi.tags, None, flt, now, meta_of)
+        gone = [x for x in (vi.label_of(r) for r in dead) if x is not None]
+        return self._mask(len(vi), np.array(gone, np.int64), vi.times[: len(vi)], vi.ttls[: len(vi)],
+                          vi.tiers[: len(vi)], vi.tag_mask, None, flt, now, meta_of)
 
     # --- the searches --------------------------------------------------------------------
     def vector_search(self, q: Any, k: int, flt: Filter, now: int, ef: int) -> list[tuple[bytes, float, Any]]:
@@ -395,10 +399,16 @@ class Searcher:
         cand = np.flatnonzero(scores > 0)
         if len(cand) == 0:
             return []
-        ids = [d.ids[i] for i in cand]
-        m = self._mask(ids, np.array([d.times[i] for i in cand], np.int64),
+        dead = self.dead()
+        gone = [j for j, i in enumerate(cand.tolist()) if d.ids[i] in dead] if dead else []
+        tags = [d.tags[i] for i in cand.tolist()]
+
+        def tag_mask(t: str) -> np.ndarray:
+            return np.fromiter((t in ts for ts in tags), bool, len(tags))
+
+        m = self._mask(len(cand), np.array(gone, np.int64), np.array([d.times[i] for i in cand], np.int64),
                        np.array([d.ttls[i] for i in cand], np.int64), np.array([d.tiers[i] for i in cand]),
-                       [d.tags[i] for i in cand], np.array([d.kinds[i] for i in cand]), flt, now,
+                       tag_mask, np.array([d.kinds[i] for i in cand]), flt, now,
                        lambda j: getattr(d.recs[int(cand[j])], "meta", None) or {})
         cand = cand[m]
         return [(d.ids[i], s, d.recs[i]) for i, s in _top(cand, scores[cand], d.ids, k)]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import hnswlib
@@ -96,6 +97,35 @@ class Entry:
     tags: tuple[str, ...]
 
 
+class IdArray:
+    """Record ids by label, 32 bytes each in one buffer (no object per id)."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, buf: bytes | bytearray = b"") -> None:
+        self._buf = bytearray(buf)
+
+    def __len__(self) -> int:
+        return len(self._buf) // 32
+
+    def __getitem__(self, i: int) -> bytes:
+        i = int(i)
+        if not 0 <= i < len(self._buf) // 32:
+            raise IndexError(i)
+        return bytes(self._buf[32 * i : 32 * i + 32])
+
+    def __iter__(self) -> Iterator[bytes]:
+        b = bytes(self._buf)
+        return (b[i : i + 32] for i in range(0, len(b), 32))
+
+    def extend(self, ids: Iterable[bytes]) -> None:
+        for r in ids:
+            self._buf += r
+
+    def tobytes(self) -> bytes:
+        return bytes(self._buf)
+
+
 class VectorIndex:
     """An hnswlib graph over memories, labelled in commit order, plus its catalog."""
 
@@ -103,15 +133,20 @@ class VectorIndex:
         if params.dim < 1:
             raise UsageError("a vector index needs its dimension")
         self.params = params
-        self.ids: list[bytes] = []
+        self.ids = IdArray()
         self.times = np.zeros(0, np.int64)
         self.ttls = np.zeros(0, np.int64)
         self.tiers = np.zeros(0, np.uint8)
-        self.tags: list[tuple[str, ...]] = []
+        self.has_ttl = False
+        # Tags: a CSR table for the entries loaded from a snapshot, a list for later ones.
+        self._tag_names: list[str] = []
+        self._tag_off = np.zeros(1, np.int64)
+        self._tag_ix = np.zeros(0, np.int64)
+        self._tags_ext: list[tuple[str, ...]] = []
         self._buf = np.zeros((0, params.dim), np.float32)  # as stored by hnswlib (unit vectors for cosine)
         self._n = 0
         self._label_of: dict[bytes, int] | None = None
-        self._tag_labels: dict[str, np.ndarray] | None = None
+        self._tag_labels: dict[str, np.ndarray] = {}
         self._hnsw: Any = None
 
     # --- building --------------------------------------------------------------
@@ -150,16 +185,18 @@ class VectorIndex:
         self.times = np.concatenate([self.times, np.array([e.time for e in entries], np.int64)])
         self.ttls = np.concatenate([self.ttls, np.array([e.ttl for e in entries], np.int64)])
         self.tiers = np.concatenate([self.tiers, np.array([e.tier for e in entries], np.uint8)])
-        self.tags.extend(e.tags for e in entries)
+        self.has_ttl = self.has_ttl or any(e.ttl for e in entries)
+        self._tags_ext.extend(e.tags for e in entries)
         n1 = self._n + len(entries)
-        if n1 > len(self._buf):  # grow by doubling: appends stay amortized O(1)
+        if n1 > len(self._buf) or not self._buf.flags.writeable or not self._buf.flags.c_contiguous:
+            # grow by doubling (appends stay amortized O(1)); a snapshot's view becomes our own array
             grown = np.zeros((max(n1, 2 * len(self._buf), 64), self.params.dim), np.float32)
             grown[: self._n] = self._buf[: self._n]
             self._buf = grown
         self._buf[self._n : n1] = stored
         self._n = n1
         self._label_of = None
-        self._tag_labels = None
+        self._tag_labels = {}
 
     @property
     def _vecs(self) -> np.ndarray:
@@ -171,18 +208,28 @@ class VectorIndex:
             self._label_of = {r: i for i, r in enumerate(self.ids)}
         return self._label_of.get(rid)
 
+    def tags_of(self, label: int) -> tuple[str, ...]:
+        base = len(self._tag_off) - 1
+        if label < base:
+            names = self._tag_names
+            return tuple(names[j] for j in self._tag_ix[self._tag_off[label] : self._tag_off[label + 1]])
+        return self._tags_ext[label - base]
+
     def tag_mask(self, tag: str) -> np.ndarray:
-        if self._tag_labels is None:
-            acc: dict[str, list[int]] = {}
-            for i, ts in enumerate(self.tags):
-                for t in ts:
-                    acc.setdefault(t, []).append(i)
-            self._tag_labels = {t: np.array(v, np.int64) for t, v in acc.items()}
-        m = np.zeros(self._n, bool)
+        """Labels carrying ``tag``, as a boolean mask (cached per tag)."""
         hit = self._tag_labels.get(tag)
-        if hit is not None:
-            m[hit] = True
-        return m
+        if hit is None or len(hit) != self._n:
+            m = np.zeros(self._n, bool)
+            j = _bisect(self._tag_names, tag)
+            if j is not None and len(self._tag_ix):
+                pos = np.flatnonzero(self._tag_ix == j)
+                m[np.searchsorted(self._tag_off, pos, side="right") - 1] = True
+            base = len(self._tag_off) - 1
+            for i, ts in enumerate(self._tags_ext):
+                if tag in ts:
+                    m[base + i] = True
+            self._tag_labels[tag] = hit = m
+        return hit
 
     # --- search ------------------------------------------------------------------
     def prepare(self, q: Any) -> np.ndarray:
@@ -253,7 +300,8 @@ class VectorIndex:
             keep = np.argpartition(-approx, 4 * k + 32)[: 4 * k + 32]
             labels = labels[keep]
         scores = self.exact_scores(labels, q)
-        order = sorted(range(len(labels)), key=lambda i: (-float(scores[i]), self.ids[int(labels[i])]))
+        ids = self.ids
+        order = sorted(range(len(labels)), key=lambda i: (-float(scores[i]), ids[int(labels[i])]))
         return [(int(labels[i]), float(scores[i])) for i in order[:k]]
 
     # --- snapshots (16.2) ------------------------------------------------------------
@@ -269,16 +317,17 @@ class VectorIndex:
             level0 = np.asarray(state["data_level0"]).tobytes()
             links = np.asarray(state["link_lists"]).tobytes()
             levels = np.asarray(state["element_levels"], np.int32)[:n]
-        tag_names = sorted({t for ts in self.tags for t in ts})
+        every = [self.tags_of(i) for i in range(n)]
+        tag_names = sorted({t for ts in every for t in ts})
         tag_ix = {t: i for i, t in enumerate(tag_names)}
         tag_off = np.zeros(n + 1, np.uint32)
         flat: list[int] = []
-        for i, ts in enumerate(self.tags):
+        for i, ts in enumerate(every):
             flat.extend(tag_ix[t] for t in ts)
             tag_off[i + 1] = len(flat)
         sections = [
             ("tag_names", canon.pack(tag_names)),
-            ("ids", b"".join(self.ids)),
+            ("ids", self.ids.tobytes()),
             ("time", self.times.astype("<i8").tobytes()),
             ("ttl", self.ttls.astype("<i8").tobytes()),
             ("tier", self.tiers.tobytes()),
@@ -397,19 +446,19 @@ class VectorIndex:
         if n and (int(levels.min()) < 0 or int(levels.max()) != top or levels[ep] != top):
             raise bad("levels disagree with the top level")
         # Level 0: per element, a u32 count, 2M neighbour ids, the vector, the label.
-        l0 = arr["level0"].reshape(n, per) if n else arr["level0"].reshape(0, per)
-        cnt = l0[:, :4].copy().view("<u4").reshape(-1)
+        # Checked through strided u32 views: no copy of the 100+ MB table.
+        l0u = arr["level0"].view("<u4").reshape(n, per // 4)
+        cnt = l0u[:, 0]
         if n and int(cnt.max()) > m0:
             raise bad("a level-0 neighbour count exceeds 2M")
-        nb = l0[:, 4:link0].copy().view("<u4").reshape(n, m0)
         used = np.arange(m0)[None, :] < cnt[:, None]
-        if n and int(np.where(used, nb, 0).max()) >= n:
+        if n and int(np.where(used, l0u[:, 1 : 1 + m0], 0).max()) >= n:
             raise bad("a level-0 neighbour is out of range")
-        labels = l0[:, per - 8 :].copy().view("<u8").reshape(-1)
-        if not np.array_equal(labels, np.arange(n, dtype=np.uint64)):
+        lab = (per - 8) // 4
+        if n and (not np.array_equal(l0u[:, lab], np.arange(n, dtype=np.uint32)) or int(l0u[:, lab + 1].max())):
             raise bad("labels are not in commit order")
-        vecs = l0[:, link0 : link0 + 4 * p.dim].copy().view("<f4").reshape(n, p.dim)
-        if not np.all(np.isfinite(vecs)):
+        vecs = l0u[:, link0 // 4 : link0 // 4 + p.dim].view("<f4")
+        if n and not (np.isfinite(vecs.max()) and np.isfinite(vecs.min())):
             raise bad("a stored vector is not finite")
         links = arr["links"]
         upper = levels[levels > 0]
@@ -423,13 +472,12 @@ class VectorIndex:
             if int(np.where(used, lk[:, 1:], 0).max()) >= n:
                 raise bad("an upper-level neighbour is out of range")
         self = cls(p)
-        ids = arr["ids"].tobytes()
-        entries_tags = [tuple(tags[j] for j in tag_ix[tag_off[i] : tag_off[i + 1]]) for i in range(n)]
-        self.ids = [ids[32 * i : 32 * i + 32] for i in range(n)]
+        self.ids = IdArray(arr["ids"].tobytes())
         self.times = arr["time"].view("<i8").astype(np.int64)
         self.ttls = ttl.astype(np.int64)
+        self.has_ttl = bool(n and int(self.ttls.max()) > 0)
         self.tiers = tier.astype(np.uint8)
-        self.tags = entries_tags
+        self._tag_names, self._tag_off, self._tag_ix = tags, tag_off, tag_ix
         self._buf = vecs
         self._n = n
         if n:
@@ -444,9 +492,16 @@ class VectorIndex:
                 "ef": 10, "has_deletions": False, "size_links_per_element": per_links,
                 "allow_replace_deleted": False, "label_lookup_external": np.arange(n, dtype=np.uint64),
                 "label_lookup_internal": np.arange(n, dtype=np.uint32),
-                "element_levels": levels.astype(np.int32), "data_level0": l0.reshape(-1).view(np.int8),
+                "element_levels": levels.astype(np.int32), "data_level0": arr["level0"].view(np.int8),
                 "link_lists": links.view(np.int8),
             },))
             g.set_num_threads(1)
             self._hnsw = g
         return self
+
+
+def _bisect(names: list[str], tag: str) -> int | None:
+    import bisect
+
+    j = bisect.bisect_left(names, tag)
+    return j if j < len(names) and names[j] == tag else None
