@@ -81,8 +81,7 @@ def read_blob(src: object, ref: BlobRef, max_frame: int, end: int) -> tuple[np.n
     The caller MUST call ``check()`` before trusting anything it derived.
     """
     out = np.empty(ref.size, np.uint8)
-    mv = memoryview(out)
-    at, filled, seq = ref.offset, 0, None
+    mv = memoryview(out.data)
     h = hashlib.sha256()
     todo: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
 
