@@ -54,6 +54,10 @@ from ._search import Filter, Hit
 from ._verify import VerifyReport, verify
 from ._vindex import VectorParams
 
+import logging as _logging
+
+_logging.getLogger("capsule").addHandler(_logging.NullHandler())  # the application decides what to show
+
 __version__ = "0.1.0"
 FORMAT_VERSION = "1.1"
 

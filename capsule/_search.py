@@ -39,7 +39,7 @@ from ._frames import parse_frame_header, raw_payload
 from ._lexical import Lexical
 from ._records import decode_record, parse_iso_time
 from ._records import record_id as content_id
-from ._scan import Reader
+from ._scan import read_frame_at
 from ._vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
 
 if TYPE_CHECKING:
@@ -189,28 +189,31 @@ class Searcher:
 
     # --- reading records ------------------------------------------------------------
     def _scan(self, pos: int) -> Iterator[tuple[bytes, Any]]:
-        """Records in the committed frames from ``pos`` on, in commit order."""
+        """Records in the committed frames from ``pos`` on, in commit order.
+
+        Hops from frame header to frame header and reads only RECORDS frames, each
+        checked against its own chain link (4.2): a snapshot blob is never read
+        here, so a damaged one cannot stop a rebuild from the records."""
         cap = self.cap
         snap, h = cap._snap, cap._h
-        if pos >= snap.end:
-            return
-        if pos == C.HEADER_SIZE:
-            seq, chain = 0, snap.header.chain_seed
-        else:
-            fh = parse_frame_header(h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=None,
+        seq: int | None = None
+        while pos < snap.end:
+            fh = parse_frame_header(h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
                                     max_frame_len=snap.header.max_frame_len)
-            seq, chain = fh.seq, h.pread(pos - C.TRAILER_SIZE, C.TRAILER_SIZE)
-        rd = Reader(h, pos, snap.end, seq, chain, snap.header.max_frame_len)
-        for fh, payload, _ in rd.frames():
-            if fh.ftype != C.FT_RECORDS:
-                continue
-            for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
-                kind = value.get("kind") if isinstance(value, dict) else None
-                if not isinstance(kind, str):
-                    raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
-                if kind in LEXICAL_KINDS or kind == "vindex":
-                    rid = content_id(kind, data)
-                    yield rid, decode_record(value, rid)
+            if fh.end > snap.end:
+                raise CorruptError("frame runs past the last commit", offset=pos, seq=fh.seq, check="frame-length")
+            if fh.ftype == C.FT_RECORDS:
+                prev = snap.header.chain_seed if pos == C.HEADER_SIZE else None
+                fh, payload, _, _ = read_frame_at(h, pos, max_frame=snap.header.max_frame_len, seq=fh.seq,
+                                                  prev_chain=prev)
+                for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
+                    kind = value.get("kind") if isinstance(value, dict) else None
+                    if not isinstance(kind, str):
+                        raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+                    if kind in LEXICAL_KINDS or kind == "vindex":
+                        rid = content_id(kind, data)
+                        yield rid, decode_record(value, rid)
+            pos, seq = fh.end, fh.seq + 1
 
     def _blob_params(self) -> tuple[VectorParams, int] | None:
         ref = self.cap._snap.blobs.get(BLOB_TYPE)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _constants as C
+from ._blob import BlobRef, read_blob
 from ._checkpoint import CheckpointFrame, KeysetFrame, parse_checkpoint, parse_keyset, parse_lineage
 from ._commit import (
     decode_records_payload,
@@ -42,6 +43,7 @@ from ._records import decode_record, record_id
 from ._scan import Reader, damage_is_not_a_crash, label_key
 from ._state import EVENT_KINDS
 from ._stateroot import state_root_of
+from ._vindex import BLOB_TYPE, VectorIndex
 
 
 @dataclass
@@ -185,6 +187,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     ids = bytearray()
     locs: list[tuple[int, int]] = []
     kinds: dict[str, int] = {}
+    blobs_seen: set[BlobRef] = set()
     tables: dict[int, tuple[int, bytes]] = {}
     last_index: tuple[int, bytes, Any] | None = None
     prev_commit: int | None = None
@@ -254,6 +257,15 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     if len(got_labels) != sum(r.count for r in meta.labels) or got_labels != labels_at:
                         raise CorruptError("INDEX label tables do not match the checkpoints", offset=fh.offset,
                                            seq=fh.seq, check="index-label")
+                    for ref in meta.blobs.values():
+                        if ref not in blobs_seen:
+                            # 3.4, 16.2: the blob the INDEX names is whole, hashes right and,
+                            # for the vector index, passes every bound a reader checks.
+                            blobs_seen.add(ref)
+                            blob, _, check = read_blob(h, ref, header.max_frame_len, fh.offset)
+                            check()
+                            if ref.type == BLOB_TYPE and deep:
+                                VectorIndex.decode(blob, where=ref.offset)
                     want_ck = (last_ck.offset, last_ck.hash) if last_ck else None
                     if meta.checkpoint != want_ck or meta.keyset != (keysets[-1].offset if keysets else None):
                         raise CorruptError("INDEX checkpoint or keyset pointer is wrong", offset=fh.offset,
