@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import logging as _logging
+
 from ._actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
 from ._capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
 from ._embed import (
@@ -53,8 +55,6 @@ from ._records import GenericRecord, Memory, kinds, register_kind
 from ._search import Filter, Hit
 from ._verify import VerifyReport, verify
 from ._vindex import VectorParams
-
-import logging as _logging
 
 _logging.getLogger("capsule").addHandler(_logging.NullHandler())  # the application decides what to show
 
