@@ -69,7 +69,7 @@ from ._records import (
 )
 from ._records import record_id as content_id
 from ._scan import Reader, Snapshot, label_key, load, read_commit_at, read_frame_at, replay
-from ._search import SNAPSHOT_EVERY, SNAPSHOT_ON_CLOSE, Hit, Searcher
+from ._search import CLOSE_BUILD_MAX, SNAPSHOT_EVERY, SNAPSHOT_ON_CLOSE, Hit, Searcher
 from ._search import search as _search
 from ._state import EVENT_KINDS, State, fold
 from ._stateroot import RootCache, state_root_of
@@ -165,12 +165,20 @@ class Capsule:
             return
         try:
             if (self.mode == "a" and isinstance(self._h, WriteHandle) and self._h.poisoned is None
-                    and self._search is not None and self._search.vi is not None):
+                    and self._search is not None):
                 # 16.3: a snapshot of the vector index, so the next open need not insert much.
+                s = self._search
                 try:
-                    self._search.vectors()
-                    if len(self._search.vi) - self._search.snapshot_count >= SNAPSHOT_ON_CLOSE:
-                        self._write_snapshot(reload=False)
+                    if s.vi is None and s.pending_vectors >= SNAPSHOT_ON_CLOSE:
+                        # Not loaded this session: bring it up only if that is cheap; a
+                        # larger catch-up is left to the first search or build_index().
+                        base = (s._blob_params() or (None, 0))[1]
+                        if self._snap.kinds.get("memory", 0) - base <= CLOSE_BUILD_MAX:
+                            s.vectors()
+                    if s.vi is not None:
+                        s.vectors()
+                        if len(s.vi) - s.snapshot_count >= SNAPSHOT_ON_CLOSE:
+                            self._write_snapshot(reload=False)
                 except (CapsuleError, OSError) as e:
                     self.close_error = e.with_traceback(None)
             if (self.mode == "a" and isinstance(self._h, WriteHandle) and self._h.poisoned is None
@@ -1022,7 +1030,8 @@ class Transaction:
         if et is not None:
             return  # nothing was written: the batch is discarded
         self.info = self._flush()
-        cap, s = self._cap, self._cap._search
+        cap = self._cap
+        s = cap._searcher() if self._vectors else cap._search
         if self.info is not None and s is not None:
             if self._vconfig is not None and s.params is None:
                 s.params = self._vconfig

@@ -34,10 +34,10 @@ from ._blob import read_blob
 from ._clock import iso
 from ._commit import decode_records_payload
 from ._embed import Embedder, get_embedder
-from ._errors import CorruptError, UsageError
+from ._errors import CorruptError, DataError, UsageError
 from ._frames import parse_frame_header, raw_payload
 from ._lexical import Lexical
-from ._records import decode_record, parse_iso_time
+from ._records import decode_record, parse_iso_time, parse_meta
 from ._records import record_id as content_id
 from ._scan import read_frame_at
 from ._vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
@@ -54,6 +54,8 @@ KIND_CODES = {k: i for i, k in enumerate(LEXICAL_KINDS)}
 SNAPSHOT_ON_CLOSE = 256
 #: and after a commit once the unsnapshotted vectors reach max(this, the snapshot's size).
 SNAPSHOT_EVERY = 16_384
+#: Close builds an index nobody loaded this session only when this few vectors need inserting.
+CLOSE_BUILD_MAX = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +101,12 @@ class Filter:
             raise UsageError(f"{what} must be int ns or an ISO-8601 string")
 
         m: list[tuple[str, bytes]] = []
-        for k, v in sorted((meta or {}).items()):
-            try:
-                m.append((str(k), canon.pack(v)))
-            except Exception:
-                raise UsageError(f"meta filter value for {k!r} is not a plain value") from None
+        try:
+            norm = parse_meta(dict(meta or {}))  # the same normalisation (NFC...) as stored meta
+        except DataError as e:
+            raise UsageError(f"meta filter: {e}") from None
+        for k, v in sorted(norm.items()):
+            m.append((k, canon.pack(v)))
         from unicodedata import normalize
 
         return cls(tuple(normalize("NFC", t) for t in strs(tags, "tags")),

@@ -297,8 +297,10 @@ class VectorIndex:
             v = self._vecs[labels]
             q32 = q.astype(np.float32)
             approx = -((v - q32) ** 2).sum(axis=1) if self.params.space == "l2" else v @ q32
-            keep = np.argpartition(-approx, 4 * k + 32)[: 4 * k + 32]
-            labels = labels[keep]
+            cut = float(np.partition(approx, len(approx) - k)[len(approx) - k])
+            # Everything within float32 error of the k-th best goes on to exact
+            # ranking, so ties at the cut are settled by id, not by position.
+            labels = labels[approx >= cut - 1e-4 * (abs(cut) + 1.0)]
         scores = self.exact_scores(labels, q)
         ids = self.ids
         order = sorted(range(len(labels)), key=lambda i: (-float(scores[i]), ids[int(labels[i])]))
