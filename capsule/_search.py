@@ -87,6 +87,9 @@ class Filter:
             if t not in TIERS:
                 raise UsageError(f"tier must be one of {', '.join(TIERS)}, not {t!r}")
         kinds = strs(kind, "kind")
+        for k in kinds:
+            if k not in KIND_CODES:
+                raise UsageError(f"kind must be one of {', '.join(LEXICAL_KINDS)} (the searchable kinds), not {k!r}")
 
         def when(v: Any, what: str) -> int | None:
             if v is None:
@@ -128,7 +131,15 @@ class Hit:
     @property
     def record(self) -> Any:
         if self._rec is None:
-            self._rec = self._cap.get(self.id)
+            if self._cap.closed:
+                # Ids are content addresses and the file only grows: a fresh reader
+                # finds the same record (and checks it against its id).
+                from ._capsule import open as open_capsule
+
+                with open_capsule(self._cap.path) as cap:
+                    self._rec = cap.get(self.id)
+            else:
+                self._rec = self._cap.get(self.id)
         return self._rec
 
     @property

@@ -172,6 +172,13 @@ class VectorIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(entries), -1)
         if vectors.shape[1] != self.params.dim:
             raise UsageError(f"vectors have dimension {vectors.shape[1]}, this index has {self.params.dim}")
+        if self.params.space == "cosine":
+            # Scale in float64 first: hnswlib's float32 sum of squares underflows for
+            # tiny vectors and overflows for huge ones (16.2: unit vectors are stored).
+            v64 = vectors.astype(np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", v64, v64))
+            norms[norms == 0] = 1.0
+            vectors = (v64 / norms[:, None]).astype(np.float32)
         n0, n1 = self._n, self._n + len(entries)
         g = self._graph(n1)
         g.add_items(vectors, np.arange(n0, n1, dtype=np.uint64), num_threads=1)
@@ -261,6 +268,10 @@ class VectorIndex:
             s = -np.einsum("ij,ij->i", d, d)
         else:
             s = np.einsum("ij,j->i", v, q)
+            if self.params.space == "cosine":
+                # the stored float32 unit vectors are unit only to float32 precision
+                norms = np.sqrt(np.einsum("ij,ij->i", v, v))
+                s = np.clip(s / np.where(norms > 0, norms, 1.0), -1.0, 1.0)
         return np.asarray(s, np.float64).astype(np.float32)
 
     def search(self, q: np.ndarray, k: int, mask: np.ndarray | None, ef: int) -> list[tuple[int, float]]:

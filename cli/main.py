@@ -696,6 +696,8 @@ def search(
       capsule search agent.capsule --vector q.npy --json
     """
     meta_map = _meta_filter(meta or [])
+    if not query.strip() and vector is None:
+        fail("give a QUERY text, a query --vector, or both", 2)
 
     def go() -> tuple[list[dict[str, Any]], str | None]:
         if not path.exists():
