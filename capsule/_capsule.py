@@ -805,7 +805,7 @@ class Capsule:
                                                       "sha256": ref.id.hex(),
                                                       "vectors": s.snapshot_count if s.vi is not None
                                                       else (s._blob_params() or (None, None))[1]},
-                "doubt": s.doubt}
+                "doubt": s.doubt, "notice": s.notice}
 
     def save_index(self) -> bool:
         """Write a snapshot of the vector index now if it holds vectors the newest

@@ -90,6 +90,8 @@ class SentenceTransformerEmbedder:
     def __init__(self, path: str | Path, name: str | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
@@ -97,7 +99,8 @@ class SentenceTransformerEmbedder:
         if not Path(path).is_dir():
             raise UsageError(f"no model directory at {path}")
         self._model: Any = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        dim_of = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
         self.name = name or f"st:{Path(path).name}"
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

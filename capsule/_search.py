@@ -197,6 +197,7 @@ class Searcher:
         self._lpos = C.HEADER_SIZE
         self.snapshot_count = 0  # vectors in the newest snapshot blob
         self.doubt: str | None = None  # why a snapshot blob was not used
+        self.notice: str | None = None  # how the last search departed from what was asked (auto mode)
         self._dead: tuple[int, set[bytes]] | None = None
         self.pending_vectors = 0  # committed through this handle since the newest snapshot
         self._cfg_pos = C.HEADER_SIZE  # config(): scanned for a first embedding up to here
@@ -493,6 +494,8 @@ def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int
     if now is None:
         now = cap._snap.commit.time if cap._pinned and cap._snap.commit else cap.clock()
     text = query or ""
+    auto = mode == "auto"
+    s.notice = None
     if mode == "auto":
         if vector is not None:
             mode = "hybrid" if text.strip() else "vector"
@@ -501,7 +504,14 @@ def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int
     if mode in ("vector", "hybrid") and vector is None:
         if not text.strip():
             raise UsageError(f"{mode} search needs a query text or a query vector")
-        vector = _embed_query(s, text, embedder)
+        try:
+            vector = _embed_query(s, text, embedder)
+        except UsageError as e:
+            if not auto:
+                raise
+            # auto on a host without the capsule's embedder: words still work
+            s.notice = f"searched by words only: {e}"
+            mode = "lexical"
     if mode == "hybrid" and not text.strip():
         raise UsageError("hybrid search needs a query text (for its lexical half)")
     if mode == "lexical":

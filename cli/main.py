@@ -699,7 +699,7 @@ def search(
     if not query.strip() and vector is None:
         fail("give a QUERY text, a query --vector, or both", 2)
 
-    def go() -> tuple[list[dict[str, Any]], str | None]:
+    def go() -> tuple[list[dict[str, Any]], list[str]]:
         if not path.exists():
             raise capsule.CapsuleNotFound(f"{path}: no such capsule")
         qv = _load_vector(vector) if vector is not None else None
@@ -708,11 +708,12 @@ def search(
             with view as c:
                 hits = c.search(query, vector=qv, k=k, mode=mode, tags=tag, any_tags=any_tag, tier=tier,
                                 kind=kind, since=since, until=until, meta=meta_map, embedder=embedder, ef=ef)
-                return [h.to_dict() for h in hits], c.index_info()["doubt"]
+                info = c.index_info()
+                return [h.to_dict() for h in hits], [m for m in (info["doubt"], info["notice"]) if m]
 
-    hits, doubt = run(go)
-    if doubt:
-        err.print(f"capsule: warning: {doubt}", markup=False)
+    hits, warnings = run(go)
+    for w in warnings:
+        err.print(f"capsule: warning: {w}", markup=False)
     if json_out:
         emit_json(hits)
         return

@@ -1471,3 +1471,31 @@ def test_exact_vector_search_matches_a_brute_force_model(ops: list[tuple[Any, ..
                 assert got == model.search(q, k, flt), f"after op {i} {op[0]}"
         finally:
             cap.close()
+
+
+def test_auto_mode_falls_back_to_words_when_the_capsules_embedder_is_missing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capsule packed with a model this host lacks still answers `search` (auto)
+    by BM25 and says so; asking for vectors explicitly is a clear error."""
+    from capsule import _embed
+
+    def missing() -> capsule.Embedder:
+        raise capsule.UsageError("the fancy embedder is not installed here")
+
+    monkeypatch.setitem(_embed._REGISTRY, "fancy", missing)
+    p = tmp_path / "fancy.capsule"
+    with capsule.create(p) as cap:
+        cap.configure_vectors(dim=3, embedder="fancy")
+        with cap.commit() as tx:
+            want = tx.remember("page the on-call lead about payments", embedding=[1.0, 0.0, 0.0])
+            tx.remember("lunch is at noon", embedding=[0.0, 1.0, 0.0])
+    with capsule.open(p) as cap:
+        hits = cap.search("payments lead")
+        assert [h.id for h in hits] == [want]
+        assert "words only" in (cap.index_info()["notice"] or "")
+        with pytest.raises(capsule.UsageError, match="not installed"):
+            cap.search("payments lead", mode="vector")
+        assert cap.search(vector=[1.0, 0.0, 0.0], k=1)[0].id == want  # own vectors still work
+        assert cap.index_info()["notice"] is None
+    r = invoke("search", p, "payments lead", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["id"] == want
