@@ -120,16 +120,21 @@ class Filter:
 class Hit:
     """One result. ``id`` and ``score`` are immediate; record fields load on first use."""
 
-    __slots__ = ("id", "score", "_rec", "_cap")
+    __slots__ = ("id", "score", "_rec", "_view", "_cap")
 
     def __init__(self, rid: bytes, score: float, rec: Any, cap: Capsule) -> None:
         self.id: str = rid.hex()
         self.score = score
-        self._rec = rec
+        # A lexical hit carries the catalog's copy, which lacks the embedding: enough
+        # for text, tags, meta and time; `record` loads the whole record on demand.
+        full = not _slim(rec)
+        self._rec = rec if full else None
+        self._view = rec
         self._cap = cap
 
     @property
     def record(self) -> Any:
+        """The whole record (with its embedding), read from the capsule if needed."""
         if self._rec is None:
             if self._cap.closed:
                 # Ids are content addresses and the file only grows: a fresh reader
@@ -143,25 +148,29 @@ class Hit:
         return self._rec
 
     @property
+    def _r(self) -> Any:
+        return self._view if self._view is not None else self.record
+
+    @property
     def kind(self) -> str:
-        return str(self.record.kind)
+        return str(self._r.kind)
 
     @property
     def text(self) -> str:
-        r = self.record
+        r = self._r
         return str(r.summary if r.kind == "decision" else r.text)
 
     @property
     def tags(self) -> tuple[str, ...]:
-        return tuple(getattr(self.record, "tags", ()))
+        return tuple(getattr(self._r, "tags", ()))
 
     @property
     def meta(self) -> dict[str, Any]:
-        return dict(getattr(self.record, "meta", None) or {})
+        return dict(getattr(self._r, "meta", None) or {})
 
     @property
     def time(self) -> int:
-        return int(self.record.time)
+        return int(self._r.time)
 
     def to_dict(self) -> dict[str, Any]:
         """16.7: the JSON shape ``capsule search --json`` prints."""
@@ -339,7 +348,8 @@ class Searcher:
                     continue
                 d.pos[rid] = len(d.ids)
                 d.ids.append(rid)
-                d.recs.append(rec)
+                # the catalog keeps no embeddings (they are in the vector index, or on disk)
+                d.recs.append(_SlimMemory(rec) if getattr(rec, "embedding", None) is not None else rec)
                 d.times.append(rec.time)
                 d.ttls.append(getattr(rec, "ttl", None) or 0)
                 d.tiers.append(TIERS[getattr(rec, "tier", "working")])
@@ -430,6 +440,20 @@ class Searcher:
                        lambda j: getattr(d.recs[int(cand[j])], "meta", None) or {})
         cand = cand[m]
         return [(d.ids[i], s, d.recs[i]) for i, s in _top(cand, scores[cand], d.ids, k)]
+
+
+class _SlimMemory:
+    """A memory without its embedding, for the lexical catalog."""
+
+    __slots__ = ("kind", "id", "text", "tags", "meta", "time", "tier", "ttl", "source")
+
+    def __init__(self, m: Any) -> None:
+        self.kind, self.id, self.text, self.tags, self.meta = m.kind, m.id, m.text, m.tags, m.meta
+        self.time, self.tier, self.ttl, self.source = m.time, m.tier, m.ttl, m.source
+
+
+def _slim(rec: Any) -> bool:
+    return isinstance(rec, _SlimMemory)
 
 
 def _top(cand: np.ndarray, scores: np.ndarray, ids: Sequence[bytes], k: int) -> list[tuple[int, float]]:

@@ -664,7 +664,8 @@ def test_empty_capsule(tmp_path: Path) -> None:
             cap.search("anything", mode="hybrid")
         with pytest.raises(capsule.UsageError):
             cap.search()
-        assert cap.index_info() == {"vectors": None, "indexed": None, "snapshot": None, "doubt": None}
+        assert cap.index_info() == {"vectors": None, "indexed": None, "snapshot": None, "doubt": None,
+                                    "notice": None}
     # memories, but none with an embedding
     with capsule.open(p, "a") as cap:
         with cap.commit() as tx:
