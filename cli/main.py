@@ -250,7 +250,13 @@ def open_(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
 
     def go() -> dict[str, Any]:
         with capsule.open(path, at=at) as cap:
-            return cap.summary().to_dict()
+            info = cap.index_info()
+            vec = info["vectors"]
+            if vec is not None:
+                snap = info["snapshot"]
+                vec = {**vec, "snapshot_vectors": snap["vectors"] if snap else 0,
+                       "snapshot_bytes": snap["bytes"] if snap else 0}
+            return {**cap.summary().to_dict(), "vector_index": vec}
 
     s = run(go)
     if json_out:
@@ -261,6 +267,11 @@ def open_(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
         out.print(f"{k:<17} {s[k]}", markup=False)
     for kind, n in s["records_by_kind"].items():
         out.print(f"  {kind:<15} {n}", markup=False)
+    v = s["vector_index"]
+    if v is not None:
+        made = f", embedder {v['embedder']}" if v["embedder"] else ""
+        out.print(f"vector index      {v['space']}, dim {v['dim']}{made}; snapshot of {v['snapshot_vectors']} "
+                  f"vectors ({v['snapshot_bytes']} bytes)", markup=False)
     if s["torn_tail_bytes"]:
         out.print(f"torn tail         {s['torn_tail_bytes']} bytes (ignored; the next writer truncates it)")
 
