@@ -1037,8 +1037,13 @@ class Transaction:
                 s.params = self._vconfig
             s.pending_vectors += self._vectors
             if s.vi is not None and s.pending_vectors >= max(SNAPSHOT_EVERY, s.snapshot_count):
-                s.vectors()  # 16.3: catch up and snapshot at the threshold
-                cap._write_snapshot()
+                try:
+                    s.vectors()  # 16.3: catch up and snapshot at the threshold
+                    cap._write_snapshot()
+                except (CapsuleError, OSError) as e:
+                    # The commit above is durable; only the optional snapshot failed (an
+                    # I/O error also poisons the writer, so the next commit says so).
+                    cap.close_error = e.with_traceback(None)
 
     def __len__(self) -> int:
         return len(self._items)

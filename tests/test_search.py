@@ -1500,3 +1500,53 @@ def test_auto_mode_falls_back_to_words_when_the_capsules_embedder_is_missing(
         assert cap.index_info()["notice"] is None
     r = invoke("search", p, "payments lead", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)[0]["id"] == want
+
+
+@pytest.mark.parametrize("where", ["threshold", "close"])
+def test_a_failed_snapshot_write_never_fails_the_commit_it_follows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """16.3: a snapshot is optional. When writing it fails (disk full), the commit
+    before it still reports success and stays durable; the error is on
+    ``close_error``, the writer is poisoned like after any I/O error, and a new
+    writer finds every record and searches it."""
+    import errno
+
+    import capsule._capsule as ccap
+    import capsule._file as cfile
+
+    p = tmp_path / "full.capsule"
+    rng = np.random.default_rng(3)
+    vecs = rng.normal(size=(400, 8))
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            for i in range(100):
+                tx.remember(f"m{i}", embedding=vecs[i])
+        cap.build_index()
+        monkeypatch.setattr(ccap, "SNAPSHOT_EVERY", 50)
+        real = cfile._pwrite
+        def big(fd: int, data: Any, off: int) -> int:  # only the write carrying the snapshot fails
+            if _vindex.MAGIC in bytes(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, data, off)
+
+        if where == "threshold":
+            monkeypatch.setattr(cfile, "_pwrite", big)
+            with cap.commit() as tx:  # passes the threshold: a snapshot follows, and fails
+                for i in range(100, 400):
+                    tx.remember(f"m{i}", embedding=vecs[i])
+            assert tx.info is not None and cap.close_error is not None
+            with pytest.raises(capsule.WriterPoisoned):
+                with cap.commit() as tx2:
+                    tx2.remember("after")
+        else:
+            monkeypatch.setattr(ccap, "SNAPSHOT_EVERY", 10**9)
+            with cap.commit() as tx:
+                for i in range(100, 400):
+                    tx.remember(f"m{i}", embedding=vecs[i])
+            monkeypatch.setattr(cfile, "_pwrite", big)
+    monkeypatch.undo()
+    assert capsule.verify(p).ok
+    with capsule.open(p, "a") as cap:
+        assert len([r for r in cap.records("memory")]) == 400
+        for i in (0, 150, 399):
+            assert cap.search(vector=vecs[i], k=1, mode="vector")[0].text == f"m{i}"
