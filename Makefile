@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/store.py
 	$(BIN)/python benchmarks/checkpoints.py
 	$(BIN)/python benchmarks/actions.py
+	$(BIN)/python benchmarks/search.py
 
 vectors: $(STAMP)
 	$(BIN)/python spec/vectors/make_vectors.py
