@@ -672,7 +672,7 @@ def search(
     k: Annotated[int, typer.Option("-k", "--top", help="How many results.", min=1, max=10000)] = 10,
     mode: Annotated[str, typer.Option("--mode", help="auto, lexical (BM25), vector or hybrid (both, fused by "
                                       "reciprocal rank). auto: hybrid when the capsule's vectors came from a "
-                                      "named embedder, else lexical.")] = "auto",
+                                      "semantic embedder (minilm, st:...), else lexical.")] = "auto",
     vector: Annotated[Path | None, typer.Option("--vector", help="Query vector: a .npy array or a .json list.")]
     = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Only records with this tag (repeatable: all).")]

@@ -42,6 +42,7 @@ printf '\xff' | dd of="$cap" bs=1 seek=300 conv=notrunc status=none
 echo "# search: pack a folder of notes (chunked, path + chunk in meta), then ask it things"
 run "$BIN/capsule" pack "$(dirname "$0")/notes" -o "$dir/notes.capsule"
 run "$BIN/capsule" search "$dir/notes.capsule" "who do I page for payments" -k 3
+run "$BIN/capsule" search "$dir/notes.capsule" "who do I page for payments" -k 3 --mode hybrid
 run "$BIN/capsule" search "$dir/notes.capsule" "staging database" --mode lexical -k 2
 run "$BIN/capsule" search "$dir/notes.capsule" "rollback during the deploy freeze" --mode vector -k 2 --json
 run "$BIN/capsule" search "$dir/notes.capsule" "latency budget" --meta path=glossary.txt

@@ -1036,16 +1036,28 @@ def test_a_view_searches_only_what_was_committed_then(tmp_path: Path) -> None:
         assert {h.id for h in cap.search(vector=x[450], mode="vector", k=1000)} == set(old + new)
 
 
-def test_auto_mode(layered: Layered, cli_capsule: tuple[Path, list[str]]) -> None:
-    """auto: hybrid when the vectors name an embedder, else lexical; with a vector,
-    hybrid when there is text too, else vector."""
+def test_auto_mode(layered: Layered, cli_capsule: tuple[Path, list[str]], tmp_path: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: hybrid when the vectors name a semantic embedder, else lexical (the hash
+    embedder is lexical itself); with a vector, hybrid when there is text too, else vector."""
     with capsule.open(layered.path) as cap:
         v = np.random.default_rng(0).normal(size=DIM_LAYERED)
-        assert ranked(cap.search("deploy vault")) == ranked(cap.search("deploy vault", mode="hybrid"))
+        assert ranked(cap.search("deploy vault")) == ranked(cap.search("deploy vault", mode="lexical"))
         assert ranked(cap.search(vector=v)) == ranked(cap.search(vector=v, mode="vector"))
         assert ranked(cap.search("deploy", vector=v)) == ranked(cap.search("deploy", vector=v, mode="hybrid"))
     with capsule.open(cli_capsule[0]) as cap:
         assert ranked(cap.search("deploy")) == ranked(cap.search("deploy", mode="lexical"))
+    from capsule import _embed
+
+    monkeypatch.setitem(_embed._REGISTRY, "sem16", lambda: capsule.HashEmbedder(16))  # stands in for a model
+    p = tmp_path / "sem.capsule"
+    with capsule.create(p) as cap:
+        cap.configure_vectors(dim=16, embedder="sem16")
+        with cap.commit() as tx:
+            for i, text in enumerate(["deploy the vault", "vault keys rotate", "lunch at noon", "deploy freeze"]):
+                tx.remember(text, embedding=capsule.HashEmbedder(16).embed([text])[0], time=T0 + i)
+        hybrid = ranked(cap.search("deploy vault", mode="hybrid"))
+        assert ranked(cap.search("deploy vault")) == hybrid != ranked(cap.search("deploy vault", mode="lexical"))
 
 
 # --- corrupt snapshots ---------------------------------------------------------------------
