@@ -103,13 +103,20 @@ def init(path: FileArg, json_out: JsonOpt = False) -> None:
         out.print(f"created {path} (file id {info['file_id']})", markup=False)
 
 
-def _parse_meta(items: list[str]) -> dict[str, Any]:
+def _parse_meta(items: list[str], *, scalars: bool = False) -> dict[str, Any]:
+    """KEY=VALUE pairs. With ``scalars`` (search filters) a VALUE that is a JSON
+    number, boolean or null is read as one (chunk=0), anything else as text."""
     meta: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             fail(f"--meta expects KEY=VALUE, got {item!r}", 2)
         meta[key] = value
+        if scalars:
+            with contextlib.suppress(json.JSONDecodeError, RecursionError):
+                parsed = json.loads(value)
+                if isinstance(parsed, int | float | bool) or parsed is None:
+                    meta[key] = parsed
     return meta
 
 
@@ -649,21 +656,6 @@ def _load_vector(source: Path) -> Any:
     return v.reshape(-1)
 
 
-def _meta_filter(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE; VALUE is read as JSON when it is a JSON scalar (chunk=0), else as text."""
-    meta: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            fail(f"--meta expects KEY=VALUE, got {item!r}", 2)
-        try:
-            parsed = json.loads(value)
-            meta[key] = parsed if isinstance(parsed, int | float | bool) or parsed is None else value
-        except (json.JSONDecodeError, RecursionError):
-            meta[key] = value
-    return meta
-
-
 @app.command()
 def search(
     path: FileArg,
@@ -706,7 +698,7 @@ def search(
       capsule search notes.capsule "deploy freeze" --mode lexical --tag ops --since 2026-01-01
       capsule search agent.capsule --vector q.npy --json
     """
-    meta_map = _meta_filter(meta or [])
+    meta_map = _parse_meta(meta or [], scalars=True)
     if not query.strip() and vector is None:
         fail("give a QUERY text, a query --vector, or both", 2)
 
