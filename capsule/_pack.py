@@ -11,7 +11,6 @@ straight to search.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any
 
 from ._embed import Embedder, get_embedder
 from ._errors import AlreadyExists, CapsuleNotFound, DataError, InvalidRecordError, UsageError
+from ._jsonl import read_jsonl
+from ._vindex import VectorParams
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
 CHUNK_CHARS = 1200
@@ -67,7 +68,10 @@ def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
     return out
 
 
-def _folder(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> Iterator[dict[str, Any]]:
+Row = tuple[str, dict[str, Any]]  # (where it came from, for errors; the record)
+
+
+def _folder(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> Iterator[Row]:
     files = sorted((p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES),
                    key=lambda p: p.relative_to(src).as_posix())
     for p in files:
@@ -89,26 +93,27 @@ def _folder(src: Path, report: PackReport, warn: Callable[[str], None], limit: i
             continue
         report.files += 1
         for i, chunk in enumerate(chunk_text(text, limit)):
-            yield {"kind": "memory", "text": chunk, "source": rel, "meta": {"chunk": i, "path": rel}}
+            yield f"{rel} chunk {i}", {"kind": "memory", "text": chunk, "source": rel,
+                                       "meta": {"chunk": i, "path": rel}}
 
 
-def _jsonl(src: Path) -> Iterator[dict[str, Any]]:
+def _jsonl(src: Path) -> Iterator[Row]:
     with src.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError:
-                raise InvalidRecordError(f"{src.name} line {n}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                raise InvalidRecordError(f"{src.name} line {n}: invalid JSON ({getattr(e, 'msg', e)})") from None
+        for n, obj in read_jsonl(f, f"{src.name} "):
             if not isinstance(obj, dict):
                 raise InvalidRecordError(f"{src.name} line {n}: a record must be a JSON object")
-            obj.setdefault("_line", n)
-            yield obj
+            yield f"{src.name} line {n}", obj
+
+
+def _embedder_for(choice: str | Embedder | None, have: VectorParams | None, own: bool) -> Embedder | None:
+    """16.1: which embedder fills in missing vectors; a capsule's vectors all come from one."""
+    if choice == "auto":  # keep to what made the capsule's vectors; else hash, unless records bring their own
+        choice = (have.embedder or None) if have is not None else (None if own else "hash")
+    emb = None if choice is None else get_embedder(choice)
+    if emb is not None and have is not None and have.embedder != emb.name:
+        made = f"the {have.embedder} embedder" if have.embedder else "the agent (no named embedder)"
+        raise UsageError(f"this capsule's vectors came from {made}; pack with the same embedder, not {emb.name}")
+    return emb
 
 
 def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = "auto", batch: int = 1000,
@@ -141,20 +146,22 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if not rows:
             raise UsageError(f"{src}: no records")
         report.files = 1
-    if embedder == "auto":
-        own = any(isinstance(r, dict) and r.get("embedding") is not None for r in rows)
-        embedder = None if own else "hash"
-    emb = None if embedder is None else get_embedder(embedder)
-    report.embedder = None if emb is None else emb.name
+    own = any(r.get("embedding") is not None for _, r in rows)
     if out.exists() and not append:
         raise AlreadyExists(f"{out}: already exists (pass append=True / --append to add to it)")
+    # A new capsule's embedder is loaded before the file exists, so a missing model
+    # leaves nothing behind; appending checks it against the capsule's own.
+    emb = None if append else _embedder_for(embedder, None, own)
     cap = open_capsule(out, "a") if append else create(out)
     try:
+        if append:
+            emb = _embedder_for(embedder, cap.vector_config(), own)
+        report.embedder = None if emb is None else emb.name
         if emb is not None and cap.vector_config() is None:
             cap.configure_vectors(dim=emb.dim, embedder=emb.name)
         total = len(rows)
         for start in range(0, total, batch):
-            group = rows[start : start + batch]
+            group = [r for _, r in rows[start : start + batch]]
             todo = [i for i, r in enumerate(group)
                     if emb is not None and r.get("kind", "memory") == "memory" and r.get("embedding") is None
                     and isinstance(r.get("text"), str)]
@@ -163,12 +170,10 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
                 for i, v in zip(todo, vecs, strict=True):
                     group[i] = {**group[i], "embedding": v}
             with cap.commit() as tx:
-                for r in group:
-                    line = r.pop("_line", None)
+                for (where, _), r in zip(rows[start : start + batch], group, strict=True):
                     try:
                         tx.put_value(r)
                     except DataError as e:
-                        where = f"line {line}" if line is not None else str(r.get("source", "record"))
                         raise InvalidRecordError(f"{where}: {e}") from None
                     if r.get("embedding") is not None:
                         report.vectors += 1

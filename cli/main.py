@@ -22,6 +22,7 @@ from rich.text import Text
 
 import capsule
 from capsule import CapsuleError, DataError, UsageError
+from capsule._jsonl import loads, read_jsonl
 
 app = typer.Typer(
     name="capsule",
@@ -132,15 +133,6 @@ def _close_warning(cap: capsule.Capsule) -> Iterator[None]:
                       f"({cap.close_error}); the next open may be slower", markup=False)
 
 
-def _loads(text: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise capsule.InvalidRecordError(f"{where}invalid JSON: {e.msg}") from None
-    except RecursionError:
-        raise capsule.InvalidRecordError(f"{where}JSON nested too deeply") from None
-
-
 def _jsonl(source: str) -> Iterator[tuple[int, Any]]:
     """Parse JSONL strictly as UTF-8 (stdin too: no surrogate escapes)."""
     if source == "-":
@@ -153,14 +145,7 @@ def _jsonl(source: str) -> Iterator[tuple[int, Any]]:
             fail(f"{source}: is a directory", 2)
         stream = p.open("rb")
     try:
-        for n, raw in enumerate(stream, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # tolerate a leading BOM
-            except UnicodeDecodeError:
-                raise capsule.InvalidRecordError(f"line {n}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            yield n, _loads(line, f"line {n}: ")
+        yield from read_jsonl(stream)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -198,7 +183,7 @@ def put(
         if text is not None or jsonl is not None or tag or meta:
             fail("--json-body stands alone: no --text, --jsonl, --tag or --meta", 2)
         try:
-            body = _loads(json_body, "--json-body: ")
+            body = loads(json_body, "--json-body: ")
         except capsule.InvalidRecordError as e:
             fail(str(e), 1)
         if not isinstance(body, dict):
@@ -550,7 +535,7 @@ def actions(
 
     def go() -> list[dict[str, Any]]:
         if resolve is not None:
-            v = _loads(value, "--value: ") if value is not None else None
+            v = loads(value, "--value: ") if value is not None else None
             with capsule.open(path, "a") as cap:
                 return [cap.resolve_action(resolve, done=bool(done), value=v).to_dict()]
         with capsule.open(path) as cap:

@@ -235,3 +235,34 @@ def test_cli_pack_errors_are_one_line(tmp_path: Path, argv: list[str]) -> None:
     assert_one_line_error(r.stderr)
     assert existing.read_bytes() == b"not mine"
     assert not (tmp_path / "out.capsule").exists()
+
+
+def test_appending_keeps_one_embedder_per_capsule(tmp_path: Path) -> None:
+    """16.1: a capsule's vectors come from one embedder. Appending with ``auto``
+    reuses the capsule's; naming another one is refused before anything is written."""
+    first, more = tmp_path / "first", tmp_path / "more"
+    make_folder(first, {"a.md": b"deploys freeze on Fridays\n"})
+    make_folder(more, {"b.md": b"lunch is at noon\n"})
+    out = tmp_path / "notes.capsule"
+    capsule.pack(first, out, embedder="hash-64")
+    before = out.read_bytes()
+    with pytest.raises(capsule.UsageError, match="hash-64"):
+        capsule.pack(more, out, embedder="hash", append=True)  # same dimension family, other embedder
+    assert out.read_bytes() == before
+    rep = capsule.pack(more, out, append=True)  # auto: the capsule's own
+    assert rep.embedder == "hash-64" and rep.vectors == 1
+    with capsule.open(out) as cap:
+        assert cap.vector_config().embedder == "hash-64"  # type: ignore[union-attr]
+        assert cap.search("lunch noon", mode="vector", k=1)[0].text == "lunch is at noon"
+    r = invoke("pack", more, "-o", out, "--append", "--embedder", "hash")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+
+
+def test_jsonl_fields_pass_through_untouched(tmp_path: Path) -> None:
+    """pack keeps no bookkeeping inside the records it reads: a field the record
+    kind does not know is refused, named by its line, whatever it is called."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "fine"}\n{"text": "odd", "_line": 7}\n')
+    with pytest.raises(capsule.InvalidRecordError, match="in.jsonl line 2"):
+        capsule.pack(src, tmp_path / "out.capsule", embedder=None)
+    assert not (tmp_path / "out.capsule").exists()
