@@ -50,7 +50,7 @@ def blob_parts(btype: str, data: bytes) -> tuple[list[bytes], bytes]:
     return out, bid
 
 
-def parse_blob_refs(v: object, offset: int, bad: type[Exception] | None = None) -> dict[str, BlobRef]:
+def parse_blob_refs(v: object, offset: int) -> dict[str, BlobRef]:
     """9.2: the INDEX `blobs` array, strictly (sorted by type, distinct)."""
     def err(msg: str) -> CorruptError:
         return CorruptError(msg, offset=offset, check="index")

@@ -148,7 +148,9 @@ class Capsule:
         self._roots_next: RootCache | None = None  # the cache after the commit being written
         self._journal: Journal | None = None
         self._tasks: Tasks | None = None
-        self._committed = False  # a handle that never committed never writes, not even on close
+        # A handle that never committed writes no INDEX on close; the one thing it may
+        # write is a vector snapshot of an index it built (16.3), so that work is kept.
+        self._committed = False
         self._search: Searcher | None = None
         self._vector_defaults: VectorParams | None = None  # configure_vectors() before the first embedding
 
@@ -811,8 +813,9 @@ class Capsule:
         """Write a snapshot of the vector index now if it holds vectors the newest
         snapshot lacks. True if one was written."""
         self._check_writer()
-        vi = self._searcher().vectors()
-        if vi is None or (len(vi) == self._search.snapshot_count and BLOB_TYPE in self._snap.blobs):  # type: ignore[union-attr]
+        s = self._searcher()
+        vi = s.vectors()
+        if vi is None or (len(vi) == s.snapshot_count and BLOB_TYPE in self._snap.blobs):
             return False
         self._write_snapshot()
         return True

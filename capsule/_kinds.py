@@ -306,7 +306,6 @@ def approval_message(subject: bytes) -> bytes:
     return pae(APPROVAL_PAYLOAD_TYPE, subject)
 
 
-
 def _int_in(lo: int, hi: int) -> Callable[[object, str], int]:
     def parse(v: object, name: str) -> int:
         if type(v) is not int or not lo <= v <= hi:

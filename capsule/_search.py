@@ -37,7 +37,7 @@ from ._embed import Embedder, get_embedder
 from ._errors import CorruptError, DataError, UsageError
 from ._frames import parse_frame_header, raw_payload
 from ._lexical import Lexical
-from ._records import decode_record, parse_iso_time, parse_meta
+from ._records import decode_record, parse_iso_time, parse_meta, parse_tags
 from ._records import record_id as content_id
 from ._scan import read_frame_at
 from ._vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
@@ -99,22 +99,17 @@ class Filter:
             if isinstance(v, str):
                 try:
                     return parse_iso_time(v)
-                except Exception:
+                except DataError:
                     raise UsageError(f"{what} {v!r} is not an ISO-8601 time") from None
             raise UsageError(f"{what} must be int ns or an ISO-8601 string")
 
-        m: list[tuple[str, bytes]] = []
-        try:
-            norm = parse_meta(dict(meta or {}))  # the same normalisation (NFC...) as stored meta
+        try:  # filter values get the same normalisation (NFC...) as stored tags and meta
+            norm = parse_meta(dict(meta or {}))
+            all_of, any_of = parse_tags(strs(tags, "tags")), parse_tags(strs(any_tags, "any_tags"))
         except DataError as e:
-            raise UsageError(f"meta filter: {e}") from None
-        for k, v in sorted(norm.items()):
-            m.append((k, canon.pack(v)))
-        from unicodedata import normalize
-
-        return cls(tuple(normalize("NFC", t) for t in strs(tags, "tags")),
-                   tuple(normalize("NFC", t) for t in strs(any_tags, "any_tags")), tiers, kinds,
-                   when(since, "since"), when(until, "until"), tuple(m))
+            raise UsageError(f"filter: {e}") from None
+        return cls(all_of, any_of, tiers, kinds, when(since, "since"), when(until, "until"),
+                   tuple((k, canon.pack(v)) for k, v in sorted(norm.items())))
 
 
 class Hit:
@@ -257,14 +252,15 @@ class Searcher:
             got = self._blob_params()
             if got is not None:
                 self.params = got[0]
-            elif "vindex" in self.cap._snap.kinds:
-                for rec in self.cap.records("vindex"):
-                    self.params = _params_of(rec)
-                    break
-            elif "memory" in self.cap._snap.kinds and self._cfg_pos < self.cap._snap.end:
-                # 16.1: no vindex record: the defaults and the first embedding's dimension.
+            elif self._cfg_pos < self.cap._snap.end and ({"vindex", "memory"} & set(self.cap._snap.kinds)):
+                # 16.1: the first vindex record, or else the defaults with the first
+                # embedding's dimension (with no vindex record in the file at all).
+                want_vindex = "vindex" in self.cap._snap.kinds
                 for _, rec in self._scan(self._cfg_pos):
-                    if rec.kind == "memory" and rec.embedding is not None:
+                    if rec.kind == "vindex":
+                        self.params = _params_of(rec)
+                        break
+                    if not want_vindex and rec.kind == "memory" and rec.embedding is not None:
                         self.params = VectorParams(dim=len(rec.embedding))
                         break
                 else:
@@ -526,8 +522,9 @@ def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int
         else:
             # Hybrid only with a semantic embedder: fusing BM25 with the hash embedder (itself
             # lexical) lost to BM25 alone on LoCoMo (recall@10 0.465 vs 0.559; minilm: 0.572).
-            name = embedder or (s.config().embedder if s.config() is not None else "")  # type: ignore[union-attr]
-            named = name if isinstance(name, str) else getattr(name, "name", "")
+            cfg = s.config()
+            name = embedder or (cfg.embedder if cfg is not None else "")
+            named = name if isinstance(name, str) else name.name
             mode = "hybrid" if named and not named.startswith("hash") else "lexical"
     if mode in ("vector", "hybrid") and vector is None:
         if not text.strip():
@@ -555,10 +552,7 @@ def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int
 def _embed_query(s: Searcher, text: str, embedder: str | Embedder | None) -> np.ndarray:
     p = s.config()
     if p is None:
-        if s.vectors() is None:
-            raise UsageError("this capsule has no vectors: use --mode lexical (or add memories with embeddings)")
-        p = s.params
-        assert p is not None
+        raise UsageError("this capsule has no vectors: use --mode lexical (or add memories with embeddings)")
     name = embedder or p.embedder
     if not name:
         raise UsageError("this capsule's vectors came from the agent, not a named embedder: pass the query as a "

@@ -257,14 +257,14 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     if len(got_labels) != sum(r.count for r in meta.labels) or got_labels != labels_at:
                         raise CorruptError("INDEX label tables do not match the checkpoints", offset=fh.offset,
                                            seq=fh.seq, check="index-label")
-                    for ref in meta.blobs.values():
+                    for ref in meta.blobs.values() if deep else ():
                         if ref not in blobs_seen:
                             # 3.4, 16.2: the blob the INDEX names is whole, hashes right and,
                             # for the vector index, passes every bound a reader checks.
                             blobs_seen.add(ref)
                             blob, _, check = read_blob(h, ref, header.max_frame_len, fh.offset)
                             check()
-                            if ref.type == BLOB_TYPE and deep:
+                            if ref.type == BLOB_TYPE:
                                 VectorIndex.decode(blob, where=ref.offset)
                     want_ck = (last_ck.offset, last_ck.hash) if last_ck else None
                     if meta.checkpoint != want_ck or meta.keyset != (keysets[-1].offset if keysets else None):
