@@ -403,8 +403,8 @@ class Searcher:
                 return (getattr(d.recs[j], "meta", None) or {}) if j is not None else {}
 
         gone = [x for x in (vi.label_of(r) for r in dead) if x is not None]
-        return self._mask(len(vi), np.array(gone, np.int64), vi.times[: len(vi)], vi.ttls[: len(vi)],
-                          vi.tiers[: len(vi)], vi.tag_mask, None, flt, now, meta_of)
+        return self._mask(len(vi), np.array(gone, np.int64), vi.times, vi.ttls, vi.tiers, vi.tag_mask, None, flt,
+                          now, meta_of)
 
     # --- the searches --------------------------------------------------------------------
     def vector_search(self, q: Any, k: int, flt: Filter, now: int, ef: int) -> list[tuple[bytes, float, Any]]:

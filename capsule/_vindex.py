@@ -136,9 +136,11 @@ class VectorIndex:
             raise UsageError("a vector index needs its dimension")
         self.params = params
         self.ids = IdArray()
-        self.times = np.zeros(0, np.int64)
-        self.ttls = np.zeros(0, np.int64)
-        self.tiers = np.zeros(0, np.uint8)
+        # Catalog columns with room to grow (read through the properties below), so an
+        # agent that commits and searches in turn appends in O(new), not O(all).
+        self._times = np.zeros(0, np.int64)
+        self._ttls = np.zeros(0, np.int64)
+        self._tiers = np.zeros(0, np.uint8)
         self.has_ttl = False
         # Tags: a CSR table for the entries loaded from a snapshot, a list for later ones.
         self._tag_names: list[str] = []
@@ -191,26 +193,36 @@ class VectorIndex:
         self._append(entries, stored)
 
     def _append(self, entries: list[Entry], stored: np.ndarray) -> None:
+        n0, n1 = self._n, self._n + len(entries)
+        self._times = _put(self._times, n0, [e.time for e in entries])
+        self._ttls = _put(self._ttls, n0, [e.ttl for e in entries])
+        self._tiers = _put(self._tiers, n0, [e.tier for e in entries])
+        self._buf = _put(self._buf, n0, stored)
         self.ids.extend(e.rid for e in entries)
-        self.times = np.concatenate([self.times, np.array([e.time for e in entries], np.int64)])
-        self.ttls = np.concatenate([self.ttls, np.array([e.ttl for e in entries], np.int64)])
-        self.tiers = np.concatenate([self.tiers, np.array([e.tier for e in entries], np.uint8)])
         self.has_ttl = self.has_ttl or any(e.ttl for e in entries)
         self._tags_ext.extend(e.tags for e in entries)
-        n1 = self._n + len(entries)
-        if n1 > len(self._buf) or not self._buf.flags.writeable or not self._buf.flags.c_contiguous:
-            # grow by doubling (appends stay amortized O(1)); a snapshot's view becomes our own array
-            grown = np.zeros((max(n1, 2 * len(self._buf), 64), self.params.dim), np.float32)
-            grown[: self._n] = self._buf[: self._n]
-            self._buf = grown
-        self._buf[self._n : n1] = stored
         self._n = n1
-        self._label_of = None
-        self._tag_labels = {}
+        if self._label_of is not None:
+            self._label_of.update((e.rid, n0 + i) for i, e in enumerate(entries))
+        for tag, m in self._tag_labels.items():
+            self._tag_labels[tag] = np.concatenate([m, [tag in e.tags for e in entries]])
+        self._sqn = None
 
     @property
     def _vecs(self) -> np.ndarray:
         return self._buf[: self._n]
+
+    @property
+    def times(self) -> np.ndarray:
+        return self._times[: self._n]
+
+    @property
+    def ttls(self) -> np.ndarray:
+        return self._ttls[: self._n]
+
+    @property
+    def tiers(self) -> np.ndarray:
+        return self._tiers[: self._n]
 
     # --- lookup helpers ----------------------------------------------------------
     def label_of(self, rid: bytes) -> int | None:
@@ -228,7 +240,7 @@ class VectorIndex:
     def tag_mask(self, tag: str) -> np.ndarray:
         """Labels carrying ``tag``, as a boolean mask (cached per tag)."""
         hit = self._tag_labels.get(tag)
-        if hit is None or len(hit) != self._n:
+        if hit is None:
             m = np.zeros(self._n, bool)
             j = _bisect(self._tag_names, tag)
             if j is not None and len(self._tag_ix):
@@ -322,7 +334,7 @@ class VectorIndex:
             v = self._dense() if whole else self._vecs[labels]
             if self.params.space == "l2":
                 if whole:
-                    if self._sqn is None or len(self._sqn) != self._n:
+                    if self._sqn is None:
                         self._sqn = np.einsum("ij,ij->i", v, v)
                     sqn = self._sqn
                 else:
@@ -510,10 +522,10 @@ class VectorIndex:
                 raise bad("an upper-level neighbour is out of range")
         self = cls(p)
         self.ids = IdArray(arr["ids"].tobytes())
-        self.times = arr["time"].view("<i8").astype(np.int64)
-        self.ttls = ttl.astype(np.int64)
-        self.has_ttl = bool(n and int(self.ttls.max()) > 0)
-        self.tiers = tier.astype(np.uint8)
+        self._times = arr["time"].view("<i8").astype(np.int64)
+        self._ttls = ttl.astype(np.int64)
+        self.has_ttl = bool(n and int(self._ttls.max()) > 0)
+        self._tiers = tier.astype(np.uint8)
         self._tag_names, self._tag_off, self._tag_ix = tags, tag_off, tag_ix
         self._buf = vecs
         self._n = n
@@ -542,3 +554,15 @@ def _bisect(names: list[str], tag: str) -> int | None:
 
     j = bisect.bisect_left(names, tag)
     return j if j < len(names) and names[j] == tag else None
+
+
+def _put(arr: np.ndarray, at: int, values: Any) -> np.ndarray:
+    """``arr`` with ``values`` written from row ``at``, grown by doubling when full.
+    A read-only or strided array (a snapshot's view) is copied into one of our own."""
+    n1 = at + len(values)
+    if n1 > len(arr) or not arr.flags.writeable or not arr.flags.c_contiguous:
+        grown = np.zeros((max(n1, 2 * len(arr), 64), *arr.shape[1:]), arr.dtype)
+        grown[:at] = arr[:at]
+        arr = grown
+    arr[at:n1] = values
+    return arr
