@@ -48,7 +48,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import selectors
 import shutil
@@ -64,6 +63,7 @@ from typing import Any
 
 import hnswlib
 import numpy as np
+import store  # the shared environment record (benchmarks/ is on sys.path when run)
 
 import capsule
 
@@ -904,7 +904,8 @@ def _exact_below() -> int | None:
         from capsule import _vindex
     except ImportError:
         return None
-    return getattr(_vindex, "EXACT_BELOW", None)
+    below, work = getattr(_vindex, "EXACT_BELOW", None), getattr(_vindex, "EXACT_WORK", None)
+    return None if below is None else min(below, work // DIM) if work else below
 
 
 # --- environment and main ----------------------------------------------------------------------
@@ -917,29 +918,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _git_state() -> dict[str, Any] | None:
-    """Which library code was measured: HEAD plus whether capsule/ had local edits."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "capsule"], cwd=ROOT.parent,
-                               capture_output=True, text=True, check=True).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"head": head, "capsule_modified_files": sorted(ln[3:] for ln in dirty if ln.strip())}
-
-
 def environment(tmp: Path) -> dict[str, Any]:
-    return {
-        "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-        "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "tmpdir": str(tmp), "capsule": capsule.__version__, "numpy": np.__version__,
-        "hnswlib": _version("hnswlib"), "memvid-sdk": _version("memvid-sdk"),
-        "openblas_env": {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS")},
-        "page_cache": "warm (files just written; caches are not dropped)",
-        "loadavg_start": list(os.getloadavg()), "git": _git_state(),
-    }
+    """store.py's record of the machine and code, plus this benchmark's libraries."""
+    return {**store.environment(tmp), "hnswlib": _version("hnswlib"), "memvid-sdk": _version("memvid-sdk")}
 
 
 def run(cfg: Config, tmp: Path, systems: set[str], skip_locomo: bool, skip_vectors: bool = False) -> dict[str, Any]:
