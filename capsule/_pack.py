@@ -1,4 +1,4 @@
-"""Pack a folder of text / markdown files, or a JSONL file, into a capsule.
+"""Pack a folder of text / markdown files (or one such file), or a JSONL file, into a capsule.
 
 Files are read in sorted relative-path order and chunked by paragraphs, so the
 same input gives the same records; with ``SOURCE_DATE_EPOCH`` set the capsule
@@ -71,11 +71,14 @@ def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
 Row = tuple[str, dict[str, Any]]  # (where it came from, for errors; the record)
 
 
-def _folder(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> Iterator[Row]:
-    files = sorted((p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES),
-                   key=lambda p: p.relative_to(src).as_posix())
-    for p in files:
-        rel = p.relative_to(src).as_posix()
+def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> Iterator[Row]:
+    """A folder's text files in sorted relative-path order (or one text file, by its name)."""
+    if src.is_dir():
+        files = sorted((p.relative_to(src).as_posix(), p) for p in src.rglob("*")
+                       if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+    else:
+        files = [(src.name, src)]
+    for rel, p in files:
         try:
             raw = p.read_bytes()
             text = raw.decode("utf-8-sig")
@@ -119,7 +122,7 @@ def _embedder_for(choice: str | Embedder | None, have: VectorParams | None, own:
 def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = "auto", batch: int = 1000,
          append: bool = False, chunk_chars: int = CHUNK_CHARS, progress: Callable[[int, int], None] | None = None,
          warn: Callable[[str], None] | None = None, build: bool = True) -> PackReport:
-    """Ingest ``src`` (a folder or a ``.jsonl`` file) into the capsule ``out``.
+    """Ingest ``src`` (a folder or file of text / markdown, or a JSONL file) into the capsule ``out``.
 
     ``embedder``: a name (``hash``, ``minilm``, ...), an :class:`Embedder`, ``None``
     for no vectors, or ``"auto"``: ``hash`` for folders and for JSONL whose records
@@ -137,8 +140,8 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     if chunk_chars < 100:
         raise UsageError("chunks must allow at least 100 characters")
     report = PackReport()
-    if src.is_dir():
-        rows = list(_folder(src, report, warn, chunk_chars))
+    if src.is_dir() or src.suffix.lower() in TEXT_SUFFIXES:
+        rows = list(_texts(src, report, warn, chunk_chars))
         if not rows:
             raise UsageError(f"{src}: no UTF-8 text or markdown files ({', '.join(TEXT_SUFFIXES)}) to pack")
     else:

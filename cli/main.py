@@ -720,7 +720,7 @@ def search(
 
 @app.command()
 def pack(
-    src: Annotated[Path, typer.Argument(help="A folder of .txt/.md files, or a .jsonl file of records.",
+    src: Annotated[Path, typer.Argument(help="A folder of .txt/.md files (or one), or a .jsonl file of records.",
                                         show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="The capsule to write.", show_default=False)],
     embedder: Annotated[str, typer.Option("--embedder", help="hash (offline hashed word/char n-grams), minilm "

@@ -266,3 +266,21 @@ def test_jsonl_fields_pass_through_untouched(tmp_path: Path) -> None:
     with pytest.raises(capsule.InvalidRecordError, match="in.jsonl line 2"):
         capsule.pack(src, tmp_path / "out.capsule", embedder=None)
     assert not (tmp_path / "out.capsule").exists()
+
+
+def test_pack_a_single_text_file(tmp_path: Path) -> None:
+    """One .md/.txt file packs like a folder holding just it (path = its name);
+    anything else is read as JSONL."""
+    src = tmp_path / "notes.md"
+    src.write_bytes(FILES["a.md"])
+    out = tmp_path / "one.capsule"
+    rep = capsule.pack(src, out)
+    assert rep.files == 1 and rep.records == 1
+    with capsule.open(out) as cap:
+        (hit,) = cap.search("uniqsecond", mode="lexical")
+        assert hit.meta == {"chunk": 0, "path": "notes.md"}
+    bad = tmp_path / "latin.txt"
+    bad.write_bytes(FILES["latin1.txt"])
+    with pytest.raises(capsule.UsageError, match="no UTF-8 text"):
+        capsule.pack(bad, tmp_path / "none.capsule")
+    assert not (tmp_path / "none.capsule").exists()
