@@ -461,8 +461,8 @@ def print_table(rows: list[dict[str, str]], title: str, peer: str) -> None:
 def sources_digest() -> str:
     """The library may carry uncommitted edits: name the exact sources measured."""
     h = hashlib.sha256()
-    for f in sorted(Path(capsule.__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in sorted(Path(capsule.__file__).parent.rglob("*.py")):
+        h.update(str(f.relative_to(Path(capsule.__file__).parent)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 

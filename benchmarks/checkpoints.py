@@ -251,8 +251,8 @@ def capsule_phases(path: Path, label: str, rc: ReadCounter | None = None) -> dic
     """Where ``open(path, at=label)`` + ``.state_root`` spends its time, phase by
     phase, through the same calls ``open(at=)`` makes (read-only internals).
     With ``rc`` (an active :class:`ReadCounter`) it also says what each phase read."""
-    from capsule._capsule import replay
-    from capsule._file import ReadHandle
+    from capsule.handle.capsule import replay
+    from capsule.format.file import ReadHandle
 
     reads: dict[str, dict[str, int]] = {}
 
@@ -794,8 +794,8 @@ def print_profile(p: dict[str, Any]) -> None:
 
 def sources_digest() -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(capsule.__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for f in sorted(Path(capsule.__file__).parent.rglob("*.py")):
+        h.update(str(f.relative_to(Path(capsule.__file__).parent)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 

@@ -901,7 +901,7 @@ def report(res: dict[str, Any]) -> None:
 def _exact_below() -> int | None:
     """Below how many vectors capsule scans instead of walking the graph, if it says."""
     try:
-        from capsule import _vindex
+        from capsule.search import vindex as _vindex
     except ImportError:
         return None
     below, work = getattr(_vindex, "EXACT_BELOW", None), getattr(_vindex, "EXACT_WORK", None)

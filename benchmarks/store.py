@@ -180,7 +180,7 @@ def json_body(rec: Rec) -> str:
 def record_sizes(recs: list[Rec]) -> dict[str, float]:
     """Average stored sizes: capsule's canonical msgpack map (what a memory
     with these fields encodes to, spec 7.1) and the SQLite JSON body."""
-    from capsule._canonical import encode
+    from capsule.format.canonical import encode
 
     enc = [len(encode({"kind": "memory", "meta": m, "tags": sorted(g), "text": t, "time": ts}))
            for t, g, m, ts in recs]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging as _logging
 
-from ._actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
-from ._capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
-from ._embed import (
+from .run.actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
+from .handle.capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
+from .search.embed import (
     Embedder,
     HashEmbedder,
     SentenceTransformerEmbedder,
@@ -24,7 +24,7 @@ from ._embed import (
     get_embedder,
     register_embedder,
 )
-from ._errors import (
+from .core.errors import (
     AlreadyExists,
     CapsuleError,
     CapsuleNotFound,
@@ -39,7 +39,7 @@ from ._errors import (
     UsageError,
     WriterPoisoned,
 )
-from ._keys import (
+from .state.keys import (
     Keyset,
     PrivateKey,
     PublicKey,
@@ -48,13 +48,13 @@ from ._keys import (
     load_public_key,
     save_private_key,
 )
-from ._kinds import Approval, Constraint, Decision, Identity, Note
-from ._loop import AgentLoop, LoopResult, Step
-from ._pack import PackReport, pack
-from ._records import GenericRecord, Memory, kinds, register_kind
-from ._search import Filter, Hit
-from ._verify import VerifyReport, verify
-from ._vindex import VectorParams
+from .state.kinds import Approval, Constraint, Decision, Identity, Note
+from .run.loop import AgentLoop, LoopResult, Step
+from .ingest.pack import PackReport, pack
+from .format.records import GenericRecord, Memory, kinds, register_kind
+from .search.engine import Filter, Hit
+from .verifier.check import VerifyReport, verify
+from .search.vindex import VectorParams
 
 _logging.getLogger("capsule").addHandler(_logging.NullHandler())  # the application decides what to show
 

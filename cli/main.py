@@ -22,7 +22,7 @@ from rich.text import Text
 
 import capsule
 from capsule import CapsuleError, DataError, UsageError
-from capsule._jsonl import loads, read_jsonl
+from capsule.ingest.jsonl import loads, read_jsonl
 
 app = typer.Typer(
     name="capsule",
@@ -490,7 +490,7 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
             # capsule at the current time (SOURCE_DATE_EPOCH in reproducible mode)
             if at is not None:
                 return cap.tasks.to_dict(now=c.time if c else 0)
-            from capsule._clock import default_clock
+            from capsule.core.clock import default_clock
 
             return cap.tasks.to_dict(now=default_clock()())
 

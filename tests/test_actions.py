@@ -48,7 +48,7 @@ from capsule_cli.main import app
 from typer.testing import CliRunner, Result
 
 import capsule
-from capsule import _canonical as canon
+from capsule.format import canonical as canon
 
 CAPSULE_BIN = Path(sys.executable).with_name("capsule")
 runner = CliRunner()
@@ -118,7 +118,7 @@ import sys
 import time
 
 import capsule
-import capsule._file
+import capsule.format.file
 
 path, db, n, pause, gap, chunk = (sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4],
                                   float(sys.argv[5]), int(sys.argv[6]))
@@ -145,7 +145,7 @@ if chunk:
         time.sleep(0.0002)
         return written
 
-    capsule._file._pwrite = slow_pwrite
+    capsule.format.file._pwrite = slow_pwrite
 
 con = sqlite3.connect(db, isolation_level=None)  # autocommit: transactions are explicit below
 
@@ -778,7 +778,7 @@ import json
 import sys
 
 import capsule
-from capsule import _canonical as canon
+from capsule.format import canonical as canon
 
 path, keys = sys.argv[1], json.loads(sys.argv[2])
 called = []

@@ -35,10 +35,10 @@ from capsule_cli.main import app
 from typer.testing import CliRunner, Result
 
 import capsule
-from capsule import _canonical as canon
-from capsule import _constants as C
-from capsule._kinds import approval_message
-from capsule._records import record_id
+from capsule.format import canonical as canon
+from capsule.core import constants as C
+from capsule.state.kinds import approval_message
+from capsule.format.records import record_id
 
 CAPSULE_BIN = Path(sys.executable).with_name("capsule")
 T0 = 1_700_000_000 * 1_000_000_000  # 2023-11-14T22:13:20Z
@@ -75,7 +75,7 @@ class Tick:
 
 
 def iso(ns: int) -> str:
-    from capsule._clock import iso as _iso
+    from capsule.core.clock import iso as _iso
 
     return _iso(ns)
 
@@ -540,7 +540,7 @@ def test_views_by_commit_seq_root_prefix_and_iso_time(tmp_path: Path) -> None:
         want = expect[row["commit"]]
         assert want[0] == row["commit"] and want[1] == row["root"]
         # Same commit by seq, by root prefix, by its ISO time and by that time in another zone.
-        ns = capsule._records.parse_iso_time(row["time"])
+        ns = capsule.format.records.parse_iso_time(row["time"])
         kolkata = _as_offset(ns, 5 * 3600 + 1800)
         for at in (str(row["seq"]), root_prefix(row["root"], 8), root_prefix(row["root"], 4).upper(), row["time"],
                    kolkata):
@@ -549,7 +549,7 @@ def test_views_by_commit_seq_root_prefix_and_iso_time(tmp_path: Path) -> None:
         log = json.loads(ok("log", path, "--at", root_prefix(row["root"], 10), "--json").stdout)
         assert log == rows[: row["commit"]]
     # A moment between two commits views the earlier one; before the first, nothing.
-    t_mid = capsule._records.parse_iso_time(rows[3]["time"]) + SEC // 2
+    t_mid = capsule.format.records.parse_iso_time(rows[3]["time"]) + SEC // 2
     with capsule.open(path, at=iso(t_mid)) as v:
         assert v.commit_count == rows[3]["commit"]
     r = invoke("state", path, "--at", "2001-01-01T00:00:00Z")

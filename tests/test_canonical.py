@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from capsule import NonCanonicalError
-from capsule._canonical import decode, encode
+from capsule.format.canonical import decode, encode
 
 # (value, canonical bytes)
 GOOD = [

@@ -34,7 +34,7 @@ from capsule_cli.main import app
 from typer.testing import CliRunner, Result
 
 import capsule
-from capsule import _constants as C
+from capsule.core import constants as C
 
 CAPSULE_BIN = Path(sys.executable).with_name("capsule")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import capsule
-from capsule import _constants as C
+from capsule.core import constants as C
 
 # The writer appends in small chunks with pauses (pwrite may legally return
 # short; the library loops), so readers very often open while a commit is
@@ -34,13 +34,13 @@ import sys
 import time
 
 import capsule
-import capsule._file
+import capsule.format.file
 
 def slow_pwrite(fd, data, offset):
     time.sleep(0.0003)
     return os.pwrite(fd, data[:700], offset)
 
-capsule._file._pwrite = slow_pwrite
+capsule.format.file._pwrite = slow_pwrite
 path, done = sys.argv[1], sys.argv[2]
 sizes = [1, 3, 1, 7, 2, 30, 1, 1, 5, 150, 2, 1, 9, 3, 60, 1, 2, 2, 11, 1] * 6
 sizes[50] = 4200  # over INDEX_EVERY_RECORDS: an INDEX + TABLE inside a commit

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 import capsule
-from capsule import _canonical as canon
-from capsule import _constants as C
+from capsule.format import canonical as canon
+from capsule.core import constants as C
 from tests.spec_ref import state_root as spec_state_root
 
 EMPTY_STATE_ROOT = spec_state_root([])
@@ -140,7 +140,7 @@ def test_crash_at_every_byte_offset(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     data, states, memories = build_history(tmp_path / "full.capsule")
     # Durability is not under test here (every prefix is handed over explicitly),
     # and ~4,600 recoveries with real fsyncs would dominate the runtime.
-    monkeypatch.setattr(capsule._file, "_fsync", lambda fd: None)
+    monkeypatch.setattr(capsule.format.file, "_fsync", lambda fd: None)
     kinds = [(t, f) for _, t, f, _ in frames(data)]
     # The file must really contain what the brief promises to cover.
     assert (C.FT_RECORDS, C.FFLAG_ZSTD) in kinds, "no zstd-compressed RECORDS frame"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import capsule
-from capsule import _constants as C
+from capsule.core import constants as C
 
 EPOCH = 1_700_000_000
 

@@ -1,6 +1,6 @@
 """I/O fault injection: every write, fsync and truncate the writer does can fail.
 
-The writer reaches the file system only through ``capsule._file._pwrite``,
+The writer reaches the file system only through ``capsule.format.file._pwrite``,
 ``_fsync`` and ``_ftruncate``. These tests replace them with a counting wrapper
 that makes the N-th call of one primitive fail, for every N a scripted workload
 reaches (create, commits, close with an INDEX, a reopen whose first commit recovers
@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import capsule
-import capsule._file as cfile
+import capsule.format.file as cfile
 from capsule import WriterPoisoned
 
 FIXED_NS = 1_700_000_000_000_000_000

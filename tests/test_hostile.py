@@ -26,11 +26,11 @@ import pytest
 import zstandard
 
 import capsule
-from capsule import _canonical as canon
-from capsule import _constants as C
-from capsule._commit import CommitInfo, encode_commit_payload
-from capsule._file import ReadHandle
-from capsule._frames import (
+from capsule.format import canonical as canon
+from capsule.core import constants as C
+from capsule.format.commit import CommitInfo, encode_commit_payload
+from capsule.format.file import ReadHandle
+from capsule.format.frames import (
     FileHeader,
     chain_next,
     encode_frame,
@@ -38,7 +38,7 @@ from capsule._frames import (
     leaf_hash,
     parse_header,
 )
-from capsule._scan import load
+from capsule.format.scan import load
 
 # Every file here is a few KB; honest processing needs well under 1 MiB. Forged
 # lengths claim 64 MiB .. 64 GiB, so anything that trusts them blows this budget.

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsule._canonical import decode, encode
-from capsule._errors import AlreadyExists, DataError, InvalidRecordError, UsageError
-from capsule._keys import (
+from capsule.format.canonical import decode, encode
+from capsule.core.errors import AlreadyExists, DataError, InvalidRecordError, UsageError
+from capsule.state.keys import (
     CHECKPOINT_PAYLOAD_TYPE,
     ROTATION_PAYLOAD_TYPE,
     AnchorError,
@@ -740,7 +740,7 @@ def test_sealed_key_refuses_hostile_work_factor(tmp_path: Path) -> None:
     """A sealed key file naming an enormous scrypt cost is refused before computing."""
     import base64
 
-    from capsule._canonical import decode, encode
+    from capsule.format.canonical import decode, encode
 
     path = tmp_path / "k.key"
     save_private_key(path, K[0], passphrase=b"pw")

@@ -50,13 +50,13 @@ if chunk:
     import os
     import time
 
-    import capsule._file
+    import capsule.format.file
 
     def slow_pwrite(fd, data, offset):
         time.sleep(0.001)
         return os.pwrite(fd, data[:chunk], offset)
 
-    capsule._file._pwrite = slow_pwrite
+    capsule.format.file._pwrite = slow_pwrite
 cap = capsule.open(path, "a")  # its first commit recovers the torn tail the last kill left
 print("READY", flush=True)
 i = 0

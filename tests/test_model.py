@@ -35,9 +35,9 @@ from hypothesis.stateful import (
 )
 
 import capsule
-from capsule import _canonical as canon
-from capsule import _constants as C
-from capsule import _file
+from capsule.format import canonical as canon
+from capsule.core import constants as C
+from capsule.format import file as _file
 
 # No example database: tests must not write outside their temporary directories.
 MODEL_SETTINGS = settings(

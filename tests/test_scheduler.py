@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from capsule import _canonical as canon
-from capsule._errors import InvalidRecordError, NonCanonicalError, NotFound, UsageError
-from capsule._scheduler import (
+from capsule.format import canonical as canon
+from capsule.core.errors import InvalidRecordError, NonCanonicalError, NotFound, UsageError
+from capsule.run.scheduler import (
     DependencyCycle,
     DuplicateTask,
     Event,

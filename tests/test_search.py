@@ -49,8 +49,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 import capsule
-from capsule import _constants as C
-from capsule import _vindex
+from capsule.core import constants as C
+from capsule.search import vindex as _vindex
 
 T0 = 1_700_000_000 * 10**9  # 2023-11-14T22:13:20Z
 SEC = 10**9
@@ -279,7 +279,7 @@ ANSWER_SCRIPT = r"""
 import json, sys
 import numpy as np
 import capsule
-from capsule import _vindex
+from capsule.search import vindex as _vindex
 path, queries, exact_below = sys.argv[1], json.loads(open(sys.argv[2]).read()), int(sys.argv[3])
 _vindex.EXACT_BELOW = exact_below
 out = []
@@ -427,7 +427,7 @@ def test_close_does_not_snapshot_below_256(tmp_path: Path) -> None:
 
 
 def test_snapshot_after_a_commit_past_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import capsule._capsule as capmod
+    import capsule.handle.capsule as capmod
 
     monkeypatch.setattr(capmod, "SNAPSHOT_EVERY", 100)
     p = tmp_path / "t.capsule"
@@ -1047,7 +1047,7 @@ def test_auto_mode(layered: Layered, cli_capsule: tuple[Path, list[str]], tmp_pa
         assert ranked(cap.search("deploy", vector=v)) == ranked(cap.search("deploy", vector=v, mode="hybrid"))
     with capsule.open(cli_capsule[0]) as cap:
         assert ranked(cap.search("deploy")) == ranked(cap.search("deploy", mode="lexical"))
-    from capsule import _embed
+    from capsule.search import embed as _embed
 
     monkeypatch.setitem(_embed._REGISTRY, "sem16", lambda: capsule.HashEmbedder(16))  # stands in for a model
     p = tmp_path / "sem.capsule"
@@ -1490,7 +1490,7 @@ def test_auto_mode_falls_back_to_words_when_the_capsules_embedder_is_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A capsule packed with a model this host lacks still answers `search` (auto)
     by BM25 and says so; asking for vectors explicitly is a clear error."""
-    from capsule import _embed
+    from capsule.search import embed as _embed
 
     def missing() -> capsule.Embedder:
         raise capsule.UsageError("the fancy embedder is not installed here")
@@ -1523,8 +1523,8 @@ def test_a_failed_snapshot_write_never_fails_the_commit_it_follows(
     writer finds every record and searches it."""
     import errno
 
-    import capsule._capsule as ccap
-    import capsule._file as cfile
+    import capsule.handle.capsule as ccap
+    import capsule.format.file as cfile
 
     p = tmp_path / "full.capsule"
     rng = np.random.default_rng(3)

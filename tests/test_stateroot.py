@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsule._stateroot import RootCache, state_root_of
+from capsule.state.stateroot import RootCache, state_root_of
 from tests.spec_ref import state_root as spec_state_root
 
 # Ids that sit on bucket edges as well as arbitrary ones.

@@ -35,10 +35,10 @@ from capsule_cli.main import app
 from typer.testing import CliRunner
 
 import capsule
-from capsule import _canonical as canon
-from capsule import _constants as C
-from capsule._checkpoint import encode_checkpoint, encode_keyset, parse_keyset
-from capsule._commit import (
+from capsule.format import canonical as canon
+from capsule.core import constants as C
+from capsule.state.checkpoint import encode_checkpoint, encode_keyset, parse_keyset
+from capsule.format.commit import (
     CommitInfo,
     IndexMeta,
     decode_records_payload,
@@ -46,7 +46,7 @@ from capsule._commit import (
     parse_commit_payload,
     parse_index_payload,
 )
-from capsule._frames import (
+from capsule.format.frames import (
     FileHeader,
     Merkle,
     encode_frame,
@@ -54,8 +54,8 @@ from capsule._frames import (
     parse_header,
     raw_payload,
 )
-from capsule._index import ENTRY_SIZE, SegmentRef, build_table
-from capsule._keys import (
+from capsule.format.index import ENTRY_SIZE, SegmentRef, build_table
+from capsule.state.keys import (
     CHECKPOINT_TAG,
     ROTATION_PAYLOAD_TYPE,
     CheckpointBody,
@@ -63,8 +63,8 @@ from capsule._keys import (
     rotation_body,
     sign_body,
 )
-from capsule._records import decode_record, record_id
-from capsule._state import EVENT_KINDS, state_root
+from capsule.format.records import decode_record, record_id
+from capsule.state.fold import EVENT_KINDS, state_root
 
 T0 = 1_700_000_000 * 1_000_000_000
 SEC = 1_000_000_000

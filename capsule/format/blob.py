@@ -1,0 +1,138 @@
+"""BLOB frames: large opaque content split over frames, named by its SHA-256 (spec 3.4).
+
+A blob (today only the vector index snapshot, section 16) is cut into parts of at
+most ``BLOB_PART`` bytes, each in its own BLOB frame, written back to back. The
+INDEX frame written in the same commit names the blob (type, first frame, parts,
+size, SHA-256), which is how a reader finds the newest one without scanning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import canonical as canon
+from ..core import constants as C
+from ..core.errors import CorruptError, NonCanonicalError
+from .frames import parse_frame_header
+
+_LEN = struct.Struct("<H")
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRef:
+    """9.2 `blobs` entry: where the newest blob of a type lives."""
+
+    type: str
+    offset: int  # the first part's BLOB frame
+    parts: int
+    size: int
+    id: bytes  # SHA-256 of the whole content
+
+    def to_value(self) -> list[object]:
+        return [self.type, self.offset, self.parts, self.size, self.id]
+
+
+def blob_parts(btype: str, data: bytes) -> tuple[list[bytes], bytes]:
+    """3.4: the BLOB payloads for ``data`` and its content id."""
+    bid = hashlib.sha256(data).digest()
+    n = max(1, -(-len(data) // C.BLOB_PART))
+    out = []
+    for i in range(n):
+        head = canon.pack({"id": bid, "part": i, "parts": n, "size": len(data), "type": btype})
+        out.append(_LEN.pack(len(head)) + head + data[i * C.BLOB_PART : (i + 1) * C.BLOB_PART])
+    return out, bid
+
+
+def parse_blob_refs(v: object, offset: int) -> dict[str, BlobRef]:
+    """9.2: the INDEX `blobs` array, strictly (sorted by type, distinct)."""
+    def err(msg: str) -> CorruptError:
+        return CorruptError(msg, offset=offset, check="index")
+
+    if not isinstance(v, list) or not v or len(v) > C.MAX_SEGMENTS:
+        raise err("index blob list is malformed")
+    out: dict[str, BlobRef] = {}
+    for e in v:
+        if (not isinstance(e, list) or len(e) != 5 or not isinstance(e[0], str) or not e[0]
+                or any(type(x) is not int for x in e[1:4]) or not isinstance(e[4], bytes) or len(e[4]) != 32):
+            raise err("index blob entry is malformed")
+        t, at, parts, size, bid = e
+        if not C.HEADER_SIZE <= at < offset or not 1 <= parts <= 1 << 20 or not 0 <= size <= parts * C.BLOB_PART:
+            raise err("index blob entry is out of range")
+        if out and t <= max(out):
+            raise err("index blob entries are not sorted by type")
+        out[t] = BlobRef(t, at, parts, size, bid)
+    return out
+
+
+def read_blob(src: object, ref: BlobRef, max_frame: int, end: int) -> tuple[np.ndarray, int, Callable[[], None]]:
+    """Read a blob, checking every part's frame header and part header.
+
+    Each part's data is read straight into the result (one copy from the page
+    cache). The SHA-256 runs in a thread (hashlib releases the GIL) while the
+    caller parses: returns the content, the offset just past the last part, and
+    ``check()``, which waits for the hash and raises CorruptError on a mismatch.
+    The caller MUST call ``check()`` before trusting anything it derived.
+    """
+    out = np.empty(ref.size, np.uint8)
+    mv = memoryview(out.data)
+    h = hashlib.sha256()
+    todo: queue.SimpleQueue[memoryview | None] = queue.SimpleQueue()
+
+    def hash_parts() -> None:
+        while (chunk := todo.get()) is not None:
+            h.update(chunk)
+
+    worker = threading.Thread(target=hash_parts, name="capsule-blob-sha256", daemon=True)
+    worker.start()
+    try:
+        at = _read_parts(src, ref, max_frame, end, mv, todo)
+    finally:
+        todo.put(None)
+
+    def check() -> None:
+        worker.join()
+        if h.digest() != ref.id:
+            raise CorruptError(f"blob {ref.type} does not match its SHA-256", offset=ref.offset, check="blob")
+
+    return out, at, check
+
+
+def _read_parts(src: object, ref: BlobRef, max_frame: int, end: int, mv: memoryview,
+                todo: queue.SimpleQueue[memoryview | None]) -> int:
+    at, filled, seq = ref.offset, 0, None
+    for i in range(ref.parts):
+        def bad(msg: str, at: int = at) -> CorruptError:
+            return CorruptError(f"blob {ref.type}: {msg}", offset=at, check="blob")
+
+        fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=seq,  # type: ignore[attr-defined]
+                                max_frame_len=max_frame)
+        if fh.ftype != C.FT_BLOB or fh.flags or fh.end > end or fh.payload_len < 2:
+            raise bad("part is not a plain BLOB frame inside the commit")
+        hl = _LEN.unpack(src.pread(fh.payload_offset, 2))[0]  # type: ignore[attr-defined]
+        if 2 + hl > fh.payload_len:
+            raise bad("part header runs past the frame")
+        try:
+            head = canon.decode(src.pread(fh.payload_offset + 2, hl))  # type: ignore[attr-defined]
+        except NonCanonicalError as e:
+            raise bad(str(e)) from None
+        if head != {"id": ref.id, "part": i, "parts": ref.parts, "size": ref.size, "type": ref.type}:
+            raise bad(f"part {i} does not belong to this blob")
+        n = fh.payload_len - 2 - hl
+        if filled + n > ref.size or (i < ref.parts - 1 and n != C.BLOB_PART):
+            raise bad("part sizes do not add up")
+        chunk = mv[filled : filled + n]
+        if src.readinto(fh.payload_offset + 2 + hl, chunk) != n:  # type: ignore[attr-defined]
+            raise bad("part runs past the end of the file")
+        todo.put(chunk)
+        filled += n
+        at, seq = fh.end, fh.seq + 1
+    if filled != ref.size:
+        raise CorruptError(f"blob {ref.type} is shorter than its size", offset=ref.offset, check="blob")
+    return at

@@ -1,0 +1,214 @@
+"""The one module that touches the file system (style rule 2).
+
+Everything else works on bytes. The writer path is: ``pwrite`` the batch,
+``fsync`` once, and only then report the commit. Any I/O error poisons the
+writer (design 6): after a failed fsync the kernel may have dropped the dirty
+pages and cleared the error, so retrying on the same descriptor can "succeed"
+over lost data. A poisoned writer refuses further writes; reopening recovers
+from the last commit that is really on disk.
+
+The module-level ``_write``/``_fsync``/``_ftruncate`` indirections exist so
+fault-injection tests can make each call fail in turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import socket
+from pathlib import Path
+
+from ..core.errors import CapsuleNotFound, Locked, UsageError, WriterPoisoned
+
+_write = os.write
+_pwrite = os.pwrite
+# fdatasync flushes the data and the metadata needed to read it back (the file
+# size included), which is all a commit needs; it skips the mtime update that
+# makes fsync ~20% slower per append here. Platforms without it use fsync.
+_fsync = getattr(os, "fdatasync", os.fsync)
+_ftruncate = os.ftruncate
+
+
+def lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def fsync_dir(path: Path) -> None:
+    """A new or renamed file is durable only once its directory entry is (6.4)."""
+    fd = os.open(path.parent or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ReadHandle:
+    """Read-only access bounded by a fixed size: the reader's snapshot.
+
+    Opened O_RDONLY; nothing here can write (a file opened for reading is
+    never written).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError as e:
+            raise CapsuleNotFound(f"{path}: no such capsule") from e
+        except IsADirectoryError as e:
+            raise UsageError(f"{path}: is a directory, not a capsule") from e
+        except PermissionError as e:
+            raise UsageError(f"{path}: permission denied") from e
+        if os.path.isdir(path):
+            os.close(self.fd)
+            raise UsageError(f"{path}: is a directory, not a capsule")
+        self._map: mmap.mmap | None = None
+        self._map_len = 0
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pread(self, offset: int, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        out = os.pread(self.fd, n, offset)
+        while len(out) < n:  # pread may return short on some file systems
+            more = os.pread(self.fd, n - len(out), offset + len(out))
+            if not more:
+                break
+            out += more
+        return out
+
+    def readinto(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` from ``offset`` without an intermediate copy (large blobs)."""
+        done, n = 0, len(buf)
+        while done < n:
+            got = os.preadv(self.fd, [buf[done:]], offset + done)
+            if got <= 0:
+                break
+            done += got
+        return done
+
+    def view(self, offset: int, n: int) -> memoryview:
+        """Zero-copy view of committed bytes (for index tables), via mmap."""
+        end = offset + n
+        if self._map is None or end > self._map_len:
+            size = self.size()
+            if end > size:
+                raise ValueError("view beyond end of file")
+            # Map through a descriptor of our own: mmap keeps a dup() of the fd it
+            # is given, and a dup of the writer's descriptor would hold its flock
+            # for as long as any table view lives.
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            finally:
+                os.close(fd)
+            self._map_len = size
+        return memoryview(self._map)[offset:end]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        # mmaps stay alive while numpy views reference them; GC releases them.
+        self._map = None
+
+
+class WriteHandle(ReadHandle):
+    """The single writer: an exclusive flock plus append-only writes."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        self.path = path
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        try:
+            self.fd = os.open(path, flags, 0o644)
+        except FileNotFoundError as e:
+            raise CapsuleNotFound(f"{path}: no such capsule") from e
+        except FileExistsError:
+            raise
+        except IsADirectoryError as e:
+            raise UsageError(f"{path}: is a directory, not a capsule") from e
+        except PermissionError as e:
+            raise UsageError(f"{path}: permission denied for writing") from e
+        self._map = None
+        self._map_len = 0
+        self.poisoned: BaseException | None = None
+        self._lock()
+
+    def _lock(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            pid, host = _read_lock_info(lock_path(self.path))
+            os.close(self.fd)
+            self.fd = -1
+            who = f"pid {pid} on {host}" if pid else "another process"
+            raise Locked(f"{self.path}: locked by {who} (one writer at a time)", pid=pid, host=host) from None
+        # Best effort: name the holder for the next writer's error message.
+        with contextlib.suppress(OSError):
+            lock_path(self.path).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+
+    def _check(self) -> None:
+        if self.poisoned is not None:
+            raise WriterPoisoned(
+                f"{self.path}: an earlier I/O error ({self.poisoned}) poisoned this writer; reopen to recover"
+            )
+
+    def append_at(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset`` (the current end of the committed file)."""
+        self._check()
+        try:
+            view = memoryview(data)
+            pos = 0
+            while pos < len(view):
+                n = _pwrite(self.fd, view[pos:], offset + pos)
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write")
+                pos += n
+        except OSError as e:
+            self.poisoned = e.with_traceback(None)
+            # Nothing since the last commit was synced: cut the partial write
+            # back off (best effort), so a failed write leaves the file as it was.
+            with contextlib.suppress(OSError):
+                _ftruncate(self.fd, offset)
+                _fsync(self.fd)
+            raise WriterPoisoned(f"{self.path}: write failed: {e.strerror or e}") from e
+
+    def sync(self) -> None:
+        self._check()
+        try:
+            _fsync(self.fd)
+        except OSError as e:
+            self.poisoned = e.with_traceback(None)  # never retry fsync on the same descriptor (design 6)
+            raise WriterPoisoned(f"{self.path}: fsync failed: {e}") from e
+
+    def truncate(self, size: int) -> None:
+        self._check()
+        try:
+            _ftruncate(self.fd, size)
+        except OSError as e:
+            self.poisoned = e.with_traceback(None)
+            raise WriterPoisoned(f"{self.path}: truncate failed: {e}") from e
+        self._map = None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                lock_path(self.path).unlink()
+        super().close()  # closing the descriptor releases the flock
+
+
+def _read_lock_info(p: Path) -> tuple[int | None, str | None]:
+    try:
+        parts = p.read_text().split()
+        return int(parts[0]), parts[1]
+    except (OSError, ValueError, IndexError):
+        return None, None

@@ -1,0 +1,294 @@
+"""Frames, the chain and the Merkle tree (spec sections 2-4, 6). Sans-IO.
+
+Theory of operation: a capsule is a 64-byte header followed by frames. Each
+frame is ``header(32) | payload | chain(32)``. The frame header carries its own
+CRC, so a flipped length is caught before it is trusted (3.1). The chain value
+of a frame is SHA-256 over the previous chain value, this frame's header and the
+SHA-256 of its payload (4.2), so any edit, reorder, removal or splice breaks
+every later chain value. Independently every frame is a leaf of an RFC 6962
+Merkle tree (4.3), whose root each COMMIT names and signed checkpoints bind.
+
+Nothing here touches a file: functions take bytes and return values or raise
+:class:`CorruptError` naming the offset, seq and check that failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import zlib
+from dataclasses import dataclass
+
+import zstandard
+
+from ..core import constants as C
+from ..core.errors import CorruptError, UnsupportedError
+
+_sha256 = hashlib.sha256
+
+
+# --- header (2) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileHeader:
+    file_id: bytes
+    major: int = C.FORMAT_MAJOR
+    minor: int = C.FORMAT_MINOR
+    flags: int = 0
+    hash_alg: int = C.HASH_SHA256
+    aead_alg: int = C.AEAD_NONE
+    sig_alg: int = C.SIG_ED25519
+    codec: int = C.CODEC_ZSTD
+    max_frame_len: int = C.MAX_FRAME_LEN_DEFAULT
+
+    def encode(self) -> bytes:
+        body = C.HEADER_STRUCT.pack(
+            C.MAGIC, self.major, self.minor, self.flags, self.file_id, self.hash_alg,
+            self.aead_alg, self.sig_alg, self.codec, self.max_frame_len, bytes(24), 0,
+        )[:-4]
+        return body + zlib.crc32(body).to_bytes(4, "little")
+
+    @property
+    def chain_seed(self) -> bytes:
+        """4.2: the chain starts from a hash of the header bytes."""
+        return _sha256(C.CHAIN_SEED_TAG + self.encode()).digest()
+
+
+def new_file_id(epoch: int | None = None) -> bytes:
+    """2.5: random, or derived from SOURCE_DATE_EPOCH in reproducible mode."""
+    if epoch is None:
+        return os.urandom(16)
+    return _sha256(C.FILE_ID_TAG + str(epoch).encode()).digest()[:16]
+
+
+def parse_header(data: bytes) -> FileHeader:
+    """Parse and check the 64-byte file header (2.1-2.4)."""
+    if len(data) < C.HEADER_SIZE:
+        if C.MAGIC.startswith(data[:8]) and data:
+            raise CorruptError("file is shorter than the 64-byte header", offset=0, check="header-length")
+        raise CorruptError("not a capsule (no header)", offset=0, check="header-magic")
+    if data[:8] != C.MAGIC:
+        # 2.1: distinguish mangled transfers from "some other file".
+        if data[1:4] == b"CAP":
+            raise CorruptError("magic damaged (file mangled in transfer?)", offset=0, check="header-magic")
+        raise CorruptError("not a capsule (bad magic)", offset=0, check="header-magic")
+    (_, major, minor, flags, file_id, h, a, s, codec, max_len, reserved, crc) = C.HEADER_STRUCT.unpack(
+        data[: C.HEADER_SIZE]
+    )
+    if zlib.crc32(data[:60]) != crc:
+        raise CorruptError("header CRC mismatch", offset=0, check="header-crc")
+    if major != C.FORMAT_MAJOR:  # 12.1: an unknown major version MUST be refused
+        raise UnsupportedError(
+            f"format version {major}.{minor} is not supported (this reader knows {C.FORMAT_MAJOR}.x)",
+            offset=8, check="header-version",
+        )
+    if flags & ~C.HFLAGS_KNOWN:  # 2.3: unknown flag bits MUST be refused
+        raise UnsupportedError(f"unknown header flags 0x{flags:04x}", offset=10, check="header-flags")
+    if h != C.HASH_SHA256 or codec != C.CODEC_ZSTD or a != C.AEAD_NONE or s != C.SIG_ED25519:
+        raise UnsupportedError("unknown algorithm id", offset=28, check="header-algorithms")
+    if not C.FRAME_OVERHEAD < max_len <= C.MAX_FRAME_LEN_CEILING:
+        raise CorruptError(f"max frame length {max_len} out of range", offset=32, check="header-limits")
+    if reserved != bytes(24):
+        raise UnsupportedError("reserved header bytes are not zero", offset=36, check="header-reserved")
+    return FileHeader(file_id, major, minor, flags, h, a, s, codec, max_len)
+
+
+# --- frames (3) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FrameHeader:
+    offset: int
+    total_len: int
+    ftype: int
+    flags: int
+    seq: int
+    payload_len: int
+    raw_len: int
+    key_epoch: int
+    raw: bytes  # the 32 header bytes as stored
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.total_len
+
+    @property
+    def payload_offset(self) -> int:
+        return self.offset + C.FRAME_HEADER_SIZE
+
+    @property
+    def type_name(self) -> str:
+        return C.FRAME_TYPE_NAMES.get(self.ftype, f"0x{self.ftype:02x}")
+
+
+def encode_frame_header(ftype: int, flags: int, seq: int, payload_len: int, raw_len: int) -> bytes:
+    total = C.FRAME_OVERHEAD + payload_len
+    body = C.FRAME_HEADER_STRUCT.pack(total, ftype, flags, 0, seq, payload_len, raw_len, 0, 0)[:-4]
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def parse_frame_header(
+    data: bytes, offset: int, *, expect_seq: int | None, max_frame_len: int
+) -> FrameHeader:
+    """Check a frame header before trusting any length in it (3.1)."""
+    if len(data) < C.FRAME_HEADER_SIZE:
+        raise CorruptError("truncated frame header", offset=offset, seq=expect_seq, check="frame-truncated")
+    raw = bytes(data[: C.FRAME_HEADER_SIZE])
+    total, ftype, flags, reserved, seq, plen, rlen, epoch, crc = C.FRAME_HEADER_STRUCT.unpack(raw)
+    if zlib.crc32(raw[:28]) != crc:
+        raise CorruptError("frame header CRC mismatch", offset=offset, seq=expect_seq, check="frame-header-crc")
+    if total != C.FRAME_OVERHEAD + plen or total > max_frame_len:
+        raise CorruptError(
+            f"frame length {total} is inconsistent or over the limit {max_frame_len}",
+            offset=offset, seq=expect_seq, check="frame-length",
+        )
+    if expect_seq is not None and seq != expect_seq:
+        raise CorruptError(f"frame seq {seq}, expected {expect_seq}", offset=offset, seq=expect_seq, check="frame-seq")
+    if reserved != 0 or epoch != 0:
+        raise UnsupportedError("reserved frame header fields are not zero", offset=offset, seq=seq, check="frame-reserved")
+    if flags & ~C.FFLAGS_KNOWN:
+        raise UnsupportedError(f"unknown frame flags 0x{flags:02x}", offset=offset, seq=seq, check="frame-flags")
+    if flags & C.FFLAG_ZSTD and ftype in C.KNOWN_FRAME_TYPES and ftype != C.FT_RECORDS:
+        # 3.3: only RECORDS payloads may be compressed
+        raise CorruptError("codec flag on a frame type that must be stored plain", offset=offset, seq=seq,
+                           check="frame-flags")
+    if rlen > C.MAX_RAW_LEN or (not flags & C.FFLAG_ZSTD and rlen != plen):
+        raise CorruptError(f"raw length {rlen} is invalid", offset=offset, seq=seq, check="frame-raw-length")
+    if ftype & C.CRITICAL and ftype not in C.KNOWN_FRAME_TYPES:
+        # 12.2: an unknown critical frame type MUST be refused.
+        raise UnsupportedError(
+            f"unknown critical frame type 0x{ftype:02x}", offset=offset, seq=seq, check="frame-type"
+        )
+    return FrameHeader(offset, total, ftype, flags, seq, plen, rlen, epoch, raw)
+
+
+def chain_next(prev: bytes, header_raw: bytes, payload_hash: bytes) -> bytes:
+    """4.2: chain = SHA-256(tag || previous chain || frame header || SHA-256(payload))."""
+    return _sha256(C.CHAIN_TAG + prev + header_raw + payload_hash).digest()
+
+
+def leaf_hash(header_raw: bytes, payload_hash: bytes) -> bytes:
+    """4.3: RFC 6962 leaf hash over the frame header and its payload hash."""
+    return _sha256(b"\x00" + header_raw + payload_hash).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(b"\x01" + left + right).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    data: bytes
+    chain: bytes
+    leaf: bytes
+    header: bytes
+
+
+def encode_frame(
+    ftype: int, seq: int, raw_payload: bytes, prev_chain: bytes, *, compress: bool = False,
+    level: int = 3,
+) -> EncodedFrame:
+    """Build one frame. Compression is kept only when it saves bytes (3.3)."""
+    payload = raw_payload
+    flags = 0
+    if compress and len(raw_payload) > 128:  # tiny payloads never shrink
+        z = _compressor(level).compress(raw_payload)
+        if len(z) < len(raw_payload):
+            payload, flags = z, C.FFLAG_ZSTD
+    header = encode_frame_header(ftype, flags, seq, len(payload), len(raw_payload))
+    ph = _sha256(payload).digest()
+    chain = chain_next(prev_chain, header, ph)
+    return EncodedFrame(header + payload + chain, chain, leaf_hash(header, ph), header)
+
+
+_tls = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    """One compressor per thread and level: building one costs more than a small frame."""
+    cache = getattr(_tls, "zc", None)
+    if cache is None:
+        cache = _tls.zc = {}
+    c = cache.get(level)
+    if c is None:
+        c = cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return c
+
+
+def check_frame_body(fh: FrameHeader, payload: bytes, trailer: bytes, prev_chain: bytes) -> tuple[bytes, bytes]:
+    """Verify the chain link of a frame whose bytes are in hand; return (chain, leaf)."""
+    ph = _sha256(payload).digest()
+    chain = chain_next(prev_chain, fh.raw, ph)
+    if chain != trailer:
+        raise CorruptError("chain value mismatch", offset=fh.offset, seq=fh.seq, check="chain")
+    return chain, leaf_hash(fh.raw, ph)
+
+
+_dctx = zstandard.ZstdDecompressor()
+
+
+def raw_payload(fh: FrameHeader, payload: bytes) -> bytes:
+    """Undo the frame codec with bounded memory (3.3, 11)."""
+    if not fh.flags & C.FFLAG_ZSTD:
+        return payload
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as e:
+        raise CorruptError(f"bad zstd frame: {e}", offset=fh.offset, seq=fh.seq, check="zstd") from e
+    # 3.3: the declared content size MUST equal the authenticated raw length
+    # before anything is allocated; a forged 14-byte frame can claim 64 GiB.
+    if declared != fh.raw_len:
+        raise CorruptError(
+            f"zstd declares {declared} bytes, frame says {fh.raw_len}",
+            offset=fh.offset, seq=fh.seq, check="zstd-size",
+        )
+    try:
+        out = _dctx.decompress(payload, max_output_size=fh.raw_len)
+    except zstandard.ZstdError as e:
+        raise CorruptError(f"zstd: {e}", offset=fh.offset, seq=fh.seq, check="zstd") from e
+    if len(out) != fh.raw_len:
+        raise CorruptError("decompressed length mismatch", offset=fh.offset, seq=fh.seq, check="zstd-size")
+    return out
+
+
+# --- Merkle tree (4.3) -------------------------------------------------------------
+
+
+class Merkle:
+    """Compact range of an RFC 6962 tree: the roots of its perfect subtrees."""
+
+    __slots__ = ("size", "_peaks")
+
+    def __init__(self, size: int = 0, peaks: list[bytes] | None = None) -> None:
+        self.size = size
+        self._peaks: list[bytes] = list(peaks or [])
+        if len(self._peaks) != bin(size).count("1"):
+            raise CorruptError("Merkle frontier does not match its size", check="merkle-frontier")
+
+    def copy(self) -> Merkle:
+        return Merkle(self.size, self._peaks)
+
+    @property
+    def peaks(self) -> list[bytes]:
+        return list(self._peaks)
+
+    def append(self, leaf: bytes) -> None:
+        node = leaf
+        size = self.size
+        peaks = self._peaks
+        while size & 1:
+            node = node_hash(peaks.pop(), node)
+            size >>= 1
+        peaks.append(node)
+        self.size += 1
+
+    def root(self) -> bytes:
+        """MTH(D[0:n]) per RFC 6962 section 2.1; the empty tree hashes the empty string."""
+        if not self._peaks:
+            return _sha256(b"").digest()
+        node = self._peaks[-1]
+        for p in reversed(self._peaks[:-1]):
+            node = node_hash(p, node)
+        return node

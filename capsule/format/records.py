@@ -1,0 +1,416 @@
+"""Record kinds, their canonical form and content ids (spec sections 5.3 and 7).
+
+A record on disk is one canonical msgpack map holding ``kind``, ``time`` (int
+nanoseconds UTC) and the kind's own fields, flat, so the field names are also
+the JSONL names. Its content id is SHA-256(tag || kind || 0x00 || bytes) over
+the stored bytes (5.3). Kinds live in a registry; a reader that meets a kind it
+does not know keeps it as a :class:`GenericRecord` (still content-checked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from . import canonical as canon
+from ..core.constants import MAX_RECORD_BYTES, RECORD_ID_TAG
+from ..core.errors import InvalidRecordError, NonCanonicalError
+
+TIERS = ("scratch", "working", "validated")
+MAX_TAG_LEN = 256
+MAX_DIM = 65536
+
+
+_ID_PREFIX: dict[str, Any] = {}
+
+
+def record_id(kind: str, data: bytes) -> bytes:
+    """5.3: content id over the stored canonical bytes."""
+    h = _ID_PREFIX.get(kind)
+    if h is None:
+        if len(_ID_PREFIX) > 1024:
+            _ID_PREFIX.clear()
+        h = _ID_PREFIX[kind] = hashlib.sha256(RECORD_ID_TAG + kind.encode() + b"\x00")
+    h = h.copy()
+    h.update(data)
+    return h.digest()
+
+
+class Record(Protocol):
+    kind: ClassVar[str]
+    time: int
+    id: str
+
+    def to_value(self) -> dict[str, Any]: ...
+
+
+_REGISTRY: dict[str, type[Any]] = {}
+
+
+def register_kind(cls: type[Any]) -> type[Any]:
+    """Register a record class under its ``kind`` (style rule 6)."""
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def kinds() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def input_kinds() -> list[str]:
+    """Kinds a user may put directly (internal event kinds excluded)."""
+    return sorted(k for k, c in _REGISTRY.items() if not getattr(c, "INTERNAL", False))
+
+
+# --- validators (parse_* return the canonical value or raise) ---------------------
+
+
+def parse_time(v: object, name: str = "time") -> int:
+    if type(v) is not int or v < 0 or v >= 1 << 63:
+        raise InvalidRecordError(f"{name} must be a non-negative integer of nanoseconds")
+    return v
+
+
+_FRACTION = re.compile(r"(\.\d+)")
+
+
+def parse_iso_time(v: str) -> int:
+    """An ISO-8601 time (``2026-01-05T09:30:00.123456789Z``; no zone means UTC) as
+    int ns, keeping all nine fractional digits (``datetime`` keeps only six)."""
+    from datetime import UTC, datetime
+
+    text = v.strip()
+    frac_ns = 0
+    m = _FRACTION.search(text, text.find("T") + 1 if "T" in text else len(text))
+    if m is not None:
+        digits = m.group(1)[1:]
+        if len(digits) > 9:
+            raise InvalidRecordError(f"time {v!r} has more than nanosecond precision")
+        frac_ns = int(digits.ljust(9, "0"))
+        text = text[: m.start()] + text[m.end() :]
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise InvalidRecordError(f"time {v!r} is not an ISO-8601 time or integer nanoseconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return parse_time((delta.days * 86400 + delta.seconds) * 1_000_000_000 + frac_ns)
+
+
+def parse_text(v: object, name: str = "text") -> str:
+    if not isinstance(v, str):
+        raise InvalidRecordError(f"{name} must be a string")
+    try:
+        return canon._nfc(v)
+    except NonCanonicalError:
+        raise InvalidRecordError(f"{name} is not valid Unicode (lone surrogate or undecodable byte)") from None
+
+
+def parse_tags(v: object) -> tuple[str, ...]:
+    if type(v) is list or type(v) is tuple:
+        # fast path: short ASCII tags need no NFC work
+        for t in v:
+            if type(t) is not str or not 0 < len(t) <= MAX_TAG_LEN or not t.isascii():
+                break
+        else:
+            return tuple(sorted(set(v)))
+    if isinstance(v, str) or not isinstance(v, Sequence):
+        raise InvalidRecordError("tags must be a list of strings")
+    out = set()
+    for t in v:
+        if not isinstance(t, str) or not t or len(t) > MAX_TAG_LEN:
+            raise InvalidRecordError(f"tag {t!r} must be a non-empty string of at most {MAX_TAG_LEN} chars")
+        out.add(parse_text(t, "tag"))
+    return tuple(sorted(out))
+
+
+def parse_meta(v: object) -> dict[str, Any]:
+    if type(v) is dict:
+        # fast path: a flat map of ASCII text keys and simple values is canonical once sorted
+        for k, x in v.items():
+            t = type(x)
+            if type(k) is not str or not k.isascii():
+                break
+            if t is str:
+                if not x.isascii():
+                    break
+            elif t is int:
+                if not -(1 << 63) <= x < 1 << 64:
+                    break
+            elif t is not bool and x is not None:
+                break
+        else:
+            return {k: v[k] for k in sorted(v)}
+    if not isinstance(v, Mapping):
+        raise InvalidRecordError("meta must be a map with string keys")
+    try:
+        norm = canon.normalize(dict(v), 1)  # meta sits one level below the record map
+    except NonCanonicalError as e:
+        raise InvalidRecordError(f"meta: {e}") from e
+    return norm  # type: ignore[no-any-return]
+
+
+def parse_embedding(v: object) -> np.ndarray | None:
+    """Embeddings are float32 vectors, stored little-endian (spec 7.1)."""
+    if v is None:
+        return None
+    if isinstance(v, Mapping):  # the stored form
+        if set(v) != {"data", "dtype", "shape"} or v["dtype"] != "f32":
+            raise InvalidRecordError("embedding must be {data, dtype: 'f32', shape: [d]}")
+        shape = v["shape"]
+        data = v["data"]
+        if (not isinstance(shape, list) or len(shape) != 1 or type(shape[0]) is not int
+                or not isinstance(data, bytes) or len(data) != 4 * shape[0]):
+            raise InvalidRecordError("embedding shape does not match its data")
+        arr = np.frombuffer(data, dtype="<f4")
+    elif isinstance(v, np.ndarray):
+        if v.dtype.kind not in "fiu":
+            raise InvalidRecordError(f"embedding must hold numbers, not {v.dtype}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = v.astype(np.float32)
+    else:
+        if isinstance(v, str | bytes) or not isinstance(v, Sequence):
+            raise InvalidRecordError("embedding must be a list of numbers")
+        for x in v:
+            if type(x) is not float and type(x) is not int and not isinstance(x, np.floating | np.integer):
+                raise InvalidRecordError(f"embedding must be a list of numbers, found {type(x).__name__}")
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr = np.asarray(v, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise InvalidRecordError(f"embedding must be a list of numbers: {e}") from e
+    if arr.ndim != 1 or not 1 <= arr.shape[0] <= MAX_DIM:
+        raise InvalidRecordError(f"embedding must be one vector of 1..{MAX_DIM} numbers")
+    if not np.isfinite(arr).all():
+        raise InvalidRecordError("embedding contains NaN, infinity or a value beyond float32 range")
+    arr = arr.astype("<f4", copy=True)
+    arr[arr == 0] = 0.0  # -0.0 -> 0.0, as everywhere in the profile
+    arr.flags.writeable = False
+    return arr
+
+
+# --- kinds -----------------------------------------------------------------------
+
+
+@register_kind
+@dataclass(frozen=True, slots=True, eq=False)
+class Memory:
+    """Something the agent knows (spec 7.1).
+
+    >>> m = Memory(text="the deploy key rotates on Fridays", tags=("ops",), time=0)
+    >>> m.tier
+    'working'
+    """
+
+    kind: ClassVar[str] = "memory"
+    FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"kind", "time", "text", "tags", "meta", "embedding", "tier", "ttl", "source"}
+    )
+    text: str
+    time: int = 0
+    tags: tuple[str, ...] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    tier: str = "working"
+    ttl: int | None = None
+    source: str | None = None
+    id: str = field(default="", compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Memory) and self.to_value() == other.to_value()
+
+    def __hash__(self) -> int:
+        return hash(canon.pack(self.to_value()))
+
+    @classmethod
+    def build(
+        cls,
+        text: object,
+        *,
+        time: int,
+        tags: object = (),
+        meta: object = None,
+        embedding: object = None,
+        tier: object = "working",
+        ttl: object = None,
+        source: object = None,
+    ) -> Memory:
+        """Validate user input into a canonical Memory (raises InvalidRecordError)."""
+        v = memory_value(text, time=time, tags=tags, meta=meta, embedding=embedding, tier=tier, ttl=ttl,
+                         source=source)
+        return cls(text=v["text"], time=v["time"], tags=tuple(v.get("tags", ())), meta=v.get("meta", {}),
+                   embedding=parse_embedding(v.get("embedding")), tier=v.get("tier", "working"), ttl=v.get("ttl"),
+                   source=v.get("source"))
+
+    def to_value(self) -> dict[str, Any]:
+        """The canonical map (keys in sorted order; defaults omitted, spec 7.1)."""
+        v: dict[str, Any] = {}
+        if self.embedding is not None:
+            e = self.embedding
+            v["embedding"] = {"data": e.tobytes(), "dtype": "f32", "shape": [int(e.shape[0])]}
+        v["kind"] = "memory"
+        if self.meta:
+            v["meta"] = self.meta
+        if self.source is not None:
+            v["source"] = self.source
+        if self.tags:
+            v["tags"] = list(self.tags)
+        v["text"] = self.text
+        if self.tier != "working":
+            v["tier"] = self.tier
+        v["time"] = self.time
+        if self.ttl is not None:
+            v["ttl"] = self.ttl
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (embedding as a list of floats)."""
+        d: dict[str, Any] = {"id": self.id, "kind": "memory", "time": self.time, "text": self.text,
+                             "tags": list(self.tags), "meta": dict(self.meta), "tier": self.tier}
+        if self.embedding is not None:
+            d["embedding"] = [float(x) for x in self.embedding]
+        if self.ttl is not None:
+            d["ttl"] = self.ttl
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+    @classmethod
+    def from_value(cls, v: Mapping[str, Any], rid: str = "") -> Memory:
+        """Parse a stored map; every default must be omitted (spec 7.1)."""
+        extra = set(v) - cls.FIELDS
+        if extra:
+            raise InvalidRecordError(f"unknown memory field(s): {', '.join(sorted(extra))}")
+        if "text" not in v:
+            raise InvalidRecordError("memory needs text")
+        m = cls.build(
+            v["text"], time=v.get("time", -1), tags=v.get("tags", ()), meta=v.get("meta"),
+            embedding=v.get("embedding"), tier=v.get("tier", "working"), ttl=v.get("ttl"),
+            source=v.get("source"),
+        )
+        if m.to_value() != v:
+            # e.g. tier "working" spelled out, unsorted tags, empty meta present
+            raise NonCanonicalError("memory record is not in canonical form (spec 7.1)")
+        return cls(m.text, m.time, m.tags, m.meta, m.embedding, m.tier, m.ttl, m.source, rid)
+
+
+@dataclass(frozen=True, slots=True)
+class GenericRecord:
+    """A record of a kind this reader does not know (12.3): kept, not interpreted."""
+
+    kind_name: str
+    value: Mapping[str, Any]
+    id: str = field(default="", compare=False)
+
+    @property
+    def kind(self) -> str:
+        return self.kind_name
+
+    @property
+    def time(self) -> int:
+        t = self.value.get("time", 0)
+        return t if type(t) is int else 0
+
+    def to_value(self) -> dict[str, Any]:
+        return dict(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.value.items()}}
+
+
+def memory_value(
+    text: object,
+    *,
+    time: int,
+    tags: object = (),
+    meta: object = None,
+    embedding: object = None,
+    tier: object = "working",
+    ttl: object = None,
+    source: object = None,
+) -> dict[str, Any]:
+    """The canonical map of a memory built straight from user input (the write
+    hot path: same checks as :meth:`Memory.build`, no dataclass in between)."""
+    v: dict[str, Any] = {}
+    if embedding is not None:
+        e = parse_embedding(embedding)
+        assert e is not None
+        v["embedding"] = {"data": e.tobytes(), "dtype": "f32", "shape": [int(e.shape[0])]}
+    v["kind"] = "memory"
+    if meta:
+        v["meta"] = parse_meta(meta)
+    elif meta is not None and not isinstance(meta, Mapping):
+        raise InvalidRecordError("meta must be a map with string keys")
+    if source is not None:
+        v["source"] = parse_text(source, "source")
+    if tags:
+        v["tags"] = list(parse_tags(tags))
+    elif tags is not None and not isinstance(tags, Sequence | set):
+        raise InvalidRecordError("tags must be a list of strings")
+    v["text"] = text if type(text) is str and text.isascii() else parse_text(text)
+    if tier != "working":
+        if tier not in TIERS:
+            raise InvalidRecordError(f"tier must be one of {', '.join(TIERS)}, not {tier!r}")
+        v["tier"] = tier
+    v["time"] = parse_time(time)
+    if ttl is not None:
+        if type(ttl) is not int or ttl <= 0:
+            raise InvalidRecordError("ttl must be a positive integer of nanoseconds")
+        v["ttl"] = ttl
+    return v
+
+
+def encode_value(kind: str, value: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(content id, canonical bytes) of an already-canonical record map."""
+    data = canon.pack(value)
+    if len(data) > MAX_RECORD_BYTES:
+        raise InvalidRecordError(f"record is {len(data)} bytes, over the {MAX_RECORD_BYTES} limit")
+    return record_id(kind, data), data
+
+
+def encode_record(rec: Any) -> tuple[bytes, bytes]:
+    """Return (content id, canonical bytes) of a record object."""
+    data = canon.pack(rec.to_value())
+    if len(data) > MAX_RECORD_BYTES:
+        raise InvalidRecordError(f"record is {len(data)} bytes, over the {MAX_RECORD_BYTES} limit")
+    return record_id(rec.kind, data), data
+
+
+def decode_record(value: object, rid: bytes) -> Any:
+    """Turn a decoded canonical map into a record object (7, 12.3)."""
+    if not isinstance(value, dict) or type(value.get("kind")) is not str:
+        raise InvalidRecordError("a record must be a map with a text `kind`")
+    parse_time(value.get("time"), "a record's `time`")  # 7.0: int ns in [0, 2^63) for every kind
+    kind = value["kind"]
+    cls = _REGISTRY.get(kind)
+    if cls is None:
+        return GenericRecord(kind, value, rid.hex())
+    return cls.from_value(value, rid.hex())
+
+
+def record_from_input(obj: Mapping[str, Any], *, time: int) -> Any:
+    """Build a record from user input (a JSONL line): ``kind`` defaults to memory."""
+    kind = obj.get("kind", "memory")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None or getattr(cls, "INTERNAL", False):
+        # internal kinds (revert) are written only by the operations that own them
+        raise InvalidRecordError(f"unknown record kind {kind!r} (known: {', '.join(input_kinds())})")
+    fields = {k: v for k, v in obj.items() if k != "kind"}
+    extra = set(fields) - (cls.FIELDS - {"kind"})
+    if extra:
+        raise InvalidRecordError(f"unknown {kind} field(s): {', '.join(sorted(extra))}")
+    if kind == "memory" and "text" not in fields:  # other kinds say what they need in build()
+        raise InvalidRecordError("memory needs text")
+    t = fields.pop("time", time)
+    if isinstance(t, float) and math.isfinite(t) and t == int(t):
+        t = int(t)
+    elif isinstance(t, str):
+        t = parse_iso_time(t)
+    return cls.build(time=t, **fields)

@@ -1,0 +1,319 @@
+"""Idempotent actions: a side effect keyed by an idempotency key runs at most
+once across crashes, restarts and hosts (spec 7.8; design 9).
+
+Theory of operation: before the effect runs, an ``action`` *intent* record is
+committed and fsynced; after it, a *result* record (a value or an error). On
+any later call with the same key:
+
+- a result exists: the stored value is returned (or the stored error raised)
+  and the function is not called;
+- an intent has no result: the action is *in doubt*, because the process may
+  have died before, during or after the effect. It is never silently re-run:
+  ``reconcile(key)`` is asked (it should look the key up in the external
+  system) and answers the value, or :data:`NOT_DONE` to run the effect again;
+  without ``reconcile`` :class:`InDoubt` is raised. Policy ``retry-safe`` (the
+  effect is idempotent downstream) re-runs instead, and policy ``ask`` leaves
+  the decision to a human (``capsule actions --resolve``).
+
+The per-key state is a pure fold over the key's records in commit order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from ..format import canonical as canon
+from ..core.errors import CapsuleError, InvalidRecordError, NonCanonicalError, UsageError
+from ..state.kinds import Field, KindBase, _declare, _meta, _text, parse_choice
+
+Policy = Literal["at-most-once", "retry-safe", "ask"]
+POLICIES = ("at-most-once", "retry-safe", "ask")
+
+
+class _NotDone:
+    """What ``reconcile`` returns when the effect did not happen."""
+
+    _instance: _NotDone | None = None
+
+    def __new__(cls) -> _NotDone:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "capsule.NOT_DONE"
+
+
+NOT_DONE = _NotDone()
+
+
+class InDoubt(UsageError):
+    """An action's intent was committed but its result never was."""
+
+    def __init__(self, key: str, message: str | None = None) -> None:
+        super().__init__(message or f"action {key!r} is in doubt: it may or may not have happened "
+                         "(pass reconcile=..., or settle it with `capsule actions --resolve`)")
+        self.key = key
+
+
+class ActionFailed(CapsuleError):
+    """The action ran before and its recorded outcome is an error."""
+
+    def __init__(self, key: str, error: str) -> None:
+        super().__init__(f"action {key!r} failed earlier: {error}")
+        self.key = key
+        self.error = error
+
+
+def _value(v: object, name: str) -> Any:
+    try:
+        return canon.normalize(v, 1)
+    except NonCanonicalError as e:
+        raise InvalidRecordError(f"{name}: {e}") from None
+
+
+def _attempt(v: object, name: str) -> int:
+    if type(v) is not int or not 1 <= v < 1 << 31:
+        raise InvalidRecordError(f"{name} must be a positive integer")
+    return v
+
+
+
+@_declare
+@dataclass(frozen=True, slots=True)
+class Action(KindBase):
+    """One step of an action's journal (spec 7.8)."""
+
+    kind: ClassVar[str] = "action"
+    INTERNAL: ClassVar[bool] = True  # written by run_once / action() / resolve only
+    SPEC: ClassVar[tuple[Field, ...]] = (
+        Field("key", _text),
+        Field("phase", parse_choice("intent", "result", "resolve")),
+        Field("attempt", _attempt),
+        Field("what", _text, ""),
+        Field("inputs", _meta, {}, dict, dict),
+        Field("ok", lambda v, n: _bool(v, n), True),
+        Field("value", _value, None),
+        Field("error", _text, ""),
+        Field("by", parse_choice("", "fn", "reconcile", "human", "retry"), ""),
+    )
+    time: int
+    key: str
+    phase: str
+    attempt: int
+    what: str = ""
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    ok: bool = True
+    value: Any = None
+    error: str = ""
+    by: str = ""
+    id: str = field(default="", compare=False)
+
+
+def _bool(v: object, name: str) -> bool:
+    if type(v) is not bool:
+        raise InvalidRecordError(f"{name} must be true or false")
+    return v
+
+
+@dataclass
+class ActionState:
+    """What the journal says about one key."""
+
+    key: str
+    status: str = "new"  # new | in-doubt | done | failed | not-done
+    attempt: int = 0
+    what: str = ""
+    value: Any = None
+    error: str = ""
+    by: str = ""
+    started: int | None = None
+    finished: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..core.clock import iso
+
+        return {"key": self.key, "status": self.status, "attempt": self.attempt, "what": self.what,
+                "value": _jsonable(self.value), "error": self.error or None, "by": self.by or None,
+                "started": None if self.started is None else iso(self.started),
+                "finished": None if self.finished is None else iso(self.finished)}
+
+
+def _jsonable(v: Any) -> Any:
+    """Stored values as JSON: bytes become hex."""
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+MAX_KEY = 1024
+
+
+def apply(st: ActionState, rec: Action) -> None:
+    """Fold one journal record into a key's state (7.8)."""
+    if rec.phase == "intent":
+        st.status, st.attempt, st.what = "in-doubt", rec.attempt, rec.what or st.what
+        st.started, st.finished, st.value, st.error, st.by = rec.time, None, None, "", ""
+    elif rec.attempt == st.attempt:
+        if rec.phase == "result" or rec.ok:
+            st.status = "done" if rec.ok else "failed"
+            st.value, st.error, st.by, st.finished = rec.value, rec.error, rec.by or "fn", rec.time
+        else:  # resolve, not done: the next call may run it again
+            st.status, st.by, st.finished = "not-done", rec.by, rec.time
+
+
+def fold_actions(records: Iterable[Any]) -> dict[str, ActionState]:
+    out: dict[str, ActionState] = {}
+    for rec in records:
+        if rec.kind == "action":
+            apply(out.setdefault(rec.key, ActionState(rec.key)), rec)
+    return out
+
+
+class ActionHandle:
+    """``with cap.action(key) as a: if not a.done: a.complete(send(...))``."""
+
+    def __init__(self, journal: Journal, key: str, state: ActionState) -> None:
+        self._journal, self.key = journal, key
+        self._state = ActionState(**vars(state))  # a snapshot: another handle cannot change our attempt
+        self._completed = False
+
+    @property
+    def done(self) -> bool:
+        return self._state.status == "done"
+
+    @property
+    def value(self) -> Any:
+        return self._state.value
+
+    def complete(self, value: Any = None) -> Any:
+        if self.done:
+            raise UsageError(f"action {self.key!r} is already done")
+        self._journal._result(self.key, self._state.attempt, ok=True, value=value)
+        self._completed = True
+        self._state = ActionState(**vars(self._journal.state(self.key)))
+        return self._state.value
+
+    def __enter__(self) -> ActionHandle:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
+        if self.done or self._completed:
+            return
+        if ev is not None:
+            if not isinstance(ev, Exception):
+                return  # interrupted: leave the key in doubt
+            self._journal._result(self.key, self._state.attempt, ok=False, error=_describe(ev))
+        else:
+            self._journal._result(self.key, self._state.attempt, ok=True, value=None)
+
+
+def _describe(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"[:2000]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # never hide the caller's error
+
+
+class Journal:
+    """The action journal of one writer handle (kept by :class:`Capsule`)."""
+
+    def __init__(self, cap: Any) -> None:
+        self._cap = cap
+        self._states: dict[str, ActionState] | None = None
+
+    def states(self) -> dict[str, ActionState]:
+        if self._states is None:
+            self._states = fold_actions(self._cap.records(kind="action"))
+        return self._states
+
+    def state(self, key: str) -> ActionState:
+        return self.states().get(key) or ActionState(key)
+
+    def _write(self, rec_kw: dict[str, Any]) -> Action:
+        cap = self._cap
+        with cap.commit() as tx:  # one commit, one fsync: the record is durable on return
+            rec = Action.build(time=cap.clock(), **rec_kw)
+            tx.put(rec)
+        apply(self.states().setdefault(rec.key, ActionState(rec.key)), rec)
+        return rec  # type: ignore[no-any-return]
+
+    def _intent(self, key: str, attempt: int, what: str, inputs: Mapping[str, Any] | None) -> None:
+        self._write({"key": key, "phase": "intent", "attempt": attempt, "what": what, "inputs": inputs})
+
+    def _result(self, key: str, attempt: int, *, ok: bool, value: Any = None, error: str = "",
+                by: str = "") -> None:
+        self._write({"key": key, "phase": "result", "attempt": attempt, "ok": ok,
+                     "value": value if ok else None, "error": "" if ok else error, "by": by})
+
+    def resolve(self, key: str, *, done: bool, value: Any = None, by: str = "human") -> ActionState:
+        key = _text(key, "key")
+        st = self.state(key)
+        if st.status != "in-doubt":
+            raise UsageError(f"action {key!r} is {st.status}, not in doubt: nothing to resolve")
+        self._write({"key": key, "phase": "resolve", "attempt": st.attempt, "ok": done,
+                     "value": value if done else None, "by": by})
+        return self.state(key)
+
+    def _settle(self, key: str, st: ActionState, reconcile: Callable[[str], Any] | None, policy: str) -> bool:
+        """Decide an in-doubt action. True: it is done now; False: run it again."""
+        if policy == "retry-safe":
+            return False
+        if policy == "ask" or reconcile is None:
+            raise InDoubt(key)
+        answer = reconcile(key)
+        if answer is NOT_DONE:
+            self._write({"key": key, "phase": "resolve", "attempt": st.attempt, "ok": False, "by": "reconcile"})
+            return False
+        self._write({"key": key, "phase": "resolve", "attempt": st.attempt, "ok": True, "value": answer,
+                     "by": "reconcile"})
+        return True
+
+    def begin(self, key: str, *, what: str = "", inputs: Mapping[str, Any] | None = None,
+              reconcile: Callable[[str], Any] | None = None, policy: str = "at-most-once") -> ActionHandle:
+        if policy not in POLICIES:
+            raise UsageError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        if not isinstance(key, str) or not key:
+            raise UsageError("an action key must be a non-empty string")
+        key = _text(key, "key")  # stored NFC: look it up the same way
+        if len(key) > MAX_KEY:
+            raise UsageError(f"an action key is at most {MAX_KEY} characters")
+        st = self.state(key)
+        if st.status == "in-doubt" and self._settle(key, st, reconcile, policy):
+            return ActionHandle(self, key, self.state(key))
+        if st.status == "failed" and policy != "retry-safe":
+            raise ActionFailed(key, st.error)
+        st = self.state(key)
+        if st.status == "done":
+            return ActionHandle(self, key, st)
+        # new, not-done, in doubt and re-runnable, or failed under retry-safe
+        self._intent(key, st.attempt + 1, what, inputs)
+        return ActionHandle(self, key, self.state(key))
+
+    def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = None,
+                 policy: str = "at-most-once", what: str = "", inputs: Mapping[str, Any] | None = None) -> Any:
+        a = self.begin(key, what=what, inputs=inputs, reconcile=reconcile, policy=policy)
+        if a.done:
+            return a.value
+        attempt = a._state.attempt
+        try:
+            value = fn()
+        except Exception as e:
+            self._result(a.key, attempt, ok=False, error=_describe(e))
+            raise
+        # KeyboardInterrupt/SystemExit: the effect may be half done, so the key
+        # stays in doubt (no result is written).
+        try:
+            self._result(a.key, attempt, ok=True, value=value)
+        except InvalidRecordError as e:
+            # The effect ran, but its value cannot be stored: record it as done
+            # with no value and say why, rather than leaving it in doubt for ever.
+            self._write({"key": a.key, "phase": "result", "attempt": attempt, "ok": True,
+                         "error": f"value not recordable: {e}", "by": "fn"})
+            raise
+        return self.state(a.key).value  # the stored (canonical) value, as every replay returns
+

@@ -1,0 +1,125 @@
+"""A small, resumable agent loop (design 9).
+
+    load state -> pick a due task -> act (side effects through run_once)
+    -> commit memory -> checkpoint every N steps -> repeat
+
+Theory of operation: the loop keeps no state of its own. Each turn it reads the
+task queue from the capsule, claims the most urgent due task with a lease,
+runs the handler named by the task, and completes (or fails) the task. If the
+process is killed at any point, the next run finds the task either done, or
+claimed with a lease that expires, after which it is due again; the handler
+runs again, and every side effect it makes through ``step.run_once`` is
+returned from the journal instead of being repeated. Time comes from the
+injected clock; with ``jump_when_idle`` a simulated clock skips ahead to the
+next moment a task becomes due, so a week can run in seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..handle.capsule import Capsule
+from ..core.errors import UsageError
+from .scheduler import TaskRefused
+
+
+@dataclass
+class Step:
+    """What a handler gets: the open capsule, the claimed task and the time."""
+
+    cap: Capsule
+    task: Any  # _scheduler.TaskState
+    now: int
+
+    @property
+    def name(self) -> str:
+        return str(self.task.spec.task)
+
+    @property
+    def payload(self) -> Mapping[str, Any]:
+        return dict(self.task.spec.payload)
+
+    def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = None) -> Any:
+        """A side effect that happens at most once, whatever crashes in between."""
+        return self.cap.run_once(key, fn, reconcile=reconcile)
+
+    def heartbeat(self, lease: int | None = None) -> None:
+        """Extend this task's lease during long work."""
+        cap = self.cap
+        cap.tasks.heartbeat(self.name, self.task.worker, lease=lease or self.task_lease)
+
+    task_lease: int = 600 * 10**9
+
+    def result_of(self, task: str) -> Any:
+        """The recorded result of another (finished) task."""
+        return self.cap.tasks.queue().tasks[task].result
+
+
+@dataclass
+class LoopResult:
+    steps: int = 0
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # finished after the lease expired
+    checkpoints: int = 0
+
+
+class AgentLoop:
+    """Run tasks from a capsule until none is left (or ``max_steps``).
+
+    ``handlers`` maps a task's ``name`` to ``fn(step) -> result``. ``clock`` must
+    be the same callable the capsule was opened with; when ``jump_when_idle``
+    is set it must also have ``advance_to(ns)``.
+    """
+
+    def __init__(self, cap: Capsule, handlers: Mapping[str, Callable[[Step], Any]], *, worker: str = "agent",
+                 lease: int = 600 * 10**9, key: Any = None, checkpoint_every: int = 10,
+                 jump_when_idle: bool = False) -> None:
+        self.cap, self.handlers, self.worker, self.lease = cap, handlers, worker, lease
+        self.key, self.checkpoint_every, self.jump = key, checkpoint_every, jump_when_idle
+        if jump_when_idle and not callable(getattr(cap.clock, "advance_to", None)):
+            raise UsageError("jump_when_idle needs a clock with advance_to(ns) (a simulated clock)")
+
+    def run(self, max_steps: int | None = None) -> LoopResult:
+        res = LoopResult()
+        tasks = self.cap.tasks
+        while max_steps is None or res.steps < max_steps:
+            now = self.cap.clock()
+            due = tasks.due(now)
+            if not due:
+                wake = tasks.queue().next_wakeup(now)
+                if wake is None or not self.jump:
+                    break
+                self.cap.clock.advance_to(wake)  # type: ignore[attr-defined]
+                continue
+            ts = due[0]
+            name = ts.spec.task
+            handler = self.handlers.get(ts.spec.name)
+            tasks.claim(name, self.worker, lease=self.lease, now=now)
+            step = Step(self.cap, tasks.queue().tasks[name], now)
+            step.task_lease = self.lease
+            try:
+                if handler is None:
+                    raise LookupError(f"no handler for task kind {ts.spec.name!r}")
+                result = handler(step)
+                error = None
+            except Exception as e:
+                result, error = None, f"{type(e).__name__}: {e}"[:2000]
+            try:
+                if error is None:
+                    tasks.complete(name, self.worker, result)
+                    res.done.append(name)
+                else:
+                    tasks.fail(name, self.worker, error)
+                    res.failed.append(name)
+            except TaskRefused:
+                # The lease ran out while the handler worked: the task is due again
+                # (its effects replay from the journal) and this result is dropped.
+                res.lost.append(name)
+            res.steps += 1
+            if self.key is not None and self.checkpoint_every and res.steps % self.checkpoint_every == 0:
+                self.cap.checkpoint(f"loop-{len(self.cap.checkpoints()) + 1}", key=self.key)
+                res.checkpoints += 1
+        return res

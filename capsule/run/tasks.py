@@ -1,0 +1,144 @@
+"""Durable tasks in the capsule (spec 7.9): the scheduler's events as records.
+
+The pure scheduler (``_scheduler``) folds task events into a queue and checks
+each event before it is written; this module stores those events as ``task``
+records, one commit (one fsync) per event, and keeps a folded queue per handle.
+Time comes only from the capsule's injected clock, so a capsule copied to
+another host resumes the same schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..core.errors import InvalidRecordError
+from ..format.records import register_kind
+from .scheduler import (
+    Event,
+    InvalidTaskEvent,
+    Queue,
+    TaskAdded,
+    TaskCancelled,
+    TaskClaimed,
+    TaskCompleted,
+    TaskFailed,
+    TaskHeartbeat,
+    fold,
+    parse_event,
+)
+
+
+@register_kind
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One scheduler event stored as a record (7.9)."""
+
+    kind: ClassVar[str] = "task"
+    INTERNAL: ClassVar[bool] = True  # written through cap.tasks only
+    event: Event
+    id: str = field(default="", compare=False)
+
+    @property
+    def time(self) -> int:
+        return self.event.time
+
+    def to_value(self) -> dict[str, Any]:
+        return dict(sorted({"kind": "task", **self.event.to_value()}.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, **self.event.to_value()}
+
+    @classmethod
+    def from_value(cls, v: Mapping[str, Any], rid: str = "") -> TaskRecord:
+        body = {k: x for k, x in v.items() if k != "kind"}
+        rec = cls(parse_event(body), rid)
+        if rec.to_value() != dict(v):
+            raise InvalidRecordError("task record is not in canonical form (spec 7.9)")
+        return rec
+
+
+class Tasks:
+    """``cap.tasks``: add, due, claim, heartbeat, complete, fail, cancel."""
+
+    def __init__(self, cap: Any) -> None:
+        self._cap = cap
+        self._queue: Queue | None = None
+
+    def queue(self) -> Queue:
+        if self._queue is None:
+            self._queue = fold(r.event for r in self._cap.records(kind="task"))
+        return self._queue
+
+    def _now(self, now: int | None) -> int:
+        return self._cap.clock() if now is None else now
+
+    def _write(self, events: Sequence[Event]) -> None:
+        cap = self._cap
+        cap._check_writer()
+        q = self.queue()
+        with cap.commit() as tx:
+            for ev in events:
+                tx.put(TaskRecord(ev))
+        for ev in events:
+            q.apply(ev)
+
+    def add(self, task: str, *, name: str = "", deps: Iterable[str] = (), not_before: int | None = None,
+            deadline: int | None = None, priority: int = 0, max_attempts: int = 3,
+            backoff: int = 1_000_000_000, backoff_cap: int = 3_600_000_000_000,
+            payload: Mapping[str, Any] | None = None, now: int | None = None) -> str:
+        """Add a durable task; a dependency cycle or an unknown dependency is refused."""
+        ev = TaskAdded(time=self._now(now), task=task, name=name, deps=tuple(deps), not_before=not_before,
+                       deadline=deadline, priority=priority, max_attempts=max_attempts, backoff=backoff,
+                       backoff_cap=backoff_cap, payload=dict(payload or {}))
+        self.queue().check_add(ev)
+        self._write([ev])
+        return ev.task
+
+    def add_many(self, specs: Sequence[Mapping[str, Any]], *, now: int | None = None) -> list[str]:
+        """Add tasks that may depend on each other, in one commit (cycles refused)."""
+        t = self._now(now)
+        allowed = {"task", "name", "deps", "not_before", "deadline", "priority", "max_attempts", "backoff",
+                   "backoff_cap", "payload"}
+        evs = []
+        for spec in specs:
+            extra = set(spec) - allowed
+            if extra:
+                raise InvalidTaskEvent(f"unknown task field(s): {', '.join(sorted(map(str, extra)))}")
+            evs.append(TaskAdded(time=t, **dict(spec)))
+        ordered = self.queue().check_add_many(evs)
+        self._write(ordered)
+        return [e.task for e in ordered]
+
+    def due(self, now: int | None = None) -> list[Any]:
+        return self.queue().due(self._now(now))
+
+    def claim(self, task: str, worker: str, *, lease: int = 60_000_000_000, now: int | None = None) -> Any:
+        ev = TaskClaimed(time=self._now(now), task=task, worker=worker, lease=lease)
+        self.queue().check_claim(ev)
+        self._write([ev])
+        return self.queue().tasks[ev.task]
+
+    def heartbeat(self, task: str, worker: str, *, lease: int = 60_000_000_000, now: int | None = None) -> None:
+        ev = TaskHeartbeat(time=self._now(now), task=task, worker=worker, lease=lease)
+        self.queue().check_heartbeat(ev)
+        self._write([ev])
+
+    def complete(self, task: str, worker: str, result: Any = None, *, now: int | None = None) -> None:
+        ev = TaskCompleted(time=self._now(now), task=task, worker=worker, result=result)
+        self.queue().check_complete(ev)
+        self._write([ev])
+
+    def fail(self, task: str, worker: str, error: str = "", *, now: int | None = None) -> None:
+        ev = TaskFailed(time=self._now(now), task=task, worker=worker, error=error)
+        self.queue().check_fail(ev)
+        self._write([ev])
+
+    def cancel(self, task: str, reason: str = "", *, now: int | None = None) -> None:
+        ev = TaskCancelled(time=self._now(now), task=task, reason=reason)
+        self.queue().check_cancel(ev)
+        self._write([ev])
+
+    def to_dict(self, now: int | None = None) -> dict[str, Any]:
+        return self.queue().to_dict(now=self._now(now))

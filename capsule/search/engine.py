@@ -1,0 +1,567 @@
+"""Search over one open capsule: vector, lexical and hybrid (spec 16).
+
+Theory of operation
+-------------------
+A :class:`Searcher` belongs to one :class:`Capsule` handle and follows its
+snapshot. The vector index starts from the newest snapshot blob the INDEX names
+(16.2) and catches up by inserting, in commit order, every memory with an
+embedding in the frames after that blob; with no usable blob it starts empty
+and inserts everything. A blob that fails any check is reported (``doubt``,
+a log warning, ``capsule search`` prints it) and the index is rebuilt from the
+records: never silently. The lexical index (BM25) is always rebuilt from the
+records, lazily, and caught up the same way.
+
+Filters become boolean masks over the indexed entries; the vector search scans
+exactly when few entries pass and otherwise filters inside the graph walk, so a
+selective filter cannot starve the result. Every result is scored exactly and
+ties go to the smaller record id. Dead records (dropped by a revert), expired
+ones (time + ttl <= now) and filtered-out ones are never returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..format import canonical as canon
+from ..core import constants as C
+from ..format.blob import read_blob
+from ..core.clock import iso
+from ..format.commit import decode_records_payload
+from .embed import Embedder, get_embedder
+from ..core.errors import CorruptError, DataError, UsageError
+from ..format.frames import parse_frame_header, raw_payload
+from .lexical import Lexical
+from ..format.records import decode_record, parse_iso_time, parse_meta, parse_tags
+from ..format.records import record_id as content_id
+from ..format.scan import read_frame_at
+from .vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
+
+if TYPE_CHECKING:
+    from ..handle.capsule import Capsule
+
+log = logging.getLogger("capsule")
+MODES = ("auto", "vector", "lexical", "hybrid")
+RRF_K = 60  # 16.6: reciprocal rank fusion constant (Cormack et al. 2009)
+LEXICAL_KINDS = ("memory", "note", "decision")
+KIND_CODES = {k: i for i, k in enumerate(LEXICAL_KINDS)}
+#: writer policy (16.3): snapshot on close when this many vectors are not in the newest one,
+SNAPSHOT_ON_CLOSE = 256
+#: and after a commit once the unsnapshotted vectors reach max(this, the snapshot's size).
+SNAPSHOT_EVERY = 16_384
+#: Close builds an index nobody loaded this session only when this few vectors need inserting.
+CLOSE_BUILD_MAX = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """What a result must satisfy. Times are int ns, ``since`` and ``until`` inclusive."""
+
+    tags: tuple[str, ...] = ()  # all of these
+    any_tags: tuple[str, ...] = ()  # at least one of these
+    tiers: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    since: int | None = None
+    until: int | None = None
+    meta: tuple[tuple[str, bytes], ...] = ()  # key -> canonical bytes of the wanted value
+
+    @classmethod
+    def build(cls, *, tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None,
+              since: Any = None, until: Any = None, meta: Mapping[str, Any] | None = None) -> Filter:
+        def strs(v: Any, what: str) -> tuple[str, ...]:
+            if v is None:
+                return ()
+            if isinstance(v, str):
+                return (v,)
+            if not isinstance(v, Iterable) or not all(isinstance(x, str) for x in v):
+                raise UsageError(f"{what} must be a string or a list of strings")
+            return tuple(v)
+
+        tiers = strs(tier, "tier")
+        for t in tiers:
+            if t not in TIERS:
+                raise UsageError(f"tier must be one of {', '.join(TIERS)}, not {t!r}")
+        kinds = strs(kind, "kind")
+        for k in kinds:
+            if k not in KIND_CODES:
+                raise UsageError(f"kind must be one of {', '.join(LEXICAL_KINDS)} (the searchable kinds), not {k!r}")
+
+        def when(v: Any, what: str) -> int | None:
+            if v is None:
+                return None
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+            if isinstance(v, str):
+                try:
+                    return parse_iso_time(v)
+                except DataError:
+                    raise UsageError(f"{what} {v!r} is not an ISO-8601 time") from None
+            raise UsageError(f"{what} must be int ns or an ISO-8601 string")
+
+        try:  # filter values get the same normalisation (NFC...) as stored tags and meta
+            norm = parse_meta(dict(meta or {}))
+            all_of, any_of = parse_tags(strs(tags, "tags")), parse_tags(strs(any_tags, "any_tags"))
+        except DataError as e:
+            raise UsageError(f"filter: {e}") from None
+        return cls(all_of, any_of, tiers, kinds, when(since, "since"), when(until, "until"),
+                   tuple((k, canon.pack(v)) for k, v in sorted(norm.items())))
+
+
+class Hit:
+    """One result. ``id`` and ``score`` are immediate; record fields load on first use."""
+
+    __slots__ = ("id", "score", "_rec", "_view", "_cap")
+
+    def __init__(self, rid: bytes, score: float, rec: Any, cap: Capsule) -> None:
+        self.id: str = rid.hex()
+        self.score = score
+        # A lexical hit carries the catalog's copy, which lacks the embedding: enough
+        # for text, tags, meta and time; `record` loads the whole record on demand.
+        full = not _slim(rec)
+        self._rec = rec if full else None
+        self._view = rec
+        self._cap = cap
+
+    @property
+    def record(self) -> Any:
+        """The whole record (with its embedding), read from the capsule if needed."""
+        if self._rec is None:
+            if self._cap.closed:
+                # Ids are content addresses and the file only grows: a fresh reader
+                # finds the same record (and checks it against its id).
+                from ..handle.capsule import open as open_capsule
+
+                with open_capsule(self._cap.path) as cap:
+                    self._rec = cap.get(self.id)
+            else:
+                self._rec = self._cap.get(self.id)
+        return self._rec
+
+    @property
+    def _r(self) -> Any:
+        return self._view if self._view is not None else self.record
+
+    @property
+    def kind(self) -> str:
+        return str(self._r.kind)
+
+    @property
+    def text(self) -> str:
+        r = self._r
+        return str(r.summary if r.kind == "decision" else r.text)
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(getattr(self._r, "tags", ()))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(getattr(self._r, "meta", None) or {})
+
+    @property
+    def time(self) -> int:
+        return int(self._r.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        """16.7: the JSON shape ``capsule search --json`` prints."""
+        return {"id": self.id, "score": self.score, "kind": self.kind, "text": self.text, "tags": list(self.tags),
+                "meta": _jsonable(self.meta), "time": iso(self.time)}
+
+    def __repr__(self) -> str:
+        return f"Hit({self.id[:12]}, {self.score:.4f})"
+
+
+@dataclass(slots=True)
+class _Docs:
+    """The lexical catalog: one entry per memory, note and decision, in commit order."""
+
+    ids: list[bytes] = field(default_factory=list)
+    recs: list[Any] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    ttls: list[int] = field(default_factory=list)
+    tiers: list[int] = field(default_factory=list)
+    kinds: list[int] = field(default_factory=list)
+    tags: list[tuple[str, ...]] = field(default_factory=list)
+    pos: dict[bytes, int] = field(default_factory=dict)
+    lex: Lexical = field(default_factory=Lexical)
+
+
+class Searcher:
+    def __init__(self, cap: Capsule) -> None:
+        self.cap = cap
+        self.vi: VectorIndex | None = None
+        self.params: VectorParams | None = None
+        self._vpos = 0  # file offset the vector index has absorbed records up to
+        self._docs: _Docs | None = None
+        self._lpos = C.HEADER_SIZE
+        self.snapshot_count = 0  # vectors in the newest snapshot blob
+        self.doubt: str | None = None  # why a snapshot blob was not used
+        self.notice: str | None = None  # how the last search departed from what was asked (auto mode)
+        self._dead: tuple[int, set[bytes]] | None = None
+        self.pending_vectors = 0  # committed through this handle since the newest snapshot
+        self._cfg_pos = C.HEADER_SIZE  # config(): scanned for a first embedding up to here
+
+    # --- reading records ------------------------------------------------------------
+    def _scan(self, pos: int) -> Iterator[tuple[bytes, Any]]:
+        """Records in the committed frames from ``pos`` on, in commit order.
+
+        Hops from frame header to frame header and reads only RECORDS frames, each
+        checked against its own chain link (4.2): a snapshot blob is never read
+        here, so a damaged one cannot stop a rebuild from the records."""
+        cap = self.cap
+        snap, h = cap._snap, cap._h
+        seq: int | None = None
+        while pos < snap.end:
+            fh = parse_frame_header(h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
+                                    max_frame_len=snap.header.max_frame_len)
+            if fh.end > snap.end:
+                raise CorruptError("frame runs past the last commit", offset=pos, seq=fh.seq, check="frame-length")
+            if fh.ftype == C.FT_RECORDS:
+                prev = snap.header.chain_seed if pos == C.HEADER_SIZE else None
+                fh, payload, _, _ = read_frame_at(h, pos, max_frame=snap.header.max_frame_len, seq=fh.seq,
+                                                  prev_chain=prev)
+                for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
+                    kind = value.get("kind") if isinstance(value, dict) else None
+                    if not isinstance(kind, str):
+                        raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+                    if kind in LEXICAL_KINDS or kind == "vindex":
+                        rid = content_id(kind, data)
+                        yield rid, decode_record(value, rid)
+            pos, seq = fh.end, fh.seq + 1
+
+    def _blob_params(self) -> tuple[VectorParams, int] | None:
+        ref = self.cap._snap.blobs.get(BLOB_TYPE)
+        if ref is None:
+            return None
+        h = self.cap._h
+        try:
+            raw = h.pread(ref.offset + C.FRAME_HEADER_SIZE, min(ref.size + 4096, 8192))
+            hl = struct.unpack_from("<H", raw, 0)[0]
+            return VectorIndex.peek(raw[2 + hl :])
+        except (struct.error, ValueError):
+            return None
+
+    def config(self) -> VectorParams | None:
+        """16.1: the vector parameters in force (snapshot, else the first vindex record)."""
+        if self.params is None:
+            got = self._blob_params()
+            if got is not None:
+                self.params = got[0]
+            elif self._cfg_pos < self.cap._snap.end and ({"vindex", "memory"} & set(self.cap._snap.kinds)):
+                # 16.1: the first vindex record, or else the defaults with the first
+                # embedding's dimension (with no vindex record in the file at all).
+                want_vindex = "vindex" in self.cap._snap.kinds
+                for _, rec in self._scan(self._cfg_pos):
+                    if rec.kind == "vindex":
+                        self.params = _params_of(rec)
+                        break
+                    if not want_vindex and rec.kind == "memory" and rec.embedding is not None:
+                        self.params = VectorParams(dim=len(rec.embedding))
+                        break
+                else:
+                    self._cfg_pos = self.cap._snap.end  # none so far: resume from here next time
+        return self.params
+
+    def dead(self) -> set[bytes]:
+        snap = self.cap._snap
+        if "revert" not in snap.kinds:
+            return set()
+        if self._dead is None or self._dead[0] != snap.end:
+            self._dead = (snap.end, self.cap._dead_ids())
+        return self._dead[1]
+
+    # --- the vector index ------------------------------------------------------------
+    def vectors(self) -> VectorIndex | None:
+        """Load the newest snapshot (once) and insert what came after it."""
+        snap = self.cap._snap
+        if self.vi is None and self._vpos == 0:
+            self._vpos = C.HEADER_SIZE
+            ref = snap.blobs.get(BLOB_TYPE)
+            if ref is not None:
+                try:
+                    blob, after, check = read_blob(self.cap._h, ref, snap.header.max_frame_len, snap.end)
+                    try:
+                        vi = VectorIndex.decode(blob, where=ref.offset)
+                    finally:
+                        check()  # 3.4: nothing derived from the blob is used unless its hash holds
+                    if len(vi) > snap.kinds.get("memory", 0):
+                        raise CorruptError("vector index snapshot: more vectors than memories",
+                                           offset=ref.offset, check="vindex")
+                    self.vi, self.params, self._vpos = vi, vi.params, after
+                    self.snapshot_count = len(vi)
+                except CorruptError as e:
+                    self.doubt = f"{e}; rebuilt the vector index from the records"
+                    log.warning("capsule %s: %s", self.cap.path, self.doubt)
+        if self._vpos < snap.end:
+            self._catch_up()
+        return self.vi
+
+    def _catch_up(self) -> None:
+        end = self.cap._snap.end
+        entries: list[Entry] = []
+        vecs: list[np.ndarray] = []
+
+        def flush() -> None:
+            if entries and self.vi is not None:
+                self.vi.add(entries, np.stack(vecs))
+            entries.clear()
+            vecs.clear()
+
+        for rid, rec in self._scan(self._vpos):
+            if rec.kind == "vindex":
+                if self.params is None:
+                    self.params = _params_of(rec)
+                continue
+            if rec.kind != "memory" or rec.embedding is None:
+                continue
+            if self.vi is None:
+                # 16.1: a file with embeddings but no vindex record (a 1.0 writer's) uses
+                # the defaults with the dimension of its first embedding.
+                self.params = self.params or VectorParams(dim=len(rec.embedding))
+                self.vi = VectorIndex(self.params)
+            if len(rec.embedding) != self.vi.params.dim:
+                continue  # 16.1: another dimension is not indexed
+            entries.append(Entry(rid, rec.time, rec.ttl or 0, TIERS[rec.tier], tuple(rec.tags)))
+            vecs.append(rec.embedding)
+            if len(entries) >= 4096:
+                flush()
+        flush()
+        self._vpos = end
+
+    # --- the lexical index -------------------------------------------------------------
+    def docs(self) -> _Docs:
+        if self._docs is None:
+            self._docs = _Docs()
+        d = self._docs
+        if self._lpos < self.cap._snap.end:
+            for rid, rec in self._scan(self._lpos):
+                if rec.kind not in KIND_CODES:
+                    continue
+                d.pos[rid] = len(d.ids)
+                d.ids.append(rid)
+                # the catalog keeps no embeddings (they are in the vector index, or on disk)
+                d.recs.append(_SlimMemory(rec) if getattr(rec, "embedding", None) is not None else rec)
+                d.times.append(rec.time)
+                d.ttls.append(getattr(rec, "ttl", None) or 0)
+                d.tiers.append(TIERS[getattr(rec, "tier", "working")])
+                d.kinds.append(KIND_CODES[rec.kind])
+                d.tags.append(tuple(getattr(rec, "tags", ())))
+                d.lex.add(rec.summary + "\n" + rec.rationale if rec.kind == "decision" else rec.text)
+            self._lpos = self.cap._snap.end
+        return d
+
+    # --- filters ------------------------------------------------------------------------
+    def _mask(self, n: int, dead: np.ndarray, times: np.ndarray, ttls: np.ndarray, tiers: np.ndarray,
+              tag_mask: Any, kinds: np.ndarray | None, flt: Filter, now: int, meta_of: Any) -> np.ndarray:
+        """Which of ``n`` entries may be returned. ``dead`` holds positions of dead
+        records; ``tag_mask(tag)`` gives the entries carrying a tag."""
+        m = np.ones(n, bool)
+        m[dead] = False
+        has_ttl = ttls > 0
+        if has_ttl.any():
+            m &= ~(has_ttl & (times + ttls <= now))  # 7.1: expired at time + ttl
+        if flt.tiers:
+            m &= np.isin(tiers, [TIERS[t] for t in flt.tiers])
+        if flt.kinds:
+            if kinds is None:
+                m &= "memory" in flt.kinds
+            else:
+                m &= np.isin(kinds, [KIND_CODES[k] for k in flt.kinds if k in KIND_CODES])
+        if flt.since is not None:
+            m &= times >= flt.since
+        if flt.until is not None:
+            m &= times <= flt.until
+        for t in flt.tags:
+            m &= tag_mask(t)
+        if flt.any_tags:
+            anym = np.zeros(n, bool)
+            for t in flt.any_tags:
+                anym |= tag_mask(t)
+            m &= anym
+        if flt.meta:
+            for i in np.flatnonzero(m).tolist():
+                meta = meta_of(i)
+                m[i] = all(k in meta and _same(meta[k], v) for k, v in flt.meta)
+        return m
+
+    def _vector_mask(self, vi: VectorIndex, flt: Filter, now: int) -> np.ndarray | None:
+        dead = self.dead()
+        if not (flt.tags or flt.any_tags or flt.tiers or flt.kinds or flt.since is not None
+                or flt.until is not None or flt.meta or dead or vi.has_ttl):
+            return None
+        meta_of = None
+        if flt.meta:
+            d = self.docs()
+
+            def meta_of(i: int) -> Mapping[str, Any]:
+                j = d.pos.get(vi.ids[i])
+                return (getattr(d.recs[j], "meta", None) or {}) if j is not None else {}
+
+        gone = [x for x in (vi.label_of(r) for r in dead) if x is not None]
+        return self._mask(len(vi), np.array(gone, np.int64), vi.times, vi.ttls, vi.tiers, vi.tag_mask, None, flt,
+                          now, meta_of)
+
+    # --- the searches --------------------------------------------------------------------
+    def vector_search(self, q: Any, k: int, flt: Filter, now: int, ef: int) -> list[tuple[bytes, float, Any]]:
+        vi = self.vectors()
+        if vi is None:
+            return []
+        qv = vi.prepare(q)
+        mask = self._vector_mask(vi, flt, now)
+        return [(vi.ids[label], score, None) for label, score in vi.search(qv, k, mask, ef)]
+
+    def lexical_search(self, query: str, k: int, flt: Filter, now: int) -> list[tuple[bytes, float, Any]]:
+        d = self.docs()
+        if not d.ids:
+            return []
+        scores = d.lex.scores(query)
+        cand = np.flatnonzero(scores > 0)
+        if len(cand) == 0:
+            return []
+        dead = self.dead()
+        gone = [j for j, i in enumerate(cand.tolist()) if d.ids[i] in dead] if dead else []
+        tags = [d.tags[i] for i in cand.tolist()]
+
+        def tag_mask(t: str) -> np.ndarray:
+            return np.fromiter((t in ts for ts in tags), bool, len(tags))
+
+        m = self._mask(len(cand), np.array(gone, np.int64), np.array([d.times[i] for i in cand], np.int64),
+                       np.array([d.ttls[i] for i in cand], np.int64), np.array([d.tiers[i] for i in cand]),
+                       tag_mask, np.array([d.kinds[i] for i in cand]), flt, now,
+                       lambda j: getattr(d.recs[int(cand[j])], "meta", None) or {})
+        cand = cand[m]
+        return [(d.ids[i], s, d.recs[i]) for i, s in _top(cand, scores[cand], d.ids, k)]
+
+
+class _SlimMemory:
+    """A memory without its embedding, for the lexical catalog."""
+
+    __slots__ = ("kind", "id", "text", "tags", "meta", "time", "tier", "ttl", "source")
+
+    def __init__(self, m: Any) -> None:
+        self.kind, self.id, self.text, self.tags, self.meta = m.kind, m.id, m.text, m.tags, m.meta
+        self.time, self.tier, self.ttl, self.source = m.time, m.tier, m.ttl, m.source
+
+
+def _slim(rec: Any) -> bool:
+    return isinstance(rec, _SlimMemory)
+
+
+def _top(cand: np.ndarray, scores: np.ndarray, ids: Sequence[bytes], k: int) -> list[tuple[int, float]]:
+    """The best ``k`` by score, ties by id, exactly (every tie at the cut is considered)."""
+    if len(cand) > k:
+        kth = np.partition(scores, len(scores) - k)[len(scores) - k]
+        keep = scores >= kth
+        cand, scores = cand[keep], scores[keep]
+    order = sorted(range(len(cand)), key=lambda i: (-float(scores[i]), ids[int(cand[i])]))
+    return [(int(cand[i]), float(scores[i])) for i in order[:k]]
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _same(have: Any, want: bytes) -> bool:
+    try:
+        return canon.pack(have) == want
+    except Exception:
+        return False
+
+
+def _params_of(rec: Any) -> VectorParams:
+    return VectorParams(rec.space, rec.dim, rec.M, rec.ef_construction, rec.seed, rec.embedder)
+
+
+def fuse(lists: Sequence[Sequence[tuple[bytes, float, Any]]], k: int) -> list[tuple[bytes, float, Any]]:
+    """16.6: reciprocal rank fusion, sum of 1 / (60 + rank), ties by id."""
+    score: dict[bytes, float] = {}
+    rec: dict[bytes, Any] = {}
+    for hits in lists:
+        for rank, (rid, _, r) in enumerate(hits, 1):
+            score[rid] = score.get(rid, 0.0) + 1.0 / (RRF_K + rank)
+            if r is not None:
+                rec[rid] = r
+    order = sorted(score, key=lambda r: (-score[r], r))[:k]
+    return [(r, score[r], rec.get(r)) for r in order]
+
+
+def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
+           ef: int = 64, embedder: str | Embedder | None = None, now: int | None = None, **filters: Any) -> list[Hit]:
+    """See :meth:`Capsule.search`."""
+    if mode not in MODES:
+        raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if type(k) is not int or not 1 <= k <= 10_000:
+        raise UsageError("k must be an integer in 1..10000")
+    if type(ef) is not int or not 1 <= ef <= 100_000:
+        raise UsageError("ef must be an integer in 1..100000")
+    if query is not None and not isinstance(query, str):
+        raise UsageError("query must be a string")
+    if query is None and vector is None:
+        raise UsageError("give a query text, a query vector, or both")
+    flt = Filter.build(**filters)
+    s = cap._searcher()
+    if now is None:
+        now = cap._snap.commit.time if cap._pinned and cap._snap.commit else cap.clock()
+    text = query or ""
+    auto = mode == "auto"
+    s.notice = None
+    if mode == "auto":
+        if vector is not None:
+            mode = "hybrid" if text.strip() else "vector"
+        else:
+            # Hybrid only with a semantic embedder: fusing BM25 with the hash embedder (itself
+            # lexical) lost to BM25 alone on LoCoMo (recall@10 0.465 vs 0.559; minilm: 0.572).
+            cfg = s.config()
+            name = embedder or (cfg.embedder if cfg is not None else "")
+            named = name if isinstance(name, str) else name.name
+            mode = "hybrid" if named and not named.startswith("hash") else "lexical"
+    if mode in ("vector", "hybrid") and vector is None:
+        if not text.strip():
+            raise UsageError(f"{mode} search needs a query text or a query vector")
+        try:
+            vector = _embed_query(s, text, embedder)
+        except UsageError as e:
+            if not auto:
+                raise
+            # auto on a host without the capsule's embedder: words still work
+            s.notice = f"searched by words only: {e}"
+            mode = "lexical"
+    if mode == "hybrid" and not text.strip():
+        raise UsageError("hybrid search needs a query text (for its lexical half)")
+    if mode == "lexical":
+        got = s.lexical_search(text, k, flt, now)
+    elif mode == "vector":
+        got = s.vector_search(vector, k, flt, now, ef)
+    else:
+        deep = max(50, 4 * k)
+        got = fuse([s.vector_search(vector, deep, flt, now, ef), s.lexical_search(text, deep, flt, now)], k)
+    return [Hit(rid, score, rec, cap) for rid, score, rec in got]
+
+
+def _embed_query(s: Searcher, text: str, embedder: str | Embedder | None) -> np.ndarray:
+    p = s.config()
+    if p is None:
+        raise UsageError("this capsule has no vectors: use --mode lexical (or add memories with embeddings)")
+    name = embedder or p.embedder
+    if not name:
+        raise UsageError("this capsule's vectors came from the agent, not a named embedder: pass the query as a "
+                         "vector (--vector), or name the embedder that made them (--embedder)")
+    e = get_embedder(name)
+    if e.dim != p.dim:
+        raise UsageError(f"embedder {e.name} gives {e.dim}-dimensional vectors; this capsule's have {p.dim}")
+    out: np.ndarray = np.asarray(e.embed([text]), np.float32)[0]
+    return out
+
+
+__all__ = ["Filter", "Hit", "Searcher", "fuse", "search", "TIER_NAMES"]

@@ -1,0 +1,168 @@
+"""CHECKPOINT and KEYSET frame payloads (spec 14.9). Sans-IO.
+
+A CHECKPOINT frame carries the signed :class:`CheckpointBody` as the exact
+bytes that were signed (never re-serialized to verify, DSSE style), the
+signatures, the offset of the previous CHECKPOINT frame and an optional
+runtime-state blob whose SHA-256 the body names. A KEYSET frame carries a
+keyset and, for every keyset after the first, the rotation signatures of a
+threshold of the previous keyset and of the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..format import canonical as canon
+from ..core import constants as C
+from ..core.errors import CorruptError, NonCanonicalError
+from .keys import (
+    CHECKPOINT_TAG,
+    CheckpointBody,
+    Keyset,
+    Rotation,
+    Signature,
+    signatures_from_value,
+    signatures_to_value,
+)
+
+MAX_RUNTIME = 64 * 1024 * 1024  # 11: a checkpoint's runtime blob
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointFrame:
+    offset: int
+    body_raw: bytes
+    body: CheckpointBody
+    sigs: tuple[Signature, ...]
+    prev_offset: int | None
+    runtime: bytes | None
+
+    @property
+    def hash(self) -> bytes:
+        """What the next checkpoint's ``prev`` names: over the stored body bytes."""
+        return hashlib.sha256(CHECKPOINT_TAG + self.body_raw).digest()
+
+    def to_dict(self) -> dict[str, Any]:
+        from ..core.clock import iso
+
+        b = self.body
+        return {"label": b.label, "seq": b.tree_size, "offset": self.offset, "hash": self.hash.hex(),
+                "state_root": b.state_root.hex(), "root": b.root.hex(), "time": iso(b.time),
+                "signers": sorted(s.key_id for s in self.sigs), "keyset": b.keyset.hex(),
+                "runtime_bytes": None if self.runtime is None else len(self.runtime)}
+
+
+def encode_checkpoint(body: CheckpointBody, sigs: list[Signature], prev_offset: int | None,
+                      runtime: bytes | None) -> bytes:
+    return canon.pack({"body": body.body_bytes(), "prev": prev_offset, "runtime": runtime,
+                       "sigs": signatures_to_value(sigs)})
+
+
+def parse_checkpoint(payload: bytes, offset: int, seq: int) -> CheckpointFrame:
+    def bad(msg: str) -> CorruptError:
+        return CorruptError(msg, offset=offset, seq=seq, check="checkpoint")
+
+    try:
+        v = canon.decode(payload, max_bin=MAX_RUNTIME)
+    except NonCanonicalError as e:
+        raise bad(str(e)) from None
+    if not isinstance(v, dict) or set(v) != {"body", "prev", "runtime", "sigs"}:
+        raise bad("checkpoint fields are wrong")
+    prev, runtime, raw = v["prev"], v["runtime"], v["body"]
+    if prev is not None and not (type(prev) is int and C.HEADER_SIZE <= prev < offset):
+        raise bad("checkpoint prev pointer is malformed")
+    if runtime is not None and not isinstance(runtime, bytes):
+        raise bad("checkpoint runtime is not bytes")
+    if not isinstance(raw, bytes):
+        raise bad("checkpoint body is not bytes")
+    try:
+        body = CheckpointBody.from_bytes(raw)
+        sigs = signatures_from_value(v["sigs"])
+    except (NonCanonicalError, ValueError) as e:
+        raise bad(f"checkpoint body: {e}") from None
+    if body.tree_size != seq:
+        raise bad("checkpoint tree_size is not its own seq")
+    if (runtime is None) != (body.runtime is None) or (
+        runtime is not None and hashlib.sha256(runtime).digest() != body.runtime
+    ):
+        raise bad("checkpoint runtime blob does not match its hash")
+    return CheckpointFrame(offset, raw, body, sigs, prev, runtime)
+
+
+@dataclass(frozen=True, slots=True)
+class KeysetFrame:
+    offset: int
+    keyset: Keyset
+    sigs: tuple[Signature, ...]  # rotation signatures; empty for the first keyset
+    prev_offset: int | None
+
+    @property
+    def rotation(self) -> Rotation:
+        return Rotation(self.keyset, self.sigs)
+
+
+def encode_keyset(keyset: Keyset, sigs: list[Signature] | tuple[Signature, ...], prev_offset: int | None) -> bytes:
+    return canon.pack({"keyset": keyset.to_value(), "prev": prev_offset, "sigs": signatures_to_value(sigs)})
+
+
+def parse_keyset(payload: bytes, offset: int, seq: int) -> KeysetFrame:
+    def bad(msg: str) -> CorruptError:
+        return CorruptError(msg, offset=offset, seq=seq, check="keyset")
+
+    try:
+        v = canon.decode(payload)
+    except NonCanonicalError as e:
+        raise bad(str(e)) from None
+    if not isinstance(v, dict) or set(v) != {"keyset", "prev", "sigs"}:
+        raise bad("keyset fields are wrong")
+    prev = v["prev"]
+    if prev is not None and not (type(prev) is int and C.HEADER_SIZE <= prev < offset):
+        raise bad("keyset prev pointer is malformed")
+    try:
+        ks = Keyset.from_value(v["keyset"])
+        sigs = signatures_from_value(v["sigs"])
+    except (NonCanonicalError, ValueError) as e:
+        raise bad(f"keyset: {e}") from None
+    if (prev is None) != (not sigs):
+        raise bad("the first keyset carries no rotation signatures; every later one does")
+    return KeysetFrame(offset, ks, sigs, prev)
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """A fork's proof of where it came from (spec 15)."""
+
+    parent: bytes  # the parent's file id
+    root: bytes  # Merkle root named by the parent's commit at the fork point
+    tree_size: int  # that commit's seq
+    chain: bytes  # that commit's chain value
+    checkpoint: bytes | None  # hash of the parent's latest checkpoint at the fork point
+
+    def to_value(self) -> dict[str, Any]:
+        return {"chain": self.chain, "checkpoint": self.checkpoint, "parent": self.parent, "root": self.root,
+                "tree_size": self.tree_size}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parent": self.parent.hex(), "root": self.root.hex(), "tree_size": self.tree_size,
+                "chain": self.chain.hex(), "checkpoint": None if self.checkpoint is None else self.checkpoint.hex()}
+
+
+def parse_lineage(payload: bytes, offset: int, seq: int) -> Lineage:
+    def bad(msg: str) -> CorruptError:
+        return CorruptError(msg, offset=offset, seq=seq, check="lineage")
+
+    try:
+        v = canon.decode(payload)
+    except NonCanonicalError as e:
+        raise bad(str(e)) from None
+    if not isinstance(v, dict) or set(v) != {"chain", "checkpoint", "parent", "root", "tree_size"}:
+        raise bad("lineage fields are wrong")
+    ok = (isinstance(v["parent"], bytes) and len(v["parent"]) == 16 and isinstance(v["root"], bytes)
+          and len(v["root"]) == 32 and isinstance(v["chain"], bytes) and len(v["chain"]) == 32
+          and type(v["tree_size"]) is int and v["tree_size"] >= 0
+          and (v["checkpoint"] is None or (isinstance(v["checkpoint"], bytes) and len(v["checkpoint"]) == 32)))
+    if not ok:
+        raise bad("lineage field types are wrong")
+    return Lineage(v["parent"], v["root"], v["tree_size"], v["chain"], v["checkpoint"])

@@ -1,0 +1,401 @@
+"""``verify``: prove a capsule's integrity or name its first bad byte (spec 13).
+
+The walk checks, in file order: the header; every frame header, length and
+seq; every chain link; for RECORDS frames the codec, the canonical encoding,
+each record's schema and that no content id repeats; for COMMIT frames the
+Merkle root, record count, back-pointer and INDEX pointer; for INDEX frames
+the frontier and counts, and for the INDEX in force at the end that its
+tables hold exactly the committed ids at the right places.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core import constants as C
+from ..format.blob import BlobRef, read_blob
+from ..state.checkpoint import CheckpointFrame, KeysetFrame, parse_checkpoint, parse_keyset, parse_lineage
+from ..format.commit import (
+    decode_records_payload,
+    parse_commit_payload,
+    parse_index_payload,
+    parse_recovery,
+)
+from ..core.errors import CapsuleError, CorruptError, DataError
+from ..format.file import ReadHandle
+from ..format.frames import FileHeader, Merkle, parse_header, raw_payload
+from ..format.index import Segment, merge_inputs
+from ..state.keys import (
+    CHECKPOINT_PAYLOAD_TYPE,
+    Keyset,
+    PublicKey,
+    count_valid,
+    verify_chain,
+    verify_rotation,
+)
+from ..format.records import decode_record, record_id
+from ..format.scan import Reader, damage_is_not_a_crash, label_key
+from ..state.fold import EVENT_KINDS
+from ..state.stateroot import state_root_of
+from ..search.vindex import BLOB_TYPE, VectorIndex
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    path: str
+    file_id: str | None = None
+    format_version: str | None = None
+    commits: int = 0
+    records: int = 0
+    frames: int = 0
+    bytes: int = 0
+    torn_tail: int = 0
+    checkpoints: int = 0
+    anchored: bool | None = None
+    keyset: str | None = None
+    lineage: dict[str, Any] | None = None
+    first_error: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "file_id": self.file_id, "format_version": self.format_version,
+                "commits": self.commits, "records": self.records, "frames": self.frames, "bytes": self.bytes,
+                "torn_tail_bytes": self.torn_tail, "checkpoints": self.checkpoints,
+                "signatures_anchored": self.anchored, "keyset": self.keyset, "lineage": self.lineage,
+                "first_error": self.first_error, "warnings": self.warnings}
+
+
+def _err(e: CorruptError | DataError, offset: int | None = None, seq: int | None = None) -> dict[str, Any]:
+    return {"offset": getattr(e, "offset", None) if getattr(e, "offset", None) is not None else offset,
+            "seq": getattr(e, "seq", None) if getattr(e, "seq", None) is not None else seq,
+            "check": getattr(e, "check", "record"), "message": getattr(e, "message", str(e))}
+
+
+class _Semantic(Exception):
+    def __init__(self, error: CorruptError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _array_len(raw: bytes, offset: int, seq: int) -> int:
+    b = raw[:1]
+    if b and 0x90 <= b[0] <= 0x9F:
+        return b[0] & 0x0F
+    if b == b"\xdc" and len(raw) >= 3:
+        return int.from_bytes(raw[1:3], "big")
+    if b == b"\xdd" and len(raw) >= 5:
+        return int.from_bytes(raw[1:5], "big")
+    raise CorruptError("RECORDS payload is not an array", offset=offset, seq=seq, check="records")
+
+
+def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int], None] | None = None,
+           trust: PublicKey | Keyset | str | None = None, strict: bool = False,
+           parent: str | Path | None = None) -> VerifyReport:
+    """Check every byte of a capsule. ``deep=False`` skips per-record decoding
+    (structure, chain, codec framing and Merkle roots only). ``trust`` anchors
+    checkpoint signatures (a public key or a keyset hash); ``strict`` fails
+    when signed checkpoints are present but not anchored."""
+    p = Path(path)
+    h = ReadHandle(p)
+    try:
+        size = h.size()
+        rep = VerifyReport(ok=False, path=str(p), bytes=size)
+        try:
+            header = parse_header(h.pread(0, C.HEADER_SIZE))
+        except CorruptError as e:
+            rep.first_error = _err(e)
+            return rep
+        rep.file_id, rep.format_version = header.file_id.hex(), f"{header.major}.{header.minor}"
+        _walk(h, header, size, rep, deep, progress, trust, strict)
+        if rep.ok and parent is not None:
+            _check_parent(rep, Path(parent))
+        return rep
+    finally:
+        h.close()
+
+
+def _state_root(ids: bytearray, dead: set[bytes], events: set[bytes]) -> bytes:
+    arr = np.frombuffer(bytes(ids), dtype="S32")
+    if dead or events:
+        gone = dead | events
+        arr = np.array([x for x in (bytes(ids[i : i + 32]) for i in range(0, len(ids), 32)) if x not in gone],
+                       dtype="S32")
+    return bytes.fromhex(state_root_of(arr))
+
+
+def _check_parent(rep: VerifyReport, parent: Path) -> None:
+    """15: the fork point must be a commit of ``parent`` with the named root and chain."""
+    from ..handle.capsule import open as open_capsule
+
+    lin = rep.lineage
+    if lin is None:
+        rep.ok = False
+        rep.first_error = {"offset": None, "seq": None, "check": "lineage", "message": "no LINEAGE frame: not a fork"}
+        return
+    with open_capsule(parent) as par:
+        ok = par.file_id == lin["parent"]
+        if ok:
+            try:
+                c = par.resolve(str(lin["tree_size"]))
+                ok = c.root.hex() == lin["root"] and c.chain.hex() == lin["chain"]
+            except CapsuleError:
+                ok = False
+    if not ok:
+        rep.ok = False
+        rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "lineage",
+                           "message": f"{parent} is not the parent this fork names (or the fork point differs)"}
+
+
+def _trust(rep: VerifyReport, keysets: list[KeysetFrame], trust: object, strict: bool) -> bool:
+    """14.7: anchor the keyset chain; False (with first_error set) when that fails."""
+    rep.keyset = keysets[-1].keyset.keyset_hash if keysets else None
+    if trust is None:
+        if rep.checkpoints:
+            rep.anchored = False
+            rep.warnings.append("signatures not anchored: pass --trust KEY.pub or a keyset hash to prove "
+                                "who signed the checkpoints")
+            if strict:
+                rep.first_error = {"offset": None, "seq": None, "check": "not-anchored",
+                                   "message": "signatures not anchored (--strict)"}
+                return False
+        return True
+    if not keysets:
+        rep.first_error = {"offset": None, "seq": None, "check": "trust-anchor",
+                           "message": "--trust given but the capsule has no signed checkpoints"}
+        return False
+    try:
+        verify_chain(trust, [k.rotation for k in keysets[1:]], genesis=keysets[0].keyset)  # type: ignore[arg-type]
+    except DataError as e:
+        rep.first_error = {"offset": keysets[0].offset, "seq": None, "check": "trust-anchor",
+                           "message": f"the capsule's keys do not chain to the trusted anchor: {e}"}
+        return False
+    rep.anchored = True
+    return True
+
+
+def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep: bool,
+          progress: Callable[[int, int], None] | None, trust: object = None, strict: bool = False) -> None:
+    rd = Reader(h, C.HEADER_SIZE, size, 0, header.chain_seed, header.max_frame_len)
+    merkle = Merkle()
+    ids = bytearray()
+    locs: list[tuple[int, int]] = []
+    kinds: dict[str, int] = {}
+    blobs_seen: set[BlobRef] = set()
+    tables: dict[int, tuple[int, bytes]] = {}
+    last_index: tuple[int, bytes, Any] | None = None
+    prev_commit: int | None = None
+    committed_end = C.HEADER_SIZE
+    records = 0
+    cur_seq = 0
+    kinds_unknown = False
+    keysets: list[KeysetFrame] = []
+    last_ck: CheckpointFrame | None = None
+    chain_before = header.chain_seed
+    dead: set[bytes] = set()
+    events: set[bytes] = set()
+    labels_at: dict[bytes, int] = {}
+    try:
+        for fh, payload, leaf in rd.frames():
+            try:
+                cur_seq = fh.seq
+                t = fh.ftype
+                if t == C.FT_RECORDS and not deep:
+                    # structural: the codec must undo and the array header gives the count
+                    n = _array_len(raw_payload(fh, payload), fh.offset, fh.seq)
+                    kinds_unknown = True
+                    records += n
+                elif t == C.FT_RECORDS:
+                    raw = raw_payload(fh, payload)
+                    for slot, (value, data) in enumerate(decode_records_payload(raw, fh.offset, fh.seq)):
+                        kind = value.get("kind") if isinstance(value, dict) else None
+                        if not isinstance(kind, str):
+                            raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+                        rid = record_id(kind, data)
+                        if deep:
+                            try:
+                                rec = decode_record(value, rid)
+                            except DataError as e:
+                                raise CorruptError(f"record {slot}: {e}", offset=fh.offset, seq=fh.seq,
+                                                   check="record-schema") from e
+                            if kind in EVENT_KINDS:
+                                events.add(rid)
+                                if kind == "revert":
+                                    dead.update(rec.drop)
+                                    dead.difference_update(rec.restore)
+                        ids += rid
+                        locs.append((fh.offset, slot))
+                        kinds[kind] = kinds.get(kind, 0) + 1
+                        records += 1
+                elif t == C.FT_TABLE:
+                    tables[fh.payload_offset] = (fh.payload_len, hashlib.sha256(payload).digest())
+                elif t == C.FT_INDEX:
+                    meta = parse_index_payload(payload, fh.offset, fh.seq)
+                    if meta.frontier != merkle.peaks or meta.records != records or (
+                        not kinds_unknown and meta.kinds != kinds
+                    ):
+                        raise CorruptError("INDEX does not match the frames before it", offset=fh.offset, seq=fh.seq,
+                                           check="index")
+                    for s in meta.segments:
+                        if tables.get(s.offset) != (s.count * 52, s.sha256):
+                            raise CorruptError("INDEX names a table that is not there", offset=fh.offset, seq=fh.seq,
+                                               check="index")
+                    got_labels: dict[bytes, int] = {}
+                    for r in meta.labels:
+                        if tables.get(r.offset) != (r.count * 52, r.sha256):
+                            raise CorruptError("INDEX names a label table that is not there", offset=fh.offset,
+                                               seq=fh.seq, check="index")
+                        seg = Segment(r, h.pread(r.offset, r.count * 52))
+                        for j in range(r.count):
+                            got_labels.setdefault(bytes(seg.ids[j]).ljust(32, b"\0"), int(seg.frames[j]))
+                    if len(got_labels) != sum(r.count for r in meta.labels) or got_labels != labels_at:
+                        raise CorruptError("INDEX label tables do not match the checkpoints", offset=fh.offset,
+                                           seq=fh.seq, check="index-label")
+                    for ref in meta.blobs.values() if deep else ():
+                        if ref not in blobs_seen:
+                            # 3.4, 16.2: the blob the INDEX names is whole, hashes right and,
+                            # for the vector index, passes every bound a reader checks.
+                            blobs_seen.add(ref)
+                            blob, _, check = read_blob(h, ref, header.max_frame_len, fh.offset)
+                            check()
+                            if ref.type == BLOB_TYPE:
+                                VectorIndex.decode(blob, where=ref.offset)
+                    want_ck = (last_ck.offset, last_ck.hash) if last_ck else None
+                    if meta.checkpoint != want_ck or meta.keyset != (keysets[-1].offset if keysets else None):
+                        raise CorruptError("INDEX checkpoint or keyset pointer is wrong", offset=fh.offset,
+                                           seq=fh.seq, check="index")
+                    last_index = (fh.offset, hashlib.sha256(payload).digest(), meta)
+                elif t == C.FT_COMMIT:
+                    c = parse_commit_payload(payload, fh.offset, fh.seq, fh.end, rd.chain)
+                    bad = None
+                    if c.root != merkle.root():
+                        bad = ("merkle-root", "Merkle root does not match the frames")
+                    elif c.records != records:
+                        bad = ("record-count", f"COMMIT says {c.records} records, the frames hold {records}")
+                    elif c.prev != prev_commit or c.commits != rep.commits + 1:
+                        bad = ("commit-prev", "COMMIT back-pointer or ordinal is wrong")
+                    elif (c.index, c.index_hash) != ((last_index[0], last_index[1]) if last_index else (None, None)):
+                        bad = ("index", "COMMIT does not name the latest INDEX")
+                    if bad:
+                        raise CorruptError(bad[1], offset=fh.offset, seq=fh.seq, check=bad[0])
+                    rep.commits += 1
+                    prev_commit = fh.offset
+                    committed_end = fh.end
+                    rep.records = records
+                elif t == C.FT_KEYSET:
+                    kf = parse_keyset(payload, fh.offset, fh.seq)
+                    if kf.prev_offset != (keysets[-1].offset if keysets else None):
+                        raise CorruptError("KEYSET does not follow the previous one", offset=fh.offset, seq=fh.seq,
+                                           check="keyset")
+                    if keysets:
+                        try:
+                            verify_rotation(keysets[-1].keyset, kf.rotation)
+                        except DataError as e:
+                            raise CorruptError(f"rotation refused: {e}", offset=fh.offset, seq=fh.seq,
+                                               check="keyset-rotation") from None
+                    keysets.append(kf)
+                elif t == C.FT_CHECKPOINT:
+                    ck = parse_checkpoint(payload, fh.offset, fh.seq)
+                    b = ck.body
+                    problem = None
+                    if b.origin != header.file_id:
+                        problem = ("checkpoint-origin", "checkpoint names another capsule (spliced?)")
+                    elif b.root != merkle.root() or b.chain != chain_before:
+                        problem = ("checkpoint-root", "checkpoint root or chain does not match the frames before it")
+                    elif (ck.prev_offset, b.prev) != ((last_ck.offset, last_ck.hash) if last_ck else (None, None)):
+                        problem = ("checkpoint-prev", "checkpoint does not extend the previous one")
+                    elif not keysets or b.keyset != keysets[-1].keyset.digest:
+                        problem = ("checkpoint-keyset", "checkpoint is not signed under the keyset in force")
+                    elif deep and b.state_root != _state_root(ids, dead, events):
+                        problem = ("checkpoint-state", "checkpoint state root does not match the records")
+                    if problem:
+                        raise CorruptError(problem[1], offset=fh.offset, seq=fh.seq, check=problem[0])
+                    ks = keysets[-1].keyset
+                    n_ok = count_valid(CHECKPOINT_PAYLOAD_TYPE, ck.body_raw, ck.sigs, ks)
+                    if n_ok < ks.threshold:
+                        raise CorruptError(f"checkpoint {b.label!r} has {n_ok} valid signatures of the "
+                                           f"{ks.threshold} keyset v{ks.version} needs", offset=fh.offset,
+                                           seq=fh.seq, check="checkpoint-signature")
+                    last_ck = ck
+                    labels_at[label_key(b.label)] = fh.offset
+                    rep.checkpoints += 1
+                elif t == C.FT_RECOVERY:
+                    rv = parse_recovery(payload, fh.offset, fh.seq)
+                    if rv["offset"] != fh.offset:
+                        raise CorruptError("RECOVERY does not stand where the dropped bytes began",
+                                           offset=fh.offset, seq=fh.seq, check="recovery")
+                elif t == C.FT_LINEAGE:
+                    if fh.seq != 0:
+                        raise CorruptError("LINEAGE must be the first frame", offset=fh.offset, seq=fh.seq,
+                                           check="lineage")
+                    rep.lineage = parse_lineage(payload, fh.offset, fh.seq).to_dict()
+                elif t & C.CRITICAL:
+                    raise CorruptError("unknown critical frame", offset=fh.offset, seq=fh.seq, check="frame-type")
+            except CorruptError as e:
+                raise _Semantic(e) from None
+            merkle.append(leaf)
+            chain_before = rd.chain
+            rep.frames += 1
+            if progress is not None:
+                progress(rd.pos, size)
+    except _Semantic as sem:
+        # A frame that was read whole and then failed a check is damage, never a tear.
+        rep.first_error = _err(sem.error, sem.error.offset, cur_seq)
+        return
+    except CorruptError as e:
+        stop = rd.pos
+        if stop >= committed_end and not damage_is_not_a_crash(h, stop, size, header.max_frame_len):
+            rep.torn_tail = size - committed_end
+        else:
+            rep.first_error = _err(e, stop, cur_seq)
+            return
+    except CapsuleError as e:
+        rep.first_error = _err(e, rd.pos, cur_seq)  # type: ignore[arg-type]
+        return
+    if rep.torn_tail == 0 and committed_end < size:
+        rep.torn_tail = size - committed_end
+    if rep.torn_tail:
+        rep.warnings.append(f"torn tail of {rep.torn_tail} bytes after the last commit at offset "
+                            f"{committed_end}: readers ignore it and the next writer truncates it")
+    if rep.commits == 0:
+        rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "no-commit",
+                           "message": "the file holds no commit (interrupted create?)"}
+        return
+    if not _trust(rep, keysets, trust, strict):
+        return
+    if not deep:
+        rep.ok = True
+        rep.warnings.append("structural check only: record contents, ids and tables were not read")
+        return
+    # Records before the last commit only; the id table must match them exactly.
+    n_committed = rep.records
+    all_ids = np.frombuffer(bytes(ids[: 32 * n_committed]), dtype="S32")
+    order = np.argsort(all_ids, kind="stable")
+    sorted_ids = all_ids[order]
+    if n_committed > 1:
+        packed = np.frombuffer(sorted_ids.tobytes(), dtype="V32")
+        dups = np.nonzero(packed[1:] == packed[:-1])[0]
+        if len(dups):
+            j = int(order[dups[0] + 1])
+            rep.first_error = {"offset": locs[j][0], "seq": None, "check": "duplicate-record",
+                               "message": f"record {bytes(sorted_ids[dups[0]]).hex()} appears twice"}
+            return
+    if last_index is not None:
+        off, _, meta = last_index
+        segs = [Segment(s, h.pread(s.offset, s.count * 52)) for s in meta.segments]
+        tids, tframes, tslots = merge_inputs(segs, {})
+        torder = np.argsort(tids, kind="stable")
+        expect = {(bytes(ids[32 * i : 32 * i + 32])): locs[i] for i in range(meta.records)}
+        got = {bytes(segs_id): (int(f), int(s)) for segs_id, f, s in
+               zip(np.frombuffer(tids[torder].tobytes(), dtype="V32"), tframes[torder], tslots[torder], strict=True)}
+        if got != expect:
+            rep.first_error = {"offset": off, "seq": meta.tree_size, "check": "index-table",
+                               "message": "the INDEX tables do not match the committed records"}
+            return
+    rep.ok = True
