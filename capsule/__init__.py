@@ -14,16 +14,6 @@ from __future__ import annotations
 
 import logging as _logging
 
-from .run.actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
-from .handle.capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
-from .search.embed import (
-    Embedder,
-    HashEmbedder,
-    SentenceTransformerEmbedder,
-    embedders,
-    get_embedder,
-    register_embedder,
-)
 from .core.errors import (
     AlreadyExists,
     CapsuleError,
@@ -39,8 +29,7 @@ from .core.errors import (
     UsageError,
     WriterPoisoned,
 )
-from .state.keys import (
-    Keyset,
+from .format.keys import (
     PrivateKey,
     PublicKey,
     generate_key,
@@ -48,13 +37,24 @@ from .state.keys import (
     load_public_key,
     save_private_key,
 )
-from .state.kinds import Approval, Constraint, Decision, Identity, Note
-from .run.loop import AgentLoop, LoopResult, Step
-from .ingest.pack import PackReport, pack
 from .format.records import GenericRecord, Memory, kinds, register_kind
+from .format.signing import Keyset
+from .handle.capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
+from .ingest.pack import PackReport, pack
+from .run.actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
+from .run.loop import AgentLoop, LoopResult, Step
+from .search.embed import (
+    Embedder,
+    HashEmbedder,
+    SentenceTransformerEmbedder,
+    embedders,
+    get_embedder,
+    register_embedder,
+)
 from .search.engine import Filter, Hit
-from .verifier.check import VerifyReport, verify
 from .search.vindex import VectorParams
+from .state.kinds import Approval, Constraint, Decision, Identity, Note
+from .verifier.check import VerifyReport, verify
 
 _logging.getLogger("capsule").addHandler(_logging.NullHandler())  # the application decides what to show
 

@@ -35,10 +35,10 @@ from capsule_cli.main import app
 from typer.testing import CliRunner, Result
 
 import capsule
-from capsule.format import canonical as canon
 from capsule.core import constants as C
-from capsule.state.kinds import approval_message
+from capsule.format import canonical as canon
 from capsule.format.records import record_id
+from capsule.state.kinds import approval_message
 
 CAPSULE_BIN = Path(sys.executable).with_name("capsule")
 T0 = 1_700_000_000 * 1_000_000_000  # 2023-11-14T22:13:20Z

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 import capsule
-from capsule.format import canonical as canon
 from capsule.core import constants as C
+from capsule.format import canonical as canon
 from tests.spec_ref import state_root as spec_state_root
 
 EMPTY_STATE_ROOT = spec_state_root([])

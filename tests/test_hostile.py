@@ -26,8 +26,8 @@ import pytest
 import zstandard
 
 import capsule
-from capsule.format import canonical as canon
 from capsule.core import constants as C
+from capsule.format import canonical as canon
 from capsule.format.commit import CommitInfo, encode_commit_payload
 from capsule.format.file import ReadHandle
 from capsule.format.frames import (

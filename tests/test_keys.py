@@ -14,38 +14,40 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsule.format.canonical import decode, encode
 from capsule.core.errors import AlreadyExists, DataError, InvalidRecordError, UsageError
-from capsule.state.keys import (
+from capsule.format.canonical import decode, encode
+from capsule.format.keys import (
     CHECKPOINT_PAYLOAD_TYPE,
     ROTATION_PAYLOAD_TYPE,
     AnchorError,
-    CheckpointBody,
     KeyFileError,
     KeyFileNotFound,
-    Keyset,
     KeyUsageError,
     PassphraseError,
     PassphraseRequired,
     PrivateKey,
     PublicKey,
-    Rotation,
     RotationError,
-    Signature,
     SignatureError,
     ThresholdError,
     WrongPassphrase,
     _write_new,
-    check_threshold,
-    count_valid,
     generate_key,
-    is_revoked,
     load_private_key,
     load_public_key,
+    save_private_key,
+)
+from capsule.format.signing import (
+    CheckpointBody,
+    Keyset,
+    Rotation,
+    Signature,
+    check_threshold,
+    count_valid,
+    is_revoked,
     pae,
     rotate,
     rotation_body,
-    save_private_key,
     sign_body,
     signatures_from_value,
     verify_chain,

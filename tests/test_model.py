@@ -35,8 +35,8 @@ from hypothesis.stateful import (
 )
 
 import capsule
-from capsule.format import canonical as canon
 from capsule.core import constants as C
+from capsule.format import canonical as canon
 from capsule.format import file as _file
 
 # No example database: tests must not write outside their temporary directories.

@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from capsule.format import canonical as canon
 from capsule.core.errors import InvalidRecordError, NonCanonicalError, NotFound, UsageError
+from capsule.format import canonical as canon
 from capsule.run.scheduler import (
     DependencyCycle,
     DuplicateTask,

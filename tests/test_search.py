@@ -1523,8 +1523,8 @@ def test_a_failed_snapshot_write_never_fails_the_commit_it_follows(
     writer finds every record and searches it."""
     import errno
 
-    import capsule.handle.capsule as ccap
     import capsule.format.file as cfile
+    import capsule.handle.capsule as ccap
 
     p = tmp_path / "full.capsule"
     rng = np.random.default_rng(3)

@@ -35,9 +35,9 @@ from capsule_cli.main import app
 from typer.testing import CliRunner
 
 import capsule
-from capsule.format import canonical as canon
 from capsule.core import constants as C
-from capsule.state.checkpoint import encode_checkpoint, encode_keyset, parse_keyset
+from capsule.format import canonical as canon
+from capsule.format.checkpoint import encode_checkpoint, encode_keyset, parse_keyset
 from capsule.format.commit import (
     CommitInfo,
     IndexMeta,
@@ -55,15 +55,9 @@ from capsule.format.frames import (
     raw_payload,
 )
 from capsule.format.index import ENTRY_SIZE, SegmentRef, build_table
-from capsule.state.keys import (
-    CHECKPOINT_TAG,
-    ROTATION_PAYLOAD_TYPE,
-    CheckpointBody,
-    Keyset,
-    rotation_body,
-    sign_body,
-)
+from capsule.format.keys import CHECKPOINT_TAG, ROTATION_PAYLOAD_TYPE
 from capsule.format.records import decode_record, record_id
+from capsule.format.signing import CheckpointBody, Keyset, rotation_body, sign_body
 from capsule.state.fold import EVENT_KINDS, state_root
 
 T0 = 1_700_000_000 * 1_000_000_000

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import canonical as canon
 from ..core import constants as C
 from ..core.errors import CorruptError, NonCanonicalError
+from . import canonical as canon
 from .frames import parse_frame_header
 
 _LEN = struct.Struct("<H")

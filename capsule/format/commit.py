@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from . import canonical as canon
 from ..core import constants as C
-from .blob import BlobRef, parse_blob_refs
 from ..core.errors import CorruptError, NonCanonicalError
+from . import canonical as canon
+from .blob import BlobRef, parse_blob_refs
 from .index import SegmentRef
 
 _LOC = struct.Struct("<8sQ")

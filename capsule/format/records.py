@@ -18,9 +18,9 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from . import canonical as canon
 from ..core.constants import MAX_RECORD_BYTES, RECORD_ID_TAG
 from ..core.errors import InvalidRecordError, NonCanonicalError
+from . import canonical as canon
 
 TIERS = ("scratch", "working", "validated")
 MAX_TAG_LEN = 256

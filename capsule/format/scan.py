@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..core import constants as C
+from ..core.errors import CorruptError
 from .blob import BlobRef
 from .commit import (
     CommitInfo,
@@ -29,7 +30,6 @@ from .commit import (
     parse_index_payload,
     record_kinds,
 )
-from ..core.errors import CorruptError
 from .frames import (
     FileHeader,
     FrameHeader,
@@ -307,7 +307,7 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
         elif fh.ftype == C.FT_RECORDS:
             add_records(snap, fh, payload, strict)
         elif fh.ftype == C.FT_CHECKPOINT:
-            from ..state.checkpoint import parse_checkpoint
+            from .checkpoint import parse_checkpoint
 
             ck = parse_checkpoint(payload, fh.offset, fh.seq)
             snap.checkpoint = (fh.offset, ck.hash)

@@ -17,11 +17,21 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..format import canonical as canon
 from ..core import constants as C
-from ..run.actions import ActionHandle, ActionState, Journal
+from ..core.clock import Clock, default_clock, iso, source_date_epoch
+from ..core.errors import (
+    AlreadyExists,
+    CapsuleError,
+    CorruptError,
+    DataError,
+    InvalidRecordError,
+    NotFound,
+    ReadOnlyError,
+    UsageError,
+)
+from ..format import canonical as canon
 from ..format.blob import BlobRef, blob_parts
-from ..state.checkpoint import (
+from ..format.checkpoint import (
     CheckpointFrame,
     KeysetFrame,
     encode_checkpoint,
@@ -29,7 +39,6 @@ from ..state.checkpoint import (
     parse_checkpoint,
     parse_keyset,
 )
-from ..core.clock import Clock, default_clock, iso, source_date_epoch
 from ..format.commit import (
     CommitInfo,
     IndexMeta,
@@ -41,24 +50,17 @@ from ..format.commit import (
 from ..format.commit import (
     record_bounds as _record_bounds,
 )
-from ..core.errors import (
-    AlreadyExists,
-    CapsuleError,
-    CorruptError,
-    DataError,
-    InvalidRecordError,
-    NotFound,
-    ReadOnlyError,
-    UsageError,
-)
 from ..format.file import ReadHandle, WriteHandle, fsync_dir
-from ..format.frames import FileHeader, Merkle, encode_frame, new_file_id, parse_frame_header, raw_payload
-from ..format.index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
-from ..state.keys import (
-    CheckpointBody,
-    Keyset,
-    PrivateKey,
+from ..format.frames import (
+    FileHeader,
+    Merkle,
+    encode_frame,
+    new_file_id,
+    parse_frame_header,
+    raw_payload,
 )
+from ..format.index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
+from ..format.keys import PrivateKey
 from ..format.records import (
     decode_record,
     encode_record,
@@ -69,12 +71,14 @@ from ..format.records import (
 )
 from ..format.records import record_id as content_id
 from ..format.scan import Reader, Snapshot, label_key, load, read_commit_at, read_frame_at, replay
+from ..format.signing import CheckpointBody, Keyset
+from ..run.actions import ActionHandle, ActionState, Journal
+from ..run.tasks import Tasks
 from ..search.engine import CLOSE_BUILD_MAX, SNAPSHOT_EVERY, SNAPSHOT_ON_CLOSE, Hit, Searcher
 from ..search.engine import search as _search
+from ..search.vindex import BLOB_TYPE, VectorIndex, VectorParams
 from ..state.fold import EVENT_KINDS, State, fold
 from ..state.stateroot import RootCache, state_root_of
-from ..run.tasks import Tasks
-from ..search.vindex import BLOB_TYPE, VectorIndex, VectorParams
 
 Mode = Literal["r", "a"]
 
@@ -551,7 +555,7 @@ class Capsule:
                     ) -> KeysetFrame:
         """Replace the keyset; accepted only with a threshold of the old keys and of
         the new keys (each counted once). Keys left out of ``new`` are revoked."""
-        from ..state.keys import rotate
+        from ..format.signing import rotate
 
         self._check_writer()
         ks = self.keysets()
@@ -1294,7 +1298,7 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
     """Write a new capsule holding the live state of ``path`` (at ``at``, default
     now), whose first commit starts with a LINEAGE frame naming the parent and
     the fork point (spec 15). Returns the new capsule open for writing."""
-    from ..state.checkpoint import Lineage
+    from ..format.checkpoint import Lineage
     from ..state.fold import live_records
 
     with open(path, "r") as src:

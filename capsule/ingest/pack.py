@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..search.embed import Embedder, get_embedder
 from ..core.errors import AlreadyExists, CapsuleNotFound, DataError, InvalidRecordError, UsageError
-from .jsonl import read_jsonl
+from ..search.embed import Embedder, get_embedder
 from ..search.vindex import VectorParams
+from .jsonl import read_jsonl
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
 CHUNK_CHARS = 1200

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from ..format import canonical as canon
 from ..core.errors import CapsuleError, InvalidRecordError, NonCanonicalError, UsageError
+from ..format import canonical as canon
 from ..state.kinds import Field, KindBase, _declare, _meta, _text, parse_choice
 
 Policy = Literal["at-most-once", "retry-safe", "ask"]

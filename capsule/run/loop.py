@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..handle.capsule import Capsule
 from ..core.errors import UsageError
+from ..handle.capsule import Capsule
 from .scheduler import TaskRefused
 
 

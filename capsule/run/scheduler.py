@@ -54,8 +54,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar, Self, TypeAlias
 
-from ..format import canonical as canon
 from ..core.errors import InvalidRecordError, NonCanonicalError, NotFound, UsageError
+from ..format import canonical as canon
 
 # Hard caps on what one event may carry (style: a cap on every length read).
 MAX_TASK_ID = 256  # characters in a task or worker id

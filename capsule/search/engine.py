@@ -28,18 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..format import canonical as canon
 from ..core import constants as C
-from ..format.blob import read_blob
 from ..core.clock import iso
-from ..format.commit import decode_records_payload
-from .embed import Embedder, get_embedder
 from ..core.errors import CorruptError, DataError, UsageError
+from ..format import canonical as canon
+from ..format.blob import read_blob
+from ..format.commit import decode_records_payload
 from ..format.frames import parse_frame_header, raw_payload
-from .lexical import Lexical
 from ..format.records import decode_record, parse_iso_time, parse_meta, parse_tags
 from ..format.records import record_id as content_id
 from ..format.scan import read_frame_at
+from .embed import Embedder, get_embedder
+from .lexical import Lexical
 from .vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
 
 if TYPE_CHECKING:

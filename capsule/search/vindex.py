@@ -27,8 +27,8 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from ..format import canonical as canon
 from ..core.errors import CorruptError, NonCanonicalError, UsageError
+from ..format import canonical as canon
 
 SPACES = ("cosine", "ip", "l2")
 TIERS = {"scratch": 0, "working": 1, "validated": 2}

@@ -49,7 +49,7 @@ class State:
         return state_root(self.live)
 
     def to_dict(self) -> dict[str, Any]:
-        from .keys import PublicKey
+        from ..format.keys import PublicKey
         from .kinds import approval_message
 
         def approvals(rid: str) -> list[dict[str, Any]]:
@@ -130,7 +130,7 @@ def fold(records: Iterable[Any]) -> State:
         elif kind == "identity":
             st.identity = _times(rec.to_dict())
             st.identity_history.append(rec.id)
-            from .keys import PublicKey
+            from ..format.keys import PublicKey
 
             for raw in rec.keys:
                 st.keys[PublicKey(raw).key_id] = raw

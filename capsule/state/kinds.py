@@ -301,7 +301,7 @@ APPROVAL_PAYLOAD_TYPE = "application/vnd.capsule.approval"
 
 def approval_message(subject: bytes) -> bytes:
     """What an approver signs: DSSE PAE over the subject's raw id (spec 7.4)."""
-    from .keys import pae
+    from ..format.signing import pae
 
     return pae(APPROVAL_PAYLOAD_TYPE, subject)
 

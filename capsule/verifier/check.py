@@ -19,31 +19,31 @@ from typing import Any
 import numpy as np
 
 from ..core import constants as C
+from ..core.errors import CapsuleError, CorruptError, DataError
 from ..format.blob import BlobRef, read_blob
-from ..state.checkpoint import CheckpointFrame, KeysetFrame, parse_checkpoint, parse_keyset, parse_lineage
+from ..format.checkpoint import (
+    CheckpointFrame,
+    KeysetFrame,
+    parse_checkpoint,
+    parse_keyset,
+    parse_lineage,
+)
 from ..format.commit import (
     decode_records_payload,
     parse_commit_payload,
     parse_index_payload,
     parse_recovery,
 )
-from ..core.errors import CapsuleError, CorruptError, DataError
 from ..format.file import ReadHandle
 from ..format.frames import FileHeader, Merkle, parse_header, raw_payload
 from ..format.index import Segment, merge_inputs
-from ..state.keys import (
-    CHECKPOINT_PAYLOAD_TYPE,
-    Keyset,
-    PublicKey,
-    count_valid,
-    verify_chain,
-    verify_rotation,
-)
+from ..format.keys import CHECKPOINT_PAYLOAD_TYPE, PublicKey
 from ..format.records import decode_record, record_id
 from ..format.scan import Reader, damage_is_not_a_crash, label_key
+from ..format.signing import Keyset, count_valid, verify_chain, verify_rotation
+from ..search.vindex import BLOB_TYPE, VectorIndex
 from ..state.fold import EVENT_KINDS
 from ..state.stateroot import state_root_of
-from ..search.vindex import BLOB_TYPE, VectorIndex
 
 
 @dataclass

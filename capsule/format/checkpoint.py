@@ -14,11 +14,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..format import canonical as canon
 from ..core import constants as C
 from ..core.errors import CorruptError, NonCanonicalError
-from .keys import (
-    CHECKPOINT_TAG,
+from ..format import canonical as canon
+from .keys import CHECKPOINT_TAG
+from .signing import (
     CheckpointBody,
     Keyset,
     Rotation,
