@@ -33,14 +33,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from capsule.core.errors import InvalidRecordError, NonCanonicalError, NotFound, UsageError
 from capsule.format import canonical as canon
-from capsule.run.scheduler import (
+from capsule.run.events import (
     DependencyCycle,
     DuplicateTask,
     Event,
     InvalidTaskEvent,
     LeaseError,
     NotDue,
-    Queue,
     TaskAdded,
     TaskCancelled,
     TaskClaimed,
@@ -50,9 +49,9 @@ from capsule.run.scheduler import (
     TaskHeartbeat,
     TaskRefused,
     UnknownTask,
-    fold,
     parse_event,
 )
+from capsule.run.scheduler import Queue, fold
 
 WORKERS = ("w1", "w2", "w3")
 TERMINAL = ("done", "failed", "cancelled")

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..core.errors import UsageError
 from ..handle.capsule import Capsule
-from .scheduler import TaskRefused
+from .events import TaskRefused
 
 
 @dataclass

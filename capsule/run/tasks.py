@@ -15,19 +15,18 @@ from typing import Any, ClassVar
 
 from ..core.errors import InvalidRecordError
 from ..format.records import register_kind
-from .scheduler import (
+from .events import (
     Event,
     InvalidTaskEvent,
-    Queue,
     TaskAdded,
     TaskCancelled,
     TaskClaimed,
     TaskCompleted,
     TaskFailed,
     TaskHeartbeat,
-    fold,
     parse_event,
 )
+from .scheduler import Queue, fold
 
 
 @register_kind
