@@ -39,7 +39,10 @@ from .format.keys import (
 )
 from .format.records import GenericRecord, Memory, kinds, register_kind
 from .format.signing import Keyset
-from .handle.capsule import Capsule, CommitRow, Summary, Transaction, create, fork, open
+from .format.store import CommitRow
+from .handle.capsule import Capsule, Summary
+from .handle.entry import create, fork, open
+from .handle.transaction import Transaction
 from .ingest.pack import PackReport, pack
 from .run.actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
 from .run.loop import AgentLoop, LoopResult, Step

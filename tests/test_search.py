@@ -150,7 +150,7 @@ class KnnSpy:
 
 def spy_on_graph(cap: capsule.Capsule) -> KnnSpy:
     cap.build_index()
-    vi = cap._search.vi  # type: ignore[union-attr]
+    vi = cap._search.searcher().vi
     assert vi is not None and vi._hnsw is not None
     spy = KnnSpy(vi._hnsw)
     vi._hnsw = spy
@@ -427,7 +427,7 @@ def test_close_does_not_snapshot_below_256(tmp_path: Path) -> None:
 
 
 def test_snapshot_after_a_commit_past_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import capsule.handle.capsule as capmod
+    import capsule.search.part as capmod
 
     monkeypatch.setattr(capmod, "SNAPSHOT_EVERY", 100)
     p = tmp_path / "t.capsule"
@@ -1524,7 +1524,7 @@ def test_a_failed_snapshot_write_never_fails_the_commit_it_follows(
     import errno
 
     import capsule.format.file as cfile
-    import capsule.handle.capsule as ccap
+    import capsule.search.part as ccap
 
     p = tmp_path / "full.capsule"
     rng = np.random.default_rng(3)

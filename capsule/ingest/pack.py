@@ -128,8 +128,8 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     for no vectors, or ``"auto"``: ``hash`` for folders and for JSONL whose records
     carry no embeddings of their own. Memories without an embedding get one from it.
     """
-    from ..handle.capsule import create
-    from ..handle.capsule import open as open_capsule
+    from ..handle.entry import create
+    from ..handle.entry import open as open_capsule
 
     src, out = Path(src), Path(out)
     warn = warn or (lambda _m: None)

@@ -18,18 +18,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.errors import UsageError
-from ..handle.capsule import Capsule
 from .events import TaskRefused
+from .tasks import Tasks
+
+
+class Host(Protocol):
+    """What the loop needs of an open capsule (a :class:`capsule.Capsule` is one).
+
+    Declared here so ``run`` never imports the handle that sits above it."""
+
+    @property
+    def clock(self) -> Any: ...
+    @property
+    def tasks(self) -> Tasks: ...
+    def commit(self) -> Any: ...
+    def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = ...) -> Any: ...
+    def checkpoint(self, label: str, *, key: Any) -> Any: ...
+    def checkpoints(self) -> list[Any]: ...
 
 
 @dataclass
 class Step:
     """What a handler gets: the open capsule, the claimed task and the time."""
 
-    cap: Capsule
+    cap: Host
     task: Any  # _scheduler.TaskState
     now: int
 
@@ -74,7 +89,7 @@ class AgentLoop:
     is set it must also have ``advance_to(ns)``.
     """
 
-    def __init__(self, cap: Capsule, handlers: Mapping[str, Callable[[Step], Any]], *, worker: str = "agent",
+    def __init__(self, cap: Host, handlers: Mapping[str, Callable[[Step], Any]], *, worker: str = "agent",
                  lease: int = 600 * 10**9, key: Any = None, checkpoint_every: int = 10,
                  jump_when_idle: bool = False) -> None:
         self.cap, self.handlers, self.worker, self.lease = cap, handlers, worker, lease

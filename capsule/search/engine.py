@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-A :class:`Searcher` belongs to one :class:`Capsule` handle and follows its
-snapshot. The vector index starts from the newest snapshot blob the INDEX names
+A :class:`Searcher` belongs to one :class:`~capsule.format.store.Store` (one
+handle) and follows its snapshot. The vector index starts from the newest snapshot blob the INDEX names
 (16.2) and catches up by inserting, in commit order, every memory with an
 embedding in the frames after that blob; with no usable blob it starts empty
 and inserts everything. A blob that fails any check is reported (``doubt``,
@@ -24,13 +24,13 @@ import logging
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..core import constants as C
 from ..core.clock import iso
-from ..core.errors import CorruptError, DataError, UsageError
+from ..core.errors import CorruptError, DataError, NotFound, UsageError
 from ..format import canonical as canon
 from ..format.blob import read_blob
 from ..format.commit import decode_records_payload
@@ -38,24 +38,17 @@ from ..format.frames import parse_frame_header, raw_payload
 from ..format.records import decode_record, parse_iso_time, parse_meta, parse_tags
 from ..format.records import record_id as content_id
 from ..format.scan import read_frame_at
+from ..format.store import Store
+from ..state.fold import dead_ids
 from .embed import Embedder, get_embedder
 from .lexical import Lexical
 from .vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
-
-if TYPE_CHECKING:
-    from ..handle.capsule import Capsule
 
 log = logging.getLogger("capsule")
 MODES = ("auto", "vector", "lexical", "hybrid")
 RRF_K = 60  # 16.6: reciprocal rank fusion constant (Cormack et al. 2009)
 LEXICAL_KINDS = ("memory", "note", "decision")
 KIND_CODES = {k: i for i, k in enumerate(LEXICAL_KINDS)}
-#: writer policy (16.3): snapshot on close when this many vectors are not in the newest one,
-SNAPSHOT_ON_CLOSE = 256
-#: and after a commit once the unsnapshotted vectors reach max(this, the snapshot's size).
-SNAPSHOT_EVERY = 16_384
-#: Close builds an index nobody loaded this session only when this few vectors need inserting.
-CLOSE_BUILD_MAX = 16_384
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +108,9 @@ class Filter:
 class Hit:
     """One result. ``id`` and ``score`` are immediate; record fields load on first use."""
 
-    __slots__ = ("id", "score", "_rec", "_view", "_cap")
+    __slots__ = ("id", "score", "_rec", "_view", "_store")
 
-    def __init__(self, rid: bytes, score: float, rec: Any, cap: Capsule) -> None:
+    def __init__(self, rid: bytes, score: float, rec: Any, store: Store) -> None:
         self.id: str = rid.hex()
         self.score = score
         # A lexical hit carries the catalog's copy, which lacks the embedding: enough
@@ -125,21 +118,26 @@ class Hit:
         full = not _slim(rec)
         self._rec = rec if full else None
         self._view = rec
-        self._cap = cap
+        self._store = store
 
     @property
     def record(self) -> Any:
         """The whole record (with its embedding), read from the capsule if needed."""
         if self._rec is None:
-            if self._cap.closed:
+            st = self._store
+            if st.closed:
                 # Ids are content addresses and the file only grows: a fresh reader
                 # finds the same record (and checks it against its id).
-                from ..handle.capsule import open as open_capsule
-
-                with open_capsule(self._cap.path) as cap:
-                    self._rec = cap.get(self.id)
+                st = Store.open_reader(st.path, st.clock)
+                try:
+                    rec = st.get(bytes.fromhex(self.id))
+                finally:
+                    st.h.close()
             else:
-                self._rec = self._cap.get(self.id)
+                rec = st.get(bytes.fromhex(self.id))
+            if rec is None:
+                raise NotFound(f"no record {self.id}")
+            self._rec = rec
         return self._rec
 
     @property
@@ -192,8 +190,8 @@ class _Docs:
 
 
 class Searcher:
-    def __init__(self, cap: Capsule) -> None:
-        self.cap = cap
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.vi: VectorIndex | None = None
         self.params: VectorParams | None = None
         self._vpos = 0  # file offset the vector index has absorbed records up to
@@ -213,8 +211,7 @@ class Searcher:
         Hops from frame header to frame header and reads only RECORDS frames, each
         checked against its own chain link (4.2): a snapshot blob is never read
         here, so a damaged one cannot stop a rebuild from the records."""
-        cap = self.cap
-        snap, h = cap._snap, cap._h
+        snap, h = self.store.snap, self.store.h
         seq: int | None = None
         while pos < snap.end:
             fh = parse_frame_header(h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
@@ -235,10 +232,10 @@ class Searcher:
             pos, seq = fh.end, fh.seq + 1
 
     def _blob_params(self) -> tuple[VectorParams, int] | None:
-        ref = self.cap._snap.blobs.get(BLOB_TYPE)
+        ref = self.store.snap.blobs.get(BLOB_TYPE)
         if ref is None:
             return None
-        h = self.cap._h
+        h = self.store.h
         try:
             raw = h.pread(ref.offset + C.FRAME_HEADER_SIZE, min(ref.size + 4096, 8192))
             hl = struct.unpack_from("<H", raw, 0)[0]
@@ -252,10 +249,10 @@ class Searcher:
             got = self._blob_params()
             if got is not None:
                 self.params = got[0]
-            elif self._cfg_pos < self.cap._snap.end and ({"vindex", "memory"} & set(self.cap._snap.kinds)):
+            elif self._cfg_pos < self.store.snap.end and ({"vindex", "memory"} & set(self.store.snap.kinds)):
                 # 16.1: the first vindex record, or else the defaults with the first
                 # embedding's dimension (with no vindex record in the file at all).
-                want_vindex = "vindex" in self.cap._snap.kinds
+                want_vindex = "vindex" in self.store.snap.kinds
                 for _, rec in self._scan(self._cfg_pos):
                     if rec.kind == "vindex":
                         self.params = _params_of(rec)
@@ -264,27 +261,27 @@ class Searcher:
                         self.params = VectorParams(dim=len(rec.embedding))
                         break
                 else:
-                    self._cfg_pos = self.cap._snap.end  # none so far: resume from here next time
+                    self._cfg_pos = self.store.snap.end  # none so far: resume from here next time
         return self.params
 
     def dead(self) -> set[bytes]:
-        snap = self.cap._snap
+        snap = self.store.snap
         if "revert" not in snap.kinds:
             return set()
         if self._dead is None or self._dead[0] != snap.end:
-            self._dead = (snap.end, self.cap._dead_ids())
+            self._dead = (snap.end, dead_ids(self.store.records(kind="revert")))
         return self._dead[1]
 
     # --- the vector index ------------------------------------------------------------
     def vectors(self) -> VectorIndex | None:
         """Load the newest snapshot (once) and insert what came after it."""
-        snap = self.cap._snap
+        snap = self.store.snap
         if self.vi is None and self._vpos == 0:
             self._vpos = C.HEADER_SIZE
             ref = snap.blobs.get(BLOB_TYPE)
             if ref is not None:
                 try:
-                    blob, after, check = read_blob(self.cap._h, ref, snap.header.max_frame_len, snap.end)
+                    blob, after, check = read_blob(self.store.h, ref, snap.header.max_frame_len, snap.end)
                     try:
                         vi = VectorIndex.decode(blob, where=ref.offset)
                     finally:
@@ -296,13 +293,13 @@ class Searcher:
                     self.snapshot_count = len(vi)
                 except CorruptError as e:
                     self.doubt = f"{e}; rebuilt the vector index from the records"
-                    log.warning("capsule %s: %s", self.cap.path, self.doubt)
+                    log.warning("capsule %s: %s", self.store.path, self.doubt)
         if self._vpos < snap.end:
             self._catch_up()
         return self.vi
 
     def _catch_up(self) -> None:
-        end = self.cap._snap.end
+        end = self.store.snap.end
         entries: list[Entry] = []
         vecs: list[np.ndarray] = []
 
@@ -338,7 +335,7 @@ class Searcher:
         if self._docs is None:
             self._docs = _Docs()
         d = self._docs
-        if self._lpos < self.cap._snap.end:
+        if self._lpos < self.store.snap.end:
             for rid, rec in self._scan(self._lpos):
                 if rec.kind not in KIND_CODES:
                     continue
@@ -352,7 +349,7 @@ class Searcher:
                 d.kinds.append(KIND_CODES[rec.kind])
                 d.tags.append(tuple(getattr(rec, "tags", ())))
                 d.lex.add(rec.summary + "\n" + rec.rationale if rec.kind == "decision" else rec.text)
-            self._lpos = self.cap._snap.end
+            self._lpos = self.store.snap.end
         return d
 
     # --- filters ------------------------------------------------------------------------
@@ -496,7 +493,7 @@ def fuse(lists: Sequence[Sequence[tuple[bytes, float, Any]]], k: int) -> list[tu
     return [(r, score[r], rec.get(r)) for r in order]
 
 
-def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
+def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
            ef: int = 64, embedder: str | Embedder | None = None, now: int | None = None, **filters: Any) -> list[Hit]:
     """See :meth:`Capsule.search`."""
     if mode not in MODES:
@@ -510,9 +507,10 @@ def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int
     if query is None and vector is None:
         raise UsageError("give a query text, a query vector, or both")
     flt = Filter.build(**filters)
-    s = cap._searcher()
+    st = s.store
+    st.check_open()
     if now is None:
-        now = cap._snap.commit.time if cap._pinned and cap._snap.commit else cap.clock()
+        now = st.snap.commit.time if st.pinned and st.snap.commit else st.clock()
     text = query or ""
     auto = mode == "auto"
     s.notice = None
@@ -546,7 +544,7 @@ def search(cap: Capsule, query: str | None = None, *, vector: Any = None, k: int
     else:
         deep = max(50, 4 * k)
         got = fuse([s.vector_search(vector, deep, flt, now, ef), s.lexical_search(text, deep, flt, now)], k)
-    return [Hit(rid, score, rec, cap) for rid, score, rec in got]
+    return [Hit(rid, score, rec, st) for rid, score, rec in got]
 
 
 def _embed_query(s: Searcher, text: str, embedder: str | Embedder | None) -> np.ndarray:

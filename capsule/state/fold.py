@@ -101,6 +101,15 @@ def live_records(records: Iterable[Any]) -> list[Any]:
     return [r for r in recs if r.kind not in EVENT_KINDS and bytes.fromhex(r.id) not in dead]
 
 
+def dead_ids(reverts: Iterable[Any]) -> set[bytes]:
+    """Ids that ``revert`` events (in commit order) currently hold dead (13.1)."""
+    dead: set[bytes] = set()
+    for rec in reverts:
+        dead.update(rec.drop)
+        dead.difference_update(rec.restore)
+    return dead
+
+
 def fold(records: Iterable[Any]) -> State:
     """Fold records (in commit order) into a :class:`State`."""
     st = State()

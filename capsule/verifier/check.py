@@ -132,7 +132,7 @@ def _state_root(ids: bytearray, dead: set[bytes], events: set[bytes]) -> bytes:
 
 def _check_parent(rep: VerifyReport, parent: Path) -> None:
     """15: the fork point must be a commit of ``parent`` with the named root and chain."""
-    from ..handle.capsule import open as open_capsule
+    from ..handle.entry import open as open_capsule
 
     lin = rep.lineage
     if lin is None:

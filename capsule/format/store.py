@@ -1,0 +1,243 @@
+"""The open file and its snapshot: every read a handle makes (spec 6, 9).
+
+A :class:`Store` owns one file handle (a lock-free reader, or the locked writer)
+and the :class:`~.scan.Snapshot` fixed at the last commit it saw. Reads go through
+the snapshot's index (record id -> frame offset and slot) and check each record
+against its content id, so a hit needs no table hash; "absent" is said only after
+every index table verified. The commit writer (:mod:`.writer`) replaces
+``snap`` once a commit is durable. A store knows bytes and records, not what
+they mean: state, search and actions are built on top of it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..core import constants as C
+from ..core.clock import Clock, iso
+from ..core.errors import CorruptError, DataError, UsageError
+from . import canonical as canon
+from .checkpoint import CheckpointFrame, parse_checkpoint
+from .commit import CommitInfo, decode_records_payload, record_bounds
+from .file import ReadHandle
+from .frames import Merkle, raw_payload
+from .index import merge_inputs
+from .records import decode_record
+from .records import record_id as content_id
+from .scan import Reader, Snapshot, load, read_commit_at, read_frame_at
+
+Mode = Literal["r", "a"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRow:
+    """One line of ``capsule log``."""
+
+    commits: int
+    seq: int
+    offset: int
+    end: int
+    records: int
+    time: int
+    root: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"commit": self.commits, "seq": self.seq, "offset": self.offset, "end": self.end,
+                "records": self.records, "time": iso(self.time), "root": self.root}
+
+
+class Store:
+    """One open capsule file: handle, snapshot, record reads (no meaning attached)."""
+
+    def __init__(self, path: Path, handle: ReadHandle, snap: Snapshot, mode: Mode, clock: Clock) -> None:
+        self.path = path
+        self.h = handle
+        self.snap = snap
+        self.mode: Mode = mode
+        self.clock = clock
+        self.pinned = False  # a view of an older commit never moves
+        self._frame_cache: OrderedDict[int, tuple[bytes, list[int]]] = OrderedDict()
+        # Writers: a handle that never committed writes no INDEX on close (the one
+        # thing it may write is a vector snapshot of an index it built, 16.3).
+        self.committed = False
+        self.pending_recovery: list[tuple[int, bytes]] = []
+
+    # --- the handle ---------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.h.fd < 0
+
+    def check_open(self) -> None:
+        if self.h.fd < 0:
+            raise UsageError("capsule is closed")
+
+    @classmethod
+    def open_reader(cls, path: Path, clock: Clock) -> Store:
+        """A lock-free reader at the newest commit (a reader that races a writer's
+        append retries on a steady size)."""
+        h = ReadHandle(path)
+        try:
+            return cls(path, h, load_stable(h, strict=False), "r", clock)
+        except BaseException:
+            h.close()
+            raise
+
+    # --- what the snapshot says ------------------------------------------------------
+    @property
+    def root(self) -> str:
+        """Merkle root named by the last commit (hex)."""
+        c = self.snap.commit
+        return (c.root if c else Merkle().root()).hex()
+
+    def locate(self, rid: bytes) -> tuple[int, int] | None:
+        loc = self.snap.mem.get(rid)
+        if loc is not None:
+            return loc
+        # A hit needs no table hash: get() checks the record against its id.
+        for seg in reversed(self.snap.segments):
+            loc = seg.find(rid)
+            if loc is not None:
+                return loc
+        # Before saying "absent", make sure no table was tampered with (9.2).
+        for seg in self.snap.segments:
+            seg.verify()
+        return None
+
+    def frame_slots(self, offset: int) -> tuple[bytes, list[int]]:
+        """The raw payload of a RECORDS frame and the byte offsets of its records.
+
+        Reading one record skips to its slot instead of decoding the whole
+        (~1 MB) frame: the record itself is then canonical-checked and matched
+        against its id, which is what makes the read trustworthy.
+        """
+        hit = self._frame_cache.get(offset)
+        if hit is not None:
+            self._frame_cache.move_to_end(offset)
+            return hit
+        if not C.HEADER_SIZE <= offset < self.snap.end:
+            raise CorruptError("record location outside the file", offset=offset, check="index-location")
+        prev = self.snap.header.chain_seed if offset == C.HEADER_SIZE else None
+        fh, payload, _, _ = read_frame_at(self.h, offset, max_frame=self.snap.header.max_frame_len,
+                                          prev_chain=prev)
+        if fh.ftype != C.FT_RECORDS or fh.end > self.snap.end:
+            raise CorruptError("record location is not a RECORDS frame", offset=offset, check="index-location")
+        raw = raw_payload(fh, payload)
+        bounds = record_bounds(raw, fh.offset, fh.seq)
+        self._frame_cache[offset] = (raw, bounds)
+        if len(self._frame_cache) > 8:
+            self._frame_cache.popitem(last=False)
+        return raw, bounds
+
+    def get(self, rid: bytes) -> Any | None:
+        """The record with this content id, checked against its id; None when absent."""
+        self.check_open()
+        loc = self.locate(rid)
+        if loc is None:
+            return None
+        raw, bounds = self.frame_slots(loc[0])
+        if loc[1] + 1 >= len(bounds):
+            raise CorruptError("record slot outside its frame", offset=loc[0], check="index-location")
+        data = raw[bounds[loc[1]] : bounds[loc[1] + 1]]
+        try:
+            value = canon.decode(data)
+        except DataError as e:
+            raise CorruptError(str(e), offset=loc[0], check="canonical") from None
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if not isinstance(kind, str) or content_id(kind, data) != rid:
+            raise CorruptError(f"record {rid.hex()} does not match its content id", offset=loc[0],
+                               check="content-id")
+        if canon.depth(value) > C.MAX_DEPTH:
+            raise CorruptError("record nested too deeply", offset=loc[0], check="canonical")
+        return decode_record(value, rid)
+
+    def records(self, kind: str | None = None) -> Iterator[Any]:
+        """Every committed record in commit order, each checked on the way."""
+        self.check_open()
+        snap = self.snap
+        rd = Reader(self.h, C.HEADER_SIZE, snap.end, 0, snap.header.chain_seed, snap.header.max_frame_len)
+        for fh, payload, _ in rd.frames():
+            if fh.ftype != C.FT_RECORDS:
+                continue
+            for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
+                k = value.get("kind") if isinstance(value, dict) else None
+                if kind is not None and k != kind:
+                    continue
+                if not isinstance(k, str):
+                    raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+                yield decode_record(value, content_id(k, data))
+
+    def all_ids(self) -> np.ndarray:
+        """Sorted content ids of every committed record (``S32`` array)."""
+        for seg in self.snap.segments:
+            seg.verify()
+        ids, _, _ = merge_inputs(self.snap.segments, self.snap.mem)
+        return np.sort(ids, kind="stable")
+
+    # --- commits -------------------------------------------------------------------
+    def commits(self) -> Iterator[CommitInfo]:
+        """Commits newest first, by walking COMMIT back-pointers."""
+        c = self.snap.commit
+        while c is not None:
+            yield c
+            if c.prev is None:
+                return
+            p = read_commit_at(self.h, c.prev, self.snap.header)
+            if p.commits != c.commits - 1 or p.end > c.offset:
+                raise CorruptError("commit back-pointer is inconsistent", offset=c.offset, check="commit-prev")
+            c = p
+
+    def log(self) -> list[CommitRow]:
+        """Every commit, oldest first."""
+        self.check_open()
+        rows = list(self.commits())
+        if rows and rows[-1].commits != 1:
+            raise CorruptError("commit chain ends early", offset=rows[-1].offset, check="commit-prev")
+        rows.reverse()
+        out, before = [], 0
+        for c in rows:
+            out.append(CommitRow(c.commits, c.seq, c.offset, c.end, c.records - before, c.time, c.root.hex()))
+            before = c.records
+        return out
+
+    def read_checkpoint(self, offset: int) -> CheckpointFrame:
+        fh, payload, _, _ = read_frame_at(self.h, offset, max_frame=self.snap.header.max_frame_len)
+        if fh.ftype != C.FT_CHECKPOINT:
+            raise CorruptError("checkpoint pointer does not name a CHECKPOINT frame", offset=offset,
+                               check="checkpoint")
+        return parse_checkpoint(payload, offset, fh.seq)
+
+    def refresh(self) -> bool:
+        """Readers: move the snapshot to the newest commit. True if it moved."""
+        self.check_open()
+        if self.mode == "a" or self.pinned:
+            return False
+        size = self.h.size()
+        if size == self.snap.end:
+            return False
+        snap = load(self.h, size, strict=False)
+        if snap.end == self.snap.end:
+            return False
+        self.snap = snap
+        self._frame_cache.clear()
+        return True
+
+
+def load_stable(h: ReadHandle, *, strict: bool = True) -> Snapshot:
+    """Load; a reader that raced a writer's append retries on a steady size."""
+    for _ in range(20):
+        size = h.size()
+        try:
+            snap = load(h, size, strict=strict)
+        except CorruptError:
+            if h.size() != size:
+                continue
+            raise
+        return snap
+    return load(h, h.size(), strict=strict)
+

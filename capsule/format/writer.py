@@ -1,0 +1,194 @@
+"""The commit writer: lay out frames, INDEX when due, COMMIT, one fsync (spec 6.4, 8.3, 9).
+
+:func:`write_commit` is the only code that appends to a capsule. It builds every
+frame of one commit in memory (extra frames first, then BLOB parts, RECORDS in
+batches of about ``FRAME_TARGET_RAW`` bytes, frames built by callbacks once
+their position is known, index tables and an INDEX when due, the COMMIT last),
+appends them in one write, fsyncs once, and only then publishes the new
+snapshot on the store, so a failed commit leaves the in-memory state as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+from ..core import constants as C
+from .blob import BlobRef, blob_parts
+from .checkpoint import parse_checkpoint
+from .commit import (
+    CommitInfo,
+    IndexMeta,
+    encode_commit_payload,
+    encode_records_payload,
+    encode_recovery,
+)
+from .file import WriteHandle
+from .frames import Merkle, encode_frame
+from .index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
+from .scan import Snapshot, label_key
+from .store import Store
+
+#: (content id, kind, canonical bytes) of one record to write
+Item = tuple[bytes, str, bytes]
+#: a frame built once everything before it is laid out: (seq, chain, Merkle so far, offset) -> payload
+Build = Callable[[int, bytes, Merkle, int], bytes]
+
+
+def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = False,
+                 extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
+                 blob: tuple[str, bytes] | None = None) -> CommitInfo:
+    """Append records (+ INDEX when due) + COMMIT, fsync once, then publish.
+
+    ``extra`` frames go first; ``after`` frames are built by callbacks that get
+    (seq, chain, Merkle so far, offset) once everything before them is laid out.
+    """
+    h = store.h
+    assert isinstance(h, WriteHandle)
+    if store.snap.torn is not None:
+        # 8.3: a torn tail is dropped, durably and on the record, before any write.
+        recover(store)
+        extra = [*store.pending_recovery, *extra]
+    store.pending_recovery = []
+    store.committed = True
+    snap = store.snap
+    seq, chain, merkle = snap.next_seq, snap.chain, snap.merkle.copy()
+    pos = snap.end
+    parts: list[bytes] = []
+    # New entries go to side tables and are merged into the snapshot only
+    # after the fsync, so a failed commit leaves the in-memory state as it was.
+    new_mem: dict[bytes, tuple[int, int]] = {}
+    kinds = dict(snap.kinds)
+
+    def emit(ftype: int, raw: bytes, compress: bool = False) -> int:
+        nonlocal seq, chain, pos
+        fr = encode_frame(ftype, seq, raw, chain, compress=compress)
+        at = pos
+        parts.append(fr.data)
+        merkle.append(fr.leaf)
+        chain, pos, seq = fr.chain, pos + len(fr.data), seq + 1
+        return at
+
+    frames = 0
+    for ftype, raw in extra:
+        emit(ftype, raw)
+        frames += 1
+    blobs = snap.blobs
+    if blob is not None:
+        # 3.4: the parts go first; the INDEX this commit must write names them.
+        btype, content = blob
+        payloads, bid = blob_parts(btype, content)
+        first = pos
+        for raw in payloads:
+            emit(C.FT_BLOB, raw)
+            frames += 1
+        blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), len(content), bid)}
+        force_index = True
+    i = 0
+    while i < len(items):
+        batch: list[bytes] = []
+        size = 0
+        start = i
+        while i < len(items) and (not batch or size + len(items[i][2]) <= C.FRAME_TARGET_RAW):
+            batch.append(items[i][2])
+            size += len(items[i][2])
+            i += 1
+        at = emit(C.FT_RECORDS, encode_records_payload(batch), compress=True)
+        frames += 1
+        for slot, (rid, kind, _) in enumerate(items[start:i]):
+            new_mem[rid] = (at, slot)
+            kinds[kind] = kinds.get(kind, 0) + 1
+    ckpt, keyset_at = snap.checkpoint, snap.keyset
+    new_labels: dict[bytes, tuple[int, int]] = {}
+    for ftype, build in after:
+        raw = build(seq, chain, merkle, pos)
+        at = emit(ftype, raw)
+        frames += 1
+        if ftype == C.FT_CHECKPOINT:
+            ckf = parse_checkpoint(raw, at, seq - 1)
+            ckpt = (at, ckf.hash)
+            new_labels[label_key(ckf.body.label)] = (at, 0)
+        elif ftype == C.FT_KEYSET:
+            keyset_at = at
+    records = snap.records + len(items)
+    segments = list(snap.segments)
+    index_at, index_hash = (snap.commit.index, snap.commit.index_hash) if snap.commit else (None, None)
+    since = snap.frames_since_index + frames
+    wrote_index = False
+    labels = snap.labels
+    n_mem = len(snap.mem) + len(new_mem)
+    if force_index or n_mem >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES:
+        mem = {**snap.mem, **new_mem}
+        k = plan_merge([s.ref.count for s in segments], len(mem))
+        if k:
+            for s in segments[-k:]:
+                s.verify()
+        if mem or k:
+            ids, fr_offs, slots = merge_inputs(segments[len(segments) - k:], mem)
+            table = build_table(ids, fr_offs, slots)
+            t_at = emit(C.FT_TABLE, table)
+            ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
+            segments = segments[: len(segments) - k] + [Segment(ref, table, verified=True)]
+        labels = list(snap.labels)
+        lmem = {**snap.label_mem, **new_labels}
+        if lmem:
+            # Label tables: same layout and merge rule as record tables, but a
+            # later checkpoint with the same label replaces the entry (14.9).
+            k = plan_merge([s.ref.count for s in labels], len(lmem))
+            merged: dict[bytes, tuple[int, int]] = {}
+            for seg in labels[len(labels) - k:]:
+                seg.verify()
+                for j in range(seg.ref.count):
+                    merged[bytes(seg.ids[j]).ljust(32, b"\0")] = (int(seg.frames[j]), int(seg.slots[j]))
+            merged.update(lmem)
+            ids, fr_offs, slots = merge_inputs([], merged)
+            table = build_table(ids, fr_offs, slots)
+            t_at = emit(C.FT_TABLE, table)
+            ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
+            labels = labels[: len(labels) - k] + [Segment(ref, table, verified=True)]
+        meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments], ckpt, keyset_at,
+                         [s.ref for s in labels], blobs)
+        payload = meta.encode()
+        index_at, index_hash = emit(C.FT_INDEX, payload), hashlib.sha256(payload).digest()
+        wrote_index = True
+        since = 1
+    info = CommitInfo(
+        offset=pos, end=0, seq=seq, time=store.clock(), root=merkle.root(), records=records,
+        commits=snap.commits + 1, prev=snap.commit.offset if snap.commit else None, index=index_at,
+        index_hash=index_hash,
+    )
+    cframe = encode_frame(C.FT_COMMIT, seq, encode_commit_payload(info), chain)
+    parts.append(cframe.data)
+    merkle.append(cframe.leaf)
+    data = b"".join(parts)
+    h.append_at(snap.end, data)
+    h.sync()  # the commit exists from here on (6.4)
+    end = snap.end + len(data)
+    info = CommitInfo(info.offset, end, info.seq, info.time, info.root, info.records, info.commits,
+                      info.prev, info.index, info.index_hash, cframe.chain)
+    if wrote_index:
+        mem_after: dict[bytes, tuple[int, int]] = {}
+        label_mem: dict[bytes, tuple[int, int]] = {}
+    else:
+        mem_after, label_mem = snap.mem, snap.label_mem
+        mem_after.update(new_mem)
+        label_mem.update(new_labels)
+    store.snap = Snapshot(
+        snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
+        checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem, blobs=blobs,
+    )
+    return info
+
+
+def recover(store: Store) -> None:
+    """8.3: drop a torn tail, durably, and say so in a RECOVERY frame."""
+    h = store.h
+    assert isinstance(h, WriteHandle)
+    torn = store.snap.torn
+    if torn is None:
+        return
+    dropped = h.pread(torn[0], torn[1])
+    h.truncate(torn[0])
+    h.sync()
+    store.pending_recovery = [(C.FT_RECOVERY, encode_recovery(torn[0], dropped))]
+    store.snap.torn = None

@@ -1,0 +1,121 @@
+"""Entry points: create, open and fork a capsule (spec 2.5, 6.3, 8.3, 15)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from time import time_ns
+
+from ..core import constants as C
+from ..core.clock import Clock, default_clock, source_date_epoch
+from ..core.errors import AlreadyExists, UsageError
+from ..format import canonical as canon
+from ..format.checkpoint import Lineage
+from ..format.file import ReadHandle, WriteHandle, fsync_dir
+from ..format.frames import FileHeader, Merkle, new_file_id
+from ..format.records import encode_record
+from ..format.scan import Snapshot
+from ..format.store import Mode, load_stable
+from ..state.fold import live_records
+from .capsule import Capsule
+
+
+def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | None = None,
+           exist_ok: bool = False, lineage: bytes | None = None) -> Capsule:
+    """Create a new, empty capsule and open it for writing.
+
+    With ``SOURCE_DATE_EPOCH`` set (and no explicit ``file_id``/``clock``) the
+    file id and every timestamp are fixed, so the same operations give
+    byte-identical files wherever they run (2.5).
+    """
+    p = Path(path)
+    if exist_ok and p.exists():
+        return open(p, "a", clock=clock)
+    clock = clock or default_clock()
+    if file_id is None:
+        file_id = new_file_id(source_date_epoch())
+    if len(file_id) != 16:
+        raise UsageError("file_id must be 16 bytes")
+    if not p.parent.exists():
+        raise UsageError(f"{p.parent}: no such directory")
+    try:
+        h = WriteHandle(p, create=True)
+    except FileExistsError:
+        raise AlreadyExists(f"{p}: already exists") from None
+    try:
+        header = FileHeader(file_id)
+        hb = header.encode()
+        h.append_at(0, hb)
+        snap = Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
+        cap = Capsule(p, h, snap, "a", clock)
+        cap._write_commit([], extra=[(C.FT_LINEAGE, lineage)] if lineage is not None else [])
+        fsync_dir(p)
+    except BaseException:
+        h.close()
+        p.unlink(missing_ok=True)
+        raise
+    return cap
+
+
+def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: str | int | None = None) -> Capsule:  # noqa: A001
+    """Open a capsule: ``"r"`` a lock-free read-only snapshot, ``"a"`` the single writer.
+
+    ``at`` opens a read-only view as of an earlier commit (see :meth:`Capsule.resolve`).
+    A writer that finds a torn tail truncates it durably and records a
+    RECOVERY frame with its first commit (8.3). Damage before the last commit
+    raises :class:`CorruptError` and is never repaired.
+    """
+    if mode not in ("r", "a"):
+        raise UsageError(f"mode must be 'r' or 'a', not {mode!r}")
+    if at is not None:
+        if mode != "r":
+            raise UsageError("a view (at=...) is read-only; open it with mode 'r'")
+        with open(path, "r", clock=clock) as cap:
+            return cap.view(at)
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        raise UsageError(f"{p}: not a regular file")
+    # A reader never writes a timestamp, so it never needs SOURCE_DATE_EPOCH.
+    clock = clock or (default_clock() if mode == "a" else time_ns)
+    h: ReadHandle = WriteHandle(p) if mode == "a" else ReadHandle(p)
+    try:
+        snap = load_stable(h, strict=mode == "a")
+        if mode == "a":
+            for seg in [*snap.segments, *snap.labels]:
+                seg.verify()  # a writer must not build on damaged index tables (8.2)
+        cap = Capsule(p, h, snap, mode, clock)
+    except BaseException:
+        h.close()
+        raise
+    return cap
+
+
+def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, clock: Clock | None = None) -> Capsule:
+    """Write a new capsule holding the live state of ``path`` (at ``at``, default
+    now), whose first commit starts with a LINEAGE frame naming the parent and
+    the fork point (spec 15). Returns the new capsule open for writing."""
+    with open(path, "r") as src:
+        if src._snap.commit is None:
+            raise UsageError(f"{path}: has no commit to fork from")
+        view = src.view(at if at is not None else src._snap.commit)
+    with view:
+        c = view._snap.commit
+        if c is None:
+            raise UsageError(f"{path}: has no commit to fork from")
+        lin = Lineage(view._snap.header.file_id, c.root, c.seq, c.chain,
+                      view._snap.checkpoint[1] if view._snap.checkpoint else None)
+        recs = live_records(view.records())
+    new = create(out, clock=clock, lineage=canon.pack(lin.to_value()))
+    try:
+        items = []
+        for rec in recs:
+            rid, data = encode_record(rec)
+            items.append((rid, rec.kind, data))
+        if items:
+            new._write_commit(items)
+    except BaseException:
+        new.close()
+        raise
+    return new
+
+
+__all__ = ["create", "open", "fork"]

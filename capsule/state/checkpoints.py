@@ -1,0 +1,207 @@
+"""Checkpoints, keysets and the state root of a store (spec 13.1, 14.9).
+
+Read side: the checkpoint chain (walked by ``prev`` pointers), label lookups in
+one table probe, the commit that made a checkpoint durable, the keyset history.
+Write side: :func:`checkpoint_frames` builds the KEYSET (first checkpoint only)
+and CHECKPOINT frames of a commit as callbacks for the commit writer, so the body
+signs the exact Merkle root and chain value the frames end up at.
+:class:`StateRoots` keeps the state root incrementally for writers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from ..core import constants as C
+from ..core.errors import CorruptError, UsageError
+from ..format import canonical as canon
+from ..format.checkpoint import (
+    CheckpointFrame,
+    KeysetFrame,
+    encode_checkpoint,
+    encode_keyset,
+    parse_keyset,
+)
+from ..format.commit import CommitInfo
+from ..format.frames import Merkle, parse_frame_header
+from ..format.keys import PrivateKey
+from ..format.records import decode_record
+from ..format.scan import label_key, read_commit_at, read_frame_at
+from ..format.signing import CheckpointBody, Keyset
+from ..format.store import Store
+from ..format.writer import Build, Item
+from .fold import EVENT_KINDS, fold, live_records
+from .stateroot import RootCache, state_root_of
+
+
+def checkpoints(store: Store) -> list[CheckpointFrame]:
+    """Every checkpoint up to this snapshot, oldest first (walks the prev pointers)."""
+    store.check_open()
+    out: list[CheckpointFrame] = []
+    cur = store.snap.checkpoint
+    expect = cur[1] if cur else None
+    off = cur[0] if cur else None
+    while off is not None:
+        ck = store.read_checkpoint(off)
+        if ck.hash != expect:
+            raise CorruptError("checkpoint chain is broken", offset=off, check="checkpoint-prev")
+        out.append(ck)
+        off, expect = ck.prev_offset, ck.body.prev
+    out.reverse()
+    return out
+
+
+def find_checkpoint(store: Store, label: str) -> CheckpointFrame | None:
+    """The newest checkpoint with this label, or None: one table lookup (14.9)."""
+    key = label_key(label)
+    loc = store.snap.label_mem.get(key)
+    if loc is None:
+        for seg in reversed(store.snap.labels):
+            loc = seg.find(key)
+            if loc is not None:
+                break
+    if loc is None:
+        return None
+    ck = store.read_checkpoint(loc[0])
+    if ck.body.label != label:
+        raise CorruptError("label table points at another checkpoint", offset=loc[0], check="index-label")
+    return ck
+
+
+def commit_of(store: Store, ck: CheckpointFrame) -> CommitInfo:
+    """The commit that made a checkpoint durable: the first COMMIT after it,
+    found by reading forward over the few frames of the same commit."""
+    hdr = store.snap.header
+    pos = ck.offset
+    for _ in range(16):
+        fh = parse_frame_header(store.h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=None,
+                                max_frame_len=hdr.max_frame_len)
+        if fh.ftype == C.FT_COMMIT and pos != ck.offset:
+            c = read_commit_at(store.h, pos, hdr)
+            if c.end > store.snap.end:
+                break
+            return c
+        pos = fh.end
+        if pos >= store.snap.end:
+            break
+    raise CorruptError("checkpoint has no commit", offset=ck.offset, check="checkpoint")
+
+
+def keysets(store: Store) -> list[KeysetFrame]:
+    """The keyset history, oldest first: the first keyset, then each rotation."""
+    out: list[KeysetFrame] = []
+    off = store.snap.keyset
+    while off is not None:
+        fh, payload, _, _ = read_frame_at(store.h, off, max_frame=store.snap.header.max_frame_len)
+        if fh.ftype != C.FT_KEYSET:
+            raise CorruptError("keyset pointer does not name a KEYSET frame", offset=off, check="keyset")
+        kf = parse_keyset(payload, off, fh.seq)
+        out.append(kf)
+        off = kf.prev_offset
+    out.reverse()
+    return out
+
+
+def index_due_for_checkpoint(store: Store) -> bool:
+    """Index with the checkpoint when much is pending, so a view at any
+    checkpoint replays at most a few hundred records (6.3)."""
+    return (len(store.snap.mem) >= C.INDEX_AT_CHECKPOINT_RECORDS
+            or store.snap.frames_since_index >= C.INDEX_AT_CHECKPOINT_FRAMES)
+
+
+def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[PrivateKey], runtime_state: bytes | None,
+                      state_root: bytes) -> list[tuple[int, Build]]:
+    """The KEYSET (first checkpoint) and CHECKPOINT frames of a commit, as writer callbacks."""
+    keys = [key] if isinstance(key, PrivateKey) else list(key)
+    if not keys:
+        raise UsageError("a checkpoint needs at least one signing key")
+    if runtime_state is not None and not isinstance(runtime_state, bytes | bytearray | memoryview):
+        raise UsageError("runtime_state must be bytes")
+    runtime = None if runtime_state is None else bytes(runtime_state)
+    ks_frames = keysets(store)
+    after: list[tuple[int, Build]] = []
+    if ks_frames:
+        keyset = ks_frames[-1].keyset
+        signers = {k.key_id for k in keys}
+        inside = [k for k in keyset.keys if k.key_id in signers]
+        if len(inside) < keyset.threshold:
+            raise UsageError(
+                f"the capsule's keyset v{keyset.version} needs {keyset.threshold} of its keys; "
+                f"{len(inside)} given ({', '.join(sorted(signers))}): rotate keys first"
+            )
+    else:
+        keyset = Keyset.of([k.public_key for k in keys], threshold=len({k.key_id for k in keys}))
+        after.append((C.FT_KEYSET, lambda seq, chain, m, pos: encode_keyset(keyset, [], None)))
+    cur = store.snap.checkpoint
+    prev = store.read_checkpoint(cur[0]) if cur else None
+    if prev is not None and cur is not None and (prev.hash != cur[1]
+                                                 or prev.body.origin != store.snap.header.file_id):
+        raise CorruptError("the previous checkpoint does not match its pointer", offset=prev.offset,
+                           check="checkpoint")
+    now = store.clock()
+    origin = store.snap.header.file_id
+
+    def build(seq: int, chain: bytes, merkle: Merkle, pos: int) -> bytes:
+        if prev is not None and seq <= prev.body.tree_size:
+            raise UsageError("refusing to sign a checkpoint that does not extend the previous one")
+        body = CheckpointBody(
+            origin=origin, tree_size=seq, root=merkle.root(), chain=chain,
+            prev=prev.hash if prev else None, keyset=keyset.digest, state_root=state_root, label=label,
+            time=now, runtime=None if runtime is None else hashlib.sha256(runtime).digest(),
+        )
+        return encode_checkpoint(body, body.sign(keys), prev.offset if prev else None, runtime)
+
+    after.append((C.FT_CHECKPOINT, build))
+    return after
+
+
+class StateRoots:
+    """The state root of a store's snapshot, kept incrementally for writers (13.1).
+
+    Without events (reverts) the live set is every record, so the root follows
+    from the sorted ids and a bucketed cache; with events it takes a fold.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cached: str | None = None
+        self._roots: RootCache | None = None  # incremental state root (writers)
+        self._next: RootCache | None = None  # the cache after the commit being written
+
+    def root(self) -> str:
+        if self.cached is None and any(k in EVENT_KINDS for k in self.store.snap.kinds):
+            self.cached = fold(self.store.records()).root  # events change liveness: fold
+        if self.cached is None:
+            if self._roots is None:
+                self._roots = RootCache(self.store.all_ids())
+            self.cached = self._roots.root()
+        return self.cached
+
+    def root_with(self, items: Sequence[Item]) -> bytes:
+        """The state root once ``items`` (not yet written) are committed."""
+        if not items:
+            return bytes.fromhex(self.root())
+        if any(k in EVENT_KINDS for k in self.store.snap.kinds) or any(it[1] in EVENT_KINDS for it in items):
+            extra = [decode_record(canon.decode(data), rid) for rid, _, data in items]
+            return bytes.fromhex(state_root_of([bytes.fromhex(r.id) for r in
+                                                live_records([*self.store.records(), *extra])]))
+        if self._roots is None:
+            self._roots = RootCache(self.store.all_ids())
+        root, self._next = self._roots.root_with([it[0] for it in items])
+        return bytes.fromhex(root)
+
+    def committed(self, new_ids: Sequence[bytes]) -> None:
+        """After a commit: adopt the cache computed for its checkpoint, or extend."""
+        if self._next is not None:
+            self._roots, self._next = self._next, None
+        elif self._roots is not None:
+            self._roots.add(list(new_ids))
+        self.cached = None
+
+    def abandon(self) -> None:
+        """A commit that computed ``root_with`` did not happen."""
+        self._next = None
+
+    def reset(self) -> None:
+        self.cached, self._roots, self._next = None, None, None

@@ -1,0 +1,60 @@
+"""Naming a point in history: labels, seqs, commit-root prefixes and times (spec 6.5).
+
+A view is the state at one commit; :func:`resolve` finds the commit a user's
+``--at`` names. Labels are tried first (one table probe), since a label may look
+like a number; then a frame seq, then a hex prefix of a commit root, then an
+ISO-8601 time (the last commit at or before it).
+"""
+
+from __future__ import annotations
+
+from ..core.errors import InvalidRecordError, NotFound, UsageError
+from ..format.commit import CommitInfo
+from ..format.records import parse_iso_time
+from ..format.store import Store
+from .checkpoints import commit_of, find_checkpoint
+
+
+def resolve(store: Store, at: str | int) -> CommitInfo:
+    """Find the commit a view names (6.5): a checkpoint label, a commit seq (as
+    ``log`` shows it), a hex prefix of a commit root (>= 4 digits), or an
+    ISO-8601 time (the last commit at or before it)."""
+    store.check_open()
+    text = str(at).strip()
+    ck = find_checkpoint(store, text) if store.snap.checkpoint else None
+    if ck is not None:
+        return commit_of(store, ck)  # labels first: a label may look like a number
+    if text.isdigit():
+        # A seq names the commit that made frame N durable: N itself when N is a
+        # COMMIT's seq (as `log` shows), else the first commit after it (so a
+        # checkpoint's seq from `checkpoints` works too).
+        seq = int(text)
+        found = None
+        for c in store.commits():
+            if c.seq < seq:
+                break
+            found = c
+        if found is not None:
+            return found
+        if len(text) < 4:
+            raise NotFound(f"no commit at or after seq {seq} (see `capsule log`)")
+        # an all-digit root prefix: fall through
+    low = text.lower()
+    if len(low) >= 4 and all(ch in "0123456789abcdef" for ch in low):
+        hits = [c for c in store.commits() if c.root.hex().startswith(low)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise UsageError(f"commit prefix {text!r} is ambiguous ({len(hits)} commits)")
+        raise NotFound(f"no commit with seq {text} and no commit root starting with {text!r}"
+                       if text.isdigit() else f"no commit root starts with {text!r}")
+    try:
+        t = parse_iso_time(text)
+    except InvalidRecordError:
+        raise UsageError(
+            f"--at {text!r} is not a checkpoint label, a commit seq, a commit hash prefix or an ISO-8601 time"
+        ) from None
+    for c in store.commits():
+        if c.time <= t:
+            return c
+    raise NotFound(f"no commit at or before {text}")
