@@ -2,5 +2,6 @@
 
 Verify checks every layer below it (frames, chain, Merkle tree, index tables,
 snapshot blobs, state roots, signatures), so it sits above them all and is
-imported by nothing in the library but the public ``capsule`` namespace.
+imported by nothing in the library but the public ``capsule`` namespace. It may
+import every layer up to the handle (to open a parent for comparison).
 """
