@@ -45,29 +45,34 @@ warm. It prints one table and writes JSON (default
 
 from __future__ import annotations
 
-import argparse
 import functools
-import hashlib
-import json
 import logging
-import os
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from store import environment, file_bytes
+from _common import (
+    RESULTS,
+    arg_parser,
+    dist_version,
+    environment,
+    file_bytes,
+    finish,
+    header,
+    log,
+    print_table,
+    run_summary,
+    scratch_dir,
+    write_results,
+)
 
 import capsule
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_OUT = ROOT / "results" / "actions.json"
+DEFAULT_OUT = RESULTS / "actions.json"
 WARMUP = 20  # untimed actions before each timed run (file created, caches and code paths warm)
 
 try:
@@ -221,9 +226,7 @@ class DbosPeer:
 
     def __init__(self) -> None:
         assert DBOS is not None
-        from importlib.metadata import version
-
-        self.versions = {"dbos": version("dbos"), "sqlalchemy": version("sqlalchemy")}
+        self.versions = {"dbos": dist_version("dbos"), "sqlalchemy": dist_version("sqlalchemy")}
         self.pragmas: dict[str, Any] = {}
         # DBOS logs every launch and shutdown at INFO; the table is the output here.
         logging.getLogger("dbos").setLevel(logging.WARNING)
@@ -395,7 +398,7 @@ class SqlitePeer:
         return res
 
 
-def make_peer(choice: str, log: Callable[[str], None]) -> tuple[DbosPeer | SqlitePeer, str | None]:
+def make_peer(choice: str) -> tuple[DbosPeer | SqlitePeer, str | None]:
     """The requested peer, or the plain SQLite one with the reason DBOS is not used."""
     if choice == "sqlite":
         return SqlitePeer(), "--peer sqlite was given"
@@ -436,46 +439,11 @@ def build_table(res: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def print_table(rows: list[dict[str, str]], title: str, peer: str) -> None:
-    cols = ("variant", "capsule", "peer", "ratio")
-    heads = ("variant", "capsule actions/s", f"{peer} actions/s", "ratio (capsule ÷ peer)")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text when rich is not there
-        widths = [max(len(h), *(len(r[c]) for r in rows)) for h, c in zip(heads, cols, strict=True)]
-        print(title)
-        print(" | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)))
-        print("-+-".join("-" * w for w in widths))
-        for r in rows:
-            print(" | ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=True)))
-        return
-    t = Table(title=title)
-    for h in heads:
-        t.add_column(h, justify="left" if h == "variant" else "right")
-    for r in rows:
-        t.add_row(*(r[c] for c in cols))
-    Console(width=max(140, shutil.get_terminal_size().columns)).print(t)
-
-
-def sources_digest() -> str:
-    """The library may carry uncommitted edits: name the exact sources measured."""
-    h = hashlib.sha256()
-    for f in sorted(Path(capsule.__file__).parent.rglob("*.py")):
-        h.update(str(f.relative_to(Path(capsule.__file__).parent)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def run(cfg: Config, tmp: Path, peer: DbosPeer | SqlitePeer, why_fallback: str | None,
-        log: Callable[[str], None]) -> dict[str, Any]:
+def run(cfg: Config, tmp: Path, peer: DbosPeer | SqlitePeer, why_fallback: str | None) -> dict[str, Any]:
     started = time.time()
-    env = environment(tmp)
-    env["capsule_sources_sha256"] = sources_digest()
-    res: dict[str, Any] = {"schema": 1, "mode": "quick" if cfg.quick else "full",
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                           "config": {"single": cfg.single, "group_total": cfg.group_total, "group": cfg.group,
-                                      "warmup": WARMUP},
-                           "environment": env}
+    res = header(cfg.quick, started, environment(tmp, sources=True),
+                 config={"single": cfg.single, "group_total": cfg.group_total, "group": cfg.group,
+                         "warmup": WARMUP})
     log(f"one at a time: {cfg.single:,} actions (capsule run_once)")
     single: dict[str, Any] = {"capsule": capsule_single(tmp, cfg.single)}
     log(f"one at a time: {cfg.single:,} actions ({peer.name})")
@@ -498,37 +466,25 @@ def run(cfg: Config, tmp: Path, peer: DbosPeer | SqlitePeer, why_fallback: str |
     res["group"] = group
     res["peer"] = {"name": peer.name, "versions": peer.versions, "pragmas": peer.pragmas,
                    "fallback_reason": why_fallback}
-    res["duration_s"] = round(time.time() - started, 1)
-    res["environment"]["loadavg_end"] = list(os.getloadavg())
-    res["environment"]["capsule_sources_changed_during_run"] = sources_digest() != env["capsule_sources_sha256"]
+    finish(res, started)
     res["table"] = build_table(res)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="200 / 2,000 actions: a smoke test")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    ap = arg_parser(__doc__, DEFAULT_OUT, "200 / 2,000 actions: a smoke test")
     ap.add_argument("--peer", choices=("auto", "dbos", "sqlite"), default="auto",
                     help="auto: DBOS when installed, else the plain SQLite journal")
-    ap.add_argument("--tmpdir", type=Path, default=None, help="where to build the files (default: system temp)")
     args = ap.parse_args(argv)
     cfg = Config.make(args.quick)
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    peer, why = make_peer(args.peer, log)
-    tmp = Path(tempfile.mkdtemp(prefix="capsule-actions-bench-", dir=args.tmpdir))
-    try:
-        res = run(cfg, tmp, peer, why, log)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # every built file goes, even on failure
+    peer, why = make_peer(args.peer)
+    with scratch_dir("capsule-actions-bench-", args.tmpdir) as tmp:
+        res = run(cfg, tmp, peer, why)
     env, p = res["environment"], res["peer"]
     label = peer_label(res)
-    title = (f"durable actions: capsule vs {label} — {res['mode']} run, {res['duration_s']} s, "
-             f"Python {env['python']}, {env['cpu_count']} CPUs")
-    print_table(res["table"], title, label)
+    print_table(f"durable actions: capsule vs {label} — {run_summary(res)}",
+                ("variant", "capsule actions/s", f"{label} actions/s", "ratio (capsule ÷ peer)"), res["table"],
+                cols=("variant", "capsule", "peer", "ratio"), left=("variant",), width=140)
     s, g = res["single"], res["group"]
     print(f"peer: {label} (journal_mode={p['pragmas'].get('journal_mode')}, synchronous="
           f"{p['pragmas'].get('synchronous')})" + (f"; DBOS not measured: {p['fallback_reason']}"
@@ -543,9 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                                        if p["name"] == "dbos" else ""))
     if env["capsule_sources_changed_during_run"]:
         print("warning: files under capsule/ changed during the run", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"results: {args.out}")
+    write_results(res, args.out)
     return 0
 
 

@@ -37,7 +37,6 @@ JSON (default ``benchmarks/results/checkpoints.json``, a git-ignored folder);
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import hashlib
 import json
@@ -47,14 +46,32 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from store import MemoryGen, Rec, capsule_append, environment, file_bytes, json_body
+from _common import (
+    RESULTS,
+    arg_parser,
+    child_json,
+    dist_version,
+    environment,
+    file_bytes,
+    finish,
+    fmt_ms,
+    header,
+    log,
+    met,
+    print_table,
+    print_top,
+    rotated,
+    scratch_dir,
+    top_entries,
+    write_results,
+)
+from store import MemoryGen, Rec, capsule_append, json_body
 
 import capsule
 
@@ -64,8 +81,7 @@ try:
 except ImportError:  # reported by main(): this benchmark has no fallback
     SqliteSaver = None  # type: ignore[assignment,misc]
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_OUT = ROOT / "results" / "checkpoints.json"
+DEFAULT_OUT = RESULTS / "checkpoints.json"
 THREAD = "bench"
 THREAD_CFG: dict[str, Any] = {"configurable": {"thread_id": THREAD, "checkpoint_ns": ""}}
 LG_PACKAGES = ("langgraph-checkpoint-sqlite", "langgraph-checkpoint")
@@ -251,8 +267,8 @@ def capsule_phases(path: Path, label: str, rc: ReadCounter | None = None) -> dic
     """Where ``open(path, at=label)`` + ``.state_root`` spends its time, phase by
     phase, through the same calls ``open(at=)`` makes (read-only internals).
     With ``rc`` (an active :class:`ReadCounter`) it also says what each phase read."""
-    from capsule.handle.capsule import replay
     from capsule.format.file import ReadHandle
+    from capsule.format.scan import replay
 
     reads: dict[str, dict[str, int]] = {}
 
@@ -363,8 +379,7 @@ sys.stdout.write(json.dumps(doc, sort_keys=True, ensure_ascii=False, indent=1) +
 
 def fresh(code: str, *args: str) -> dict[str, float]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
-    r: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    r = child_json([sys.executable, "-c", code, *args])
     r["process_wall"] = time.perf_counter() - t0
     return r
 
@@ -390,7 +405,7 @@ def timed_to_file(cmd: list[str], out: Path) -> float:
 # --- build: the write benchmark ------------------------------------------------------------------
 
 
-def build(cfg: Config, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def build(cfg: Config, tmp: Path) -> dict[str, Any]:
     """Write both histories step by step; time every capsule commit, checkpoint and
     SqliteSaver put. Who goes first alternates each step, so a slow patch of the
     disk hits both systems alike."""
@@ -419,7 +434,7 @@ def build(cfg: Config, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
     try:
         for k in range(1, n + 1):
             recs = gen.take(cfg.per)
-            for who in (("capsule", "sqlite") if k % 2 else ("sqlite", "capsule")):
+            for who in rotated(("capsule", "sqlite"), k - 1):
                 if who == "capsule":
                     t0 = time.perf_counter()
                     capsule_append(cap, recs)
@@ -507,7 +522,7 @@ def bench_write(b: dict[str, Any]) -> dict[str, Any]:
             "sqlite_put_mean_ms_by_tenth": growth(b["t_put"])}
 
 
-def bench_open(b: dict[str, Any], cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_open(b: dict[str, Any], cfg: Config) -> dict[str, Any]:
     cp, sp = b["capsule_path"], b["sqlite_path"]
     picks = b["picks"]
     runs: dict[str, dict[str, list[dict[str, float]]]] = {"capsule": {}, "sqlite": {}}
@@ -544,8 +559,7 @@ def bench_open(b: dict[str, Any], cfg: Config, log: Callable[[str], None]) -> di
                                     for w, d in runs.items()}}
 
 
-def bench_sweep(b: dict[str, Any], cfg: Config, newest: dict[str, dict[str, float]],
-                log: Callable[[str], None]) -> dict[str, Any]:
+def bench_sweep(b: dict[str, Any], cfg: Config, newest: dict[str, dict[str, float]]) -> dict[str, Any]:
     """"Any checkpoint", literally: open at every checkpoint once (capsule: open(at=)
     and + state root; SqliteSaver: connect + get_tuple), then re-measure the five
     slowest of each (median of ``open_repeats``) so one noisy run cannot decide
@@ -586,7 +600,7 @@ def bench_sweep(b: dict[str, Any], cfg: Config, newest: dict[str, dict[str, floa
     }
 
 
-def bench_state(b: dict[str, Any], cfg: Config, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def bench_state(b: dict[str, Any], cfg: Config, tmp: Path) -> dict[str, Any]:
     cp, sp = b["capsule_path"], b["sqlite_path"]
     newest = b["picks"]["newest"]
     log(f"state: {cfg.state_repeats} in-process runs per system (newest, {cfg.records:,} records)")
@@ -620,20 +634,7 @@ def bench_state(b: dict[str, Any], cfg: Config, tmp: Path, log: Callable[[str], 
 # --- profiles ------------------------------------------------------------------------------------------
 
 
-def _top(prof: cProfile.Profile, limit: int = 15) -> list[dict[str, Any]]:
-    import pstats
-
-    st = pstats.Stats(prof)
-    rows = []
-    for (file, line, name), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-        short = file if file.startswith("~") else "/".join(Path(file).parts[-2:])
-        rows.append({"function": f"{short}:{line}({name})", "ncalls": nc,
-                     "tottime_ms": round(tt * 1000, 2), "cumtime_ms": round(ct * 1000, 2)})
-    rows.sort(key=lambda r: r["tottime_ms"], reverse=True)
-    return rows[:limit]
-
-
-def profile_all(b: dict[str, Any], cfg: Config, tmp: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def profile_all(b: dict[str, Any], cfg: Config, tmp: Path) -> dict[str, Any]:
     cp = b["capsule_path"]
     out: dict[str, Any] = {}
     log("profile: open at oldest/middle/newest phase by phase, cProfile of each, one checkpoint, state()")
@@ -643,7 +644,7 @@ def profile_all(b: dict[str, Any], cfg: Config, tmp: Path, log: Callable[[str], 
         prof.enable()
         capsule_open_once(cp, p["label"], p["capsule_state_root"])
         prof.disable()
-        out[f"open_{name}"] = {"label": p["label"], "top_by_tottime": _top(prof)}
+        out[f"open_{name}"] = {"label": p["label"], "top_by_tottime": top_entries(prof, 15)}
     # One more step on a copy of the full capsule: what a checkpoint costs at this size.
     cp2 = tmp / "profile.capsule"
     shutil.copyfile(cp, cp2)
@@ -661,37 +662,29 @@ def profile_all(b: dict[str, Any], cfg: Config, tmp: Path, log: Callable[[str], 
         wall = time.perf_counter() - t0
         assert ck.body.state_root.hex() == sr
         out["checkpoint"] = {"records": len(cap), "state_root_alone_ms": _ms1(t_root),
-                             "wall_ms_under_profiler": _ms1(wall), "top_by_tottime": _top(prof)}
+                             "wall_ms_under_profiler": _ms1(wall), "top_by_tottime": top_entries(prof, 15)}
     cp2.unlink()
     prof = cProfile.Profile()
     prof.enable()
     with capsule.open(cp) as cap:
         cap.state().to_json()
     prof.disable()
-    out["state_json"] = {"top_by_tottime": _top(prof)}
+    out["state_json"] = {"top_by_tottime": top_entries(prof, 15)}
     return out
 
 
 # --- report ------------------------------------------------------------------------------------------------
 
 
-def _f_ms(v: float) -> str:
-    return f"{v:,.1f} ms" if v >= 10 else f"{v:,.2f} ms"
-
-
 def _dist3(d: dict[str, float]) -> str:
     return f"{d['mean_ms']:.2f} / {d['p50_ms']:.2f} / {d['p99_ms']:.2f} ms"
-
-
-def _met(ok: bool | None) -> str:
-    return "—" if ok is None else ("yes" if ok else "NO")
 
 
 def build_table(res: dict[str, Any]) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
 
     def row(metric: str, c: str, s: str, target: str = "", ok: bool | None = None) -> None:
-        rows.append({"metric": metric, "capsule": c, "sqlite": s, "target": target, "met": _met(ok)})
+        rows.append({"metric": metric, "capsule": c, "sqlite": s, "target": target, "met": met(ok)})
 
     w = res["write"]
     per, nck = res["config"]["per"], res["config"]["checkpoints"]
@@ -719,14 +712,14 @@ def build_table(res: dict[str, Any]) -> list[dict[str, str]]:
         c, s = o[key]["capsule"], o[key]["sqlite"]
         for name in ("oldest", "middle", "newest"):
             row(f"open at {name} ({how} median; sqlite: connect + get_tuple)",
-                _f_ms(c[name]["open"]), _f_ms(s[name]["open"]))
+                fmt_ms(c[name]["open"]), fmt_ms(s[name]["open"]))
         worst_c = max(c["oldest"]["open"], c["middle"]["open"]) / c["newest"]["open"]
         worst_s = max(s["oldest"]["open"], s["middle"]["open"]) / s["newest"]["open"]
         row(f"open: slowest of oldest/middle ÷ newest ({how})", f"{worst_c:.2f}×", f"{worst_s:.2f}×",
             "≤ 2×", worst_c <= 2)
         for name in ("oldest", "newest"):
             row(f"open at {name} + state root ({how}; sqlite: + rebuild state from deltas, hash)",
-                _f_ms(c[name]["total"]), _f_ms(s[name]["total"]))
+                fmt_ms(c[name]["total"]), fmt_ms(s[name]["total"]))
         worst_c = max(c["oldest"]["total"], c["middle"]["total"]) / c["newest"]["total"]
         worst_s = max(s["oldest"]["total"], s["middle"]["total"]) / s["newest"]["total"]
         row(f"open + state root: slowest of oldest/middle ÷ newest ({how})", f"{worst_c:.2f}×",
@@ -744,38 +737,13 @@ def build_table(res: dict[str, Any]) -> list[dict[str, str]]:
         "≤ 2×", sw["capsule_total_worst_over_newest"] <= 2)
     lv = o["capsule_live_open_median_ms"]
     row("capsule.open(path) without at= (+ state root), in-process median",
-        f"{_f_ms(lv['open'])} (+{_f_ms(lv['state_root'])})", "")
+        f"{fmt_ms(lv['open'])} (+{fmt_ms(lv['state_root'])})", "")
     st = res["state"]
     row("state as JSON, newest, library (capsule: open + state().to_json())",
-        _f_ms(st["capsule_library_median_ms"]["total"]), _f_ms(st["sqlite_library_median_ms"]["total"]))
+        fmt_ms(st["capsule_library_median_ms"]["total"]), fmt_ms(st["sqlite_library_median_ms"]["total"]))
     row("`capsule state FILE --json` subprocess wall (sqlite: python -c, same JSON)",
-        _f_ms(st["capsule_cli_wall_median_ms"]), _f_ms(st["sqlite_child_wall_median_ms"]))
+        fmt_ms(st["capsule_cli_wall_median_ms"]), fmt_ms(st["sqlite_child_wall_median_ms"]))
     return rows
-
-
-def print_table(rows: list[dict[str, str]], title: str) -> None:
-    """store.py's table with this benchmark's column names."""
-    cols = ("metric", "capsule", "sqlite", "target", "met")
-    heads = ("metric", "capsule", "langgraph sqlite", "target", "met?")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text when rich is not there
-        widths = [max(len(h), *(len(r[c]) for r in rows)) for h, c in zip(heads, cols, strict=True)]
-        print(title)
-        print(" | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)))
-        print("-+-".join("-" * w for w in widths))
-        for r in rows:
-            print(" | ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=True)))
-        return
-    t = Table(title=title)
-    for h in heads:
-        t.add_column(h, justify="left" if h in ("metric", "target") else "right")
-    for r in rows:
-        met = r["met"]
-        style = "green" if met == "yes" else "bold red" if met == "NO" else ""
-        t.add_row(r["metric"], r["capsule"], r["sqlite"], r["target"], f"[{style}]{met}[/]" if style else met)
-    Console(width=max(140, shutil.get_terminal_size().columns)).print(t)
 
 
 def print_profile(p: dict[str, Any]) -> None:
@@ -788,49 +756,29 @@ def print_profile(p: dict[str, Any]) -> None:
         if "top_by_tottime" not in prof:
             continue
         print(f"\n== cProfile: {name} ==")
-        for r in prof["top_by_tottime"][:10]:
-            print(f"  {r['tottime_ms']:9.2f} ms self {r['cumtime_ms']:9.2f} ms cum {r['ncalls']:>8}  {r['function']}")
+        print_top(prof["top_by_tottime"], 10)
 
 
-def sources_digest() -> str:
-    h = hashlib.sha256()
-    for f in sorted(Path(capsule.__file__).parent.rglob("*.py")):
-        h.update(str(f.relative_to(Path(capsule.__file__).parent)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def run(cfg: Config, tmp: Path, do_profile: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    from importlib.metadata import version
-
+def run(cfg: Config, tmp: Path, do_profile: bool) -> dict[str, Any]:
     started = time.time()
-    env = environment(tmp)
-    env["langgraph"] = {p: version(p) for p in LG_PACKAGES}
-    # The library may carry uncommitted edits: name the exact sources measured.
-    env["capsule_sources_sha256"] = sources_digest()
-    res: dict[str, Any] = {"schema": 1, "mode": "quick" if cfg.quick else "full",
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                           "config": {"records": cfg.records, "checkpoints": cfg.checkpoints, "per": cfg.per,
-                                      "open_repeats": cfg.open_repeats, "fresh_repeats": cfg.fresh_repeats,
-                                      "state_repeats": cfg.state_repeats, "cli_repeats": cfg.cli_repeats},
-                           "environment": env}
+    env = environment(tmp, {"langgraph": {p: dist_version(p) for p in LG_PACKAGES}}, sources=True)
+    res = header(cfg.quick, started, env,
+                 config={"records": cfg.records, "checkpoints": cfg.checkpoints, "per": cfg.per,
+                         "open_repeats": cfg.open_repeats, "fresh_repeats": cfg.fresh_repeats,
+                         "state_repeats": cfg.state_repeats, "cli_repeats": cfg.cli_repeats})
     log(f"build: {cfg.records:,} records, {cfg.checkpoints:,} checkpoints of {cfg.per} "
         f"(capsule and SqliteSaver, alternating)")
-    b = build(cfg, tmp, log)
+    b = build(cfg, tmp)
     res["files"] = {k: b[k] for k in ("capsule_bytes", "sqlite_bytes", "capsule_commits", "close_wrote_index_commit",
                                       "sqlite_pragmas", "key_id")}
     res["picks"] = b["picks"]
     res["write"] = bench_write(b)
-    res["open"] = bench_open(b, cfg, log)
-    res["sweep"] = bench_sweep(b, cfg, {w: d["newest"] for w, d in res["open"]["in_process_median_ms"].items()},
-                               log)
-    res["state"] = bench_state(b, cfg, tmp, log)
-    res["profile"] = profile_all(b, cfg, tmp, log)
+    res["open"] = bench_open(b, cfg)
+    res["sweep"] = bench_sweep(b, cfg, {w: d["newest"] for w, d in res["open"]["in_process_median_ms"].items()})
+    res["state"] = bench_state(b, cfg, tmp)
+    res["profile"] = profile_all(b, cfg, tmp)
     res["profile"]["phases_worst"] = res["sweep"]["capsule_worst_open_phases"]
-    res["duration_s"] = round(time.time() - started, 1)
-    res["environment"]["loadavg_end"] = list(os.getloadavg())
-    # Fresh processes and the CLI import the library anew: an edit under capsule/
-    # during the run would mix two versions in one table.
-    res["environment"]["capsule_sources_changed_during_run"] = sources_digest() != env["capsule_sources_sha256"]
+    finish(res, started)  # also: did capsule/ change while fresh processes and the CLI imported it anew?
     res["table"] = build_table(res)
     if do_profile:
         print_profile(res["profile"])
@@ -838,31 +786,22 @@ def run(cfg: Config, tmp: Path, do_profile: bool, log: Callable[[str], None]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="10k records, 100 checkpoints: a smoke test under 30 s")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    ap = arg_parser(__doc__, DEFAULT_OUT, "10k records, 100 checkpoints: a smoke test under 30 s")
     ap.add_argument("--profile", action="store_true", help="also print the phase breakdowns and cProfile tops")
-    ap.add_argument("--tmpdir", type=Path, default=None, help="where to build the files (default: system temp)")
     args = ap.parse_args(argv)
     if SqliteSaver is None:
         print("checkpoints.py: error: needs LangGraph's SqliteSaver: pip install langgraph-checkpoint-sqlite",
               file=sys.stderr)
         return 2
     cfg = Config.make(args.quick)
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix="capsule-ckpt-bench-", dir=args.tmpdir))
-    try:
-        res = run(cfg, tmp, args.profile, log)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch_dir("capsule-ckpt-bench-", args.tmpdir) as tmp:
+        res = run(cfg, tmp, args.profile)
     env = res["environment"]
     title = (f"capsule checkpoints vs LangGraph SqliteSaver {env['langgraph']['langgraph-checkpoint-sqlite']} — "
              f"{res['mode']} run ({cfg.records:,} records, {cfg.checkpoints:,} checkpoints), {res['duration_s']} s, "
              f"Python {env['python']}, {env['cpu_count']} CPUs")
-    print_table(res["table"], title)
+    print_table(title, ("metric", "capsule", "langgraph sqlite", "target", "met?"), res["table"],
+                cols=("metric", "capsule", "sqlite", "target", "met"), left=("metric", "target"), width=140)
     pr = res["files"]["sqlite_pragmas"]
     print(f"capsule: 1 Ed25519 key, one durable sync per commit (a step is 2 commits); SqliteSaver: journal_mode="
           f"{pr['journal_mode']}, synchronous={pr['synchronous']}, one transaction per put. SqliteSaver rows hold "
@@ -871,9 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     if env["capsule_sources_changed_during_run"]:
         print("warning: files under capsule/ changed during the run; fresh-process and CLI figures may "
               "come from newer code than the in-process ones", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"results: {args.out}")
+    write_results(res, args.out)
     return 0
 
 

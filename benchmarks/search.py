@@ -42,15 +42,12 @@ minute; ``--only peers`` runs hnswlib and memvid without capsule.
 
 from __future__ import annotations
 
-import argparse
-import importlib.metadata
 import importlib.util
 import json
 import math
 import os
 import re
 import selectors
-import shutil
 import statistics
 import subprocess
 import sys
@@ -63,15 +60,32 @@ from typing import Any
 
 import hnswlib
 import numpy as np
-import store  # the shared environment record (benchmarks/ is on sys.path when run)
+from _common import (
+    RESULTS,
+    ROOT,
+    T0_NS,
+    arg_parser,
+    child_cmd,
+    child_json,
+    dist_version,
+    environment,
+    file_bytes,
+    finish,
+    header,
+    interleave,
+    log,
+    met,
+    print_table,
+    run_summary,
+    scratch_dir,
+    write_results,
+)
 
 import capsule
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_OUT = ROOT / "results" / "search.json"
+DEFAULT_OUT = RESULTS / "search.json"
 LOCOMO = ROOT.parent.parent / "shared" / "data" / "locomo" / "locomo-dev.json"
 MIB = 1 << 20
-T0_NS = 1_700_000_000_000_000_000  # record times are fixed so runs are comparable
 
 DIM = 384
 K = 10
@@ -111,15 +125,6 @@ class Config:
         return Config(False, 100_000, 1_000, 1_000, memvid_n or 10_000, 5, None)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def file_bytes(path: Path) -> int:
-    """A store's bytes on disk, side files included (lock files excluded)."""
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if not p.name.endswith(".lock"))
-
-
 # --- data ----------------------------------------------------------------------------
 
 
@@ -154,24 +159,8 @@ def exact_top(data: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
 
 # --- children: fresh processes -------------------------------------------------------------
 
-# Runs one function of this module in a fresh interpreter; imports are timed
-# apart from the work. The last stdout line is the function's JSON result;
-# functions may print progress lines before it.
-_CHILD = r"""
-import json, sys, time
-t0 = time.perf_counter()
-sys.dont_write_bytecode = True  # leave no __pycache__ in benchmarks/
-sys.path.insert(0, sys.argv[1])
-import search
-t1 = time.perf_counter()
-res = getattr(search, sys.argv[2])(**json.loads(sys.argv[3]))
-res["import_s"] = t1 - t0
-print(json.dumps(res), flush=True)
-"""
-
-
-def _child_cmd(fn: str, kwargs: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-c", _CHILD, str(ROOT), fn, json.dumps(kwargs)]
+# A child runs one function of this module (``_common.child_cmd``); functions
+# may print progress lines before the JSON result on the last line.
 
 
 def _child_env() -> dict[str, str]:
@@ -179,9 +168,7 @@ def _child_env() -> dict[str, str]:
 
 
 def run_child(fn: str, **kwargs: Any) -> dict[str, Any]:
-    out = subprocess.run(_child_cmd(fn, kwargs), check=True, capture_output=True, text=True,
-                         timeout=FRESH_TIMEOUT_S, env=_child_env())
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return child_json(child_cmd("search", fn, kwargs), timeout=FRESH_TIMEOUT_S, env=_child_env())
 
 
 class Stalled(RuntimeError):
@@ -193,7 +180,7 @@ def run_watched(fn: str, stall_s: float, **kwargs: Any) -> dict[str, Any]:
     ``stall_s`` seconds; one that goes quiet is killed (memvid can deadlock)."""
     # stderr goes to a file, not a pipe nobody reads: a chatty child cannot block on it.
     with tempfile.TemporaryFile() as errf:
-        proc = subprocess.Popen(_child_cmd(fn, kwargs), stdout=subprocess.PIPE, stderr=errf, env=_child_env())
+        proc = subprocess.Popen(child_cmd("search", fn, kwargs), stdout=subprocess.PIPE, stderr=errf, env=_child_env())
         assert proc.stdout is not None
         fd, buf = proc.stdout.fileno(), b""
         with selectors.DefaultSelector() as sel:
@@ -493,12 +480,10 @@ def measure(sides: list[Side], efs: dict[str, int], gt: np.ndarray, blocks: int 
             s.search(i, efs[s.name])
     lat: dict[str, list[float]] = {s.name: [] for s in sides}
     rec: dict[str, list[float]] = {s.name: [] for s in sides}
-    per = max(1, -(-nq // blocks))
-    for b, start in enumerate(range(0, nq, per)):
-        order = sides[b % len(sides):] + sides[: b % len(sides)]
+    for span, order in interleave(nq, blocks, sides):
         for s in order:
             ef = efs[s.name]
-            for i in range(start, min(start + per, nq)):
+            for i in span:
                 t0 = time.perf_counter()
                 res = s.search(i, ef)
                 lat[s.name].append(time.perf_counter() - t0)
@@ -776,10 +761,6 @@ def _ms(v: float | None) -> str:
     return f"{v:,.0f} ms" if v >= 100 else f"{v:,.1f} ms" if v >= 10 else f"{v:,.3f} ms"
 
 
-def _met(ok: bool | None) -> str:
-    return "—" if ok is None else ("yes" if ok else "NO")
-
-
 def vector_rows(vec: dict[str, Any]) -> list[list[str]]:
     rows = []
     for g in vec["groups"]:
@@ -809,17 +790,17 @@ def target_rows(vec: dict[str, Any]) -> list[list[str]]:
     q, b = c["query"], c["build"]
     ok_r = q["recall"] >= TARGET_RECALL and q["p50_ms"] <= TARGET_P50_MS
     rows = [[f"recall@10 at p50 (ef={q['ef']})", f"{q['recall']:.4f} at {_ms(q['p50_ms'])}",
-             f"≥ {TARGET_RECALL} at ≤ {TARGET_P50_MS:g} ms", _met(ok_r)]]
+             f"≥ {TARGET_RECALL} at ≤ {TARGET_P50_MS:g} ms", met(ok_r)]]
     if "hnswlib" in g["systems"]:
         eq = equal_recall(g["systems"]["hnswlib"]["sweep"], q["recall"])
         ratio = q["p50_ms"] / eq["p50_ms"]
         rows.append([f"p50 vs hnswlib at equal recall (hnswlib ef={eq['ef']}, {_ms(eq['p50_ms'])})",
-                     f"{ratio:.2f}×", f"≤ {TARGET_P50_RATIO}×", _met(ratio <= TARGET_P50_RATIO)])
+                     f"{ratio:.2f}×", f"≤ {TARGET_P50_RATIO}×", met(ratio <= TARGET_P50_RATIO)])
     o = c["fresh_open"]["median_ms"]
     rows.append(["open to first result (fresh process, median)", _ms(o), f"≤ {TARGET_OPEN_MS:g} ms",
-                 _met(o <= TARGET_OPEN_MS)])
+                 met(o <= TARGET_OPEN_MS)])
     rows.append([f"ingest with embeddings ({COMMIT:,}/commit)", f"{b['ingest_rps']:,}/s",
-                 f"≥ {TARGET_INGEST_RPS:,}/s", _met(b["ingest_rps"] >= TARGET_INGEST_RPS)])
+                 f"≥ {TARGET_INGEST_RPS:,}/s", met(b["ingest_rps"] >= TARGET_INGEST_RPS)])
     return rows
 
 
@@ -833,39 +814,16 @@ def locomo_rows(loc: dict[str, Any]) -> list[list[str]]:
             for name, s in loc["systems"].items()]
 
 
-def print_table(title: str, heads: list[str], rows: list[list[str]], left: int = 1) -> None:
-    """``left`` leading columns are labels (left-aligned); a "met?" column is coloured."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text when rich is not there
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
-        print(title)
-        print(" | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)))
-        print("-+-".join("-" * w for w in widths))
-        for r in rows:
-            print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-        return
-    t = Table(title=title)
-    for i, h in enumerate(heads):
-        t.add_column(h, justify="left" if i < left else "right")
-    for r in rows:
-        t.add_row(*(f"[{'green' if c == 'yes' else 'bold red'}]{c}[/]" if h == "met?" and c in ("yes", "NO") else c
-                    for h, c in zip(heads, r, strict=True)))
-    Console(width=max(120, shutil.get_terminal_size().columns)).print(t)
-
-
 def report(res: dict[str, Any]) -> None:
     env = res["environment"]
-    head = (f"{res['mode']} run, {res['duration_s']} s, Python {env['python']}, {env['cpu_count']} CPUs, "
-            f"load {env['loadavg_start'][0]:.1f} → {env['loadavg_end'][0]:.1f}")
+    head = f"{run_summary(res)}, load {env['loadavg_start'][0]:.1f} → {env['loadavg_end'][0]:.1f}"
     if (why := res.get("memvid_unavailable")) is not None:
         print(f"memvid: unavailable ({why})")
     vec = res.get("vectors")
     if vec:
         print_table(f"vector search, {DIM}-d, {vec['clusters']:,} clusters, top {K} — {head}",
                     ["N", "system", "ef", "recall@10", "p50", "p99", "ingest", "build", "open→1st", "file"],
-                    vector_rows(vec), left=2)
+                    vector_rows(vec), left=("N", "system"))
         if why := vec.get("memvid_unavailable"):
             print(f"memvid: unavailable ({why})")
         for g in vec["groups"]:
@@ -883,13 +841,13 @@ def report(res: dict[str, Any]) -> None:
                  if "memvid" in ran else ""))
         if rows := target_rows(vec):
             print_table(f"capsule targets at N={vec['groups'][0]['label']}", ["target", "capsule", "aim", "met?"],
-                        rows)
+                        rows, left=("target",))
     loc = res.get("locomo")
     if loc and loc["systems"]:
         print_table(f"LoCoMo evidence recall@5 / recall@10 — {len(loc['conversations'])} conversation(s), "
                     f"{loc['questions']:,} questions with evidence",
                     ["system", "all", *CATEGORIES.values(), "p50"],
-                    locomo_rows(loc))
+                    locomo_rows(loc), left=("system",))
         if why := loc.get("memvid_unavailable"):
             print(f"memvid: unavailable ({why})")
         errs = {k: v["query_errors"] for k, v in loc["systems"].items() if v["query_errors"]}
@@ -911,23 +869,10 @@ def _exact_below() -> int | None:
 # --- environment and main ----------------------------------------------------------------------
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment(tmp: Path) -> dict[str, Any]:
-    """store.py's record of the machine and code, plus this benchmark's libraries."""
-    return {**store.environment(tmp), "hnswlib": _version("hnswlib"), "memvid-sdk": _version("memvid-sdk")}
-
-
 def run(cfg: Config, tmp: Path, systems: set[str], skip_locomo: bool, skip_vectors: bool = False) -> dict[str, Any]:
     started = time.time()
-    res: dict[str, Any] = {"schema": 1, "mode": "quick" if cfg.quick else "full", "systems": sorted(systems),
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                           "environment": environment(tmp)}
+    env = environment(tmp, {"hnswlib": dist_version("hnswlib"), "memvid-sdk": dist_version("memvid-sdk")})
+    res = header(cfg.quick, started, env, systems=sorted(systems))
     if "memvid" in systems and (why := memvid_unavailable()):
         res["memvid_unavailable"] = why
         log(f"memvid: unavailable ({why})")
@@ -936,22 +881,18 @@ def run(cfg: Config, tmp: Path, systems: set[str], skip_locomo: bool, skip_vecto
         res["vectors"] = run_vectors(cfg, tmp, systems)
     if not skip_locomo:
         res["locomo"] = run_locomo(cfg, tmp, systems)
-    res["duration_s"] = round(time.time() - started, 1)
-    res["environment"]["loadavg_end"] = list(os.getloadavg())  # other work on the machine skews every figure
+    finish(res, started)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test of under a minute")
+    ap = arg_parser(__doc__, DEFAULT_OUT, "small sizes: a smoke test of under a minute")
     ap.add_argument("--only", choices=("capsule", "peers"), help="run only capsule, or only hnswlib and memvid")
     ap.add_argument("--skip-memvid", action="store_true", help="leave memvid out")
     ap.add_argument("--skip-locomo", action="store_true", help="vector part only")
     ap.add_argument("--skip-vectors", action="store_true", help="LoCoMo part only")
     ap.add_argument("--memvid-n", type=int, default=None,
                     help="vectors to offer memvid (default 10,000; 250 with --quick); it stops earlier at its size cap")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
-    ap.add_argument("--tmpdir", type=Path, default=None, help="where to build the files (default: system temp)")
     args = ap.parse_args(argv)
     cfg = Config.make(args.quick, args.memvid_n)
     systems = {"capsule", "hnswlib", "memvid"}
@@ -964,15 +905,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_locomo and not LOCOMO.exists():
         print(f"search.py: error: LoCoMo data not found at {LOCOMO} (or pass --skip-locomo)", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="capsule-bench-search-", dir=args.tmpdir))
-    try:
+    with scratch_dir("capsule-bench-search-", args.tmpdir) as tmp:
         res = run(cfg, tmp, systems, args.skip_locomo, args.skip_vectors)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # every built file goes, even on failure
     report(res)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"results: {args.out}")
+    write_results(res, args.out)
     return 0
 
 

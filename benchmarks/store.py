@@ -27,34 +27,49 @@ shrinks every size so the whole run is a smoke test of well under a minute.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import functools
 import hashlib
 import itertools
 import json
-import os
-import platform
-import pstats
 import random
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    MB,
+    RESULTS,
+    T0_NS,
+    arg_parser,
+    child_cmd,
+    child_json,
+    environment,
+    file_bytes,
+    finish,
+    fmt_ms,
+    header,
+    interleave,
+    log,
+    met,
+    print_table,
+    print_top,
+    run_summary,
+    scratch_dir,
+    top_entries,
+    write_results,
+)
+
 import capsule
 
-ROOT = Path(__file__).resolve().parent
-DEFAULT_OUT = ROOT / "results" / "store.json"
-MB = 1_000_000  # throughput is in 10^6 bytes per second
-T0_NS = 1_700_000_000_000_000_000  # record times are fixed so runs are comparable
+DEFAULT_OUT = RESULTS / "store.json"
 
 # A record is (text, tags, meta, time): exactly what tx.remember() takes, and
 # what the SQLite side serialises as one JSON body.
@@ -223,11 +238,6 @@ def sqlite_append(con: sqlite3.Connection, recs: list[Rec]) -> str:
     return rows[0][0]
 
 
-def file_bytes(path: Path) -> int:
-    """A store's bytes on disk (SQLite: db plus any -wal/-shm left behind)."""
-    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if not p.name.endswith(".lock"))
-
-
 # --- append ------------------------------------------------------------------------------
 
 
@@ -241,7 +251,6 @@ def bench_append(tmp: Path, recs: list[Rec], batch: int, blocks: int = 8) -> dic
     """
     n = len(recs)
     chunks = [recs[s : s + batch] for s in range(0, n, batch)]
-    per = max(1, -(-len(chunks) // blocks))
     cp, sp = tmp / f"append-{batch}.capsule", tmp / f"append-{batch}.sqlite"
     cap = capsule.create(cp)
     con = sqlite_create(sp)
@@ -260,16 +269,16 @@ def bench_append(tmp: Path, recs: list[Rec], batch: int, blocks: int = 8) -> dic
         rates[kind].append(sum(map(len, part)) / dt)
 
     try:
-        for k, s in enumerate(range(0, len(chunks), per)):
-            order = ("capsule", "sqlite") if k % 2 == 0 else ("sqlite", "capsule")
+        for span, order in interleave(len(chunks), blocks, ("capsule", "sqlite")):
             for kind in order:
-                feed(kind, chunks[s : s + per])
+                feed(kind, chunks[span.start : span.stop])
         assert len(cap) == n, (len(cap), n)
         assert con.execute("SELECT count(*) FROM mem").fetchone()[0] == n
     finally:
         cap.close()
         con.close()
-    out = {"batch": batch, "records": n, "commits": len(chunks), "interleaved_blocks": len(rates["capsule"])}
+    out: dict[str, Any] = {"batch": batch, "records": n, "commits": len(chunks),
+                           "interleaved_blocks": len(rates["capsule"])}
     for kind, path in (("capsule", cp), ("sqlite", sp)):
         out[f"{kind}_s"] = round(spent[kind], 4)
         out[f"{kind}_rps"] = round(n / spent[kind])
@@ -341,26 +350,9 @@ def sqlite_open_once(path: Path, rid: str, n: int) -> dict[str, float]:
     return {"total": t3 - t0, "open": t1 - t0, "count": t2 - t1, "get": t3 - t2}
 
 
-# Run in a fresh interpreter: imports are timed apart from the open itself.
-_CHILD = r"""
-import json, sys, time
-t0 = time.perf_counter()
-sys.dont_write_bytecode = True  # leave no __pycache__ in benchmarks/
-sys.path.insert(0, sys.argv[4])
-import store
-t1 = time.perf_counter()
-from pathlib import Path
-fn = store.capsule_open_once if sys.argv[1] == "capsule" else store.sqlite_open_once
-r = fn(Path(sys.argv[2]), sys.argv[3], int(sys.argv[5]))
-r["import"] = t1 - t0
-print(json.dumps(r))
-"""
-
-
 def fresh_open(kind: str, path: Path, rid: str, n: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), rid, str(ROOT), str(n)],
-                         check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    """One open in a fresh interpreter; ``import_s`` is the import of this module (and capsule)."""
+    return child_json(child_cmd("store", f"{kind}_open_once", {"path": str(path), "rid": rid, "n": n}))
 
 
 def _ms(xs: list[float]) -> float:
@@ -383,7 +375,7 @@ def bench_open(pair: dict[str, Any], repeats: int, fresh: int) -> dict[str, Any]
             "fresh_process_median_ms": _ms([r["total"] for r in fr]),
             "fresh_process_ms": [round(r["total"] * 1000, 3) for r in fr],
             "fresh_process_breakdown_median_ms": {k: _ms([r[k] for r in fr]) for k in ("open", "count", "get")},
-            "fresh_process_import_median_ms": _ms([r["import"] for r in fr]),
+            "fresh_process_import_median_ms": _ms([r["import_s"] for r in fr]),
         }
     return res
 
@@ -421,7 +413,7 @@ def bench_verify(tmp: Path, target: int, batch: int) -> dict[str, Any]:
     prof.enable()
     capsule.verify(cp, deep=False)
     prof.disable()
-    res["profile_structural"] = {"records": n, "top_by_tottime": _top(prof)}
+    res["profile_structural"] = {"records": n, "top_by_tottime": top_entries(prof, 20)}
     cp.unlink()
     sp = tmp / "verify.sqlite"
     con = sqlite_create(sp)
@@ -455,17 +447,6 @@ def bench_verify(tmp: Path, target: int, batch: int) -> dict[str, Any]:
 # --- profiles ----------------------------------------------------------------------------------
 
 
-def _top(prof: cProfile.Profile, limit: int = 20) -> list[dict[str, Any]]:
-    st = pstats.Stats(prof)
-    rows = []
-    for (file, line, name), (_cc, nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-        short = file if file.startswith("~") else "/".join(Path(file).parts[-2:])
-        rows.append({"function": f"{short}:{line}({name})", "ncalls": nc,
-                     "tottime_ms": round(tt * 1000, 2), "cumtime_ms": round(ct * 1000, 2)})
-    rows.sort(key=lambda r: r["tottime_ms"], reverse=True)
-    return rows[:limit]
-
-
 def profile_append(tmp: Path, batch: int) -> dict[str, Any]:
     """cProfile one commit of ``batch`` records into a capsule already holding
     nine such commits (so dedupe checks and index merges are in steady state)."""
@@ -485,7 +466,7 @@ def profile_append(tmp: Path, batch: int) -> dict[str, Any]:
     finally:
         cap.close()
         cp.unlink()
-    return {"records": batch, "wall_ms_under_profiler": round(wall * 1000, 1), "top_by_tottime": _top(prof)}
+    return {"records": batch, "wall_ms_under_profiler": round(wall * 1000, 1), "top_by_tottime": top_entries(prof, 20)}
 
 
 def profile_open(pair: dict[str, Any]) -> dict[str, Any]:
@@ -496,7 +477,7 @@ def profile_open(pair: dict[str, Any]) -> dict[str, Any]:
     r = capsule_open_once(path, rid, n)
     prof.disable()
     return {"records": n, "wall_ms_under_profiler": {k: round(v * 1000, 2) for k, v in r.items()},
-            "top_by_tottime": _top(prof)}
+            "top_by_tottime": top_entries(prof, 20)}
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -506,21 +487,17 @@ def _fmt(v: float | None, unit: str = "") -> str:
     if v is None:
         return "—"
     if unit == "ms":
-        return f"{v:,.1f} ms" if v >= 10 else f"{v:,.2f} ms"
+        return fmt_ms(v)
     if unit == "MB/s":
         return f"{v:,.0f} MB/s"
     return f"{v:,.0f}/s"
-
-
-def _met(ok: bool | None) -> str:
-    return "—" if ok is None else ("yes" if ok else "NO")
 
 
 def build_table(res: dict[str, Any]) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
 
     def row(metric: str, c: str, s: str, target: str, ok: bool | None) -> None:
-        rows.append({"metric": metric, "capsule": c, "sqlite": s, "target": target, "met": _met(ok)})
+        rows.append({"metric": metric, "capsule": c, "sqlite": s, "target": target, "met": met(ok)})
 
     for a in res["append"]:
         b, n, c, s = a["batch"], a["records"], a["capsule_rps"], a["sqlite_rps"]
@@ -551,73 +528,15 @@ def build_table(res: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def print_table(rows: list[dict[str, str]], title: str) -> None:
-    cols = ("metric", "capsule", "sqlite", "target", "met")
-    heads = ("metric", "capsule", "sqlite", "target", "met?")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text when rich is not there
-        widths = [max(len(h), *(len(r[c]) for r in rows)) for h, c in zip(heads, cols, strict=True)]
-        print(title)
-        print(" | ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)))
-        print("-+-".join("-" * w for w in widths))
-        for r in rows:
-            print(" | ".join(r[c].ljust(w) for c, w in zip(cols, widths, strict=True)))
-        return
-    t = Table(title=title)
-    for h in heads:
-        t.add_column(h, justify="left" if h in ("metric", "target") else "right")
-    for r in rows:
-        met = r["met"]
-        style = "green" if met == "yes" else "bold red" if met == "NO" else ""
-        t.add_row(r["metric"], r["capsule"], r["sqlite"], r["target"], f"[{style}]{met}[/]" if style else met)
-    Console(width=max(120, shutil.get_terminal_size().columns)).print(t)
-
-
-def environment(tmp: Path) -> dict[str, Any]:
-    import msgpack
-    import numpy
-    import zstandard
-
-    du_work = shutil.disk_usage(ROOT)
-    du_tmp = shutil.disk_usage(tmp)
-    return {
-        "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-        "platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "disk_free_bytes": {"repo": du_work.free, "tmpdir": du_tmp.free}, "tmpdir": str(tmp),
-        "capsule": capsule.__version__, "sqlite": sqlite3.sqlite_version, "zstandard": zstandard.__version__,
-        "msgpack": ".".join(map(str, msgpack.version)), "numpy": numpy.__version__,
-        "page_cache": "warm (files just written; caches are not dropped)",
-        "loadavg_start": list(os.getloadavg()),
-        "git": _git_state(),
-    }
-
-
-def _git_state() -> dict[str, Any] | None:
-    """Which library code was measured: HEAD plus whether capsule/ had local edits."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "capsule"], cwd=ROOT.parent,
-                               capture_output=True, text=True, check=True).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"head": head, "capsule_modified_files": sorted(ln[3:] for ln in dirty if ln.strip())}
-
-
 def _need_bytes(cfg: Config) -> int:
     # verify: capsule then SQLite (~2.6x, the text is stored uncompressed), one
     # at a time; plus the open-test pairs (~0.6 KB/record for both together).
     return int(2.8 * cfg.verify_bytes + 700 * sum(cfg.open_sizes) + 200 * MB)
 
 
-def run(cfg: Config, tmp: Path, do_profile: bool, log: Callable[[str], None]) -> dict[str, Any]:
+def run(cfg: Config, tmp: Path, do_profile: bool) -> dict[str, Any]:
     started = time.time()
-    res: dict[str, Any] = {"schema": 1, "mode": "quick" if cfg.quick else "full",
-                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                           "environment": environment(tmp)}
+    res = header(cfg.quick, started, environment(tmp))
     recs = MemoryGen(seed=1).take(cfg.append_total)
     res["record"] = record_sizes(recs[:2_000])
     res["append"] = []
@@ -643,24 +562,18 @@ def run(cfg: Config, tmp: Path, do_profile: bool, log: Callable[[str], None]) ->
     log(f"verify: building a ~{cfg.verify_bytes / 1e9:.1f} GB capsule, then the same records in sqlite")
     res["verify"] = bench_verify(tmp, cfg.verify_bytes, cfg.build_batch)
     res["profile"]["verify_structural"] = res["verify"].pop("profile_structural")
-    res["duration_s"] = round(time.time() - started, 1)
-    # Other work on the machine skews every figure: say how busy it was.
-    res["environment"]["loadavg_end"] = list(os.getloadavg())
+    finish(res, started)
     res["table"] = build_table(res)
     if do_profile:
         for name, p in res["profile"].items():
             print(f"\n== profile: {name} ({p['records']:,} records) ==")
-            for r in p["top_by_tottime"][:12]:
-                print(f"  {r['tottime_ms']:9.2f} ms self {r['cumtime_ms']:9.2f} ms cum {r['ncalls']:>8}  {r['function']}")
+            print_top(p["top_by_tottime"], 12)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test of under a minute")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    ap = arg_parser(__doc__, DEFAULT_OUT, "small sizes: a smoke test of under a minute")
     ap.add_argument("--profile", action="store_true", help="also print the top cProfile entries")
-    ap.add_argument("--tmpdir", type=Path, default=None, help="where to build the files (default: system temp)")
     args = ap.parse_args(argv)
     cfg = Config.make(args.quick)
     base = args.tmpdir or Path(tempfile.gettempdir())
@@ -669,18 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"store.py: error: need ~{need / 1e9:.1f} GB free in {base}, have {free / 1e9:.1f} GB",
               file=sys.stderr)
         return 2
-
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix="capsule-bench-", dir=base))
-    try:
-        res = run(cfg, tmp, args.profile, log)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # every built file goes, even on failure
-    title = (f"capsule vs SQLite (WAL, synchronous=FULL) — {res['mode']} run, {res['duration_s']} s, "
-             f"Python {res['environment']['python']}, {res['environment']['cpu_count']} CPUs")
-    print_table(res["table"], title)
+    with scratch_dir("capsule-bench-", base) as tmp:
+        res = run(cfg, tmp, args.profile)
+    print_table(f"capsule vs SQLite (WAL, synchronous=FULL) — {run_summary(res)}",
+                ("metric", "capsule", "sqlite", "target", "met?"), res["table"],
+                cols=("metric", "capsule", "sqlite", "target", "met"), left=("metric", "target"))
     v = res["verify"]
     print(f"commits of 1 use fewer records (one fsync each) for both systems; open = open + count + "
           f"one get of a mid-history id; warm page cache; MB = 10^6 bytes of each system's own file "
@@ -688,9 +594,7 @@ def main(argv: list[str] | None = None) -> int:
           f"the bytes: verify records/s capsule {v['capsule_deep_rps']:,} deep / "
           f"{v['capsule_structural_rps']:,} structural, sqlite {v['sqlite_deep_rps']:,} / "
           f"{v['sqlite_structural_rps']:,})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"results: {args.out}")
+    write_results(res, args.out)
     return 0
 
 
