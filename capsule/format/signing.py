@@ -409,6 +409,28 @@ def verify_chain(
     return keyset
 
 
+def anchor_index(anchor: Keyset | PublicKey | str, chain: Sequence[Keyset]) -> int:
+    """The position in a file's keyset ``chain`` where trust starts (spec 14.7).
+
+    The anchor may name any keyset of the chain, not only the first: a verifier
+    that knows of a rotation anchors on the newer keyset, and then nothing signed
+    under an older one counts (so a leaked, rotated-out key cannot sign a
+    truncated copy of the file into passing). The earliest match wins.
+    """
+    if not chain:
+        raise AnchorError("the capsule has no keyset (no signed checkpoints)")
+    why: AnchorError | None = None
+    for i, ks in enumerate(chain):
+        try:
+            _start(anchor, ks)
+            return i
+        except AnchorError as e:
+            why = why or e
+    n = len(chain)
+    raise AnchorError(f"no keyset of the {n} in this capsule matches the anchor"
+                      + (" (rolled back to before a rotation?)" if n else "")) from why
+
+
 # --- 14.8 Checkpoint bodies ---------------------------------------------------------------
 _CHECKPOINT_FIELDS = (
     "chain",

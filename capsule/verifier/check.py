@@ -10,6 +10,7 @@ tables hold exactly the committed ids at the right places.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from ..format.index import Segment, merge_inputs
 from ..format.keys import CHECKPOINT_PAYLOAD_TYPE, PublicKey
 from ..format.records import decode_record, record_id
 from ..format.scan import Reader, damage_is_not_a_crash, label_key
-from ..format.signing import Keyset, count_valid, verify_chain, verify_rotation
+from ..format.signing import Keyset, anchor_index, count_valid, verify_rotation
 from ..search.vindex import BLOB_TYPE, VectorIndex
 from ..state.fold import EVENT_KINDS
 from ..state.stateroot import state_root_of
@@ -63,13 +64,50 @@ class VerifyReport:
     lineage: dict[str, Any] | None = None
     first_error: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    #: with an anchor: the checkpoints signed by anchored keys, and the newest of them
+    trusted_checkpoints: int | None = None
+    signed_prefix: dict[str, Any] | None = None
+    #: what the committed file holds beyond the newest trusted checkpoint
+    unsigned: dict[str, Any] | None = None
+    last_seq: int | None = None  # seq of the last COMMIT
+    root: str | None = None  # Merkle root named by the last COMMIT
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "file_id": self.file_id, "format_version": self.format_version,
                 "commits": self.commits, "records": self.records, "frames": self.frames, "bytes": self.bytes,
+                "last_seq": self.last_seq, "root": self.root,
                 "torn_tail_bytes": self.torn_tail, "checkpoints": self.checkpoints,
-                "signatures_anchored": self.anchored, "keyset": self.keyset, "lineage": self.lineage,
-                "first_error": self.first_error, "warnings": self.warnings}
+                "signatures_anchored": self.anchored, "trusted_checkpoints": self.trusted_checkpoints,
+                "signed_prefix": self.signed_prefix, "unsigned": self.unsigned, "keyset": self.keyset,
+                "lineage": self.lineage, "first_error": self.first_error, "warnings": self.warnings}
+
+
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    """A checkpoint that verified to threshold under keyset ``ks`` (its index in the chain)."""
+
+    offset: int
+    seq: int
+    end: int
+    ks: int
+    records: int  # committed records before it
+    commits: int  # commits before the one it is in
+    label: str
+    root: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pins:
+    """What a verifier remembers from an earlier verification (spec 13.4).
+
+    ``min_seq``: the verified part of the file (the signed prefix with an anchor,
+    else the last commit) must reach at least this frame seq. ``expect_root``: a
+    COMMIT with this Merkle root (hex) must be in the file, so the file extends
+    the state seen then. Together they catch a file frozen or rolled back to an
+    older signed commit, which a signature check alone cannot."""
+
+    min_seq: int | None = None
+    expect_root: str | None = None
 
 
 def _err(e: CorruptError | DataError, offset: int | None = None, seq: int | None = None) -> dict[str, Any]:
@@ -97,11 +135,18 @@ def _array_len(raw: bytes, offset: int, seq: int) -> int:
 
 def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int], None] | None = None,
            trust: PublicKey | Keyset | str | None = None, strict: bool = False,
-           parent: str | Path | None = None) -> VerifyReport:
+           parent: str | Path | None = None, min_seq: int | None = None,
+           expect_root: str | None = None) -> VerifyReport:
     """Check every byte of a capsule. ``deep=False`` skips per-record decoding
-    (structure, chain, codec framing and Merkle roots only). ``trust`` anchors
-    checkpoint signatures (a public key or a keyset hash); ``strict`` fails
-    when signed checkpoints are present but not anchored."""
+    (structure, chain, codec framing and Merkle roots only).
+
+    ``trust`` (a public key, a :class:`Keyset` or a keyset hash, matching any
+    keyset of the file's chain) demands that the file's state is covered by a
+    checkpoint signed to threshold by anchored keys: with no such checkpoint it
+    fails; what lies beyond the newest one is reported in ``unsigned`` (spec 13.4).
+    ``strict`` turns every warning into a failure: a torn tail, signatures without
+    an anchor, records beyond the signed prefix. ``min_seq`` / ``expect_root``
+    pin what an earlier verification saw (:class:`Pins`)."""
     p = Path(path)
     h = ReadHandle(p)
     try:
@@ -113,7 +158,7 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
             rep.first_error = _err(e)
             return rep
         rep.file_id, rep.format_version = header.file_id.hex(), f"{header.major}.{header.minor}"
-        _walk(h, header, size, rep, deep, progress, trust, strict)
+        _walk(h, header, size, rep, deep, progress, trust, strict, Pins(min_seq, expect_root))
         if rep.ok and parent is not None:
             _check_parent(rep, Path(parent))
         return rep
@@ -153,35 +198,72 @@ def _check_parent(rep: VerifyReport, parent: Path) -> None:
                            "message": f"{parent} is not the parent this fork names (or the fork point differs)"}
 
 
-def _trust(rep: VerifyReport, keysets: list[KeysetFrame], trust: object, strict: bool) -> bool:
-    """14.7: anchor the keyset chain; False (with first_error set) when that fails."""
+def _fail(rep: VerifyReport, check: str, message: str, offset: int | None = None) -> bool:
+    rep.first_error = {"offset": offset, "seq": None, "check": check, "message": message}
+    return False
+
+
+def _trust(rep: VerifyReport, keysets: list[KeysetFrame], signed: list[_Signed], trust: object, strict: bool,
+           pins: Pins, commit_roots: dict[str, int], commit_ends: list[int]) -> bool:
+    """13.4, 14.7: anchor the keyset chain and measure what the anchored signatures
+    cover; pins and --strict last. False (with first_error set) on failure."""
     rep.keyset = keysets[-1].keyset.keyset_hash if keysets else None
+    newest: _Signed | None = None
+    if strict and rep.torn_tail:
+        return _fail(rep, "torn-tail", f"torn tail of {rep.torn_tail} bytes after the last commit (--strict): "
+                                       "the copy is incomplete or a write was interrupted", rep.bytes - rep.torn_tail)
+
     if trust is None:
         if rep.checkpoints:
             rep.anchored = False
             rep.warnings.append("signatures not anchored: pass --trust KEY.pub or a keyset hash to prove "
                                 "who signed the checkpoints")
             if strict:
-                rep.first_error = {"offset": None, "seq": None, "check": "not-anchored",
-                                   "message": "signatures not anchored (--strict)"}
-                return False
-        return True
-    if not keysets:
-        rep.first_error = {"offset": None, "seq": None, "check": "trust-anchor",
-                           "message": "--trust given but the capsule has no signed checkpoints"}
-        return False
-    try:
-        verify_chain(trust, [k.rotation for k in keysets[1:]], genesis=keysets[0].keyset)  # type: ignore[arg-type]
-    except DataError as e:
-        rep.first_error = {"offset": keysets[0].offset, "seq": None, "check": "trust-anchor",
-                           "message": f"the capsule's keys do not chain to the trusted anchor: {e}"}
-        return False
-    rep.anchored = True
+                return _fail(rep, "not-anchored", "signatures not anchored (--strict needs --trust)")
+        elif strict:
+            return _fail(rep, "unsigned", "no signed checkpoint covers this capsule (--strict)")
+    else:
+        if not keysets:
+            return _fail(rep, "trust-anchor", "--trust given but the capsule has no signed checkpoints")
+        try:
+            start = anchor_index(trust, [k.keyset for k in keysets])  # type: ignore[arg-type]
+        except DataError as e:
+            return _fail(rep, "trust-anchor", f"the capsule's keys do not chain to the trusted anchor: {e}",
+                         keysets[0].offset)
+        rep.anchored = True
+        good = [s for s in signed if s.ks >= start]
+        rep.trusted_checkpoints = len(good)
+        if not good:
+            return _fail(rep, "trust-unsigned", "no checkpoint is signed by the anchored keys: nothing in this "
+                                                "capsule is vouched for", keysets[start].offset)
+        newest = good[-1]
+        rep.signed_prefix = {"seq": newest.seq, "bytes": newest.end, "label": newest.label,
+                             "offset": newest.offset, "root": newest.root.hex(), "records": newest.records}
+        beyond_records = rep.records - newest.records
+        beyond_commits = rep.commits - newest.commits - 1  # the checkpoint's own commit is covered
+        own_commit_end = commit_ends[bisect.bisect_left(commit_ends, newest.end)]
+        rep.unsigned = {"records": beyond_records, "commits": max(beyond_commits, 0),
+                        "bytes": rep.bytes - rep.torn_tail - own_commit_end}
+        if beyond_records:
+            msg = (f"{beyond_records} record(s) in {max(beyond_commits, 1)} commit(s) after the last signed "
+                   f"checkpoint {newest.label!r} (seq {newest.seq}) are not covered by any trusted signature")
+            rep.warnings.append(msg)
+            if strict:
+                return _fail(rep, "unsigned-tail", msg + " (--strict)", newest.end)
+    reach = newest.seq if newest is not None else (rep.last_seq or 0)
+    if pins.min_seq is not None and reach < pins.min_seq:
+        what = "the signed prefix" if newest is not None else "the last commit"
+        return _fail(rep, "pin-min-seq", f"{what} ends at seq {reach}, before the pinned seq {pins.min_seq} "
+                                         "(frozen or rolled back?)")
+    if pins.expect_root is not None and pins.expect_root.strip().lower() not in commit_roots:
+        return _fail(rep, "pin-root", f"no commit in this capsule has the pinned root {pins.expect_root[:16]}... "
+                                      "(rolled back or rewritten?)")
     return True
 
 
 def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep: bool,
-          progress: Callable[[int, int], None] | None, trust: object = None, strict: bool = False) -> None:
+          progress: Callable[[int, int], None] | None, trust: object = None, strict: bool = False,
+          pins: Pins = Pins()) -> None:
     rd = Reader(h, C.HEADER_SIZE, size, 0, header.chain_seed, header.max_frame_len)
     merkle = Merkle()
     ids = bytearray()
@@ -201,6 +283,9 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     dead: set[bytes] = set()
     events: set[bytes] = set()
     labels_at: dict[bytes, int] = {}
+    signed: list[_Signed] = []
+    commit_roots: dict[str, int] = {}
+    commit_ends: list[int] = []
     try:
         for fh, payload, leaf in rd.frames():
             try:
@@ -285,6 +370,9 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     if bad:
                         raise CorruptError(bad[1], offset=fh.offset, seq=fh.seq, check=bad[0])
                     rep.commits += 1
+                    rep.last_seq, rep.root = fh.seq, c.root.hex()
+                    commit_roots[rep.root] = fh.seq
+                    commit_ends.append(fh.end)
                     prev_commit = fh.offset
                     committed_end = fh.end
                     rep.records = records
@@ -323,6 +411,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                            f"{ks.threshold} keyset v{ks.version} needs", offset=fh.offset,
                                            seq=fh.seq, check="checkpoint-signature")
                     last_ck = ck
+                    signed.append(_Signed(fh.offset, fh.seq, fh.end, len(keysets) - 1, records, rep.commits,
+                                          b.label, b.root))
                     labels_at[label_key(b.label)] = fh.offset
                     rep.checkpoints += 1
                 elif t == C.FT_RECOVERY:
@@ -367,7 +457,11 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
         rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "no-commit",
                            "message": "the file holds no commit (interrupted create?)"}
         return
-    if not _trust(rep, keysets, trust, strict):
+    # Only what a COMMIT made durable counts: frames of a torn tail sign nothing.
+    signed = [s for s in signed if s.end <= committed_end]
+    keysets = [k for k in keysets if k.offset < committed_end]
+    rep.checkpoints = len(signed)
+    if not _trust(rep, keysets, signed, trust, strict, pins, commit_roots, commit_ends):
         return
     if not deep:
         rep.ok = True
