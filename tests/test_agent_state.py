@@ -641,6 +641,11 @@ def test_rollback_through_the_cli_with_a_key(tmp_path: Path) -> None:
     assert ok("state", path, "--at", "rollback-to-c1", "--json").stdout == now
     ok("rollback", path, "--to", "c3")
     assert ok("state", path, "--json").stdout == frozen["c3"][0] + "\n"
+    # The unsigned rollback lies beyond the last signed checkpoint (spec 13.4, audit F10):
+    # sound, but --strict refuses it until a checkpoint signs it.
+    ok("verify", path, "--trust", pub_file(key))
+    assert invoke("verify", path, "--trust", pub_file(key), "--strict").exit_code == 1
+    ok("rollback", path, "--to", "rollback-to-c1", "--key", key)
     ok("verify", path, "--trust", pub_file(key), "--strict")
 
 

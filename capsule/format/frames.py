@@ -245,7 +245,9 @@ def raw_payload(fh: FrameHeader, payload: bytes) -> bytes:
             offset=fh.offset, seq=fh.seq, check="zstd-size",
         )
     try:
-        out = _dctx.decompress(payload, max_output_size=fh.raw_len)
+        # 3.3: the payload is exactly one zstd frame; bytes after it (junk, a second
+        # frame) would hide data in a signed file, so they are refused.
+        out = _dctx.decompress(payload, max_output_size=fh.raw_len, allow_extra_data=False)
     except zstandard.ZstdError as e:
         raise CorruptError(f"zstd: {e}", offset=fh.offset, seq=fh.seq, check="zstd") from e
     if len(out) != fh.raw_len:

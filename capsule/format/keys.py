@@ -148,6 +148,16 @@ def _int(value: object, lo: int, hi: int, what: str) -> int:
     return value
 
 
+_P = 2**255 - 19
+_Y_MASK = (1 << 255) - 1  # the top bit is the sign of x
+#: y coordinates of the 8 points of small order (libsodium's blocklist): orders 4, 1, 2 and 8
+_SMALL_ORDER_Y = frozenset({
+    0, 1, _P - 1,
+    int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little"),
+    int.from_bytes(bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"),
+})
+
+
 # --- 14.1 Keys -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, repr=False)
 class PublicKey:
@@ -157,6 +167,14 @@ class PublicKey:
 
     def __post_init__(self) -> None:
         _bin(self.raw, PUBLIC_KEY_SIZE, "public key (spec 14.1)")
+        # 14.1: a point of small order (the identity among them) verifies forged
+        # signatures and two encodings of one point would count as two signers,
+        # so only canonical encodings of points outside the small subgroup pass.
+        y = int.from_bytes(self.raw, "little") & _Y_MASK
+        if y >= _P:
+            raise InvalidRecordError("public key: not a canonical Ed25519 encoding (spec 14.1)")
+        if y in _SMALL_ORDER_Y:
+            raise InvalidRecordError("public key: a small-order Ed25519 point, which proves nothing (spec 14.1)")
 
     @property
     def key_id(self) -> str:
@@ -348,7 +366,10 @@ def _key_type(obj: object) -> str:
 _SEALED_BEGIN = b"-----BEGIN CAPSULE ENCRYPTED PRIVATE KEY-----"
 _SEALED_END = b"-----END CAPSULE ENCRYPTED PRIVATE KEY-----"
 _SCRYPT_LOG_N, _SCRYPT_R, _SCRYPT_P = 15, 8, 1
-_SCRYPT_MAX_LOG_N = 20
+_SCRYPT_MAX_LOG_N = 17
+#: 14.2: scrypt needs 128 * r * N bytes; a reader accepts 4x what a writer uses (32 MiB), so a
+#: hostile key file cannot demand GiBs and minutes before "wrong passphrase".
+_SCRYPT_MAX_MEMORY = 128 << 20
 
 
 def _scrypt(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
@@ -395,8 +416,10 @@ def _open_sealed(data: bytes, passphrase: bytes | None, where: str) -> PrivateKe
     if not ok:
         raise KeyFileError(f"{where} is not a valid encrypted key file")
     # Cap the work factor before computing: a hostile file must not demand GiBs.
-    if not (10 <= v["log_n"] <= _SCRYPT_MAX_LOG_N and 1 <= v["r"] <= 16 and 1 <= v["p"] <= 4):
-        raise KeyFileError(f"{where}: scrypt parameters out of the allowed range")
+    if not (10 <= v["log_n"] <= _SCRYPT_MAX_LOG_N and 1 <= v["r"] <= 8 and 1 <= v["p"] <= 2
+            and 128 * v["r"] * (1 << v["log_n"]) <= _SCRYPT_MAX_MEMORY):
+        raise KeyFileError(f"{where}: scrypt parameters out of the allowed range (at most "
+                           f"{_SCRYPT_MAX_MEMORY >> 20} MiB of work memory)")
     kek = _scrypt(passphrase, v["salt"], v["log_n"], v["r"], v["p"])
     try:
         seed = ChaCha20Poly1305(kek).decrypt(v["nonce"], v["ct"], _SEALED_BEGIN)
@@ -443,7 +466,13 @@ def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = No
     :class:`KeyFileError` (not a key file, wrong key type) or
     :class:`KeyFileNotFound`, each with a one-line message.
     """
-    return _parse_private(_read_key_file(path), passphrase, os.fspath(path))
+    key = _parse_private(_read_key_file(path), passphrase, os.fspath(path))
+    mode = os.stat(path).st_mode
+    if mode & 0o077:
+        # 14.2: like ssh, a private key others can read or replace is not used.
+        raise KeyFileError(f"{os.fspath(path)} is accessible by other users (mode {mode & 0o777:o}); "
+                           f"run: chmod 600 {os.fspath(path)}")
+    return key
 
 
 def load_public_key(
