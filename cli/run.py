@@ -1,0 +1,92 @@
+"""Run commands: the durable task queue and the idempotent-action journal."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+import capsule
+from capsule.ingest.jsonl import loads
+
+from ._errors import EXIT_USAGE, call, fail
+from ._params import AtOpt, FileArg, JsonOpt
+from ._render import cell, emit_json, out
+
+
+def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
+    """Show the durable task queue: status, attempts, leases, what is due and blocked.
+
+    Example: capsule tasks agent.capsule --json
+    """
+
+    def go() -> dict[str, Any]:
+        with capsule.open(path, at=at) as cap:
+            c = cap._snap.commit
+            # a view at an earlier commit is judged at that commit's time; the live
+            # capsule at the current time (SOURCE_DATE_EPOCH in reproducible mode)
+            if at is not None:
+                return cap.tasks.to_dict(now=c.time if c else 0)
+            from capsule.core.clock import default_clock
+
+            return cap.tasks.to_dict(now=default_clock()())
+
+    q = call(go)
+    if json_out:
+        emit_json(q)
+        return
+    t = Table("task", "status", "attempts", "worker", "due")
+    due = {d if isinstance(d, str) else d.get("id") for d in q.get("due") or []}
+    for st in q.get("tasks", []):
+        name = st["id"]
+        mark = "yes" if name in due else ("blocked" if st.get("blocked_by") else "")
+        t.add_row(*(cell(x) for x in (name, st.get("status"), st.get("attempts", 0), st.get("worker") or "", mark)))
+    out.print(t)
+
+
+def actions(
+    path: FileArg,
+    json_out: JsonOpt = False,
+    in_doubt: Annotated[bool, typer.Option("--in-doubt", help="Only actions whose outcome is unknown.")] = False,
+    resolve: Annotated[str | None, typer.Option("--resolve", help="Settle this in-doubt action key.")] = None,
+    done: Annotated[bool | None, typer.Option("--done/--not-done", help="With --resolve: the effect happened, "
+                                              "or it did not (the next run_once runs it).")] = None,
+    value: Annotated[str | None, typer.Option("--value", help="With --resolve --done: the result, as JSON.")]
+    = None,
+) -> None:
+    """List the idempotent-action journal: keys, status, times, results; settle in-doubt ones.
+
+    Example: capsule actions agent.capsule --resolve email:42 --done --value '{"id": "m-1"}'
+    """
+    if resolve is None and (done is not None or value is not None):
+        fail("--done/--not-done and --value go with --resolve", EXIT_USAGE)
+    if resolve is not None and done is None:
+        fail("--resolve needs --done or --not-done", EXIT_USAGE)
+    if value is not None and not done:
+        fail("--value goes with --done", EXIT_USAGE)
+    if resolve is not None and in_doubt:
+        fail("--in-doubt lists; --resolve settles: give one of them", EXIT_USAGE)
+    if resolve is not None and not resolve.strip():
+        fail("--resolve needs a non-empty action key", EXIT_USAGE)
+
+    def go() -> list[dict[str, Any]]:
+        if resolve is not None:
+            v = loads(value, "--value: ") if value is not None else None
+            with capsule.open(path, "a") as cap:
+                return [cap.resolve_action(resolve, done=bool(done), value=v).to_dict()]
+        with capsule.open(path) as cap:
+            rows = [a.to_dict() for a in cap.actions()]
+        return [r for r in rows if r["status"] == "in-doubt"] if in_doubt else rows
+
+    rows = call(go)
+    if json_out:
+        emit_json(rows)
+        return
+    t = Table("key", "status", "attempt", "started", "finished", "result")
+    for r in rows:
+        res = r["error"] if r["status"] == "failed" else json.dumps(r["value"], ensure_ascii=False)
+        t.add_row(*(cell(x) for x in (r["key"][:200], r["status"], r["attempt"], r["started"] or "",
+                                      r["finished"] or "", res[:60])))
+    out.print(t)

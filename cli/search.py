@@ -1,0 +1,170 @@
+"""Search commands: query a capsule by words or meaning, and pack files into one."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+import capsule
+
+from ._errors import EXIT_USAGE, call, fail
+from ._params import AtOpt, FileArg, JsonOpt, parse_meta
+from ._render import cell, emit_json, err, out, warn
+
+
+def _load_vector(source: Path) -> Any:
+    import numpy as np
+
+    if not source.is_file():
+        raise capsule.UsageError(f"--vector {source}: no such file")
+    if source.suffix.lower() == ".npy":
+        try:
+            v = np.load(source, allow_pickle=False)  # never unpickle a file we were handed
+        except (ValueError, OSError) as e:
+            raise capsule.UsageError(f"--vector {source}: not a numeric .npy array ({e})") from None
+    elif source.suffix.lower() == ".json":
+        try:
+            v = json.loads(source.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise capsule.UsageError(f"--vector {source}: not a JSON list of numbers") from None
+        if not isinstance(v, list) or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+            raise capsule.UsageError(f"--vector {source}: not a JSON list of numbers")
+        v = np.array(v, np.float64)
+    else:
+        raise capsule.UsageError(f"--vector {source}: expected a .npy or .json file")
+    if v.dtype.kind not in "fiu" or v.size == 0 or (v.ndim != 1 and not (v.ndim == 2 and v.shape[0] == 1)):
+        raise capsule.UsageError(f"--vector {source}: expected one vector of numbers, got shape {v.shape}")
+    return v.reshape(-1)
+
+
+def search(
+    path: FileArg,
+    query: Annotated[str, typer.Argument(help="What to look for (text). May be empty with --vector.",
+                                         show_default=False)] = "",
+    k: Annotated[int, typer.Option("-k", "--top", help="How many results.", min=1, max=10000)] = 10,
+    mode: Annotated[str, typer.Option("--mode", help="auto, lexical (BM25), vector or hybrid (both, fused by "
+                                      "reciprocal rank). auto: hybrid when the capsule's vectors came from a "
+                                      "semantic embedder (minilm, st:...), else lexical.")] = "auto",
+    vector: Annotated[Path | None, typer.Option("--vector", help="Query vector: a .npy array or a .json list.")]
+    = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only records with this tag (repeatable: all).")]
+    = None,
+    any_tag: Annotated[list[str] | None, typer.Option("--any-tag", help="Only records with at least one of these "
+                                                      "tags (repeatable).")] = None,
+    tier: Annotated[list[str] | None, typer.Option("--tier", help="scratch, working or validated (repeatable).")]
+    = None,
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="memory, note or decision (repeatable).")]
+    = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only records at or after this ISO-8601 time.")]
+    = None,
+    until: Annotated[str | None, typer.Option("--until", help="Only records at or before this ISO-8601 time.")]
+    = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE: only records whose meta has it "
+                                                   "(repeatable).")] = None,
+    embedder: Annotated[str | None, typer.Option("--embedder", help="Embed the query with this embedder (default: "
+                                                 "the one the capsule was packed with).")] = None,
+    ef: Annotated[int, typer.Option("--ef", help="HNSW search breadth (higher: better recall, slower).",
+                                    min=1, max=100000)] = 64,
+    json_out: JsonOpt = False,
+    at: AtOpt = None,
+) -> None:
+    """Search memories by words (BM25), by meaning (vectors) or both.
+
+    Expired and rolled-back records are never returned; results are exactly
+    scored, best first, ties broken by record id, the same on every host.
+
+    Examples:
+      capsule search notes.capsule "deploy freeze" -k 5
+      capsule search notes.capsule "deploy freeze" --mode lexical --tag ops --since 2026-01-01
+      capsule search agent.capsule --vector q.npy --json
+    """
+    meta_map = parse_meta(meta or [], scalars=True)
+    if not query.strip() and vector is None:
+        fail("give a QUERY text, a query --vector, or both", EXIT_USAGE)
+
+    def go() -> tuple[list[dict[str, Any]], list[str]]:
+        if not path.exists():
+            raise capsule.CapsuleNotFound(f"{path}: no such capsule")
+        qv = _load_vector(vector) if vector is not None else None
+        with capsule.open(path) as cap:
+            view = cap.view(at) if at is not None else contextlib.nullcontext(cap)
+            with view as c:
+                hits = c.search(query, vector=qv, k=k, mode=mode, tags=tag, any_tags=any_tag, tier=tier,
+                                kind=kind, since=since, until=until, meta=meta_map, embedder=embedder, ef=ef)
+                info = c.index_info()
+                return [h.to_dict() for h in hits], [m for m in (info["doubt"], info["notice"]) if m]
+
+    hits, warnings = call(go)
+    for w in warnings:
+        warn(w)
+    if json_out:
+        emit_json(hits)
+        return
+    if not hits:
+        out.print("no results")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("#", "score", "kind", "time", "tags", "text", "id"):
+        table.add_column(col, no_wrap=col != "text", overflow="fold")
+    for i, h in enumerate(hits, 1):
+        text = " ".join(h["text"].split())
+        table.add_row(str(i), f"{h['score']:.4f}", cell(h["kind"]), cell(h["time"][:19]), cell(",".join(h["tags"])),
+                      cell(text[:117] + "..." if len(text) > 120 else text), cell(h["id"][:12]))
+    out.print(table)
+
+
+def pack(
+    src: Annotated[Path, typer.Argument(help="A folder of .txt/.md files (or one), or a .jsonl file of records.",
+                                        show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The capsule to write.", show_default=False)],
+    embedder: Annotated[str, typer.Option("--embedder", help="hash (offline hashed word/char n-grams), minilm "
+                                          "(needs agent-capsule[minilm]), st:<model dir>, or none. auto: hash, "
+                                          "unless the JSONL records carry their own embeddings.")] = "auto",
+    batch: Annotated[int, typer.Option("--batch", help="Records per commit.", min=1)] = 1000,
+    append: Annotated[bool, typer.Option("--append", help="Add to an existing capsule.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ingest text/markdown files (chunked; path and chunk kept in meta) or JSONL.
+
+    Files that are not UTF-8 are skipped with a warning. The vector index is built
+    and stored in the capsule, so it opens straight to search.
+
+    Examples:
+      capsule pack docs/ -o docs.capsule
+      capsule pack memories.jsonl -o agent.capsule --embedder none
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    def go() -> capsule.PackReport:
+        emb: Any = None if embedder == "none" else embedder
+        if json_out or not sys.stderr.isatty():
+            return capsule.pack(src, output, embedder=emb, batch=batch, append=append, warn=warn)
+        with Progress("packing", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                      transient=True) as bar:
+            task = bar.add_task("pack", total=None)
+            rep = capsule.pack(src, output, embedder=emb, batch=batch, append=append, warn=warn,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total),
+                               build=False)
+            bar.update(task, description="indexing")
+        with capsule.open(output, "a") as cap:
+            if cap.vector_config() is not None:
+                err.print("building the vector index...", markup=False)
+                cap.build_index()
+                cap.save_index()
+        rep.bytes = output.stat().st_size
+        return rep
+
+    rep = call(go)
+    if json_out:
+        emit_json(rep.to_dict())
+    else:
+        skipped = f", {len(rep.skipped)} skipped" if rep.skipped else ""
+        vec = f", {rep.vectors} vectors ({rep.embedder})" if rep.vectors else ""
+        out.print(f"packed {rep.files} files into {rep.records} records{vec}{skipped}: {output} "
+                  f"({rep.bytes} bytes)", markup=False)

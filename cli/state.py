@@ -1,0 +1,255 @@
+"""State and trust commands: what the agent believes, signing keys, checkpoints,
+rollback, forks, and the byte-level verifier that checks all of it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+import capsule
+
+from ._errors import EXIT_DATA, call
+from ._params import AtOpt, FileArg, JsonOpt
+from ._render import cell, emit_json, err, out, warn, write_out
+
+PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
+                                             "passphrase.")]
+
+
+def _passphrase(env: str | None) -> bytes | None:
+    import os
+
+    if env is None:
+        return None
+    v = os.environ.get(env)
+    if not v:
+        raise capsule.UsageError(f"environment variable {env} is not set or empty")
+    return v.encode()
+
+
+def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.PrivateKey]:
+    pw = _passphrase(passphrase_env)
+    return [capsule.load_private_key(p, pw) for p in paths]
+
+
+def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
+    """Show what the agent believes: memories by tier, decisions, constraints, identity.
+
+    Active constraints come with their approvals; --json is canonical (sorted keys, stable).
+
+    Example: capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
+    """
+
+    def go() -> tuple[dict[str, Any], str]:
+        with capsule.open(path, at=at) as cap:
+            s = cap.state()
+            return s.to_dict(), s.to_json() if json_out else ""
+
+    st, text = call(go)
+    if json_out:
+        write_out(text + "\n")
+        return
+    out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)
+    ident = st["identity"]
+    if ident:
+        out.print(f"identity    {ident['agent_id']} {ident['name']} {ident['model']}".rstrip(), markup=False)
+    for tier, mems in st["memories"].items():
+        out.print(f"{tier:<11} {len(mems)} memories", markup=False)
+        for m in mems[-5:]:
+            out.print(f"  {m['id'][:12]}  {m['text'][:100]}", markup=False)
+    out.print(f"constraints {len(st['constraints'])} active", markup=False)
+    for c in st["constraints"]:
+        ok = sum(a["verified"] for a in c["approvals"])
+        out.print(f"  [{c['scope']}] {c['text'][:100]}  ({ok} verified approvals)", markup=False)
+    out.print(f"decisions   {len(st['decisions'])}", markup=False)
+    for d in st["decisions"][-5:]:
+        out.print(f"  {d['id'][:12]}  {d['summary'][:100]}", markup=False)
+
+
+def keygen(
+    out_path: Annotated[Path, typer.Option("-o", "--out", help="Where to write the private key (KEY.pub too).")],
+    passphrase_env: Annotated[str | None, typer.Option("--passphrase-env", help="Encrypt the key with the "
+                                                       "passphrase in this environment variable.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an Ed25519 signing key (mode 0600) and its KEY.pub.
+
+    Example: CAPSULE_PASS=... capsule keygen -o agent.key --passphrase-env CAPSULE_PASS
+    """
+
+    def go() -> dict[str, Any]:
+        pw = _passphrase(passphrase_env)
+        key = capsule.generate_key()
+        pub = capsule.save_private_key(out_path, key, passphrase=pw)
+        return {"key": str(out_path), "public_key": str(pub), "key_id": key.key_id, "encrypted": pw is not None}
+
+    info = call(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"wrote {info['key']} (key id {info['key_id']}) and {info['public_key']}", markup=False)
+
+
+def checkpoint(
+    path: FileArg,
+    label: Annotated[str, typer.Option("--label", help="A name for this checkpoint (used by --at and rollback).")],
+    key: Annotated[list[Path], typer.Option("--key", help="Private key file; repeat for a threshold of keys.")],
+    runtime: Annotated[Path | None, typer.Option("--runtime", help="A file of runtime state to store with it.")]
+    = None,
+    passphrase_env: PassOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign and commit a checkpoint of the current state.
+
+    Example: capsule checkpoint agent.capsule --label day-1 --key agent.key
+    """
+
+    def go() -> dict[str, Any]:
+        keys = _load_keys(key, passphrase_env)
+        blob = runtime.read_bytes() if runtime is not None else None
+        with capsule.open(path, "a") as cap:
+            return cap.checkpoint(label, key=keys, runtime_state=blob).to_dict()
+
+    info = call(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"checkpoint {info['label']!r} at seq {info['seq']}, state root {info['state_root']}", markup=False)
+
+
+def checkpoints(path: FileArg, json_out: JsonOpt = False) -> None:
+    """List signed checkpoints: label, seq, state root, signer key ids, time.
+
+    Example: capsule checkpoints agent.capsule --json
+    """
+
+    def go() -> list[dict[str, Any]]:
+        with capsule.open(path) as cap:
+            return [c.to_dict() for c in cap.checkpoints()]
+
+    rows = call(go)
+    if json_out:
+        emit_json(rows)
+        return
+    t = Table("label", "seq", "time", "state root", "signers")
+    for r in rows:
+        t.add_row(*(cell(x) for x in (r["label"], r["seq"], r["time"], r["state_root"][:16],
+                                      ", ".join(r["signers"]))))
+    out.print(t)
+
+
+def rollback(
+    path: FileArg,
+    to: Annotated[str, typer.Option("--to", help="Label of the checkpoint to return to.")],
+    key: Annotated[list[Path] | None, typer.Option("--key", help="Sign a checkpoint after the rollback "
+                                                   "(repeatable).")] = None,
+    passphrase_env: PassOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make the live state equal a checkpoint's again; all history stays in the file.
+
+    Example: capsule rollback agent.capsule --to day-1 --key agent.key
+    """
+
+    def go() -> dict[str, Any]:
+        keys = _load_keys(key or [], passphrase_env)
+        with capsule.open(path, "a") as cap:
+            rid = cap.rollback(to, key=keys or None)
+            return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None}
+
+    info = call(go)
+    if json_out:
+        emit_json(info)
+    elif info["changed"]:
+        out.print(f"rolled back to {to!r}: state root {info['state_root']}", markup=False)
+    else:
+        out.print(f"already at {to!r} (state root {info['state_root']}): nothing written", markup=False)
+
+
+def fork(
+    path: FileArg,
+    out_path: Annotated[Path, typer.Option("-o", "--out", help="The new capsule.")],
+    at: AtOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Start a new capsule from the live state at a point; its LINEAGE names the parent.
+
+    Example: capsule fork agent.capsule --at day-1 -o experiment.capsule
+    """
+
+    def go() -> dict[str, Any]:
+        with capsule.fork(path, out_path, at=at) as new:
+            return {"file": str(out_path), "file_id": new.file_id, "records": len(new),
+                    "state_root": new.state_root}
+
+    info = call(go)
+    if json_out:
+        emit_json(info)
+    else:
+        out.print(f"forked {path} into {info['file']}: {info['records']} records, state root {info['state_root']}",
+                  markup=False)
+
+
+def verify(
+    path: FileArg,
+    json_out: JsonOpt = False,
+    trust: Annotated[str | None, typer.Option("--trust", help="Trust anchor for checkpoint signatures: a KEY.pub "
+                                              "file or a keyset hash (64 hex digits).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail when signatures are present but not anchored.")]
+    = False,
+    parent: Annotated[Path | None, typer.Option("--parent", help="For a fork: check its LINEAGE against this "
+                                                "parent capsule.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "
+                                        "skip per-record schema checks.")] = False,
+) -> None:
+    """Check every byte: header, frames, chain, Merkle roots, content ids, encoding.
+
+    Exit 0 when sound, 1 when not (naming the first bad offset, seq and check).
+    Example: capsule verify agent.capsule --json
+    """
+    from rich.progress import BarColumn, Progress, TransferSpeedColumn
+
+    def go() -> capsule.VerifyReport:
+        if not path.exists():
+            raise capsule.CapsuleNotFound(f"{path}: no such capsule")
+        size = path.stat().st_size
+        show = not json_out and sys.stderr.isatty() and size > 64 << 20
+        anchor: Any = None
+        if trust is not None:
+            tp = Path(trust)
+            if tp.is_file():
+                anchor = capsule.load_public_key(tp)
+            elif len(trust) == 64 and all(c in "0123456789abcdefABCDEF" for c in trust):
+                anchor = trust.lower()
+            else:
+                raise capsule.UsageError(f"--trust {trust!r} is neither a key file nor a keyset hash")
+        kw: dict[str, Any] = {"deep": not quick, "trust": anchor, "strict": strict, "parent": parent}
+        if not show:
+            return capsule.verify(path, **kw)
+        with Progress("verifying", BarColumn(), TransferSpeedColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("verify", total=size)
+            return capsule.verify(path, progress=lambda done, _t: bar.update(task, completed=done), **kw)
+
+    rep = call(go)
+    if json_out:
+        emit_json(rep.to_dict())
+    elif rep.ok:
+        extra = ""
+        if rep.checkpoints:
+            extra = f", {rep.checkpoints} checkpoints" + (" (signatures anchored)" if rep.anchored else "")
+        if rep.lineage:
+            extra += f", fork of {rep.lineage['parent']} at seq {rep.lineage['tree_size']}"
+        out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes{extra}")
+        for w in rep.warnings:
+            warn(w)
+    else:
+        e = rep.first_error or {}
+        where = ", ".join(f"{k} {e[k]}" for k in ("offset", "seq") if e.get(k) is not None)
+        err.print(f"capsule: verify failed: {e.get('check')}{' at ' + where if where else ''}: {e.get('message')}",
+                  markup=False)
+    if not rep.ok:
+        raise typer.Exit(EXIT_DATA)
