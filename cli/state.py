@@ -199,8 +199,13 @@ def verify(
     json_out: JsonOpt = False,
     trust: Annotated[str | None, typer.Option("--trust", help="Trust anchor for checkpoint signatures: a KEY.pub "
                                               "file or a keyset hash (64 hex digits).")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Fail when signatures are present but not anchored.")]
-    = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on every warning: a torn tail, signatures not "
+                                         "anchored, no signed checkpoint, records past the signed prefix. "
+                                         "Passes only with --trust.")] = False,
+    min_seq: Annotated[int | None, typer.Option("--min-seq", min=0, help="Pin: the signed prefix (or, without "
+                                                "--trust, the last commit) must reach this frame seq.")] = None,
+    expect_root: Annotated[str | None, typer.Option("--expect-root", help="Pin: a commit with this Merkle root "
+                                                    "(as `capsule open` printed it) must be in the file.")] = None,
     parent: Annotated[Path | None, typer.Option("--parent", help="For a fork: check its LINEAGE against this "
                                                 "parent capsule.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "
@@ -209,7 +214,8 @@ def verify(
     """Check every byte: header, frames, chain, Merkle roots, content ids, encoding.
 
     Exit 0 when sound, 1 when not (naming the first bad offset, seq and check).
-    Example: capsule verify agent.capsule --json
+    With --trust, a checkpoint signed by the anchored keys must cover the state (spec 13.4).
+    Example: capsule verify agent.capsule --trust agent.key.pub --strict --json
     """
     from rich.progress import BarColumn, Progress, TransferSpeedColumn
 
@@ -227,7 +233,11 @@ def verify(
                 anchor = trust.lower()
             else:
                 raise capsule.UsageError(f"--trust {trust!r} is neither a key file nor a keyset hash")
-        kw: dict[str, Any] = {"deep": not quick, "trust": anchor, "strict": strict, "parent": parent}
+        if expect_root is not None and not (len(expect_root) == 64
+                                            and all(c in "0123456789abcdefABCDEF" for c in expect_root)):
+            raise capsule.UsageError(f"--expect-root {expect_root!r} is not a Merkle root (64 hex digits)")
+        kw: dict[str, Any] = {"deep": not quick, "trust": anchor, "strict": strict, "parent": parent,
+                              "min_seq": min_seq, "expect_root": expect_root}
         if not show:
             return capsule.verify(path, **kw)
         with Progress("verifying", BarColumn(), TransferSpeedColumn(), console=err, transient=True) as bar:
@@ -241,6 +251,9 @@ def verify(
         extra = ""
         if rep.checkpoints:
             extra = f", {rep.checkpoints} checkpoints" + (" (signatures anchored)" if rep.anchored else "")
+        if rep.signed_prefix:
+            sp = rep.signed_prefix
+            extra += f"; signed through seq {sp['seq']} ({sp['label']!r}, {sp['bytes']} bytes)"
         if rep.lineage:
             extra += f", fork of {rep.lineage['parent']} at seq {rep.lineage['tree_size']}"
         out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes{extra}")
