@@ -75,7 +75,11 @@ def test_agent_vector_checkpoints_and_trust(tmp_path: Path) -> None:
     anchor = capsule.PublicKey.from_text(want["trust_key"])
     rep = capsule.verify(path, trust=anchor)
     assert rep.ok and rep.anchored and rep.checkpoints == 3, rep.first_error
-    assert capsule.verify(path, trust=want["keyset"]).ok is False  # the keyset hash of v2 is not the genesis
+    assert rep.trusted_checkpoints == 3 and rep.unsigned == {"records": 0, "commits": 0, "bytes": 0}
+    # 14.7: an anchor may name the rotated keyset v2; then only checkpoints signed under v2 count
+    later = capsule.verify(path, trust=want["keyset"])
+    assert later.ok and later.trusted_checkpoints == 2, later.first_error
+    assert later.signed_prefix == rep.signed_prefix
     assert capsule.verify(path, trust=capsule.generate_key().public_key).ok is False
     with capsule.open(path) as cap, capsule.open(path, at="day-1") as day1:
         assert cap.state_root == day1.state_root  # the rollback restored day-1's state
