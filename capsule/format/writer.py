@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from ..core import constants as C
+from ..core.errors import InvalidRecordError
 from .blob import BlobRef, blob_parts
 from .checkpoint import parse_checkpoint
 from .commit import (
@@ -25,7 +28,7 @@ from .commit import (
 )
 from .file import WriteHandle
 from .frames import Merkle, encode_frame
-from .index import Segment, SegmentRef, build_table, merge_inputs, plan_merge
+from .index import ENTRY_SIZE, Segment, SegmentRef, build_table, merge_inputs, plan_merge
 from .scan import Snapshot, label_key
 from .store import Store
 
@@ -60,9 +63,16 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
     new_mem: dict[bytes, tuple[int, int]] = {}
     kinds = dict(snap.kinds)
 
+    max_frame = snap.header.max_frame_len
+    table_cap = max(1, (max_frame - C.FRAME_OVERHEAD) // ENTRY_SIZE)
+
     def emit(ftype: int, raw: bytes, compress: bool = False) -> int:
         nonlocal seq, chain, pos
         fr = encode_frame(ftype, seq, raw, chain, compress=compress)
+        if len(fr.data) > max_frame:
+            # 11: a writer never writes what its own reader refuses; nothing is written yet.
+            raise InvalidRecordError(f"this commit needs a frame of {len(fr.data)} bytes, over this capsule's "
+                                     f"max frame length of {max_frame} bytes (spec 11)")
         at = pos
         parts.append(fr.data)
         merkle.append(fr.leaf)
@@ -84,12 +94,14 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
             frames += 1
         blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), len(content), bid)}
         force_index = True
+    # RECORDS frames of about FRAME_TARGET_RAW bytes, smaller when the header allows less.
+    frame_target = min(C.FRAME_TARGET_RAW, max_frame - C.FRAME_OVERHEAD)
     i = 0
     while i < len(items):
         batch: list[bytes] = []
         size = 0
         start = i
-        while i < len(items) and (not batch or size + len(items[i][2]) <= C.FRAME_TARGET_RAW):
+        while i < len(items) and (not batch or size + len(items[i][2]) <= frame_target):
             batch.append(items[i][2])
             size += len(items[i][2])
             i += 1
@@ -119,22 +131,19 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
     n_mem = len(snap.mem) + len(new_mem)
     if force_index or n_mem >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES:
         mem = {**snap.mem, **new_mem}
-        k = plan_merge([s.ref.count for s in segments], len(mem))
+        k = _merge_count([s.ref.count for s in segments], len(mem), table_cap)
         if k:
             for s in segments[-k:]:
                 s.verify()
         if mem or k:
             ids, fr_offs, slots = merge_inputs(segments[len(segments) - k:], mem)
-            table = build_table(ids, fr_offs, slots)
-            t_at = emit(C.FT_TABLE, table)
-            ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
-            segments = segments[: len(segments) - k] + [Segment(ref, table, verified=True)]
+            segments = segments[: len(segments) - k] + _tables(emit, ids, fr_offs, slots, table_cap)
         labels = list(snap.labels)
         lmem = {**snap.label_mem, **new_labels}
         if lmem:
             # Label tables: same layout and merge rule as record tables, but a
             # later checkpoint with the same label replaces the entry (14.9).
-            k = plan_merge([s.ref.count for s in labels], len(lmem))
+            k = _merge_count([s.ref.count for s in labels], len(lmem), table_cap)
             merged: dict[bytes, tuple[int, int]] = {}
             for seg in labels[len(labels) - k:]:
                 seg.verify()
@@ -142,13 +151,16 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
                     merged[bytes(seg.ids[j]).ljust(32, b"\0")] = (int(seg.frames[j]), int(seg.slots[j]))
             merged.update(lmem)
             ids, fr_offs, slots = merge_inputs([], merged)
-            table = build_table(ids, fr_offs, slots)
-            t_at = emit(C.FT_TABLE, table)
-            ref = SegmentRef(t_at + C.FRAME_HEADER_SIZE, len(ids), hashlib.sha256(table).digest())
-            labels = labels[: len(labels) - k] + [Segment(ref, table, verified=True)]
+            labels = labels[: len(labels) - k] + _tables(emit, ids, fr_offs, slots, table_cap)
+        if len(segments) > C.MAX_SEGMENTS or len(labels) > C.MAX_SEGMENTS:
+            raise InvalidRecordError(f"this capsule's max frame length of {max_frame} bytes cannot index more "
+                                     f"records: over {C.MAX_SEGMENTS} index tables (spec 11)")
         meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments], ckpt, keyset_at,
                          [s.ref for s in labels], blobs)
         payload = meta.encode()
+        if len(payload) > C.MAX_INDEX_META:
+            raise InvalidRecordError(f"this commit's INDEX would be {len(payload)} bytes, over the limit of "
+                                     f"{C.MAX_INDEX_META} (spec 11; {len(kinds)} record kinds)")
         index_at, index_hash = emit(C.FT_INDEX, payload), hashlib.sha256(payload).digest()
         wrote_index = True
         since = 1
@@ -158,6 +170,8 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
         index_hash=index_hash,
     )
     cframe = encode_frame(C.FT_COMMIT, seq, encode_commit_payload(info), chain)
+    if len(cframe.data) > max_frame:
+        raise InvalidRecordError(f"this capsule's max frame length of {max_frame} bytes cannot hold a COMMIT")
     parts.append(cframe.data)
     merkle.append(cframe.leaf)
     data = b"".join(parts)
@@ -178,6 +192,28 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
         checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem, blobs=blobs,
     )
     return info
+
+
+def _merge_count(counts: list[int], new: int, cap: int) -> int:
+    """9.3's binary-counter merge, never past what one TABLE frame holds (11)."""
+    k = plan_merge(counts, new)
+    while k and new + sum(counts[len(counts) - k:]) > cap:
+        k -= 1
+    return k
+
+
+def _tables(emit: Callable[[int, bytes], int], ids: np.ndarray, frames: np.ndarray, slots: np.ndarray,
+            cap: int) -> list[Segment]:
+    """TABLE frames for these entries: one, or sorted runs of at most ``cap`` entries (11)."""
+    order = np.argsort(ids, kind="stable")
+    out = []
+    for lo in range(0, max(len(ids), 1), cap):
+        sel = order[lo : lo + cap]
+        table = build_table(ids[sel], frames[sel], slots[sel])
+        at = emit(C.FT_TABLE, table)
+        ref = SegmentRef(at + C.FRAME_HEADER_SIZE, len(sel), hashlib.sha256(table).digest())
+        out.append(Segment(ref, table, verified=True))
+    return out
 
 
 def recover(store: Store) -> None:
