@@ -23,6 +23,8 @@ from . import canonical as canon
 from .frames import parse_frame_header
 
 _LEN = struct.Struct("<H")
+#: The fewest file bytes a part takes besides its data: frame header, trailer, header length.
+_PART_MIN = C.FRAME_OVERHEAD + _LEN.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +41,15 @@ class BlobRef:
         return [self.type, self.offset, self.parts, self.size, self.id]
 
 
+def part_count(size: int) -> int:
+    """3.4: parts of exactly ``BLOB_PART`` bytes, the last holding the rest (at least one)."""
+    return max(1, -(-size // C.BLOB_PART))
+
+
 def blob_parts(btype: str, data: bytes) -> tuple[list[bytes], bytes]:
     """3.4: the BLOB payloads for ``data`` and its content id."""
     bid = hashlib.sha256(data).digest()
-    n = max(1, -(-len(data) // C.BLOB_PART))
+    n = part_count(len(data))
     out = []
     for i in range(n):
         head = canon.pack({"id": bid, "part": i, "parts": n, "size": len(data), "type": btype})
@@ -63,8 +70,12 @@ def parse_blob_refs(v: object, offset: int) -> dict[str, BlobRef]:
                 or any(type(x) is not int for x in e[1:4]) or not isinstance(e[4], bytes) or len(e[4]) != 32):
             raise err("index blob entry is malformed")
         t, at, parts, size, bid = e
-        if not C.HEADER_SIZE <= at < offset or not 1 <= parts <= 1 << 20 or not 0 <= size <= parts * C.BLOB_PART:
+        if not C.HEADER_SIZE <= at < offset or size < 0 or parts != part_count(size):
             raise err("index blob entry is out of range")
+        # 9.2: the parts are whole frames between the first one and this INDEX, so
+        # the size is bounded by the file before anything is allocated for it.
+        if size + parts * _PART_MIN > offset - at:
+            raise err("index blob entry is larger than the file before it")
         if out and t <= max(out):
             raise err("index blob entries are not sorted by type")
         out[t] = BlobRef(t, at, parts, size, bid)
@@ -80,6 +91,9 @@ def read_blob(src: object, ref: BlobRef, max_frame: int, end: int) -> tuple[np.n
     ``check()``, which waits for the hash and raises CorruptError on a mismatch.
     The caller MUST call ``check()`` before trusting anything it derived.
     """
+    # 11: nothing is allocated for a size the file cannot hold (an INDEX entry is input too).
+    if ref.parts != part_count(ref.size) or ref.size + ref.parts * _PART_MIN > end - ref.offset:
+        raise CorruptError(f"blob {ref.type} is larger than the file holds", offset=ref.offset, check="blob")
     out = np.empty(ref.size, np.uint8)
     mv = memoryview(out.data)
     h = hashlib.sha256()

@@ -10,6 +10,9 @@ loads that snapshot and inserts the newer memories in commit order. Loading
 goes through hnswlib's ``__setstate__`` with arrays this module builds and
 bounds-checks itself (never pickle): every neighbour id, level, count and size
 is checked before the C++ code sees it, because a blob is input like any other.
+hnswlib also trusts the graph's shape (a neighbour on level L has a list on level
+L, the entry point is on the top level), so decode checks those invariants too
+(16.2); what passes is safe to search and to insert into.
 
 Scores are recomputed exactly (float64 over the stored float32 vectors, then
 rounded to float32) and ties are broken by record id, so the answer does not
@@ -442,7 +445,7 @@ class VectorIndex:
         n, ep, top = h["count"], h["enterpoint"], h["max_level"]
         if p.dim < 1 or any(type(x) is not int for x in (n, ep, top)) or not 0 <= n < 1 << 31:
             raise bad("count or dimension out of range")
-        if not 0 <= top <= MAX_LEVEL or (n and not 0 <= ep < n):
+        if not 0 <= top <= MAX_LEVEL or (n and not 0 <= ep < n) or (not n and (ep or top)):
             raise bad("entry point or top level out of range")
         base = 12 + hlen + (-(12 + hlen) % 8)
         body = buf[base:]
@@ -492,18 +495,24 @@ class VectorIndex:
         if n and int(ttl.min()) < 0:
             raise bad("negative ttl")
         levels = arr["levels"].view("<i4").astype(np.int64)
+        # 16.2: hnswlib starts every search at the entry point on the top level.
         if n and (int(levels.min()) < 0 or int(levels.max()) != top or levels[ep] != top):
             raise bad("levels disagree with the top level")
         # Level 0: per element, a u32 count, 2M neighbour ids, the vector, the label.
         # Checked through strided u32 views: no copy of the 100+ MB table.
         l0u = arr["level0"].view("<u4").reshape(n, per // 4)
         cnt = l0u[:, 0]
+        # 16.2: hnswlib reads the count as a u16 and its deleted flag from the third
+        # byte; a u32 <= 2M proves both (no deletions in a snapshot).
         if n and int(cnt.max()) > m0:
             raise bad("a level-0 neighbour count exceeds 2M")
         # 16.2: every slot, used or not, holds a label < n (hnswlib zeroes new slots
         # and only ever writes labels), so one max over the block checks them all.
-        if n and int(l0u[:, 1 : 1 + m0].max()) >= n:
+        nb0 = l0u[:, 1 : 1 + m0]
+        if n and int(nb0.max()) >= n:
             raise bad("a level-0 neighbour is out of range")
+        if _self_linked(nb0, cnt, np.arange(n)):
+            raise bad("a level-0 list names its own element")
         lab = (per - 8) // 4
         if n and (not np.array_equal(l0u[:, lab], np.arange(n, dtype=np.uint32)) or int(l0u[:, lab + 1].max())):
             raise bad("labels are not in commit order")
@@ -516,10 +525,22 @@ class VectorIndex:
             raise bad("upper-level links have the wrong size")
         if len(links):
             lk = links.view("<u4").reshape(-1, m + 1)
-            if int(lk[:, 0].max()) > m:
+            cnt_up, nb = lk[:, 0], lk[:, 1:]
+            if int(cnt_up.max()) > m:
                 raise bad("an upper-level neighbour count exceeds M")
-            if int(lk[:, 1:].max()) >= n:
+            if int(nb.max()) >= n:
                 raise bad("an upper-level neighbour is out of range")
+            # Row r is the list on level lvl[r] of element own[r] (label order, levels
+            # ascending). 16.2: hnswlib follows a neighbour on level L into that
+            # neighbour's own list on level L, which an element below L does not have
+            # (a null or short pointer in C++: the F4 segfault).
+            own = np.repeat(np.flatnonzero(levels > 0), upper)
+            lvl = np.arange(len(lk)) - np.repeat(np.cumsum(upper) - upper, upper) + 1
+            used = np.arange(m) < cnt_up[:, None]
+            if np.any(used & (levels[nb] < lvl[:, None])):
+                raise bad("an upper-level neighbour has no list on that level")
+            if _self_linked(nb, cnt_up, own):
+                raise bad("an upper-level list names its own element")
         self = cls(p)
         self.ids = IdArray(arr["ids"].tobytes())
         self._times = arr["time"].view("<i8").astype(np.int64)
@@ -532,21 +553,39 @@ class VectorIndex:
         if n:
             # pybind11 restores into an uninitialised instance; __init__ first would crash.
             g = hnswlib.Index.__new__(hnswlib.Index)
-            g.__setstate__(({
+            state = {
                 "ser_version": 1, "space": p.space, "dim": p.dim, "index_inited": True, "ep_added": True,
                 "normalize": p.space == "cosine", "num_threads": 1, "seed": p.seed, "offset_level0": 0,
                 "max_elements": n, "cur_element_count": n, "size_data_per_element": per,
                 "label_offset": per - 8, "offset_data": link0, "max_level": top, "enterpoint_node": ep,
-                "max_M": m, "max_M0": m0, "M": m, "mult": 1.0 / math.log(m), "ef_construction": p.ef_construction,
+                # hnswlib raises ef_construction to at least M when it builds a graph
+                "max_M": m, "max_M0": m0, "M": m, "mult": 1.0 / math.log(m),
+                "ef_construction": max(p.ef_construction, m),
                 "ef": 10, "has_deletions": False, "size_links_per_element": per_links,
                 "allow_replace_deleted": False, "label_lookup_external": np.arange(n, dtype=np.uint64),
                 "label_lookup_internal": np.arange(n, dtype=np.uint32),
                 "element_levels": levels.astype(np.int32), "data_level0": arr["level0"].view(np.int8),
                 "link_lists": links.view(np.int8),
-            },))
+            }
+            try:
+                g.__setstate__((state,))
+            except (RuntimeError, ValueError, TypeError) as e:  # hnswlib's own asserts, as a last guard
+                raise bad(f"hnswlib refused it: {e}") from None
             g.set_num_threads(1)
             self._hnsw = g
         return self
+
+
+def _self_linked(nb: np.ndarray, counts: np.ndarray, owners: np.ndarray) -> bool:
+    """Whether a used slot of some list names the list's own element (16.2: hnswlib
+    never links an element to itself). Cheap when, as in every real graph, no slot does."""
+    if not len(nb):
+        return False
+    same = nb == owners.astype(nb.dtype)[:, None]
+    if not same.any():
+        return False
+    rows, cols = np.nonzero(same)
+    return bool(np.any(cols < counts[rows]))
 
 
 def _bisect(names: list[str], tag: str) -> int | None:
