@@ -103,3 +103,23 @@ def test_f8_an_index_over_its_limit_is_never_written(tmp_path: Path) -> None:
     assert p.read_bytes() == before
     with capsule.open(p) as cap:
         assert len(cap) == n + 4
+
+
+def test_a_refused_commit_after_recovery_keeps_the_recovery_frame(tmp_path: Path) -> None:
+    """8.3: the tail is truncated by the first write attempt; if that commit is then
+    refused, the next one still carries the RECOVERY frame that records the truncation."""
+    from .test_trust import frames
+
+    p = tmp_path / "torn.capsule"
+    with small_frames(p, 4096) as cap, cap.commit() as tx:
+        tx.remember("kept")
+    with p.open("ab") as f:
+        f.write(b"\x00garbage tail" * 10)
+    with capsule.open(p, "a") as cap:
+        with pytest.raises(capsule.InvalidRecordError, match="max frame length"), cap.commit() as tx:
+            tx.remember(os.urandom(6000).hex())  # refused inside the writer, after the truncation
+        with cap.commit() as tx:
+            tx.remember("after")
+    rep = capsule.verify(p)
+    assert rep.ok and rep.torn_tail == 0, rep.first_error
+    assert any(t == C.FT_RECOVERY for _, t, _ in frames(p)), "the RECOVERY frame was lost"

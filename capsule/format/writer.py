@@ -51,8 +51,9 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
     if store.snap.torn is not None:
         # 8.3: a torn tail is dropped, durably and on the record, before any write.
         recover(store)
-        extra = [*store.pending_recovery, *extra]
-    store.pending_recovery = []
+    # The RECOVERY frame stays pending until a commit carrying it is durable: a commit
+    # refused or failed after the truncation must not lose the record of it (8.3).
+    extra = [*store.pending_recovery, *extra]
     store.committed = True
     snap = store.snap
     seq, chain, merkle = snap.next_seq, snap.chain, snap.merkle.copy()
@@ -177,6 +178,7 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
     data = b"".join(parts)
     h.append_at(snap.end, data)
     h.sync()  # the commit exists from here on (6.4)
+    store.pending_recovery = []
     end = snap.end + len(data)
     info = CommitInfo(info.offset, end, info.seq, info.time, info.root, info.records, info.commits,
                       info.prev, info.index, info.index_hash, cframe.chain)
