@@ -43,6 +43,7 @@ from capsule.format.commit import (
     IndexMeta,
     decode_records_payload,
     encode_commit_payload,
+    encode_records_payload,
     parse_commit_payload,
     parse_index_payload,
 )
@@ -153,6 +154,7 @@ def rebuild(header: FileHeader, frames: list[Frame]) -> bytes:
     last_index: tuple[int, bytes] | None = None
     last_ck: tuple[int, bytes] | None = None
     keysets: list[tuple[int, Keyset]] = []
+    last_root = Merkle().root()  # the root the last COMMIT named (7.7 revert `after`)
 
     def ctx() -> Ctx:
         live = [i for i in ids if i not in dead and i not in events]
@@ -186,6 +188,13 @@ def rebuild(header: FileHeader, frames: list[Frame]) -> bytes:
             assert len(old_ids) == n
             raw = build_table(new_ids, new_frames, slots.astype(np.uint32))
             tables[fr.old_offset + C.FRAME_HEADER_SIZE] = (pos + C.FRAME_HEADER_SIZE, raw)  # type: ignore[operator]
+        elif t == C.FT_RECORDS:
+            # 7.7: a revert names the root of the last commit before it (unsigned: recomputed)
+            values = [v for v, _ in decode_records_payload(raw, pos, seq)]
+            for v in values:
+                if v["kind"] == "revert":  # type: ignore[index]
+                    v["after"] = last_root  # type: ignore[index]
+            raw = encode_records_payload([canon.pack(v) for v in values])
         elif t == C.FT_INDEX:
             meta = parse_index_payload(raw, fr.old_offset, fr.old_seq)  # type: ignore[arg-type]
             changes: dict[str, object] = {
@@ -203,6 +212,7 @@ def rebuild(header: FileHeader, frames: list[Frame]) -> bytes:
                               index=last_index[0] if last_index else None,
                               index_hash=last_index[1] if last_index else None)
             raw = encode_commit_payload(info)
+            last_root = info.root
         elif t == C.FT_KEYSET:
             kf = parse_keyset(raw, pos, seq)
             raw = encode_keyset(kf.keyset, kf.sigs, keysets[-1][0] if keysets else None)

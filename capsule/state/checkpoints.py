@@ -133,6 +133,9 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
     else:
         keyset = Keyset.of([k.public_key for k in keys], threshold=len({k.key_id for k in keys}))
         after.append((C.FT_KEYSET, lambda seq, chain, m, pos: encode_keyset(keyset, [], None)))
+    # 14.9: store only signatures that can count: one per key, by keys of the keyset in force
+    members = {k.key_id for k in keyset.keys}
+    signing = list({k.key_id: k for k in keys if k.key_id in members}.values())
     cur = store.snap.checkpoint
     prev = store.read_checkpoint(cur[0]) if cur else None
     if prev is not None and cur is not None and (prev.hash != cur[1]
@@ -150,7 +153,7 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
             prev=prev.hash if prev else None, keyset=keyset.digest, state_root=state_root, label=label,
             time=now, runtime=None if runtime is None else hashlib.sha256(runtime).digest(),
         )
-        return encode_checkpoint(body, body.sign(keys), prev.offset if prev else None, runtime)
+        return encode_checkpoint(body, body.sign(signing), prev.offset if prev else None, runtime)
 
     after.append((C.FT_CHECKPOINT, build))
     return after

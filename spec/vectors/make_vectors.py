@@ -139,13 +139,18 @@ def build(out: Path) -> dict[str, Any]:
         def hits(**kw: Any) -> list[list[Any]]:
             return [[h.id, h.score] for h in cap.search(**kw)]
 
+        # Each expectation's arguments are kept beside it (`queries`), so another
+        # implementation can run the same searches (see README.md).
+        queries: dict[str, dict[str, Any]] = {
+            "vector_top3": {"vector": [1.0, 0.5, 0.0, 0.5], "k": 3, "mode": "vector"},
+            "vector_t1_validated": {"vector": [1.0, 0.5, 0.0, 0.5], "k": 5, "mode": "vector", "tags": ["t0"],
+                                    "tier": "validated"},
+            "lexical_blue": {"query": "blue service", "k": 4, "mode": "lexical"},
+            "hybrid": {"query": "red service", "vector": [1.0, 0.5, 0.0, 0.5], "k": 4, "mode": "hybrid"},
+        }
         docs["search"] = {
-            **_ids_roots(p), "snapshot": info["snapshot"], "vectors": info["vectors"],
-            "vector_top3": hits(vector=[1.0, 0.5, 0.0, 0.5], k=3, mode="vector"),
-            "vector_t1_validated": hits(vector=[1.0, 0.5, 0.0, 0.5], k=5, mode="vector", tags=["t0"],
-                                        tier="validated"),
-            "lexical_blue": hits(query="blue service", k=4, mode="lexical"),
-            "hybrid": hits(query="red service", vector=[1.0, 0.5, 0.0, 0.5], k=4, mode="hybrid"),
+            **_ids_roots(p), "snapshot": info["snapshot"], "vectors": info["vectors"], "queries": queries,
+            **{name: hits(**q) for name, q in queries.items()},
         }
     # The offline `hash` embedder (16.5), pinned by the bytes of two vectors.
     vec = capsule.get_embedder("hash").embed(["Deploys freeze on Fridays.", ""])
