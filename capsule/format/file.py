@@ -7,6 +7,14 @@ pages and cleared the error, so retrying on the same descriptor can "succeed"
 over lost data. A poisoned writer refuses further writes; reopening recovers
 from the last commit that is really on disk.
 
+A writer belongs to the process that opened it. A child made by ``fork()``
+inherits the descriptor and the flock (they live on the shared open file) but
+not the parent's idea of where the file ends: a commit from the child and the
+parent's next one would land at the same offset, one silently replacing an
+acknowledged other. So every write checks the pid the handle was opened by,
+and ``close`` in another process only drops its descriptor: the lock and its
+sidecar stay the parent's.
+
 The module-level ``_write``/``_fsync``/``_ftruncate`` indirections exist so
 fault-injection tests can make each call fail in turn.
 """
@@ -30,6 +38,20 @@ _pwrite = os.pwrite
 # makes fsync ~20% slower per append here. Platforms without it use fsync.
 _fsync = getattr(os, "fdatasync", os.fsync)
 _ftruncate = os.ftruncate
+
+
+#: this process's pid, kept current in fork children by the hook below: every write
+#: checks it, and ``os.getpid()`` is a system call.
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def lock_path(path: Path) -> Path:
@@ -139,6 +161,7 @@ class WriteHandle(ReadHandle):
         self._map = None
         self._map_len = 0
         self.poisoned: BaseException | None = None
+        self.pid = _pid  # the process this writer belongs to (see the module docstring)
         self._lock()
 
     def _lock(self) -> None:
@@ -156,7 +179,20 @@ class WriteHandle(ReadHandle):
         with contextlib.suppress(OSError):
             lock_path(self.path).write_text(f"{os.getpid()} {socket.gethostname()}\n")
 
+    @property
+    def forked(self) -> bool:
+        """True in a process other than the one that opened this writer (a fork child)."""
+        return _pid != self.pid
+
+    def check_owner(self) -> None:
+        """6.5: one writer, in one process; a fork child inherits the handle, not the role."""
+        if _pid != self.pid:
+            raise UsageError(f"{self.path}: this writer was opened by pid {self.pid}; a forked child "
+                             f"(pid {_pid}) must not write through it: open its own handle")
+
     def _check(self) -> None:
+        if _pid != self.pid:
+            self.check_owner()
         if self.poisoned is not None:
             raise WriterPoisoned(
                 f"{self.path}: an earlier I/O error ({self.poisoned}) poisoned this writer; reopen to recover"
@@ -200,10 +236,12 @@ class WriteHandle(ReadHandle):
         self._map = None
 
     def close(self) -> None:
-        if self.fd >= 0:
+        if self.fd >= 0 and not self.forked:  # a fork child leaves the parent's lock file alone
             with contextlib.suppress(OSError):
                 lock_path(self.path).unlink()
-        super().close()  # closing the descriptor releases the flock
+        # Closing the descriptor releases the flock once no process holds the open
+        # file: a fork child closing its copy leaves the parent's lock in place.
+        super().close()
 
 
 def _read_lock_info(p: Path) -> tuple[int | None, str | None]:

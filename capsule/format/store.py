@@ -7,10 +7,17 @@ against its content id, so a hit needs no table hash; "absent" is said only afte
 every index table verified. The commit writer (:mod:`.writer`) replaces
 ``snap`` once a commit is durable. A store knows bytes and records, not what
 they mean: state, search and actions are built on top of it.
+
+Threads: reads may run while another thread commits. Each read takes
+``self.snap`` once and works on that snapshot only (the writer replaces it
+with one assignment; it may extend the previous snapshot's in-memory id map in
+place, so an entry past the snapshot's end is not yet committed for it and is
+ignored). The small frame cache has its own lock.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -63,6 +70,7 @@ class Store:
         self.clock = clock
         self.pinned = False  # a view of an older commit never moves
         self._frame_cache: OrderedDict[int, tuple[bytes, list[int]]] = OrderedDict()
+        self._cache_lock = threading.Lock()
         # Writers: a handle that never committed writes no INDEX on close (the one
         # thing it may write is a vector snapshot of an index it built, 16.3).
         self.committed = False
@@ -95,52 +103,57 @@ class Store:
         c = self.snap.commit
         return (c.root if c else Merkle().root()).hex()
 
-    def locate(self, rid: bytes) -> tuple[int, int] | None:
-        loc = self.snap.mem.get(rid)
-        if loc is not None:
+    def locate(self, rid: bytes, snap: Snapshot | None = None) -> tuple[int, int] | None:
+        snap = self.snap if snap is None else snap
+        loc = snap.mem.get(rid)
+        if loc is not None and loc[0] < snap.end:  # past the end: a commit still being published
             return loc
         # A hit needs no table hash: get() checks the record against its id.
-        for seg in reversed(self.snap.segments):
+        for seg in reversed(snap.segments):
             loc = seg.find(rid)
             if loc is not None:
                 return loc
         # Before saying "absent", make sure no table was tampered with (9.2).
-        for seg in self.snap.segments:
+        for seg in snap.segments:
             seg.verify()
         return None
 
-    def frame_slots(self, offset: int) -> tuple[bytes, list[int]]:
+    def frame_slots(self, offset: int, snap: Snapshot | None = None) -> tuple[bytes, list[int]]:
         """The raw payload of a RECORDS frame and the byte offsets of its records.
 
         Reading one record skips to its slot instead of decoding the whole
         (~1 MB) frame: the record itself is then canonical-checked and matched
         against its id, which is what makes the read trustworthy.
         """
-        hit = self._frame_cache.get(offset)
-        if hit is not None:
-            self._frame_cache.move_to_end(offset)
-            return hit
-        if not C.HEADER_SIZE <= offset < self.snap.end:
+        snap = self.snap if snap is None else snap
+        with self._cache_lock:
+            hit = self._frame_cache.get(offset)
+            if hit is not None:
+                self._frame_cache.move_to_end(offset)
+                return hit
+        if not C.HEADER_SIZE <= offset < snap.end:
             raise CorruptError("record location outside the file", offset=offset, check="index-location")
-        prev = self.snap.header.chain_seed if offset == C.HEADER_SIZE else None
-        fh, payload, _, _ = read_frame_at(self.h, offset, max_frame=self.snap.header.max_frame_len,
+        prev = snap.header.chain_seed if offset == C.HEADER_SIZE else None
+        fh, payload, _, _ = read_frame_at(self.h, offset, max_frame=snap.header.max_frame_len,
                                           prev_chain=prev)
-        if fh.ftype != C.FT_RECORDS or fh.end > self.snap.end:
+        if fh.ftype != C.FT_RECORDS or fh.end > snap.end:
             raise CorruptError("record location is not a RECORDS frame", offset=offset, check="index-location")
         raw = raw_payload(fh, payload)
         bounds = record_bounds(raw, fh.offset, fh.seq)
-        self._frame_cache[offset] = (raw, bounds)
-        if len(self._frame_cache) > 8:
-            self._frame_cache.popitem(last=False)
+        with self._cache_lock:
+            self._frame_cache[offset] = (raw, bounds)
+            if len(self._frame_cache) > 8:
+                self._frame_cache.popitem(last=False)
         return raw, bounds
 
     def get(self, rid: bytes) -> Any | None:
         """The record with this content id, checked against its id; None when absent."""
         self.check_open()
-        loc = self.locate(rid)
+        snap = self.snap
+        loc = self.locate(rid, snap)
         if loc is None:
             return None
-        raw, bounds = self.frame_slots(loc[0])
+        raw, bounds = self.frame_slots(loc[0], snap)
         if loc[1] + 1 >= len(bounds):
             raise CorruptError("record slot outside its frame", offset=loc[0], check="index-location")
         data = raw[bounds[loc[1]] : bounds[loc[1] + 1]]
@@ -174,9 +187,12 @@ class Store:
 
     def all_ids(self) -> np.ndarray:
         """Sorted content ids of every committed record (``S32`` array)."""
-        for seg in self.snap.segments:
+        snap = self.snap
+        for seg in snap.segments:
             seg.verify()
-        ids, _, _ = merge_inputs(self.snap.segments, self.snap.mem)
+        # A copy (one atomic step) of the in-memory map, without a commit still being published.
+        mem = {rid: loc for rid, loc in snap.mem.copy().items() if loc[0] < snap.end}
+        ids, _, _ = merge_inputs(snap.segments, mem)
         return np.sort(ids, kind="stable")
 
     # --- commits -------------------------------------------------------------------
@@ -224,8 +240,13 @@ class Store:
         if snap.end == self.snap.end:
             return False
         self.snap = snap
-        self._frame_cache.clear()
+        with self._cache_lock:
+            self._frame_cache.clear()
         return True
+
+    def reinit_after_fork(self) -> None:
+        """In a fork child: a lock another thread of the parent held stays held for ever."""
+        self._cache_lock = threading.Lock()
 
 
 def load_stable(h: ReadHandle, *, strict: bool = True) -> Snapshot:

@@ -6,15 +6,18 @@ The handle keeps the open file, the snapshot and the writer (a
 :class:`~capsule.format.store.Store`) and delegates: record reads and commits to
 ``format``, checkpoints, keys, views and rollback to ``state``, search to
 ``search``, actions and tasks to ``run``.
+
+A handle may be shared by threads: ``handle.locking`` says how.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -47,9 +50,8 @@ from ..state.fold import State, dead_ids, fold, live_records
 from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
 from ..state.stateroot import state_root_of
-
-if TYPE_CHECKING:
-    from .transaction import Transaction
+from .locking import track
+from .transaction import Transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,15 @@ class Summary:
 class Capsule:
     """An open capsule. Use :func:`capsule.open` or :func:`capsule.create`.
 
+    Threads: a handle may be shared. Commits from several threads are
+    serialised (a ``with cap.commit()`` block holds the handle's lock until it
+    exits; another thread's commit waits, the same thread nesting one gets
+    :class:`UsageError`); ``run_once`` with one key runs the effect once and every
+    caller gets the stored result, while different keys run side by side; reads
+    and searches may run during commits. A writer belongs to the process that
+    opened it: after ``os.fork()`` the child may read but every write raises
+    :class:`UsageError`; the child opens its own handle to write.
+
     >>> import capsule, tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "a.capsule")
     >>> with capsule.create(p) as cap:
@@ -90,12 +101,28 @@ class Capsule:
         self._store = Store(path, handle, snap, mode, clock)
         self._roots = ck.StateRoots(self._store)
         self._search = SearchPart(self._store, lambda blob: self._write_commit([], blob=blob))
-        self._tx_open = False
+        self._init_locks()
+        self._tx_owner: int | None = None  # the thread whose ``with cap.commit()`` block is open
         #: set when close() could not write its optional final INDEX (disk full...):
         #: every acknowledged commit is still durable, the next open is just slower.
         self.close_error: BaseException | None = None
-        self._journal: Journal | None = None
-        self._tasks: Tasks | None = None
+        self._journal = Journal(self)
+        self._tasks = Tasks(self)
+        track(self)
+
+    def _init_locks(self) -> None:
+        """The writer's lock, the view lock (``handle.locking``), and the condition
+        the action journal waits on for a key another thread owns."""
+        self._lock = threading.RLock()
+        self._view_lock = threading.RLock()
+        self._cv = threading.Condition(self._lock)
+
+    def _after_fork(self) -> None:
+        """In a fork child: fresh locks; the parent's threads own no commit or key here."""
+        self._init_locks()
+        self._tx_owner = None
+        self._store.reinit_after_fork()
+        self._journal.after_fork()
 
     # --- what the store holds (kept as attributes for the layers that read them) -----
     @property
@@ -126,29 +153,37 @@ class Capsule:
         self.close()
 
     def close(self) -> None:
-        """Write a final INDEX (writers) so the next open is fast, then release."""
+        """Write a final INDEX (writers) so the next open is fast, then release.
+
+        Waits for a commit open in another thread. In a fork child of the writer
+        it only drops the child's descriptor: nothing is written, and the lock
+        stays the parent's."""
         st = self._store
-        if st.closed:
-            return
-        try:
-            writer = st.mode == "a" and isinstance(st.h, WriteHandle) and st.h.poisoned is None
-            if writer:
-                try:
-                    self._search.on_close()
-                except (CapsuleError, OSError) as e:
-                    self.close_error = e.with_traceback(None)
-            if (writer and st.committed and self.close_error is None
-                    and (len(st.snap.mem) >= C.INDEX_ON_CLOSE_RECORDS
-                         or st.snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES)):
-                # Best effort: the index only speeds up the next open. Every commit
-                # acknowledged so far is durable, so a failure here (disk full) must
-                # not surface as if they had failed.
-                try:
-                    self._write_commit([], force_index=True)
-                except (CapsuleError, OSError) as e:
-                    self.close_error = e.with_traceback(None)
-        finally:
+        if isinstance(st.h, WriteHandle) and st.h.forked:
             st.h.close()
+            return
+        with self._lock, self._view_lock:
+            if st.closed:
+                return
+            try:
+                writer = st.mode == "a" and isinstance(st.h, WriteHandle) and st.h.poisoned is None
+                if writer:
+                    try:
+                        self._search.on_close()
+                    except (CapsuleError, OSError) as e:
+                        self.close_error = e.with_traceback(None)
+                if (writer and st.committed and self.close_error is None
+                        and (len(st.snap.mem) >= C.INDEX_ON_CLOSE_RECORDS
+                             or st.snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES)):
+                    # Best effort: the index only speeds up the next open. Every commit
+                    # acknowledged so far is durable, so a failure here (disk full) must
+                    # not surface as if they had failed.
+                    try:
+                        self._write_commit([], force_index=True)
+                    except (CapsuleError, OSError) as e:
+                        self.close_error = e.with_traceback(None)
+            finally:
+                st.h.close()
 
     @property
     def closed(self) -> bool:
@@ -216,13 +251,17 @@ class Capsule:
     @property
     def state_root(self) -> str:
         """13.1: the hash over the sorted ids of the live records (hex)."""
-        return self._roots.root()
+        with self._view_lock:
+            return self._roots.root()
 
     def summary(self) -> Summary:
-        c = self._snap.commit
-        return Summary(str(self.path), self.file_id, self.format_version, self.commit_count, len(self),
-                       self.kinds(), self._snap.end, self.state_root, iso(c.time) if c else None,
-                       self._snap.torn[1] if self._snap.torn else 0)
+        with self._view_lock:  # one snapshot for every field
+            snap, root = self._snap, self.state_root
+        c = snap.commit
+        h = snap.header
+        return Summary(str(self.path), h.file_id.hex(), f"{h.major}.{h.minor}", snap.commits, snap.records,
+                       dict(sorted(snap.kinds.items())), snap.end, root, iso(c.time) if c else None,
+                       snap.torn[1] if snap.torn else 0)
 
     def log(self) -> list[CommitRow]:
         """Every commit, oldest first, by walking the COMMIT back-pointers."""
@@ -266,30 +305,33 @@ class Capsule:
         :meth:`Transaction.checkpoint` inside ``with cap.commit()``.
         """
         self._check_writer()
-        return self._commit_checkpoint([], label, key, runtime_state)
+        with self._lock:
+            return self._commit_checkpoint([], label, key, runtime_state)
 
     def _commit_checkpoint(self, items: list[Item], label: str, key: Any, runtime: bytes | None) -> CheckpointFrame:
-        try:
-            after = ck.checkpoint_frames(self._store, label, key, runtime, self._roots.root_with(items))
-            self._write_commit(items, after=after, force_index=ck.index_due_for_checkpoint(self._store))
-        finally:
-            self._roots.abandon()
-        assert self._snap.checkpoint is not None
-        return self._store.read_checkpoint(self._snap.checkpoint[0])
+        with self._lock, self._view_lock:  # the root computed is the root written
+            try:
+                after = ck.checkpoint_frames(self._store, label, key, runtime, self._roots.root_with(items))
+                self._write_commit(items, after=after, force_index=ck.index_due_for_checkpoint(self._store))
+            finally:
+                self._roots.abandon()
+            assert self._snap.checkpoint is not None
+            return self._store.read_checkpoint(self._snap.checkpoint[0])
 
     def rotate_keys(self, new: Keyset, *, old_signers: Sequence[PrivateKey], new_signers: Sequence[PrivateKey],
                     ) -> KeysetFrame:
         """Replace the keyset; accepted only with a threshold of the old keys and of
         the new keys (each counted once). Keys left out of ``new`` are revoked."""
         self._check_writer()
-        ks = self.keysets()
-        if not ks:
-            raise UsageError("no keyset yet: the first checkpoint sets it")
-        rot = rotate(ks[-1].keyset, new, old_signers, new_signers)
-        prev_off = ks[-1].offset
-        self._write_commit([], after=[(C.FT_KEYSET, lambda seq, chain, m, pos: encode_keyset(
-            rot.new, rot.signatures, prev_off))])
-        return self.keysets()[-1]
+        with self._lock:  # the keyset rotated from is the one in force when it is written
+            ks = self.keysets()
+            if not ks:
+                raise UsageError("no keyset yet: the first checkpoint sets it")
+            rot = rotate(ks[-1].keyset, new, old_signers, new_signers)
+            prev_off = ks[-1].offset
+            self._write_commit([], after=[(C.FT_KEYSET, lambda seq, chain, m, pos: encode_keyset(
+                rot.new, rot.signatures, prev_off))])
+            return self.keysets()[-1]
 
     def rollback(self, to: str, *, key: PrivateKey | Sequence[PrivateKey] | None = None) -> str | None:
         """Append a ``revert`` so the live state equals checkpoint ``to``'s again;
@@ -297,6 +339,10 @@ class Capsule:
         ``rollback-to-<label>``. Returns the revert record's id, or None when the
         live state already equals the checkpoint's (nothing is written)."""
         self._check_writer()
+        with self._lock:  # the live set read is the one the revert is written against
+            return self._rollback(to, key)
+
+    def _rollback(self, to: str, key: PrivateKey | Sequence[PrivateKey] | None) -> str | None:
         target = self.find_checkpoint(to)
         if target is None:
             raise NotFound(f"no checkpoint labelled {to!r} (see `capsule checkpoints`)")
@@ -321,15 +367,11 @@ class Capsule:
     def tasks(self) -> Tasks:
         """The durable task queue: ``cap.tasks.add/due/claim/complete/fail/cancel``.
         Everything is computed from committed task records and the injected clock."""
-        if self._tasks is None:
-            self._tasks = Tasks(self)
         return self._tasks
 
     # --- idempotent actions (7.8) ----------------------------------------------
     @property
     def _actions(self) -> Journal:
-        if self._journal is None:
-            self._journal = Journal(self)
         return self._journal
 
     def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = None,
@@ -343,6 +385,10 @@ class Capsule:
         raised. ``policy="retry-safe"`` re-runs in-doubt effects; ``"ask"`` leaves
         them to ``capsule actions --resolve``.
 
+        Threads: callers with the same key wait for the one running it and get
+        its stored result; other keys run side by side (the handle's lock is held
+        only while journal records are written, not while ``fn`` runs).
+
         >>> sent = cap.run_once("email:42", lambda: mailer.send(msg), reconcile=mailer.lookup)  # doctest: +SKIP
         """
         self._check_writer()
@@ -350,13 +396,17 @@ class Capsule:
 
     def action(self, key: str, *, reconcile: Callable[[str], Any] | None = None, policy: str = "at-most-once",
                what: str = "", inputs: Mapping[str, Any] | None = None) -> ActionHandle:
-        """``with cap.action(key) as a: if not a.done: a.complete(send(...))``."""
+        """``with cap.action(key) as a: if not a.done: a.complete(send(...))``.
+
+        Until ``complete`` or the end of the ``with`` block the handle owns ``key``:
+        another thread asking for it waits."""
         self._check_writer()
         return self._actions.begin(key, what=what, inputs=inputs, reconcile=reconcile, policy=policy)
 
     def actions(self) -> list[ActionState]:
         """Every action key's state, in key order."""
-        return [st for _, st in sorted(self._actions.states().items())]
+        with self._lock:
+            return [st for _, st in sorted(self._actions.states().items())]
 
     def resolve_action(self, key: str, *, done: bool, value: Any = None) -> ActionState:
         """Settle an in-doubt action by hand: it happened (``done=True``) or not."""
@@ -372,11 +422,14 @@ class Capsule:
         return _REGISTRY[name]
 
     def _check_writer(self) -> None:
+        """Refuse a write this caller may not make; checked before taking any lock."""
         self._check_open()
         if self.mode != "a":
             raise ReadOnlyError(f"{self.path}: opened read-only; open with mode='a' to write")
-        if self._tx_open:
-            raise UsageError("a commit is open on this capsule")
+        if isinstance(self._h, WriteHandle):
+            self._h.check_owner()  # a fork child may not write through its parent's writer
+        if self._tx_owner == threading.get_ident():
+            raise UsageError("a commit is open on this capsule (in this thread): write inside it, or after it")
 
     # --- views ------------------------------------------------------------------------
     def resolve(self, at: str | int) -> CommitInfo:
@@ -400,10 +453,11 @@ class Capsule:
 
     def refresh(self) -> bool:
         """Readers: move the snapshot to the newest commit. True if it moved."""
-        moved = self._store.refresh()
-        if moved:
-            self._roots.reset()
-        return moved
+        with self._view_lock:
+            moved = self._store.refresh()
+            if moved:
+                self._roots.reset()
+            return moved
 
     # --- search (16) ---------------------------------------------------------------
     def search(self, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
@@ -430,13 +484,15 @@ class Capsule:
         ['the deploy key lives in vault']
         ['the deploy key lives in vault']
         """
-        return self._search.search(query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now,
-                                   tags=tags, any_tags=any_tags, tier=tier, kind=kind, since=since, until=until,
-                                   meta=meta)
+        with self._view_lock:
+            return self._search.search(query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now,
+                                       tags=tags, any_tags=any_tags, tier=tier, kind=kind, since=since,
+                                       until=until, meta=meta)
 
     def vector_config(self) -> VectorParams | None:
         """The vector index parameters fixed at first use (16.1), or None."""
-        return self._search.config()
+        with self._view_lock:
+            return self._search.config()
 
     def configure_vectors(self, *, space: str = "cosine", dim: int | None = None, M: int = 16,
                           ef_construction: int = 200, seed: int = 100, embedder: str = "") -> VectorParams:
@@ -446,53 +502,60 @@ class Capsule:
         first embedding. Asking for other parameters once they are fixed is an error."""
         self._check_writer()
         want = VectorParams(space, dim or 0, M, ef_construction, seed, embedder)
-        have = self._search.check_configure(want, dim)
-        if have is not None:
-            return have
-        if dim is None:
-            self._search.defaults = want
+        with self._lock:
+            with self._view_lock:
+                have = self._search.check_configure(want, dim)
+                if have is not None:
+                    return have
+                if dim is None:
+                    self._search.defaults = want
+                    return want
+            with self.commit() as tx:
+                tx._vector_config(dim, want)
             return want
-        with self.commit() as tx:
-            tx._vector_config(dim, want)
-        return want
 
     def build_index(self) -> int:
         """Bring the vector index up to date now (load its snapshot, insert newer
         memories, single-threaded); returns the number of indexed vectors."""
-        return self._search.build()
+        with self._view_lock:
+            return self._search.build()
 
     def index_info(self) -> dict[str, Any]:
         """What the search indexes hold: vector parameters and counts, snapshot, doubts."""
-        return self._search.info()
+        with self._view_lock:
+            return self._search.info()
 
     def save_index(self) -> bool:
         """Write a snapshot of the vector index now if it holds vectors the newest
         snapshot lacks. True if one was written."""
         self._check_writer()
-        return self._search.save()
+        with self._lock, self._view_lock:
+            return self._search.save()
 
     # --- writing ---------------------------------------------------------------
     def commit(self) -> Transaction:
         """Start a group commit: every record added in the block lands in one
-        atomic commit with one fsync when the block exits without error."""
-        from .transaction import Transaction
+        atomic commit with one fsync when the block exits without error.
 
+        The block holds the handle's lock from entry to exit: a commit from
+        another thread waits for it; one from the same thread is an error."""
         self._check_open()
         if self.mode != "a":
             raise ReadOnlyError(f"{self.path}: opened read-only; open with mode='a' to write")
-        if self._tx_open:
-            raise UsageError("a commit is already open on this capsule")
+        if self._tx_owner == threading.get_ident():
+            raise UsageError("a commit is already open on this capsule (in this thread)")
         if isinstance(self._h, WriteHandle):
-            self._h._check()  # a poisoned writer refuses every commit, even an empty one
+            self._h._check()  # a fork child, or a poisoned writer, refuses every commit, even an empty one
         return Transaction(self)
 
     def _write_commit(self, items: Sequence[Item], *, force_index: bool = False,
                       extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
                       blob: tuple[str, bytes] | None = None) -> CommitInfo:
         """One durable commit through the store's writer; the state root follows it."""
-        info = write_commit(self._store, items, force_index=force_index, extra=extra, after=after, blob=blob)
-        self._roots.committed([it[0] for it in items])
-        return info
+        with self._lock, self._view_lock:  # searches and state_root see the snapshot and root move together
+            info = write_commit(self._store, items, force_index=force_index, extra=extra, after=after, blob=blob)
+            self._roots.committed([it[0] for it in items])
+            return info
 
 
 def _parse_id(v: object) -> bytes:

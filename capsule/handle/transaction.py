@@ -4,10 +4,14 @@ Records are encoded and content-addressed as they are added; on a clean exit
 the ones not already in the file are written in one commit with one fsync
 (a checkpoint asked for in the block joins the same commit). An exception in
 the block discards the batch: nothing is written.
+
+Entering the block takes the handle's writer lock and leaving it releases it,
+so a commit from another thread waits for this one (see ``handle.locking``).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -41,18 +45,36 @@ class Transaction:
         self._vectors = 0
 
     def __enter__(self) -> Transaction:
-        self._cap._tx_open = True
+        cap = self._cap
+        me = threading.get_ident()
+        if cap._tx_owner == me:
+            raise UsageError("a commit is already open on this capsule (in this thread)")
+        cap._lock.acquire()  # another thread's open block: wait for it
+        try:
+            # While we waited, that thread may have closed the handle or poisoned the writer.
+            cap._check_open()
+            if isinstance(cap._h, WriteHandle):
+                cap._h._check()
+        except BaseException:
+            cap._lock.release()
+            raise
+        cap._tx_owner = me
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self._cap._tx_open = False
-        if et is not None:
-            return  # nothing was written: the batch is discarded
-        self.info = self._flush()
-        if self.info is not None:
-            err = self._cap._search.committed(self._vectors, self._vconfig)
-            if err is not None:
-                self._cap.close_error = err
+        cap = self._cap
+        cap._tx_owner = None
+        try:
+            if et is not None:
+                return  # nothing was written: the batch is discarded
+            self.info = self._flush()
+            if self.info is not None:
+                with cap._view_lock:
+                    err = cap._search.committed(self._vectors, self._vconfig)
+                if err is not None:
+                    cap.close_error = err
+        finally:
+            cap._lock.release()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -108,7 +130,8 @@ class Transaction:
 
     def _vector_config(self, dim: int, want: VectorParams | None = None) -> None:
         """16.1: the first embedding fixes the index; later ones must match it."""
-        params, rec = self._cap._search.params_for(dim, self._vconfig, want, self._cap.clock())
+        with self._cap._view_lock:
+            params, rec = self._cap._search.params_for(dim, self._vconfig, want, self._cap.clock())
         if rec is not None:
             self._items.setdefault(rec[0], rec)
         if params is not None:

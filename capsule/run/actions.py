@@ -16,10 +16,20 @@ any later call with the same key:
   the decision to a human (``capsule actions --resolve``).
 
 The per-key state is a pure fold over the key's records in commit order.
+
+Threads: a key is *owned* by one thread from the moment it looks the key up
+until the result is written (``run_once``) or the handle completes
+(``action()``). Another thread asking for the same key waits, then sees the
+stored result, so the effect runs once and every caller gets the same value.
+The handle's lock is held only to read the journal and write its records, not
+while the effect runs: effects with different keys run side by side. A thread
+that already owns a key and asks for it again is not made to wait for itself
+(it sees the key in doubt, as before).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -179,10 +189,16 @@ def fold_actions(records: Iterable[Any]) -> dict[str, ActionState]:
 class ActionHandle:
     """``with cap.action(key) as a: if not a.done: a.complete(send(...))``."""
 
-    def __init__(self, journal: Journal, key: str, state: ActionState) -> None:
+    def __init__(self, journal: Journal, key: str, state: ActionState, owned: bool = False) -> None:
         self._journal, self.key = journal, key
         self._state = ActionState(**vars(state))  # a snapshot: another handle cannot change our attempt
         self._completed = False
+        self._owned = owned  # this handle owns the key until it is completed or exited
+
+    def _release(self) -> None:
+        if self._owned:
+            self._owned = False
+            self._journal._release(self.key)
 
     @property
     def done(self) -> bool:
@@ -195,23 +211,29 @@ class ActionHandle:
     def complete(self, value: Any = None) -> Any:
         if self.done:
             raise UsageError(f"action {self.key!r} is already done")
-        self._journal._result(self.key, self._state.attempt, ok=True, value=value)
-        self._completed = True
-        self._state = ActionState(**vars(self._journal.state(self.key)))
+        try:
+            self._journal._result(self.key, self._state.attempt, ok=True, value=value)
+            self._completed = True
+            self._state = ActionState(**vars(self._journal.state(self.key)))
+        finally:
+            self._release()  # even when the result could not be written: never strand a waiter
         return self._state.value
 
     def __enter__(self) -> ActionHandle:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: object) -> None:
-        if self.done or self._completed:
-            return
-        if ev is not None:
-            if not isinstance(ev, Exception):
-                return  # interrupted: leave the key in doubt
-            self._journal._result(self.key, self._state.attempt, ok=False, error=_describe(ev))
-        else:
-            self._journal._result(self.key, self._state.attempt, ok=True, value=None)
+        try:
+            if self.done or self._completed:
+                return
+            if ev is not None:
+                if not isinstance(ev, Exception):
+                    return  # interrupted: leave the key in doubt
+                self._journal._result(self.key, self._state.attempt, ok=False, error=_describe(ev))
+            else:
+                self._journal._result(self.key, self._state.attempt, ok=True, value=None)
+        finally:
+            self._release()
 
 
 def _describe(e: BaseException) -> str:
@@ -223,23 +245,47 @@ class Journal:
     """The action journal of one writer handle (kept by :class:`Capsule`)."""
 
     def __init__(self, cap: Any) -> None:
+        # ``cap`` provides ``_lock`` (re-entrant) and ``_cv`` (a Condition on it).
         self._cap = cap
         self._states: dict[str, ActionState] | None = None
+        self._owners: dict[str, int] = {}  # key -> the thread that owns it (see the module docstring)
 
     def states(self) -> dict[str, ActionState]:
-        if self._states is None:
-            self._states = fold_actions(self._cap.records(kind="action"))
-        return self._states
+        with self._cap._lock:
+            if self._states is None:
+                self._states = fold_actions(self._cap.records(kind="action"))
+            return self._states
 
     def state(self, key: str) -> ActionState:
         return self.states().get(key) or ActionState(key)
 
+    def _claim(self, key: str) -> bool:
+        """Own ``key``, waiting while another thread does. False: this thread already owns it."""
+        me = threading.get_ident()
+        with self._cap._cv:
+            while (owner := self._owners.get(key)) is not None and owner != me:
+                self._cap._cv.wait()
+            if owner == me:
+                return False
+            self._owners[key] = me
+            return True
+
+    def _release(self, key: str) -> None:
+        with self._cap._cv:
+            self._owners.pop(key, None)
+            self._cap._cv.notify_all()
+
+    def after_fork(self) -> None:
+        """In a fork child: the threads that owned keys did not come along."""
+        self._owners.clear()
+
     def _write(self, rec_kw: dict[str, Any]) -> Action:
         cap = self._cap
-        with cap.commit() as tx:  # one commit, one fsync: the record is durable on return
-            rec = Action.build(time=cap.clock(), **rec_kw)
-            tx.put(rec)
-        apply(self.states().setdefault(rec.key, ActionState(rec.key)), rec)
+        with cap._lock:  # the commit and the folded state move together
+            with cap.commit() as tx:  # one commit, one fsync: the record is durable on return
+                rec = Action.build(time=cap.clock(), **rec_kw)
+                tx.put(rec)
+            apply(self.states().setdefault(rec.key, ActionState(rec.key)), rec)
         return rec  # type: ignore[no-any-return]
 
     def _intent(self, key: str, attempt: int, what: str, inputs: Mapping[str, Any] | None) -> None:
@@ -252,12 +298,17 @@ class Journal:
 
     def resolve(self, key: str, *, done: bool, value: Any = None, by: str = "human") -> ActionState:
         key = _text(key, "key")
-        st = self.state(key)
-        if st.status != "in-doubt":
-            raise UsageError(f"action {key!r} is {st.status}, not in doubt: nothing to resolve")
-        self._write({"key": key, "phase": "resolve", "attempt": st.attempt, "ok": done,
-                     "value": value if done else None, "by": by})
-        return self.state(key)
+        owned = self._claim(key)  # a key being run in another thread is not in doubt: wait for it
+        try:
+            st = self.state(key)
+            if st.status != "in-doubt":
+                raise UsageError(f"action {key!r} is {st.status}, not in doubt: nothing to resolve")
+            self._write({"key": key, "phase": "resolve", "attempt": st.attempt, "ok": done,
+                         "value": value if done else None, "by": by})
+            return self.state(key)
+        finally:
+            if owned:
+                self._release(key)
 
     def _settle(self, key: str, st: ActionState, reconcile: Callable[[str], Any] | None, policy: str) -> bool:
         """Decide an in-doubt action. True: it is done now; False: run it again."""
@@ -282,23 +333,36 @@ class Journal:
         key = _text(key, "key")  # stored NFC: look it up the same way
         if len(key) > MAX_KEY:
             raise UsageError(f"an action key is at most {MAX_KEY} characters")
-        st = self.state(key)
-        if st.status == "in-doubt" and self._settle(key, st, reconcile, policy):
-            return ActionHandle(self, key, self.state(key))
-        if st.status == "failed" and policy != "retry-safe":
-            raise ActionFailed(key, st.error)
-        st = self.state(key)
-        if st.status == "done":
-            return ActionHandle(self, key, st)
-        # new, not-done, in doubt and re-runnable, or failed under retry-safe
-        self._intent(key, st.attempt + 1, what, inputs)
-        return ActionHandle(self, key, self.state(key))
+        owned = self._claim(key)
+        try:
+            st = self.state(key)
+            if st.status == "in-doubt" and self._settle(key, st, reconcile, policy):
+                return ActionHandle(self, key, self.state(key))
+            if st.status == "failed" and policy != "retry-safe":
+                raise ActionFailed(key, st.error)
+            st = self.state(key)
+            if st.status == "done":
+                return ActionHandle(self, key, st)
+            # new, not-done, in doubt and re-runnable, or failed under retry-safe
+            self._intent(key, st.attempt + 1, what, inputs)
+            a = ActionHandle(self, key, self.state(key), owned)
+            owned = False  # the handle releases the key once its result is written
+            return a
+        finally:
+            if owned:
+                self._release(key)
 
     def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = None,
                  policy: str = "at-most-once", what: str = "", inputs: Mapping[str, Any] | None = None) -> Any:
         a = self.begin(key, what=what, inputs=inputs, reconcile=reconcile, policy=policy)
         if a.done:
             return a.value
+        try:
+            return self._run(a, fn)
+        finally:
+            a._release()  # whatever happened, other threads may now look at the key
+
+    def _run(self, a: ActionHandle, fn: Callable[[], Any]) -> Any:
         attempt = a._state.attempt
         try:
             value = fn()

@@ -5,11 +5,15 @@ each event before it is written; this module stores those events as ``task``
 records, one commit (one fsync) per event, and keeps a folded queue per handle.
 Time comes only from the capsule's injected clock, so a capsule copied to
 another host resumes the same schedule.
+
+Threads: each event is checked against the queue and written under one hold
+of the handle's lock, so two threads cannot both claim a task; reads of the
+queue take the lock too (the fold is updated after each write).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -62,26 +66,32 @@ class Tasks:
     """``cap.tasks``: add, due, claim, heartbeat, complete, fail, cancel."""
 
     def __init__(self, cap: Any) -> None:
+        # ``cap`` provides ``_lock`` (re-entrant) and ``_check_writer()``.
         self._cap = cap
         self._queue: Queue | None = None
 
     def queue(self) -> Queue:
-        if self._queue is None:
-            self._queue = fold(r.event for r in self._cap.records(kind="task"))
-        return self._queue
+        with self._cap._lock:
+            if self._queue is None:
+                self._queue = fold(r.event for r in self._cap.records(kind="task"))
+            return self._queue
 
     def _now(self, now: int | None) -> int:
         return self._cap.clock() if now is None else now
 
-    def _write(self, events: Sequence[Event]) -> None:
+    def _write(self, events: Sequence[Event], check: Callable[[Queue], Any] | None = None) -> None:
+        """Check (``check(queue)``) and write ``events`` under one hold of the lock."""
         cap = self._cap
         cap._check_writer()
-        q = self.queue()
-        with cap.commit() as tx:
+        with cap._lock:
+            q = self.queue()
+            if check is not None:
+                check(q)
+            with cap.commit() as tx:
+                for ev in events:
+                    tx.put(TaskRecord(ev))
             for ev in events:
-                tx.put(TaskRecord(ev))
-        for ev in events:
-            q.apply(ev)
+                q.apply(ev)
 
     def add(self, task: str, *, name: str = "", deps: Iterable[str] = (), not_before: int | None = None,
             deadline: int | None = None, priority: int = 0, max_attempts: int = 3,
@@ -91,8 +101,7 @@ class Tasks:
         ev = TaskAdded(time=self._now(now), task=task, name=name, deps=tuple(deps), not_before=not_before,
                        deadline=deadline, priority=priority, max_attempts=max_attempts, backoff=backoff,
                        backoff_cap=backoff_cap, payload=dict(payload or {}))
-        self.queue().check_add(ev)
-        self._write([ev])
+        self._write([ev], lambda q: q.check_add(ev))
         return ev.task
 
     def add_many(self, specs: Sequence[Mapping[str, Any]], *, now: int | None = None) -> list[str]:
@@ -106,38 +115,39 @@ class Tasks:
             if extra:
                 raise InvalidTaskEvent(f"unknown task field(s): {', '.join(sorted(map(str, extra)))}")
             evs.append(TaskAdded(time=t, **dict(spec)))
-        ordered = self.queue().check_add_many(evs)
-        self._write(ordered)
+        cap = self._cap
+        cap._check_writer()
+        with cap._lock:
+            ordered = self.queue().check_add_many(evs)
+            self._write(ordered)
         return [e.task for e in ordered]
 
     def due(self, now: int | None = None) -> list[Any]:
-        return self.queue().due(self._now(now))
+        with self._cap._lock:
+            return self.queue().due(self._now(now))
 
     def claim(self, task: str, worker: str, *, lease: int = 60_000_000_000, now: int | None = None) -> Any:
         ev = TaskClaimed(time=self._now(now), task=task, worker=worker, lease=lease)
-        self.queue().check_claim(ev)
-        self._write([ev])
-        return self.queue().tasks[ev.task]
+        with self._cap._lock:
+            self._write([ev], lambda q: q.check_claim(ev))
+            return self.queue().tasks[ev.task]
 
     def heartbeat(self, task: str, worker: str, *, lease: int = 60_000_000_000, now: int | None = None) -> None:
         ev = TaskHeartbeat(time=self._now(now), task=task, worker=worker, lease=lease)
-        self.queue().check_heartbeat(ev)
-        self._write([ev])
+        self._write([ev], lambda q: q.check_heartbeat(ev))
 
     def complete(self, task: str, worker: str, result: Any = None, *, now: int | None = None) -> None:
         ev = TaskCompleted(time=self._now(now), task=task, worker=worker, result=result)
-        self.queue().check_complete(ev)
-        self._write([ev])
+        self._write([ev], lambda q: q.check_complete(ev))
 
     def fail(self, task: str, worker: str, error: str = "", *, now: int | None = None) -> None:
         ev = TaskFailed(time=self._now(now), task=task, worker=worker, error=error)
-        self.queue().check_fail(ev)
-        self._write([ev])
+        self._write([ev], lambda q: q.check_fail(ev))
 
     def cancel(self, task: str, reason: str = "", *, now: int | None = None) -> None:
         ev = TaskCancelled(time=self._now(now), task=task, reason=reason)
-        self.queue().check_cancel(ev)
-        self._write([ev])
+        self._write([ev], lambda q: q.check_cancel(ev))
 
     def to_dict(self, now: int | None = None) -> dict[str, Any]:
-        return self.queue().to_dict(now=self._now(now))
+        with self._cap._lock:
+            return self.queue().to_dict(now=self._now(now))
