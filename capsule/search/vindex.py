@@ -32,6 +32,7 @@ import numpy as np
 
 from ..core.errors import CorruptError, NonCanonicalError, UsageError
 from ..format import canonical as canon
+from .snapshot import check_graph
 
 SPACES = ("cosine", "ip", "l2")
 TIERS = {"scratch": 0, "working": 1, "validated": 2}
@@ -494,53 +495,8 @@ class VectorIndex:
         ttl = arr["ttl"].view("<i8")
         if n and int(ttl.min()) < 0:
             raise bad("negative ttl")
-        levels = arr["levels"].view("<i4").astype(np.int64)
-        # 16.2: hnswlib starts every search at the entry point on the top level.
-        if n and (int(levels.min()) < 0 or int(levels.max()) != top or levels[ep] != top):
-            raise bad("levels disagree with the top level")
-        # Level 0: per element, a u32 count, 2M neighbour ids, the vector, the label.
-        # Checked through strided u32 views: no copy of the 100+ MB table.
-        l0u = arr["level0"].view("<u4").reshape(n, per // 4)
-        cnt = l0u[:, 0]
-        # 16.2: hnswlib reads the count as a u16 and its deleted flag from the third
-        # byte; a u32 <= 2M proves both (no deletions in a snapshot).
-        if n and int(cnt.max()) > m0:
-            raise bad("a level-0 neighbour count exceeds 2M")
-        # 16.2: every slot, used or not, holds a label < n (hnswlib zeroes new slots
-        # and only ever writes labels), so one max over the block checks them all.
-        nb0 = l0u[:, 1 : 1 + m0]
-        if n and int(nb0.max()) >= n:
-            raise bad("a level-0 neighbour is out of range")
-        if _self_linked(nb0, cnt, np.arange(n)):
-            raise bad("a level-0 list names its own element")
-        lab = (per - 8) // 4
-        if n and (not np.array_equal(l0u[:, lab], np.arange(n, dtype=np.uint32)) or int(l0u[:, lab + 1].max())):
-            raise bad("labels are not in commit order")
-        vecs = l0u[:, link0 // 4 : link0 // 4 + p.dim].view("<f4")
-        if n and not np.isfinite(vecs.sum(axis=1, dtype=np.float64)).all():
-            raise bad("a stored vector is not finite")
-        links = arr["links"]
-        upper = levels[levels > 0]
-        if len(links) != per_links * int(upper.sum()):
-            raise bad("upper-level links have the wrong size")
-        if len(links):
-            lk = links.view("<u4").reshape(-1, m + 1)
-            cnt_up, nb = lk[:, 0], lk[:, 1:]
-            if int(cnt_up.max()) > m:
-                raise bad("an upper-level neighbour count exceeds M")
-            if int(nb.max()) >= n:
-                raise bad("an upper-level neighbour is out of range")
-            # Row r is the list on level lvl[r] of element own[r] (label order, levels
-            # ascending). 16.2: hnswlib follows a neighbour on level L into that
-            # neighbour's own list on level L, which an element below L does not have
-            # (a null or short pointer in C++: the F4 segfault).
-            own = np.repeat(np.flatnonzero(levels > 0), upper)
-            lvl = np.arange(len(lk)) - np.repeat(np.cumsum(upper) - upper, upper) + 1
-            used = np.arange(m) < cnt_up[:, None]
-            if np.any(used & (levels[nb] < lvl[:, None])):
-                raise bad("an upper-level neighbour has no list on that level")
-            if _self_linked(nb, cnt_up, own):
-                raise bad("an upper-level list names its own element")
+        levels, vecs, links = check_graph(arr, n=n, ep=ep, top=top, m=m, m0=m0, dim=p.dim, per=per, link0=link0,
+                                          per_links=per_links, bad=bad)
         self = cls(p)
         self.ids = IdArray(arr["ids"].tobytes())
         self._times = arr["time"].view("<i8").astype(np.int64)
@@ -574,18 +530,6 @@ class VectorIndex:
             g.set_num_threads(1)
             self._hnsw = g
         return self
-
-
-def _self_linked(nb: np.ndarray, counts: np.ndarray, owners: np.ndarray) -> bool:
-    """Whether a used slot of some list names the list's own element (16.2: hnswlib
-    never links an element to itself). Cheap when, as in every real graph, no slot does."""
-    if not len(nb):
-        return False
-    same = nb == owners.astype(nb.dtype)[:, None]
-    if not same.any():
-        return False
-    rows, cols = np.nonzero(same)
-    return bool(np.any(cols < counts[rows]))
 
 
 def _bisect(names: list[str], tag: str) -> int | None:
