@@ -56,11 +56,12 @@ class FileHeader:
         return _sha256(C.CHAIN_SEED_TAG + self.encode()).digest()
 
 
-def new_file_id(epoch: int | None = None) -> bytes:
-    """2.5: random, or derived from SOURCE_DATE_EPOCH in reproducible mode."""
+def new_file_id(epoch: int | None = None, fork_of: bytes = b"") -> bytes:
+    """2.5: random, or derived from SOURCE_DATE_EPOCH in reproducible mode (and, for a
+    fork, from its parent's file id and fork point root, so it differs from the parent's)."""
     if epoch is None:
         return os.urandom(16)
-    return _sha256(C.FILE_ID_TAG + str(epoch).encode()).digest()[:16]
+    return _sha256(C.FILE_ID_TAG + str(epoch).encode() + fork_of).digest()[:16]
 
 
 def parse_header(data: bytes) -> FileHeader:

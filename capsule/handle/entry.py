@@ -12,7 +12,7 @@ from ..format import canonical as canon
 from ..format.checkpoint import Lineage
 from ..format.file import ReadHandle, WriteHandle, fsync_dir
 from ..format.frames import FileHeader, Merkle, new_file_id
-from ..format.records import encode_record
+from ..format.records import _REGISTRY, encode_record
 from ..format.scan import Snapshot
 from ..format.store import Mode, load_stable
 from ..state.fold import live_records
@@ -103,13 +103,26 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
             raise UsageError(f"{path}: has no commit to fork from")
         lin = Lineage(view._snap.header.file_id, c.root, c.seq, c.chain,
                       view._snap.checkpoint[1] if view._snap.checkpoint else None)
-        recs = live_records(view.records())
-    new = create(out, clock=clock, lineage=canon.pack(lin.to_value()))
+        every = list(view.records())
+    live = {r.id for r in live_records(every)}
+    # 15: the journal survives a fork. Action records a rollback made dead are copied
+    # too, in their commit order, and dropped again by a revert in the same commit, so
+    # the fork's live state and root are the parent's and no effect can run twice.
+    recs = [r for r in every if r.id in live or r.kind == "action"]
+    journal = sorted(bytes.fromhex(r.id) for r in recs if r.id not in live)
+    sde = source_date_epoch()
+    # 2.5: in reproducible mode a fork gets its own file id, derived from its parent and fork point
+    fid = None if sde is None or clock is not None else new_file_id(sde, lin.parent + lin.root)
+    new = create(out, clock=clock, file_id=fid, lineage=canon.pack(lin.to_value()))
     try:
         items = []
         for rec in recs:
             rid, data = encode_record(rec)
             items.append((rid, rec.kind, data))
+        if journal:
+            rev = _REGISTRY["revert"].build(time=new.clock(), after=bytes.fromhex(new.root), drop=journal)
+            rid, data = encode_record(rev)
+            items.append((rid, "revert", data))
         if items:
             new._write_commit(items)
     except BaseException:
