@@ -27,6 +27,7 @@ import fcntl
 import mmap
 import os
 import socket
+import stat
 from pathlib import Path
 
 from ..core.errors import CapsuleNotFound, Locked, UsageError, WriterPoisoned
@@ -175,9 +176,18 @@ class WriteHandle(ReadHandle):
             self.fd = -1
             who = f"pid {pid} on {host}" if pid else "another process"
             raise Locked(f"{self.path}: locked by {who} (one writer at a time)", pid=pid, host=host) from None
-        # Best effort: name the holder for the next writer's error message.
+        # Best effort: name the holder for the next writer's error message. The flock is
+        # ours, so whatever stands at the lock path is replaced, never written through: a
+        # symlink planted there must not make us overwrite its target (audit F19).
+        lp = lock_path(self.path)
         with contextlib.suppress(OSError):
-            lock_path(self.path).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lp)
+            fd = os.open(lp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            try:
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            finally:
+                os.close(fd)
 
     @property
     def forked(self) -> bool:
@@ -246,7 +256,13 @@ class WriteHandle(ReadHandle):
 
 def _read_lock_info(p: Path) -> tuple[int | None, str | None]:
     try:
-        parts = p.read_text().split()
-        return int(parts[0]), parts[1]
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, None
+            parts = os.read(fd, 512).decode("utf-8", "replace").split()
+        finally:
+            os.close(fd)
+        return int(parts[0]), parts[1][:255]
     except (OSError, ValueError, IndexError):
         return None, None
