@@ -9,9 +9,22 @@ from typing import Annotated, Any
 
 import typer
 
+from capsule import UsageError
+from capsule.ingest.source import check_regular
+
 from ._errors import EXIT_USAGE, fail
 
-FileArg = Annotated[Path, typer.Argument(help="Path to the capsule file.", show_default=False)]
+
+def regular(value: Path) -> Path:
+    """A FIFO or a device where a file belongs would block the open: refused first."""
+    try:
+        check_regular(value)
+    except UsageError as e:
+        fail(str(e), EXIT_USAGE)
+    return value
+
+
+FileArg = Annotated[Path, typer.Argument(help="Path to the capsule file.", show_default=False, callback=regular)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AtOpt = Annotated[
     str | None,

@@ -12,6 +12,8 @@ import typer
 from rich.table import Table
 
 import capsule
+from capsule.core import constants as C
+from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_USAGE, call, fail
 from ._params import AtOpt, FileArg, JsonOpt, parse_meta
@@ -19,18 +21,25 @@ from ._render import cell, emit_json, err, out, warn
 
 
 def _load_vector(source: Path) -> Any:
+    import io
+
     import numpy as np
 
+    check_regular(source, "--vector ")
     if not source.is_file():
         raise capsule.UsageError(f"--vector {source}: no such file")
+    # 11: a query vector is at most what one record may hold
+    raw = read_regular(source, C.MAX_RECORD_BYTES, "one record", "--vector ")
     if source.suffix.lower() == ".npy":
         try:
-            v = np.load(source, allow_pickle=False)  # never unpickle a file we were handed
-        except (ValueError, OSError) as e:
+            v = np.load(io.BytesIO(raw), allow_pickle=False)  # never unpickle a file we were handed
+        except (ValueError, OSError, EOFError) as e:
             raise capsule.UsageError(f"--vector {source}: not a numeric .npy array ({e})") from None
+        if not isinstance(v, np.ndarray):  # an .npz archive
+            raise capsule.UsageError(f"--vector {source}: not a numeric .npy array")
     elif source.suffix.lower() == ".json":
         try:
-            v = json.loads(source.read_text(encoding="utf-8"))
+            v = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise capsule.UsageError(f"--vector {source}: not a JSON list of numbers") from None
         if not isinstance(v, list) or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
@@ -126,7 +135,8 @@ def pack(
     embedder: Annotated[str, typer.Option("--embedder", help="hash (offline hashed word/char n-grams), minilm "
                                           "(needs agent-capsule[minilm]), st:<model dir>, or none. auto: hash, "
                                           "unless the JSONL records carry their own embeddings.")] = "auto",
-    batch: Annotated[int, typer.Option("--batch", help="Records per commit.", min=1)] = 1000,
+    batch: Annotated[int, typer.Option("--batch", help="Records per embedding batch, and per commit in a new "
+                                       "capsule (--append writes one commit).", min=1)] = 1000,
     append: Annotated[bool, typer.Option("--append", help="Add to an existing capsule.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -145,20 +155,13 @@ def pack(
         emb: Any = None if embedder == "none" else embedder
         if json_out or not sys.stderr.isatty():
             return capsule.pack(src, output, embedder=emb, batch=batch, append=append, warn=warn)
-        with Progress("packing", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+        with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                       transient=True) as bar:
-            task = bar.add_task("pack", total=None)
-            rep = capsule.pack(src, output, embedder=emb, batch=batch, append=append, warn=warn,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total),
-                               build=False)
-            bar.update(task, description="indexing")
-        with capsule.open(output, "a") as cap:
-            if cap.vector_config() is not None:
-                err.print("building the vector index...", markup=False)
-                cap.build_index()
-                cap.save_index()
-        rep.bytes = output.stat().st_size
-        return rep
+            task = bar.add_task("packing", total=None)
+            # the index is built inside pack, so an interrupt there also leaves nothing behind
+            return capsule.pack(src, output, embedder=emb, batch=batch, append=append, warn=warn,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                on_index=lambda: bar.update(task, description="indexing"))
 
     rep = call(go)
     if json_out:

@@ -11,10 +11,12 @@ import typer
 from rich.table import Table
 
 import capsule
+from capsule.core import constants as C
+from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_DATA, call
 from ._params import AtOpt, FileArg, JsonOpt
-from ._render import cell, emit_json, err, out, warn, write_out
+from ._render import cell, emit_json, err, out, warn
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
                                              "passphrase.")]
@@ -32,6 +34,8 @@ def _passphrase(env: str | None) -> bytes | None:
 
 
 def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.PrivateKey]:
+    for p in paths:
+        check_regular(p, "--key ")
     pw = _passphrase(passphrase_env)
     return [capsule.load_private_key(p, pw) for p in paths]
 
@@ -44,14 +48,13 @@ def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
     Example: capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
     """
 
-    def go() -> tuple[dict[str, Any], str]:
+    def go() -> dict[str, Any]:
         with capsule.open(path, at=at) as cap:
-            s = cap.state()
-            return s.to_dict(), s.to_json() if json_out else ""
+            return cap.state().to_dict()
 
-    st, text = call(go)
+    st = call(go)
     if json_out:
-        write_out(text + "\n")
+        emit_json(st, compact=True)  # the library's State.to_json, with bin values as hex (13.2)
         return
     out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)
     ident = st["identity"]
@@ -110,7 +113,8 @@ def checkpoint(
 
     def go() -> dict[str, Any]:
         keys = _load_keys(key, passphrase_env)
-        blob = runtime.read_bytes() if runtime is not None else None
+        blob = None if runtime is None else read_regular(runtime, C.MAX_RUNTIME_BYTES, "a checkpoint's runtime blob",
+                                                         "--runtime ")
         with capsule.open(path, "a") as cap:
             return cap.checkpoint(label, key=keys, runtime_state=blob).to_dict()
 
@@ -225,8 +229,11 @@ def verify(
         size = path.stat().st_size
         show = not json_out and sys.stderr.isatty() and size > 64 << 20
         anchor: Any = None
+        if parent is not None:
+            check_regular(parent, "--parent ")
         if trust is not None:
             tp = Path(trust)
+            check_regular(tp, "--trust ")
             if tp.is_file():
                 anchor = capsule.load_public_key(tp)
             elif len(trust) == 64 and all(c in "0123456789abcdefABCDEF" for c in trust):

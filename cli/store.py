@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.table import Table
@@ -15,10 +15,11 @@ from rich.table import Table
 import capsule
 from capsule import DataError
 from capsule.ingest.jsonl import loads, read_jsonl
+from capsule.ingest.source import open_regular
 
 from ._errors import EXIT_DATA, EXIT_USAGE, call, fail
 from ._params import AtOpt, FileArg, JsonOpt, parse_meta
-from ._render import cell, emit_json, out, warn
+from ._render import cell, emit_json, out, warn, write_out
 
 
 def init(path: FileArg, json_out: JsonOpt = False) -> None:
@@ -50,22 +51,27 @@ def _close_warning(cap: capsule.Capsule) -> Iterator[None]:
                  f"({cap.close_error}); the next open may be slower")
 
 
-def _jsonl(source: str) -> Iterator[tuple[int, Any]]:
-    """Parse JSONL strictly as UTF-8 (stdin too: no surrogate escapes)."""
+def _open_jsonl(source: str) -> BinaryIO:
+    """The JSONL input: stdin for ``-``, else a regular file (never a FIFO or device)."""
     if source == "-":
-        stream = sys.stdin.buffer
-    else:
-        p = Path(source)
-        if not p.exists():
-            fail(f"{source}: no such file", EXIT_USAGE)
-        if p.is_dir():
-            fail(f"{source}: is a directory", EXIT_USAGE)
-        stream = p.open("rb")
-    try:
-        yield from read_jsonl(stream)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        return sys.stdin.buffer
+    p = Path(source)
+    if not p.exists():
+        fail(f"{source}: no such file", EXIT_USAGE)
+    if p.is_dir():
+        fail(f"{source}: is a directory", EXIT_USAGE)
+    return open_regular(p, "--jsonl ")
+
+
+def _emit_ids(ids: bytearray, new: int) -> None:
+    """``{"count", "ids", "new"}`` as emit_json would print it, written in pieces
+    (a million ids need not become a million strings at once)."""
+    n = len(ids) // 32
+    write_out(f'{{"count": {n}, "ids": [')
+    for lo in range(0, n, 4096):
+        sep = ", " if lo else ""
+        write_out(sep + ", ".join(f'"{ids[i * 32 : i * 32 + 32].hex()}"' for i in range(lo, min(n, lo + 4096))))
+    write_out(f'], "new": {new}}}\n')
 
 
 def put(
@@ -113,35 +119,39 @@ def put(
         fail(f"{path}: no such capsule (create it with `capsule init`)", EXIT_USAGE)
     meta_map = parse_meta(meta or [])
 
-    def go() -> tuple[list[str], int]:
-        # Parse the whole input before the writer is opened; records are
-        # validated inside the commit, and a bad one discards the batch, so a
+    def go() -> tuple[bytearray, int]:
+        # The JSONL is streamed into one commit: each line is parsed, validated and
+        # encoded as it is read and only its encoded record is kept (memory follows
+        # the encoded bytes, not a Python object per line); a bad line, an
+        # over-long one (spec 11) or an interrupt discards the whole batch, so a
         # failed put leaves the capsule byte-for-byte as it was.
-        if jsonl == "\0body":
-            lines = [(1, body)]
-        else:
-            lines = list(_jsonl(jsonl)) if jsonl is not None else []
-        with capsule.open(path, "a") as cap, _close_warning(cap):
-            with cap.commit() as tx:
-                if text is not None:
-                    ids = [tx.remember(text, tags=tag or [], meta=meta_map)]
-                else:
-                    ids = []
-                    for n, obj in lines:
-                        try:
-                            ids.append(tx.put_value(obj))
-                        except DataError as e:
-                            where = "--json-body" if jsonl == "\0body" else f"line {n}"
-                            raise capsule.InvalidRecordError(f"{where}: {e}") from None
-            return ids, len(tx.new_ids)
+        stream = _open_jsonl(jsonl) if jsonl is not None and jsonl != "\0body" else None
+        ids = bytearray()  # raw 32-byte ids, in input order
+        try:
+            with capsule.open(path, "a") as cap, _close_warning(cap):
+                with cap.commit() as tx:
+                    if text is not None:
+                        ids += bytes.fromhex(tx.remember(text, tags=tag or [], meta=meta_map))
+                    else:
+                        lines = read_jsonl(stream) if stream is not None else iter([(1, body)])
+                        for n, obj in lines:
+                            try:
+                                ids += bytes.fromhex(tx.put_value(obj))
+                            except DataError as e:
+                                where = "--json-body" if jsonl == "\0body" else f"line {n}"
+                                raise capsule.InvalidRecordError(f"{where}: {e}") from None
+                return ids, len(tx.new_ids)
+        finally:
+            if stream is not None and stream is not sys.stdin.buffer:
+                stream.close()
 
     ids, new = call(go)
     if json_out:
-        emit_json({"count": len(ids), "ids": ids, "new": new})
+        _emit_ids(ids, new)
     elif text is not None or jsonl == "\0body":
-        out.print(ids[0] + ("" if new else "  (already in the capsule)"), markup=False)
+        out.print(ids.hex() + ("" if new else "  (already in the capsule)"))
     else:
-        dup = len(ids) - new
+        dup = len(ids) // 32 - new
         noun = "record" if new == 1 else "records"
         out.print(f"{new} {noun} committed" + (f" ({dup} already in the capsule)" if dup else ""))
 

@@ -96,15 +96,30 @@ MAX_STR = 16 * 1024 * 1024  # 11
 MAX_BIN = 64 * 1024 * 1024  # 11
 MAX_ARRAY = 1_000_000  # 11
 MAX_MAP = 100_000  # 11
+#: 11: msgpack objects (every value counts once, map keys included) in one record
+#: or any other canonical value. Lengths bound bytes, not objects: the byte 0x80
+#: decodes to a 64-byte dict, and a decoded payload costs up to ~100 bytes of
+#: memory per object, so these caps keep the worst frame near 150 MiB.
+MAX_RECORD_OBJECTS = 1 << 20
+MAX_FRAME_OBJECTS = 3 << 19  # 11: msgpack objects in one RECORDS payload, its array included
 MAX_INDEX_META = 1 << 20  # 11
 MAX_SEGMENTS = 64  # 11
 
 # Writer policy (not part of the format): records per RECORDS frame and when to
 # write an INDEX frame.
 FRAME_TARGET_RAW = 1 << 20
+# A writer's frame is either records of at most FRAME_TARGET_RAW bytes (a value
+# of N bytes holds at most N objects) or one record, so it never passes the cap.
+assert max(FRAME_TARGET_RAW, MAX_RECORD_OBJECTS) < MAX_FRAME_OBJECTS
 INDEX_EVERY_RECORDS = 4096
 INDEX_EVERY_FRAMES = 256
 INDEX_ON_CLOSE_RECORDS = 512
 INDEX_ON_CLOSE_FRAMES = 16
 INDEX_AT_CHECKPOINT_RECORDS = 128
 INDEX_AT_CHECKPOINT_FRAMES = 8
+
+# --- Input limits of the tools (section 11, informative): what a command reads before
+# it builds records, refused once passed, so an endless stream ends in an error.
+MAX_JSONL_LINE = MAX_RECORD_BYTES  # 11: one JSONL line (put --jsonl, pack) may hold one record
+MAX_RUNTIME_BYTES = 64 * 1024 * 1024  # 11: a checkpoint's runtime blob (checkpoint --runtime)
+MAX_PACK_TEXT = 64 * 1024 * 1024  # 11: one text or markdown file given to pack

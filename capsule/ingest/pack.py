@@ -7,20 +7,34 @@ file's relative POSIX path and whose ``meta`` holds ``path`` and ``chunk`` (its
 position in the file, from 0). Records go in group commits; the vector index is
 built at the end and its snapshot written on close, so the packed capsule opens
 straight to search.
+
+Theory of operation: two passes, so the parsed input held at once is one batch
+(appending also keeps its one commit's encoded records). The first reads every input once (JSON syntax and objects, UTF-8, sizes
+against spec 11's input limits), counts the records, learns whether JSONL
+records bring their own embeddings (which picks the embedder) and creates
+nothing; the second reads again and streams batches into the capsule, checking
+that each file hashes as it did the first time. A new capsule gets a commit per
+batch and is deleted if anything fails (or is interrupted); appending writes one
+commit, so a failure leaves the existing capsule byte for byte as it was.
+Only regular files are read, and in a folder a symlink only while it stays inside.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core import constants as C
 from ..core.errors import AlreadyExists, CapsuleNotFound, DataError, InvalidRecordError, UsageError
 from ..search.embed import Embedder, get_embedder
 from ..search.vindex import VectorParams
 from .jsonl import read_jsonl
+from .source import check_regular, open_regular, read_regular, size_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
 CHUNK_CHARS = 1200
@@ -69,43 +83,140 @@ def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
 
 
 Row = tuple[str, dict[str, Any]]  # (where it came from, for errors; the record)
+_PACK_TEXT = "one text file to pack"
 
 
-def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> Iterator[Row]:
-    """A folder's text files in sorted relative-path order (or one text file, by its name)."""
-    if src.is_dir():
-        files = sorted((p.relative_to(src).as_posix(), p) for p in src.rglob("*")
-                       if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-    else:
-        files = [(src.name, src)]
+@dataclass
+class _Source:
+    """What the first pass learned; ``rows()`` is the second pass."""
+
+    total: int  # records the second pass yields
+    own: bool  # some JSONL record brings its own embedding
+    rows: Callable[[], Iterator[Row]]
+
+
+def _skip(report: PackReport, warn: Callable[[str], None], rel: str, why: str) -> None:
+    report.skipped.append((rel, why))
+    warn(f"skipped {rel}: {why}")
+
+
+def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> list[tuple[str, Path]]:
+    """A folder's text files as (relative POSIX path, path to open), in sorted order.
+
+    The walk never descends into a symlinked folder, and a symlinked file is read
+    only if it resolves inside the folder (its target is what gets opened): pack
+    never reads outside the folder it was given.
+    """
+    root = src.resolve()
+    found: list[tuple[str, Path]] = []
+    for top, _dirs, names in os.walk(src):  # followlinks=False
+        for name in names:
+            p = Path(top, name)
+            if p.suffix.lower() not in TEXT_SUFFIXES:
+                continue
+            rel = p.relative_to(src).as_posix()
+            if p.is_symlink():
+                try:
+                    real = p.resolve(strict=True)
+                except (OSError, RuntimeError):  # dangling, or a loop
+                    _skip(report, warn, rel, "a symlink to nothing")
+                    continue
+                if not real.is_relative_to(root):
+                    _skip(report, warn, rel, "a symlink that leaves the folder")
+                    continue
+                p = real
+            found.append((rel, p))
+    return sorted(found)
+
+
+def _read_text(rel: str, path: Path, nofollow: bool) -> tuple[str | None, str]:
+    """(the text, its bytes' SHA-256) or (None, why it is skipped); a file over the
+    limit is an error, not a skip (11: an input is never silently cut)."""
+    try:
+        raw = read_regular(path, C.MAX_PACK_TEXT, _PACK_TEXT, nofollow=nofollow)
+    except InvalidRecordError:
+        raise InvalidRecordError(f"{rel}: larger than {size_text(C.MAX_PACK_TEXT)}, the limit of "
+                                 f"{_PACK_TEXT} (spec 11)") from None
+    except UsageError:
+        return None, "not a regular file"
+    except OSError as e:
+        return None, e.strerror or str(e)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text (byte {e.start})"
+    if "\0" in text:
+        return None, "binary (NUL bytes)"
+    return text, hashlib.sha256(raw).hexdigest()
+
+
+def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> _Source:
+    """A folder's text files (or one text file, by its name), chunked; the first pass
+    reads each once to skip what is not text and count the chunks."""
+    folder = src.is_dir()
+    files = _text_files(src, report, warn) if folder else [(src.name, src)]
+    if not folder:
+        check_regular(src)
+    kept: list[tuple[str, Path, str]] = []
+    total = 0
     for rel, p in files:
-        try:
-            raw = p.read_bytes()
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            report.skipped.append((rel, f"not UTF-8 (byte {e.start})"))
-            warn(f"skipped {rel}: not UTF-8 text (byte {e.start})")
+        text, note = _read_text(rel, p, folder)
+        if text is None:
+            _skip(report, warn, rel, note)
             continue
-        except OSError as e:
-            report.skipped.append((rel, e.strerror or str(e)))
-            warn(f"skipped {rel}: {e.strerror or e}")
-            continue
-        if "\0" in text:
-            report.skipped.append((rel, "binary (NUL bytes)"))
-            warn(f"skipped {rel}: binary (NUL bytes)")
-            continue
+        digest = note
         report.files += 1
-        for i, chunk in enumerate(chunk_text(text, limit)):
-            yield f"{rel} chunk {i}", {"kind": "memory", "text": chunk, "source": rel,
-                                       "meta": {"chunk": i, "path": rel}}
+        total += len(chunk_text(text, limit))
+        kept.append((rel, p, digest))
+
+    def rows() -> Iterator[Row]:
+        for rel, p, digest in kept:
+            text, again = _read_text(rel, p, folder)
+            if again != digest:
+                raise InvalidRecordError(f"{rel}: changed while it was being packed")
+            assert text is not None
+            for i, chunk in enumerate(chunk_text(text, limit)):
+                yield f"{rel} chunk {i}", {"kind": "memory", "text": chunk, "source": rel,
+                                           "meta": {"chunk": i, "path": rel}}
+
+    return _Source(total, False, rows)
 
 
-def _jsonl(src: Path) -> Iterator[Row]:
-    with src.open("rb") as f:
-        for n, obj in read_jsonl(f, f"{src.name} "):
-            if not isinstance(obj, dict):
-                raise InvalidRecordError(f"{src.name} line {n}: a record must be a JSON object")
-            yield f"{src.name} line {n}", obj
+def _jsonl(src: Path) -> _Source:
+    """A JSONL file; the first pass parses every line (so bad JSON is refused before
+    anything is written) and remembers a hash of what it read."""
+
+    def read(seen: Any) -> Iterator[Row]:
+        with open_regular(src) as f:
+            for n, obj in read_jsonl(f, f"{src.name} ", seen=seen):
+                if not isinstance(obj, dict):
+                    raise InvalidRecordError(f"{src.name} line {n}: a record must be a JSON object")
+                yield f"{src.name} line {n}", obj
+
+    first = hashlib.sha256()
+    total, own = 0, False
+    for _, obj in read(first):
+        total += 1
+        own = own or obj.get("embedding") is not None
+
+    def rows() -> Iterator[Row]:
+        again = hashlib.sha256()
+        yield from read(again)
+        if again.digest() != first.digest():
+            raise InvalidRecordError(f"{src.name}: changed while it was being packed")
+
+    return _Source(total, own, rows)
+
+
+def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    group: list[Row] = []
+    for row in rows:
+        group.append(row)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _embedder_for(choice: str | Embedder | None, have: VectorParams | None, own: bool) -> Embedder | None:
@@ -121,12 +232,18 @@ def _embedder_for(choice: str | Embedder | None, have: VectorParams | None, own:
 
 def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = "auto", batch: int = 1000,
          append: bool = False, chunk_chars: int = CHUNK_CHARS, progress: Callable[[int, int], None] | None = None,
-         warn: Callable[[str], None] | None = None, build: bool = True) -> PackReport:
+         warn: Callable[[str], None] | None = None, build: bool = True,
+         on_index: Callable[[], None] | None = None) -> PackReport:
     """Ingest ``src`` (a folder or file of text / markdown, or a JSONL file) into the capsule ``out``.
 
     ``embedder``: a name (``hash``, ``minilm``, ...), an :class:`Embedder`, ``None``
     for no vectors, or ``"auto"``: ``hash`` for folders and for JSONL whose records
     carry no embeddings of their own. Memories without an embedding get one from it.
+    A new capsule gets one commit per ``batch`` records; ``append`` writes them all
+    in one commit. Either way a failure (or an interrupt) leaves nothing: a new
+    capsule is deleted, an existing one is left byte for byte as it was.
+    ``progress(done, total)`` follows the records; ``on_index()`` is called before
+    the vector index is built.
     """
     from ..handle.entry import create
     from ..handle.entry import open as open_capsule
@@ -141,55 +258,47 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         raise UsageError("chunks must allow at least 100 characters")
     report = PackReport()
     if src.is_dir() or src.suffix.lower() in TEXT_SUFFIXES:
-        rows = list(_texts(src, report, warn, chunk_chars))
-        if not rows:
+        source = _texts(src, report, warn, chunk_chars)
+        if not source.total:
             raise UsageError(f"{src}: no UTF-8 text or markdown files ({', '.join(TEXT_SUFFIXES)}) to pack")
     else:
-        rows = list(_jsonl(src))
-        if not rows:
+        source = _jsonl(src)
+        if not source.total:
             raise UsageError(f"{src}: no records")
         report.files = 1
-    own = any(r.get("embedding") is not None for _, r in rows)
     if out.exists() and not append:
         raise AlreadyExists(f"{out}: already exists (pass append=True / --append to add to it)")
+    check_regular(out)
     # A new capsule's embedder is loaded before the file exists, so a missing model
     # leaves nothing behind; appending checks it against the capsule's own.
-    emb = None if append else _embedder_for(embedder, None, own)
+    emb = None if append else _embedder_for(embedder, None, source.own)
     cap = open_capsule(out, "a") if append else create(out)
     try:
         if append:
-            emb = _embedder_for(embedder, cap.vector_config(), own)
+            emb = _embedder_for(embedder, cap.vector_config(), source.own)
         report.embedder = None if emb is None else emb.name
         if emb is not None and cap.vector_config() is None:
             cap.configure_vectors(dim=emb.dim, embedder=emb.name)
-        total = len(rows)
-        for start in range(0, total, batch):
-            group = [r for _, r in rows[start : start + batch]]
-            todo = [i for i, r in enumerate(group)
-                    if emb is not None and r.get("kind", "memory") == "memory" and r.get("embedding") is None
-                    and isinstance(r.get("text"), str)]
-            if todo:
-                vecs = emb.embed([group[i]["text"] for i in todo])  # type: ignore[union-attr]
-                for i, v in zip(todo, vecs, strict=True):
-                    group[i] = {**group[i], "embedding": v}
+        groups = _batches(source.rows(), batch)
+        if append:
+            # 6.4: one commit, so a bad record anywhere leaves the capsule as it was.
             with cap.commit() as tx:
-                for (where, _), r in zip(rows[start : start + batch], group, strict=True):
-                    try:
-                        tx.put_value(r)
-                    except DataError as e:
-                        raise InvalidRecordError(f"{where}: {e}") from None
-                    if r.get("embedding") is not None:
-                        report.vectors += 1
-            report.records += len(group)
-            report.new += len(tx.new_ids)
-            if progress is not None:
-                progress(min(start + batch, total), total)
+                for group in groups:
+                    _add(tx, group, emb, report, progress, source.total)
+            report.new = len(tx.new_ids)
+        else:
+            for group in groups:
+                with cap.commit() as tx:
+                    _add(tx, group, emb, report, progress, source.total)
+                report.new += len(tx.new_ids)
         if build and cap.vector_config() is not None:
+            if on_index is not None:
+                on_index()
             cap.build_index()
             cap.save_index()  # 16.3: a packed capsule opens straight to search
     except BaseException:
         cap.close()
-        if not append:  # a failed pack leaves no half-made capsule behind
+        if not append:  # a failed or interrupted pack leaves no half-made capsule behind
             from ..format.file import lock_path
 
             out.unlink(missing_ok=True)
@@ -198,3 +307,26 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     cap.close()
     report.bytes = out.stat().st_size
     return report
+
+
+def _add(tx: Any, group: list[Row], emb: Embedder | None, report: PackReport,
+         progress: Callable[[int, int], None] | None, total: int) -> None:
+    """One batch: embed the memories that need it, add every record to the commit."""
+    records = [r for _, r in group]
+    todo = [i for i, r in enumerate(records)
+            if emb is not None and r.get("kind", "memory") == "memory" and r.get("embedding") is None
+            and isinstance(r.get("text"), str)]
+    if todo:
+        vecs = emb.embed([records[i]["text"] for i in todo])  # type: ignore[union-attr]
+        for i, v in zip(todo, vecs, strict=True):
+            records[i] = {**records[i], "embedding": v}
+    for (where, _), r in zip(group, records, strict=True):
+        try:
+            tx.put_value(r)
+        except DataError as e:
+            raise InvalidRecordError(f"{where}: {e}") from None
+        if r.get("embedding") is not None:
+            report.vectors += 1
+    report.records += len(group)
+    if progress is not None:
+        progress(report.records, total)

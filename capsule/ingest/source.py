@@ -1,0 +1,92 @@
+"""The files a command is handed: regular files only, read within a limit (spec 11).
+
+A FIFO, a terminal or a device given where a file is expected blocks the open or
+never ends, and a sparse or endless file grows memory until the process dies. So
+an input is checked with ``stat`` before it is opened (opening some devices has
+effects of its own), opened without blocking and checked again on the open
+descriptor (it may have been swapped in between), and read in bounded chunks
+against the limit that applies to it: more than the limit is an error, never a
+truncation.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import BinaryIO
+
+from ..core.errors import InvalidRecordError, UsageError
+
+CHUNK = 1 << 20
+
+
+def size_text(n: int) -> str:
+    """A limit as people write it: 16 MiB, 64 KiB, 100 bytes."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} bytes"
+
+
+def check_regular(path: str | os.PathLike[str], what: str = "") -> None:
+    """Refuse an existing path that is neither a regular file nor a folder, before
+    anything opens it. A missing path passes: the caller's own error names it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UsageError(f"{what}{os.fspath(path)}: not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str], what: str = "", *, nofollow: bool = False) -> BinaryIO:
+    """Open a regular file for reading, or raise :class:`UsageError` without blocking.
+
+    ``nofollow`` refuses a final symlink (a folder's file that was swapped for one
+    after it was listed). OSError (missing, a folder, no permission) is the caller's.
+    """
+    check_regular(path, what)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (os.O_NOFOLLOW if nofollow else 0)
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(f"{what}{os.fspath(path)}: not a regular file")
+        # O_NONBLOCK means nothing for a regular file's reads; the descriptor is one.
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def too_large(what: str, limit: int, which: str) -> InvalidRecordError:
+    return InvalidRecordError(f"{what}: larger than {size_text(limit)}, the limit of {which} (spec 11)")
+
+
+def read_limited(f: BinaryIO, limit: int, what: str, which: str) -> bytes:
+    """Everything ``f`` holds, if that is at most ``limit`` bytes; read in chunks, so
+    an endless stream costs ``limit`` bytes of memory before it is refused.
+    ``what`` names the input in the error, ``which`` the limit ("one record")."""
+    buf = bytearray()
+    while True:
+        chunk = f.read(min(CHUNK, limit + 1 - len(buf)))
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > limit:
+            raise too_large(what, limit, which)
+
+
+def read_regular(path: str | os.PathLike[str], limit: int, which: str, what: str = "", *,
+                 nofollow: bool = False) -> bytes:
+    """A regular file's bytes, at most ``limit`` of them (``what`` prefixes errors: "--runtime ").
+
+    A file whose size already says it is too large is refused before a byte is read.
+    """
+    with open_regular(path, what, nofollow=nofollow) as f:
+        name = f"{what}{os.fspath(path)}"
+        if os.fstat(f.fileno()).st_size > limit:
+            raise too_large(name, limit, which)
+        return read_limited(f, limit, name, which)
+
+
+__all__ = ["check_regular", "open_regular", "read_limited", "read_regular", "size_text", "too_large"]
