@@ -39,3 +39,26 @@ def test_a_lock_info_symlink_to_a_fifo_does_not_hang_the_locked_error(tmp_path: 
         else:
             raise AssertionError("a second writer must be refused")
         cap.close()
+
+
+def test_the_library_refuses_a_fifo_without_hanging(tmp_path: Path) -> None:
+    """F21 at the library level: open, open for writing and verify never block on a FIFO."""
+    import signal
+
+    import pytest
+
+    fifo = tmp_path / "pipe.capsule"
+    os.mkfifo(fifo)
+
+    def alarm(*_: object) -> None:
+        raise TimeoutError("blocked on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(10)
+    try:
+        for call in (lambda: capsule.open(fifo), lambda: capsule.open(fifo, "a"), lambda: capsule.verify(fifo)):
+            with pytest.raises(capsule.UsageError, match="not a regular file"):
+                call()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -78,16 +78,20 @@ class ReadHandle:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (audit F21); the
+            # flag means nothing for a regular file, which is all we accept below.
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError as e:
             raise CapsuleNotFound(f"{path}: no such capsule") from e
         except IsADirectoryError as e:
             raise UsageError(f"{path}: is a directory, not a capsule") from e
         except PermissionError as e:
             raise UsageError(f"{path}: permission denied") from e
-        if os.path.isdir(path):
+        mode = os.fstat(self.fd).st_mode
+        if not stat.S_ISREG(mode):
             os.close(self.fd)
-            raise UsageError(f"{path}: is a directory, not a capsule")
+            what = "is a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise UsageError(f"{path}: {what}, not a capsule")
         self._map: mmap.mmap | None = None
         self._map_len = 0
 
@@ -146,9 +150,9 @@ class WriteHandle(ReadHandle):
 
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
-        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+        flags = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         if create:
-            flags |= os.O_CREAT | os.O_EXCL
+            flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         try:
             self.fd = os.open(path, flags, 0o644)
         except FileNotFoundError as e:
@@ -159,6 +163,10 @@ class WriteHandle(ReadHandle):
             raise UsageError(f"{path}: is a directory, not a capsule") from e
         except PermissionError as e:
             raise UsageError(f"{path}: permission denied for writing") from e
+        if not stat.S_ISREG(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            self.fd = -1
+            raise UsageError(f"{path}: not a regular file, not a capsule")
         self._map = None
         self._map_len = 0
         self.poisoned: BaseException | None = None
