@@ -70,14 +70,14 @@ def test_index_tables_split_to_fit_the_frame_limit(tmp_path: Path) -> None:
 
 def test_too_many_tables_is_refused_before_writing(tmp_path: Path) -> None:
     p = tmp_path / "tiny.capsule"
-    with small_frames(p, 1024) as cap:
-        with pytest.raises(capsule.InvalidRecordError, match="index tables|max frame length"):
-            for i in range(200):
-                with cap.commit() as tx:
-                    for j in range(20):
-                        tx.remember(f"{i}-{j}")
-                before = p.read_bytes()
-                cap._write_commit([], force_index=True)
+    with small_frames(p, 1024) as cap, pytest.raises(capsule.InvalidRecordError,
+                                                      match="index tables|max frame length"):
+        for i in range(200):
+            with cap.commit() as tx:
+                for j in range(20):
+                    tx.remember(f"{i}-{j}")
+            before = p.read_bytes()
+            cap._write_commit([], force_index=True)
     assert p.read_bytes() == before
     assert capsule.verify(p).ok
     with capsule.open(p) as cap:
@@ -97,9 +97,8 @@ def test_f8_an_index_over_its_limit_is_never_written(tmp_path: Path) -> None:
     with capsule.open(p) as cap:
         assert len(cap.kinds()) > n
     before = p.read_bytes()
-    with capsule.open(p, "a") as cap:
-        with pytest.raises(capsule.InvalidRecordError, match="INDEX"):
-            cap._write_commit([], force_index=True)
+    with capsule.open(p, "a") as cap, pytest.raises(capsule.InvalidRecordError, match="INDEX"):
+        cap._write_commit([], force_index=True)
     assert p.read_bytes() == before
     with capsule.open(p) as cap:
         assert len(cap) == n + 4
