@@ -293,6 +293,16 @@ def test_single_bit_flips_are_always_reported(tmp_path: Path, monkeypatch: pytes
     data = build_small(src, monkeypatch)
     original = read_state(src)
     assert original[0] == 3
+    # 8.2: a power loss during the last commit may leave any of its bytes from its own INDEX
+    # on (from the previous commit's end when it wrote none) missing or garbage, so a flip
+    # there reads as a torn tail: that commit is rolled back, never half-visible.
+    kinds = list(frames(data))
+    commits = [off for off, t, _, _ in kinds if t == C.FT_COMMIT]
+    prev_end = next(off for off, _, _, _ in kinds if off > commits[-2])
+    index = max((off for off, t, _, _ in kinds if t == C.FT_INDEX and off > prev_end), default=prev_end)
+    assert index > prev_end, "close() wrote TABLE + INDEX + COMMIT: the TABLE flips must stay damage"
+    write_fresh(tmp_path / "before-last.capsule", data[:prev_end])
+    rolled_back = read_state(tmp_path / "before-last.capsule")
     target = tmp_path / "flipped.capsule"
     opened_clean = 0
     for i in range(len(data)):
@@ -302,6 +312,13 @@ def test_single_bit_flips_are_always_reported(tmp_path: Path, monkeypatch: pytes
             write_fresh(target, bad)
             where = f"byte {i} bit {bit}"
             rep = capsule.verify(target)
+            if i >= index and rep.ok:
+                assert rep.torn_tail == len(data) - prev_end, where
+                assert read_state(target) == rolled_back, where
+                strict = capsule.verify(target, strict=True)
+                assert not strict.ok and strict.first_error is not None, where
+                assert strict.first_error["check"] == "torn-tail", where
+                continue
             assert not rep.ok, where
             assert rep.torn_tail == 0, where  # damage is never a torn tail
             err = rep.first_error
@@ -338,11 +355,17 @@ def test_cli_verify_reports_a_flip(tmp_path: Path, monkeypatch: pytest.MonkeyPat
          "last-byte": len(data) - 1}[where]
     target = tmp_path / "bad.capsule"
     target.write_bytes(flip(data, i, 3))
-    proc = subprocess.run([*cli(), "verify", str(target), "--json"], capture_output=True, text=True,
+    # 8.2: a flip in the last COMMIT frame reads as a torn tail (a power loss can leave it
+    # so); only --strict refuses that.
+    strict = ["--strict"] if where.startswith("last") else []
+    proc = subprocess.run([*cli(), "verify", str(target), "--json", *strict], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     report = json.loads(proc.stdout)
+    if strict:
+        assert report["ok"] is False and report["first_error"]["check"] == "torn-tail"
+        return
     assert report["ok"] is False and report["torn_tail_bytes"] == 0
     assert isinstance(report["first_error"]["offset"], int) and report["first_error"]["offset"] <= i
     assert report["first_error"]["check"]

@@ -609,6 +609,9 @@ def test_tampered_unknown_frame_breaks_the_chain(tmp_path: Path) -> None:
     path = tmp_path / "a.capsule"
     build_base(path)
     (off,) = append_frames(path, [(0x0C, 0, b"opaque", 6)])
+    with capsule.open(path, "a") as cap, cap.commit() as tx:
+        # 8.2: an edit inside the last commit reads as a torn tail; after a later commit it cannot.
+        tx.remember("a later commit")
     data = bytearray(path.read_bytes())
     data[off + C.FRAME_HEADER_SIZE] ^= 0x20
     path.write_bytes(bytes(data))

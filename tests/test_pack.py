@@ -1,6 +1,6 @@
 """``capsule.pack`` and ``capsule pack``: folders and JSONL into a capsule that opens to search.
 
-Promised (capsule/_pack.py, cli/main.py): files in sorted relative-path order,
+Promised (capsule/ingest/pack.py, cli/search.py): files in sorted relative-path order,
 chunked by paragraphs, each chunk a memory with ``source`` and ``meta`` {path,
 chunk}; files that are not UTF-8 (or hold NUL bytes) are skipped with a warning
 and everything else is packed; the vector index is built and snapshotted so the

@@ -5,10 +5,22 @@ Theory of operation (fast open, 6.3): the last 48 bytes of a cleanly committed
 file are the COMMIT frame's tail locator and chain value, so a reader goes
 tail -> COMMIT -> INDEX -> replays only the frames between the INDEX and the
 COMMIT, checking every chain link and that the recomputed Merkle root equals
-the one the COMMIT names. If the tail is not a valid COMMIT the file was torn
-(or damaged): a structural scan from the start finds the last valid COMMIT. A
-COMMIT-shaped frame *after* the first bad byte means the damage cannot come
-from a crash (8.2): that is reported, never truncated.
+the one the COMMIT names. If the tail is not a COMMIT that checks by itself, a
+backward search finds the newest one that does.
+
+That COMMIT is only a candidate (8.1). A writer fsyncs each commit once, after
+writing all of it, and a disk may persist the sectors of that write in any
+order, so after a power loss a COMMIT can be whole while frames before it are
+zeros or garbage. The candidate therefore counts only if it *settles*: its
+replay from its INDEX checks (:func:`settle`). That covers every frame since
+the previous COMMIT, because a writer fsyncs the frames before an INDEX
+before it writes the INDEX (6.4). If the candidate does not settle it was
+never durable: the last commit is the one before it and everything after that
+one is a torn tail. Bytes before the previous commit's end were fsynced before
+the candidate was written, so a failure there is damage (8.2); so is a frame
+header after the last commit that passes its CRC but says something
+impossible (the writer wrote it), and a COMMIT after the bad bytes that shows
+they were durable. Damage is reported, never truncated.
 """
 
 from __future__ import annotations
@@ -151,27 +163,54 @@ def tail_commit_offset(src: Source, size: int) -> int | None:
     return int(off)
 
 
-def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int) -> bool:
-    """8.2: can the bad bytes at ``stop`` be the torn tail of an interrupted append?
+#: 8.2: the checks a frame can fail when a power loss left its bytes missing or
+#: garbage. A header that passes its CRC but fails any other check is the
+#: writer's own header saying something impossible: damage.
+TEAR_CHECKS = frozenset({"frame-header-crc", "frame-truncated", "chain"})
 
-    A crashed writer leaves a *prefix* of what it meant to write, so every
-    complete frame in a torn tail is valid and only the last one is cut short.
-    The damage is therefore not a crash when (a) the frame at ``stop`` is
-    complete (its header checks and it fits in the file) yet failed a check, or
-    (b) a tail locator beyond ``stop`` points at a COMMIT frame that ends
-    exactly where the locator's chain value ends.
+
+def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int,
+                          last: tuple[int, int] | None = None, *, check: str | None = None,
+                          seq: int | None = None) -> bool:
+    """8.2: can the bad bytes at ``stop``, after the last commit, be a torn tail?
+
+    ``last`` is (offset, ordinal) of the last commit that checks (None: no
+    commit), ``check`` the check the frame at ``stop`` failed and ``seq`` the
+    seq expected there. A writer fsyncs every commit before it writes the
+    next, so a power loss leaves at most one commit unsettled, and the sectors
+    of its one write may be missing or garbage in any order: a frame after the
+    last commit whose bytes do not check is, by itself, the shape of a tear.
+    It is damage when (a) a frame header there passes its CRC but fails
+    another check (:data:`TEAR_CHECKS`); (b) the bytes at ``stop`` are another
+    capsule's header (files were joined); or (c) a later COMMIT shows the bad
+    bytes were durable: it names a predecessor other than ``last`` (so the
+    commit after ``last`` was acknowledged), or its INDEX lies after ``stop``
+    (the frames before an INDEX are made durable before it is written, 6.4).
+    Such a COMMIT is found by following frame lengths from ``stop`` through
+    headers that pass their CRC, or through a tail locator at or after
+    ``stop`` that points at a COMMIT header ending where the locator's chain
+    value ends; either way its payload must parse (6.1), read without its
+    chain link.
     """
+    if check is not None and check not in TEAR_CHECKS:
+        return True
     if src.pread(stop, len(C.MAGIC)) == C.MAGIC:
         return True  # another capsule's header: files were joined, not torn
-    header_ok = False
-    try:
-        fh = parse_frame_header(src.pread(stop, C.FRAME_HEADER_SIZE), stop, expect_seq=None,
-                                max_frame_len=max_frame)
-        if fh.end <= size:
+    want = (last[0], last[1] + 1) if last is not None else (None, 1)
+    pos = stop
+    while pos + C.FRAME_OVERHEAD <= size:
+        try:
+            fh = parse_frame_header(src.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
+                                    max_frame_len=max_frame)
+        except CorruptError as e:
+            if e.check not in TEAR_CHECKS:
+                return True
+            break
+        if fh.end > size:
+            break
+        if fh.ftype == C.FT_COMMIT and _later_commit(_commit_payload(src, fh), want, stop):
             return True
-        header_ok = True  # a valid header cut short by EOF: the shape of a tear
-    except CorruptError:
-        pass
+        pos, seq = fh.end, fh.seq + 1
     step = 1 << 20
     pos = stop
     while pos < size:
@@ -181,19 +220,39 @@ def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int) -> 
             loc = pos + i
             if loc + C.TAIL_SIZE <= size:
                 (off,) = struct.unpack("<Q", src.pread(loc + 8, 8))
-                if off == stop and not header_ok:
-                    return True  # the locator vouches for a frame whose header is damaged
-                if stop < off < loc:
-                    try:
-                        fh = parse_frame_header(src.pread(off, C.FRAME_HEADER_SIZE), off, expect_seq=None,
-                                                max_frame_len=max_frame)
-                        if fh.ftype == C.FT_COMMIT and fh.end == loc + C.TAIL_SIZE:
-                            return True
-                    except CorruptError:
-                        pass
+                if stop <= off < loc and _later_commit(_commit_mark(src, off, loc, max_frame), want, stop):
+                    return True
             i = chunk.find(C.TAIL_MAGIC, i + 1)
         pos += step
     return False
+
+
+def _later_commit(c: CommitInfo | None, want: tuple[int | None, int], stop: int) -> bool:
+    """8.2 (c): a COMMIT after the bad bytes at ``stop`` that proves them durable:
+    it names another predecessor than the last commit (so that commit's
+    successor was acknowledged), or its INDEX lies after ``stop`` (a writer
+    makes the frames before an INDEX durable before it writes the INDEX, 6.4)."""
+    if c is None:
+        return False
+    return (c.prev, c.commits) != want or (c.index is not None and c.index > stop)
+
+
+def _commit_payload(src: Source, fh: FrameHeader) -> CommitInfo | None:
+    try:
+        return parse_commit_payload(src.pread(fh.payload_offset, fh.payload_len), fh.offset, fh.seq, fh.end, b"")
+    except CorruptError:
+        return None
+
+
+def _commit_mark(src: Source, off: int, loc: int, max_frame: int) -> CommitInfo | None:
+    """The COMMIT a tail locator at ``loc`` names, read without its chain link (8.2 c)."""
+    try:
+        fh = parse_frame_header(src.pread(off, C.FRAME_HEADER_SIZE), off, expect_seq=None, max_frame_len=max_frame)
+    except CorruptError:
+        return None
+    if fh.ftype != C.FT_COMMIT or fh.end != loc + C.TAIL_SIZE:
+        return None
+    return _commit_payload(src, fh)
 
 
 def scan(src: Source, header: FileHeader, size: int) -> tuple[CommitInfo | None, CorruptError | None, int]:
@@ -212,40 +271,111 @@ def scan(src: Source, header: FileHeader, size: int) -> tuple[CommitInfo | None,
 def load(src: Source, size: int, *, strict: bool = True) -> Snapshot:
     """Open the committed prefix of a file of ``size`` bytes (6.3, 8.1-8.2)."""
     header = parse_header(src.pread(0, C.HEADER_SIZE))
+    cand: CommitInfo | None = None
     off = tail_commit_offset(src, size)
     if off is not None:
         try:
-            commit: CommitInfo | None = read_commit_at(src, off, header)
+            cand = read_commit_at(src, off, header)
         except CorruptError:
-            commit = None
-        if commit is not None and commit.end == size:
-            return replay(src, header, commit, strict=strict)  # clean file: the common, fast case
-    commit = _last_commit_before(src, header, size)
-    if commit is None:
-        commit, err, stop = scan(src, header, size)
+            cand = None
+        if cand is not None and cand.end != size:
+            cand = None
+    if cand is None:
+        cand = _last_commit_before(src, header, size)
+    tear: Stop | None = None
+    if cand is None:
+        # No COMMIT checks by itself (an interrupted create): walk from the start.
+        commit, _, _ = scan(src, header, size)
+        snap = replay(src, header, commit, strict=strict)
+        if snap.end < size:
+            tear = walk(src, header, snap.end, size, snap.next_seq, snap.chain)
     else:
-        # Walk the tail after that commit to find where the valid frames stop.
-        rd = Reader(src, commit.end, size, commit.seq + 1, commit.chain, header.max_frame_len)
-        err = None
-        try:
-            for _ in rd.frames():
-                pass
-        except CorruptError as e:
-            err = e.with_traceback(None)  # no frame cycle keeping the snapshot alive
-        stop = rd.pos
-    if err is not None and damage_is_not_a_crash(src, stop, size, header.max_frame_len):
-        raise err  # 8.2: report, never truncate
-    snap = replay(src, header, commit, strict=strict)
-    end = commit.end if commit else C.HEADER_SIZE
-    if end < size:
-        snap.torn = (end, size - end)
+        snap, tear = settle(src, header, cand, strict=strict)
+        if tear is None and snap.end < size:
+            # Bytes after a settled commit (it was found by the backward search).
+            tear = walk(src, header, snap.end, size, snap.next_seq, snap.chain)
+    if snap.end < size:
+        last = (snap.commit.offset, snap.commit.commits) if snap.commit else None
+        if tear is not None and damage_is_not_a_crash(src, tear.offset, size, header.max_frame_len, last,
+                                                      check=tear.error.check, seq=tear.seq):
+            raise tear.error  # 8.2: report, never truncate
+        snap.torn = (snap.end, size - snap.end)
     return snap
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Where a walk of frames stopped: the error, its offset, the seq expected there."""
+
+    error: CorruptError
+    offset: int
+    seq: int
+
+
+def walk(src: Source, header: FileHeader, pos: int, end: int, seq: int, chain: bytes, *,
+         until: CommitInfo | None = None) -> Stop | None:
+    """Check frames from ``pos`` to ``end`` in sequence (3.1, 4.2); None if all do.
+
+    With ``until`` (the COMMIT ending at ``end``), any other COMMIT on the way
+    is damage: the writer's own bytes say ``until`` skipped a commit."""
+    rd = Reader(src, pos, end, seq, chain, header.max_frame_len)
+    other: FrameHeader | None = None
+    try:
+        for fh, _, _ in rd.frames():
+            if until is not None and fh.ftype == C.FT_COMMIT and fh.offset != until.offset:
+                other = fh
+                break
+    except CorruptError as e:
+        return Stop(e.with_traceback(None), rd.pos, rd.seq)  # no frame cycle keeping the snapshot alive
+    if other is not None:
+        raise CorruptError("a COMMIT lies between a commit and the one it names as prev", offset=other.offset,
+                           seq=other.seq, check="commit-prev")
+    return None
+
+
+def settle(src: Source, header: FileHeader, c: CommitInfo, *, strict: bool = True) -> tuple[Snapshot, Stop | None]:
+    """8.1: the snapshot at the last commit, given the newest COMMIT ``c`` that checks by itself.
+
+    ``c`` counts only if it *settles*: its replay (6.3 steps 4-6) checks every
+    frame from its INDEX on, which covers every frame since the previous COMMIT
+    (a writer makes the frames before an INDEX durable before writing it, 6.4).
+    If it does not settle, ``c`` was never durable: the snapshot is at the
+    previous commit, and the second value says where the valid frames after
+    it stop. Anything wrong before the previous commit's end, or in a commit
+    whose every frame checks, is damage: raised (8.2).
+    """
+    try:
+        return replay(src, header, c, strict=strict), None
+    except CorruptError as e:
+        failed = e.with_traceback(None)
+    prev = _prev_commit(src, header, c)
+    if prev is None:
+        stop = walk(src, header, C.HEADER_SIZE, c.end, 0, header.chain_seed, until=c)
+    else:
+        stop = walk(src, header, prev.end, c.end, prev.seq + 1, prev.chain, until=c)
+    if stop is None:
+        raise failed  # every byte since the previous commit is as written: a failed check is damage
+    return replay(src, header, prev, strict=strict), stop
+
+
+def _prev_commit(src: Source, header: FileHeader, c: CommitInfo) -> CommitInfo | None:
+    """The COMMIT ``c`` names as its predecessor. It was durable before ``c`` was
+    written, so it must check (8.2): a failure raises."""
+    if c.prev is None:
+        if c.commits != 1:
+            raise CorruptError("COMMIT names no predecessor but is not the first", offset=c.offset, seq=c.seq,
+                               check="commit-prev")
+        return None
+    p = read_commit_at(src, c.prev, header)
+    if p.commits != c.commits - 1 or p.end > c.offset:
+        raise CorruptError("commit back-pointer is inconsistent", offset=c.offset, seq=c.seq, check="commit-prev")
+    return p
 
 
 def _last_commit_before(src: Source, header: FileHeader, size: int) -> CommitInfo | None:
     """Search backwards for the newest self-consistent COMMIT frame (6.2).
 
-    A candidate is only a hint: :func:`replay` then walks real frame
+    A candidate is only a hint: :func:`settle` then walks real frame
     boundaries from a trusted start to it and checks its Merkle root, so a
     COMMIT-shaped byte string inside a payload can never be accepted.
     """

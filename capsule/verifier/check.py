@@ -270,6 +270,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     locs: list[tuple[int, int]] = []
     kinds: dict[str, int] = {}
     blobs_seen: set[BlobRef] = set()
+    blob_seqs: dict[int, int] = {}  # BLOB frame offset -> seq, to report a bad blob where it is
     tables: dict[int, tuple[int, bytes]] = {}
     last_index: tuple[int, bytes, Any] | None = None
     prev_commit: int | None = None
@@ -312,12 +313,20 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                             if kind in EVENT_KINDS:
                                 events.add(rid)
                                 if kind == "revert":
+                                    # 7.7: `after` is the root the last COMMIT before this one named
+                                    want = bytes.fromhex(rep.root) if rep.root is not None else Merkle().root()
+                                    if rec.after != want:
+                                        raise CorruptError(f"record {slot}: revert `after` is not the root of the "
+                                                           "last commit before it", offset=fh.offset, seq=fh.seq,
+                                                           check="revert-after")
                                     dead.update(rec.drop)
                                     dead.difference_update(rec.restore)
                         ids += rid
                         locs.append((fh.offset, slot))
                         kinds[kind] = kinds.get(kind, 0) + 1
                         records += 1
+                elif t == C.FT_BLOB:
+                    blob_seqs[fh.offset] = fh.seq
                 elif t == C.FT_TABLE:
                     tables[fh.payload_offset] = (fh.payload_len, hashlib.sha256(payload).digest())
                 elif t == C.FT_INDEX:
@@ -347,10 +356,19 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                             # 3.4, 16.2: the blob the INDEX names is whole, hashes right and,
                             # for the vector index, passes every bound a reader checks.
                             blobs_seen.add(ref)
-                            blob, _, check = read_blob(h, ref, header.max_frame_len, fh.offset)
-                            check()
-                            if ref.type == BLOB_TYPE:
-                                VectorIndex.decode(blob, where=ref.offset)
+                            try:
+                                blob, _, check = read_blob(h, ref, header.max_frame_len, fh.offset)
+                                check()
+                                if ref.type == BLOB_TYPE and len(VectorIndex.decode(blob, where=ref.offset)) > \
+                                        kinds.get("memory", 0):
+                                    raise CorruptError("vector index snapshot: more vectors than memories",
+                                                       offset=ref.offset, check="vindex")
+                            except CorruptError as e:
+                                # 13.3: at the BLOB frame that failed (its offset and seq), or at
+                                # this INDEX when its entry names no BLOB frame at all
+                                at = e.offset if e.offset in blob_seqs else fh.offset
+                                raise CorruptError(e.message, offset=at, seq=blob_seqs.get(at, fh.seq),
+                                                   check=e.check) from None
                     want_ck = (last_ck.offset, last_ck.hash) if last_ck else None
                     if meta.checkpoint != want_ck or meta.keyset != (keysets[-1].offset if keysets else None):
                         raise CorruptError("INDEX checkpoint or keyset pointer is wrong", offset=fh.offset,
@@ -417,7 +435,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     rep.checkpoints += 1
                 elif t == C.FT_RECOVERY:
                     rv = parse_recovery(payload, fh.offset, fh.seq)
-                    if rv["offset"] != fh.offset:
+                    # 8.3: it stands where the dropped bytes began, as the first frame of its commit
+                    if rv["offset"] != fh.offset or fh.offset != committed_end:
                         raise CorruptError("RECOVERY does not stand where the dropped bytes began",
                                            offset=fh.offset, seq=fh.seq, check="recovery")
                 elif t == C.FT_LINEAGE:
@@ -439,8 +458,14 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
         rep.first_error = _err(sem.error, sem.error.offset, cur_seq)
         return
     except CorruptError as e:
+        # 8.1-8.2: bad bytes after the last commit are a torn tail (even whole frames:
+        # a power loss persists a commit's sectors in any order), unless a header there
+        # passes its CRC yet fails a check, another file was joined on, or a later
+        # COMMIT shows them durable (it names another predecessor, or an INDEX after them).
         stop = rd.pos
-        if stop >= committed_end and not damage_is_not_a_crash(h, stop, size, header.max_frame_len):
+        last = (prev_commit, rep.commits) if prev_commit is not None else None
+        if stop >= committed_end and not damage_is_not_a_crash(h, stop, size, header.max_frame_len, last,
+                                                               check=e.check, seq=rd.seq):
             rep.torn_tail = size - committed_end
         else:
             rep.first_error = _err(e, stop, cur_seq)
