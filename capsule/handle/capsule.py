@@ -129,13 +129,25 @@ class Capsule:
     def path(self) -> Path:
         return self._store.path
 
+    @path.setter
+    def path(self, value: Path) -> None:  # a plain attribute before the facade: keep it settable
+        self._store.path = value
+
     @property
     def mode(self) -> Mode:
         return self._store.mode
 
+    @mode.setter
+    def mode(self, value: Mode) -> None:  # a plain attribute before the facade: keep it settable
+        self._store.mode = value
+
     @property
     def clock(self) -> Clock:
         return self._store.clock
+
+    @clock.setter
+    def clock(self, value: Clock) -> None:  # a plain attribute before the facade: keep it settable
+        self._store.clock = value
 
     @property
     def _h(self) -> ReadHandle:

@@ -131,7 +131,7 @@ class Transaction:
     def _vector_config(self, dim: int, want: VectorParams | None = None) -> None:
         """16.1: the first embedding fixes the index; later ones must match it."""
         with self._cap._view_lock:
-            params, rec = self._cap._search.params_for(dim, self._vconfig, want, self._cap.clock())
+            params, rec = self._cap._search.params_for(dim, self._vconfig, want, self._cap.clock)
         if rec is not None:
             self._items.setdefault(rec[0], rec)
         if params is not None:

@@ -65,7 +65,7 @@ class SearchPart:
         return have
 
     def params_for(self, dim: int, pending: VectorParams | None, want: VectorParams | None,
-                   time: int) -> tuple[VectorParams | None, Item | None]:
+                   clock: Callable[[], int]) -> tuple[VectorParams | None, Item | None]:
         """16.1: the first embedding fixes the index; later ones must match it.
 
         For a commit adding an embedding of ``dim``: the parameters this commit
@@ -82,7 +82,9 @@ class SearchPart:
             # 16.1: no vindex record needed; the defaults and this dimension govern.
             return VectorParams(dim=dim), None
         have = VectorParams(base.space, dim, base.M, base.ef_construction, base.seed, base.embedder)
-        cfg = _REGISTRY["vindex"].build(time=time, dim=dim, space=have.space, M=have.M,
+        # the clock is read only for the record that needs a time (7: every reading of an
+        # injected clock is part of the file's bytes)
+        cfg = _REGISTRY["vindex"].build(time=clock(), dim=dim, space=have.space, M=have.M,
                                       ef_construction=have.ef_construction, seed=have.seed, embedder=have.embedder)
         rid, data = encode_record(cfg)
         return have, (rid, "vindex", data)
