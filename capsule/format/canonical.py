@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from ..core.constants import MAX_ARRAY, MAX_BIN, MAX_DEPTH, MAX_MAP, MAX_STR
+from ..core.constants import MAX_ARRAY, MAX_BIN, MAX_DEPTH, MAX_MAP, MAX_RECORD_OBJECTS, MAX_STR
 from ..core.errors import NonCanonicalError
 
 _INT_MIN = -(1 << 63)
@@ -99,9 +99,75 @@ def pack(value: Value) -> bytes:
     return packer.pack(value)  # type: ignore[no-any-return]
 
 
-def encode(obj: object) -> bytes:
-    """Canonical bytes of ``obj`` (spec 5)."""
-    return pack(normalize(obj))
+def encode(obj: object, *, max_objects: int = MAX_RECORD_OBJECTS) -> bytes:
+    """Canonical bytes of ``obj`` (spec 5), refusing what :func:`decode` would refuse (spec 11)."""
+    raw = pack(normalize(obj))
+    if len(raw) > max_objects and count_objects(raw, max_objects) > max_objects:
+        raise NonCanonicalError(f"value holds more than {max_objects} msgpack objects (spec 11)")
+    return raw
+
+
+# --- counting objects (spec 11) ---------------------------------------------------
+#
+# Length limits bound bytes, not objects: the byte 0x80 decodes to a 64-byte
+# dict, and msgpack builds the whole tree before any hook or check runs. So the
+# objects are counted first, by walking the headers alone: a value's first byte
+# says how many bytes follow it (scalars, str, bin, ext) or how many values
+# (arrays, maps), and nothing is allocated. A value of N bytes holds at most N
+# objects, so callers walk only bytes longer than their cap.
+
+# For each first byte: bytes to step over (0: a length field follows, see _VAR)
+# and the values it opens (arrays and maps; a map entry is two values).
+_STEP = [0] * 256
+_OPENS = [0] * 256
+for _b in range(256):
+    if _b <= 0x7F or _b >= 0xE0 or _b in (0xC0, 0xC2, 0xC3):  # fixint, nil, bool
+        _STEP[_b] = 1
+    elif _b <= 0x8F:  # fixmap
+        _STEP[_b], _OPENS[_b] = 1, 2 * (_b & 0x0F)
+    elif _b <= 0x9F:  # fixarray
+        _STEP[_b], _OPENS[_b] = 1, _b & 0x0F
+    elif _b <= 0xBF:  # fixstr
+        _STEP[_b] = 1 + (_b & 0x1F)
+for _b, _n in ((0xCA, 5), (0xCB, 9), (0xCC, 2), (0xCD, 3), (0xCE, 5), (0xCF, 9), (0xD0, 2), (0xD1, 3),
+               (0xD2, 5), (0xD3, 9), (0xD4, 3), (0xD5, 4), (0xD6, 6), (0xD7, 10), (0xD8, 18)):
+    _STEP[_b] = _n  # float, (u)int, fixext
+# first byte -> (width of its length field, bytes after that field besides the
+# payload, what the length counts: 0 payload bytes, 1 array values, 2 map entries)
+_VAR = {0xC4: (1, 0, 0), 0xC5: (2, 0, 0), 0xC6: (4, 0, 0), 0xD9: (1, 0, 0), 0xDA: (2, 0, 0), 0xDB: (4, 0, 0),
+        0xC7: (1, 1, 0), 0xC8: (2, 1, 0), 0xC9: (4, 1, 0), 0xDC: (2, 0, 1), 0xDD: (4, 0, 1), 0xDE: (2, 0, 2),
+        0xDF: (4, 0, 2)}
+del _b, _n
+
+
+def count_objects(raw: bytes | memoryview, limit: int, pos: int = 0) -> int:
+    """Objects in the msgpack value at ``pos`` as spec 11 counts them (every
+    value once, map keys included), from its headers alone; the walk stops as
+    soon as the count passes ``limit``. Truncated or malformed bytes end it
+    early: :func:`decode` refuses those."""
+    step, opens, var = _STEP, _OPENS, _VAR
+    end = len(raw)
+    need = 1  # values still to read
+    n = 0
+    while need and pos < end and n <= limit:
+        b = raw[pos]
+        n += 1
+        need += opens[b] - 1
+        s = step[b]
+        if s:
+            pos += s
+            continue
+        v = var.get(b)
+        if v is None:  # 0xC1, never used
+            break
+        width, extra, what = v
+        length = int.from_bytes(raw[pos + 1 : pos + 1 + width], "big")
+        pos += 1 + width + extra
+        if what == 0:
+            pos += length
+        else:
+            need += what * length
+    return n
 
 
 def _check_scalar(v: object) -> None:
@@ -160,12 +226,16 @@ def depth(v: Value, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
-def decode(raw: bytes, *, max_bin: int = MAX_BIN) -> Value:
+def decode(raw: bytes, *, max_bin: int = MAX_BIN, max_objects: int | None = MAX_RECORD_OBJECTS) -> Value:
     """Decode canonical bytes, refusing anything outside the profile (spec 5.2).
 
-    Every length is bounded before anything is allocated (spec 11), and the
-    result must re-encode to exactly ``raw``.
+    Every length and the number of objects are bounded before anything is
+    allocated (spec 11), and the result must re-encode to exactly ``raw``.
+    ``max_objects=None`` is for callers that counted the objects themselves.
     """
+    # 11: "msgpack objects in one record or other canonical value"; N bytes hold at most N objects
+    if max_objects is not None and len(raw) > max_objects and count_objects(raw, max_objects) > max_objects:
+        raise NonCanonicalError(f"value holds more than {max_objects} msgpack objects (spec 11)")
     try:
         obj = msgpack.unpackb(
             raw,

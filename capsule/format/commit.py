@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -213,10 +214,60 @@ def encode_records_payload(items: list[bytes]) -> bytes:
     return array_header(len(items)) + b"".join(items)
 
 
+def check_objects(raw: bytes, bounds: list[int], offset: int, seq: int) -> None:
+    """11: refuse a RECORDS payload with a record over MAX_RECORD_OBJECTS or more
+    than MAX_FRAME_OBJECTS in all, counting headers before anything is built.
+
+    A record of N bytes holds at most N objects, so only records longer than the
+    record cap are walked, and the others only when their lengths could add up
+    past the payload cap; each walk stops at what is left of the budget.
+    """
+    def over(msg: str) -> CorruptError:
+        return CorruptError(f"{msg} (spec 11)", offset=offset, seq=seq, check="canonical")
+
+    n = len(bounds) - 1
+    counted = 1 + n  # the array, and at least one object per record
+    unwalked = 0  # objects the unwalked records may hold beyond their first
+    small = []
+    for i in range(n):
+        a, b = bounds[i], bounds[i + 1]
+        if b - a <= C.MAX_RECORD_OBJECTS:
+            small.append(a)
+            unwalked += b - a - 1
+            continue
+        k = canon.count_objects(raw, C.MAX_RECORD_OBJECTS, a)
+        if k > C.MAX_RECORD_OBJECTS:
+            raise over(f"record {i} holds more than {C.MAX_RECORD_OBJECTS} msgpack objects")
+        counted += k - 1
+        if counted > C.MAX_FRAME_OBJECTS:
+            break
+    else:
+        if counted + unwalked <= C.MAX_FRAME_OBJECTS:
+            return
+        for a in small:
+            counted += canon.count_objects(raw, C.MAX_FRAME_OBJECTS - counted + 1, a) - 1
+            if counted > C.MAX_FRAME_OBJECTS:
+                break
+        else:
+            return
+    raise over(f"RECORDS payload holds more than {C.MAX_FRAME_OBJECTS} msgpack objects")
+
+
+def may_hold_too_many(raw: bytes) -> bool:
+    """11: whether the records of this payload could pass an object cap at all:
+    they hold at most as many objects as bytes, and the payload cap is above the
+    record cap, so a writer's batch of at most 2^20 bytes of records needs no count."""
+    first = raw[0] if raw else 0
+    head = 3 if first == 0xDC else 5 if first == 0xDD else 1
+    return len(raw) - head > C.MAX_RECORD_OBJECTS
+
+
 def decode_records_payload(raw: bytes, offset: int, seq: int) -> list[tuple[object, bytes]]:
     """Split a RECORDS payload into (value, canonical bytes) pairs, checking the profile."""
+    if may_hold_too_many(raw):
+        check_objects(raw, record_bounds(raw, offset, seq), offset, seq)
     try:
-        values = canon.decode(raw)
+        values = canon.decode(raw, max_objects=None)  # counted just above
     except NonCanonicalError as e:
         raise CorruptError(str(e), offset=offset, seq=seq, check="canonical") from e
     if not isinstance(values, list) or not values or len(values) > C.MAX_RECORDS_PER_FRAME:
@@ -233,9 +284,12 @@ def decode_records_payload(raw: bytes, offset: int, seq: int) -> list[tuple[obje
 
 def record_bounds(raw: bytes, offset: int, seq: int) -> list[int]:
     """Start offsets of each record in a RECORDS payload, plus its end (7.0)."""
-    up = msgpack.Unpacker(raw=False, max_buffer_size=len(raw) or 1, max_str_len=C.MAX_STR, max_bin_len=C.MAX_BIN,
-                          max_array_len=C.MAX_ARRAY, max_map_len=C.MAX_MAP, max_ext_len=0)
-    up.feed(raw)
+    # Read through a file object, not feed(): the buffer then holds about one
+    # record at a time instead of a second copy of a payload of up to 256 MiB.
+    size = len(raw) or 1
+    up = msgpack.Unpacker(io.BytesIO(raw), read_size=min(size, 1 << 20), raw=False, max_buffer_size=size,
+                          max_str_len=C.MAX_STR, max_bin_len=C.MAX_BIN, max_array_len=C.MAX_ARRAY,
+                          max_map_len=C.MAX_MAP, max_ext_len=0)
     try:
         n = up.read_array_header()
         if not 0 < n <= C.MAX_RECORDS_PER_FRAME:
@@ -256,6 +310,8 @@ def record_kinds(raw: bytes, offset: int, seq: int) -> list[tuple[str, bytes]]:
     canonical check: enough to index ids (5.3). Every read of a record's content
     (get, records, verify) checks it fully, so replay stays cheap."""
     bounds = record_bounds(raw, offset, seq)
+    if may_hold_too_many(raw):  # 11: before unpackb builds them
+        check_objects(raw, bounds, offset, seq)
     out = []
     for i in range(len(bounds) - 1):
         data = raw[bounds[i] : bounds[i + 1]]

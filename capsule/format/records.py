@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ..core.constants import MAX_RECORD_BYTES, RECORD_ID_TAG
+from ..core.constants import MAX_RECORD_BYTES, MAX_RECORD_OBJECTS, RECORD_ID_TAG
 from ..core.errors import InvalidRecordError, NonCanonicalError
 from . import canonical as canon
 
@@ -125,9 +125,13 @@ def parse_tags(v: object) -> tuple[str, ...]:
         raise InvalidRecordError("tags must be a list of strings")
     out = set()
     for t in v:
-        if not isinstance(t, str) or not t or len(t) > MAX_TAG_LEN:
+        s = parse_text(t, "tag") if isinstance(t, str) else ""
+        # 7.1: the limit holds for the stored (NFC) form, which is what a reader checks;
+        # NFC can lengthen a string (U+0958 becomes two code points), so checking the
+        # input alone would let a writer store a tag its own reader refuses.
+        if not s or len(s) > MAX_TAG_LEN:
             raise InvalidRecordError(f"tag {t!r} must be a non-empty string of at most {MAX_TAG_LEN} chars")
-        out.add(parse_text(t, "tag"))
+        out.add(s)
     return tuple(sorted(out))
 
 
@@ -367,19 +371,25 @@ def memory_value(
     return v
 
 
-def encode_value(kind: str, value: dict[str, Any]) -> tuple[bytes, bytes]:
-    """(content id, canonical bytes) of an already-canonical record map."""
-    data = canon.pack(value)
+def _check_size(data: bytes) -> bytes:
+    """11: a writer never writes a record its readers refuse."""
     if len(data) > MAX_RECORD_BYTES:
         raise InvalidRecordError(f"record is {len(data)} bytes, over the {MAX_RECORD_BYTES} limit")
+    # N bytes hold at most N objects: only longer records are counted
+    if len(data) > MAX_RECORD_OBJECTS and canon.count_objects(data, MAX_RECORD_OBJECTS) > MAX_RECORD_OBJECTS:
+        raise InvalidRecordError(f"record holds more than {MAX_RECORD_OBJECTS} msgpack objects, over the limit")
+    return data
+
+
+def encode_value(kind: str, value: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(content id, canonical bytes) of an already-canonical record map."""
+    data = _check_size(canon.pack(value))
     return record_id(kind, data), data
 
 
 def encode_record(rec: Any) -> tuple[bytes, bytes]:
     """Return (content id, canonical bytes) of a record object."""
-    data = canon.pack(rec.to_value())
-    if len(data) > MAX_RECORD_BYTES:
-        raise InvalidRecordError(f"record is {len(data)} bytes, over the {MAX_RECORD_BYTES} limit")
+    data = _check_size(canon.pack(rec.to_value()))
     return record_id(rec.kind, data), data
 
 
