@@ -365,8 +365,10 @@ def memory_value(
         v["tier"] = tier
     v["time"] = parse_time(time)
     if ttl is not None:
-        if type(ttl) is not int or ttl <= 0:
-            raise InvalidRecordError("ttl must be a positive integer of nanoseconds")
+        # 7.1: like every time, an int64 of nanoseconds (a larger one overflowed msgpack and
+        # the int64 ttl column of the vector index: found by fuzzing)
+        if type(ttl) is not int or not 0 < ttl <= (1 << 63) - 1:
+            raise InvalidRecordError("ttl must be a positive integer of nanoseconds, at most 2^63 - 1")
         v["ttl"] = ttl
     return v
 
