@@ -209,7 +209,7 @@ def verify(
     min_seq: Annotated[int | None, typer.Option("--min-seq", min=0, help="Pin: the signed prefix (or, without "
                                                 "--trust, the last commit) must reach this frame seq.")] = None,
     expect_root: Annotated[str | None, typer.Option("--expect-root", help="Pin: a commit with this Merkle root "
-                                                    "(as `capsule open` printed it) must be in the file.")] = None,
+                                                    "(`root` in `capsule log --json`) must be in the file.")] = None,
     parent: Annotated[Path | None, typer.Option("--parent", help="For a fork: check its LINEAGE against this "
                                                 "parent capsule.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "

@@ -82,7 +82,11 @@ def parse_keys(v: object, name: str) -> tuple[bytes, ...]:
     """Ed25519 public keys, raw 32 bytes each (hex in JSON), sorted and unique."""
     if isinstance(v, str | bytes) or not isinstance(v, Sequence):
         raise InvalidRecordError(f"{name} must be a list of public keys")
+    from ..format.keys import PublicKey
+
     keys = {parse_bytes(32)(x, name) for x in v}
+    for k in keys:
+        PublicKey(k)  # 14.1: canonical, not small order, wherever a key appears (writer and reader alike)
     return tuple(sorted(keys))
 
 
