@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint bench clean vectors
+.PHONY: demo test soak lint bench clean vectors fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,24 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/checkpoints.py
 	$(BIN)/python benchmarks/actions.py
 	$(BIN)/python benchmarks/search.py
+
+# Coverage-guided fuzzing (atheris, from the dev extra; Linux only), FUZZ_SECONDS per target.
+# The writable corpus and any crash input go to build/fuzz/; a crash, a timeout or a
+# run out of memory fails the target, and the run fails if any target did.
+# Replay one input: $(BIN)/python tests/fuzz/fuzz_TARGET.py FILE
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?= frames canonical jsonl open_verify vindex
+FUZZ_FLAGS ?= -timeout=30 -rss_limit_mb=2048 -print_final_stats=1
+
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || { echo "make fuzz needs atheris: the dev extra, Linux only"; exit 1; }
+	@failed=""; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p build/fuzz/corpus/$$t build/fuzz/crashes/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  $(BIN)/python tests/fuzz/fuzz_$$t.py build/fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=build/fuzz/crashes/$$t/ $(FUZZ_FLAGS) || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failures in:$$failed (inputs in build/fuzz/crashes/)"; exit 1; fi
 
 vectors: $(STAMP)
 	$(BIN)/python spec/vectors/make_vectors.py

@@ -298,8 +298,11 @@ def record_bounds(raw: bytes, offset: int, seq: int) -> list[int]:
         for _ in range(n):
             up.skip()
             bounds.append(up.tell())
-    except (ValueError, msgpack.OutOfData, msgpack.StackError, msgpack.FormatError) as e:
-        raise CorruptError(f"malformed RECORDS payload: {e}", offset=offset, seq=seq, check="records") from None
+    except (ValueError, msgpack.UnpackException) as e:
+        # UnpackException covers OutOfData, StackError, FormatError and BufferFull (a payload
+        # shorter than its own array header: found by fuzzing)
+        raise CorruptError(f"malformed RECORDS payload: {e or type(e).__name__}", offset=offset, seq=seq,
+                           check="records") from None
     if bounds[-1] != len(raw):
         raise CorruptError("trailing bytes in a RECORDS payload", offset=offset, seq=seq, check="records")
     return bounds
