@@ -30,7 +30,7 @@ import numpy as np
 
 from ..core import constants as C
 from ..core.clock import iso
-from ..core.errors import CorruptError, DataError, NotFound, UsageError
+from ..core.errors import CorruptError, DataError, UsageError
 from ..format import canonical as canon
 from ..format.blob import read_blob
 from ..format.commit import decode_records_payload
@@ -136,7 +136,9 @@ class Hit:
             else:
                 rec = st.get(bytes.fromhex(self.id))
             if rec is None:
-                raise NotFound(f"no record {self.id}")
+                # the index named an id the capsule does not hold: a forged or stale snapshot
+                raise CorruptError(f"the search index names record {self.id}, which is not in the capsule",
+                                   check="vindex")
             self._rec = rec
         return self._rec
 
@@ -201,6 +203,7 @@ class Searcher:
         self.doubt: str | None = None  # why a snapshot blob was not used
         self.notice: str | None = None  # how the last search departed from what was asked (auto mode)
         self._dead: tuple[int, set[bytes]] | None = None
+        self._gone: tuple[tuple[int, int], np.ndarray] | None = None  # labels of dead ids, per snapshot
         self.pending_vectors = 0  # committed through this handle since the newest snapshot
         self._cfg_pos = C.HEADER_SIZE  # config(): scanned for a first embedding up to here
 
@@ -399,8 +402,10 @@ class Searcher:
                 j = d.pos.get(vi.ids[i])
                 return (getattr(d.recs[j], "meta", None) or {}) if j is not None else {}
 
-        gone = [x for x in (vi.label_of(r) for r in dead) if x is not None]
-        return self._mask(len(vi), np.array(gone, np.int64), vi.times, vi.ttls, vi.tiers, vi.tag_mask, None, flt,
+        key = (self.store.snap.end, len(vi))
+        if self._gone is None or self._gone[0] != key:
+            self._gone = (key, vi.labels_in(dead))
+        return self._mask(len(vi), self._gone[1], vi.times, vi.ttls, vi.tiers, vi.tag_mask, None, flt,
                           now, meta_of)
 
     # --- the searches --------------------------------------------------------------------

@@ -229,6 +229,14 @@ class VectorIndex:
         return self._tiers[: self._n]
 
     # --- lookup helpers ----------------------------------------------------------
+    def labels_in(self, rids: set[bytes]) -> np.ndarray:
+        """Every label whose id is in ``rids``: all of them, since a forged snapshot may
+        repeat an id under several labels (a dead record must never come back)."""
+        if not rids or not len(self):
+            return np.zeros(0, np.int64)
+        ids = np.frombuffer(self.ids.tobytes(), "S32")
+        return np.flatnonzero(np.isin(ids, np.array(sorted(rids), dtype="S32"))).astype(np.int64)
+
     def label_of(self, rid: bytes) -> int | None:
         if self._label_of is None:
             self._label_of = {r: i for i, r in enumerate(self.ids)}
