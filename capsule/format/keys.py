@@ -1,35 +1,13 @@
 """Ed25519 keys and key files (spec 14.1-14.2); signatures and trust are in ``signing``.
 
-Theory of operation
--------------------
 Keys are Ed25519 (as in minisign). A key is named by its *key id*, a short
-domain-separated hash of the raw public key (14.1). Nothing is ever signed
-bare: every signature covers the DSSE v1 pre-authentication encoding of a
-payload type and a body (14.3), so a checkpoint signature can never be replayed
-as a rotation signature or the other way round.
-
-Trust is shaped like TUF. A *keyset* names keys and a threshold (14.4); a body
-is trusted when a threshold of DISTINCT keys of the keyset signed it (14.5):
-signatures by keys outside the keyset, malformed signatures and a second
-signature by a key already counted add nothing. A keyset changes only by a
-*rotation* (14.6): the next version, signed by a threshold of the old keys AND
-a threshold of the new keys. A key the new keyset omits is revoked from then
-on, because every later body is checked against the newest keyset only.
-
-A file rewritten whole can carry any keyset its attacker likes, so a chain of
-keysets means something only when it starts at a trust anchor held outside the
-file (14.7): the anchor key itself, a keyset, or a keyset hash remembered from
-an earlier verification.
-
-Checkpoint bodies (14.8) bind the file id, the Merkle tree, the chain head, the
-previous checkpoint, the keyset and the state root; signatures cover the stored
-body bytes. Everything here is pure except the key-file load and save helpers.
+domain-separated hash of the raw public key (14.1); only canonical encodings of
+points outside the small subgroup are keys. Private key files are PKCS#8 PEM or
+scrypt-sealed (14.2), written 0600 and refused when others can read them.
 
 >>> k = PrivateKey.from_seed(bytes(32))
->>> ks = Keyset.of([k.public_key])
->>> sigs = sign_body("text/plain", b"hi", [k])
->>> count_valid("text/plain", b"hi", sigs, ks)
-1
+>>> PublicKey.from_text(k.public_key.to_text()) == k.public_key
+True
 """
 
 from __future__ import annotations
