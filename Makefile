@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint bench clean vectors fuzz
+.PHONY: demo test soak lint bench bench-scale clean vectors fuzz
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/checkpoints.py
 	$(BIN)/python benchmarks/actions.py
 	$(BIN)/python benchmarks/search.py
+
+# The scale table; 1M only when asked: make bench-scale SCALE_SIZES=10k,100k,1M
+SCALE_SIZES ?= 10k,100k
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --sizes $(SCALE_SIZES)
 
 # Coverage-guided fuzzing (atheris, from the dev extra; Linux only), FUZZ_SECONDS per target.
 # The writable corpus and any crash input go to build/fuzz/; a crash, a timeout or a
