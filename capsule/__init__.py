@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import logging as _logging
+from typing import TYPE_CHECKING, Any
 
+from .core import constants as _C
 from .core.errors import (
     AlreadyExists,
     CapsuleError,
@@ -29,40 +31,91 @@ from .core.errors import (
     UsageError,
     WriterPoisoned,
 )
-from .format.keys import (
-    PrivateKey,
-    PublicKey,
-    generate_key,
-    load_private_key,
-    load_public_key,
-    save_private_key,
-)
-from .format.records import GenericRecord, Memory, kinds, register_kind
-from .format.signing import Keyset
-from .format.store import CommitRow
-from .handle.capsule import Capsule, Summary
-from .handle.entry import create, fork, open
-from .handle.transaction import Transaction
-from .ingest.pack import PackReport, pack
-from .run.actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
-from .run.loop import AgentLoop, LoopResult, Step
-from .search.embed import (
-    Embedder,
-    HashEmbedder,
-    SentenceTransformerEmbedder,
-    embedders,
-    get_embedder,
-    register_embedder,
-)
-from .search.engine import Filter, Hit
-from .search.vindex import VectorParams
-from .state.kinds import Approval, Constraint, Decision, Identity, Note
-from .verifier.check import VerifyReport, verify
+
+if TYPE_CHECKING:
+    from .format.checkpoint import CheckpointFrame, KeysetFrame
+    from .format.keys import (
+        PrivateKey,
+        PublicKey,
+        generate_key,
+        load_private_key,
+        load_public_key,
+        save_private_key,
+    )
+    from .format.records import GenericRecord, Memory, kinds, register_kind
+    from .format.signing import Keyset
+    from .format.store import CommitRow
+    from .handle.capsule import Capsule, Summary
+    from .handle.entry import create, fork, open
+    from .handle.transaction import Transaction
+    from .ingest.pack import PackReport, pack
+    from .run.actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
+    from .run.loop import AgentLoop, LoopResult, Step
+    from .run.scheduler import TaskState
+    from .search.embed import (
+        Embedder,
+        HashEmbedder,
+        SentenceTransformerEmbedder,
+        embedders,
+        get_embedder,
+        register_embedder,
+    )
+    from .search.engine import Filter, Hit
+    from .search.vindex import VectorParams
+    from .state.fold import State
+    from .state.kinds import Approval, Constraint, Decision, Identity, Note
+    from .verifier.check import VerifyReport, verify
+
+#: Where each public name lives. The API is imported on first use (PEP 562), so
+#: ``import capsule`` (and ``capsule --version``) loads no numpy, hnswlib,
+#: cryptography or rich; ``capsule.open`` loads the reader and what it needs.
+_HOME = {
+    "PrivateKey": "format.keys", "PublicKey": "format.keys", "generate_key": "format.keys",
+    "load_private_key": "format.keys", "load_public_key": "format.keys", "save_private_key": "format.keys",
+    "GenericRecord": "format.records", "Memory": "format.records", "kinds": "format.records",
+    "register_kind": "format.records",
+    "Keyset": "format.signing",
+    "CheckpointFrame": "format.checkpoint", "KeysetFrame": "format.checkpoint",
+    "CommitRow": "format.store",
+    "Capsule": "handle.capsule", "Summary": "handle.capsule",
+    "create": "handle.entry", "fork": "handle.entry", "open": "handle.entry",
+    "Transaction": "handle.transaction",
+    "PackReport": "ingest.pack", "pack": "ingest.pack",
+    "NOT_DONE": "run.actions", "Action": "run.actions", "ActionFailed": "run.actions",
+    "ActionState": "run.actions", "InDoubt": "run.actions",
+    "AgentLoop": "run.loop", "LoopResult": "run.loop", "Step": "run.loop",
+    "TaskState": "run.scheduler",
+    "State": "state.fold",
+    "Embedder": "search.embed", "HashEmbedder": "search.embed",
+    "SentenceTransformerEmbedder": "search.embed", "embedders": "search.embed",
+    "get_embedder": "search.embed", "register_embedder": "search.embed",
+    "Filter": "search.engine", "Hit": "search.engine",
+    "VectorParams": "search.vindex",
+    "Approval": "state.kinds", "Constraint": "state.kinds", "Decision": "state.kinds",
+    "Identity": "state.kinds", "Note": "state.kinds",
+    "VerifyReport": "verifier.check", "verify": "verifier.check",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'capsule' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # the next read is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 _logging.getLogger("capsule").addHandler(_logging.NullHandler())  # the application decides what to show
 
 __version__ = "0.1.0"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = f"{_C.FORMAT_MAJOR}.{_C.FORMAT_MINOR}"
 
 __all__ = [
     "Embedder",
@@ -79,6 +132,10 @@ __all__ = [
     "AgentLoop",
     "LoopResult",
     "Step",
+    "TaskState",
+    "State",
+    "CheckpointFrame",
+    "KeysetFrame",
     "NOT_DONE",
     "Action",
     "ActionFailed",

@@ -13,11 +13,13 @@ Typer swallows that into a silent exit 130.)
 
 Commands check their own option combinations with :func:`fail`, run the library
 call inside :func:`call`, and ``main`` runs the whole app inside :func:`run_app`
-(which also catches failures to write the output itself).
+(which also catches failures to write the output itself, and prints typer's own
+usage errors, a missing argument or ``-k 0``, in the same one-line form).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from ._render import err
 T = TypeVar("T")
 
 EXIT_DATA = 1  # the capsule or the input data is bad (the caller is not to blame)
+EXIT_INTERNAL = 70  # a bug in capsule itself (sysexits EX_SOFTWARE): one line, never a traceback
 EXIT_USAGE = 2  # the command was used wrongly
 EXIT_INTERRUPTED = 128  # + the signal number: 130 for SIGINT, 143 for SIGTERM
 
@@ -74,6 +77,10 @@ def call(fn: Callable[[], T]) -> T:
         fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_USAGE)
 
 
+#: typer's usage errors (click's ClickException, which newer typer vendors privately)
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def run_app(app: typer.Typer) -> None:
     """Run the app; a signal, exhausted memory and an unwritable stdout end it with
     one line, not a traceback."""
@@ -81,8 +88,22 @@ def run_app(app: typer.Typer) -> None:
         if signal.getsignal(s) is not signal.SIG_IGN:  # nohup and `cmd &` ignore them on purpose
             signal.signal(s, _on_signal)
     try:
-        app(standalone_mode=True)
+        # Not standalone: typer would print its own errors in a boxed panel; ours are one line.
+        code = app(standalone_mode=False)
         sys.stdout.flush()
+        if isinstance(code, int) and code:  # a typer.Exit(code) from a command or --help
+            sys.exit(code)
+    except _CLICK_ERROR as e:  # a missing argument, an unknown option, a value out of range
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `capsule`: the help, as typer shows it
+            app(["--help"], standalone_mode=False)
+            sys.exit(EXIT_USAGE)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err.print(f"capsule: error: {' '.join(e.format_message().split())}{hint}", markup=False)
+        sys.exit(getattr(e, "exit_code", EXIT_USAGE))
+    except typer.Abort:
+        err.print("capsule: error: aborted")
+        sys.exit(EXIT_DATA)
     except Interrupted as e:
         err.print("capsule: interrupted")
         sys.exit(EXIT_INTERRUPTED + e.signum)
@@ -99,3 +120,10 @@ def run_app(app: typer.Typer) -> None:
     except OSError as e:  # e.g. stdout is /dev/full or a closed pipe
         sys.stderr.write(f"capsule: error: cannot write output: {e.strerror or e}\n")
         sys.exit(EXIT_DATA)
+    except Exception as e:  # a bug of ours: still one line (the traceback on request)
+        if os.environ.get("CAPSULE_DEBUG"):
+            raise
+        msg = " ".join(str(e).split())[:300]
+        sys.stderr.write(f"capsule: internal error: {type(e).__name__}: {msg} "
+                         "(a bug in capsule: rerun with CAPSULE_DEBUG=1 for the traceback and report it)\n")
+        sys.exit(EXIT_INTERNAL)

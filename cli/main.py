@@ -3,12 +3,15 @@
 Code map (each module is one command group; none holds format logic):
 
 - ``store``:  init, put, open, log
+- ``records``: get, list (alias records)
+- ``keys``:   rotate-keys
 - ``state``:  state, keygen, checkpoint, checkpoints, rollback, fork, verify
 - ``run``:    tasks, actions
 - ``search``: search, pack
 - ``_errors``: the one place errors become exit codes and one-line messages
 - ``_render``: consoles, literal table cells, ``--json`` output
 - ``_params``: arguments and options shared by several groups
+- ``_coerce``: typer coerces plain option values without pydantic (start-up)
 
 This module builds the app, registers the commands in the order ``--help``
 lists them, and is the console-script entry point (``main``).
@@ -16,15 +19,23 @@ lists them, and is the console-script entry point (``main``).
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
 import capsule
 
-from . import run, search, state, store
+from . import (
+    _coerce,  # noqa: F401  (typer coerces plain values without pydantic: start-up)
+    keys,
+    records,
+    run,
+    search,
+    state,
+    store,
+)
 from ._errors import run_app
-from ._render import out
 
 app = typer.Typer(
     name="capsule",
@@ -38,10 +49,13 @@ app = typer.Typer(
 COMMANDS = (
     ("init", store.init),
     ("put", store.put),
+    ("get", records.get),
+    ("list", records.list_),
     ("open", store.open_),
     ("log", store.log),
     ("state", state.state),
     ("keygen", state.keygen),
+    ("rotate-keys", keys.rotate_keys),
     ("checkpoint", state.checkpoint),
     ("checkpoints", state.checkpoints),
     ("rollback", state.rollback),
@@ -54,6 +68,7 @@ COMMANDS = (
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn)
+app.command("records", hidden=True)(records.list_)  # the same command by the name the issue asked for
 
 
 @app.callback(invoke_without_command=True)
@@ -62,7 +77,8 @@ def _root(
 ) -> None:
     """Portable, crash-safe memory capsules for long-running agents."""
     if version:
-        out.print(f"capsule {capsule.__version__} (format {capsule.FORMAT_VERSION})")
+        # Plain stdout, not the rich console: `--version` must stay instant (no rich import).
+        sys.stdout.write(f"capsule {capsule.__version__} (format {capsule.FORMAT_VERSION})\n")
         raise typer.Exit(0)
 
 
