@@ -14,13 +14,17 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import numpy as np
-
-from ..core.constants import MAX_RECORD_BYTES, MAX_RECORD_OBJECTS, RECORD_ID_TAG
+from ..core.constants import MAX_MAP, MAX_RECORD_BYTES, MAX_RECORD_OBJECTS, RECORD_ID_TAG
 from ..core.errors import InvalidRecordError, NonCanonicalError
+from ..core.lazy import lazy
 from . import canonical as canon
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
 
 TIERS = ("scratch", "working", "validated")
 MAX_TAG_LEN = 256
@@ -380,6 +384,14 @@ def _check_size(data: bytes) -> bytes:
     # N bytes hold at most N objects: only longer records are counted
     if len(data) > MAX_RECORD_OBJECTS and canon.count_objects(data, MAX_RECORD_OBJECTS) > MAX_RECORD_OBJECTS:
         raise InvalidRecordError(f"record holds more than {MAX_RECORD_OBJECTS} msgpack objects, over the limit")
+    # A map over MAX_MAP entries needs 2 bytes an entry, an array over MAX_ARRAY 1: only a
+    # record this long can break those limits, and the reader's own decode is the check
+    # (a meta of 100,001 keys was written, and then no open could read the file).
+    if len(data) > 2 * MAX_MAP:
+        try:
+            canon.decode(data)
+        except NonCanonicalError as e:
+            raise InvalidRecordError(f"record over a reader's limit: {e}") from None
     return data
 
 

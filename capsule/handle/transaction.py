@@ -1,9 +1,12 @@
 """A group commit: records gathered in a ``with cap.commit() as tx`` block (spec 6.4).
 
-Records are encoded and content-addressed as they are added; on a clean exit
-the ones not already in the file are written in one commit with one fsync
-(a checkpoint asked for in the block joins the same commit). An exception in
-the block discards the batch: nothing is written.
+Records are encoded and content-addressed as they are added, and kept compactly
+in a :class:`~capsule.format.batch.RecordBatch` (no Python object per record, so
+a commit of a million records costs tens of MB, not a GB); on a clean exit the
+first of each id not already in the file is written in one commit with one
+fsync (a checkpoint asked for in the block joins the same commit). An exception
+in the block discards the batch: nothing is written. :meth:`Transaction.put_many`
+is the bulk path that ``put --jsonl`` and ``pack`` share (``format.bulk``).
 
 Entering the block takes the handle's writer lock and leaving it releases it,
 so a commit from another thread waits for this one (see ``handle.locking``).
@@ -12,33 +15,55 @@ so a commit from another thread waits for this one (see ``handle.locking``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from ..core.errors import InvalidRecordError, UsageError
+from ..core.lazy import lazy
+from ..format.batch import IdList, RecordBatch
 from ..format.checkpoint import CheckpointFrame
 from ..format.commit import CommitInfo
 from ..format.file import WriteHandle
-from ..format.records import _REGISTRY, encode_record, encode_value, memory_value, record_from_input
-from ..format.writer import Item
+from ..format.records import _REGISTRY, encode_record, encode_value, memory_value, record_id
 from ..search.vindex import VectorParams
 from ..state.kinds import approval_message, parse_id
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
 
 if TYPE_CHECKING:
     from .capsule import Capsule
 
 
 class Transaction:
-    """A group of records that commit together (one COMMIT, one fsync)."""
+    """A group of records that commit together (one COMMIT, one fsync): ``with cap.commit() as tx``.
+
+    Each ``tx`` method returns the new record's id (hex) at once; the records are written
+    when the block exits without an exception, and an exception discards them all.
+
+    >>> with cap.commit() as tx:
+    ...     rid = tx.remember("the staging database is db-stg-2", tags=["ops"])
+    ...     len(tx), rid in cap  # gathered, not written yet
+    (1, False)
+    >>> rid in cap, len(tx.new_ids)
+    (True, 1)
+    >>> try:
+    ...     with cap.commit() as tx:
+    ...         _ = tx.remember("half a step")
+    ...         raise RuntimeError("the step failed")
+    ... except RuntimeError:
+    ...     len(cap)  # nothing of the failed block was written
+    1
+    """
 
     def __init__(self, cap: Capsule) -> None:
         self._cap = cap
-        self._items: dict[bytes, Item] = {}
+        self._batch = RecordBatch()  # in the order added, duplicates and all (dropped at exit)
         self.info: CommitInfo | None = None
-        self.new_ids: list[str] = []  # after exit: ids actually written (not already committed)
+        self.new_ids = IdList()  # after exit: ids actually written (not already committed)
         self._checkpoint: tuple[str, Any, bytes | None] | None = None
         self.checkpoint_frame: CheckpointFrame | None = None
         self._vconfig: VectorParams | None = None  # a vindex record this commit adds
@@ -69,61 +94,61 @@ class Transaction:
                 return  # nothing was written: the batch is discarded
             self.info = self._flush()
             if self.info is not None:
-                with cap._view_lock:
-                    err = cap._search.committed(self._vectors, self._vconfig)
+                with cap._view_lock:  # a handle that never searched and adds no vector: nothing to do
+                    busy = self._vectors or self._vconfig is not None or cap._search_part is not None
+                    err = cap._search.committed(self._vectors, self._vconfig) if busy else None
                 if err is not None:
                     cap.close_error = err
         finally:
             cap._lock.release()
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Distinct records gathered so far."""
+        return int(self._batch.first_occurrences().sum())
 
     def _flush(self) -> CommitInfo | None:
         cap = self._cap
         snap = cap._snap
         if isinstance(cap._h, WriteHandle):
             cap._h._check()
-        items = list(self._items.values())
-        if items:
-            # Content addressing: a record already committed is not written again.
-            ids = [it[0] for it in items]
-            dup = np.zeros(len(ids), dtype=bool)
-            if snap.segments and len(ids) <= 16:
-                # a few scalar lookups beat the vectorised path's setup cost
-                for j, rid in enumerate(ids):
-                    dup[j] = any(seg.find(rid) is not None for seg in snap.segments)
-            elif snap.segments:
-                prefixes = np.frombuffer(b"".join(r[:8] for r in ids), dtype=">u8").astype(np.uint64)
-                for seg in snap.segments:
-                    seg.verify()
-                    dup |= seg.contains_many(prefixes, ids)
-            mem = snap.mem
-            dup |= np.array([it[0] in mem for it in items], dtype=bool)
+        items = self._batch
+        if len(items):
+            # Content addressing: the first of each id counts, and a record already
+            # committed is not written again (7.0).
+            items = items.select(items.first_occurrences())
+            dup = cap._store.present(items.id_seq(), snap)
+            again: list[bytes] = []
             if dup.any() and "revert" in snap.kinds:
                 # A record a rollback dropped is live again only through a restore event.
                 dead = cap._dead_ids()
-                again = sorted(it[0] for it, d in zip(items, dup, strict=True) if d and it[0] in dead)
-                if again:
-                    rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)
-                    rid, data = encode_record(rev)
-                    items.append((rid, "revert", data))
-                    dup = np.append(dup, False)
-            items = [it for it, d in zip(items, dup, strict=True) if not d]
+                again = sorted(rid for j in np.flatnonzero(dup).tolist() if (rid := items.rid(j)) in dead)
+            items = items.select(~dup)
+            if again:
+                rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)
+                rid, data = encode_record(rev)
+                items = items.select(np.ones(len(items), dtype=bool), copy=True)
+                items.add(rid, "revert", data)
         if self._checkpoint is not None:
             label, key, runtime = self._checkpoint
             self.checkpoint_frame = cap._commit_checkpoint(items, label, key, runtime)
-            self.new_ids = [it[0].hex() for it in items]
+            self.new_ids = IdList(items.ids, copy=False)  # the batch is done: share its ids
             return cap._snap.commit
-        if not items:
+        if not len(items):
             return None
         info = cap._write_commit(items)
-        self.new_ids = [it[0].hex() for it in items]
+        self.new_ids = IdList(items.ids, copy=False)
         return info
 
     def checkpoint(self, label: str, *, key: Any, runtime_state: bytes | None = None) -> None:
         """Sign a checkpoint of the state *including this commit's records*, written
-        in the same commit (one fsync for the whole agent step)."""
+        in the same commit (one fsync for the whole agent step).
+
+        >>> with cap.commit() as tx:
+        ...     _ = tx.note("step 1 done")
+        ...     tx.checkpoint("step-1", key=key)
+        >>> tx.checkpoint_frame.label, tx.checkpoint_frame.state_root == cap.state_root, cap.commit_count
+        ('step-1', True, 2)
+        """
         if self._checkpoint is not None:
             raise UsageError("one checkpoint per commit")
         self._checkpoint = (label, key, runtime_state)
@@ -133,18 +158,23 @@ class Transaction:
         with self._cap._view_lock:
             params, rec = self._cap._search.params_for(dim, self._vconfig, want, self._cap.clock)
         if rec is not None:
-            self._items.setdefault(rec[0], rec)
+            self._batch.add(*rec)
         if params is not None:
             self._vconfig = params
 
     def put(self, record: Any) -> str:
-        """Add a record object (e.g. :class:`Memory`); returns its content id (hex)."""
+        """Add a record object (e.g. :class:`Memory`); returns its content id (hex).
+
+        >>> with cap.commit() as tx: rid = tx.put(capsule.Memory(text="a fact", time=0))
+        >>> cap.get(rid) == capsule.Memory(text="a fact", time=0)
+        True
+        """
         emb = getattr(record, "embedding", None) if getattr(record, "kind", None) == "memory" else None
         if emb is not None:
             self._vector_config(len(emb))
             self._vectors += 1
         rid, data = encode_record(record)
-        self._items.setdefault(rid, (rid, record.kind, data))
+        self._batch.add(rid, record.kind, data)
         return rid.hex()
 
     def remember(
@@ -163,6 +193,12 @@ class Transaction:
 
         ``time`` (int ns) defaults to the capsule's clock; ``embedding`` is any
         1-D sequence of floats and is stored as little-endian float32.
+
+        >>> with cap.commit() as tx:
+        ...     rid = tx.remember("p95 budget is 300 ms", tags=["slo"], meta={"ms": 300}, embedding=[0.5, 0.25])
+        >>> m = cap.get(rid)
+        >>> m.text, m.tags, m.meta, m.tier, m.embedding.tolist()
+        ('p95 budget is 300 ms', ('slo',), {'ms': 300}, 'working', [0.5, 0.25])
         """
         value = memory_value(text, time=self._cap.clock() if time is None else time, tags=tags, meta=meta,
                              embedding=embedding, tier=tier, ttl=ttl, source=source)
@@ -170,7 +206,7 @@ class Transaction:
             self._vector_config(value["embedding"]["shape"][0])
             self._vectors += 1
         rid, data = encode_value("memory", value)
-        self._items.setdefault(rid, (rid, "memory", data))
+        self._batch.add(rid, "memory", data)
         return rid.hex()
 
     def _put_kind(self, kind: str, **kw: Any) -> str:
@@ -178,9 +214,39 @@ class Transaction:
         rec = _REGISTRY[kind].build(time=self._cap.clock() if time is None else time, **kw)
         return self.put(rec)
 
+    def _resolve(self, v: Any, name: str) -> Any:
+        """A record id given as a unique hex prefix (>= 4 digits) becomes the whole id, found
+        by a table lookup among the committed records and this block's own; anything else
+        is left for the kind's validator."""
+        if isinstance(v, str) and 4 <= len(v) < 64 and not v.lower().strip("0123456789abcdef"):
+            try:
+                return self._cap._store.resolve_prefix(v, self._batch.id_seq())
+            except UsageError as e:
+                raise type(e)(f"{name}: {e}") from None
+        return v
+
+    def _resolve_ids(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The id fields of an input record (decision evidence, approval subject), resolved."""
+        kind = obj.get("kind")
+        if kind == "decision" and isinstance(obj.get("evidence"), list):
+            return {**obj, "evidence": [self._resolve(x, "evidence") for x in obj["evidence"]]}
+        if kind == "approval" and "subject" in obj:
+            return {**obj, "subject": self._resolve(obj["subject"], "subject")}
+        return obj
+
     def decide(self, summary: str, *, rationale: str = "", evidence: Any = (), inputs: Mapping[str, Any] | None = None,
                alternatives: Any = (), time: int | None = None) -> str:
-        """Record an immutable decision and the evidence (record ids) behind it."""
+        """Record an immutable decision and the evidence (record ids, or unique prefixes of
+        >= 4 hex digits) behind it.
+
+        >>> with cap.commit() as tx:
+        ...     fact = tx.remember("deploys are frozen on Fridays")
+        ...     d = tx.decide("ship on Thursday", rationale="the Friday freeze", evidence=[fact[:8]])
+        >>> cap.get(d).to_dict()["evidence"] == [fact]
+        True
+        """
+        if isinstance(evidence, list | tuple):
+            evidence = [self._resolve(x, "evidence") for x in evidence]
         return self._put_kind("decision", summary=summary, rationale=rationale, evidence=evidence, inputs=inputs,
                               alternatives=alternatives, time=time)
 
@@ -189,8 +255,8 @@ class Transaction:
         return self._put_kind("constraint", text=text, scope=scope, status=status, time=time)
 
     def approve(self, subject: str | bytes, key: Any, *, time: int | None = None) -> str:
-        """Sign approval of the record ``subject`` with a :class:`capsule.PrivateKey`."""
-        sid = parse_id(subject, "subject")
+        """Sign approval of the record ``subject`` (an id or a unique prefix) with a :class:`capsule.PrivateKey`."""
+        sid = parse_id(self._resolve(subject, "subject"), "subject")
         sig = key.sign(approval_message(sid))
         return self._put_kind("approval", subject=sid, approver=key.key_id, signature=sig, time=time)
 
@@ -202,18 +268,75 @@ class Transaction:
                               time=time)
 
     def note(self, text: str, *, time: int | None = None) -> str:
-        """A free-text note (task progress and the like)."""
+        """A free-text note (task progress and the like).
+
+        >>> with cap.commit() as tx: n = tx.note("step 3 of 5 done")
+        >>> cap.get(n).kind, cap.get(n).text
+        ('note', 'step 3 of 5 done')
+        """
         return self._put_kind("note", text=text, time=time)
 
     def put_value(self, obj: Mapping[str, Any]) -> str:
         """Add a record given as a JSON-like map (a JSONL line); ``kind`` defaults to memory."""
         if not isinstance(obj, Mapping):
             raise InvalidRecordError("a record must be a JSON object")
+        from ..format.bulk import encode_input  # msgspec loads on first use, not at start-up
+
+        return self._add(obj, encode_input).hex()
+
+    def _add(self, obj: object, encode_input: Callable[..., tuple[str, bytes, int]]) -> bytes:
+        """Encode one input record (``format.bulk``), settle its vector index, keep it."""
+        kind, data, dim = encode_input(obj, self._cap.clock(), self._resolve_ids)
+        if dim:
+            self._vector_config(dim)
+            self._vectors += 1
+        rid = record_id(kind, data)
+        self._batch.add(rid, kind, data)
+        return rid
+
+    def put_many(self, records: Iterable[Any], *, names: Callable[[int], str] | None = None) -> IdList:
+        """Add many records; returns their ids (hex), in order. The bulk path: ``capsule put
+        --jsonl`` and :func:`capsule.pack` go through it.
+
+        A record is a map (as :meth:`put_value` takes it), one JSON object as ``str`` or
+        ``bytes`` (a JSONL line), or a record object (as :meth:`put` takes it). Memories
+        of the plain shape (text, tags, flat ``meta``, time, tier, ttl, source,
+        embedding) are decoded, checked and encoded in C by msgspec; any other record
+        takes the reference path. Both give the same bytes (spec 5) and the same errors.
+        The records are kept compactly until the commit (about 45 bytes each beside
+        their encoded bytes), so memory follows the commit's size, not a Python object
+        per record. An invalid record raises :class:`InvalidRecordError` naming it
+        ("record 3: ...", or ``names(i)`` for the i-th from 0), and then none of this
+        call's records stays in the transaction.
+
+        >>> import capsule, os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "bulk.capsule")
+        >>> with capsule.create(p) as cap:
+        ...     with cap.commit() as tx:
+        ...         ids = tx.put_many([{"text": "deploys freeze on Fridays", "tags": ["ops"]},
+        ...                            b'{"text": "the user prefers metric units", "time": 0}'])
+        ...     print(len(ids), len(cap), cap.get(ids[1]).text)
+        2 2 the user prefers metric units
+        """
+        from ..format.bulk import encode_many  # msgspec loads on first use, not at start-up
+
+        batch = self._batch
+        start, vconfig, vectors = len(batch), self._vconfig, self._vectors
+
+        def on_vector(dim: int) -> None:
+            self._vector_config(dim)
+            self._vectors += 1
+
         try:
-            rec = record_from_input(obj, time=self._cap.clock())
-        except TypeError as e:
-            raise InvalidRecordError(f"missing or bad field: {e}") from e
-        return self.put(rec)
+            encode_many(batch, records, self._cap.clock, prepare=self._resolve_ids, on_vector=on_vector,
+                        names=names)
+        except BaseException:
+            # all or nothing: the records of this call leave the batch (a vindex record too)
+            batch.truncate(start)
+            self._vconfig, self._vectors = vconfig, vectors
+            raise
+        with memoryview(batch.ids) as view:  # one copy of the ids, not a slice and then a copy
+            return IdList(view[32 * start :])
 
 
 __all__ = ["Transaction"]

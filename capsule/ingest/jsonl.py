@@ -2,17 +2,23 @@
 bad lines named by number, nesting bombs refused, and no line longer than one
 record may be (spec 11), so an endless stream without newlines is an error after
 16 MiB, not a process that grows until it dies. Shared by ``capsule put --jsonl``
-and :func:`capsule.pack`."""
+and :func:`capsule.pack`.
+
+:class:`JsonLines` hands on each line's raw bytes, for ``Transaction.put_many``
+to decode in C (``format.bulk``); :func:`read_jsonl` decodes them to values."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ..core import constants as C
 from ..core.errors import InvalidRecordError
 from .source import size_text
+
+_BOM = b"\xef\xbb\xbf"
+# What str.strip() strips from an ASCII line (bytes.strip() leaves \x1c-\x1f)
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
 
 
 class LineSource(Protocol):
@@ -21,36 +27,66 @@ class LineSource(Protocol):
 
 def loads(text: str, where: str = "") -> Any:
     """One JSON value; ``where`` prefixes the error ("line 3: ")."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidRecordError(f"{where}invalid JSON: {e.msg}") from None
-    except RecursionError:
-        raise InvalidRecordError(f"{where}JSON nested too deeply") from None
+    from ..format.bulk import loads as reference  # msgspec loads on first use, not at start-up
+
+    return reference(text, where)
+
+
+class JsonLines:
+    """The non-blank lines of a binary JSONL stream, as raw bytes, one at a time.
+
+    A line is read with at most ``limit`` + 1 bytes in hand (11: one JSONL line holds
+    one record); a BOM is dropped from line 1; a line that is not UTF-8 is refused
+    here, by number. ``line`` is the number of the line last handed out, and
+    :meth:`name` names it for errors ("notes.jsonl line 7"), so a consumer that takes
+    one line at a time can say where a bad record was. ``seen``, if given, is fed
+    every raw line (a hash, to tell that a file read twice did not change in between).
+    """
+
+    def __init__(self, stream: LineSource, where: str = "", *, limit: int = C.MAX_JSONL_LINE,
+                 seen: Any = None) -> None:
+        self.stream, self.where, self.limit, self.seen = stream, where, limit, seen
+        self.line = 0
+
+    def name(self, _index: int = 0) -> str:
+        return f"{self.where}line {self.line}"
+
+    def __iter__(self) -> Iterator[bytes]:
+        readline, limit, seen = self.stream.readline, self.limit, self.seen
+        n = self.line
+        while True:
+            raw = readline(limit + 1)
+            if not raw:
+                return
+            n += 1
+            self.line = n
+            if len(raw) - (1 if raw.endswith(b"\n") else 0) > limit:
+                raise InvalidRecordError(f"{self.where}line {n}: longer than {size_text(limit)}, the limit of "
+                                         f"one record (spec 11)")
+            if seen is not None:
+                seen.update(raw)
+            if n == 1 and raw.startswith(_BOM):
+                raw = raw[3:]
+            if raw.isascii():
+                if raw.strip(_ASCII_SPACE):
+                    yield raw
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidRecordError(f"{self.where}line {n}: not UTF-8 text") from None
+            if text.strip():
+                yield raw
 
 
 def read_jsonl(stream: LineSource, where: str = "", *, limit: int = C.MAX_JSONL_LINE,
                seen: Any = None) -> Iterator[tuple[int, Any]]:
-    """(line number, value) for every non-blank line of a binary stream.
+    """(line number, value) for every non-blank line of a binary stream (see :class:`JsonLines`)."""
+    from ..format.bulk import decode_json
 
-    A line is read with at most ``limit`` + 1 bytes in hand (11: one JSONL line
-    holds one record). ``seen``, if given, is fed every raw line (a hash, to tell
-    that a file read twice did not change in between).
-    """
-    n = 0
-    while True:
-        raw = stream.readline(limit + 1)
-        if not raw:
-            return
-        n += 1
-        if len(raw) - (1 if raw.endswith(b"\n") else 0) > limit:
-            raise InvalidRecordError(f"{where}line {n}: longer than {size_text(limit)}, the limit of one "
-                                     f"record (spec 11)")
-        if seen is not None:
-            seen.update(raw)
-        try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-        except UnicodeDecodeError:
-            raise InvalidRecordError(f"{where}line {n}: not UTF-8 text") from None
-        if line.strip():
-            yield n, loads(line, f"{where}line {n}: ")
+    lines = JsonLines(stream, where, limit=limit, seen=seen)
+    for raw in lines:
+        yield lines.line, decode_json(raw, f"{where}line {lines.line}: ")
+
+
+__all__ = ["JsonLines", "LineSource", "loads", "read_jsonl"]

@@ -1,5 +1,9 @@
 """Pack a folder of text / markdown files (or one such file), or a JSONL file, into a capsule.
 
+Read by suffix (any case): text is ``.txt``, ``.md``, ``.markdown``, ``.rst`` and
+``.text``; JSONL is ``.jsonl`` and ``.ndjson``. A folder's files of other types are
+ignored with one warning naming their suffixes; one file of another type is refused.
+
 Files are read in sorted relative-path order and chunked by paragraphs, so the
 same input gives the same records; with ``SOURCE_DATE_EPOCH`` set the capsule
 itself is byte-identical (2.5). Each chunk is a memory whose ``source`` is the
@@ -13,7 +17,8 @@ Theory of operation: two passes, so the parsed input held at once is one batch
 against spec 11's input limits), counts the records, learns whether JSONL
 records bring their own embeddings (which picks the embedder) and creates
 nothing; the second reads again and streams batches into the capsule, checking
-that each file hashes as it did the first time. A new capsule gets a commit per
+that each file hashes as it did the first time, each batch through
+``Transaction.put_many`` (the bulk path ``put --jsonl`` shares). A new capsule gets a commit per
 batch and is deleted if anything fails (or is interrupted); appending writes one
 commit, so a failure leaves the existing capsule byte for byte as it was.
 Only regular files are read, and in a folder a symlink only while it stays inside.
@@ -30,13 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core import constants as C
-from ..core.errors import AlreadyExists, CapsuleNotFound, DataError, InvalidRecordError, UsageError
+from ..core.errors import AlreadyExists, CapsuleNotFound, InvalidRecordError, UsageError
 from ..search.embed import Embedder, get_embedder
 from ..search.vindex import VectorParams
 from .jsonl import read_jsonl
 from .source import check_regular, open_regular, read_regular, size_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CHUNK_CHARS = 1200
 _PARA = re.compile(r"\n\s*\n")
 
@@ -109,10 +115,14 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
     """
     root = src.resolve()
     found: list[tuple[str, Path]] = []
+    other: dict[str, int] = {}  # suffix -> files of a type pack does not read (hidden ones aside)
     for top, _dirs, names in os.walk(src):  # followlinks=False
         for name in names:
             p = Path(top, name)
             if p.suffix.lower() not in TEXT_SUFFIXES:
+                if not any(part.startswith(".") for part in p.relative_to(src).parts):
+                    key = p.suffix.lower() or "no extension"
+                    other[key] = other.get(key, 0) + 1
                 continue
             rel = p.relative_to(src).as_posix()
             if p.is_symlink():
@@ -126,6 +136,10 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
                     continue
                 p = real
             found.append((rel, p))
+    if other:
+        n = sum(other.values())
+        warn(f"ignored {n} {'file' if n == 1 else 'files'} of other types ({', '.join(sorted(other))}); "
+             f"in a folder pack reads {', '.join(TEXT_SUFFIXES)}")
     return sorted(found)
 
 
@@ -233,7 +247,7 @@ def _embedder_for(choice: str | Embedder | None, have: VectorParams | None, own:
 def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = "auto", batch: int = 1000,
          append: bool = False, chunk_chars: int = CHUNK_CHARS, progress: Callable[[int, int], None] | None = None,
          warn: Callable[[str], None] | None = None, build: bool = True,
-         on_index: Callable[[], None] | None = None) -> PackReport:
+         on_index: Callable[[], None] | None = None, timeout: float | None = None) -> PackReport:
     """Ingest ``src`` (a folder or file of text / markdown, or a JSONL file) into the capsule ``out``.
 
     ``embedder``: a name (``hash``, ``minilm``, ...), an :class:`Embedder`, ``None``
@@ -243,7 +257,19 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     in one commit. Either way a failure (or an interrupt) leaves nothing: a new
     capsule is deleted, an existing one is left byte for byte as it was.
     ``progress(done, total)`` follows the records; ``on_index()`` is called before
-    the vector index is built.
+    the vector index is built. ``timeout``: with ``append``, how long to wait for
+    another writer (as for :func:`capsule.open`).
+
+    >>> import capsule, pathlib
+    >>> notes = pathlib.Path("notes")
+    >>> notes.mkdir()
+    >>> _ = (notes / "oncall.md").write_text("# On call\\n\\nPage alice for payments.\\n\\nPage dana for storage.")
+    >>> report = capsule.pack(notes, "notes.capsule")
+    >>> report.files, report.records, report.embedder  # short paragraphs share a chunk
+    (1, 1, 'hash')
+    >>> with capsule.open("notes.capsule") as cap:
+    ...     [(h.meta["path"], h.meta["chunk"]) for h in cap.search("storage", mode="lexical")]
+    [('oncall.md', 0)]
     """
     from ..handle.entry import create
     from ..handle.entry import open as open_capsule
@@ -261,6 +287,9 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         source = _texts(src, report, warn, chunk_chars)
         if not source.total:
             raise UsageError(f"{src}: no UTF-8 text or markdown files ({', '.join(TEXT_SUFFIXES)}) to pack")
+    elif src.suffix.lower() not in JSONL_SUFFIXES:
+        raise UsageError(f"{src}: pack reads text ({', '.join(TEXT_SUFFIXES)}) and JSONL "
+                         f"({', '.join(JSONL_SUFFIXES)}) files, not {src.suffix or 'files without an extension'}")
     else:
         source = _jsonl(src)
         if not source.total:
@@ -272,7 +301,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     # A new capsule's embedder is loaded before the file exists, so a missing model
     # leaves nothing behind; appending checks it against the capsule's own.
     emb = None if append else _embedder_for(embedder, None, source.own)
-    cap = open_capsule(out, "a") if append else create(out)
+    cap = open_capsule(out, "a", timeout=timeout) if append else create(out)
     try:
         if append:
             emb = _embedder_for(embedder, cap.vector_config(), source.own)
@@ -320,13 +349,8 @@ def _add(tx: Any, group: list[Row], emb: Embedder | None, report: PackReport,
         vecs = emb.embed([records[i]["text"] for i in todo])  # type: ignore[union-attr]
         for i, v in zip(todo, vecs, strict=True):
             records[i] = {**records[i], "embedding": v}
-    for (where, _), r in zip(group, records, strict=True):
-        try:
-            tx.put_value(r)
-        except DataError as e:
-            raise InvalidRecordError(f"{where}: {e}") from None
-        if r.get("embedding") is not None:
-            report.vectors += 1
+    tx.put_many(records, names=lambda i: group[i][0])  # the bulk path; errors name "FILE line N"
+    report.vectors += sum(1 for r in records if r.get("embedding") is not None)
     report.records += len(group)
     if progress is not None:
         progress(report.records, total)
