@@ -9,8 +9,8 @@ and format characters (ESC, BEL, newlines, C1 controls, bidi overrides, line
 separators, lone surrogates) shown as ``\\xNN`` / ``\\uNNNN``, so a path, a
 record's text or a kind name from another host cannot drive the terminal or
 break a one-line error. Spaces and the zero-width joiners of emoji and Indic
-scripts are text and stay. JSON output is not escaped here: JSON escapes
-control characters itself.
+scripts are text and stay. JSON output keeps its text, but JSON escapes only C0
+controls, so C1 and bidi controls are escaped there too (``json_text``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import sys
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:  # rich is imported when something is first printed for people
+    from rich.console import Console
+    from rich.table import Table as RichTable
+    from rich.text import Text
 
 _UNSAFE = frozenset({"Cc", "Cs", "Zl", "Zp", "Cf"})  # controls, surrogates, line breaks, format
 _JOINERS = frozenset("\u200c\u200d")
@@ -40,20 +42,59 @@ def _escape(c: str) -> str:
     return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
-class _Console(Console):
-    """A console that prints strings literally and escaped (see the module docstring)."""
+def _console(**kw: Any) -> Console:
+    from rich.console import Console
 
-    def print(self, *objects: Any, **kw: Any) -> None:
-        super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kw)
+    class _Console(Console):
+        """A console that prints strings literally and escaped (see the module docstring)."""
+
+        def print(self, *objects: Any, **kw: Any) -> None:
+            super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kw)
+
+    return _Console(**kw)
+
+
+class _LazyConsole:
+    """A console made on first use, so a command that prints nothing for people
+    (``--json``, ``--version``) never imports rich (about 25 ms of start-up)."""
+
+    def __init__(self, **kw: Any) -> None:
+        self._kw = kw
+        self._made: Console | None = None
+
+    @property
+    def rich(self) -> Console:
+        """The console itself (for rich objects that take one, like ``Progress``)."""
+        if self._made is None:
+            self._made = _console(**self._kw)
+        return self._made
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich, name)
+
+    def __enter__(self) -> Console:  # rich's Live (progress bars) enters its console
+        return self.rich.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.rich.__exit__(*exc)  # type: ignore[arg-type]
 
 
 # Pipes get a wide console so tables (hashes, times) are not cut at 80 columns.
-out = _Console(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = _Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+out = _LazyConsole(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = _LazyConsole(stderr=True, highlight=False, markup=False, soft_wrap=True)
+
+
+def Table(*headers: Any, **kw: Any) -> RichTable:  # noqa: N802  (stands in for the class)
+    """rich's ``Table``, imported when a command first draws one."""
+    from rich.table import Table
+
+    return Table(*headers, **kw)
 
 
 def cell(value: object) -> Text:
     """Table text, shown literally and escaped."""
+    from rich.text import Text
+
     return Text(safe(value))
 
 
@@ -74,11 +115,25 @@ def _jsonable(v: object) -> Any:
     raise TypeError(f"{type(v).__name__} is not JSON serializable")
 
 
+#: JSON escapes only C0 controls, but C1 controls (U+0080-U+009F) and the bidi embedding,
+#: override, isolate and mark characters (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F,
+#: U+061C) from a record's text, a tag or a path drive or reorder a terminal just as well;
+#: the line and paragraph separators break line-based readers. Every ``--json`` document
+#: writes them as ``\uXXXX`` escapes, which a JSON reader decodes to the same string.
+_JSON_ESCAPES = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+                                            0x200E, 0x200F, 0x061C, 0x2028, 0x2029)}
+
+
 def json_text(obj: Any, *, compact: bool = False) -> str:
-    """Every ``--json`` document: sorted keys, UTF-8, bin values as hex; ``compact``
-    is the canonical form of ``capsule state --json`` (13.2)."""
+    """Every ``--json`` document: sorted keys, UTF-8, bin values as hex, C1 and bidi
+    controls escaped; ``compact`` is the canonical form of ``capsule state --json`` (13.2)."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_jsonable,
-                      separators=(",", ":") if compact else None)
+                      separators=(",", ":") if compact else None).translate(_JSON_ESCAPES)
+
+
+def escape_json(data: bytes) -> bytes:
+    """A JSON document made elsewhere (UTF-8), with the escapes of :func:`json_text`."""
+    return data if data.isascii() else data.decode("utf-8").translate(_JSON_ESCAPES).encode("utf-8")
 
 
 def emit_json(obj: Any, *, compact: bool = False) -> None:

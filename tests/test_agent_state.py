@@ -331,7 +331,10 @@ def test_constraints_latest_record_per_scope_and_text_decides(tmp_path: Path) ->
         assert st["records"] == 6
 
 
-def test_approvals_verify_only_against_published_keys(tmp_path: Path) -> None:
+def test_approvals_are_verified_only_by_keys_the_keyset_in_force_vouches_for(tmp_path: Path) -> None:
+    # 7.4 as amended for issue 16 (F10): this test used to expect `verified: true` for any
+    # key an identity record published. Now `verified` needs a key of the keyset in force
+    # (14.4) and `signature_ok` says whether the signature checks at all.
     path = tmp_path / "a.capsule"
     with capsule.create(path, clock=Tick()) as cap:
         with cap.commit() as tx:
@@ -348,24 +351,32 @@ def test_approvals_verify_only_against_published_keys(tmp_path: Path) -> None:
             replayed = tx.put_value({"kind": "approval", "subject": c, "approver": K1.key_id,
                                      "signature": K1.sign(approval_message(bytes.fromhex(d))).hex()})
 
-        def verdicts() -> dict[str, bool]:
+        def verdicts() -> dict[str, tuple[bool, bool]]:
             st = cap.state().to_dict()
             out = {}
             for item in [*st["constraints"], *st["decisions"]]:
                 for a in item["approvals"]:
                     assert a["approver"] in (K1.key_id, K2.key_id)
-                    out[a["id"]] = a["verified"]
+                    out[a["id"]] = (a["signature_ok"], a["verified"])
             return out
 
-        assert verdicts() == {a1: True, forged: False, replayed: False, a2: False}
+        # No keyset yet: a published key's signature checks, but nothing vouches for the key.
+        assert verdicts() == {a1: (True, False), forged: (False, False), replayed: (False, False),
+                              a2: (False, False)}
         st = cap.state().to_dict()
         assert [a["id"] for a in st["constraints"][0]["approvals"]] == [a1, forged, replayed]  # attach to subject
         assert [a["id"] for a in st["decisions"][0]["approvals"]] == [a2]
-        # Publishing K2 in a newer identity makes its approval verify; K1 stays published
-        # (every key any identity record published counts, not only the current one).
+        cap.checkpoint("k1", key=K1)  # the first keyset: {K1}
+        assert verdicts() == {a1: (True, True), forged: (False, False), replayed: (False, False),
+                              a2: (False, False)}
+        # Publishing K2 in an identity shows its signature checks; it is still not vouched for.
         with cap.commit() as tx:
             tx.set_identity("agent-7", keys=[K2.public_key])
-        assert verdicts() == {a1: True, forged: False, replayed: False, a2: True}
+        assert verdicts()[a2] == (True, False)
+        # A rotation to {K2} revokes K1 (14.6): its approval stops being verified, K2's starts.
+        cap.rotate_keys(capsule.Keyset.of([K2.public_key], version=2), old_signers=[K1], new_signers=[K2])
+        assert verdicts() == {a1: (True, False), forged: (False, False), replayed: (False, False),
+                              a2: (True, True)}
 
 
 def test_identity_is_the_latest_record_and_history_lists_all(tmp_path: Path) -> None:
@@ -504,6 +515,18 @@ def build_history(path: Path, clock: Tick | None = None) -> dict[str, tuple[str,
     return frozen
 
 
+def vouched_by_the_first_keyset(doc: str) -> str:
+    """7.4: the first checkpoint's commit also writes the first keyset ({K1}), so a view
+    at that checkpoint shows K1's approvals verified, which the state taken just before
+    the checkpoint (no keyset yet) could not. Everything else is the same document."""
+    d = json.loads(doc)
+    for c in d["constraints"]:
+        for a in c["approvals"]:
+            assert not a["verified"] and a["signature_ok"]
+            a["verified"] = True
+    return json.dumps(d, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def test_state_at_a_checkpoint_is_the_state_when_it_was_signed(tmp_path: Path) -> None:
     path = tmp_path / "a.capsule"
     frozen = build_history(path)
@@ -515,6 +538,8 @@ def test_state_at_a_checkpoint_is_the_state_when_it_was_signed(tmp_path: Path) -
         for ck in cap.checkpoints():
             assert ck.body.state_root.hex() == frozen[ck.body.label][1]
     for label, (doc, root) in frozen.items():
+        if label == "c1":
+            doc = vouched_by_the_first_keyset(doc)
         with capsule.open(path, at=label) as view:
             assert view.state().to_json() == doc
             assert view.state_root == root
@@ -603,8 +628,8 @@ def test_rollback_makes_live_state_equal_the_checkpoint(tmp_path: Path) -> None:
         with cap.view("c2") as v:
             assert cap.state().to_json() == v.state().to_json()
         # Restore path: back to the oldest checkpoint, then forward again to c2 and c3.
-        cap.rollback("c1")
-        assert cap.state().to_json() == frozen["c1"][0]
+        cap.rollback("c1")  # the records of c1 come back; the keyset {K1} stays in force (7.4)
+        assert cap.state().to_json() == vouched_by_the_first_keyset(frozen["c1"][0])
         cap.rollback("c3")  # records c1 -> c3 come back
         assert cap.state().to_json() == frozen["c3"][0]
         cap.rollback("c2")
@@ -633,7 +658,7 @@ def test_rollback_through_the_cli_with_a_key(tmp_path: Path) -> None:
     r = ok("rollback", path, "--to", "c1", "--key", key, "--json")
     assert json.loads(r.stdout)["state_root"] == frozen["c1"][1]
     now = ok("state", path, "--json").stdout
-    assert now == ok("state", path, "--at", "c1", "--json").stdout == frozen["c1"][0] + "\n"
+    assert now == ok("state", path, "--at", "c1", "--json").stdout == vouched_by_the_first_keyset(frozen["c1"][0]) + "\n"
     cks = json.loads(ok("checkpoints", path, "--json").stdout)
     assert [c["label"] for c in cks] == ["c1", "c2", "c3", "rollback-to-c1"]
     assert cks[-1]["state_root"] == frozen["c1"][1] and cks[-1]["signers"] == [K1.key_id]

@@ -15,6 +15,7 @@ preserved by dicts, NaN re-encodes to itself, and so on).
 from __future__ import annotations
 
 import math
+import re
 import threading
 import unicodedata
 from typing import Any
@@ -170,6 +171,56 @@ def count_objects(raw: bytes | memoryview, limit: int, pos: int = 0) -> int:
     return n
 
 
+def promises_fit(raw: bytes | memoryview, pos: int = 0) -> bool:
+    """11: whether no array or map header at ``pos`` or inside promises more values
+    than bytes remain (every value takes a byte at least), counting the values still
+    owed to enclosing headers. msgpack sizes a list by its header before it reads a
+    value, so ~5 KB of array headers made decode allocate ~76 MiB; this walks the
+    headers alone, like :func:`count_objects`, and allocates nothing."""
+    step, opens, var = _STEP, _OPENS, _VAR
+    end = len(raw)
+    need = 1  # values still to read
+    while need:
+        if need > end - pos:
+            return False
+        b = raw[pos]
+        need += opens[b] - 1
+        s = step[b]
+        if s:
+            pos += s
+            continue
+        v = var.get(b)
+        if v is None:  # 0xC1, never used: decode refuses it
+            return True
+        width, extra, what = v
+        length = int.from_bytes(raw[pos + 1 : pos + 1 + width], "big")
+        pos += 1 + width + extra
+        if what == 0:
+            pos += length
+        else:
+            need += what * length
+    return True
+
+
+#: every byte but the first bytes of the array and map headers that can promise more than 15
+#: values: what is left after deleting these is a cheap upper bound on how many such headers
+_NOT_WIDE = bytes(b for b in range(256) if not 0xDC <= b <= 0xDF)
+
+
+def check_promises(raw: bytes) -> None:
+    """11: refuse, before msgpack sees them, headers that promise more values than bytes
+    remain. A decoder caps one header at ``len(raw)`` values (:func:`max_array`), so
+    nested headers can ask for at most (wide headers) x ``len(raw)`` list slots in all;
+    past 2^16 of those (512 KiB of list) the headers are walked first."""
+    if len(raw) > 256 and len(raw.translate(None, _NOT_WIDE)) * len(raw) > 1 << 16 and not promises_fit(raw):
+        raise NonCanonicalError("an array or map promises more values than bytes remain (spec 11)")
+
+
+def max_array(raw: bytes | memoryview) -> int:
+    """11: the most entries an array in ``raw`` can hold (a value takes a byte at least)."""
+    return min(MAX_ARRAY, len(raw))
+
+
 def _check_scalar(v: object) -> None:
     t = type(v)
     if t is str:
@@ -226,6 +277,77 @@ def depth(v: Value, limit: int = MAX_DEPTH) -> int:
     return deepest
 
 
+# --- decoding many values at once (RECORDS payloads) -------------------------------------
+#
+# decode() checks key order, NFC and floats in Python hooks, one call per map and per
+# value: at 100k records that is most of the time it takes to read them. decode_bulk()
+# makes the same checks in C, as whole-payload comparisons, and hands any payload that
+# does not pass them all to decode(), which accepts it or says why not:
+#
+# - re-encoding with the reference packer gives ``raw`` back (5.2: lengths, int forms,
+#   float64 only, duplicate keys);
+# - re-encoding with msgspec's packer, map keys sorted, gives ``raw`` back too: every key is
+#   text and the keys of every map were already in code point (= UTF-8 byte) order;
+# - no float64 in ``raw`` is NaN, an infinity or -0.0: after the first check every float is
+#   0xCB + 8 bytes, so a bad one shows as one of those byte patterns (a str or bin holding
+#   such bytes only costs the slow path);
+# - the JSON text of the value (every str, key or value, between quotes, escapes being
+#   ASCII) is NFC: a quote composes with nothing and reorders with nothing, so the text is
+#   NFC only if each string is (an escape before a combining mark can only make a false
+#   alarm, which costs the slow path).
+
+_BAD_FLOAT = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]|\xcb\x80\x00\x00\x00\x00\x00\x00\x00")
+_bulk: list[Any] = []
+
+
+def _bulk_codecs() -> list[Any]:
+    """msgspec's sorting packer, its JSON writer and its array splitter; and whether the
+    reference packer must check too (if msgspec ever spelled a header otherwise)."""
+    if not _bulk:
+        import msgspec
+
+        # the header forms of the profile (5.1) at their bounds (maps up to map16, which is the
+        # array code's): msgspec must write each as the reference packer does
+        probe = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, -1, -32, -33, -128, -129,
+                 -32768, -32769, -(2**31), -(2**31) - 1, -(2**63), 0.0, 1.5, 1e300, 5e-324, True, False, None, "",
+                 "a" * 31, "a" * 32, "a" * 255, "a" * 256, "a" * 65535, "a" * 65536, b"", b"x" * 255, b"x" * 256,
+                 b"x" * 65535, b"x" * 65536, [0] * 15, [0] * 16, [0] * 65535, [0] * 65536, {"a": None},
+                 {f"{i:02}": True for i in range(15)}, {f"{i:02}": True for i in range(16)}]
+        enc = msgspec.msgpack.Encoder(order="sorted")
+        same = enc.encode(probe) == pack(probe)
+        _bulk.extend([enc, msgspec.json.Encoder(), msgspec.msgpack.Decoder(list[msgspec.Raw]), not same])
+    return _bulk
+
+
+def decode_bulk(raw: bytes, *, max_bin: int = MAX_BIN) -> Value:
+    """:func:`decode` for a large value whose objects the caller counted (spec 11): the
+    same profile, checked by whole-value comparisons in C (see above)."""
+    check_promises(raw)  # 11: msgpack sizes lists by their headers
+    try:
+        obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext, timestamp=0,
+                              max_str_len=MAX_STR, max_bin_len=max_bin, max_array_len=max_array(raw),
+                              max_map_len=MAX_MAP, max_ext_len=0)
+        if type(obj) is not list and type(obj) is not dict:
+            raise ValueError("not a container")
+        sorted_packer, to_json, _, reference_too = _bulk_codecs()
+        if sorted_packer.encode(obj) != raw or _BAD_FLOAT.search(raw) is not None:
+            raise ValueError("not canonical as it stands")
+        if reference_too and pack(obj) != raw:
+            raise ValueError("not canonical as it stands")
+        text = to_json.encode(obj)
+        if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
+            raise ValueError("text not NFC")
+    except Exception:  # noqa: BLE001 - any doubt: the exact check decides, and names the problem
+        return decode(raw, max_bin=max_bin, max_objects=None)
+    return obj
+
+
+def split_array(raw: bytes) -> list[bytes]:
+    """The encoded elements of a canonical array that :func:`decode_bulk` or
+    :func:`decode` accepted: each element's stored bytes, without re-encoding it."""
+    return [bytes(x) for x in _bulk_codecs()[2].decode(raw)]
+
+
 def decode(raw: bytes, *, max_bin: int = MAX_BIN, max_objects: int | None = MAX_RECORD_OBJECTS) -> Value:
     """Decode canonical bytes, refusing anything outside the profile (spec 5.2).
 
@@ -236,6 +358,7 @@ def decode(raw: bytes, *, max_bin: int = MAX_BIN, max_objects: int | None = MAX_
     # 11: "msgpack objects in one record or other canonical value"; N bytes hold at most N objects
     if max_objects is not None and len(raw) > max_objects and count_objects(raw, max_objects) > max_objects:
         raise NonCanonicalError(f"value holds more than {max_objects} msgpack objects (spec 11)")
+    check_promises(raw)
     try:
         obj = msgpack.unpackb(
             raw,
@@ -248,8 +371,8 @@ def decode(raw: bytes, *, max_bin: int = MAX_BIN, max_objects: int | None = MAX_
             timestamp=0,
             max_str_len=MAX_STR,
             max_bin_len=max_bin,
-            max_array_len=MAX_ARRAY,
-            max_map_len=MAX_MAP,
+            max_array_len=max_array(raw),
+            max_map_len=min(MAX_MAP, len(raw) // 2),
             max_ext_len=0,
         )
     except NonCanonicalError:

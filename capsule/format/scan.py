@@ -5,8 +5,13 @@ Theory of operation (fast open, 6.3): the last 48 bytes of a cleanly committed
 file are the COMMIT frame's tail locator and chain value, so a reader goes
 tail -> COMMIT -> INDEX -> replays only the frames between the INDEX and the
 COMMIT, checking every chain link and that the recomputed Merkle root equals
-the one the COMMIT names. If the tail is not a COMMIT that checks by itself, a
-backward search finds the newest one that does.
+the one the COMMIT names. If the tail is not a COMMIT that checks by itself, the
+newest COMMIT reached by following frame lengths from offset 64 is the candidate.
+A COMMIT is trusted only at a frame boundary: a record can carry a whole COMMIT
+(chain value, locator, INDEX) that checks by itself, so a locator found by
+searching the bytes proves nothing. The tail COMMIT is a frame because a file
+ends where a write ended (a string inside a payload ends before its frame does),
+unless following lengths from offset 64 shows it inside one (:func:`locate`).
 
 That COMMIT is only a candidate (8.1). A writer fsyncs each commit once, after
 writing all of it, and a disk may persist the sectors of that write in any
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,7 +57,7 @@ from .frames import (
     parse_header,
     raw_payload,
 )
-from .index import Segment, SegmentRef
+from .index import ENTRY_SIZE, Segment, SegmentRef
 from .records import record_id
 
 
@@ -80,6 +86,9 @@ class Snapshot:
     labels: list[Segment] = field(default_factory=list)  # label tables (14.9)
     label_mem: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # labels since the INDEX
     blobs: dict[str, BlobRef] = field(default_factory=dict)  # newest blob of each type (9.2)
+    #: 9.2 (1.2) `vectors` of the INDEX in force: (offset of the first frame after that INDEX,
+    #: the map), so the vector parameters need no read of the records before it (16.1).
+    vectors: tuple[int, dict[str, int | str]] | None = None
 
     @property
     def commits(self) -> int:
@@ -167,6 +176,33 @@ def tail_commit_offset(src: Source, size: int) -> int | None:
 #: garbage. A header that passes its CRC but fails any other check is the
 #: writer's own header saying something impossible: damage.
 TEAR_CHECKS = frozenset({"frame-header-crc", "frame-truncated", "chain"})
+_HOP_CHUNK = 1 << 16
+
+
+def hop(src: Source, pos: int, end: int, seq: int | None, max_frame: int) -> Iterator[FrameHeader]:
+    """Follow frame lengths from the frame boundary ``pos`` (8.1), reading only headers.
+
+    Yields each header that passes its checks (3.1), the last one possibly
+    running past ``end``, and stops quietly at one that fails its CRC. Every
+    header it yields stands at a real frame boundary if ``pos`` does: a
+    COMMIT-shaped byte string inside a payload is stepped over, never landed
+    on. A header that passes its CRC but fails another check is raised."""
+    buf, at, want = b"", pos, _HOP_CHUNK
+    while pos + C.FRAME_OVERHEAD <= end:
+        i = pos - at
+        if i + C.FRAME_HEADER_SIZE > len(buf):  # small frames: a chunk of them; large ones: a header each
+            buf, at, i = src.pread(pos, min(want, end - pos)), pos, 0
+        try:
+            fh = parse_frame_header(buf[i : i + C.FRAME_HEADER_SIZE], pos, expect_seq=seq, max_frame_len=max_frame)
+        except CorruptError as e:
+            if e.check in TEAR_CHECKS:
+                return
+            raise
+        yield fh
+        if fh.end > end:
+            return
+        pos, seq = fh.end, fh.seq + 1
+        want = _HOP_CHUNK if fh.total_len < _HOP_CHUNK // 4 else C.FRAME_HEADER_SIZE
 
 
 def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int,
@@ -186,45 +222,41 @@ def damage_is_not_a_crash(src: Source, stop: int, size: int, max_frame: int,
     bytes were durable: it names a predecessor other than ``last`` (so the
     commit after ``last`` was acknowledged), or its INDEX lies after ``stop``
     (the frames before an INDEX are made durable before it is written, 6.4).
-    Such a COMMIT is found by following frame lengths from ``stop`` through
-    headers that pass their CRC, or through a tail locator at or after
-    ``stop`` that points at a COMMIT header ending where the locator's chain
-    value ends; either way its payload must parse (6.1), read without its
-    chain link.
+    Such a COMMIT counts only where it is certainly a frame, not bytes a record
+    carries: reached by following frame lengths from ``stop`` (:func:`hop`), or
+    the COMMIT ending exactly at the end of the file when that walk stopped
+    at a header failing its CRC before reaching it (a string inside a payload
+    ends before the frame holding it, 6.4). Its payload must parse (6.1); its
+    chain link is not needed.
     """
     if check is not None and check not in TEAR_CHECKS:
         return True
     if src.pread(stop, len(C.MAGIC)) == C.MAGIC:
         return True  # another capsule's header: files were joined, not torn
     want = (last[0], last[1] + 1) if last is not None else (None, 1)
-    pos = stop
-    while pos + C.FRAME_OVERHEAD <= size:
-        try:
-            fh = parse_frame_header(src.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
-                                    max_frame_len=max_frame)
-        except CorruptError as e:
-            if e.check not in TEAR_CHECKS:
+    reached, over = stop, None  # where following frame lengths stopped; a frame running past the end
+    try:
+        for fh in hop(src, stop, size, seq, max_frame):
+            if fh.end > size:
+                over = fh.offset
+                break
+            if fh.ftype == C.FT_COMMIT and _later_commit(_commit_payload(src, fh), want, stop):
                 return True
-            break
-        if fh.end > size:
-            break
-        if fh.ftype == C.FT_COMMIT and _later_commit(_commit_payload(src, fh), want, stop):
-            return True
-        pos, seq = fh.end, fh.seq + 1
-    step = 1 << 20
-    pos = stop
-    while pos < size:
-        chunk = src.pread(pos, min(step + C.TAIL_SIZE, size - pos))
-        i = chunk.find(C.TAIL_MAGIC)
-        while i != -1:
-            loc = pos + i
-            if loc + C.TAIL_SIZE <= size:
-                (off,) = struct.unpack("<Q", src.pread(loc + 8, 8))
-                if stop <= off < loc and _later_commit(_commit_mark(src, off, loc, max_frame), want, stop):
-                    return True
-            i = chunk.find(C.TAIL_MAGIC, i + 1)
-        pos += step
-    return False
+            reached = fh.end
+    except CorruptError:
+        return True  # (a), after the bad bytes: the writer's own header says something impossible
+    off = tail_commit_offset(src, size)
+    if off is None or off < (reached if over is None else over + 1):
+        return False  # no tail COMMIT, or following frame lengths stepped over it
+    try:
+        fh = parse_frame_header(src.pread(off, C.FRAME_HEADER_SIZE), off, expect_seq=None, max_frame_len=max_frame)
+    except CorruptError:
+        return False
+    c = _commit_payload(src, fh) if fh.ftype == C.FT_COMMIT and fh.end == size else None
+    if c is None or (over is not None and not _reaches(src, parse_header(src.pread(0, C.HEADER_SIZE)), c,
+                                                       c.offset, after=over + 1)):
+        return False  # a frame that runs past the end holds it, and nothing vouches for it as a frame
+    return _later_commit(c, want, stop)
 
 
 def _later_commit(c: CommitInfo | None, want: tuple[int | None, int], stop: int) -> bool:
@@ -244,63 +276,116 @@ def _commit_payload(src: Source, fh: FrameHeader) -> CommitInfo | None:
         return None
 
 
-def _commit_mark(src: Source, off: int, loc: int, max_frame: int) -> CommitInfo | None:
-    """The COMMIT a tail locator at ``loc`` names, read without its chain link (8.2 c)."""
-    try:
-        fh = parse_frame_header(src.pread(off, C.FRAME_HEADER_SIZE), off, expect_seq=None, max_frame_len=max_frame)
-    except CorruptError:
-        return None
-    if fh.ftype != C.FT_COMMIT or fh.end != loc + C.TAIL_SIZE:
-        return None
-    return _commit_payload(src, fh)
-
-
-def scan(src: Source, header: FileHeader, size: int) -> tuple[CommitInfo | None, CorruptError | None, int]:
-    """Structural scan from the start: (last valid commit, first error, where it stopped)."""
-    rd = Reader(src, C.HEADER_SIZE, size, 0, header.chain_seed, header.max_frame_len)
-    last: CommitInfo | None = None
-    try:
-        for fh, payload, _leaf in rd.frames():
-            if fh.ftype == C.FT_COMMIT:
-                last = parse_commit_payload(payload, fh.offset, fh.seq, fh.end, rd.chain)
-    except CorruptError as e:
-        return last, e.with_traceback(None), rd.pos
-    return last, None, rd.pos
-
-
 def load(src: Source, size: int, *, strict: bool = True) -> Snapshot:
-    """Open the committed prefix of a file of ``size`` bytes (6.3, 8.1-8.2)."""
+    """Open the committed prefix of a file of ``size`` bytes (6.3, 8.1-8.2).
+
+    The COMMIT the tail locator names, when it checks by itself and ends at
+    ``size``, is a frame as far as a power loss goes (6.4: the file ends where
+    a write ended), so it is trusted unless a cheap check or, before damage is
+    reported on its word, following frame lengths from offset 64 shows it to
+    be bytes inside a payload. Otherwise the last commit is found only among
+    COMMITs reached by following frame lengths from offset 64."""
     header = parse_header(src.pread(0, C.HEADER_SIZE))
-    cand: CommitInfo | None = None
     off = tail_commit_offset(src, size)
+    tail: CommitInfo | None = None
     if off is not None:
         try:
-            cand = read_commit_at(src, off, header)
+            tail = read_commit_at(src, off, header)
         except CorruptError:
-            cand = None
-        if cand is not None and cand.end != size:
-            cand = None
-    if cand is None:
-        cand = _last_commit_before(src, header, size)
-    tear: Stop | None = None
-    if cand is None:
-        # No COMMIT checks by itself (an interrupted create): walk from the start.
-        commit, _, _ = scan(src, header, size)
-        snap = replay(src, header, commit, strict=strict)
-        if snap.end < size:
-            tear = walk(src, header, snap.end, size, snap.next_seq, snap.chain)
+            tail = None
+    if tail is not None and tail.end == size:
+        try:
+            snap, tear = settle(src, header, tail, strict=strict)
+            _judge(src, header, snap, tear, size)
+            if _anchored(src, header, snap.commit) or locate(src, header, tail) != "inside":
+                return snap
+        except CorruptError:
+            if locate(src, header, tail) != "inside":
+                raise  # 8.2: report, never truncate
+    return _load_from_start(src, header, size, strict)
+
+
+def _judge(src: Source, header: FileHeader, snap: Snapshot, tear: Stop | None, size: int) -> None:
+    """8.2: raise if the bytes after the last commit are damage, else mark them a torn tail."""
+    if snap.end >= size:
+        return
+    if tear is None:
+        tear = walk(src, header, snap.end, size, snap.next_seq, snap.chain)
+    last = (snap.commit.offset, snap.commit.commits) if snap.commit else None
+    if tear is not None and damage_is_not_a_crash(src, tear.offset, size, header.max_frame_len, last,
+                                                  check=tear.error.check, seq=tear.seq):
+        raise tear.error  # 8.2: report, never truncate
+    snap.torn = (snap.end, size - snap.end)
+
+
+def _load_from_start(src: Source, header: FileHeader, size: int, strict: bool) -> Snapshot:
+    """8.1 with no tail COMMIT to trust: the newest COMMIT that checks by itself
+    among those reached by following frame lengths from offset 64 (:func:`hop`);
+    COMMIT-shaped bytes inside payloads are never reached."""
+    commits = array("q")
+    for fh in hop(src, C.HEADER_SIZE, size, 0, header.max_frame_len):
+        if fh.ftype == C.FT_COMMIT and fh.end <= size:
+            commits.append(fh.offset)
+    cand: CommitInfo | None = None
+    for off in reversed(commits):
+        try:
+            cand = read_commit_at(src, off, header)
+            break
+        except CorruptError:
+            continue
+    if cand is None:  # no COMMIT checks by itself (an interrupted create)
+        snap, tear = replay(src, header, None, strict=strict), None
     else:
         snap, tear = settle(src, header, cand, strict=strict)
-        if tear is None and snap.end < size:
-            # Bytes after a settled commit (it was found by the backward search).
-            tear = walk(src, header, snap.end, size, snap.next_seq, snap.chain)
-    if snap.end < size:
-        last = (snap.commit.offset, snap.commit.commits) if snap.commit else None
-        if tear is not None and damage_is_not_a_crash(src, tear.offset, size, header.max_frame_len, last,
-                                                      check=tear.error.check, seq=tear.seq):
-            raise tear.error  # 8.2: report, never truncate
-        snap.torn = (snap.end, size - snap.end)
+    _judge(src, header, snap, tear, size)
     return snap
+
+
+def locate(src: Source, header: FileHeader, c: CommitInfo) -> str:
+    """Where ``c`` stands, by following frame lengths from offset 64: "frame";
+    "inside" (a frame starting before it runs over it, and no predecessor after
+    that frame's start reaches it: bytes in a payload); or "unknown" (a header
+    failing its CRC stops the walk first)."""
+    for fh in hop(src, C.HEADER_SIZE, c.end, 0, header.max_frame_len):
+        if fh.offset == c.offset:
+            return "frame"
+        if fh.end > c.offset:
+            # a forged length (its CRC recomputed) can cover real frames: two that check say otherwise
+            return "frame" if _reaches(src, header, c, c.offset, after=fh.offset + 1) else "inside"
+    return "unknown"
+
+
+def _anchored(src: Source, header: FileHeader, c: CommitInfo | None) -> bool:
+    """Cheap evidence that ``c``, a commit that settled, is a frame and not bytes in
+    a payload. :func:`replay` checked that the last COMMIT on its path is the
+    predecessor ``c`` names; when c's own commit wrote its INDEX, following frame
+    lengths from the predecessor's end must land on that INDEX."""
+    if c is None or c.index is None or (c.prev is not None and c.index < c.prev):
+        return True  # replayed from offset 64, or from an INDEX before the predecessor
+    return _reaches(src, header, c, c.index)
+
+
+def _reaches(src: Source, header: FileHeader, c: CommitInfo, target: int, *, after: int = C.HEADER_SIZE) -> bool:
+    """Whether the COMMIT ``c`` names as predecessor (at or after ``after``) checks by
+    itself, is one commit earlier, and following frame lengths from its end (from
+    offset 64 for a first commit) lands exactly on ``target``."""
+    start, seq = C.HEADER_SIZE, 0
+    if c.prev is not None:
+        if c.prev < after:
+            return False
+        try:
+            p = read_commit_at(src, c.prev, header)
+        except CorruptError:
+            return False
+        if p.commits != c.commits - 1 or p.end > target:
+            return False
+        start, seq = p.end, p.seq + 1
+    elif c.commits != 1 or after > C.HEADER_SIZE:
+        return False
+    for fh in hop(src, start, c.end, seq, header.max_frame_len):
+        if fh.offset >= target:
+            return fh.offset == target
+    return False
 
 
 @dataclass(frozen=True)
@@ -372,35 +457,6 @@ def _prev_commit(src: Source, header: FileHeader, c: CommitInfo) -> CommitInfo |
     return p
 
 
-def _last_commit_before(src: Source, header: FileHeader, size: int) -> CommitInfo | None:
-    """Search backwards for the newest self-consistent COMMIT frame (6.2).
-
-    A candidate is only a hint: :func:`settle` then walks real frame
-    boundaries from a trusted start to it and checks its Merkle root, so a
-    COMMIT-shaped byte string inside a payload can never be accepted.
-    """
-    step = 1 << 20
-    hi = size
-    while hi > C.HEADER_SIZE:
-        lo = max(C.HEADER_SIZE, hi - step)
-        chunk = src.pread(lo, hi - lo + C.TAIL_LOCATOR_SIZE)
-        i = chunk.rfind(C.TAIL_MAGIC)
-        while i != -1:
-            loc = lo + i
-            if loc + C.TAIL_SIZE <= size:
-                (off,) = struct.unpack("<Q", src.pread(loc + 8, 8))
-                if C.HEADER_SIZE <= off < loc:
-                    try:
-                        c = read_commit_at(src, off, header)
-                    except CorruptError:
-                        c = None
-                    if c is not None and c.end == loc + C.TAIL_SIZE:
-                        return c
-            i = chunk.rfind(C.TAIL_MAGIC, 0, i)
-        hi = lo
-    return None
-
-
 def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict: bool = True) -> Snapshot:
     """Rebuild reader state at ``commit`` from its INDEX and the frames after it (6.3, 9.2)."""
     if commit is None:
@@ -417,6 +473,7 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
         meta: IndexMeta = parse_index_payload(payload, fh.offset, fh.seq)
         merkle = Merkle(meta.tree_size, meta.frontier)
         merkle.append(leaf)
+        vectors = None if meta.vectors is None else (fh.end, meta.vectors)
         segments = [segment(src, r) for r in meta.segments]
         kinds, records = dict(meta.kinds), meta.records
         ckpt, keyset = meta.checkpoint, meta.keyset
@@ -426,10 +483,14 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
     else:
         pos, seq, chain, merkle = C.HEADER_SIZE, 0, header.chain_seed, Merkle()
         ckpt, keyset, labels, blobs = None, None, [], {}
+        vectors = None
     snap = Snapshot(header, commit.end, commit, chain, merkle, seq, segments, {}, kinds, records,
-                    checkpoint=ckpt, keyset=keyset, labels=labels, blobs=blobs)
+                    checkpoint=ckpt, keyset=keyset, labels=labels, blobs=blobs, vectors=vectors)
     rd = Reader(src, pos, commit.end, seq, chain, header.max_frame_len)
+    start, before = pos, None  # the last COMMIT on the path before ``commit``
     for fh, payload, leaf in rd.frames():
+        if fh.ftype == C.FT_COMMIT and fh.offset != commit.offset:
+            before = fh.offset
         if fh.offset == commit.offset:
             if merkle.root() != commit.root:
                 raise CorruptError("Merkle root does not match the COMMIT", offset=fh.offset, seq=fh.seq,
@@ -448,6 +509,10 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
         snap.frames_since_index += 1
     if rd.chain != commit.chain:
         raise CorruptError("chain does not reach the COMMIT", offset=commit.offset, check="chain")
+    if before != (commit.prev if commit.prev is not None and commit.prev >= start else None):
+        # 6.1, 8.1: the predecessor a COMMIT names is the last COMMIT on its path (if the path reaches it)
+        raise CorruptError("the COMMIT before this one is not the one it names", offset=commit.offset,
+                           seq=commit.seq, check="commit-prev")
     if snap.records != commit.records:
         raise CorruptError(f"COMMIT says {commit.records} records, replay found {snap.records}",
                            offset=commit.offset, seq=commit.seq, check="record-count")
@@ -461,8 +526,10 @@ def label_key(label: str) -> bytes:
 
 
 def segment(src: Source, ref: SegmentRef) -> Segment:
+    """A table in place (mapped when the source can), not hashed until it is relied on (9.2)."""
+    size = ref.count * ENTRY_SIZE
     view = getattr(src, "view", None)
-    buf = view(ref.offset, ref.count * 52) if view else src.pread(ref.offset, ref.count * 52)
+    buf = view(ref.offset, size) if view else src.pread(ref.offset, size)
     return Segment(ref, buf)
 
 

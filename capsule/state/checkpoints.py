@@ -11,10 +11,12 @@ signs the exact Merkle root and chain value the frames end up at.
 from __future__ import annotations
 
 import hashlib
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from ..core import constants as C
-from ..core.errors import CorruptError, UsageError
+from ..core.errors import CorruptError, DataError, UsageError
 from ..format import canonical as canon
 from ..format.checkpoint import (
     CheckpointFrame,
@@ -28,11 +30,66 @@ from ..format.frames import Merkle, parse_frame_header
 from ..format.keys import PrivateKey
 from ..format.records import decode_record
 from ..format.scan import label_key, read_commit_at, read_frame_at
-from ..format.signing import CheckpointBody, Keyset
+from ..format.signing import CheckpointBody, Keyset, verify_rotation
 from ..format.store import Store
 from ..format.writer import Build, Item
-from .fold import EVENT_KINDS, fold, live_records
-from .stateroot import RootCache, state_root_of
+from .fold import EVENT_KINDS, State, fold, live_records
+from .stateroot import RootCache, small_root, state_root_of
+
+# --- parsed frames, remembered per store ---------------------------------------------------
+#
+# A writer that checkpoints every step read and parsed the previous CHECKPOINT, every
+# KEYSET and the new CHECKPOINT again at each step, and verified every rotation of the
+# keyset chain again. Frames before a snapshot's end never change (the file is append-only
+# and a torn tail lies after it), so what a store read and checked once is remembered:
+# frames by offset (a small LRU), and the keyset chain that checked, by the offset of its
+# newest KEYSET. The CHECKPOINT a commit writes is remembered once the store's snapshot names
+# it, with its hash.
+
+_FRAMES: weakref.WeakKeyDictionary[Store, OrderedDict[int, CheckpointFrame | KeysetFrame]] = \
+    weakref.WeakKeyDictionary()
+_CHAINS: weakref.WeakKeyDictionary[Store, tuple[int, list[KeysetFrame]]] = weakref.WeakKeyDictionary()
+_WRITTEN: weakref.WeakKeyDictionary[Store, CheckpointFrame] = weakref.WeakKeyDictionary()
+_KEEP = 64
+
+
+def _remember(store: Store, off: int, frame: CheckpointFrame | KeysetFrame) -> None:
+    cache = _FRAMES.setdefault(store, OrderedDict())
+    cache[off] = frame
+    if len(cache) > _KEEP:
+        cache.popitem(last=False)
+
+
+def _cached(store: Store, off: int) -> CheckpointFrame | KeysetFrame | None:
+    cache = _FRAMES.get(store)
+    return None if cache is None else cache.get(off)
+
+
+def read_checkpoint(store: Store, off: int) -> CheckpointFrame:
+    """The CHECKPOINT frame at ``off``, parsed once per store."""
+    hit = _cached(store, off)
+    if isinstance(hit, CheckpointFrame):
+        return hit
+    written = _WRITTEN.get(store)
+    cur = store.snap.checkpoint
+    if written is not None and cur is not None and written.offset == off == cur[0] and written.hash == cur[1]:
+        ck = written  # this store just wrote it, and its snapshot names it by hash
+    else:
+        ck = store.read_checkpoint(off)
+    _remember(store, off, ck)
+    return ck
+
+
+def _read_keyset(store: Store, off: int) -> KeysetFrame:
+    hit = _cached(store, off)
+    if isinstance(hit, KeysetFrame):
+        return hit
+    fh, payload, _, _ = read_frame_at(store.h, off, max_frame=store.snap.header.max_frame_len)
+    if fh.ftype != C.FT_KEYSET:
+        raise CorruptError("keyset pointer does not name a KEYSET frame", offset=off, check="keyset")
+    kf = parse_keyset(payload, off, fh.seq)
+    _remember(store, off, kf)
+    return kf
 
 
 def checkpoints(store: Store) -> list[CheckpointFrame]:
@@ -43,7 +100,7 @@ def checkpoints(store: Store) -> list[CheckpointFrame]:
     expect = cur[1] if cur else None
     off = cur[0] if cur else None
     while off is not None:
-        ck = store.read_checkpoint(off)
+        ck = read_checkpoint(store, off)
         if ck.hash != expect:
             raise CorruptError("checkpoint chain is broken", offset=off, check="checkpoint-prev")
         out.append(ck)
@@ -62,8 +119,10 @@ def find_checkpoint(store: Store, label: str) -> CheckpointFrame | None:
             if loc is not None:
                 break
     if loc is None:
+        for seg in store.snap.labels:
+            seg.verify()  # 9.2: "no such label" only from label tables whose hashes check
         return None
-    ck = store.read_checkpoint(loc[0])
+    ck = read_checkpoint(store, loc[0])
     if ck.body.label != label:
         raise CorruptError("label table points at another checkpoint", offset=loc[0], check="index-label")
     return ck
@@ -93,14 +152,51 @@ def keysets(store: Store) -> list[KeysetFrame]:
     out: list[KeysetFrame] = []
     off = store.snap.keyset
     while off is not None:
-        fh, payload, _, _ = read_frame_at(store.h, off, max_frame=store.snap.header.max_frame_len)
-        if fh.ftype != C.FT_KEYSET:
-            raise CorruptError("keyset pointer does not name a KEYSET frame", offset=off, check="keyset")
-        kf = parse_keyset(payload, off, fh.seq)
+        kf = _read_keyset(store, off)
         out.append(kf)
         off = kf.prev_offset
     out.reverse()
     return out
+
+
+def keyset_in_force(store: Store) -> Keyset | None:
+    """14.4-14.6: the newest keyset of the chain at this snapshot (None: there is none),
+    once the chain checks: every keyset after the first is a valid rotation of the one
+    before it (14.6), and the newest checkpoint is signed under a keyset of the chain.
+    A second "first" keyset appended later (prev nil) starts a chain of its own, cut
+    off from the checkpoints signed before it: the second check refuses it. Raises
+    CorruptError when the chain does not check."""
+    newest = store.snap.keyset
+    if newest is None:
+        return None
+    known = _CHAINS.get(store)
+    if known is not None and known[0] == newest:
+        chain = known[1]  # this chain checked before (frames before the snapshot's end never change)
+    else:
+        chain = keysets(store)
+        for old, new in zip(chain, chain[1:], strict=False):
+            try:
+                verify_rotation(old.keyset, new.rotation)
+            except DataError as e:
+                raise CorruptError(f"rotation refused: {e}", offset=new.offset, check="keyset-rotation") from None
+        _CHAINS[store] = (newest, chain)
+    cur = store.snap.checkpoint
+    if cur is not None and read_checkpoint(store, cur[0]).body.keyset not in {k.keyset.digest for k in chain}:
+        raise CorruptError("the newest checkpoint is signed under a keyset outside the keyset chain "
+                           "(a second first keyset?)", offset=chain[0].offset, check="keyset")
+    return chain[-1].keyset
+
+
+def vouch_approvals(store: Store, st: State) -> State:
+    """7.4: give ``st`` the keys of the keyset in force at the store's commit, the only
+    keys that make an approval ``verified``; a chain that does not check vouches for none."""
+    if st.approvals:
+        try:
+            ks = keyset_in_force(store)
+        except CorruptError:
+            ks = None
+        st.vouch(k.raw for k in ks.keys) if ks is not None else st.vouch(())
+    return st
 
 
 def index_due_for_checkpoint(store: Store) -> bool:
@@ -119,10 +215,10 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
     if runtime_state is not None and not isinstance(runtime_state, bytes | bytearray | memoryview):
         raise UsageError("runtime_state must be bytes")
     runtime = None if runtime_state is None else bytes(runtime_state)
-    ks_frames = keysets(store)
+    in_force = keyset_in_force(store)  # 14.6: refuses a chain that does not check (a forged first keyset)
     after: list[tuple[int, Build]] = []
-    if ks_frames:
-        keyset = ks_frames[-1].keyset
+    if in_force is not None:
+        keyset = in_force
         signers = {k.key_id for k in keys}
         inside = [k for k in keyset.keys if k.key_id in signers]
         if len(inside) < keyset.threshold:
@@ -137,7 +233,7 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
     members = {k.key_id for k in keyset.keys}
     signing = list({k.key_id: k for k in keys if k.key_id in members}.values())
     cur = store.snap.checkpoint
-    prev = store.read_checkpoint(cur[0]) if cur else None
+    prev = read_checkpoint(store, cur[0]) if cur else None
     if prev is not None and cur is not None and (prev.hash != cur[1]
                                                  or prev.body.origin != store.snap.header.file_id):
         raise CorruptError("the previous checkpoint does not match its pointer", offset=prev.offset,
@@ -153,7 +249,12 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
             prev=prev.hash if prev else None, keyset=keyset.digest, state_root=state_root, label=label,
             time=now, runtime=None if runtime is None else hashlib.sha256(runtime).digest(),
         )
-        return encode_checkpoint(body, body.sign(signing), prev.offset if prev else None, runtime)
+        sigs = body.sign(signing)
+        raw = encode_checkpoint(body, sigs, prev.offset if prev else None, runtime)
+        # what parse_checkpoint(raw) gives; read_checkpoint takes it once the commit names it by hash
+        _WRITTEN[store] = CheckpointFrame(pos, body.body_bytes(), body, tuple(sigs), prev.offset if prev else None,
+                                          runtime)
+        return raw
 
     after.append((C.FT_CHECKPOINT, build))
     return after
@@ -175,6 +276,10 @@ class StateRoots:
     def root(self) -> str:
         if self.cached is None and any(k in EVENT_KINDS for k in self.store.snap.kinds):
             self.cached = fold(self.store.records()).root  # events change liveness: fold
+        if self.cached is None and self._roots is None and not self.store.snap.segments:
+            # no index table yet (a small capsule): every id was replayed at open; no numpy
+            snap = self.store.snap
+            self.cached = small_root(rid for rid, loc in snap.mem.copy().items() if loc[0] < snap.end)
         if self.cached is None:
             if self._roots is None:
                 self._roots = RootCache(self.store.all_ids())

@@ -4,21 +4,34 @@ Theory of operation: records are folded in commit order. Memories are live
 and grouped by tier; decisions and notes accumulate; the latest constraint
 record for a (scope, text) pair decides whether that rule is active; the
 latest identity record is the current identity and the earlier ones are its
-history; approvals attach to their subject and are checked against every
-public key any identity record has published. Nothing here reads a clock,
+history; approvals attach to their subject; a signature checks under a key an
+identity record published or the keyset in force holds, and an approval is
+verified only by a key of the keyset in force (given by the caller: keysets
+are frames, not records). Nothing here reads a clock,
 the environment or a file, so equal bytes give equal state on every host.
 """
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Iterable
+import time as _time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..core import constants as C
 from ..core.clock import iso
-from ..format.records import TIERS, GenericRecord, Memory
+from ..core.errors import CorruptError
+from ..format.commit import decode_records_payload
+from ..format.frames import raw_payload
+from ..format.records import TIERS, GenericRecord, Memory, decode_record, record_id
+from ..format.scan import Reader
 from .stateroot import state_root_of
+
+if TYPE_CHECKING:
+    from ..format.store import Store
 
 STATE_KINDS = ("memory", "decision", "constraint", "approval", "identity", "note")
 EVENT_KINDS = frozenset({"revert"})  # history, not state: never live, never in the state root
@@ -42,7 +55,18 @@ class State:
     notes: list[dict[str, Any]] = field(default_factory=list)
     other: dict[str, int] = field(default_factory=dict)
     live: list[bytes] = field(default_factory=list)
-    keys: dict[str, bytes] = field(default_factory=dict)
+    keys: dict[str, bytes] = field(default_factory=dict)  # key id -> public key any identity published
+    vouched: dict[str, bytes] = field(default_factory=dict)  # key id -> key of the keyset in force (7.4)
+    #: (tier, index) of the memories whose meta holds a float or a bin value (to_json); None: not tracked
+    special_meta: list[tuple[str, int]] | None = field(default_factory=list, repr=False, compare=False)
+
+    def vouch(self, keys: Iterable[bytes]) -> None:
+        """7.4: the public keys of the keyset in force at this commit (14.4), which
+        alone make an approval ``verified``. Not part of the fold: keysets are
+        frames, not records, and the state root does not depend on them (13.1)."""
+        from ..format.keys import PublicKey
+
+        self.vouched = {PublicKey(raw).key_id: raw for raw in keys}
 
     @property
     def root(self) -> str:
@@ -53,12 +77,17 @@ class State:
         from .kinds import approval_message
 
         def approvals(rid: str) -> list[dict[str, Any]]:
+            # 7.4: `signature_ok` when the signature checks under the approver's key (one an
+            # identity published, or one of the keyset in force); `verified` only when that
+            # key is a member of the keyset in force, so the keyset chain vouches for it.
             out = []
             for a in self.approvals.get(rid, []):
-                raw = self.keys.get(a["approver"])
+                member = self.vouched.get(a["approver"])
+                raw = member if member is not None else self.keys.get(a["approver"])
                 ok = raw is not None and PublicKey(raw).verify(approval_message(bytes.fromhex(rid)),
                                                              bytes.fromhex(a["signature"]))
-                out.append({"id": a["id"], "approver": a["approver"], "time": a["time"], "verified": ok})
+                out.append({"id": a["id"], "approver": a["approver"], "time": a["time"], "signature_ok": ok,
+                            "verified": ok and member is not None})
             return out
 
         active = [c for c in self.constraints.values() if c["status"] == "active"]
@@ -80,8 +109,87 @@ class State:
         }
 
     def to_json(self) -> str:
-        """Canonical JSON: sorted keys, compact separators (and the C encoder)."""
-        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        """The ``capsule state --json`` document (13.2): sorted keys, compact separators,
+        UTF-8, a bin value as lowercase hex."""
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """:meth:`to_json` as UTF-8 bytes, written by msgspec.
+
+        msgspec writes what ``json.dumps(doc, sort_keys=True, ensure_ascii=False,
+        separators=(",", ":"))`` writes, byte for byte, except floats (``1e-7`` for
+        ``1e-07``) and bin values (base64). Both live only in user maps (memory meta,
+        decision inputs, identity config), so those holding one go in with each float
+        pre-rendered as ``json`` spells it and each bin value as hex."""
+        with _no_gc():  # building the document allocates much and frees nothing cyclic
+            return self._json_bytes()
+
+    def _json_bytes(self) -> bytes:
+        import msgspec
+
+        doc = self.to_dict()
+        if self.special_meta is None:  # a State not made by a fold: look everywhere
+            return json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                              default=_hex).encode()
+        if self.special_meta:
+            mems = doc["memories"] = dict(doc["memories"])
+            copied: set[str] = set()
+            for tier, i in self.special_meta:
+                if tier not in copied:
+                    mems[tier] = list(mems[tier])
+                    copied.add(tier)
+                mems[tier][i] = {**mems[tier][i], "meta": _plain(mems[tier][i]["meta"], msgspec.Raw)}
+        for d in doc["decisions"]:  # fresh dicts (to_dict adds their approvals)
+            if _special(d.get("inputs")):
+                d["inputs"] = _plain(d["inputs"], msgspec.Raw)
+        ident = doc["identity"]
+        if ident is not None and _special(ident):
+            doc["identity"] = _plain(ident, msgspec.Raw)
+        return _json_encoder().encode(doc)  # type: ignore[no-any-return]
+
+
+_ENCODER: list[Any] = []
+
+
+def _json_encoder() -> Any:
+    if not _ENCODER:
+        import msgspec
+
+        _ENCODER.append(msgspec.json.Encoder(order="sorted"))
+    return _ENCODER[0]
+
+
+def _hex(v: object) -> str:
+    """13.2: a bin value prints as lowercase hex."""
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v).hex()
+    raise TypeError(f"{type(v).__name__} is not JSON serializable")
+
+
+def _special(v: object) -> bool:
+    """Whether ``v`` holds a float or a bin value (which msgspec spells otherwise)."""
+    t = type(v)
+    if t is float or t is bytes:
+        return True
+    if t is dict:
+        return any(_special(x) for x in v.values())  # type: ignore[attr-defined]
+    if t is list or t is tuple:
+        return any(_special(x) for x in v)  # type: ignore[attr-defined]
+    return False
+
+
+def _plain(v: Any, raw: Any) -> Any:
+    """``v`` with every float pre-rendered as ``json`` spells it and every bin value as hex."""
+    t = type(v)
+    if t is float:
+        return raw(float.__repr__(v).encode())
+    if t is bytes:
+        return v.hex()
+    if t is dict:
+        return {k: _plain(x, raw) for k, x in v.items()}
+    if t is list or t is tuple:
+        return [_plain(x, raw) for x in v]
+    return v
 
 
 def _times(d: dict[str, Any]) -> dict[str, Any]:
@@ -114,38 +222,227 @@ def fold(records: Iterable[Any]) -> State:
     """Fold records (in commit order) into a :class:`State`."""
     st = State()
     for rec in live_records(records):
-        rid = bytes.fromhex(rec.id)
-        kind = rec.kind
-        st.live.append(rid)
-        if isinstance(rec, Memory):
-            d = rec.to_dict()
-            d.pop("embedding", None)
-            if rec.embedding is not None:
-                d["embedding_dim"] = int(rec.embedding.shape[0])
-            st.memories[rec.tier].append(_times(d))
-        elif kind == "decision":
-            st.decisions.append(_times(rec.to_dict()))
-        elif kind == "constraint":
-            key = (rec.scope, rec.text)
-            if rec.status == "active":
-                st.constraints[key] = {"id": rec.id, "text": rec.text, "scope": rec.scope,
-                                       "status": "active", "time": iso(rec.time)}
-            else:
-                st.constraints.pop(key, None)
-        elif kind == "approval":
-            st.approvals.setdefault(rec.subject.hex(), []).append(
-                {"id": rec.id, "approver": rec.approver, "signature": rec.signature.hex(), "time": iso(rec.time)}
-            )
-        elif kind == "identity":
-            st.identity = _times(rec.to_dict())
-            st.identity_history.append(rec.id)
-            from ..format.keys import PublicKey
-
-            for raw in rec.keys:
-                st.keys[PublicKey(raw).key_id] = raw
-        elif kind == "note":
-            st.notes.append(_times(rec.to_dict()))
-        else:
-            name = rec.kind_name if isinstance(rec, GenericRecord) else kind
-            st.other[name] = st.other.get(name, 0) + 1
+        _add(st, rec, bytes.fromhex(rec.id))
     return st
+
+
+def _add(st: State, rec: Any, rid: bytes) -> None:
+    kind = rec.kind
+    st.live.append(rid)
+    if isinstance(rec, Memory):
+        d = rec.to_dict()
+        d.pop("embedding", None)
+        if rec.embedding is not None:
+            d["embedding_dim"] = int(rec.embedding.shape[0])
+        mems = st.memories[rec.tier]
+        if st.special_meta is not None and rec.meta and _special(rec.meta):
+            st.special_meta.append((rec.tier, len(mems)))
+        mems.append(_times(d))
+    elif kind == "decision":
+        st.decisions.append(_times(rec.to_dict()))
+    elif kind == "constraint":
+        key = (rec.scope, rec.text)
+        if rec.status == "active":
+            st.constraints[key] = {"id": rec.id, "text": rec.text, "scope": rec.scope,
+                                   "status": "active", "time": iso(rec.time)}
+        else:
+            st.constraints.pop(key, None)
+    elif kind == "approval":
+        st.approvals.setdefault(rec.subject.hex(), []).append(
+            {"id": rec.id, "approver": rec.approver, "signature": rec.signature.hex(), "time": iso(rec.time)}
+        )
+    elif kind == "identity":
+        st.identity = _times(rec.to_dict())
+        st.identity_history.append(rec.id)
+        from ..format.keys import PublicKey
+
+        for raw in rec.keys:
+            st.keys[PublicKey(raw).key_id] = raw
+    elif kind == "note":
+        st.notes.append(_times(rec.to_dict()))
+    else:
+        name = rec.kind_name if isinstance(rec, GenericRecord) else kind
+        st.other[name] = st.other.get(name, 0) + 1
+
+
+# --- the fast path: the state straight from a store's RECORDS frames --------------------
+#
+# ``fold(store.records())`` builds a record object per record and a dict from it. Here a
+# memory, nearly every record of a large capsule, goes from its decoded canonical map to
+# its state entry directly: the map passed the canonical profile (5.1) when its frame was
+# decoded, and :func:`_memory_entry` checks the 7.1 schema that ``Memory.from_value`` would
+# (fields, types, ranges, defaults omitted, tags sorted). Anything it does not accept goes
+# the slow way, which accepts it or raises the reader's error. Every other kind is decoded
+# as ``records()`` decodes it. The result equals ``fold(store.records())``.
+
+_MEMORY_FIELDS = frozenset(Memory.FIELDS)
+_TIME_MAX = 1 << 63
+_EMPTY: Any = object()
+_PLAIN = frozenset({str, int, bool, type(None)})  # values json and msgspec write alike
+
+
+def fold_store(store: Store) -> State:
+    """The state at ``store``'s snapshot: ``fold(store.records())``, in one pass and
+    without a record object per memory."""
+    store.check_open()
+    snap = store.snap
+    st = State()
+    dims: list[bytes] = []  # embedding bytes, checked in bulk below
+    reverts = "revert" in snap.kinds  # liveness needs every revert first (13.1): two passes
+    rows: list[tuple[bytes, Any]] = []  # with reverts: (id, memory entry or record object)
+    dead: set[bytes] = set()
+    iso_ = _IsoCache()
+    live, mems, special = st.live, st.memories, st.special_meta
+    assert special is not None
+    with _no_gc():  # millions of small containers, none of them cyclic
+        rd = Reader(store.h, C.HEADER_SIZE, snap.end, 0, snap.header.chain_seed, snap.header.max_frame_len)
+        for fh, payload, _ in rd.frames():
+            if fh.ftype != C.FT_RECORDS:
+                continue
+            for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
+                kind = value.get("kind") if type(value) is dict else None
+                if type(kind) is not str:
+                    raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+                rid = record_id(kind, data)
+                entry = _memory_entry(value, rid, iso_, dims) if kind == "memory" else None  # type: ignore[arg-type]
+                if entry is None:
+                    entry = decode_record(value, rid)
+                    if kind == "revert":
+                        dead.update(entry.drop)
+                        dead.difference_update(entry.restore)
+                    if reverts:
+                        rows.append((rid, entry))
+                    elif entry.kind not in EVENT_KINDS:
+                        _add(st, entry, rid)
+                elif reverts:
+                    rows.append((rid, entry))
+                else:  # a live memory (inline: this is the loop of a 100k-record state)
+                    live.append(rid)
+                    tier = mems[entry["tier"]]
+                    meta = entry["meta"]
+                    if meta and not _PLAIN.issuperset(map(type, meta.values())) and _special(meta):
+                        special.append((entry["tier"], len(tier)))
+                    tier.append(entry)
+        if dims and not _embeddings_ok(dims):
+            return fold(store.records())  # the slow way raises the reader's error, in commit order
+        for rid, entry in rows:
+            if rid not in dead:
+                _place(st, rid, entry)
+    return st
+
+
+def _place(st: State, rid: bytes, entry: Any) -> None:
+    if type(entry) is dict:
+        st.live.append(rid)
+        mems = st.memories[entry["tier"]]
+        meta = entry["meta"]
+        if meta and not _PLAIN.issuperset(map(type, meta.values())) and _special(meta):
+            st.special_meta.append((entry["tier"], len(mems)))  # type: ignore[union-attr]
+        mems.append(entry)
+    elif entry.kind not in EVENT_KINDS:
+        _add(st, entry, rid)
+
+
+def _memory_entry(v: dict[str, Any], rid: bytes, iso_: _IsoCache, dims: list[bytes]) -> dict[str, Any] | None:
+    """A memory's state entry from its canonical map when it meets 7.1 as
+    ``Memory.from_value`` checks it; None sends it the slow way (which decides)."""
+    if not v.keys() <= _MEMORY_FIELDS:
+        return None
+    try:
+        text, t = v["text"], v["time"]
+    except KeyError:
+        return None
+    if type(text) is not str or type(t) is not int or not 0 <= t < _TIME_MAX:
+        return None
+    n = 3  # kind, text, time
+    tags = v.get("tags", _EMPTY)
+    if tags is not _EMPTY:
+        # 7.1: present only when non-empty; text, 1..256 code points each, distinct and sorted
+        if type(tags) is not list or not tags:
+            return None
+        try:
+            joined = "".join(tags)
+            if tags != sorted(set(tags)) or not tags[0] or (len(joined) > 256 and max(map(len, tags)) > 256):
+                return None  # unsorted, repeated, an empty tag (it sorts first) or one over 256
+        except TypeError:  # not all text
+            return None
+        n += 1
+    else:
+        tags = []
+    meta = v.get("meta", _EMPTY)
+    if meta is not _EMPTY:
+        if type(meta) is not dict or not meta:  # canonical (5.1) already: any non-empty map is 7.1's
+            return None
+        n += 1
+    else:
+        meta = {}
+    tier = v.get("tier", "working")
+    if tier != "working":
+        if tier != "scratch" and tier != "validated":
+            return None
+        n += 1
+    elif "tier" in v:
+        return None  # the default spelled out
+    d = {"id": rid.hex(), "kind": "memory", "time": iso_(t), "text": text, "tags": tags, "meta": meta, "tier": tier}
+    if len(v) > n:
+        ttl = v.get("ttl")
+        if ttl is not None:
+            if type(ttl) is not int or not 0 < ttl < _TIME_MAX:
+                return None
+            d["ttl"] = ttl
+        source = v.get("source")
+        if source is not None:
+            if type(source) is not str:
+                return None
+            d["source"] = source
+        emb = v.get("embedding")
+        if emb is not None:
+            shape = emb.get("shape") if type(emb) is dict else None
+            if (type(emb) is not dict or len(emb) != 3 or emb.get("dtype") != "f32" or type(shape) is not list
+                    or len(shape) != 1 or type(shape[0]) is not int or not 1 <= shape[0] <= 65536
+                    or type(emb.get("data")) is not bytes or len(emb["data"]) != 4 * shape[0]):
+                return None
+            d["embedding_dim"] = shape[0]
+            dims.append(emb["data"])
+        if len(v) != n + ("ttl" in d) + ("source" in d) + ("embedding_dim" in d):
+            return None  # a field present as nil
+    return d
+
+
+def _embeddings_ok(dims: list[bytes]) -> bool:
+    """7.1: every stored float32 is finite and no zero is negative (one pass over all)."""
+    import numpy as np
+
+    arr = np.frombuffer(b"".join(dims), "<f4")
+    return bool(np.isfinite(arr).all()) and not bool((np.signbit(arr) & (arr == 0)).any())
+
+
+class _IsoCache:
+    """``iso`` with the seconds part remembered: records of one commit share their second."""
+
+    __slots__ = ("_secs", "_base")
+
+    def __init__(self) -> None:
+        self._secs = -1
+        self._base = ""
+
+    def __call__(self, ns: int) -> str:
+        secs, frac = divmod(ns, 1_000_000_000)
+        if secs != self._secs:
+            self._secs, self._base = secs, _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(secs))
+        if frac:
+            return f"{self._base}.{frac:09d}".rstrip("0") + "Z"
+        return self._base + "Z"
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic collector while a fold builds its (acyclic) containers: at 100k
+    records it otherwise spends a third of the fold re-walking them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
