@@ -13,7 +13,7 @@ import struct
 #: ^Z stops `type` on DOS, the final LF catches LF->CRLF.
 MAGIC = b"\x89CAP\r\n\x1a\n"
 FORMAT_MAJOR = 1  # 2.2
-FORMAT_MINOR = 1  # 2.2, 12.4: 1.1 adds BLOB frames and the search index (16)
+FORMAT_MINOR = 2  # 2.2, 12.4: 1.1 adds BLOB frames and the search index (16); 12.6: 1.2 INDEX `vectors`
 HEADER_SIZE = 64  # 2.1
 HEADER_STRUCT = struct.Struct("<8sBBH16sBBBBI24sI")  # 2.1 layout, CRC last
 assert HEADER_STRUCT.size == HEADER_SIZE
@@ -115,8 +115,10 @@ INDEX_EVERY_RECORDS = 4096
 INDEX_EVERY_FRAMES = 256
 INDEX_ON_CLOSE_RECORDS = 512
 INDEX_ON_CLOSE_FRAMES = 16
-INDEX_AT_CHECKPOINT_RECORDS = 128
-INDEX_AT_CHECKPOINT_FRAMES = 8
+# 9.3: an INDEX commit fsyncs twice (6.4), so indexing with every other checkpoint of a
+# step loop cost half an fsync per checkpoint; at these sizes a view still replays little
+INDEX_AT_CHECKPOINT_RECORDS = 512
+INDEX_AT_CHECKPOINT_FRAMES = 16
 
 # --- Input limits of the tools (section 11, informative): what a command reads before
 # it builds records, refused once passed, so an endless stream ends in an error.

@@ -14,7 +14,7 @@ from ..core import constants as C
 from ..core.errors import CorruptError, NonCanonicalError
 from . import canonical as canon
 from .blob import BlobRef, parse_blob_refs
-from .index import SegmentRef
+from .index import ENTRY_SIZE, SegmentRef
 
 _LOC = struct.Struct("<8sQ")
 
@@ -108,6 +108,10 @@ class IndexMeta:
     keyset: int | None = None  # latest KEYSET frame offset
     labels: list[SegmentRef] = field(default_factory=list)  # checkpoint label tables (9.2, 14.9)
     blobs: dict[str, BlobRef] = field(default_factory=dict)  # newest blob of each type (9.2, 1.1)
+    #: 9.2 (1.2) `vectors`: the vector parameters (16.1) of the records before this INDEX as a
+    #: map, {} when they fix none; None when the INDEX does not say (a 1.0 or 1.1 writer's, or
+    #: any INDEX of a file created before 1.2, 12.6).
+    vectors: dict[str, int | str] | None = None
 
     def to_value(self) -> dict[str, object]:
         v: dict[str, object] = {
@@ -122,6 +126,8 @@ class IndexMeta:
         }
         if self.blobs:  # 9.2: omitted when the file has no blob, so 1.0 INDEX bytes are unchanged
             v["blobs"] = [self.blobs[t].to_value() for t in sorted(self.blobs)]
+        if self.vectors is not None:  # 9.2: omitted in files created before 1.2 (12.6)
+            v["vectors"] = dict(sorted(self.vectors.items()))
         return dict(sorted(v.items()))  # 5.1: keys in canonical order
 
     def encode(self) -> bytes:
@@ -138,10 +144,14 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
         v = canon.decode(payload)
     except NonCanonicalError as e:
         raise bad(str(e)) from e
-    if not isinstance(v, dict) or set(v) - {"blobs"} != {"checkpoint", "frontier", "keyset", "kinds", "labels",
-                                                         "records", "segments", "tree_size"}:
+    if not isinstance(v, dict) or set(v) - {"blobs", "vectors"} != {
+            "checkpoint", "frontier", "keyset", "kinds", "labels", "records", "segments", "tree_size"}:
         raise bad("index fields are wrong")
     blobs = parse_blob_refs(v["blobs"], offset) if "blobs" in v else {}
+    vec = v.get("vectors")
+    if "vectors" in v and not (isinstance(vec, dict) and len(vec) <= 8 and all(
+            type(x) is int or type(x) is str for x in vec.values())):
+        raise bad("index vectors is malformed")  # 9.2: a map of 7.10 fields; the search layer checks them
     ck = v["checkpoint"]
     if ck is not None and not (isinstance(ck, list) and len(ck) == 2 and type(ck[0]) is int
                                and C.HEADER_SIZE <= ck[0] < offset and isinstance(ck[1], bytes) and len(ck[1]) == 32):
@@ -164,7 +174,7 @@ def parse_index_payload(payload: bytes, offset: int, seq: int) -> IndexMeta:
     if type(v["records"]) is not int or v["records"] != total or sum(kinds.values()) != total:
         raise bad("index record counts disagree")
     return IndexMeta(seq, list(fr), v["records"], dict(kinds), segs,
-                     None if ck is None else (ck[0], ck[1]), ks, labels, blobs)
+                     None if ck is None else (ck[0], ck[1]), ks, labels, blobs, vec)
 
 
 def _segment_refs(segv: object, offset: int, bad: Callable[[str], CorruptError]) -> list[SegmentRef]:
@@ -174,7 +184,7 @@ def _segment_refs(segv: object, offset: int, bad: Callable[[str], CorruptError])
     for s in segv:
         if (not isinstance(s, list) or len(s) != 3 or type(s[0]) is not int or type(s[1]) is not int
                 or not isinstance(s[2], bytes) or len(s[2]) != 32 or not C.HEADER_SIZE <= s[0] < offset
-                or not 0 < s[1] <= (offset - s[0]) // 52):
+                or not 0 < s[1] <= (offset - s[0]) // ENTRY_SIZE):
             raise bad("index segment entry is malformed")
         out.append(SegmentRef(s[0], s[1], s[2]))
     return out
@@ -267,19 +277,23 @@ def decode_records_payload(raw: bytes, offset: int, seq: int) -> list[tuple[obje
     if may_hold_too_many(raw):
         check_objects(raw, record_bounds(raw, offset, seq), offset, seq)
     try:
-        values = canon.decode(raw, max_objects=None)  # counted just above
+        values = canon.decode_bulk(raw)  # objects counted just above
     except NonCanonicalError as e:
         raise CorruptError(str(e), offset=offset, seq=seq, check="canonical") from e
     if not isinstance(values, list) or not values or len(values) > C.MAX_RECORDS_PER_FRAME:
         raise CorruptError("RECORDS payload must be a non-empty array", offset=offset, seq=seq, check="records")
-    for v in values:
-        # 11: the array itself is one level, so a record may reach MAX_DEPTH below it
-        if canon.depth(v) > C.MAX_DEPTH:
+    out = list(zip(values, canon.split_array(raw), strict=True))
+    for v, data in out:
+        # 11: the array itself is one level, so a record may reach MAX_DEPTH below it. A
+        # record has no more levels than container headers, so most need no walk.
+        if len(data.translate(None, _NOT_CONTAINER)) > C.MAX_DEPTH and canon.depth(v) > C.MAX_DEPTH:
             raise CorruptError(f"record nested deeper than {C.MAX_DEPTH} (spec 11)", offset=offset, seq=seq,
                                check="canonical")
-    # decode() proved raw re-encodes identically, so re-packing each element
-    # gives exactly its stored bytes.
-    return [(v, msgpack.packb(v, use_bin_type=True)) for v in values]
+    return out
+
+
+#: every byte but the msgpack map and array headers (fixmap, fixarray, array16/32, map16/32)
+_NOT_CONTAINER = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
 
 
 def record_bounds(raw: bytes, offset: int, seq: int) -> list[int]:
@@ -319,8 +333,9 @@ def record_kinds(raw: bytes, offset: int, seq: int) -> list[tuple[str, bytes]]:
     for i in range(len(bounds) - 1):
         data = raw[bounds[i] : bounds[i + 1]]
         try:
+            canon.check_promises(data)  # 11: msgpack sizes lists by their headers
             v = msgpack.unpackb(data, raw=False, strict_map_key=False, max_str_len=C.MAX_STR,
-                                max_bin_len=C.MAX_BIN, max_array_len=C.MAX_ARRAY, max_map_len=C.MAX_MAP,
+                                max_bin_len=C.MAX_BIN, max_array_len=canon.max_array(data), max_map_len=C.MAX_MAP,
                                 max_ext_len=0)
         except (ValueError, TypeError, msgpack.StackError, msgpack.FormatError) as e:
             raise CorruptError(f"malformed record: {e}", offset=offset, seq=seq, check="records") from None

@@ -19,25 +19,30 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..core import constants as C
 from ..core.clock import Clock, iso
-from ..core.errors import CorruptError, DataError, UsageError
+from ..core.errors import CorruptError, DataError, NotFound, UsageError
+from ..core.lazy import lazy
 from . import canonical as canon
 from .checkpoint import CheckpointFrame, parse_checkpoint
 from .commit import CommitInfo, decode_records_payload, record_bounds
 from .file import ReadHandle
 from .frames import Merkle, raw_payload
-from .index import merge_inputs
+from .index import merge_inputs, prefixes_of
 from .records import decode_record
 from .records import record_id as content_id
 from .scan import Reader, Snapshot, load, read_commit_at, read_frame_at
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
 
 Mode = Literal["r", "a"]
 
@@ -104,19 +109,39 @@ class Store:
         return (c.root if c else Merkle().root()).hex()
 
     def locate(self, rid: bytes, snap: Snapshot | None = None) -> tuple[int, int] | None:
+        """Where the record ``rid`` is stored, or None: the in-memory map since the INDEX,
+        then each table, newest first (9.1)."""
         snap = self.snap if snap is None else snap
         loc = snap.mem.get(rid)
         if loc is not None and loc[0] < snap.end:  # past the end: a commit still being published
             return loc
-        # A hit needs no table hash: get() checks the record against its id.
+        # A hit needs no table hash: get() checks the record against its id (9.2).
         for seg in reversed(snap.segments):
             loc = seg.find(rid)
             if loc is not None:
                 return loc
-        # Before saying "absent", make sure no table was tampered with (9.2).
-        for seg in snap.segments:
-            seg.verify()
+        verify_tables(snap)  # 9.2: "absent" only once no table can have left it out
         return None
+
+    def present(self, ids: Sequence[bytes], snap: Snapshot | None = None) -> np.ndarray:
+        """Which of ``ids`` are committed (a writer's dedup, 7.0), as a bool array.
+
+        A "yes" rests on a table's word, so that table's hash is checked first (9.2):
+        a forged entry cannot make a writer drop a record. A "no" rests on the tables
+        as they are (9.2 says why that is safe), so a writer's open hashes none.
+        """
+        snap = self.snap if snap is None else snap
+        mem = snap.mem
+        out = np.array([rid in mem and mem[rid][0] < snap.end for rid in ids], dtype=bool)
+        if not snap.segments or len(ids) == 0:
+            return out
+        prefixes = prefixes_of(ids)
+        for seg in snap.segments:
+            hit = seg.contains_many(prefixes, ids) & ~out
+            if hit.any():
+                seg.verify()
+                out |= hit
+        return out
 
     def frame_slots(self, offset: int, snap: Snapshot | None = None) -> tuple[bytes, list[int]]:
         """The raw payload of a RECORDS frame and the byte offsets of its records.
@@ -169,6 +194,63 @@ class Store:
             raise CorruptError("record nested too deeply", offset=loc[0], check="canonical")
         return decode_record(value, rid)
 
+    def resolve_prefix(self, hexprefix: str, pending: Iterable[bytes] = ()) -> bytes:
+        """The one record id starting with ``hexprefix`` (4 to 64 hex digits), by a range
+        lookup in the index tables (9.1): history is never scanned. ``pending`` adds ids
+        not yet committed (a transaction's own). The only code that knows the table layout
+        besides ``index``: it reads the ``prefix``, ``frame_offset`` and ``slot`` columns
+        and takes a full id from its record, so it holds for any table with those columns.
+
+        Raises :class:`NotFound` when no record starts so, :class:`UsageError` when more do.
+        """
+        p = hexprefix.lower() if isinstance(hexprefix, str) else ""
+        if not 4 <= len(p) <= 64 or p.strip("0123456789abcdef"):
+            raise NotFound(f"{hexprefix!r} is not a record id or id prefix (4 to 64 hex digits)")
+        if len(p) == 64:
+            return bytes.fromhex(p)
+        snap = self.snap
+        found = {rid for rid, loc in snap.mem.copy().items() if loc[0] < snap.end and rid.hex().startswith(p)}
+        found.update(rid for rid in pending if rid.hex().startswith(p) and not self._committed(rid, snap))
+        head = p[:16]  # 9.1: the prefix column is the id's first 8 bytes, big-endian
+        lo, hi = np.uint64(int(head.ljust(16, "0"), 16)), np.uint64(int(head.ljust(16, "f"), 16))
+        ranges = [(seg, int(np.searchsorted(seg.prefix, lo, "left")), int(np.searchsorted(seg.prefix, hi, "right")))
+                  for seg in snap.segments]
+        in_tables = sum(j - i for _, i, j in ranges)
+        # "none" and "several" are said only once every table verified (9.2), as for an absent id
+        if len(p) <= 16 and len(found) + in_tables > 1:  # every entry in range is a distinct match
+            verify_tables(snap)
+            raise UsageError(f"id prefix {hexprefix!r} is ambiguous: {len(found) + in_tables} records start "
+                             f"with it; give more digits")
+        for seg, i, j in ranges:
+            found.update(rid for rid in (self._id_at(int(seg.frames[k]), int(seg.slots[k]), snap) for k in range(i, j))
+                         if rid.hex().startswith(p))
+        if len(found) == 1:
+            return found.pop()
+        verify_tables(snap)
+        if found:
+            raise UsageError(f"id prefix {hexprefix!r} is ambiguous: {len(found)} records start with it; "
+                             f"give more digits")
+        raise NotFound(f"no record with id prefix {hexprefix!r}")
+
+    def _id_at(self, offset: int, slot: int, snap: Snapshot) -> bytes:
+        """The content id of the record at a table location (read, not taken from a table)."""
+        raw, bounds = self.frame_slots(offset, snap)
+        if slot + 1 >= len(bounds):
+            raise CorruptError("record slot outside its frame", offset=offset, check="index-location")
+        data = raw[bounds[slot] : bounds[slot + 1]]
+        try:
+            value = canon.decode(data)
+        except DataError as e:
+            raise CorruptError(str(e), offset=offset, check="canonical") from None
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if not isinstance(kind, str):
+            raise CorruptError("record without a kind", offset=offset, check="record")
+        return content_id(kind, data)
+
+    def _committed(self, rid: bytes, snap: Snapshot) -> bool:
+        return bool(self.present([rid], snap)[0])
+
+
     def records(self, kind: str | None = None) -> Iterator[Any]:
         """Every committed record in commit order, each checked on the way."""
         self.check_open()
@@ -186,10 +268,10 @@ class Store:
                 yield decode_record(value, content_id(k, data))
 
     def all_ids(self) -> np.ndarray:
-        """Sorted content ids of every committed record (``S32`` array)."""
+        """Sorted content ids of every committed record (``S32`` array), from the tables'
+        id columns and the in-memory map: no record is read (9.1, 13.1)."""
         snap = self.snap
-        for seg in snap.segments:
-            seg.verify()
+        verify_tables(snap)  # 9.2: every id rests on what the tables leave out
         # A copy (one atomic step) of the in-memory map, without a commit still being published.
         mem = {rid: loc for rid, loc in snap.mem.copy().items() if loc[0] < snap.end}
         ids, _, _ = merge_inputs(snap.segments, mem)
@@ -208,14 +290,22 @@ class Store:
                 raise CorruptError("commit back-pointer is inconsistent", offset=c.offset, check="commit-prev")
             c = p
 
-    def log(self) -> list[CommitRow]:
-        """Every commit, oldest first."""
+    def log(self, limit: int | None = None) -> list[CommitRow]:
+        """Every commit, oldest first; with ``limit``, only the newest ``limit`` (read back
+        from the last commit, so the cost follows ``limit``, not the file's history)."""
         self.check_open()
-        rows = list(self.commits())
-        if rows and rows[-1].commits != 1:
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise UsageError("limit must be a non-negative integer")
+        # one commit more than shown: the records column is the difference with the one before
+        rows = list(islice(self.commits(), None if limit is None else limit + 1))
+        if limit is not None and len(rows) > limit:
+            before = rows.pop().records
+        elif rows and rows[-1].commits != 1:
             raise CorruptError("commit chain ends early", offset=rows[-1].offset, check="commit-prev")
+        else:
+            before = 0
         rows.reverse()
-        out, before = [], 0
+        out = []
         for c in rows:
             out.append(CommitRow(c.commits, c.seq, c.offset, c.end, c.records - before, c.time, c.root.hex()))
             before = c.records
@@ -247,6 +337,13 @@ class Store:
     def reinit_after_fork(self) -> None:
         """In a fork child: a lock another thread of the parent held stays held for ever."""
         self._cache_lock = threading.Lock()
+
+
+def verify_tables(snap: Snapshot) -> None:
+    """Before "absent" (or anything else resting on what a table leaves out), make sure
+    no table was tampered with (9.2). Each table is hashed once per handle."""
+    for seg in snap.segments:
+        seg.verify()
 
 
 def load_stable(h: ReadHandle, *, strict: bool = True) -> Snapshot:

@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..core import constants as C
 from ..core.errors import InvalidRecordError
+from ..core.lazy import lazy
+from .batch import Item as Item  # re-exported: the writer's input type, and its ids
+from .batch import RecordBatch, as_batch
+from .batch import item_ids as item_ids
 from .blob import BlobRef, blob_parts
 from .checkpoint import parse_checkpoint
 from .commit import (
     CommitInfo,
     IndexMeta,
     encode_commit_payload,
-    encode_records_payload,
     encode_recovery,
 )
 from .file import WriteHandle
@@ -40,19 +42,28 @@ from .index import ENTRY_SIZE, Segment, SegmentRef, build_table, merge_inputs, p
 from .scan import Snapshot, label_key
 from .store import Store
 
-#: (content id, kind, canonical bytes) of one record to write
-Item = tuple[bytes, str, bytes]
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
+
 #: a frame built once everything before it is laid out: (seq, chain, Merkle so far, offset) -> payload
 Build = Callable[[int, bytes, Merkle, int], bytes]
 
 
-def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = False,
+def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_index: bool = False,
                  extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
-                 blob: tuple[str, bytes] | None = None) -> CommitInfo:
+                 blob: tuple[str, bytes] | None = None,
+                 at_index: Callable[[], Sequence[tuple[str, bytes]]] | None = None,
+                 vectors: Callable[[], dict[str, int | str]] | None = None) -> CommitInfo:
     """Append records (+ INDEX when due) + COMMIT, fsync once, then publish.
 
     ``extra`` frames go first; ``after`` frames are built by callbacks that get
     (seq, chain, Merkle so far, offset) once everything before them is laid out.
+    ``at_index`` is asked, only when this commit writes an INDEX, for blobs to
+    write just before it (the action journal's snapshot, 18.3). ``vectors`` is asked
+    likewise for the INDEX's `vectors` map (9.2, 16.1), written in files created by 1.2 or later
+    (header minor >= 2), so a 1.1 file appended to stays readable by 1.1 readers (12.6).
     """
     h = store.h
     assert isinstance(h, WriteHandle)
@@ -67,9 +78,8 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
     seq, chain, merkle = snap.next_seq, snap.chain, snap.merkle.copy()
     pos = snap.end
     parts: list[bytes] = []
-    # New entries go to side tables and are merged into the snapshot only
+    # New entries go to side columns and are merged into the snapshot only
     # after the fsync, so a failed commit leaves the in-memory state as it was.
-    new_mem: dict[bytes, tuple[int, int]] = {}
     kinds = dict(snap.kinds)
 
     max_frame = snap.header.max_frame_len
@@ -103,22 +113,20 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
             frames += 1
         blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), len(content), bid)}
         force_index = True
-    # RECORDS frames of about FRAME_TARGET_RAW bytes, smaller when the header allows less.
+    # RECORDS frames of about FRAME_TARGET_RAW bytes, smaller when the header allows less,
+    # sliced out of the batch; the records' locations go into columns, not a dict entry
+    # per record, so a commit of a million records stays compact (11, F22).
     frame_target = min(C.FRAME_TARGET_RAW, max_frame - C.FRAME_OVERHEAD)
-    i = 0
-    while i < len(items):
-        batch: list[bytes] = []
-        size = 0
-        start = i
-        while i < len(items) and (not batch or size + len(items[i][2]) <= frame_target):
-            batch.append(items[i][2])
-            size += len(items[i][2])
-            i += 1
-        at = emit(C.FT_RECORDS, encode_records_payload(batch), compress=True)
+    batch = as_batch(items)
+    new_frames = np.zeros(len(batch), dtype=np.uint64)
+    new_slots = np.zeros(len(batch), dtype=np.uint32)
+    for lo, hi in batch.frames(frame_target):
+        at = emit(C.FT_RECORDS, batch.payload(lo, hi), compress=True)
         frames += 1
-        for slot, (rid, kind, _) in enumerate(items[start:i]):
-            new_mem[rid] = (at, slot)
-            kinds[kind] = kinds.get(kind, 0) + 1
+        new_frames[lo:hi] = at
+        new_slots[lo:hi] = np.arange(hi - lo, dtype=np.uint32)
+    for kind, count in batch.kind_counts().items():
+        kinds[kind] = kinds.get(kind, 0) + count
     ckpt, keyset_at = snap.checkpoint, snap.keyset
     new_labels: dict[bytes, tuple[int, int]] = {}
     for ftype, build in after:
@@ -131,22 +139,33 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
             new_labels[label_key(ckf.body.label)] = (at, 0)
         elif ftype == C.FT_KEYSET:
             keyset_at = at
-    records = snap.records + len(items)
+    records = snap.records + len(batch)
     segments = list(snap.segments)
     index_at, index_hash = (snap.commit.index, snap.commit.index_hash) if snap.commit else (None, None)
     since = snap.frames_since_index + frames
     wrote_index = False
+    vectors_at = snap.vectors
     before_index = 0  # frames in ``parts`` before the INDEX, when one is written
     labels = snap.labels
-    n_mem = len(snap.mem) + len(new_mem)
+    n_mem = len(snap.mem) + len(batch)
     if force_index or n_mem >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES:
-        mem = {**snap.mem, **new_mem}
-        k = _merge_count([s.ref.count for s in segments], len(mem), table_cap)
+        for btype, content in at_index() if at_index is not None else ():
+            # 3.4: blobs kept current at every INDEX, after this commit's records
+            payloads, bid = blob_parts(btype, content)
+            first = pos
+            for raw in payloads:
+                emit(C.FT_BLOB, raw)
+            blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), len(content), bid)}
+        mem = snap.mem  # the batch's entries join as columns (its ids are in no table, 7.0)
+        k = _merge_count([s.ref.count for s in segments], n_mem, table_cap)
         if k:
+            # 9.2: only the tables rewritten here are hashed; a damaged one must not be
+            # laundered into a new table under a fresh hash.
             for s in segments[-k:]:
                 s.verify()
-        if mem or k:
+        if n_mem or k:
             ids, fr_offs, slots = merge_inputs(segments[len(segments) - k:], mem)
+            ids, fr_offs, slots = _join(ids, fr_offs, slots, batch.id_array(), new_frames, new_slots)
             segments = segments[: len(segments) - k] + _tables(emit, ids, fr_offs, slots, table_cap)
         labels = list(snap.labels)
         lmem = {**snap.label_mem, **new_labels}
@@ -158,21 +177,26 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
             for seg in labels[len(labels) - k:]:
                 seg.verify()
                 for j in range(seg.ref.count):
-                    merged[bytes(seg.ids[j]).ljust(32, b"\0")] = (int(seg.frames[j]), int(seg.slots[j]))
+                    merged[seg.key(j)] = (int(seg.frames[j]), int(seg.slots[j]))
             merged.update(lmem)
             ids, fr_offs, slots = merge_inputs([], merged)
             labels = labels[: len(labels) - k] + _tables(emit, ids, fr_offs, slots, table_cap)
         if len(segments) > C.MAX_SEGMENTS or len(labels) > C.MAX_SEGMENTS:
             raise InvalidRecordError(f"this capsule's max frame length of {max_frame} bytes cannot index more "
                                      f"records: over {C.MAX_SEGMENTS} index tables (spec 11)")
+        # 9.2 (1.2): the vector parameters of everything before this INDEX, so no reader
+        # looks for them in the records (16.1); a file created before 1.2 omits the key,
+        # which its own readers would refuse (12.5, 12.6).
+        index_vectors = vectors() if vectors is not None and snap.header.minor >= 2 else None
         meta = IndexMeta(seq, merkle.peaks, records, kinds, [s.ref for s in segments], ckpt, keyset_at,
-                         [s.ref for s in labels], blobs)
+                         [s.ref for s in labels], blobs, index_vectors)
         payload = meta.encode()
         if len(payload) > C.MAX_INDEX_META:
             raise InvalidRecordError(f"this commit's INDEX would be {len(payload)} bytes, over the limit of "
                                      f"{C.MAX_INDEX_META} (spec 11; {len(kinds)} record kinds)")
         before_index = len(parts)
         index_at, index_hash = emit(C.FT_INDEX, payload), hashlib.sha256(payload).digest()
+        vectors_at = None if index_vectors is None else (pos, index_vectors)  # pos: just after the INDEX
         wrote_index = True
         since = 1
     info = CommitInfo(
@@ -205,15 +229,25 @@ def write_commit(store: Store, items: Sequence[Item], *, force_index: bool = Fal
     if wrote_index:
         mem_after: dict[bytes, tuple[int, int]] = {}
         label_mem: dict[bytes, tuple[int, int]] = {}
-    else:
+    else:  # fewer than INDEX_EVERY_RECORDS entries since the INDEX: a dict is fine here
         mem_after, label_mem = snap.mem, snap.label_mem
-        mem_after.update(new_mem)
+        mem_after.update(zip((batch.rid(j) for j in range(len(batch))),
+                             zip(new_frames.tolist(), new_slots.tolist(), strict=True), strict=True))
         label_mem.update(new_labels)
     store.snap = Snapshot(
         snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
         checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem, blobs=blobs,
+        vectors=vectors_at,
     )
     return info
+
+
+def _join(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The merged tables' three columns followed by the batch's three."""
+    a, b, c, x, y, z = cols
+    if not len(a):  # nothing merged: no copy of a million entries
+        return x, y, z
+    return np.concatenate((a, x)), np.concatenate((b, y)), np.concatenate((c, z))
 
 
 def _merge_count(counts: list[int], new: int, cap: int) -> int:

@@ -7,7 +7,7 @@ from time import time_ns
 
 from ..core import constants as C
 from ..core.clock import Clock, default_clock, source_date_epoch
-from ..core.errors import AlreadyExists, UsageError
+from ..core.errors import AlreadyExists, DataError, UsageError
 from ..format import canonical as canon
 from ..format.checkpoint import Lineage
 from ..format.file import ReadHandle, WriteHandle, fsync_dir
@@ -17,19 +17,27 @@ from ..format.scan import Snapshot
 from ..format.store import Mode, load_stable
 from ..state.fold import live_records
 from .capsule import Capsule
+from .locking import open_writer
 
 
 def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | None = None,
-           exist_ok: bool = False, lineage: bytes | None = None) -> Capsule:
+           exist_ok: bool = False, lineage: bytes | None = None, timeout: float | None = None) -> Capsule:
     """Create a new, empty capsule and open it for writing.
 
     With ``SOURCE_DATE_EPOCH`` set (and no explicit ``file_id``/``clock``) the
     file id and every timestamp are fixed, so the same operations give
-    byte-identical files wherever they run (2.5).
+    byte-identical files wherever they run (2.5). With ``exist_ok`` an existing
+    capsule is opened for writing instead (``timeout`` as for :func:`open`).
+
+    >>> import capsule
+    >>> with capsule.create("new.capsule") as cap:
+    ...     cap.mode, len(cap), cap.commit_count
+    ('a', 0, 1)
+    >>> capsule.create("new.capsule", exist_ok=True).close()  # a rerun opens what is there
     """
     p = Path(path)
     if exist_ok and p.exists():
-        return open(p, "a", clock=clock)
+        return open(p, "a", clock=clock, timeout=timeout)
     clock = clock or default_clock()
     if file_id is None:
         file_id = new_file_id(source_date_epoch())
@@ -37,6 +45,8 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
         raise UsageError("file_id must be 16 bytes")
     if not p.parent.exists():
         raise UsageError(f"{p.parent}: no such directory")
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory, not a capsule")
     try:
         h = WriteHandle(p, create=True)
     except FileExistsError:
@@ -56,16 +66,31 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     return cap
 
 
-def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: str | int | None = None) -> Capsule:  # noqa: A001
+def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: str | int | None = None,  # noqa: A001
+         timeout: float | None = None) -> Capsule:
     """Open a capsule: ``"r"`` a lock-free read-only snapshot, ``"a"`` the single writer.
 
     ``at`` opens a read-only view as of an earlier commit (see :meth:`Capsule.resolve`).
+    ``timeout`` (writers): wait up to that many seconds for another writer to
+    close, polling like SQLite's busy timeout, before raising :class:`Locked`.
     A writer that finds a torn tail truncates it durably and records a
     RECOVERY frame with its first commit (8.3). Damage before the last commit
-    raises :class:`CorruptError` and is never repaired.
+    raises :class:`CorruptError` and is never repaired; an error about the bytes
+    names the file.
+
+    >>> import capsule
+    >>> capsule.create("w.capsule").close()
+    >>> with capsule.open("w.capsule", "a", timeout=5.0) as cap:
+    ...     with cap.commit() as tx:
+    ...         rid = tx.remember("written by the one writer")
+    >>> with capsule.open("w.capsule") as reader:  # lock-free, read-only
+    ...     reader.get(rid).text, reader.mode
+    ('written by the one writer', 'r')
     """
     if mode not in ("r", "a"):
         raise UsageError(f"mode must be 'r' or 'a', not {mode!r}")
+    if timeout is not None and mode != "a":
+        raise UsageError("timeout= is for writers (mode 'a'): readers take no lock")
     if at is not None:
         if mode != "r":
             raise UsageError("a view (at=...) is read-only; open it with mode 'r'")
@@ -76,13 +101,16 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
         raise UsageError(f"{p}: not a regular file")
     # A reader never writes a timestamp, so it never needs SOURCE_DATE_EPOCH.
     clock = clock or (default_clock() if mode == "a" else time_ns)
-    h: ReadHandle = WriteHandle(p) if mode == "a" else ReadHandle(p)
+    h: ReadHandle = open_writer(p, timeout) if mode == "a" else ReadHandle(p)
     try:
+        # 9.2: a writer does not hash the index tables here; it hashes each table it
+        # merges before rewriting it, so it never builds on a damaged one (8.2).
         snap = load_stable(h, strict=mode == "a")
-        if mode == "a":
-            for seg in [*snap.segments, *snap.labels]:
-                seg.verify()  # a writer must not build on damaged index tables (8.2)
         cap = Capsule(p, h, snap, mode, clock)
+    except DataError as e:
+        h.close()
+        e.args = (f"{p}: {e}",)  # which file is not a capsule (offset, seq and check stay as they were)
+        raise
     except BaseException:
         h.close()
         raise
@@ -92,7 +120,22 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
 def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, clock: Clock | None = None) -> Capsule:
     """Write a new capsule holding the live state of ``path`` (at ``at``, default
     now), whose first commit starts with a LINEAGE frame naming the parent and
-    the fork point (spec 15). Returns the new capsule open for writing."""
+    the fork point (spec 15). Returns the new capsule open for writing.
+
+    >>> import capsule
+    >>> key = capsule.generate_key()
+    >>> with capsule.create("parent.capsule") as cap:
+    ...     with cap.commit() as tx:
+    ...         _ = tx.remember("kept in the fork")
+    ...     _ = cap.checkpoint("day-1", key=key)
+    ...     with cap.commit() as tx:
+    ...         _ = tx.remember("after the fork point")
+    >>> with capsule.fork("parent.capsule", "child.capsule", at="day-1") as child:
+    ...     [m.text for m in child.records(kind="memory")]
+    ['kept in the fork']
+    >>> capsule.verify("child.capsule", parent="parent.capsule").ok
+    True
+    """
     with open(path, "r") as src:
         if src._snap.commit is None:
             raise UsageError(f"{path}: has no commit to fork from")
