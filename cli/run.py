@@ -6,14 +6,13 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 import capsule
 from capsule.ingest.jsonl import loads
 
 from ._errors import EXIT_USAGE, call, fail
-from ._params import AtOpt, FileArg, JsonOpt
-from ._render import cell, emit_json, out
+from ._params import AtOpt, FileArg, JsonOpt, WaitOpt
+from ._render import Table, cell, emit_json, out
 
 
 def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
@@ -55,6 +54,7 @@ def actions(
                                               "or it did not (the next run_once runs it).")] = None,
     value: Annotated[str | None, typer.Option("--value", help="With --resolve --done: the result, as JSON.")]
     = None,
+    wait: WaitOpt = 0.0,
 ) -> None:
     """List the idempotent-action journal: keys, status, times, results; settle in-doubt ones.
 
@@ -74,11 +74,10 @@ def actions(
     def go() -> list[dict[str, Any]]:
         if resolve is not None:
             v = loads(value, "--value: ") if value is not None else None
-            with capsule.open(path, "a") as cap:
+            with capsule.open(path, "a", timeout=wait or None) as cap:
                 return [cap.resolve_action(resolve, done=bool(done), value=v).to_dict()]
-        with capsule.open(path) as cap:
-            rows = [a.to_dict() for a in cap.actions()]
-        return [r for r in rows if r["status"] == "in-doubt"] if in_doubt else rows
+        with capsule.open(path) as cap:  # --in-doubt reads the journal's doubt lists, not every key
+            return [a.to_dict() for a in cap.actions(in_doubt=in_doubt)]
 
     rows = call(go)
     if json_out:

@@ -8,15 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 import capsule
 from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_DATA, call
-from ._params import AtOpt, FileArg, JsonOpt
-from ._render import cell, emit_json, err, out, warn
+from ._params import AtOpt, FileArg, JsonOpt, WaitOpt
+from ._render import Table, cell, emit_json, err, escape_json, out, warn
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
                                              "passphrase.")]
@@ -48,14 +47,15 @@ def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
     Example: capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
     """
 
-    def go() -> dict[str, Any]:
+    def go() -> Any:
         with capsule.open(path, at=at) as cap:
-            return cap.state().to_dict()
+            return cap.state()
 
-    st = call(go)
-    if json_out:
-        emit_json(st, compact=True)  # the library's State.to_json, with bin values as hex (13.2)
+    state = call(go)
+    if json_out:  # the library's canonical document (13.2): sorted keys, compact, bin values as hex
+        sys.stdout.buffer.write(escape_json(call(state.to_json_bytes)) + b"\n")  # C1 and bidi escaped
         return
+    st = state.to_dict()
     out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)
     ident = st["identity"]
     if ident:
@@ -104,6 +104,7 @@ def checkpoint(
     runtime: Annotated[Path | None, typer.Option("--runtime", help="A file of runtime state to store with it.")]
     = None,
     passphrase_env: PassOpt = None,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Sign and commit a checkpoint of the current state.
@@ -115,7 +116,7 @@ def checkpoint(
         keys = _load_keys(key, passphrase_env)
         blob = None if runtime is None else read_regular(runtime, C.MAX_RUNTIME_BYTES, "a checkpoint's runtime blob",
                                                          "--runtime ")
-        with capsule.open(path, "a") as cap:
+        with capsule.open(path, "a", timeout=wait or None) as cap:
             return cap.checkpoint(label, key=keys, runtime_state=blob).to_dict()
 
     info = call(go)
@@ -152,6 +153,7 @@ def rollback(
     key: Annotated[list[Path] | None, typer.Option("--key", help="Sign a checkpoint after the rollback "
                                                    "(repeatable).")] = None,
     passphrase_env: PassOpt = None,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Make the live state equal a checkpoint's again; all history stays in the file.
@@ -161,7 +163,7 @@ def rollback(
 
     def go() -> dict[str, Any]:
         keys = _load_keys(key or [], passphrase_env)
-        with capsule.open(path, "a") as cap:
+        with capsule.open(path, "a", timeout=wait or None) as cap:
             rid = cap.rollback(to, key=keys or None)
             return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None}
 
@@ -221,7 +223,6 @@ def verify(
     With --trust, a checkpoint signed by the anchored keys must cover the state (spec 13.4).
     Example: capsule verify agent.capsule --trust agent.key.pub --strict --json
     """
-    from rich.progress import BarColumn, Progress, TransferSpeedColumn
 
     def go() -> capsule.VerifyReport:
         if not path.exists():
@@ -247,6 +248,9 @@ def verify(
                               "min_seq": min_seq, "expect_root": expect_root}
         if not show:
             return capsule.verify(path, **kw)
+        # a progress bar (rich) only for a big file on a terminal
+        from rich.progress import BarColumn, Progress, TransferSpeedColumn
+
         with Progress("verifying", BarColumn(), TransferSpeedColumn(), console=err, transient=True) as bar:
             task = bar.add_task("verify", total=size)
             return capsule.verify(path, progress=lambda done, _t: bar.update(task, completed=done), **kw)
@@ -269,7 +273,8 @@ def verify(
     else:
         e = rep.first_error or {}
         where = ", ".join(f"{k} {e[k]}" for k in ("offset", "seq") if e.get(k) is not None)
-        err.print(f"capsule: verify failed: {e.get('check')}{' at ' + where if where else ''}: {e.get('message')}",
+        err.print(f"capsule: verify failed: {e.get('check')}{' at ' + where if where else ''} in {path}: "
+                  f"{e.get('message')}",
                   markup=False)
     if not rep.ok:
         raise typer.Exit(EXIT_DATA)

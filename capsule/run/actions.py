@@ -15,7 +15,9 @@ any later call with the same key:
   effect is idempotent downstream) re-runs instead, and policy ``ask`` leaves
   the decision to a human (``capsule actions --resolve``).
 
-The per-key state is a pure fold over the key's records in commit order.
+The per-key state is a pure fold over the key's records in commit order
+(:mod:`.journal_blob`), kept in journal snapshot blobs so that a lookup reads
+no history (:mod:`.journal`, spec 18).
 
 Threads: a key is *owned* by one thread from the moment it looks the key up
 until the result is written (``run_once``) or the handle completes
@@ -37,6 +39,9 @@ from typing import Any, ClassVar, Literal
 from ..core.errors import CapsuleError, InvalidRecordError, NonCanonicalError, UsageError
 from ..format import canonical as canon
 from ..state.kinds import Field, KindBase, _declare, _meta, _text, parse_choice
+from .journal import JournalIndex
+from .journal_blob import ActionState as ActionState  # re-exported: the public type
+from .journal_blob import apply
 
 Policy = Literal["at-most-once", "retry-safe", "ask"]
 POLICIES = ("at-most-once", "retry-safe", "ask")
@@ -128,54 +133,7 @@ def _bool(v: object, name: str) -> bool:
     return v
 
 
-@dataclass
-class ActionState:
-    """What the journal says about one key."""
-
-    key: str
-    status: str = "new"  # new | in-doubt | done | failed | not-done
-    attempt: int = 0
-    what: str = ""
-    value: Any = None
-    error: str = ""
-    by: str = ""
-    started: int | None = None
-    finished: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        from ..core.clock import iso
-
-        return {"key": self.key, "status": self.status, "attempt": self.attempt, "what": self.what,
-                "value": _jsonable(self.value), "error": self.error or None, "by": self.by or None,
-                "started": None if self.started is None else iso(self.started),
-                "finished": None if self.finished is None else iso(self.finished)}
-
-
-def _jsonable(v: Any) -> Any:
-    """Stored values as JSON: bytes become hex."""
-    if isinstance(v, bytes):
-        return v.hex()
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
-
-
 MAX_KEY = 1024
-
-
-def apply(st: ActionState, rec: Action) -> None:
-    """Fold one journal record into a key's state (7.8)."""
-    if rec.phase == "intent":
-        st.status, st.attempt, st.what = "in-doubt", rec.attempt, rec.what or st.what
-        st.started, st.finished, st.value, st.error, st.by = rec.time, None, None, "", ""
-    elif rec.attempt == st.attempt:
-        if rec.phase == "result" or rec.ok:
-            st.status = "done" if rec.ok else "failed"
-            st.value, st.error, st.by, st.finished = rec.value, rec.error, rec.by or "fn", rec.time
-        else:  # resolve, not done: the next call may run it again
-            st.status, st.by, st.finished = "not-done", rec.by, rec.time
 
 
 def fold_actions(records: Iterable[Any]) -> dict[str, ActionState]:
@@ -245,19 +203,24 @@ class Journal:
     """The action journal of one writer handle (kept by :class:`Capsule`)."""
 
     def __init__(self, cap: Any) -> None:
-        # ``cap`` provides ``_lock`` (re-entrant) and ``_cv`` (a Condition on it).
+        # ``cap`` provides ``_lock`` (re-entrant), ``_cv`` (a Condition on it) and ``_store``.
         self._cap = cap
-        self._states: dict[str, ActionState] | None = None
+        self.index = JournalIndex(cap._store)  # the folded journal, from its snapshot blobs (18)
         self._owners: dict[str, int] = {}  # key -> the thread that owns it (see the module docstring)
 
     def states(self) -> dict[str, ActionState]:
+        """Every key's state (reads every journal entry: for listings)."""
         with self._cap._lock:
-            if self._states is None:
-                self._states = fold_actions(self._cap.records(kind="action"))
-            return self._states
+            return self.index.states()
+
+    def in_doubt(self) -> list[ActionState]:
+        """The keys in doubt, in key order, without reading the other entries."""
+        with self._cap._lock:
+            return self.index.in_doubt()
 
     def state(self, key: str) -> ActionState:
-        return self.states().get(key) or ActionState(key)
+        with self._cap._lock:
+            return self.index.lookup(key)
 
     def _claim(self, key: str) -> bool:
         """Own ``key``, waiting while another thread does. False: this thread already owns it."""
@@ -282,10 +245,10 @@ class Journal:
     def _write(self, rec_kw: dict[str, Any]) -> Action:
         cap = self._cap
         with cap._lock:  # the commit and the folded state move together
+            self.index.lookup(rec_kw["key"])  # loaded first, so the commit below is folded in as it lands
             with cap.commit() as tx:  # one commit, one fsync: the record is durable on return
                 rec = Action.build(time=cap.clock(), **rec_kw)
-                tx.put(rec)
-            apply(self.states().setdefault(rec.key, ActionState(rec.key)), rec)
+                tx.put(rec)  # the handle folds what the commit wrote (JournalIndex.committed)
         return rec  # type: ignore[no-any-return]
 
     def _intent(self, key: str, attempt: int, what: str, inputs: Mapping[str, Any] | None) -> None:

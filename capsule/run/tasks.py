@@ -30,7 +30,8 @@ from .events import (
     TaskHeartbeat,
     parse_event,
 )
-from .scheduler import Queue, fold
+from .journal import action_records
+from .scheduler import Queue, TaskState, fold
 
 
 @register_kind
@@ -62,18 +63,38 @@ class TaskRecord:
         return rec
 
 
+def _task_id(task: str | TaskState) -> str:
+    """A task named by its id or by the :class:`TaskState` that ``due()`` and ``claim()`` return."""
+    return task.id if isinstance(task, TaskState) else task
+
+
 class Tasks:
     """``cap.tasks``: add, due, claim, heartbeat, complete, fail, cancel."""
 
     def __init__(self, cap: Any) -> None:
-        # ``cap`` provides ``_lock`` (re-entrant) and ``_check_writer()``.
+        # ``cap`` provides ``_lock`` (re-entrant), ``_check_writer()`` and ``_store``.
         self._cap = cap
         self._queue: Queue | None = None
+        self._at = -1  # the snapshot end the queue is folded to
+        self._known = 0  # task records folded
 
     def queue(self) -> Queue:
         with self._cap._lock:
-            if self._queue is None:
-                self._queue = fold(r.event for r in self._cap.records(kind="task"))
+            snap = self._cap._store.snap
+            n = snap.kinds.get("task", 0)
+            if self._queue is not None and snap.end != self._at:
+                if n == self._known:
+                    self._at = snap.end  # no task record since
+                elif n > self._known:  # a reader that refreshed: fold only what is new
+                    new = action_records(self._cap._store, self._at, snap, "task")
+                    if self._known + len(new) == n:
+                        for r in new:
+                            self._queue.apply(r.event)
+                        self._known, self._at = n, snap.end
+            if self._queue is None or snap.end != self._at:
+                # a capsule without task records is not read at all
+                recs = list(self._cap.records(kind="task")) if n else []
+                self._queue, self._known, self._at = fold(r.event for r in recs), len(recs), snap.end
             return self._queue
 
     def _now(self, now: int | None) -> int:
@@ -92,6 +113,9 @@ class Tasks:
                     tx.put(TaskRecord(ev))
             for ev in events:
                 q.apply(ev)
+            # folded as written; a record the commit did not store (already there) refolds next time
+            self._known += len(events)
+            self._at = cap._store.snap.end
 
     def add(self, task: str, *, name: str = "", deps: Iterable[str] = (), not_before: int | None = None,
             deadline: int | None = None, priority: int = 0, max_attempts: int = 3,
@@ -122,30 +146,48 @@ class Tasks:
             self._write(ordered)
         return [e.task for e in ordered]
 
-    def due(self, now: int | None = None) -> list[Any]:
+    def due(self, now: int | None = None) -> list[TaskState]:
+        """The tasks a worker may claim now, in the order to take them (priority, deadline, ...)."""
         with self._cap._lock:
             return self.queue().due(self._now(now))
 
-    def claim(self, task: str, worker: str, *, lease: int = 60_000_000_000, now: int | None = None) -> Any:
-        ev = TaskClaimed(time=self._now(now), task=task, worker=worker, lease=lease)
+    def claim(self, task: str | TaskState, worker: str, *, lease: int = 60_000_000_000, now: int | None = None,
+              ) -> TaskState:
+        """Take a due task for ``worker`` until ``lease`` ns from now; returns its new state.
+
+        ``task`` is a task id or a :class:`TaskState` as :meth:`due` returns it (so are the
+        ``task`` arguments of ``heartbeat``, ``complete``, ``fail`` and ``cancel``).
+
+        >>> import capsule
+        >>> with capsule.create("tasks.capsule") as cap:
+        ...     _ = cap.tasks.add("fetch", now=0)
+        ...     [t] = cap.tasks.due(now=1)
+        ...     cap.tasks.claim(t, "worker-1", now=1).status
+        ...     cap.tasks.complete(t, "worker-1", result={"rows": 3}, now=2)
+        ...     cap.tasks.queue().tasks["fetch"].status
+        'claimed'
+        'done'
+        """
+        ev = TaskClaimed(time=self._now(now), task=_task_id(task), worker=worker, lease=lease)
         with self._cap._lock:
             self._write([ev], lambda q: q.check_claim(ev))
             return self.queue().tasks[ev.task]
 
-    def heartbeat(self, task: str, worker: str, *, lease: int = 60_000_000_000, now: int | None = None) -> None:
-        ev = TaskHeartbeat(time=self._now(now), task=task, worker=worker, lease=lease)
+    def heartbeat(self, task: str | TaskState, worker: str, *, lease: int = 60_000_000_000,
+                  now: int | None = None) -> None:
+        ev = TaskHeartbeat(time=self._now(now), task=_task_id(task), worker=worker, lease=lease)
         self._write([ev], lambda q: q.check_heartbeat(ev))
 
-    def complete(self, task: str, worker: str, result: Any = None, *, now: int | None = None) -> None:
-        ev = TaskCompleted(time=self._now(now), task=task, worker=worker, result=result)
+    def complete(self, task: str | TaskState, worker: str, result: Any = None, *, now: int | None = None) -> None:
+        ev = TaskCompleted(time=self._now(now), task=_task_id(task), worker=worker, result=result)
         self._write([ev], lambda q: q.check_complete(ev))
 
-    def fail(self, task: str, worker: str, error: str = "", *, now: int | None = None) -> None:
-        ev = TaskFailed(time=self._now(now), task=task, worker=worker, error=error)
+    def fail(self, task: str | TaskState, worker: str, error: str = "", *, now: int | None = None) -> None:
+        ev = TaskFailed(time=self._now(now), task=_task_id(task), worker=worker, error=error)
         self._write([ev], lambda q: q.check_fail(ev))
 
-    def cancel(self, task: str, reason: str = "", *, now: int | None = None) -> None:
-        ev = TaskCancelled(time=self._now(now), task=task, reason=reason)
+    def cancel(self, task: str | TaskState, reason: str = "", *, now: int | None = None) -> None:
+        ev = TaskCancelled(time=self._now(now), task=_task_id(task), reason=reason)
         self._write([ev], lambda q: q.check_cancel(ev))
 
     def to_dict(self, now: int | None = None) -> dict[str, Any]:
