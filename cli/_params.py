@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +11,7 @@ import typer
 from capsule import UsageError
 from capsule.ingest.source import check_regular
 
+from . import _help  # noqa: F401  (plain metavars in every command's help)
 from ._errors import EXIT_USAGE, fail
 
 
@@ -24,8 +24,15 @@ def regular(value: Path) -> Path:
     return value
 
 
-FileArg = Annotated[Path, typer.Argument(help="Path to the capsule file.", show_default=False, callback=regular)]
+FileArg = Annotated[Path, typer.Argument(help="Path to the capsule file.", show_default=False, callback=regular,
+                                         metavar="FILE")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+WaitOpt = Annotated[float, typer.Option("--wait", metavar="SECONDS", min=0, show_default=False,
+                                        help="If another writer holds the capsule, wait up to this long for it "
+                                        "to finish (default: fail at once).")]
+#: the one typing rule for --meta, on put and on search filters alike (said in --help and the README)
+META_RULE = ('A VALUE that is valid JSON is that JSON value: n=5 is the number 5, ok=true a boolean, n=\'"5"\' the '
+             'text 5; anything else is text: team=infra.')
 AtOpt = Annotated[
     str | None,
     typer.Option("--at", help="View as of a checkpoint label, a seq (the commit that made that frame "
@@ -33,18 +40,24 @@ AtOpt = Annotated[
 ]
 
 
-def parse_meta(items: list[str], *, scalars: bool = False) -> dict[str, Any]:
-    """KEY=VALUE pairs. With ``scalars`` (search filters) a VALUE that is a JSON
-    number, boolean or null is read as one (chunk=0), anything else as text."""
+def meta_value(text: str) -> Any:
+    """The one typing rule for ``--meta`` VALUEs: valid (strict) JSON is that value, anything else is text."""
+    try:
+        return json.loads(text, parse_constant=_not_json)
+    except (ValueError, RecursionError):
+        return text
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, JSON has none
+
+
+def parse_meta(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs, each VALUE typed by :func:`meta_value` (everything after the first '=')."""
     meta: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             fail(f"--meta expects KEY=VALUE, got {item!r}", EXIT_USAGE)
-        meta[key] = value
-        if scalars:
-            with contextlib.suppress(json.JSONDecodeError, RecursionError):
-                parsed = json.loads(value)
-                if isinstance(parsed, int | float | bool) or parsed is None:
-                    meta[key] = parsed
+        meta[key] = meta_value(value)
     return meta

@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 import capsule
 from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
-from ._errors import EXIT_USAGE, call, fail
-from ._params import AtOpt, FileArg, JsonOpt, parse_meta
-from ._render import cell, emit_json, err, out, warn
+from ._errors import call
+from ._help import literal
+from ._params import AtOpt, FileArg, JsonOpt, WaitOpt, parse_meta
+from ._render import emit_json, err, out, warn
+from .records import AnyTagOpt, KindOpt, MetaOpt, SinceOpt, TagOpt, TierOpt, UntilOpt, hit_table
 
 
 def _load_vector(source: Path) -> Any:
@@ -54,28 +55,22 @@ def _load_vector(source: Path) -> Any:
 
 def search(
     path: FileArg,
-    query: Annotated[str, typer.Argument(help="What to look for (text). May be empty with --vector.",
-                                         show_default=False)] = "",
+    query: Annotated[str, typer.Argument(help="What to look for (text). Without it (and without --vector) the "
+                                         "records passing the filters are listed, newest first, as by `capsule "
+                                         "list`.", show_default=False, metavar="QUERY")] = "",
     k: Annotated[int, typer.Option("-k", "--top", help="How many results.", min=1, max=10000)] = 10,
     mode: Annotated[str, typer.Option("--mode", help="auto, lexical (BM25), vector or hybrid (both, fused by "
                                       "reciprocal rank). auto: hybrid when the capsule's vectors came from a "
                                       "semantic embedder (minilm, st:...), else lexical.")] = "auto",
     vector: Annotated[Path | None, typer.Option("--vector", help="Query vector: a .npy array or a .json list.")]
     = None,
-    tag: Annotated[list[str] | None, typer.Option("--tag", help="Only records with this tag (repeatable: all).")]
-    = None,
-    any_tag: Annotated[list[str] | None, typer.Option("--any-tag", help="Only records with at least one of these "
-                                                      "tags (repeatable).")] = None,
-    tier: Annotated[list[str] | None, typer.Option("--tier", help="scratch, working or validated (repeatable).")]
-    = None,
-    kind: Annotated[list[str] | None, typer.Option("--kind", help="memory, note or decision (repeatable).")]
-    = None,
-    since: Annotated[str | None, typer.Option("--since", help="Only records at or after this ISO-8601 time.")]
-    = None,
-    until: Annotated[str | None, typer.Option("--until", help="Only records at or before this ISO-8601 time.")]
-    = None,
-    meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE: only records whose meta has it "
-                                                   "(repeatable).")] = None,
+    tag: TagOpt = None,
+    any_tag: AnyTagOpt = None,
+    tier: TierOpt = None,
+    kind: KindOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    meta: MetaOpt = None,
     embedder: Annotated[str | None, typer.Option("--embedder", help="Embed the query with this embedder (default: "
                                                  "the one the capsule was packed with).")] = None,
     ef: Annotated[int, typer.Option("--ef", help="HNSW search breadth (higher: better recall, slower).",
@@ -86,18 +81,19 @@ def search(
     """Search memories by words (BM25), by meaning (vectors) or both.
 
     Expired and rolled-back records are never returned; results are exactly
-    scored, best first, ties broken by record id, the same on every host.
+    scored, best first, ties broken by record id, the same on every host. Each
+    hit shows where it came from (its file and chunk, or its source) and one
+    line of text with the query's words in bold.
 
     Examples:
       capsule search notes.capsule "deploy freeze" -k 5
       capsule search notes.capsule "deploy freeze" --mode lexical --tag ops --since 2026-01-01
+      capsule search notes.capsule --meta chunk=0 --tag ops
       capsule search agent.capsule --vector q.npy --json
     """
-    meta_map = parse_meta(meta or [], scalars=True)
-    if not query.strip() and vector is None:
-        fail("give a QUERY text, a query --vector, or both", EXIT_USAGE)
+    meta_map = parse_meta(meta or [])
 
-    def go() -> tuple[list[dict[str, Any]], list[str]]:
+    def go() -> tuple[list[Any], list[str]]:
         if not path.exists():
             raise capsule.CapsuleNotFound(f"{path}: no such capsule")
         qv = _load_vector(vector) if vector is not None else None
@@ -106,44 +102,51 @@ def search(
             with view as c:
                 hits = c.search(query, vector=qv, k=k, mode=mode, tags=tag, any_tags=any_tag, tier=tier,
                                 kind=kind, since=since, until=until, meta=meta_map, embedder=embedder, ef=ef)
+                for h in hits:
+                    h.record  # noqa: B018  (read while the capsule is open)
                 info = c.index_info()
-                return [h.to_dict() for h in hits], [m for m in (info["doubt"], info["notice"]) if m]
+                return hits, [m for m in (info["doubt"], info["notice"]) if m]
 
     hits, warnings = call(go)
     for w in warnings:
         warn(w)
     if json_out:
-        emit_json(hits)
+        emit_json([h.to_dict() for h in hits])
         return
     if not hits:
         out.print("no results")
         return
-    table = Table(box=None, pad_edge=False)
-    for col in ("#", "score", "kind", "time", "tags", "text", "id"):
-        table.add_column(col, no_wrap=col != "text", overflow="fold")
-    for i, h in enumerate(hits, 1):
-        text = " ".join(h["text"].split())
-        table.add_row(str(i), f"{h['score']:.4f}", cell(h["kind"]), cell(h["time"][:19]), cell(",".join(h["tags"])),
-                      cell(text[:117] + "..." if len(text) > 120 else text), cell(h["id"][:12]))
-    out.print(table)
+    ranked = query.strip() != "" or vector is not None
+    out.print(hit_table(hits, query if ranked else None))
+
+
+def _plural(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def pack(
-    src: Annotated[Path, typer.Argument(help="A folder of .txt/.md files (or one), or a .jsonl file of records.",
-                                        show_default=False)],
+    src: Annotated[Path, typer.Argument(help="A folder of text files (.txt, .md, .markdown, .rst, .text), one "
+                                        "such file, or a .jsonl file of records.", show_default=False,
+                                        metavar="SRC")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The capsule to write.", show_default=False)],
-    embedder: Annotated[str, typer.Option("--embedder", help="hash (offline hashed word/char n-grams), minilm "
-                                          "(needs agent-capsule[minilm]), st:<model dir>, or none. auto: hash, "
-                                          "unless the JSONL records carry their own embeddings.")] = "auto",
+    embedder: Annotated[str, typer.Option("--embedder", help=literal(
+        "hash (offline hashed word/char n-grams), minilm (needs agent-capsule[minilm]), st:<model dir>, or none. "
+        "auto: hash, unless the JSONL records carry their own embeddings."))] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Records per embedding batch, and per commit in a new "
                                        "capsule (--append writes one commit).", min=1)] = 1000,
     append: Annotated[bool, typer.Option("--append", help="Add to an existing capsule.")] = False,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Ingest text/markdown files (chunked; path and chunk kept in meta) or JSONL.
+    """Ingest text files (chunked; path and chunk kept in meta) or JSONL records.
 
-    Files that are not UTF-8 are skipped with a warning. The vector index is built
-    and stored in the capsule, so it opens straight to search.
+    A folder's .txt, .md, .markdown, .rst and .text files are read (any case);
+    files of other types are ignored with one warning, and files that are not
+    UTF-8 are skipped with a warning. One file is read as text or, named
+    .jsonl or .ndjson, as JSONL. The vector index is built and stored in the
+    capsule, so it opens straight to search. The record count includes only
+    what was packed: `capsule open` also counts the capsule's vindex record
+    (its vector index parameters).
 
     Examples:
       capsule pack docs/ -o docs.capsule
@@ -153,21 +156,28 @@ def pack(
 
     def go() -> capsule.PackReport:
         emb: Any = None if embedder == "none" else embedder
+        kw: dict[str, Any] = {"embedder": emb, "batch": batch, "append": append, "warn": warn,
+                              "timeout": wait or None}
         if json_out or not sys.stderr.isatty():
-            return capsule.pack(src, output, embedder=emb, batch=batch, append=append, warn=warn)
+            return capsule.pack(src, output, **kw)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                       transient=True) as bar:
             task = bar.add_task("packing", total=None)
             # the index is built inside pack, so an interrupt there also leaves nothing behind
-            return capsule.pack(src, output, embedder=emb, batch=batch, append=append, warn=warn,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                on_index=lambda: bar.update(task, description="indexing"))
+            return capsule.pack(src, output, progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                on_index=lambda: bar.update(task, description="indexing"), **kw)
 
     rep = call(go)
     if json_out:
         emit_json(rep.to_dict())
-    else:
-        skipped = f", {len(rep.skipped)} skipped" if rep.skipped else ""
-        vec = f", {rep.vectors} vectors ({rep.embedder})" if rep.vectors else ""
-        out.print(f"packed {rep.files} files into {rep.records} records{vec}{skipped}: {output} "
-                  f"({rep.bytes} bytes)", markup=False)
+        return
+    parts = [f"packed {_plural(rep.files, 'file')} into {_plural(rep.records, 'record')}"]
+    if rep.vectors and not append:  # `capsule open` counts it too
+        parts[0] += " (+1 vindex record: the vector index parameters)"
+    if rep.new != rep.records:
+        parts.append(f"{rep.new} new")
+    if rep.vectors:
+        parts.append(f"{_plural(rep.vectors, 'vector')} ({rep.embedder} embedder)")
+    if rep.skipped:
+        parts.append(f"{len(rep.skipped)} skipped")
+    out.print(f"{', '.join(parts)}: {output} ({_plural(rep.bytes, 'byte')})")

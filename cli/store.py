@@ -10,16 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
-from rich.table import Table
 
 import capsule
 from capsule import DataError
-from capsule.ingest.jsonl import loads, read_jsonl
+from capsule.ingest.jsonl import JsonLines, loads
 from capsule.ingest.source import open_regular
 
 from ._errors import EXIT_DATA, EXIT_USAGE, call, fail
-from ._params import AtOpt, FileArg, JsonOpt, parse_meta
-from ._render import cell, emit_json, out, warn, write_out
+from ._params import META_RULE, AtOpt, FileArg, JsonOpt, WaitOpt, parse_meta
+from ._render import Table, cell, emit_json, out, warn, write_out
 
 
 def init(path: FileArg, json_out: JsonOpt = False) -> None:
@@ -63,7 +62,7 @@ def _open_jsonl(source: str) -> BinaryIO:
     return open_regular(p, "--jsonl ")
 
 
-def _emit_ids(ids: bytearray, new: int) -> None:
+def _emit_ids(ids: bytes | bytearray, new: int) -> None:
     """``{"count", "ids", "new"}`` as emit_json would print it, written in pieces
     (a million ids need not become a million strings at once)."""
     n = len(ids) // 32
@@ -78,7 +77,7 @@ def put(
     path: FileArg,
     text: Annotated[str | None, typer.Option("--text", help="Text of one memory.")] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="A tag (repeatable).")] = None,
-    meta: Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")] = None,
+    meta: Annotated[list[str] | None, typer.Option("--meta", help=f"KEY=VALUE metadata (repeatable). {META_RULE}")] = None,
     jsonl: Annotated[
         str | None,
         typer.Option("--jsonl", help='JSONL file (or - for stdin), one record per line: {"text", "tags"?, '
@@ -86,13 +85,17 @@ def put(
     ] = None,
     kind: Annotated[str | None, typer.Option("--kind", help="Record kind for --json-body (memory, decision, "
                                              "constraint, approval, identity, note).")] = None,
-    json_body: Annotated[str | None, typer.Option("--json-body", help="The record's fields as one JSON object.")]
+    json_body: Annotated[str | None, typer.Option("--json-body", help="The record's fields as one JSON object. "
+                                                  "Record ids in it (a decision's evidence, an approval's subject) "
+                                                  "may be unique prefixes of >= 4 hex digits.")]
     = None,
+    wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Add records: --text (a memory), --kind with --json-body (any kind), or --jsonl (a batch).
 
-    Each call is one atomic commit.
+    Each call is one atomic commit. --meta n=5 stores the number 5, --meta
+    'n="5"' the text 5 (search --meta reads VALUEs the same way).
 
     Examples:
       capsule put agent.capsule --text "deploys freeze on Fridays" --tag ops --meta team=infra
@@ -115,31 +118,32 @@ def put(
         fail("give exactly one of --text, --jsonl or --kind with --json-body", EXIT_USAGE)
     if jsonl is not None and (tag or meta):
         fail("--tag and --meta go with --text; put tags and meta inside the JSONL lines", EXIT_USAGE)
+    if path.is_dir():
+        fail(f"{path}: is a directory, not a capsule", EXIT_USAGE)
     if not path.is_file():
         fail(f"{path}: no such capsule (create it with `capsule init`)", EXIT_USAGE)
     meta_map = parse_meta(meta or [])
 
-    def go() -> tuple[bytearray, int]:
-        # The JSONL is streamed into one commit: each line is parsed, validated and
-        # encoded as it is read and only its encoded record is kept (memory follows
-        # the encoded bytes, not a Python object per line); a bad line, an
-        # over-long one (spec 11) or an interrupt discards the whole batch, so a
-        # failed put leaves the capsule byte-for-byte as it was.
+    def go() -> tuple[bytes | bytearray, int]:
+        # The JSONL is streamed into one commit through the bulk path (put_many): each
+        # line is decoded, checked and encoded as it is read and only its encoded record
+        # is kept, compactly; a bad line, an over-long one (spec 11) or an interrupt
+        # discards the whole batch, so a failed put leaves the capsule as it was.
         stream = _open_jsonl(jsonl) if jsonl is not None and jsonl != "\0body" else None
-        ids = bytearray()  # raw 32-byte ids, in input order
+        ids: bytes | bytearray = bytearray()  # raw 32-byte ids, in input order
         try:
-            with capsule.open(path, "a") as cap, _close_warning(cap):
+            with capsule.open(path, "a", timeout=wait or None) as cap, _close_warning(cap):
                 with cap.commit() as tx:
                     if text is not None:
                         ids += bytes.fromhex(tx.remember(text, tags=tag or [], meta=meta_map))
+                    elif stream is not None:
+                        lines = JsonLines(stream, "stdin " if jsonl == "-" else f"{Path(str(jsonl)).name} ")
+                        ids = tx.put_many(lines, names=lines.name).raw  # 32 bytes a record, no copy
                     else:
-                        lines = read_jsonl(stream) if stream is not None else iter([(1, body)])
-                        for n, obj in lines:
-                            try:
-                                ids += bytes.fromhex(tx.put_value(obj))
-                            except DataError as e:
-                                where = "--json-body" if jsonl == "\0body" else f"line {n}"
-                                raise capsule.InvalidRecordError(f"{where}: {e}") from None
+                        try:
+                            ids += bytes.fromhex(tx.put_value(body))
+                        except DataError as e:
+                            raise capsule.InvalidRecordError(f"--json-body: {e}") from None
                 return ids, len(tx.new_ids)
         finally:
             if stream is not None and stream is not sys.stdin.buffer:
@@ -190,15 +194,23 @@ def open_(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
         out.print(f"torn tail         {s['torn_tail_bytes']} bytes (ignored; the next writer truncates it)")
 
 
-def log(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
+def log(
+    path: FileArg,
+    json_out: JsonOpt = False,
+    at: AtOpt = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="N", help="Only the newest N commits "
+                                              "(oldest first, as without it).")] = None,
+) -> None:
     """List every commit: seq, offset, end offset, records, time, Merkle root.
 
-    Example: capsule log agent.capsule
+    With --limit, only the newest commits are read, so it takes as long on a long history as on a short one.
+
+    Example: capsule log agent.capsule --limit 5
     """
 
     def go() -> list[dict[str, Any]]:
         with capsule.open(path, at=at) as cap:
-            return [r.to_dict() for r in cap.log()]
+            return [r.to_dict() for r in cap.log(limit)]
 
     rows = call(go)
     if json_out:

@@ -14,8 +14,9 @@ import typer
 CLI = Path(__file__).resolve().parents[1] / "cli"
 MAX_LINES = 300  # style.md rule 7: aim for 150-300 lines, split by responsibility before 600
 
-COMMANDS = ["init", "put", "open", "log", "state", "keygen", "checkpoint", "checkpoints", "rollback",
-            "fork", "tasks", "actions", "verify", "search", "pack"]
+COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rotate-keys", "checkpoint",
+            "checkpoints", "rollback", "fork", "tasks", "actions", "verify", "search", "pack",
+            "records"]  # records: list's hidden alias
 
 
 def test_main_exposes_app_and_main() -> None:

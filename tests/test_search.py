@@ -662,10 +662,9 @@ def test_empty_capsule(tmp_path: Path) -> None:
             cap.search("anything", mode="vector")
         with pytest.raises(capsule.UsageError, match="no vectors"):
             cap.search("anything", mode="hybrid")
-        with pytest.raises(capsule.UsageError):
-            cap.search()
+        assert cap.search() == []  # no query and no vector: a listing (16.6), empty here
         assert cap.index_info() == {"vectors": None, "indexed": None, "snapshot": None, "doubt": None,
-                                    "notice": None}
+                                    "notice": None, "lexical": {"indexed": 0, "snapshot": None}}
     # memories, but none with an embedding
     with capsule.open(p, "a") as cap:
         with cap.commit() as tx:

@@ -1,0 +1,43 @@
+"""Listing without a query: the live records that pass the filters, newest first (spec 16.6).
+
+A search with neither a query text nor a query vector lists instead of ranking:
+the searchable records (memories, notes, decisions) that are live, not expired
+and pass every filter, ordered by time descending, ties by the smaller id, each
+with score 0. It filters the whole lexical catalog (16.4, 16.8) with the same
+mask a lexical search applies to its candidates, so a listing and a search
+agree on what may be returned, and it is the same on every host.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..core.lazy import lazy
+from .catalog import rid_at
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
+
+if TYPE_CHECKING:
+    from .engine import Filter, Searcher
+
+
+def browse(s: Searcher, k: int, flt: Filter, now: int) -> list[tuple[bytes, float, Any]]:
+    """Up to ``k`` of the searchable records passing ``flt`` at ``now``, newest first."""
+    d = s.docs()
+    if d.n == 0:
+        return []
+    cand = np.arange(d.n, dtype=np.int64)
+    cand = cand[s.catalog_mask(d, cand, flt, now)]
+    times = d.column("time", cand).astype(np.int64)
+    if len(cand) > k:  # the k newest, and every record tied with the k-th on time
+        keep = times >= np.partition(times, len(times) - k)[len(times) - k]
+        cand, times = cand[keep], times[keep]
+    ids = d.column("ids", cand)
+    order = np.lexsort((ids, -times))[:k]  # time descending, then id ascending (S32 is byte order)
+    return [(rid_at(ids, int(i)), 0.0, None) for i in order]
+
+
+__all__ = ["browse"]

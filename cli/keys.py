@@ -1,0 +1,68 @@
+"""Key commands beyond keygen: rotate the keyset that signs a capsule's checkpoints (spec 14.6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._errors import call
+from ._params import FileArg, JsonOpt, WaitOpt
+from ._render import emit_json, out
+from .state import PassOpt, _load_keys
+
+
+def rotate_keys(
+    path: FileArg,
+    key: Annotated[list[Path], typer.Option("--key", metavar="KEY", help="A private key of the keyset in force; "
+                                            "repeat until its threshold is met.")],
+    new: Annotated[list[Path], typer.Option("--new", metavar="KEY", help="A private key of the new keyset; it "
+                                            "signs the rotation too (repeat; a key may be old and new).")],
+    new_pub: Annotated[list[Path] | None, typer.Option("--new-pub", metavar="KEY.pub", help="A public key to put "
+                                                       "in the new keyset without signing with it (repeatable).")]
+    = None,
+    threshold: Annotated[int | None, typer.Option("--threshold", min=1, help="Signatures the new keyset needs "
+                                                  "(default: the old keyset's, at most its number of keys).")]
+    = None,
+    passphrase_env: PassOpt = None,
+    wait: WaitOpt = 0.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Replace the keyset that signs checkpoints; keys left out are revoked.
+
+    Accepted only when a threshold of the old keys and a threshold of the new
+    keys sign the rotation (spec 14.6): a checkpoint refused with "rotate keys
+    first" is signed again after this.
+
+    Example: capsule rotate-keys agent.capsule --key old.key --new new.key
+    """
+    import capsule
+
+    def go() -> dict[str, Any]:
+        old_keys = _load_keys(key, passphrase_env)
+        new_keys = _load_keys(new, passphrase_env)
+        pubs = []
+        for p in new_pub or []:
+            from capsule.ingest.source import check_regular
+
+            check_regular(p, "--new-pub ")
+            pubs.append(capsule.load_public_key(p))
+        with capsule.open(path, "a", timeout=wait or None) as cap:
+            old = cap.keyset
+            if old is None:
+                raise capsule.UsageError(f"{path}: no keyset yet: the first checkpoint sets it (capsule checkpoint)")
+            members = {k.key_id: k.public_key for k in new_keys} | {k.key_id: k for k in pubs}
+            t = threshold if threshold is not None else min(old.threshold, len(members))
+            ks = capsule.Keyset.of(members.values(), threshold=t, version=old.version + 1)
+            frame = cap.rotate_keys(ks, old_signers=old_keys, new_signers=new_keys)
+            revoked = sorted(k.key_id for k in old.keys if frame.keyset.get(k.key_id) is None)
+            return {"version": frame.keyset.version, "threshold": frame.keyset.threshold,
+                    "keys": [k.key_id for k in frame.keyset.keys], "revoked": revoked, "offset": frame.offset}
+
+    info = call(go)
+    if json_out:
+        emit_json(info)
+        return
+    gone = f"; revoked {', '.join(info['revoked'])}" if info["revoked"] else ""
+    out.print(f"keyset v{info['version']}: {info['threshold']} of {', '.join(info['keys'])}{gone}")
