@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
 from ..core.clock import Clock, iso
@@ -31,6 +28,7 @@ from ..core.errors import (
     ReadOnlyError,
     UsageError,
 )
+from ..core.lazy import lazy
 from ..format.checkpoint import CheckpointFrame, KeysetFrame, encode_keyset
 from ..format.commit import CommitInfo
 from ..format.file import ReadHandle, WriteHandle
@@ -39,44 +37,28 @@ from ..format.records import _REGISTRY
 from ..format.scan import Snapshot, replay
 from ..format.signing import Keyset, rotate
 from ..format.store import CommitRow, Mode, Store
-from ..format.writer import Build, Item, write_commit
+from ..format.writer import Build, Item, item_ids, write_commit
 from ..run.actions import ActionHandle, ActionState, Journal
 from ..run.tasks import Tasks
-from ..search.engine import Hit
-from ..search.part import SearchPart
-from ..search.vindex import VectorParams
 from ..state import checkpoints as ck
-from ..state.fold import State, dead_ids, fold, live_records
+from ..state.fold import State, dead_ids, fold_store, live_records
 from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
 from ..state.stateroot import state_root_of
 from .locking import track
+from .searching import SearchMethods
+from .summary import Summary
 from .transaction import Transaction
 
+if TYPE_CHECKING:
+    import numpy as np
 
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """What ``capsule open`` prints."""
-
-    path: str
-    file_id: str
-    format_version: str
-    commits: int
-    records: int
-    kinds: dict[str, int]
-    bytes: int
-    state_root: str
-    last_commit_time: str | None
-    torn_tail_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "file_id": self.file_id, "format_version": self.format_version,
-                "commits": self.commits, "records": self.records, "records_by_kind": dict(self.kinds),
-                "bytes": self.bytes, "state_root": self.state_root, "last_commit_time": self.last_commit_time,
-                "torn_tail_bytes": self.torn_tail_bytes}
+    from ..search.part import SearchPart
+else:
+    np = lazy("numpy")
 
 
-class Capsule:
+class Capsule(SearchMethods):
     """An open capsule. Use :func:`capsule.open` or :func:`capsule.create`.
 
     Threads: a handle may be shared. Commits from several threads are
@@ -88,19 +70,21 @@ class Capsule:
     opened it: after ``os.fork()`` the child may read but every write raises
     :class:`UsageError`; the child opens its own handle to write.
 
-    >>> import capsule, tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "a.capsule")
-    >>> with capsule.create(p) as cap:
+    >>> import capsule
+    >>> with capsule.create("agent.capsule") as cap:
     ...     with cap.commit() as tx:
     ...         rid = tx.remember("the build server is ci-7", tags=["infra"])
     ...     cap.get(rid).text
     'the build server is ci-7'
+
+    The method examples run in an empty folder with ``cap = capsule.create("example.capsule")``
+    (open for writing) and ``key = capsule.generate_key()`` (tests/test_doctests.py).
     """
 
     def __init__(self, path: Path, handle: ReadHandle, snap: Snapshot, mode: Mode, clock: Clock) -> None:
         self._store = Store(path, handle, snap, mode, clock)
         self._roots = ck.StateRoots(self._store)
-        self._search = SearchPart(self._store, lambda blob: self._write_commit([], blob=blob))
+        self._search_part: SearchPart | None = None  # made on first use (start-up: `_search`)
         self._init_locks()
         self._tx_owner: int | None = None  # the thread whose ``with cap.commit()`` block is open
         #: set when close() could not write its optional final INDEX (disk full...):
@@ -116,6 +100,16 @@ class Capsule:
         self._lock = threading.RLock()
         self._view_lock = threading.RLock()
         self._cv = threading.Condition(self._lock)
+
+    @property
+    def _search(self) -> SearchPart:
+        """The search side, made on first use (opening to read loads no search engine)."""
+        if self._search_part is None:
+            from ..search.part import SearchPart
+
+            with self._view_lock:
+                self._search_part = self._search_part or SearchPart(self._store, lambda b: self._write_commit([], blob=b))
+        return self._search_part
 
     def _after_fork(self) -> None:
         """In a fork child: fresh locks; the parent's threads own no commit or key here."""
@@ -181,7 +175,13 @@ class Capsule:
                 writer = st.mode == "a" and isinstance(st.h, WriteHandle) and st.h.poisoned is None
                 if writer:
                     try:
-                        self._search.on_close()
+                        part = self._search_part
+                        if part is None and st.committed:  # 16.8: what it added may need a lexical snapshot
+                            from ..search.catalog import lexical_due
+
+                            part = self._search if lexical_due(st, 1) else None  # no numpy: counts, one header
+                        if part is not None:  # nothing was searched or indexed otherwise
+                            part.on_close()
                     except (CapsuleError, OSError) as e:
                         self.close_error = e.with_traceback(None)
                 if (writer and st.committed and self.close_error is None
@@ -241,19 +241,28 @@ class Capsule:
             return False
 
     def get(self, record_id: str | bytes) -> Any:
-        """The record with this content id (hex), checked against its id.
+        """The record with this content id (hex, or any unique prefix of >= 4 hex digits),
+        checked against its id. :class:`NotFound` if none, :class:`UsageError` if ambiguous.
 
-        Raises :class:`NotFound` when there is none.
+        >>> with cap.commit() as tx: rid = tx.remember("the build server is ci-7")
+        >>> cap.get(rid[:8]).text, cap.get(rid).id == rid
+        ('the build server is ci-7', True)
         """
         self._check_open()
-        rid = _parse_id(record_id)
+        rid = self._store.resolve_prefix(record_id) if isinstance(record_id, str) else _parse_id(record_id)
         rec = self._store.get(rid)
         if rec is None:
             raise NotFound(f"no record {rid.hex()}")
         return rec
 
     def records(self, kind: str | None = None) -> Iterator[Any]:
-        """Every committed record in commit order, each checked on the way."""
+        """Every committed record in commit order, each checked on the way: typed objects
+        (:class:`Memory`, :class:`Decision`, ...), each with ``.id`` and ``.to_dict()``.
+
+        >>> with cap.commit() as tx: _ = tx.remember("one"), tx.note("two")
+        >>> [(r.kind, r.text) for r in cap.records()]
+        [('memory', 'one'), ('note', 'two')]
+        """
         return self._store.records(kind)
 
     def all_ids(self) -> np.ndarray:
@@ -267,6 +276,11 @@ class Capsule:
             return self._roots.root()
 
     def summary(self) -> Summary:
+        """What ``capsule open`` prints. ``cap.summary().records`` -> ``0`` on a new capsule.
+
+        >>> cap.summary().to_dict()["records_by_kind"]
+        {}
+        """
         with self._view_lock:  # one snapshot for every field
             snap, root = self._snap, self.state_root
         c = snap.commit
@@ -275,21 +289,46 @@ class Capsule:
                        dict(sorted(snap.kinds.items())), snap.end, root, iso(c.time) if c else None,
                        snap.torn[1] if snap.torn else 0)
 
-    def log(self) -> list[CommitRow]:
-        """Every commit, oldest first, by walking the COMMIT back-pointers."""
-        return self._store.log()
+    def log(self, limit: int | None = None) -> list[CommitRow]:
+        """Every commit, oldest first, by walking the COMMIT back-pointers (``limit``: the newest only).
+
+        >>> with cap.commit() as tx: _ = tx.remember("x")
+        >>> [row.records for row in cap.log()]  # create() writes an empty first commit
+        [0, 1]
+        """
+        return self._store.log(limit)
 
     def state(self) -> State:
-        """The agent's state at this snapshot: a pure fold over its records (13)."""
-        return fold(self.records())
+        """The agent's state at this snapshot: a pure fold over its records (13).
+
+        Its ``to_dict()`` is the ``capsule state --json`` document, and its memories,
+        decisions and notes are that document's dicts (whole ids, times as ISO-8601), not
+        the typed objects of :meth:`records`: ``cap.get(d["id"])`` gives the object.
+
+        >>> with cap.commit() as tx: d = tx.decide("ship", evidence=[tx.remember("tests pass")])
+        >>> [doc] = cap.state().decisions
+        >>> doc["id"] == d, cap.get(doc["id"]).summary, cap.get(doc["evidence"][0]).text
+        (True, 'ship', 'tests pass')
+        """
+        return ck.vouch_approvals(self._store, fold_store(self._store))  # 7.4: the keyset in force
 
     # --- checkpoints and keys (14.9) ---------------------------------------------
     def checkpoints(self) -> list[CheckpointFrame]:
-        """Every checkpoint up to this snapshot, oldest first (walks the prev pointers)."""
+        """Every checkpoint up to this snapshot, oldest first (walks the prev pointers).
+
+        >>> _ = cap.checkpoint("day-1", key=key), cap.checkpoint("day-2", key=key)
+        >>> [c.label for c in cap.checkpoints()]
+        ['day-1', 'day-2']
+        """
         return ck.checkpoints(self._store)
 
     def find_checkpoint(self, label: str) -> CheckpointFrame | None:
-        """The newest checkpoint with this label, or None: one table lookup (14.9)."""
+        """The newest checkpoint with this label, or None: one table lookup (14.9).
+
+        >>> _ = cap.checkpoint("day-1", key=key)
+        >>> cap.find_checkpoint("day-1").label, cap.find_checkpoint("day-9")
+        ('day-1', None)
+        """
         return ck.find_checkpoint(self._store, label)
 
     def commit_of(self, checkpoint: CheckpointFrame) -> CommitInfo:
@@ -315,12 +354,16 @@ class Capsule:
         (rotate with :meth:`rotate_keys`), and must extend the previous checkpoint.
         To checkpoint a step's records in the same commit (one fsync), call
         :meth:`Transaction.checkpoint` inside ``with cap.commit()``.
+
+        >>> c = cap.checkpoint("day-1", key=key, runtime_state=b"cursor=7")
+        >>> c.label, c.state_root == cap.state_root, c.signers == (key.key_id,)
+        ('day-1', True, True)
         """
         self._check_writer()
         with self._lock:
             return self._commit_checkpoint([], label, key, runtime_state)
 
-    def _commit_checkpoint(self, items: list[Item], label: str, key: Any, runtime: bytes | None) -> CheckpointFrame:
+    def _commit_checkpoint(self, items: Sequence[Item], label: str, key: Any, runtime: bytes | None) -> CheckpointFrame:
         with self._lock, self._view_lock:  # the root computed is the root written
             try:
                 after = ck.checkpoint_frames(self._store, label, key, runtime, self._roots.root_with(items))
@@ -328,7 +371,7 @@ class Capsule:
             finally:
                 self._roots.abandon()
             assert self._snap.checkpoint is not None
-            return self._store.read_checkpoint(self._snap.checkpoint[0])
+            return ck.read_checkpoint(self._store, self._snap.checkpoint[0])
 
     def rotate_keys(self, new: Keyset, *, old_signers: Sequence[PrivateKey], new_signers: Sequence[PrivateKey],
                     ) -> KeysetFrame:
@@ -349,7 +392,13 @@ class Capsule:
         """Append a ``revert`` so the live state equals checkpoint ``to``'s again;
         history stays in the file. With ``key``, also sign a checkpoint
         ``rollback-to-<label>``. Returns the revert record's id, or None when the
-        live state already equals the checkpoint's (nothing is written)."""
+        live state already equals the checkpoint's (nothing is written).
+
+        >>> _ = cap.checkpoint("clean", key=key)
+        >>> with cap.commit() as tx: _ = tx.remember("a mistake")
+        >>> _ = cap.rollback("clean"); len(cap.state().memories["working"]), len(cap.log())
+        (0, 4)
+        """
         self._check_writer()
         with self._lock:  # the live set read is the one the revert is written against
             return self._rollback(to, key)
@@ -378,7 +427,11 @@ class Capsule:
     @property
     def tasks(self) -> Tasks:
         """The durable task queue: ``cap.tasks.add/due/claim/complete/fail/cancel``.
-        Everything is computed from committed task records and the injected clock."""
+        Everything is computed from committed task records and the injected clock.
+
+        >>> cap.tasks.add("fetch"), [t.id for t in cap.tasks.due()]
+        ('fetch', ['fetch'])
+        """
         return self._tasks
 
     # --- idempotent actions (7.8) ----------------------------------------------
@@ -401,7 +454,10 @@ class Capsule:
         its stored result; other keys run side by side (the handle's lock is held
         only while journal records are written, not while ``fn`` runs).
 
-        >>> sent = cap.run_once("email:42", lambda: mailer.send(msg), reconcile=mailer.lookup)  # doctest: +SKIP
+        >>> cap.run_once("email:42", lambda: {"sent": 1})
+        {'sent': 1}
+        >>> cap.run_once("email:42", lambda: {"sent": 2})  # done: the stored result; fn is not called
+        {'sent': 1}
         """
         self._check_writer()
         return self._actions.run_once(key, fn, reconcile=reconcile, policy=policy, what=what, inputs=inputs)
@@ -415,10 +471,15 @@ class Capsule:
         self._check_writer()
         return self._actions.begin(key, what=what, inputs=inputs, reconcile=reconcile, policy=policy)
 
-    def actions(self) -> list[ActionState]:
-        """Every action key's state, in key order."""
+    def actions(self, *, in_doubt: bool = False) -> list[ActionState]:
+        """Every action key's state, in key order (``in_doubt``: only those in doubt, read from the journal's doubt lists).
+
+        >>> _ = cap.run_once("email:42", lambda: "sent")
+        >>> [(a.key, a.status) for a in cap.actions()], cap.actions(in_doubt=True)
+        ([('email:42', 'done')], [])
+        """
         with self._lock:
-            return [st for _, st in sorted(self._actions.states().items())]
+            return self._actions.in_doubt() if in_doubt else [st for _, st in sorted(self._actions.states().items())]
 
     def resolve_action(self, key: str, *, done: bool, value: Any = None) -> ActionState:
         """Settle an in-doubt action by hand: it happened (``done=True``) or not."""
@@ -451,7 +512,13 @@ class Capsule:
         return resolve_at(self._store, at)
 
     def view(self, at: str | int | CommitInfo) -> Capsule:
-        """A read-only capsule fixed at an earlier commit (time travel, audit)."""
+        """A read-only capsule fixed at an earlier commit (time travel, audit).
+
+        >>> _ = cap.checkpoint("before", key=key)
+        >>> with cap.commit() as tx: _ = tx.remember("later")
+        >>> with cap.view("before") as then: len(then), len(cap)
+        (0, 1)
+        """
         c = at if isinstance(at, CommitInfo) else self.resolve(at)
         h = ReadHandle(self.path)
         try:
@@ -471,86 +538,19 @@ class Capsule:
                 self._roots.reset()
             return moved
 
-    # --- search (16) ---------------------------------------------------------------
-    def search(self, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
-               tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None, since: Any = None,
-               until: Any = None, meta: Mapping[str, Any] | None = None, ef: int = 64,
-               embedder: Any = None, now: int | None = None) -> list[Hit]:
-        """Find live memories (and notes and decisions, lexically) by meaning or by words.
-
-        ``mode``: ``vector`` (needs ``vector`` or an embedder for ``query``), ``lexical``
-        (BM25 over text), ``hybrid`` (both, fused by reciprocal rank) or ``auto``.
-        Filters: ``tags`` (all of), ``any_tags``, ``tier``, ``kind``, ``since`` /
-        ``until`` (int ns or ISO-8601, inclusive), ``meta`` (equality per key).
-        Expired (``time + ttl <= now``) and rolled-back records are never returned.
-        Results are exactly scored, best first, ties by id: the same on every host.
-
-        >>> import capsule, tempfile, os
-        >>> p = os.path.join(tempfile.mkdtemp(), "s.capsule")
-        >>> with capsule.create(p) as cap:
-        ...     with cap.commit() as tx:
-        ...         _ = tx.remember("the deploy key lives in vault", embedding=[1.0, 0.0])
-        ...         _ = tx.remember("lunch is at noon", embedding=[0.0, 1.0])
-        ...     [h.text for h in cap.search(vector=[0.9, 0.1], k=1)]
-        ...     [h.text for h in cap.search("deploy key", mode="lexical")]
-        ['the deploy key lives in vault']
-        ['the deploy key lives in vault']
-        """
-        with self._view_lock:
-            return self._search.search(query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now,
-                                       tags=tags, any_tags=any_tags, tier=tier, kind=kind, since=since,
-                                       until=until, meta=meta)
-
-    def vector_config(self) -> VectorParams | None:
-        """The vector index parameters fixed at first use (16.1), or None."""
-        with self._view_lock:
-            return self._search.config()
-
-    def configure_vectors(self, *, space: str = "cosine", dim: int | None = None, M: int = 16,
-                          ef_construction: int = 200, seed: int = 100, embedder: str = "") -> VectorParams:
-        """Fix how the vector index is built, before the first embedding (16.1).
-
-        With ``dim`` the choice is committed now; without, it is committed with the
-        first embedding. Asking for other parameters once they are fixed is an error."""
-        self._check_writer()
-        want = VectorParams(space, dim or 0, M, ef_construction, seed, embedder)
-        with self._lock:
-            with self._view_lock:
-                have = self._search.check_configure(want, dim)
-                if have is not None:
-                    return have
-                if dim is None:
-                    self._search.defaults = want
-                    return want
-            with self.commit() as tx:
-                tx._vector_config(dim, want)
-            return want
-
-    def build_index(self) -> int:
-        """Bring the vector index up to date now (load its snapshot, insert newer
-        memories, single-threaded); returns the number of indexed vectors."""
-        with self._view_lock:
-            return self._search.build()
-
-    def index_info(self) -> dict[str, Any]:
-        """What the search indexes hold: vector parameters and counts, snapshot, doubts."""
-        with self._view_lock:
-            return self._search.info()
-
-    def save_index(self) -> bool:
-        """Write a snapshot of the vector index now if it holds vectors the newest
-        snapshot lacks. True if one was written."""
-        self._check_writer()
-        with self._lock, self._view_lock:
-            return self._search.save()
-
     # --- writing ---------------------------------------------------------------
     def commit(self) -> Transaction:
         """Start a group commit: every record added in the block lands in one
         atomic commit with one fsync when the block exits without error.
 
         The block holds the handle's lock from entry to exit: a commit from
-        another thread waits for it; one from the same thread is an error."""
+        another thread waits for it; one from the same thread is an error.
+
+        >>> with cap.commit() as tx:
+        ...     ids = [tx.remember("a"), tx.remember("b")]
+        >>> len(cap), cap.commit_count, len(tx.new_ids)
+        (2, 2, 2)
+        """
         self._check_open()
         if self.mode != "a":
             raise ReadOnlyError(f"{self.path}: opened read-only; open with mode='a' to write")
@@ -565,8 +565,11 @@ class Capsule:
                       blob: tuple[str, bytes] | None = None) -> CommitInfo:
         """One durable commit through the store's writer; the state root follows it."""
         with self._lock, self._view_lock:  # searches and state_root see the snapshot and root move together
-            info = write_commit(self._store, items, force_index=force_index, extra=extra, after=after, blob=blob)
-            self._roots.committed([it[0] for it in items])
+            info = write_commit(self._store, items, force_index=force_index, extra=extra, after=after, blob=blob,
+                                at_index=lambda: self._journal.index.blobs_at_index(items),
+                                vectors=lambda: self._search.searcher().index_value(items))
+            self._roots.committed(item_ids(items))
+            self._journal.index.committed(items)  # the journal folds its records and adopts its new head (18)
             return info
 
 

@@ -1,0 +1,110 @@
+"""The search side of the :class:`~capsule.handle.capsule.Capsule` handle (spec 16).
+
+A mixin, so the handle stays a facade under the module size limit: each method
+takes the handle's locks and delegates to its :class:`~capsule.search.part.SearchPart`,
+made on first use (opening to read loads no search engine).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ..search.vindex import VectorParams
+
+if TYPE_CHECKING:
+    from ..search.engine import Hit
+    from ..search.part import SearchPart
+    from .transaction import Transaction
+
+
+class SearchMethods:
+    """``search``, the vector index's parameters, building and snapshots."""
+
+    if TYPE_CHECKING:  # what the handle provides
+        _lock: threading.RLock
+        _view_lock: threading.RLock
+
+        @property
+        def _search(self) -> SearchPart: ...
+
+        def _check_writer(self) -> None: ...
+
+        def commit(self) -> Transaction: ...
+
+    def search(self, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
+               tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None, since: Any = None,
+               until: Any = None, meta: Mapping[str, Any] | None = None, ef: int = 64,
+               embedder: Any = None, now: int | None = None) -> list[Hit]:
+        """Find live memories (and notes and decisions, lexically) by meaning or by words.
+
+        ``mode``: ``vector`` (needs ``vector`` or an embedder for ``query``), ``lexical``
+        (BM25 over text), ``hybrid`` (both, fused by reciprocal rank) or ``auto``.
+        Filters: ``tags`` (all of), ``any_tags``, ``tier``, ``kind``, ``since`` /
+        ``until`` (int ns or ISO-8601, inclusive), ``meta`` (equality per key).
+        Expired (``time + ttl <= now``) and rolled-back records are never returned.
+        Results are exactly scored, best first, ties by id: the same on every host.
+        With neither ``query`` nor ``vector`` it lists: the records passing the filters, newest first, score 0.
+
+        >>> import capsule, tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "s.capsule")
+        >>> with capsule.create(p) as cap:
+        ...     with cap.commit() as tx:
+        ...         _ = tx.remember("the deploy key lives in vault", embedding=[1.0, 0.0])
+        ...         _ = tx.remember("lunch is at noon", embedding=[0.0, 1.0])
+        ...     [h.text for h in cap.search(vector=[0.9, 0.1], k=1)]
+        ...     [h.text for h in cap.search("deploy key", mode="lexical")]
+        ['the deploy key lives in vault']
+        ['the deploy key lives in vault']
+        """
+        with self._view_lock:
+            return self._search.search(query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now,
+                                       tags=tags, any_tags=any_tags, tier=tier, kind=kind, since=since,
+                                       until=until, meta=meta)
+
+    def vector_config(self) -> VectorParams | None:
+        """The vector index parameters fixed at first use (16.1), or None."""
+        with self._view_lock:
+            return self._search.config()
+
+    def configure_vectors(self, *, space: str = "cosine", dim: int | None = None, M: int = 16,
+                          ef_construction: int = 200, seed: int = 100, embedder: str = "") -> VectorParams:
+        """Fix how the vector index is built, before the first embedding (16.1).
+
+        With ``dim`` the choice is committed now; without, it is committed with the
+        first embedding. Asking for other parameters once they are fixed is an error."""
+        self._check_writer()
+        want = VectorParams(space, dim or 0, M, ef_construction, seed, embedder)
+        with self._lock:
+            with self._view_lock:
+                have = self._search.check_configure(want, dim)
+                if have is not None:
+                    return have
+                if dim is None:
+                    self._search.defaults = want
+                    return want
+            with self.commit() as tx:
+                tx._vector_config(dim, want)
+            return want
+
+    def build_index(self) -> int:
+        """Bring the vector index up to date now (load its snapshot, insert newer
+        memories, single-threaded); returns the number of indexed vectors."""
+        with self._view_lock:
+            return self._search.build()
+
+    def index_info(self) -> dict[str, Any]:
+        """What the search indexes hold: vector parameters and counts, snapshot, doubts."""
+        with self._view_lock:
+            return self._search.info()
+
+    def save_index(self) -> bool:
+        """Write a snapshot of the vector index now if it holds vectors the newest
+        snapshot lacks. True if one was written."""
+        self._check_writer()
+        with self._lock, self._view_lock:
+            return self._search.save()
+
+
+__all__ = ["SearchMethods"]
