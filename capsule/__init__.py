@@ -26,6 +26,7 @@ from .core.errors import (
     Locked,
     NonCanonicalError,
     NotFound,
+    PolicyViolation,
     ReadOnlyError,
     UnsupportedError,
     UsageError,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from .search.vindex import VectorParams
     from .state.fold import State
     from .state.kinds import Approval, Constraint, Decision, Identity, Note
+    from .state.rules import action_subject
     from .verifier.check import VerifyReport, verify
 
 #: Where each public name lives. The API is imported on first use (PEP 562), so
@@ -93,6 +95,7 @@ _HOME = {
     "VectorParams": "search.vindex",
     "Approval": "state.kinds", "Constraint": "state.kinds", "Decision": "state.kinds",
     "Identity": "state.kinds", "Note": "state.kinds",
+    "action_subject": "state.rules",
     "VerifyReport": "verifier.check", "verify": "verifier.check",
 }
 
@@ -166,6 +169,7 @@ __all__ = [
     "Memory",
     "NonCanonicalError",
     "NotFound",
+    "PolicyViolation",
     "ReadOnlyError",
     "Summary",
     "Transaction",
@@ -173,6 +177,7 @@ __all__ = [
     "UsageError",
     "VerifyReport",
     "WriterPoisoned",
+    "action_subject",
     "create",
     "fork",
     "kinds",

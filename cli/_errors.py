@@ -69,6 +69,8 @@ def call(fn: Callable[[], T]) -> T:
         fail(str(e), EXIT_DATA)
     except capsule.WriterPoisoned as e:
         fail(str(e), EXIT_DATA)  # the disk or file system failed: not a usage mistake
+    except capsule.PolicyViolation as e:
+        fail(str(e), EXIT_DATA)  # 7.3.1: refused by a rule, as `verify --policy` fails
     except UsageError as e:
         fail(str(e), EXIT_USAGE)
     except CapsuleError as e:

@@ -216,11 +216,15 @@ def verify(
                                                 "parent capsule.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "
                                         "skip per-record schema checks.")] = False,
+    policy: Annotated[bool, typer.Option("--policy", help="Re-check every action against the constraint rules "
+                                         "in force at its intent (spec 7.3.1); prints the violations as a "
+                                         "JSON list.")] = False,
 ) -> None:
     """Check every byte: header, frames, chain, Merkle roots, content ids, encoding.
 
     Exit 0 when sound, 1 when not (naming the first bad offset, seq and check).
     With --trust, a checkpoint signed by the anchored keys must cover the state (spec 13.4).
+    With --policy, every action must have had the approvals its rules asked for (7.3.1).
     Example: capsule verify agent.capsule --trust agent.key.pub --strict --json
     """
 
@@ -245,7 +249,7 @@ def verify(
                                             and all(c in "0123456789abcdefABCDEF" for c in expect_root)):
             raise capsule.UsageError(f"--expect-root {expect_root!r} is not a Merkle root (64 hex digits)")
         kw: dict[str, Any] = {"deep": not quick, "trust": anchor, "strict": strict, "parent": parent,
-                              "min_seq": min_seq, "expect_root": expect_root}
+                              "min_seq": min_seq, "expect_root": expect_root, "policy": policy}
         if not show:
             return capsule.verify(path, **kw)
         # a progress bar (rich) only for a big file on a terminal
@@ -271,6 +275,8 @@ def verify(
         for w in rep.warnings:
             warn(w)
     else:
+        if rep.policy:
+            emit_json(rep.policy)  # 7.3.1: each violation, as a JSON list
         e = rep.first_error or {}
         where = ", ".join(f"{k} {e[k]}" for k in ("offset", "seq") if e.get(k) is not None)
         err.print(f"capsule: verify failed: {e.get('check')}{' at ' + where if where else ''} in {path}: "

@@ -91,3 +91,13 @@ class CapsuleNotFound(NotFound, FileNotFoundError):
 
 class AlreadyExists(UsageError, FileExistsError):
     """create() refuses to overwrite an existing file."""
+
+
+class PolicyViolation(UsageError, PermissionError):
+    """An action that a constraint's rule covers lacks the approvals it needs (spec 7.3.1).
+
+    ``violations`` holds one dict per unmet rule (constraint, rule, key, approvals, need)."""
+
+    def __init__(self, message: str, violations: list[dict[str, object]] | None = None) -> None:
+        super().__init__(message)
+        self.violations = violations or []

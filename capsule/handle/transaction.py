@@ -37,6 +37,8 @@ else:
 if TYPE_CHECKING:
     from .capsule import Capsule
 
+_TEXT_KINDS = frozenset({"memory", "note", "decision", "revert"})  # what the lexical catalog reads (16.4, 16.8)
+
 
 class Transaction:
     """A group of records that commit together (one COMMIT, one fsync): ``with cap.commit() as tx``.
@@ -68,6 +70,7 @@ class Transaction:
         self.checkpoint_frame: CheckpointFrame | None = None
         self._vconfig: VectorParams | None = None  # a vindex record this commit adds
         self._vectors = 0
+        self._fed: tuple[RecordBatch, int, int] | None = None  # written records for the lexical catalog (16.8)
 
     def __enter__(self) -> Transaction:
         cap = self._cap
@@ -94,9 +97,10 @@ class Transaction:
                 return  # nothing was written: the batch is discarded
             self.info = self._flush()
             if self.info is not None:
-                with cap._view_lock:  # a handle that never searched and adds no vector: nothing to do
-                    busy = self._vectors or self._vconfig is not None or cap._search_part is not None
-                    err = cap._search.committed(self._vectors, self._vconfig) if busy else None
+                with cap._view_lock:  # a handle that never searched and adds no vector or text: nothing to do
+                    busy = self._vectors or self._vconfig is not None or cap._search_part is not None or self._fed
+                    err = cap._search.committed(self._vectors, self._vconfig, self._fed) if busy else None
+                    self._fed = None
                 if err is not None:
                     cap.close_error = err
         finally:
@@ -128,16 +132,25 @@ class Transaction:
                 rid, data = encode_record(rev)
                 items = items.select(np.ones(len(items), dtype=bool), copy=True)
                 items.add(rid, "revert", data)
+        start = snap.end
         if self._checkpoint is not None:
             label, key, runtime = self._checkpoint
             self.checkpoint_frame = cap._commit_checkpoint(items, label, key, runtime)
             self.new_ids = IdList(items.ids, copy=False)  # the batch is done: share its ids
+            self._feed(items, start)
             return cap._snap.commit
         if not len(items):
             return None
         info = cap._write_commit(items)
         self.new_ids = IdList(items.ids, copy=False)
+        self._feed(items, start)
         return info
+
+    def _feed(self, items: RecordBatch, start: int) -> None:
+        """16.8: the records just written, for the lexical catalog, which then need not read
+        them back (exactly the records of the commit between ``start`` and the new end)."""
+        if len(items) and _TEXT_KINDS.intersection(items.kinds):
+            self._fed = (items, start, self._cap._snap.end)
 
     def checkpoint(self, label: str, *, key: Any, runtime_state: bytes | None = None) -> None:
         """Sign a checkpoint of the state *including this commit's records*, written
@@ -250,9 +263,12 @@ class Transaction:
         return self._put_kind("decision", summary=summary, rationale=rationale, evidence=evidence, inputs=inputs,
                               alternatives=alternatives, time=time)
 
-    def constrain(self, text: str, *, scope: str = "global", status: str = "active", time: int | None = None) -> str:
-        """Add (or, with ``status="revoked"``, lift) a rule for ``scope``."""
-        return self._put_kind("constraint", text=text, scope=scope, status=status, time=time)
+    def constrain(self, text: str, *, scope: str = "global", status: str = "active",
+                  rule: Mapping[str, Any] | None = None, time: int | None = None) -> str:
+        """Add (or, with ``status="revoked"``, lift) a rule for ``scope``. ``rule`` makes it
+        machine-readable (spec 7.3.1): ``{"action": "email.*", "approvals": 1, "approvers": [key ids]}``
+        gates ``run_once`` on matching keys until enough verified approvals are committed."""
+        return self._put_kind("constraint", text=text, scope=scope, status=status, rule=rule, time=time)
 
     def approve(self, subject: str | bytes, key: Any, *, time: int | None = None) -> str:
         """Sign approval of the record ``subject`` (an id or a unique prefix) with a :class:`capsule.PrivateKey`."""

@@ -42,6 +42,7 @@ from ..state.kinds import Field, KindBase, _declare, _meta, _text, parse_choice
 from .journal import JournalIndex
 from .journal_blob import ActionState as ActionState  # re-exported: the public type
 from .journal_blob import apply
+from .policy import check_action
 
 Policy = Literal["at-most-once", "retry-safe", "ask"]
 POLICIES = ("at-most-once", "retry-safe", "ask")
@@ -307,7 +308,9 @@ class Journal:
             if st.status == "done":
                 return ActionHandle(self, key, st)
             # new, not-done, in doubt and re-runnable, or failed under retry-safe
-            self._intent(key, st.attempt + 1, what, inputs)
+            with self._cap._lock:  # 7.3.1: judged against the commit the intent follows; refused: nothing written
+                check_action(self._cap._store, key, inputs)
+                self._intent(key, st.attempt + 1, what, inputs)
             a = ActionHandle(self, key, self.state(key), owned)
             owned = False  # the handle releases the key once its result is written
             return a

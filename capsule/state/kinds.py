@@ -179,6 +179,12 @@ def _text(v: object, name: str) -> str:
     return parse_text(v, name)
 
 
+def _rule(v: object, name: str) -> dict[str, Any]:
+    from .rules import parse_rule  # 7.3.1: the machine-readable rule a constraint may carry
+
+    return parse_rule(v, name)
+
+
 EMPTY_MAP: Mapping[str, Any] = {}
 
 
@@ -215,11 +221,13 @@ class Constraint(KindBase):
         Field("text", _text),
         Field("scope", _text, "global"),
         Field("status", parse_choice("active", "revoked"), "active"),
+        Field("rule", lambda v, n: _rule(v, n), None, dict, lambda v: v),  # 7.3.1 (1.2)
     )
     time: int
     text: str
     scope: str = "global"
     status: str = "active"
+    rule: Mapping[str, Any] | None = None
     id: str = field(default="", compare=False)
 
 

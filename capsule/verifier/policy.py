@@ -1,0 +1,109 @@
+"""``verify --policy``: every action intent in history, judged against the rules in
+force when it was written (spec 7.3.1, 13.3).
+
+Theory of operation: one pass over the committed frames collects the records a
+policy reads (constraints, approvals, decisions, reverts) commit by commit and
+every ``action`` intent with the number of policy records committed before its
+own commit and where that commit starts. An intent is then judged as
+``run_once`` judged it: against the state of the earlier commits (a rule or an
+approval added later, or a rollback after it, changes nothing) and the keyset in
+force before its commit. Intents whose key no rule in the whole file matches are
+skipped without folding anything, so a file without rules costs one read.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core import constants as C
+from ..core.errors import CorruptError
+from ..format.commit import decode_records_payload
+from ..format.frames import raw_payload
+from ..format.records import decode_record, record_id
+from ..format.scan import Reader
+from ..run import actions as _actions  # noqa: F401  (registers the `action` kind)
+from ..state.rules import POLICY_KINDS, PolicyState, describe, matches
+
+if TYPE_CHECKING:
+    from ..format.store import Store
+    from .check import VerifyReport
+
+
+@dataclass(frozen=True, slots=True)
+class _Intent:
+    rec: Any
+    offset: int  # of its RECORDS frame
+    seq: int
+    before: int  # policy records committed before its commit
+    commit_start: int  # offset of the first frame of its commit
+
+
+def _collect(store: Store) -> tuple[list[Any], list[_Intent]]:
+    snap = store.snap
+    rd = Reader(store.h, C.HEADER_SIZE, snap.end, 0, snap.header.chain_seed, snap.header.max_frame_len)
+    committed: list[Any] = []
+    pending: list[Any] = []
+    intents: list[_Intent] = []
+    start = C.HEADER_SIZE
+    for fh, payload, _ in rd.frames():
+        if fh.ftype == C.FT_COMMIT:
+            committed.extend(pending)
+            pending = []
+            start = fh.end
+            continue
+        if fh.ftype != C.FT_RECORDS:
+            continue
+        for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
+            kind = value.get("kind") if isinstance(value, dict) else None
+            if not isinstance(kind, str):
+                raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+            if kind in POLICY_KINDS:
+                pending.append(decode_record(value, record_id(kind, data)))
+            elif kind == "action" and isinstance(value, dict) and value.get("phase") == "intent":
+                rec = decode_record(value, record_id(kind, data))
+                intents.append(_Intent(rec, fh.offset, fh.seq, len(committed), start))
+    return committed, intents
+
+
+def policy_violations(store: Store) -> list[dict[str, Any]]:
+    """Every intent in ``store``'s history that broke a rule in force when it was
+    written, in commit order, each with the intent's id, attempt, offset and seq."""
+    from ..state.checkpoints import keysets
+
+    records, intents = _collect(store)
+    patterns = {c.rule["action"] for c in records if c.kind == "constraint" and c.rule}
+    if not patterns:
+        return []
+    chain = keysets(store)  # the walk checked every rotation (14.6) before we get here
+    offsets = [k.offset for k in chain]
+    states: dict[int, PolicyState] = {}
+    out: list[dict[str, Any]] = []
+    for it in intents:
+        if not any(matches(p, it.rec.key) for p in patterns):
+            continue
+        st = states.get(it.before)
+        if st is None:
+            st = states[it.before] = PolicyState(records[: it.before])
+        i = bisect.bisect_left(offsets, it.commit_start)  # keysets in earlier commits only
+        vouched = {k.key_id: k.raw for k in chain[i - 1].keyset.keys} if i else {}
+        for v in st.check(it.rec.key, it.rec.inputs, vouched):
+            out.append({**v, "intent": it.rec.id, "attempt": it.rec.attempt, "offset": it.offset, "seq": it.seq})
+    return out
+
+
+def check_policy(rep: VerifyReport, path: Path) -> None:
+    """13.3 with ``policy``: list the violations in ``rep.policy``; any fails the report."""
+    from ..handle.entry import open as open_capsule
+
+    with open_capsule(path) as cap:
+        found = policy_violations(cap._store)
+    rep.policy = found
+    if found:
+        rep.ok = False
+        v = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        rep.first_error = {"offset": v["offset"], "seq": v["seq"], "check": "policy",
+                           "message": describe(v) + more}
