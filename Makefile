@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint bench bench-scale clean vectors fuzz
+.PHONY: demo test soak lint bench bench-scale clean vectors fuzz chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,13 @@ demo: $(STAMP)
 	$(BIN)/python examples/week_demo.py
 	bash examples/demo.sh $(BIN)
 
-test: $(STAMP)
+# Headless chromium (Debian's package) for tests/test_report.py; a no-op when already there.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
 soak: $(STAMP)
@@ -33,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/checkpoints.py
 	$(BIN)/python benchmarks/actions.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/report.py
 
 # The scale table; 1M only when asked: make bench-scale SCALE_SIZES=10k,100k,1M
 SCALE_SIZES ?= 10k,100k

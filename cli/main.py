@@ -8,6 +8,8 @@ Code map (each module is one command group; none holds format logic):
 - ``state``:  state, keygen, checkpoint, checkpoints, rollback, fork, verify
 - ``run``:    tasks, actions
 - ``search``: search, pack
+- ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
+- ``report``: report (the HTML page and its figures)
 - ``_errors``: the one place errors become exit codes and one-line messages
 - ``_render``: consoles, literal table cells, ``--json`` output
 - ``_params``: arguments and options shared by several groups
@@ -28,8 +30,10 @@ import capsule
 
 from . import (
     _coerce,  # noqa: F401  (typer coerces plain values without pydantic: start-up)
+    inspect,
     keys,
     records,
+    report,
     run,
     search,
     state,
@@ -65,6 +69,12 @@ COMMANDS = (
     ("verify", state.verify),
     ("search", search.search),
     ("pack", search.pack),
+    ("beliefs", inspect.beliefs),
+    ("why", inspect.why),
+    ("diff", inspect.diff),
+    ("timeline", inspect.timeline),
+    ("audit", inspect.audit),
+    ("report", report.report),
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn)

@@ -16,6 +16,7 @@ MAX_LINES = 300  # style.md rule 7: aim for 150-300 lines, split by responsibili
 
 COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rotate-keys", "checkpoint",
             "checkpoints", "rollback", "fork", "tasks", "actions", "verify", "search", "pack",
+            "beliefs", "why", "diff", "timeline", "audit", "report",
             "records"]  # records: list's hidden alias
 
 

@@ -25,9 +25,11 @@ LAYERS = {
     "state": 2,
     "search": 3,
     "run": 3,
+    "questions": 3.5,  # above search and run, below the handle that delegates to it
     "handle": 4,
     "verifier": 5,
     "ingest": 5,
+    "report": 5,
     "sync": 6,
     "integrations": 6,
 }

@@ -46,6 +46,7 @@ from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
 from ..state.stateroot import state_root_of
 from .locking import track
+from .questions import QuestionMethods
 from .searching import SearchMethods
 from .summary import Summary
 from .transaction import Transaction
@@ -58,7 +59,7 @@ else:
     np = lazy("numpy")
 
 
-class Capsule(SearchMethods):
+class Capsule(SearchMethods, QuestionMethods):
     """An open capsule. Use :func:`capsule.open` or :func:`capsule.create`.
 
     Threads: a handle may be shared. Commits from several threads are

@@ -1,0 +1,81 @@
+"""The questions side of the :class:`~capsule.handle.capsule.Capsule` handle (spec 13.5).
+
+A mixin, so the handle stays a facade under the module size limit: each method
+delegates to ``capsule.questions``, imported on first use (opening loads none of it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..questions.audit import Audit
+    from ..questions.beliefs import Beliefs
+    from ..questions.diff import Diff
+    from ..questions.timeline import Timeline
+    from ..questions.why import Why
+
+
+class QuestionMethods:
+    """``beliefs``, ``why``, ``diff``, ``timeline`` and ``audit``: read-only, each with ``to_dict()``."""
+
+    def beliefs(self, *, limit: int = 10) -> Beliefs:
+        """What the agent holds: live memories by tier (counts, newest first), decisions,
+        active constraints, identity, open tasks, in-doubt actions.
+
+        >>> with cap.commit() as tx: _ = tx.remember("the build server is ci-7")
+        >>> cap.beliefs().to_dict()["memories"]["working"]["count"]
+        1
+        """
+        from ..questions.beliefs import beliefs
+
+        return beliefs(self, limit=limit)
+
+    def why(self, record_id: str | bytes, *, trust: Any = None) -> Why:
+        """The lineage of a record: evidence recursively, approvals, constraints active when it
+        was committed, the first checkpoint covering it, and later marks.
+
+        >>> with cap.commit() as tx: d = tx.decide("ship", evidence=[tx.remember("tests pass")])
+        >>> [e["summary"] for e in cap.why(d[:8]).to_dict()["root"]["evidence"]]
+        ['tests pass']
+        """
+        from ..questions.why import why
+
+        return why(self, record_id, trust=trust)  # type: ignore[arg-type]
+
+    def diff(self, a: Any, b: Any, *, limit: int = 20) -> Diff:
+        """What changed between two points (labels, seqs, commit-root prefixes, times).
+
+        >>> _ = cap.checkpoint("a", key=key)
+        >>> with cap.commit() as tx: _ = tx.remember("later")
+        >>> _ = cap.checkpoint("b", key=key)
+        >>> cap.diff("a", "b").to_dict()["added"]["by_kind"]
+        {'memory': 1}
+        """
+        from ..questions.diff import diff
+
+        return diff(self, a, b, limit=limit)  # type: ignore[arg-type]
+
+    def timeline(self, *, since: int | None = None, until: int | None = None, kinds: Any = None,
+                 limit: int | None = None) -> Timeline:
+        """Commits, checkpoints, actions and task events in order, each with a one-line summary.
+
+        >>> with cap.commit() as tx: _ = tx.remember("x")
+        >>> [e["summary"] for e in cap.timeline(kinds=["commit"]).to_dict()["events"]][-1]
+        'commit #2: 1 record (memory 1)'
+        """
+        from ..questions.timeline import timeline
+
+        return timeline(self, since=since, until=until, kinds=kinds, limit=limit)  # type: ignore[arg-type]
+
+    def audit(self, key: str, *, trust: Any = None) -> Audit:
+        """An action's intent and result, the state root at the intent, the decisions and
+        approvals that led to it, the constraints then active and the checkpoint covering it.
+
+        >>> _ = cap.run_once("email:42", lambda: "sent")
+        >>> cap.audit("email:42").to_dict()["status"]
+        'done'
+        """
+        from ..questions.audit import audit
+
+        return audit(self, key, trust=trust)  # type: ignore[arg-type]

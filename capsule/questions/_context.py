@@ -1,0 +1,90 @@
+"""The history a ``why`` or an ``audit`` reads once: approvals, constraints, identities
+and reverts in commit order (one filtered walk), the checkpoints, and the keys an
+approval's signature may check under (7.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.clock import iso
+from ..format.commit import CommitInfo
+from ..format.keys import PublicKey
+from ..state import checkpoints as ck
+from ..state.fold import dead_ids
+from ..state.kinds import approval_message
+from ._walk import Source, checkpoint_after, checkpoint_ref, commit_holding, frame_seq, walk
+
+KINDS = ("approval", "constraint", "identity", "revert")
+
+
+@dataclass
+class Context:
+    cap: Source
+    anchor: int | None = None  # keyset index trust starts at (14.7), when asked
+    rows: list[tuple[int, Any]] = field(default_factory=list)  # (frame offset, record) in commit order
+    seqs: list[int] = field(default_factory=list)  # the frame seq of each row
+    approvals: dict[bytes, list[Any]] = field(default_factory=dict)
+    dead: set[bytes] = field(default_factory=set)
+    keys: dict[str, bytes] = field(default_factory=dict)
+    vouched: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, cap: Source, anchor: int | None = None, extra: tuple[str, ...] = ()) -> Context:
+        """One walk for :data:`KINDS` and the ``extra`` kinds a question needs besides
+        (kept in ``rows`` with the frame seq in ``seqs``)."""
+        ctx = cls(cap, anchor)
+        store = cap._store
+        for off, seq, rec in walk(store, KINDS + extra):
+            ctx.rows.append((off, rec))
+            ctx.seqs.append(seq)
+            if rec.kind == "approval":
+                ctx.approvals.setdefault(rec.subject, []).append(rec)
+            elif rec.kind == "identity":
+                for raw in rec.keys:
+                    ctx.keys[PublicKey(raw).key_id] = raw
+        ctx.dead = dead_ids(r for _, r in ctx.rows if r.kind == "revert")
+        ks = ck.keyset_in_force(store)
+        if ks is not None:
+            ctx.vouched = {k.key_id: k.raw for k in ks.keys}
+        return ctx
+
+    def approvals_of(self, rid: bytes) -> list[dict[str, Any]]:
+        """7.4: ``signature_ok`` under a key an identity published or the keyset in force
+        holds; ``verified`` only under a key of the keyset in force."""
+        out = []
+        for a in self.approvals.get(rid, []):
+            member = self.vouched.get(a.approver)
+            raw = member if member is not None else self.keys.get(a.approver)
+            ok = raw is not None and PublicKey(raw).verify(approval_message(rid), a.signature)
+            out.append({"id": a.id, "approver": a.approver, "time": iso(a.time), "signature_ok": ok,
+                        "verified": ok and member is not None,
+                        "rolled_back": bytes.fromhex(a.id) in self.dead})
+        return out
+
+    def constraints_at(self, end: int) -> list[dict[str, Any]]:
+        """The constraints active when the commit ending at ``end`` was made (7.3), with
+        the reverts before it applied (7.7)."""
+        before = [r for off, r in self.rows if off < end]
+        dead = dead_ids(r for r in before if r.kind == "revert")
+        active: dict[tuple[str, str], Any] = {}
+        for r in before:
+            if r.kind != "constraint" or bytes.fromhex(r.id) in dead:
+                continue
+            if r.status == "active":
+                active[(r.scope, r.text)] = r
+            else:
+                active.pop((r.scope, r.text), None)
+        return [{"id": r.id, "text": r.text, "scope": r.scope, "since": iso(r.time)}
+                for _, r in sorted(active.items())]
+
+    def located(self, rid: bytes) -> tuple[int, int, CommitInfo | None]:
+        """(frame offset, frame seq, commit) of a committed record."""
+        store = self.cap._store
+        loc = store.locate(rid)
+        assert loc is not None  # the caller read the record
+        return loc[0], frame_seq(store, loc[0]), commit_holding(store, loc[0])
+
+    def covered_by(self, offset: int) -> dict[str, Any] | None:
+        """The first checkpoint covering the frame at ``offset`` (14.8)."""
+        return checkpoint_ref(self.cap, checkpoint_after(self.cap._store, offset), self.anchor)

@@ -1,0 +1,109 @@
+"""``audit``: what governed one action (spec 13.5).
+
+The document (``Audit.to_dict()``, ``capsule audit --json``), stable::
+
+    {"key": str, "status": str,                 # the journal's fold (7.8, 18)
+     "steps": [{"id", "phase", "attempt", "time", "ok", "what", "inputs", "value", "error", "by",
+                "commit": {seq, commit, time, root}}...],   # intent / result / resolve, in commit order
+     "intent": step | null,                      # the latest attempt's intent
+     "state_root_at_intent": hex | null,         # 13.1, at the commit that made that intent durable
+     "decisions": [{"id", "summary", "time", "evidence": [ids], "approvals": [...], "link": str}...],
+     "constraints": [{"id", "text", "scope", "since"}...],   # active at the intent's commit
+     "checkpoint": {label, seq, time, signers, keyset, signature_ok, anchored} | null}
+
+A decision is linked to the action (``link``) when the intent's ``inputs`` holds its id at any
+top-level key (a 32-byte bin or 64 hex digits: ``"inputs"``), or the decision's own ``inputs``
+names the action key under ``"action"`` (``"decision-inputs"``). ``checkpoint`` is the first
+checkpoint covering the newest step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.clock import iso
+from ..core.errors import NotFound
+from ..format.commit import CommitInfo
+from ._context import Context
+from ._walk import Source, anchor_of, commit_holding, commit_ref
+
+_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Audit:
+    doc: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc
+
+
+def _ids_in(inputs: Any) -> list[bytes]:
+    out = []
+    for v in (inputs or {}).values():
+        if isinstance(v, bytes) and len(v) == 32:
+            out.append(v)
+        elif isinstance(v, str) and len(v) == 64 and set(v) <= _HEX:
+            out.append(bytes.fromhex(v))
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def audit(cap: Source, key: str, *, trust: Any = None) -> Audit:
+    """The intent, result and governance of the action ``key``."""
+    store = cap._store
+    ctx = Context.load(cap, anchor_of(cap, trust), extra=("action", "decision"))
+    rows = [(off, seq, r) for (off, r), seq in zip(ctx.rows, ctx.seqs, strict=True)
+            if r.kind == "decision" or (r.kind == "action" and r.key == key)]
+    steps_raw = [(off, seq, r) for off, seq, r in rows if r.kind == "action"]
+    if not steps_raw:
+        raise NotFound(f"no action with key {key!r} (see `capsule actions`)")
+    steps = []
+    for off, _, r in steps_raw:
+        steps.append({"id": r.id, "phase": r.phase, "attempt": r.attempt, "time": iso(r.time), "ok": r.ok,
+                      "what": r.what, "inputs": _jsonable(dict(r.inputs)), "value": _jsonable(r.value),
+                      "error": r.error or None, "by": r.by or None, "commit": commit_ref(commit_holding(store, off))})
+    intents = [(i, off, r) for i, (off, _, r) in enumerate(steps_raw) if r.phase == "intent"]
+    intent = root = None
+    at: CommitInfo | None = None
+    linked: dict[bytes, str] = {}
+    if intents:
+        i, off, r = intents[-1]
+        intent = steps[i]
+        at = commit_holding(store, off)
+        if at is not None:
+            with cap.view(at) as then:  # type: ignore[attr-defined]
+                root = then.state_root
+        for rid in _ids_in(r.inputs):
+            linked.setdefault(rid, "inputs")
+    for _, _, d in rows:
+        if d.kind == "decision" and (d.inputs or {}).get("action") == key:
+            linked.setdefault(bytes.fromhex(d.id), "decision-inputs")
+    decisions = []
+    for rid, how in linked.items():
+        try:
+            d = cap.get(rid)
+        except NotFound:
+            continue
+        if d.kind != "decision":
+            continue
+        decisions.append({"id": d.id, "summary": d.summary, "time": iso(d.time), "link": how,
+                          "evidence": [e.hex() for e in d.evidence], "approvals": ctx.approvals_of(rid)})
+    return Audit({"key": key, "status": _status(cap, key), "steps": steps, "intent": intent,
+                  "state_root_at_intent": root, "decisions": decisions,
+                  "constraints": ctx.constraints_at(at.end) if at is not None else [],
+                  "checkpoint": ctx.covered_by(steps_raw[-1][0])})
+
+
+def _status(cap: Any, key: str) -> str:
+    return str(cap._actions.state(key).status)

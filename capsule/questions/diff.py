@@ -1,0 +1,148 @@
+"""``diff``: what changed between two commits of one capsule (spec 13.5).
+
+The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
+
+    {"from": {seq, commit, time, root}, "to": {seq, commit, time, root},
+     "added": {"count": int, "by_kind": {kind: int}, "by_tier": {tier: int}, "first": [node...]},
+     "removed": {"count": int, "by_kind": {...}, "first": [node...]},    # rolled back in between
+     "restored": {"count": int, "first": [node...]},                     # live again (7.7)
+     "tier_changes": [{"text", "from": tier, "to": tier, "removed": id, "added": id}...],
+     "constraints": {"added": [{"id", "text", "scope"}...], "revoked": [...]},
+     "identity": {"from": id | null, "to": id | null, "changes": [node...]},
+     "checkpoints": [{"label", "seq", "time", "signers"}...],           # signed in between
+     "actions": [{"key", "phase", "attempt", "ok", "time"}...],         # results and resolves
+     "tasks_finished": [{"task", "op", "time"}...],                     # complete / fail / cancel
+     "limit": int}
+
+``from`` and ``to`` are what ``--at`` names (6.5). Only the frames between the two commits are
+read: a record is *added* when it is committed in between, *removed* when a revert in between
+drops it and none restores it, *restored* the reverse. A tier change is a removed memory and an
+added memory with the same text in another tier. ``first`` lists at most ``limit`` nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import constants as C
+from ..core.clock import iso
+from ..core.errors import CorruptError, NotFound, UsageError
+from ..format.commit import CommitInfo, decode_records_payload
+from ..format.frames import raw_payload
+from ..format.records import record_id as content_id
+from ..format.scan import Reader
+from ..state.fold import dead_ids
+from ._walk import Source, commit_ref, ref, walk
+
+DEFAULT_LIMIT = 20
+MAX_TIER_SCAN = 10_000  # added records read to match tier changes
+
+
+@dataclass(frozen=True)
+class Diff:
+    doc: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc
+
+
+def diff(cap: Source, a: str | int | CommitInfo, b: str | int | CommitInfo, *, limit: int = DEFAULT_LIMIT) -> Diff:
+    """What changed from the commit ``a`` names to the one ``b`` names (``b`` not before ``a``)."""
+    if type(limit) is not int or limit < 0:
+        raise UsageError("limit must be a non-negative integer")
+    ca = a if isinstance(a, CommitInfo) else cap.resolve(a)
+    cb = b if isinstance(b, CommitInfo) else cap.resolve(b)
+    if ca.seq > cb.seq:
+        raise UsageError(f"--from {a} (seq {ca.seq}) is after --to {b} (seq {cb.seq})")
+    store = cap._store
+    snap = store.snap
+    added: list[bytes] = []
+    by_kind: dict[str, int] = {}
+    by_tier: dict[str, int] = {}
+    checkpoints = []
+    rd = Reader(store.h, ca.end, cb.end, ca.seq + 1, ca.chain, snap.header.max_frame_len)
+    for fh, payload, _ in rd.frames():
+        if fh.ftype == C.FT_CHECKPOINT:
+            ckf = store.read_checkpoint(fh.offset)
+            checkpoints.append({"label": ckf.label, "seq": ckf.seq, "time": iso(ckf.time),
+                                "signers": list(ckf.signers)})
+        if fh.ftype != C.FT_RECORDS:
+            continue
+        for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
+            if not isinstance(value, dict) or not isinstance(kind := value.get("kind"), str):
+                raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+            added.append(content_id(kind, data))
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            if kind == "memory":
+                t = str(value.get("tier", "working"))  # 7.1: omitted when "working"
+                by_tier[t] = by_tier.get(t, 0) + 1
+    dropped: set[bytes] = set()
+    back: set[bytes] = set()
+    cons_added: list[dict[str, Any]] = []
+    cons_revoked: list[dict[str, Any]] = []
+    ident: list[dict[str, Any]] = []
+    actions: list[dict[str, Any]] = []
+    finished: list[dict[str, Any]] = []
+    kinds = ("revert", "constraint", "identity", "action", "task")
+    for _, _, r in walk(store, kinds, start=ca, end=cb.end):
+        k = r.kind
+        if k == "revert":
+            for x in r.drop:
+                dropped.add(x)
+                back.discard(x)
+            for x in r.restore:
+                back.add(x)
+                dropped.discard(x)
+        elif k == "constraint":
+            (cons_added if r.status == "active" else cons_revoked).append(
+                {"id": r.id, "text": r.text, "scope": r.scope, "time": iso(r.time)})
+        elif k == "identity":
+            ident.append(ref(r))
+        elif k == "action" and r.phase != "intent":
+            actions.append({"key": r.key, "phase": r.phase, "attempt": r.attempt, "ok": r.ok, "time": iso(r.time)})
+        elif k == "task" and r.event.OP in ("complete", "fail", "cancel"):
+            finished.append({"task": r.event.task, "op": r.event.OP, "time": iso(r.event.time)})
+    new = set(added)
+    removed = sorted(dropped - new)  # added and dropped in between: never seen at either end
+    restored = sorted(back - new)
+    rem_nodes: list[dict[str, Any]] = []
+    rem_kind: dict[str, int] = {}
+    changes: list[dict[str, Any]] = []
+    added_mem: dict[str, Any] | None = None
+    for rid in removed:
+        try:
+            rec = cap.get(rid)
+        except NotFound:
+            continue
+        rem_kind[rec.kind] = rem_kind.get(rec.kind, 0) + 1
+        if len(rem_nodes) < limit:
+            rem_nodes.append(ref(rec))
+        if rec.kind == "memory":
+            if added_mem is None:  # the added memories by text, read once (bounded: a summary)
+                recs = (cap.get(x) for x in added[:MAX_TIER_SCAN])
+                added_mem = {m.text: m for m in recs if m.kind == "memory"}
+            m = added_mem.get(rec.text)
+            if m is not None and m.tier != rec.tier:
+                changes.append({"text": rec.text, "from": rec.tier, "to": m.tier, "removed": rec.id, "added": m.id})
+    first = [ref(cap.get(x)) for x in added[:limit]]
+    ida, idb = _identity(store, ca), _identity(store, cb)
+    return Diff({
+        "from": commit_ref(ca), "to": commit_ref(cb),
+        "added": {"count": len(added), "by_kind": dict(sorted(by_kind.items())),
+                  "by_tier": dict(sorted(by_tier.items())), "first": first},
+        "removed": {"count": len(removed), "by_kind": dict(sorted(rem_kind.items())), "first": rem_nodes},
+        "restored": {"count": len(restored), "first": [ref(cap.get(x)) for x in restored[:limit]]},
+        "tier_changes": changes,
+        "constraints": {"added": cons_added, "revoked": cons_revoked},
+        "identity": {"from": ida, "to": idb, "changes": ident},
+        "checkpoints": checkpoints, "actions": actions, "tasks_finished": finished, "limit": limit,
+    })
+
+
+def _identity(store: Any, c: CommitInfo) -> str | None:
+    """The identity in force at commit ``c``: the newest live identity record (7.5)."""
+    rows = [r for _, _, r in walk(store, ("identity", "revert"), end=c.end)] if "identity" in store.snap.kinds else []
+    dead = dead_ids(r for r in rows if r.kind == "revert")
+    live = [r.id for r in rows if r.kind == "identity" and bytes.fromhex(r.id) not in dead]
+    return live[-1] if live else None

@@ -1,0 +1,100 @@
+"""``why``: the lineage of a record (spec 13.5).
+
+The document (``Why.to_dict()``, ``capsule why --json``), stable::
+
+    {"root": node, "nodes": int, "truncated": bool,
+     "constraints": [{"id", "text", "scope", "since"}...],   # active when the root was committed
+     "checkpoint": {"label", "seq", "time", "signers", "keyset", "signature_ok", "anchored"} | null}
+
+    node = {"id", "kind", "time", "summary",
+            "commit": {"seq", "commit", "time", "root"},      # the commit that made it durable
+            "marks": [{"mark": "rolled-back"|"expired"|"revoked"|"superseded"}...],
+            "approvals": [{"id", "approver", "time", "signature_ok", "verified", "rolled_back"}...],
+            "evidence": [node...]}                          # a decision's evidence, recursively
+
+An evidence id the capsule does not hold is a node ``{"id", "kind": null, "missing": true,
+"marks": [], "approvals": [], "evidence": []}``; a record reached twice is expanded once
+(later occurrences carry ``"seen": true`` and no evidence). At most ``MAX_NODES`` nodes are
+expanded (``truncated`` says so). ``checkpoint`` is the first checkpoint whose Merkle root
+covers the root record's frame (14.8); ``anchored`` is null unless a trust anchor was given.
+Marks are judged at the snapshot asked about (the capsule, or ``--at``'s view).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.errors import NotFound
+from ._context import Context
+from ._walk import Source, anchor_of, commit_ref, ref
+
+MAX_NODES = 10_000
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class Why:
+    doc: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.doc
+
+
+class _Tree:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.seen: set[str] = set()
+        self.count = 0
+        self.truncated = False
+        c = ctx.cap._store.snap.commit
+        self.now = c.time if c is not None else 0
+        active = ctx.constraints_at(ctx.cap._store.snap.end)
+        self.active = {a["id"] for a in active}
+        ids = [r for _, r in ctx.rows if r.kind == "identity" and bytes.fromhex(r.id) not in ctx.dead]
+        self.identity = ids[-1].id if ids else None
+
+    def marks(self, rec: Any) -> list[dict[str, Any]]:
+        out = []
+        if bytes.fromhex(rec.id) in self.ctx.dead:
+            out.append({"mark": "rolled-back"})
+        if rec.kind == "memory" and rec.ttl is not None and rec.time + rec.ttl <= self.now:
+            out.append({"mark": "expired"})
+        if rec.kind == "constraint" and rec.status == "active" and rec.id not in self.active:
+            out.append({"mark": "revoked"})
+        if rec.kind == "identity" and rec.id != self.identity:
+            out.append({"mark": "superseded"})
+        return out
+
+    def node(self, rid: bytes, depth: int) -> dict[str, Any]:
+        h = rid.hex()
+        if h in self.seen:
+            return {"id": h, "seen": True}
+        try:
+            rec = self.ctx.cap.get(rid)
+        except NotFound:
+            return {"id": h, "kind": None, "missing": True, "marks": [], "approvals": [], "evidence": []}
+        self.seen.add(h)
+        self.count += 1
+        off, _, c = self.ctx.located(rid)
+        n = {**ref(rec), "commit": commit_ref(c), "marks": self.marks(rec),
+             "approvals": self.ctx.approvals_of(rid), "evidence": []}
+        for e in getattr(rec, "evidence", ()):
+            if self.count >= MAX_NODES or depth >= MAX_DEPTH:
+                self.truncated = True
+                break
+            n["evidence"].append(self.node(e, depth + 1))
+        return n
+
+
+def why(cap: Source, record_id: str | bytes, *, trust: Any = None) -> Why:
+    """The lineage tree of ``record_id`` (a full id or a unique prefix)."""
+    rec = cap.get(record_id)  # NotFound / ambiguous prefix first, before any walk
+    rid = bytes.fromhex(rec.id)
+    ctx = Context.load(cap, anchor_of(cap, trust))
+    tree = _Tree(ctx)
+    root = tree.node(rid, 0)
+    off, _, c = ctx.located(rid)
+    return Why({"root": root, "nodes": tree.count, "truncated": tree.truncated,
+                "constraints": ctx.constraints_at(c.end if c is not None else 0),
+                "checkpoint": ctx.covered_by(off)})

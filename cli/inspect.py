@@ -1,0 +1,248 @@
+"""Question commands (spec 13.5): beliefs, why, diff, timeline, audit.
+
+Each opens the capsule read-only, asks one library question and prints a table, or
+with ``--json`` the question's ``to_dict()`` document. Nothing here is imported by
+``capsule --version``: the library's questions load inside each command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._errors import call
+from ._params import AtOpt, FileArg, JsonOpt
+from ._render import Table, cell, emit_json, out
+
+LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="Show at most this many items per group.")]
+TrustOpt = Annotated[str | None, typer.Option("--trust", help="Trust anchor (a KEY.pub file or a keyset hash): "
+                                              "also say whether the covering checkpoint's signer is anchored.")]
+
+
+def _trust(trust: str | None) -> Any:
+    if trust is None:
+        return None
+    import capsule
+    from capsule.ingest.source import check_regular
+
+    tp = Path(trust)
+    if len(trust) == 64 and all(c in "0123456789abcdefABCDEF" for c in trust) and not tp.exists():
+        return trust.lower()
+    check_regular(tp, "--trust ")
+    if tp.is_file():
+        return capsule.load_public_key(tp)
+    raise capsule.UsageError(f"--trust {trust!r} is neither a key file nor a keyset hash")
+
+
+def _time(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    import capsule
+    from capsule.format.records import parse_iso_time
+
+    try:
+        return parse_iso_time(text)
+    except capsule.CapsuleError:
+        raise capsule.UsageError(f"{name} {text!r} is not an ISO-8601 time") from None
+
+
+def _ck(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "none yet"
+    ok = "signature ok" if c["signature_ok"] else "SIGNATURE BAD"
+    anch = "" if c["anchored"] is None else (", anchored" if c["anchored"] else ", NOT anchored")
+    return f"{c['label']!r} (seq {c['seq']}) by {', '.join(c['signers'])}: {ok}{anch}"
+
+
+def beliefs(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, limit: LimitOpt = 10) -> None:
+    """What the agent holds: memories by tier (newest first), decisions, constraints, identity,
+    open tasks, in-doubt actions.
+
+    Example: capsule beliefs agent.capsule --limit 5
+    """
+    import capsule
+
+    def go() -> dict[str, Any]:
+        with capsule.open(path, at=at) as cap:
+            return cap.beliefs(limit=limit).to_dict()
+
+    d = call(go)
+    if json_out:
+        emit_json(d)
+        return
+    t = Table("group", "count", "newest")
+    for tier, g in d["memories"].items():
+        t.add_row(cell(f"memories: {tier}"), cell(g["count"]), cell("; ".join(m["text"] for m in g["newest"])))
+    t.add_row(cell("decisions"), cell(d["decisions"]["count"]),
+              cell("; ".join(x["summary"] for x in d["decisions"]["newest"])))
+    t.add_row(cell("constraints"), cell(len(d["constraints"])),
+              cell("; ".join(f"[{c['scope']}] {c['text']}" for c in d["constraints"][:limit])))
+    ident = d["identity"]
+    t.add_row(cell("identity"), cell(1 if ident else 0), cell(ident["agent_id"] if ident else ""))
+    t.add_row(cell("open tasks"), cell(len(d["tasks_open"])),
+              cell("; ".join(f"{x['id']} ({x['status']})" for x in d["tasks_open"][:limit])))
+    t.add_row(cell("in-doubt actions"), cell(len(d["actions_in_doubt"])),
+              cell("; ".join(x["key"] for x in d["actions_in_doubt"][:limit])))
+    out.print(t)
+    out.print(f"{d['records']} live records, state root {d['state_root']}")
+
+
+def why(path: FileArg, record_id: Annotated[str, typer.Argument(metavar="ID", show_default=False,
+                                                                help="A record id or a unique prefix of it.")],
+        json_out: JsonOpt = False, at: AtOpt = None, trust: TrustOpt = None) -> None:
+    """Why a decision (or any record) is there: evidence recursively, approvals, constraints then
+    active, the first checkpoint covering it, and what was later rolled back, revoked or expired.
+
+    Example: capsule why agent.capsule 6559913571
+    """
+    import capsule
+
+    def go() -> dict[str, Any]:
+        anchor = _trust(trust)
+        with capsule.open(path, at=at) as cap:
+            return cap.why(record_id, trust=anchor).to_dict()
+
+    d = call(go)
+    if json_out:
+        emit_json(d)
+        return
+    t = Table("record", "kind", "time", "summary", "approvals", "marks")
+
+    def row(n: dict[str, Any], depth: int) -> None:
+        pad = "  " * depth + ("- " if depth else "")
+        if n.get("seen") or n.get("missing"):
+            t.add_row(cell(pad + n["id"][:12]), cell(""), cell(""), cell("(missing)" if n.get("missing") else
+                                                                          "(shown above)"), cell(""), cell(""))
+            return
+        ap = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
+                       for a in n["approvals"])
+        t.add_row(*(cell(x) for x in (pad + n["id"][:12], n["kind"], n["time"], n["summary"], ap,
+                                      ", ".join(m["mark"] for m in n["marks"]))))
+        for e in n["evidence"]:
+            row(e, depth + 1)
+
+    row(d["root"], 0)
+    out.print(t)
+    cons = "; ".join(f"[{c['scope']}] {c['text']}" for c in d["constraints"]) or "none"
+    out.print(f"constraints when committed: {cons}")
+    out.print(f"first checkpoint covering it: {_ck(d['checkpoint'])}")
+    if d["truncated"]:
+        out.print(f"(tree cut at {d['nodes']} records)")
+
+
+def diff(path: FileArg,
+         from_: Annotated[str, typer.Option("--from", help="Start: a label, seq, commit-root prefix or time.")],
+         to: Annotated[str, typer.Option("--to", help="End: a label, seq, commit-root prefix or time.")],
+         json_out: JsonOpt = False, limit: LimitOpt = 20) -> None:
+    """What changed between two points: records added and rolled back, tier, constraint and identity
+    changes, checkpoints signed, actions run, tasks finished.
+
+    Example: capsule diff agent.capsule --from day-1 --to day-2
+    """
+    import capsule
+
+    def go() -> dict[str, Any]:
+        with capsule.open(path) as cap:
+            return cap.diff(from_, to, limit=limit).to_dict()
+
+    d = call(go)
+    if json_out:
+        emit_json(d)
+        return
+    out.print(f"from seq {d['from']['seq']} ({d['from']['time']}) to seq {d['to']['seq']} ({d['to']['time']})")
+    t = Table("change", "count", "detail")
+
+    def kinds(m: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in m.items())
+
+    t.add_row(cell("added"), cell(d["added"]["count"]), cell(kinds(d["added"]["by_kind"])))
+    t.add_row(cell("rolled back"), cell(d["removed"]["count"]), cell(kinds(d["removed"]["by_kind"])))
+    t.add_row(cell("restored"), cell(d["restored"]["count"]), cell(""))
+    t.add_row(cell("tier changes"), cell(len(d["tier_changes"])),
+              cell("; ".join(f"{c['text']}: {c['from']} -> {c['to']}" for c in d["tier_changes"][:limit])))
+    for what in ("added", "revoked"):
+        cs = d["constraints"][what]
+        t.add_row(cell(f"constraints {what}"), cell(len(cs)),
+                  cell("; ".join(f"[{c['scope']}] {c['text']}" for c in cs[:limit])))
+    ident = d["identity"]
+    t.add_row(cell("identity"), cell(len(ident["changes"])),
+              cell("unchanged" if ident["from"] == ident["to"] else f"{(ident['from'] or 'none')[:12]} -> "
+                   f"{(ident['to'] or 'none')[:12]}"))
+    t.add_row(cell("checkpoints signed"), cell(len(d["checkpoints"])),
+              cell(", ".join(c["label"] for c in d["checkpoints"][:limit])))
+    t.add_row(cell("actions run"), cell(len(d["actions"])),
+              cell(", ".join(f"{a['key']} ({'ok' if a['ok'] else 'failed'})" for a in d["actions"][:limit])))
+    t.add_row(cell("tasks finished"), cell(len(d["tasks_finished"])),
+              cell(", ".join(f"{x['task']} ({x['op']})" for x in d["tasks_finished"][:limit])))
+    out.print(t)
+
+
+def timeline(path: FileArg, json_out: JsonOpt = False,
+             since: Annotated[str | None, typer.Option("--since", metavar="TIME", help="Only events at or after "
+                                                       "this ISO-8601 time.")] = None,
+             until: Annotated[str | None, typer.Option("--until", metavar="TIME", help="Only events at or before "
+                                                       "this ISO-8601 time.")] = None,
+             kind: Annotated[list[str] | None, typer.Option("--kind", help="commit, checkpoint, action or task "
+                                                            "(repeatable).")] = None,
+             limit: Annotated[int | None, typer.Option("--limit", min=0, help="Only the newest N events.")] = None,
+             at: AtOpt = None) -> None:
+    """Commits, checkpoints, actions and task events in order, one line each.
+
+    Example: capsule timeline agent.capsule --kind action --since 2026-12-01T00:00:00Z
+    """
+    import capsule
+
+    def go() -> dict[str, Any]:
+        s, u = _time(since, "--since"), _time(until, "--until")
+        with capsule.open(path, at=at) as cap:
+            return cap.timeline(since=s, until=u, kinds=kind, limit=limit).to_dict()
+
+    d = call(go)
+    if json_out:
+        emit_json(d)
+        return
+    t = Table("seq", "time", "kind", "summary")
+    for e in d["events"]:
+        t.add_row(*(cell(x) for x in (e["seq"], e["time"], e["kind"], e["summary"])))
+    out.print(t)
+    if len(d["events"]) < d["total"]:
+        out.print(f"(newest {len(d['events'])} of {d['total']} events)")
+
+
+def audit(path: FileArg, key: Annotated[str, typer.Argument(metavar="KEY", show_default=False,
+                                                            help="The action's idempotency key.")],
+          json_out: JsonOpt = False, at: AtOpt = None, trust: TrustOpt = None) -> None:
+    """What governed an action: intent and result, the state root at the intent, the decisions and
+    approvals behind it, the constraints then active, the checkpoint covering it.
+
+    Example: capsule audit agent.capsule email:42 --trust agent.key.pub
+    """
+    import capsule
+
+    def go() -> dict[str, Any]:
+        anchor = _trust(trust)
+        with capsule.open(path, at=at) as cap:
+            return cap.audit(key, trust=anchor).to_dict()
+
+    d = call(go)
+    if json_out:
+        emit_json(d)
+        return
+    out.print(f"action {d['key']}: {d['status']}")
+    t = Table("phase", "attempt", "time", "commit seq", "outcome")
+    for s in d["steps"]:
+        res = "" if s["phase"] == "intent" else ("ok" if s["ok"] else f"failed: {s['error']}")
+        t.add_row(*(cell(x) for x in (s["phase"], s["attempt"], s["time"], s["commit"]["seq"], res)))
+    out.print(t)
+    out.print(f"state root at the intent: {d['state_root_at_intent'] or 'none'}")
+    for x in d["decisions"]:
+        ap = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
+                       for a in x["approvals"]) or "no approvals"
+        out.print(f"decision {x['id'][:12]} ({x['link']}): {x['summary']} [{ap}]")
+    if not d["decisions"]:
+        out.print("no linked decision")
+    cons = "; ".join(f"[{c['scope']}] {c['text']}" for c in d["constraints"]) or "none"
+    out.print(f"constraints at the intent: {cons}")
+    out.print(f"first checkpoint covering it: {_ck(d['checkpoint'])}")

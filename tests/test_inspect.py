@@ -1,0 +1,266 @@
+"""The questions of spec 13.5: beliefs, why, diff, timeline, audit (library and CLI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import capsule
+
+
+def _build(path: Path) -> dict[str, Any]:
+    key = capsule.generate_key()
+    with capsule.create(path) as cap:
+        with cap.commit() as tx:
+            tx.set_identity("agent-1", name="Ada", keys=[key.public_key])
+            m1 = tx.remember("tests pass", tier="validated")
+            m2 = tx.remember("old thought", tier="scratch")
+            con = tx.constrain("no email after 6pm")
+        cap.checkpoint("day-1", key=key)
+        with cap.commit() as tx:
+            m3 = tx.remember("customer asked for invoice")
+            d = tx.decide("send the invoice", evidence=[m1, m3, m2])
+            tx.approve(d, key)
+        cap.run_once("email:42", lambda: {"sent": 1}, inputs={"decision": d})
+        cap.checkpoint("day-2", key=key)
+        with cap.commit() as tx:
+            tx.constrain("no email after 6pm", status="revoked")
+            m4 = tx.remember("later fact")
+        cap.checkpoint("day-3", key=key)
+        cap.rollback("day-2", key=key)  # drops m4, restores the constraint: a revert
+        cap.tasks.add("fetch")
+        cap.tasks.add("done-task")
+        cap.tasks.claim("done-task", "w1")
+        cap.tasks.complete("done-task", "w1", result=1)
+    return {"key": key, "m1": m1, "m2": m2, "m3": m3, "m4": m4, "d": d, "con": con}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    p = tmp_path_factory.mktemp("q") / "a.capsule"
+    return p, _build(p)
+
+
+def test_beliefs_counts_tiers_newest_first_and_open_tasks(built: tuple[Path, dict[str, Any]]) -> None:
+    p, ids = built
+    with capsule.open(p) as cap:
+        b = cap.beliefs(limit=1).to_dict()
+    assert b["memories"]["working"]["count"] == 1  # m4 was rolled back
+    assert [m["id"] for m in b["memories"]["validated"]["newest"]] == [ids["m1"]]
+    assert b["decisions"]["count"] == 1
+    assert [c["id"] for c in b["constraints"]] == [ids["con"]]  # restored by the rollback
+    assert b["identity"]["agent_id"] == "agent-1"
+    assert [t["id"] for t in b["tasks_open"]] == ["fetch"]
+    assert b["actions_in_doubt"] == []
+    with capsule.open(p, at="day-1") as then:
+        assert then.beliefs().to_dict()["decisions"]["count"] == 0
+
+
+def test_why_lineage_approvals_constraints_checkpoint_marks(built: tuple[Path, dict[str, Any]]) -> None:
+    p, ids = built
+    with capsule.open(p) as cap:
+        w = cap.why(ids["d"][:10], trust=ids["key"].public_key).to_dict()
+        m4 = cap.why(ids["m4"]).to_dict()
+    root = w["root"]
+    assert root["id"] == ids["d"] and root["kind"] == "decision"
+    assert [e["id"] for e in root["evidence"]] == [ids["m1"], ids["m3"], ids["m2"]]
+    [a] = root["approvals"]
+    assert a["signature_ok"] and a["verified"]
+    assert [c["id"] for c in w["constraints"]] == [ids["con"]]
+    assert w["checkpoint"]["label"] == "day-2" and w["checkpoint"]["signature_ok"]
+    assert w["checkpoint"]["anchored"] is True
+    assert [m["mark"] for m in m4["root"]["marks"]] == ["rolled-back"]
+    assert m4["checkpoint"]["label"] == "day-3"
+
+
+def test_why_refuses_unknown_and_ambiguous_ids(built: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    p, _ = built
+    with capsule.open(p) as cap:
+        with pytest.raises(capsule.NotFound):
+            cap.why("0" * 64)
+        with pytest.raises(capsule.NotFound):
+            cap.why("zz")
+    q = tmp_path / "many.capsule"
+    with capsule.create(q) as cap:
+        seen: dict[str, str] = {}
+        n = 0
+        while True:  # enough records that two share a 4-digit prefix
+            with cap.commit() as tx:
+                new = [tx.remember(f"fact {n + i}") for i in range(400)]
+            n += 400
+            dup = next((r[:4] for r in new if seen.setdefault(r[:4], r) != r), None)
+            if dup:
+                break
+        with pytest.raises(capsule.UsageError, match="ambiguous"):
+            cap.why(dup)
+
+
+def test_diff_between_labels(built: tuple[Path, dict[str, Any]]) -> None:
+    p, ids = built
+    with capsule.open(p) as cap:
+        d = cap.diff("day-1", "day-2").to_dict()
+        back = cap.diff("day-3", cap.log()[-1].seq).to_dict()
+        with pytest.raises(capsule.UsageError, match="after"):
+            cap.diff("day-2", "day-1")
+        with pytest.raises(capsule.UsageError, match="not a checkpoint label"):
+            cap.diff("day-1", "no-such-label")
+    assert d["added"]["by_kind"] == {"action": 2, "approval": 1, "decision": 1, "memory": 1}
+    assert d["added"]["by_tier"] == {"working": 1}
+    assert [c["label"] for c in d["checkpoints"]] == ["day-2"]
+    assert [(a["key"], a["ok"]) for a in d["actions"]] == [("email:42", True)]
+    assert ids["m4"] in [r["id"] for r in back["removed"]["first"]]
+    assert back["removed"]["by_kind"] == {"constraint": 1, "memory": 1}  # m4 and the revocation
+    assert [t["task"] for t in back["tasks_finished"]] == ["done-task"]
+
+
+def test_timeline_filters(built: tuple[Path, dict[str, Any]]) -> None:
+    p, _ = built
+    with capsule.open(p) as cap:
+        all_ = cap.timeline().to_dict()
+        acts = cap.timeline(kinds=["action"]).to_dict()["events"]
+        last2 = cap.timeline(limit=2).to_dict()
+        t_first = all_["events"][0]["time"]
+        with pytest.raises(capsule.UsageError):
+            cap.timeline(kinds=["nope"])
+    assert {e["kind"] for e in all_["events"]} == {"commit", "checkpoint", "action", "task"}
+    assert [e["summary"] for e in acts] == ["intent email:42 #1", "result email:42 #1 ok"]
+    assert last2["events"] == all_["events"][-2:] and last2["total"] == all_["total"]
+    seqs = [e["seq"] for e in all_["events"]]
+    assert seqs == sorted(seqs) and t_first
+
+
+def test_audit_links_decision_and_constraints(built: tuple[Path, dict[str, Any]]) -> None:
+    p, ids = built
+    with capsule.open(p) as cap:
+        a = cap.audit("email:42").to_dict()
+        with pytest.raises(capsule.NotFound):
+            cap.audit("email:43")
+        root = cap.view(a["intent"]["commit"]["seq"]).state_root
+    assert [s["phase"] for s in a["steps"]] == ["intent", "result"] and a["status"] == "done"
+    assert a["state_root_at_intent"] == root
+    [d] = a["decisions"]
+    assert d["id"] == ids["d"] and d["link"] == "inputs" and d["approvals"][0]["verified"]
+    assert [c["id"] for c in a["constraints"]] == [ids["con"]]
+    assert a["checkpoint"]["label"] == "day-2" and a["checkpoint"]["anchored"] is None
+
+
+def test_questions_never_write(built: tuple[Path, dict[str, Any]]) -> None:
+    p, ids = built
+    before = p.read_bytes()
+    with capsule.open(p) as cap:
+        cap.beliefs(), cap.why(ids["d"]), cap.diff("day-1", "day-3"), cap.timeline(), cap.audit("email:42")
+    assert p.read_bytes() == before
+
+
+def test_a_damaged_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "bad.capsule"
+    ids = _build(p)
+    raw = bytearray(p.read_bytes())
+    with capsule.open(p) as cap:
+        off = cap._store.locate(bytes.fromhex(ids["m1"]))[0]
+    raw[off + 40] ^= 0xFF  # inside the first RECORDS frame's payload, long before the last commit
+    p.write_bytes(bytes(raw))
+    with capsule.open(p) as cap:
+        with pytest.raises(capsule.CorruptError):
+            cap.timeline()
+        with pytest.raises(capsule.CorruptError):
+            cap.why(ids["d"])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "capsule_cli.main", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_cli_json_tables_and_one_line_errors(built: tuple[Path, dict[str, Any]]) -> None:
+    p, ids = built
+    f = str(p)
+    r = _cli("why", f, ids["d"][:8], "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["root"]["id"] == ids["d"]
+    r = _cli("beliefs", f, "--at", "day-1", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["decisions"]["count"] == 0
+    r = _cli("diff", f, "--from", "day-1", "--to", "day-2")
+    assert r.returncode == 0 and "checkpoints signed" in r.stdout
+    r = _cli("timeline", f, "--kind", "action", "--json")
+    assert [e["kind"] for e in json.loads(r.stdout)["events"]] == ["action", "action"]
+    r = _cli("audit", f, "email:42")
+    assert r.returncode == 0 and "send the invoice" in r.stdout
+    for bad in (("diff", f, "--from", "day-2", "--to", "day-1"), ("why", f, "0000"), ("audit", f, "nope"),
+                ("diff", f, "--from", "nope", "--to", "day-1"), ("timeline", f, "--since", "yesterday")):
+        r = _cli(*bad)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (bad, r.stderr)
+
+
+def test_beliefs_newest_first_by_time_not_by_text(tmp_path: Path) -> None:
+    """Regression: ISO times drop trailing zeros (".851Z" is later than ".85Z" but sorts
+    before it as text, "1" < "Z"), so newest-first must compare the times, not their text."""
+    t0 = 1_780_000_000_000_000_000
+    with capsule.create(tmp_path / "t.capsule") as cap:
+        with cap.commit() as tx:
+            tx.remember("later", time=t0 + 851_000_000)  # ....851Z
+            tx.remember("earlier", time=t0 + 850_000_000)  # ....85Z
+            tx.remember("earliest", time=t0)
+        got = [m["text"] for m in cap.beliefs(limit=2).to_dict()["memories"]["working"]["newest"]]
+    assert got == ["later", "earlier"]
+
+
+def test_cli_refuses_a_damaged_file_in_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.capsule"
+    ids = _build(p)
+    with capsule.open(p) as cap:
+        off = cap._store.locate(bytes.fromhex(ids["m1"]))[0]
+    raw = bytearray(p.read_bytes())
+    raw[off + 40] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    for args in (("why", str(p), ids["d"]), ("timeline", str(p)), ("audit", str(p), "email:42")):
+        r = _cli(*args)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert p.read_bytes() == bytes(raw)
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run_answers_every_question(tmp_path: Path) -> None:
+    pytest.importorskip("langgraph.checkpoint.sqlite")  # the `bench` extra
+    out = tmp_path / "q.json"
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "questions.py"), "--quick", "--out", str(out),
+                        "--tmpdir", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert set(rows) == {"why", "diff", "beliefs_json", "audit"}
+    assert all(r["capsule_s"] > 0 and r["sqlitesaver_s"] > 0 for r in rows.values())
+
+
+def test_walk_skipping_by_index_counts_finds_every_record(tmp_path: Path) -> None:
+    """The walk skips RECORDS frames between INDEX frames whose kind counts agree (9.2):
+    it must still find exactly what a full read finds, wherever the records lie."""
+    from capsule.questions._walk import walk
+
+    key = capsule.generate_key()
+    p = tmp_path / "w.capsule"
+    with capsule.create(p) as cap:
+        for k in range(30):
+            with cap.commit() as tx:
+                ids = [tx.remember(f"step {k} fact {i}") for i in range(120)]
+                if k == 3:
+                    con = tx.constrain("be brief")
+                if k == 20:
+                    d = tx.decide("ship", evidence=ids[:3])
+                    tx.approve(d, key)
+            cap.checkpoint(f"ck-{k}", key=key)
+        with cap.commit() as tx:
+            tx.constrain("be brief", status="revoked")  # after the last INDEX
+        assert cap._store.snap.segments, "the capsule must have INDEX frames for this test to mean anything"
+        kinds = ("constraint", "approval", "decision")
+        got = [r.id for _, _, r in walk(cap._store, kinds)]
+        assert got == [r.id for r in cap.records() if r.kind in kinds]
+        w = cap.why(d).to_dict()
+        assert [c["id"] for c in w["constraints"]] == [con]
+        assert len(w["root"]["approvals"]) == 1 and w["checkpoint"]["label"] == "ck-20"
+        assert cap.beliefs().to_dict()["constraints"] == []
