@@ -15,12 +15,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
 from ..core.errors import CapsuleError, CorruptError, DataError
+from ..core.lazy import lazy
 from ..format.blob import BlobRef, read_blob
 from ..format.checkpoint import (
     CheckpointFrame,
@@ -37,14 +36,29 @@ from ..format.commit import (
 )
 from ..format.file import ReadHandle
 from ..format.frames import FileHeader, Merkle, parse_header, raw_payload
-from ..format.index import Segment, merge_inputs
+from ..format.index import ENTRY_SIZE, Segment, merge_inputs
 from ..format.keys import CHECKPOINT_PAYLOAD_TYPE, PublicKey
 from ..format.records import decode_record, record_id
 from ..format.scan import Reader, damage_is_not_a_crash, label_key
 from ..format.signing import Keyset, anchor_index, count_valid, verify_rotation
-from ..search.vindex import BLOB_TYPE, VectorIndex
+from ..search.lexcheck import BLOB_TYPE as LEX_BLOB
+from ..search.lexcheck import LexicalCheck
+from ..search.vindex import BLOB_TYPE, VectorIndex, VectorParams
+# 7: every built-in kind must be registered before a record is decoded, or it reads as a
+# GenericRecord; the handle imports these too, but verify runs without a handle.
+from ..run import actions as _actions  # noqa: F401
+from ..run import tasks as _tasks  # noqa: F401
+from ..state import kinds as _kinds  # noqa: F401
 from ..state.fold import EVENT_KINDS
 from ..state.stateroot import state_root_of
+from .fast import check_frame, record_frame, tables_list
+from .journal import JournalCheck
+from .vectors import VectorEntries
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
 
 
 @dataclass
@@ -71,6 +85,7 @@ class VerifyReport:
     unsigned: dict[str, Any] | None = None
     last_seq: int | None = None  # seq of the last COMMIT
     root: str | None = None  # Merkle root named by the last COMMIT
+    policy: list[dict[str, Any]] | None = None  # with policy=True: the violations (7.3.1, policy.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "file_id": self.file_id, "format_version": self.format_version,
@@ -79,7 +94,8 @@ class VerifyReport:
                 "torn_tail_bytes": self.torn_tail, "checkpoints": self.checkpoints,
                 "signatures_anchored": self.anchored, "trusted_checkpoints": self.trusted_checkpoints,
                 "signed_prefix": self.signed_prefix, "unsigned": self.unsigned, "keyset": self.keyset,
-                "lineage": self.lineage, "first_error": self.first_error, "warnings": self.warnings}
+                "lineage": self.lineage, "first_error": self.first_error, "warnings": self.warnings,
+                **({} if self.policy is None else {"policy_violations": self.policy})}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +152,7 @@ def _array_len(raw: bytes, offset: int, seq: int) -> int:
 def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int], None] | None = None,
            trust: PublicKey | Keyset | str | None = None, strict: bool = False,
            parent: str | Path | None = None, min_seq: int | None = None,
-           expect_root: str | None = None) -> VerifyReport:
+           expect_root: str | None = None, policy: bool = False) -> VerifyReport:
     """Check every byte of a capsule. ``deep=False`` skips per-record decoding
     (structure, chain, codec framing and Merkle roots only).
 
@@ -146,7 +162,13 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
     fails; what lies beyond the newest one is reported in ``unsigned`` (spec 13.4).
     ``strict`` turns every warning into a failure: a torn tail, signatures without
     an anchor, records beyond the signed prefix. ``min_seq`` / ``expect_root``
-    pin what an earlier verification saw (:class:`Pins`)."""
+    pin what an earlier verification saw (:class:`Pins`). ``policy`` re-checks every
+    action intent against the rules in force when it was written (7.3.1): ``policy``.
+
+    >>> _ = cap.checkpoint("day-1", key=key)  # cap, key: see tests/test_doctests.py
+    >>> capsule.verify("example.capsule", trust=key.public_key).ok
+    True
+    """
     p = Path(path)
     h = ReadHandle(p)
     try:
@@ -161,6 +183,10 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
         _walk(h, header, size, rep, deep, progress, trust, strict, Pins(min_seq, expect_root))
         if rep.ok and parent is not None:
             _check_parent(rep, Path(parent))
+        if rep.ok and policy:
+            from .policy import check_policy
+
+            check_policy(rep, p)
         return rep
     finally:
         h.close()
@@ -271,6 +297,9 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     kinds: dict[str, int] = {}
     blobs_seen: set[BlobRef] = set()
     blob_seqs: dict[int, int] = {}  # BLOB frame offset -> seq, to report a bad blob where it is
+    lexical = LexicalCheck(h, header.max_frame_len)  # 16.8: lexical snapshots against their records
+    vectors = VectorEntries(h, header)  # 16.3: vector snapshots against their records
+    journal = JournalCheck(h, header.max_frame_len)  # 18: journal snapshots against their records
     tables: dict[int, tuple[int, bytes]] = {}
     last_index: tuple[int, bytes, Any] | None = None
     prev_commit: int | None = None
@@ -283,6 +312,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     chain_before = header.chain_seed
     dead: set[bytes] = set()
     events: set[bytes] = set()
+    first_vindex: VectorParams | None = None  # 16.1 over the records so far, for 9.2 `vectors`
+    first_dim = 0
     labels_at: dict[bytes, int] = {}
     signed: list[_Signed] = []
     commit_roots: dict[str, int] = {}
@@ -299,7 +330,17 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     records += n
                 elif t == C.FT_RECORDS:
                     raw = raw_payload(fh, payload)
-                    for slot, (value, data) in enumerate(decode_records_payload(raw, fh.offset, fh.seq)):
+                    # 13.3 in bulk (fast.py); a frame it does not accept takes the reference walk below,
+                    # which names its failure. A kind the loop below acts on must be in fast.WALK_KINDS,
+                    # or be entered here for a bulk frame too (as journal.frame enters actions).
+                    got = check_frame(raw)
+                    if got is not None:
+                        dim = record_frame(got, fh.offset, ids, locs, kinds, lexical, vectors)
+                        journal.frame(raw, got.kinds)  # 18: its action records, for journal.check
+                        first_dim = first_dim or dim
+                        records += len(got)
+                    for slot, (value, data) in enumerate(
+                            decode_records_payload(raw, fh.offset, fh.seq) if got is None else ()):
                         kind = value.get("kind") if isinstance(value, dict) else None
                         if not isinstance(kind, str):
                             raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
@@ -310,6 +351,14 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                             except DataError as e:
                                 raise CorruptError(f"record {slot}: {e}", offset=fh.offset, seq=fh.seq,
                                                    check="record-schema") from e
+                            if kind == "vindex" and first_vindex is None:
+                                first_vindex = VectorParams(rec.space, rec.dim, rec.M, rec.ef_construction, rec.seed,
+                                                            rec.embedder)
+                            elif kind == "memory" and not first_dim and rec.embedding is not None:
+                                first_dim = len(rec.embedding)
+                            vectors.record(kind, rid, rec, fh.offset)
+                            if kind == "action":
+                                journal.record(rec)
                             if kind in EVENT_KINDS:
                                 events.add(rid)
                                 if kind == "revert":
@@ -323,10 +372,12 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                     dead.difference_update(rec.restore)
                         ids += rid
                         locs.append((fh.offset, slot))
+                        lexical.record(kind, rid, fh.offset, slot)
                         kinds[kind] = kinds.get(kind, 0) + 1
                         records += 1
                 elif t == C.FT_BLOB:
                     blob_seqs[fh.offset] = fh.seq
+                    lexical.blob_frame(fh.offset)
                 elif t == C.FT_TABLE:
                     tables[fh.payload_offset] = (fh.payload_len, hashlib.sha256(payload).digest())
                 elif t == C.FT_INDEX:
@@ -336,33 +387,41 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     ):
                         raise CorruptError("INDEX does not match the frames before it", offset=fh.offset, seq=fh.seq,
                                            check="index")
+                    if deep and meta.vectors is not None:
+                        # 9.2, 16.1: `vectors` is what the records before this INDEX fix
+                        p = first_vindex or (VectorParams(dim=first_dim) if first_dim else None)
+                        if meta.vectors != ({} if p is None else p.to_value()):
+                            raise CorruptError("INDEX vector parameters do not match the records before it",
+                                               offset=fh.offset, seq=fh.seq, check="index")
                     for s in meta.segments:
-                        if tables.get(s.offset) != (s.count * 52, s.sha256):
+                        if tables.get(s.offset) != (s.count * ENTRY_SIZE, s.sha256):
                             raise CorruptError("INDEX names a table that is not there", offset=fh.offset, seq=fh.seq,
                                                check="index")
                     got_labels: dict[bytes, int] = {}
                     for r in meta.labels:
-                        if tables.get(r.offset) != (r.count * 52, r.sha256):
+                        if tables.get(r.offset) != (r.count * ENTRY_SIZE, r.sha256):
                             raise CorruptError("INDEX names a label table that is not there", offset=fh.offset,
                                                seq=fh.seq, check="index")
-                        seg = Segment(r, h.pread(r.offset, r.count * 52))
+                        seg = Segment(r, h.pread(r.offset, r.count * ENTRY_SIZE))
                         for j in range(r.count):
-                            got_labels.setdefault(bytes(seg.ids[j]).ljust(32, b"\0"), int(seg.frames[j]))
+                            got_labels.setdefault(seg.key(j), int(seg.frames[j]))
                     if len(got_labels) != sum(r.count for r in meta.labels) or got_labels != labels_at:
                         raise CorruptError("INDEX label tables do not match the checkpoints", offset=fh.offset,
                                            seq=fh.seq, check="index-label")
                     for ref in meta.blobs.values() if deep else ():
-                        if ref not in blobs_seen:
+                        if ref not in blobs_seen or journal.pending(ref):
                             # 3.4, 16.2: the blob the INDEX names is whole, hashes right and,
                             # for the vector index, passes every bound a reader checks.
                             blobs_seen.add(ref)
                             try:
                                 blob, _, check = read_blob(h, ref, header.max_frame_len, fh.offset)
                                 check()
-                                if ref.type == BLOB_TYPE and len(VectorIndex.decode(blob, where=ref.offset)) > \
-                                        kinds.get("memory", 0):
-                                    raise CorruptError("vector index snapshot: more vectors than memories",
-                                                       offset=ref.offset, check="vindex")
+                                if ref.type == BLOB_TYPE:  # 16.3: its ids are the entries of 16.1 before it
+                                    vectors.check(ref, VectorIndex.decode(blob, where=ref.offset),
+                                                  first_vindex or (VectorParams(dim=first_dim) if first_dim else None))
+                                if ref.type == LEX_BLOB:
+                                    lexical.check(ref, blob)
+                                journal.check(ref, fh.offset)  # 18.1: a head is the fold of its records
                             except CorruptError as e:
                                 # 13.3: at the BLOB frame that failed (its offset and seq), or at
                                 # this INDEX when its entry names no BLOB frame at all
@@ -507,14 +566,29 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
             return
     if last_index is not None:
         off, _, meta = last_index
-        segs = [Segment(s, h.pread(s.offset, s.count * 52)) for s in meta.segments]
-        tids, tframes, tslots = merge_inputs(segs, {})
-        torder = np.argsort(tids, kind="stable")
-        expect = {(bytes(ids[32 * i : 32 * i + 32])): locs[i] for i in range(meta.records)}
-        got = {bytes(segs_id): (int(f), int(s)) for segs_id, f, s in
-               zip(np.frombuffer(tids[torder].tobytes(), dtype="V32"), tframes[torder], tslots[torder], strict=True)}
-        if got != expect:
+        segs = [Segment(s, h.pread(s.offset, s.count * ENTRY_SIZE)) for s in meta.segments]
+        if not _tables_match(segs, ids, locs, meta.records):
             rep.first_error = {"offset": off, "seq": meta.tree_size, "check": "index-table",
                                "message": "the INDEX tables do not match the committed records"}
             return
     rep.ok = True
+
+
+def _tables_match(segs: list[Segment], ids: bytearray, locs: list[tuple[int, int]], n: int) -> bool:
+    """13.3: the tables of the INDEX in force list exactly the first ``n`` committed
+    records at their places, each table sorted by id (9.1) with the right prefixes
+    (a reader binary-searches the prefix column, so a wrong one would hide a record)."""
+    for seg in segs:
+        if len(seg.ids) > 1 and not bool(np.all(seg.ids[1:] > seg.ids[:-1])):
+            return False  # 9.1: strictly increasing ids (NumPy's S order is byte order here)
+        heads = np.frombuffer(seg.ids.tobytes(), dtype=">u8").reshape(-1, 4)[:, 0] if len(seg.ids) else seg.prefix
+        if not np.array_equal(heads.astype(np.uint64), seg.prefix):
+            return False
+    tids, tframes, tslots = merge_inputs(segs, {})
+    if (same := tables_list(tids, tframes, tslots, ids, locs, n)) is not None:
+        return same  # fast.py: the comparison below, in NumPy
+    torder = np.argsort(tids, kind="stable")
+    expect = {(bytes(ids[32 * i : 32 * i + 32])): locs[i] for i in range(n)}
+    got = {bytes(segs_id): (int(f), int(s)) for segs_id, f, s in
+           zip(np.frombuffer(tids[torder].tobytes(), dtype="V32"), tframes[torder], tslots[torder], strict=True)}
+    return got == expect

@@ -4,7 +4,11 @@ The hash of a snapshot (3.4) binds it to the file, not to the records, so the
 verifier compares it with them: its parameters are those of 16.1 and its ids
 are exactly the entries of 16.1 before its first BLOB frame, in commit order
 (entry i has label i). The walk records every memory with an embedding as it
-passes; a snapshot is checked when the INDEX that names it is reached.
+passes; a snapshot is checked when the INDEX that names it is reached. Then every
+entry's vector (as indexed), time, ttl, tier and tags are compared with its memory,
+read back from its RECORDS frame: a reader checks only the entries a search returns
+(``search.entries``), so an entry moved away from its memory would otherwise make a
+search leave that memory out without a word.
 """
 
 from __future__ import annotations
@@ -12,10 +16,16 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING, Any
 
+from ..core import constants as C
 from ..core.errors import CorruptError
 from ..core.lazy import lazy
 from ..format.blob import BlobRef
-from ..search.vindex import VectorIndex, VectorParams
+from ..format.commit import decode_records_payload
+from ..format.file import ReadHandle
+from ..format.frames import FileHeader, raw_payload
+from ..format.records import record_id
+from ..format.scan import read_frame_at
+from ..search.vindex import TIERS, VectorIndex, VectorParams
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +36,9 @@ else:
 class VectorEntries:
     """The memories with an embedding, in commit order: id, dimension, frame offset."""
 
-    def __init__(self) -> None:
+    def __init__(self, h: ReadHandle | None = None, header: FileHeader | None = None) -> None:
+        self._h, self._header = h, header
+        self._prev: tuple[bytes, Any, Any, Any, Any, list[tuple[str, ...]]] | None = None  # last snapshot checked
         self._ids = bytearray()
         self._dims = array("q")
         self._at = array("q")
@@ -61,3 +73,70 @@ class VectorEntries:
         if not np.array_equal(got, want):
             i = int(np.flatnonzero(got != want)[0])
             raise bad(f"entry {i} is not the memory 16.1 puts there (ids out of place or not memories)")
+        if self._h is not None and self._header is not None:
+            why = self._entries(vi, ref, at, dims, params.dim)
+            if why is not None:
+                raise bad(why)
+
+    def _entries(self, vi: VectorIndex, ref: BlobRef, at: np.ndarray, dims: np.ndarray, dim: int) -> str | None:
+        """16.3: why the entries of ``vi`` are not the memories they name (vector as indexed,
+        time, ttl, tier, tags), or None. Entries equal to those of the last snapshot checked
+        (the same memories in the same places) are not read again."""
+        n = len(vi)
+        m = 0
+        tags = [vi.tags_of(i) for i in range(n)]
+        prev = self._prev
+        if prev is not None:
+            m = min(n, len(prev[1]))
+            same = (prev[0][: 32 * m] == vi.ids.tobytes()[: 32 * m] and np.array_equal(prev[1][:m], vi._vecs[:m])
+                    and np.array_equal(prev[2][:m], vi.times[:m]) and np.array_equal(prev[3][:m], vi.ttls[:m])
+                    and np.array_equal(prev[4][:m], vi.tiers[:m])
+                    and prev[5][:m] == tags[:m])
+            m = m if same else 0
+        raw = bytes(self._ids)  # not ids.tolist(): NumPy drops an S32 value's trailing NULs
+        at_of = {raw[32 * i : 32 * i + 32]: int(at[i]) for i in np.flatnonzero((at < ref.offset) & (dims == dim))}
+        labels = list(range(m, n))
+        values = self._values(vi, labels, at_of)
+        want = np.empty((len(labels), dim), np.float64)
+        for j, (label, v) in enumerate(zip(labels, values, strict=True)):
+            emb = v.get("embedding") if v is not None else None
+            if not isinstance(emb, dict) or emb.get("shape") != [dim]:
+                return f"entry {label} names {vi.ids[label].hex()[:16]}, not a committed memory with a " \
+                       f"{dim}-dimension embedding"
+            want[j] = np.frombuffer(emb["data"], "<f4")
+            entry = (v.get("time", 0), v.get("ttl", 0), TIERS.get(v.get("tier", "working")), sorted(v.get("tags", ())))
+            have = (int(vi.times[label]), int(vi.ttls[label]), int(vi.tiers[label]), sorted(tags[label]))
+            if entry != have:
+                return f"entry {label} does not hold the time, ttl, tier and tags of {vi.ids[label].hex()[:16]}"
+        if vi.params.space == "cosine" and len(want):
+            norm = np.sqrt(np.einsum("ij,ij->i", want, want))
+            want /= np.where(norm == 0, 1.0, norm)[:, None]
+        ok = np.isclose(vi._vecs[m:n], want, rtol=1e-5, atol=1e-6).all(axis=1)  # as entries_disagree compares
+        if not ok.all():
+            label = m + int(np.flatnonzero(~ok)[0])
+            return f"entry {label} does not hold the embedding of {vi.ids[label].hex()[:16]}"
+        self._prev = (vi.ids.tobytes(), vi._vecs.copy(), vi.times.copy(), vi.ttls.copy(), vi.tiers.copy(),
+                      tags)
+        return None
+
+    def _values(self, vi: VectorIndex, labels: list[int], at_of: dict[bytes, int]) -> list[Any]:
+        """The stored maps of the memories ``labels`` name (None for an id that names none),
+        each RECORDS frame read once (the walk has checked every one)."""
+        h, hdr = self._h, self._header
+        assert h is not None and hdr is not None
+        out: list[Any] = [None] * len(labels)
+        by_frame: dict[int, list[int]] = {}
+        for j, label in enumerate(labels):
+            off = at_of.get(vi.ids[label])
+            if off is not None:
+                by_frame.setdefault(off, []).append(j)
+        for off, js in by_frame.items():
+            prev = hdr.chain_seed if off == C.HEADER_SIZE else None
+            fh, payload, _, _ = read_frame_at(h, off, max_frame=hdr.max_frame_len, prev_chain=prev)
+            frame: dict[bytes, Any] = {}
+            for v, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
+                if isinstance(v, dict) and v.get("kind") == "memory":
+                    frame[record_id("memory", data)] = v
+            for j in js:
+                out[j] = frame.get(vi.ids[labels[j]])
+        return out
