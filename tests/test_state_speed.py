@@ -311,4 +311,175 @@ def test_a_checkpoint_loop_reads_no_checkpoint_back(tmp_path: Path, monkeypatch:
         assert reads == []
         assert [c.body.label for c in cap.checkpoints()] == [f"c{i}" for i in range(6)]
     with capsule.open(p) as cap:
-        assert cap.find_checkpoint("c3").runtime == b"rt"
+        c3 = cap.find_checkpoint("c3")
+        assert c3 is not None and c3.runtime == b"rt"
+
+
+# --- frames of plain memories: typed structs, checked in C (state/memframe.py) -----------------
+
+
+def plain(path: Path) -> None:
+    """Commits of memories only, of every shape the typed path takes (every optional field,
+    every tier, text needing escapes, the extremes of each int), one frame with a float in
+    meta (the exact way), and a rollback and a restore (so liveness waits for the reverts)."""
+    rnd = random.Random(9)
+    k = capsule.generate_key()
+    words = ["alpha", "naïve", "日本語", "emoji😀", 'quote"', "back\\slash", "tab\there", "\x00nul", "\u2028",
+             "é", "<\u2260", "\x7f\x9f"]
+
+    def text(j: int) -> str:
+        return " ".join(rnd.choice(words) for _ in range(rnd.randint(1, 12))) + f" #{j}"
+
+    with capsule.create(path, clock=ticking()) as cap:
+        with cap.commit() as tx:  # only the default fields: the one-pass case
+            tx.put_many([{"text": text(j), "time": T0 + j * 999_999_937} for j in range(200)])
+        with cap.commit() as tx:  # every field
+            recs: list[dict[str, Any]] = []
+            for j in range(200, 500):
+                r: dict[str, Any] = {"text": text(j), "time": T0 + j * 10**9 if j % 4 else (1 << 63) - 1 - j,
+                                     "tier": ("scratch", "working", "validated")[j % 3]}
+                if j % 2:
+                    r["tags"] = rnd.sample(words + ["t" * 256, "é" * 256], rnd.randint(1, 4))
+                if j % 3:
+                    r["meta"] = {"s": rnd.choice(words), "n": -j, "big": 2**64 - 1, "min": -(2**63), "ok": j % 2 == 0,
+                                 "none": None, words[j % len(words)]: j}
+                if j % 7 == 0:
+                    r["embedding"] = [rnd.uniform(-1, 1) for _ in range(8)]
+                if j % 5 == 0:
+                    r["ttl"] = 1 if j % 10 else (1 << 63) - 1
+                if j % 11 == 0:
+                    r["source"] = "src/" + rnd.choice(words)
+                recs.append(r)
+            tx.put_many(recs)
+        cap.checkpoint("c0", key=k)
+        with cap.commit() as tx:  # a float in meta: the exact way
+            for j in range(500, 520):
+                tx.remember(text(j), meta={"f": 0.1 * j, "l": [1, "x"]}, time=T0 + j)
+        with cap.commit() as tx:
+            tx.put_many([{"text": text(j), "tier": "scratch", "tags": ["late"]} for j in range(520, 560)])
+        cap.rollback("c0")
+        with cap.commit() as tx:  # a restore of a rolled-back record, and a new one
+            tx.put_many([{"text": "fresh", "tier": "validated"}])
+
+
+@pytest.fixture(scope="module")
+def plain_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("state") / "plain.capsule"
+    plain(p)
+    return p
+
+
+def test_frames_of_plain_memories_give_the_same_document(plain_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsule.format.commit import decode_records_payload as real
+
+    exact: list[int] = []
+
+    def counted(raw: bytes, offset: int, seq: int) -> Any:
+        exact.append(offset)
+        return real(raw, offset, seq)
+
+    monkeypatch.setattr("capsule.state.fold.decode_records_payload", counted)
+    with capsule.open(plain_path) as cap:
+        want = reference(cap)
+        exact.clear()
+        st = cap.state()
+        assert st.to_json_bytes() == want
+        assert st == vouch_approvals(cap._store, fold(cap.records()))
+        assert len(exact) == 2  # the float frame and the revert; every other frame the typed way
+        with cap.view("c0") as v:
+            assert v.state().to_json_bytes() == reference(v)
+    doc = json.loads(want)
+    mems = [m for tier in doc["memories"].values() for m in tier]
+    assert {len(doc["memories"][t]) for t in doc["memories"]} != {0}
+    assert any("embedding_dim" in m for m in mems) and any("ttl" in m for m in mems)
+    assert any("source" in m for m in mems) and any(m["meta"].get("big") == 2**64 - 1 for m in mems)
+    assert not any("late" in m["tags"] for m in mems)  # rolled back
+
+
+def _frame_with(bad: bytes) -> list[tuple[bytes, str, bytes]]:
+    """A frame of good memories with ``bad`` in the middle."""
+    good = [canon.pack({"kind": "memory", "text": f"fine {i}", "time": i}) for i in range(4)]
+    return [(record_id("memory", d), "memory", d) for d in [*good[:2], bad, *good[2:]]]
+
+
+def _raw(value: dict[str, Any]) -> bytes:
+    return canon.pack(value)
+
+
+#: records the typed path must refuse, as bytes: what canonical form alone decides
+BAD_RECORD_BYTES = {
+    "duplicate key": b"\x84\xa4kind\xa6memory\xa4text\xa1x\xa4time\x01\xa4time\x02",
+    "text as bin": b"\x83\xa4kind\xa6memory\xa4text\xc4\x01x\xa4time\x01",
+    "long int form": b"\x83\xa4kind\xa6memory\xa4text\xa1x\xa4time\xcd\x00\x01",
+    "str8 kind": b"\x83\xa4kind\xd9\x06memory\xa4text\xa1x\xa4time\x01",
+    "int key in meta": b"\x84\xa4kind\xa6memory\xa4meta\x81\x01\x01\xa4text\xa1x\xa4time\x01",
+    "timestamp in meta": b"\x84\xa4kind\xa6memory\xa4meta\x81\xa1t\xd6\xff\x00\x00\x00\x01\xa4text\xa1x\xa4time\x01",
+    "ext in meta": b"\x84\xa4kind\xa6memory\xa4meta\x81\xa1t\xd4\x01\x00\xa4text\xa1x\xa4time\x01",
+    "keys out of order": b"\x83\xa4kind\xa6memory\xa4time\x01\xa4text\xa1x",
+    "non-NFC text": _raw({"kind": "memory", "text": "e\u0301", "time": 1}),
+    "non-NFC tag": _raw({"kind": "memory", "tags": ["e\u0301"], "text": "x", "time": 1}),
+    "non-NFC meta key": _raw({"kind": "memory", "meta": {"e\u0301": 1}, "text": "x", "time": 1}),
+    "tag over 256": _raw({"kind": "memory", "tags": ["é" * 257], "text": "x", "time": 1}),
+    "ttl 2^63": _raw({"kind": "memory", "text": "x", "time": 1, "ttl": 1 << 63}),
+    "embedding extra key": _raw({"embedding": {"data": b"\x00" * 4, "dtype": "f32", "shape": [1], "x": 1},
+                                 "kind": "memory", "text": "x", "time": 1}),
+    "embedding shape 0": _raw({"embedding": {"data": b"", "dtype": "f32", "shape": [0]}, "kind": "memory",
+                               "text": "x", "time": 1}),
+    "embedding f16": _raw({"embedding": {"data": b"\x00" * 4, "dtype": "f16", "shape": [2]}, "kind": "memory",
+                           "text": "x", "time": 1}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECORD_BYTES) + [f"memory {i}" for i in range(len(BAD_MEMORIES))])
+def test_a_bad_record_among_good_ones_fails_the_same_way(tmp_path: Path, name: str) -> None:
+    bad = BAD_RECORD_BYTES[name] if name in BAD_RECORD_BYTES else canon.pack(BAD_MEMORIES[int(name.split()[1])])
+    p = tmp_path / "a.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.remember("before")
+        write_commit(cap._store, _frame_with(bad), force_index=True)  # open does not replay it
+        with cap.commit() as tx:
+            tx.remember("after")
+    with capsule.open(p) as cap:
+        with pytest.raises(DataError) as slow:
+            fold(cap.records())
+        with pytest.raises(DataError) as fast:
+            cap.state()
+    assert type(fast.value) is type(slow.value) and str(fast.value) == str(slow.value)
+
+
+def test_a_frame_the_typed_path_leaves_is_still_read(tmp_path: Path) -> None:
+    """Valid memories the typed path does not take (nested meta, a float) come out as the
+    exact way gives them, beside typed ones."""
+    p = tmp_path / "a.capsule"
+    odd = [_raw({"kind": "memory", "meta": {"d": {"x": [1, None]}}, "text": "nested", "time": 5}),
+           _raw({"kind": "memory", "meta": {"f": 1e-07}, "text": "float", "time": 6})]
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.remember("typed")
+        for d in odd:
+            write_commit(cap._store, _frame_with(d))
+    with capsule.open(p) as cap:
+        assert cap.state().to_json_bytes() == reference(cap)
+        assert b'"f":1e-07' in reference(cap)
+
+
+def test_decode_bulk_walks_no_header_of_a_well_formed_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    """11: an array msgspec splits has every value its headers promise; walking its headers
+    in Python (promises_fit) took a third of a 100k-record state."""
+    walked: list[int] = []
+    real = canon.promises_fit
+    def counted(raw: bytes | memoryview, pos: int = 0) -> bool:
+        walked.append(pos)
+        return real(raw, pos)
+
+    monkeypatch.setattr(canon, "promises_fit", counted)
+    v = [{"kind": "memory", "text": "x" * 40, "time": 2**64 - 1 - i, "n": [0xDC] * 3} for i in range(3000)]
+    raw = canon.encode(v, max_objects=1 << 30)
+    assert len(raw.translate(None, canon._NOT_WIDE)) * len(raw) > 1 << 16  # the old code walked it
+    assert canon.decode_bulk(raw) == v
+    assert walked == []
+    bad = b"\x91" + b"\xdc\xff\xff" * 3000  # headers promising more than the bytes hold: still refused
+    with pytest.raises(NonCanonicalError, match="promises more values"):
+        canon.decode_bulk(bad)
+    assert walked

@@ -297,10 +297,10 @@ def depth(v: Value, limit: int = MAX_DEPTH) -> int:
 #   alarm, which costs the slow path).
 
 _BAD_FLOAT = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]|\xcb\x80\x00\x00\x00\x00\x00\x00\x00")
-_bulk: list[Any] = []
+_bulk: list[tuple[Any, ...]] = []
 
 
-def _bulk_codecs() -> list[Any]:
+def _bulk_codecs() -> tuple[Any, ...]:
     """msgspec's sorting packer, its JSON writer and its array splitter; and whether the
     reference packer must check too (if msgspec ever spelled a header otherwise)."""
     if not _bulk:
@@ -315,14 +315,21 @@ def _bulk_codecs() -> list[Any]:
                  {f"{i:02}": True for i in range(15)}, {f"{i:02}": True for i in range(16)}]
         enc = msgspec.msgpack.Encoder(order="sorted")
         same = enc.encode(probe) == pack(probe)
-        _bulk.extend([enc, msgspec.json.Encoder(), msgspec.msgpack.Decoder(list[msgspec.Raw]), not same])
-    return _bulk
+        # one append of a whole set: two threads that both build one leave a usable list
+        _bulk.append((enc, msgspec.json.Encoder(), msgspec.msgpack.Decoder(list[msgspec.Raw]), not same))
+    return _bulk[0]
 
 
 def decode_bulk(raw: bytes, *, max_bin: int = MAX_BIN) -> Value:
     """:func:`decode` for a large value whose objects the caller counted (spec 11): the
     same profile, checked by whole-value comparisons in C (see above)."""
-    check_promises(raw)  # 11: msgpack sizes lists by their headers
+    # 11: msgpack sizes lists by their headers. An array msgspec can split into its elements
+    # (in C, allocating nothing a header promises) has every value each header promises, so
+    # check_promises would pass it; anything else is walked as before.
+    try:
+        _bulk_codecs()[2].decode(raw)
+    except Exception:  # noqa: BLE001 - not an array, or not well formed: the walk decides
+        check_promises(raw)
     try:
         obj = msgpack.unpackb(raw, raw=False, use_list=True, strict_map_key=True, ext_hook=_no_ext, timestamp=0,
                               max_str_len=MAX_STR, max_bin_len=max_bin, max_array_len=max_array(raw),
