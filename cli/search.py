@@ -41,11 +41,14 @@ def _load_vector(source: Path) -> Any:
     elif source.suffix.lower() == ".json":
         try:
             v = json.loads(raw.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: bad JSON or UTF-8, an int of 4300+ digits
             raise capsule.UsageError(f"--vector {source}: not a JSON list of numbers") from None
         if not isinstance(v, list) or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
             raise capsule.UsageError(f"--vector {source}: not a JSON list of numbers")
-        v = np.array(v, np.float64)
+        try:
+            v = np.array(v, np.float64)
+        except OverflowError:  # an int beyond float64
+            raise capsule.UsageError(f"--vector {source}: a number is out of range") from None
     else:
         raise capsule.UsageError(f"--vector {source}: expected a .npy or .json file")
     if v.dtype.kind not in "fiu" or v.size == 0 or (v.ndim != 1 and not (v.ndim == 2 and v.shape[0] == 1)):

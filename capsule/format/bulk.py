@@ -196,6 +196,8 @@ def loads(text: str | bytes, where: str = "") -> Any:
         raise InvalidRecordError(f"{where}invalid JSON: {e.msg}") from None
     except RecursionError:
         raise InvalidRecordError(f"{where}JSON nested too deeply") from None
+    except ValueError as e:  # an int longer than Python converts (4300 digits): never a 64-bit int (5.1)
+        raise InvalidRecordError(f"{where}invalid JSON: {e.args[0].split(':')[0]}") from None
 
 
 def decode_json(raw: bytes, where: str = "") -> Any:

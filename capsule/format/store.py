@@ -198,8 +198,8 @@ class Store:
         """The one record id starting with ``hexprefix`` (4 to 64 hex digits), by a range
         lookup in the index tables (9.1): history is never scanned. ``pending`` adds ids
         not yet committed (a transaction's own). The only code that knows the table layout
-        besides ``index``: it reads the ``prefix``, ``frame_offset`` and ``slot`` columns
-        and takes a full id from its record, so it holds for any table with those columns.
+        besides ``index``: it ranges over the ``prefix`` column, reads the record of each
+        entry whose ``id`` matches and takes the id from the record, which must be that id.
 
         Raises :class:`NotFound` when no record starts so, :class:`UsageError` when more do.
         """
@@ -222,8 +222,17 @@ class Store:
             raise UsageError(f"id prefix {hexprefix!r} is ambiguous: {len(found) + in_tables} records start "
                              f"with it; give more digits")
         for seg, i, j in ranges:
-            found.update(rid for rid in (self._id_at(int(seg.frames[k]), int(seg.slots[k]), snap) for k in range(i, j))
-                         if rid.hex().startswith(p))
+            # Only entries whose own id matches are read (9.1: each lists its id): a range of a
+            # hostile table may hold every entry, and a record read costs a frame (17.4).
+            for k in range(i, j):
+                key = seg.key(k)
+                if len(found) > 1 or not key.hex().startswith(p):
+                    continue
+                if self._id_at(int(seg.frames[k]), int(seg.slots[k]), snap) != key:
+                    verify_tables(snap)
+                    raise CorruptError(f"index table entry {key.hex()} names another record",
+                                       offset=int(seg.frames[k]), check="index-location")
+                found.add(key)
         if len(found) == 1:
             return found.pop()
         verify_tables(snap)
