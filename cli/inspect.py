@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from ._errors import call
-from ._params import AtOpt, FileArg, JsonOpt
+from ._params import AtOpt, FileArg, JsonOpt, regular
 from ._render import Table, cell, emit_json, out
 
 LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="Show at most this many items per group.")]
@@ -34,6 +34,10 @@ def _trust(trust: str | None) -> Any:
     if tp.is_file():
         return capsule.load_public_key(tp)
     raise capsule.UsageError(f"--trust {trust!r} is neither a key file nor a keyset hash")
+
+
+def _regular_or_none(value: Path | None) -> Path | None:
+    return None if value is None else regular(value)
 
 
 def _time(text: str | None, name: str) -> int | None:
@@ -133,17 +137,35 @@ def why(path: FileArg, record_id: Annotated[str, typer.Argument(metavar="ID", sh
 
 
 def diff(path: FileArg,
-         from_: Annotated[str, typer.Option("--from", help="Start: a label, seq, commit-root prefix or time.")],
-         to: Annotated[str, typer.Option("--to", help="End: a label, seq, commit-root prefix or time.")],
+         other: Annotated[Path | None, typer.Argument(metavar="OTHER", show_default=False, callback=_regular_or_none,
+                                                      help="A second capsule sharing FILE's lineage (a fork of it, "
+                                                           "its parent, or a copy): diff FILE -> OTHER.")] = None,
+         from_: Annotated[str | None, typer.Option("--from", help="Start: a label, seq, commit-root prefix or "
+                                                   "time (one-file form).")] = None,
+         to: Annotated[str | None, typer.Option("--to", help="End: a label, seq, commit-root prefix or time "
+                                                "(one-file form).")] = None,
          json_out: JsonOpt = False, limit: LimitOpt = 20) -> None:
-    """What changed between two points: records added and rolled back, tier, constraint and identity
-    changes, checkpoints signed, actions run, tasks finished.
+    """What changed: records added and removed (rolled back, expired, ...), tier, constraint and
+    identity changes, checkpoints signed, actions run, tasks finished.
+
+    One file between two points: capsule diff FILE --from X --to Y.
+
+    Two files sharing lineage (a fork and its parent, or two copies that diverged): capsule diff A B, from A's newest commit to B's, with B's events since their common ancestor (named in --json under "lineage"); files that share no lineage are refused.
 
     Example: capsule diff agent.capsule --from day-1 --to day-2
+
+    Example: capsule diff agent.capsule experiment.capsule
     """
     import capsule
 
     def go() -> dict[str, Any]:
+        if other is not None:
+            if from_ is not None or to is not None:
+                raise capsule.UsageError("diff A B compares two files: --from/--to belong to diff FILE --from X --to Y")
+            with capsule.open(path) as a, capsule.open(other) as b:
+                return a.diff(b, limit=limit).to_dict()
+        if from_ is None or to is None:
+            raise capsule.UsageError("diff needs --from and --to (one file) or a second capsule (diff A B)")
         with capsule.open(path) as cap:
             return cap.diff(from_, to, limit=limit).to_dict()
 
@@ -152,13 +174,17 @@ def diff(path: FileArg,
         emit_json(d)
         return
     out.print(f"from seq {d['from']['seq']} ({d['from']['time']}) to seq {d['to']['seq']} ({d['to']['time']})")
+    if "lineage" in d:
+        lin, anc = d["lineage"], d["lineage"]["ancestor"]
+        out.print(f"lineage: {lin['relation']}; common ancestor: " + ("none held (forks of one parent)" if anc is None
+                  else f"seq {anc['seq']} in {anc['in']} (root {anc['root'][:12]})"))
     t = Table("change", "count", "detail")
 
     def kinds(m: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in m.items())
 
     t.add_row(cell("added"), cell(d["added"]["count"]), cell(kinds(d["added"]["by_kind"])))
-    t.add_row(cell("rolled back"), cell(d["removed"]["count"]), cell(kinds(d["removed"]["by_kind"])))
+    t.add_row(cell("removed"), cell(d["removed"]["count"]), cell(kinds(d["removed"]["by_reason"])))
     t.add_row(cell("restored"), cell(d["restored"]["count"]), cell(""))
     t.add_row(cell("tier changes"), cell(len(d["tier_changes"])),
               cell("; ".join(f"{c['text']}: {c['from']} -> {c['to']}" for c in d["tier_changes"][:limit])))

@@ -264,3 +264,135 @@ def test_walk_skipping_by_index_counts_finds_every_record(tmp_path: Path) -> Non
         assert [c["id"] for c in w["constraints"]] == [con]
         assert len(w["root"]["approvals"]) == 1 and w["checkpoint"]["label"] == "ck-20"
         assert cap.beliefs().to_dict()["constraints"] == []
+
+
+# --- diff of two files that share lineage, and expiry (issue #11) ----------------------------
+
+
+def test_diff_of_two_copies_that_diverged(tmp_path: Path) -> None:
+    import shutil
+
+    key = capsule.generate_key()
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    with capsule.create(a) as cap:
+        with cap.commit() as tx:
+            tx.remember("plan", tier="scratch")
+        cap.checkpoint("base", key=key)
+        with cap.commit() as tx:
+            fact = tx.remember("the fact")
+        common = cap.log()[-1].seq
+    shutil.copy(a, b)
+    with capsule.open(a, "a") as cap:
+        with cap.commit() as tx:
+            only_a = tx.remember("only in a")
+        cap.run_once("a:1", lambda: 1)
+    with capsule.open(b, "a") as cap:
+        cap.rollback("base")  # drops the fact in b
+        with cap.commit() as tx:
+            again = tx.remember("the fact", tier="validated")
+        cap.run_once("b:1", lambda: 1)
+        cap.checkpoint("b-only", key=key)
+    with capsule.open(a) as ca, capsule.open(b) as cb:
+        d = ca.diff(cb).to_dict()
+    assert d["lineage"] == {"relation": "same-file", "ancestor": {
+        "in": "both", "file_id": d["lineage"]["ancestor"]["file_id"], "seq": common,
+        "root": d["lineage"]["ancestor"]["root"]}}
+    assert d["added"]["by_tier"] == {"validated": 1} and [n["id"] for n in d["added"]["first"]][0:1] != []
+    reasons = {n["id"]: n["reason"] for n in d["removed"]["first"]}
+    assert reasons[fact] == "rolled back" and reasons[only_a] == "not in B"
+    assert d["tier_changes"] == [{"text": "the fact", "from": "working", "to": "validated", "removed": fact,
+                                  "added": again}]
+    assert [x["key"] for x in d["actions"]] == ["b:1"]  # a's own action is not b's event
+    assert [c["label"] for c in d["checkpoints"]] == ["b-only"]
+
+
+def test_diff_of_a_fork_and_its_parent_both_ways(tmp_path: Path) -> None:
+    key = capsule.generate_key()
+    p, c, s = tmp_path / "p.capsule", tmp_path / "c.capsule", tmp_path / "s.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.remember("shared")
+        cap.run_once("before:1", lambda: 1)
+        cap.checkpoint("day-1", key=key)
+        fork_seq = cap.resolve("day-1").seq
+    with capsule.fork(p, c, at="day-1") as child:
+        with child.commit() as tx:
+            mine = tx.remember("child fact")
+        child.tasks.add("t")
+        child.tasks.claim("t", "w1")
+        child.tasks.complete("t", "w1", result=1)
+        child.checkpoint("c1", key=key)
+    with capsule.open(p, "a") as cap, cap.commit() as tx:
+        theirs = tx.remember("parent fact")
+    capsule.fork(p, s, at="day-1").close()
+    with capsule.open(p) as parent, capsule.open(c) as child, capsule.open(s) as sib:
+        down = parent.diff(child).to_dict()
+        up = child.diff(parent).to_dict()
+        sibs = child.diff(sib).to_dict()
+    assert down["lineage"]["relation"] == "b-forks-a"
+    assert down["lineage"]["ancestor"]["in"] == "a" and down["lineage"]["ancestor"]["seq"] == fork_seq
+    assert [n["id"] for n in down["added"]["first"] if n["kind"] == "memory"] == [mine]
+    assert [(n["id"], n["reason"]) for n in down["removed"]["first"]] == [(theirs, "not in B")]
+    assert [c["label"] for c in down["checkpoints"]] == ["c1"]
+    assert [t["task"] for t in down["tasks_finished"]] == ["t"]
+    assert down["actions"] == []  # the journal the fork copied is not a new action
+    assert up["lineage"]["relation"] == "a-forks-b" and up["lineage"]["ancestor"]["in"] == "b"
+    assert [n["id"] for n in up["added"]["first"]] == [theirs] and up["checkpoints"] == []
+    assert sibs["lineage"] == {"relation": "siblings", "ancestor": None}
+    assert [n["id"] for n in sibs["removed"]["first"] if n["kind"] == "memory"] == [mine]
+
+
+def test_diff_of_unrelated_files_is_refused(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    for f in (a, b):
+        with capsule.create(f) as cap, cap.commit() as tx:
+            tx.remember("same text, other lineage")
+    with capsule.open(a) as ca, capsule.open(b) as cb:
+        with pytest.raises(capsule.UsageError, match="share no lineage"):
+            ca.diff(cb)
+        with pytest.raises(capsule.UsageError, match="no second point"):
+            ca.diff(cb, "x")
+    before = a.read_bytes(), b.read_bytes()
+    for args in (("diff", str(a), str(b)), ("diff", str(a), str(a), "--from", "1"), ("diff", str(a)),
+                 ("diff", str(a), "--from", "1")):
+        r = _cli(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert (a.read_bytes(), b.read_bytes()) == before
+
+
+def test_cli_diff_of_two_files(tmp_path: Path) -> None:
+    p, c = tmp_path / "p.capsule", tmp_path / "c.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.remember("shared")
+    with capsule.fork(p, c) as child, child.commit() as tx:
+        tx.remember("new in the fork")
+    r = _cli("diff", str(p), str(c), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["lineage"]["relation"] == "b-forks-a" and d["added"]["count"] == 1
+    r = _cli("diff", str(p), str(c))
+    assert r.returncode == 0 and "lineage: b-forks-a" in r.stdout and "common ancestor: seq" in r.stdout
+
+
+def test_diff_lists_memories_that_expired_in_between_as_removed(tmp_path: Path) -> None:
+    s = 1_000_000_000
+    now = [1_800_000_000 * s]
+    key = capsule.generate_key()
+    f = tmp_path / "ttl.capsule"
+    with capsule.create(f, clock=lambda: now[0]) as cap:
+        with cap.commit() as tx:
+            brief = tx.remember("fleeting", ttl=10 * s)
+            tx.remember("lasting")
+        cap.checkpoint("a", key=key)
+        now[0] += 60 * s  # past the ttl
+        with cap.commit() as tx:
+            tx.remember("later")
+        cap.checkpoint("b", key=key)
+        now[0] += 60 * s
+        cap.checkpoint("c", key=key)
+        d = cap.diff("a", "b").to_dict()
+        after = cap.diff("b", "c").to_dict()
+    assert d["removed"]["count"] == 1 and d["removed"]["by_reason"] == {"expired": 1}
+    assert [(n["id"], n["reason"]) for n in d["removed"]["first"]] == [(brief, "expired")]
+    assert d["removed"]["by_kind"] == {"memory": 1}
+    assert after["removed"]["count"] == 0  # expired before b: not removed again

@@ -173,6 +173,33 @@ def test_every_figure_on_the_page_is_the_json_figure(made: tuple[Path, dict[str,
     assert [(e["kind"], e["status"]) for e in dead] == [("memory", "not live")]
 
 
+def test_the_decision_graph_is_why_with_one_shared_context(made: tuple[Path, dict[str, Any], Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #11: the graph is ``why`` of each decision (its marks included), and the five
+    share one read of the history (each ``why`` alone walks it: 0.35 s at 100k records)."""
+    from capsule.questions._context import Context
+    from capsule.report.report import report
+
+    cap_path, doc, _ = made
+    loads = []
+    real = Context.load.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Context], *a: Any, **k: Any) -> Context:
+        loads.append(1)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(Context, "load", classmethod(counted))
+    with capsule.open(cap_path) as cap:
+        mine = report(cap)
+        alone = [cap.why(g["id"]).to_dict()["root"] for g in mine["decisions"]["graphs"]]
+    assert len(loads) == 1 + len(alone)  # one for the report's five graphs, one per lone why
+    assert mine["decisions"] == doc["decisions"] and mine["decisions"]["shown"] == 5
+    for g, w in zip(mine["decisions"]["graphs"], alone, strict=True):
+        assert [e["id"] for e in g["evidence"]] == [e["id"] for e in w["evidence"]]
+    dead = [e for g in mine["decisions"]["graphs"] for e in g["evidence"] if not e["live"]]
+    assert len(dead) == 3 and all(e["marks"] == ["rolled-back"] for e in dead)  # the doomed fact, per decision
+
+
 def test_every_figure_element_carries_its_pointer(made: tuple[Path, dict[str, Any], Path]) -> None:
     """The cards, the counts in the prose and the chart marks are all tagged, so the
     check above covers them: no card, tier bar or day bar without a pointer."""

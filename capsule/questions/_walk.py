@@ -52,20 +52,24 @@ def _needle(kind: str) -> bytes:
 
 
 def walk(store: Store, kinds: Iterable[str], start: CommitInfo | None = None,
-         end: int | None = None) -> Iterator[tuple[int, int, Any]]:
+         end: int | None = None, field: str | None = None) -> Iterator[tuple[int, int, Any]]:
     """``(frame offset, frame seq, record)`` for each committed record of ``kinds``, in
     commit order, after the commit ``start`` (from the first frame when None) up to
     ``end`` (the snapshot's end when None).
 
     Frames are followed by their headers (3.1). Each INDEX counts the records of every
     kind before it (9.2 ``kinds``): when two consecutive INDEX frames count the same of
-    every kind asked for, the RECORDS frames between them hold none and are not read."""
+    every kind asked for, the RECORDS frames between them hold none and are not read.
+    With ``field``, only records whose canonical bytes hold that key are decoded (a record
+    that has the field holds its fixstr encoding, 5.1; one that seems to is decoded and the
+    caller checks the field)."""
     store.check_open()
     snap = store.snap
     want = frozenset(kinds) & set(snap.kinds)  # a kind the file never held: no walk at all
     if not want:
         return
     needles = [_needle(k) for k in want]
+    also = None if field is None else _needle(field)
     hdr = snap.header
     stop = snap.end if end is None else end
     pos = C.HEADER_SIZE if start is None else start.end
@@ -84,11 +88,11 @@ def walk(store: Store, kinds: Iterable[str], start: CommitInfo | None = None,
             counts = {k: meta.kinds.get(k, 0) for k in want}
             if counts != last:
                 for off in pending:
-                    yield from _records(store, off, want, needles)
+                    yield from _records(store, off, want, needles, also)
             pending, last = [], counts
         pos = fh.end
     for off in pending:
-        yield from _records(store, off, want, needles)
+        yield from _records(store, off, want, needles, also)
 
 
 def _read(store: Store, off: int) -> tuple[Any, bytes, bytes, bytes]:
@@ -97,16 +101,17 @@ def _read(store: Store, off: int) -> tuple[Any, bytes, bytes, bytes]:
     return read_frame_at(store.h, off, max_frame=hdr.max_frame_len, prev_chain=prev)
 
 
-def _records(store: Store, off: int, want: frozenset[str], needles: list[bytes]) -> Iterator[tuple[int, int, Any]]:
+def _records(store: Store, off: int, want: frozenset[str], needles: list[bytes],
+             also: bytes | None = None) -> Iterator[tuple[int, int, Any]]:
     """The records of ``want`` in the RECORDS frame at ``off``, each checked as ``get`` checks one."""
     fh, payload, _, _ = _read(store, off)
     raw = raw_payload(fh, payload)
-    if not any(n in raw for n in needles):
+    if not any(n in raw for n in needles) or (also is not None and also not in raw):
         return
     bounds = record_bounds(raw, fh.offset, fh.seq)
     for i in range(len(bounds) - 1):
         data = raw[bounds[i] : bounds[i + 1]]
-        if not any(n in data for n in needles):
+        if not any(n in data for n in needles) or (also is not None and also not in data):
             continue
         try:
             value = canon.decode(data)

@@ -4,7 +4,8 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
 
     {"from": {seq, commit, time, root}, "to": {seq, commit, time, root},
      "added": {"count": int, "by_kind": {kind: int}, "by_tier": {tier: int}, "first": [node...]},
-     "removed": {"count": int, "by_kind": {...}, "first": [node...]},    # rolled back in between
+     "removed": {"count": int, "by_kind": {...}, "by_reason": {reason: int},
+                 "first": [node + {"reason": "rolled back" | "expired"}...]},
      "restored": {"count": int, "first": [node...]},                     # live again (7.7)
      "tier_changes": [{"text", "from": tier, "to": tier, "removed": id, "added": id}...],
      "constraints": {"added": [{"id", "text", "scope"}...], "revoked": [...]},
@@ -15,8 +16,10 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
      "limit": int}
 
 ``from`` and ``to`` are what ``--at`` names (6.5). Only the frames between the two commits are
-read: a record is *added* when it is committed in between, *removed* when a revert in between
-drops it and none restores it, *restored* the reverse. A tier change is a removed memory and an
+read (and, before them, the records holding a ``ttl``, 7.1, for expiry): a record is *added* when it is committed in between, *removed* when a revert in between
+drops it and none restores it (reason ``rolled back``) or a memory live at ``from`` whose
+``time + ttl`` falls after ``from``'s commit time and at or before ``to``'s (reason ``expired``,
+7.1), *restored* the reverse of a rollback. A tier change is a removed memory and an
 added memory with the same text in another tier. ``first`` lists at most ``limit`` nodes.
 """
 
@@ -47,10 +50,22 @@ class Diff:
         return self.doc
 
 
-def diff(cap: Source, a: str | int | CommitInfo, b: str | int | CommitInfo, *, limit: int = DEFAULT_LIMIT) -> Diff:
-    """What changed from the commit ``a`` names to the one ``b`` names (``b`` not before ``a``)."""
+def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitInfo | None = None, *,
+         limit: int = DEFAULT_LIMIT) -> Diff:
+    """What changed from the commit ``a`` names to the one ``b`` names (``b`` not before ``a``),
+    or, with ``a`` another open capsule and no ``b``, from ``cap`` to that capsule, which must
+    share its lineage (``diff_files``)."""
     if type(limit) is not int or limit < 0:
         raise UsageError("limit must be a non-negative integer")
+    if hasattr(a, "_store"):
+        if b is not None:
+            raise UsageError("diff of two capsules takes no second point")
+        from .diff_files import diff_files
+
+        return Diff(diff_files(cap, a, limit=limit))  # type: ignore[arg-type]
+    if b is None:
+        raise UsageError("diff needs two points (or another capsule)")
+    assert not hasattr(b, "_store")
     ca = a if isinstance(a, CommitInfo) else cap.resolve(a)
     cb = b if isinstance(b, CommitInfo) else cap.resolve(b)
     if ca.seq > cb.seq:
@@ -117,7 +132,7 @@ def diff(cap: Source, a: str | int | CommitInfo, b: str | int | CommitInfo, *, l
             continue
         rem_kind[rec.kind] = rem_kind.get(rec.kind, 0) + 1
         if len(rem_nodes) < limit:
-            rem_nodes.append(ref(rec))
+            rem_nodes.append({**ref(rec), "reason": "rolled back"})
         if rec.kind == "memory":
             if added_mem is None:  # the added memories by text, read once (bounded: a summary)
                 recs = (cap.get(x) for x in added[:MAX_TIER_SCAN])
@@ -125,19 +140,40 @@ def diff(cap: Source, a: str | int | CommitInfo, b: str | int | CommitInfo, *, l
             m = added_mem.get(rec.text)
             if m is not None and m.tier != rec.tier:
                 changes.append({"text": rec.text, "from": rec.tier, "to": m.tier, "removed": rec.id, "added": m.id})
+    expired = _expired(store, ca, cb, set(removed))
+    for rec in expired:
+        rem_kind["memory"] = rem_kind.get("memory", 0) + 1
+        if len(rem_nodes) < limit:
+            rem_nodes.append({**ref(rec), "reason": "expired"})
+    reasons = {k: v for k, v in (("expired", len(expired)), ("rolled back", len(removed))) if v}
     first = [ref(cap.get(x)) for x in added[:limit]]
     ida, idb = _identity(store, ca), _identity(store, cb)
     return Diff({
         "from": commit_ref(ca), "to": commit_ref(cb),
         "added": {"count": len(added), "by_kind": dict(sorted(by_kind.items())),
                   "by_tier": dict(sorted(by_tier.items())), "first": first},
-        "removed": {"count": len(removed), "by_kind": dict(sorted(rem_kind.items())), "first": rem_nodes},
+        "removed": {"count": len(removed) + len(expired), "by_kind": dict(sorted(rem_kind.items())),
+                    "by_reason": dict(sorted(reasons.items())), "first": rem_nodes},
         "restored": {"count": len(restored), "first": [ref(cap.get(x)) for x in restored[:limit]]},
         "tier_changes": changes,
         "constraints": {"added": cons_added, "revoked": cons_revoked},
         "identity": {"from": ida, "to": idb, "changes": ident},
         "checkpoints": checkpoints, "actions": actions, "tasks_finished": finished, "limit": limit,
     })
+
+
+def _expired(store: Any, ca: CommitInfo, cb: CommitInfo, removed: set[bytes]) -> list[Any]:
+    """The memories live at ``ca`` whose ``time + ttl`` falls after ``ca``'s commit time and
+    at or before ``cb``'s (7.1), live at ``cb`` too but for that (a rolled-back one is
+    listed once, as rolled back). Only records holding a ``ttl`` field are decoded."""
+    if "memory" not in store.snap.kinds or cb.time <= ca.time:
+        return []
+    hits = [r for _, _, r in walk(store, ("memory",), end=ca.end, field="ttl")
+            if r.kind == "memory" and r.ttl is not None and ca.time < r.time + r.ttl <= cb.time]
+    if not hits:
+        return []
+    dead_a = dead_ids(r for _, _, r in walk(store, ("revert",), end=ca.end))
+    return [r for r in hits if bytes.fromhex(r.id) not in dead_a and bytes.fromhex(r.id) not in removed]
 
 
 def _identity(store: Any, c: CommitInfo) -> str | None:

@@ -42,8 +42,9 @@ class Why:
 
 
 class _Tree:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> None:
         self.ctx = ctx
+        self.max_nodes, self.max_depth = max_nodes, max_depth
         self.seen: set[str] = set()
         self.count = 0
         self.truncated = False
@@ -80,21 +81,32 @@ class _Tree:
         n = {**ref(rec), "commit": commit_ref(c), "marks": self.marks(rec),
              "approvals": self.ctx.approvals_of(rid), "evidence": []}
         for e in getattr(rec, "evidence", ()):
-            if self.count >= MAX_NODES or depth >= MAX_DEPTH:
+            if self.count >= self.max_nodes or depth >= self.max_depth:
                 self.truncated = True
                 break
             n["evidence"].append(self.node(e, depth + 1))
         return n
 
 
-def why(cap: Source, record_id: str | bytes, *, trust: Any = None) -> Why:
-    """The lineage tree of ``record_id`` (a full id or a unique prefix)."""
+def why(cap: Source, record_id: str | bytes, *, trust: Any = None, context: Context | None = None,
+        max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> Why:
+    """The lineage tree of ``record_id`` (a full id or a unique prefix).
+
+    ``context`` (``Context.load(cap)``, or :func:`context`) is the history every ``why`` of
+    one snapshot reads: pass one to ask several without walking it again (the report draws
+    five); ``trust`` is then ignored for the context's own anchor. ``max_nodes`` and
+    ``max_depth`` bound the tree below the spec's limits (a page draws a few dozen nodes)."""
     rec = cap.get(record_id)  # NotFound / ambiguous prefix first, before any walk
     rid = bytes.fromhex(rec.id)
-    ctx = Context.load(cap, anchor_of(cap, trust))
-    tree = _Tree(ctx)
+    ctx = context if context is not None else Context.load(cap, anchor_of(cap, trust))
+    tree = _Tree(ctx, min(max_nodes, MAX_NODES), min(max_depth, MAX_DEPTH))
     root = tree.node(rid, 0)
     off, _, c = ctx.located(rid)
     return Why({"root": root, "nodes": tree.count, "truncated": tree.truncated,
                 "constraints": ctx.constraints_at(c.end if c is not None else 0),
                 "checkpoint": ctx.covered_by(off)})
+
+
+def context(cap: Source, *, trust: Any = None) -> Context:
+    """The shared history for several :func:`why` calls on one snapshot of ``cap``."""
+    return Context.load(cap, anchor_of(cap, trust))

@@ -12,7 +12,9 @@ What it reads: the summary and state fold (``cap.summary()``, ``cap.state()``), 
 RECORDS frames once for the kinds committed per day (no record is decoded into an
 object), the checkpoint and keyset chains (each checkpoint's signatures are checked
 against the keyset it names: a self-consistency check, not trust in an anchor, which is
-``capsule verify --trust``), the action journal and the task queue.
+``capsule verify --trust``), the action journal, the task queue, and the ``why``
+(``capsule.questions.why``) of the newest decisions, whose history (approvals,
+constraints, identities, reverts) is walked once for all of them.
 """
 
 from __future__ import annotations
@@ -103,62 +105,48 @@ def timeline(cap: Capsule, log: list[Any]) -> dict[str, Any]:
             "records": sum(d["records"] for d in days)}
 
 
-def _index(state: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Live records the graph can name, by id: (kind, document)."""
-    out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for t in TIERS:
-        for m in state["memories"][t]:
-            out[m["id"]] = ("memory", m)
-    for d in state["decisions"]:
-        out[d["id"]] = ("decision", d)
-    for n in state["notes"]:
-        out[n["id"]] = ("note", n)
-    return out
-
-
-def _label(kind: str, doc: dict[str, Any]) -> str:
-    text = doc.get("summary") if kind == "decision" else doc.get("text")
+def _label(text: object) -> str:
     text = text if isinstance(text, str) else ""
     return text if len(text) <= 80 else text[:79] + "\u2026"
 
 
 def decisions(cap: Capsule, state: dict[str, Any], live: set[bytes]) -> dict[str, Any]:
-    """The newest decisions with their evidence, recursively (a bounded ``why``): each
-    node says whether it is live; a node that is not was superseded, forgotten or
-    rolled back after the decision rested on it."""
-    index = _index(state)
+    """The newest decisions with their evidence, recursively: the ``why`` of each
+    (``capsule.questions.why``, bounded to ``GRAPH_NODES`` and ``GRAPH_DEPTH``), all sharing
+    one read of the history. Each node says whether it is live; a node that is not was
+    superseded, forgotten or rolled back after the decision rested on it."""
+    from ..questions.why import context, why
+
     newest = sorted(state["decisions"], key=lambda d: (d["time"], d["id"]))[-DECISIONS:][::-1]
+    ctx = context(cap) if newest else None
     graphs = []
     for d in newest:
-        budget = [GRAPH_NODES]
-        graphs.append({"id": d["id"], "summary": _label("decision", d), "time": d["time"],
+        tree = why(cap, d["id"], context=ctx, max_nodes=GRAPH_NODES, max_depth=GRAPH_DEPTH).to_dict()["root"]
+        graphs.append({"id": d["id"], "summary": _label(d["summary"]), "time": d["time"],
                        "approvals": [{"approver": a["approver"], "verified": a["verified"],
                                       "signature_ok": a["signature_ok"]} for a in d.get("approvals", [])],
-                       "evidence": _evidence(cap, d, index, live, 1, budget, {d["id"]})})
+                       "evidence": _graph(tree.get("evidence") or [], live, {d["id"]: tree})})
     return {"total": len(state["decisions"]), "shown": len(graphs), "graphs": graphs}
 
 
-def _evidence(cap: Capsule, doc: dict[str, Any], index: dict[str, tuple[str, dict[str, Any]]], live: set[bytes],
-              depth: int, budget: list[int], seen: set[str]) -> list[dict[str, Any]]:
+def _graph(nodes: list[dict[str, Any]], live: set[bytes], named: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``why`` nodes as the page draws them: kind, label, live, status, marks, evidence.
+    A record ``why`` reached before is drawn again by name, without its evidence."""
     out: list[dict[str, Any]] = []
-    for rid in doc.get("evidence") or []:
-        if not isinstance(rid, str) or budget[0] <= 0:
-            break
-        budget[0] -= 1
-        node: dict[str, Any] = {"id": rid}
-        hit = index.get(rid)
-        if hit is None:
-            rec = cap.get(rid) if rid not in seen else None
-            rd = rec.to_dict() if rec is not None and hasattr(rec, "to_dict") else {}
-            kind = getattr(rec, "kind", "?") if rec is not None else "?"
-            node.update(kind=kind, label=_label(kind, rd), live=bytes.fromhex(rid) in live,
-                        status="not in file" if rec is None else "not live")
-            child = rd
+    for n in nodes:
+        rid = n["id"]
+        if n.get("seen"):
+            n = {**named.get(rid, n), "evidence": []}
         else:
-            node.update(kind=hit[0], label=_label(*hit), live=True, status="live")
-            child = hit[1]
-        if depth < GRAPH_DEPTH and rid not in seen and child.get("evidence"):
-            node["evidence"] = _evidence(cap, child, index, live, depth + 1, budget, seen | {rid})
+            named[rid] = n
+        if n.get("missing") or "kind" not in n:
+            out.append({"id": rid, "kind": "?", "label": "", "live": False, "status": "not in file", "marks": []})
+            continue
+        alive = bytes.fromhex(rid) in live
+        node: dict[str, Any] = {"id": rid, "kind": n["kind"], "label": _label(n["summary"]), "live": alive,
+                                "status": "live" if alive else "not live", "marks": [m["mark"] for m in n["marks"]]}
+        if n["evidence"]:
+            node["evidence"] = _graph(n["evidence"], live, named)
         out.append(node)
     return out
 
