@@ -14,13 +14,18 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..core import constants as C
 from ..core.errors import CorruptError, NonCanonicalError
+from ..core.lazy import lazy
 from . import canonical as canon
 from .frames import parse_frame_header
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
 
 _LEN = struct.Struct("<H")
 #: The fewest file bytes a part takes besides its data: frame header, trailer, header length.

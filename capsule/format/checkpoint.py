@@ -32,12 +32,58 @@ MAX_RUNTIME = 64 * 1024 * 1024  # 11: a checkpoint's runtime blob
 
 @dataclass(frozen=True, slots=True)
 class CheckpointFrame:
+    """A signed checkpoint as :meth:`Capsule.checkpoints`, :meth:`Capsule.checkpoint` and
+    :meth:`Capsule.find_checkpoint` return it (exported as ``capsule.CheckpointFrame``).
+
+    Read it through the properties (``label``, ``seq``, ``time``, ``state_root``,
+    ``root``, ``signers``) or ``to_dict()``, the shape ``capsule checkpoints --json``
+    prints; ``body`` is the signed :class:`~capsule.format.signing.CheckpointBody`
+    itself and ``runtime`` the runtime-state blob saved with it, if any.
+
+    >>> import capsule
+    >>> key = capsule.generate_key()
+    >>> with capsule.create("agent.capsule") as cap:
+    ...     c = cap.checkpoint("day-1", key=key, runtime_state=b"cursor=7")
+    ...     [(c.label, c.state_root == cap.state_root, c.runtime) for c in cap.checkpoints()]
+    [('day-1', True, b'cursor=7')]
+    """
+
     offset: int
     body_raw: bytes
     body: CheckpointBody
     sigs: tuple[Signature, ...]
     prev_offset: int | None
     runtime: bytes | None
+
+    @property
+    def label(self) -> str:
+        """The label it was signed with (14.8); labels need not be unique, the newest wins."""
+        return self.body.label
+
+    @property
+    def seq(self) -> int:
+        """14.8 ``tree_size``: how many frames its Merkle root covers; the seq ``capsule checkpoints`` shows."""
+        return self.body.tree_size
+
+    @property
+    def time(self) -> int:
+        """When it was signed: nanoseconds since the Unix epoch (UTC), from the capsule's clock."""
+        return self.body.time
+
+    @property
+    def state_root(self) -> str:
+        """The state root it signs (hex), as :attr:`Capsule.state_root` gives it."""
+        return self.body.state_root.hex()
+
+    @property
+    def root(self) -> str:
+        """The Merkle root it signs (hex), as :attr:`Capsule.root` gives it."""
+        return self.body.root.hex()
+
+    @property
+    def signers(self) -> tuple[str, ...]:
+        """The key ids that signed it, sorted."""
+        return tuple(sorted(s.key_id for s in self.sigs))
 
     @property
     def hash(self) -> bytes:
@@ -47,10 +93,9 @@ class CheckpointFrame:
     def to_dict(self) -> dict[str, Any]:
         from ..core.clock import iso
 
-        b = self.body
-        return {"label": b.label, "seq": b.tree_size, "offset": self.offset, "hash": self.hash.hex(),
-                "state_root": b.state_root.hex(), "root": b.root.hex(), "time": iso(b.time),
-                "signers": sorted(s.key_id for s in self.sigs), "keyset": b.keyset.hex(),
+        return {"label": self.label, "seq": self.seq, "offset": self.offset, "hash": self.hash.hex(),
+                "state_root": self.state_root, "root": self.root, "time": iso(self.time),
+                "signers": list(self.signers), "keyset": self.body.keyset.hex(),
                 "runtime_bytes": None if self.runtime is None else len(self.runtime)}
 
 
@@ -93,6 +138,10 @@ def parse_checkpoint(payload: bytes, offset: int, seq: int) -> CheckpointFrame:
 
 @dataclass(frozen=True, slots=True)
 class KeysetFrame:
+    """One keyset of the capsule's history, as :meth:`Capsule.keysets` and
+    :meth:`Capsule.rotate_keys` return it (exported as ``capsule.KeysetFrame``):
+    ``keyset`` (the :class:`Keyset`), the rotation ``sigs`` (empty for the first)."""
+
     offset: int
     keyset: Keyset
     sigs: tuple[Signature, ...]  # rotation signatures; empty for the first keyset

@@ -19,11 +19,16 @@ import os
 import threading
 import zlib
 from dataclasses import dataclass
-
-import zstandard
+from typing import TYPE_CHECKING
 
 from ..core import constants as C
 from ..core.errors import CorruptError, UnsupportedError
+from ..core.lazy import lazy
+
+if TYPE_CHECKING:
+    import zstandard
+else:
+    zstandard = lazy("zstandard")
 
 _sha256 = hashlib.sha256
 
@@ -227,7 +232,14 @@ def check_frame_body(fh: FrameHeader, payload: bytes, trailer: bytes, prev_chain
     return chain, leaf_hash(fh.raw, ph)
 
 
-_dctx = zstandard.ZstdDecompressor()
+_dctx: zstandard.ZstdDecompressor | None = None  # made on first use (start-up)
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    global _dctx
+    if _dctx is None:
+        _dctx = zstandard.ZstdDecompressor()
+    return _dctx
 
 
 def raw_payload(fh: FrameHeader, payload: bytes) -> bytes:
@@ -248,7 +260,7 @@ def raw_payload(fh: FrameHeader, payload: bytes) -> bytes:
     try:
         # 3.3: the payload is exactly one zstd frame; bytes after it (junk, a second
         # frame) would hide data in a signed file, so they are refused.
-        out = _dctx.decompress(payload, max_output_size=fh.raw_len, allow_extra_data=False)
+        out = _decompressor().decompress(payload, max_output_size=fh.raw_len, allow_extra_data=False)
     except zstandard.ZstdError as e:
         raise CorruptError(f"zstd: {e}", offset=fh.offset, seq=fh.seq, check="zstd") from e
     if len(out) != fh.raw_len:

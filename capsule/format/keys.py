@@ -19,17 +19,21 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import AlreadyExists, DataError, InvalidRecordError, NotFound, UsageError
+from ..core.lazy import lazy
 from ..format.canonical import decode, encode
+
+if TYPE_CHECKING:
+    import cryptography.exceptions as _cx
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519 as _ed
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+else:  # cryptography is imported when a key is first used (start-up)
+    _cx = lazy("cryptography.exceptions")
+    serialization = lazy("cryptography.hazmat.primitives.serialization")
+    _ed = lazy("cryptography.hazmat.primitives.asymmetric.ed25519")
 
 # --- Constants (spec 14; to move into _constants.py) ---------------------------
 KEY_ID_TAG = b"capsule/v1/key\x00"  # 14.1
@@ -51,8 +55,6 @@ MAX_KEY_FILE = 64 * 1024  # 14.2: a key file is read no further than this
 _U64 = (1 << 64) - 1
 _I64 = (1 << 63) - 1
 _HEX = frozenset("0123456789abcdef")
-_PEM = serialization.Encoding.PEM
-_RAW = serialization.Encoding.Raw
 
 
 # --- Errors ----------------------------------------------------------------------
@@ -164,8 +166,8 @@ class PublicKey:
         if not isinstance(sig, bytes | bytearray | memoryview) or len(sig) != SIGNATURE_SIZE:
             return False
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(bytes(sig), bytes(data))
-        except (InvalidSignature, ValueError, TypeError):
+            _ed.Ed25519PublicKey.from_public_bytes(self.raw).verify(bytes(sig), bytes(data))
+        except (_cx.InvalidSignature, ValueError, TypeError):
             return False
         return True
 
@@ -208,9 +210,9 @@ class PrivateKey:
     public_key: PublicKey = field(init=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.key, Ed25519PrivateKey):
+        if not isinstance(self.key, _ed.Ed25519PrivateKey):
             raise KeyUsageError(f"expected an Ed25519 private key, got {type(self.key).__name__}")
-        raw = self.key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
+        raw = self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         object.__setattr__(self, "public_key", PublicKey(raw))
 
     @classmethod
@@ -218,7 +220,7 @@ class PrivateKey:
         """The key for a 32-byte RFC 8032 seed (for tests and derived keys)."""
         if type(seed) is not bytes or len(seed) != 32:
             raise KeyUsageError("an Ed25519 seed is exactly 32 bytes")
-        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+        return cls(_ed.Ed25519PrivateKey.from_private_bytes(seed))
 
     @property
     def key_id(self) -> str:
@@ -234,7 +236,7 @@ class PrivateKey:
 
 def generate_key() -> PrivateKey:
     """A fresh random Ed25519 key (spec 14.1)."""
-    return PrivateKey(Ed25519PrivateKey.generate())
+    return PrivateKey(_ed.Ed25519PrivateKey.generate())
 
 
 # --- 14.2 Key files --------------------------------------------------------------
@@ -294,7 +296,8 @@ def save_private_key(
     path = Path(path)
     pub = _pub_path(path)
     if passphrase is None:
-        pem = key.key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        pem = key.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
     elif type(passphrase) is not bytes or not passphrase:
         raise PassphraseError("a passphrase must be non-empty bytes")
     else:
@@ -403,7 +406,7 @@ def _open_sealed(data: bytes, passphrase: bytes | None, where: str) -> PrivateKe
         seed = ChaCha20Poly1305(kek).decrypt(v["nonce"], v["ct"], _SEALED_BEGIN)
     except InvalidTag:
         raise WrongPassphrase(f"wrong passphrase for {where} (or the file is damaged)") from None
-    return PrivateKey(Ed25519PrivateKey.from_private_bytes(seed))
+    return PrivateKey(_ed.Ed25519PrivateKey.from_private_bytes(seed))
 
 
 def _parse_private(data: bytes, passphrase: bytes | None, where: str) -> PrivateKey:
@@ -424,7 +427,7 @@ def _parse_private(data: bytes, passphrase: bytes | None, where: str) -> Private
         if "not encrypted" in str(e):
             raise PassphraseError(f"{where} is not encrypted; do not pass a passphrase") from None
         raise PassphraseRequired(f"{where} is encrypted; a passphrase is required") from None
-    except UnsupportedAlgorithm:
+    except _cx.UnsupportedAlgorithm:
         raise KeyFileError(f"{where}: unsupported key type or encryption") from None
     except ValueError:
         if encrypted:
@@ -432,7 +435,7 @@ def _parse_private(data: bytes, passphrase: bytes | None, where: str) -> Private
                 f"wrong passphrase for {where} (or the file is damaged)"
             ) from None
         raise KeyFileError(f"{where} is not a valid private key file") from None
-    if not isinstance(loaded, Ed25519PrivateKey):
+    if not isinstance(loaded, _ed.Ed25519PrivateKey):
         raise KeyFileError(f"{where} holds an {_key_type(loaded)} key; capsule keys are Ed25519")
     return PrivateKey(loaded)
 
@@ -471,11 +474,11 @@ def load_public_key(
     if b"-----BEGIN PUBLIC KEY-----" in data:
         try:
             loaded = serialization.load_pem_public_key(data)
-        except (ValueError, UnsupportedAlgorithm):
+        except (ValueError, _cx.UnsupportedAlgorithm):
             raise KeyFileError(f"{where} is not a valid public key file") from None
-        if not isinstance(loaded, Ed25519PublicKey):
+        if not isinstance(loaded, _ed.Ed25519PublicKey):
             raise KeyFileError(
                 f"{where} holds an {_key_type(loaded)} key; capsule keys are Ed25519"
             )
-        return PublicKey(loaded.public_bytes(_RAW, serialization.PublicFormat.Raw))
+        return PublicKey(loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
     return _parse_private(data, passphrase, where).public_key

@@ -9,10 +9,15 @@ pass over the snapshot's arrays, with no copy of the level-0 table.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..core.errors import CorruptError
+from ..core.lazy import lazy
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
 
 
 def check_graph(arr: dict[str, np.ndarray], *, n: int, ep: int, top: int, m: int, m0: int, dim: int,

@@ -25,14 +25,19 @@ import math
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
-
-import hnswlib
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CorruptError, NonCanonicalError, UsageError
+from ..core.lazy import lazy
 from ..format import canonical as canon
 from .snapshot import check_graph
+
+if TYPE_CHECKING:
+    import hnswlib
+    import numpy as np
+else:
+    hnswlib = lazy("hnswlib")
+    np = lazy("numpy")
 
 SPACES = ("cosine", "ip", "l2")
 TIERS = {"scratch": 0, "working": 1, "validated": 2}
