@@ -107,7 +107,7 @@ class AgentLoop:
                 wake = tasks.queue().next_wakeup(now)
                 if wake is None or not self.jump:
                     break
-                self.cap.clock.advance_to(wake)  # type: ignore[attr-defined]
+                self.cap.clock.advance_to(wake)
                 continue
             ts = due[0]
             name = ts.spec.task

@@ -8,8 +8,9 @@ handle) and follows its snapshot. The vector index starts from the newest snapsh
 embedding in the frames after that blob; with no usable blob it starts empty
 and inserts everything. A blob that fails any check is reported (``doubt``,
 a log warning, ``capsule search`` prints it) and the index is rebuilt from the
-records: never silently. The lexical index (BM25) is always rebuilt from the
-records, lazily, and caught up the same way.
+records: never silently. The lexical catalog (BM25, ``catalog``) loads the
+same way from its own snapshot blobs (16.8), or is rebuilt from the records,
+lazily; its hits carry no record, which is read through the store when used.
 
 Filters become boolean masks over the indexed entries; the vector search scans
 exactly when few entries pass and otherwise filters inside the graph walk, so a
@@ -22,16 +23,16 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
 from ..core.clock import iso
 from ..core.errors import CorruptError, DataError, UsageError
+from ..core.lazy import lazy
 from ..format import canonical as canon
+from ..format.batch import Item
 from ..format.blob import read_blob
 from ..format.commit import decode_records_payload
 from ..format.frames import parse_frame_header, raw_payload
@@ -40,15 +41,29 @@ from ..format.records import record_id as content_id
 from ..format.scan import read_frame_at
 from ..format.store import Store
 from ..state.fold import dead_ids
+from .browse import browse
+from .catalog import KIND_CODES, LEXICAL_KINDS, Catalog, LexicalIndex, rid_at
 from .embed import Embedder, get_embedder
-from .lexical import Lexical
+from .entries import check_ids_distinct, entries_disagree
+from .lexsnap import BLOB_TYPE as LEX_BLOB
+from .params import first_params, index_params
+from .params import params_of as _params_of
 from .vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
 
 log = logging.getLogger("capsule")
 MODES = ("auto", "vector", "lexical", "hybrid")
+_SCAN_KINDS = frozenset({"memory", "note", "decision", "vindex"})
+_PARAM_KINDS = frozenset({"memory", "vindex"})
+
+
+def _may_fix_params(kind: str, value: dict[str, Any]) -> bool:
+    return kind == "vindex" or value.get("embedding") is not None
 RRF_K = 60  # 16.6: reciprocal rank fusion constant (Cormack et al. 2009)
-LEXICAL_KINDS = ("memory", "note", "decision")
-KIND_CODES = {k: i for i, k in enumerate(LEXICAL_KINDS)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +128,7 @@ class Hit:
     def __init__(self, rid: bytes, score: float, rec: Any, store: Store) -> None:
         self.id: str = rid.hex()
         self.score = score
-        # A lexical hit carries the catalog's copy, which lacks the embedding: enough
-        # for text, tags, meta and time; `record` loads the whole record on demand.
-        full = not _slim(rec)
-        self._rec = rec if full else None
+        self._rec = rec  # None: read from the capsule (and checked against its id) on first use
         self._view = rec
         self._store = store
 
@@ -176,47 +188,34 @@ class Hit:
         return f"Hit({self.id[:12]}, {self.score:.4f})"
 
 
-@dataclass(slots=True)
-class _Docs:
-    """The lexical catalog: one entry per memory, note and decision, in commit order."""
-
-    ids: list[bytes] = field(default_factory=list)
-    recs: list[Any] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)
-    ttls: list[int] = field(default_factory=list)
-    tiers: list[int] = field(default_factory=list)
-    kinds: list[int] = field(default_factory=list)
-    tags: list[tuple[str, ...]] = field(default_factory=list)
-    pos: dict[bytes, int] = field(default_factory=dict)
-    lex: Lexical = field(default_factory=Lexical)
-
-
 class Searcher:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.vi: VectorIndex | None = None
         self.params: VectorParams | None = None
         self._vpos = 0  # file offset the vector index has absorbed records up to
-        self._docs: _Docs | None = None
-        self._lpos = C.HEADER_SIZE
+        self.lex = LexicalIndex(store, self._scan, self._lexical_doubt)  # loaded on first use
         self.snapshot_count = 0  # vectors in the newest snapshot blob
         self.doubt: str | None = None  # why a snapshot blob was not used
         self.notice: str | None = None  # how the last search departed from what was asked (auto mode)
         self._dead: tuple[int, set[bytes]] | None = None
         self._gone: tuple[tuple[int, int], np.ndarray] | None = None  # labels of dead ids, per snapshot
+        self._vouched: set[int] = set()  # snapshot labels whose memories were read and agree (16.3)
         self.pending_vectors = 0  # committed through this handle since the newest snapshot
         self._cfg_pos = C.HEADER_SIZE  # config(): scanned for a first embedding up to here
 
     # --- reading records ------------------------------------------------------------
-    def _scan(self, pos: int) -> Iterator[tuple[bytes, Any]]:
-        """Records in the committed frames from ``pos`` on, in commit order.
+    def _scan(self, pos: int, kinds: frozenset[str] = _SCAN_KINDS,
+              want: Callable[[str, dict[str, Any]], bool] | None = None, end: int | None = None,
+              ) -> Iterator[tuple[bytes, Any]]:
+        """Records of ``kinds`` in the committed frames from ``pos`` on (up to ``end``), in commit order.
 
         Hops from frame header to frame header and reads only RECORDS frames, each
         checked against its own chain link (4.2): a snapshot blob is never read
         here, so a damaged one cannot stop a rebuild from the records."""
         snap, h = self.store.snap, self.store.h
         seq: int | None = None
-        while pos < snap.end:
+        while pos < (snap.end if end is None else end):
             fh = parse_frame_header(h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
                                     max_frame_len=snap.header.max_frame_len)
             if fh.end > snap.end:
@@ -229,7 +228,7 @@ class Searcher:
                     kind = value.get("kind") if isinstance(value, dict) else None
                     if not isinstance(kind, str):
                         raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
-                    if kind in LEXICAL_KINDS or kind == "vindex":
+                    if kind in kinds and (want is None or (isinstance(value, dict) and want(kind, value))):
                         rid = content_id(kind, data)
                         yield rid, decode_record(value, rid)
             pos, seq = fh.end, fh.seq + 1
@@ -247,16 +246,22 @@ class Searcher:
             return None
 
     def config(self) -> VectorParams | None:
-        """16.1: the vector parameters in force (snapshot, else the first vindex record)."""
+        """16.1: the vector parameters in force: what the INDEX (9.2 `vectors`) or a snapshot
+        says, else the first vindex record (or embedding) in the records the INDEX does not cover."""
         if self.params is None:
-            got = self._blob_params()
+            snap = self.store.snap
+            said = index_params(snap.vectors)
+            got = self._blob_params() if said is None or said[1] is None else (said[1], 0)
+            start = self._cfg_pos if said is None else max(self._cfg_pos, said[0])
             if got is not None:
                 self.params = got[0]
-            elif self._cfg_pos < self.store.snap.end and ({"vindex", "memory"} & set(self.store.snap.kinds)):
+            elif start < snap.end and ({"vindex", "memory"} & set(snap.kinds)):
                 # 16.1: the first vindex record, or else the defaults with the first
                 # embedding's dimension (with no vindex record in the file at all).
-                want_vindex = "vindex" in self.store.snap.kinds
-                for _, rec in self._scan(self._cfg_pos):
+                want_vindex = "vindex" in snap.kinds
+                # only a vindex record or a memory holding an embedding can fix them: the
+                # rest of a text capsule's tail is never built into record objects
+                for _, rec in self._scan(start, _PARAM_KINDS, _may_fix_params):
                     if rec.kind == "vindex":
                         self.params = _params_of(rec)
                         break
@@ -264,13 +269,21 @@ class Searcher:
                         self.params = VectorParams(dim=len(rec.embedding))
                         break
                 else:
-                    self._cfg_pos = self.store.snap.end  # none so far: resume from here next time
+                    self._cfg_pos = snap.end  # none so far: resume from here next time
         return self.params
+
+    def index_value(self, items: Sequence[Item]) -> dict[str, int | str]:
+        """9.2 `vectors` for an INDEX after ``items`` (this commit's records); ``{}``: none fixed."""
+        p = self.config() or first_params(items)
+        return {} if p is None else p.to_value()
 
     def dead(self) -> set[bytes]:
         snap = self.store.snap
         if "revert" not in snap.kinds:
             return set()
+        if self.lex.cat is not None or LEX_BLOB in snap.blobs:
+            # the lexical snapshot carries the dead ids before it (16.8): no scan of history
+            return self.docs().dead
         if self._dead is None or self._dead[0] != snap.end:
             self._dead = (snap.end, dead_ids(self.store.records(kind="revert")))
         return self._dead[1]
@@ -292,6 +305,7 @@ class Searcher:
                     if len(vi) > snap.kinds.get("memory", 0):
                         raise CorruptError("vector index snapshot: more vectors than memories",
                                            offset=ref.offset, check="vindex")
+                    check_ids_distinct(vi.ids.tobytes(), where=ref.offset)
                     self.vi, self.params, self._vpos = vi, vi.params, after
                     self.snapshot_count = len(vi)
                 except CorruptError as e:
@@ -334,26 +348,13 @@ class Searcher:
         self._vpos = end
 
     # --- the lexical index -------------------------------------------------------------
-    def docs(self) -> _Docs:
-        if self._docs is None:
-            self._docs = _Docs()
-        d = self._docs
-        if self._lpos < self.store.snap.end:
-            for rid, rec in self._scan(self._lpos):
-                if rec.kind not in KIND_CODES:
-                    continue
-                d.pos[rid] = len(d.ids)
-                d.ids.append(rid)
-                # the catalog keeps no embeddings (they are in the vector index, or on disk)
-                d.recs.append(_SlimMemory(rec) if getattr(rec, "embedding", None) is not None else rec)
-                d.times.append(rec.time)
-                d.ttls.append(getattr(rec, "ttl", None) or 0)
-                d.tiers.append(TIERS[getattr(rec, "tier", "working")])
-                d.kinds.append(KIND_CODES[rec.kind])
-                d.tags.append(tuple(getattr(rec, "tags", ())))
-                d.lex.add(rec.summary + "\n" + rec.rationale if rec.kind == "decision" else rec.text)
-            self._lpos = self.store.snap.end
-        return d
+    def docs(self) -> Catalog:
+        """The lexical catalog (16.4, 16.8), caught up with the snapshot."""
+        return self.lex.get()
+
+    def _lexical_doubt(self, why: str) -> None:
+        self.doubt = why if not self.doubt else f"{self.doubt}; {why}"
+        log.warning("capsule %s: %s", self.store.path, why)
 
     # --- filters ------------------------------------------------------------------------
     def _mask(self, n: int, dead: np.ndarray, times: np.ndarray, ttls: np.ndarray, tiers: np.ndarray,
@@ -396,11 +397,9 @@ class Searcher:
             return None
         meta_of = None
         if flt.meta:
-            d = self.docs()
 
             def meta_of(i: int) -> Mapping[str, Any]:
-                j = d.pos.get(vi.ids[i])
-                return (getattr(d.recs[j], "meta", None) or {}) if j is not None else {}
+                return self._meta(vi.ids[i])
 
         key = (self.store.snap.end, len(vi))
         if self._gone is None or self._gone[0] != key:
@@ -415,53 +414,67 @@ class Searcher:
             return []
         qv = vi.prepare(q)
         mask = self._vector_mask(vi, flt, now)
-        return [(vi.ids[label], score, None) for label, score in vi.search(qv, k, mask, ef)]
+        found = vi.search(qv, k, mask, ef)
+        # 16.3: a snapshot entry is used only once the memory it names agrees with it
+        fresh = [lab for lab, _ in found if lab < self.snapshot_count and lab not in self._vouched]
+        why = entries_disagree(vi, fresh, self.store.get) if fresh else None
+        if why is not None:
+            ref = self.store.snap.blobs[BLOB_TYPE]
+            self._drop_snapshot(CorruptError(f"vector index snapshot: {why}", offset=ref.offset, check="vindex"))
+            return self.vector_search(q, k, flt, now, ef)
+        self._vouched.update(fresh)
+        return [(vi.ids[label], score, None) for label, score in found]
+
+    def _drop_snapshot(self, e: CorruptError) -> None:
+        """Stop using the snapshot (16.2, 16.3): rebuild from the records, and say why."""
+        self.doubt = f"{e}; rebuilt the vector index from the records"
+        log.warning("capsule %s: %s", self.store.path, self.doubt)
+        self.vi, self._vpos, self.snapshot_count, self._gone, self._vouched = None, C.HEADER_SIZE, 0, None, set()
 
     def lexical_search(self, query: str, k: int, flt: Filter, now: int) -> list[tuple[bytes, float, Any]]:
+        try:
+            return self._lexical_search(query, k, flt, now)
+        except CorruptError as e:
+            if e.check != "lexical" or self.lex.cat is None or self.lex.cat.snapshot is None:
+                raise
+            self.lex.rebuild(e)  # a bound failed in what this query read (16.8)
+            return self._lexical_search(query, k, flt, now)
+
+    def _lexical_search(self, query: str, k: int, flt: Filter, now: int) -> list[tuple[bytes, float, Any]]:
         d = self.docs()
-        if not d.ids:
-            return []
-        scores = d.lex.scores(query)
-        cand = np.flatnonzero(scores > 0)
+        cand, scores = d.scores(query)
         if len(cand) == 0:
             return []
-        dead = self.dead()
-        gone = [j for j, i in enumerate(cand.tolist()) if d.ids[i] in dead] if dead else []
-        tags = [d.tags[i] for i in cand.tolist()]
+        m = self.catalog_mask(d, cand, flt, now)
+        cand, scores = cand[m], scores[m]
+        ids = d.column("ids", cand)
+        return [(rid_at(ids, i), s, None) for i, s in _top(scores, ids, k)]
 
-        def tag_mask(t: str) -> np.ndarray:
-            return np.fromiter((t in ts for ts in tags), bool, len(tags))
+    def catalog_mask(self, d: Catalog, cand: np.ndarray, flt: Filter, now: int) -> np.ndarray:
+        """Which catalog documents at ``cand`` (positions ascending) may be returned (16.6)."""
+        ids = d.column("ids", cand) if flt.meta else cand[:0]  # meta filters read the records (by id)
+        return self._mask(len(cand), np.flatnonzero(d.dead_mask(cand)), d.column("time", cand),
+                          d.column("ttl", cand), d.column("tier", cand), lambda t: d.tag_mask(t, cand),
+                          d.column("kind", cand), flt, now, lambda j: self._meta(rid_at(ids, j)))
 
-        m = self._mask(len(cand), np.array(gone, np.int64), np.array([d.times[i] for i in cand], np.int64),
-                       np.array([d.ttls[i] for i in cand], np.int64), np.array([d.tiers[i] for i in cand]),
-                       tag_mask, np.array([d.kinds[i] for i in cand]), flt, now,
-                       lambda j: getattr(d.recs[int(cand[j])], "meta", None) or {})
-        cand = cand[m]
-        return [(d.ids[i], s, d.recs[i]) for i, s in _top(cand, scores[cand], d.ids, k)]
-
-
-class _SlimMemory:
-    """A memory without its embedding, for the lexical catalog."""
-
-    __slots__ = ("kind", "id", "text", "tags", "meta", "time", "tier", "ttl", "source")
-
-    def __init__(self, m: Any) -> None:
-        self.kind, self.id, self.text, self.tags, self.meta = m.kind, m.id, m.text, m.tags, m.meta
-        self.time, self.tier, self.ttl, self.source = m.time, m.tier, m.ttl, m.source
+    def _meta(self, rid: bytes) -> Mapping[str, Any]:
+        """A record's meta, read through the store (checked against its id)."""
+        rec = self.store.get(rid)
+        if rec is None:
+            raise CorruptError(f"the search index names record {rid.hex()}, which is not in the capsule",
+                               check="vindex")
+        return getattr(rec, "meta", None) or {}
 
 
-def _slim(rec: Any) -> bool:
-    return isinstance(rec, _SlimMemory)
-
-
-def _top(cand: np.ndarray, scores: np.ndarray, ids: Sequence[bytes], k: int) -> list[tuple[int, float]]:
-    """The best ``k`` by score, ties by id, exactly (every tie at the cut is considered)."""
-    if len(cand) > k:
+def _top(scores: np.ndarray, ids: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The best ``k`` (index, score) by score, ties by id (``S32``), exactly: every tie at the cut is considered."""
+    idx = np.arange(len(scores))
+    if len(scores) > k:
         kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-        keep = scores >= kth
-        cand, scores = cand[keep], scores[keep]
-    order = sorted(range(len(cand)), key=lambda i: (-float(scores[i]), ids[int(cand[i])]))
-    return [(int(cand[i]), float(scores[i])) for i in order[:k]]
+        idx = np.flatnonzero(scores >= kth)
+    # S32 order is byte order for ids of one width; the primary key is the last one
+    order = idx[np.lexsort((ids[idx], -scores[idx]))][:k]
+    return [(int(i), float(scores[i])) for i in order]
 
 
 def _jsonable(v: Any) -> Any:
@@ -479,10 +492,6 @@ def _same(have: Any, want: bytes) -> bool:
         return canon.pack(have) == want
     except Exception:
         return False
-
-
-def _params_of(rec: Any) -> VectorParams:
-    return VectorParams(rec.space, rec.dim, rec.M, rec.ef_construction, rec.seed, rec.embedder)
 
 
 def fuse(lists: Sequence[Sequence[tuple[bytes, float, Any]]], k: int) -> list[tuple[bytes, float, Any]]:
@@ -509,13 +518,13 @@ def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int 
         raise UsageError("ef must be an integer in 1..100000")
     if query is not None and not isinstance(query, str):
         raise UsageError("query must be a string")
-    if query is None and vector is None:
-        raise UsageError("give a query text, a query vector, or both")
     flt = Filter.build(**filters)
     st = s.store
     st.check_open()
     if now is None:
         now = st.snap.commit.time if st.pinned and st.snap.commit else st.clock()
+    if vector is None and not (query or "").strip():  # nothing to rank by: list, newest first
+        return [Hit(rid, score, rec, st) for rid, score, rec in browse(s, k, flt, now)]
     text = query or ""
     auto = mode == "auto"
     s.notice = None

@@ -41,14 +41,12 @@ from ..format.keys import CHECKPOINT_PAYLOAD_TYPE, PublicKey
 from ..format.records import decode_record, record_id
 from ..format.scan import Reader, damage_is_not_a_crash, label_key
 from ..format.signing import Keyset, anchor_index, count_valid, verify_rotation
+from ..run import actions as _actions  # noqa: F401  (registers kinds)
+from ..run import tasks as _tasks  # noqa: F401  (registers kinds)
 from ..search.lexcheck import BLOB_TYPE as LEX_BLOB
 from ..search.lexcheck import LexicalCheck
 from ..search.vindex import BLOB_TYPE, VectorIndex, VectorParams
-# 7: every built-in kind must be registered before a record is decoded, or it reads as a
-# GenericRecord; the handle imports these too, but verify runs without a handle.
-from ..run import actions as _actions  # noqa: F401
-from ..run import tasks as _tasks  # noqa: F401
-from ..state import kinds as _kinds  # noqa: F401
+from ..state import kinds as _kinds  # noqa: F401  (7: kinds registered before decoding; verify has no handle)
 from ..state.fold import EVENT_KINDS
 from ..state.stateroot import state_root_of
 from .fast import check_frame, record_frame, tables_list
