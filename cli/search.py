@@ -180,7 +180,8 @@ def pack(
     if rep.new != rep.records:
         parts.append(f"{rep.new} new")
     if rep.vectors:
-        parts.append(f"{_plural(rep.vectors, 'vector')} ({rep.embedder} embedder)")
+        how = f"{rep.embedder} embedder" if rep.embedder else "embeddings from the input"
+        parts.append(f"{_plural(rep.vectors, 'vector')} ({how})")
     if rep.skipped:
         parts.append(f"{len(rep.skipped)} skipped")
     out.print(f"{', '.join(parts)}: {output} ({_plural(rep.bytes, 'byte')})")

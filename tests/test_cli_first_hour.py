@@ -443,3 +443,13 @@ def test_rotate_keys_from_the_cli(tmp_path: Path) -> None:
     one_line_error(run("checkpoint", p, "--label", "three", "--key", tmp_path / "old.key", cwd=tmp_path))
     proc = run("verify", p, "--trust", tmp_path / "old.key.pub", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_pack_of_records_with_their_own_embeddings_never_prints_none(tmp_path: Path) -> None:
+    src = tmp_path / "own.jsonl"
+    src.write_text("\n".join(json.dumps({"text": f"fact {i}", "embedding": [float(i + 1), 1.0, 0.5, 0.25]})
+                             for i in range(3)) + "\n")
+    r = run("pack", src, "-o", tmp_path / "own.capsule", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "None" not in r.stdout
+    assert "3 vectors (embeddings from the input)" in r.stdout
