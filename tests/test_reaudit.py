@@ -184,3 +184,21 @@ def test_a_query_vector_with_a_huge_int_is_a_usage_error(tmp_path: Path, number:
     q.write_text(f"[{number}, 1]")
     r = _cli("search", str(p), "--vector", str(q), "--mode", "vector")
     assert r.returncode == 2 and "internal error" not in r.stderr and r.stderr.startswith("capsule: error: --vector")
+
+
+def test_a_query_vector_past_float32_is_refused(tmp_path: Path) -> None:
+    """Re-audit: [1e300]*8 overflowed the cosine norm (a RuntimeWarning and an arbitrary ranking)."""
+    import warnings
+
+    import numpy as np
+
+    p = tmp_path / "q.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            for i in range(4):
+                tx.remember(f"v {i}", embedding=np.full(8, i + 1, np.float32))
+    with capsule.open(p) as cap, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(capsule.UsageError, match="float32"):
+            cap.search(vector=[1e300] * 8, mode="vector")
+        assert len(cap.search(vector=[3e38] * 8, mode="vector", k=2)) == 2  # the edge still works

@@ -43,6 +43,7 @@ SPACES = ("cosine", "ip", "l2")
 TIERS = {"scratch": 0, "working": 1, "validated": 2}
 TIER_NAMES = {v: k for k, v in TIERS.items()}
 BLOB_TYPE = "hnsw"  # 16.2
+_F32_MAX = 3.4028234663852886e38  # the largest finite float32
 MAGIC = b"CAPHNSW1"  # 16.2
 NO_TTL = 0
 #: An exact scan is as fast as the graph, and exact by definition, for up to this many
@@ -282,6 +283,9 @@ class VectorIndex:
                              f"{self.params.dim}")
         if not np.all(np.isfinite(v)):
             raise UsageError("the query vector has a NaN or infinite value")
+        if v.size and float(np.max(np.abs(v))) > _F32_MAX:
+            # embeddings are float32 (7.1); past its range a norm or a product overflows
+            raise UsageError("the query vector has a value outside the float32 range of embeddings")
         if self.params.space == "cosine":
             norm = math.sqrt(float(np.dot(v, v)))
             if norm == 0.0:
