@@ -193,10 +193,9 @@ def test_a_query_vector_past_float32_is_refused(tmp_path: Path) -> None:
     import numpy as np
 
     p = tmp_path / "q.capsule"
-    with capsule.create(p) as cap:
-        with cap.commit() as tx:
-            for i in range(4):
-                tx.remember(f"v {i}", embedding=np.full(8, i + 1, np.float32))
+    with capsule.create(p) as cap, cap.commit() as tx:
+        for i in range(4):
+            tx.remember(f"v {i}", embedding=np.full(8, i + 1, np.float32))
     with capsule.open(p) as cap, warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(capsule.UsageError, match="float32"):

@@ -457,17 +457,17 @@ def test_13_3_the_spec_lists_no_check_the_code_never_reports() -> None:
 # --- 12.5: minor versions ------------------------------------------------------------------------------
 
 
-def test_12_5_a_minor_above_one_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_12_5_a_minor_above_this_one_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import capsule.handle.entry as entry
 
     path = tmp_path / "a.capsule"
-    monkeypatch.setattr(entry, "FileHeader", lambda fid: FileHeader(fid, minor=2))
+    monkeypatch.setattr(entry, "FileHeader", lambda fid: FileHeader(fid, minor=C.FORMAT_MINOR + 1))
     with capsule.create(path) as cap, cap.commit() as tx:
         rid = tx.remember("from the future")
     monkeypatch.undo()
-    assert path.read_bytes()[9] == 2
+    assert path.read_bytes()[9] == C.FORMAT_MINOR + 1
     rep = capsule.verify(path)
-    assert rep.ok and rep.format_version == "1.2"
+    assert rep.ok and rep.format_version == f"1.{C.FORMAT_MINOR + 1}"
     with capsule.open(path) as cap:
         assert [r.id for r in cap.records()] == [rid]
 

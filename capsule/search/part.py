@@ -1,10 +1,11 @@
-"""The search side of a capsule handle: its Searcher and when to snapshot (spec 16.1, 16.3).
+"""The search side of a capsule handle: its Searcher and when to snapshot (spec 16.1, 16.3, 16.8).
 
 The handle delegates every search call here. This part decides when the vector
-index is written back as a BLOB snapshot (after a commit past a threshold, on
-close when cheap, on demand) and fixes the index parameters with the first
-embedding. It writes only through the ``write_blob`` callback the handle gives
-it, so a snapshot is one more commit of the handle's own writer.
+index and the lexical catalog are written back as BLOB snapshots (after a
+commit past a threshold, on close, on demand) and fixes the vector index
+parameters with the first embedding. It writes only through the
+``write_blob`` callback the handle gives it, so a snapshot is one more commit
+of the handle's own writer.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import CapsuleError, InvalidRecordError, UsageError
+from ..format.batch import RecordBatch
+from ..format.index import plan_merge
 from ..format.records import _REGISTRY, encode_record
 from ..format.store import Store
 from ..format.writer import Item
+from . import lexsnap
+from .catalog import LEXICAL_KINDS, peek_covered
 from .engine import Hit, Searcher
 from .engine import search as run_search
 from .vindex import BLOB_TYPE, VectorIndex, VectorParams
@@ -26,6 +31,15 @@ SNAPSHOT_ON_CLOSE = 256
 SNAPSHOT_EVERY = 16_384
 #: Close builds an index nobody loaded this session only when this few vectors need inserting.
 CLOSE_BUILD_MAX = 16_384
+#: 16.8 writer policy: a lexical snapshot on close when this many searchable records are
+#: not in the newest one (the session committed or searched),
+LEX_SNAPSHOT_ON_CLOSE = 256
+#: and after a commit once this many are not, while the catalog is loaded; so a reader
+#: catches up at most about this many records (tens of ms) before its first query.
+LEX_SNAPSHOT_EVERY = 4096
+#: A handle keeps what it commits for the catalog (16.8) until it writes a snapshot; it writes
+#: one after a commit once this many records wait (so that memory stays bounded).
+LEX_FED_MAX = 1 << 18
 
 
 class SearchPart:
@@ -89,29 +103,41 @@ class SearchPart:
         rid, data = encode_record(cfg)
         return have, (rid, "vindex", data)
 
-    def committed(self, vectors: int, params: VectorParams | None) -> BaseException | None:
+    def committed(self, vectors: int, params: VectorParams | None,
+                  fed: tuple[RecordBatch, int, int] | None = None) -> BaseException | None:
         """After a commit that added ``vectors`` embeddings: snapshot at the threshold (16.3).
+        ``fed``: the records it wrote and where (16.8: the lexical catalog takes them from
+        there, not from the file).
 
         Returns the error of a failed snapshot: the commit before it is durable,
         only the optional snapshot failed (an I/O error also poisons the writer,
         so the next commit says so)."""
-        s = self.searcher() if vectors else self._s
+        s = self.searcher() if vectors or fed else self._s
         if s is None:
             return None
         if params is not None and s.params is None:
             s.params = params
         s.pending_vectors += vectors
-        if s.vi is not None and s.pending_vectors >= max(SNAPSHOT_EVERY, s.snapshot_count):
-            try:
+        try:
+            if fed is not None:
+                s.lex.feed(*fed)
+            if s.vi is not None and s.pending_vectors >= max(SNAPSHOT_EVERY, s.snapshot_count):
                 s.vectors()
                 self.write_snapshot()
-            except (CapsuleError, OSError) as e:
-                return e.with_traceback(None)
+            if (s.lex.cat is not None and self.lexical_pending() >= LEX_SNAPSHOT_EVERY) \
+                    or s.lex.fed_records() >= LEX_FED_MAX:
+                self.write_lexical()
+        except (CapsuleError, OSError) as e:
+            return e.with_traceback(None)
         return None
 
     def on_close(self) -> None:
-        """16.3: a snapshot of the vector index, so the next open need not insert much."""
+        """16.3, 16.8: snapshots of the vector index and the lexical catalog, so the next
+        open need not insert or tokenize much."""
         s = self._s
+        if (self.store.committed or (s is not None and s.lex.cat is not None)) \
+                and self.lexical_pending() >= LEX_SNAPSHOT_ON_CLOSE:
+            self.write_lexical()
         if s is None:
             return
         if s.vi is None and s.pending_vectors >= SNAPSHOT_ON_CLOSE:
@@ -133,7 +159,13 @@ class SearchPart:
         s = self.searcher()
         p = s.config()
         ref = self.store.snap.blobs.get(BLOB_TYPE)
+        lref = self.store.snap.blobs.get(lexsnap.BLOB_TYPE)
+        d = s.lex.cat
         return {"vectors": None if p is None else {**p.to_value(), "embedder": p.embedder},
+                "lexical": {"indexed": None if d is None else d.n,
+                            "snapshot": None if lref is None else {
+                                "offset": lref.offset, "bytes": lref.size, "parts": lref.parts,
+                                "sha256": lref.id.hex(), "documents": peek_covered(self.store) or None}},
                 "indexed": None if s.vi is None else len(s.vi),
                 "snapshot": None if ref is None else {"offset": ref.offset, "bytes": ref.size, "parts": ref.parts,
                                                       "sha256": ref.id.hex(),
@@ -142,11 +174,47 @@ class SearchPart:
                 "doubt": s.doubt, "notice": s.notice}
 
     def save(self) -> bool:
+        """Snapshots of what the newest ones lack (16.3; 16.8 from LEX_SNAPSHOT_ON_CLOSE
+        records on: fewer are caught up in no time); True if one was written."""
         s = self.searcher()
+        wrote = self.write_lexical() if self.lexical_pending() >= LEX_SNAPSHOT_ON_CLOSE else False
         vi = s.vectors()
-        if vi is None or (len(vi) == s.snapshot_count and BLOB_TYPE in self.store.snap.blobs):
+        if vi is not None and (len(vi) != s.snapshot_count or BLOB_TYPE not in self.store.snap.blobs):
+            self.write_snapshot()
+            wrote = True
+        return wrote
+
+    def lexical_pending(self) -> int:
+        """Searchable records not in the newest lexical snapshot (no scan: counts and one header)."""
+        d = self._s.lex.cat if self._s is not None else None
+        covered = d.covered if d is not None else peek_covered(self.store)
+        return sum(self.store.snap.kinds.get(k, 0) for k in LEXICAL_KINDS) - covered
+
+    def write_lexical(self) -> bool:
+        """16.8: append the records since the newest snapshot as a new segment blob.
+
+        The new segment absorbs each newest older snapshot segment no more than
+        twice its size (9.3's binary counter) and names the rest as its base, so a
+        snapshot rewrites O(log n) segments, never the whole catalog. Segments taken
+        from the file are checked whole before they are merged (16.8)."""
+        s = self.searcher()
+        d = s.docs()
+        if d.n == d.covered:
             return False
-        self.write_snapshot()
+        kept = [x for x in d.segs if x.ref is not None]
+        new = lexsnap.merge([x for x in d.segs if x.ref is None])
+        k = plan_merge([x.n for x in kept], new.n)
+        k = max(k, len(kept) - lexsnap.MAX_BASE)
+        for x in kept[len(kept) - k :]:
+            x.check_all()
+        head = lexsnap.merge([*kept[len(kept) - k :], new])
+        base = kept[: len(kept) - k]
+        blob = lexsnap.encode(head, [x.ref for x in base if x.ref is not None], d.reverts)
+        self._write_blob((lexsnap.BLOB_TYPE, blob))
+        ref = self.store.snap.blobs[lexsnap.BLOB_TYPE]
+        head.ref, head.checked = ref, True
+        d.segs = [*base, head]
+        d.snapshot, d.covered, d.pos = ref, d.n, self.store.snap.end
         return True
 
     def write_snapshot(self, *, reload: bool = True) -> None:

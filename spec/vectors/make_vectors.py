@@ -46,7 +46,7 @@ def build(out: Path) -> dict[str, Any]:
     """Write every vector into ``out`` and return the expected-values document."""
     os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.capsule"):  # only this folder: v1.0/ keeps the 1.0 vectors
+    for old in out.glob("*.capsule"):  # only this folder: v1.0/ and v1.1/ keep the older vectors
         old.unlink()
     docs: dict[str, Any] = {}
 
@@ -117,7 +117,7 @@ def build(out: Path) -> dict[str, Any]:
         cap.checkpoint("day-2", key=[k2, k3])
         cap.rollback("day-1", key=[k2, k3])
     docs["agent"] = {**_ids_roots(p), "checkpoints": _checkpoints(p), "keyset": _keyset(p),
-                     "trust_key": k1.public_key.to_text()}
+                     "trust_key": k1.public_key.to_text(), "approvals": _approvals(p)}
 
     # 7. Search (1.1): a vindex record, memories with vectors, a snapshot blob named by
     #    the INDEX, one memory after it (inserted on open), and expected results.
@@ -163,6 +163,18 @@ def _checkpoints(path: Path) -> list[dict[str, Any]]:
     with capsule.open(path) as cap:
         return [{k: c.to_dict()[k] for k in ("label", "seq", "hash", "state_root", "signers")}
                 for c in cap.checkpoints()]
+
+
+def _approvals(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """7.4: each approval of an active constraint, at day-1 (keyset {k1} in force) and at
+    the end (rotated to {k2, k3}: k1's signature still checks, nothing vouches for k1)."""
+    out = {}
+    for at in ("day-1", None):
+        with capsule.open(path, at=at) as cap:
+            st = cap.state().to_dict()
+        out[at or "last"] = [{"subject": c["id"], **{k: a[k] for k in ("id", "approver", "signature_ok", "verified")}}
+                             for c in st["constraints"] for a in c["approvals"]]
+    return out
 
 
 def _keyset(path: Path) -> str:
