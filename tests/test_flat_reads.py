@@ -302,3 +302,19 @@ def test_files_without_the_key_are_read_as_before(tmp_path: Path) -> None:
     with capsule.open(old) as cap:
         assert cap.vector_config() == capsule.VectorParams("cosine", 4, 4, 20, 7)
     assert capsule.verify(old).ok
+
+
+def test_get_from_a_big_commit_reads_one_small_frame(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A record is read by decompressing its RECORDS frame: a writer keeps those near 64 KiB
+    (9.3), so a get from a commit of 40k records does not inflate a megabyte-sized frame
+    (1.57 ms per get at 100k records in benchmarks/scale.py before, 0.02 ms at 10k)."""
+    import hashlib
+
+    p = tmp_path / "big.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:  # ~3.6 MB of text that zstd cannot shrink much
+        ids = tx.put_many([{"text": f"record {i} " + hashlib.sha256(b"%d" % i).hexdigest()}
+                           for i in range(40_000)])
+    with capsule.open(p) as cap:
+        reads = _reads(monkeypatch, lambda: cap.get(ids[len(ids) // 2]))
+        assert cap.get(ids[-1]).text.startswith("record 39999")
+    assert reads.bytes <= 96 << 10, reads

@@ -107,7 +107,7 @@ MAX_SEGMENTS = 64  # 11
 
 # Writer policy (not part of the format): records per RECORDS frame and when to
 # write an INDEX frame.
-FRAME_TARGET_RAW = 1 << 20
+FRAME_TARGET_RAW = 1 << 16  # 64 KiB: a read of one record decompresses at most this much
 # A writer's frame is either records of at most FRAME_TARGET_RAW bytes (a value
 # of N bytes holds at most N objects) or one record, so it never passes the cap.
 assert max(FRAME_TARGET_RAW, MAX_RECORD_OBJECTS) < MAX_FRAME_OBJECTS
