@@ -74,7 +74,7 @@ class Store:
         self.mode: Mode = mode
         self.clock = clock
         self.pinned = False  # a view of an older commit never moves
-        self._frame_cache: OrderedDict[int, tuple[bytes, list[int]]] = OrderedDict()
+        self._frame_cache: OrderedDict[int, tuple[bytes, Sequence[int]]] = OrderedDict()
         self._cache_lock = threading.Lock()
         # Writers: a handle that never committed writes no INDEX on close (the one
         # thing it may write is a vector snapshot of an index it built, 16.3).
@@ -143,7 +143,7 @@ class Store:
                 out |= hit
         return out
 
-    def frame_slots(self, offset: int, snap: Snapshot | None = None) -> tuple[bytes, list[int]]:
+    def frame_slots(self, offset: int, snap: Snapshot | None = None) -> tuple[bytes, Sequence[int]]:
         """The raw payload of a RECORDS frame and the byte offsets of its records.
 
         Reading one record skips to its slot instead of decoding the whole
