@@ -29,6 +29,14 @@ else:
 Item = tuple[bytes, str, bytes]
 
 
+def _at(raw: bytes | bytearray, i: int) -> int:
+    """Where the i-th 32-byte id starts in ``raw`` (negative i counts from the end)."""
+    n = len(raw) // 32
+    if not -n <= i < n:
+        raise IndexError("id index out of range")
+    return 32 * (i % n)
+
+
 class IdList(Sequence[str]):
     """Record ids as hex strings, kept as 32 raw bytes each (``raw``)."""
 
@@ -48,11 +56,8 @@ class IdList(Sequence[str]):
     def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError("id index out of range")
-        i %= n
-        return self.raw[32 * i : 32 * i + 32].hex()
+        j = _at(self.raw, i)
+        return self.raw[j : j + 32].hex()
 
     def __iter__(self) -> Iterator[str]:
         raw = self.raw
@@ -227,11 +232,8 @@ class _Ids(Sequence[bytes]):
     def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError("id index out of range")
-        i %= n
-        return bytes(self._raw[32 * i : 32 * i + 32])
+        j = _at(self._raw, i)
+        return bytes(self._raw[j : j + 32])
 
     def __iter__(self) -> Iterator[bytes]:
         raw = self._raw
