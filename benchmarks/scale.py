@@ -86,7 +86,7 @@ from _common import (
     write_results,
 )
 from search import DIM, EF_CONSTRUCTION, EF_DEFAULT, HNSW_SEED, K, M, exact_top, make_vectors
-from store import _OBJ, _PROJ, _SRC, _SUBJ, _TAGS, _VERB, Rec, _vocab, json_body
+from store import MemoryGen, Rec, json_body
 
 import capsule
 
@@ -133,27 +133,11 @@ def label(n: int) -> str:
 # --- data ----------------------------------------------------------------------------------------
 
 
-class ScaleGen:
-    """A deterministic stream of memories with ~200 bytes of text, 2-3 tags and
-    meta; unique texts (each carries its ordinal), so nothing deduplicates."""
-
-    def __init__(self, seed: int = SEED) -> None:
-        self.rng = random.Random(seed)
-        self.i = 0
-
-    def take(self, n: int) -> list[Rec]:
-        r, out = self.rng, []
-        words, cum = _vocab()
-        for _ in range(n):
-            i = self.i
-            subj = r.choice(_SUBJ)
-            free = " ".join(r.choices(words, cum_weights=cum, k=r.randint(10, 15)))
-            text = (f"{subj[:1].upper()}{subj[1:]} {r.choice(_VERB)} {r.choice(_OBJ)}: {free} "
-                    f"({r.choice(_PROJ)}-{r.randrange(100_000)}, #{i}).")
-            meta = {"src": r.choice(_SRC), "session": i // 500, "turn": r.randrange(1, 500)}
-            out.append((text, r.sample(_TAGS, r.choice((2, 3))), meta, T0_NS + i * 1_000))
-            self.i += 1
-        return out
+def ScaleGen(seed: int = SEED) -> MemoryGen:  # noqa: N802 - reads as the class it returns
+    """A deterministic stream of memories with ~200 bytes of text, 2-3 tags and meta
+    (store.py's generator with more free words and a session number); unique texts
+    (each carries its ordinal), so nothing deduplicates."""
+    return MemoryGen(seed, free_words=(10, 15), session_every=500)
 
 
 def jsonl_bytes(rec: Rec, emb: np.ndarray | None) -> int:

@@ -134,21 +134,27 @@ class MemoryGen:
     addressing never collapses two of them and both systems store every row.
     """
 
-    def __init__(self, seed: int = 1) -> None:
+    def __init__(self, seed: int = 1, *, free_words: tuple[int, int] = (6, 9), session_every: int = 0) -> None:
         self.rng = random.Random(seed)
         self.i = 0
+        self.free_words = free_words  # how many free words follow the templated fact
+        self.session_every = session_every  # >0: meta also names a session of this many records
 
     def take(self, n: int) -> list[Rec]:
         r, out = self.rng, []
         words, cum = _vocab()
+        lo, hi = self.free_words
         for _ in range(n):
             i = self.i
             subj = r.choice(_SUBJ)
-            free = " ".join(r.choices(words, cum_weights=cum, k=r.randint(6, 9)))
+            free = " ".join(r.choices(words, cum_weights=cum, k=r.randint(lo, hi)))
             text = (f"{subj[:1].upper()}{subj[1:]} {r.choice(_VERB)} {r.choice(_OBJ)}: {free} "
                     f"({r.choice(_PROJ)}-{r.randrange(100_000)}, #{i}).")
             tags = r.sample(_TAGS, r.choice((2, 3)))
-            meta = {"src": r.choice(_SRC), "turn": r.randrange(1, 500)}
+            meta: dict[str, object] = {"src": r.choice(_SRC)}
+            if self.session_every:
+                meta["session"] = i // self.session_every
+            meta["turn"] = r.randrange(1, 500)
             out.append((text, tags, meta, T0_NS + i * 1_000))
             self.i += 1
         return out
