@@ -40,6 +40,7 @@ from ..format.records import decode_record
 from ..format.store import Store
 from .lexical import TOKENIZER_ID, bm25
 from .lexsnap import BLOB_TYPE, Doc, Segment, build, build_columns, decode, merge, peek
+from ..state.fold import apply_revert
 from .vindex import TIERS
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class Catalog:
         self.segs: list[Segment] = segs or []
         self.reverts: list[bytes] = []  # ids of the revert records, in commit order
         self.dead: set[bytes] = set()
+        self.redacted: set[bytes] = set()  # 7.7.1: never live again
         self.pos = pos  # file offset the catalog has absorbed records up to
         self.snapshot = snapshot  # the newest snapshot it holds (loaded or written)
         self.covered = self.n  # documents in that snapshot
@@ -117,11 +119,10 @@ class Catalog:
         self.segs.append(merge(built))  # one merge for a whole catch-up
         _counter(self.segs)
 
-    def revert(self, rid: bytes, drop: Iterable[bytes], restore: Iterable[bytes]) -> None:
+    def revert(self, rid: bytes, rec: Any) -> None:
         """13.1: one revert event, in commit order."""
         self.reverts.append(rid)
-        self.dead.update(drop)
-        self.dead.difference_update(restore)
+        apply_revert(self.dead, self.redacted, rec)
         self._dead_version += 1
 
     # --- reading --------------------------------------------------------------------------
@@ -207,7 +208,7 @@ class _Fed:
         for i in [i for i, c in enumerate(codes) if c in rev] if rev else ():
             a, b = batch.span(i)
             rec = decode_record(canon.decode(bytes(batch.data[a:b])), batch.rid(i))
-            self.reverts.append((batch.rid(i), rec.drop, rec.restore))
+            self.reverts.append((batch.rid(i), rec))
         if len(doc) == len(kinds):  # all of them (a bulk ingest): the batch as it is
             sel: Sequence[int] = range(count)
         else:
@@ -337,7 +338,7 @@ class LexicalIndex:
             at = d.n + sum(s.n for s in parts)
             for rid, rec in self._scan(pos, _SCAN_KINDS, end=end):
                 if rec.kind == "revert":
-                    d.revert(rid, rec.drop, rec.restore)
+                    d.revert(rid, rec)
                     continue
                 batch.append(doc_of(rid, rec))
                 if len(batch) >= _BATCH:  # tokens and texts are held one batch at a time
@@ -460,7 +461,7 @@ def load(store: Store) -> tuple[Catalog, str | None]:
         if loc is None or rec is None or rec.kind != "revert":
             raise CorruptError(f"lexical snapshot: {rid.hex()[:16]} is not a revert record after the one before it",
                                offset=ref.offset, check="lexical")
-        cat.revert(rid, rec.drop, rec.restore)
+        cat.revert(rid, rec)
         last = loc
     return cat, None
 

@@ -203,23 +203,35 @@ def _times(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def apply_revert(dead: set[bytes], redacted: set[bytes], rec: Any) -> None:
+    """13.1: one ``revert`` event, in commit order: its ``drop`` ids die, then its
+    ``restore`` ids live again, except a redacted id (7.7.1), which never does.
+    ``redacted`` holds the ids redacted so far and gains this event's."""
+    dead.update(rec.drop)
+    if rec.op == "redact":
+        redacted.update(rec.drop)
+    if rec.restore:
+        dead.difference_update([x for x in rec.restore if x not in redacted])
+
+
 def live_records(records: Iterable[Any]) -> list[Any]:
     """The live state records in commit order: events removed, reverts applied (13.1)."""
     recs = list(records)
     dead: set[bytes] = set()
+    red: set[bytes] = set()
     for rec in recs:
         if rec.kind == "revert":
-            dead.update(rec.drop)
-            dead.difference_update(rec.restore)
+            apply_revert(dead, red, rec)
     return [r for r in recs if r.kind not in EVENT_KINDS and bytes.fromhex(r.id) not in dead]
 
 
-def dead_ids(reverts: Iterable[Any]) -> set[bytes]:
-    """Ids that ``revert`` events (in commit order) currently hold dead (13.1)."""
+def dead_ids(reverts: Iterable[Any], redacted: set[bytes] | None = None) -> set[bytes]:
+    """Ids that ``revert`` events (in commit order) currently hold dead (13.1);
+    ``redacted`` (if given) receives the ids redacted among them (7.7.1)."""
     dead: set[bytes] = set()
+    red: set[bytes] = set() if redacted is None else redacted
     for rec in reverts:
-        dead.update(rec.drop)
-        dead.difference_update(rec.restore)
+        apply_revert(dead, red, rec)
     return dead
 
 
@@ -300,6 +312,7 @@ def fold_store(store: Store) -> State:
     reverts = "revert" in snap.kinds  # liveness needs every revert first (13.1): two passes
     rows: list[tuple[bytes, Any]] = []  # with reverts: (id, memory entry or record object)
     dead: set[bytes] = set()
+    red: set[bytes] = set()
     iso_ = _IsoCache()
     live, mems, special = st.live, st.memories, st.special_meta
     assert special is not None
@@ -331,8 +344,7 @@ def fold_store(store: Store) -> State:
                 if entry is None:
                     entry = decode_record(value, rid)
                     if kind == "revert":
-                        dead.update(entry.drop)
-                        dead.difference_update(entry.restore)
+                        apply_revert(dead, red, entry)
                     if reverts:
                         rows.append((rid, entry))
                     elif entry.kind not in EVENT_KINDS:

@@ -17,6 +17,7 @@ from ..core.errors import InvalidRecordError, NonCanonicalError
 from ..format.records import parse_meta, parse_text, parse_time, register_kind
 
 _REQUIRED = object()
+LIFECYCLE_OPS = ("forget", "redact", "supersede", "promote", "demote")  # 7.7.1 (1.3)
 
 
 def parse_id(v: object, name: str = "id") -> bytes:
@@ -299,13 +300,46 @@ class Revert(KindBase):
         Field("to", parse_bytes(32), None, lambda v: v, lambda v: None if v is None else v.hex()),
         Field("drop", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
         Field("restore", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
+        # 1.3 lifecycle events (7.7.1): what happened, to what, why, by whom
+        Field("op", parse_choice(*LIFECYCLE_OPS), None, lambda v: v, lambda v: v),
+        Field("by", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
+        Field("evidence", lambda v, n: parse_ids(v, n), (), _ids_store, _ids_show),
+        Field("reason", _text, ""),
+        Field("actor", _text, ""),
     )
     time: int
     after: bytes  # Merkle root of the last commit before it: makes every revert unique
     to: bytes | None = None  # the checkpoint rolled back to; None when re-adding records
     drop: tuple[bytes, ...] = ()
     restore: tuple[bytes, ...] = ()
+    op: str | None = None  # None: a rollback or a re-add; else a lifecycle event (7.7.1)
+    by: tuple[bytes, ...] = ()  # the replacements (supersede, promote, demote)
+    evidence: tuple[bytes, ...] = ()
+    reason: str = ""
+    actor: str = ""
     id: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        op = self.op
+        if op is None:
+            if self.by or self.evidence or self.reason or self.actor:
+                raise InvalidRecordError("revert: by, evidence, reason and actor need an op (7.7.1)")
+            return
+        if self.to is not None:
+            raise InvalidRecordError(f"revert: a {op} event names no checkpoint (to)")
+        if not self.drop:
+            raise InvalidRecordError(f"revert: a {op} event drops at least one record")
+        if op in ("forget", "redact"):
+            if self.by or self.restore:
+                raise InvalidRecordError(f"revert: a {op} event has no by or restore")
+        elif not self.by:
+            raise InvalidRecordError(f"revert: a {op} event names its replacement (by)")
+        elif op != "supersede" and (len(self.drop) != 1 or len(self.by) != 1):
+            raise InvalidRecordError(f"revert: a {op} event replaces exactly one record by one")
+        if set(self.restore) - set(self.by):
+            raise InvalidRecordError("revert: a lifecycle event restores only its replacements (by)")
+        if set(self.by) & set(self.drop):
+            raise InvalidRecordError("revert: a record cannot replace itself")
 
 
 APPROVAL_PAYLOAD_TYPE = "application/vnd.capsule.approval"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import InvalidRecordError
+from .fold import apply_revert
 
 ACTION_SUBJECT_TAG = b"capsule/v1/action-approval\x00"  # 7.3.1: subject of an approval of an action key
 #: 7.4: what an approver signs (kinds.APPROVAL_PAYLOAD_TYPE; kinds imports this module, not the reverse)
@@ -137,10 +138,10 @@ class PolicyState:
     def __init__(self, records: Iterable[Any]) -> None:
         recs = list(records)
         dead: set[bytes] = set()
+        red: set[bytes] = set()
         for rec in recs:  # 13.1: liveness is the in-order fold of every revert's drop, then restore
             if rec.kind == "revert":
-                dead.update(rec.drop)
-                dead.difference_update(rec.restore)
+                apply_revert(dead, red, rec)
         live = [r for r in recs if r.kind != "revert" and bytes.fromhex(r.id) not in dead]
         active: dict[tuple[str, str], Any] = {}
         self.approvals: dict[bytes, list[Any]] = {}

@@ -47,7 +47,7 @@ from ..search.lexcheck import BLOB_TYPE as LEX_BLOB
 from ..search.lexcheck import LexicalCheck
 from ..search.vindex import BLOB_TYPE, VectorIndex, VectorParams
 from ..state import kinds as _kinds  # noqa: F401  (7: kinds registered before decoding; verify has no handle)
-from ..state.fold import EVENT_KINDS
+from ..state.fold import EVENT_KINDS, apply_revert
 from ..state.stateroot import state_root_of
 from .fast import check_frame, record_frame, tables_list
 from .journal import JournalCheck
@@ -309,6 +309,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     last_ck: CheckpointFrame | None = None
     chain_before = header.chain_seed
     dead: set[bytes] = set()
+    redacted: set[bytes] = set()
     events: set[bytes] = set()
     first_vindex: VectorParams | None = None  # 16.1 over the records so far, for 9.2 `vectors`
     first_dim = 0
@@ -366,8 +367,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                         raise CorruptError(f"record {slot}: revert `after` is not the root of the "
                                                            "last commit before it", offset=fh.offset, seq=fh.seq,
                                                            check="revert-after")
-                                    dead.update(rec.drop)
-                                    dead.difference_update(rec.restore)
+                                    apply_revert(dead, redacted, rec)
                         ids += rid
                         locs.append((fh.offset, slot))
                         lexical.record(kind, rid, fh.offset, slot)
