@@ -25,7 +25,7 @@ ranges. A commit so costs nothing here, and a bulk ingest one tokenizer pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +38,9 @@ from ..format.blob import BlobRef, read_blob
 from ..format.commit import array_header
 from ..format.records import decode_record
 from ..format.store import Store
+from ..state.liveness import apply_revert
 from .lexical import TOKENIZER_ID, bm25
 from .lexsnap import BLOB_TYPE, Doc, Segment, build, build_columns, decode, merge, peek
-from ..state.fold import apply_revert
 from .vindex import TIERS
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ class _Fed:
     held_bytes: int = 0
     held_records: int = 0
     segs: list[Segment] = field(default_factory=list)
-    reverts: list[tuple[bytes, Any, Any]] = field(default_factory=list)
+    reverts: list[tuple[bytes, Any]] = field(default_factory=list)
     ids: bytearray = field(default_factory=bytearray)
     texts: list[str] = field(default_factory=list)
     cols: list[list[np.ndarray]] = field(default_factory=lambda: [[], [], [], []])  # time, ttl, tier, kind

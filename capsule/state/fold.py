@@ -29,6 +29,7 @@ from ..format.commit import decode_records_payload
 from ..format.frames import raw_payload
 from ..format.records import TIERS, GenericRecord, Memory, decode_record, record_id
 from ..format.scan import Reader
+from .liveness import apply_revert
 from .stateroot import state_root_of
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class State:
     live: list[bytes] = field(default_factory=list)
     keys: dict[str, bytes] = field(default_factory=dict)  # key id -> public key any identity published
     vouched: dict[str, bytes] = field(default_factory=dict)  # key id -> key of the keyset in force (7.4)
+    valid_at: int | None = None  # 13.6: the memories are the valid-time view's at this time (int ns)
     #: (tier, index) of the memories whose meta holds a float or a bin value (to_json); None: not tracked
     special_meta: list[tuple[str, int]] | None = field(default_factory=list, repr=False, compare=False)
 
@@ -97,7 +99,9 @@ class State:
 
         active = [c for c in self.constraints.values() if c["status"] == "active"]
         active.sort(key=lambda c: (c["scope"], c["text"]))
+        view = {} if self.valid_at is None else {"valid_at": iso(self.valid_at)}
         return {
+            **view,
             "state_root": self.root,
             "records": len(self.live),
             "memories": {t: self.memories[t] for t in TIERS},
@@ -200,18 +204,11 @@ def _plain(v: Any, raw: Any) -> Any:
 def _times(d: dict[str, Any]) -> dict[str, Any]:
     d = dict(d)
     d["time"] = iso(d["time"])
+    if "valid_from" in d:  # a memory's world-time bounds (7.1, 1.3) print as times too
+        d["valid_from"] = iso(d["valid_from"])
+    if "valid_to" in d:
+        d["valid_to"] = iso(d["valid_to"])
     return d
-
-
-def apply_revert(dead: set[bytes], redacted: set[bytes], rec: Any) -> None:
-    """13.1: one ``revert`` event, in commit order: its ``drop`` ids die, then its
-    ``restore`` ids live again, except a redacted id (7.7.1), which never does.
-    ``redacted`` holds the ids redacted so far and gains this event's."""
-    dead.update(rec.drop)
-    if rec.op == "redact":
-        redacted.update(rec.drop)
-    if rec.restore:
-        dead.difference_update([x for x in rec.restore if x not in redacted])
 
 
 def live_records(records: Iterable[Any]) -> list[Any]:
@@ -300,16 +297,19 @@ _EMPTY: Any = object()
 _PLAIN = frozenset({str, int, bool, type(None)})  # values json and msgspec write alike
 
 
-def fold_store(store: Store) -> State:
+def fold_store(store: Store, view: tuple[int, frozenset[bytes]] | None = None) -> State:
     """The state at ``store``'s snapshot: ``fold(store.records())``, in one pass and
-    without a record object per memory."""
+    without a record object per memory. With ``view`` (valid time, the ids it hides:
+    ``validtime.fold_at``) its memories are the valid-time view's (13.6); its live ids and
+    root stay the commit's."""
     from .memframe import memory_frame  # msgspec loads on first use, not at start-up
 
     store.check_open()
     snap = store.snap
-    st = State()
+    valid_at, hide = (None, None) if view is None else view
+    st = State(valid_at=valid_at)
     dims: list[bytes] = []  # embedding bytes, checked in bulk below
-    reverts = "revert" in snap.kinds  # liveness needs every revert first (13.1): two passes
+    reverts = "revert" in snap.kinds or hide is not None  # liveness needs every revert first (13.1): two passes
     rows: list[tuple[bytes, Any]] = []  # with reverts: (id, memory entry or record object)
     dead: set[bytes] = set()
     red: set[bytes] = set()
@@ -360,9 +360,15 @@ def fold_store(store: Store) -> State:
                     tier.append(entry)
         if dims and not _embeddings_ok(dims):
             return fold(store.records())  # the slow way raises the reader's error, in commit order
-        for rid, entry in rows:
-            if rid not in dead:
-                _place(st, rid, entry)
+        if hide is None:
+            for rid, entry in rows:
+                if rid not in dead:
+                    _place(st, rid, entry)
+        else:  # 13.6: the view's memories; the live ids (and so the root) stay the commit's
+            for rid, entry in rows:
+                if rid not in hide:
+                    _place(st, rid, entry)
+            st.live = [rid for rid, e in rows if rid not in dead and (type(e) is dict or e.kind not in EVENT_KINDS)]
     return st
 
 
@@ -439,7 +445,19 @@ def _memory_entry(v: dict[str, Any], rid: bytes, iso_: _IsoCache, dims: list[byt
                 return None
             d["embedding_dim"] = shape[0]
             dims.append(emb["data"])
-        if len(v) != n + ("ttl" in d) + ("source" in d) + ("embedding_dim" in d):
+        vf, vt = v.get("valid_from"), v.get("valid_to")
+        if vf is not None or vt is not None:  # 7.1 (1.3): times, and from < to when both
+            for b in (vf, vt):
+                if b is not None and (type(b) is not int or not 0 <= b < _TIME_MAX):
+                    return None
+            if vf is not None and vt is not None and not vf < vt:
+                return None
+            if vf is not None:
+                d["valid_from"] = iso_(vf)
+            if vt is not None:
+                d["valid_to"] = iso_(vt)
+        if len(v) != n + ("ttl" in d) + ("source" in d) + ("embedding_dim" in d) + ("valid_from" in d) + (
+                "valid_to" in d):
             return None  # a field present as nil
     return d
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import InvalidRecordError
-from .fold import apply_revert
+from .liveness import apply_revert
 
 ACTION_SUBJECT_TAG = b"capsule/v1/action-approval\x00"  # 7.3.1: subject of an approval of an action key
 #: 7.4: what an approver signs (kinds.APPROVAL_PAYLOAD_TYPE; kinds imports this module, not the reverse)
