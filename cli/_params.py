@@ -39,6 +39,23 @@ AtOpt = Annotated[
                  "durable), a commit root prefix (>= 4 hex digits) or an ISO-8601 time."),
 ]
 
+ValidAtOpt = Annotated[
+    str | None,
+    typer.Option("--valid-at", metavar="TIME", help="What was true in the world at this ISO-8601 time (or int "
+                 "ns), as known at the view: memories whose valid_from/valid_to/ttl window holds it, and ones "
+                 "a later fact superseded while they were true."),
+]
+
+
+def valid_at_iso(v: str | None) -> str | None:
+    """The ``--valid-at`` a command applied, as --json says it (ISO-8601); a bad one is a UsageError."""
+    if v is None:
+        return None
+    from capsule.core.clock import iso
+    from capsule.state.validtime import parse_valid_at
+
+    return iso(parse_valid_at(int(v) if v.isdigit() else v))
+
 
 def meta_value(text: str) -> Any:
     """The one typing rule for ``--meta`` VALUEs: valid (strict) JSON is that value, anything else is text."""

@@ -78,9 +78,9 @@ def beliefs(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, limit: L
         return
     t = Table("group", "count", "newest")
     for tier, g in d["memories"].items():
-        t.add_row(cell(f"memories: {tier}"), cell(g["count"]), cell("; ".join(m["text"] for m in g["newest"])))
+        t.add_row(cell(f"memories: {tier}"), cell(g["count"]), cell("; ".join(m.get("text", "[redacted]") for m in g["newest"])))
     t.add_row(cell("decisions"), cell(d["decisions"]["count"]),
-              cell("; ".join(x["summary"] for x in d["decisions"]["newest"])))
+              cell("; ".join(x.get("summary", "[redacted]") for x in d["decisions"]["newest"])))
     t.add_row(cell("constraints"), cell(len(d["constraints"])),
               cell("; ".join(f"[{c['scope']}] {c['text']}" for c in d["constraints"][:limit])))
     ident = d["identity"]
@@ -188,6 +188,10 @@ def diff(path: FileArg,
     t.add_row(cell("restored"), cell(d["restored"]["count"]), cell(""))
     t.add_row(cell("tier changes"), cell(len(d["tier_changes"])),
               cell("; ".join(f"{c['text']}: {c['from']} -> {c['to']}" for c in d["tier_changes"][:limit])))
+    life = d.get("lifecycle", [])  # 7.7.1: forgotten, redacted, superseded old -> new, promoted, demoted
+    t.add_row(cell("lifecycle"), cell(len(life)), cell("; ".join(
+        f"{e['op']} {', '.join(x[:12] for x in e['records'])}"
+        + (f" -> {', '.join(x[:12] for x in e['by'])}" if e["by"] else "") for e in life[:limit])))
     for what in ("added", "revoked"):
         cs = d["constraints"][what]
         t.add_row(cell(f"constraints {what}"), cell(len(cs)),
@@ -210,11 +214,11 @@ def timeline(path: FileArg, json_out: JsonOpt = False,
                                                        "this ISO-8601 time.")] = None,
              until: Annotated[str | None, typer.Option("--until", metavar="TIME", help="Only events at or before "
                                                        "this ISO-8601 time.")] = None,
-             kind: Annotated[list[str] | None, typer.Option("--kind", help="commit, checkpoint, action or task "
-                                                            "(repeatable).")] = None,
+             kind: Annotated[list[str] | None, typer.Option("--kind", help="commit, checkpoint, action, task or "
+                                                            "lifecycle (repeatable).")] = None,
              limit: Annotated[int | None, typer.Option("--limit", min=0, help="Only the newest N events.")] = None,
              at: AtOpt = None) -> None:
-    """Commits, checkpoints, actions and task events in order, one line each.
+    """Commits, checkpoints, actions, task events and lifecycle events in order, one line each.
 
     Example: capsule timeline agent.capsule --kind action --since 2026-12-01T00:00:00Z
     """

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ._errors import call
-from ._params import META_RULE, AtOpt, FileArg, JsonOpt, parse_meta
+from ._params import META_RULE, AtOpt, FileArg, JsonOpt, ValidAtOpt, parse_meta, valid_at_iso
 from ._render import cell, emit_json, json_text, out, safe
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def get(path: FileArg, record_id: IdArg, json_out: JsonOpt = False, at: AtOpt = 
         v = d.get(k)
         if v is None or v == [] or v == {}:
             continue
-        if k == "time" and isinstance(v, int):
+        if k in ("time", "valid_from", "valid_to") and isinstance(v, int):  # 7.1: times
             v = iso(v)
         elif k == "embedding" and isinstance(v, list):
             v = f"{len(v)} dimensions"
@@ -94,32 +94,37 @@ def list_(
     limit: Annotated[int, typer.Option("-n", "--limit", min=1, max=10000, help="How many records.")] = 20,
     json_out: JsonOpt = False,
     at: AtOpt = None,
+    valid_at: ValidAtOpt = None,
 ) -> None:
     """List records newest first, by tag, kind, tier, time or meta (also: capsule records).
 
     Live records only: rolled-back and expired ones are left out, as in search.
+    With --valid-at, the memories true at that time instead (a superseded one too,
+    while it was true; expiry judged then); other kinds as without it.
     --json prints the search result shape, with score 0. (`records` is the same
     command; other kinds: `capsule state`, `capsule tasks`, `capsule actions`.)
 
     Examples:
       capsule list agent.capsule --tag ops --since 2026-01-01 --limit 5
       capsule records agent.capsule --kind decision --json
+      capsule records agent.capsule --kind memory --valid-at 2025-06-01
     """
     import capsule
 
     meta_map = parse_meta(meta or [])
+    when = call(lambda: valid_at_iso(valid_at))
 
     def go() -> list[Hit]:
         with capsule.open(path, at=at) as cap:
             hits = cap.search(None, k=limit, tags=tag, any_tags=any_tag, tier=tier, kind=kind, since=since,
-                              until=until, meta=meta_map)
+                              until=until, meta=meta_map, valid_at=when)
             for h in hits:
                 h.record  # noqa: B018  (read while the capsule is open)
             return hits
 
     hits = call(go)
-    if json_out:
-        emit_json([h.to_dict() for h in hits])
+    if json_out:  # 13.6: each record says the valid time it was listed at
+        emit_json([h.to_dict() if when is None else {**h.to_dict(), "valid_at": when} for h in hits])
     elif not hits:
         out.print("no records")
     else:

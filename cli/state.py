@@ -14,7 +14,7 @@ from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_DATA, call
-from ._params import AtOpt, FileArg, JsonOpt, WaitOpt
+from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, valid_at_iso
 from ._render import Table, cell, emit_json, err, escape_json, out, warn
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
@@ -39,17 +39,21 @@ def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.Pr
     return [capsule.load_private_key(p, pw) for p in paths]
 
 
-def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
+def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, valid_at: ValidAtOpt = None) -> None:
     """Show what the agent believes: memories by tier, decisions, constraints, identity.
 
     Active constraints come with their approvals; --json is canonical (sorted keys, stable).
+    --valid-at keeps the memories true at that world time (the document says which).
 
-    Example: capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
+    Examples:
+      capsule state agent.capsule --at 2026-01-05T00:00:00Z --json
+      capsule state agent.capsule --valid-at 2025-06-01 --json
     """
+    when = call(lambda: valid_at_iso(valid_at))
 
     def go() -> Any:
         with capsule.open(path, at=at) as cap:
-            return cap.state()
+            return cap.state(valid_at=when)
 
     state = call(go)
     if json_out:  # the library's canonical document (13.2): sorted keys, compact, bin values as hex
@@ -57,20 +61,22 @@ def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
         return
     st = state.to_dict()
     out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)
+    if "valid_at" in st:
+        out.print(f"valid at    {st['valid_at']}", markup=False)
     ident = st["identity"]
     if ident:
         out.print(f"identity    {ident['agent_id']} {ident['name']} {ident['model']}".rstrip(), markup=False)
     for tier, mems in st["memories"].items():
         out.print(f"{tier:<11} {len(mems)} memories", markup=False)
         for m in mems[-5:]:
-            out.print(f"  {m['id'][:12]}  {m['text'][:100]}", markup=False)
+            out.print(f"  {m['id'][:12]}  {m.get('text', '[redacted]')[:100]}", markup=False)
     out.print(f"constraints {len(st['constraints'])} active", markup=False)
     for c in st["constraints"]:
         ok = sum(a["verified"] for a in c["approvals"])
         out.print(f"  [{c['scope']}] {c['text'][:100]}  ({ok} verified approvals)", markup=False)
     out.print(f"decisions   {len(st['decisions'])}", markup=False)
     for d in st["decisions"][-5:]:
-        out.print(f"  {d['id'][:12]}  {d['summary'][:100]}", markup=False)
+        out.print(f"  {d['id'][:12]}  {d.get('summary', '[redacted]')[:100]}", markup=False)
 
 
 def keygen(
@@ -165,15 +171,21 @@ def rollback(
         keys = _load_keys(key or [], passphrase_env)
         with capsule.open(path, "a", timeout=wait or None) as cap:
             rid = cap.rollback(to, key=keys or None)
-            return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None}
+            ck = cap.find_checkpoint(to)
+            # 7.7.1: a record redacted since the checkpoint is not restored, so the roots may differ
+            return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None,
+                    "matches_checkpoint": ck is not None and ck.state_root == cap.state_root}
 
     info = call(go)
     if json_out:
         emit_json(info)
     elif info["changed"]:
-        out.print(f"rolled back to {to!r}: state root {info['state_root']}", markup=False)
+        out.print(f"rolled back to {to!r}: state root {info['state_root']}"
+                  + ("" if info["matches_checkpoint"] else " (records redacted since stay gone)"), markup=False)
     else:
-        out.print(f"already at {to!r} (state root {info['state_root']}): nothing written", markup=False)
+        out.print(f"already at {to!r} (state root {info['state_root']}): nothing written"
+                  + ("" if info["matches_checkpoint"] else " (but for records redacted since, which stay gone)"),
+                  markup=False)
 
 
 def fork(
@@ -212,8 +224,8 @@ def verify(
                                                 "--trust, the last commit) must reach this frame seq.")] = None,
     expect_root: Annotated[str | None, typer.Option("--expect-root", help="Pin: a commit with this Merkle root "
                                                     "(`root` in `capsule log --json`) must be in the file.")] = None,
-    parent: Annotated[Path | None, typer.Option("--parent", help="For a fork: check its LINEAGE against this "
-                                                "parent capsule.")] = None,
+    parent: Annotated[Path | None, typer.Option("--parent", help="For a fork or a compacted file: check its "
+                                                "LINEAGE (and what compaction kept) against this parent.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "
                                         "skip per-record schema checks.")] = False,
     policy: Annotated[bool, typer.Option("--policy", help="Re-check every action against the constraint rules "

@@ -761,7 +761,8 @@ def test_fork_through_the_cli_by_label_and_by_default(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["state_root"] == frozen["c3"][1]
     r = ok("fork", parent, "-o", tmp_path / "now.capsule", "--json")  # the live (rolled back) state
     assert json.loads(r.stdout)["state_root"] == frozen["c1"][1]
-    assert ok("state", tmp_path / "now.capsule", "--json").stdout == frozen["c1"][0] + "\n"
+    # 15.2: the fork carries c1 and the parent's keyset {K1}, so K1's approval is verified, as in a view at c1
+    assert ok("state", tmp_path / "now.capsule", "--json").stdout == vouched_by_the_first_keyset(frozen["c1"][0]) + "\n"
     for name in ("at-c3.capsule", "now.capsule"):
         out = json.loads(ok("verify", tmp_path / name, "--parent", parent, "--json").stdout)
         assert out["ok"] and out["lineage"]["parent"] == capsule.open(parent).file_id

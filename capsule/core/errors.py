@@ -7,7 +7,7 @@
     ``NonCanonicalError`` (encoding outside the canonical profile)
     ``InvalidRecordError`` (a record or input line that does not fit its kind)
   ``UsageError`` -- the caller asked for something illegal.
-    ``Locked``, ``ReadOnlyError``, ``WriterPoisoned``, ``NotFound``, ``AlreadyExists``
+    ``Locked``, ``ReadOnlyError``, ``WriterPoisoned``, ``NotFound`` (``Redacted``), ``AlreadyExists``
 """
 
 from __future__ import annotations
@@ -83,6 +83,15 @@ class NotFound(UsageError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want a sentence.
         return str(self.args[0]) if self.args else "not found"
+
+
+class Redacted(NotFound):
+    """The record was redacted (spec 7.7.1): its payload is never returned. The message says
+    when, by whom and why; ``event`` is the redact event's id (hex)."""
+
+    def __init__(self, message: str, *, event: str = "") -> None:
+        super().__init__(message)
+        self.event = event
 
 
 class CapsuleNotFound(NotFound, FileNotFoundError):

@@ -61,6 +61,8 @@ class _Memory(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw
     tier: Literal["scratch", "validated", "working"] = "working"
     time: int | UnsetType = UNSET
     ttl: int | None = None
+    valid_from: int | None = None  # 1.3; an ISO-8601 string goes the reference way
+    valid_to: int | None = None
 
 
 _DECODE = msgspec.json.Decoder(_Memory)
@@ -101,6 +103,12 @@ def _finish(m: _Memory, now: int, ascii_only: bool) -> tuple[bytes, int] | None:
         return None
     if m.ttl is not None and not 0 < m.ttl < _I63:
         return None
+    vf, vt = m.valid_from, m.valid_to
+    if vf is not None or vt is not None:  # 7.1: times, from < to; the reference names a failure
+        if (vf is not None and not 0 <= vf < _I63) or (vt is not None and not 0 <= vt < _I63):
+            return None
+        if vf is not None and vt is not None and not vf < vt:
+            return None
     if ascii_only:
         tags = m.tags
         if tags:
@@ -166,6 +174,9 @@ def memory_from_dict(d: object, now: int) -> tuple[bytes, int] | None:
     if type(text) is not str or (m.time is not UNSET and type(m.time) is not int):
         return None
     if (source is not None and type(source) is not str) or (m.ttl is not None and type(m.ttl) is not int):
+        return None
+    if (m.valid_from is not None and type(m.valid_from) is not int) or (
+            m.valid_to is not None and type(m.valid_to) is not int):
         return None
     if type(tier) is not str or tier not in TIERS:
         return None

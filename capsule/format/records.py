@@ -219,7 +219,7 @@ class Memory:
 
     kind: ClassVar[str] = "memory"
     FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"kind", "time", "text", "tags", "meta", "embedding", "tier", "ttl", "source"}
+        {"kind", "time", "text", "tags", "meta", "embedding", "tier", "ttl", "source", "valid_from", "valid_to"}
     )
     text: str
     time: int = 0
@@ -229,6 +229,8 @@ class Memory:
     tier: str = "working"
     ttl: int | None = None
     source: str | None = None
+    valid_from: int | None = None  # 1.3: world time, when the fact starts being true (inclusive)
+    valid_to: int | None = None  # 1.3: world time, when it stops being true (exclusive)
     id: str = field(default="", compare=False)
 
     def __eq__(self, other: object) -> bool:
@@ -249,13 +251,15 @@ class Memory:
         tier: object = "working",
         ttl: object = None,
         source: object = None,
+        valid_from: object = None,
+        valid_to: object = None,
     ) -> Memory:
         """Validate user input into a canonical Memory (raises InvalidRecordError)."""
         v = memory_value(text, time=time, tags=tags, meta=meta, embedding=embedding, tier=tier, ttl=ttl,
-                         source=source)
+                         source=source, valid_from=valid_from, valid_to=valid_to)
         return cls(text=v["text"], time=v["time"], tags=tuple(v.get("tags", ())), meta=v.get("meta", {}),
                    embedding=parse_embedding(v.get("embedding")), tier=v.get("tier", "working"), ttl=v.get("ttl"),
-                   source=v.get("source"))
+                   source=v.get("source"), valid_from=v.get("valid_from"), valid_to=v.get("valid_to"))
 
     def to_value(self) -> dict[str, Any]:
         """The canonical map (keys in sorted order; defaults omitted, spec 7.1)."""
@@ -276,6 +280,10 @@ class Memory:
         v["time"] = self.time
         if self.ttl is not None:
             v["ttl"] = self.ttl
+        if self.valid_from is not None:
+            v["valid_from"] = self.valid_from
+        if self.valid_to is not None:
+            v["valid_to"] = self.valid_to
         return v
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,6 +296,10 @@ class Memory:
             d["ttl"] = self.ttl
         if self.source is not None:
             d["source"] = self.source
+        if self.valid_from is not None:
+            d["valid_from"] = self.valid_from
+        if self.valid_to is not None:
+            d["valid_to"] = self.valid_to
         return d
 
     @classmethod
@@ -301,12 +313,13 @@ class Memory:
         m = cls.build(
             v["text"], time=v.get("time", -1), tags=v.get("tags", ()), meta=v.get("meta"),
             embedding=v.get("embedding"), tier=v.get("tier", "working"), ttl=v.get("ttl"),
-            source=v.get("source"),
+            source=v.get("source"), valid_from=v.get("valid_from"), valid_to=v.get("valid_to"),
         )
         if m.to_value() != v:
             # e.g. tier "working" spelled out, unsorted tags, empty meta present
             raise NonCanonicalError("memory record is not in canonical form (spec 7.1)")
-        return cls(m.text, m.time, m.tags, m.meta, m.embedding, m.tier, m.ttl, m.source, rid)
+        return cls(m.text, m.time, m.tags, m.meta, m.embedding, m.tier, m.ttl, m.source, m.valid_from, m.valid_to,
+                   rid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +356,8 @@ def memory_value(
     tier: object = "working",
     ttl: object = None,
     source: object = None,
+    valid_from: object = None,
+    valid_to: object = None,
 ) -> dict[str, Any]:
     """The canonical map of a memory built straight from user input (the write
     hot path: same checks as :meth:`Memory.build`, no dataclass in between)."""
@@ -374,6 +389,13 @@ def memory_value(
         if type(ttl) is not int or not 0 < ttl <= (1 << 63) - 1:
             raise InvalidRecordError("ttl must be a positive integer of nanoseconds, at most 2^63 - 1")
         v["ttl"] = ttl
+    # 7.1 (1.3): world time, int ns like every time; the window is [valid_from, valid_to)
+    if valid_from is not None:
+        v["valid_from"] = parse_time(valid_from, "valid_from")
+    if valid_to is not None:
+        v["valid_to"] = parse_time(valid_to, "valid_to")
+        if valid_from is not None and not v["valid_from"] < v["valid_to"]:
+            raise InvalidRecordError("valid_from must be before valid_to")
     return v
 
 
@@ -432,9 +454,19 @@ def record_from_input(obj: Mapping[str, Any], *, time: int) -> Any:
         raise InvalidRecordError(f"unknown {kind} field(s): {', '.join(sorted(extra))}")
     if kind == "memory" and "text" not in fields:  # other kinds say what they need in build()
         raise InvalidRecordError("memory needs text")
-    t = fields.pop("time", time)
-    if isinstance(t, float) and math.isfinite(t) and t == int(t):
-        t = int(t)
-    elif isinstance(t, str):
-        t = parse_iso_time(t)
+    t = parse_when(fields.pop("time", time))
+    if kind == "memory":  # 7.1 (1.3): the world-time bounds take the forms `time` takes
+        for name in ("valid_from", "valid_to"):
+            if fields.get(name) is not None:
+                fields[name] = parse_when(fields[name])
     return cls.build(time=t, **fields)
+
+
+def parse_when(t: object) -> object:
+    """A time as JSONL gives it: int ns, an integral float, or an ISO-8601 string, as int
+    ns; anything else is returned for the field's validator to refuse."""
+    if isinstance(t, float) and math.isfinite(t) and t == int(t):
+        return int(t)
+    if isinstance(t, str):
+        return parse_iso_time(t)
+    return t

@@ -11,9 +11,11 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..questions._lifecycle import redacted
 from ..search.vindex import VectorParams
 
 if TYPE_CHECKING:
+    from ..format.store import Store
     from ..search.engine import Hit
     from ..search.part import SearchPart
     from .transaction import Transaction
@@ -25,6 +27,7 @@ class SearchMethods:
     if TYPE_CHECKING:  # what the handle provides
         _lock: threading.RLock
         _view_lock: threading.RLock
+        _store: Store
 
         @property
         def _search(self) -> SearchPart: ...
@@ -36,7 +39,7 @@ class SearchMethods:
     def search(self, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
                tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None, since: Any = None,
                until: Any = None, meta: Mapping[str, Any] | None = None, ef: int = 64,
-               embedder: Any = None, now: int | None = None) -> list[Hit]:
+               embedder: Any = None, now: int | None = None, valid_at: int | str | None = None) -> list[Hit]:
         """Find live memories (and notes and decisions, lexically) by meaning or by words.
 
         ``mode``: ``vector`` (needs ``vector`` or an embedder for ``query``), ``lexical``
@@ -44,6 +47,9 @@ class SearchMethods:
         Filters: ``tags`` (all of), ``any_tags``, ``tier``, ``kind``, ``since`` /
         ``until`` (int ns or ISO-8601, inclusive), ``meta`` (equality per key).
         Expired (``time + ttl <= now``) and rolled-back records are never returned.
+        ``valid_at`` (int ns or ISO-8601) searches the valid-time view (13.6): the memories
+        true at that world time, a superseded one included while it was true; expiry is
+        then judged at ``valid_at``.
         Results are exactly scored, best first, ties by id: the same on every host.
         With neither ``query`` nor ``vector`` it lists: the records passing the filters, newest first, score 0.
 
@@ -59,9 +65,11 @@ class SearchMethods:
         ['the deploy key lives in vault']
         """
         with self._view_lock:
-            return self._search.search(query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now,
+            hits = self._search.search(query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now,
                                        tags=tags, any_tags=any_tags, tier=tier, kind=kind, since=since,
-                                       until=until, meta=meta)
+                                       until=until, meta=meta, valid_at=valid_at)
+        red = redacted(self._store)  # 7.7.1: a view from before a redaction still hides it
+        return [h for h in hits if bytes.fromhex(h.id) not in red] if red else hits
 
     def vector_config(self) -> VectorParams | None:
         """The vector index parameters fixed at first use (16.1), or None."""

@@ -25,9 +25,18 @@ from ..format.batch import IdList, RecordBatch
 from ..format.checkpoint import CheckpointFrame
 from ..format.commit import CommitInfo
 from ..format.file import WriteHandle
-from ..format.records import _REGISTRY, encode_record, encode_value, memory_value, record_id
+from ..format.records import (
+    _REGISTRY,
+    encode_record,
+    encode_value,
+    memory_value,
+    parse_when,
+    record_id,
+)
+from ..questions._lifecycle import dead_ids, redacted
 from ..search.vindex import VectorParams
 from ..state.kinds import approval_message, parse_id
+from .lifecycle import LifecycleMethods
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +49,7 @@ if TYPE_CHECKING:
 _TEXT_KINDS = frozenset({"memory", "note", "decision", "revert"})  # what the lexical catalog reads (16.4, 16.8)
 
 
-class Transaction:
+class Transaction(LifecycleMethods):
     """A group of records that commit together (one COMMIT, one fsync): ``with cap.commit() as tx``.
 
     Each ``tx`` method returns the new record's id (hex) at once; the records are written
@@ -124,8 +133,13 @@ class Transaction:
             again: list[bytes] = []
             if dup.any() and "revert" in snap.kinds:
                 # A record a rollback dropped is live again only through a restore event.
-                dead = cap._dead_ids()
-                again = sorted(rid for j in np.flatnonzero(dup).tolist() if (rid := items.rid(j)) in dead)
+                dead = dead_ids(cap._store)  # 13.1, cached per snapshot end (questions._lifecycle)
+                lc = self._lc.touched if self._lc is not None else ()  # a lifecycle event of this block says
+                again = sorted(rid for j in np.flatnonzero(dup).tolist()
+                               if (rid := items.rid(j)) in dead and rid not in lc)
+                red = redacted(cap._store)
+                if red and (bad := next((x for x in again if x in red), None)) is not None:
+                    raise UsageError(f"record {bad.hex()} was redacted: its bytes are not stored again (7.7.1)")
             items = items.select(~dup)
             if again:
                 rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)
@@ -201,11 +215,15 @@ class Transaction:
         ttl: int | None = None,
         source: str | None = None,
         time: int | None = None,
+        valid_from: int | str | None = None,
+        valid_to: int | str | None = None,
     ) -> str:
         """Add a memory; returns its content id (hex).
 
         ``time`` (int ns) defaults to the capsule's clock; ``embedding`` is any
         1-D sequence of floats and is stored as little-endian float32.
+        ``valid_from`` / ``valid_to`` (int ns or ISO-8601, 7.1) bound when the fact is
+        true in the world: ``cap.state(valid_at=T)`` shows it for T in [from, to).
 
         >>> with cap.commit() as tx:
         ...     rid = tx.remember("p95 budget is 300 ms", tags=["slo"], meta={"ms": 300}, embedding=[0.5, 0.25])
@@ -214,7 +232,8 @@ class Transaction:
         ('p95 budget is 300 ms', ('slo',), {'ms': 300}, 'working', [0.5, 0.25])
         """
         value = memory_value(text, time=self._cap.clock() if time is None else time, tags=tags, meta=meta,
-                             embedding=embedding, tier=tier, ttl=ttl, source=source)
+                             embedding=embedding, tier=tier, ttl=ttl, source=source,
+                             valid_from=parse_when(valid_from), valid_to=parse_when(valid_to))
         if "embedding" in value:
             self._vector_config(value["embedding"]["shape"][0])
             self._vectors += 1

@@ -182,6 +182,10 @@ def summarize(rec: Any) -> str:
     if k == "identity":
         return one_line(" ".join(x for x in (rec.agent_id, rec.name, rec.model) if x))
     if k == "revert":
+        if rec.op is not None:  # 7.7.1: a lifecycle event names what, its replacement, why and who
+            by = " -> " + ", ".join(x.hex()[:12] for x in rec.by) if rec.by else ""
+            tail = (f": {rec.reason}" if rec.reason else "") + (f" (by {rec.actor})" if rec.actor else "")
+            return one_line(f"{rec.op} {', '.join(x.hex()[:12] for x in rec.drop)}{by}{tail}")
         what = "rollback" if rec.to is not None else "re-add"
         return f"{what}: {len(rec.drop)} dropped, {len(rec.restore)} restored"
     if k == "action":

@@ -5,9 +5,12 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
     {"from": {seq, commit, time, root}, "to": {seq, commit, time, root},
      "added": {"count": int, "by_kind": {kind: int}, "by_tier": {tier: int}, "first": [node...]},
      "removed": {"count": int, "by_kind": {...}, "by_reason": {reason: int},
-                 "first": [node + {"reason": "rolled back" | "expired"}...]},
+                 "first": [node + {"reason": "rolled back" | "expired" | "forgotten" | "redacted"
+                                   | "superseded" | "promoted" | "demoted"}...]},
      "restored": {"count": int, "first": [node...]},                     # live again (7.7)
      "tier_changes": [{"text", "from": tier, "to": tier, "removed": id, "added": id}...],
+     "lifecycle": [{"op", "event", "time", "records": [id...], "by": [id...], "evidence": [id...],
+                    "reason", "actor"}...],                             # 7.7.1 events in between
      "constraints": {"added": [{"id", "text", "scope"}...], "revoked": [...]},
      "identity": {"from": id | null, "to": id | null, "changes": [node...]},
      "checkpoints": [{"label", "seq", "time", "signers"}...],           # signed in between
@@ -19,7 +22,9 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
 read (and, before them, the records holding a ``ttl``, 7.1, for expiry): a record is *added* when it is committed in between, *removed* when a revert in between
 drops it and none restores it (reason ``rolled back``) or a memory live at ``from`` whose
 ``time + ttl`` falls after ``from``'s commit time and at or before ``to``'s (reason ``expired``,
-7.1), *restored* the reverse of a rollback. A tier change is a removed memory and an
+7.1), *restored* the reverse of a rollback. A record a lifecycle event dropped (7.7.1) is removed with
+the op's reason (``forgotten``, ``superseded``, ...; a supersede's chain old -> new is its
+``lifecycle`` entry); a redacted record is a node without time or text (``"redacted": true``). A tier change is a removed memory and an
 added memory with the same text in another tier. ``first`` lists at most ``limit`` nodes.
 """
 
@@ -30,12 +35,13 @@ from typing import Any
 
 from ..core import constants as C
 from ..core.clock import iso
-from ..core.errors import CorruptError, NotFound, UsageError
+from ..core.errors import CorruptError, NotFound, Redacted, UsageError
 from ..format.commit import CommitInfo, decode_records_payload
 from ..format.frames import raw_payload
 from ..format.records import record_id as content_id
 from ..format.scan import Reader
 from ..state.fold import dead_ids
+from ._lifecycle import PAST, event_doc, kind_of, redacted, redacted_node
 from ._walk import Source, commit_ref, ref, walk
 
 DEFAULT_LIMIT = 20
@@ -94,6 +100,8 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
                 by_tier[t] = by_tier.get(t, 0) + 1
     dropped: set[bytes] = set()
     back: set[bytes] = set()
+    why_gone: dict[bytes, str] = {}  # 7.7.1: the op that dropped it, when a lifecycle event did
+    life: list[dict[str, Any]] = []
     cons_added: list[dict[str, Any]] = []
     cons_revoked: list[dict[str, Any]] = []
     ident: list[dict[str, Any]] = []
@@ -103,9 +111,12 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     for _, _, r in walk(store, kinds, start=ca, end=cb.end):
         k = r.kind
         if k == "revert":
+            if r.op is not None:
+                life.append(event_doc(r))
             for x in r.drop:
                 dropped.add(x)
                 back.discard(x)
+                why_gone[x] = PAST[r.op] if r.op is not None else "rolled back"
             for x in r.restore:
                 back.add(x)
                 dropped.discard(x)
@@ -122,20 +133,32 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     removed = sorted(dropped - new)  # added and dropped in between: never seen at either end
     restored = sorted(back - new)
     rem_nodes: list[dict[str, Any]] = []
+    red = redacted(store)
     rem_kind: dict[str, int] = {}
     changes: list[dict[str, Any]] = []
     added_mem: dict[str, Any] | None = None
+    gone: dict[str, int] = {}
     for rid in removed:
         try:
             rec = cap.get(rid)
+        except Redacted:  # 7.7.1: listed with its kind, its payload not shown
+            kind = kind_of(store, rid) or "?"
+            rem_kind[kind] = rem_kind.get(kind, 0) + 1
+            reason = why_gone.get(rid, "rolled back")
+            gone[reason] = gone.get(reason, 0) + 1
+            if len(rem_nodes) < limit:
+                rem_nodes.append({**redacted_node(rid, kind), "reason": reason})
+            continue
         except NotFound:
             continue
         rem_kind[rec.kind] = rem_kind.get(rec.kind, 0) + 1
+        reason = why_gone.get(rid, "rolled back")
+        gone[reason] = gone.get(reason, 0) + 1
         if len(rem_nodes) < limit:
-            rem_nodes.append({**ref(rec), "reason": "rolled back"})
+            rem_nodes.append({**ref(rec), "reason": reason})
         if rec.kind == "memory":
             if added_mem is None:  # the added memories by text, read once (bounded: a summary)
-                recs = (cap.get(x) for x in added[:MAX_TIER_SCAN])
+                recs = (cap.get(x) for x in added[:MAX_TIER_SCAN] if x not in red)
                 added_mem = {m.text: m for m in recs if m.kind == "memory"}
             m = added_mem.get(rec.text)
             if m is not None and m.tier != rec.tier:
@@ -145,8 +168,8 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
         rem_kind["memory"] = rem_kind.get("memory", 0) + 1
         if len(rem_nodes) < limit:
             rem_nodes.append({**ref(rec), "reason": "expired"})
-    reasons = {k: v for k, v in (("expired", len(expired)), ("rolled back", len(removed))) if v}
-    first = [ref(cap.get(x)) for x in added[:limit]]
+    reasons = {k: v for k, v in (("expired", len(expired)), *gone.items()) if v}
+    first = [_node(cap, x, red) for x in added[:limit]]
     ida, idb = _identity(store, ca), _identity(store, cb)
     return Diff({
         "from": commit_ref(ca), "to": commit_ref(cb),
@@ -154,12 +177,17 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
                   "by_tier": dict(sorted(by_tier.items())), "first": first},
         "removed": {"count": len(removed) + len(expired), "by_kind": dict(sorted(rem_kind.items())),
                     "by_reason": dict(sorted(reasons.items())), "first": rem_nodes},
-        "restored": {"count": len(restored), "first": [ref(cap.get(x)) for x in restored[:limit]]},
+        "restored": {"count": len(restored), "first": [_node(cap, x, red) for x in restored[:limit]]},
         "tier_changes": changes,
+        "lifecycle": life[:limit],
         "constraints": {"added": cons_added, "revoked": cons_revoked},
         "identity": {"from": ida, "to": idb, "changes": ident},
         "checkpoints": checkpoints, "actions": actions, "tasks_finished": finished, "limit": limit,
     })
+
+
+def _node(cap: Source, rid: bytes, red: Any) -> dict[str, Any]:
+    return redacted_node(rid, kind_of(cap._store, rid)) if rid in red else ref(cap.get(rid))
 
 
 def _expired(store: Any, ca: CommitInfo, cb: CommitInfo, removed: set[bytes]) -> list[Any]:

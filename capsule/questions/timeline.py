@@ -2,13 +2,15 @@
 
 The document (``Timeline.to_dict()``, ``capsule timeline --json``), stable::
 
-    {"events": [{"seq": int, "time": iso, "kind": "commit"|"checkpoint"|"action"|"task",
+    {"events": [{"seq": int, "time": iso, "kind": "commit"|"checkpoint"|"action"|"task"|"lifecycle",
                  "summary": str, "id": record id | null}...],   # in file order
+     # a lifecycle event (7.7.1) also carries "op", "records", "by", "reason", "actor"
      "total": int,          # events that passed the filters, before ``limit``
      "limit": int | null}
 
 A commit's summary counts its records by kind; a checkpoint's names its label and signers;
-an action's or task event's is its one-line record summary. ``since`` / ``until`` (ns,
+an action's, task event's or lifecycle event's is its one-line record summary (a lifecycle
+event: op, the ids it dropped, ``-> `` its replacements, reason and actor). ``since`` / ``until`` (ns,
 inclusive) filter by event time, ``kinds`` by event kind; ``limit`` keeps the newest.
 """
 
@@ -29,7 +31,7 @@ from ..format.records import record_id as content_id
 from ..format.scan import Reader
 from ._walk import Source, summarize
 
-EVENT_KINDS = ("commit", "checkpoint", "action", "task")
+EVENT_KINDS = ("commit", "checkpoint", "action", "task", "lifecycle")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,11 @@ def timeline(cap: Source, *, since: int | None = None, until: int | None = None,
                     if keep(rec.time):
                         events.append({"seq": fh.seq, "time": iso(rec.time), "kind": kind,
                                        "summary": summarize(rec), "id": rec.id})
+                elif kind == "revert" and "lifecycle" in want and b"\xa2op" in data:  # 7.7.1: has an `op`
+                    rec = _decode(kind, data, fh.offset, fh.seq)
+                    if rec.op is not None and keep(rec.time):
+                        events.append({"seq": fh.seq, "time": iso(rec.time), "kind": "lifecycle",
+                                       "summary": summarize(rec), "id": rec.id, **_life(rec)})
         elif fh.ftype == C.FT_CHECKPOINT and "checkpoint" in want:
             ck = store.read_checkpoint(fh.offset)
             if keep(ck.time):
@@ -88,6 +95,12 @@ def timeline(cap: Source, *, since: int | None = None, until: int | None = None,
     if limit is not None:
         events = events[max(0, total - limit):]
     return Timeline({"events": events, "total": total, "limit": limit})
+
+
+def _life(rec: Any) -> dict[str, Any]:
+    """A lifecycle event's own fields (7.7.1): op, what, replacements, why, who."""
+    return {"op": rec.op, "records": [x.hex() for x in rec.drop], "by": [x.hex() for x in rec.by],
+            "reason": rec.reason, "actor": rec.actor}
 
 
 def _decode(kind: str, data: bytes, offset: int, seq: int) -> Any:

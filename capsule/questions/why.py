@@ -8,7 +8,9 @@ The document (``Why.to_dict()``, ``capsule why --json``), stable::
 
     node = {"id", "kind", "time", "summary",
             "commit": {"seq", "commit", "time", "root"},      # the commit that made it durable
-            "marks": [{"mark": "rolled-back"|"expired"|"revoked"|"superseded"}...],
+            "marks": [{"mark": "rolled-back"|"expired"|"revoked"|"superseded"|"forgotten"|"redacted"
+                       |"promoted"|"demoted"}...],  # a lifecycle mark (7.7.1) also carries
+                                                    # "op", "event", "time", "by", "evidence", "reason", "actor"
             "approvals": [{"id", "approver", "time", "signature_ok", "verified", "rolled_back"}...],
             "evidence": [node...]}                          # a decision's evidence, recursively
 
@@ -16,7 +18,8 @@ An evidence id the capsule does not hold is a node ``{"id", "kind": null, "missi
 "marks": [], "approvals": [], "evidence": []}``; a record reached twice is expanded once
 (later occurrences carry ``"seen": true`` and no evidence). At most ``MAX_NODES`` nodes are
 expanded (``truncated`` says so). ``checkpoint`` is the first checkpoint whose Merkle root
-covers the root record's frame (14.8); ``anchored`` is null unless a trust anchor was given.
+covers the root record's frame (14.8); a redacted evidence record is a node without time or
+text (``"redacted": true``), and ``why`` of a redacted record raises ``Redacted``; ``anchored`` is null unless a trust anchor was given.
 Marks are judged at the snapshot asked about (the capsule, or ``--at``'s view).
 """
 
@@ -25,8 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.errors import NotFound
+from ..core.errors import NotFound, Redacted
 from ._context import Context
+from ._lifecycle import PAST, event_doc, kind_of, redacted_node
 from ._walk import Source, anchor_of, commit_ref, ref
 
 MAX_NODES = 10_000
@@ -54,11 +58,19 @@ class _Tree:
         self.active = {a["id"] for a in active}
         ids = [r for _, r in ctx.rows if r.kind == "identity" and bytes.fromhex(r.id) not in ctx.dead]
         self.identity = ids[-1].id if ids else None
+        self.gone: dict[bytes, Any] = {}  # a dead id -> the revert that dropped it last (7.7.1: its op)
+        for _, r in ctx.rows:
+            if r.kind == "revert":
+                self.gone.update((x, r) for x in r.drop)
 
     def marks(self, rec: Any) -> list[dict[str, Any]]:
         out = []
         if bytes.fromhex(rec.id) in self.ctx.dead:
-            out.append({"mark": "rolled-back"})
+            ev = self.gone.get(bytes.fromhex(rec.id))
+            if ev is not None and ev.op is not None:  # 7.7.1: what the lifecycle event did, why, by whom
+                out.append({"mark": PAST[ev.op], **{k: v for k, v in event_doc(ev).items() if k != "records"}})
+            else:
+                out.append({"mark": "rolled-back"})
         if rec.kind == "memory" and rec.ttl is not None and rec.time + rec.ttl <= self.now:
             out.append({"mark": "expired"})
         if rec.kind == "constraint" and rec.status == "active" and rec.id not in self.active:
@@ -73,6 +85,10 @@ class _Tree:
             return {"id": h, "seen": True}
         try:
             rec = self.ctx.cap.get(rid)
+        except Redacted:  # 7.7.1: a node without its payload
+            self.seen.add(h)
+            return {**redacted_node(rid, kind_of(self.ctx.cap._store, rid)), "marks": [{"mark": "redacted"}],
+                    "approvals": [], "evidence": []}
         except NotFound:
             return {"id": h, "kind": None, "missing": True, "marks": [], "approvals": [], "evidence": []}
         self.seen.add(h)

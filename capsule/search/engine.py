@@ -41,6 +41,7 @@ from ..format.records import record_id as content_id
 from ..format.scan import read_frame_at
 from ..format.store import Store
 from ..state.fold import dead_ids
+from ..state.validtime import parse_valid_at
 from .browse import browse
 from .catalog import KIND_CODES, LEXICAL_KINDS, Catalog, LexicalIndex, rid_at
 from .embed import Embedder, get_embedder
@@ -48,6 +49,7 @@ from .entries import check_ids_distinct, entries_disagree
 from .lexsnap import BLOB_TYPE as LEX_BLOB
 from .params import first_params, index_params
 from .params import params_of as _params_of
+from .validview import ValidView
 from .vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
 
 if TYPE_CHECKING:
@@ -77,10 +79,12 @@ class Filter:
     since: int | None = None
     until: int | None = None
     meta: tuple[tuple[str, bytes], ...] = ()  # key -> canonical bytes of the wanted value
+    valid_at: int | None = None  # 13.6: the valid-time view at this time (ttl judged then, not now)
 
     @classmethod
     def build(cls, *, tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None,
-              since: Any = None, until: Any = None, meta: Mapping[str, Any] | None = None) -> Filter:
+              since: Any = None, until: Any = None, meta: Mapping[str, Any] | None = None,
+              valid_at: Any = None) -> Filter:
         def strs(v: Any, what: str) -> tuple[str, ...]:
             if v is None:
                 return ()
@@ -117,7 +121,8 @@ class Filter:
         except DataError as e:
             raise UsageError(f"filter: {e}") from None
         return cls(all_of, any_of, tiers, kinds, when(since, "since"), when(until, "until"),
-                   tuple((k, canon.pack(v)) for k, v in sorted(norm.items())))
+                   tuple((k, canon.pack(v)) for k, v in sorted(norm.items())),
+                   None if valid_at is None else parse_valid_at(valid_at))
 
 
 class Hit:
@@ -203,6 +208,7 @@ class Searcher:
         self._vouched: set[int] = set()  # snapshot labels whose memories were read and agree (16.3)
         self.pending_vectors = 0  # committed through this handle since the newest snapshot
         self._cfg_pos = C.HEADER_SIZE  # config(): scanned for a first embedding up to here
+        self.valid = ValidView(store)  # 13.6, read on first use
 
     # --- reading records ------------------------------------------------------------
     def _scan(self, pos: int, kinds: frozenset[str] = _SCAN_KINDS,
@@ -391,8 +397,9 @@ class Searcher:
         return m
 
     def _vector_mask(self, vi: VectorIndex, flt: Filter, now: int) -> np.ndarray | None:
-        dead = self.dead()
-        if not (flt.tags or flt.any_tags or flt.tiers or flt.kinds or flt.since is not None
+        t = flt.valid_at  # 13.6: the labels the view hides stand for the dead ones
+        dead = set() if t is not None else self.dead()
+        if not (t is not None or flt.tags or flt.any_tags or flt.tiers or flt.kinds or flt.since is not None
                 or flt.until is not None or flt.meta or dead or vi.has_ttl):
             return None
         meta_of = None
@@ -401,11 +408,14 @@ class Searcher:
             def meta_of(i: int) -> Mapping[str, Any]:
                 return self._meta(vi.ids[i])
 
-        key = (self.store.snap.end, len(vi))
-        if self._gone is None or self._gone[0] != key:
-            self._gone = (key, vi.labels_in(dead))
-        return self._mask(len(vi), self._gone[1], vi.times, vi.ttls, vi.tiers, vi.tag_mask, None, flt,
-                          now, meta_of)
+        if t is not None:
+            gone = np.flatnonzero(self.valid.hides(vi, len(vi), lambda: np.frombuffer(vi.ids.tobytes(), "S32"), t))
+        else:
+            key = (self.store.snap.end, len(vi))
+            if self._gone is None or self._gone[0] != key:
+                self._gone = (key, vi.labels_in(dead))
+            gone = self._gone[1]
+        return self._mask(len(vi), gone, vi.times, vi.ttls, vi.tiers, vi.tag_mask, None, flt, now, meta_of)
 
     # --- the searches --------------------------------------------------------------------
     def vector_search(self, q: Any, k: int, flt: Filter, now: int, ef: int) -> list[tuple[bytes, float, Any]]:
@@ -453,7 +463,9 @@ class Searcher:
     def catalog_mask(self, d: Catalog, cand: np.ndarray, flt: Filter, now: int) -> np.ndarray:
         """Which catalog documents at ``cand`` (positions ascending) may be returned (16.6)."""
         ids = d.column("ids", cand) if flt.meta else cand[:0]  # meta filters read the records (by id)
-        return self._mask(len(cand), np.flatnonzero(d.dead_mask(cand)), d.column("time", cand),
+        gone = (d.dead_mask(cand) if flt.valid_at is None
+                else self.valid.hides(d, d.n, lambda: d.column("ids", np.arange(d.n)), flt.valid_at)[cand])
+        return self._mask(len(cand), np.flatnonzero(gone), d.column("time", cand),
                           d.column("ttl", cand), d.column("tier", cand), lambda t: d.tag_mask(t, cand),
                           d.column("kind", cand), flt, now, lambda j: self._meta(rid_at(ids, j)))
 
@@ -521,7 +533,9 @@ def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int 
     flt = Filter.build(**filters)
     st = s.store
     st.check_open()
-    if now is None:
+    if flt.valid_at is not None:
+        now = flt.valid_at  # 13.6: a ttl ends a memory's window at time + ttl, judged at the valid time
+    elif now is None:
         now = st.snap.commit.time if st.pinned and st.snap.commit else st.clock()
     if vector is None and not (query or "").strip():  # nothing to rank by: list, newest first
         return [Hit(rid, score, rec, st) for rid, score, rec in browse(s, k, flt, now)]

@@ -55,6 +55,8 @@ class _Memory(msgspec.Struct, tag_field="kind", tag="memory", omit_defaults=True
     ttl: Annotated[int, Meta(gt=0, le=_INT63)] | UnsetType = UNSET
     source: str | UnsetType = UNSET
     embedding: _Embedding | UnsetType = UNSET
+    valid_from: Annotated[int, Meta(ge=0, le=_INT63)] | UnsetType = UNSET  # 1.3; from < to checked below
+    valid_to: Annotated[int, Meta(ge=0, le=_INT63)] | UnsetType = UNSET
 
 
 _codecs: list[tuple[Any, ...]] = []
@@ -101,7 +103,8 @@ def memory_frame(raw: bytes, offset: int, seq: int, iso: Any, dims: list[bytes]
         h = copy()
         h.update(part)
         rids.append(h.digest())
-    if b"\xa9embedding" not in raw and b"\xa6source" not in raw and b"\xa3ttl" not in raw:
+    if (b"\xa9embedding" not in raw and b"\xa6source" not in raw and b"\xa3ttl" not in raw
+            and b"\xaavalid_from" not in raw and b"\xa8valid_to" not in raw):
         # none of the optional fields (their keys' bytes appear nowhere): the common frame, in
         # one pass. Keys in sorted order, as to_json_bytes writes them.
         times = iso.many([m.time for m in mems])
@@ -127,6 +130,13 @@ def memory_frame(raw: bytes, offset: int, seq: int, iso: Any, dims: list[bytes]
         d["time"] = iso(m.time)
         if m.ttl is not UNSET:
             d["ttl"] = m.ttl
+        vf, vt = m.valid_from, m.valid_to
+        if vf is not UNSET:
+            if vt is not UNSET and not vf < vt:
+                return None  # 7.1: the exact way names the failure
+            d["valid_from"] = iso(vf)
+        if vt is not UNSET:
+            d["valid_to"] = iso(vt)
         out.append(d)
     dims.extend(floats)
     return rids, out

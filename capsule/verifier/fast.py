@@ -97,6 +97,8 @@ class _Memory(Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=Tr
     tier: Literal["scratch", "validated", "working"] = "working"
     time: _Time
     ttl: _Ttl | None = None
+    valid_from: _Time | None = None  # 1.3; valid_from < valid_to checked beside the tags
+    valid_to: _Time | None = None
 
 
 #: False: every frame and table takes the reference walk (tests/test_verify_fast.py compares the two)
@@ -167,6 +169,8 @@ def check_frame(raw: bytes) -> Frame | None:
             t = m.tags
             if len(t) > 1 and not all(map(lt, t, t[1:])):  # 7.1: sorted and distinct
                 return None
+            if m.valid_to is not None and m.valid_from is not None and not m.valid_from < m.valid_to:
+                return None  # 7.1: the walk names the failure
         vectors = _vectors(mems, range(n))
     except _DOUBT:
         return None
@@ -191,7 +195,8 @@ def _mixed(raw: bytes, parts: Sequence[msgspec.Raw], one_dec: Any, enc: Any, to_
         if kind is None:
             return None
         if m is not None:
-            if enc.encode(m) != data or _NEG_ZERO in data or (len(m.tags) > 1 and not _increasing(m.tags)):
+            if enc.encode(m) != data or _NEG_ZERO in data or (len(m.tags) > 1 and not _increasing(m.tags)) or (
+                    m.valid_to is not None and m.valid_from is not None and not m.valid_from < m.valid_to):
                 return None
             mems.append(m)
             slots.append(slot)
