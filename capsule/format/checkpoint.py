@@ -179,6 +179,50 @@ def parse_keyset(payload: bytes, offset: int, seq: int) -> KeysetFrame:
     return KeysetFrame(offset, ks, sigs, prev)
 
 
+MAX_CARRIED = 1024  # 11, 15.2: carried checkpoints in one LINEAGE frame
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """A signed checkpoint of the parent carried into a fork or a compacted file (spec 15.2):
+    the parent's body bytes exactly as signed, their signatures, and the ordinal (1 = the
+    first) of this file's COMMIT whose state root the body's ``state_root`` names."""
+
+    body_raw: bytes
+    body: CheckpointBody
+    sigs: tuple[Signature, ...]
+    commit: int
+
+    @property
+    def hash(self) -> bytes:
+        """The checkpoint's hash (14.8), as the parent's chain names it."""
+        return hashlib.sha256(CHECKPOINT_TAG + self.body_raw).digest()
+
+    def to_value(self) -> dict[str, Any]:
+        return {"body": self.body_raw, "commit": self.commit, "sigs": signatures_to_value(self.sigs)}
+
+
+def _parse_carried(v: object, bad: Any) -> tuple[Carried, ...]:
+    """15.2: a non-empty array of at most MAX_CARRIED entries, in the parent's checkpoint
+    order (body tree_size strictly increasing) with commit ordinals that never decrease."""
+    if not isinstance(v, list) or not 1 <= len(v) <= MAX_CARRIED:
+        raise bad(f"lineage carried is not an array of 1..{MAX_CARRIED} checkpoints")
+    out: list[Carried] = []
+    for i, e in enumerate(v):
+        if not isinstance(e, dict) or set(e) != {"body", "commit", "sigs"} or not isinstance(e["body"], bytes) \
+                or type(e["commit"]) is not int or e["commit"] < 1:
+            raise bad(f"lineage carried checkpoint {i}: fields are wrong")
+        try:
+            body = CheckpointBody.from_bytes(e["body"])
+            sigs = signatures_from_value(e["sigs"])
+        except (NonCanonicalError, ValueError) as err:
+            raise bad(f"lineage carried checkpoint {i}: {err}") from None
+        if out and (body.tree_size <= out[-1].body.tree_size or e["commit"] < out[-1].commit):
+            raise bad(f"lineage carried checkpoint {i}: repeated or out of order")
+        out.append(Carried(e["body"], body, sigs, e["commit"]))
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Lineage:
     """A fork's proof of where it came from (spec 15)."""
@@ -188,14 +232,27 @@ class Lineage:
     tree_size: int  # that commit's seq
     chain: bytes  # that commit's chain value
     checkpoint: bytes | None  # hash of the parent's latest checkpoint at the fork point
+    carried: tuple[Carried, ...] = ()  # 15.2 (1.3): the parent's signed checkpoints whose state this file keeps
+    # 15.1 (1.3), a compacted file only (all four or none): its policy, how many records it kept
+    # (its first `kept` records, inherited), how many it dropped, the Merkle root of the dropped ids
+    policy: str | None = None
+    kept: int | None = None
+    dropped: int | None = None
+    dropped_root: bytes | None = None
 
     def to_value(self) -> dict[str, Any]:
-        return {"chain": self.chain, "checkpoint": self.checkpoint, "parent": self.parent, "root": self.root,
-                "tree_size": self.tree_size}
+        # keys in 5.1 order (sorted by UTF-8 bytes), so canonical.pack of this is canonical
+        return dict(sorted({"chain": self.chain, "checkpoint": self.checkpoint, "parent": self.parent, "root": self.root,
+                "tree_size": self.tree_size,
+                **({"carried": [c.to_value() for c in self.carried]} if self.carried else {}),
+                **({"policy": self.policy, "kept": self.kept, "dropped": self.dropped,
+                    "dropped_root": self.dropped_root} if self.policy is not None else {})}.items()))
 
     def to_dict(self) -> dict[str, Any]:
         return {"parent": self.parent.hex(), "root": self.root.hex(), "tree_size": self.tree_size,
-                "chain": self.chain.hex(), "checkpoint": None if self.checkpoint is None else self.checkpoint.hex()}
+                "chain": self.chain.hex(), "checkpoint": None if self.checkpoint is None else self.checkpoint.hex(),
+                **({"policy": self.policy, "kept": self.kept, "dropped": self.dropped,
+                    "dropped_root": self.dropped_root.hex()} if self.dropped_root is not None else {})}
 
 
 def parse_lineage(payload: bytes, offset: int, seq: int) -> Lineage:
@@ -206,7 +263,8 @@ def parse_lineage(payload: bytes, offset: int, seq: int) -> Lineage:
         v = canon.decode(payload)
     except NonCanonicalError as e:
         raise bad(str(e)) from None
-    if not isinstance(v, dict) or set(v) != {"chain", "checkpoint", "parent", "root", "tree_size"}:
+    if not isinstance(v, dict) or not {"chain", "checkpoint", "parent", "root", "tree_size"} <= set(v) \
+            or not set(v) <= {"carried", "chain", "checkpoint", "parent", "root", "tree_size", *_COMPACTED}:
         raise bad("lineage fields are wrong")
     ok = (isinstance(v["parent"], bytes) and len(v["parent"]) == 16 and isinstance(v["root"], bytes)
           and len(v["root"]) == 32 and isinstance(v["chain"], bytes) and len(v["chain"]) == 32
@@ -214,4 +272,21 @@ def parse_lineage(payload: bytes, offset: int, seq: int) -> Lineage:
           and (v["checkpoint"] is None or (isinstance(v["checkpoint"], bytes) and len(v["checkpoint"]) == 32)))
     if not ok:
         raise bad("lineage field types are wrong")
-    return Lineage(v["parent"], v["root"], v["tree_size"], v["chain"], v["checkpoint"])
+    carried = _parse_carried(v["carried"], bad) if "carried" in v else ()
+    return Lineage(v["parent"], v["root"], v["tree_size"], v["chain"], v["checkpoint"], carried,
+                   *_parse_compacted(v, bad))
+
+
+_COMPACTED = ("policy", "kept", "dropped", "dropped_root")  # 15.1 (1.3)
+
+
+def _parse_compacted(v: dict[str, Any], bad: Any) -> tuple[Any, ...]:
+    """15.1: a compacted file's four fields, all present or none."""
+    have = [k for k in _COMPACTED if k in v]
+    if not have:
+        return (None, None, None, None)
+    pol, kept, dropped, root = (v.get(k) for k in _COMPACTED)
+    if len(have) != 4 or pol not in ("history", "checkpoints", "live") or type(kept) is not int or kept < 0 \
+            or type(dropped) is not int or dropped < 0 or not isinstance(root, bytes) or len(root) != 32:
+        raise bad("lineage compaction fields are wrong")
+    return (pol, kept, dropped, root)

@@ -15,8 +15,11 @@ from ..format.frames import FileHeader, Merkle, new_file_id
 from ..format.records import _REGISTRY, encode_record
 from ..format.scan import Snapshot
 from ..format.store import Mode, load_stable
+from ..questions._lifecycle import redacted
 from ..state.fold import live_records
+from ..state.stateroot import state_root_of
 from .capsule import Capsule
+from .carry import carried_for, carry_snapshots, copy_keysets
 from .locking import open_writer
 
 
@@ -135,24 +138,37 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
     ['kept in the fork']
     >>> capsule.verify("child.capsule", parent="parent.capsule").ok
     True
+    >>> capsule.verify("child.capsule", trust=key.public_key).ok  # day-1's signature is carried (15.2)
+    True
     """
     with open(path, "r") as src:
         if src._snap.commit is None:
             raise UsageError(f"{path}: has no commit to fork from")
-        view = src.view(at if at is not None else src._snap.commit)
-    with view:
-        c = view._snap.commit
-        if c is None:
-            raise UsageError(f"{path}: has no commit to fork from")
-        lin = Lineage(view._snap.header.file_id, c.root, c.seq, c.chain,
-                      view._snap.checkpoint[1] if view._snap.checkpoint else None)
-        every = list(view.records())
-    live = {r.id for r in live_records(every)}
+        with src.view(at if at is not None else src._snap.commit) as view:
+            return _fork(src, view, path, out, clock)
+
+
+def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock: Clock | None) -> Capsule:
+    c = view._snap.commit
+    if c is None:
+        raise UsageError(f"{path}: has no commit to fork from")
+    every = list(view._store.records())  # the stored records: a redacted one is dead, never copied (7.7.1)
+    live_then = {r.id for r in live_records(every)}
+    red = redacted(view._store)  # 7.7.1: redacted since, though live then: never copied
+    live = {x for x in live_then if bytes.fromhex(x) not in red} if red else live_then
     # 15: the journal survives a fork. Action records a rollback made dead are copied
     # too, in their commit order, and dropped again by a revert in the same commit, so
     # the fork's live state and root are the parent's and no effect can run twice.
     recs = [r for r in every if r.id in live or r.kind == "action"]
     journal = sorted(bytes.fromhex(r.id) for r in recs if r.id not in live)
+    # 15.2: carry the newest signed checkpoint whose state is the fork's (the one forked at,
+    # or one an earlier commit or a rollback left equal), held by the fork's commit 2
+    # (commit 1 when there is nothing to copy: the empty state is the first commit's)
+    root = bytes.fromhex(view.state_root if live == live_then else state_root_of([bytes.fromhex(x) for x in live]))
+    same = [k for k in view.checkpoints() if k.body.state_root == root][-1:]
+    carried = carried_for(view, [(k, 2 if recs else 1) for k in same])
+    lin = Lineage(view._snap.header.file_id, c.root, c.seq, c.chain,
+                  view._snap.checkpoint[1] if view._snap.checkpoint else None, tuple(carried))
     sde = source_date_epoch()
     # 2.5: in reproducible mode a fork gets its own file id, derived from its parent and fork point
     fid = None if sde is None or clock is not None else new_file_id(sde, lin.parent + lin.root)
@@ -168,6 +184,11 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
             items.append((rid, "revert", data))
         if items:
             new._write_commit(items)
+        if carried:
+            # 15.2: the carried signatures, and the checkpoints the fork signs later, verify
+            # under the parent's keys; a fork that carries nothing picks its own first keyset
+            copy_keysets(view, new)
+        carry_snapshots(src, new, recs, view=view)  # 16.3, 16.8: the first search loads, not builds
     except BaseException:
         new.close()
         raise
