@@ -28,12 +28,14 @@ from .core.errors import (
     NotFound,
     PolicyViolation,
     ReadOnlyError,
+    Redacted,
     UnsupportedError,
     UsageError,
     WriterPoisoned,
 )
 
 if TYPE_CHECKING:
+    from .compaction import compact
     from .format.checkpoint import CheckpointFrame, KeysetFrame
     from .format.keys import (
         PrivateKey,
@@ -81,6 +83,7 @@ _HOME = {
     "CommitRow": "format.store",
     "Capsule": "handle.capsule", "Summary": "handle.capsule",
     "create": "handle.entry", "fork": "handle.entry", "open": "handle.entry",
+    "compact": "compaction",
     "Transaction": "handle.transaction",
     "PackReport": "ingest.pack", "pack": "ingest.pack",
     "NOT_DONE": "run.actions", "Action": "run.actions", "ActionFailed": "run.actions",
@@ -171,6 +174,7 @@ __all__ = [
     "NotFound",
     "PolicyViolation",
     "ReadOnlyError",
+    "Redacted",
     "Summary",
     "Transaction",
     "UnsupportedError",
@@ -178,6 +182,7 @@ __all__ = [
     "VerifyReport",
     "WriterPoisoned",
     "action_subject",
+    "compact",
     "create",
     "fork",
     "kinds",

@@ -6,6 +6,7 @@ Code map (each module is one command group; none holds format logic):
 - ``records``: get, list (alias records)
 - ``keys``:   rotate-keys
 - ``state``:  state, keygen, checkpoint, checkpoints, rollback, fork, verify
+- ``lifecycle``: forget, redact, supersede, promote, demote (spec 7.7.1)
 - ``run``:    tasks, actions
 - ``search``: search, pack
 - ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
@@ -30,8 +31,10 @@ import capsule
 
 from . import (
     _coerce,  # noqa: F401  (typer coerces plain values without pydantic: start-up)
+    compact,
     inspect,
     keys,
+    lifecycle,
     records,
     report,
     run,
@@ -64,6 +67,12 @@ COMMANDS = (
     ("checkpoints", state.checkpoints),
     ("rollback", state.rollback),
     ("fork", state.fork),
+    ("compact", compact.compact),
+    ("forget", lifecycle.forget),
+    ("redact", lifecycle.redact),
+    ("supersede", lifecycle.supersede),
+    ("promote", lifecycle.promote),
+    ("demote", lifecycle.demote),
     ("tasks", run.tasks),
     ("actions", run.actions),
     ("verify", state.verify),

@@ -27,6 +27,7 @@ LAYERS = {
     "run": 3,
     "questions": 3.5,  # above search and run, below the handle that delegates to it
     "handle": 4,
+    "compaction": 4.5,  # above the handle it writes through, below the verifier that recomputes its plan
     "verifier": 5,
     "ingest": 5,
     "report": 5,

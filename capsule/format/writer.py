@@ -55,7 +55,8 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
                  extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
                  blob: tuple[str, bytes] | None = None,
                  at_index: Callable[[], Sequence[tuple[str, bytes]]] | None = None,
-                 vectors: Callable[[], dict[str, int | str]] | None = None) -> CommitInfo:
+                 vectors: Callable[[], dict[str, int | str]] | None = None,
+                 defer_index: bool = False) -> CommitInfo:
     """Append records (+ INDEX when due) + COMMIT, fsync once, then publish.
 
     ``extra`` frames go first; ``after`` frames are built by callbacks that get
@@ -64,6 +65,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     write just before it (the action journal's snapshot, 18.3). ``vectors`` is asked
     likewise for the INDEX's `vectors` map (9.2, 16.1), written in files created by 1.2 or later
     (header minor >= 2), so a 1.1 file appended to stays readable by 1.1 readers (12.6).
+    ``defer_index``: no INDEX unless forced (compaction writes one fresh INDEX at its end, 15.1).
     """
     h = store.h
     assert isinstance(h, WriteHandle)
@@ -148,7 +150,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     before_index = 0  # frames in ``parts`` before the INDEX, when one is written
     labels = snap.labels
     n_mem = len(snap.mem) + len(batch)
-    if force_index or n_mem >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES:
+    if force_index or (not defer_index and (n_mem >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES)):
         for btype, content in at_index() if at_index is not None else ():
             # 3.4: blobs kept current at every INDEX, after this commit's records
             payloads, bid = blob_parts(btype, content)

@@ -38,13 +38,17 @@ from ..format.scan import Snapshot, replay
 from ..format.signing import Keyset, rotate
 from ..format.store import CommitRow, Mode, Store
 from ..format.writer import Build, Item, item_ids, write_commit
+from ..questions._lifecycle import inherit, redacted, scrub, scrub_state
 from ..run.actions import ActionHandle, ActionState, Journal
 from ..run.tasks import Tasks
 from ..state import checkpoints as ck
+from ..state import validtime as vt
 from ..state.fold import State, dead_ids, fold_store, live_records
 from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
 from ..state.stateroot import state_root_of
+from .compacting import CompactMethods
+from .lifecycle import check_readable
 from .locking import track
 from .questions import QuestionMethods
 from .searching import SearchMethods
@@ -59,7 +63,7 @@ else:
     np = lazy("numpy")
 
 
-class Capsule(SearchMethods, QuestionMethods):
+class Capsule(SearchMethods, QuestionMethods, CompactMethods):
     """An open capsule. Use :func:`capsule.open` or :func:`capsule.create`.
 
     Threads: a handle may be shared. Commits from several threads are
@@ -251,20 +255,24 @@ class Capsule(SearchMethods, QuestionMethods):
         """
         self._check_open()
         rid = self._store.resolve_prefix(record_id) if isinstance(record_id, str) else _parse_id(record_id)
+        check_readable(self._store, rid)  # 7.7.1: a redacted payload is never returned (Redacted)
         rec = self._store.get(rid)
         if rec is None:
             raise NotFound(f"no record {rid.hex()}")
         return rec
 
-    def records(self, kind: str | None = None) -> Iterator[Any]:
+    def records(self, kind: str | None = None, *, valid_at: int | str | None = None) -> Iterator[Any]:
         """Every committed record in commit order, each checked on the way: typed objects
         (:class:`Memory`, :class:`Decision`, ...), each with ``.id`` and ``.to_dict()``.
+        ``valid_at`` (int ns or ISO-8601): only the memories of the valid-time view (13.6).
+        A redacted record (7.7.1) comes as a ``RedactedRecord``: id, kind, ``redacted=True``.
 
         >>> with cap.commit() as tx: _ = tx.remember("one"), tx.note("two")
         >>> [(r.kind, r.text) for r in cap.records()]
         [('memory', 'one'), ('note', 'two')]
         """
-        return self._store.records(kind)
+        recs = self._store.records(kind) if valid_at is None else vt.records_at(self._store, kind, valid_at)
+        return scrub(recs, redacted(self._store))
 
     def all_ids(self) -> np.ndarray:
         """Sorted content ids of every committed record (``S32`` array)."""
@@ -299,8 +307,9 @@ class Capsule(SearchMethods, QuestionMethods):
         """
         return self._store.log(limit)
 
-    def state(self) -> State:
-        """The agent's state at this snapshot: a pure fold over its records (13).
+    def state(self, *, valid_at: int | str | None = None) -> State:
+        """The agent's state at this snapshot: a pure fold over its records (13); with
+        ``valid_at`` (int ns or ISO-8601) its memories are the valid-time view's (13.6).
 
         Its ``to_dict()`` is the ``capsule state --json`` document, and its memories,
         decisions and notes are that document's dicts (whole ids, times as ISO-8601), not
@@ -311,7 +320,9 @@ class Capsule(SearchMethods, QuestionMethods):
         >>> doc["id"] == d, cap.get(doc["id"]).summary, cap.get(doc["evidence"][0]).text
         (True, 'ship', 'tests pass')
         """
-        return ck.vouch_approvals(self._store, fold_store(self._store))  # 7.4: the keyset in force
+        st = fold_store(self._store) if valid_at is None else vt.fold_at(self._store, valid_at)
+        st = ck.vouch_approvals(self._store, st)  # 7.4: the keyset in force
+        return scrub_state(st, redacted(self._store))  # a view from before a redaction: no payload
 
     # --- checkpoints and keys (14.9) ---------------------------------------------
     def checkpoints(self) -> list[CheckpointFrame]:
@@ -393,7 +404,8 @@ class Capsule(SearchMethods, QuestionMethods):
         """Append a ``revert`` so the live state equals checkpoint ``to``'s again;
         history stays in the file. With ``key``, also sign a checkpoint
         ``rollback-to-<label>``. Returns the revert record's id, or None when the
-        live state already equals the checkpoint's (nothing is written).
+        live state already equals the checkpoint's (nothing is written). A record redacted since
+        is not restored (7.7.1): the state (and root) then differ from the checkpoint's by it.
 
         >>> _ = cap.checkpoint("clean", key=key)
         >>> with cap.commit() as tx: _ = tx.remember("a mistake")
@@ -415,11 +427,12 @@ class Capsule(SearchMethods, QuestionMethods):
             raise CorruptError(f"checkpoint {to!r} does not match the records before it",
                                offset=target.offset, check="checkpoint-state")
         now_ids = {bytes.fromhex(r.id) for r in live_records(self.records())}
-        if now_ids == then_ids:
-            return None  # already there: nothing to write
+        back = then_ids - now_ids - set(redacted(self._store))  # 7.7.1: a redacted id stays gone
+        if not back and now_ids <= then_ids:
+            return None  # already there (but for redactions): nothing to write
         with self.commit() as tx:
             rid = tx._put_kind("revert", after=bytes.fromhex(self.root), to=target.hash,
-                               drop=sorted(now_ids - then_ids), restore=sorted(then_ids - now_ids))
+                               drop=sorted(now_ids - then_ids), restore=sorted(back))
         if key is not None:
             self.checkpoint(f"rollback-to-{to}", key=key)
         return rid
@@ -529,6 +542,7 @@ class Capsule(SearchMethods, QuestionMethods):
             raise
         v = Capsule(self.path, h, snap, "r", self.clock)
         v._store.pinned = True
+        inherit(v._store, self._store)  # 7.7.1: what is redacted now stays hidden in the past
         return v
 
     def refresh(self) -> bool:
@@ -563,12 +577,12 @@ class Capsule(SearchMethods, QuestionMethods):
 
     def _write_commit(self, items: Sequence[Item], *, force_index: bool = False,
                       extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
-                      blob: tuple[str, bytes] | None = None) -> CommitInfo:
+                      blob: tuple[str, bytes] | None = None, defer_index: bool = False) -> CommitInfo:
         """One durable commit through the store's writer; the state root follows it."""
         with self._lock, self._view_lock:  # searches and state_root see the snapshot and root move together
             info = write_commit(self._store, items, force_index=force_index, extra=extra, after=after, blob=blob,
                                 at_index=lambda: self._journal.index.blobs_at_index(items),
-                                vectors=lambda: self._search.searcher().index_value(items))
+                                vectors=lambda: self._search.searcher().index_value(items), defer_index=defer_index)
             self._roots.committed(item_ids(items))
             self._journal.index.committed(items)  # the journal folds its records and adopts its new head (18)
             return info

@@ -47,10 +47,14 @@ from ..search.lexcheck import BLOB_TYPE as LEX_BLOB
 from ..search.lexcheck import LexicalCheck
 from ..search.vindex import BLOB_TYPE, VectorIndex, VectorParams
 from ..state import kinds as _kinds  # noqa: F401  (7: kinds registered before decoding; verify has no handle)
-from ..state.fold import EVENT_KINDS, apply_revert
+from ..state.fold import EVENT_KINDS
+from ..state.liveness import apply_revert
 from ..state.stateroot import state_root_of
+from .carried import CarriedCheck, check_parent
 from .fast import check_frame, record_frame, tables_list
 from .journal import JournalCheck
+from .lineage import check_parent as _check_parent  # 15, 15.1: the LINEAGE against the parent
+from .lineage import inherited
 from .vectors import VectorEntries
 
 if TYPE_CHECKING:
@@ -181,6 +185,7 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
         _walk(h, header, size, rep, deep, progress, trust, strict, Pins(min_seq, expect_root))
         if rep.ok and parent is not None:
             _check_parent(rep, Path(parent))
+            check_parent(rep, p, Path(parent))  # 15.2: carried checkpoints are the parent's
         if rep.ok and policy:
             from .policy import check_policy
 
@@ -197,29 +202,6 @@ def _state_root(ids: bytearray, dead: set[bytes], events: set[bytes]) -> bytes:
         arr = np.array([x for x in (bytes(ids[i : i + 32]) for i in range(0, len(ids), 32)) if x not in gone],
                        dtype="S32")
     return bytes.fromhex(state_root_of(arr))
-
-
-def _check_parent(rep: VerifyReport, parent: Path) -> None:
-    """15: the fork point must be a commit of ``parent`` with the named root and chain."""
-    from ..handle.entry import open as open_capsule
-
-    lin = rep.lineage
-    if lin is None:
-        rep.ok = False
-        rep.first_error = {"offset": None, "seq": None, "check": "lineage", "message": "no LINEAGE frame: not a fork"}
-        return
-    with open_capsule(parent) as par:
-        ok = par.file_id == lin["parent"]
-        if ok:
-            try:
-                c = par.resolve(str(lin["tree_size"]))
-                ok = c.root.hex() == lin["root"] and c.chain.hex() == lin["chain"]
-            except CapsuleError:
-                ok = False
-    if not ok:
-        rep.ok = False
-        rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "lineage",
-                           "message": f"{parent} is not the parent this fork names (or the fork point differs)"}
 
 
 def _fail(rep: VerifyReport, check: str, message: str, offset: int | None = None) -> bool:
@@ -317,6 +299,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     signed: list[_Signed] = []
     commit_roots: dict[str, int] = {}
     commit_ends: list[int] = []
+    carried = CarriedCheck()  # 15.2: the parent's checkpoints the LINEAGE frame carries
     try:
         for fh, payload, leaf in rd.frames():
             try:
@@ -363,7 +346,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                 if kind == "revert":
                                     # 7.7: `after` is the root the last COMMIT before this one named
                                     want = bytes.fromhex(rep.root) if rep.root is not None else Merkle().root()
-                                    if rec.after != want:
+                                    if rec.after != want and records >= inherited(rep.lineage):  # 15.1
                                         raise CorruptError(f"record {slot}: revert `after` is not the root of the "
                                                            "last commit before it", offset=fh.offset, seq=fh.seq,
                                                            check="revert-after")
@@ -448,6 +431,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     rep.last_seq, rep.root = fh.seq, c.root.hex()
                     commit_roots[rep.root] = fh.seq
                     commit_ends.append(fh.end)
+                    carried.commit(rep.commits, fh.seq, fh.end, records, c.root,
+                                   (lambda: _state_root(ids, dead, events)) if deep else None)  # noqa: B023
                     prev_commit = fh.offset
                     committed_end = fh.end
                     rep.records = records
@@ -500,7 +485,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     if fh.seq != 0:
                         raise CorruptError("LINEAGE must be the first frame", offset=fh.offset, seq=fh.seq,
                                            check="lineage")
-                    rep.lineage = parse_lineage(payload, fh.offset, fh.seq).to_dict()
+                    carried = CarriedCheck(lin := parse_lineage(payload, fh.offset, fh.seq))
+                    rep.lineage = lin.to_dict()
                 elif t & C.CRITICAL:
                     raise CorruptError("unknown critical frame", offset=fh.offset, seq=fh.seq, check="frame-type")
             except CorruptError as e:
@@ -542,6 +528,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     # Only what a COMMIT made durable counts: frames of a torn tail sign nothing.
     signed = [s for s in signed if s.end <= committed_end]
     keysets = [k for k in keysets if k.offset < committed_end]
+    if (signed := carried.merge(rep, keysets, signed, _Signed)) is None:  # type: ignore[assignment]
+        return
     rep.checkpoints = len(signed)
     if not _trust(rep, keysets, signed, trust, strict, pins, commit_roots, commit_ends):
         return

@@ -1,0 +1,260 @@
+"""What a compaction keeps: one pass over the parent, by commit (spec 15.1).
+
+Theory of operation. :func:`commits` walks a capsule's frames in order up to its last
+commit, checking what a reader checks (frame headers, chain, codec) plus each COMMIT's
+Merkle root and record count, and yields every COMMIT with its records as stored bytes
+(id, kind, bytes): nothing is decoded but the kind, and the few records the plan must
+read (reverts, memories with a ttl). :func:`make_plan` folds that walk once: the dead and
+redacted sets at the end (13.1, 7.7.1), the dead set at each checkpoint, the ttl ends; then
+selects with NumPy over the id column. The writer (``rewrite.py``) walks the parent a second
+time and copies the kept records' bytes, and ``verify --parent`` (verifier/lineage.py)
+recomputes the same plan on the parent to check a compacted file against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..core import constants as C
+from ..core.errors import CorruptError, UsageError
+from ..core.lazy import lazy
+from ..format.checkpoint import CheckpointFrame, Lineage, parse_checkpoint, parse_lineage
+from ..format.commit import CommitInfo, parse_commit_payload
+from ..format.frames import FileHeader, Merkle, raw_payload
+from ..format.records import record_id
+from ..format.scan import Reader, Source
+from ..state.fold import EVENT_KINDS
+from ..state.liveness import apply_revert
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = lazy("numpy")
+
+POLICIES = ("history", "checkpoints", "live")
+#: 15.1: kept whatever the policy: the action journal (7.8), the task queue's events (7.9),
+#: every revert (the lifecycle events prove what was dropped; all of them keep the liveness
+#: of every kept record what it was in the parent) and the vector parameters (16.1).
+ALWAYS = frozenset({"action", "task", "revert", "vindex"})
+_TTL_KEY = b"\xa3ttl"  # a memory's `ttl` key as canonical msgpack spells it (7.1)
+_EMB_KEY = b"\xa9embedding"  # and its `embedding` key
+
+
+@dataclass
+class Commit:
+    """One COMMIT of a walk: its info, its records (id, kind, bytes) and CHECKPOINT frames."""
+
+    ordinal: int  # 1 = the file's first COMMIT
+    info: CommitInfo
+    records: list[tuple[bytes, str, bytes]]
+    checkpoints: list[CheckpointFrame]
+
+
+def _kind_decoder() -> Any:
+    import msgspec
+
+    class _Kind(msgspec.Struct, gc=False):
+        kind: str
+
+    return msgspec.msgpack.Decoder(list[_Kind])
+
+
+_FIELDS: dict[str, Any] = {}
+
+
+def _fields(kind: str) -> Any:
+    """A decoder of just the fields the plan reads of a ``revert`` (7.7) or ``memory`` (7.1):
+    a revert's lists and op, a memory's time and ttl (what the writer validated, and the
+    verifier checks, is not re-checked here; a record that does not even decode is refused)."""
+    if not _FIELDS:
+        import msgspec
+
+        class _Revert(msgspec.Struct, gc=False):
+            after: bytes
+            drop: list[bytes] = []
+            restore: list[bytes] = []
+            op: str | None = None
+
+        class _Ttl(msgspec.Struct, gc=False):
+            time: int
+            ttl: int | None = None
+
+        _FIELDS.update(revert=msgspec.msgpack.Decoder(_Revert), memory=msgspec.msgpack.Decoder(_Ttl),
+                       error=(msgspec.DecodeError, msgspec.ValidationError))
+    return _FIELDS[kind]
+
+
+def commits(src: Source, header: FileHeader, end: int, lineage: list[Lineage] | None = None) -> Iterator[Commit]:
+    """Every COMMIT of the file up to ``end`` (its last commit's end), in order, checked
+    as a reader checks frames (3, 4.2) plus each COMMIT's Merkle root and record count
+    (6.1), so damage anywhere is refused with the first bad frame (8.2). ``lineage``, when
+    given, receives the file's own LINEAGE frame."""
+    import msgspec
+
+    dec = _kind_decoder()
+    split = msgspec.msgpack.Decoder(list[msgspec.Raw])
+    rd = Reader(src, C.HEADER_SIZE, end, 0, header.chain_seed, header.max_frame_len)
+    merkle = Merkle()
+    recs: list[tuple[bytes, str, bytes]] = []
+    cks: list[CheckpointFrame] = []
+    total = 0
+    ordinal = 0
+    for fh, payload, leaf in rd.frames():
+        t = fh.ftype
+        if t == C.FT_RECORDS:
+            raw = raw_payload(fh, payload)
+            try:
+                parts = split.decode(raw)
+                kinds = dec.decode(raw)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                raise CorruptError(f"RECORDS payload: {e}", offset=fh.offset, seq=fh.seq, check="records") from None
+            for part, k in zip(parts, kinds, strict=True):
+                data = bytes(part)
+                recs.append((record_id(k.kind, data), k.kind, data))
+        elif t == C.FT_COMMIT:
+            info = parse_commit_payload(payload, fh.offset, fh.seq, fh.end, rd.chain)
+            total += len(recs)
+            if info.root != merkle.root():
+                raise CorruptError("COMMIT root is not the Merkle root of the frames before it", offset=fh.offset,
+                                   seq=fh.seq, check="merkle-root")
+            if info.records != total:
+                raise CorruptError("COMMIT record count is wrong", offset=fh.offset, seq=fh.seq, check="record-count")
+            ordinal += 1
+            yield Commit(ordinal, info, recs, cks)
+            recs, cks = [], []
+        elif t == C.FT_CHECKPOINT:
+            cks.append(parse_checkpoint(payload, fh.offset, fh.seq))
+        elif t == C.FT_LINEAGE and lineage is not None:
+            lineage.append(parse_lineage(payload, fh.offset, fh.seq))
+        merkle.append(leaf)
+
+
+@dataclass
+class Plan:
+    """What compacting a file under ``policy`` keeps (15.1), computed before anything is written."""
+
+    policy: str
+    ids: np.ndarray  # S32: every stored id, in commit order
+    keep: np.ndarray  # bool, beside ids
+    bounds: list[int]  # bounds[k-1]:bounds[k] are the records of commit k (ordinal)
+    times: list[int]  # commit k's time is times[k-1]
+    copied: int  # commits 1..copied are copied (15.1: later ones hold derived data only)
+    last: CommitInfo  # the parent's last commit (the LINEAGE names it)
+    checkpoint: bytes | None  # the parent's newest checkpoint hash then
+    pairs: list[tuple[CheckpointFrame, int]] = field(default_factory=list)  # checkpoints whose state is kept
+    bad_after: int | None = None  # index of the first kept revert whose `after` the parent does not vouch for
+    embedded_kept: int = 0  # memories with an embedding (16.1's entries) kept,
+    embedded_dropped: int = 0  # and dropped
+
+    @property
+    def kept(self) -> int:
+        return int(self.keep.sum())
+
+    @property
+    def dropped_ids(self) -> np.ndarray:
+        return np.sort(self.ids[~self.keep])
+
+    def dropped_root(self) -> bytes:
+        """15.1: RFC 6962 Merkle root over the sorted dropped ids, leaf = SHA-256(0x00 || id)."""
+        m = Merkle()
+        for rid in rows(self.dropped_ids):
+            m.append(hashlib.sha256(b"\x00" + rid).digest())
+        return m.root()
+
+    def kept_of(self, ordinal: int) -> np.ndarray:
+        lo, hi = self.bounds[ordinal - 1], self.bounds[ordinal]
+        return self.keep[lo:hi]
+
+
+def rows(arr: np.ndarray) -> list[bytes]:
+    """The 32-byte ids of an S32 column (``tolist`` would strip trailing zero bytes)."""
+    b = arr.tobytes()
+    return [b[i : i + 32] for i in range(0, len(b), 32)]
+
+
+def _isin(arr: np.ndarray, ids: set[bytes]) -> np.ndarray:
+    if not ids or not len(arr):
+        return np.zeros(len(arr), dtype=bool)
+    return np.isin(arr, np.array(sorted(ids), dtype="S32"))
+
+
+def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
+    """15.1: the selection of ``policy`` over the file's committed records."""
+    if policy not in POLICIES:
+        raise UsageError(f"unknown compaction policy {policy!r}: one of {', '.join(POLICIES)}")
+    ids = bytearray()
+    flags = bytearray()  # 1: always kept, 2: an event
+    dead: set[bytes] = set()
+    redacted: set[bytes] = set()
+    ends: list[tuple[bytes, int]] = []  # (memory id, time + ttl)
+    cks: list[tuple[CheckpointFrame, int, int, frozenset[bytes]]] = []
+    bounds, times = [0], []
+    copied = 1
+    last: CommitInfo | None = None
+    checkpoint: bytes | None = None
+    own: list[Lineage] = []
+    bad: list[int] = []  # reverts whose `after` is not the root of the commit before (7.7)
+    prev_root = Merkle().root()
+    for c in commits(src, header, end, own):
+        inherited = (own[0].kept or 0) if own else 0  # 15.1: the parent's own inherited records
+        for rid, kind, data in c.records:
+            if kind == "revert":
+                rec = _decode(rid, kind, data, c)
+                apply_revert(dead, redacted, rec)
+                if rec.after != prev_root and len(flags) >= inherited:
+                    bad.append(len(flags))
+            elif kind == "memory" and _TTL_KEY in data:
+                v = _decode(rid, kind, data, c)
+                if v.ttl is not None:
+                    ends.append((rid, v.time + v.ttl))
+            ids += rid
+            flags.append((kind in ALWAYS) | ((kind in EVENT_KINDS) << 1)
+                         | ((kind == "memory" and _EMB_KEY in data) << 2))
+        for ck in c.checkpoints:
+            cks.append((ck, c.ordinal, len(flags), frozenset(dead)))
+            checkpoint = ck.hash
+        if c.records or c.checkpoints:
+            copied = c.ordinal
+        bounds.append(len(flags))
+        times.append(c.info.time)
+        last = c.info
+        prev_root = c.info.root
+    if last is None:
+        raise UsageError("the capsule has no commit to compact")
+    arr = np.frombuffer(bytes(ids), dtype="S32")
+    fl = np.frombuffer(bytes(flags), dtype=np.uint8)
+    always, event = (fl & 1).astype(bool), (fl & 2).astype(bool)
+    live = ~event & ~_isin(arr, dead)
+    if policy == "history":
+        keep = np.ones(len(arr), dtype=bool)
+    elif policy == "live":
+        # 15.1: a memory whose ttl ended by the parent's last commit time is not live then
+        gone = {rid for rid, t in ends if t <= last.time}
+        keep = always | (live & ~_isin(arr, gone))
+    else:
+        keep = always | live
+        for _, _, n, d in cks:
+            keep[:n] |= ~event[:n] & ~_isin(arr[:n], set(d))
+    keep &= ~_isin(arr, redacted)  # 7.7.1: a redacted payload is never kept
+    pairs = []
+    for ck, ordinal, n, d in cks:
+        state = ~event[:n] & ~_isin(arr[:n], set(d))
+        if not (state & ~keep[:n]).any():
+            pairs.append((ck, ordinal))
+    bad_after = next((i for i in bad if keep[i]), None)
+    emb = (fl & 4).astype(bool)
+    return Plan(policy, arr, keep, bounds, times, copied, last, checkpoint, pairs, bad_after,
+                int((emb & keep).sum()), int((emb & ~keep).sum()))
+
+
+def _decode(rid: bytes, kind: str, data: bytes, c: Commit) -> Any:
+    try:
+        return _fields(kind).decode(data)
+    except _fields("error") as e:
+        raise CorruptError(f"{kind} {rid.hex()}: {e}", seq=c.info.seq, check="record-schema") from None
+
+
+__all__ = ["ALWAYS", "POLICIES", "Commit", "Plan", "commits", "make_plan", "rows"]

@@ -1,0 +1,243 @@
+"""Compaction: a new file from a plan, then one rename (spec 15.1, 6.4).
+
+Theory of operation. The source stays locked as its writer from the first read to the
+rename, so nothing commits to it meanwhile (6.5). The plan (``plan.py``) is computed
+first, entirely: the LINEAGE frame at seq 0 names what is kept and dropped and which
+parent checkpoints stay valid, so it must be known before the first byte is written.
+Then the parent is walked a second time and each copied commit becomes one commit of
+the new file, with the parent's commit time and the kept records' stored bytes (no
+record is decoded or re-encoded). No INDEX is written on the way; one fresh INDEX with
+its tables and the journal snapshot ends the file, then the writer's usual snapshots
+on close (16.3, 16.8), so no stale derived data is carried over.
+
+The new file is written under a temporary name in the destination's folder and is
+synced once, at the end: it is nobody's file until the rename, so a crash before the
+rename leaves the source as it was (and a stray temporary file), and the rename is
+atomic, so a reader sees the old file or the new one. A reader that had the old file
+open keeps its inode and reads it to the end.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..core import constants as C
+from ..core.clock import source_date_epoch
+from ..core.errors import AlreadyExists, CapsuleError, UsageError, WriterPoisoned
+from ..format import canonical as canon
+from ..format.checkpoint import Lineage
+from ..format.file import WriteHandle, fsync_dir
+from ..format.frames import FileHeader, Merkle, new_file_id
+from ..format.keys import PrivateKey
+from ..format.records import decode_record
+from ..format.scan import Snapshot
+from ..handle.capsule import Capsule
+from ..handle.entry import open as open_capsule
+from ..search.part import CLOSE_BUILD_MAX, SNAPSHOT_ON_CLOSE
+from ..search.vindex import BLOB_TYPE
+from .plan import _EMB_KEY, POLICIES, Plan, commits, make_plan
+
+#: the label of the checkpoint ``key=`` signs over the compacted head
+LABEL = "compact"
+
+
+class _SyncAtEnd(WriteHandle):
+    """The temporary file's writer: each commit's fsync is deferred to one at the end.
+
+    Nothing reads the temporary file before the rename, so its commits need no
+    durability one by one (10k commits must not cost 10k fsyncs); the rename comes
+    only after :meth:`close` made every byte durable."""
+
+    def sync(self) -> None:
+        self._check()
+
+    def durable(self) -> None:
+        super().sync()
+
+    def close(self) -> None:
+        if self.fd >= 0 and not self.forked and self.poisoned is None:
+            try:
+                self.durable()
+            except WriterPoisoned:
+                super().close()
+                raise
+        super().close()
+
+
+def _carry() -> tuple[Any, Any, Any]:
+    """The carried-checkpoint seam (15.2): ``carried_for``, ``copy_keysets`` and
+    ``carry_snapshots`` when built."""
+    try:
+        from ..handle.carry import carried_for, carry_snapshots, copy_keysets
+    except ImportError:
+        return None, None, None
+    return carried_for, copy_keysets, carry_snapshots
+
+
+def _vectors_worth_it(src: Capsule, plan: Plan) -> bool:
+    """16.3 on close, for the compacted file: a vector snapshot is written when the parent's
+    graph may hold exactly the kept entries (none dropped) or the kept ones are few enough to
+    build; only then are the kept memories with an embedding decoded to check or build it."""
+    n = plan.embedded_kept
+    if n < SNAPSHOT_ON_CLOSE:
+        return False
+    return n <= CLOSE_BUILD_MAX or (BLOB_TYPE in src._snap.blobs and plan.embedded_dropped == 0)
+
+
+def compact(path: str | Path, out: str | Path | None = None, keep: str = "history",
+            key: PrivateKey | Sequence[PrivateKey] | None = None,
+            *, timeout: float | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Compact ``path`` under a policy (spec 15.1) and return a report (counts, bytes, rate).
+
+    ``keep``: ``"history"`` (every record but redacted payloads; old index tables and
+    snapshots go), ``"checkpoints"`` (what the signed checkpoints' states and the live
+    state need) or ``"live"`` (the live state only). Whatever the policy the action
+    journal, the task events and the lifecycle events stay, byte for byte. ``out``
+    writes a new file (refused if it exists); without it the file is replaced in place
+    (temporary file, fsync, rename, fsync of the folder). ``key`` signs a checkpoint of
+    the compacted head. ``timeout``: wait that long for another writer, as :func:`open`.
+
+    >>> import capsule
+    >>> with capsule.create("c.capsule") as cap:
+    ...     with cap.commit() as tx:
+    ...         rid = tx.remember("the printer is on floor 2")
+    ...     with cap.commit() as tx:
+    ...         _ = tx.forget(rid)
+    >>> capsule.compact("c.capsule", "c2.capsule", keep="live")["dropped"]
+    1
+    >>> capsule.verify("c2.capsule", parent="c.capsule").ok
+    True
+    """
+    if keep not in POLICIES:
+        raise UsageError(f"unknown compaction policy {keep!r}: one of {', '.join(POLICIES)}")
+    src_path = Path(path)
+    dest = Path(out) if out is not None else src_path
+    if out is not None and (dest.exists() or dest.is_symlink()):
+        raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)")
+    if not dest.parent.is_dir():
+        raise UsageError(f"{dest.parent}: no such directory")
+    with open_capsule(src_path, "a", timeout=timeout) as src:  # the writer lock, held to the rename (6.5)
+        return _compact(src, src_path, dest, out is None, keep, key, progress)
+
+
+def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "history",
+                   key: PrivateKey | Sequence[PrivateKey] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """:meth:`Capsule.compact`: a writer handle is the source (its lock is the one held) and,
+    compacted in place, is closed after (its file was replaced); a reader takes the lock."""
+    if cap.mode != "a":
+        return compact(cap.path, out, keep, key, progress=progress)
+    if keep not in POLICIES:
+        raise UsageError(f"unknown compaction policy {keep!r}: one of {', '.join(POLICIES)}")
+    dest = Path(out) if out is not None else cap.path
+    if out is not None and (dest.exists() or dest.is_symlink()):
+        raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)")
+    rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
+    if out is None:
+        cap.close()
+    return rep
+
+
+def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str,
+             key: PrivateKey | Sequence[PrivateKey] | None,
+             progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    snap = src._snap
+    if snap.commit is None:
+        raise UsageError(f"{src_path}: has no commit to compact")
+    before = snap.commit.end
+    plan = make_plan(src._h, snap.header, before, keep)
+    carried_for, copy_keysets, carry_snapshots = _carry()
+    carried = tuple(carried_for(src, plan.pairs)) if carried_for is not None and plan.pairs else ()
+    lin = Lineage(snap.header.file_id, plan.last.root, plan.last.seq, snap.commit.chain, plan.checkpoint,
+                  carried, keep, plan.kept, len(plan.ids) - plan.kept, plan.dropped_root())
+    sde = source_date_epoch()
+    # 2.5: reproducible mode derives the id from the parent, its last commit and the policy
+    fid = new_file_id(sde, lin.parent + lin.root + keep.encode()) if sde is not None else new_file_id()
+    if in_place:
+        # A compaction killed before its rename left its temporary file; only a holder of
+        # this lock writes one, so any still there is a dead compactor's.
+        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.compact-*"):
+            stale.unlink(missing_ok=True)
+    tmp = dest.parent / f".{dest.name}.compact-{secrets.token_hex(6)}"
+    try:
+        _write(src, plan, lin, fid, tmp, key, (copy_keysets, carry_snapshots), progress)
+        if in_place:
+            os.replace(tmp, dest)
+        else:
+            try:
+                os.link(tmp, dest)  # never replaces: -o onto a path that appeared meanwhile still refuses
+            except FileExistsError:
+                raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)") from None
+            tmp.unlink()
+        fsync_dir(dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    after = dest.stat().st_size
+    secs = time.perf_counter() - t0
+    n = len(plan.ids)
+    return {"path": str(src_path), "out": str(dest), "policy": keep, "records": n, "kept": plan.kept,
+            "dropped": n - plan.kept, "dropped_root": lin.dropped_root.hex() if lin.dropped_root else None,
+            "commits": plan.copied, "carried": len(carried), "signed": key is not None,
+            "bytes_before": before, "bytes_after": after, "seconds": round(secs, 3),
+            "records_per_s": round(n / secs) if secs > 0 else None}
+
+
+def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
+           key: PrivateKey | Sequence[PrivateKey] | None,
+           carry: tuple[Any, Any], progress: Callable[[int, int], None] | None) -> None:
+    copy_keysets, carry_snapshots = carry
+    mems: list[Any] | None = [] if carry_snapshots is not None and _vectors_worth_it(src, plan) else None
+    now = [plan.times[0]]
+    h = _SyncAtEnd(tmp, create=True)
+    try:
+        header = FileHeader(fid)
+        h.append_at(0, header.encode())
+        cap = Capsule(tmp, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a",
+                      lambda: now[0])
+    except BaseException:
+        h.close()
+        raise
+    total, done = len(plan.ids), 0
+    try:
+        snap = src._snap
+        assert snap.commit is not None
+        for c in commits(src._h, snap.header, snap.commit.end):
+            if c.ordinal > plan.copied:
+                break
+            keep = plan.kept_of(c.ordinal).tolist()
+            items = [r for r, k in zip(c.records, keep, strict=True) if k]
+            if mems is not None:
+                mems += [decode_record(canon.decode(d), rid) for rid, kind, d in items
+                         if kind == "memory" and _EMB_KEY in d]
+            now[0] = c.info.time  # 15.1: the parent's commit time
+            extra = [(C.FT_LINEAGE, canon.pack(lin.to_value()))] if c.ordinal == 1 else []
+            cap._write_commit(items, extra=extra, defer_index=True)
+            done += len(c.records)
+            if progress is not None:
+                progress(done, total)
+        now[0] = plan.last.time
+        if copy_keysets is not None and lin.carried:
+            copy_keysets(src, cap)  # 15.2: the parent's keyset chain, so carried checkpoints verify
+        cap._write_commit([], force_index=True)  # one fresh INDEX, its tables and the journal snapshot
+        if mems is not None:
+            carry_snapshots(src, cap, mems)  # 16.3, 16.8: the parent's graph when it fits, else built
+        if key is not None:
+            cap.checkpoint(LABEL, key=key)
+    except BaseException:
+        WriteHandle.close(h)  # no snapshots, no fsync: the temporary file is removed
+        raise
+    cap.close()  # the writer's snapshots on close (16.3, 16.8), then the one fsync
+    if cap.close_error is not None:
+        raise cap.close_error if isinstance(cap.close_error, CapsuleError | OSError) else CapsuleError(
+            str(cap.close_error))
+
+
+__all__ = ["LABEL", "compact", "compact_handle"]

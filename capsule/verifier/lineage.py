@@ -1,0 +1,106 @@
+"""A compacted file against its parent (spec 15.1): ``verify NEW --parent OLD``.
+
+The proof is a recomputation. The LINEAGE names the parent's last commit and the policy;
+the parent's records up to that commit are walked (``compaction.plan``) and the policy's
+selection made again. The compacted file passes when its inherited records (its first
+`kept` ones) are exactly the selected ids, commit by commit and in order, under the same
+commit times, and the counts and the Merkle root of the dropped ids are the LINEAGE's.
+Ids suffice for "byte-identical": both files' records hash to their ids (5.3), which
+each file's own verification checks. So every dropped id is one the policy drops in the
+parent: dead, expired, redacted, or outside the policy, at that point. The checks a record's
+place makes (7.7 `revert-after`) are made for inherited records in the parent, here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..compaction.plan import commits, make_plan, rows
+from ..core import constants as C
+from ..core.errors import CapsuleError
+from ..handle.entry import open as open_capsule
+
+if TYPE_CHECKING:
+    from .check import VerifyReport
+
+
+def inherited(lineage: dict[str, Any] | None) -> int:
+    """15.1: how many records at the start of this file are inherited (its LINEAGE's `kept`)."""
+    return int((lineage or {}).get("kept") or 0)
+
+
+def check_parent(rep: VerifyReport, parent: Path) -> None:
+    """15: the fork point must be a commit of ``parent`` with the named root and chain;
+    15.1: a compacted file must also hold exactly what its policy keeps of it."""
+    lin = rep.lineage
+    if lin is None:
+        rep.ok = False
+        rep.first_error = {"offset": None, "seq": None, "check": "lineage", "message": "no LINEAGE frame: not a fork"}
+        return
+    with open_capsule(parent) as par:
+        ok = par.file_id == lin["parent"]
+        if ok:
+            try:
+                c = par.resolve(str(lin["tree_size"]))
+                ok = c.root.hex() == lin["root"] and c.chain.hex() == lin["chain"]
+            except CapsuleError:
+                ok = False
+    if not ok:
+        rep.ok = False
+        rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "lineage",
+                           "message": f"{parent} is not the parent this fork names (or the fork point differs)"}
+    elif lin.get("policy") is not None:
+        check_compacted(rep, parent)
+
+
+def check_compacted(rep: VerifyReport, parent: Path) -> None:
+    """15.1: the compacted file ``rep`` verified holds exactly what its policy keeps of ``parent``."""
+    lin = rep.lineage
+    assert lin is not None and lin.get("policy") is not None
+    try:
+        _check(rep, lin, parent)
+    except CapsuleError as e:  # the parent itself is damaged: it proves nothing
+        _fail(rep, f"{parent}: {e}")
+
+
+def _fail(rep: VerifyReport, message: str, offset: int | None = C.HEADER_SIZE, seq: int | None = 0,
+          check: str = "lineage") -> None:
+    rep.ok = False
+    rep.first_error = {"offset": offset, "seq": seq, "check": check, "message": message}
+
+
+def _check(rep: VerifyReport, lin: dict[str, Any], parent: Path) -> None:
+    with open_capsule(parent) as par:
+        c = par.resolve(str(lin["tree_size"]))
+        plan = make_plan(par._h, par._snap.header, c.end, lin["policy"])
+    dropped = len(plan.ids) - plan.kept
+    if (plan.kept, dropped) != (lin["kept"], lin["dropped"]):
+        return _fail(rep, f"the lineage says {lin['kept']} kept and {lin['dropped']} dropped; policy "
+                          f"{lin['policy']!r} on {parent} keeps {plan.kept} and drops {dropped}")
+    if plan.dropped_root().hex() != lin["dropped_root"]:
+        return _fail(rep, f"the dropped ids' Merkle root is not that of the ids policy {lin['policy']!r} drops "
+                          f"in {parent}")
+    if plan.bad_after is not None:
+        rid = rows(plan.ids[plan.bad_after : plan.bad_after + 1])[0].hex()
+        return _fail(rep, f"inherited revert {rid}: its `after` is not the root of the parent's commit before it",
+                     check="revert-after")
+    with open_capsule(rep.path) as new:
+        snap = new._snap
+        assert snap.commit is not None
+        seen = 0
+        for got in commits(new._h, snap.header, snap.commit.end):
+            k = seen = got.ordinal
+            if k > plan.copied:
+                break
+            lo, hi = plan.bounds[k - 1], plan.bounds[k]
+            want = rows(plan.ids[lo:hi][plan.keep[lo:hi]])
+            if [r[0] for r in got.records] != want or got.info.time != plan.times[k - 1]:
+                return _fail(rep, f"commit {k} does not hold what policy {lin['policy']!r} keeps of {parent}'s "
+                                  f"commit {k} (its records, in order, at its time)", got.info.offset, got.info.seq)
+        if seen < plan.copied:
+            return _fail(rep, f"the file ends before the {plan.copied} commits it inherits from {parent}")
+    return None
+
+
+__all__ = ["check_compacted", "check_parent", "inherited"]
