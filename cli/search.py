@@ -16,7 +16,7 @@ from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import call
 from ._help import literal
-from ._params import AtOpt, FileArg, JsonOpt, WaitOpt, parse_meta
+from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, parse_meta, valid_at_iso
 from ._render import emit_json, err, out, warn
 from .records import AnyTagOpt, KindOpt, MetaOpt, SinceOpt, TagOpt, TierOpt, UntilOpt, hit_table
 
@@ -80,6 +80,7 @@ def search(
                                     min=1, max=100000)] = 64,
     json_out: JsonOpt = False,
     at: AtOpt = None,
+    valid_at: ValidAtOpt = None,
 ) -> None:
     """Search memories by words (BM25), by meaning (vectors) or both.
 
@@ -93,8 +94,10 @@ def search(
       capsule search notes.capsule "deploy freeze" --mode lexical --tag ops --since 2026-01-01
       capsule search notes.capsule --meta chunk=0 --tag ops
       capsule search agent.capsule --vector q.npy --json
+      capsule search agent.capsule "who is the CEO" --valid-at 2025-06-01 --json
     """
     meta_map = parse_meta(meta or [])
+    when = call(lambda: valid_at_iso(valid_at))
 
     def go() -> tuple[list[Any], list[str]]:
         if not path.exists():
@@ -104,7 +107,8 @@ def search(
             view = cap.view(at) if at is not None else contextlib.nullcontext(cap)
             with view as c:
                 hits = c.search(query, vector=qv, k=k, mode=mode, tags=tag, any_tags=any_tag, tier=tier,
-                                kind=kind, since=since, until=until, meta=meta_map, embedder=embedder, ef=ef)
+                                kind=kind, since=since, until=until, meta=meta_map, embedder=embedder, ef=ef,
+                                valid_at=when)
                 for h in hits:
                     h.record  # noqa: B018  (read while the capsule is open)
                 info = c.index_info()
@@ -113,8 +117,8 @@ def search(
     hits, warnings = call(go)
     for w in warnings:
         warn(w)
-    if json_out:
-        emit_json([h.to_dict() for h in hits])
+    if json_out:  # 13.6: each hit says the valid time it was found at
+        emit_json([h.to_dict() if when is None else {**h.to_dict(), "valid_at": when} for h in hits])
         return
     if not hits:
         out.print("no results")
@@ -137,11 +141,15 @@ def pack(
         "auto: hash, unless the JSONL records carry their own embeddings."))] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Records per embedding batch, and per commit in a new "
                                        "capsule (--append writes one commit).", min=1)] = 1000,
-    append: Annotated[bool, typer.Option("--append", help="Add to an existing capsule.")] = False,
+    append: Annotated[bool, typer.Option("--append", help="Add to an existing capsule: files already packed "
+                                         "with the same bytes add nothing, a changed file's chunks supersede "
+                                         "its old ones.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="With --append and a folder: forget the chunks of files "
+                                        "no longer in it (a reason names each path).")] = False,
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Ingest text files (chunked; path and chunk kept in meta) or JSONL records.
+    """Ingest text files (chunked; path, chunk and file SHA-256 kept in meta) or JSONL records.
 
     A folder's .txt, .md, .markdown, .rst and .text files are read (any case);
     files of other types are ignored with one warning, and files that are not
@@ -149,18 +157,21 @@ def pack(
     .jsonl or .ndjson, as JSONL. The vector index is built and stored in the
     capsule, so it opens straight to search. The record count includes only
     what was packed: `capsule open` also counts the capsule's vindex record
-    (its vector index parameters).
+    (its vector index parameters). Re-running `--append` on the same folder
+    keeps the capsule in sync with it: unchanged files add nothing, changed
+    ones replace their chunks, an interrupted pack is completed.
 
     Examples:
       capsule pack docs/ -o docs.capsule
       capsule pack memories.jsonl -o agent.capsule --embedder none
+      capsule pack docs/ -o docs.capsule --append --prune
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     def go() -> capsule.PackReport:
         emb: Any = None if embedder == "none" else embedder
         kw: dict[str, Any] = {"embedder": emb, "batch": batch, "append": append, "warn": warn,
-                              "timeout": wait or None}
+                              "timeout": wait or None, "prune": prune}
         if json_out or not sys.stderr.isatty():
             return capsule.pack(src, output, **kw)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
@@ -184,4 +195,11 @@ def pack(
         parts.append(f"{_plural(rep.vectors, 'vector')} ({how})")
     if rep.skipped:
         parts.append(f"{len(rep.skipped)} skipped")
+    sy = rep.sync
+    if append and (sy.unchanged.files or sy.changed.files or sy.resumed.files or sy.pruned.files):
+        parts += [f"{n} {what}" for n, what in ((sy.unchanged.files, "unchanged"), (sy.changed.files, "changed"),
+                                                 (sy.resumed.files, "resumed"), (sy.pruned.files, "pruned"))
+                  if n]
+        if sy.superseded.chunks or sy.pruned.chunks:
+            parts.append(f"{_plural(sy.superseded.chunks + sy.pruned.chunks, 'old chunk')} left the state")
     out.print(f"{', '.join(parts)}: {output} ({_plural(rep.bytes, 'byte')})")

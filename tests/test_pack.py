@@ -2,7 +2,7 @@
 
 Promised (capsule/ingest/pack.py, cli/search.py): files in sorted relative-path order,
 chunked by paragraphs, each chunk a memory with ``source`` and ``meta`` {path,
-chunk}; files that are not UTF-8 (or hold NUL bytes) are skipped with a warning
+chunk, sha256 (of the file)}; files that are not UTF-8 (or hold NUL bytes) are skipped with a warning
 and everything else is packed; the vector index is built and snapshotted so the
 packed capsule opens straight to search; a failed pack leaves no capsule; with
 ``SOURCE_DATE_EPOCH`` the output is byte-identical (2.5).
@@ -10,6 +10,7 @@ packed capsule opens straight to search; a failed pack leaves no capsule; with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -111,7 +112,8 @@ def test_pack_folder_skips_non_utf8_with_a_warning_and_packs_the_rest(tmp_path: 
             assert cap.search(token, mode="lexical") == []
         assert not any(m.text.startswith("\ufeff") for m in mems), "the BOM is not text"
         hits = cap.search("filler words", mode="lexical", meta={"path": "sub/deeper/long.rst", "chunk": 1}, k=5)
-        assert len(hits) == 1 and hits[0].meta == {"chunk": 1, "path": "sub/deeper/long.rst"}
+        digest = hashlib.sha256(FILES["sub/deeper/long.rst"]).hexdigest()  # the file's, in each chunk
+        assert len(hits) == 1 and hits[0].meta == {"chunk": 1, "path": "sub/deeper/long.rst", "sha256": digest}
 
 
 def test_pack_is_reproducible_with_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,7 +282,7 @@ def test_pack_a_single_text_file(tmp_path: Path) -> None:
     assert rep.files == 1 and rep.records == 1
     with capsule.open(out) as cap:
         (hit,) = cap.search("uniqsecond", mode="lexical")
-        assert hit.meta == {"chunk": 0, "path": "notes.md"}
+        assert hit.meta == {"chunk": 0, "path": "notes.md", "sha256": hashlib.sha256(FILES["a.md"]).hexdigest()}
     bad = tmp_path / "latin.txt"
     bad.write_bytes(FILES["latin1.txt"])
     with pytest.raises(capsule.UsageError, match="no UTF-8 text"):

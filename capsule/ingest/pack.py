@@ -7,8 +7,10 @@ ignored with one warning naming their suffixes; one file of another type is refu
 Files are read in sorted relative-path order and chunked by paragraphs, so the
 same input gives the same records; with ``SOURCE_DATE_EPOCH`` set the capsule
 itself is byte-identical (2.5). Each chunk is a memory whose ``source`` is the
-file's relative POSIX path and whose ``meta`` holds ``path`` and ``chunk`` (its
-position in the file, from 0). Records go in group commits; the vector index is
+file's relative POSIX path and whose ``meta`` holds ``path``, ``chunk`` (its
+position in the file, from 0) and ``sha256`` (of the whole file's bytes), so packing
+again adds nothing for an unchanged file and supersedes a changed one's chunks
+(``resync.py``). Records go in group commits; the vector index is
 built at the end and its snapshot written on close, so the packed capsule opens
 straight to search.
 
@@ -16,11 +18,14 @@ Theory of operation: two passes, so the parsed input held at once is one batch
 (appending also keeps its one commit's encoded records). The first reads every input once (JSON syntax and objects, UTF-8, sizes
 against spec 11's input limits), counts the records, learns whether JSONL
 records bring their own embeddings (which picks the embedder) and creates
-nothing; the second reads again and streams batches into the capsule, checking
+nothing; between them, once the capsule is open, one pass over its state decides
+what each text file needs (``resync.py``); the second pass reads again only the
+files that need writing and streams batches into the capsule, checking
 that each file hashes as it did the first time, each batch through
 ``Transaction.put_many`` (the bulk path ``put --jsonl`` shares). A new capsule gets a commit per
 batch and is deleted if anything fails (or is interrupted); appending writes one
-commit, so a failure leaves the existing capsule byte for byte as it was.
+commit (the lifecycle events of changed and pruned files with it), so a failure
+leaves the existing capsule byte for byte as it was.
 Only regular files are read, and in a folder a symlink only while it stays inside.
 """
 
@@ -39,6 +44,20 @@ from ..core.errors import AlreadyExists, CapsuleNotFound, InvalidRecordError, Us
 from ..search.embed import Embedder, get_embedder
 from ..search.vindex import VectorParams
 from .jsonl import read_jsonl
+from .resync import (
+    ADDED,
+    CHANGED,
+    RESUMED,
+    UNCHANGED,
+    Chunk,
+    SyncReport,
+    classify,
+    lifecycle_event,
+    live_chunks,
+    nfc,
+    prunable,
+    same_texts,
+)
 from .source import check_regular, open_regular, read_regular, size_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
@@ -56,11 +75,13 @@ class PackReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     embedder: str | None = None
     bytes: int = 0
+    #: file by file: added, changed, resumed, unchanged, superseded, pruned (files and chunks; resync.py)
+    sync: SyncReport = field(default_factory=SyncReport)
 
     def to_dict(self) -> dict[str, Any]:
         return {"files": self.files, "records": self.records, "new": self.new, "vectors": self.vectors,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped], "embedder": self.embedder,
-                "bytes": self.bytes}
+                "bytes": self.bytes, **self.sync.to_dict()}
 
 
 def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
@@ -93,12 +114,26 @@ _PACK_TEXT = "one text file to pack"
 
 
 @dataclass
+class _File:
+    rel: str  # relative POSIX path (NFC, as meta stores it)
+    path: Path  # what to open
+    sha256: str  # of its bytes, at the first pass
+    chunks: int  # how many it has now
+    status: str = ADDED  # what the plan decided (resync.py)
+
+
+@dataclass
 class _Source:
     """What the first pass learned; ``rows()`` is the second pass."""
 
-    total: int  # records the second pass yields
+    total: int  # records the second pass yields (for text: before the plan)
     own: bool  # some JSONL record brings its own embedding
     rows: Callable[[], Iterator[Row]]
+    files: list[_File] | None = None  # text files, in order (None: JSONL)
+    listed: set[str] = field(default_factory=set)  # every text file's path, skipped ones too (prune keeps them)
+    folder: bool = False  # a folder's files (opened without following a final symlink)
+    have: dict[str, list[Chunk]] = field(default_factory=dict)  # live chunks by path, before the pack
+    replace: dict[str, list[Chunk]] = field(default_factory=dict)  # changed paths: the chunks to supersede
 
 
 def _skip(report: PackReport, warn: Callable[[str], None], rel: str, why: str) -> None:
@@ -165,35 +200,82 @@ def _read_text(rel: str, path: Path, nofollow: bool) -> tuple[str | None, str]:
 
 
 def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> _Source:
-    """A folder's text files (or one text file, by its name), chunked; the first pass
-    reads each once to skip what is not text and count the chunks."""
+    """A folder's text files (or one text file, by its name); the first pass reads
+    each once to skip what is not text, hash it and count its chunks. Its rows are
+    :func:`_text_rows`, which follow the plan made once the capsule is open."""
     folder = src.is_dir()
     files = _text_files(src, report, warn) if folder else [(src.name, src)]
     if not folder:
         check_regular(src)
-    kept: list[tuple[str, Path, str]] = []
-    total = 0
+    source = _Source(0, False, lambda: iter(()), files=[], folder=folder)
+    assert source.files is not None
     for rel, p in files:
         text, note = _read_text(rel, p, folder)
         if text is None:
             _skip(report, warn, rel, note)
             continue
-        digest = note
         report.files += 1
-        total += len(chunk_text(text, limit))
-        kept.append((rel, p, digest))
+        n = len(chunk_text(text, limit))
+        source.total += n
+        source.files.append(_File(nfc(rel), p, note, n))
+    source.listed = {nfc(rel) for rel, _ in files} | {nfc(rel) for rel, _ in report.skipped}
+    return source
 
-    def rows() -> Iterator[Row]:
-        for rel, p, digest in kept:
-            text, again = _read_text(rel, p, folder)
-            if again != digest:
-                raise InvalidRecordError(f"{rel}: changed while it was being packed")
-            assert text is not None
-            for i, chunk in enumerate(chunk_text(text, limit)):
-                yield f"{rel} chunk {i}", {"kind": "memory", "text": chunk, "source": rel,
-                                           "meta": {"chunk": i, "path": rel}}
 
-    return _Source(total, False, rows)
+def _plan(source: _Source, have: dict[str, list[Chunk]]) -> None:
+    """Each file's status (resync.py) and the chunks the second pass will write."""
+    assert source.files is not None
+    todo = 0
+    for f in source.files:
+        olds = have.get(f.rel, [])
+        f.status = classify(olds, f.sha256, f.chunks)
+        todo += 0 if f.status == UNCHANGED else f.chunks - (len(olds) if f.status == RESUMED else 0)
+    source.have, source.total = have, todo
+
+
+def _text_rows(source: _Source, sync: SyncReport, limit: int,
+               vector_of: Callable[[bytes], Any] | None = None) -> Iterator[Row]:
+    """The second pass: read again (and check) each file that needs writing, chunk it,
+    yield the chunks to write; a changed file's old chunks go to ``source.replace``.
+    ``vector_of(id)``: a stored chunk's embedding, which a new chunk of a changed
+    file with the very same text takes instead of being embedded again (the
+    capsule's vectors all come from one embedder, 16.1)."""
+    assert source.files is not None
+    for f in source.files:
+        olds = source.have.get(f.rel, [])
+        if f.status == UNCHANGED:
+            sync.unchanged.add(len(olds))
+            continue
+        text, again = _read_text(f.rel, f.path, source.folder)
+        if text is None:  # readable in the first pass: say what changed, not that the bytes did
+            raise InvalidRecordError(f"{f.rel}: could not be read again ({again})")
+        if again != f.sha256:
+            raise InvalidRecordError(f"{f.rel}: changed while it was being packed")
+        assert text is not None
+        chunks = chunk_text(text, limit)
+        numbers = range(len(chunks))
+        if f.status == RESUMED:
+            if same_texts(olds, chunks):
+                there = {c.number for c in olds}
+                numbers = [i for i in numbers if i not in there]  # type: ignore[assignment]
+            else:  # packed with another chunking: replace it whole
+                f.status = CHANGED
+                source.total += len(olds)
+        same: dict[str, bytes] = {}  # text -> an old chunk holding it
+        if f.status == CHANGED:
+            source.replace[f.rel] = olds
+            if vector_of is not None:
+                same = {c.text: c.id for c in olds}
+        {ADDED: sync.added, CHANGED: sync.changed, RESUMED: sync.resumed}[f.status].add(len(numbers))
+        for i in numbers:
+            row = {"kind": "memory", "text": chunks[i], "source": f.rel,
+                   "meta": {"chunk": i, "path": f.rel, "sha256": f.sha256}}
+            old = same.get(nfc(chunks[i])) if same else None
+            vec = None if old is None or vector_of is None else vector_of(old)
+            if vec is not None:
+                row["embedding"] = vec
+                sync.reused += 1
+            yield f"{f.rel} chunk {i}", row
 
 
 def _jsonl(src: Path) -> _Source:
@@ -247,7 +329,8 @@ def _embedder_for(choice: str | Embedder | None, have: VectorParams | None, own:
 def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = "auto", batch: int = 1000,
          append: bool = False, chunk_chars: int = CHUNK_CHARS, progress: Callable[[int, int], None] | None = None,
          warn: Callable[[str], None] | None = None, build: bool = True,
-         on_index: Callable[[], None] | None = None, timeout: float | None = None) -> PackReport:
+         on_index: Callable[[], None] | None = None, timeout: float | None = None,
+         prune: bool = False) -> PackReport:
     """Ingest ``src`` (a folder or file of text / markdown, or a JSONL file) into the capsule ``out``.
 
     ``embedder``: a name (``hash``, ``minilm``, ...), an :class:`Embedder`, ``None``
@@ -259,6 +342,13 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     ``progress(done, total)`` follows the records; ``on_index()`` is called before
     the vector index is built. ``timeout``: with ``append``, how long to wait for
     another writer (as for :func:`capsule.open`).
+
+    Packing text again adds nothing for a file whose bytes are unchanged (each chunk's
+    ``meta.sha256`` is its file's): a changed file's new chunks supersede its old ones,
+    a pack cut short is completed, so re-running ``append`` keeps a capsule in sync with
+    a folder (``resync.py``). ``prune`` (a folder, with ``append``) also forgets the
+    chunks of paths no longer in it; without it they are left alone. ``report.sync``
+    counts files and chunks by what happened to them.
 
     >>> import capsule, pathlib
     >>> notes = pathlib.Path("notes")
@@ -282,6 +372,8 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         raise UsageError("batch must be a positive integer")
     if chunk_chars < 100:
         raise UsageError("chunks must allow at least 100 characters")
+    if prune and not (append and src.is_dir()):
+        raise UsageError("--prune needs --append and a folder: it forgets the chunks of files no longer in it")
     report = PackReport()
     if src.is_dir() or src.suffix.lower() in TEXT_SUFFIXES:
         source = _texts(src, report, warn, chunk_chars)
@@ -295,6 +387,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if not source.total:
             raise UsageError(f"{src}: no records")
         report.files = 1
+        report.sync.added.files = 1
     if out.exists() and not append:
         raise AlreadyExists(f"{out}: already exists (pass append=True / --append to add to it)")
     check_regular(out)
@@ -308,18 +401,30 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         report.embedder = None if emb is None else emb.name
         if emb is not None and cap.vector_config() is None:
             cap.configure_vectors(dim=emb.dim, embedder=emb.name)
-        groups = _batches(source.rows(), batch)
+        if source.files is not None:  # text: what is there already decides what is written
+            _plan(source, live_chunks(cap) if append else {})
+            vector_of = None if emb is None else (lambda rid: getattr(cap.get(rid), "embedding", None))
+            rows = _text_rows(source, report.sync, chunk_chars, vector_of)
+        else:
+            rows = source.rows()
+        groups = _batches(rows, batch)
         if append:
-            # 6.4: one commit, so a bad record anywhere leaves the capsule as it was.
+            # 6.4: one commit, so a bad record anywhere leaves the capsule as it was; the
+            # lifecycle events join the records that replace what they drop (7.7.1).
+            new: dict[str, list[bytes]] = {}
             with cap.commit() as tx:
                 for group in groups:
-                    _add(tx, group, emb, report, progress, source.total)
-            report.new = len(tx.new_ids)
+                    ids = _add(tx, group, emb, report, progress, source)
+                    _note_new(new, group, ids, source.replace)
+                _events(tx, source, new, report.sync, prune)
+            report.new = len(tx.new_ids) - report.sync.events
         else:
             for group in groups:
                 with cap.commit() as tx:
-                    _add(tx, group, emb, report, progress, source.total)
+                    _add(tx, group, emb, report, progress, source)
                 report.new += len(tx.new_ids)
+        if source.files is None:
+            report.sync.added.chunks = report.records
         if build and cap.vector_config() is not None:
             if on_index is not None:
                 on_index()
@@ -338,8 +443,37 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     return report
 
 
+def _note_new(new: dict[str, list[bytes]], group: list[Row], ids: Any, replace: dict[str, list[Chunk]]) -> None:
+    """Remember the new chunks of the changed files: the ``by`` of their supersede events."""
+    if replace:
+        for (_, rec), rid in zip(group, ids, strict=True):
+            path = rec["meta"]["path"]
+            if path in replace:
+                new.setdefault(path, []).append(bytes.fromhex(rid))
+
+
+def _events(tx: Any, source: _Source, new: dict[str, list[bytes]], sync: SyncReport,
+            prune: bool) -> None:
+    """A changed file's old chunks are superseded by its new ones (by path); with
+    ``prune``, the chunks of paths no longer in the folder are forgotten (7.7.1)."""
+    for path, olds in source.replace.items():
+        by = list(dict.fromkeys(new.get(path, ())))
+        old = {c.id for c in olds}
+        # same bytes, same id (content addressing): a chunk in both stays live as it is
+        drop = old.difference(by)
+        if drop:
+            lifecycle_event(tx, "supersede", drop, [b for b in by if b not in old], f"pack: {path} changed")
+            sync.events += 1
+        sync.superseded.add(len(drop))
+    if prune:
+        for path, olds in prunable(source.have, source.listed):
+            lifecycle_event(tx, "forget", [c.id for c in olds], (), f"pack --prune: {path} is no longer there")
+            sync.events += 1
+            sync.pruned.add(len(olds))
+
+
 def _add(tx: Any, group: list[Row], emb: Embedder | None, report: PackReport,
-         progress: Callable[[int, int], None] | None, total: int) -> None:
+         progress: Callable[[int, int], None] | None, source: _Source) -> Any:
     """One batch: embed the memories that need it, add every record to the commit."""
     records = [r for _, r in group]
     todo = [i for i, r in enumerate(records)
@@ -349,8 +483,9 @@ def _add(tx: Any, group: list[Row], emb: Embedder | None, report: PackReport,
         vecs = emb.embed([records[i]["text"] for i in todo])  # type: ignore[union-attr]
         for i, v in zip(todo, vecs, strict=True):
             records[i] = {**records[i], "embedding": v}
-    tx.put_many(records, names=lambda i: group[i][0])  # the bulk path; errors name "FILE line N"
+    ids = tx.put_many(records, names=lambda i: group[i][0])  # the bulk path; errors name "FILE line N"
     report.vectors += sum(1 for r in records if r.get("embedding") is not None)
     report.records += len(group)
     if progress is not None:
-        progress(report.records, total)
+        progress(report.records, source.total)
+    return ids

@@ -1,0 +1,149 @@
+"""Packing again is not duplicating: what a re-pack adds, keeps, supersedes and prunes.
+
+Theory of operation: every chunk pack writes is a memory whose ``source`` is the
+file's relative POSIX path and whose ``meta`` holds ``path``, ``chunk`` (its
+number in the file, from 0) and ``sha256`` (of the whole file's bytes). Before an
+append, one pass over the live state (the state fold, not a scan per file) groups
+the live chunks by path. Each file of the folder is then, by its bytes' SHA-256
+and its chunk count now, without embedding anything:
+
+- **added**: no live chunk has its path; every chunk is written.
+- **unchanged**: its live chunks all carry its SHA-256 and their numbers are
+  exactly 0..n-1: nothing is written, the file is not even read again (so a
+  pack with another ``chunk_chars`` that gives the same count keeps the old
+  chunks: the same text, cut elsewhere).
+- **resumed**: they all carry its SHA-256, their numbers are distinct and a
+  proper subset of 0..n-1, and each one's text is the chunk of that number now
+  (a pack cut short, by kill -9 between two batch commits): only the missing
+  chunks are written, the ones there stay as they are.
+- **changed**: anything else (other bytes, chunks packed before ``sha256`` was
+  kept, duplicates, another chunking): all its chunks are written and its old
+  live chunks leave the state by one ``supersede`` event (7.7.1) in the same
+  commit, ``by`` the new ones, its reason naming the path. Unchanged paragraphs
+  of a changed file get new records too (their ``meta.sha256`` is the new
+  file's): a file's live chunks are always one version of it, numbered 0..n-1.
+  But a new chunk whose text an old one holds takes that one's stored embedding
+  instead of being embedded again (embedding is what costs).
+
+A path with live chunks that is no longer in the folder is left alone, unless
+``prune`` asks: then its chunks are forgotten (op ``forget``, reason naming the
+path). Only memories pack made count (``source`` equal to ``meta.path``, an int
+``meta.chunk``); anything else the capsule holds is never touched. JSONL input
+is not tracked by file: its records are content-addressed as given (a record
+with its own ``time`` is not stored twice; one without gets the clock's).
+
+With times fixed (``SOURCE_DATE_EPOCH``) a chunk's bytes, and so its id, are a
+function of its file and number: a pack cut short and completed has the very
+live set, and state root, of a clean pack of the same folder.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+ADDED, UNCHANGED, RESUMED, CHANGED = "added", "unchanged", "resumed", "changed"
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A live chunk of a packed file, as the state holds it."""
+
+    id: bytes
+    number: int
+    sha256: str | None
+    text: str
+
+
+def nfc(s: str) -> str:
+    """Paths and texts are stored NFC (5.1): compare them so."""
+    return s if s.isascii() else unicodedata.normalize("NFC", s)
+
+
+def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
+    """The live memories pack made, by path: one pass over the state fold."""
+    out: dict[str, list[Chunk]] = {}
+    for tier in cap.state().memories.values():
+        for m in tier:
+            meta = m.get("meta")
+            if not meta:
+                continue
+            path, n = meta.get("path"), meta.get("chunk")
+            if type(path) is not str or type(n) is not int or m.get("source") != path:
+                continue
+            sha = meta.get("sha256")
+            out.setdefault(path, []).append(Chunk(bytes.fromhex(m["id"]), n, sha if type(sha) is str else None,
+                                                  m["text"]))
+    return out
+
+
+def classify(olds: list[Chunk], sha256: str, n: int) -> str:
+    """A file's status from its live chunks, its SHA-256 and its chunk count now
+    (a resumed file's texts are checked when it is read again: :func:`same_texts`)."""
+    if not olds:
+        return ADDED
+    nums = {c.number for c in olds}
+    if len(nums) == len(olds) and all(c.sha256 == sha256 and 0 <= c.number < n for c in olds):
+        return UNCHANGED if len(olds) == n else RESUMED
+    return CHANGED
+
+
+def same_texts(olds: list[Chunk], chunks: list[str]) -> bool:
+    """Each live chunk's text is the chunk of its number now (same chunking)."""
+    return all(c.number < len(chunks) and c.text == nfc(chunks[c.number]) for c in olds)
+
+
+@dataclass
+class Tally:
+    files: int = 0
+    chunks: int = 0
+
+    def add(self, chunks: int) -> None:
+        self.files += 1
+        self.chunks += chunks
+
+    def to_dict(self) -> dict[str, int]:
+        return {"files": self.files, "chunks": self.chunks}
+
+
+@dataclass
+class SyncReport:
+    """What a pack did, file by file: the ``--json`` counts beside the totals."""
+
+    added: Tally = field(default_factory=Tally)  # files new to the capsule, their chunks
+    changed: Tally = field(default_factory=Tally)  # changed files, their new chunks
+    resumed: Tally = field(default_factory=Tally)  # files a cut-short pack left incomplete, chunks added
+    unchanged: Tally = field(default_factory=Tally)  # files left as they were, their live chunks
+    superseded: Tally = field(default_factory=Tally)  # changed files, their old chunks dropped
+    pruned: Tally = field(default_factory=Tally)  # paths no longer in the folder, chunks forgotten
+    events: int = 0  # lifecycle events written
+    reused: int = 0  # new chunks of changed files that took an old chunk's embedding (same text)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: getattr(self, k).to_dict()
+                               for k in ("added", "changed", "resumed", "unchanged", "superseded", "pruned")}
+        out["reused_embeddings"] = self.reused
+        return out
+
+
+def lifecycle_event(tx: Any, op: str, drop: Iterable[bytes], by: Iterable[bytes], reason: str) -> None:
+    """Write one lifecycle event (7.7.1) into ``tx`` through the checked entry point
+    (``handle/lifecycle.py``): a replacement whose bytes are stored but dead (a file
+    changed back) is restored by the event itself."""
+    drop, by = sorted(drop), list(by)
+    if not drop:
+        return
+    if op == "supersede" and not by:  # nothing replaces them (the file is now empty)
+        op = "forget"
+    tx.lifecycle(op, drop, by=by if op == "supersede" else (), reason=reason)
+
+
+def prunable(have: dict[str, list[Chunk]], present: set[str]) -> list[tuple[str, list[Chunk]]]:
+    """Paths with live chunks that are no longer in the folder, in sorted order."""
+    return [(p, have[p]) for p in sorted(have) if p not in present]
+
+
+__all__ = ["ADDED", "CHANGED", "RESUMED", "UNCHANGED", "Chunk", "SyncReport", "Tally", "classify",
+           "lifecycle_event", "live_chunks", "nfc", "prunable", "same_texts"]
