@@ -104,12 +104,16 @@ V10 = VEC / "v1.0"
 EXPECTED_10 = json.loads((V10 / "vectors.json").read_text())
 V11 = VEC / "v1.1"  # 12.6: the 1.1 vectors a 1.2 reader MUST read
 EXPECTED_11 = json.loads((V11 / "vectors.json").read_text())
-OLD = [("1.0", n) for n in sorted(EXPECTED_10)] + [("1.1", n) for n in sorted(EXPECTED_11)]
+V12 = VEC / "v1.2"  # 12.7: the 1.2 vectors a 1.3 reader MUST read
+EXPECTED_12 = json.loads((V12 / "vectors.json").read_text())
+OLDER = {"1.0": (V10, EXPECTED_10), "1.1": (V11, EXPECTED_11), "1.2": (V12, EXPECTED_12)}
+OLD = [(v, n) for v, (_, docs) in OLDER.items() for n in sorted(docs)]
 
 
 @pytest.mark.parametrize(("version", "name"), OLD)
 def test_older_vectors_still_read(version: str, name: str) -> None:
-    folder, want = (V10, EXPECTED_10[name]) if version == "1.0" else (V11, EXPECTED_11[name])
+    folder, docs = OLDER[version]
+    want = docs[name]
     path = folder / f"{name}.capsule"
     before = path.read_bytes()
     assert hashlib.sha256(before).hexdigest() == want["sha256"]
@@ -175,3 +179,39 @@ def test_hash_embedder_is_pinned() -> None:
     vec = capsule.get_embedder("hash").embed(["Deploys freeze on Fridays.", ""])
     assert vec.shape[1] == want["dim"]
     assert hashlib.sha256(vec.tobytes()).hexdigest() == want["sha256"]
+
+
+# --- 1.3: lifecycles, two clocks and compaction (7.7.1, 13.6, 15.1, 15.2) ----------------
+
+def test_lifecycle_vector_live_set_valid_time_and_redaction() -> None:
+    want = EXPECTED["lifecycle"]
+    ids = want["ids"]
+    with capsule.open(VEC / "lifecycle.capsule") as cap:
+        assert sorted(m["id"] for t in cap.state().memories.values() for m in t) == want["live"]
+        for name, t in want["valid_at_times"].items():
+            got = sorted(m["id"] for tier in cap.state(valid_at=t).memories.values() for m in tier)
+            assert got == want["valid_at"][name], name
+        with pytest.raises(capsule.Redacted):
+            cap.get(ids["secret"])
+        assert cap.get(ids["promoted"]).tier == "validated"
+        assert ids["secret"] in want["records"]  # stored until a compaction purges it (7.7.1)
+    rep = capsule.verify(VEC / "lifecycle.capsule", trust=capsule.PublicKey.from_text(want["trust_key"]))
+    assert rep.ok and rep.trusted_checkpoints == 1, rep.first_error
+
+
+@pytest.mark.parametrize("keep", ["history", "live"])
+def test_compacted_vectors_prove_their_lineage(keep: str) -> None:
+    from capsule.questions.diff_files import lineage_of
+
+    want = EXPECTED[f"compacted-{keep}"]
+    path = VEC / f"compacted-{keep}.capsule"
+    builder = _load_builder()
+    with capsule.open(path) as cap:
+        assert builder._lineage(lineage_of(cap)) == want["lineage"]
+        assert cap.state_root == EXPECTED["lifecycle"]["state_root"]  # the live state is kept whole
+    secret = EXPECTED["lifecycle"]["ids"]["secret"]
+    assert secret not in want["records"] and want["lineage"]["dropped"] >= 1  # purged (15.1)
+    trust = capsule.PublicKey.from_text(EXPECTED["lifecycle"]["trust_key"])
+    rep = capsule.verify(path, parent=VEC / "lifecycle.capsule", trust=trust)
+    assert rep.ok and rep.trusted_checkpoints == want["trusted_checkpoints"] == 1, rep.first_error
+    assert not capsule.verify(path, parent=VEC / "agent.capsule").ok  # an unrelated parent

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import capsule
+from capsule.questions.diff_files import lineage_of
 
 EPOCH = 1767225600  # 2026-01-01T00:00:00Z
 HERE = Path(__file__).resolve().parent
@@ -46,7 +47,7 @@ def build(out: Path) -> dict[str, Any]:
     """Write every vector into ``out`` and return the expected-values document."""
     os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.capsule"):  # only this folder: v1.0/ and v1.1/ keep the older vectors
+    for old in out.glob("*.capsule"):  # only this folder: v1.0/, v1.1/ and v1.2/ keep the older vectors
         old.unlink()
     docs: dict[str, Any] = {}
 
@@ -152,6 +153,51 @@ def build(out: Path) -> dict[str, Any]:
             **_ids_roots(p), "snapshot": info["snapshot"], "vectors": info["vectors"], "queries": queries,
             **{name: hits(**q) for name, q in queries.items()},
         }
+    # 8. Lifecycles (1.3, 7.7.1, 13.6): two-clock memories, a world-change supersede, a
+    #    correction, a promotion, a forget and a redaction, then a signed checkpoint.
+    p = out / "lifecycle.capsule"
+    day = 86_400 * 10**9
+    t0 = EPOCH * 10**9
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            office = tx.remember("the office is in Leeds", valid_from=t0 - 400 * day)
+            wrong = tx.remember("the printer is on floor 3")
+            fact = tx.remember("backups run nightly", tier="scratch", tags=["ops"])
+            gone = tx.remember("the intern's desk is by the window")
+            secret = tx.remember("the wifi password is hunter2", tags=["secret"])
+            temp = tx.remember("the heating is broken", valid_from=t0 - 10 * day, valid_to=t0 - 5 * day)
+        with cap.commit() as tx:
+            moved = tx.supersede(office, "the office is in York", valid_from=t0 - 30 * day,
+                                 reason="the company moved", actor="ops-bot")
+            fixed = tx.supersede(wrong, "the printer is on floor 2", reason="typo")
+            promoted = tx.promote(fact, "validated", evidence=[moved], reason="seen in three runs")
+            tx.forget(gone, reason="no longer relevant")
+            tx.redact(secret, reason="credential leaked into memory", actor="security")
+        cap.checkpoint("after-lifecycle", key=k1)
+    with capsule.open(p) as cap:
+        def valid_at(t: int) -> list[str]:
+            return sorted(m["id"] for tier in cap.state(valid_at=t).memories.values() for m in tier)
+
+        at = {"before_move": t0 - 100 * day, "during_heating": t0 - 7 * day, "now": t0}
+        docs["lifecycle"] = {
+            **_ids_roots(p), "checkpoints": _checkpoints(p), "trust_key": k1.public_key.to_text(),
+            "ids": {"office": office, "moved": moved, "wrong": wrong, "fixed": fixed, "fact": fact,
+                    "promoted": promoted, "gone": gone, "secret": secret, "temp": temp},
+            "live": sorted(m["id"] for tier in cap.state().memories.values() for m in tier),
+            "valid_at_times": at, "valid_at": {name: valid_at(t) for name, t in at.items()},
+        }
+
+    # 9. Compaction (1.3, 15.1, 15.2): the lifecycle capsule compacted under each policy;
+    #    the redacted payload is gone, the signed checkpoint carries over where its state is kept.
+    for keep in ("history", "live"):
+        c = out / f"compacted-{keep}.capsule"
+        capsule.compact(p, c, keep=keep)
+        with capsule.open(c) as cap:
+            lin = lineage_of(cap)
+        rep = capsule.verify(c, parent=p, trust=k1.public_key)
+        docs[f"compacted-{keep}"] = {**_ids_roots(c), "lineage": _lineage(lin), "trusted_checkpoints":
+                                     rep.trusted_checkpoints, "verify_ok": rep.ok}
+
     # The offline `hash` embedder (16.5), pinned by the bytes of two vectors.
     vec = capsule.get_embedder("hash").embed(["Deploys freeze on Fridays.", ""])
     docs["search"]["hash_embedder"] = {"sha256": hashlib.sha256(vec.tobytes()).hexdigest(),
@@ -175,6 +221,13 @@ def _approvals(path: Path) -> dict[str, list[dict[str, Any]]]:
         out[at or "last"] = [{"subject": c["id"], **{k: a[k] for k in ("id", "approver", "signature_ok", "verified")}}
                              for c in st["constraints"] for a in c["approvals"]]
     return out
+
+
+def _lineage(lin: Any) -> dict[str, Any]:
+    """The LINEAGE fields a second implementation must reproduce (15, 15.1, 15.2)."""
+    v = lin.to_value()
+    return {k: (x.hex() if isinstance(x, bytes) else x) for k, x in v.items() if k != "carried"} | {
+        "carried": len(v.get("carried") or [])}
 
 
 def _keyset(path: Path) -> str:
