@@ -31,6 +31,7 @@ from ..core import constants as C
 from ..core.clock import source_date_epoch
 from ..core.errors import AlreadyExists, CapsuleError, UsageError, WriterPoisoned
 from ..format import canonical as canon
+from ..format.batch import RecordBatch
 from ..format.checkpoint import Lineage
 from ..format.file import WriteHandle, fsync_dir
 from ..format.frames import FileHeader, Merkle, new_file_id
@@ -219,7 +220,10 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
                          if kind == "memory" and _EMB_KEY in d]
             now[0] = c.info.time  # 15.1: the parent's commit time
             extra = [(C.FT_LINEAGE, canon.pack(lin.to_value()))] if c.ordinal == 1 else []
-            cap._write_commit(items, extra=extra, defer_index=True)
+            batch, start = RecordBatch(items), cap._snap.end
+            cap._write_commit(batch, extra=extra, defer_index=True)
+            if len(batch):  # 16.8: the lexical catalog takes the records from here, not from the file
+                cap._search.searcher().lex.feed(batch, start, cap._snap.end)
             done += len(c.records)
             if progress is not None:
                 progress(done, total)

@@ -186,7 +186,9 @@ class LifecycleMethods:
                 raise UsageError(f"{op}: a {name} is named twice")
         p = self._pending()
         olds = []
-        for rid in drops:
+        store = self._cap._store
+        # in file order, so a long drop list decompresses each frame once, not once per id
+        for rid in sorted(drops, key=lambda x: store.locate(x) or (-1, 0)) if len(drops) > 1 else drops:
             rec, pending = self._record(rid, op)
             if rec.kind not in TARGETS[op]:
                 *head, last = TARGETS[op]
