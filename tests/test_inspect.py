@@ -240,7 +240,7 @@ def test_benchmark_quick_run_answers_every_question(tmp_path: Path) -> None:
 def test_walk_skipping_by_index_counts_finds_every_record(tmp_path: Path) -> None:
     """The walk skips RECORDS frames between INDEX frames whose kind counts agree (9.2):
     it must still find exactly what a full read finds, wherever the records lie."""
-    from capsule.questions._walk import walk
+    from capsule.format.kindwalk import walk
 
     key = capsule.generate_key()
     p = tmp_path / "w.capsule"

@@ -10,10 +10,11 @@ from typing import Any
 from ..core.clock import iso
 from ..format.commit import CommitInfo
 from ..format.keys import PublicKey
+from ..format.kindwalk import walk
 from ..state import checkpoints as ck
 from ..state.fold import dead_ids
 from ..state.kinds import approval_message
-from ._walk import Source, checkpoint_after, checkpoint_ref, commit_holding, frame_seq, walk
+from ._walk import Source, checkpoint_after, checkpoint_ref, commit_holding, frame_seq
 
 KINDS = ("approval", "constraint", "identity", "revert")
 

@@ -1,12 +1,8 @@
-"""The lifecycle fold of a store (spec 7.7.1, 13.1): which ids revert events hold dead,
-which are redacted and by which event, cached per snapshot end.
+"""Redaction on the read paths (spec 7.7.1): which ids are redacted and by which event, for
+a store and for the views made from it, and the placeholders reads give in their place.
 
-Theory of operation: liveness needs every ``revert`` in commit order, and no kind index
-exists (9.1), so the fold walks the RECORDS frames for reverts (``_walk.walk``: frames
-between two INDEX frames that count the same reverts are not read, a frame whose payload
-holds no ``revert`` fixstr is not split) once per store, then only the frames after the
-commit it last saw: a writer's snapshot moves by one commit at a time and each read pays
-for the new commit only. A store that never held a revert costs nothing (9.2 ``kinds``).
+Theory of operation: the liveness fold itself (dead ids, redacted ids, event ids, extended
+commit by commit) is ``state/liveness.py``'s :func:`fold_of`, shared with the state root.
 
 A view (``Capsule.view``, ``--at``) fixed before a redaction still must not show the
 redacted payload (7.7.1: reads never return it before compaction), so the view's store
@@ -26,64 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.clock import iso
-from ..format.commit import CommitInfo
 from ..format.store import Store
 from ..state.fold import State
-from ..state.liveness import apply_revert
-from ._walk import walk
+from ..state.liveness import fold_of
 
-
-class _Fold:
-    """Dead and redacted ids of one store, extended commit by commit."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.end = 0  # the snapshot end folded up to
-        self.last: CommitInfo | None = None  # the commit folded up to
-        self.dead: set[bytes] = set()
-        self.redacted: dict[bytes, Any] = {}  # id -> the redact event (a Revert) that named it first
-
-    def _reset(self) -> None:
-        self.end, self.last = 0, None
-        self.dead.clear()
-        self.redacted.clear()
-
-    def update(self, store: Store) -> _Fold:
-        snap = store.snap
-        if snap.end == self.end:
-            return self
-        with self.lock:
-            if snap.end == self.end:
-                return self
-            if snap.end < self.end:  # never for one store; a fresh fold is always right
-                self._reset()
-            if "revert" in snap.kinds:
-                red: set[bytes] = set(self.redacted)
-                try:
-                    for _, _, rec in walk(store, ("revert",), start=self.last, end=snap.end):
-                        apply_revert(self.dead, red, rec)
-                        if rec.op == "redact":
-                            for x in rec.drop:
-                                self.redacted.setdefault(x, rec)
-                except BaseException:
-                    self._reset()  # a damaged frame (CorruptError): nothing half folded is kept
-                    raise
-            self.end, self.last = snap.end, snap.commit
-        return self
-
-
-_FOLDS: weakref.WeakKeyDictionary[Store, _Fold] = weakref.WeakKeyDictionary()
-_INHERITED: weakref.WeakKeyDictionary[Store, Mapping[bytes, Any]] = weakref.WeakKeyDictionary()
 _GUARD = threading.Lock()
-
-
-def fold_of(store: Store) -> _Fold:
-    """The store's lifecycle fold, brought up to its snapshot (one walk per new commit)."""
-    with _GUARD:
-        f = _FOLDS.get(store)
-        if f is None:
-            f = _FOLDS[store] = _Fold()
-    return f.update(store)
+_INHERITED: weakref.WeakKeyDictionary[Store, Mapping[bytes, Any]] = weakref.WeakKeyDictionary()
 
 
 def dead_ids(store: Store) -> set[bytes]:
@@ -104,12 +48,23 @@ def redacted(store: Store) -> Mapping[bytes, Any]:
         return {**inh, **f.redacted}
 
 
+def redaction(store: Store, rid: bytes) -> Any:
+    """The redact event that names ``rid`` at the store (as :func:`redacted` has it), or None:
+    two lookups, never the merged copy :func:`redacted` makes for a view (one ``get`` of a view
+    over many redactions would cost them all)."""
+    ev = fold_of(store).redacted.get(rid) if "revert" in store.snap.kinds else None
+    if ev is None:
+        inh = _INHERITED.get(store)
+        ev = inh.get(rid) if inh else None
+    return ev
+
+
 def inherit(child: Store, parent: Store) -> None:
     """A view of ``parent`` hides what ``parent`` holds redacted, even from before the redaction."""
     red = redacted(parent)
     if red:
-        f = _FOLDS.get(parent)
-        with f.lock if f is not None else _GUARD:
+        f = fold_of(parent)
+        with f.lock:
             copy = dict(red)
         with _GUARD:
             _INHERITED[child] = copy
@@ -191,4 +146,4 @@ def scrub_state(state: State, red: Mapping[bytes, Any]) -> State:
 
 
 __all__ = ["PAST", "RedactedRecord", "dead_ids", "describe", "event_doc", "fold_of", "inherit", "kind_of",
-           "redacted", "redacted_node", "scrub", "scrub_state"]
+           "redacted", "redacted_node", "redaction", "scrub", "scrub_state"]

@@ -38,11 +38,12 @@ from ..core.clock import iso
 from ..core.errors import CorruptError, NotFound, Redacted, UsageError
 from ..format.commit import CommitInfo, decode_records_payload
 from ..format.frames import raw_payload
+from ..format.kindwalk import walk
 from ..format.records import record_id as content_id
 from ..format.scan import Reader
 from ..state.fold import dead_ids
 from ._lifecycle import PAST, event_doc, kind_of, redacted, redacted_node
-from ._walk import Source, commit_ref, ref, walk
+from ._walk import Source, commit_ref, ref
 
 DEFAULT_LIMIT = 20
 MAX_TIER_SCAN = 10_000  # added records read to match tier changes

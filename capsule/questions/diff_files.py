@@ -33,8 +33,11 @@ from ..core.errors import NotFound, UsageError
 from ..format.checkpoint import Lineage, parse_lineage
 from ..format.commit import CommitInfo
 from ..format.frames import parse_frame_header, raw_payload
+from ..format.kindwalk import read_frame as _read
+from ..format.kindwalk import walk
 from ..format.records import TIERS, parse_iso_time
-from ._walk import Source, _read, commit_ref, ref, walk
+from ..state.history import commit_at_seq
+from ._walk import Source, commit_ref, ref
 
 
 def lineage_of(cap: Source) -> Lineage | None:
@@ -54,7 +57,7 @@ def lineage_of(cap: Source) -> Lineage | None:
 def _fork_point(parent: Source, lin: Lineage) -> CommitInfo | None:
     """The parent's commit a LINEAGE names, if the parent holds it (15)."""
     try:
-        c = parent.resolve(lin.tree_size)
+        c = commit_at_seq(parent._store, lin.tree_size)  # by seq: a label may spell the number
     except (NotFound, UsageError):
         return None
     return c if (c.seq, c.root, c.chain) == (lin.tree_size, lin.root, lin.chain) else None
@@ -67,7 +70,7 @@ def _common(a: Source, b: Source) -> CommitInfo | None:
     for row in b._store.log(None):
         if roots.get(row.seq) == row.root:
             best = row.seq
-    return None if best is None else b.resolve(best)
+    return None if best is None else commit_at_seq(b._store, best)
 
 
 def relate(a: Source, b: Source) -> tuple[str, dict[str, Any] | None, CommitInfo | None]:
