@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test soak lint bench bench-scale clean vectors fuzz chromium
+.PHONY: demo test soak lint bench bench-scale bench-lifecycle clean vectors fuzz chromium
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,12 @@ bench: $(STAMP)
 SCALE_SIZES ?= 10k,100k
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale.py --sizes $(SCALE_SIZES)
+
+# Forget / expire / supersede / redact most of a capsule, then compact it (issue 10);
+# 1M only when asked: make bench-lifecycle LIFECYCLE_RECORDS=1M
+LIFECYCLE_RECORDS ?= 100k
+bench-lifecycle: $(STAMP)
+	$(BIN)/python benchmarks/lifecycle.py --records $(LIFECYCLE_RECORDS)
 
 # Coverage-guided fuzzing (atheris, from the dev extra; Linux only), FUZZ_SECONDS per target.
 # The writable corpus and any crash input go to build/fuzz/; a crash, a timeout or a
