@@ -421,12 +421,14 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         if target is None:
             raise NotFound(f"no checkpoint labelled {to!r} (see `capsule checkpoints`)")
         with self.view(self.commit_of(target)) as then:
-            then_ids = {bytes.fromhex(r.id) for r in live_records(then.records())}
+            # the stored records, not ``records()``'s placeholders: a (forged) redacted revert still
+            # applies (13.1), and only the payload is withheld from reads (7.7.1)
+            then_ids = {bytes.fromhex(r.id) for r in live_records(then._store.records())}
         if state_root_of(list(then_ids)) != target.body.state_root.hex():
             # checked before anything is written: the checkpoint and its records disagree
             raise CorruptError(f"checkpoint {to!r} does not match the records before it",
                                offset=target.offset, check="checkpoint-state")
-        now_ids = {bytes.fromhex(r.id) for r in live_records(self.records())}
+        now_ids = {bytes.fromhex(r.id) for r in live_records(self._store.records())}
         back = then_ids - now_ids - set(redacted(self._store))  # 7.7.1: a redacted id stays gone
         if not back and now_ids <= then_ids:
             return None  # already there (but for redactions): nothing to write
@@ -502,7 +504,7 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
 
     def _dead_ids(self) -> set[bytes]:
         """Ids that revert events currently hold dead (13.1)."""
-        return dead_ids(self.records(kind="revert"))
+        return dead_ids(self._store.records(kind="revert"))  # stored, not placeholders (7.7.1)
 
     @staticmethod
     def _kind(name: str) -> Any:

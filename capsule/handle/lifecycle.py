@@ -39,7 +39,7 @@ from ..core.errors import InvalidRecordError, NotFound, Redacted, UsageError
 from ..format import canonical as canon
 from ..format.records import _REGISTRY, TIERS, decode_record, encode_record
 from ..format.store import Store
-from ..questions._lifecycle import describe, fold_of, redacted
+from ..questions._lifecycle import describe, fold_of, redaction
 from ..state.kinds import LIFECYCLE_OPS, parse_id
 
 if TYPE_CHECKING:
@@ -54,8 +54,7 @@ TARGETS = {"forget": ("memory", "note", "decision"), "redact": ("memory", "note"
 
 def check_readable(store: Store, rid: bytes) -> None:
     """Raise :class:`Redacted` (a :class:`NotFound`) for a redacted id (7.7.1)."""
-    red = redacted(store)
-    ev = red.get(rid) if red else None
+    ev = redaction(store, rid)
     if ev is not None:
         raise Redacted(describe(rid, ev), event=ev.id)
 

@@ -64,12 +64,19 @@ class SearchMethods:
         ['the deploy key lives in vault']
         ['the deploy key lives in vault']
         """
-        with self._view_lock:
-            hits = self._search.search(query, vector=vector, k=k, mode=mode, ef=ef, embedder=embedder, now=now,
-                                       tags=tags, any_tags=any_tags, tier=tier, kind=kind, since=since,
-                                       until=until, meta=meta, valid_at=valid_at)
         red = redacted(self._store)  # 7.7.1: a view from before a redaction still hides it
-        return [h for h in hits if bytes.fromhex(h.id) not in red] if red else hits
+        want = k
+        while True:
+            with self._view_lock:
+                hits = self._search.search(query, vector=vector, k=want, mode=mode, ef=ef, embedder=embedder,
+                                           now=now, tags=tags, any_tags=any_tags, tier=tier, kind=kind,
+                                           since=since, until=until, meta=meta, valid_at=valid_at)
+            if not red:
+                return hits
+            kept = [h for h in hits if bytes.fromhex(h.id) not in red]
+            if len(kept) >= k or len(hits) < want or want >= 10_000:  # k left, or no more to find (16.6's cap)
+                return kept[:k]
+            want = min(10_000, max(2 * want, k + len(hits) - len(kept)))  # past the redacted ones, log steps
 
     def vector_config(self) -> VectorParams | None:
         """The vector index parameters fixed at first use (16.1), or None."""

@@ -117,7 +117,10 @@ def decisions(cap: Capsule, state: dict[str, Any], live: set[bytes]) -> dict[str
     superseded, forgotten or rolled back after the decision rested on it."""
     from ..questions.why import context, why
 
-    newest = sorted(state["decisions"], key=lambda d: (d["time"], d["id"]))[-DECISIONS:][::-1]
+    # 7.7.1: a view from before a redaction lists a redacted decision by id and kind only (no
+    # time, no summary, and ``why`` refuses it): it is counted, never drawn
+    shown = [d for d in state["decisions"] if not d.get("redacted")]
+    newest = sorted(shown, key=lambda d: (d["time"], d["id"]))[-DECISIONS:][::-1]
     ctx = context(cap) if newest else None
     graphs = []
     for d in newest:

@@ -463,8 +463,11 @@ class Searcher:
     def catalog_mask(self, d: Catalog, cand: np.ndarray, flt: Filter, now: int) -> np.ndarray:
         """Which catalog documents at ``cand`` (positions ascending) may be returned (16.6)."""
         ids = d.column("ids", cand) if flt.meta else cand[:0]  # meta filters read the records (by id)
-        gone = (d.dead_mask(cand) if flt.valid_at is None
-                else self.valid.hides(d, d.n, lambda: d.column("ids", np.arange(d.n)), flt.valid_at)[cand])
+        gone = d.dead_mask(cand)
+        if flt.valid_at is not None:  # 13.6 (1): T filters memories only; a note or decision stays as dead as it is
+            mem = d.column("kind", cand) == KIND_CODES["memory"]
+            gone = np.where(mem, self.valid.hides(d, d.n, lambda: d.column("ids", np.arange(d.n)),
+                                                  flt.valid_at)[cand], gone)
         return self._mask(len(cand), np.flatnonzero(gone), d.column("time", cand),
                           d.column("ttl", cand), d.column("tier", cand), lambda t: d.tag_mask(t, cand),
                           d.column("kind", cand), flt, now, lambda j: self._meta(rid_at(ids, j)))

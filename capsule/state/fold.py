@@ -366,7 +366,9 @@ def fold_store(store: Store, view: tuple[int, frozenset[bytes]] | None = None) -
                     _place(st, rid, entry)
         else:  # 13.6: the view's memories; the live ids (and so the root) stay the commit's
             for rid, entry in rows:
-                if rid not in hide:
+                # 13.6 (1): T filters memories only; any other kind is in the view when live, even
+                # one a (forged, 7.7.1) supersede names, whose cut ``hide`` would otherwise take
+                if rid not in (hide if type(entry) is dict or entry.kind == "memory" else dead):
                     _place(st, rid, entry)
             st.live = [rid for rid, e in rows if rid not in dead and (type(e) is dict or e.kind not in EVENT_KINDS)]
     return st
