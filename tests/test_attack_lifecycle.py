@@ -233,7 +233,7 @@ REFUSED = [
     (["forget", "{f}"], "not live"), (["forget", "{r}"], "already redacted"), (["redact", "{r}"], "already redacted"),
     (["supersede", "{d}", "--text", "x"], "is a decision"), (["supersede", "{n}", "--text", "x"], "is a note"),
     (["supersede", "{f}", "--text", "x"], "not live"), (["supersede", "{r}", "--text", "x"], "already redacted"),
-    (["forget", "{c}"], "is a constraint"), (["redact", "{c}"], "is a constraint"), (["redact", "{i}"], "is a identity"),
+    (["forget", "{c}"], "is a constraint"), (["redact", "{c}"], "is a constraint"), (["redact", "{i}"], "is an identity"),
     (["forget", "{ev_f}"], "is a revert"), (["redact", "{ev_r}"], "is a revert"),
     (["promote", "{d}", "--tier", "validated"], "is a decision"), (["promote", "{m}", "--tier", "working"], "already"),
     (["promote", "{m}", "--tier", "gold"], "tier must be"), (["demote", "{m}", "--tier", "validated"], "higher"),

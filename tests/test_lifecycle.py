@@ -158,7 +158,7 @@ def bad_cases() -> list[tuple[str, Callable[[Any, dict[str, str]], Any], type[Ex
         ("not an id", lambda tx, i: tx.forget("zz"), capsule.UsageError, "record id"),
         ("supersede a decision", lambda tx, i: tx.supersede(i["decision"], "x"), capsule.UsageError,
          "is a decision; only a memory"),
-        ("forget an action", lambda tx, i: tx.forget(i["action"]), capsule.UsageError, "is a action"),
+        ("forget an action", lambda tx, i: tx.forget(i["action"]), capsule.UsageError, "is an action"),
         ("forget a revert", lambda tx, i: tx.forget(i["event"]), capsule.UsageError, "is a revert"),
         ("forget a constraint", lambda tx, i: tx.forget(i["constraint"]), capsule.UsageError, "constraint"),
         ("forget a dead id", lambda tx, i: tx.forget(i["forgotten"]), capsule.UsageError, "not live"),

@@ -365,3 +365,29 @@ def test_a_pack_killed_mid_way_resumes_to_the_clean_state(tmp_path: Path, monkey
         assert live(cap) == chunks and not events(cap)
         assert (cap.state_root == root) is fixed_times
     assert capsule.verify(out).ok
+
+
+def test_a_redacted_file_is_not_packed_again(tmp_path: Path) -> None:
+    """7.7.1 (found by the hostile review): redacting a chunk left its file with no live chunk,
+    so the next `pack --append` of the unchanged folder stored the same text again under a new
+    id, live and searchable. The file is now skipped and says why; other files are untouched."""
+    files = docs()
+    files["sub0/secret.md"] = "the wifi password is hunter2 " * 5
+    src = write(tmp_path / "docs", files)
+    out = tmp_path / "d.capsule"
+    capsule.pack(src, out)
+    with capsule.open(out, "a") as cap:
+        leak = next(m.id for m in cap.records("memory") if "hunter2" in m.text)
+        with cap.commit() as tx:
+            tx.redact(leak, reason="credential")
+        before = live(cap)
+    rep = capsule.pack(src, out, append=True)
+    assert ("sub0/secret.md", "its content was redacted (7.7.1): not packed again") in rep.skipped
+    assert rep.records == 0
+    with capsule.open(out) as cap:
+        assert live(cap) == before and "sub0/secret.md" not in before
+        assert not cap.search("hunter2", k=5, mode="lexical")
+    # a changed file at that path is new content: packed as any other
+    (src / "sub0/secret.md").write_text("the wifi password was rotated; ask IT")
+    rep = capsule.pack(src, out, append=True)
+    assert rep.sync.added.files == 1

@@ -97,6 +97,10 @@ class _Pending:
         return not pending and rid in self.dead  # added in this block: live (a re-add restores it)
 
 
+def _a(kind: str) -> str:
+    return f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind}"
+
+
 class LifecycleMethods:
     """``lifecycle`` and the verbs over it: a mixin of :class:`~capsule.handle.transaction.Transaction`."""
 
@@ -192,7 +196,7 @@ class LifecycleMethods:
             if rec.kind not in TARGETS[op]:
                 *head, last = TARGETS[op]
                 allowed = f"{', '.join(head)} or {last}" if head else last
-                raise UsageError(f"{op}: {rid.hex()} is a {rec.kind}; only a {allowed} can be {_done(op)}")
+                raise UsageError(f"{op}: {rid.hex()} is {_a(rec.kind)}; only a {allowed} can be {_done(op)}")
             if p.is_redacted(rid):
                 raise UsageError(f"{op}: {rid.hex()} is already redacted")
             if op != "redact" and p.is_dead(rid, pending):
@@ -204,7 +208,7 @@ class LifecycleMethods:
                 raise UsageError(f"{op}: {rid.hex()} cannot replace itself")
             rec, _ = self._record(rid, op)
             if rec.kind != "memory":
-                raise UsageError(f"{op}: the replacement {rid.hex()} is a {rec.kind}, not a memory")
+                raise UsageError(f"{op}: the replacement {rid.hex()} is {_a(rec.kind)}, not a memory")
             if p.is_redacted(rid):
                 raise UsageError(f"{op}: the replacement {rid.hex()} is redacted")
             if p.is_dead(rid, False):  # stored but dead (re-added in this block or not): 7.7's rule,
@@ -333,7 +337,7 @@ class LifecycleMethods:
         """The checks of :meth:`lifecycle` on a verb's target, before its replacement is built."""
         rec, pending = self._record(rid, op)
         if rec.kind not in TARGETS[op]:
-            raise UsageError(f"{op}: {rid.hex()} is a {rec.kind}; only a memory can be {_done(op)}")
+            raise UsageError(f"{op}: {rid.hex()} is {_a(rec.kind)}; only a memory can be {_done(op)}")
         p = self._pending()
         if p.is_redacted(rid):
             raise UsageError(f"{op}: {rid.hex()} is already redacted")

@@ -54,6 +54,7 @@ from .resync import (
     classify,
     lifecycle_event,
     live_chunks,
+    redacted_files,
     nfc,
     prunable,
     same_texts,
@@ -402,6 +403,11 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if emb is not None and cap.vector_config() is None:
             cap.configure_vectors(dim=emb.dim, embedder=emb.name)
         if source.files is not None:  # text: what is there already decides what is written
+            if append:
+                gone = redacted_files(cap)  # 7.7.1: a redacted file's bytes are not packed again
+                for f in [f for f in source.files if (f.rel, f.sha256) in gone]:
+                    source.files.remove(f)
+                    _skip(report, warn, f.rel, "its content was redacted (7.7.1): not packed again")
             _plan(source, live_chunks(cap) if append else {})
             vector_of = None if emb is None else (lambda rid: getattr(cap.get(rid), "embedding", None))
             rows = _text_rows(source, report.sync, chunk_chars, vector_of)

@@ -44,6 +44,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..questions._lifecycle import redacted
+
 ADDED, UNCHANGED, RESUMED, CHANGED = "added", "unchanged", "resumed", "changed"
 
 
@@ -76,6 +78,19 @@ def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
             sha = meta.get("sha256")
             out.setdefault(path, []).append(Chunk(bytes.fromhex(m["id"]), n, sha if type(sha) is str else None,
                                                   m["text"]))
+    return out
+
+
+def redacted_files(cap: Any) -> set[tuple[str, str]]:
+    """(path, sha256) of every file a redacted chunk came from, read from the stored bytes
+    (7.7.1: reads withhold them; compaction purges them, and then nothing is known here)."""
+    out: set[tuple[str, str]] = set()
+    for rid in redacted(cap._store):
+        rec = cap._store.get(rid)
+        meta = getattr(rec, "meta", None) or {}
+        path, sha = meta.get("path"), meta.get("sha256")
+        if type(path) is str and type(sha) is str and getattr(rec, "source", None) == path:
+            out.add((nfc(path), sha))
     return out
 
 
