@@ -492,3 +492,25 @@ def test_the_compacted_file_has_a_vector_snapshot(tmp_path, policy):
             assert [h.id for h in new.search(None, vector=q, k=5)] == [h.id for h in old.search(None, vector=q, k=5)]
     v = capsule.verify(out, parent=p)
     assert v.ok, v.first_error
+
+
+def test_a_large_index_is_built_by_the_compaction_not_by_every_search(tmp_path, monkeypatch):
+    """16.3: a close leaves an index over CLOSE_BUILD_MAX entries to the first search, which
+    then builds it in every process; a compaction builds it once (the lifecycle benchmark found
+    compacted files of a million records with no vector snapshot)."""
+    from capsule.search import part
+    from capsule.search.vindex import BLOB_TYPE
+
+    monkeypatch.setattr(part, "CLOSE_BUILD_MAX", 300)  # the close-time cap, small for the test
+    p = tmp_path / "v.capsule"
+    rng = np.random.default_rng(11)
+    with capsule.create(p, clock=Clock()) as cap:
+        with cap.commit() as tx:
+            ids = [tx.remember(f"m {i}", embedding=rng.standard_normal(8).tolist()) for i in range(700)]
+        with cap.commit() as tx:
+            tx.lifecycle("forget", drop=ids[:100])
+    out = tmp_path / "c.capsule"
+    capsule.compact(p, out, keep="live")  # 600 kept entries: over the close-time cap
+    with capsule.open(out) as new:
+        assert BLOB_TYPE in new._snap.blobs
+        assert new.index_info()["doubt"] is None

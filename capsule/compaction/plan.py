@@ -5,8 +5,11 @@ commit, checking what a reader checks (frame headers, chain, codec) plus each CO
 Merkle root and record count, and yields every COMMIT with its records as stored bytes
 (id, kind, bytes): nothing is decoded but the kind, and the few records the plan must
 read (reverts, memories with a ttl). :func:`make_plan` folds that walk once: the dead and
-redacted sets at the end (13.1, 7.7.1), the dead set at each checkpoint, the ttl ends; then
-selects with NumPy over the id column. The writer (``rewrite.py``) walks the parent a second
+redacted sets at the end (13.1, 7.7.1), every id a revert names (where, and whether it is
+live after), the signed states (checkpoints, and carried ones), the ttl ends; then selects
+with NumPy over the id column. Which signed states hold a record is found by following the
+reverts that name it (``_Spans``), never by keeping a dead set per checkpoint: thousands of
+checkpoints over a large dead set cost their product. The writer (``rewrite.py``) walks the parent a second
 time and copies the kept records' bytes, and ``verify --parent`` (verifier/lineage.py)
 recomputes the same plan on the parent to check a compacted file against it.
 """
@@ -190,7 +193,9 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
     dead: set[bytes] = set()
     redacted: set[bytes] = set()
     ends: list[tuple[bytes, int]] = []  # (memory id, time + ttl)
-    cks: list[tuple[CheckpointFrame, int, int, frozenset[bytes]]] = []
+    cks: list[tuple[CheckpointFrame, int, int]] = []  # (frame, ordinal, its signed state's index)
+    states: list[int] = []  # the signed states in order: each holds the rows before this count
+    moves = _Moves()  # every id a revert names: where, and whether it is live after
     bounds, times = [0], []
     copied = 1
     last: CommitInfo | None = None
@@ -204,6 +209,7 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
             if kind == "revert":
                 rec = _decode(rid, kind, data, c)
                 apply_revert(dead, redacted, rec)
+                moves.add(rec, len(flags), len(states), dead)
                 if rec.after != prev_root and len(flags) >= inherited:
                     bad.append(len(flags))
             elif kind == "memory" and _TTL_KEY in data:
@@ -214,8 +220,11 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
             flags.append((kind in ALWAYS) | ((kind in EVENT_KINDS) << 1)
                          | ((kind == "memory" and _EMB_KEY in data) << 2))
         for ck in c.checkpoints:
-            cks.append((ck, c.ordinal, len(flags), frozenset(dead)))
+            cks.append((ck, c.ordinal, len(states)))
+            states.append(len(flags))
             checkpoint = ck.hash
+        if own and any(e.commit == c.ordinal for e in own[0].carried):
+            states.append(len(flags))  # 15.1: a carried checkpoint's state is a signed state too (15.2)
         if c.records or c.checkpoints:
             copied = c.ordinal
         bounds.append(len(flags))
@@ -228,6 +237,7 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
     fl = np.frombuffer(bytes(flags), dtype=np.uint8)
     always, event = (fl & 1).astype(bool), (fl & 2).astype(bool)
     live = ~event & ~_isin(arr, dead)
+    spans = _Spans(arr, event, states, moves)
     if policy == "history":
         keep = np.ones(len(arr), dtype=bool)
     elif policy == "live":
@@ -235,19 +245,99 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
         gone = {rid for rid, t in ends if t <= last.time}
         keep = always | (live & ~_isin(arr, gone))
     else:
-        keep = always | live
-        for _, _, n, d in cks:
-            keep[:n] |= ~event[:n] & ~_isin(arr[:n], set(d))
+        keep = always | live | spans.signed  # live at the end or in a signed state
     keep &= ~_isin(arr, redacted)  # 7.7.1: a redacted payload is never kept
-    pairs = []
-    for ck, ordinal, n, d in cks:
-        state = ~event[:n] & ~_isin(arr[:n], set(d))
-        if not (state & ~keep[:n]).any():
-            pairs.append((ck, ordinal))
+    lost = spans.dropped_in(keep)  # per signed state: the rows it holds that are not kept
+    pairs = [(ck, ordinal) for ck, ordinal, j in cks if not lost[j]]
     bad_after = next((i for i in bad if keep[i]), None)
     emb = (fl & 4).astype(bool)
     return Plan(policy, arr, keep, bounds, times, copied, last, checkpoint, pairs, bad_after,
                 int((emb & keep).sum()), int((emb & ~keep).sum()))
+
+
+class _Moves:
+    """Every (id, row, signed states before it, live after) of the reverts, in commit order,
+    in flat columns: a record's liveness changes only here (13.1)."""
+
+    def __init__(self) -> None:
+        self.ids = bytearray()
+        self.rows: list[int] = []
+        self.states: list[int] = []
+        self.live = bytearray()
+
+    def add(self, rec: Any, row: int, states: int, dead: set[bytes]) -> None:
+        for x in dict.fromkeys((*rec.drop, *rec.restore)):
+            if len(x) == 32:
+                self.ids += x
+                self.rows.append(row)
+                self.states.append(states)
+                self.live.append(x not in dead)
+
+
+class _Spans:
+    """Which signed states (checkpoints, carried ones) hold each record (15.1 `checkpoints`,
+    and the checkpoints a compacted file carries, 15.2), without a dead set per state.
+
+    Signed state j holds row i when i is a record (not an event) before it and live there.
+    A record no revert names is live from the first state after it to the last; one a
+    revert names is followed through its moves. Linear in records plus revert ids, however
+    many checkpoints there are."""
+
+    def __init__(self, arr: np.ndarray, event: np.ndarray, states: list[int], moves: _Moves) -> None:
+        self.n_states = s = len(states)
+        self.event = event
+        rows = np.arange(len(arr))
+        self.first = np.searchsorted(np.asarray(states, dtype=np.int64), rows, side="right")
+        self.touched = np.zeros(len(arr), dtype=bool)
+        self.extra: list[tuple[int, int, int]] = []  # (row, first, end) for the rows a revert names
+        if s and len(moves.rows) and len(arr):
+            self._follow(arr, moves)
+        plain = ~event & ~self.touched
+        self.signed = plain & (self.first < s)
+        for row, a, b in self.extra:
+            if a < b:
+                self.signed[row] = True
+
+    def _follow(self, arr: np.ndarray, moves: _Moves) -> None:
+        order = np.argsort(arr, kind="stable")
+        srt = arr[order]
+        mid = np.frombuffer(bytes(moves.ids), dtype="S32")
+        lo, hi = np.searchsorted(srt, mid, side="left"), np.searchsorted(srt, mid, side="right")
+        by_row: dict[int, list[int]] = {}  # every row holding the id (a damaged file may hold one twice)
+        for m in np.flatnonzero(hi > lo).tolist():
+            for row in order[lo[m] : hi[m]].tolist():
+                if not self.event[row]:
+                    by_row.setdefault(row, []).append(m)
+        for row, ms in by_row.items():
+            self.touched[row] = True
+            live = True
+            for m in ms:  # moves before the record: dropped before it was written, it starts dead
+                if moves.rows[m] < row:
+                    live = bool(moves.live[m])
+            start = int(self.first[row]) if live else None
+            for m in ms:
+                if moves.rows[m] < row:
+                    continue
+                at = moves.states[m]
+                if start is not None and not moves.live[m]:
+                    self.extra.append((row, start, at))
+                    start = None
+                elif start is None and moves.live[m]:
+                    start = at
+            if start is not None:
+                self.extra.append((row, start, self.n_states))
+
+    def dropped_in(self, keep: np.ndarray) -> list[int]:
+        """Per signed state, how many rows it holds that ``keep`` drops."""
+        s = self.n_states
+        diff = np.zeros(s + 1, dtype=np.int64)
+        gone = ~keep & ~self.event & ~self.touched
+        np.add.at(diff, self.first[gone], 1)
+        for row, a, b in self.extra:
+            if not keep[row] and a < b:
+                diff[a] += 1
+                diff[b] -= 1
+        return np.cumsum(diff)[:s].tolist()  # type: ignore[no-any-return]
 
 
 def _decode(rid: bytes, kind: str, data: bytes, c: Commit) -> Any:

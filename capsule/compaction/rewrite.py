@@ -29,7 +29,7 @@ from typing import Any
 
 from ..core import constants as C
 from ..core.clock import source_date_epoch
-from ..core.errors import AlreadyExists, CapsuleError, UsageError, WriterPoisoned
+from ..core.errors import AlreadyExists, CapsuleError, CorruptError, UsageError, WriterPoisoned
 from ..format import canonical as canon
 from ..format.batch import RecordBatch
 from ..format.checkpoint import Lineage
@@ -40,8 +40,7 @@ from ..format.records import decode_record
 from ..format.scan import Snapshot
 from ..handle.capsule import Capsule
 from ..handle.entry import open as open_capsule
-from ..search.part import CLOSE_BUILD_MAX, SNAPSHOT_ON_CLOSE
-from ..search.vindex import BLOB_TYPE
+from ..search.part import SNAPSHOT_ON_CLOSE
 from .plan import _EMB_KEY, POLICIES, Plan, commits, make_plan
 
 #: the label of the checkpoint ``key=`` signs over the compacted head
@@ -82,13 +81,11 @@ def _carry() -> tuple[Any, Any, Any]:
 
 
 def _vectors_worth_it(src: Capsule, plan: Plan) -> bool:
-    """16.3 on close, for the compacted file: a vector snapshot is written when the parent's
-    graph may hold exactly the kept entries (none dropped) or the kept ones are few enough to
-    build; only then are the kept memories with an embedding decoded to check or build it."""
-    n = plan.embedded_kept
-    if n < SNAPSHOT_ON_CLOSE:
-        return False
-    return n <= CLOSE_BUILD_MAX or (BLOB_TYPE in src._snap.blobs and plan.embedded_dropped == 0)
+    """16.3 on close, for the compacted file: a vector snapshot is written (the parent's graph
+    when it holds exactly the kept entries, else one built here, whatever its size: built once
+    now, not by every process that searches the compacted file); only then are the kept
+    memories with an embedding decoded to check or build it."""
+    return plan.embedded_kept >= SNAPSHOT_ON_CLOSE
 
 
 def compact(path: str | Path, out: str | Path | None = None, keep: str = "history",
@@ -118,7 +115,9 @@ def compact(path: str | Path, out: str | Path | None = None, keep: str = "histor
     if keep not in POLICIES:
         raise UsageError(f"unknown compaction policy {keep!r}: one of {', '.join(POLICIES)}")
     src_path = Path(path)
-    dest = Path(out) if out is not None else src_path
+    # in place through a symlink: replace the file it names, not the link (which would leave
+    # the real file uncompacted beside a new one that only the link reaches)
+    dest = Path(out) if out is not None else Path(os.path.realpath(src_path))
     if out is not None and (dest.exists() or dest.is_symlink()):
         raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)")
     if not dest.parent.is_dir():
@@ -136,7 +135,7 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
         return compact(cap.path, out, keep, key, progress=progress)
     if keep not in POLICIES:
         raise UsageError(f"unknown compaction policy {keep!r}: one of {', '.join(POLICIES)}")
-    dest = Path(out) if out is not None else cap.path
+    dest = Path(out) if out is not None else Path(os.path.realpath(cap.path))  # as compact()
     if out is not None and (dest.exists() or dest.is_symlink()):
         raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)")
     rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
@@ -228,8 +227,16 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
             if progress is not None:
                 progress(done, total)
         now[0] = plan.last.time
-        if copy_keysets is not None and lin.carried:
-            copy_keysets(src, cap)  # 15.2: the parent's keyset chain, so carried checkpoints verify
+        if copy_keysets is not None:
+            # 15.2: the parent's keyset chain (none: nothing is written), so carried checkpoints
+            # verify and the file goes on under its parent's keys even when it carries nothing;
+            # a chain that does not check (14.6) is refused before a frame is written, and
+            # only matters when carried signatures need it
+            try:
+                copy_keysets(src, cap)
+            except CorruptError:
+                if lin.carried:
+                    raise
         cap._write_commit([], force_index=True)  # one fresh INDEX, its tables and the journal snapshot
         if mems is not None:
             carry_snapshots(src, cap, mems)  # 16.3, 16.8: the parent's graph when it fits, else built

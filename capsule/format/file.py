@@ -184,6 +184,20 @@ class WriteHandle(ReadHandle):
             self.fd = -1
             who = f"pid {pid} on {host}" if pid else "another process"
             raise Locked(f"{self.path}: locked by {who} (one writer at a time)", pid=pid, host=host) from None
+        # The lock is on the inode opened above. If the path was renamed over meanwhile (an
+        # in-place compaction, 15.1, whose holder let go of the old file just now), this lock
+        # guards a file nobody will read again: let go and report it as held, so a waiting
+        # writer (open_writer) opens the path again.
+        st = os.fstat(self.fd)
+        try:
+            now = os.stat(self.path)
+            same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(self.fd)
+            self.fd = -1
+            raise Locked(f"{self.path}: replaced while its writer lock was taken (compacted?); open it again")
         # Best effort: name the holder for the next writer's error message. The flock is
         # ours, so whatever stands at the lock path is replaced, never written through: a
         # symlink planted there must not make us overwrite its target (audit F19).

@@ -35,7 +35,7 @@ from ..format.keys import CHECKPOINT_PAYLOAD_TYPE
 from ..format.signing import count_valid
 from ..format.writer import Build
 from ..search.entries import check_ids_distinct, entries_disagree
-from ..search.part import CLOSE_BUILD_MAX, LEX_SNAPSHOT_ON_CLOSE, SNAPSHOT_ON_CLOSE
+from ..search.part import LEX_SNAPSHOT_ON_CLOSE, SNAPSHOT_ON_CLOSE
 from ..search.vindex import BLOB_TYPE, VectorIndex
 from ..state import checkpoints as ck
 
@@ -101,7 +101,8 @@ def copy_keysets(parent: Capsule, new_cap: Capsule) -> int:
     return len(chain)
 
 
-def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, view: Capsule | None = None) -> str:
+def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, view: Capsule | None = None,
+                    build_max: int | None = None) -> str:
     """Write the search snapshots of ``new`` (a writer whose records are ``records``, in
     commit order) as a clean close does (16.3, 16.8), so its first search loads them.
 
@@ -110,8 +111,10 @@ def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, vi
     parent's newest snapshot as stored, else (``view``: the parent at the fork point) the graph
     a reader of the view holds. Every entry of a graph taken over is checked against the record
     it names first (16.3: a snapshot is untrusted input). Otherwise the index is built from the
-    records when at most ``CLOSE_BUILD_MAX`` entries need it (a larger one is left to the first
-    search, as a close leaves it). Returns how: "parent", "view", "built" or "none".
+    records, whatever their number (``build_max`` caps it: a larger index is then left to the
+    first search, as a close leaves one over ``CLOSE_BUILD_MAX``): a fork or a compaction is
+    done once, while an index left unbuilt is built again by every process that searches.
+    Returns how: "parent", "view", "built" or "none".
     """
     how = "none"
     with new._lock, new._view_lock:
@@ -138,7 +141,7 @@ def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, vi
                 continue  # 16.2: a snapshot in doubt is absent; try the next, or build
             new._write_commit([], blob=(BLOB_TYPE, vi.encode()))
             return name
-        if len(mine) <= CLOSE_BUILD_MAX:
+        if build_max is None or len(mine) <= build_max:
             part.searcher().vectors()
             part.write_snapshot()
             how = "built"

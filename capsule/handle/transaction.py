@@ -140,6 +140,13 @@ class Transaction(LifecycleMethods):
                 red = redacted(cap._store)
                 if red and (bad := next((x for x in again if x in red), None)) is not None:
                     raise UsageError(f"record {bad.hex()} was redacted: its bytes are not stored again (7.7.1)")
+            if "revert" in snap.kinds and (red := redacted(cap._store)) and (~dup).any():
+                # 7.7.1 also when the bytes are gone: a compaction (15.1) purged them, the event stays
+                fresh = np.frombuffer(bytes(items.ids), dtype="S32")[~dup]
+                hit = np.isin(fresh, np.array(list(red), dtype="S32"))
+                if hit.any():
+                    raise UsageError(f"record {bytes(fresh[np.flatnonzero(hit)[0]]).hex()} was redacted: its bytes "
+                                     "are not stored again (7.7.1)")
             items = items.select(~dup)
             if again:
                 rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)

@@ -15,6 +15,17 @@ from ..format.store import Store
 from .checkpoints import commit_of, find_checkpoint
 
 
+def commit_at_seq(store: Store, seq: int) -> CommitInfo:
+    """The COMMIT whose seq is exactly ``seq`` (15: a LINEAGE names one by its seq). Never a
+    checkpoint label: :func:`resolve` tries labels first, and a label may spell the number."""
+    for c in store.commits():  # newest first
+        if c.seq <= seq:
+            if c.seq == seq:
+                return c
+            break
+    raise NotFound(f"no COMMIT at seq {seq}")
+
+
 def resolve(store: Store, at: str | int) -> CommitInfo:
     """Find the commit a view names (6.5): a checkpoint label, a commit seq (as
     ``log`` shows it), a hex prefix of a commit root (>= 4 digits), or an

@@ -50,6 +50,10 @@ class CarriedCheck:
         self.entries: tuple[Carried, ...] = lin.carried if lin is not None else ()
         self.want = {c.commit for c in self.entries}
         self.at: dict[int, tuple[int, int, int, bytes]] = {}  # ordinal -> (seq, end, records, root)
+        # 15.1: a compacted file's first `kept` records are inherited (exempt from `revert-after`),
+        # and they fill its first commits: some COMMIT must end right after them
+        self.inherited = lin.kept if lin is not None and lin.policy is not None else None
+        self.boundary = self.inherited is None
         for i, c in enumerate(self.entries):
             if lin is not None and c.body.origin != lin.parent:
                 raise _bad(i, c, "checkpoint-origin", "its origin is not the parent this LINEAGE names")
@@ -58,6 +62,8 @@ class CarriedCheck:
                state_root: Callable[[], bytes] | None) -> None:
         """At the COMMIT with this ordinal (1 = the first): the state check of every entry
         naming it. ``state_root`` is None on a structural walk, which reads no records."""
+        if records == self.inherited:
+            self.boundary = True
         if ordinal not in self.want:
             return
         self.at[ordinal] = (seq, end, records, root)
@@ -75,6 +81,9 @@ class CarriedCheck:
         digests = [k.keyset.digest for k in keysets]
         out = list(signed)
         try:
+            if not self.boundary:
+                raise CorruptError(f"the LINEAGE says {self.inherited} records are inherited; no COMMIT of the "
+                                   f"file ends after that many records", offset=C.HEADER_SIZE, seq=0, check="lineage")
             for i, c in enumerate(self.entries):
                 if c.commit not in self.at:
                     raise _bad(i, c, "lineage", f"it names commit {c.commit}; the file has {rep.commits}")

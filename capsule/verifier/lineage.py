@@ -20,6 +20,7 @@ from ..compaction.plan import commits, make_plan, rows
 from ..core import constants as C
 from ..core.errors import CapsuleError
 from ..handle.entry import open as open_capsule
+from ..state.history import commit_at_seq  # 15: by seq, never a label
 
 if TYPE_CHECKING:
     from .check import VerifyReport
@@ -42,7 +43,7 @@ def check_parent(rep: VerifyReport, parent: Path) -> None:
         ok = par.file_id == lin["parent"]
         if ok:
             try:
-                c = par.resolve(str(lin["tree_size"]))
+                c = commit_at_seq(par._store, lin["tree_size"])
                 ok = c.root.hex() == lin["root"] and c.chain.hex() == lin["chain"]
             except CapsuleError:
                 ok = False
@@ -72,7 +73,7 @@ def _fail(rep: VerifyReport, message: str, offset: int | None = C.HEADER_SIZE, s
 
 def _check(rep: VerifyReport, lin: dict[str, Any], parent: Path) -> None:
     with open_capsule(parent) as par:
-        c = par.resolve(str(lin["tree_size"]))
+        c = commit_at_seq(par._store, lin["tree_size"])
         plan = make_plan(par._h, par._snap.header, c.end, lin["policy"])
     dropped = len(plan.ids) - plan.kept
     if (plan.kept, dropped) != (lin["kept"], lin["dropped"]):
