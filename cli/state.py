@@ -282,9 +282,8 @@ def verify(
             sp = rep.signed_prefix
             extra += f"; signed through seq {sp['seq']} ({sp['label']!r}, {sp['bytes']} bytes)"
         if rep.lineage:
-            lin = rep.lineage
-            what = f"compaction ({lin['policy']}: {lin['kept']} kept, {lin['dropped']} dropped)" if lin.get("policy") \
-                else "fork"
+            lin = rep.lineage  # 15.1: a compaction names its policy and counts, a fork nothing more
+            what = f"compaction ({lin['policy']}: {lin['kept']} kept, {lin['dropped']} dropped)" if lin.get("policy") else "fork"
             extra += f", {what} of {lin['parent']} at seq {lin['tree_size']}"
         out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes{extra}")
         for w in rep.warnings:
