@@ -340,7 +340,10 @@ def test_forged_events_the_reader_applies_as_13_1_defines(tmp_path: Path) -> Non
     assert live == {ids["c"].hex()}
     assert red == {x.hex() for x in [*never, ids["m"], late_id]}
     assert SECRET not in text
-    assert capsule.verify(p).ok  # the 7.7.1 writer rules bind writers; verify applies what is there
+    # readers apply what is there; verify refuses the event whose targets break 7.7.1 (a decision
+    # superseded by a constraint), and only that check: every other forged event passes it
+    rep = capsule.verify(p)
+    assert not rep.ok and rep.first_error["check"] == "lifecycle-target", rep.first_error
     before = digest(p)
     for rid in (ids["m"], late_id):
         r = cli("get", str(p), rid.hex())

@@ -488,3 +488,27 @@ def test_random_lifecycles_match_a_dict_model(tmp_path_factory: pytest.TempPathF
             assert set(live_memories(again)) == set(live) and again.state_root == cap.state_root
     finally:
         cap.close()
+
+
+def test_verify_refuses_a_lifecycle_event_naming_a_kind_its_op_may_not(tmp_path: Path) -> None:
+    """7.7.1, check lifecycle-target (the hostile review): readers apply a forged redact of a
+    constraint (dead, its payload withheld from get), but the state, the questions and the journal
+    would still show it; verify is where such a file is refused, naming the event."""
+    p = tmp_path / "f.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            rule = tx.constrain("no deploys on Fridays", scope="deploy")
+            note = tx.note("a note")
+            mem = tx.remember("a memory")
+        assert capsule.verify(p).ok
+        with cap.commit() as tx:  # what the checked verbs refuse, written around them
+            tx._put_kind("revert", after=bytes.fromhex(cap.root), op="forget", drop=[note])
+        assert capsule.verify(p).ok  # a note may be forgotten
+        with cap.commit() as tx:
+            tx._put_kind("revert", after=bytes.fromhex(cap.root), op="supersede", drop=[mem], by=[rule])
+        with cap.commit() as tx:
+            tx._put_kind("revert", after=bytes.fromhex(cap.root), op="redact", drop=[rule])
+    rep = capsule.verify(p)
+    assert not rep.ok and rep.first_error["check"] == "lifecycle-target", rep.first_error
+    assert "a constraint, as its replacement" in rep.first_error["message"]  # the first bad event
+    assert capsule.verify(p, deep=False).ok  # a structural check does not read records

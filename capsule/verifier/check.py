@@ -53,6 +53,7 @@ from ..state.stateroot import state_root_of
 from .carried import CarriedCheck, check_parent
 from .fast import check_frame, record_frame, tables_list
 from .journal import JournalCheck
+from .lifecycle import check_targets
 from .lineage import check_parent as _check_parent  # 15, 15.1: the LINEAGE against the parent
 from .lineage import inherited
 from .vectors import VectorEntries
@@ -183,6 +184,8 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
             return rep
         rep.file_id, rep.format_version = header.file_id.hex(), f"{header.major}.{header.minor}"
         _walk(h, header, size, rep, deep, progress, trust, strict, Pins(min_seq, expect_root))
+        if rep.ok and deep:
+            check_targets(rep, p)  # 7.7.1: what a lifecycle event may name
         if rep.ok and parent is not None:
             _check_parent(rep, Path(parent))
             check_parent(rep, p, Path(parent))  # 15.2: carried checkpoints are the parent's
