@@ -125,7 +125,7 @@ def _lie(how: str, p: Path, ids: dict[str, str], monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(rw, "Lineage", lineage(policy="history"))
         return "live"
     elif how in ("dropped_live", "altered", "reordered", "time", "forged_inherited_revert"):
-        hp = honest["history" if how in ("reordered", "altered") else "live"]
+        hp = honest["history" if how in ("reordered", "altered", "time") else "live"]
         # the LINEAGE is the honest plan's: only the records differ
         monkeypatch.setattr(rw, "Lineage", lineage(kept=hp.kept, dropped=len(hp.ids) - hp.kept,
                                                    dropped_root=hp.dropped_root()))
@@ -151,11 +151,15 @@ def _lie(how: str, p: Path, ids: dict[str, str], monkeypatch: pytest.MonkeyPatch
         elif how == "reordered":
             monkeypatch.setattr(rw, "commits", _wrap_commits(lambda c: dataclasses.replace(c, records=c.records[::-1])))
             return "history"
-        elif how == "time":
-            def later(c: Commit) -> Commit:
-                info = dataclasses.replace(c.info, time=c.info.time + 1) if c.ordinal == 2 else c.info
-                return dataclasses.replace(c, info=info)
-            monkeypatch.setattr(rw, "commits", _wrap_commits(later))
+        elif how == "time":  # the second commit written a nanosecond late
+            real = rw.make_plan
+
+            def later(*a: Any, **kw: Any) -> Any:
+                pl = real(*a, **kw)
+                pl.times = [t + (i == 1) for i, t in enumerate(pl.times)]
+                return pl
+            monkeypatch.setattr(rw, "make_plan", later)
+            return "history"  # 15.1: `live` commits take the parent's last time
         else:  # a revert the parent never held, placed among the inherited records and counted in `kept`
             bogus = Revert(time=T0, after=b"\x11" * 32, drop=(bytes.fromhex(ids["a"]),))
             rid, data = encode_record(bogus)

@@ -185,7 +185,7 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
     n = len(plan.ids)
     return {"path": str(src_path), "out": str(dest), "policy": keep, "records": n, "kept": plan.kept,
             "dropped": n - plan.kept, "dropped_root": lin.dropped_root.hex() if lin.dropped_root else None,
-            "commits": plan.copied, "carried": len(carried), "signed": key is not None,
+            "commits": len(plan.groups()), "carried": len(carried), "signed": key is not None,
             "bytes_before": before, "bytes_after": after, "seconds": round(secs, 3),
             "records_per_s": round(n / secs) if secs > 0 else None}
 
@@ -206,6 +206,21 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
         h.close()
         raise
     total, done = len(plan.ids), 0
+    groups, written = plan.groups(), 0  # 15.1 layout: (records, time) of each inherited commit
+    held: list[tuple[bytes, str, bytes]] = []
+
+    def flush() -> None:
+        nonlocal held, written
+        while written < len(groups) and len(held) >= groups[written][0]:
+            n, now[0] = groups[written]  # 15.1: the parent's commit time
+            items, held = held[:n], held[n:]
+            extra = [(C.FT_LINEAGE, canon.pack(lin.to_value()))] if written == 0 else []
+            batch, start = RecordBatch(items), cap._snap.end
+            cap._write_commit(batch, extra=extra, defer_index=True)
+            if len(batch):  # 16.8: the lexical catalog takes the records from here, not from the file
+                cap._search.searcher().lex.feed(batch, start, cap._snap.end)
+            written += 1
+
     try:
         snap = src._snap
         assert snap.commit is not None
@@ -217,15 +232,12 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
             if mems is not None:
                 mems += [decode_record(canon.decode(d), rid) for rid, kind, d in items
                          if kind == "memory" and _EMB_KEY in d]
-            now[0] = c.info.time  # 15.1: the parent's commit time
-            extra = [(C.FT_LINEAGE, canon.pack(lin.to_value()))] if c.ordinal == 1 else []
-            batch, start = RecordBatch(items), cap._snap.end
-            cap._write_commit(batch, extra=extra, defer_index=True)
-            if len(batch):  # 16.8: the lexical catalog takes the records from here, not from the file
-                cap._search.searcher().lex.feed(batch, start, cap._snap.end)
+            held += items
+            flush()
             done += len(c.records)
             if progress is not None:
                 progress(done, total)
+        assert written == len(groups) and not held, "the plan's layout holds every kept record"
         now[0] = plan.last.time
         if copy_keysets is not None:
             # 15.2: the parent's keyset chain (none: nothing is written), so carried checkpoints

@@ -86,21 +86,24 @@ def _check(rep: VerifyReport, lin: dict[str, Any], parent: Path) -> None:
         rid = rows(plan.ids[plan.bad_after : plan.bad_after + 1])[0].hex()
         return _fail(rep, f"inherited revert {rid}: its `after` is not the root of the parent's commit before it",
                      check="revert-after")
+    groups = plan.groups()  # 15.1 layout: (records, time) of each inherited commit
+    kept = rows(plan.ids[plan.keep])
     with open_capsule(rep.path) as new:
         snap = new._snap
         assert snap.commit is not None
-        seen = 0
+        seen = at = 0
         for got in commits(new._h, snap.header, snap.commit.end):
             k = seen = got.ordinal
-            if k > plan.copied:
+            if k > len(groups):
                 break
-            lo, hi = plan.bounds[k - 1], plan.bounds[k]
-            want = rows(plan.ids[lo:hi][plan.keep[lo:hi]])
-            if [r[0] for r in got.records] != want or got.info.time != plan.times[k - 1]:
-                return _fail(rep, f"commit {k} does not hold what policy {lin['policy']!r} keeps of {parent}'s "
-                                  f"commit {k} (its records, in order, at its time)", got.info.offset, got.info.seq)
-        if seen < plan.copied:
-            return _fail(rep, f"the file ends before the {plan.copied} commits it inherits from {parent}")
+            n, t = groups[k - 1]
+            if [r[0] for r in got.records] != kept[at : at + n] or got.info.time != t:
+                what = f"of {parent}'s commit {k}" if lin["policy"] != "live" else f"of {parent}, group {k}"
+                return _fail(rep, f"commit {k} does not hold what policy {lin['policy']!r} keeps {what} "
+                                  "(its records, in order, at its time)", got.info.offset, got.info.seq)
+            at += n
+        if seen < len(groups):
+            return _fail(rep, f"the file ends before the {len(groups)} commits it inherits from {parent}")
     return None
 
 
