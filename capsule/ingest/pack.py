@@ -54,9 +54,9 @@ from .resync import (
     classify,
     lifecycle_event,
     live_chunks,
-    redacted_files,
     nfc,
     prunable,
+    redacted_files,
     same_texts,
 )
 from .source import check_regular, open_regular, read_regular, size_text
