@@ -332,7 +332,8 @@ class Searcher:
             entries.clear()
             vecs.clear()
 
-        for rid, rec in self._scan(self._vpos):
+        # 16.1: only memories with an embedding are entries: the others are not made into objects
+        for rid, rec in self._scan(self._vpos, want=lambda kind, v: kind != "memory" or "embedding" in v):
             if rec.kind == "vindex":
                 if self.params is None:
                     self.params = _params_of(rec)
