@@ -135,6 +135,7 @@ class _Source:
     folder: bool = False  # a folder's files (opened without following a final symlink)
     have: dict[str, list[Chunk]] = field(default_factory=dict)  # live chunks by path, before the pack
     replace: dict[str, list[Chunk]] = field(default_factory=dict)  # changed paths: the chunks to supersede
+    redacted: dict[str, set[str]] = field(default_factory=dict)  # by path, redacted chunks' texts (7.7.1)
 
 
 def _skip(report: PackReport, warn: Callable[[str], None], rel: str, why: str) -> None:
@@ -262,6 +263,8 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             else:  # packed with another chunking: replace it whole
                 f.status = CHANGED
                 source.total += len(olds)
+        if gone := source.redacted.get(f.rel):  # 7.7.1: a redacted chunk's text is never written again
+            numbers = [i for i in numbers if nfc(chunks[i]) not in gone]  # type: ignore[assignment]
         same: dict[str, bytes] = {}  # text -> an old chunk holding it
         if f.status == CHANGED:
             source.replace[f.rel] = olds
@@ -403,12 +406,17 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if emb is not None and cap.vector_config() is None:
             cap.configure_vectors(dim=emb.dim, embedder=emb.name)
         if source.files is not None:  # text: what is there already decides what is written
+            withheld: list[_File] = []
             if append:
-                gone = redacted_files(cap)  # 7.7.1: a redacted file's bytes are not packed again
-                for f in [f for f in source.files if (f.rel, f.sha256) in gone]:
+                gone, source.redacted = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again
+                withheld = [f for f in source.files if (f.rel, f.sha256) in gone]
+                for f in withheld:
                     source.files.remove(f)
                     _skip(report, warn, f.rel, "its content was redacted (7.7.1): not packed again")
             _plan(source, live_chunks(cap) if append else {})
+            for f in withheld:  # its live chunks of another version left the folder
+                if stale := [c for c in source.have.get(f.rel, ()) if c.sha256 not in (None, f.sha256)]:
+                    source.replace[f.rel] = stale  # superseded by nothing: forgotten (7.7.1)
             vector_of = None if emb is None else (lambda rid: getattr(cap.get(rid), "embedding", None))
             rows = _text_rows(source, report.sync, chunk_chars, vector_of)
         else:

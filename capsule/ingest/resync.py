@@ -81,17 +81,22 @@ def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
     return out
 
 
-def redacted_files(cap: Any) -> set[tuple[str, str]]:
-    """(path, sha256) of every file a redacted chunk came from, read from the stored bytes
-    (7.7.1: reads withhold them; compaction purges them, and then nothing is known here)."""
-    out: set[tuple[str, str]] = set()
+def redacted_files(cap: Any) -> tuple[set[tuple[str, str]], dict[str, set[str]]]:
+    """(path, sha256) of every file a redacted chunk came from, and by path the redacted
+    chunks' texts, read from the stored bytes (7.7.1: reads withhold them; compaction purges
+    them, and then nothing is known here). A file with that sha256 is not packed again, and
+    a chunk with that text of another version of the file is not written either."""
+    files: set[tuple[str, str]] = set()
+    texts: dict[str, set[str]] = {}
     for rid in redacted(cap._store):
         rec = cap._store.get(rid)
         meta = getattr(rec, "meta", None) or {}
         path, sha = meta.get("path"), meta.get("sha256")
-        if type(path) is str and type(sha) is str and getattr(rec, "source", None) == path:
-            out.add((nfc(path), sha))
-    return out
+        if type(path) is str and getattr(rec, "source", None) == path:
+            if type(sha) is str:
+                files.add((nfc(path), sha))
+            texts.setdefault(nfc(path), set()).add(nfc(rec.text))
+    return files, texts
 
 
 def classify(olds: list[Chunk], sha256: str, n: int) -> str:
