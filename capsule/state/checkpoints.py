@@ -274,8 +274,9 @@ def _without(ids: np.ndarray, gone: set[bytes]) -> np.ndarray:
         return ids
     g = np.sort(np.array(list(gone), dtype="S32"))  # both sorted: a binary search, not isin's merge sort
     at = np.searchsorted(g, ids)
-    hit = g[np.minimum(at, len(g) - 1)] == ids
-    return ids[~hit]
+    hit: np.ndarray = g[np.minimum(at, len(g) - 1)] == ids
+    out: np.ndarray = ids[~hit]
+    return out
 
 
 class StateRoots:
