@@ -80,7 +80,7 @@ def _carry() -> tuple[Any, Any, Any]:
     return carried_for, copy_keysets, carry_snapshots
 
 
-def _vectors_worth_it(src: Capsule, plan: Plan) -> bool:
+def _vectors_worth_it(plan: Plan) -> bool:
     """16.3 on close, for the compacted file: a vector snapshot is written (the parent's graph
     when it holds exactly the kept entries, else one built here, whatever its size: built once
     now, not by every process that searches the compacted file); only then are the kept
@@ -194,7 +194,7 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
            key: PrivateKey | Sequence[PrivateKey] | None,
            carry: tuple[Any, Any], progress: Callable[[int, int], None] | None) -> None:
     copy_keysets, carry_snapshots = carry
-    mems: list[Any] | None = [] if carry_snapshots is not None and _vectors_worth_it(src, plan) else None
+    mems: list[Any] | None = [] if carry_snapshots is not None and _vectors_worth_it(plan) else None
     now = [plan.times[0]]
     h = _SyncAtEnd(tmp, create=True)
     try:

@@ -43,7 +43,7 @@ from ..run.actions import ActionHandle, ActionState, Journal
 from ..run.tasks import Tasks
 from ..state import checkpoints as ck
 from ..state import validtime as vt
-from ..state.fold import State, dead_ids, fold_store, live_records
+from ..state.fold import State, fold_store, live_records
 from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
 from ..state.stateroot import state_root_of
@@ -501,10 +501,6 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         """Settle an in-doubt action by hand: it happened (``done=True``) or not."""
         self._check_writer()
         return self._actions.resolve(key, done=done, value=value)
-
-    def _dead_ids(self) -> set[bytes]:
-        """Ids that revert events currently hold dead (13.1)."""
-        return dead_ids(self._store.records(kind="revert"))  # stored, not placeholders (7.7.1)
 
     @staticmethod
     def _kind(name: str) -> Any:

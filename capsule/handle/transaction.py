@@ -129,24 +129,21 @@ class Transaction(LifecycleMethods):
             # Content addressing: the first of each id counts, and a record already
             # committed is not written again (7.0).
             items = items.select(items.first_occurrences())
+            if "revert" in snap.kinds and (red := redacted(cap._store)):
+                # 7.7.1: a redacted id's bytes are not stored again, whether the file still holds
+                # them (a re-add) or a compaction purged them (15.1: the redact event stays)
+                hit = np.isin(np.frombuffer(bytes(items.ids), dtype="S32"), np.array(list(red), dtype="S32"))
+                if hit.any():
+                    raise UsageError(f"record {items.rid(int(np.flatnonzero(hit)[0])).hex()} was redacted: its "
+                                     "bytes are not stored again (7.7.1)")
             dup = cap._store.present(items.id_seq(), snap)
             again: list[bytes] = []
             if dup.any() and "revert" in snap.kinds:
                 # A record a rollback dropped is live again only through a restore event.
-                dead = dead_ids(cap._store)  # 13.1, cached per snapshot end (questions._lifecycle)
+                dead = dead_ids(cap._store)  # 13.1, cached per snapshot end (state.liveness)
                 lc = self._lc.touched if self._lc is not None else ()  # a lifecycle event of this block says
                 again = sorted(rid for j in np.flatnonzero(dup).tolist()
                                if (rid := items.rid(j)) in dead and rid not in lc)
-                red = redacted(cap._store)
-                if red and (bad := next((x for x in again if x in red), None)) is not None:
-                    raise UsageError(f"record {bad.hex()} was redacted: its bytes are not stored again (7.7.1)")
-            if "revert" in snap.kinds and (red := redacted(cap._store)) and (~dup).any():
-                # 7.7.1 also when the bytes are gone: a compaction (15.1) purged them, the event stays
-                fresh = np.frombuffer(bytes(items.ids), dtype="S32")[~dup]
-                hit = np.isin(fresh, np.array(list(red), dtype="S32"))
-                if hit.any():
-                    raise UsageError(f"record {bytes(fresh[np.flatnonzero(hit)[0]]).hex()} was redacted: its bytes "
-                                     "are not stored again (7.7.1)")
             items = items.select(~dup)
             if again:
                 rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)

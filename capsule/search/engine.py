@@ -40,7 +40,7 @@ from ..format.records import decode_record, parse_iso_time, parse_meta, parse_ta
 from ..format.records import record_id as content_id
 from ..format.scan import read_frame_at
 from ..format.store import Store
-from ..state.fold import dead_ids
+from ..state.liveness import fold_of
 from ..state.validtime import parse_valid_at
 from .browse import browse
 from .catalog import KIND_CODES, LEXICAL_KINDS, Catalog, LexicalIndex, rid_at
@@ -203,7 +203,6 @@ class Searcher:
         self.snapshot_count = 0  # vectors in the newest snapshot blob
         self.doubt: str | None = None  # why a snapshot blob was not used
         self.notice: str | None = None  # how the last search departed from what was asked (auto mode)
-        self._dead: tuple[int, set[bytes]] | None = None
         self._gone: tuple[tuple[int, int], np.ndarray] | None = None  # labels of dead ids, per snapshot
         self._vouched: set[int] = set()  # snapshot labels whose memories were read and agree (16.3)
         self.pending_vectors = 0  # committed through this handle since the newest snapshot
@@ -290,9 +289,7 @@ class Searcher:
         if self.lex.cat is not None or LEX_BLOB in snap.blobs:
             # the lexical snapshot carries the dead ids before it (16.8): no scan of history
             return self.docs().dead
-        if self._dead is None or self._dead[0] != snap.end:
-            self._dead = (snap.end, dead_ids(self.store.records(kind="revert")))
-        return self._dead[1]
+        return fold_of(self.store).dead  # 13.1: only the revert records are read, once per commit
 
     # --- the vector index ------------------------------------------------------------
     def vectors(self) -> VectorIndex | None:

@@ -41,12 +41,14 @@ class LiveFold:
         self.last: CommitInfo | None = None  # the commit folded up to
         self.dead: set[bytes] = set()
         self.redacted: dict[bytes, Any] = {}  # id -> the redact event (a Revert) that named it first
+        self._red: set[bytes] = set()  # the same ids, as apply_revert keeps them
         self.events: set[bytes] = set()  # the revert records' own ids: never live (13.1)
 
     def _reset(self) -> None:
         self.end, self.last = 0, None
         self.dead.clear()
         self.redacted.clear()
+        self._red.clear()
         self.events.clear()
 
     def update(self, store: Store) -> LiveFold:
@@ -59,10 +61,9 @@ class LiveFold:
             if snap.end < self.end:  # never for one store; a fresh fold is always right
                 self._reset()
             if "revert" in snap.kinds:
-                red: set[bytes] = set(self.redacted)
                 try:
                     for _, _, rec in walk(store, ("revert",), start=self.last, end=snap.end):
-                        apply_revert(self.dead, red, rec)
+                        apply_revert(self.dead, self._red, rec)
                         self.events.add(bytes.fromhex(rec.id))
                         if rec.op == "redact":
                             for x in rec.drop:
