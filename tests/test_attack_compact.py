@@ -37,24 +37,15 @@ from capsule.questions.diff_files import lineage_of
 from capsule.state.fold import EVENT_KINDS
 from capsule.state.kinds import Revert
 from capsule.state.liveness import apply_revert
+from tests.clocks import T0, Clock
 
 K1 = capsule.PrivateKey.from_seed(bytes([1]) * 32)
 K2 = capsule.PrivateKey.from_seed(bytes([2]) * 32)
-T0 = 1_700_000_000_000_000_000
 
 
 @pytest.fixture(autouse=True)
 def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> int:
-        self.t += 1_000_000_000
-        return self.t
 
 
 def check_of(rep: capsule.VerifyReport) -> str | None:
@@ -419,14 +410,19 @@ def test_planning_many_checkpoints_over_many_dead_records_is_linear(tmp_path):
 # --- (3) trust: a fork at c1, then a rotation -----------------------------------------------
 
 
-def test_a_fork_at_c1_then_a_rotation(tmp_path):
-    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+def signed_at_c1(p: Path) -> None:
+    """A parent: memory "a", a checkpoint c1 signed by K1, then memory "b"."""
     with capsule.create(p) as cap:
         with cap.commit() as tx:
             tx.remember("a")
         cap.checkpoint("c1", key=K1)
         with cap.commit() as tx:
             tx.remember("b")
+
+
+def test_a_fork_at_c1_then_a_rotation(tmp_path):
+    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    signed_at_c1(p)
     with capsule.fork(p, f, at="c1") as fork:
         fork.rotate_keys(capsule.Keyset.of([K2.public_key], version=2), old_signers=[K1], new_signers=[K2])
         with fork.commit() as tx:
@@ -689,12 +685,7 @@ def _fork_with_rotated_chain(tmp_path: Path, sign: capsule.PrivateKey) -> tuple[
     from capsule.handle.entry import create
 
     p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
-    with capsule.create(p) as cap:
-        with cap.commit() as tx:
-            tx.remember("a")
-        cap.checkpoint("c1", key=K1)
-        with cap.commit() as tx:
-            tx.remember("b")
+    signed_at_c1(p)
     capsule.fork(p, f, at="c1").close()
     with capsule.open(p, "a") as cap:
         cap.rotate_keys(capsule.Keyset.of([K2.public_key], version=2), old_signers=[K1], new_signers=[K2])

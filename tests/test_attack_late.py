@@ -22,19 +22,9 @@ from capsule.format.records import _REGISTRY, encode_record, encode_value, memor
 from capsule.state.checkpoints import commit_of
 from capsule.state.fold import live_records
 from capsule.state.stateroot import state_root_of
+from tests.clocks import Clock
 
 T0 = 1_600_000_000 * 10**9
-
-
-class Clock:
-    """A deterministic clock: each reading one second later."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        self.t += 10**9
-        return self.t
 
 
 def definition(cap: capsule.Capsule) -> str:

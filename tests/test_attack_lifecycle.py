@@ -29,19 +29,9 @@ from capsule.format import canonical as canon
 from capsule.format.records import record_id
 from capsule.questions._lifecycle import fold_of
 from capsule.state.fold import fold, fold_store
+from tests.clocks import Clock
 
 SECRET = "hunter2-\u00e9-SECRET"
-
-
-class Clock:
-    """A deterministic clock: each reading one second later."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        self.t += 10**9
-        return self.t
 
 
 def digest(p: Path) -> str:

@@ -22,19 +22,10 @@ from capsule.compaction import make_plan
 from capsule.core import constants as C
 from capsule.format.frames import Merkle, parse_header, raw_payload
 from capsule.format.scan import Reader
+from tests.clocks import T0, Clock
 
-T0 = 1_700_000_000_000_000_000
 SECRET = "the vault passphrase is zebra-quartz-7781"
 SECRET_VEC = [0.123456789, -0.987654321, 0.5550001, 0.25, -0.125, 0.0625, 0.333, -0.777]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = T0
-
-    def __call__(self) -> int:
-        self.t += 1_000_000_000
-        return self.t
 
 
 def build(path: Path, key: capsule.PrivateKey | None = None) -> dict[str, str]:
@@ -503,10 +494,15 @@ def test_a_large_index_is_built_by_the_compaction_not_by_every_search(tmp_path, 
     """16.3: a close leaves an index over CLOSE_BUILD_MAX entries to the first search, which
     then builds it in every process; a compaction builds it once (the lifecycle benchmark found
     compacted files of a million records with no vector snapshot)."""
+    import capsule.compaction.rewrite as rw
+    import capsule.handle.carry as carry
     from capsule.search import part
     from capsule.search.vindex import BLOB_TYPE
 
-    monkeypatch.setattr(part, "CLOSE_BUILD_MAX", 300)  # the close-time cap, small for the test
+    # the close-time cap, small for the test, wherever a compaction might read it (it used to
+    # import it into both modules, and left a larger index unbuilt)
+    for mod in (part, rw, carry):
+        monkeypatch.setattr(mod, "CLOSE_BUILD_MAX", 300, raising=False)
     p = tmp_path / "v.capsule"
     rng = np.random.default_rng(11)
     with capsule.create(p, clock=Clock()) as cap:

@@ -23,19 +23,9 @@ from capsule.format.records import TIERS
 from capsule.questions._lifecycle import fold_of
 from capsule.state.fold import fold, fold_store
 from capsule.state.stateroot import state_root_of
+from tests.clocks import Clock
 
 SECRET = "the root password is hunter2-\u00e9"
-
-
-class Clock:
-    """A deterministic clock: each reading one second later."""
-
-    def __init__(self) -> None:
-        self.t = 1_700_000_000 * 10**9
-
-    def __call__(self) -> int:
-        self.t += 10**9
-        return self.t
 
 
 def digest(p: Path) -> str:
