@@ -53,7 +53,7 @@ def _run(path: Any, wait: float, verb: Callable[[Any], str], json_out: bool, *, 
 
 def forget(path: FileArg, record_id: IdArg, reason: ReasonOpt = "", actor: ActorOpt = "", wait: WaitOpt = 0.0,
            json_out: JsonOpt = False) -> None:
-    """Forget a memory, note or decision: it leaves the live state, history keeps it.
+    """Forget a memory, note, decision or application record: it leaves the live state, history keeps it.
 
     Example: capsule forget agent.capsule 3f9a1c --reason "no longer true"
     """
@@ -62,7 +62,7 @@ def forget(path: FileArg, record_id: IdArg, reason: ReasonOpt = "", actor: Actor
 
 def redact(path: FileArg, record_id: IdArg, reason: ReasonOpt = "", actor: ActorOpt = "", wait: WaitOpt = 0.0,
            json_out: JsonOpt = False) -> None:
-    """Redact a memory, note or decision: forgotten, and its text is never shown again
+    """Redact a memory, note, decision or application record: forgotten, and its text is never shown again
     (get, list, search, state); the next compaction purges its bytes.
 
     Example: capsule redact agent.capsule 3f9a1c --reason "held a password" --actor alice

@@ -57,6 +57,11 @@ class Record(Protocol):
 _REGISTRY: dict[str, type[Any]] = {}
 
 
+#: The kinds this version of the spec defines (7); any other kind is an application kind (12.3).
+SPEC_KINDS = frozenset({"memory", "decision", "constraint", "approval", "identity", "note", "revert",
+                        "action", "task", "vindex"})
+
+
 def register_kind(cls: type[Any]) -> type[Any]:
     """Register a record class under its ``kind`` (style rule 6)."""
     _REGISTRY[cls.kind] = cls
@@ -340,7 +345,24 @@ class GenericRecord:
         return t if type(t) is int else 0
 
     def to_value(self) -> dict[str, Any]:
-        return dict(self.value)
+        """The canonical map to store (5.1, 12.3): keys sorted, text NFC, ``kind`` and ``time`` checked.
+
+        An application kind (``letta.tool``, ``lg.checkpoint``) is written this way; a kind this
+        library knows is refused, since its own class validates its fields.
+        """
+        if not isinstance(self.value, Mapping):
+            raise InvalidRecordError("a record must be a map")
+        if type(self.kind_name) is not str or not self.kind_name:
+            raise InvalidRecordError("a record's kind must be non-empty text")
+        if self.kind_name in _REGISTRY:
+            raise InvalidRecordError(f"kind {self.kind_name!r} is built in: write it with its own class, "
+                                     "not GenericRecord")
+        value = canon.normalize(dict(self.value))
+        assert isinstance(value, dict)
+        if value.setdefault("kind", self.kind_name) != self.kind_name:
+            raise InvalidRecordError(f"value says kind {value['kind']!r}, record says {self.kind_name!r}")
+        parse_time(value.get("time"), "a record's `time`")  # 7.0: every kind has one
+        return dict(sorted(value.items()))
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, **{k: (v.hex() if isinstance(v, bytes) else v) for k, v in self.value.items()}}

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import InvalidRecordError, NotFound, Redacted, UsageError
 from ..format import canonical as canon
-from ..format.records import _REGISTRY, TIERS, decode_record, encode_record
+from ..format.records import _REGISTRY, SPEC_KINDS, TIERS, decode_record, encode_record
 from ..format.store import Store
 from ..questions._lifecycle import describe, fold_of, redaction
 from ..state.kinds import LIFECYCLE_OPS, parse_id
@@ -47,9 +47,16 @@ if TYPE_CHECKING:
     from ..search.vindex import VectorParams
     from .capsule import Capsule
 
-#: 7.7.1: what each op may name (the dropped records; a replacement is always a memory)
+#: 7.7.1: what each op may name (the dropped records; a replacement is always a memory).
+#: ``forget`` and ``redact`` may also name a record of an application kind (12.3), see may_target.
 TARGETS = {"forget": ("memory", "note", "decision"), "redact": ("memory", "note", "decision"),
            "supersede": ("memory",), "promote": ("memory",), "demote": ("memory",)}
+APP_KIND_OPS = ("forget", "redact")
+
+
+def may_target(op: str, kind: str) -> bool:
+    """7.7.1: may a ``op`` event name a record of ``kind`` in its ``drop``?"""
+    return kind in TARGETS[op] or (op in APP_KIND_OPS and kind not in SPEC_KINDS)
 
 
 def check_readable(store: Store, rid: bytes) -> None:
@@ -193,7 +200,7 @@ class LifecycleMethods:
         # in file order, so a long drop list decompresses each frame once, not once per id
         for rid in sorted(drops, key=lambda x: store.locate(x) or (-1, 0)) if len(drops) > 1 else drops:
             rec, pending = self._record(rid, op)
-            if rec.kind not in TARGETS[op]:
+            if not may_target(op, rec.kind):
                 *head, last = TARGETS[op]
                 allowed = f"{', '.join(head)} or {last}" if head else last
                 raise UsageError(f"{op}: {rid.hex()} is {_a(rec.kind)}; only a {allowed} can be {_done(op)}")
@@ -235,7 +242,7 @@ class LifecycleMethods:
 
     # --- the verbs ------------------------------------------------------------------------------
     def forget(self, record_id: str | bytes, *, reason: str = "", actor: str = "") -> str:
-        """A memory, note or decision leaves the live state; history keeps it. Returns the event id.
+        """A memory, note, decision or application record (12.3) leaves the live state; history keeps it. Returns the event id.
 
         >>> with cap.commit() as tx: m = tx.remember("the printer is on floor 2")
         >>> with cap.commit() as tx: _ = tx.forget(m, reason="moved")
@@ -336,7 +343,7 @@ class LifecycleMethods:
     def _check_target(self, op: str, rid: bytes) -> None:
         """The checks of :meth:`lifecycle` on a verb's target, before its replacement is built."""
         rec, pending = self._record(rid, op)
-        if rec.kind not in TARGETS[op]:
+        if not may_target(op, rec.kind):
             raise UsageError(f"{op}: {rid.hex()} is {_a(rec.kind)}; only a memory can be {_done(op)}")
         p = self._pending()
         if p.is_redacted(rid):
@@ -360,4 +367,4 @@ def _done(op: str) -> str:
             "demote": "demoted"}[op]
 
 
-__all__ = ["LifecycleMethods", "TARGETS", "check_readable"]
+__all__ = ["APP_KIND_OPS", "LifecycleMethods", "TARGETS", "check_readable", "may_target"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..format.kindwalk import walk
 from ..handle.entry import open as open_capsule
-from ..handle.lifecycle import TARGETS
+from ..handle.lifecycle import APP_KIND_OPS, TARGETS, may_target
 
 if TYPE_CHECKING:
     from .check import VerifyReport
@@ -42,8 +42,9 @@ def check_targets(rep: VerifyReport, path: Path) -> None:
             if bad is not None and off >= bad[0]:
                 continue  # only the first bad event is reported
             rec = store.get(rid)
-            allowed = TARGETS[op] if role == "drop" else ("memory",)
-            if rec is not None and rec.kind not in allowed:
+            allowed = (*TARGETS[op], *(("an application kind",) if op in APP_KIND_OPS else ())) \
+                if role == "drop" else ("memory",)
+            if rec is not None and not (may_target(op, rec.kind) if role == "drop" else rec.kind == "memory"):
                 what = "target" if role == "drop" else "replacement"
                 bad = (off, seq, f"a {op} event names {rid.hex()}, {'an' if rec.kind[0] in 'aeiou' else 'a'} "
                                  f"{rec.kind}, as its {what}: only {' or '.join(allowed)} (7.7.1)")
