@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,all]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/search.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/langgraph_bench.py
 
 # The scale table; 1M only when asked: make bench-scale SCALE_SIZES=10k,100k,1M
 SCALE_SIZES ?= 10k,100k
