@@ -11,6 +11,7 @@ Code map (each module is one command group; none holds format logic):
 - ``search``: search, pack
 - ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
 - ``report``: report (the HTML page and its figures)
+- ``export``: export (JSONL / Parquet rows for analytics)
 - ``_errors``: the one place errors become exit codes and one-line messages
 - ``_render``: consoles, literal table cells, ``--json`` output
 - ``_params``: arguments and options shared by several groups
@@ -32,6 +33,7 @@ import capsule
 from . import (
     _coerce,  # noqa: F401  (typer coerces plain values without pydantic: start-up)
     compact,
+    export,
     inspect,
     keys,
     lifecycle,
@@ -84,6 +86,7 @@ COMMANDS = (
     ("timeline", inspect.timeline),
     ("audit", inspect.audit),
     ("report", report.report),
+    ("export", export.export),
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn)
