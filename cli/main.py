@@ -12,6 +12,7 @@ Code map (each module is one command group; none holds format logic):
 - ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
 - ``report``: report (the HTML page and its figures)
 - ``export``: export (JSONL / Parquet rows for analytics)
+- ``letta``: import-af, export-af (Letta agent files)
 - ``_errors``: the one place errors become exit codes and one-line messages
 - ``_render``: consoles, literal table cells, ``--json`` output
 - ``_params``: arguments and options shared by several groups
@@ -36,6 +37,7 @@ from . import (
     export,
     inspect,
     keys,
+    letta,
     lifecycle,
     records,
     report,
@@ -87,6 +89,8 @@ COMMANDS = (
     ("audit", inspect.audit),
     ("report", report.report),
     ("export", export.export),
+    ("import-af", letta.import_af),
+    ("export-af", letta.export_af),
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn)
