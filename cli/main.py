@@ -13,6 +13,7 @@ Code map (each module is one command group; none holds format logic):
 - ``report``: report (the HTML page and its figures)
 - ``export``: export (JSONL / Parquet rows for analytics)
 - ``letta``: import-af, export-af (Letta agent files)
+- ``serve``: serve --mcp (an MCP server on stdio)
 - ``_errors``: the one place errors become exit codes and one-line messages
 - ``_render``: consoles, literal table cells, ``--json`` output
 - ``_params``: arguments and options shared by several groups
@@ -43,6 +44,7 @@ from . import (
     report,
     run,
     search,
+    serve,
     state,
     store,
 )
@@ -91,6 +93,7 @@ COMMANDS = (
     ("export", export.export),
     ("import-af", letta.import_af),
     ("export-af", letta.export_af),
+    ("serve", serve.serve),
 )
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn)

@@ -18,7 +18,7 @@ COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rot
             "checkpoints", "rollback", "fork", "compact", "forget", "redact", "supersede", "promote", "demote",
             "tasks", "actions", "verify", "search", "pack",
             "beliefs", "why", "diff", "timeline", "audit", "report",
-            "export", "import-af", "export-af",
+            "export", "import-af", "export-af", "serve",
             "records"]  # records: list's hidden alias
 
 
