@@ -20,6 +20,7 @@ with every commit the store makes, so no read walks the history.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,42 @@ TAG = "langgraph"
 _NS_TAG = "langgraph:"
 _MAX_TAG = 256  # spec 7.1: a tag holds at most 256 code points
 NS_PER_MINUTE = 60 * 1_000_000_000
+
+
+def nfc(x: Any) -> Any:
+    """Text as the capsule stores it (NFC, spec 5.1), inside tuples, lists and dict keys too:
+    what the caller passes is looked up as what a reopen reads back."""
+    if isinstance(x, str):
+        return x if x.isascii() else unicodedata.normalize("NFC", x)
+    if isinstance(x, tuple):
+        return tuple(nfc(v) for v in x)
+    if isinstance(x, list):
+        return [nfc(v) for v in x]
+    if isinstance(x, dict):
+        return {nfc(k): nfc(v) for k, v in x.items()}
+    return x
+
+
+def nfc_clash(x: Any) -> str | None:
+    """A map key that names the same text as another key of its map once both are in NFC
+    (``"e\u0301"`` and ``"\u00e9"``), or None. Stored in NFC, one would silently replace the
+    other; the store refuses the value instead."""
+    if isinstance(x, dict):
+        seen: set[Any] = set()
+        for k, v in x.items():
+            n = nfc(k)
+            if n in seen:
+                return str(n)
+            seen.add(n)
+            hit = nfc_clash(v)
+            if hit is not None:
+                return hit
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            hit = nfc_clash(v)
+            if hit is not None:
+                return hit
+    return None
 
 
 def ns_tag(prefix: tuple[str, ...]) -> str | None:
@@ -48,8 +85,10 @@ def item_tags(namespace: tuple[str, ...]) -> list[str]:
 
 
 def ttl_ns(ttl_minutes: float) -> int:
-    # 7.1: ttl is 1 <= ttl <= 2^63 - 1 ns; a TTL of zero or less expires at once.
-    return min((1 << 63) - 1, max(1, round(ttl_minutes * NS_PER_MINUTE)))
+    # 7.1: ttl is 1 <= ttl <= 2^63 - 1 ns; a TTL of zero or less expires at once. Clamped in
+    # minutes first, so a huge finite ttl (1e300) does not overflow to infinity.
+    most = ((1 << 63) - 1) / NS_PER_MINUTE
+    return min((1 << 63) - 1, max(1, round(min(ttl_minutes, most) * NS_PER_MINUTE)))
 
 
 def value_text(value: Mapping[str, Any]) -> str:
@@ -102,8 +141,10 @@ def entry_of(rec: Any) -> Entry | None:
         return None  # tagged by hand, not by the store: leave it to the capsule
     created, updated = meta.get("created_at", rec.time), meta.get("updated_at", rec.time)
     tm = meta.get("ttl_minutes")
-    return Entry(rec.id, tuple(ns), key, value, int(created), int(updated), rec.time, rec.ttl,
-                 float(tm) if isinstance(tm, (int, float)) else None, rec.embedding is not None)
+    if type(created) is not int or type(updated) is not int or (tm is not None and type(tm) not in (int, float)):
+        return None  # not the store's shape: left alone
+    return Entry(rec.id, tuple(ns), key, value, created, updated, rec.time, rec.ttl,
+                 None if tm is None else float(tm), rec.embedding is not None)
 
 
 class Index:
@@ -112,6 +153,10 @@ class Index:
     def __init__(self) -> None:
         self.by_ns: dict[tuple[str, ...], dict[str, Entry]] = {}
         self.by_rid: dict[str, Entry] = {}
+        #: older live memories of an item that a later one hides (written by hand, or by a
+        #: build that stored one item twice): a put or delete of the item forgets them too,
+        #: so none comes back when the file is reopened
+        self.shadowed: dict[tuple[tuple[str, ...], str], list[str]] = {}
 
     def load(self, records: Iterable[Any], dead: set[bytes]) -> None:
         for rec in records:  # commit order: a later live memory for a key wins
@@ -119,6 +164,9 @@ class Index:
                 continue
             e = entry_of(rec)
             if e is not None:
+                old = self.get(e.namespace, e.key)
+                if old is not None:
+                    self.shadowed.setdefault((e.namespace, e.key), []).append(old.rid)
                 self.set(e)
 
     def get(self, namespace: tuple[str, ...], key: str) -> Entry | None:

@@ -51,12 +51,13 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from ...core.clock import Clock
-from ...core.errors import InvalidRecordError, UsageError
+from ...core.errors import AlreadyExists, InvalidRecordError, UsageError
 from ...format.records import GenericRecord
 from ...handle.capsule import Capsule
 from ...handle.entry import create
 from ...handle.entry import open as open_capsule
 from . import _saver_records as r
+from ._follow import replaced
 from ._saver_index import Ckpt, RecordCache, SaverIndex
 
 T = TypeVar("T")
@@ -87,8 +88,29 @@ def _thread(config: RunnableConfig | None) -> tuple[str, str]:
     return _text(conf["thread_id"]), _text(ns)
 
 
+def default_serde() -> JsonPlusSerializer:
+    """The saver's serializer when none is given: LangGraph's own, with no pickle and *strict*
+    msgpack: decoding constructs only LangGraph's allowlisted types (``SAFE_MSGPACK_TYPES``:
+    messages, datetimes, uuids, sets, ...), never a callable a file names. A file is input:
+    another tool (or an attacker) may have written it. A graph compiled with the saver adds its
+    state schema's types itself (``BaseCheckpointSaver.with_allowlist``)."""
+    return JsonPlusSerializer(pickle_fallback=False, allowed_msgpack_modules=None)
+
+
 def _cfg(thread: str, ns: str, cid: str) -> RunnableConfig:
     return {"configurable": {"thread_id": thread, "checkpoint_ns": ns, "checkpoint_id": cid}}
+
+
+class _Live:
+    """The open handle and its index, in one object that a saver and its clones share
+    (``with_allowlist``, which LangGraph calls when it compiles a graph, is a shallow copy): a
+    reader that moves to a newer commit, or reopens a compacted file, moves them all."""
+
+    __slots__ = ("cap", "ix")
+
+    def __init__(self, cap: Capsule) -> None:
+        self.cap = cap
+        self.ix = SaverIndex()
 
 
 class CapsuleSaver(BaseCheckpointSaver[str]):
@@ -111,25 +133,42 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
     def __init__(self, path: str | Path, *, serde: SerializerProtocol | None = None, read_only: bool = False,
                  timeout: float | None = None, clock: Clock | None = None, actor: str = "langgraph",
                  cache_bytes: int = 64 * 2**20) -> None:
-        super().__init__(serde=serde or JsonPlusSerializer(pickle_fallback=False))
+        super().__init__(serde=serde or default_serde())
         if type(cache_bytes) is not int or cache_bytes < 0:
             raise ValueError(f"cache_bytes must be a non-negative int, not {cache_bytes!r}")
         p = Path(path)
         self.path = p
         self.actor = actor
         self._mu = threading.RLock()
+        self._clock = clock
         self._cache = RecordCache(cache_bytes)
         if read_only:
-            self._cap = open_capsule(p, "r", clock=clock)
+            cap = open_capsule(p, "r", clock=clock)
         else:
-            self._cap = create(p, exist_ok=True, clock=clock, timeout=timeout)
+            try:
+                cap = create(p, exist_ok=True, clock=clock, timeout=timeout)
+            except AlreadyExists:  # another process created it between create's check and its create
+                cap = open_capsule(p, "a", clock=clock, timeout=timeout)
+        self._live = _Live(cap)
         try:
-            self._ix = self._build()
+            self._ix = self._build(self._cap)
         except BaseException:
             self._cap.close()
             raise
 
     # --- the handle -------------------------------------------------------------------------
+    @property
+    def _cap(self) -> Capsule:
+        return self._live.cap
+
+    @property
+    def _ix(self) -> SaverIndex:
+        return self._live.ix
+
+    @_ix.setter
+    def _ix(self, ix: SaverIndex) -> None:
+        self._live.ix = ix
+
     @property
     def capsule(self) -> Capsule:
         """The open capsule (for ``run_once``, ``remember``, questions ...)."""
@@ -151,27 +190,41 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
                         tb: TracebackType | None) -> None:
         self.close()
 
-    def _build(self) -> SaverIndex:
+    def _build(self, cap: Capsule) -> SaverIndex:
         """Replay the live saver records (13.1), both kinds in one commit-order pass, into a fresh
         index."""
         ix = SaverIndex()
-        stored = self._cap.kinds()
+        stored = cap.kinds()
         if any(kind in stored for kind in r.KINDS):
-            for rec in self._cap.live(r.KINDS):
+            for rec in cap.live(r.KINDS):
                 kind = rec.kind
                 try:
                     self._apply(ix, bytes.fromhex(rec.id), kind, rec.value)
                 except Exception as e:  # a record of our kind that is not what put writes
-                    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    raise InvalidRecordError(f"{self.path}: {kind} record {rec.id} is not one this saver can "
-                                             f"read: {msg}") from None
+                    raise self._invalid(rec.id, kind, e) from None
         return ix
+
+    def _invalid(self, rid: str, kind: str, e: BaseException) -> InvalidRecordError:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return InvalidRecordError(f"{self.path}: {kind} record {rid} is not one this saver can read: {msg}")
+
+    def _loads(self, rid: bytes, kind: str, typed: r.Typed, what: str) -> Any:
+        """A stored value through the serde; what it cannot decode (a planted pickle, bytes that
+        are not msgpack) is the record's fault: :class:`InvalidRecordError` naming it."""
+        try:
+            return self.serde.loads_typed(typed)
+        except Exception as e:
+            raise self._invalid(rid.hex(), kind, ValueError(f"its {what} cannot be decoded "
+                                                            f"({type(e).__name__}: {e})")) from None
 
     def _apply(self, ix: SaverIndex, rid: bytes, kind: str, value: Any) -> None:
         """One stored record into the index (and the cache: it is parsed already)."""
         if kind == r.CHECKPOINT:
             c = r.parse_checkpoint(value)
-            ix.add_checkpoint(*c.key, rid, c.parent, dict(self.serde.loads_typed(c.metadata)))
+            md = self.serde.loads_typed(c.metadata)
+            if not isinstance(md, dict):
+                raise ValueError(f"its metadata is {type(md).__name__}, not a map")
+            ix.add_checkpoint(*c.key, rid, c.parent, md)
             self._cache.add(rid, c)
         else:
             w = r.parse_writes(value)
@@ -179,9 +232,22 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
             self._cache.add(rid, w)
 
     def _sync(self) -> None:
-        """A reader follows the file: when another process committed, rebuild the index."""
-        if self._cap.mode == "r" and self._cap.refresh():
-            self._ix = self._build()
+        """A reader follows the file: when another process committed, rebuild the index; when
+        ``capsule compact`` replaced the file (a new inode at the path), reopen it first."""
+        if self._cap.mode != "r":
+            return
+        if replaced(self._cap):
+            cap = open_capsule(self.path, "r", clock=self._clock)
+            try:
+                ix = self._build(cap)
+            except BaseException:
+                cap.close()
+                raise
+            old = self._cap
+            self._live.cap, self._live.ix = cap, ix
+            old.close()
+        elif self._cap.refresh():
+            self._ix = self._build(self._cap)
 
     def _checkpoint(self, rid: bytes) -> r.CheckpointRec:
         rec = self._cache.get(rid)
@@ -202,9 +268,13 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
         """A fresh tuple (LangGraph may change what it is given): the serde decodes every time."""
         thread, ns, cid = key
         rec = self._checkpoint(c.rid)
-        checkpoint: Checkpoint = self.serde.loads_typed(rec.checkpoint)
-        metadata: CheckpointMetadata = self.serde.loads_typed(rec.metadata)
-        pending = [(w.task_id, w.channel, self.serde.loads_typed(self._writes(w.rid).writes[w.pos][2]))
+        checkpoint: Checkpoint = self._loads(c.rid, r.CHECKPOINT, rec.checkpoint, "checkpoint")
+        if not isinstance(checkpoint, dict):
+            raise self._invalid(c.rid.hex(), r.CHECKPOINT, ValueError(
+                f"its checkpoint is {type(checkpoint).__name__}, not a map"))
+        metadata: CheckpointMetadata = self._loads(c.rid, r.CHECKPOINT, rec.metadata, "metadata")
+        pending = [(w.task_id, w.channel,
+                    self._loads(w.rid, r.WRITES, self._writes(w.rid).writes[w.pos][2], f"write to {w.channel!r}"))
                    for w in self._ix.ordered_writes(key)]
         return CheckpointTuple(config=_cfg(thread, ns, cid), checkpoint=checkpoint, metadata=metadata,
                                parent_config=_cfg(thread, ns, c.parent) if c.parent else None,
@@ -348,6 +418,8 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
         src, dst = _text(source_thread_id), _text(target_thread_id)
         with self._mu:
             self._check_writer()
+            if src == dst:  # a copy onto itself would only duplicate every live record
+                return
             keys = [k for k in self._ix.thread_keys(src) if self._ix.get(*k) is not None]
             if not keys:
                 return
@@ -412,4 +484,4 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
         await self._run(self.copy_thread, source_thread_id, target_thread_id)
 
 
-__all__ = ["CapsuleSaver"]
+__all__ = ["CapsuleSaver", "default_serde"]

@@ -22,6 +22,7 @@ import concurrent.futures
 import copy
 import heapq
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -47,11 +48,12 @@ from langgraph.store.base import (
 )
 
 from ...core.clock import Clock
-from ...core.errors import InvalidRecordError, UsageError
+from ...core.errors import AlreadyExists, InvalidRecordError, UsageError
 from ...handle.capsule import Capsule
 from ...handle.entry import create as _create
 from ...handle.entry import open as _open
 from ...state.liveness import fold_of
+from ._follow import replaced
 from ._store_embed import StoreEmbedder
 from ._store_map import (
     TAG,
@@ -62,6 +64,8 @@ from ._store_map import (
     item_meta,
     item_tags,
     matches,
+    nfc,
+    nfc_clash,
     ns_tag,
     ttl_ns,
     value_text,
@@ -76,6 +80,20 @@ _MAX_K = 10_000  # the capsule's search cap (16.6)
 
 Key = tuple[tuple[str, ...], str]
 Prepared = dict[Key, tuple[str, "list[float] | None"]]
+
+
+def _create_or_open(path: Path, clock: Clock | None, timeout: float | None) -> Capsule:
+    """Open ``path`` for writing, creating it when missing. Another process may create it
+    between the check and the create (``create`` then raises AlreadyExists): open theirs."""
+    try:
+        return _create(path, exist_ok=True, clock=clock, timeout=timeout)
+    except AlreadyExists:
+        return _open(path, "a", clock=clock, timeout=timeout)
+
+
+def _name(k: Key) -> str:
+    name = f"{'.'.join(k[0])}/{k[1]}"
+    return name if len(name) <= 120 else f"{name[:117]}..."  # a 20 MB key makes no one-line message
 
 
 def _dt(ns: int) -> datetime:
@@ -114,14 +132,13 @@ class CapsuleStore(BaseStore):
         self._stop = threading.Event()
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capsule-store")
         self._owned = not isinstance(path, Capsule)
+        self._clock = clock
         if isinstance(path, Capsule):  # shared with the caller (e.g. a CapsuleSaver's): never closed here
             self._cap: Capsule = path
         elif read_only:
             self._cap = _open(Path(path), "r", clock=clock)
-        elif Path(path).exists():
-            self._cap = _open(Path(path), "a", clock=clock, timeout=timeout)
         else:
-            self._cap = _create(Path(path), clock=clock)
+            self._cap = _create_or_open(Path(path), clock, timeout)
         self.path = self._cap.path
         try:
             self._check_vectors()
@@ -161,7 +178,11 @@ class CapsuleStore(BaseStore):
         """Read-only stores: move to the newest commit another process wrote and rebuild the
         item index (one pass). True if there was anything new."""
         with self._lock:
-            if not self._cap.refresh():
+            if self._owned and self.read_only and replaced(self._cap):  # compacted in place: reopen
+                cap = _open(Path(self.path), "r", clock=self._clock)
+                old, self._cap = self._cap, cap
+                old.close()
+            elif not self._cap.refresh():
                 return False
             self._index = self._load()
             return True
@@ -228,7 +249,11 @@ class CapsuleStore(BaseStore):
                     raise UsageError(f"a store key is a str, not {type(op.key).__name__}")
                 if op.value is not None and not isinstance(op.value, Mapping):
                     raise UsageError(f"a store value is a dict, not {type(op.value).__name__}")
-                puts[(tuple(op.namespace), op.key)] = op  # the last put of a key wins, as in InMemoryStore
+                if op.ttl is not None and (type(op.ttl) not in (int, float) or not math.isfinite(op.ttl)):
+                    # "10" * 60e9 ns was a 120 GB string; NaN and infinity have no expiry time
+                    raise UsageError(f"a store ttl is minutes (a finite number), not {op.ttl!r}")
+                # the last put of a key wins, as in InMemoryStore; in NFC, as the capsule stores it
+                puts[(nfc(tuple(op.namespace)), nfc(op.key))] = op
         if puts and self.read_only:
             raise UsageError(f"{self.path} is open read-only: the store cannot put or delete")
         return puts
@@ -243,8 +268,12 @@ class CapsuleStore(BaseStore):
             try:
                 text, indexed = (value_text(op.value), False) if self._embed is None else \
                     self._embed.text(op.value, fields)
-            except (TypeError, ValueError) as e:  # the value is not JSON: say which item
-                raise InvalidRecordError(f"store item {'.'.join(k[0])}/{k[1]}: the value is not JSON ({e})") from None
+            except (TypeError, ValueError, RecursionError) as e:  # the value is not JSON: say which item
+                raise InvalidRecordError(f"store item {_name(k)}: the value is not JSON ({e})") from None
+            clash = nfc_clash(op.value)
+            if clash is not None:
+                raise InvalidRecordError(f"store item {_name(k)}: two keys of one map are {clash!r} in NFC "
+                                         "(spec 5.1 stores text in NFC; one would replace the other)")
             texts[k] = (text, indexed)
             if indexed and op.index is not False:
                 need.append(k)
@@ -276,7 +305,7 @@ class CapsuleStore(BaseStore):
             refresh: dict[Key, Entry] = {}
             for op in ops:  # reads see the store before this batch's puts, as in InMemoryStore
                 if isinstance(op, GetOp):
-                    e = self._index.get(tuple(op.namespace), op.key)
+                    e = self._index.get(nfc(tuple(op.namespace)), nfc(op.key))
                     if e is None or e.expired(now):
                         results.append(None)
                         continue
@@ -307,18 +336,18 @@ class CapsuleStore(BaseStore):
     # -- reads --------------------------------------------------------------------------------
 
     def _search(self, op: SearchOp, qv: dict[str, list[float]], now: int) -> list[tuple[Entry, float | None]]:
-        prefix = tuple(op.namespace_prefix)
+        prefix, flt = nfc(tuple(op.namespace_prefix)), nfc(op.filter)
         offset, limit = max(0, op.offset), max(0, op.limit)
-        cands = [e for e in self._index.under(prefix) if not e.expired(now) and matches(e.value, op.filter)]
+        cands = [e for e in self._index.under(prefix) if not e.expired(now) and matches(e.value, flt)]
         if op.query and op.query in qv and any(e.vector for e in cands):
-            scored = self._vector(prefix, op, qv[op.query], now, offset + limit)
+            scored = self._vector(prefix, flt, qv[op.query], now, offset + limit)
             rest = sorted((e for e in cands if not e.vector), key=lambda e: e.order)
             ranked: list[tuple[Entry, float | None]] = [*scored, *((e, None) for e in rest)]
         else:  # only the first offset + limit in order are needed: a heap, not a sort of them all
             ranked = [(e, None) for e in heapq.nsmallest(offset + limit, cands, key=lambda e: e.order)]
         return ranked[offset:offset + limit]
 
-    def _vector(self, prefix: tuple[str, ...], op: SearchOp, vector: list[float], now: int,
+    def _vector(self, prefix: tuple[str, ...], flt: dict[str, Any] | None, vector: list[float], now: int,
                 need: int) -> list[tuple[Entry, float | None]]:
         """Ranked by the capsule's own vector index (16.6: exact scores, ties by id), inside the
         namespace tag; the filter is applied after, asking for more until enough pass."""
@@ -330,7 +359,7 @@ class CapsuleStore(BaseStore):
             out: list[tuple[Entry, float | None]] = []
             for h in hits:
                 e = self._index.by_rid.get(h.id)
-                if e is not None and e.namespace[:n] == prefix and matches(e.value, op.filter):
+                if e is not None and e.namespace[:n] == prefix and matches(e.value, flt):
                     out.append((e, float(h.score)))
             if len(out) >= need or len(hits) < k or k >= _MAX_K:
                 return out
@@ -339,7 +368,8 @@ class CapsuleStore(BaseStore):
     def _namespaces(self, op: ListNamespacesOp, now: int) -> list[tuple[str, ...]]:
         nss = self._index.namespaces(now)
         if op.match_conditions:
-            nss = [ns for ns in nss if all(does_match(c, ns) for c in op.match_conditions)]
+            conds = [c._replace(path=nfc(tuple(c.path))) for c in op.match_conditions]
+            nss = [ns for ns in nss if all(does_match(c, ns) for c in conds)]
         nss = sorted({ns[:op.max_depth] for ns in nss}) if op.max_depth is not None else sorted(nss)
         return nss[op.offset:op.offset + op.limit]
 
@@ -352,6 +382,8 @@ class CapsuleStore(BaseStore):
         with self._cap.commit() as tx:
             for k, op in puts.items():
                 old = self._index.get(*k)
+                for rid in self._index.shadowed.get(k, ()):  # older live copies: never to come back
+                    tx.forget(rid, reason="delete" if op.value is None else "put", actor=self.actor)
                 if op.value is None:
                     if old is not None:
                         tx.forget(old.rid, reason="delete", actor=self.actor)
@@ -363,21 +395,27 @@ class CapsuleStore(BaseStore):
                                  updated=now, ttl_minutes=op.ttl,
                                  index=None if op.index is None or op.index is False else list(op.index))
                 ttl = None if op.ttl is None else ttl_ns(op.ttl)
-                if old is None:
-                    new.append(tx.remember(text, tags=item_tags(k[0]), meta=meta, embedding=emb, ttl=ttl,
-                                           time=now, source=_SOURCE))
-                    continue
-                rid = self._supersede(tx, old, text, item_tags(k[0]), meta, emb, ttl, now, "put")
-                if rid is not None:
-                    new.append(rid)
+                put_rid: str | None
+                try:
+                    if old is None:
+                        put_rid = tx.remember(text, tags=item_tags(k[0]), meta=meta, embedding=emb, ttl=ttl,
+                                              time=now, source=_SOURCE)
+                    else:
+                        put_rid = self._supersede(tx, old, text, item_tags(k[0]), meta, emb, ttl, now, "put")
+                except InvalidRecordError as err:  # docs: the error names the item; the batch is discarded
+                    raise InvalidRecordError(f"store item {_name(k)}: {err}") from None
+                if put_rid is not None:
+                    new.append(put_rid)
             for k, e in refresh.items():
                 if k in puts or e.time == now:
                     continue  # a put renews it anyway; or renewed at this very instant
                 rec = self._cap.get(e.rid)
-                rid = self._supersede(tx, e, rec.text, list(rec.tags), rec.meta, rec.embedding, rec.ttl, now,
-                                      "ttl refresh")
-                if rid is not None:
-                    new.append(rid)
+                renewed = self._supersede(tx, e, rec.text, list(rec.tags), rec.meta, rec.embedding, rec.ttl, now,
+                                          "ttl refresh")
+                if renewed is not None:
+                    new.append(renewed)
+        for k in puts:
+            self._index.shadowed.pop(k, None)
         for k in gone:
             self._index.drop(*k)
         for rid in new:
@@ -413,8 +451,11 @@ class CapsuleStore(BaseStore):
             with self._cap.commit() as tx:
                 for e in dead:
                     tx.forget(e.rid, reason="ttl expired", actor=self.actor)
+                    for rid in self._index.shadowed.get((e.namespace, e.key), ()):
+                        tx.forget(rid, reason="ttl expired", actor=self.actor)
             for e in dead:
                 self._index.drop(e.namespace, e.key)
+                self._index.shadowed.pop((e.namespace, e.key), None)
             return len(dead)
 
     def start_ttl_sweeper(self, sweep_interval_minutes: float | None = None) -> concurrent.futures.Future[None]:
