@@ -72,3 +72,30 @@ def test_built_in_kinds_other_than_memory_note_decision_stay_refused(tmp_path) -
             ident = tx.set_identity("agent-1")
         with pytest.raises(capsule.UsageError, match="identity"), cap.commit() as tx:
             tx.forget(ident)
+
+
+def _create_and_add(path: str, n: int, barrier) -> str:
+    barrier.wait()
+    try:
+        with capsule.create(path, exist_ok=True, timeout=20) as cap, cap.commit() as tx:
+            tx.remember(f"from process {n}")
+        return "ok"
+    except Exception as e:  # reported to the parent, which asserts on it
+        return f"{type(e).__name__}: {e}"
+
+
+def test_create_exist_ok_races_between_processes(tmp_path) -> None:
+    """Several processes create(exist_ok=True) one missing file at once: one creates it, the others
+    open what it made (they used to get AlreadyExists when they lost the O_EXCL race)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for round_ in range(3):
+        path = str(tmp_path / f"race{round_}.capsule")
+        with ctx.Manager() as m:
+            barrier = m.Barrier(4)
+            with ctx.Pool(4) as pool:
+                out = pool.starmap(_create_and_add, [(path, i, barrier) for i in range(4)])
+        assert out == ["ok"] * 4
+        with capsule.open(path) as cap:
+            assert sorted(r.text for r in cap.records("memory")) == [f"from process {i}" for i in range(4)]

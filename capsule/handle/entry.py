@@ -53,6 +53,9 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     try:
         h = WriteHandle(p, create=True)
     except FileExistsError:
+        if exist_ok:  # another process created it since the check above: open what it made,
+            # waiting a moment (unless told) for its first commit and its lock
+            return open(p, "a", clock=clock, timeout=2.0 if timeout is None else timeout)
         raise AlreadyExists(f"{p}: already exists") from None
     try:
         header = FileHeader(file_id)
