@@ -55,9 +55,11 @@ def serve(
     if not path.is_file():
         fail(f"{path}: no such capsule (create it with `capsule init`)", EXIT_USAGE)
     try:
+        from capsule.integrations._mcp_stdio import claim_stdio
         from capsule.integrations.mcp import build_server
     except ImportError as e:
         fail(f"the MCP server needs the mcp package: pip install 'agent-capsule[mcp]' ({e})", EXIT_USAGE)
+    claim_stdio()  # a closed stdin or stdout (`<&-`) must not be the capsule's fd
 
     keys = call(lambda: _load_keys(key or [], passphrase_env))
     server = call(lambda: build_server(path, read_only=read_only, keys=keys, wait=wait))

@@ -6,14 +6,18 @@ opens the capsule for writing only for the length of one write tool call:
 - A read (search, get, beliefs, why, timeline, the resources) first moves the
   reader to the newest commit (``Capsule.refresh``), so it sees what any writer,
   in this server or another process, has committed. If the path now names another
-  file (an in-place ``compact`` renames a new file over it), the reader is reopened.
+  file (an in-place ``compact`` renames a new file over it), or the file is shorter than
+  last time (cut in place by another tool), the reader is reopened; so it is, once, when
+  a read finds bad data (the bytes changed under it), and the error stands only if the
+  fresh reader finds it too.
   Reads never take the writer's lock and never write.
 - A write (remember, decide, checkpoint) opens the capsule in mode ``"a"``, waiting
   up to ``wait`` seconds for another writer (``open(..., timeout=wait)``), writes one
   commit, and closes, releasing the lock at once. So two servers on one file both
   write, one at a time; a call that cannot get the lock in time fails with
   :class:`~capsule.Locked` ("locked by pid N (waited W s)") and writes nothing.
-  Within one server a lock serialises writes, so its own calls never contend.
+  Within one server a lock serialises writes, so its own calls never contend. A call
+  cancelled while it waits for the lock stops waiting and writes nothing.
 - Every answer is the same JSON document the CLI prints with ``--json`` (bin values
   as hex), so an agent and a person see the same thing.
 
@@ -27,11 +31,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core.errors import CapsuleNotFound, ReadOnlyError, UsageError
+from ..core.errors import CapsuleNotFound, DataError, Locked, ReadOnlyError, UsageError
 from ..format.keys import PrivateKey
 from ..handle.capsule import Capsule
 from ..handle.entry import open as open_capsule
@@ -92,8 +97,10 @@ class Service:
             raise CapsuleNotFound(f"{self.path}: no such capsule")
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # The identity first: a file renamed over the path meanwhile then reads as moved
+        # next time (and is reopened), never as the file this reader holds.
+        self._ident, self._size = _identity(self.path), self.path.stat().st_size
         self._reader = open_capsule(self.path)  # a missing, corrupt or future-version file fails here
-        self._ident = _identity(self.path)
 
     def close(self) -> None:
         with self._read_lock:
@@ -103,25 +110,65 @@ class Service:
     def _read(self, fn: Callable[[Capsule], T], at: str | None = None) -> T:
         with self._read_lock:
             try:
-                moved = _identity(self.path) != self._ident
+                ident, size = _identity(self.path), self.path.stat().st_size
             except FileNotFoundError:
                 raise CapsuleNotFound(f"{self.path}: no such capsule (removed while served)") from None
-            if moved:  # replaced whole (an in-place compact): read the new file
-                fresh = open_capsule(self.path)
-                self._reader.close()
-                self._reader, self._ident = fresh, _identity(self.path)
+            if ident != self._ident or size < self._size:
+                # Replaced whole (an in-place compact), or cut short in place (another tool):
+                # no refresh follows that, a fresh reader does.
+                self._reopen()
             else:
                 self._reader.refresh()
-            if at is None:
-                return fn(self._reader)
-            with self._reader.view(at) as view:
-                return fn(view)
+                self._size = size
+            try:
+                return self._ask(fn, at)
+            except DataError:
+                # The bytes changed under the reader in a way it cannot see (rewritten in place,
+                # cut and regrown): once more on a fresh reader, whose error then stands.
+                self._reopen()
+                return self._ask(fn, at)
 
-    def _write(self, fn: Callable[[Capsule], T]) -> T:
+    def _ask(self, fn: Callable[[Capsule], T], at: str | None) -> T:
+        if at is None:
+            return fn(self._reader)
+        with self._reader.view(at) as view:
+            return fn(view)
+
+    def _reopen(self) -> None:
+        """A fresh reader (the old one is kept if the file cannot be opened now). The identity
+        and size are taken first: a change meanwhile then reads as a change next time."""
+        ident, size = _identity(self.path), self.path.stat().st_size
+        fresh = open_capsule(self.path)
+        self._reader.close()
+        self._reader, self._ident, self._size = fresh, ident, size
+
+    def _write(self, fn: Callable[[Capsule], T], cancel: threading.Event | None = None) -> T:
         if self.read_only:
             raise ReadOnlyError(f"{self.path}: served read-only (--read-only): writes are refused")
-        with self._write_lock, open_capsule(self.path, "a", timeout=self.wait or None) as cap:
+        with self._write_lock, self._writer(cancel) as cap:
             return fn(cap)
+
+    def _writer(self, cancel: threading.Event | None) -> Capsule:
+        """The capsule opened for writing, waiting up to ``wait`` seconds for another writer;
+        a call cancelled meanwhile (``cancel`` set) stops waiting and writes nothing."""
+        deadline = time.monotonic() + self.wait
+        delay = 0.001
+        while True:
+            try:
+                return open_capsule(self.path, "a")
+            except Locked as e:
+                left = deadline - time.monotonic()
+                if cancel is not None and cancel.is_set():
+                    raise Locked(f"{e} (the call was cancelled)", pid=e.pid, host=e.host) from None
+                if left <= 0:
+                    if not self.wait:
+                        raise
+                    raise Locked(f"{e} (waited {self.wait:g} s)", pid=e.pid, host=e.host) from None
+                if cancel is not None:
+                    cancel.wait(min(delay, left))
+                else:
+                    time.sleep(min(delay, left))
+                delay = min(delay * 2, 0.1)
 
     # --- resources --------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -189,7 +236,7 @@ class Service:
                                                          limit=a.get("limit")).to_dict(), a.get("at")))
 
     # --- write tools ----------------------------------------------------------------------
-    def _put(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _put(self, body: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         """One record in one commit, as ``capsule put --kind K --json-body B --json`` (plus ``id``)."""
 
         def go(cap: Capsule) -> dict[str, Any]:
@@ -197,24 +244,26 @@ class Service:
                 rid = tx.put_value(body)
             return {"id": rid, "ids": [rid], "count": 1, "new": len(tx.new_ids)}
 
-        return self._write(go)
+        return self._write(go, cancel)
 
-    def remember(self, a: Mapping[str, Any]) -> dict[str, Any]:
+    # ``cancel``: set when the client cancels the call; a write still waiting for the lock
+    # then gives up (Locked) and writes nothing, one holding it finishes.
+    def remember(self, a: Mapping[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         fields = ("text", "tags", "meta", "tier", "ttl", "source", "valid_from", "valid_to", "embedding")
-        return self._put({"kind": "memory", **{k: a[k] for k in fields if k in a}})
+        return self._put({"kind": "memory", **{k: a[k] for k in fields if k in a}}, cancel)
 
-    def decide(self, a: Mapping[str, Any]) -> dict[str, Any]:
+    def decide(self, a: Mapping[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         fields = ("summary", "rationale", "evidence", "inputs", "alternatives")
-        return self._put({"kind": "decision", **{k: a[k] for k in fields if k in a}})
+        return self._put({"kind": "decision", **{k: a[k] for k in fields if k in a}}, cancel)
 
-    def checkpoint(self, a: Mapping[str, Any]) -> dict[str, Any]:
+    def checkpoint(self, a: Mapping[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         """``capsule checkpoint --label L --key K --json``, signed with the keys given at start."""
         if self.read_only:
             raise ReadOnlyError(f"{self.path}: served read-only (--read-only): writes are refused")
         if not self.keys:
             raise UsageError("no signing key: start the server with --key KEYFILE to sign checkpoints "
                              "(a client never supplies keys)")
-        return plain(self._write(lambda cap: cap.checkpoint(a["label"], key=self.keys).to_dict()))
+        return plain(self._write(lambda cap: cap.checkpoint(a["label"], key=self.keys).to_dict(), cancel))
 
 
 __all__ = ["DEFAULT_WAIT", "Service", "plain"]

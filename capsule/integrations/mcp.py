@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,33 @@ def _leaves(e: BaseException) -> list[BaseException]:
 _GONE = (BrokenPipeError, ConnectionResetError, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
+async def _in_thread(fn: Callable[..., dict[str, Any]], arguments: dict[str, Any], *, writes: bool) -> dict[str, Any]:
+    """``fn(arguments)`` in a worker thread, so a write waiting for the lock stalls no other call.
+
+    Cancelled (the client's ``notifications/cancelled``, a signal), a read is abandoned at
+    once; a write is told to stop waiting for the lock (then it writes nothing) and awaited,
+    so a commit is never cut short. Either way the cancellation is raised, never a late
+    answer: the SDK has answered the call already and a second answer would crash it."""
+    if not writes:
+        return await anyio.to_thread.run_sync(fn, arguments, abandon_on_cancel=True)
+    cancel, finished = threading.Event(), threading.Event()
+
+    def job() -> dict[str, Any]:
+        try:
+            return fn(arguments, cancel)
+        finally:
+            finished.set()
+
+    try:
+        return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        cancel.set()
+        with anyio.CancelScope(shield=True):
+            while not finished.is_set():
+                await anyio.sleep(0.005)
+        raise
+
+
 class CapsuleServer(Server[Any, Any]):
     """The MCP server of one capsule: :attr:`tools` are the tools it lists, :meth:`close`
     releases the capsule's reader."""
@@ -140,11 +168,8 @@ class CapsuleServer(Server[Any, Any]):
             why = " (this server is read-only)" if self.service.read_only and name in {"remember", "decide",
                                                                                       "checkpoint"} else ""
             return _error_result("unknown tool", f"no tool {name!r}{why}")
-        fn = getattr(self.service, name)
         try:
-            # A worker thread, so a write waiting for the lock does not stall other calls; not
-            # abandoned on cancel, so a client that leaves mid-call never cuts a commit short.
-            result: dict[str, Any] = await anyio.to_thread.run_sync(fn, arguments)
+            result = await _in_thread(getattr(self.service, name), arguments, writes=spec.writes)
         except (CapsuleError, OSError) as e:
             return _error_result(_error_type(e), _message(e))
         return result
@@ -159,9 +184,10 @@ class CapsuleServer(Server[Any, Any]):
             if u == "capsule://summary":
                 import json
 
-                text = json.dumps(await anyio.to_thread.run_sync(self.service.summary), sort_keys=True)
+                text = json.dumps(await anyio.to_thread.run_sync(self.service.summary, abandon_on_cancel=True),
+                                  sort_keys=True)
             elif u == "capsule://state":
-                text = await anyio.to_thread.run_sync(self.service.state_json)
+                text = await anyio.to_thread.run_sync(self.service.state_json, abandon_on_cancel=True)
             else:
                 raise McpError(types.ErrorData(code=types.INVALID_PARAMS, message=f"no resource {u!r}"))
         except (CapsuleError, OSError) as e:
@@ -187,7 +213,9 @@ class CapsuleServer(Server[Any, Any]):
                             return
 
                 tg.start_soon(watch)
-            async with stdio_streams() as (read, write):
+            # At end of input the calls in flight are answered first: a write may wait
+            # --wait seconds for the lock, then take a while to commit.
+            async with stdio_streams(drain=self.service.wait + 60.0) as (read, write):
                 await self.run(read, write, self.create_initialization_options())
             tg.cancel_scope.cancel()
         return stopped[0] if stopped else None
@@ -199,8 +227,6 @@ class CapsuleServer(Server[Any, Any]):
         A client that disconnects (stdin closed, stdout gone) ends it normally: a write in
         flight finishes first (or, refused, leaves nothing), and the writer's lock is
         released with it. So does a signal."""
-        import threading
-
         sigs = (signal.SIGINT, signal.SIGTERM) if handle_signals and threading.current_thread() is \
             threading.main_thread() else ()
         try:
@@ -239,6 +265,9 @@ def run_stdio(path: str | os.PathLike[str], *, read_only: bool = False, keys: Se
     """Serve the capsule at ``path`` over stdio until the client closes the connection
     (None) or SIGINT/SIGTERM arrives (its number): :func:`build_server`, then
     :meth:`CapsuleServer.run_stdio`."""
+    from ._mcp_stdio import claim_stdio
+
+    claim_stdio()  # before the capsule is opened: it must not become stdin or stdout
     server = build_server(path, read_only=read_only, keys=keys, passphrase=passphrase, wait=wait)
     try:
         return server.run_stdio()
