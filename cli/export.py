@@ -78,9 +78,14 @@ def export(
     out.print(f"wrote {res.out}: {res.rows} {'row' if res.rows == 1 else 'rows'} ({kinds})", markup=False)
     if fmt == "jsonl" and not history:
         if res.not_importable:
-            which = ", ".join(f"{n} {k}" for k, n in res.not_importable.items())
-            warn(f"{which} record(s) cannot be put back with `put --jsonl` (written by the capsule itself); "
-                 "leave them out with --kind")
+            from capsule.integrations.export import why_not_importable
+
+            why: dict[str, list[str]] = {}
+            for k, n in res.not_importable.items():
+                why.setdefault(why_not_importable(k), []).append(f"{n} {k}")
+            for reason, which in why.items():
+                warn(f"{', '.join(which)} record(s) cannot be put back with `put --jsonl` ({reason}); "
+                     "leave them out with --kind")
         if res.skipped_redacted:
             warn(f"{res.skipped_redacted} redacted record(s) left out: their payload is never exported")
         if res.lossy:

@@ -67,7 +67,7 @@ class ParquetSink:
             if self.dim is None or len(emb) != self.dim:
                 # 16.1: one dimension per capsule; a file that breaks it fails `verify` too
                 raise CorruptError(f"memory {rid} has an embedding of dimension {len(emb)}, but this capsule's "
-                                   f"vectors have {self.dim or 'none'} (16.1)", check="vector-dim")
+                                   f"vectors have {self.dim or 'none'} (16.1)", check="vindex")
             self.vectors.append(emb)
         self.mask.append(emb is None)
         if len(self.mask) >= self.batch:

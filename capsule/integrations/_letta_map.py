@@ -131,7 +131,7 @@ def _unpack(rec: Mapping[str, Any], name: str, where: str) -> tuple[dict[str, An
     if isinstance(rec.get(f"{name}_json"), bytes):
         try:
             obj = json.loads(rec[f"{name}_json"])
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict):
             return obj, keys or list(obj)
@@ -226,9 +226,13 @@ def af_to_records(af: AgentFile, *, now: int = 0) -> list[dict[str, Any]]:
             out.append(_app(K_MESSAGE, t, {"agent": i, "index": j, **_pack(msg, "message", 1, list(msg))}, where))
             text = message_text(msg)
             if text:
-                out.append({"kind": "note", "time": t, "text": _nfc(f"{msg['role']}: {text}")})
+                note = {"kind": "note", "time": t, "text": _nfc(f"{msg['role']}: {text}")}
+                _fits(note, where)  # text no record can hold (a lone surrogate) is named by its path
+                out.append(note)
     if agents:
-        out.append(_identity(agents[0], t_doc if v1 else _item_time(agents[0], "agents[0]") or t_doc))
+        ident = _identity(agents[0], t_doc if v1 else _item_time(agents[0], "agents[0]") or t_doc)
+        _fits(ident, "$" if v1 else "agents[0]")
+        out.append(ident)
     return out
 
 
@@ -280,26 +284,36 @@ def _identity(agent: Mapping[str, Any], time: int) -> dict[str, Any]:
 
 def af_from_records(app: Iterable[tuple[str, Mapping[str, Any]]],
                     blocks: Iterable[tuple[str, str, Mapping[str, Any]]],
-                    identity: Mapping[str, Any] | None) -> AgentFile:
+                    identity: Mapping[str, Any] | None,
+                    gone: Iterable[tuple[str, str]] = ()) -> AgentFile:
     """Rebuild the agent file from ``app`` (id, value) application records, the live block
-    memories ``blocks`` as (id, text, meta) and the current ``identity`` value (or None).
+    memories ``blocks`` as (id, text, meta), the current ``identity`` value (or None) and
+    ``gone``, the (id, kind) of application records forgotten or redacted in the capsule
+    (their messages and tools are left out of the file, as a forgotten block is).
 
     Raises :class:`AgentFileError` (path = the record's id) when the records do not make
-    one agent file (none imported, or some missing)."""
+    one agent file (none imported, some missing, two at one position)."""
     docs: list[tuple[str, Mapping[str, Any]]] = []
     agents: dict[int, tuple[dict[str, Any], list[str]]] = {}
     tools: dict[int, dict[str, Any]] = {}
     msgs: dict[tuple[int, int], dict[str, Any]] = {}
+    left_out = {K_MESSAGE: 0, K_TOOL: 0}
+    for gid, gkind in gone:
+        if gkind not in left_out:  # the file's own fields or an agent: no file without them
+            raise AgentFileError(f"record {gid[:12]}", f"this {gkind} record was forgotten or redacted in the "
+                                 "capsule: the agent file cannot be rebuilt without it")
+        left_out[gkind] += 1
     for rid, rec in app:
         kind, where = rec.get("kind"), f"record {rid[:12]}"
         if kind == K_DOC:
             docs.append((rid, rec))
         elif kind == K_AGENT:
-            agents[_int(rec, "index", where)] = _unpack(rec, "agent", where)
+            _put(agents, _int(rec, "index", where), _unpack(rec, "agent", where), where)
         elif kind == K_TOOL:
-            tools[_int(rec, "index", where)] = _insert(*_unpack(rec, "tool", where), {})
+            _put(tools, _int(rec, "index", where), _insert(*_unpack(rec, "tool", where), {}), where)
         elif kind == K_MESSAGE:
-            msgs[_int(rec, "agent", where), _int(rec, "index", where)] = _insert(*_unpack(rec, "message", where), {})
+            key = (_int(rec, "agent", where), _int(rec, "index", where))
+            _put(msgs, key, _insert(*_unpack(rec, "message", where), {}), where)
     if not docs:
         raise AgentFileError("", "this capsule holds no Letta agent file (no letta.document record)")
     if len(docs) > 1:
@@ -312,33 +326,53 @@ def af_from_records(app: Iterable[tuple[str, Mapping[str, Any]]],
     counts = _as_dict(drec.get("counts"))
     n_agents = counts["agents"] if type(counts.get("agents")) is int else len(agents)
     per = _as_list(counts.get("messages"))
-    if sorted(agents) != list(range(n_agents)):
+    # lengths first: a forged count (10**15) must not become a list or a loop that long
+    if len(agents) != n_agents or sorted(agents) != list(range(n_agents)):
         raise AgentFileError(where, f"the capsule holds {len(agents)} of the file's {n_agents} agents")
-    if sorted(tools) != list(range(len(tools))):
+    if schema == "v1" and n_agents != 1:
+        raise AgentFileError(where, f"a v1 agent file is one agent, not {n_agents}")
+    if not left_out[K_TOOL] and sorted(tools) != list(range(len(tools))):
         raise AgentFileError(where, "the capsule's letta.tool records have gaps in their order")
     live = _blocks(blocks)
     tool_list = [tools[j] for j in sorted(tools)]
+    by_agent: dict[int, list[int]] = {}
+    for a, j in sorted(msgs):
+        by_agent.setdefault(a, []).append(j)
+    missing = 0
     out_agents = []
     for i in range(n_agents):
         agent, keys = agents[i]
-        n = per[i] if i < len(per) and type(per[i]) is int else sum(1 for a, _ in msgs if a == i)
-        got = [msgs[(i, j)] for j in range(n) if (i, j) in msgs]
-        if len(got) != n:
+        held = by_agent.get(i, [])
+        n = per[i] if i < len(per) and type(per[i]) is int else len(held)
+        got = [msgs[(i, j)] for j in held if j < n]
+        if len(got) > n or len(got) + left_out[K_MESSAGE] < n:
             raise AgentFileError(where, f"the capsule holds {len(got)} of agent {i}'s {n} messages")
+        missing += n - len(got)
         agent = _overlay(agent, identity)
         fields: dict[str, Any] = {"messages": got}
         if schema == "v1":
             fields |= {"core_memory": live, "tools": tool_list}
         out_agents.append(_insert(agent, keys, fields))
+    if missing > left_out[K_MESSAGE]:
+        raise AgentFileError(where, f"the capsule lacks {missing} of the file's messages")
     if schema == "v1":
         return AgentFile(out_agents[0], "v1", drec.get("encoded_twice") is True, drec.get("newline") is not False)
     top, keys = _unpack(drec, "document", where)
     ids = {b.get("id") for b in live}
+    tool_ids = {t.get("id") for t in tool_list}
     for agent in out_agents:  # a block forgotten in the capsule leaves the agents' block_ids too
         if isinstance(agent.get("block_ids"), list):
             agent["block_ids"] = [b for b in agent["block_ids"] if b in ids]
+        if left_out[K_TOOL] and isinstance(agent.get("tool_ids"), list):
+            agent["tool_ids"] = [t for t in agent["tool_ids"] if t in tool_ids]
     doc = _insert(top, keys, {"agents": out_agents, "blocks": live, "tools": tool_list})
     return AgentFile(doc, "v2", drec.get("encoded_twice") is True, drec.get("newline") is not False)
+
+
+def _put(into: dict[Any, Any], key: Any, value: Any, where: str) -> None:
+    if key in into:  # a capsule written by another tool: which one is the file's is unknowable
+        raise AgentFileError(where, f"two records at position {key}")
+    into[key] = value
 
 
 def _int(rec: Mapping[str, Any], key: str, where: str) -> int:
@@ -388,7 +422,7 @@ def _blocks(blocks: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[dict[s
         if isinstance(meta.get(M_BLOCK + "_json"), bytes):
             try:
                 rest = json.loads(meta[M_BLOCK + "_json"])
-            except ValueError:
+            except (ValueError, RecursionError):
                 rest = None
         elif isinstance(meta.get(M_BLOCK), dict):
             rest = restore_order(meta[M_BLOCK], keys, _as_list(meta.get(M_ORDER)))
@@ -400,7 +434,10 @@ def _blocks(blocks: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[dict[s
             raise AgentFileError(where, f"meta.{M_BLOCK} is not an object")
         value = text
         if isinstance(meta.get(M_VALUE), bytes):  # the exact text, while the memory still says it
-            orig = meta[M_VALUE].decode("utf-8", "surrogatepass")
+            try:
+                orig = meta[M_VALUE].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                raise AgentFileError(where, f"meta.{M_VALUE} is not UTF-8 text") from None
             value = orig if _nfc(orig) == text else text
         index = meta[M_INDEX] if type(meta.get(M_INDEX)) is int else 1 << 62
         found.append((index, rid, _insert(rest, keys, {"value": value})))

@@ -94,8 +94,14 @@ def parse_time(v: object, path: str) -> int | None:
     text = expect(v, str, path)
     try:
         return parse_iso_time(text)
-    except DataError:
-        raise AgentFileError(path, f"not an ISO-8601 time: {text[:80]!r}") from None
+    except DataError as e:
+        if "precision" in str(e):
+            reason = "more than nanosecond precision"
+        elif "non-negative" in str(e):  # 7.0: int64 ns since the epoch
+            reason = "out of range (a capsule's times run from 1970-01-01 to 2262-04-11 UTC)"
+        else:
+            reason = "not an ISO-8601 time"
+        raise AgentFileError(path, f"{reason}: {text[:80]!r}") from None
 
 
 def parse_af(data: bytes | str) -> AgentFile:
@@ -129,13 +135,27 @@ def parse_af(data: bytes | str) -> AgentFile:
     return AgentFile(doc, check_document(doc), twice, text.endswith("\n"))
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # json keeps the last value: the others would be lost unseen
+        seen: set[str] = set()
+        for dup, _ in pairs:
+            if dup in seen:
+                break
+            seen.add(dup)
+        raise AgentFileError("$", f"duplicate key {dup[:80]!r} in an object (only one of its values could be kept)")
+    return obj
+
+
 def _loads(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         raise AgentFileError("$", f"{what}: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise AgentFileError("$", f"{what}: nested too deeply") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise AgentFileError("$", f"{what}: {str(e)[:120]}") from None
 
 
 def check_document(doc: dict[str, Any]) -> str:

@@ -89,6 +89,13 @@ def _importable(kind: str) -> bool:
     return cls is not None and not getattr(cls, "INTERNAL", False)
 
 
+def why_not_importable(kind: str) -> str:
+    """Why ``put --jsonl`` refuses records of ``kind`` (for the export's warning)."""
+    if kind in _REGISTRY:
+        return "written by the capsule itself"
+    return "an application kind (spec 12.3, e.g. letta.*), which `put --jsonl` does not take"
+
+
 def _partition_path(out: Path, agent: str, file_id: str, fmt: str) -> Path:
     # hive style: the value percent-encoded, so an agent id can never name another folder
     return out / f"agent={quote(agent, safe='')}" / f"part-{file_id}.{fmt}"
@@ -149,6 +156,9 @@ def export(
             if target.exists() and not target.is_dir():
                 raise UsageError(f"{target}: not a directory (a partitioned export writes a dataset folder)")
             final = _partition_path(target, agent or fid, fid, format)
+            if len(os.fsencode(final.parent.name)) > 255:  # NAME_MAX: refused before a folder is made
+                raise UsageError(f"agent id {(agent or '')[:40]!r}... is too long for a folder name "
+                                 f"({len(os.fsencode(final.parent.name))} bytes encoded, at most 255)")
             for d in (target, final.parent):
                 if not d.exists():
                     made.append(d)
@@ -156,9 +166,9 @@ def export(
             final = target
         if not made:
             _target(cap, src, final, force=force)
-        for d in made:
-            d.mkdir()
         try:
+            for d in made:
+                d.mkdir()
             return _write(cap, src, final, format, want, history, agent, fid, dim, batch, progress)
         except BaseException:
             for d in reversed(made):
@@ -276,4 +286,4 @@ def _rows(cap: Capsule, kinds: Collection[str] | None, history: bool) -> Iterato
         yield row_dict(e, agent, fid)
 
 
-__all__ = ["COLUMNS", "FORMATS", "ExportResult", "export", "rows"]
+__all__ = ["COLUMNS", "FORMATS", "ExportResult", "export", "rows", "why_not_importable"]

@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from ..core.clock import default_clock
-from ..core.errors import AlreadyExists, UsageError
+from ..core.errors import AlreadyExists, Redacted, UsageError
 from ..format import canonical as canon
 from ..format.file import fsync_dir
 from ..format.records import GenericRecord
 from ..handle.entry import create
 from ..handle.entry import open as open_capsule
 from ..ingest.source import check_regular, read_regular
+from ._export_read import entries
 from ._letta_map import APP_KINDS, af_from_records, af_to_records
 from ._letta_parse import MAX_AF_BYTES, AgentFile, AgentFileError, dump_af, parse_af
 
@@ -95,6 +96,8 @@ def read_af(src: str | Path) -> AgentFile:
     """Read and check an agent file; an :class:`AgentFileError` names the file and the JSON path."""
     p = Path(src)
     check_regular(p)
+    if p.is_dir():
+        raise UsageError(f"{p}: is a directory, not an agent file")
     if not p.is_file():
         raise UsageError(f"{p}: no such file")
     raw = read_regular(p, MAX_AF_BYTES, "an agent file")
@@ -115,30 +118,56 @@ def import_agent(af: AgentFile, dst: str | Path, *, source: str = "") -> ImportR
     """
     p = Path(dst)
     records = af_to_records(af, now=default_clock()())
-    if p.exists():
+    if p.exists() or p.is_symlink():
         raise AlreadyExists(f"{p}: already exists")
-    cap = create(p)
+    # Built under a hidden name and linked into place once committed: a kill -9 mid-import
+    # leaves no empty capsule at ``dst`` (one that would block the retry), and the link
+    # never replaces a file (or follows a symlink) that appeared meanwhile.
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".importing", dir=p.parent if str(p.parent) else ".")
+    os.close(fd)
+    tmp = Path(name)
+    tmp.unlink()
     try:
-        with cap.commit() as tx:
-            for rec in records:
-                if rec["kind"] in APP_KINDS:
-                    tx.put(GenericRecord(rec["kind"], canon.normalize(rec)))
-                else:
-                    tx.put_value(rec)
-        n = len(cap)
-        cap.close()
-    except BaseException:
-        cap.close()
-        p.unlink(missing_ok=True)
-        raise
+        cap = create(tmp)
+        try:
+            with cap.commit() as tx:
+                for rec in records:
+                    if rec["kind"] in APP_KINDS:
+                        tx.put(GenericRecord(rec["kind"], canon.normalize(rec)))
+                    else:
+                        tx.put_value(rec)
+            n = len(cap)
+        finally:
+            cap.close()
+        _place(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
     c = _counts(af)
     return ImportReport(source, str(p), af.schema, af.encoded_twice, c["agents"], c["blocks"], c["messages"],
                         c["tools"], n, p.stat().st_size)
 
 
+def _place(tmp: Path, dst: Path) -> None:
+    """Move the finished capsule ``tmp`` to ``dst`` without replacing anything there."""
+    try:
+        os.link(tmp, dst)  # atomic and no-clobber
+    except FileExistsError:
+        raise AlreadyExists(f"{dst}: already exists") from None
+    except OSError:  # a file system without hard links: rename, after one last look
+        if dst.exists() or dst.is_symlink():
+            raise AlreadyExists(f"{dst}: already exists") from None
+        os.replace(tmp, dst)
+    fsync_dir(dst)
+
+
 def import_af(src: str | Path, dst: str | Path) -> ImportReport:
     """Import the agent file ``src`` into a new capsule ``dst``; see :func:`import_agent`."""
-    return import_agent(read_af(src), dst, source=str(src))
+    af = read_af(src)
+    try:
+        return import_agent(af, dst, source=str(src))
+    except AgentFileError as e:  # a value no record can hold: which file (path and reason stay)
+        e.args = (f"{src}: {e}",)
+        raise
 
 
 def export_agent(capsule_path: str | Path, *, at: str | int | None = None) -> AgentFile:
@@ -149,18 +178,26 @@ def export_agent(capsule_path: str | Path, *, at: str | int | None = None) -> Ag
     current identity's. Raises :class:`AgentFileError` when the capsule holds no agent
     file or only part of one."""
     with open_capsule(capsule_path, at=at) as cap:
-        app = [(r.id, r.value) for kind in APP_KINDS for r in cap.records(kind=kind)]
+        app, gone = [], []
+        for e in entries(cap, frozenset(APP_KINDS), history=True):
+            if e.live and not e.redacted:
+                app.append((e.rid.hex(), e.rec.value))
+            else:  # forgotten or redacted (7.7.1): its payload never reaches the file
+                gone.append((e.rid.hex(), e.rec.kind))
         state = cap.state()
         blocks = []
         for tier in state.memories.values():
             for d in tier:
-                m = cap.get(d["id"])
+                try:
+                    m = cap.get(d["id"])
+                except Redacted:  # a view before the redaction: live then, but its text is withheld
+                    continue
                 if m.meta:
                     blocks.append((m.id, m.text, m.meta))
         ident = cap.get(state.identity["id"]) if state.identity else None
         identity = {"agent_id": ident.agent_id, "config": ident.config} if ident is not None else None
     try:
-        return af_from_records(app, blocks, identity)
+        return af_from_records(app, blocks, identity, gone)
     except AgentFileError as e:
         e.args = (f"{capsule_path}: {e}",)
         raise
@@ -174,10 +211,12 @@ def export_af(capsule_path: str | Path, dst: str | Path, *, at: str | int | None
     is either the whole file or untouched; an existing ``dst`` is refused unless
     ``overwrite``. The capsule is opened read-only and never written."""
     p = Path(dst)
-    if p.exists() and not overwrite:
-        raise AlreadyExists(f"{p}: already exists (overwrite=True, or --force, replaces it)")
+    if p.exists() and Path(capsule_path).exists() and os.path.samefile(p, capsule_path):  # even with --force
+        raise UsageError(f"{p}: is the capsule being exported")
     if p.is_dir():
         raise UsageError(f"{p}: is a directory")
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise AlreadyExists(f"{p}: already exists (overwrite=True, or --force, replaces it)")
     if not p.parent.is_dir():
         raise UsageError(f"{p.parent}: no such directory")
     af = export_agent(capsule_path, at=at)
@@ -188,6 +227,7 @@ def export_af(capsule_path: str | Path, dst: str | Path, *, at: str | int | None
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 is for the temporary name, not the file (as `capsule export`)
         os.replace(tmp, p)
         fsync_dir(p)
     except BaseException:
