@@ -79,8 +79,17 @@ class _LazyConsole:
         self.rich.__exit__(*exc)  # type: ignore[arg-type]
 
 
+def isatty(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal; False when it is closed or missing (``capsule ... >&-``
+    leaves ``sys.stdout`` None)."""
+    try:
+        return stream is not None and bool(stream.isatty())
+    except (OSError, ValueError):
+        return False
+
+
 # Pipes get a wide console so tables (hashes, times) are not cut at 80 columns.
-out = _LazyConsole(highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+out = _LazyConsole(highlight=False, markup=False, soft_wrap=True, width=None if isatty(sys.stdout) else 200)
 err = _LazyConsole(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 

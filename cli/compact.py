@@ -12,7 +12,7 @@ import capsule
 
 from ._errors import call
 from ._params import FileArg, JsonOpt, WaitOpt
-from ._render import emit_json, err, out
+from ._render import emit_json, err, isatty, out
 from .state import PassOpt, _load_keys
 
 
@@ -44,7 +44,7 @@ def compact(
     def go() -> dict[str, Any]:
         keys = _load_keys(key, passphrase_env) if key else None
         kw: dict[str, Any] = {"keep": keep, "key": keys, "timeout": wait or None}
-        if json_out or not sys.stderr.isatty():
+        if json_out or not isatty(sys.stderr):
             return capsule.compact(path, out_path, **kw)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("compacting", total=None)

@@ -10,7 +10,7 @@ import typer
 
 from ._errors import EXIT_USAGE, call, fail
 from ._params import AtOpt, FileArg, JsonOpt
-from ._render import emit_json, err, out, warn
+from ._render import emit_json, err, isatty, out, warn
 
 
 def export(
@@ -61,7 +61,7 @@ def export(
                           "partition": "agent" if by_agent else None, "dim": dim, "force": force}
 
     def go() -> Any:
-        if json_out or not sys.stderr.isatty():
+        if json_out or not isatty(sys.stderr):
             return run(path, output, **kw)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

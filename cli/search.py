@@ -17,7 +17,7 @@ from capsule.ingest.source import check_regular, read_regular
 from ._errors import call
 from ._help import literal
 from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, parse_meta, valid_at_iso
-from ._render import emit_json, err, out, warn
+from ._render import emit_json, err, isatty, out, warn
 from .records import AnyTagOpt, KindOpt, MetaOpt, SinceOpt, TagOpt, TierOpt, UntilOpt, hit_table
 
 
@@ -172,7 +172,7 @@ def pack(
         emb: Any = None if embedder == "none" else embedder
         kw: dict[str, Any] = {"embedder": emb, "batch": batch, "append": append, "warn": warn,
                               "timeout": wait or None, "prune": prune}
-        if json_out or not sys.stderr.isatty():
+        if json_out or not isatty(sys.stderr):
             return capsule.pack(src, output, **kw)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
                       transient=True) as bar:

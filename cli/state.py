@@ -15,7 +15,7 @@ from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_DATA, call
 from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, valid_at_iso
-from ._render import Table, cell, emit_json, err, escape_json, out, warn
+from ._render import Table, cell, emit_json, err, escape_json, isatty, out, warn
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
                                              "passphrase.")]
@@ -244,7 +244,7 @@ def verify(
         if not path.exists():
             raise capsule.CapsuleNotFound(f"{path}: no such capsule")
         size = path.stat().st_size
-        show = not json_out and sys.stderr.isatty() and size > 64 << 20
+        show = not json_out and isatty(sys.stderr) and size > 64 << 20
         anchor: Any = None
         if parent is not None:
             check_regular(parent, "--parent ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,22 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     capsule.create(p).close()
     r = _run(p, CAPSULE_DEBUG="1")
     assert r.returncode != 0 and "Traceback" in r.stderr and "planted bug" in r.stderr
+
+
+def test_closed_standard_streams_are_no_internal_error(tmp_path: Path) -> None:
+    """`capsule ... >&-` (fd 1 closed): Python leaves sys.stdout None; the CLI put /dev/null
+    there, before the capsule was opened, so the capsule never becomes fd 1 and no command
+    dies with an internal error. Output to a closed stream is dropped."""
+    p = tmp_path / "a.capsule"
+    exe = [sys.executable, "-c", "import sys; from capsule_cli.main import main; sys.argv[0] = 'capsule'; main()"]
+    for redir in (">&-", "2>&-", "<&-", ">&- 2>&-"):
+        for args in (["init", str(p)], ["put", str(p), "--text", "hello"], ["state", str(p)],
+                     ["search", str(p), "hello"], ["verify", str(p)], ["--version"]):
+            if args[0] == "init" and p.exists():
+                continue
+            cmd = " ".join(shlex.quote(a) for a in [*exe, *args]) + " " + redir
+            r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, (redir, args, r.stderr)
+            assert "internal error" not in r.stderr and "Traceback" not in r.stderr
+    rep = capsule.verify(p)
+    assert rep.ok and rep.records == 4
