@@ -673,3 +673,17 @@ def test_a_writer_that_never_searches_keeps_little(tmp_path: Path, monkeypatch: 
         got = lexical(cap, "deploy step 7", k=3)
     with capsule.open(p) as cap:
         assert got == lexical(cap, "deploy step 7", k=3, rebuild=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=12), max_size=40, unique=True), st.lists(st.binary(max_size=14),
+       max_size=20), st.integers(min_value=0, max_value=3))
+def test_dictionary_find_is_a_lookup(strs: list[bytes], probes: list[bytes], longest: int) -> None:
+    """``Dictionary.find`` compares a string by its first len(key) + 1 bytes only; it must
+    still find exactly the strings that are there, among long ones and shared prefixes."""
+    strs = sorted({*strs, *(s + b"z" * 3000 * longest for s in strs[:longest])})
+    n = len(strs)
+    d = lexsnap.Dictionary.decoded(strs, np.ones(n, np.int64), None, np.zeros(n, np.uint32), np.ones(n, np.uint32))
+    where = {s: i for i, s in enumerate(strs)}
+    for key in [*probes, *strs, *(s[:-1] for s in strs), *(s + b"\0" for s in strs)]:
+        assert d.find(key) == where.get(key, -1)

@@ -119,17 +119,22 @@ class Dictionary:
         return self._strs
 
     def find(self, key: bytes) -> int:
-        """Binary search; the index of ``key`` or -1."""
-        text, off = self.text, self.off
+        """Binary search; the index of ``key`` or -1. A string is compared by its first
+        ``len(key) + 1`` bytes, which order it against ``key`` as the whole string would, so a
+        long string in a hostile file costs no more to pass than a short one."""
+        text, off, span = self.text, self.off, len(key) + 1
         lo, hi = 0, len(off) - 1
         while lo < hi:
             mid = (lo + hi) >> 1
-            if text[off.item(mid) : off.item(mid + 1)] < key:
+            a = off.item(mid)
+            if text[a : min(off.item(mid + 1), a + span)] < key:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < len(off) - 1 and text[off.item(lo) : off.item(lo + 1)] == key:
-            return lo
+        if lo < len(off) - 1:
+            a = off.item(lo)
+            if text[a : min(off.item(lo + 1), a + span)] == key:
+                return lo
         return -1
 
     def one(self, i: int, n: int) -> tuple[np.ndarray, np.ndarray]:
