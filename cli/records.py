@@ -145,14 +145,16 @@ def origin(h: Hit) -> str:
     return "" if h.kind == "memory" else h.kind
 
 
-def marked(text: str, query: str | None, width: int) -> Text:
+def marked(text: str, query: str | None, width: int, minor: int | None = None) -> Text:
     """One line of ``text`` of at most ``width`` characters around the first query
-    term, the terms in bold (literal and escaped)."""
+    term, the terms in bold (literal and escaped), matched by the tokenizer of a file
+    of header ``minor`` (12.8; None: either)."""
     from rich.text import Text
 
-    from capsule.search.lexical import snippet
+    from capsule.search.lexical import rule_of, snippet
 
-    line, spans = snippet(text, query or "", width=max(1, width - 2), lead=min(24, width // 4))  # 2: the "…"s
+    tok = None if minor is None else rule_of(minor).tok
+    line, spans = snippet(text, query or "", width=max(1, width - 2), lead=min(24, width // 4), tok=tok)  # 2: "…"s
     t = Text(no_wrap=True, overflow="ellipsis")
     at = 0
     for a, b in spans:
@@ -163,7 +165,7 @@ def marked(text: str, query: str | None, width: int) -> Text:
     return t
 
 
-def hit_table(hits: list[Hit], query: str | None) -> Table:
+def hit_table(hits: list[Hit], query: str | None, minor: int | None = None) -> Table:
     """Search results (with ``query``: rank and score) or a listing (time instead), one
     line each: id prefix, where it came from, tags (if any hit has some) and a snippet
     in the width left, so a row never wraps."""
@@ -181,7 +183,7 @@ def hit_table(hits: list[Hit], query: str | None) -> Table:
     if has_tags:
         widths.append(min(max(16, out.width // 8), max(4, *map(len, tags))))
     room = max(16, out.width - sum(widths) - 2 * len(widths))  # two spaces between columns
-    texts = [marked(h.text, query, room) for h in hits]
+    texts = [marked(h.text, query, room, minor) for h in hits]
     t = Table(box=None, pad_edge=False, show_edge=False)
     for head, w in zip([*heads, "from", "tags"], widths, strict=False):
         t.add_column(head, width=w, no_wrap=True, overflow="ellipsis", justify="right" if head in ("#", "score")

@@ -62,9 +62,23 @@ def search(
                                          "records passing the filters are listed, newest first, as by `capsule "
                                          "list`.", show_default=False, metavar="QUERY")] = "",
     k: Annotated[int, typer.Option("-k", "--top", help="How many results.", min=1, max=10000)] = 10,
-    mode: Annotated[str, typer.Option("--mode", help="auto, lexical (BM25), vector or hybrid (both, fused by "
-                                      "reciprocal rank). auto: hybrid when the capsule's vectors came from a "
-                                      "semantic embedder (minilm, st:...), else lexical.")] = "auto",
+    mode: Annotated[str, typer.Option("--mode", help="auto, lexical (BM25), vector or hybrid (both, fused). "
+                                      "auto: lexical when the capsule's embedder adds nothing to the words "
+                                      "(hash), hybrid with a semantic one (minilm, st:...), vector for --vector "
+                                      "without a query; --explain says which it ran and why.")] = "auto",
+    fusion: Annotated[str | None, typer.Option("--fusion", help="How hybrid fuses its two rankings: weighted "
+                                               "(z-scores, weighted by --lexical-weight; the default in capsules "
+                                               "created as format 1.4 or later) or rrf (reciprocal rank; the "
+                                               "default in older ones).", show_default=False)] = None,
+    lexical_weight: Annotated[float | None, typer.Option(
+        "--lexical-weight", metavar="W", show_default=False,
+        help="Weight of the words in weighted fusion, 0 to 1 (1: words only, 0: vectors only). Default: by "
+             "the capsule's embedder (hash 1, minilm 0.7, others and --vector 0.5). Implies --fusion weighted.",
+    )] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Say how the results were ranked (the mode auto "
+                                          "chose, the fusion and weight) and why: with --json the output becomes "
+                                          "{mode, fusion, lexical_weight, why, hits}, else one line on stderr.")]
+    = False,
     vector: Annotated[Path | None, typer.Option("--vector", help="Query vector: a .npy array or a .json list.")]
     = None,
     tag: TagOpt = None,
@@ -95,9 +109,14 @@ def search(
       capsule search notes.capsule --meta chunk=0 --tag ops
       capsule search agent.capsule --vector q.npy --json
       capsule search agent.capsule "who is the CEO" --valid-at 2025-06-01 --json
+      capsule search notes.capsule "deploy freeze" --explain --json
+      capsule search notes.capsule "deploy freeze" --mode hybrid --lexical-weight 0.7
     """
     meta_map = parse_meta(meta or [])
     when = call(lambda: valid_at_iso(valid_at))
+
+    # 16.6: only what was given is passed on
+    fuse = {k: v for k, v in (("fusion", fusion), ("lexical_weight", lexical_weight)) if v is not None}
 
     def go() -> tuple[list[Any], list[str]]:
         if not path.exists():
@@ -108,23 +127,36 @@ def search(
             with view as c:
                 hits = c.search(query, vector=qv, k=k, mode=mode, tags=tag, any_tags=any_tag, tier=tier,
                                 kind=kind, since=since, until=until, meta=meta_map, embedder=embedder, ef=ef,
-                                valid_at=when)
+                                valid_at=when, **fuse)
                 for h in hits:
                     h.record  # noqa: B018  (read while the capsule is open)
                 info = c.index_info()
+                minor[0] = int(cap.format_version.split(".")[1])
                 return hits, [m for m in (info["doubt"], info["notice"]) if m]
 
+    minor = [4]
     hits, warnings = call(go)
     for w in warnings:
         warn(w)
+    ranking = getattr(hits, "ranking", None)
+    if explain and not json_out and ranking is not None:
+        err.print(f"capsule: ranked by {_ranked_by(ranking)}")
     if json_out:  # 13.6: each hit says the valid time it was found at
-        emit_json([h.to_dict() if when is None else {**h.to_dict(), "valid_at": when} for h in hits])
+        # each hit says how it was ranked (the mode auto chose); --explain wraps them with the reason
+        how = {} if ranking is None or explain else {"mode": ranking.mode}
+        rows = [{**h.to_dict(), **how} if when is None else {**h.to_dict(), **how, "valid_at": when} for h in hits]
+        emit_json({**(ranking.to_dict() if ranking is not None else {}), "hits": rows} if explain else rows)
         return
     if not hits:
         out.print("no results")
         return
     ranked = query.strip() != "" or vector is not None
-    out.print(hit_table(hits, query if ranked else None))
+    out.print(hit_table(hits, query if ranked else None, minor[0]))
+
+
+def _ranked_by(r: Any) -> str:
+    """"hybrid: auto: ...; weighted z-score fusion ..." for --explain."""
+    return f"{r.mode}: {r.why}" if r.why else str(r.mode)
 
 
 def _plural(n: int, one: str, many: str = "") -> str:

@@ -69,7 +69,7 @@ def _colliding(n: int, p: int = 0x0123456789ABCDEF) -> list[bytes]:
 def test_a_new_file_writes_52_byte_tables_sorted_by_id(tmp_path: Path, often: None) -> None:
     p = tmp_path / "a.capsule"
     ids = _fill(p, [60, 70, 80, 200, 30])
-    assert p.read_bytes()[9] == C.FORMAT_MINOR == 3  # 2.1: the minor a 1.3 writer creates
+    assert p.read_bytes()[9] == C.FORMAT_MINOR == 4  # 2.1: the minor a 1.4 writer creates
     metas = _indexes(p)
     assert len(metas) >= 4
     for meta, tables, value in metas:

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 import capsule
 from capsule.core import constants as C
 from capsule.search import catalog, engine, lexcodec, lexsnap, part
-from capsule.search import lexical as tokenizer
+from capsule.search import tokenize as tokenizer
 from capsule.search.catalog import Catalog
-from capsule.search.lexical import TOKENIZER_ID, tokenize
+from capsule.search.lexical import rule_of, tokenize
+from capsule.search.tokenize import TOKENIZER_2, tokenize2
 
 T0 = 1_767_225_600 * 10**9
 WORDS = ["deploy", "freeze", "friday", "staging", "db", "café", "CAFE\u0301", "straße", "STRASSE", "k8s", "node_js",
@@ -63,9 +64,11 @@ def all_results(cap: capsule.Capsule, *, rebuild: bool, nows: tuple[int, ...] = 
 
 def reference(path: Path, query: str, k: int, now: int) -> list[tuple[str, float]]:
     """16.4 and 16.6 written from the spec text, in plain Python floats (IEEE float64, each
-    operation rounded as written): what both paths must return, to the bit."""
+    operation rounded as written): what both paths must return, to the bit. (No record here has a
+    session: the window of 16.4.1 is each document alone; tests/test_context_window.py has them.)"""
     docs, dead = [], set()
     with capsule.open(path) as cap:
+        tokenize = rule_of(cap._snap.header.minor).tok.tokenize  # 12.8: the file's tokenizer
         for r in cap.records():
             if r.kind == "revert":
                 dead |= {x.hex() for x in r.drop}
@@ -201,8 +204,9 @@ def test_a_snapshot_is_used_and_only_the_tail_is_tokenized(tmp_path: Path, monke
         for i in range(3000, 3010):
             tx.remember(f"item {i} deploy green", time=T0 + i)
     seen: list[str] = []
-    real = lexsnap.term_ids
-    monkeypatch.setattr(lexsnap, "term_ids", lambda texts: seen.extend(texts) or real(texts))
+    real = lexsnap.build_columns
+    monkeypatch.setattr(lexsnap, "build_columns", lambda ids, texts, *a, **kw: seen.extend(texts) or real(ids, texts, *a,
+                                                                                                         **kw))
     with capsule.open(p) as cap:
         hits = lexical(cap, "green deploy", k=3)
         cat = cap._search.searcher().lex.cat
@@ -300,7 +304,7 @@ def reheader(blob: bytes, **change: Any) -> bytes:
     h = canon.decode(blob[12 : 12 + hl])
     body = blob[(12 + hl + 7) & ~7 :]
     nh = canon.pack({**h, **change})
-    return lexsnap.MAGIC + struct.pack("<I", len(nh)) + nh + bytes(-(12 + len(nh)) % 8) + body
+    return blob[:8] + struct.pack("<I", len(nh)) + nh + bytes(-(12 + len(nh)) % 8) + body
 
 
 def _patch(blob: bytes, section: str, at: int, new: bytes) -> bytes:
@@ -349,7 +353,7 @@ def _drop_key(blob: bytes, key: str) -> bytes:
     h = canon.decode(blob[12 : 12 + hl])
     del h[key]
     nh = canon.pack(h)
-    return lexsnap.MAGIC + struct.pack("<I", len(nh)) + nh + bytes(-(12 + len(nh)) % 8) + blob[(12 + hl + 7) & ~7 :]
+    return blob[:8] + struct.pack("<I", len(nh)) + nh + bytes(-(12 + len(nh)) % 8) + blob[(12 + hl + 7) & ~7 :]
 
 
 @pytest.mark.parametrize("what", list(DAMAGE))
@@ -450,7 +454,7 @@ def test_decode_refuses_every_truncation(small: tuple[Path, list[Any]]) -> None:
     for cut in range(0, len(blob), max(1, len(blob) // 97)):
         with pytest.raises(capsule.CorruptError):
             lexsnap.decode(blob[:cut])
-    assert lexsnap.peek(blob)["tokenizer"] == TOKENIZER_ID  # type: ignore[index]
+    assert lexsnap.peek(blob)["tokenizer"] == TOKENIZER_2  # type: ignore[index]  # 1.4 (12.8)
 
 
 def test_hits_read_their_records_from_the_capsule(small: tuple[Path, list[Any]]) -> None:
@@ -498,7 +502,7 @@ def _spec_block(block: bytes, n: int, p: int, x: int) -> tuple[list[int], list[i
 
 def test_blocks_are_what_the_spec_says(small: tuple[Path, list[Any]]) -> None:
     """Every term's and tag's block of a written snapshot, read by the spec text alone, holds
-    the documents and term frequencies of the records (counted here from tokenize())."""
+    the documents and term frequencies of the records (counted here from tokenize2(): 1.4, 12.8)."""
     p, _ = small
     seg, blob = honest(p)
     _, where = lexsnap.layout(blob)
@@ -506,7 +510,7 @@ def test_blocks_are_what_the_spec_says(small: tuple[Path, list[Any]]) -> None:
         texts = [r.text for r in cap.records() if r.kind in ("memory", "note")]
         tags = [tuple(getattr(r, "tags", ())) for r in cap.records() if r.kind in ("memory", "note")]
     n = len(texts)
-    counts = [{t.encode(): tokenize(x).count(t) for t in tokenize(x)} for x in texts]
+    counts = [{t.encode(): tokenize2(x).count(t) for t in tokenize2(x)} for x in texts]
     region = blob[where["postings"][0] : where["postings"][0] + where["postings"][1]]
     at = 0
     for i, term in enumerate(seg.terms.strings()):
@@ -584,7 +588,7 @@ def test_bulk_tokenizer_is_tokenize(texts: list[str], chunk: int) -> None:
     numbers the tokens in byte order."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tokenizer, "_CHUNK_CHARS", chunk)
-        terms, tid, lens = tokenizer.term_ids(texts)
+        terms, tid, lens = tokenizer.term_ids1(texts)
     want = [[t.encode() for t in tokenize(x)] for x in texts]
     assert terms == sorted({t for w in want for t in w})
     assert lens.tolist() == [len(w) for w in want]

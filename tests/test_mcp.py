@@ -127,6 +127,7 @@ def test_every_tool_answers_as_the_cli_does(cap_path: Path, key_path: Path) -> N
             hits = await ok(s, "search", {"query": "p95 budget", "k": 3})
             assert hits["hits"][0]["id"] == m["id"]
             assert hits["hits"] == cli_json("search", str(cap_path), "p95 budget", "-k", "3")
+            assert hits["ranking"]["mode"] == hits["hits"][0]["mode"] and hits["ranking"]["why"]
             listing = await ok(s, "search", {"tags": ["policy"]})
             assert [h["text"] for h in listing["hits"]] == ["deploys are frozen on Fridays"]
             got = await ok(s, "get", {"id": d["id"][:10]})

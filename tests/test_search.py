@@ -886,15 +886,15 @@ def test_hybrid_is_reciprocal_rank_fusion_of_the_two_rankings(layered: Layered) 
                 for rank, h in enumerate(hits, 1):
                     score[h.id] = score.get(h.id, 0.0) + 1.0 / (60 + rank)
             want = sorted(score, key=lambda r: (-score[r], r))[:k]
-            got = cap.search(text, mode="hybrid", k=k)
+            got = cap.search(text, mode="hybrid", k=k, fusion="rrf")
             assert [h.id for h in got] == want
             assert [h.score for h in got] == [score[r] for r in want]
 
 
 def bm25_reference(docs: Sequence[str], query: str) -> list[float]:
-    """16.4, written from the spec text."""
-    def toks(s: str) -> list[str]:
-        return re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", s).casefold())
+    """16.4, written from the spec text, with the tokens of a 1.4 file (tokenizer 2, 16.4.1;
+    no memory here has a session, so every window is its document alone)."""
+    from capsule.search.tokenize import tokenize2 as toks
 
     td = [toks(d) for d in docs]
     n = len(td)
@@ -1147,14 +1147,14 @@ def test_cli_search_json_shape(cli_capsule: tuple[Path, list[str]]) -> None:
     hits = json.loads(r.stdout)
     assert isinstance(hits, list) and len(hits) == 2
     for h in hits:
-        assert set(h) == HIT_KEYS
+        assert set(h) == HIT_KEYS | {"mode"} and h["mode"] == "lexical"  # the mode it ran (16.7)
         assert re.fullmatch(r"[0-9a-f]{64}", h["id"])
         assert isinstance(h["score"], float) and h["score"] > 0
         assert h["kind"] == "memory" and isinstance(h["text"], str)
         assert isinstance(h["tags"], list) and isinstance(h["meta"], dict)
         assert h["time"] == "2023-11-14T22:13:20Z"
     with capsule.open(p) as cap:
-        assert hits == [h.to_dict() for h in cap.search("deploy", mode="lexical")]
+        assert hits == [{**h.to_dict(), "mode": "lexical"} for h in cap.search("deploy", mode="lexical")]
     first = next(h for h in hits if h["id"] == ids[0])
     assert first["tags"] == ["ops", "secrets"] and first["meta"] == {"chunk": 0, "path": "a.md", "raw": "0102"}
 

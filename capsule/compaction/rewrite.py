@@ -198,7 +198,8 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
     now = [plan.times[0]]
     h = _SyncAtEnd(tmp, create=True)
     try:
-        header = FileHeader(fid)
+        # 15.1: minor 3 (LINEAGE's compaction keys), or the parent's when higher: it ranks as the parent did (12.8)
+        header = FileHeader(fid, minor=max(3, src._snap.header.minor))
         h.append_at(0, header.encode())
         cap = Capsule(tmp, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a",
                       lambda: now[0])

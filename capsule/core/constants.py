@@ -13,7 +13,7 @@ import struct
 #: ^Z stops `type` on DOS, the final LF catches LF->CRLF.
 MAGIC = b"\x89CAP\r\n\x1a\n"
 FORMAT_MAJOR = 1  # 2.2
-FORMAT_MINOR = 3  # 2.2, 12.4: 1.1 adds BLOB frames and the search index (16); 12.6: 1.2 INDEX `vectors`; 12.7: 1.3 lifecycles and compaction
+FORMAT_MINOR = 4  # 2.2, 12.4: 1.1 adds BLOB frames and the search index (16); 12.6: 1.2 INDEX `vectors`; 12.7: 1.3 lifecycles and compaction; 12.8: 1.4 tokenizer 2 and the context window (16.4.1)
 HEADER_SIZE = 64  # 2.1
 HEADER_STRUCT = struct.Struct("<8sBBH16sBBBBI24sI")  # 2.1 layout, CRC last
 assert HEADER_STRUCT.size == HEADER_SIZE

@@ -17,6 +17,7 @@ from ..search.vindex import VectorParams
 if TYPE_CHECKING:
     from ..format.store import Store
     from ..search.engine import Hit
+    from ..search.fusion import Results
     from ..search.part import SearchPart
     from .transaction import Transaction
 
@@ -39,11 +40,17 @@ class SearchMethods:
     def search(self, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
                tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None, since: Any = None,
                until: Any = None, meta: Mapping[str, Any] | None = None, ef: int = 64,
-               embedder: Any = None, now: int | None = None, valid_at: int | str | None = None) -> list[Hit]:
+               embedder: Any = None, now: int | None = None, valid_at: int | str | None = None,
+               fusion: str | None = None, lexical_weight: float | None = None) -> Results[Hit]:
         """Find live memories (and notes and decisions, lexically) by meaning or by words.
 
         ``mode``: ``vector`` (needs ``vector`` or an embedder for ``query``), ``lexical``
-        (BM25 over text), ``hybrid`` (both, fused by reciprocal rank) or ``auto``.
+        (BM25 over text), ``hybrid`` (both, fused, 16.6) or ``auto`` (lexical when the
+        capsule's embedder adds nothing to the words, as ``hash``; hybrid with a semantic
+        one; vector for a query vector alone). Hybrid fuses by weighted z-scores in a file
+        created as format 1.4 or later, by reciprocal rank in older ones; ``fusion``
+        (``"weighted"`` or ``"rrf"``) and ``lexical_weight`` (0..1) override that.
+        The result is a list with ``ranking``: the mode it ran, and why.
         Filters: ``tags`` (all of), ``any_tags``, ``tier``, ``kind``, ``since`` /
         ``until`` (int ns or ISO-8601, inclusive), ``meta`` (equality per key).
         Expired (``time + ttl <= now``) and rolled-back records are never returned.
@@ -70,12 +77,13 @@ class SearchMethods:
             with self._view_lock:
                 hits = self._search.search(query, vector=vector, k=want, mode=mode, ef=ef, embedder=embedder,
                                            now=now, tags=tags, any_tags=any_tags, tier=tier, kind=kind,
-                                           since=since, until=until, meta=meta, valid_at=valid_at)
+                                           since=since, until=until, meta=meta, valid_at=valid_at,
+                                           fusion=fusion, lexical_weight=lexical_weight)
             if not red:
                 return hits
             kept = [h for h in hits if bytes.fromhex(h.id) not in red]
             if len(kept) >= k or len(hits) < want or want >= 10_000:  # k left, or no more to find (16.6's cap)
-                return kept[:k]
+                return hits.with_hits(kept[:k])
             want = min(10_000, max(2 * want, k + len(hits) - len(kept)))  # past the redacted ones, log steps
 
     def vector_config(self) -> VectorParams | None:

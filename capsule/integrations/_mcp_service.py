@@ -205,9 +205,12 @@ class Service:
                               mode=a.get("mode", "auto"), tags=a.get("tags"), any_tags=a.get("any_tags"),
                               tier=a.get("tier"), kind=a.get("kind"), since=a.get("since"), until=a.get("until"),
                               meta=a.get("meta") or {}, valid_at=when)
-            rows = [h.to_dict() if when is None else {**h.to_dict(), "valid_at": when} for h in hits]
+            ranking = getattr(hits, "ranking", None)  # 16.7: the mode auto chose, and why
+            how = {} if ranking is None else {"mode": ranking.mode}  # as `capsule search --json` says it
+            rows = [{**h.to_dict(), **how} if when is None else {**h.to_dict(), **how, "valid_at": when} for h in hits]
             info = cap.index_info()
-            return {"hits": rows, "warnings": [m for m in (info["doubt"], info["notice"]) if m]}
+            return {"hits": rows, "warnings": [m for m in (info["doubt"], info["notice"]) if m],
+                    **({"ranking": ranking.to_dict()} if ranking is not None else {})}
 
         return plain(self._read(go, a.get("at")))
 

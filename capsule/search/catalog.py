@@ -21,11 +21,17 @@ reach FEED_BYTES); catching up then decodes from their bytes only the fields
 the catalog needs (msgspec, in C), tokenizes all their texts at once
 (``lexical.term_ids``) and reads from the file only the records between those
 ranges. A commit so costs nothing here, and a bulk ingest one tokenizer pass.
+
+The file's header minor fixes its ranking rule (``lexical.rule_of``, 12.8): a
+1.4 catalog also keeps each memory's session key, and from those (and the dead
+ids) it makes the context window of 16.4.1 when it is first scored after a
+change: every live memory's nearest live memory of its session on each side,
+found by one sort of the documents that have a session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +45,7 @@ from ..format.commit import array_header
 from ..format.records import decode_record
 from ..format.store import Store
 from ..state.liveness import apply_revert
-from .lexical import TOKENIZER_ID, bm25
+from .lexical import RULE_1, Rule, Window, bm25, rule_of
 from .lexsnap import BLOB_TYPE, Doc, Segment, build, build_columns, decode, merge, peek
 from .vindex import TIERS
 
@@ -57,20 +63,26 @@ _DECODE = 1 << 16  # decoded this many at a time
 KIND_CODES = {k: i for i, k in enumerate(LEXICAL_KINDS)}  # 16.8 `kind` column
 
 
+def session_of(rec: Any) -> bytes | None:
+    """16.4.1: a memory's session key, the canonical bytes of ``meta["session"]``, or None."""
+    meta = getattr(rec, "meta", None) if rec.kind == "memory" else None
+    return canon.pack(canon.normalize(meta["session"])) if meta and "session" in meta else None
+
+
 def doc_of(rid: bytes, rec: Any) -> Doc:
     """16.4: what the catalog keeps of a memory, note or decision."""
     text = rec.summary + "\n" + rec.rationale if rec.kind == "decision" else rec.text
     return (rid, text, rec.time, getattr(rec, "ttl", None) or 0, TIERS[getattr(rec, "tier", "working")],
-            KIND_CODES[rec.kind], tuple(getattr(rec, "tags", ())))
+            KIND_CODES[rec.kind], tuple(getattr(rec, "tags", ())), session_of(rec))
 
 
-_FIELDS: Any = None
+_FIELDS: dict[bool, Any] = {}
 
 
-def _fields() -> Any:
-    """A msgspec decoder of the fields of 7.1, 7.2 and 7.6 the catalog reads (others skipped)."""
-    global _FIELDS
-    if _FIELDS is None:
+def _fields(meta: bool) -> Any:
+    """A msgspec decoder of the fields of 7.1, 7.2 and 7.6 the catalog reads (others skipped);
+    with ``meta``, each memory's meta values as their stored (canonical) bytes."""
+    if meta not in _FIELDS:
         import msgspec
 
         class Fields(msgspec.Struct, gc=False):
@@ -83,15 +95,19 @@ def _fields() -> Any:
             tier: str = "working"
             ttl: int = 0
 
-        _FIELDS = msgspec.msgpack.Decoder(list[Fields])
-    return _FIELDS
+        # built, not declared: the annotations of a class here are strings resolved in the module
+        with_meta = msgspec.defstruct("WithMeta", [("meta", dict[str, msgspec.Raw], {})], bases=(Fields,), gc=False)
+        _FIELDS[meta] = msgspec.msgpack.Decoder(list[with_meta] if meta else list[Fields])  # type: ignore[valid-type]
+    return _FIELDS[meta]
 
 
 class Catalog:
-    """Documents 0..n-1 in commit order, the revert records so far and the ids they hold dead."""
+    """Documents 0..n-1 in commit order, the revert records so far and the ids they hold dead.
+    ``rule`` (16.4): the file's; None until a LexicalIndex takes the catalog (then its file's)."""
 
     def __init__(self, segs: list[Segment] | None = None, pos: int = C.HEADER_SIZE,
-                 snapshot: BlobRef | None = None) -> None:
+                 snapshot: BlobRef | None = None, rule: Rule | None = None) -> None:
+        self.rule = rule
         self.segs: list[Segment] = segs or []
         self.reverts: list[bytes] = []  # ids of the revert records, in commit order
         self.dead: set[bytes] = set()
@@ -101,6 +117,8 @@ class Catalog:
         self.covered = self.n  # documents in that snapshot
         self._dead_arr: tuple[int, np.ndarray] | None = None
         self._dead_version = 0
+        self._sessions: dict[bytes, int] = {}  # 16.4.1: each session key met, numbered
+        self._window: tuple[tuple[int, int, frozenset[bytes]], Window | None] | None = None
 
     @property
     def n(self) -> int:
@@ -126,8 +144,54 @@ class Catalog:
         self._dead_version += 1
 
     # --- reading --------------------------------------------------------------------------
-    def scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        return bm25(query, self.segs, self.n, self.tokens)
+    def scores(self, query: str, hidden: Collection[bytes] = ()) -> tuple[np.ndarray, np.ndarray]:
+        rule = self.rule or RULE_1
+        return bm25(query, self.segs, self.n, self.tokens, rule.tok, self.window(hidden))
+
+    def window(self, hidden: Collection[bytes] = ()) -> Window | None:
+        """16.4.1: the context window of every document (None: each one alone), made again
+        when documents are added or a revert changes which are live. ``hidden``: ids that
+        are live here but redacted later (a view, 7.7.1): in no window but their own."""
+        c = (self.rule or RULE_1).window
+        if not c:
+            return None
+        extra = frozenset(h for h in hidden if h not in self.dead)
+        key = (self.n, self._dead_version, extra)
+        if self._window is None or self._window[0] != key:
+            self._window = (key, self._make_window(c, extra))
+        return self._window[1]
+
+    def _make_window(self, c: int, hidden: frozenset[bytes] = frozenset()) -> Window | None:
+        pos, gid = [], []
+        for s in self.segs:
+            ses = s.sessions
+            if ses is None or not len(ses.doc):
+                continue
+            table = ses.keys()
+            num = np.fromiter((self._sessions.setdefault(k, len(self._sessions)) for k in table), np.int64,
+                              len(table))
+            pos.append(ses.doc.astype(np.int64) + s.start)
+            gid.append(num[ses.ix.astype(np.int64)])
+        if not pos:
+            return None
+        p, g = np.concatenate(pos), np.concatenate(gid)
+        if self.dead or hidden:  # a dead (or redacted, 7.7.1) document is in no window but its own
+            live = ~(self.dead_mask(p) | self.id_mask(p, hidden))
+            p, g = p[live], g[live]
+        order = np.lexsort((p, g))  # each session's live documents in catalog order, back to back
+        p, g = p[order], g[order]
+        nbr = np.full((self.n, 2 * c), -1, np.int64)
+        for k in range(1, c + 1):
+            same = g[k:] == g[:-k]
+            a, b = p[:-k][same], p[k:][same]  # a is k before b in their session
+            nbr[b, k - 1] = a
+            nbr[a, c + k - 1] = b
+        lens = np.concatenate([s.lens for s in self.segs]).astype(np.int64)
+        wlen = lens.copy()
+        for j in range(2 * c):
+            has = nbr[:, j] >= 0
+            wlen[has] += lens[nbr[has, j]]
+        return Window(nbr, wlen, int(wlen.sum()))
 
     def _split(self, cand: np.ndarray) -> list[tuple[Segment, slice]]:
         """The segments holding ``cand`` (positions ascending) and which part of it each holds."""
@@ -153,6 +217,12 @@ class Catalog:
         hit: np.ndarray = (at < len(have)) & (have[np.minimum(at, len(have) - 1)] == cand)
         return hit
 
+    def id_mask(self, cand: np.ndarray, ids: Collection[bytes]) -> np.ndarray:
+        """Which documents at ``cand`` have one of ``ids``."""
+        if not ids or not len(cand):
+            return np.zeros(len(cand), bool)
+        return np.isin(self.column("ids", cand), np.array(sorted(ids), "S32"))
+
     def dead_mask(self, cand: np.ndarray) -> np.ndarray:
         if not self.dead or not len(cand):
             return np.zeros(len(cand), bool)
@@ -171,6 +241,7 @@ class _Fed:
 
     start: int
     end: int
+    rule: Rule
     held: list[tuple[RecordBatch, int]] = field(default_factory=list)  # a batch and its records then
     held_bytes: int = 0
     held_records: int = 0
@@ -180,6 +251,7 @@ class _Fed:
     texts: list[str] = field(default_factory=list)
     cols: list[list[np.ndarray]] = field(default_factory=lambda: [[], [], [], []])  # time, ttl, tier, kind
     tags: list[tuple[str, ...]] = field(default_factory=list)
+    sessions: list[bytes | None] = field(default_factory=list)  # 16.4.1, with a rule that keeps them
     size: int = 0  # bytes of the records behind the texts not yet built
 
     @property
@@ -241,7 +313,7 @@ class _Fed:
         else:
             self.ids += b"".join(batch.ids[32 * i : 32 * i + 32] for i in sel)
             raw = array_header(len(sel)) + b"".join(batch.data.__getitem__(slice(*batch.span(i))) for i in sel)
-        recs = _fields().decode(raw)
+        recs = _fields(self.rule.sessions).decode(raw)
         m = len(recs)
         self.texts += [r.summary + "\n" + r.rationale if r.kind == "decision" else r.text for r in recs]
         time, ttl, tier, kind = self.cols
@@ -250,6 +322,9 @@ class _Fed:
         tier.append(np.fromiter((TIERS[r.tier] for r in recs), np.uint8, m))
         kind.append(np.fromiter((KIND_CODES[r.kind] for r in recs), np.uint8, m))
         self.tags += [r.tags for r in recs]
+        if self.rule.sessions:  # 16.4.1: stored canonical, so the stored bytes are the key
+            self.sessions += [bytes(r.meta["session"]) if r.kind == "memory" and "session" in r.meta else None
+                              for r in recs]
 
     def _segment(self) -> None:
         """The documents read and not yet built, as one more segment."""
@@ -257,9 +332,11 @@ class _Fed:
             return
         start = self.n - len(self.texts)
         time, ttl, tier, kind = (np.concatenate(c) for c in self.cols)
-        self.segs.append(build_columns(bytes(self.ids), self.texts, time, ttl, tier, kind, self.tags, start))
+        self.segs.append(build_columns(bytes(self.ids), self.texts, time, ttl, tier, kind, self.tags, start,
+                                       self.rule.tok, self.sessions if self.rule.sessions else None))
         _counter(self.segs)
         self.ids, self.texts, self.cols, self.tags, self.size = bytearray(), [], [[], [], [], []], [], 0
+        self.sessions = []
 
     def build(self) -> None:
         """Everything held, as segments."""
@@ -284,17 +361,21 @@ class LexicalIndex:
         self.store = store
         self._scan = scan  # records of some kinds between two file offsets, in commit order
         self._doubt = doubt
+        self.rule = rule_of(store.snap.header.minor)  # 12.8: fixed when the file was created
         self.cat: Catalog | None = None
         self._fed: list[_Fed] = []  # commits written here that the catalog has not taken yet
 
     def get(self) -> Catalog:
         if self.cat is None:
+            self.rule.tok.check()  # TokenizerUnavailable, before any doubt is raised about a blob
             try:
-                self.cat, why = load(self.store)
+                self.cat, why = load(self.store, self.rule)
             except CorruptError as e:
-                self.cat, why = Catalog(), f"{e}; rebuilt the lexical index from the records"
+                self.cat, why = Catalog(rule=self.rule), f"{e}; rebuilt the lexical index from the records"
             if why:
                 self._doubt(why)
+        if self.cat.rule is None:
+            self.cat.rule = self.rule
         if self.cat.pos < self.store.snap.end:
             try:
                 self._catch_up(self.cat)
@@ -307,7 +388,7 @@ class LexicalIndex:
     def rebuild(self, e: CorruptError) -> None:
         """16.8: a snapshot found bad in use is absent: rebuild from the records, and say so."""
         self._doubt(f"{e}; rebuilt the lexical index from the records")
-        self.cat = Catalog()
+        self.cat = Catalog(rule=self.rule)
         self._fed = []
         self._catch_up(self.cat)
 
@@ -318,7 +399,7 @@ class LexicalIndex:
             return
         last = self._fed[-1] if self._fed else None
         if last is None or last.end != start:
-            self._fed.append(last := _Fed(start, start))
+            self._fed.append(last := _Fed(start, start, self.rule))
         last.hold(batch)
         last.end = end
 
@@ -328,6 +409,7 @@ class LexicalIndex:
 
     def _catch_up(self, d: Catalog) -> None:
         snap = self.store.snap
+        rule = d.rule or self.rule
         fed, self._fed = self._fed, []
         parts: list[Segment] = []
         used = False
@@ -342,10 +424,10 @@ class LexicalIndex:
                     continue
                 batch.append(doc_of(rid, rec))
                 if len(batch) >= _BATCH:  # tokens and texts are held one batch at a time
-                    parts.append(build(batch, at))
+                    parts.append(build(batch, at, rule.tok, rule.sessions))
                     at, batch = at + len(batch), []
             if batch:
-                parts.append(build(batch, at))
+                parts.append(build(batch, at, rule.tok, rule.sessions))
 
         for f in fed:
             if f.start < d.pos or f.end > snap.end:
@@ -393,7 +475,7 @@ def peek_covered(store: Store) -> int:
         h = peek(raw[2 + hl :])
     except (OSError, ValueError):
         return 0
-    if h is None or h.get("tokenizer") != TOKENIZER_ID:
+    if h is None or not _usable(h, rule_of(store.snap.header.minor)):
         return 0
     start, docs = h.get("start"), h.get("docs")
     return start + docs if type(start) is int and type(docs) is int else 0
@@ -405,26 +487,33 @@ def lexical_due(store: Store, at_least: int) -> bool:
     return sum(store.snap.kinds.get(k, 0) for k in LEXICAL_KINDS) - peek_covered(store) >= at_least
 
 
-def load(store: Store) -> tuple[Catalog, str | None]:
+def _usable(head: dict[str, object], rule: Rule) -> bool:
+    """16.8: a snapshot of the file's tokenizer, with the session keys exactly when its rule has a window."""
+    return head.get("tokenizer") == rule.tok.id and ("sessions" in head) == rule.sessions
+
+
+def load(store: Store, rule: Rule) -> tuple[Catalog, str | None]:
     """The catalog of the newest snapshot blob (16.8), or an empty one, and why a blob was not used.
 
     Every blob is hash-checked (3.4) and bounds-checked before anything derived
-    from it is used. A blob of another tokenizer is not damage: it is passed over
-    (the reason says so) and the catalog is rebuilt like one with no blob."""
+    from it is used. A blob of another tokenizer (or layout) is not damage: it is
+    passed over (the reason says so) and the catalog is rebuilt like one with no blob."""
     snap = store.snap
     ref = snap.blobs.get(BLOB_TYPE)
     if ref is None:
-        return Catalog(), None
+        return Catalog(rule=rule), None
     h, mf = store.h, snap.header.max_frame_len
     checks = []
     try:
         buf, after, check = read_blob(h, ref, mf, snap.end)
         checks.append(check)
         head = peek(buf)
-        if head is not None and head.get("tokenizer") != TOKENIZER_ID:
+        if head is not None and not _usable(head, rule):
             check()
-            return Catalog(), f"the lexical snapshot uses tokenizer {head.get('tokenizer')!r}, not " \
-                              f"{TOKENIZER_ID!r}; rebuilt the lexical index from the records"
+            return Catalog(rule=rule), (
+                f"the lexical snapshot uses tokenizer {head.get('tokenizer')!r}"
+                f"{' with' if 'sessions' in head else ' without'} session keys, not {rule.tok.id!r}"
+                f"{' with' if rule.sessions else ' without'}; rebuilt the lexical index from the records")
         top = decode(buf, ref.offset)
         segs: list[Segment] = []
         for b in top.base:
@@ -432,7 +521,7 @@ def load(store: Store) -> tuple[Catalog, str | None]:
             bbuf, _, bcheck = read_blob(h, b, mf, ref.offset)
             checks.append(bcheck)
             bh = peek(bbuf)
-            if bh is None or bh.get("tokenizer") != TOKENIZER_ID:
+            if bh is None or not _usable(bh, rule):
                 raise CorruptError("lexical snapshot: a base blob has another tokenizer", offset=b.offset,
                                    check="lexical")
             seg = decode(bbuf, b.offset)
@@ -452,7 +541,7 @@ def load(store: Store) -> tuple[Catalog, str | None]:
     if at > sum(snap.kinds.get(k, 0) for k in LEXICAL_KINDS) or len(top.reverts) > snap.kinds.get("revert", 0):
         raise CorruptError("lexical snapshot: more documents or reverts than the capsule's records",
                            offset=ref.offset, check="lexical")
-    cat = Catalog(segs, after, ref)
+    cat = Catalog(segs, after, ref, rule)
     last = (0, -1)
     for rid in top.reverts:
         # 13.1, 16.8: the dead ids come from the revert records themselves, in commit order
@@ -467,4 +556,4 @@ def load(store: Store) -> tuple[Catalog, str | None]:
 
 
 __all__ = ["Catalog", "KIND_CODES", "LEXICAL_KINDS", "LexicalIndex", "doc_of", "lexical_due", "load", "peek_covered",
-           "rid_at"]
+           "rid_at", "session_of"]

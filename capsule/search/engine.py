@@ -46,6 +46,7 @@ from .browse import browse
 from .catalog import KIND_CODES, LEXICAL_KINDS, Catalog, LexicalIndex, rid_at
 from .embed import Embedder, get_embedder
 from .entries import check_ids_distinct, entries_disagree
+from .fusion import Ranking, Results, fuse_rrf, fuse_weighted, parse_fusion, plan
 from .lexsnap import BLOB_TYPE as LEX_BLOB
 from .params import first_params, index_params
 from .params import params_of as _params_of
@@ -65,7 +66,6 @@ _PARAM_KINDS = frozenset({"memory", "vindex"})
 
 def _may_fix_params(kind: str, value: dict[str, Any]) -> bool:
     return kind == "vindex" or value.get("embedding") is not None
-RRF_K = 60  # 16.6: reciprocal rank fusion constant (Cormack et al. 2009)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +80,14 @@ class Filter:
     until: int | None = None
     meta: tuple[tuple[str, bytes], ...] = ()  # key -> canonical bytes of the wanted value
     valid_at: int | None = None  # 13.6: the valid-time view at this time (ttl judged then, not now)
+    #: 7.7.1, 16.4.1: records redacted after the view's commit (live in it): never a result,
+    #: and in no window but their own, so their words raise no neighbour's score
+    hidden: frozenset[bytes] = frozenset()
 
     @classmethod
     def build(cls, *, tags: Any = None, any_tags: Any = None, tier: Any = None, kind: Any = None,
               since: Any = None, until: Any = None, meta: Mapping[str, Any] | None = None,
-              valid_at: Any = None) -> Filter:
+              valid_at: Any = None, hidden: Iterable[bytes] = ()) -> Filter:
         def strs(v: Any, what: str) -> tuple[str, ...]:
             if v is None:
                 return ()
@@ -122,7 +125,7 @@ class Filter:
             raise UsageError(f"filter: {e}") from None
         return cls(all_of, any_of, tiers, kinds, when(since, "since"), when(until, "until"),
                    tuple((k, canon.pack(v)) for k, v in sorted(norm.items())),
-                   None if valid_at is None else parse_valid_at(valid_at))
+                   None if valid_at is None else parse_valid_at(valid_at), frozenset(hidden))
 
 
 class Hit:
@@ -450,7 +453,7 @@ class Searcher:
 
     def _lexical_search(self, query: str, k: int, flt: Filter, now: int) -> list[tuple[bytes, float, Any]]:
         d = self.docs()
-        cand, scores = d.scores(query)
+        cand, scores = d.scores(query, flt.hidden)
         if len(cand) == 0:
             return []
         m = self.catalog_mask(d, cand, flt, now)
@@ -462,6 +465,8 @@ class Searcher:
         """Which catalog documents at ``cand`` (positions ascending) may be returned (16.6)."""
         ids = d.column("ids", cand) if flt.meta else cand[:0]  # meta filters read the records (by id)
         gone = d.dead_mask(cand)
+        if flt.hidden:
+            gone = gone | d.id_mask(cand, flt.hidden)
         if flt.valid_at is not None:  # 13.6 (1): T filters memories only; a note or decision stays as dead as it is
             mem = d.column("kind", cand) == KIND_CODES["memory"]
             gone = np.where(mem, self.valid.hides(d, d.n, lambda: d.column("ids", np.arange(d.n)),
@@ -507,21 +512,12 @@ def _same(have: Any, want: bytes) -> bool:
         return False
 
 
-def fuse(lists: Sequence[Sequence[tuple[bytes, float, Any]]], k: int) -> list[tuple[bytes, float, Any]]:
-    """16.6: reciprocal rank fusion, sum of 1 / (60 + rank), ties by id."""
-    score: dict[bytes, float] = {}
-    rec: dict[bytes, Any] = {}
-    for hits in lists:
-        for rank, (rid, _, r) in enumerate(hits, 1):
-            score[rid] = score.get(rid, 0.0) + 1.0 / (RRF_K + rank)
-            if r is not None:
-                rec[rid] = r
-    order = sorted(score, key=lambda r: (-score[r], r))[:k]
-    return [(r, score[r], rec.get(r)) for r in order]
+fuse = fuse_rrf  # 16.6 for files of minor <= 3 (the name this module always exported)
 
 
 def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int = 10, mode: str = "auto",
-           ef: int = 64, embedder: str | Embedder | None = None, now: int | None = None, **filters: Any) -> list[Hit]:
+           ef: int = 64, embedder: str | Embedder | None = None, now: int | None = None, fusion: str | None = None,
+           lexical_weight: float | None = None, **filters: Any) -> Results[Hit]:
     """See :meth:`Capsule.search`."""
     if mode not in MODES:
         raise UsageError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -531,6 +527,7 @@ def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int 
         raise UsageError("ef must be an integer in 1..100000")
     if query is not None and not isinstance(query, str):
         raise UsageError("query must be a string")
+    fusion, lexical_weight = parse_fusion(fusion, lexical_weight)
     flt = Filter.build(**filters)
     st = s.store
     st.check_open()
@@ -538,42 +535,42 @@ def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int 
         now = flt.valid_at  # 13.6: a ttl ends a memory's window at time + ttl, judged at the valid time
     elif now is None:
         now = st.snap.commit.time if st.pinned and st.snap.commit else st.clock()
-    if vector is None and not (query or "").strip():  # nothing to rank by: list, newest first
-        return [Hit(rid, score, rec, st) for rid, score, rec in browse(s, k, flt, now)]
     text = query or ""
-    auto = mode == "auto"
     s.notice = None
-    if mode == "auto":
-        if vector is not None:
-            mode = "hybrid" if text.strip() else "vector"
-        else:
-            # Hybrid only with a semantic embedder: fusing BM25 with the hash embedder (itself
-            # lexical) lost to BM25 alone on LoCoMo (recall@10 0.465 vs 0.559; minilm: 0.572).
-            cfg = s.config()
-            name = embedder or (cfg.embedder if cfg is not None else "")
-            named = name if isinstance(name, str) else name.name
-            mode = "hybrid" if named and not named.startswith("hash") else "lexical"
-    if mode in ("vector", "hybrid") and vector is None:
-        if not text.strip():
-            raise UsageError(f"{mode} search needs a query text or a query vector")
+    if vector is None and not text.strip():  # nothing to rank by: list, newest first
+        if fusion is not None or lexical_weight is not None:
+            raise UsageError("fusion and lexical weight apply to hybrid search, which needs a query")
+        return Results((Hit(rid, score, rec, st) for rid, score, rec in browse(s, k, flt, now)),
+                       Ranking("list", why="no query text or vector: the records passing the filters, "
+                                           "newest first"))
+    cfg = s.config() if vector is None and mode in ("auto", "hybrid") else None
+    name = embedder or (cfg.embedder if cfg is not None else "")
+    how = plan(mode, minor=st.snap.header.minor, text=bool(text.strip()), vector=vector is not None,
+               embedder=name if isinstance(name, str) else name.name, has_vectors=cfg is not None,
+               fusion=fusion, lexical_weight=lexical_weight)
+    if how.mode == "hybrid" and not text.strip():
+        raise UsageError("hybrid search needs a query text (for its lexical half)")
+    w, deep = how.lexical_weight, max(50, 4 * k)
+    # 16.6: a lexical weight of 1 is the lexical ranking: the query is not even embedded
+    if how.mode != "lexical" and w != 1.0 and vector is None:
         try:
             vector = _embed_query(s, text, embedder)
         except UsageError as e:
-            if not auto:
+            if mode != "auto":
                 raise
             # auto on a host without the capsule's embedder: words still work
             s.notice = f"searched by words only: {e}"
-            mode = "lexical"
-    if mode == "hybrid" and not text.strip():
-        raise UsageError("hybrid search needs a query text (for its lexical half)")
-    if mode == "lexical":
+            how = Ranking("lexical", why=f"auto: {s.notice}")
+    if how.mode == "lexical" or w == 1.0:
         got = s.lexical_search(text, k, flt, now)
-    elif mode == "vector":
+    elif how.mode == "vector":
         got = s.vector_search(vector, k, flt, now, ef)
+    elif w is None:  # 16.6: reciprocal rank
+        got = fuse_rrf([s.vector_search(vector, deep, flt, now, ef), s.lexical_search(text, deep, flt, now)], k)
     else:
-        deep = max(50, 4 * k)
-        got = fuse([s.vector_search(vector, deep, flt, now, ef), s.lexical_search(text, deep, flt, now)], k)
-    return [Hit(rid, score, rec, st) for rid, score, rec in got]
+        lex = s.lexical_search(text, deep, flt, now) if w > 0.0 else []
+        got = fuse_weighted(lex, s.vector_search(vector, deep, flt, now, ef), w, k)
+    return Results((Hit(rid, score, rec, st) for rid, score, rec in got), how)
 
 
 def _embed_query(s: Searcher, text: str, embedder: str | Embedder | None) -> np.ndarray:
@@ -587,8 +584,10 @@ def _embed_query(s: Searcher, text: str, embedder: str | Embedder | None) -> np.
     e = get_embedder(name)
     if e.dim != p.dim:
         raise UsageError(f"embedder {e.name} gives {e.dim}-dimensional vectors; this capsule's have {p.dim}")
-    out: np.ndarray = np.asarray(e.embed([text]), np.float32)[0]
+    # 16.5: a model that embeds queries unlike stored texts (e5's "query: ") has embed_query
+    run = getattr(e, "embed_query", None)
+    out: np.ndarray = np.asarray(run([text]) if callable(run) else e.embed([text]), np.float32)[0]
     return out
 
 
-__all__ = ["Filter", "Hit", "Searcher", "fuse", "search", "TIER_NAMES"]
+__all__ = ["Filter", "Hit", "Ranking", "Results", "Searcher", "fuse", "search", "TIER_NAMES"]

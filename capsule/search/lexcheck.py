@@ -6,10 +6,12 @@ many of each precede each BLOB frame (``blob_frame``). When an INDEX names a ``b
 it, checks every bound and order of 16.8, that its base blobs are the earlier
 snapshots holding the documents before it, that it covers exactly the
 searchable records and names exactly the revert records before its first
-BLOB frame, and then rebuilds its segment from those records and compares bytes:
-a writer's snapshot is a function of the records (16.8), so anything else is
-the writer's fault. Each blob is rebuilt once, so verification costs what
-writing the snapshots cost.
+BLOB frame, and then rebuilds its segment from those records with the tokenizer
+it names (and its session keys, CAPLEX03) and compares bytes: a writer's
+snapshot is a function of the records (16.8), so anything else is the writer's
+fault. Each blob is rebuilt once, so verification costs what writing the
+snapshots cost. A blob of a tokenizer this verifier cannot run (an unknown
+name, or tokenizer 2 without its stemmer) is checked for its bounds only.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Any
 import msgpack
 
 from ..core.errors import CorruptError
+from ..format import canonical as canon
 from ..format.blob import BlobRef, read_blob
 from ..format.frames import raw_payload
 from ..format.scan import Source, read_frame_at
 from .catalog import KIND_CODES
-from .lexical import TOKENIZER_ID
 from .lexsnap import BLOB_TYPE, Doc, Segment, build, decode, encode, peek
+from .tokenize import available
 from .vindex import TIERS
 
 
@@ -74,8 +77,9 @@ class LexicalCheck:
         seg = decode(raw, ref.offset)
         seg.ref = ref
         seg.check_all()
-        if head is None or head.get("tokenizer") != TOKENIZER_ID:
-            self._done[ref] = seg  # another tokenizer: its bounds are all this verifier can check
+        tok = available(head.get("tokenizer")) if head is not None else None
+        if tok is None:
+            self._done[ref] = seg  # a tokenizer not run here: its bounds are all this verifier can check
             return
 
         def bad(msg: str) -> CorruptError:
@@ -100,7 +104,8 @@ class LexicalCheck:
                       "precede it")
         if list(seg.reverts) != self._reverts[:reverts]:
             raise bad("it does not name the revert records before it")
-        if encode(build(self._docs(seg.start, seg.start + seg.n), seg.start), seg.base, seg.reverts) != raw:
+        again = build(self._docs(seg.start, seg.start + seg.n), seg.start, tok, seg.sessions is not None)
+        if encode(again, seg.base, seg.reverts) != raw:
             raise bad("it does not match the records it covers")
         self._done[ref] = seg
 
@@ -123,11 +128,15 @@ def _doc(rid: bytes, v: dict[str, Any]) -> Doc:
     """catalog.doc_of over a stored map whose schema is known good (7.1, 7.2, 7.6)."""
     kind = v["kind"]
     if kind == "decision":
-        return rid, v["summary"] + "\n" + v.get("rationale", ""), v["time"], 0, TIERS["working"], KIND_CODES[kind], ()
+        return (rid, v["summary"] + "\n" + v.get("rationale", ""), v["time"], 0, TIERS["working"], KIND_CODES[kind],
+                (), None)
     if kind == "note":
-        return rid, v["text"], v["time"], 0, TIERS["working"], KIND_CODES[kind], ()
+        return rid, v["text"], v["time"], 0, TIERS["working"], KIND_CODES[kind], (), None
+    meta = v.get("meta") or {}
+    # 16.4.1: the key is the value's canonical bytes; a stored value decodes to one that encodes back to them (5.2)
+    session = canon.pack(canon.normalize(meta["session"])) if "session" in meta else None
     return (rid, v["text"], v["time"], v.get("ttl") or 0, TIERS[v.get("tier", "working")], KIND_CODES[kind],
-            tuple(v.get("tags", ())))
+            tuple(v.get("tags", ())), session)
 
 
 __all__ = ["BLOB_TYPE", "LexicalCheck"]

@@ -1,22 +1,26 @@
-"""BM25 over record text (spec 16.4): the tokenizer and the scoring.
+"""BM25 over record text (spec 16.4, 16.4.1): the ranking rule of a file, and the scoring.
 
-Tokens are the maximal runs of Unicode letters and digits of the NFKC, case-folded
-text. Scores are Okapi BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - df + 0.5) /
-(df + 0.5))) summed over the distinct query terms in sorted order in float64, so
-the same records give the same scores on every host. The documents and their
-postings live in segments (``lexsnap``), read from a snapshot blob or built from
-the records; the scores do not depend on which.
+A file's *rule* is fixed by its header minor (12.8): files created before 1.4
+rank with tokenizer 1 (the NFKC, case-folded runs of letters and digits) and
+each document alone; 1.4 files with tokenizer 2 (accents stripped, identifiers
+whole and in parts, stop words, Snowball stems; ``tokenize``) and a context
+window: a memory is scored with the nearest live memory of its session before
+and after it. Scores are Okapi BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - df +
+0.5) / (df + 0.5))) summed over the distinct query terms in sorted order in
+float64, so the same records give the same scores on every host. The documents
+and their postings live in segments (``lexsnap``), read from a snapshot blob or
+built from the records; the scores do not depend on which.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.lazy import lazy
+from .tokenize import _TOKEN, T1, T2, TOKENIZER_1, Tokenizer, term_ids1, tokenize1
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,132 +30,91 @@ else:
 
 K1 = 1.2
 B = 0.75
-#: 16.8: names this tokenizer in a lexical snapshot; a snapshot of another one is rebuilt.
-TOKENIZER_ID = "nfkc-casefold-alnum/1"
-_TOKEN = re.compile(r"[^\W_]+")
-_WORD = re.compile(r"\w+")  # the same runs when there is no "_" (and about twice as fast)
+#: 16.8: names tokenizer 1 in a lexical snapshot (the ``hash`` embedder's tokens, 16.5)
+TOKENIZER_ID = TOKENIZER_1
+tokenize = tokenize1  # 16.4 tokenizer 1: what the hash embedder (16.5) and files before 1.4 use
+term_ids = term_ids1
 
 
-def tokenize(text: str) -> list[str]:
-    # NFKC leaves ASCII as it is, and casefold() of ASCII is lower()
-    s = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
-    return (_TOKEN if "_" in s else _WORD).findall(s)
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How a file's lexical index ranks (16.4): its tokenizer and its context window c
+    (16.4.1; 0: each document alone). A window needs the documents' session keys, so a
+    catalog of a rule with one keeps them (and its snapshots hold them, CAPLEX03)."""
+
+    tok: Tokenizer
+    window: int
+
+    @property
+    def sessions(self) -> bool:
+        return self.window > 0
 
 
-# Bytes of ASCII text to themselves when they are letters or digits (upper case to lower case),
-# to a space otherwise; NUL (the document separator) and bytes >= 0x80 (UTF-8 of the tokens of
-# a non-ASCII text, already cut by tokenize()) to themselves.
-_ASCII_TOKENS = bytes(c if (48 <= c <= 57 or 97 <= c <= 122 or c == 0 or c >= 128) else c + 32 if 65 <= c <= 90
-                      else 32 for c in range(256))
-_SEP = " \x00 "
-_CHUNK_CHARS = 1 << 19
+RULE_1 = Rule(T1, 0)  # files of header minor 0-3
+RULE_2 = Rule(T2, 1)  # 1.4: tokenizer 2 and a window of one memory each side
 
 
-def term_ids(texts: Sequence[str]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-    """16.4 for many texts at once: the distinct tokens as UTF-8, sorted; each token of
-    each text, in order, as an index into them (int64, texts back to back); and each
-    text's token count (int64). The same tokens as :func:`tokenize`, text by text.
-
-    ASCII texts are joined by a NUL and cut by bytes.translate (letters and digits
-    kept, upper case lowered, anything else a space), which is tokenize() for
-    ASCII without a regular expression or a call per text; any other text (or one
-    holding a NUL) is tokenized alone and its tokens joined by spaces, so every
-    token is a run of bytes other than spaces in one buffer. Tokens of up to 8
-    bytes (most of them) are numbered in NumPy by their bytes read as a big-endian
-    u64, zero-padded: no token holds a zero byte, so that is exact and sorts as
-    the bytes do; longer ones are numbered with a dict. Texts go about
-    _CHUNK_CHARS characters at a time."""
-    first: dict[bytes, int] = {}  # each distinct long token: its first occurrence
-    shorts, kinds, longs, lens = [], [], [], []
-    done = 0
-    size = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
-    lo = 0
-    while lo < len(texts):
-        hi = max(lo + 1, int(np.searchsorted(size, (size[lo - 1] if lo else 0) + _CHUNK_CHARS)))
-        buf = _SEP.join(t if t.isascii() and "\x00" not in t else " ".join(tokenize(t))
-                        for t in texts[lo:hi]).encode().translate(_ASCII_TOKENS)
-        key, ln, st = _token_keys(buf)
-        sep = (ln == 1) & (key == 0)  # b"\x00": the texts' boundaries, hi - lo - 1 of them
-        cut = np.flatnonzero(sep)
-        lens.append(np.diff(np.concatenate(([-1], cut, [len(key)]))) - 1)
-        short = ln <= 8
-        is_long = ~short
-        shorts.append(key[short & ~sep])
-        kinds.append(short[~sep])
-        where = st[is_long].tolist()
-        objs = [buf[a : a + n] for a, n in zip(where, ln[is_long].tolist(), strict=True)]
-        longs.append(np.fromiter(map(first.setdefault, objs, range(done, done + len(objs))), np.int64, len(objs)))
-        done += len(objs)
-        lo = hi
-    allk = np.concatenate(shorts) if shorts else np.zeros(0, np.uint64)
-    # the short tokens' numbers: sorted (a stable radix sort), each new key a new number
-    by_key = np.argsort(allk, kind="stable")
-    sk = allk[by_key]
-    new = np.empty(len(sk), bool)
-    new[:1] = True
-    np.not_equal(sk[1:], sk[:-1], out=new[1:])
-    u = sk[new]  # the distinct short tokens, in byte order
-    raw = u.astype(">u8").tobytes()
-    vocab = [raw[i : i + 8].rstrip(b"\x00") for i in range(0, len(raw), 8)]
-    ns = len(vocab)
-    # 16.4's order is the bytes': a long token goes after every short one its first 8 bytes
-    # are not below, and the long ones among themselves by their bytes
-    longs_sorted = sorted(first)
-    lrank = {t: i for i, t in enumerate(longs_sorted)}
-    pre = np.frombuffer(b"".join(t[:8] for t in longs_sorted), ">u8").astype(np.uint64) if first \
-        else np.zeros(0, np.uint64)
-    at = np.searchsorted(u, pre, side="right") + np.arange(len(first))  # each long one's place
-    rank_short = np.arange(ns) + np.searchsorted(pre, u, side="left") if ns else np.zeros(0, np.int64)
-    placed = np.empty(ns + len(first), object)
-    placed[rank_short] = vocab
-    placed[at] = longs_sorted
-    terms: list[bytes] = placed.tolist()
-    is_short = np.concatenate(kinds) if kinds else np.zeros(0, bool)
-    tid = np.empty(len(is_short), np.int64)
-    short_tid = np.empty(len(allk), np.int64)
-    short_tid[by_key] = rank_short[np.cumsum(new) - 1]
-    tid[is_short] = short_tid
-    if first:
-        dense = np.empty(done, np.int64)  # first occurrence -> rank among the long tokens
-        dense[np.fromiter(first.values(), np.int64, len(first))] = np.fromiter(map(lrank.__getitem__, first),
-                                                                                np.int64, len(first))
-        tid[~is_short] = at[dense[np.concatenate(longs)]]
-    return terms, tid, np.concatenate(lens) if lens else np.zeros(0, np.int64)
+def rule_of(minor: int) -> Rule:
+    """12.8: the rule of a file whose header says ``minor`` (a later minor ranks as 1.4 does)."""
+    return RULE_1 if minor <= 3 else RULE_2
 
 
-def _token_keys(buf: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The runs of bytes other than spaces in ``buf``: each one's first 8 bytes as a
-    big-endian u64 (zero past its end), length and start."""
-    b = np.zeros(len(buf) + 8, np.uint8)
-    b[: len(buf)] = np.frombuffer(buf, np.uint8)
-    space = np.empty(len(buf) + 2, bool)
-    space[0] = space[-1] = True
-    np.equal(b[: len(buf)], 32, out=space[1:-1])
-    edge = np.flatnonzero(space[1:] != space[:-1])
-    st, ln = edge[0::2], edge[1::2] - edge[0::2]
-    word = np.ndarray((len(buf) + 1,), ">u8", b, 0, (1,))  # the 8 bytes from each offset on
-    shift = (8 * (8 - np.minimum(ln, 8))).astype(np.uint64)
-    return (word[st].astype(np.uint64) >> shift) << shift, ln, st
+@dataclass(frozen=True, slots=True)
+class Window:
+    """16.4.1 over a catalog of n documents: each one's neighbours (``nbr``, n x 2c catalog
+    positions, -1 where none), its window's token count, and their total."""
+
+    nbr: np.ndarray
+    lens: np.ndarray
+    total: int
+
+    def spread(self, docs: np.ndarray, tf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The windows holding a term that the documents ``docs`` hold ``tf`` times each: their
+        positions (ascending) and the term's count in each. A window holds document j exactly
+        when j's window holds it (16.4.1), so j's count goes to j and to its neighbours."""
+        nb = self.nbr[docs]
+        at = np.concatenate([docs, nb.reshape(-1)])
+        w = np.concatenate([tf, np.repeat(tf, nb.shape[1])])
+        keep = at >= 0
+        at, w = at[keep], w[keep]
+        # sums of small integers in float64: exact in any order, so either way gives the same bits
+        if 16 * len(at) >= len(self.lens):  # a common term: one pass over the catalog
+            dense = np.bincount(at, weights=w, minlength=len(self.lens))
+            u = np.flatnonzero(dense)
+            return u, dense[u]
+        u, inv = np.unique(at, return_inverse=True)
+        return u, np.bincount(inv, weights=w, minlength=len(u))
 
 
-def bm25(query: str, segments: Sequence[Any], n: int, total: int) -> tuple[np.ndarray, np.ndarray]:
+def bm25(query: str, segments: Sequence[Any], n: int, total: int, tok: Tokenizer = T1,
+         window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
     """16.4: the catalog positions (ascending) of the documents matching a term of
-    ``query`` and their BM25 scores.
+    ``query`` (with a ``window``, 16.4.1: whose window holds one) and their BM25 scores.
 
     ``segments`` cut the catalog of ``n`` documents and ``total`` tokens into runs,
     each with ``start``, ``lens`` and ``postings(term) -> (positions, tf) | None``.
     N, the average length and each term's document frequency are over the whole
     catalog; a document's score adds its terms in sorted order in float64, so how
-    the catalog is cut changes no bit of it.
+    the catalog is cut changes no bit of it. A window whose documents have no
+    neighbour gives every bit of the score without it.
     """
     out = np.zeros(n, np.float64)
     if n == 0:
         return np.zeros(0, np.int64), out
+    if window is not None:
+        total = window.total
     avg = total / n if total else 1.0
-    for t in sorted(set(tokenize(query))):
+    for t in sorted(set(tok.tokenize(query))):
         key = t.encode()
         hits = [(s, p) for s in segments if (p := s.postings(key)) is not None]
         if not hits:
+            continue
+        if window is not None:
+            at, tfw = window.spread(np.concatenate([p[0].astype(np.int64) + s.start for s, p in hits]),
+                                    np.concatenate([p[1] for _, p in hits]).astype(np.float64))
+            idf = math.log(1.0 + (n - len(at) + 0.5) / (len(at) + 0.5))
+            norm = K1 * (1.0 - B + B * window.lens[at].astype(np.float64) / avg)
+            out[at] += idf * tfw * (K1 + 1.0) / (tfw + norm)
             continue
         df = sum(len(p[0]) for _, p in hits)
         idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
@@ -163,20 +126,25 @@ def bm25(query: str, segments: Sequence[Any], n: int, total: int) -> tuple[np.nd
     return cand, out[cand]
 
 
-def snippet(text: str, query: str, width: int = 160, lead: int = 24) -> tuple[str, list[tuple[int, int]]]:
+def snippet(text: str, query: str, width: int = 160, lead: int = 24,
+            tok: Tokenizer | None = None) -> tuple[str, list[tuple[int, int]]]:
     """One line of ``text`` (whitespace collapsed) of at most ``width`` characters,
     starting up to ``lead`` characters before the first occurrence of the longest
     query term it holds, and the ``(start, end)`` spans of the query terms in it.
-    Terms match as BM25 tokens do (NFKC, case-folded runs of letters and digits),
-    so what is marked is what scored.
+    A word (a run of letters and digits) is marked when one of its tokens is one of
+    the query's under ``tok`` (the file's tokenizer, 16.4), so what is marked is
+    what scored; without ``tok``, when it is under either tokenizer.
 
     >>> snippet("Alice pages Bob for payments outages", "PAYMENTS", width=30, lead=6)
     ('…for payments outages', [(5, 13)])
+    >>> snippet("deploys froze on Friday", "deploy freezing", tok=T2)[1]
+    [(0, 7)]
     """
     line = " ".join(text.split())
-    terms = set(tokenize(query))
+    toks = [tok] if tok is not None else [T1, T2]
+    terms = [set(t.tokenize(query)) for t in toks]
     spans = [(m.start(), m.end()) for m in _TOKEN.finditer(line)
-             if unicodedata.normalize("NFKC", m.group()).casefold() in terms]
+             if any(not want.isdisjoint(t.tokenize(m.group())) for t, want in zip(toks, terms, strict=True))]
     anchor = min(spans, key=lambda sp: (sp[0] - sp[1], sp[0]))[0] if spans else 0  # "payments" over "for"
     start = max(0, anchor - lead)
     if start:  # begin at a word
@@ -186,3 +154,7 @@ def snippet(text: str, query: str, width: int = 160, lead: int = 24) -> tuple[st
     head, tail = "…" if start else "", "…" if end < len(line) else ""
     shift = len(head) - start
     return head + line[start:end] + tail, [(a + shift, b + shift) for a, b in spans if start <= a and b <= end]
+
+
+__all__ = ["B", "K1", "RULE_1", "RULE_2", "TOKENIZER_ID", "Rule", "Window", "bm25", "rule_of", "snippet", "term_ids",
+           "tokenize"]

@@ -17,6 +17,12 @@ dictionary (a few NumPy passes over arrays of one entry per document or term);
 a query decodes only the blocks of its own terms, and a merge decodes every
 block of the segments it absorbs, all at once.
 
+A segment of a 1.4 file also keeps each memory's session key (the canonical
+bytes of ``meta["session"]``: a sorted table of the distinct keys and, for the
+documents that have one, an index into it), which the context window of 16.4.1
+needs; a file before 1.4 ranks with tokenizer 1 and no window, and its blob has
+the 1.2 layout (``CAPLEX02``) without them.
+
 A snapshot blob is one segment plus the list of earlier ``bm25`` blobs (its
 ``base``) holding the documents before it, so a writer appends the documents
 since the newest snapshot as a new segment instead of rewriting the catalog.
@@ -49,7 +55,7 @@ from ..core.lazy import lazy
 from ..format import canonical as canon
 from ..format.blob import BlobRef, part_count
 from . import lexcodec as lc
-from .lexical import TOKENIZER_ID, term_ids
+from .tokenize import TOKENIZER_1, TOKENIZERS, Tokenizer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,18 +63,21 @@ else:
     np = lazy("numpy")
 
 BLOB_TYPE = "bm25"  # 16.8
-MAGIC = b"CAPLEX02"  # 16.8
+MAGIC = b"CAPLEX02"  # 16.8: the 1.2 layout (tokenizer 1, no session keys)
+MAGIC_3 = b"CAPLEX03"  # 16.8 (1.4): with the documents' session keys (16.4.1)
 #: 16.8: earlier blobs one snapshot may build on (the same cap as index tables, 11)
 MAX_BASE = 64
 #: 16.8: every count and offset of a snapshot is a u32
 MAX_COUNT = (1 << 32) - 1
 _KEYS = frozenset({"base", "docs", "escapes", "post_bytes", "reverts", "start", "tag_bytes", "tag_post_bytes",
                    "tags", "term_bytes", "terms", "tokenizer", "tokens", "ttls"})
+_KEYS_3 = _KEYS | {"session_bytes", "session_docs", "sessions"}
 _PART_MIN = 66  # 9.2: frame overhead + the part header's length word
 _TIER_KINDS = 3  # 16.8 `tk`: tier + 3 * kind
 
-#: One document as the catalog needs it: id, text, time, ttl (0: none), tier code, kind code, tags.
-Doc = tuple[bytes, str, int, int, int, int, tuple[str, ...]]
+#: One document as the catalog needs it: id, text, time, ttl (0: none), tier code, kind code, tags
+#: and session key (16.4.1: the canonical bytes of a memory's ``meta["session"]``, or None).
+Doc = tuple[bytes, str, int, int, int, int, tuple[str, ...], bytes | None]
 
 
 def _bad(msg: str, where: int) -> CorruptError:
@@ -163,6 +172,31 @@ class Dictionary:
 
 
 @dataclass(slots=True, eq=False)
+class Sessions:
+    """16.4.1: the session keys of a segment's documents: the distinct keys, sorted and back
+    to back (key i is ``text[off[i] : off[i + 1]]``), and the positions of the documents
+    that have one (ascending) with each one's key index."""
+
+    text: bytes
+    off: np.ndarray  # int64 [s + 1]
+    doc: np.ndarray  # int64 [m]
+    ix: np.ndarray  # int64 [m]
+
+    @classmethod
+    def of(cls, keys: Sequence[bytes | None]) -> Sessions:
+        table = sorted({k for k in keys if k is not None})
+        rank = {k: i for i, k in enumerate(table)}
+        doc = [i for i, k in enumerate(keys) if k is not None]
+        text, off = _table(table)
+        return cls(text, off, np.array(doc, np.int64),
+                   np.fromiter((rank[k] for k in keys if k is not None), np.int64, len(doc)))
+
+    def keys(self) -> list[bytes]:
+        o = self.off.tolist()
+        return [self.text[o[i] : o[i + 1]] for i in range(len(o) - 1)]
+
+
+@dataclass(slots=True, eq=False)
 class Segment:
     """Documents ``start .. start + n - 1`` of the catalog, with their postings."""
 
@@ -180,6 +214,8 @@ class Segment:
     checked: bool = True  # every block and dictionary order known good (built here, or check_all)
     base: tuple[BlobRef, ...] = ()
     reverts: tuple[bytes, ...] = ()  # a blob's: the ids of the revert records before it, in commit order (16.8)
+    tokenizer: str = TOKENIZER_1  # 16.4: what its terms come from
+    sessions: Sessions | None = None  # 16.4.1 (1.4): its documents' session keys; None: not kept (CAPLEX02)
 
     @property
     def n(self) -> int:
@@ -216,6 +252,10 @@ class Segment:
             strs = d.strings()
             if any(a >= b for a, b in zip(strs, strs[1:], strict=False)):
                 raise _bad(f"{name} are not sorted and distinct", self._where())
+        keys = self.sessions.keys() if self.sessions is not None else []
+        if any(a >= b for a, b in zip(keys, keys[1:], strict=False)):
+            raise _bad("session keys are not sorted and distinct", self._where())
+        for d, name in ((self.terms, "terms"), (self.tags, "tags")):
             try:
                 d.lists(self.n)
             except lc.CodeError as e:
@@ -251,21 +291,26 @@ def _postings(sid: np.ndarray, doc: np.ndarray, n: int, k: int) -> tuple[np.ndar
     return df, extra, key - np.repeat(np.arange(k, dtype=np.int64) * n, df), tf
 
 
-def build(docs: Sequence[Doc], start: int = 0) -> Segment:
-    """16.4: the segment of ``docs`` (in catalog order) starting at position ``start``."""
+def build(docs: Sequence[Doc], start: int = 0, tok: Tokenizer | None = None, sessions: bool = False) -> Segment:
+    """16.4: the segment of ``docs`` (in catalog order) starting at position ``start``, its
+    terms from ``tok`` (tokenizer 1 by default), with the session keys when ``sessions``
+    (16.4.1; a Doc of 7 fields has none)."""
     n = len(docs)
     return build_columns(b"".join(d[0] for d in docs), [d[1] for d in docs],
                          np.fromiter((d[2] for d in docs), np.int64, n), np.fromiter((d[3] for d in docs), np.int64, n),
                          np.fromiter((d[4] for d in docs), np.uint8, n), np.fromiter((d[5] for d in docs), np.uint8, n),
-                         [d[6] for d in docs], start)
+                         [d[6] for d in docs], start, tok,
+                         [d[7] if len(d) > 7 else None for d in docs] if sessions else None)
 
 
 def build_columns(ids: bytes, texts: Sequence[str], time: np.ndarray, ttl: np.ndarray, tier: np.ndarray,
-                  kind: np.ndarray, tag_lists: Sequence[Sequence[str]], start: int = 0) -> Segment:
+                  kind: np.ndarray, tag_lists: Sequence[Sequence[str]], start: int = 0, tok: Tokenizer | None = None,
+                  sessions: Sequence[bytes | None] | None = None) -> Segment:
     """:func:`build` from columns: ids back to back, texts, times, ttls (0: none), tier and
-    kind codes, tags."""
+    kind codes, tags, and (1.4) each document's session key or None."""
     n = len(texts)
-    terms, tid, lens = term_ids(texts)
+    tok = tok or TOKENIZERS[TOKENIZER_1]
+    terms, tid, lens = tok.term_ids(texts)
     df, extra, pdoc, ptf = _postings(tid, np.repeat(np.arange(n, dtype=np.int64), lens), n, len(terms))
     tags = sorted(set(chain.from_iterable(tag_lists)))
     flat = list(chain.from_iterable(tag_lists))
@@ -277,6 +322,7 @@ def build_columns(ids: bytes, texts: Sequence[str], time: np.ndarray, ttl: np.nd
         start=start, ids=np.frombuffer(ids, "S32") if n else np.zeros(0, "S32"), time=time, ttl=ttl, lens=lens,
         tier=tier, kind=kind, terms=Dictionary.decoded(terms, df, extra, pdoc, ptf),
         tags=Dictionary.decoded([t.encode() for t in tags], gdf, None, gdoc, gtf), tokens=int(lens.sum()),
+        tokenizer=tok.id, sessions=None if sessions is None else Sessions.of(sessions),
     )
 
 
@@ -305,35 +351,58 @@ def _merge_dicts(segs: Sequence[Segment], ds: Sequence[Dictionary], start: int) 
     return Dictionary.decoded(union, df, extra, docs, tf)
 
 
+def _merge_sessions(segs: Sequence[Segment], start: int) -> Sessions | None:
+    """The session keys of consecutive segments as one table (16.4.1), as Sessions.of would make it."""
+    if segs[0].sessions is None:
+        return None
+    tables = [s.sessions.keys() for s in segs if s.sessions is not None]
+    union = sorted(set(chain.from_iterable(tables)))
+    rank = {k: i for i, k in enumerate(union)}
+    docs, ixs = [], []
+    for s, table in zip(segs, tables, strict=True):
+        assert s.sessions is not None
+        docs.append(s.sessions.doc.astype(np.int64) + (s.start - start))
+        ixs.append(np.fromiter(map(rank.__getitem__, table), np.int64, len(table))[s.sessions.ix.astype(np.int64)])
+    text, off = _table(union)
+    return Sessions(text, off, np.concatenate(docs), np.concatenate(ixs))
+
+
 def merge(segs: Sequence[Segment]) -> Segment:
     """One segment holding the documents of consecutive ``segs``, as :func:`build` would make it."""
     if len(segs) == 1:
         return segs[0]
     start = segs[0].start
+    if len({s.tokenizer for s in segs}) != 1 or len({s.sessions is None for s in segs}) != 1:
+        raise ValueError("segments of different tokenizers or layouts do not merge")
     if not sum(s.n for s in segs):
-        return build([], start)
+        return build([], start, TOKENIZERS[segs[0].tokenizer], segs[0].sessions is not None)
     cat = np.concatenate
     return Segment(
         start=start, ids=cat([s.ids for s in segs]), time=cat([s.time for s in segs]).astype(np.int64),
         ttl=cat([s.ttl for s in segs]).astype(np.int64), lens=cat([s.lens for s in segs]).astype(np.int64),
         tier=cat([s.tier for s in segs]).astype(np.uint8), kind=cat([s.kind for s in segs]).astype(np.uint8),
         terms=_merge_dicts(segs, [s.terms for s in segs], start), tags=_merge_dicts(segs, [s.tags for s in segs], start),
-        tokens=sum(s.tokens for s in segs),
+        tokens=sum(s.tokens for s in segs), tokenizer=segs[0].tokenizer, sessions=_merge_sessions(segs, start),
     )
 
 
 # --- the blob -------------------------------------------------------------------------
 
 def _sections(h: dict[str, int]) -> list[tuple[str, int]]:
-    """16.8: the sections in order and their sizes in bytes."""
+    """16.8: the sections in order and their sizes in bytes (with the session sections when
+    the header has their counts: CAPLEX03)."""
     n, t, g = h["docs"], h["terms"], h["tags"]
+    ses = [("ses_doc", 4 * h["session_docs"]), ("ses_ix", 4 * h["session_docs"]), ("ses_len", h["sessions"]),
+           ("ses_text", h["session_bytes"])] if "sessions" in h else []
     return [("ids", 32 * n), ("time", 8 * n), ("tk", n), ("len", n), ("ttl_doc", 4 * h["ttls"]),
-            ("ttl", 8 * h["ttls"]), ("term_len", t), ("term_df", t), ("term_extra", t), ("term_text", h["term_bytes"]),
-            ("postings", h["post_bytes"]), ("tag_len", g), ("tag_df", g), ("tag_text", h["tag_bytes"]),
-            ("tag_postings", h["tag_post_bytes"]), ("escapes", 4 * h["escapes"]), ("reverts", 32 * h["reverts"])]
+            ("ttl", 8 * h["ttls"]), *ses, ("term_len", t), ("term_df", t), ("term_extra", t),
+            ("term_text", h["term_bytes"]), ("postings", h["post_bytes"]), ("tag_len", g), ("tag_df", g),
+            ("tag_text", h["tag_bytes"]), ("tag_postings", h["tag_post_bytes"]), ("escapes", 4 * h["escapes"]),
+            ("reverts", 32 * h["reverts"])]
 
 
 _SMALL = ("len", "term_len", "term_df", "term_extra", "tag_len", "tag_df")  # 16.8: the escapes, in this order
+_SMALL_3 = (*_SMALL, "ses_len")  # CAPLEX03: then the session keys' lengths
 
 
 def encode(seg: Segment, base: Sequence[BlobRef], reverts: Sequence[bytes]) -> bytes:
@@ -341,25 +410,30 @@ def encode(seg: Segment, base: Sequence[BlobRef], reverts: Sequence[bytes]) -> b
     records before it (in commit order)."""
     if len(base) > MAX_BASE:
         raise ValueError("too many base snapshots")
-    n, terms, tags = seg.n, seg.terms, seg.tags
+    n, terms, tags, ses = seg.n, seg.terms, seg.tags, seg.sessions
     assert terms.extra is not None
     small = [lc.small_encode(v) for v in (seg.lens, np.diff(terms.off), terms.df, terms.extra, np.diff(tags.off),
-                                            tags.df)]
+                                            tags.df, *([] if ses is None else [np.diff(ses.off)]))]
     escapes = np.concatenate([e for _, e in small]).astype("<u4")
     has_ttl = np.flatnonzero(seg.ttl > 0)
     post, tag_post = terms.coded(n), tags.coded(n)
-    header = canon.pack({
+    head: dict[str, object] = {
         "base": [[r.offset, r.parts, r.size, r.id] for r in base], "docs": n, "escapes": len(escapes),
         "post_bytes": len(post), "reverts": len(reverts), "start": seg.start, "tag_bytes": len(tags.text),
         "tag_post_bytes": len(tag_post), "tags": len(tags.df), "term_bytes": len(terms.text),
-        "terms": len(terms.df), "tokenizer": TOKENIZER_ID, "tokens": seg.tokens, "ttls": len(has_ttl),
-    })
-    out = [MAGIC, struct.pack("<I", len(header)), header, bytes(-(12 + len(header)) % 8)]
+        "terms": len(terms.df), "tokenizer": seg.tokenizer, "tokens": seg.tokens, "ttls": len(has_ttl),
+    }
+    ses_parts: list[bytes] = []
+    if ses is not None:
+        head |= {"session_bytes": len(ses.text), "session_docs": len(ses.doc), "sessions": len(ses.off) - 1}
+        ses_parts = [ses.doc.astype("<u4").tobytes(), ses.ix.astype("<u4").tobytes(), small[6][0], ses.text]
+    header = canon.pack(dict(sorted(head.items())))  # 5.1: keys in byte order
+    out = [MAGIC if ses is None else MAGIC_3, struct.pack("<I", len(header)), header, bytes(-(12 + len(header)) % 8)]
     tk = seg.tier.astype(np.uint8) + _TIER_KINDS * seg.kind.astype(np.uint8)
     parts = [seg.ids.tobytes(), seg.time.astype("<i8").tobytes(), tk.astype(np.uint8).tobytes(), small[0][0],
-             has_ttl.astype("<u4").tobytes(), seg.ttl[has_ttl].astype("<i8").tobytes(), small[1][0], small[2][0],
-             small[3][0], terms.text, post, small[4][0], small[5][0], tags.text, tag_post, escapes.tobytes(),
-             b"".join(reverts)]
+             has_ttl.astype("<u4").tobytes(), seg.ttl[has_ttl].astype("<i8").tobytes(), *ses_parts, small[1][0],
+             small[2][0], small[3][0], terms.text, post, small[4][0], small[5][0], tags.text, tag_post,
+             escapes.tobytes(), b"".join(reverts)]
     for raw in parts:
         out += [raw, bytes(-len(raw) % 8)]
     return b"".join(out)
@@ -368,7 +442,7 @@ def encode(seg: Segment, base: Sequence[BlobRef], reverts: Sequence[bytes]) -> b
 def peek(head: bytes | memoryview | np.ndarray) -> dict[str, object] | None:
     """The header of a snapshot (the first bytes suffice), unchecked; None when unreadable."""
     raw = memoryview(head).cast("B")  # type: ignore[arg-type]
-    if len(raw) < 12 or bytes(raw[:8]) != MAGIC:
+    if len(raw) < 12 or bytes(raw[:8]) not in (MAGIC, MAGIC_3):
         return None
     hlen = struct.unpack_from("<I", raw, 8)[0]
     if 12 + hlen > len(raw):
@@ -383,8 +457,9 @@ def peek(head: bytes | memoryview | np.ndarray) -> dict[str, object] | None:
 def layout(blob: bytes | np.ndarray, where: int = 0) -> tuple[dict[str, object], dict[str, tuple[int, int]]]:
     """The checked header and where each section lies (offset, size) (16.8)."""
     buf = np.frombuffer(blob, np.uint8)
-    if len(buf) < 12 or buf[:8].tobytes() != MAGIC:
+    if len(buf) < 12 or buf[:8].tobytes() not in (MAGIC, MAGIC_3):
         raise _bad("bad magic", where)
+    keys = _KEYS if buf[:8].tobytes() == MAGIC else _KEYS_3
     hlen = int(buf[8:12].view("<u4")[0])
     if 12 + hlen > len(buf):
         raise _bad("header length out of range", where)
@@ -392,9 +467,9 @@ def layout(blob: bytes | np.ndarray, where: int = 0) -> tuple[dict[str, object],
         h = canon.decode(buf[12 : 12 + hlen].tobytes())
     except NonCanonicalError as e:
         raise _bad(str(e), where) from None
-    if not isinstance(h, dict) or set(h) != _KEYS or not isinstance(h["tokenizer"], str):
+    if not isinstance(h, dict) or set(h) != keys or not isinstance(h["tokenizer"], str):
         raise _bad("header fields are wrong", where)
-    if any(type(h[k]) is not int or not 0 <= h[k] <= MAX_COUNT for k in _KEYS - {"base", "tokenizer", "tokens"}):
+    if any(type(h[k]) is not int or not 0 <= h[k] <= MAX_COUNT for k in keys - {"base", "tokenizer", "tokens"}):
         raise _bad("a count is out of range", where)
     if type(h["tokens"]) is not int or h["tokens"] < 0:
         raise _bad("token total out of range", where)
@@ -416,6 +491,7 @@ def decode(blob: bytes | np.ndarray, where: int = 0) -> Segment:
     The tokenizer is not checked here: a caller compares ``peek(blob)["tokenizer"]``
     first (another tokenizer is not damage, the blob is just not usable)."""
     h, at = layout(blob, where)
+    small_names = _SMALL_3 if "sessions" in h else _SMALL
     base = _parse_base(h["base"], where)
     buf = np.frombuffer(blob, np.uint8)
     n, tokens = h["docs"], h["tokens"]
@@ -427,13 +503,13 @@ def decode(blob: bytes | np.ndarray, where: int = 0) -> Segment:
 
     try:
         # 16.8: the escapes are the values of the small ints' 255 bytes, in section order
-        raw_small = [sec(name) for name in _SMALL]
+        raw_small = [sec(name) for name in small_names]
         cuts = _excl(np.array([lc.small_escapes(b) for b in raw_small], np.int64))
         esc = sec("escapes").view("<u4")
         if cuts[-1] != len(esc):
             raise lc.CodeError("the escapes are not those of the small ints")
-        lens, term_len, df, extra, tag_len, tag_df = (lc.small_decode(b, esc[cuts[i] : cuts[i + 1]])
-                                                      for i, b in enumerate(raw_small))
+        lens, term_len, df, extra, tag_len, tag_df, *ses_len = (lc.small_decode(b, esc[cuts[i] : cuts[i + 1]])
+                                                                for i, b in enumerate(raw_small))
         term_off, tag_off = _excl(term_len), _excl(tag_len)
         if (len(term_len) and int(term_len.min()) < 1) or term_off[-1] != h["term_bytes"] \
                 or (len(tag_len) and int(tag_len.min()) < 1) or tag_off[-1] != h["tag_bytes"]:
@@ -457,6 +533,15 @@ def decode(blob: bytes | np.ndarray, where: int = 0) -> Segment:
     ttl = np.zeros(n, np.int64)
     ttl[ttl_doc] = ttl_val
     raw_reverts = sec("reverts").tobytes()
+    sessions = None
+    if ses_len:
+        ses_off, ses_doc, ses_ix = _excl(ses_len[0]), sec("ses_doc").view("<u4"), sec("ses_ix").view("<u4")
+        if (len(ses_len[0]) and int(ses_len[0].min()) < 1) or ses_off[-1] != h["session_bytes"]:
+            raise _bad("session key lengths do not add up to their section", where)
+        if len(ses_doc) and (int(ses_doc[-1]) >= n or bool(np.any(ses_doc[1:] <= ses_doc[:-1]))
+                             or int(ses_ix.max()) >= len(ses_len[0])):
+            raise _bad("session keys out of range", where)
+        sessions = Sessions(sec("ses_text").tobytes(), ses_off, ses_doc.astype(np.int64), ses_ix.astype(np.int64))
     return Segment(
         start=h["start"], ids=sec("ids").view("S32"), time=sec("time").view("<i8"), ttl=ttl, lens=lens,  # type: ignore[arg-type]
         tier=tk % _TIER_KINDS, kind=tk // _TIER_KINDS,
@@ -466,6 +551,7 @@ def decode(blob: bytes | np.ndarray, where: int = 0) -> Segment:
                         at=tag_at),
         tokens=tokens, checked=False, base=base,
         reverts=tuple(raw_reverts[i : i + 32] for i in range(0, len(raw_reverts), 32)),
+        tokenizer=str(h["tokenizer"]), sessions=sessions,
     )
 
 
@@ -485,5 +571,5 @@ def _parse_base(v: object, where: int) -> tuple[BlobRef, ...]:
     return tuple(out)
 
 
-__all__ = ["BLOB_TYPE", "Dictionary", "Doc", "MAGIC", "Segment", "build", "build_columns", "decode", "encode", "layout", "merge",
-           "peek"]
+__all__ = ["BLOB_TYPE", "Dictionary", "Doc", "MAGIC", "MAGIC_3", "Segment", "Sessions", "build", "build_columns", "decode",
+           "encode", "layout", "merge", "peek"]

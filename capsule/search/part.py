@@ -23,6 +23,7 @@ from . import lexsnap
 from .catalog import LEXICAL_KINDS, peek_covered
 from .engine import Hit, Searcher
 from .engine import search as run_search
+from .fusion import Results
 from .vindex import BLOB_TYPE, VectorIndex, VectorParams
 
 #: writer policy (16.3): snapshot on close when this many vectors are not in the newest one,
@@ -60,7 +61,7 @@ class SearchPart:
             self._s = Searcher(self.store)
         return self._s
 
-    def search(self, query: str | None, **kw: Any) -> list[Hit]:
+    def search(self, query: str | None, **kw: Any) -> Results[Hit]:
         return run_search(self.searcher(), query, **kw)
 
     def config(self) -> VectorParams | None:

@@ -47,7 +47,7 @@ def build(out: Path) -> dict[str, Any]:
     """Write every vector into ``out`` and return the expected-values document."""
     os.environ["SOURCE_DATE_EPOCH"] = str(EPOCH)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.capsule"):  # only this folder: v1.0/, v1.1/ and v1.2/ keep the older vectors
+    for old in out.glob("*.capsule"):  # only this folder: v1.0/ ... v1.3/ keep the older vectors
         old.unlink()
     docs: dict[str, Any] = {}
 
@@ -87,13 +87,14 @@ def build(out: Path) -> dict[str, Any]:
         tx.remember("written after recovery")
     docs["recovered"] = _ids_roots(rec)
 
-    # 5. Enough records for TABLE and INDEX frames, with a merge of two tables.
+    # 5. Enough records for TABLE and INDEX frames, with a merge of two tables; (1.4) two of
+    #    three memories name a session, so the lexical snapshots hold session keys (16.8).
     p = out / "indexed.capsule"
     for batch in range(3):
         # two writer sessions: the second close merges the first session's table
         with capsule.create(p, exist_ok=True) as cap, cap.commit() as tx:
             for i in range(300):
-                tx.remember(f"m{batch}.{i}")
+                tx.remember(f"m{batch}.{i}", meta={"session": f"s{batch}.{i // 50}"} if i % 3 else None)
     docs["indexed"] = _ids_roots(p)
 
     # 6. Agent state: every kind, a signed checkpoint, a key rotation, a rollback.
@@ -121,7 +122,9 @@ def build(out: Path) -> dict[str, Any]:
                      "trust_key": k1.public_key.to_text(), "approvals": _approvals(p)}
 
     # 7. Search (1.1): a vindex record, memories with vectors, a snapshot blob named by
-    #    the INDEX, one memory after it (inserted on open), and expected results.
+    #    the INDEX, one memory after it (inserted on open), and expected results. (1.4) The
+    #    first nine name one of three interleaved sessions and two more hold identifiers and
+    #    accents, so the lexical searches exercise tokenizer 2 and the window (16.4.1).
     p = out / "search.capsule"
     with capsule.create(p) as cap:
         cap.configure_vectors(space="cosine", dim=4, M=4, ef_construction=20, seed=7)
@@ -129,8 +132,11 @@ def build(out: Path) -> dict[str, Any]:
             for i in range(12):
                 tx.remember(f"fact {i}: the {'red' if i % 2 else 'blue'} service", tags=[f"t{i % 3}"],
                             tier="validated" if i % 4 == 0 else "working",
-                            embedding=[1.0, i / 4, (i % 3) - 1.0, 0.5 if i % 2 else -0.5])
+                            embedding=[1.0, i / 4, (i % 3) - 1.0, 0.5 if i % 2 else -0.5],
+                            meta={"session": i % 3} if i < 9 else None)
             tx.note("the blue service restarts nightly")
+            tx.remember("Restarting: set CMAKE_BUILD_TYPE at the Café's node.js box", meta={"session": 0})
+            tx.remember("C++ and C# builds restart weekly")
         cap.save_index()
         with cap.commit() as tx:
             tx.remember("fact 12: after the snapshot", embedding=[1.0, 3.0, 0.0, 0.5])
@@ -148,6 +154,9 @@ def build(out: Path) -> dict[str, Any]:
                                     "tier": "validated"},
             "lexical_blue": {"query": "blue service", "k": 4, "mode": "lexical"},
             "hybrid": {"query": "red service", "vector": [1.0, 0.5, 0.0, 0.5], "k": 4, "mode": "hybrid"},
+            "lexical_identifier": {"query": "cmake_build_type cafe", "k": 3, "mode": "lexical"},
+            "lexical_window": {"query": "restarts nightly", "k": 6, "mode": "lexical"},
+            "lexical_cpp": {"query": "C++ restarting", "k": 3, "mode": "lexical"},
         }
         docs["search"] = {
             **_ids_roots(p), "snapshot": info["snapshot"], "vectors": info["vectors"], "queries": queries,
