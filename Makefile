@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/checkpoints.py
 	$(BIN)/python benchmarks/actions.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/fit_fusion.py
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/langgraph_bench.py
