@@ -44,11 +44,11 @@ def ref_z(xs: Sequence[float]) -> list[float]:
     if not xs:
         return []
     if max(xs) == min(xs):
-        return [0.0] * len(xs)
+        return [1.0] * len(xs)
     mean = functools.reduce(operator.add, xs, 0.0) / len(xs)
     var = functools.reduce(operator.add, [(x - mean) * (x - mean) for x in xs], 0.0) / len(xs)
     sd = math.sqrt(var)
-    return [0.0] * len(xs) if sd == 0.0 else [(x - mean) / sd for x in xs]
+    return [1.0] * len(xs) if sd == 0.0 else [(x - mean) / sd for x in xs]
 
 
 def ref_weighted(lex: Sequence[tuple[bytes, float]], vec: Sequence[tuple[bytes, float]], w: float,
@@ -58,7 +58,7 @@ def ref_weighted(lex: Sequence[tuple[bytes, float]], vec: Sequence[tuple[bytes, 
     if w == 0.0:
         return list(vec[:k])
     zl, zv = ref_z([s for _, s in lex]), ref_z([s for _, s in vec])
-    lo_l, lo_v = (min(zl) if zl else 0.0), (min(zv) if zv else 0.0)
+    lo_l, lo_v = min([0.0, *zl]), min([0.0, *zv])
     out = []
     for rid in {r for r, _ in lex} | {r for r, _ in vec}:
         a = next((z for (r, _), z in zip(lex, zl, strict=True) if r == rid), lo_l)
@@ -118,8 +118,8 @@ def test_zscores_are_centred_and_defined_for_every_list(xs: list[float]) -> None
 
 def test_zscores_edge_cases() -> None:
     assert fusion.zscores([]) == []
-    assert fusion.zscores([7.5]) == [0.0]  # one score: sd 0
-    assert fusion.zscores([0.1, 0.1, 0.1]) == [0.0, 0.0, 0.0]  # equal, though their float mean is not 0.1
+    assert fusion.zscores([7.5]) == [1.0]  # one score: sd 0, yet it is a match
+    assert fusion.zscores([0.1, 0.1, 0.1]) == [1.0, 1.0, 1.0]  # equal, though their float mean is not 0.1
     assert fusion.zscores([1.0, 3.0]) == [-1.0, 1.0]
     assert fusion.zscores([3.0, 1.0, 2.0]) == [pytest.approx(1.2247448713915890), pytest.approx(-1.224744871391589),
                                                0.0]
@@ -132,9 +132,13 @@ def test_weighted_fusion_edges() -> None:
     assert [(r, s) for r, s, _ in fusion.fuse_weighted(lex, [], 0.5, 10)] == [(a, 0.5), (b, -0.5)]
     assert [(r, s) for r, s, _ in fusion.fuse_weighted([], lex, 0.25, 10)] == [(a, 0.75), (b, -0.75)]
     assert fusion.fuse_weighted([], [], 0.5, 10) == []
-    # a record on one side only takes the other side's lowest z; equal scores fall back to the id
+    # a record on one side only takes the lesser of the other side's lowest z and 0; a flat list
+    # (all scores equal) gives its records z 1, so the one record the words match is lifted (attack #15)
     got = fusion.fuse_weighted([(b, 1.0, None), (c, 1.0, None)], [(a, 5.0, None), (b, 4.0, None)], 0.5, 3)
-    assert [(r, s) for r, s, _ in got] == [(a, 0.5), (b, -0.5), (c, -0.5)]
+    assert [(r, s) for r, s, _ in got] == [(a, 0.5), (b, 0.0), (c, 0.0)]
+    only = fusion.fuse_weighted([(c, 3.2, None)], [(a, 0.9, None), (b, 0.8, None), (c, 0.7, None)], 0.5, 3)
+    zv = fusion.zscores([0.9, 0.8, 0.7])
+    assert {r: s for r, s, _ in only} == {a: 0.5 * zv[0], b: 0.5 * zv[1], c: 0.5 + 0.5 * zv[2]}
     # weights 1 and 0 are the side itself, scores as they came
     assert fusion.fuse_weighted(lex, [(c, 0.9, None)], 1.0, 1) == [(a, 2.0, None)]
     assert fusion.fuse_weighted(lex, [(c, 0.9, None)], 0.0, 5) == [(c, 0.9, None)]

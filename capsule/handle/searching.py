@@ -78,7 +78,7 @@ class SearchMethods:
                 hits = self._search.search(query, vector=vector, k=want, mode=mode, ef=ef, embedder=embedder,
                                            now=now, tags=tags, any_tags=any_tags, tier=tier, kind=kind,
                                            since=since, until=until, meta=meta, valid_at=valid_at,
-                                           fusion=fusion, lexical_weight=lexical_weight)
+                                           fusion=fusion, lexical_weight=lexical_weight, hidden=red)
             if not red:
                 return hits
             kept = [h for h in hits if bytes.fromhex(h.id) not in red]

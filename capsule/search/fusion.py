@@ -121,13 +121,14 @@ def fuse_rrf(lists: Sequence[Sequence[Scored]], k: int) -> list[Scored]:
 def zscores(scores: Sequence[float]) -> list[float]:
     """16.6: (s - mean) / population standard deviation, summed left to right in float64.
 
-    All scores equal (one score, say), or a deviation that underflows to 0: every z is 0."""
+    All scores equal (one score, say), or a deviation that underflows to 0: every z is 1, so
+    the list still lifts its records over the ones it lacks (which take 0, :func:`fuse_weighted`)."""
     n = len(scores)
     if n == 0:
         return []
     first = scores[0]
     if all(s == first for s in scores):
-        return [0.0] * n
+        return [1.0] * n
     total = 0.0
     for s in scores:
         total += s
@@ -138,7 +139,7 @@ def zscores(scores: Sequence[float]) -> list[float]:
         sq += d * d
     sd = math.sqrt(sq / n)
     if sd == 0.0:
-        return [0.0] * n
+        return [1.0] * n
     return [(s - mean) / sd for s in scores]
 
 
@@ -146,7 +147,7 @@ def fuse_weighted(lexical: Sequence[Scored], vector: Sequence[Scored], w_lex: fl
     """16.6: w_lex * z_lex + (1 - w_lex) * z_vec over the union of both lists, ties by id.
 
     Each list is z-scored over itself (in its own order); a record missing from a list
-    takes that list's lowest z (0 for an empty list). ``w_lex`` 1 (0) is the lexical
+    takes the lesser of that list's lowest z and 0 (0 for an empty list). ``w_lex`` 1 (0) is the lexical
     (vector) list itself, with its own scores."""
     if w_lex == 1.0:
         return list(lexical[:k])
@@ -155,8 +156,8 @@ def fuse_weighted(lexical: Sequence[Scored], vector: Sequence[Scored], w_lex: fl
     w_vec = 1.0 - w_lex
     zl = zscores([s for _, s, _ in lexical])
     zv = zscores([s for _, s, _ in vector])
-    floor_l = min(zl) if zl else 0.0
-    floor_v = min(zv) if zv else 0.0
+    floor_l = min([0.0, *zl])
+    floor_v = min([0.0, *zv])
     lz = {rid: z for (rid, _, _), z in zip(lexical, zl, strict=True)}
     vz = {rid: z for (rid, _, _), z in zip(vector, zv, strict=True)}
     rec = {rid: r for rid, _, r in (*vector, *lexical) if r is not None}

@@ -25,6 +25,7 @@ NumPy. So ingest pays a stem per distinct word, not per word.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ _CAMEL_ASCII = re.compile(r"[a-z][A-Z]")
 _ALPHA = re.compile(r"[a-z]+")  # 16.4.1: the tokens that are stemmed
 
 
+_LOCK = threading.Lock()
 _MARKS: set[str] = set()  # the spacing and enclosing marks (Mc, Me) met so far
 _SEEN: set[str] = set()  # every non-ASCII character classified so far
 
@@ -198,13 +200,14 @@ def _patterns(s: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     if s.isascii():
         return _RAW, _TOKEN
     chars = set(s)
-    new = chars - _SEEN
-    if new:
-        _MARKS.update(ch for ch in new if unicodedata.category(ch) in ("Mc", "Me"))
-        _SEEN.update(new)
-    if chars.isdisjoint(_MARKS):
-        return _RAW, _TOKEN
-    marks = frozenset(_MARKS)  # holds this text's marks; other threads may add more meanwhile
+    with _LOCK:  # another thread may be adding marks: iterating a set while it grows raises
+        new = chars - _SEEN
+        if new:
+            _MARKS.update(ch for ch in new if unicodedata.category(ch) in ("Mc", "Me"))
+            _SEEN.update(new)
+        if chars.isdisjoint(_MARKS):
+            return _RAW, _TOKEN
+        marks = frozenset(_MARKS)  # holds this text's marks
     got = _UNICODE.get(marks)
     if got is None:
         w = rf"(?:[^\W_]|[{''.join(re.escape(m) for m in sorted(marks))}])"
