@@ -11,6 +11,7 @@ Code map (each module is one command group; none holds format logic):
 - ``search``: search, pack
 - ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
 - ``report``: report (the HTML page and its figures)
+- ``sync``: push, pull (spec 19)
 - ``export``: export (JSONL / Parquet rows for analytics)
 - ``letta``: import-af, export-af (Letta agent files)
 - ``serve``: serve --mcp (an MCP server on stdio)
@@ -47,6 +48,7 @@ from . import (
     serve,
     state,
     store,
+    sync,
 )
 from ._errors import run_app
 
@@ -90,6 +92,8 @@ COMMANDS = (
     ("timeline", inspect.timeline),
     ("audit", inspect.audit),
     ("report", report.report),
+    ("push", sync.push),
+    ("pull", sync.pull),
     ("export", export.export),
     ("import-af", letta.import_af),
     ("export-af", letta.export_af),

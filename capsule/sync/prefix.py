@@ -1,0 +1,116 @@
+"""Is one copy a prefix of the other? (spec 19.6). Works on any ``pread`` source.
+
+Two copies of a capsule agree up to a commit exactly when they hold the same chain
+value at that commit's end (4.2: the chain value covers every byte before it). A
+push proves the remote is a prefix of the local file by finding the remote's chain
+value at the same offset in the local file *and* walking the local frames from
+there to the local last commit, chain link by chain link (O(tail)): the walk lands
+on the local file's own last chain value, so (SHA-256 being collision resistant) the
+offset is a real frame boundary of the local file and the bytes before it are the
+remote's. When the copies differ, the last commit both hold is found by binary
+search over the local commits, probing 32 bytes of the other side per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core import constants as C
+from ..core.errors import CorruptError, DataError
+from ..format.file import ReadHandle
+from ..format.frames import FileHeader
+from ..format.scan import Source, read_commit_at, walk
+from ..format.store import load_stable
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """A copy's last commit: where it ends and what it names."""
+
+    file_id: str
+    size: int  # the committed length (the last COMMIT's end)
+    commits: int
+    seq: int
+    commit_offset: int
+    chain: bytes
+    root: str
+    records: int
+    header: FileHeader
+    torn: int = 0  # bytes of torn tail after the last commit (8.1), never shipped
+
+    def summary(self) -> dict[str, object]:
+        return {"commits": self.commits, "seq": self.seq, "root": self.root}
+
+
+def head_of(h: ReadHandle, path: Path) -> Head:
+    """The committed head of an open local file; a file with no commit is refused."""
+    snap = load_stable(h, strict=False)
+    c = snap.commit
+    if c is None:
+        raise DataError(f"{path}: holds no commit (an interrupted create): nothing to sync")
+    return Head(snap.header.file_id.hex(), snap.end, c.commits, c.seq, c.offset, snap.chain, c.root.hex(),
+                snap.records, snap.header, snap.torn[1] if snap.torn else 0)
+
+
+def extends(src: Source, head: Head, at: int, seq: int, chain: bytes) -> bool:
+    """Whether the file behind ``head`` holds, at ``at``, the end of a commit whose COMMIT
+    frame has seq ``seq - 1`` and chain value ``chain``: the 32 bytes before ``at`` are
+    ``chain`` and the frames from ``at`` check, link by link, up to the file's last
+    commit (19.6). O(head.size - at)."""
+    if at > head.size or at < C.HEADER_SIZE + C.FRAME_OVERHEAD:
+        return False
+    if src.pread(at - C.TRAILER_SIZE, C.TRAILER_SIZE) != chain:
+        return False
+    if at == head.size:
+        return chain == head.chain and seq == head.seq + 1
+    try:
+        return walk(src, head.header, at, head.size, seq, chain) is None
+    except CorruptError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class CommitMark:
+    commits: int
+    seq: int
+    end: int
+    chain: bytes
+    root: str
+
+    def summary(self) -> dict[str, object]:
+        return {"commits": self.commits, "seq": self.seq, "root": self.root}
+
+
+def commits_of(src: Source, head: Head) -> list[CommitMark]:
+    """Every commit of the file, oldest first, by the COMMITs' back-pointers (6.1)."""
+    out: list[CommitMark] = []
+    off: int | None = head.commit_offset
+    while off is not None:
+        c = read_commit_at(src, off, head.header)
+        out.append(CommitMark(c.commits, c.seq, c.end, c.chain, c.root.hex()))
+        off = c.prev
+        if len(out) > head.commits:
+            raise CorruptError("COMMIT back-pointers loop", offset=c.offset, seq=c.seq, check="commit-prev")
+    out.reverse()
+    return out
+
+
+def last_common(marks: list[CommitMark], other_has: Callable[[int, bytes], bool]) -> CommitMark | None:
+    """The newest commit in ``marks`` that the other copy also holds (``other_has(end,
+    chain)``). Holding a commit implies holding every earlier one, so binary search."""
+    lo, hi, best = 0, len(marks) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if other_has(marks[mid].end, marks[mid].chain):
+            best, lo = marks[mid], mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def describe(m: dict[str, object] | None) -> str:
+    if m is None:
+        return "none"
+    return f"commit {m['commits']} (seq {m['seq']}, root {str(m['root'])[:16]})"

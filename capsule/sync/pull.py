@@ -1,0 +1,260 @@
+"""``pull``: fetch a remote capsule into a new file or onto a local prefix (spec 19.7).
+
+Nothing unverified ever enters the destination. A new file is downloaded under a
+temporary name beside it, checked (every segment's SHA-256, then a full
+``verify``, with the trust anchor when given) and linked into place, never over
+an existing file. Onto an existing file, the remote must extend it (its chain value
+at the local last commit's end); the tail is downloaded, and the local committed
+bytes plus that tail are checked as one file in a temporary copy; only then, under
+the local writer's lock, is the tail appended commit by commit as a writer would
+(6.4: the frames before an INDEX, then the INDEX to the COMMIT, one fsync each), so
+an interrupted pull leaves the last commit intact and a torn tail that the next
+pull, finding it equal to the bytes it is about to write, completes (19.7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core import constants as C
+from ..format.file import ReadHandle, WriteHandle, fsync_dir
+from ..format.scan import Reader
+from ..handle.locking import open_writer
+from ..verifier.check import verify
+from ._errors import Diverged, RemoteCorrupt, RemoteNotFound, SyncError
+from .head import read_head, remote_has
+from .manifest import Manifest
+from .prefix import Head, extends, head_of
+from .push import diverged
+from .remote import Remote
+
+Progress = Callable[[str, int, int], None]
+
+
+class RemoteUntrusted(SyncError):
+    """With a trust anchor: the remote's new records are not covered by an anchored signature."""
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a pull did. ``bytes`` counts every capsule byte downloaded."""
+
+    url: str
+    path: str
+    status: str  # "created", "pulled", "up-to-date" or "ahead" (the local file is newer: push it)
+    generation: int
+    bytes: int
+    commits: int
+    seq: int
+    root: str
+    records: int
+    signed_prefix: dict[str, Any] | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "path": self.path, "status": self.status, "generation": self.generation,
+                "bytes": self.bytes, "commits": self.commits, "seq": self.seq, "root": self.root,
+                "records": self.records, "signed_prefix": self.signed_prefix, "skipped_manifests": self.skipped}
+
+
+def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict[str, Any] | None = None,
+         progress: Progress | None = None, timeout: float | None = None) -> PullResult:
+    """Pull the remote capsule at ``url`` into ``path`` (a new file, or one the remote extends).
+
+    ``trust`` (a public key, a keyset or a keyset hash, as :func:`capsule.verify` takes)
+    refuses a remote whose new records are not covered by a checkpoint signed by
+    anchored keys. ``timeout``: seconds to wait for the local writer's lock.
+
+    >>> import capsule.sync
+    >>> _ = capsule.sync.push("example.capsule", "memory://doctest/pulled")
+    >>> capsule.sync.pull("memory://doctest/pulled", "copy.capsule").status
+    'created'
+    """
+    p = Path(path)
+    remote = Remote(url, storage_options)
+    rh = read_head(remote)
+    m = rh.manifest
+    if m is None:
+        raise RemoteNotFound(f"{remote.shown}: no capsule was pushed there (no manifest)")
+    if not (p.exists() or p.is_symlink()):
+        res = _pull_new(remote, m, p, trust, progress)
+    else:
+        res = _pull_onto(remote, m, p, trust, progress, timeout)
+    return PullResult(remote.shown, str(p), *res[:8], skipped=rh.skipped)
+
+
+def _pull_new(remote: Remote, m: Manifest, p: Path, trust: Any,
+              progress: Progress | None) -> tuple[Any, Any, Any, Any, Any, Any, Any, Any]:
+    tmp = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            got = _download(remote, m, 0, fd, 0, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        rep = _check(remote, m, tmp, trust, 0, 0, progress)
+        try:
+            os.link(tmp, p)  # never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise SyncError(f"{p}: appeared while it was being pulled; pull again to extend it") from None
+        fsync_dir(p)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return "created", m.generation, got, m.commits, m.seq, m.root, rep.records, rep.signed_prefix
+
+
+def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progress | None,
+               timeout: float | None) -> tuple[Any, Any, Any, Any, Any, Any, Any, Any]:
+    wh = open_writer(p, timeout)
+    try:
+        head = head_of(wh, p)
+        if head.file_id != m.file_id:
+            raise Diverged(f"{remote.shown} holds another capsule (file id {m.file_id}, {p} is {head.file_id}); "
+                           f"pull it into a new file", local=head.summary(), remote=m.summary(), common=None)
+        chain = bytes.fromhex(m.chain)
+        done = (m.generation, 0, head.commits, head.seq, head.root, head.records, None)
+        if m.size == head.size and chain == head.chain:
+            return ("up-to-date", *done)
+        if m.size < head.size and extends(wh, head, m.size, m.seq + 1, chain):
+            return ("ahead", *done)
+        if m.size < head.size or not remote_has(remote, m, head.size, head.chain):
+            raise diverged(wh, head, remote, m, str(p), "pull into a new file to keep both")
+        tmp = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+            try:
+                _copy(wh.fd, fd, head.size)
+                got = _download(remote, m, head.size, fd, head.size, progress)
+            finally:
+                os.close(fd)
+            rep = _check(remote, m, tmp, trust, head.size, head.records, progress)
+            _append(wh, tmp, head, m, p, progress)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return "pulled", m.generation, got, m.commits, m.seq, m.root, rep.records, rep.signed_prefix
+    finally:
+        wh.close()
+
+
+def _download(remote: Remote, m: Manifest, start: int, fd: int, at: int, progress: Progress | None) -> int:
+    """Write the remote's bytes [start, size) at ``at`` of ``fd``: whole segments checked by
+    their SHA-256; the one ``start`` cuts (if any) by a ranged read, checked by the chain."""
+    got, total = 0, m.size - start
+    for seg in m.segments:
+        if seg.end <= start:
+            continue
+        if seg.offset < start:
+            data = remote.read_range(seg.name, start - seg.offset, seg.size)
+            if len(data) != seg.end - start:
+                raise RemoteCorrupt(f"{remote.shown}/{seg.name}: shorter than its manifest entry",
+                                    check="remote-segment")
+            parts = [data]
+        else:
+            digest, n, parts = hashlib.sha256(), 0, []
+            for c in remote.chunks(seg.name, seg.size):
+                digest.update(c)
+                n += len(c)
+                parts.append(c)
+                if n > seg.size:
+                    break
+            if n != seg.size or digest.hexdigest() != seg.sha256:
+                raise RemoteCorrupt(f"{remote.shown}/{seg.name}: its bytes do not match the manifest's SHA-256 "
+                                    "(a damaged or tampered object): refused", check="remote-segment")
+        for c in parts:
+            _pwrite_all(fd, c, at)
+            at += len(c)
+            got += len(c)
+            if progress is not None:
+                progress("download", got, total)
+    return got
+
+
+def _check(remote: Remote, m: Manifest, tmp: Path, trust: Any, local_size: int, local_records: int,
+           progress: Progress | None) -> Any:
+    """Verify the assembled file (19.7): every check of 13.3, the manifest's claims, and the anchor."""
+    if progress is not None:
+        progress("verify", 0, 1)
+    rep = verify(tmp, trust=trust)
+    if not rep.ok:
+        e = rep.first_error or {}
+        off, check = e.get("offset"), str(e.get("check"))
+        if check.startswith("trust") or off is None:
+            raise RemoteUntrusted(f"{remote.shown}: refused: {e.get('message')} ({check})")
+        where = (f"{remote.shown}/{m.covering(off).name}" if local_size <= off < m.size else
+                 f"{remote.shown}" if off >= local_size else "the local file")
+        raise RemoteCorrupt(f"{where}: refused: {check} at offset {off}: {e.get('message')}", check=check)
+    if (rep.file_id, rep.last_seq, rep.root, rep.bytes, rep.torn_tail) != (m.file_id, m.seq, m.root, m.size, 0):
+        raise RemoteCorrupt(f"{remote.shown}: the segments do not make the commit the manifest names "
+                            f"(seq {m.seq}, root {m.root[:16]})", check="remote-manifest")
+    if trust is not None and rep.records > local_records and (rep.unsigned or {}).get("records"):
+        raise RemoteUntrusted(f"{remote.shown}: refused: {rep.unsigned['records']} record(s) after the last "  # type: ignore[index]
+                              f"checkpoint signed by the trusted key are not covered by its signature")
+    return rep
+
+
+def _append(wh: WriteHandle, tmp: Path, head: Head, m: Manifest, p: Path, progress: Progress | None) -> None:
+    """Append the verified bytes [head.size, m.size) of ``tmp`` to the local file as a writer
+    would (6.4). A torn tail there must be those very bytes (an interrupted pull)."""
+    src = ReadHandle(tmp)
+    try:
+        if head.torn and (head.torn > m.size - head.size
+                          or wh.pread(head.size, head.torn) != src.pread(head.size, head.torn)):
+            raise SyncError(f"{p}: a torn tail of {head.torn} bytes follows its last commit and is not the "
+                            f"remote's; open it for writing once (it recovers, 8.3), then sync again")
+        rd = Reader(src, head.size, m.size, head.seq + 1, head.chain, head.header.max_frame_len)
+        pending = head.size  # the first byte not yet written
+        for fh, _, _ in rd.frames():
+            if fh.ftype == C.FT_INDEX and fh.offset > pending:  # 6.4: frames before an INDEX durable first
+                _write(wh, src, pending, fh.offset)
+                pending = fh.offset
+            if fh.ftype == C.FT_COMMIT:
+                _write(wh, src, pending, fh.end)
+                pending = fh.end
+                if progress is not None:
+                    progress("append", fh.end - head.size, m.size - head.size)
+        if pending != m.size:  # _check proved the last commit ends at m.size
+            raise SyncError(f"{p}: the pulled tail does not end with a commit")
+    finally:
+        src.close()
+
+
+def _write(wh: WriteHandle, src: ReadHandle, a: int, b: int) -> None:
+    at = a
+    while at < b:
+        data = src.pread(at, min(8 << 20, b - at))
+        wh.append_at(at, data)
+        at += len(data)
+    wh.sync()
+
+
+def _copy(src_fd: int, dst_fd: int, n: int) -> None:
+    done = 0
+    while done < n:
+        try:
+            k = os.copy_file_range(src_fd, dst_fd, n - done, done, done)
+        except OSError:
+            k = 0
+        if k <= 0:  # not supported here: plain reads
+            data = os.pread(src_fd, min(8 << 20, n - done), done)
+            if not data:
+                raise SyncError("the local file shrank while it was being pulled onto")
+            _pwrite_all(dst_fd, data, done)
+            k = len(data)
+        done += k
+
+
+def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+    view = memoryview(data)
+    while view:
+        k = os.pwrite(fd, view, at)
+        view, at = view[k:], at + k

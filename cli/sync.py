@@ -1,0 +1,113 @@
+"""``capsule push`` and ``capsule pull``: a capsule to and from object storage (spec 19)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from capsule.ingest.source import check_regular
+
+from ._errors import call
+from ._params import FileArg, JsonOpt, WaitOpt
+from ._render import emit_json, err, isatty, out
+
+UrlArg = Annotated[str, typer.Argument(help="Remote capsule: any fsspec URL (s3://bucket/prefix/name, "
+                                       "file:///srv/capsules/name, memory://name). Credentials come from the "
+                                       "store's usual environment or config.", metavar="URL", show_default=False)]
+
+
+def _with_progress(json_out: bool, run: Callable[[Callable[[str, int, int], None] | None], Any]) -> Any:
+    """Run ``run(progress)``; a bar on stderr when it is a terminal (never with --json)."""
+    if json_out or not isatty(sys.stderr):
+        return run(None)
+    from rich.progress import BarColumn, DownloadColumn, Progress
+
+    with Progress("{task.description}", BarColumn(), DownloadColumn(), console=err.rich, transient=True) as bar:
+        task = bar.add_task("contacting", total=None)
+        return run(lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total))
+
+
+def push(
+    path: FileArg,
+    url: UrlArg,
+    as_name: Annotated[str | None, typer.Option("--as", metavar="NAME", help="Push beside URL, under this name in "
+                                                "the same folder (for a copy that diverged from URL).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Push the committed part of a capsule; only the tail the remote lacks is sent.
+
+    The remote must be a prefix of FILE (same chain value at its last commit); if the two
+    diverged (a fork), push refuses with exit 1 naming both and the last common commit.
+    FILE is only read. Two pushes racing on one URL: one wins, the other says "remote moved".
+
+    Examples:
+      capsule push agent.capsule s3://fleet/agents/agent-7
+      capsule push agent.capsule s3://fleet/agents/agent-7 --as agent-7-laptop --json
+    """
+    import capsule.sync
+
+    rep = call(lambda: _with_progress(json_out, lambda pr: capsule.sync.push(path, url, as_name=as_name,
+                                                                                progress=pr)))
+    if json_out:
+        emit_json(rep.to_dict())
+        return
+    if rep.status == "up-to-date":
+        out.print(f"{rep.url} is up to date (commit {rep.commits}, generation {rep.generation})", markup=False)
+        return
+    merged = f", {rep.merged_bytes} re-sent to merge segments" if rep.merged_bytes else ""
+    out.print(f"pushed {path} to {rep.url}: generation {rep.generation}, commit {rep.commits} (seq {rep.seq}); "
+              f"{rep.tail_bytes} new bytes, {rep.bytes} written{merged}", markup=False)
+
+
+def pull(
+    url: UrlArg,
+    path: Annotated[Path, typer.Argument(help="Local capsule: created if absent, else extended (the remote must "
+                                         "extend it).", metavar="FILE", show_default=False)],
+    trust: Annotated[str | None, typer.Option("--trust", metavar="KEY.pub", help="Refuse the remote unless a "
+                                              "checkpoint signed by this key (or keyset hash) covers its new "
+                                              "records (spec 13.4).")] = None,
+    wait: WaitOpt = 0.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pull a remote capsule into a new file, or append what a local copy lacks.
+
+    Every byte is verified before it lands: segment SHA-256s, then the whole capsule
+    (chain, Merkle roots, records) and, with --trust, the signatures. An existing FILE is
+    extended under its writer lock, one commit at a time.
+
+    Examples:
+      capsule pull s3://fleet/agents/agent-7 agent.capsule
+      capsule pull s3://fleet/agents/agent-7 agent.capsule --trust agent.key.pub --json
+    """
+    import capsule.sync
+
+    def go() -> Any:
+        anchor: Any = None
+        if trust is not None:
+            tp = Path(trust)
+            if tp.exists():
+                check_regular(tp, "--trust ")
+                anchor = capsule.load_public_key(tp)
+            elif len(trust) == 64 and all(c in "0123456789abcdefABCDEF" for c in trust):
+                anchor = trust.lower()
+            else:
+                raise capsule.UsageError(f"--trust {trust!r} is neither a key file nor a keyset hash")
+        if path.exists():
+            check_regular(path)
+        return _with_progress(json_out, lambda pr: capsule.sync.pull(url, path, trust=anchor, progress=pr,
+                                                                        timeout=wait or None))
+
+    rep = call(go)
+    if json_out:
+        emit_json(rep.to_dict())
+        return
+    said = {"created": f"created {rep.path} from {rep.url}",
+            "pulled": f"pulled {rep.url} into {rep.path}",
+            "up-to-date": f"{rep.path} is up to date with {rep.url}",
+            "ahead": f"{rep.path} is ahead of {rep.url} (push it)"}[rep.status]
+    signed = f"; signed through seq {rep.signed_prefix['seq']}" if rep.signed_prefix else ""
+    out.print(f"{said}: commit {rep.commits} (seq {rep.seq}), {rep.bytes} bytes downloaded{signed}", markup=False)
