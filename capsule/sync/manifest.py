@@ -26,13 +26,15 @@ SEGMENT_DIR = "segments"
 #: 19.2: bounds a reader checks before it parses or allocates (a writable bucket is hostile input)
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_SEGMENTS = 65_536
+#: 19.2: generations are 1 .. 2**63 - 1; a name with a larger number is not a manifest's
+MAX_GENERATION = (1 << 63) - 1
 #: 19.5: a push merges the newest segments while MERGE_RUN of them lie in the new one's size tier
 MERGE_RUN = 3
 
-_MANIFEST_RE = re.compile(r"^(\d{20})\.json$")
-_SEGMENT_RE = re.compile(r"^segments/(\d{20})-([0-9a-f]{64})\.seg$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_MANIFEST_RE = re.compile(r"([0-9]{20})\.json")  # fullmatch: `$` would let a trailing newline by
+_SEGMENT_RE = re.compile(r"segments/([0-9]{20})-([0-9a-f]{64})\.seg")  # fullmatch, ASCII digits (19.1)
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # fullmatch
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 def manifest_name(generation: int) -> str:
@@ -42,8 +44,8 @@ def manifest_name(generation: int) -> str:
 
 def parse_manifest_name(name: str) -> int | None:
     """The generation a manifest object's base name carries, or None for any other name."""
-    m = _MANIFEST_RE.match(name)
-    return int(m.group(1)) if m and int(m.group(1)) >= 1 else None
+    m = _MANIFEST_RE.fullmatch(name)
+    return int(m.group(1)) if m and 1 <= int(m.group(1)) <= MAX_GENERATION else None
 
 
 def segment_name(offset: int, chain: bytes) -> str:
@@ -117,9 +119,21 @@ def _int(d: dict[str, Any], key: str, name: str, lo: int = 0) -> int:
 
 def _hex(d: dict[str, Any], key: str, name: str, pattern: re.Pattern[str] = _HEX64) -> str:
     v = d.get(key)
-    if not isinstance(v, str) or not pattern.match(v):
+    if not isinstance(v, str) or not pattern.fullmatch(v):
         raise RemoteCorrupt(f"{name}: `{key}` is not lowercase hex of the right length", check="remote-manifest")
     return v
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """19.2: one value per key; two readers must not see two manifests in one object."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("a key appears twice")
+    return d
+
+
+def _no_constant(word: str) -> Any:
+    raise ValueError(f"{word} is not JSON")  # NaN, Infinity: Python's json takes them, JSON does not
 
 
 def parse_manifest(data: bytes, name: str) -> Manifest:
@@ -131,7 +145,7 @@ def parse_manifest(data: bytes, name: str) -> Manifest:
         raise RemoteCorrupt(f"{name}: {len(data)} bytes, over the {MAX_MANIFEST_BYTES} a manifest may have",
                             check="remote-manifest")
     try:
-        d = json.loads(data.decode("utf-8"))
+        d = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise RemoteCorrupt(f"{name}: not a complete JSON manifest", check="remote-manifest") from None
     keys = {"format", "generation", "prev", "file_id", "size", "commits", "seq", "commit_offset", "chain", "root",
@@ -157,7 +171,7 @@ def parse_manifest(data: bytes, name: str) -> Manifest:
         if not isinstance(s, dict) or set(s) != {"name", "offset", "size", "sha256"}:
             raise RemoteCorrupt(f"{name}: a segment entry is not {{name, offset, sha256, size}}",
                                 check="remote-manifest")
-        m = _SEGMENT_RE.match(s["name"]) if isinstance(s["name"], str) else None
+        m = _SEGMENT_RE.fullmatch(s["name"]) if isinstance(s["name"], str) else None
         off, n = _int(s, "offset", name), _int(s, "size", name, 1)
         if m is None or int(m.group(1)) != off or off != at:
             raise RemoteCorrupt(f"{name}: segment {s['name']!r} is not named for, or does not start at, "

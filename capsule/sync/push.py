@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..format.file import ReadHandle
-from ._errors import Diverged, RemoteMoved, SyncError
+from ._errors import Diverged, RemoteCorrupt, RemoteMoved, SyncError
 from .head import RemoteHead, read_head, remote_has
-from .manifest import Manifest, Segment, manifest_name, plan_segments, segment_name
+from .manifest import MAX_GENERATION, Manifest, Segment, manifest_name, plan_segments, segment_name
 from .prefix import Head, commits_of, describe, extends, head_of, last_common
 from .remote import Remote
 
@@ -79,13 +79,16 @@ def push(path: str | Path, url: str, *, as_name: str | None = None,
             assert m is not None
             return PushResult(remote.shown, "up-to-date", m.generation, 0, 0, 0, len(m.segments), head.commits,
                               head.seq, head.root, rh.skipped)
+        gen = rh.top + 1
+        if gen > MAX_GENERATION:  # 19.2: no reader would ever take it, so a "pushed" would be a lie
+            raise RemoteCorrupt(f"{remote.shown}: {manifest_name(rh.top)} leaves no generation to publish "
+                                f"(at most {MAX_GENERATION}); remove it or push elsewhere", check="remote-manifest")
         spans, keep = plan_segments(old, (start, head.size))
         (a, b), = spans[keep:]  # every merged span ends at the local last commit
         name = segment_name(a, head.chain)
         digest = hashlib.sha256()
         remote.write(name, _chunks(h, a, b, digest, progress))
         segs = (*old[:keep], Segment(name, a, b - a, digest.hexdigest()))
-        gen = rh.top + 1
         m = Manifest(gen, rh.prev(), head.file_id, head.size, head.commits, head.seq, head.commit_offset,
                      head.chain.hex(), head.root, segs)
         data = m.encode()

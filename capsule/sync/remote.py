@@ -30,7 +30,9 @@ from ..core.errors import UsageError
 from ._errors import RemoteCorrupt, RemoteError
 
 _MEM_LOCK = threading.Lock()  # memory:// is one process's dict: create-only under a lock
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+_USERINFO = re.compile(r"(?<=://)[^/\s]*@")  # greedy: a password may hold an unescaped `@`
+#: ``--as NAME``: one plain path component, letters (any script), digits and ``._-``, not hidden
+_PLAIN_NAME = re.compile(r"[^\W_][\w.-]{0,199}")
 _SECRET_ENV = re.compile(r"SECRET|TOKEN|PASSW|ACCESS_KEY|CREDENTIAL|SESSION|_KEY$", re.IGNORECASE)
 
 
@@ -62,6 +64,11 @@ class Remote:
         if not isinstance(url, str) or not url.strip("/"):
             raise UsageError(f"not a remote URL: {url!r}")
         self.url = url.rstrip("/")
+        # A store quotes the URL's parts in its own words (botocore: `Invalid bucket name
+        # "user:pass@bucket"`), without the `://` scrub() keys on: drop the user-info itself too.
+        if (ui := _USERINFO.search(self.url)) is not None and len(ui.group()) > 1:
+            info = ui.group()[:-1]
+            self._secrets += [info, *info.split(":", 1)[1:]]
         self.shown = scrub(self.url, self._secrets)
         self._options = dict(storage_options or {})
         try:
@@ -80,8 +87,12 @@ class Remote:
 
     def sibling(self, name: str) -> Remote:
         """The remote capsule ``name`` beside this one (``push --as NAME``)."""
-        if not name or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
-            raise UsageError(f"--as {name!r}: a plain name, without slashes, is needed")
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or name.endswith("."):
+            raise UsageError(f"--as {name!r}: a plain name is needed (letters, digits and `._-`, no slash, "
+                             "not starting with `.`, at most 200 characters)")
+        if self.kind not in ("local", "memory") and "/" not in self.root.strip("/"):
+            raise UsageError(f"--as {name}: {self.shown} is a whole bucket, so its sibling would be another "
+                             "bucket; push to a prefix inside one (s3://bucket/agents/name)")
         return Remote(self.url.rsplit("/", 1)[0] + "/" + name, self._options)
 
     def _path(self, name: str) -> str:
