@@ -232,14 +232,14 @@ def check_frame_body(fh: FrameHeader, payload: bytes, trailer: bytes, prev_chain
     return chain, leaf_hash(fh.raw, ph)
 
 
-_dctx: zstandard.ZstdDecompressor | None = None  # made on first use (start-up)
-
-
 def _decompressor() -> zstandard.ZstdDecompressor:
-    global _dctx
-    if _dctx is None:
-        _dctx = zstandard.ZstdDecompressor()
-    return _dctx
+    """One decompressor per thread, made on first use (start-up). python-zstandard's
+    decompressor holds one native context and is not safe to share: two threads reading
+    at once made one of them fail a good frame ('Destination buffer is too small')."""
+    d: zstandard.ZstdDecompressor | None = getattr(_tls, "zd", None)
+    if d is None:
+        d = _tls.zd = zstandard.ZstdDecompressor()
+    return d
 
 
 def raw_payload(fh: FrameHeader, payload: bytes) -> bytes:
