@@ -99,3 +99,39 @@ def test_create_exist_ok_races_between_processes(tmp_path) -> None:
         assert out == ["ok"] * 4
         with capsule.open(path) as cap:
             assert sorted(r.text for r in cap.records("memory")) == [f"from process {i}" for i in range(4)]
+
+
+def test_create_exist_ok_waits_for_a_header_being_written(tmp_path) -> None:
+    """The loser of the create race can find the winner's file before its header is written
+    (CI saw 'not a capsule (no header)'): create(exist_ok=True) waits for it, up to its timeout."""
+    import shutil
+    import threading
+    import time
+
+    made = tmp_path / "made.capsule"
+    capsule.create(made).close()
+    p = tmp_path / "race.capsule"
+    p.write_bytes(b"")  # the winner's O_EXCL file, nothing in it yet
+
+    def finish() -> None:
+        time.sleep(0.2)
+        tmp = tmp_path / "whole"
+        shutil.copyfile(made, tmp)
+        p.write_bytes(tmp.read_bytes())  # its header and first commit land
+
+    th = threading.Thread(target=finish)
+    th.start()
+    try:
+        with capsule.create(p, exist_ok=True) as cap:
+            with cap.commit() as tx:
+                tx.remember("after the race")
+    finally:
+        th.join()
+    assert capsule.verify(p).ok
+    # a file that never gets a header is what it is once the wait is over
+    q = tmp_path / "empty.capsule"
+    q.write_bytes(b"")
+    t0 = time.monotonic()
+    with pytest.raises(capsule.CorruptError, match="no header"):
+        capsule.create(q, exist_ok=True, timeout=0.3)
+    assert 0.25 <= time.monotonic() - t0 < 5

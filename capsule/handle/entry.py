@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from time import time_ns
 
@@ -40,7 +41,7 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     """
     p = Path(path)
     if exist_ok and p.exists():
-        return open(p, "a", clock=clock, timeout=timeout)
+        return _open_made(p, clock, timeout)
     clock = clock or default_clock()
     if file_id is None:
         file_id = new_file_id(source_date_epoch())
@@ -53,9 +54,8 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     try:
         h = WriteHandle(p, create=True)
     except FileExistsError:
-        if exist_ok:  # another process created it since the check above: open what it made,
-            # waiting a moment (unless told) for its first commit and its lock
-            return open(p, "a", clock=clock, timeout=2.0 if timeout is None else timeout)
+        if exist_ok:  # another process created it since the check above: open what it made
+            return _open_made(p, clock, timeout)
         raise AlreadyExists(f"{p}: already exists") from None
     try:
         header = FileHeader(file_id)
@@ -70,6 +70,27 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
         p.unlink(missing_ok=True)
         raise
     return cap
+
+
+def _open_made(p: Path, clock: Clock | None, timeout: float | None) -> Capsule:
+    """``create(exist_ok=True)`` on a file that exists: open it for writing. Another process
+    may have just created it and not yet written its header and first commit (it holds the
+    writer lock meanwhile): a file without a whole header is waited for, up to ``timeout``
+    (default 2 s), before it is called what it then is."""
+    wait = 2.0 if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return open(p, "a", clock=clock, timeout=wait)
+        except DataError as e:
+            if getattr(e, "check", None) not in ("header-magic", "header-length") or time.monotonic() >= deadline:
+                raise
+            try:
+                if p.stat().st_size >= C.HEADER_SIZE:
+                    raise
+            except FileNotFoundError:
+                raise e from None
+            time.sleep(0.005)
 
 
 def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: str | int | None = None,  # noqa: A001
