@@ -122,9 +122,8 @@ def test_create_exist_ok_waits_for_a_header_being_written(tmp_path) -> None:
     th = threading.Thread(target=finish)
     th.start()
     try:
-        with capsule.create(p, exist_ok=True) as cap:
-            with cap.commit() as tx:
-                tx.remember("after the race")
+        with capsule.create(p, exist_ok=True) as cap, cap.commit() as tx:
+            tx.remember("after the race")
     finally:
         th.join()
     assert capsule.verify(p).ok
