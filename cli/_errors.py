@@ -30,6 +30,7 @@ import typer
 
 import capsule
 from capsule import CapsuleError, DataError, UsageError
+from capsule.core.stdio import claim_std_fds
 
 from ._render import err
 
@@ -83,26 +84,10 @@ def call(fn: Callable[[], T]) -> T:
 _CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
-def claim_std_fds() -> None:
-    """Put ``/dev/null`` on fd 0, 1 or 2 if the shell closed it (``capsule ... >&-``), before
-    any file is opened: else a capsule opened later would get that fd, and the output meant
-    for the terminal would be written into it. Output to a closed stream is dropped."""
-    for fd, flags, name in ((0, os.O_RDONLY, "stdin"), (1, os.O_WRONLY, "stdout"), (2, os.O_WRONLY, "stderr")):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, flags)
-            if null != fd:  # the lowest free fd is this one, unless a lower one was closed too
-                os.dup2(null, fd)
-                os.close(null)
-        if getattr(sys, name) is None:  # Python leaves sys.stdout None when fd 1 was closed at start
-            setattr(sys, name, open(fd, "r" if fd == 0 else "w", encoding="utf-8", closefd=False))  # noqa: SIM115
-
-
 def run_app(app: typer.Typer) -> None:
     """Run the app; a signal, exhausted memory and an unwritable stdout end it with
     one line, not a traceback."""
-    claim_std_fds()
+    claim_std_fds()  # before any capsule is opened: a closed fd 1 must not become the capsule's
     for s in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(s) is not signal.SIG_IGN:  # nohup and `cmd &` ignore them on purpose
             signal.signal(s, _on_signal)

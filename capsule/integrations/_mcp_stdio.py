@@ -45,6 +45,8 @@ import mcp.types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
+from ..core.stdio import claim_std_fds
+
 #: the longest JSON-RPC line read (a remember with a 65,536-float embedding is ~1.5 MB)
 MAX_LINE = 16 * 1024 * 1024
 #: how much of an over-long line is kept, to find the id of the request it was
@@ -60,16 +62,8 @@ class _TooLong:
 
 def claim_stdio() -> None:
     """Put ``/dev/null`` on fd 0 or 1 if it is closed (``capsule serve ... <&-``), before any
-    file is opened: else the capsule would get that fd and be read as requests, or be where
-    the answers go. A closed stdin then reads as an empty input, a closed stdout drops answers."""
-    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY)):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, flags)
-            if null != fd:  # the lowest free fd is this one, unless a lower one was closed too
-                os.dup2(null, fd)
-                os.close(null)
+    file is opened: a closed stdin then reads as an empty input, a closed stdout drops answers."""
+    claim_std_fds((0, 1))
 
 
 def _is_pipe(f: Any) -> bool:
