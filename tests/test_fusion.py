@@ -491,3 +491,21 @@ def test_cli_help_names_the_options(tmp_path: Path) -> None:
     assert r.returncode == 0
     for opt in ("--fusion", "--lexical-weight", "--explain"):
         assert opt in r.stdout
+
+
+def test_a_query_embedder_other_than_the_capsules_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors made by one embedder and a query embedded by another of the same dimension are
+    not comparable: a one-line error (CLI exit 2), not quietly meaningless results."""
+    p = tmp_path / "h.capsule"
+    with capsule.create(p) as cap:
+        cap.configure_vectors(dim=384, embedder="hash")
+        with cap.commit() as tx:
+            tx.remember("deploy the vault", embedding=capsule.get_embedder("hash").embed(["deploy the vault"])[0])
+        from capsule.search import embed as _embed
+
+        monkeypatch.setitem(_embed._REGISTRY, "other384", lambda: capsule.HashEmbedder(384))
+        with pytest.raises(capsule.UsageError, match="made by hash; a query embedded by other384"):
+            cap.search("vault", mode="vector", embedder="other384")
+        assert cap.search("vault", mode="vector", embedder="hash")[0].text == "deploy the vault"
+    r = cli("search", p, "vault", "--mode", "hybrid", "--embedder", "e5-small", cwd=tmp_path)
+    assert r.returncode == 2 and "made by hash" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -581,6 +581,10 @@ def _embed_query(s: Searcher, text: str, embedder: str | Embedder | None) -> np.
     if not name:
         raise UsageError("this capsule's vectors came from the agent, not a named embedder: pass the query as a "
                          "vector (--vector), or name the embedder that made them (--embedder)")
+    asked = embedder if isinstance(embedder, str) else getattr(embedder, "name", None)
+    if embedder is not None and p.embedder and asked != p.embedder:  # 16.5: unlike vectors, whatever the dim
+        raise UsageError(f"this capsule's vectors were made by {p.embedder}; a query embedded by {asked} would "
+                         f"not be comparable (name {p.embedder}, or pass a query vector)")
     e = get_embedder(name)
     if e.dim != p.dim:
         raise UsageError(f"embedder {e.name} gives {e.dim}-dimensional vectors; this capsule's have {p.dim}")
