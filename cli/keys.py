@@ -66,3 +66,56 @@ def rotate_keys(
         return
     gone = f"; revoked {', '.join(info['revoked'])}" if info["revoked"] else ""
     out.print(f"keyset v{info['version']}: {info['threshold']} of {', '.join(info['keys'])}{gone}")
+
+
+def rekey(
+    path: FileArg,
+    add: Annotated[list[Path] | None, typer.Option("--add-recipient", metavar="KEY.pub", show_default=False,
+                                                   help="A public key that may open the capsule from now on "
+                                                   "(repeat; appends a key slot).")] = None,
+    remove: Annotated[list[Path] | None, typer.Option("--remove-recipient", metavar="KEY.pub", show_default=False,
+                                                      help="A public key that may no longer open it (repeat; "
+                                                      "rewrites the file under a new file key).")] = None,
+    new_passphrase_env: Annotated[str | None, typer.Option("--new-passphrase-env", metavar="VAR",
+                                                           show_default=False,
+                                                           help="Set the passphrase to the one in this environment "
+                                                           "variable (replaces any; rewrites the file).")] = None,
+    drop_passphrase: Annotated[bool, typer.Option("--drop-passphrase", help="The passphrase no longer opens it "
+                                                  "(rewrites the file).")] = False,
+    out_path: Annotated[Path | None, typer.Option("-o", "--out", help="With a rewrite: write this new file instead "
+                                                  "of replacing FILE in place.")] = None,
+    wait: WaitOpt = 0.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change who can open an encrypted capsule (spec 10.3).
+
+    Adding a recipient appends a key slot for the same file key. Removing one (or
+    changing the passphrase) compacts the capsule (policy history) under a new file
+    key the removed key never sees, in place or to --out. Open it with --identity KEY
+    or --passphrase-env VAR.
+
+    Examples:
+      capsule rekey agent.capsule -i me.key --add-recipient colleague.key.pub
+      capsule rekey agent.capsule -i me.key --remove-recipient colleague.key.pub
+    """
+    import capsule
+
+    from ._keys import passphrase_from
+
+    def go() -> dict[str, Any]:
+        from capsule.ingest.source import check_regular
+
+        for p in [*(add or []), *(remove or [])]:
+            check_regular(p, "--add-recipient " if p in (add or []) else "--remove-recipient ")
+        return capsule.rekey(path, add=[capsule.load_public_key(p) for p in add or []],
+                             remove=[capsule.load_public_key(p) for p in remove or []],
+                             new_passphrase=passphrase_from(new_passphrase_env), drop_passphrase=drop_passphrase,
+                             out=out_path, timeout=wait or None)
+
+    info = call(go)
+    if json_out:
+        emit_json(info)
+        return
+    who = ", ".join(info["recipients"]) or "no recipient"
+    out.print(f"{info['path']}: {'key slot appended' if info['how'] == 'appended' else 'rewritten under a new file key'}"
+              f"; opens with {who}{' and the passphrase' if info['passphrase'] else ''}", markup=False)

@@ -16,6 +16,7 @@ from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import call
 from ._help import literal
+from ._keys import EncryptOpt, RecipientOpt, encryption
 from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, parse_meta, valid_at_iso
 from ._render import emit_json, err, isatty, out, warn
 from .records import AnyTagOpt, KindOpt, MetaOpt, SinceOpt, TagOpt, TierOpt, UntilOpt, hit_table
@@ -180,6 +181,8 @@ def pack(
     prune: Annotated[bool, typer.Option("--prune", help="With --append and a folder: forget the chunks of files "
                                         "no longer in it (a reason names each path).")] = False,
     wait: WaitOpt = 0.0,
+    encrypt: EncryptOpt = False,
+    recipient: RecipientOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Ingest text files (chunked; path, chunk and file SHA-256 kept in meta) or JSONL records.
@@ -205,6 +208,10 @@ def pack(
         emb: Any = None if embedder == "none" else embedder
         kw: dict[str, Any] = {"embedder": emb, "batch": batch, "append": append, "warn": warn,
                               "timeout": wait or None, "prune": prune}
+        enc = encryption(encrypt, recipient)  # 10: a new capsule sealed for these readers
+        if enc and append:
+            raise capsule.UsageError("--encrypt is for a new capsule; --append opens one with --identity")
+        kw.update({k: v for k, v in enc.items() if k in ("recipients", "passphrase")})
         if json_out or not isatty(sys.stderr):
             return capsule.pack(src, output, **kw)
         with Progress("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,

@@ -17,19 +17,28 @@ from capsule.ingest.jsonl import JsonLines, loads
 from capsule.ingest.source import open_regular
 
 from ._errors import EXIT_DATA, EXIT_USAGE, call, fail
+from ._keys import EncryptOpt, RecipientOpt, encryption
 from ._params import META_RULE, AtOpt, FileArg, JsonOpt, WaitOpt, parse_meta
 from ._render import Table, cell, emit_json, out, warn, write_out
 
 
-def init(path: FileArg, json_out: JsonOpt = False) -> None:
+def init(path: FileArg, encrypt: EncryptOpt = False, recipient: RecipientOpt = None,
+         json_out: JsonOpt = False) -> None:
     """Create a new, empty capsule.
 
-    Example: capsule init agent.capsule
+    With --encrypt its contents are sealed at rest (spec 10) for each --recipient (a
+    capsule public key, as `capsule keygen` writes it) and/or the passphrase in
+    --passphrase-env VAR; reading it then needs --identity KEY or that passphrase.
+
+    Examples:
+      capsule init agent.capsule
+      capsule init agent.capsule --encrypt --recipient agent.key.pub
     """
 
     def go() -> dict[str, Any]:
-        with capsule.create(path) as cap:
-            return {"file": str(path), "file_id": cap.file_id, "state_root": cap.state_root}
+        with capsule.create(path, **encryption(encrypt, recipient)) as cap:
+            return {"file": str(path), "file_id": cap.file_id, "state_root": cap.state_root,
+                    "encrypted": cap.encrypted}
 
     info = call(go)
     if json_out:

@@ -531,10 +531,13 @@ def test_memory_meta_nesting_deeper_than_the_limit_is_refused(tmp_path: Path) ->
     [
         ("major-2", {"major": 2}, capsule.UnsupportedError, "header-version"),
         ("major-255", {"major": 255, "minor": 255}, capsule.UnsupportedError, "header-version"),
-        ("flag-encrypted", {"flags": C.HFLAG_ENCRYPTED}, capsule.UnsupportedError, "header-flags"),
+        # 2.3, 10: the encrypted flag and an AEAD algorithm come together or not at all
+        ("flag-encrypted", {"flags": C.HFLAG_ENCRYPTED}, capsule.CorruptError, "header-flags"),
         ("flag-unknown", {"flags": 0x8000}, capsule.UnsupportedError, "header-flags"),
         ("hash-alg", {"h": 2}, capsule.UnsupportedError, "header-algorithms"),
-        ("aead-alg", {"a": C.AEAD_CHACHA20_POLY1305}, capsule.UnsupportedError, "header-algorithms"),
+        ("aead-alg", {"a": C.AEAD_CHACHA20_POLY1305}, capsule.CorruptError, "header-flags"),
+        ("aead-gcm-reserved", {"a": C.AEAD_AES256_GCM, "flags": C.HFLAG_ENCRYPTED}, capsule.UnsupportedError,
+         "header-algorithms"),
         ("reserved", {"reserved": b"\x01" + bytes(23)}, capsule.UnsupportedError, "header-reserved"),
         ("max-frame-too-small", {"max_len": C.FRAME_OVERHEAD}, capsule.CorruptError, "header-limits"),
         ("max-frame-too-big", {"max_len": C.MAX_FRAME_LEN_CEILING + 1}, capsule.CorruptError, "header-limits"),
@@ -564,7 +567,7 @@ def test_future_major_version_cli(tmp_path: Path) -> None:
 # --- unknown frame types ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ftype", [C.FT_KEYSLOT, C.FT_SESSION, 0xC1, 0xFF])
+@pytest.mark.parametrize("ftype", [C.FT_SESSION, 0xC1, 0xFF])
 def test_unknown_critical_frame_is_refused(tmp_path: Path, ftype: int) -> None:
     path = tmp_path / "a.capsule"
     build_base(path)
@@ -572,6 +575,16 @@ def test_unknown_critical_frame_is_refused(tmp_path: Path, ftype: int) -> None:
     rep = assert_refused(path, capsule.UnsupportedError)
     assert rep.first_error is not None
     assert (rep.first_error["offset"], rep.first_error["check"]) == (off, "frame-type")
+
+
+def test_keyslot_frame_in_a_plain_capsule_fails_verify(tmp_path: Path) -> None:
+    """10.3: key slots belong to encrypted files; one in a plain file is damage, named where it is."""
+    path = tmp_path / "a.capsule"
+    build_base(path)
+    (off,) = append_frames(path, [(C.FT_KEYSLOT, 0, b"\x80", 1)])
+    rep = capsule.verify(path)
+    assert not rep.ok and rep.first_error is not None
+    assert (rep.first_error["offset"], rep.first_error["check"]) == (off, "keyslot")
 
 
 @pytest.mark.parametrize("ftype", [C.FT_BLOB, 0x0C, 0x7F])

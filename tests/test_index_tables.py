@@ -24,7 +24,7 @@ from capsule.core.errors import CorruptError
 from capsule.format import canonical as canon
 from capsule.format.commit import parse_index_payload
 from capsule.format.index import ENTRY_SIZE, Segment, SegmentRef, build_table, prefixes_of
-from capsule.verifier.check import _tables_match
+from capsule.verifier.tables import tables_match as _tables_match
 
 from .test_tamper import read_frames
 

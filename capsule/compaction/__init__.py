@@ -6,6 +6,7 @@ its parent, and the handle reaches it only by name, at call time (``Capsule.comp
 """
 
 from .plan import POLICIES, Plan, make_plan
+from .rekey import rekey
 from .rewrite import compact, compact_handle
 
-__all__ = ["POLICIES", "Plan", "compact", "compact_handle", "make_plan"]
+__all__ = ["POLICIES", "Plan", "compact", "compact_handle", "make_plan", "rekey"]

@@ -33,12 +33,14 @@ from ..core.errors import AlreadyExists, CapsuleError, CorruptError, UsageError,
 from ..format import canonical as canon
 from ..format.batch import RecordBatch
 from ..format.checkpoint import Lineage
+from ..format.crypto import FrameCipher, parse_keyslots
 from ..format.file import WriteHandle, fsync_dir
 from ..format.frames import FileHeader, Merkle, new_file_id
 from ..format.keys import PrivateKey
 from ..format.records import decode_record
 from ..format.scan import Snapshot
 from ..handle.capsule import Capsule
+from ..handle.encrypting import Rekey, encrypted_header, like_parent
 from ..handle.entry import open as open_capsule
 from ..search.part import SNAPSHOT_ON_CLOSE
 from .plan import _EMB_KEY, POLICIES, Plan, commits, make_plan
@@ -90,7 +92,9 @@ def _vectors_worth_it(plan: Plan) -> bool:
 
 def compact(path: str | Path, out: str | Path | None = None, keep: str = "history",
             key: PrivateKey | Sequence[PrivateKey] | None = None,
-            *, timeout: float | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+            *, timeout: float | None = None, progress: Callable[[int, int], None] | None = None,
+            identity: PrivateKey | None = None, passphrase: bytes | str | None = None,
+            rekey: Rekey | None = None) -> dict[str, Any]:
     """Compact ``path`` under a policy (spec 15.1) and return a report (counts, bytes, rate).
 
     ``keep``: ``"history"`` (every record but redacted payloads; old index tables and
@@ -100,6 +104,8 @@ def compact(path: str | Path, out: str | Path | None = None, keep: str = "histor
     writes a new file (refused if it exists); without it the file is replaced in place
     (temporary file, fsync, rename, fsync of the folder). ``key`` signs a checkpoint of
     the compacted head. ``timeout``: wait that long for another writer, as :func:`open`.
+    An encrypted capsule (``identity`` or ``passphrase`` open it) compacts into one
+    encrypted under a new file key for the same recipients (``rekey`` changes them, 10.3).
 
     >>> import capsule
     >>> with capsule.create("c.capsule") as cap:
@@ -122,8 +128,9 @@ def compact(path: str | Path, out: str | Path | None = None, keep: str = "histor
         raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)")
     if not dest.parent.is_dir():
         raise UsageError(f"{dest.parent}: no such directory")
-    with open_capsule(src_path, "a", timeout=timeout) as src:  # the writer lock, held to the rename (6.5)
-        return _compact(src, src_path, dest, out is None, keep, key, progress)
+    with open_capsule(src_path, "a", timeout=timeout, identity=identity,
+                      passphrase=passphrase) as src:  # the writer lock, held to the rename (6.5)
+        return _compact(src, src_path, dest, out is None, keep, key, progress, rekey)
 
 
 def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "history",
@@ -146,7 +153,7 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
 
 def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str,
              key: PrivateKey | Sequence[PrivateKey] | None,
-             progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+             progress: Callable[[int, int], None] | None, rekey: Rekey | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     snap = src._snap
     if snap.commit is None:
@@ -160,6 +167,10 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
     sde = source_date_epoch()
     # 2.5: reproducible mode derives the id from the parent, its last commit and the policy
     fid = new_file_id(sde, lin.parent + lin.root + keep.encode()) if sde is not None else new_file_id()
+    # 10.3: an encrypted parent gives an encrypted file under a new file key (a removed recipient reads nothing)
+    r = rekey or Rekey()
+    enc = like_parent(src._h, fid, src._h.keys, add=r.add, remove=r.remove, new_passphrase=r.new_passphrase,
+                      drop_passphrase=r.drop_passphrase)
     if in_place:
         # A compaction killed before its rename left its temporary file; only a holder of
         # this lock writes one, so any still there is a dead compactor's.
@@ -167,7 +178,7 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
             stale.unlink(missing_ok=True)
     tmp = dest.parent / f".{dest.name}.compact-{secrets.token_hex(6)}"
     try:
-        _write(src, plan, lin, fid, tmp, key, (copy_keysets, carry_snapshots), progress)
+        _write(src, plan, lin, fid, tmp, key, (copy_keysets, carry_snapshots), progress, enc)
         if in_place:
             os.replace(tmp, dest)
         else:
@@ -192,14 +203,18 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
 
 def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
            key: PrivateKey | Sequence[PrivateKey] | None,
-           carry: tuple[Any, Any], progress: Callable[[int, int], None] | None) -> None:
+           carry: tuple[Any, Any], progress: Callable[[int, int], None] | None,
+           enc: tuple[FrameCipher, bytes] | None = None) -> None:
     copy_keysets, carry_snapshots = carry
     mems: list[Any] | None = [] if carry_snapshots is not None and _vectors_worth_it(plan) else None
     now = [plan.times[0]]
     h = _SyncAtEnd(tmp, create=True)
     try:
         # 15.1: minor 3 (LINEAGE's compaction keys), or the parent's when higher: it ranks as the parent did (12.8)
-        header = FileHeader(fid, minor=max(3, src._snap.header.minor))
+        minor = max(3, src._snap.header.minor)
+        header = FileHeader(fid, minor=minor) if enc is None else encrypted_header(fid, minor)
+        if enc is not None:
+            h.crypt, h.keyslots, h.keys = enc[0], parse_keyslots(enc[1], 0, 0), src._h.keys
         h.append_at(0, header.encode())
         cap = Capsule(tmp, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a",
                       lambda: now[0])
@@ -216,6 +231,8 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
             n, now[0] = groups[written]  # 15.1: the parent's commit time
             items, held = held[:n], held[n:]
             extra = [(C.FT_LINEAGE, canon.pack(lin.to_value()))] if written == 0 else []
+            if written == 0 and enc is not None:
+                extra.append((C.FT_KEYSLOT, enc[1]))  # 10.3: the slots open the file, after its LINEAGE
             batch, start = RecordBatch(items), cap._snap.end
             cap._write_commit(batch, extra=extra, defer_index=True)
             if len(batch):  # 16.8: the lexical catalog takes the records from here, not from the file

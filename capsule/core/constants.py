@@ -20,12 +20,13 @@ assert HEADER_STRUCT.size == HEADER_SIZE
 
 #: 2.3: header flag bits. v1 defines only ENCRYPTED, reserved for section 10.
 HFLAG_ENCRYPTED = 0x0001
-HFLAGS_KNOWN = 0x0000  # 2.3: no flag bit is usable in v1 yet; any set bit is refused.
+HFLAGS_KNOWN = HFLAG_ENCRYPTED  # 2.3: any other set bit is refused
 
 HASH_SHA256 = 1  # 2.1
 AEAD_NONE = 0  # 2.1
-AEAD_CHACHA20_POLY1305 = 1  # 2.1 (reserved, section 10)
-AEAD_AES256_GCM = 2  # 2.1 (reserved, section 10)
+AEAD_CHACHA20_POLY1305 = 1  # 2.1, 10
+AEAD_AES256_GCM = 2  # 2.1 (reserved)
+AEADS = frozenset({AEAD_NONE, AEAD_CHACHA20_POLY1305})  # 2.1: what this reader implements
 SIG_ED25519 = 1  # 2.1
 CODEC_ZSTD = 1  # 2.1
 
@@ -46,8 +47,8 @@ FT_KEYSET = 0x86  # 3.2, 14.9
 FT_LINEAGE = 0x89  # 3.2, 15
 FT_BLOB = 0x0A  # 3.2, 3.4 (non-critical): a part of a large blob (1.1)
 # 3.2: reserved for later versions of this format; v1 writers MUST NOT emit them.
-FT_KEYSLOT = 0x87
-FT_SESSION = 0x88
+FT_KEYSLOT = 0x87  # 3.2, 10.3
+FT_SESSION = 0x88  # reserved
 FT_TABLE = 0x0B  # 3.2 (non-critical): an index table, see 9.1
 FRAME_TYPE_NAMES = {
     FT_RECORDS: "RECORDS",
@@ -63,12 +64,16 @@ FRAME_TYPE_NAMES = {
     FT_TABLE: "TABLE",
 }
 KNOWN_FRAME_TYPES = frozenset(
-    {FT_RECORDS, FT_COMMIT, FT_INDEX, FT_RECOVERY, FT_TABLE, FT_CHECKPOINT, FT_KEYSET, FT_LINEAGE, FT_BLOB}
+    {FT_RECORDS, FT_COMMIT, FT_INDEX, FT_RECOVERY, FT_TABLE, FT_CHECKPOINT, FT_KEYSET, FT_LINEAGE, FT_BLOB,
+     FT_KEYSLOT}
 )
+#: 10.2: the frame types whose payloads are sealed in an encrypted file
+SEALED_TYPES = frozenset({FT_RECORDS, FT_INDEX, FT_TABLE, FT_BLOB})
 
 FFLAG_ZSTD = 0x01  # 3.3
-FFLAG_AEAD = 0x02  # 3.3 (reserved, section 10)
-FFLAGS_KNOWN = FFLAG_ZSTD
+FFLAG_AEAD = 0x02  # 3.3, 10.2: the payload is sealed
+FFLAGS_KNOWN = FFLAG_ZSTD | FFLAG_AEAD
+AEAD_OVERHEAD = 28  # 10.2: a sealed payload is nonce(12) || ciphertext || tag(16)
 
 BLOB_PART = 32 * 1024 * 1024  # 3.4: bytes of blob content per BLOB frame (all parts but the last)
 

@@ -126,19 +126,31 @@ def read_blob(src: object, ref: BlobRef, max_frame: int, end: int) -> tuple[np.n
 def _read_parts(src: object, ref: BlobRef, max_frame: int, end: int, mv: memoryview,
                 todo: queue.SimpleQueue[memoryview | None]) -> int:
     at, filled, seq = ref.offset, 0, None
+    sealed = getattr(src, "crypt", None) is not None  # 10.2: each part is opened whole
     for i in range(ref.parts):
         def bad(msg: str, at: int = at) -> CorruptError:
             return CorruptError(f"blob {ref.type}: {msg}", offset=at, check="blob")
 
-        fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=seq,  # type: ignore[attr-defined]
-                                max_frame_len=max_frame)
+        plain: bytes | None = None
+        if sealed:
+            from .scan import read_frame_at
+
+            head_fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=seq,  # type: ignore[attr-defined]
+                                         max_frame_len=max_frame)
+            if head_fh.end > end:
+                raise bad("part is not a plain BLOB frame inside the commit")
+            fh, plain, _, _ = read_frame_at(src, at, max_frame=max_frame, seq=seq)  # type: ignore[arg-type]
+        else:
+            fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=seq,  # type: ignore[attr-defined]
+                                    max_frame_len=max_frame)
         if fh.ftype != C.FT_BLOB or fh.flags or fh.end > end or fh.payload_len < 2:
             raise bad("part is not a plain BLOB frame inside the commit")
-        hl = _LEN.unpack(src.pread(fh.payload_offset, 2))[0]  # type: ignore[attr-defined]
+        hl = _LEN.unpack(plain[:2] if plain is not None else src.pread(fh.payload_offset, 2))[0]  # type: ignore[attr-defined]
         if 2 + hl > fh.payload_len:
             raise bad("part header runs past the frame")
         try:
-            head = canon.decode(src.pread(fh.payload_offset + 2, hl))  # type: ignore[attr-defined]
+            head = canon.decode(plain[2 : 2 + hl] if plain is not None
+                                else src.pread(fh.payload_offset + 2, hl))  # type: ignore[attr-defined]
         except NonCanonicalError as e:
             raise bad(str(e)) from None
         if head != {"id": ref.id, "part": i, "parts": ref.parts, "size": ref.size, "type": ref.type}:
@@ -147,7 +159,9 @@ def _read_parts(src: object, ref: BlobRef, max_frame: int, end: int, mv: memoryv
         if filled + n > ref.size or (i < ref.parts - 1 and n != C.BLOB_PART):
             raise bad("part sizes do not add up")
         chunk = mv[filled : filled + n]
-        if src.readinto(fh.payload_offset + 2 + hl, chunk) != n:  # type: ignore[attr-defined]
+        if plain is not None:
+            chunk[:] = plain[2 + hl :]
+        elif src.readinto(fh.payload_offset + 2 + hl, chunk) != n:  # type: ignore[attr-defined]
             raise bad("part runs past the end of the file")
         todo.put(chunk)
         filled += n

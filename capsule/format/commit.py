@@ -35,9 +35,10 @@ class CommitInfo:
     index: int | None  # offset of the INDEX frame in force
     index_hash: bytes | None  # SHA-256 of that INDEX frame's payload
     chain: bytes = b""  # the COMMIT frame's chain value
+    keyslots: int | None = None  # 10.3: offset of the newest KEYSLOT frame (encrypted files only)
 
     def to_value(self) -> dict[str, object]:
-        return {
+        v: dict[str, object] = {
             "commits": self.commits,
             "index": None if self.index is None else [self.index, self.index_hash],
             "prev": self.prev,
@@ -46,11 +47,17 @@ class CommitInfo:
             "time": self.time,
             "tree_size": self.seq,
         }
+        if self.keyslots is not None:
+            v["keyslots"] = self.keyslots
+        return dict(sorted(v.items()))  # 5.1: keys in UTF-8 order
 
 
 def encode_commit_payload(info: CommitInfo) -> bytes:
     """6.1-6.2: canonical map, then the 16-byte tail locator as the last payload bytes."""
     return canon.pack(info.to_value()) + _LOC.pack(C.TAIL_MAGIC, info.offset)
+
+
+_COMMIT_KEYS = {"commits", "index", "prev", "records", "root", "time", "tree_size"}
 
 
 def _fail(msg: str, offset: int, seq: int | None) -> CorruptError:
@@ -68,8 +75,11 @@ def parse_commit_payload(payload: bytes, offset: int, seq: int, end: int, chain:
     except NonCanonicalError as e:
         raise _fail(str(e), offset, seq) from e
     try:
-        if not isinstance(v, dict) or set(v) != {"commits", "index", "prev", "records", "root", "time", "tree_size"}:
+        if not isinstance(v, dict) or set(v) - {"keyslots"} != _COMMIT_KEYS:
             raise ValueError("fields")
+        ks = v.get("keyslots")
+        if "keyslots" in v and not (type(ks) is int and C.HEADER_SIZE <= ks < offset):
+            raise ValueError("keyslots")
         idx = v["index"]
         if idx is not None and not (
             isinstance(idx, list) and len(idx) == 2 and type(idx[0]) is int and isinstance(idx[1], bytes)
@@ -93,6 +103,7 @@ def parse_commit_payload(payload: bytes, offset: int, seq: int, end: int, chain:
     return CommitInfo(
         offset=offset, end=end, seq=seq, time=v["time"], root=v["root"], records=v["records"], commits=v["commits"], prev=prev,
         index=None if idx is None else idx[0], index_hash=None if idx is None else idx[1], chain=chain,
+        keyslots=ks,
     )
 
 

@@ -29,6 +29,7 @@ import os
 import socket
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import CapsuleNotFound, Locked, UsageError, WriterPoisoned
 
@@ -68,12 +69,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+if TYPE_CHECKING:
+    from .crypto import FrameCipher, KeySlots
+
+
 class ReadHandle:
     """Read-only access bounded by a fixed size: the reader's snapshot.
 
     Opened O_RDONLY; nothing here can write (a file opened for reading is
     never written).
     """
+
+    #: 10: the file's frame cipher once a key opened it; ``keyless``: an encrypted file
+    #: read for its structure only (sealed payloads are handed on as stored)
+    crypt: FrameCipher | None = None
+    keyless = False
+    keyslots: KeySlots | None = None  # the slots the key came from (10.3)
+    keys: Any = None  # format.crypto.Keys: what opened it, to wrap a new file's key for the same readers
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -27,6 +27,8 @@ from ..core.lazy import lazy
 
 if TYPE_CHECKING:
     import zstandard
+
+    from .crypto import FrameCipher
 else:
     zstandard = lazy("zstandard")
 
@@ -54,6 +56,11 @@ class FileHeader:
             self.aead_alg, self.sig_alg, self.codec, self.max_frame_len, bytes(24), 0,
         )[:-4]
         return body + zlib.crc32(body).to_bytes(4, "little")
+
+    @property
+    def encrypted(self) -> bool:
+        """2.3, 10: the file's content frames are sealed."""
+        return bool(self.flags & C.HFLAG_ENCRYPTED)
 
     @property
     def chain_seed(self) -> bytes:
@@ -92,8 +99,11 @@ def parse_header(data: bytes) -> FileHeader:
         )
     if flags & ~C.HFLAGS_KNOWN:  # 2.3: unknown flag bits MUST be refused
         raise UnsupportedError(f"unknown header flags 0x{flags:04x}", offset=10, check="header-flags")
-    if h != C.HASH_SHA256 or codec != C.CODEC_ZSTD or a != C.AEAD_NONE or s != C.SIG_ED25519:
+    if h != C.HASH_SHA256 or codec != C.CODEC_ZSTD or a not in C.AEADS or s != C.SIG_ED25519:
         raise UnsupportedError("unknown algorithm id", offset=28, check="header-algorithms")
+    if bool(flags & C.HFLAG_ENCRYPTED) != (a != C.AEAD_NONE):
+        # 2.3, 10: the encrypted flag and an AEAD algorithm come together or not at all
+        raise CorruptError("the encrypted flag and the AEAD algorithm disagree", offset=10, check="header-flags")
     if not C.FRAME_OVERHEAD < max_len <= C.MAX_FRAME_LEN_CEILING:
         raise CorruptError(f"max frame length {max_len} out of range", offset=32, check="header-limits")
     if reserved != bytes(24):
@@ -128,6 +138,13 @@ class FrameHeader:
     def type_name(self) -> str:
         return C.FRAME_TYPE_NAMES.get(self.ftype, f"0x{self.ftype:02x}")
 
+    def opened(self, plain_len: int) -> FrameHeader:
+        """10.2: the header as readers of a sealed frame's plaintext see it: the payload
+        length and flags of the plaintext; offsets, seq and the stored bytes (``raw``,
+        which the chain and Merkle tree cover) as stored."""
+        return FrameHeader(self.offset, self.total_len, self.ftype, self.flags & ~C.FFLAG_AEAD, self.seq,
+                           plain_len, self.raw_len, self.key_epoch, self.raw)
+
 
 def encode_frame_header(ftype: int, flags: int, seq: int, payload_len: int, raw_len: int) -> bytes:
     total = C.FRAME_OVERHEAD + payload_len
@@ -160,7 +177,15 @@ def parse_frame_header(
         # 3.3: only RECORDS payloads may be compressed
         raise CorruptError("codec flag on a frame type that must be stored plain", offset=offset, seq=seq,
                            check="frame-flags")
-    if rlen > C.MAX_RAW_LEN or (not flags & C.FFLAG_ZSTD and rlen != plen):
+    sealed = C.AEAD_OVERHEAD if flags & C.FFLAG_AEAD else 0
+    if sealed and ftype not in C.KNOWN_FRAME_TYPES:
+        raise UnsupportedError(f"sealed frame of unknown type 0x{ftype:02x}", offset=offset, seq=seq,
+                               check="frame-flags")
+    if sealed and (ftype not in C.SEALED_TYPES or plen < sealed):
+        # 10.2: only content frames are sealed, and a sealed payload holds at least nonce and tag
+        raise CorruptError("AEAD flag on a frame that is never sealed, or too short to be", offset=offset, seq=seq,
+                           check="frame-flags")
+    if rlen > C.MAX_RAW_LEN or (not flags & C.FFLAG_ZSTD and rlen != plen - sealed):
         raise CorruptError(f"raw length {rlen} is invalid", offset=offset, seq=seq, check="frame-raw-length")
     if ftype & C.CRITICAL and ftype not in C.KNOWN_FRAME_TYPES:
         # 12.2: an unknown critical frame type MUST be refused.
@@ -194,16 +219,22 @@ class EncodedFrame:
 
 def encode_frame(
     ftype: int, seq: int, raw_payload: bytes, prev_chain: bytes, *, compress: bool = False,
-    level: int = 3,
+    level: int = 3, crypt: FrameCipher | None = None,
 ) -> EncodedFrame:
-    """Build one frame. Compression is kept only when it saves bytes (3.3)."""
+    """Build one frame. Compression is kept only when it saves bytes (3.3); with ``crypt``
+    (an encrypted file), a content frame's payload is sealed after compression (10.2)."""
     payload = raw_payload
     flags = 0
     if compress and len(raw_payload) > 128:  # tiny payloads never shrink
         z = _compressor(level).compress(raw_payload)
         if len(z) < len(raw_payload):
             payload, flags = z, C.FFLAG_ZSTD
-    header = encode_frame_header(ftype, flags, seq, len(payload), len(raw_payload))
+    if crypt is not None and ftype in C.SEALED_TYPES:
+        flags |= C.FFLAG_AEAD
+        header = encode_frame_header(ftype, flags, seq, len(payload) + C.AEAD_OVERHEAD, len(raw_payload))
+        payload = crypt.seal(header, payload)
+    else:
+        header = encode_frame_header(ftype, flags, seq, len(payload), len(raw_payload))
     ph = _sha256(payload).digest()
     chain = chain_next(prev_chain, header, ph)
     return EncodedFrame(header + payload + chain, chain, leaf_hash(header, ph), header)
@@ -244,6 +275,11 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def raw_payload(fh: FrameHeader, payload: bytes) -> bytes:
     """Undo the frame codec with bounded memory (3.3, 11)."""
+    if fh.flags & C.FFLAG_AEAD:
+        # 10: a sealed frame read without the file key (a structural check) has no content
+        from .crypto import KeyRequired
+
+        raise KeyRequired("this capsule is encrypted: its contents need --identity KEY or --passphrase-env VAR")
     if not fh.flags & C.FFLAG_ZSTD:
         return payload
     try:

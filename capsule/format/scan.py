@@ -48,6 +48,7 @@ from .commit import (
     parse_index_payload,
     record_kinds,
 )
+from .crypto import unseal
 from .frames import (
     FileHeader,
     FrameHeader,
@@ -130,6 +131,7 @@ class Reader:
             self.chain, leaf = check_frame_body(fh, payload, trailer, self.chain)
             self.pos = fh.end
             self.seq += 1
+            fh, payload = unseal(self.src, fh, payload)  # 10.2: after the chain, which covers stored bytes
             yield fh, payload, leaf
 
 
@@ -149,7 +151,16 @@ def read_frame_at(src: Source, offset: int, *, max_frame: int, seq: int | None =
         raise CorruptError("frame runs past the end of the file", offset=offset, seq=fh.seq, check="frame-truncated")
     payload, trailer = body[: fh.payload_len], body[fh.payload_len :]
     chain, leaf = check_frame_body(fh, payload, trailer, prev_chain)
+    fh, payload = unseal(src, fh, payload)  # 10.2
     return fh, payload, chain, leaf
+
+
+def payload_head(src: Source, offset: int, n: int, max_frame: int) -> bytes:
+    """Up to ``n`` leading payload bytes of the frame at ``offset``, unchecked (a peek for
+    policy, never for results): read in place, or opened whole when the frame is sealed (10.2)."""
+    if getattr(src, "crypt", None) is None:
+        return src.pread(offset + C.FRAME_HEADER_SIZE, n)
+    return read_frame_at(src, offset, max_frame=max_frame)[1][:n]
 
 
 def read_commit_at(src: Source, offset: int, header: FileHeader, *, prev_chain: bytes | None = None) -> CommitInfo:
@@ -528,6 +539,20 @@ def label_key(label: str) -> bytes:
 def segment(src: Source, ref: SegmentRef) -> Segment:
     """A table in place (mapped when the source can), not hashed until it is relied on (9.2)."""
     size = ref.count * ENTRY_SIZE
+    if getattr(src, "crypt", None) is not None:
+        # 10.2: a sealed table is opened whole (its frame starts one header before its payload)
+        # No chain hash here (a plain table is not hashed either until relied on, 9.2): the
+        # AEAD tag authenticates these bytes as a key holder wrote them, at this place (10.2).
+        at = ref.offset - C.FRAME_HEADER_SIZE
+        fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=None,
+                                max_frame_len=C.MAX_FRAME_LEN_CEILING)
+        size_of = getattr(src, "size", None)
+        if fh.ftype != C.FT_TABLE or (size_of is not None and fh.end > size_of()):
+            raise CorruptError("INDEX names a table that is not there", offset=at, check="index")
+        fh, plain = unseal(src, fh, src.pread(fh.payload_offset, fh.payload_len))
+        if len(plain) != size:
+            raise CorruptError("INDEX names a table that is not there", offset=at, check="index")
+        return Segment(ref, plain)
     view = getattr(src, "view", None)
     buf = view(ref.offset, size) if view else src.pread(ref.offset, size)
     return Segment(ref, buf)

@@ -89,7 +89,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
 
     def emit(ftype: int, raw: bytes, compress: bool = False) -> int:
         nonlocal seq, chain, pos
-        fr = encode_frame(ftype, seq, raw, chain, compress=compress)
+        fr = encode_frame(ftype, seq, raw, chain, compress=compress, crypt=h.crypt)
         if len(fr.data) > max_frame:
             # 11: a writer never writes what its own reader refuses; nothing is written yet.
             raise InvalidRecordError(f"this commit needs a frame of {len(fr.data)} bytes, over this capsule's "
@@ -101,8 +101,11 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         return at
 
     frames = 0
+    keyslots = snap.commit.keyslots if snap.commit else None
     for ftype, raw in extra:
-        emit(ftype, raw)
+        at = emit(ftype, raw)
+        if ftype == C.FT_KEYSLOT:
+            keyslots = at  # 6.1, 10.3: every COMMIT of an encrypted file names the newest KEYSLOT
         frames += 1
     blobs = snap.blobs
     if blob is not None:
@@ -204,7 +207,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     info = CommitInfo(
         offset=pos, end=0, seq=seq, time=store.clock(), root=merkle.root(), records=records,
         commits=snap.commits + 1, prev=snap.commit.offset if snap.commit else None, index=index_at,
-        index_hash=index_hash,
+        index_hash=index_hash, keyslots=keyslots,
     )
     cframe = encode_frame(C.FT_COMMIT, seq, encode_commit_payload(info), chain)
     if len(cframe.data) > max_frame:
@@ -227,7 +230,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     store.pending_recovery = []
     end = snap.end + data_len
     info = CommitInfo(info.offset, end, info.seq, info.time, info.root, info.records, info.commits,
-                      info.prev, info.index, info.index_hash, cframe.chain)
+                      info.prev, info.index, info.index_hash, cframe.chain, info.keyslots)
     if wrote_index:
         mem_after: dict[bytes, tuple[int, int]] = {}
         label_mem: dict[bytes, tuple[int, int]] = {}

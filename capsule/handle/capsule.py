@@ -1,11 +1,10 @@
 """The Capsule handle: a facade over the store and the parts of each layer (spec 6-9).
 
-One writer at a time holds an exclusive lock; any number of readers open
-lock-free and each sees the snapshot fixed at the last commit it observed.
-The handle keeps the open file, the snapshot and the writer (a
-:class:`~capsule.format.store.Store`) and delegates: record reads and commits to
-``format``, checkpoints, keys, views and rollback to ``state``, search to
-``search``, actions and tasks to ``run``.
+One writer at a time holds an exclusive lock; any number of readers open lock-free
+and each sees the snapshot fixed at the last commit it observed. The handle keeps
+the open file, the snapshot and the writer (a :class:`~capsule.format.store.Store`)
+and delegates: record reads and commits to ``format``, checkpoints, keys, views and
+rollback to ``state``, search to ``search``, actions and tasks to ``run``.
 
 A handle may be shared by threads: ``handle.locking`` says how.
 """
@@ -48,6 +47,7 @@ from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
 from ..state.stateroot import state_root_of
 from .compacting import CompactMethods
+from .encrypting import reopen
 from .lifecycle import check_readable
 from .locking import track
 from .questions import QuestionMethods
@@ -213,6 +213,10 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
     @property
     def file_id(self) -> str:
         return self._snap.header.file_id.hex()
+
+    @property
+    def encrypted(self) -> bool:  # spec 10: the contents are sealed (this handle opened them with a key)
+        return self._snap.header.encrypted
 
     @property
     def format_version(self) -> str:
@@ -532,7 +536,7 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         (0, 1)
         """
         c = at if isinstance(at, CommitInfo) else self.resolve(at)
-        h = ReadHandle(self.path)
+        h = reopen(self.path, self._h)  # 10: the view reads with this handle's key
         try:
             snap = replay(h, self._snap.header, c, strict=False)
         except BaseException:

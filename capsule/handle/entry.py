@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from time import time_ns
+from typing import TYPE_CHECKING
 
 from ..core import constants as C
 from ..core.clock import Clock, default_clock, source_date_epoch
 from ..core.errors import AlreadyExists, DataError, UsageError
 from ..format import canonical as canon
 from ..format.checkpoint import Lineage
+from ..format.crypto import FrameCipher, parse_keyslots
 from ..format.file import ReadHandle, WriteHandle, fsync_dir
 from ..format.frames import FileHeader, Merkle, new_file_id
+from ..format.keyslots import attach
 from ..format.records import _REGISTRY, encode_record
 from ..format.scan import Snapshot
 from ..format.store import Mode, load_stable
@@ -21,11 +27,47 @@ from ..state.fold import live_records
 from ..state.stateroot import state_root_of
 from .capsule import Capsule
 from .carry import carried_for, carry_snapshots, copy_keysets
+from .encrypting import Keys, encrypted_header, like_parent, new_encryption
 from .locking import open_writer
+
+if TYPE_CHECKING:
+    from ..format.keys import PrivateKey, PublicKey
+
+
+_NO_KEYS = Keys()  # frozen: safe as a shared default
+_KEYS: ContextVar[Keys] = ContextVar("capsule_keys", default=_NO_KEYS)  # noqa: B039
+
+
+@contextlib.contextmanager
+def unlocking(identity: PrivateKey | None = None, passphrase: bytes | str | None = None) -> Iterator[None]:
+    """Within the block (this thread), encrypted capsules opened without a key of their own use
+    these (spec 10): for calls that open files by path, such as :func:`pack` ``append=True``,
+    :func:`compact`, exports and imports.
+
+    >>> import capsule
+    >>> key = capsule.generate_key()
+    >>> capsule.create("sealed.capsule", recipients=[key.public_key]).close()
+    >>> with capsule.unlocking(identity=key), capsule.open("sealed.capsule") as cap:
+    ...     cap.encrypted
+    True
+    """
+    token = _KEYS.set(Keys.of(identity, passphrase))
+    try:
+        yield
+    finally:
+        _KEYS.reset(token)
+
+
+def default_keys() -> Keys:
+    """The keys of the innermost :func:`unlocking` block of this thread (none outside one)."""
+    return _KEYS.get()
 
 
 def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | None = None,
-           exist_ok: bool = False, lineage: bytes | None = None, timeout: float | None = None) -> Capsule:
+           exist_ok: bool = False, lineage: bytes | None = None, timeout: float | None = None,
+           recipients: Sequence[PublicKey | PrivateKey] = (), passphrase: bytes | str | None = None,
+           identity: PrivateKey | None = None, scrypt_log_n: int | None = None,
+           _encryption: tuple[FrameCipher, bytes] | None = None) -> Capsule:
     """Create a new, empty capsule and open it for writing.
 
     With ``SOURCE_DATE_EPOCH`` set (and no explicit ``file_id``/``clock``) the
@@ -38,15 +80,27 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     ...     cap.mode, len(cap), cap.commit_count
     ('a', 0, 1)
     >>> capsule.create("new.capsule", exist_ok=True).close()  # a rerun opens what is there
+
+    Encryption at rest (spec 10): ``recipients`` (capsule public keys, as
+    :func:`load_public_key` reads them) and/or ``passphrase`` each get a key slot; the
+    contents are sealed and only the holder of a recipient's private key
+    (``open(..., identity=)``) or the passphrase reads them. ``scrypt_log_n`` sets the
+    passphrase's work factor (default 18). In reproducible mode the file key derives
+    from ``identity`` or the passphrase (10.5).
     """
     p = Path(path)
+    keys = Keys.of(identity, passphrase) if identity is not None or passphrase is not None else _KEYS.get()
     if exist_ok and p.exists():
-        return _open_made(p, clock, timeout)
+        return _open_made(p, clock, timeout, keys)
     clock = clock or default_clock()
     if file_id is None:
         file_id = new_file_id(source_date_epoch())
     if len(file_id) != 16:
         raise UsageError("file_id must be 16 bytes")
+    enc = _encryption
+    if enc is None and (recipients or passphrase is not None):  # only what this call names encrypts
+        enc = new_encryption(file_id, recipients, Keys.of(identity or _KEYS.get().identity, passphrase),
+                             scrypt_log_n)
     if not p.parent.exists():
         raise UsageError(f"{p.parent}: no such directory")
     if p.is_dir():
@@ -55,15 +109,21 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
         h = WriteHandle(p, create=True)
     except FileExistsError:
         if exist_ok:  # another process created it since the check above: open what it made
-            return _open_made(p, clock, timeout)
+            return _open_made(p, clock, timeout, keys)
         raise AlreadyExists(f"{p}: already exists") from None
     try:
-        header = FileHeader(file_id)
+        header = FileHeader(file_id) if enc is None else encrypted_header(file_id)
         hb = header.encode()
         h.append_at(0, hb)
+        extra = [(C.FT_LINEAGE, lineage)] if lineage is not None else []
+        if enc is not None:
+            # 10.3: the file key's slots are the first frame (after a LINEAGE) of the first commit
+            h.crypt, h.keys = enc[0], keys
+            h.keyslots = parse_keyslots(enc[1], 0, 0)
+            extra.append((C.FT_KEYSLOT, enc[1]))
         snap = Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
         cap = Capsule(p, h, snap, "a", clock)
-        cap._write_commit([], extra=[(C.FT_LINEAGE, lineage)] if lineage is not None else [])
+        cap._write_commit([], extra=extra)
         fsync_dir(p)
     except BaseException:
         h.close()
@@ -72,7 +132,7 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     return cap
 
 
-def _open_made(p: Path, clock: Clock | None, timeout: float | None) -> Capsule:
+def _open_made(p: Path, clock: Clock | None, timeout: float | None, keys: Keys) -> Capsule:
     """``create(exist_ok=True)`` on a file that exists: open it for writing. Another process
     may have just created it and not yet written its header and first commit (it holds the
     writer lock meanwhile): a file without a whole header is waited for, up to ``timeout``
@@ -81,7 +141,7 @@ def _open_made(p: Path, clock: Clock | None, timeout: float | None) -> Capsule:
     deadline = time.monotonic() + wait
     while True:
         try:
-            return open(p, "a", clock=clock, timeout=wait)
+            return open(p, "a", clock=clock, timeout=wait, identity=keys.identity, passphrase=keys.passphrase)
         except DataError as e:
             if getattr(e, "check", None) not in ("header-magic", "header-length") or time.monotonic() >= deadline:
                 raise
@@ -94,7 +154,8 @@ def _open_made(p: Path, clock: Clock | None, timeout: float | None) -> Capsule:
 
 
 def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: str | int | None = None,  # noqa: A001
-         timeout: float | None = None) -> Capsule:
+         timeout: float | None = None, identity: PrivateKey | None = None,
+         passphrase: bytes | str | None = None) -> Capsule:
     """Open a capsule: ``"r"`` a lock-free read-only snapshot, ``"a"`` the single writer.
 
     ``at`` opens a read-only view as of an earlier commit (see :meth:`Capsule.resolve`).
@@ -103,7 +164,9 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
     A writer that finds a torn tail truncates it durably and records a
     RECOVERY frame with its first commit (8.3). Damage before the last commit
     raises :class:`CorruptError` and is never repaired; an error about the bytes
-    names the file.
+    names the file. An encrypted capsule (spec 10) needs ``identity`` (the private
+    key of a recipient) or ``passphrase``: without one, :class:`KeyRequired`; with one
+    that opens no key slot, :class:`WrongKey` (both usage errors).
 
     >>> import capsule
     >>> capsule.create("w.capsule").close()
@@ -121,15 +184,18 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
     if at is not None:
         if mode != "r":
             raise UsageError("a view (at=...) is read-only; open it with mode 'r'")
-        with open(path, "r", clock=clock) as cap:
+        with open(path, "r", clock=clock, identity=identity, passphrase=passphrase) as cap:
             return cap.view(at)
     p = Path(path)
     if p.exists() and not p.is_file() and not p.is_dir():
         raise UsageError(f"{p}: not a regular file")
     # A reader never writes a timestamp, so it never needs SOURCE_DATE_EPOCH.
     clock = clock or (default_clock() if mode == "a" else time_ns)
+    keys = Keys.of(identity, passphrase) if identity is not None or passphrase is not None else _KEYS.get()
     h: ReadHandle = open_writer(p, timeout) if mode == "a" else ReadHandle(p)
     try:
+        attach(h, identity=keys.identity, passphrase=keys.passphrase, where=p)  # 10: the file key, if encrypted
+        h.keys = keys
         # 9.2: a writer does not hash the index tables here; it hashes each table it
         # merges before rewriting it, so it never builds on a damaged one (8.2).
         snap = load_stable(h, strict=mode == "a")
@@ -144,7 +210,8 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
     return cap
 
 
-def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, clock: Clock | None = None) -> Capsule:
+def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, clock: Clock | None = None,
+         identity: PrivateKey | None = None, passphrase: bytes | str | None = None) -> Capsule:
     """Write a new capsule holding the live state of ``path`` (at ``at``, default
     now), whose first commit starts with a LINEAGE frame naming the parent and
     the fork point (spec 15). Returns the new capsule open for writing.
@@ -165,7 +232,7 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
     >>> capsule.verify("child.capsule", trust=key.public_key).ok  # day-1's signature is carried (15.2)
     True
     """
-    with open(path, "r") as src:
+    with open(path, "r", identity=identity, passphrase=passphrase) as src:
         if src._snap.commit is None:
             raise UsageError(f"{path}: has no commit to fork from")
         with src.view(at if at is not None else src._snap.commit) as view:
@@ -195,8 +262,10 @@ def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock:
                   view._snap.checkpoint[1] if view._snap.checkpoint else None, tuple(carried))
     sde = source_date_epoch()
     # 2.5: in reproducible mode a fork gets its own file id, derived from its parent and fork point
-    fid = None if sde is None or clock is not None else new_file_id(sde, lin.parent + lin.root)
-    new = create(out, clock=clock, file_id=fid, lineage=canon.pack(lin.to_value()))
+    fid = new_file_id() if sde is None or clock is not None else new_file_id(sde, lin.parent + lin.root)
+    # 10.3: the fork of an encrypted capsule is encrypted for the same recipients, under its own file key
+    enc = like_parent(src._h, fid, src._h.keys) if src._h.crypt is not None else None
+    new = create(out, clock=clock, file_id=fid, lineage=canon.pack(lin.to_value()), _encryption=enc)
     try:
         items = []
         for rec in recs:
@@ -219,4 +288,4 @@ def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock:
     return new
 
 
-__all__ = ["create", "open", "fork"]
+__all__ = ["create", "default_keys", "fork", "open", "unlocking"]

@@ -34,10 +34,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
 from ..core.errors import AlreadyExists, CapsuleNotFound, InvalidRecordError, UsageError
@@ -60,6 +60,9 @@ from .resync import (
     same_texts,
 )
 from .source import check_regular, open_regular, read_regular, size_text
+
+if TYPE_CHECKING:
+    from ..format.keys import PublicKey
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -334,7 +337,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
          append: bool = False, chunk_chars: int = CHUNK_CHARS, progress: Callable[[int, int], None] | None = None,
          warn: Callable[[str], None] | None = None, build: bool = True,
          on_index: Callable[[], None] | None = None, timeout: float | None = None,
-         prune: bool = False) -> PackReport:
+         prune: bool = False, recipients: Sequence[PublicKey] = (), passphrase: bytes | str | None = None) -> PackReport:
     """Ingest ``src`` (a folder or file of text / markdown, or a JSONL file) into the capsule ``out``.
 
     ``embedder``: a name (``hash``, ``minilm``, ...), an :class:`Embedder`, ``None``
@@ -398,7 +401,10 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     # A new capsule's embedder is loaded before the file exists, so a missing model
     # leaves nothing behind; appending checks it against the capsule's own.
     emb = None if append else _embedder_for(embedder, None, source.own)
-    cap = open_capsule(out, "a", timeout=timeout) if append else create(out)
+    # 10: a new capsule is encrypted for ``recipients`` / ``passphrase``; one appended to opens
+    # with the keys of capsule.unlocking(...) or that passphrase
+    cap = (open_capsule(out, "a", timeout=timeout, passphrase=passphrase) if append
+           else create(out, recipients=recipients, passphrase=passphrase))
     try:
         if append:
             emb = _embedder_for(embedder, cap.vector_config(), source.own)

@@ -44,7 +44,7 @@ from ..format.blob import BlobRef, read_blob
 from ..format.commit import record_kinds
 from ..format.frames import parse_frame_header, raw_payload
 from ..format.records import decode_record, record_id
-from ..format.scan import Reader, Snapshot
+from ..format.scan import Reader, Snapshot, payload_head
 from ..format.store import Store
 from .journal_blob import (
     _HEAD,
@@ -76,7 +76,7 @@ def peek_actions(store: Store, ref: BlobRef, snap: Snapshot) -> int | None:
                                 max_frame_len=snap.header.max_frame_len)
         if fh.ftype != C.FT_BLOB or fh.end > snap.end or fh.payload_len < 2:
             return None
-        body = store.h.pread(fh.payload_offset, min(fh.payload_len, 4096))
+        body = payload_head(store.h, ref.offset, min(fh.payload_len, 4096), snap.header.max_frame_len)
         skip = 2 + int.from_bytes(body[:2], "little")
         magic, n = _HEAD.unpack_from(body, skip)
         h = canon.decode(body[skip + _HEAD.size : skip + _HEAD.size + n])

@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
-from ..core.errors import CorruptError
+from ..core.errors import CapsuleError, CorruptError
 from ..core.lazy import lazy
 from ..format import canonical as canon
 from ..format.batch import RecordBatch
 from ..format.blob import BlobRef, read_blob
 from ..format.commit import array_header
 from ..format.records import decode_record
+from ..format.scan import payload_head
 from ..format.store import Store
 from ..state.liveness import apply_revert
 from .lexical import RULE_1, Rule, Window, bm25, rule_of
@@ -470,10 +471,10 @@ def peek_covered(store: Store) -> int:
     if ref is None:
         return 0
     try:
-        raw = store.h.pread(ref.offset + C.FRAME_HEADER_SIZE, min(ref.size + 4096, 8192))
+        raw = payload_head(store.h, ref.offset, min(ref.size + 4096, 8192), store.snap.header.max_frame_len)
         hl = int.from_bytes(raw[:2], "little")
         h = peek(raw[2 + hl :])
-    except (OSError, ValueError):
+    except (OSError, ValueError, CapsuleError):
         return 0
     if h is None or not _usable(h, rule_of(store.snap.header.minor)):
         return 0

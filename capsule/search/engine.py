@@ -38,7 +38,7 @@ from ..format.commit import decode_records_payload
 from ..format.frames import parse_frame_header, raw_payload
 from ..format.records import decode_record, parse_iso_time, parse_meta, parse_tags
 from ..format.records import record_id as content_id
-from ..format.scan import read_frame_at
+from ..format.scan import payload_head, read_frame_at
 from ..format.store import Store
 from ..state.liveness import fold_of
 from ..state.validtime import parse_valid_at
@@ -247,10 +247,10 @@ class Searcher:
             return None
         h = self.store.h
         try:
-            raw = h.pread(ref.offset + C.FRAME_HEADER_SIZE, min(ref.size + 4096, 8192))
+            raw = payload_head(h, ref.offset, min(ref.size + 4096, 8192), self.store.snap.header.max_frame_len)
             hl = struct.unpack_from("<H", raw, 0)[0]
             return VectorIndex.peek(raw[2 + hl :])
-        except (struct.error, ValueError):
+        except (struct.error, ValueError, CorruptError):
             return None
 
     def config(self) -> VectorParams | None:

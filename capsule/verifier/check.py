@@ -34,12 +34,13 @@ from ..format.commit import (
     parse_index_payload,
     parse_recovery,
 )
+from ..format.crypto import Keys
 from ..format.file import ReadHandle
 from ..format.frames import FileHeader, Merkle, parse_header, raw_payload
-from ..format.index import ENTRY_SIZE, Segment, merge_inputs
-from ..format.keys import CHECKPOINT_PAYLOAD_TYPE, PublicKey
+from ..format.index import ENTRY_SIZE
+from ..format.keys import CHECKPOINT_PAYLOAD_TYPE, PrivateKey, PublicKey
 from ..format.records import decode_record, record_id
-from ..format.scan import Reader, damage_is_not_a_crash, label_key
+from ..format.scan import Reader, damage_is_not_a_crash, label_key, segment
 from ..format.signing import Keyset, anchor_index, count_valid, verify_rotation
 from ..run import actions as _actions  # noqa: F401  (registers kinds)
 from ..run import tasks as _tasks  # noqa: F401  (registers kinds)
@@ -51,11 +52,13 @@ from ..state.fold import EVENT_KINDS
 from ..state.liveness import apply_revert
 from ..state.stateroot import state_root_of
 from .carried import CarriedCheck, check_parent
-from .fast import check_frame, record_frame, tables_list
+from .fast import check_frame, record_frame
 from .journal import JournalCheck
 from .lifecycle import check_targets
 from .lineage import check_parent as _check_parent  # 15, 15.1: the LINEAGE against the parent
 from .lineage import inherited
+from .sealed import KEYLESS, KeyslotCheck, sealed_frame, unseal_for_verify
+from .tables import tables_match
 from .vectors import VectorEntries
 
 if TYPE_CHECKING:
@@ -89,6 +92,8 @@ class VerifyReport:
     last_seq: int | None = None  # seq of the last COMMIT
     root: str | None = None  # Merkle root named by the last COMMIT
     policy: list[dict[str, Any]] | None = None  # with policy=True: the violations (7.3.1, policy.py)
+    encrypted: bool = False  # 10: the header says so
+    contents_checked: bool = True  # 10.6: False for an encrypted file checked without its key
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "file_id": self.file_id, "format_version": self.format_version,
@@ -98,6 +103,7 @@ class VerifyReport:
                 "signatures_anchored": self.anchored, "trusted_checkpoints": self.trusted_checkpoints,
                 "signed_prefix": self.signed_prefix, "unsigned": self.unsigned, "keyset": self.keyset,
                 "lineage": self.lineage, "first_error": self.first_error, "warnings": self.warnings,
+                "encrypted": self.encrypted, "contents_checked": self.contents_checked,
                 **({} if self.policy is None else {"policy_violations": self.policy})}
 
 
@@ -155,7 +161,8 @@ def _array_len(raw: bytes, offset: int, seq: int) -> int:
 def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int], None] | None = None,
            trust: PublicKey | Keyset | str | None = None, strict: bool = False,
            parent: str | Path | None = None, min_seq: int | None = None,
-           expect_root: str | None = None, policy: bool = False) -> VerifyReport:
+           expect_root: str | None = None, policy: bool = False, identity: PrivateKey | None = None,
+           passphrase: bytes | str | None = None) -> VerifyReport:
     """Check every byte of a capsule. ``deep=False`` skips per-record decoding
     (structure, chain, codec framing and Merkle roots only).
 
@@ -167,6 +174,9 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
     an anchor, records beyond the signed prefix. ``min_seq`` / ``expect_root``
     pin what an earlier verification saw (:class:`Pins`). ``policy`` re-checks every
     action intent against the rules in force when it was written (7.3.1): ``policy``.
+    An encrypted capsule (10.6) is checked without its key for its structure, chain,
+    commits, Merkle roots, key slots and signatures; with ``identity`` or
+    ``passphrase`` its contents are opened and checked too.
 
     >>> _ = cap.checkpoint("day-1", key=key)  # cap, key: see tests/test_doctests.py
     >>> capsule.verify("example.capsule", trust=key.public_key).ok
@@ -183,16 +193,29 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
             rep.first_error = _err(e)
             return rep
         rep.file_id, rep.format_version = header.file_id.hex(), f"{header.major}.{header.minor}"
+        if identity is None and passphrase is None:
+            from ..handle.entry import default_keys
+
+            keys = default_keys()  # capsule.unlocking(...)
+        else:
+            keys = Keys.of(identity, passphrase)
+        try:
+            deep = unseal_for_verify(h, p, rep, keys, deep)  # 10.6: without a key, the structure only
+        except CorruptError as e:
+            rep.first_error = _err(e)
+            return rep
         _walk(h, header, size, rep, deep, progress, trust, strict, Pins(min_seq, expect_root))
+        if h.keyless and rep.ok:
+            rep.warnings[-1:] = [KEYLESS]
         if rep.ok and deep:
-            check_targets(rep, p)  # 7.7.1: what a lifecycle event may name
+            check_targets(rep, p, keys)  # 7.7.1: what a lifecycle event may name
         if rep.ok and parent is not None:
-            _check_parent(rep, Path(parent))
-            check_parent(rep, p, Path(parent))  # 15.2: carried checkpoints are the parent's
+            _check_parent(rep, Path(parent), keys)
+            check_parent(rep, p, Path(parent), keys)  # 15.2: carried checkpoints are the parent's
         if rep.ok and policy:
             from .policy import check_policy
 
-            check_policy(rep, p)
+            check_policy(rep, p, keys)
         return rep
     finally:
         h.close()
@@ -284,7 +307,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     vectors = VectorEntries(h, header)  # 16.3: vector snapshots against their records
     journal = JournalCheck(h, header.max_frame_len)  # 18: journal snapshots against their records
     tables: dict[int, tuple[int, bytes]] = {}
-    last_index: tuple[int, bytes, Any] | None = None
+    last_index: tuple[int, bytes | None, Any] | None = None
     prev_commit: int | None = None
     committed_end = C.HEADER_SIZE
     records = 0
@@ -303,12 +326,21 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     commit_roots: dict[str, int] = {}
     commit_ends: list[int] = []
     carried = CarriedCheck()  # 15.2: the parent's checkpoints the LINEAGE frame carries
+    slots = KeyslotCheck(header)  # 10.3
+    counts_unknown = False  # 10.6: sealed RECORDS read without the key are not counted
     try:
         for fh, payload, leaf in rd.frames():
             try:
                 cur_seq = fh.seq
                 t = fh.ftype
-                if t == C.FT_RECORDS and not deep:
+                if sealed_frame(fh):
+                    # 10.6, keyless: a sealed frame is checked for its place only (the chain covered it)
+                    kinds_unknown = counts_unknown = True
+                    if t == C.FT_INDEX:
+                        last_index = (fh.offset, None, None)
+                    elif t == C.FT_BLOB:
+                        blob_seqs[fh.offset] = fh.seq
+                elif t == C.FT_RECORDS and not deep:
                     # structural: the codec must undo and the array header gives the count
                     n = _array_len(raw_payload(fh, payload), fh.offset, fh.seq)
                     kinds_unknown = True
@@ -386,7 +418,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                         if tables.get(r.offset) != (r.count * ENTRY_SIZE, r.sha256):
                             raise CorruptError("INDEX names a label table that is not there", offset=fh.offset,
                                                seq=fh.seq, check="index")
-                        seg = Segment(r, h.pread(r.offset, r.count * ENTRY_SIZE))
+                        seg = segment(h, r)
                         for j in range(r.count):
                             got_labels.setdefault(seg.key(j), int(seg.frames[j]))
                     if len(got_labels) != sum(r.count for r in meta.labels) or got_labels != labels_at:
@@ -422,12 +454,15 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     bad = None
                     if c.root != merkle.root():
                         bad = ("merkle-root", "Merkle root does not match the frames")
-                    elif c.records != records:
+                    elif c.records != records and not counts_unknown:
                         bad = ("record-count", f"COMMIT says {c.records} records, the frames hold {records}")
                     elif c.prev != prev_commit or c.commits != rep.commits + 1:
                         bad = ("commit-prev", "COMMIT back-pointer or ordinal is wrong")
-                    elif (c.index, c.index_hash) != ((last_index[0], last_index[1]) if last_index else (None, None)):
+                    elif (c.index, c.index_hash if counts_unknown is False else None) != (
+                            (last_index[0], last_index[1]) if last_index else (None, None)):
                         bad = ("index", "COMMIT does not name the latest INDEX")
+                    elif (wrong := slots.commit(c.keyslots)) is not None:
+                        bad = wrong
                     if bad:
                         raise CorruptError(bad[1], offset=fh.offset, seq=fh.seq, check=bad[0])
                     rep.commits += 1
@@ -438,7 +473,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                    (lambda: _state_root(ids, dead, events)) if deep else None)  # noqa: B023
                     prev_commit = fh.offset
                     committed_end = fh.end
-                    rep.records = records
+                    rep.records = records if not counts_unknown else c.records
                 elif t == C.FT_KEYSET:
                     kf = parse_keyset(payload, fh.offset, fh.seq)
                     if kf.prev_offset != (keysets[-1].offset if keysets else None):
@@ -484,6 +519,8 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     if rv["offset"] != fh.offset or fh.offset != committed_end:
                         raise CorruptError("RECOVERY does not stand where the dropped bytes began",
                                            offset=fh.offset, seq=fh.seq, check="recovery")
+                elif t == C.FT_KEYSLOT:
+                    slots.frame(fh, payload, rep.lineage is not None)
                 elif t == C.FT_LINEAGE:
                     if fh.seq != 0:
                         raise CorruptError("LINEAGE must be the first frame", offset=fh.offset, seq=fh.seq,
@@ -555,29 +592,9 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
             return
     if last_index is not None:
         off, _, meta = last_index
-        segs = [Segment(s, h.pread(s.offset, s.count * ENTRY_SIZE)) for s in meta.segments]
-        if not _tables_match(segs, ids, locs, meta.records):
+        segs = [segment(h, s) for s in meta.segments]
+        if not tables_match(segs, ids, locs, meta.records):
             rep.first_error = {"offset": off, "seq": meta.tree_size, "check": "index-table",
                                "message": "the INDEX tables do not match the committed records"}
             return
     rep.ok = True
-
-
-def _tables_match(segs: list[Segment], ids: bytearray, locs: list[tuple[int, int]], n: int) -> bool:
-    """13.3: the tables of the INDEX in force list exactly the first ``n`` committed
-    records at their places, each table sorted by id (9.1) with the right prefixes
-    (a reader binary-searches the prefix column, so a wrong one would hide a record)."""
-    for seg in segs:
-        if len(seg.ids) > 1 and not bool(np.all(seg.ids[1:] > seg.ids[:-1])):
-            return False  # 9.1: strictly increasing ids (NumPy's S order is byte order here)
-        heads = np.frombuffer(seg.ids.tobytes(), dtype=">u8").reshape(-1, 4)[:, 0] if len(seg.ids) else seg.prefix
-        if not np.array_equal(heads.astype(np.uint64), seg.prefix):
-            return False
-    tids, tframes, tslots = merge_inputs(segs, {})
-    if (same := tables_list(tids, tframes, tslots, ids, locs, n)) is not None:
-        return same  # fast.py: the comparison below, in NumPy
-    torder = np.argsort(tids, kind="stable")
-    expect = {(bytes(ids[32 * i : 32 * i + 32])): locs[i] for i in range(n)}
-    got = {bytes(segs_id): (int(f), int(s)) for segs_id, f, s in
-           zip(np.frombuffer(tids[torder].tobytes(), dtype="V32"), tframes[torder], tslots[torder], strict=True)}
-    return got == expect

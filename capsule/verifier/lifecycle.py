@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..format.crypto import Keys
 from ..format.kindwalk import walk
 from ..handle.entry import open as open_capsule
 from ..handle.lifecycle import APP_KIND_OPS, TARGETS, may_target
@@ -24,10 +25,11 @@ if TYPE_CHECKING:
     from .check import VerifyReport
 
 
-def check_targets(rep: VerifyReport, path: Path) -> None:
+def check_targets(rep: VerifyReport, path: Path, keys: Keys | None = None) -> None:
     """Fail ``rep`` at the first lifecycle event (in file order) that names a record of a kind its
     op may not name (7.7.1)."""
-    with open_capsule(path) as cap:
+    keys = keys or Keys()
+    with open_capsule(path, identity=keys.identity, passphrase=keys.passphrase) as cap:
         store = cap._store
         named: list[tuple[int, int, str, str, bytes]] = []  # (event offset, seq, op, role, id)
         for off, seq, rec in walk(store, ("revert",)):

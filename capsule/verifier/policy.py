@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import constants as C
 from ..core.errors import CorruptError
 from ..format.commit import decode_records_payload
+from ..format.crypto import Keys
 from ..format.frames import raw_payload
 from ..format.records import decode_record, record_id
 from ..format.scan import Reader
@@ -94,11 +95,12 @@ def policy_violations(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-def check_policy(rep: VerifyReport, path: Path) -> None:
+def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None) -> None:
     """13.3 with ``policy``: list the violations in ``rep.policy``; any fails the report."""
     from ..handle.entry import open as open_capsule
 
-    with open_capsule(path) as cap:
+    keys = keys or Keys()
+    with open_capsule(path, identity=keys.identity, passphrase=keys.passphrase) as cap:
         found = policy_violations(cap._store)
     rep.policy = found
     if found:

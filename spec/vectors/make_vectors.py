@@ -25,8 +25,8 @@ EPOCH = 1767225600  # 2026-01-01T00:00:00Z
 HERE = Path(__file__).resolve().parent
 
 
-def _ids_roots(path: Path) -> dict[str, Any]:
-    with capsule.open(path) as cap:
+def _ids_roots(path: Path, identity: Any = None) -> dict[str, Any]:
+    with capsule.open(path, identity=identity) as cap:
         return {
             "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "bytes": path.stat().st_size,
@@ -206,6 +206,29 @@ def build(out: Path) -> dict[str, Any]:
         rep = capsule.verify(c, parent=p, trust=k1.public_key)
         docs[f"compacted-{keep}"] = {**_ids_roots(c), "lineage": _lineage(lin), "trusted_checkpoints":
                                      rep.trusted_checkpoints, "verify_ok": rep.ok}
+
+    # 10. Encryption at rest (10): sealed for k1 and a passphrase (scrypt log_n 10), the file key
+    #     derived from k1's seed (reproducible mode, 10.5); enough records for sealed TABLE, INDEX and
+    #     BLOB frames; a checkpoint signed by k1; then k2 added by a second KEYSLOT frame (10.3).
+    p = out / "encrypted.capsule"
+    secret = "correct horse battery staple"
+    with capsule.create(p, recipients=[k1.public_key], passphrase=secret, identity=k1, scrypt_log_n=10) as cap:
+        with cap.commit() as tx:
+            tx.remember("the vault code is 4711", tags=["secret"], embedding=[0.5, -0.25, 1.0, 0.0])
+        with cap.commit() as tx:
+            for i in range(300):
+                tx.remember(f"sealed note {i} about the launch window", meta={"n": i})
+        cap.checkpoint("sealed", key=k1)
+    capsule.rekey(p, identity=k1, add=[k2.public_key])
+    with capsule.open(p, identity=k1) as cap:
+        h = cap._h
+        assert h.crypt is not None and h.keyslots is not None
+        enc = {"file_key": h.crypt.file_key.hex(), "key_id": h.keyslots.key_id.hex(),
+               "recipients": [capsule.PublicKey(r).to_text() for r in h.keyslots.recipients],
+               "passphrase": secret, "identity_seed": "01" * 32, "scrypt_log_n": 10}
+    rep = capsule.verify(p, trust=k1.public_key)
+    docs["encrypted"] = {**_ids_roots(p, identity=k1), **enc, "keyless_verify_ok": rep.ok,
+                         "keyless_contents_checked": rep.contents_checked}
 
     # The offline `hash` embedder (16.5), pinned by the bytes of two vectors.
     vec = capsule.get_embedder("hash").embed(["Deploys freeze on Fridays.", ""])

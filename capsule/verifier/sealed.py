@@ -1,0 +1,75 @@
+"""Verification of what encryption adds (spec 10.3, 10.6): the KEYSLOT chain and, without
+the key, the sealed frames' place in the file."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core import constants as C
+from ..core.errors import CorruptError
+from ..format.crypto import Keys, parse_keyslots
+from ..format.frames import FileHeader, FrameHeader
+from ..format.keyslots import attach
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..format.file import ReadHandle
+    from .check import VerifyReport
+
+
+class KeyslotCheck:
+    """10.3: KEYSLOT frames only in an encrypted file, the first opening it, each naming the
+    previous one and the same file key; every COMMIT names the newest (6.1)."""
+
+    def __init__(self, header: FileHeader) -> None:
+        self.header = header
+        self.at: int | None = None  # the newest KEYSLOT frame
+        self.key_id: bytes | None = None
+
+    def frame(self, fh: FrameHeader, payload: bytes, forked: bool) -> None:
+        def bad(msg: str) -> CorruptError:
+            return CorruptError(msg, offset=fh.offset, seq=fh.seq, check="keyslot")
+
+        ks = parse_keyslots(payload, fh.offset, fh.seq)
+        if not self.header.encrypted:
+            raise bad("KEYSLOT frame in a capsule that is not encrypted")
+        if self.at is None and fh.seq > (1 if forked else 0):
+            raise bad("the first KEYSLOT frame must open the file (10.3)")
+        if self.key_id is not None and ks.key_id != self.key_id:
+            raise bad("a KEYSLOT frame names another file key than the first")
+        if ks.prev != self.at:
+            raise bad("KEYSLOT does not follow the previous one")
+        self.key_id, self.at = ks.key_id, fh.offset
+
+    def commit(self, keyslots: int | None) -> tuple[str, str] | None:
+        """What is wrong with a COMMIT's `keyslots`, or None."""
+        if keyslots == self.at and (self.at is not None) == self.header.encrypted:
+            return None
+        if self.header.encrypted:
+            return ("keyslot", "COMMIT does not name the latest KEYSLOT frame")
+        return ("keyslot", "COMMIT of a capsule that is not encrypted names a KEYSLOT frame")
+
+
+KEYLESS = ("encrypted, checked without its key: header, frames, chain, commits, Merkle roots, key slots and "
+           "signatures were checked; contents, ids and tables were not (give --identity or --passphrase-env to "
+           "check them too)")
+
+
+def unseal_for_verify(h: ReadHandle, path: Path, rep: VerifyReport, keys: Keys, deep: bool) -> bool:
+    """Open an encrypted file's key when one is given, else mark the handle keyless (10.6);
+    returns whether contents can be checked (``deep``)."""
+    header = attach(h, identity=keys.identity, passphrase=keys.passphrase, keyless=True, where=path)
+    rep.encrypted = header.encrypted
+    if h.keyless:
+        rep.contents_checked = False
+        return False
+    return deep
+
+
+def sealed_frame(fh: FrameHeader) -> bool:
+    """10.6: a frame read without the key whose payload stays sealed."""
+    return bool(fh.flags & C.FFLAG_AEAD)
+
+
+__all__ = ["KEYLESS", "KeyslotCheck", "sealed_frame", "unseal_for_verify"]

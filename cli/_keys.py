@@ -1,0 +1,135 @@
+"""``--identity`` and ``--passphrase-env``: the keys of an encrypted capsule (spec 10), on every
+command that reads or writes contents.
+
+:func:`with_keys` adds both options to a command (typer reads the signature), keeps what
+was given for the run, and the command runs inside
+``capsule.unlocking(...)``, so every file the library opens by path reads with them. A key file is read only when a command asks for it; the passphrase
+comes from the environment variable named, never from the command line (it would show
+in ``ps`` and the shell history). ``CAPSULE_IDENTITY`` names a default key file.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ._errors import EXIT_USAGE, fail
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+IdentityOpt = Annotated[
+    Path | None,
+    typer.Option("--identity", "-i", metavar="KEY", show_default=False,
+                 help="Private key of a recipient, to open an encrypted capsule (default: $CAPSULE_IDENTITY)."),
+]
+PassphraseEnvOpt = Annotated[
+    str | None,
+    typer.Option("--passphrase-env", metavar="VAR", show_default=False,
+                 help="Open an encrypted capsule with the passphrase in this environment variable."),
+]
+#: on commands whose --passphrase-env already unlocks a signing key file
+CapsulePassphraseEnvOpt = Annotated[
+    str | None,
+    typer.Option("--capsule-passphrase-env", metavar="VAR", show_default=False,
+                 help="Open an encrypted capsule with the passphrase in this environment variable "
+                 "(--passphrase-env is the signing key's)."),
+]
+
+EncryptOpt = Annotated[bool, typer.Option("--encrypt", help="Seal the new capsule's contents at rest (spec 10) "
+                                          "for --recipient keys and/or the passphrase in --passphrase-env.")]
+RecipientOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--recipient", "-r", metavar="KEY.pub", show_default=False,
+                 help="With --encrypt: a capsule public key that can open it (repeat for more)."),
+]
+
+_given: dict[str, Any] = {}
+
+
+def with_keys(fn: F) -> F:
+    """The command ``fn`` with ``--identity`` and ``--passphrase-env`` added."""
+    sig = inspect.signature(fn)
+    names = set(sig.parameters)
+    extra = []
+    if "identity" not in names:
+        extra.append(inspect.Parameter("identity", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                       annotation=IdentityOpt))
+    own = "capsule_passphrase_env" if "passphrase_env" in names else "passphrase_env"
+    extra.append(inspect.Parameter(own, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                   annotation=CapsulePassphraseEnvOpt if own != "passphrase_env" else PassphraseEnvOpt))
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if "identity" not in names:
+            _given["identity"] = kwargs.pop("identity", None)
+        else:
+            _given["identity"] = kwargs.get("identity")
+        _given["passphrase_env"] = kwargs.pop(own, None)
+        if not (_given["identity"] or _given["passphrase_env"] or os.environ.get("CAPSULE_IDENTITY")):
+            return fn(*args, **kwargs)  # nothing to load: no cryptography import (start-up)
+        import capsule
+
+        with capsule.unlocking(**keys()):
+            return fn(*args, **kwargs)
+
+    # typer reads the annotations of the wrapper in this module's globals: hand it the
+    # command's own, resolved where the command was written
+    hints = typing.get_type_hints(fn, include_extras=True)
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
+    run.__signature__ = sig.replace(parameters=params + extra,  # type: ignore[attr-defined]
+                                    return_annotation=hints.get("return", sig.return_annotation))
+    run.__annotations__ = {**hints, **{p.name: p.annotation for p in extra}}
+    del run.__wrapped__  # type: ignore[attr-defined]
+    return run  # type: ignore[return-value]
+
+
+def passphrase_from(var: str | None) -> bytes | None:
+    """The passphrase in environment variable ``var`` (one line error when unset or empty)."""
+    if var is None:
+        return None
+    value = os.environ.get(var)
+    if not value:
+        fail(f"--passphrase-env {var}: the environment variable is {'empty' if value == '' else 'not set'}",
+             EXIT_USAGE)
+    return value.encode()
+
+
+def identity_from(path: Path | str | None) -> Any:
+    """The private key in ``path`` (its own passphrase, if sealed, from $CAPSULE_KEY_PASSPHRASE)."""
+    if path is None:
+        return None
+    import capsule
+
+    kp = os.environ.get("CAPSULE_KEY_PASSPHRASE")
+    return capsule.load_private_key(path, kp.encode() if kp else None)
+
+
+def encryption(encrypt: bool, recipients: list[Path] | None) -> dict[str, Any]:
+    """``recipients=`` / ``passphrase=`` / ``identity=`` for a new capsule (``{}``: not encrypted)."""
+    if not encrypt:
+        if recipients:
+            fail("--recipient needs --encrypt", EXIT_USAGE)
+        return {}
+    import capsule
+
+    k = keys()
+    pubs = [capsule.load_public_key(r) for r in recipients or []]
+    if not pubs and k["passphrase"] is None:
+        fail("--encrypt needs --recipient KEY.pub and/or --passphrase-env VAR", EXIT_USAGE)
+    return {"recipients": pubs, **k}
+
+
+def keys() -> dict[str, Any]:
+    """``identity=`` and ``passphrase=`` for the library call, from the options (or $CAPSULE_IDENTITY)."""
+    ident = _given.get("identity") or os.environ.get("CAPSULE_IDENTITY") or None
+    return {"identity": identity_from(ident), "passphrase": passphrase_from(_given.get("passphrase_env"))}
+
+
+__all__ = ["EncryptOpt", "IdentityOpt", "PassphraseEnvOpt", "RecipientOpt", "encryption", "identity_from", "keys", "passphrase_from", "with_keys"]
