@@ -35,8 +35,9 @@ from .core.errors import (
 )
 
 if TYPE_CHECKING:
-    from .compaction import compact
+    from .compaction import compact, rekey
     from .format.checkpoint import CheckpointFrame, KeysetFrame
+    from .format.crypto import KeyRequired, WrongKey
     from .format.keys import (
         PrivateKey,
         PublicKey,
@@ -49,9 +50,10 @@ if TYPE_CHECKING:
     from .format.signing import Keyset
     from .format.store import CommitRow
     from .handle.capsule import Capsule, Summary
-    from .handle.entry import create, fork, open
+    from .handle.entry import create, fork, open, unlocking
     from .handle.transaction import Transaction
     from .ingest.pack import PackReport, pack
+    from .merging.write import MergeReport, merge
     from .run.actions import NOT_DONE, Action, ActionFailed, ActionState, InDoubt
     from .run.loop import AgentLoop, LoopResult, Step
     from .run.scheduler import TaskState
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from .state.kinds import Approval, Constraint, Decision, Identity, Note
     from .state.rules import action_subject
     from .verifier.check import VerifyReport, verify
+    from .verifier.merge import verify_merge
 
 #: Where each public name lives. The API is imported on first use (PEP 562), so
 #: ``import capsule`` (and ``capsule --version``) loads no numpy, hnswlib,
@@ -82,8 +85,10 @@ _HOME = {
     "CheckpointFrame": "format.checkpoint", "KeysetFrame": "format.checkpoint",
     "CommitRow": "format.store",
     "Capsule": "handle.capsule", "Summary": "handle.capsule",
-    "create": "handle.entry", "fork": "handle.entry", "open": "handle.entry",
-    "compact": "compaction",
+    "create": "handle.entry", "fork": "handle.entry", "open": "handle.entry", "unlocking": "handle.entry",
+    "compact": "compaction", "rekey": "compaction",
+    "merge": "merging.write", "MergeReport": "merging.write", "verify_merge": "verifier.merge",
+    "KeyRequired": "format.crypto", "WrongKey": "format.crypto",
     "Transaction": "handle.transaction",
     "PackReport": "ingest.pack", "pack": "ingest.pack",
     "NOT_DONE": "run.actions", "Action": "run.actions", "ActionFailed": "run.actions",
@@ -179,14 +184,21 @@ __all__ = [
     "Transaction",
     "UnsupportedError",
     "UsageError",
+    "KeyRequired",
+    "MergeReport",
+    "WrongKey",
     "VerifyReport",
     "WriterPoisoned",
     "action_subject",
     "compact",
     "create",
+    "merge",
+    "verify_merge",
+    "rekey",
     "fork",
     "kinds",
     "open",
     "register_kind",
+    "unlocking",
     "verify",
 ]

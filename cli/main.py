@@ -4,7 +4,7 @@ Code map (each module is one command group; none holds format logic):
 
 - ``store``:  init, put, open, log
 - ``records``: get, list (alias records)
-- ``keys``:   rotate-keys
+- ``keys``:   rotate-keys, rekey (spec 10.3)
 - ``state``:  state, keygen, checkpoint, checkpoints, rollback, fork, verify
 - ``lifecycle``: forget, redact, supersede, promote, demote (spec 7.7.1)
 - ``run``:    tasks, actions
@@ -12,6 +12,7 @@ Code map (each module is one command group; none holds format logic):
 - ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
 - ``report``: report (the HTML page and its figures)
 - ``sync``: push, pull (spec 19)
+- ``merge``: merge (spec 20)
 - ``export``: export (JSONL / Parquet rows for analytics)
 - ``letta``: import-af, export-af (Letta agent files)
 - ``serve``: serve --mcp (an MCP server on stdio)
@@ -50,7 +51,9 @@ from . import (
     store,
     sync,
 )
+from . import merge as merge_cli
 from ._errors import run_app
+from ._keys import with_keys
 
 app = typer.Typer(
     name="capsule",
@@ -71,11 +74,13 @@ COMMANDS = (
     ("state", state.state),
     ("keygen", state.keygen),
     ("rotate-keys", keys.rotate_keys),
+    ("rekey", keys.rekey),
     ("checkpoint", state.checkpoint),
     ("checkpoints", state.checkpoints),
     ("rollback", state.rollback),
     ("fork", state.fork),
     ("compact", compact.compact),
+    ("merge", merge_cli.merge_cmd),
     ("forget", lifecycle.forget),
     ("redact", lifecycle.redact),
     ("supersede", lifecycle.supersede),
@@ -99,9 +104,11 @@ COMMANDS = (
     ("export-af", letta.export_af),
     ("serve", serve.serve),
 )
+#: 10: every command that reads or writes contents takes --identity / --passphrase-env
+NO_KEYS = frozenset({"keygen", "push", "pull"})
 for _name, _fn in COMMANDS:
-    app.command(_name)(_fn)
-app.command("records", hidden=True)(records.list_)  # the same command by the name the issue asked for
+    app.command(_name)(_fn if _name in NO_KEYS else with_keys(_fn))
+app.command("records", hidden=True)(with_keys(records.list_))  # the same command by the name the issue asked for
 
 
 @app.callback(invoke_without_command=True)

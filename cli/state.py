@@ -224,8 +224,9 @@ def verify(
                                                 "--trust, the last commit) must reach this frame seq.")] = None,
     expect_root: Annotated[str | None, typer.Option("--expect-root", help="Pin: a commit with this Merkle root "
                                                     "(`root` in `capsule log --json`) must be in the file.")] = None,
-    parent: Annotated[Path | None, typer.Option("--parent", help="For a fork or a compacted file: check its "
-                                                "LINEAGE (and what compaction kept) against this parent.")] = None,
+    parent: Annotated[list[Path] | None, typer.Option("--parent", help="For a fork or a compacted file: check its "
+                                                      "LINEAGE (and what compaction kept) against this parent; "
+                                                      "give it twice for a merged file (spec 20.8).")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Structure, chain and Merkle roots only; "
                                         "skip per-record schema checks.")] = False,
     policy: Annotated[bool, typer.Option("--policy", help="Re-check every action against the constraint rules "
@@ -246,8 +247,10 @@ def verify(
         size = path.stat().st_size
         show = not json_out and isatty(sys.stderr) and size > 64 << 20
         anchor: Any = None
-        if parent is not None:
-            check_regular(parent, "--parent ")
+        for pp in parent or []:
+            check_regular(pp, "--parent ")
+        if parent and len(parent) > 2:
+            raise capsule.UsageError("--parent: one parent (a fork, a compacted file) or two (a merged file)")
         if trust is not None:
             tp = Path(trust)
             check_regular(tp, "--trust ")
@@ -260,8 +263,12 @@ def verify(
         if expect_root is not None and not (len(expect_root) == 64
                                             and all(c in "0123456789abcdefABCDEF" for c in expect_root)):
             raise capsule.UsageError(f"--expect-root {expect_root!r} is not a Merkle root (64 hex digits)")
-        kw: dict[str, Any] = {"deep": not quick, "trust": anchor, "strict": strict, "parent": parent,
+        kw: dict[str, Any] = {"deep": not quick, "trust": anchor, "strict": strict,
+                              "parent": parent[0] if parent and len(parent) == 1 else None,
                               "min_seq": min_seq, "expect_root": expect_root, "policy": policy}
+        if parent and len(parent) == 2:
+            del kw["parent"]
+            return capsule.verify_merge(path, list(parent), **kw)
         if not show:
             return capsule.verify(path, **kw)
         # a progress bar (rich) only for a big file on a terminal
@@ -283,8 +290,12 @@ def verify(
             extra += f"; signed through seq {sp['seq']} ({sp['label']!r}, {sp['bytes']} bytes)"
         if rep.lineage:
             lin = rep.lineage  # 15.1: a compaction names its policy and counts, a fork nothing more
-            what = f"compaction ({lin['policy']}: {lin['kept']} kept, {lin['dropped']} dropped)" if lin.get("policy") else "fork"
-            extra += f", {what} of {lin['parent']} at seq {lin['tree_size']}"
+            if lin.get("merge"):
+                extra += f", merge of {lin['parent']} and {lin['merge']['parent']}"
+            else:
+                what = (f"compaction ({lin['policy']}: {lin['kept']} kept, {lin['dropped']} dropped)"
+                        if lin.get("policy") else "fork")
+                extra += f", {what} of {lin['parent']} at seq {lin['tree_size']}"
         out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes{extra}")
         for w in rep.warnings:
             warn(w)

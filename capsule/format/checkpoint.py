@@ -224,8 +224,48 @@ def _parse_carried(v: object, bad: Any) -> tuple[Carried, ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class CommitRef:
+    """A COMMIT of another file, as a merged file's LINEAGE names it (spec 20.3): the file id,
+    the COMMIT's seq (``tree_size``), its own ``root`` field, its chain value, and (for a
+    parent, not for the ancestor) the hash of that file's newest checkpoint then, or nil."""
+
+    parent: bytes
+    tree_size: int
+    root: bytes
+    chain: bytes
+    checkpoint: bytes | None = None
+
+    def to_value(self, with_checkpoint: bool = True) -> dict[str, Any]:
+        v: dict[str, Any] = {"chain": self.chain, "parent": self.parent, "root": self.root,
+                             "tree_size": self.tree_size}
+        if with_checkpoint:
+            v["checkpoint"] = self.checkpoint
+        return dict(sorted(v.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parent": self.parent.hex(), "tree_size": self.tree_size, "root": self.root.hex(),
+                "chain": self.chain.hex(), "checkpoint": None if self.checkpoint is None else self.checkpoint.hex()}
+
+
+def _parse_ref(v: object, bad: Any, what: str, with_checkpoint: bool) -> CommitRef:
+    keys = {"chain", "parent", "root", "tree_size"} | ({"checkpoint"} if with_checkpoint else set())
+    if not isinstance(v, dict) or set(v) != keys:
+        raise bad(f"lineage {what} fields are wrong")
+    ck = v.get("checkpoint")
+    ok = (isinstance(v["parent"], bytes) and len(v["parent"]) == 16 and isinstance(v["root"], bytes)
+          and len(v["root"]) == 32 and isinstance(v["chain"], bytes) and len(v["chain"]) == 32
+          and type(v["tree_size"]) is int and v["tree_size"] >= 0
+          and (ck is None or (isinstance(ck, bytes) and len(ck) == 32)))
+    if not ok:
+        raise bad(f"lineage {what} field types are wrong")
+    return CommitRef(v["parent"], v["tree_size"], v["root"], v["chain"], ck)
+
+
+@dataclass(frozen=True, slots=True)
 class Lineage:
-    """A fork's proof of where it came from (spec 15)."""
+    """A fork's proof of where it came from (spec 15); a compacted file's (15.1); a merged
+    file's (20.3: ``merge`` names the second parent, ``ancestor`` their common commit and
+    ``kept`` how many records at the start are inherited from the two parents)."""
 
     parent: bytes  # the parent's file id
     root: bytes  # Merkle root named by the parent's commit at the fork point
@@ -239,20 +279,36 @@ class Lineage:
     kept: int | None = None
     dropped: int | None = None
     dropped_root: bytes | None = None
+    # 20.3 (1.5), a merged file only (with `kept`, no policy): the second parent and the ancestor
+    merge: CommitRef | None = None
+    ancestor: CommitRef | None = None
+
+    @property
+    def first(self) -> CommitRef:
+        """The parent the top-level keys name (a merged file's first parent, 20.3)."""
+        return CommitRef(self.parent, self.tree_size, self.root, self.chain, self.checkpoint)
 
     def to_value(self) -> dict[str, Any]:
         # keys in 5.1 order (sorted by UTF-8 bytes), so canonical.pack of this is canonical
+        merged: dict[str, Any] = {}
+        if self.merge is not None and self.ancestor is not None:
+            merged = {"merge": self.merge.to_value(), "ancestor": self.ancestor.to_value(False),
+                      "kept": self.kept}
         return dict(sorted({"chain": self.chain, "checkpoint": self.checkpoint, "parent": self.parent, "root": self.root,
                 "tree_size": self.tree_size,
                 **({"carried": [c.to_value() for c in self.carried]} if self.carried else {}),
                 **({"policy": self.policy, "kept": self.kept, "dropped": self.dropped,
-                    "dropped_root": self.dropped_root} if self.policy is not None else {})}.items()))
+                    "dropped_root": self.dropped_root} if self.policy is not None else {}),
+                **merged}.items()))
 
     def to_dict(self) -> dict[str, Any]:
         return {"parent": self.parent.hex(), "root": self.root.hex(), "tree_size": self.tree_size,
                 "chain": self.chain.hex(), "checkpoint": None if self.checkpoint is None else self.checkpoint.hex(),
                 **({"policy": self.policy, "kept": self.kept, "dropped": self.dropped,
-                    "dropped_root": self.dropped_root.hex()} if self.dropped_root is not None else {})}
+                    "dropped_root": self.dropped_root.hex()} if self.dropped_root is not None else {}),
+                # 20.3: `kept` here too, so a verifier exempts the inherited reverts (15.1's rule)
+                **({"merge": self.merge.to_dict(), "ancestor": self.ancestor.to_dict(), "kept": self.kept}
+                   if self.merge is not None and self.ancestor is not None else {})}
 
 
 def parse_lineage(payload: bytes, offset: int, seq: int) -> Lineage:
@@ -264,7 +320,7 @@ def parse_lineage(payload: bytes, offset: int, seq: int) -> Lineage:
     except NonCanonicalError as e:
         raise bad(str(e)) from None
     if not isinstance(v, dict) or not {"chain", "checkpoint", "parent", "root", "tree_size"} <= set(v) \
-            or not set(v) <= {"carried", "chain", "checkpoint", "parent", "root", "tree_size", *_COMPACTED}:
+            or not set(v) <= {"carried", "chain", "checkpoint", "parent", "root", "tree_size", *_COMPACTED, *_MERGED}:
         raise bad("lineage fields are wrong")
     ok = (isinstance(v["parent"], bytes) and len(v["parent"]) == 16 and isinstance(v["root"], bytes)
           and len(v["root"]) == 32 and isinstance(v["chain"], bytes) and len(v["chain"]) == 32
@@ -273,11 +329,30 @@ def parse_lineage(payload: bytes, offset: int, seq: int) -> Lineage:
     if not ok:
         raise bad("lineage field types are wrong")
     carried = _parse_carried(v["carried"], bad) if "carried" in v else ()
+    if "merge" in v or "ancestor" in v:
+        return _parse_merged(v, bad, carried)
     return Lineage(v["parent"], v["root"], v["tree_size"], v["chain"], v["checkpoint"], carried,
                    *_parse_compacted(v, bad))
 
 
 _COMPACTED = ("policy", "kept", "dropped", "dropped_root")  # 15.1 (1.3)
+_MERGED = ("merge", "ancestor")  # 20.3 (1.5), with `kept`
+
+
+def _parse_merged(v: dict[str, Any], bad: Any, carried: tuple[Carried, ...]) -> Lineage:
+    """20.3: `merge`, `ancestor` and `kept` all present; no compaction key, nothing carried."""
+    if not {"merge", "ancestor", "kept"} <= set(v) or carried or any(k in v for k in _COMPACTED if k != "kept"):
+        raise bad("lineage merge fields are wrong")
+    kept = v["kept"]
+    if type(kept) is not int or kept < 0:
+        raise bad("lineage merge field types are wrong")
+    second = _parse_ref(v["merge"], bad, "merge", True)
+    ancestor = _parse_ref(v["ancestor"], bad, "ancestor", False)
+    first = (v["parent"], v["chain"])
+    if (second.parent, second.chain) <= first:  # 20.3: the parents in their order, distinct
+        raise bad("lineage merge parents are not in order")
+    return Lineage(v["parent"], v["root"], v["tree_size"], v["chain"], v["checkpoint"], (), None, kept,
+                   merge=second, ancestor=ancestor)
 
 
 def _parse_compacted(v: dict[str, Any], bad: Any) -> tuple[Any, ...]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import constants as C
 from ..core.errors import CapsuleError, CorruptError
 from ..format.checkpoint import Carried, KeysetFrame, Lineage
+from ..format.crypto import Keys
 from ..format.keys import CHECKPOINT_PAYLOAD_TYPE
 from ..format.signing import count_valid
 from ..questions.diff_files import lineage_of
@@ -52,7 +53,7 @@ class CarriedCheck:
         self.at: dict[int, tuple[int, int, int, bytes]] = {}  # ordinal -> (seq, end, records, root)
         # 15.1: a compacted file's first `kept` records are inherited (exempt from `revert-after`),
         # and they fill its first commits: some COMMIT must end right after them
-        self.inherited = lin.kept if lin is not None and lin.policy is not None else None
+        self.inherited = lin.kept if lin is not None and (lin.policy is not None or lin.merge is not None) else None
         self.boundary = self.inherited is None
         for i, c in enumerate(self.entries):
             if lin is not None and c.body.origin != lin.parent:
@@ -103,19 +104,20 @@ class CarriedCheck:
         return sorted(out, key=lambda s: s.end)
 
 
-def check_parent(rep: VerifyReport, path: Path, parent: Path) -> None:
+def check_parent(rep: VerifyReport, path: Path, parent: Path, keys: Keys | None = None) -> None:
     """15.2 with the parent: every carried body is one of the parent's checkpoints (its
     hash is in the parent's chain) at or before the fork point."""
     from ..handle.entry import open as open_capsule
 
     if not rep.ok:
         return
-    with open_capsule(path) as fork:
+    keys = keys or Keys()
+    with open_capsule(path, identity=keys.identity, passphrase=keys.passphrase) as fork:
         lin = lineage_of(fork)
     if lin is None or not lin.carried:
         return
     try:
-        with open_capsule(parent) as par:
+        with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
             known = {ck.hash: ck.seq for ck in par.checkpoints()}
     except CapsuleError as e:
         rep.ok, rep.first_error = False, {"offset": None, "seq": None, "check": "lineage",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ..compaction.plan import commits, make_plan, rows
 from ..core import constants as C
 from ..core.errors import CapsuleError
+from ..format.crypto import Keys
 from ..handle.entry import open as open_capsule
 from ..state.history import commit_at_seq  # 15: by seq, never a label
 
@@ -31,7 +32,7 @@ def inherited(lineage: dict[str, Any] | None) -> int:
     return int((lineage or {}).get("kept") or 0)
 
 
-def check_parent(rep: VerifyReport, parent: Path) -> None:
+def check_parent(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> None:
     """15: the fork point must be a commit of ``parent`` with the named root and chain;
     15.1: a compacted file must also hold exactly what its policy keeps of it."""
     lin = rep.lineage
@@ -39,7 +40,11 @@ def check_parent(rep: VerifyReport, parent: Path) -> None:
         rep.ok = False
         rep.first_error = {"offset": None, "seq": None, "check": "lineage", "message": "no LINEAGE frame: not a fork"}
         return
-    with open_capsule(parent) as par:
+    if lin.get("merge") is not None:  # 20.8
+        _fail(rep, "a merged file: give both parents (--parent A --parent B)")
+        return
+    keys = keys or Keys()
+    with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
         ok = par.file_id == lin["parent"]
         if ok:
             try:
@@ -52,15 +57,15 @@ def check_parent(rep: VerifyReport, parent: Path) -> None:
         rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "lineage",
                            "message": f"{parent} is not the parent this fork names (or the fork point differs)"}
     elif lin.get("policy") is not None:
-        check_compacted(rep, parent)
+        check_compacted(rep, parent, keys)
 
 
-def check_compacted(rep: VerifyReport, parent: Path) -> None:
+def check_compacted(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> None:
     """15.1: the compacted file ``rep`` verified holds exactly what its policy keeps of ``parent``."""
     lin = rep.lineage
     assert lin is not None and lin.get("policy") is not None
     try:
-        _check(rep, lin, parent)
+        _check(rep, lin, parent, keys or Keys())
     except CapsuleError as e:  # the parent itself is damaged: it proves nothing
         _fail(rep, f"{parent}: {e}")
 
@@ -71,8 +76,8 @@ def _fail(rep: VerifyReport, message: str, offset: int | None = C.HEADER_SIZE, s
     rep.first_error = {"offset": offset, "seq": seq, "check": check, "message": message}
 
 
-def _check(rep: VerifyReport, lin: dict[str, Any], parent: Path) -> None:
-    with open_capsule(parent) as par:
+def _check(rep: VerifyReport, lin: dict[str, Any], parent: Path, keys: Keys) -> None:
+    with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
         c = commit_at_seq(par._store, lin["tree_size"])
         plan = make_plan(par._h, par._snap.header, c.end, lin["policy"])
     dropped = len(plan.ids) - plan.kept
@@ -88,7 +93,7 @@ def _check(rep: VerifyReport, lin: dict[str, Any], parent: Path) -> None:
                      check="revert-after")
     groups = plan.groups()  # 15.1 layout: (records, time) of each inherited commit
     kept = rows(plan.ids[plan.keep])
-    with open_capsule(rep.path) as new:
+    with open_capsule(rep.path, identity=keys.identity, passphrase=keys.passphrase) as new:
         snap = new._snap
         assert snap.commit is not None
         seen = at = 0
