@@ -75,9 +75,12 @@ def pull(
 ) -> None:
     """Pull a remote capsule into a new file, or append what a local copy lacks.
 
-    Every byte is verified before it lands: segment SHA-256s, then the whole capsule
-    (chain, Merkle roots, records) and, with --trust, the signatures. An existing FILE is
-    extended under its writer lock, one commit at a time.
+    Every byte is verified before it lands. A new FILE: segment SHA-256s, then the whole
+    capsule (chain, Merkle roots, records) and, with --trust, the signatures. An existing
+    FILE: only the tail it lacks is downloaded and checked from its last commit on (chain,
+    records, commits, indexes), without reading FILE again; a tail holding a checkpoint is
+    checked with FILE as one file. FILE is extended under its writer lock, one commit at a
+    time. --json says which in "checked" ("tail" or "file").
 
     Examples:
       capsule pull s3://fleet/agents/agent-7 agent.capsule

@@ -13,15 +13,24 @@ search over the local commits, probing 32 bytes of the other side per step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import constants as C
 from ..core.errors import CorruptError, DataError
 from ..format.file import ReadHandle
-from ..format.frames import FileHeader
-from ..format.scan import Source, read_commit_at, walk
+from ..format.frames import FileHeader, Merkle
+from ..format.scan import (
+    Snapshot,
+    Source,
+    _anchored,
+    hop,
+    locate,
+    read_commit_at,
+    tail_commit_offset,
+    walk,
+)
 from ..format.store import load_stable
 
 
@@ -46,12 +55,57 @@ class Head:
 
 def head_of(h: ReadHandle, path: Path) -> Head:
     """The committed head of an open local file; a file with no commit is refused."""
-    snap = load_stable(h, strict=False)
+    return load_head(h, path)[0]
+
+
+def load_head(h: ReadHandle, path: Path) -> tuple[Head, Snapshot]:
+    """The committed head and the reader's snapshot at it (6.3: read from the last INDEX on,
+    never the whole history); a file with no commit is refused."""
+    header = _attach(h, path)
+    snap = load_stable(h, strict=False) if h.crypt is not None or not header.encrypted else _sealed_head(h, header)
     c = snap.commit
     if c is None:
         raise DataError(f"{path}: holds no commit (an interrupted create): nothing to sync")
     return Head(snap.header.file_id.hex(), snap.end, c.commits, c.seq, c.offset, snap.chain, c.root.hex(),
-                snap.records, snap.header, snap.torn[1] if snap.torn else 0)
+                snap.records, snap.header, snap.torn[1] if snap.torn else 0), snap
+
+
+def _attach(h: ReadHandle, path: Path) -> FileHeader:
+    """10: sync moves bytes: an encrypted file is read with the key of ``capsule.unlocking``
+    when there is one, else for its structure only (its sealed frames stay as stored)."""
+    from ..format.keyslots import attach
+    from ..handle.entry import default_keys
+
+    keys = default_keys()
+    return attach(h, identity=keys.identity, passphrase=keys.passphrase, keyless=True, where=path)
+
+
+def _sealed_head(h: ReadHandle, header: FileHeader) -> Snapshot:
+    """10.6: the last commit of an encrypted file read without its key. Its INDEX is sealed, so
+    the commit is taken from the tail locator (or, after a crash, the newest COMMIT reached by
+    following frame lengths), checked by its chain link and found where frame lengths lead: what
+    a keyless verify proves of it. The remote checks the whole file again (19.7)."""
+    size = h.size()
+    off = tail_commit_offset(h, size)
+
+    def candidates() -> Iterator[int]:
+        if off is not None:
+            yield off  # the usual case: flat in history, as 6.3
+        for fh in reversed(list(hop(h, C.HEADER_SIZE, size, 0, header.max_frame_len))):
+            if fh.ftype == C.FT_COMMIT and fh.end <= size and fh.offset != off:
+                yield fh.offset
+
+    for at in candidates():
+        try:
+            c = read_commit_at(h, at, header)
+        except CorruptError:
+            continue
+        if c.end <= size and (_anchored(h, header, c) or locate(h, header, c) == "frame"):
+            snap = Snapshot(header, c.end, c, c.chain, Merkle(), c.seq + 1, records=c.records)
+            if c.end < size:
+                snap.torn = (c.end, size - c.end)
+            return snap
+    return Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
 
 
 def extends(src: Source, head: Head, at: int, seq: int, chain: bytes) -> bool:

@@ -4,8 +4,11 @@ Nothing unverified ever enters the destination. A new file is downloaded under a
 temporary name beside it, checked (every segment's SHA-256, then a full
 ``verify``, with the trust anchor when given) and linked into place, never over
 an existing file. Onto an existing file, the remote must extend it (its chain value
-at the local last commit's end); the tail is downloaded, and the local committed
-bytes plus that tail are checked as one file in a temporary copy; only then, under
+at the local last commit's end); only the tail is downloaded, into a temporary file
+of its own, and checked from the local last commit on (:mod:`.tail`: O(tail), the
+local bytes are not read again); a tail holding what only the whole file can judge
+(a checkpoint, a journal snapshot, ...) is checked with the local committed bytes as
+one file in a temporary copy instead. Only then, under
 the local writer's lock, is the tail appended commit by commit as a writer would
 (6.4: the frames before an INDEX, then the INDEX to the COMMIT, one fsync each), so
 an interrupted pull leaves the last commit intact and a torn tail that the next
@@ -24,16 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from ..core import constants as C
+from ..core.errors import CorruptError
 from ..format.file import ReadHandle, WriteHandle, fsync_dir
-from ..format.scan import Reader
+from ..format.scan import Reader, Snapshot, Source
 from ..handle.locking import open_writer
 from ..verifier.check import verify
 from ._errors import Diverged, RemoteCorrupt, RemoteNotFound, SyncError
 from .head import read_head, remote_has
 from .manifest import Manifest
-from .prefix import Head, extends, head_of
+from .prefix import Head, extends, load_head
 from .push import diverged
 from .remote import Remote
+from .tail import NeedsWhole, Spliced, check_tail
 
 Progress = Callable[[str, int, int], None]
 
@@ -57,11 +62,15 @@ class PullResult:
     records: int
     signed_prefix: dict[str, Any] | None = None
     skipped: list[str] = field(default_factory=list)
+    #: what was checked before writing (19.7): "file" (the whole result), "tail" (the new
+    #: bytes from the local last commit on), None when nothing was written
+    checked: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "path": self.path, "status": self.status, "generation": self.generation,
                 "bytes": self.bytes, "commits": self.commits, "seq": self.seq, "root": self.root,
-                "records": self.records, "signed_prefix": self.signed_prefix, "skipped_manifests": self.skipped}
+                "records": self.records, "signed_prefix": self.signed_prefix, "skipped_manifests": self.skipped,
+                "checked": self.checked}
 
 
 def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict[str, Any] | None = None,
@@ -87,11 +96,13 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
         res = _pull_new(remote, m, p, trust, progress)
     else:
         res = _pull_onto(remote, m, p, trust, progress, timeout)
-    return PullResult(remote.shown, str(p), *res[:8], skipped=rh.skipped)
+    status, gen, got, commits, seq, root, records, signed, checked = res
+    return PullResult(remote.shown, str(p), status, gen, got, commits, seq, root, records, signed,
+                      skipped=rh.skipped, checked=checked)
 
 
 def _pull_new(remote: Remote, m: Manifest, p: Path, trust: Any,
-              progress: Progress | None) -> tuple[Any, Any, Any, Any, Any, Any, Any, Any]:
+              progress: Progress | None) -> tuple[Any, ...]:
     tmp = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -109,41 +120,100 @@ def _pull_new(remote: Remote, m: Manifest, p: Path, trust: Any,
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    return "created", m.generation, got, m.commits, m.seq, m.root, rep.records, rep.signed_prefix
+    return "created", m.generation, got, m.commits, m.seq, m.root, rep.records, rep.signed_prefix, "file"
 
 
 def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progress | None,
-               timeout: float | None) -> tuple[Any, Any, Any, Any, Any, Any, Any, Any]:
+               timeout: float | None) -> tuple[Any, ...]:
     wh = open_writer(p, timeout)
     try:
-        head = head_of(wh, p)
+        head, snap = load_head(wh, p)
         if head.file_id != m.file_id:
             raise Diverged(f"{remote.shown} holds another capsule (file id {m.file_id}, {p} is {head.file_id}); "
                            f"pull it into a new file", local=head.summary(), remote=m.summary(), common=None)
         chain = bytes.fromhex(m.chain)
-        done = (m.generation, 0, head.commits, head.seq, head.root, head.records, None)
+        done = (m.generation, 0, head.commits, head.seq, head.root, head.records, None, None)
         if m.size == head.size and chain == head.chain:
             return ("up-to-date", *done)
         if m.size < head.size and extends(wh, head, m.size, m.seq + 1, chain):
             return ("ahead", *done)
         if m.size < head.size or not remote_has(remote, m, head.size, head.chain):
             raise diverged(wh, head, remote, m, str(p), "pull into a new file to keep both")
+        # 19.7: only the tail is downloaded, into a file of its own; the local bytes stay where they are
         tmp = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
+        whole: Path | None = None
+        th: ReadHandle | None = None
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
-                _copy(wh.fd, fd, head.size)
-                got = _download(remote, m, head.size, fd, head.size, progress)
+                got = _download(remote, m, head.size, fd, 0, progress)
             finally:
                 os.close(fd)
-            rep = _check(remote, m, tmp, trust, head.size, head.records, progress)
-            _append(wh, tmp, head, m, p, progress)
+            th = ReadHandle(tmp)
+            th.crypt, th.keyless = wh.crypt, wh.keyless  # 10: the tail reads as the local file does
+            src: Source = Spliced(wh, head.size, th)
+            checked = "tail"
+            try:
+                records, signed = _check_tail(remote, m, src, snap, trust, progress)
+            except NeedsWhole:
+                checked = "file"
+                # something only the whole file can judge (a checkpoint, a new snapshot blob):
+                # check a temporary copy of local bytes + tail as one file, as 19.7 allows
+                whole = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
+                _assemble(wh.fd, th, head.size, m.size, whole)
+                rep = _check(remote, m, whole, trust, head.size, head.records, progress)
+                records, signed = rep.records, rep.signed_prefix
+            _append(wh, src, head, m, p, progress)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return "pulled", m.generation, got, m.commits, m.seq, m.root, rep.records, rep.signed_prefix
+            if th is not None:
+                th.close()
+            for t in (tmp, whole):
+                if t is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        t.unlink()
+        return "pulled", m.generation, got, m.commits, m.seq, m.root, records, signed, checked
     finally:
         wh.close()
+
+
+def _check_tail(remote: Remote, m: Manifest, src: Source, snap: Snapshot, trust: Any,
+                progress: Progress | None) -> tuple[int, dict[str, Any] | None]:
+    """19.7: the tail checked from the local last commit on (:mod:`.tail`), O(tail)."""
+    if progress is not None:
+        progress("verify", 0, 1)
+    try:
+        t = check_tail(src, snap, m.size)
+    except CorruptError as e:
+        off = e.offset
+        where = (f"{remote.shown}/{m.covering(off).name}" if off is not None and snap.end <= off < m.size
+                 else f"{remote.shown}")
+        raise RemoteCorrupt(f"{where}: refused: {e.check} at offset {off}: {e.message}", check=e.check) from None
+    if (t.seq, t.root) != (m.seq, m.root):
+        raise RemoteCorrupt(f"{remote.shown}: the segments do not make the commit the manifest names "
+                            f"(seq {m.seq}, root {m.root[:16]})", check="remote-manifest")
+    if trust is not None:
+        if not t.new_records:
+            raise NeedsWhole("with an anchor, the whole file says what is signed (13.4)")
+        # the tail holds no CHECKPOINT (that would have needed the whole file): nothing signs its records
+        raise RemoteUntrusted(f"{remote.shown}: refused: {t.new_records} record(s) after the last checkpoint "
+                              f"signed by the trusted key are not covered by its signature")
+    return t.records, None
+
+
+def _assemble(src_fd: int, tail: ReadHandle, local_size: int, size: int, path: Path) -> None:
+    """A temporary file holding the local committed bytes and the downloaded tail."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        _copy(src_fd, fd, local_size)
+        at = local_size
+        while at < size:
+            data = tail.pread(at - local_size, min(8 << 20, size - at))
+            if not data:
+                raise SyncError("the downloaded tail shrank while it was being checked")
+            _pwrite_all(fd, data, at)
+            at += len(data)
+    finally:
+        os.close(fd)
 
 
 def _download(remote: Remote, m: Manifest, start: int, fd: int, at: int, progress: Progress | None) -> int:
@@ -202,33 +272,29 @@ def _check(remote: Remote, m: Manifest, tmp: Path, trust: Any, local_size: int, 
     return rep
 
 
-def _append(wh: WriteHandle, tmp: Path, head: Head, m: Manifest, p: Path, progress: Progress | None) -> None:
-    """Append the verified bytes [head.size, m.size) of ``tmp`` to the local file as a writer
+def _append(wh: WriteHandle, src: Source, head: Head, m: Manifest, p: Path, progress: Progress | None) -> None:
+    """Append the verified bytes [head.size, m.size) of ``src`` to the local file as a writer
     would (6.4). A torn tail there must be those very bytes (an interrupted pull)."""
-    src = ReadHandle(tmp)
-    try:
-        if head.torn and (head.torn > m.size - head.size
-                          or wh.pread(head.size, head.torn) != src.pread(head.size, head.torn)):
-            raise SyncError(f"{p}: a torn tail of {head.torn} bytes follows its last commit and is not the "
-                            f"remote's; open it for writing once (it recovers, 8.3), then sync again")
-        rd = Reader(src, head.size, m.size, head.seq + 1, head.chain, head.header.max_frame_len)
-        pending = head.size  # the first byte not yet written
-        for fh, _, _ in rd.frames():
-            if fh.ftype == C.FT_INDEX and fh.offset > pending:  # 6.4: frames before an INDEX durable first
-                _write(wh, src, pending, fh.offset)
-                pending = fh.offset
-            if fh.ftype == C.FT_COMMIT:
-                _write(wh, src, pending, fh.end)
-                pending = fh.end
-                if progress is not None:
-                    progress("append", fh.end - head.size, m.size - head.size)
-        if pending != m.size:  # _check proved the last commit ends at m.size
-            raise SyncError(f"{p}: the pulled tail does not end with a commit")
-    finally:
-        src.close()
+    if head.torn and (head.torn > m.size - head.size
+                      or wh.pread(head.size, head.torn) != src.pread(head.size, head.torn)):
+        raise SyncError(f"{p}: a torn tail of {head.torn} bytes follows its last commit and is not the "
+                        f"remote's; open it for writing once (it recovers, 8.3), then sync again")
+    rd = Reader(src, head.size, m.size, head.seq + 1, head.chain, head.header.max_frame_len)
+    pending = head.size  # the first byte not yet written
+    for fh, _, _ in rd.frames():
+        if fh.ftype == C.FT_INDEX and fh.offset > pending:  # 6.4: frames before an INDEX durable first
+            _write(wh, src, pending, fh.offset)
+            pending = fh.offset
+        if fh.ftype == C.FT_COMMIT:
+            _write(wh, src, pending, fh.end)
+            pending = fh.end
+            if progress is not None:
+                progress("append", fh.end - head.size, m.size - head.size)
+    if pending != m.size:  # the check proved the last commit ends at m.size
+        raise SyncError(f"{p}: the pulled tail does not end with a commit")
 
 
-def _write(wh: WriteHandle, src: ReadHandle, a: int, b: int) -> None:
+def _write(wh: WriteHandle, src: Source, a: int, b: int) -> None:
     at = a
     while at < b:
         data = src.pread(at, min(8 << 20, b - at))
