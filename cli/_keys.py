@@ -76,7 +76,9 @@ def with_keys(fn: F) -> F:
             return fn(*args, **kwargs)  # nothing to load: no cryptography import (start-up)
         import capsule
 
-        with capsule.unlocking(**keys()):
+        from ._errors import call
+
+        with capsule.unlocking(**call(keys)):  # a missing or bad key file: one line, exit 2
             return fn(*args, **kwargs)
 
     # typer reads the annotations of the wrapper in this module's globals: hand it the

@@ -5,7 +5,8 @@ Code map (each module is one command group; none holds format logic):
 - ``store``:  init, put, open, log
 - ``records``: get, list (alias records)
 - ``keys``:   rotate-keys, rekey (spec 10.3)
-- ``state``:  state, keygen, checkpoint, checkpoints, rollback, fork, verify
+- ``state``:  state, keygen, checkpoint, checkpoints, rollback, fork
+- ``verify``: verify (spec 13.3, 10.6, 15, 20.8)
 - ``lifecycle``: forget, redact, supersede, promote, demote (spec 7.7.1)
 - ``run``:    tasks, actions
 - ``search``: search, pack
@@ -50,6 +51,7 @@ from . import (
     state,
     store,
     sync,
+    verify,
 )
 from . import merge as merge_cli
 from ._errors import run_app
@@ -88,7 +90,7 @@ COMMANDS = (
     ("demote", lifecycle.demote),
     ("tasks", run.tasks),
     ("actions", run.actions),
-    ("verify", state.verify),
+    ("verify", verify.verify),
     ("search", search.search),
     ("pack", search.pack),
     ("beliefs", inspect.beliefs),
@@ -105,7 +107,7 @@ COMMANDS = (
     ("serve", serve.serve),
 )
 #: 10: every command that reads or writes contents takes --identity / --passphrase-env
-NO_KEYS = frozenset({"keygen", "push", "pull"})
+NO_KEYS = frozenset({"keygen"})
 for _name, _fn in COMMANDS:
     app.command(_name)(_fn if _name in NO_KEYS else with_keys(_fn))
 app.command("records", hidden=True)(with_keys(records.list_))  # the same command by the name the issue asked for

@@ -14,8 +14,8 @@ import typer
 CLI = Path(__file__).resolve().parents[1] / "cli"
 MAX_LINES = 300  # style.md rule 7: aim for 150-300 lines, split by responsibility before 600
 
-COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rotate-keys", "checkpoint",
-            "checkpoints", "rollback", "fork", "compact", "forget", "redact", "supersede", "promote", "demote",
+COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rotate-keys", "rekey", "checkpoint",
+            "checkpoints", "rollback", "fork", "compact", "merge", "forget", "redact", "supersede", "promote", "demote",
             "tasks", "actions", "verify", "search", "pack",
             "beliefs", "why", "diff", "timeline", "audit", "report", "push", "pull",
             "export", "import-af", "export-af", "serve",

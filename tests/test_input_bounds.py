@@ -425,8 +425,10 @@ def test_an_interrupted_pack_leaves_nothing_behind(tmp_path: Path, sig: int, cod
 
 @pytest.mark.parametrize("path", sorted(VECTORS.rglob("*.capsule")), ids=lambda p: str(p.relative_to(VECTORS)))
 def test_json_output_works_on_every_golden_vector(path: Path) -> None:
+    k1 = capsule.PrivateKey.from_seed(bytes([1]) * 32)  # 10: the encrypted vector opens with k1
     for cmd in ("state", "open", "log", "checkpoints", "tasks", "actions"):
-        r = invoke(cmd, path, "--json")
+        with capsule.unlocking(identity=k1):
+            r = invoke(cmd, path, "--json")
         assert r.exit_code == 0, (cmd, r.output)
         assert r.exception is None or isinstance(r.exception, SystemExit), (cmd, repr(r.exception))
         json.loads(r.stdout)

@@ -28,7 +28,7 @@ LAYERS = {
     "questions": 3.5,  # above search and run, below the handle that delegates to it
     "handle": 4,
     "compaction": 4.5,  # above the handle it writes through, below the verifier that recomputes its plan
-    "merging": 4.5,  # compaction of two parents (spec 20)
+    "merging": 4.6,  # compaction of two parents (spec 20): above compaction, whose walk and writer it reuses
     "verifier": 5,
     "ingest": 5,
     "report": 5,

@@ -391,12 +391,18 @@ def test_commits_roots_and_keyslots_pointer(opened: Opened) -> None:
     leaves: list[bytes] = []
     roots, prev_commit, newest_keyslot, n_commits, n_records = [], None, None, 0, 0
     last_index: tuple[int, bytes] | None = None
+    fk, fid = bytes.fromhex(WANT["file_key"]), opened.hdr.file_id
+    commit_key = hkdf(fk, fid, b"capsule/v1/commit-key")  # 10.7
+    chain_before = b""
     for f in opened.frames:
         if f.type == COMMIT:
             m = parse_commit(f)
             n_commits += 1
-            # 6.1's closed key set plus exactly one key, `keyslots` (10.3)
-            assert set(m) == {*COMMIT_KEYS, "keyslots"}
+            # 6.1's closed key set plus `keyslots` (10.3) and `mac` (10.7)
+            assert set(m) == {*COMMIT_KEYS, "keyslots", "mac"}
+            rest = msgpack.packb({k: m[k] for k in sorted(m) if k != "mac"}, use_bin_type=True)
+            assert f.payload[:-16] != rest  # the stored map holds `mac`; M is the map without it
+            assert m["mac"] == hmac.digest(commit_key, chain_before + rest, "sha256")
             assert m["tree_size"] == f.seq
             assert m["root"] == merkle_root(leaves)
             assert m["commits"] == n_commits and m["prev"] == prev_commit
@@ -413,6 +419,7 @@ def test_commits_roots_and_keyslots_pointer(opened: Opened) -> None:
         elif f.type == INDEX:
             last_index = (f.offset, hashlib.sha256(opened.plain[f.offset]).digest())
         leaves.append(leaf(f))
+        chain_before = f.chain
     assert roots == WANT["commit_roots"]
     assert opened.frames[-1].type == COMMIT
     # the last COMMIT names the newest KEYSLOT, which is the second one
@@ -454,7 +461,12 @@ def test_reproducible_file_key_and_slot_material(opened: Opened) -> None:
     """10.5: FK, the ephemeral keys and the passphrase slot's salt are all derived."""
     fid = opened.hdr.file_id
     s = hashlib.sha256(b"capsule/v1/identity-secret\0" + SEED_K1).digest()
-    fk = hkdf(s, fid, b"capsule/v1/reproducible-file-key")
+    # R: the readers the file was created for, from its first KEYSLOT frame (rekey appended k2 later)
+    first = opened.keyslots[0][1]["slots"]
+    recips = sorted(sl["recipient"] for sl in first if sl["type"] == "x25519")
+    has_pw = any(sl["type"] == "scrypt" for sl in first)
+    r = hashlib.sha256(b"".join(recips) + (b"\x01" if has_pw else b"\x00")).digest()
+    fk = hkdf(s, fid, b"capsule/v1/reproducible-file-key" + r)
     assert fk.hex() == WANT["file_key"]
     for _, ks in opened.keyslots:
         for slot in ks["slots"]:

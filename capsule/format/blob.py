@@ -20,6 +20,7 @@ from ..core import constants as C
 from ..core.errors import CorruptError, NonCanonicalError
 from ..core.lazy import lazy
 from . import canonical as canon
+from .crypto import unseal
 from .frames import parse_frame_header
 
 if TYPE_CHECKING:
@@ -133,13 +134,12 @@ def _read_parts(src: object, ref: BlobRef, max_frame: int, end: int, mv: memoryv
 
         plain: bytes | None = None
         if sealed:
-            from .scan import read_frame_at
-
+            # the tag authenticates the part where it stands (10.2); the blob's SHA-256 the whole
             head_fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=seq,  # type: ignore[attr-defined]
                                          max_frame_len=max_frame)
             if head_fh.end > end:
                 raise bad("part is not a plain BLOB frame inside the commit")
-            fh, plain, _, _ = read_frame_at(src, at, max_frame=max_frame, seq=seq)  # type: ignore[arg-type]
+            fh, plain = unseal(src, head_fh, src.pread(head_fh.payload_offset, head_fh.payload_len))  # type: ignore[attr-defined]
         else:
             fh = parse_frame_header(src.pread(at, C.FRAME_HEADER_SIZE), at, expect_seq=seq,  # type: ignore[attr-defined]
                                     max_frame_len=max_frame)

@@ -36,8 +36,9 @@ class CommitInfo:
     index_hash: bytes | None  # SHA-256 of that INDEX frame's payload
     chain: bytes = b""  # the COMMIT frame's chain value
     keyslots: int | None = None  # 10.3: offset of the newest KEYSLOT frame (encrypted files only)
+    mac: bytes | None = None  # 10.7: the key holder's MAC over the history before it (encrypted files only)
 
-    def to_value(self) -> dict[str, object]:
+    def to_value(self, *, mac: bool = True) -> dict[str, object]:
         v: dict[str, object] = {
             "commits": self.commits,
             "index": None if self.index is None else [self.index, self.index_hash],
@@ -49,6 +50,8 @@ class CommitInfo:
         }
         if self.keyslots is not None:
             v["keyslots"] = self.keyslots
+        if mac and self.mac is not None:
+            v["mac"] = self.mac
         return dict(sorted(v.items()))  # 5.1: keys in UTF-8 order
 
 
@@ -75,11 +78,13 @@ def parse_commit_payload(payload: bytes, offset: int, seq: int, end: int, chain:
     except NonCanonicalError as e:
         raise _fail(str(e), offset, seq) from e
     try:
-        if not isinstance(v, dict) or set(v) - {"keyslots"} != _COMMIT_KEYS:
+        if not isinstance(v, dict) or set(v) - {"keyslots", "mac"} != _COMMIT_KEYS or ("mac" in v) != ("keyslots" in v):
             raise ValueError("fields")
-        ks = v.get("keyslots")
+        ks, mac = v.get("keyslots"), v.get("mac")
         if "keyslots" in v and not (type(ks) is int and C.HEADER_SIZE <= ks < offset):
             raise ValueError("keyslots")
+        if "mac" in v and not (isinstance(mac, bytes) and len(mac) == 32):
+            raise ValueError("mac")
         idx = v["index"]
         if idx is not None and not (
             isinstance(idx, list) and len(idx) == 2 and type(idx[0]) is int and isinstance(idx[1], bytes)
@@ -103,7 +108,7 @@ def parse_commit_payload(payload: bytes, offset: int, seq: int, end: int, chain:
     return CommitInfo(
         offset=offset, end=end, seq=seq, time=v["time"], root=v["root"], records=v["records"], commits=v["commits"], prev=prev,
         index=None if idx is None else idx[0], index_hash=None if idx is None else idx[1], chain=chain,
-        keyslots=ks,
+        keyslots=ks, mac=mac,
     )
 
 

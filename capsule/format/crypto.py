@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import x25519
     from cryptography.hazmat.primitives.ciphers import aead
 
+    from .commit import CommitInfo
     from .frames import FrameHeader
     from .keys import PrivateKey, PublicKey
 else:
@@ -53,9 +54,11 @@ KEY_ID_SIZE = 16  # 10.1
 SEALED_TYPES = C.SEALED_TYPES
 
 AAD_TAG = b"capsule/v1/aead\x00"  # 10.2
+RUNTIME_AD = b"checkpoint-runtime"  # 10.2: after AAD_TAG and the file id, for a sealed runtime blob
 FRAME_KEY_INFO = b"capsule/v1/frame-key"  # 10.1
 NONCE_KEY_INFO = b"capsule/v1/nonce-key"  # 10.1
 KEY_ID_INFO = b"capsule/v1/key-id"  # 10.1
+COMMIT_KEY_INFO = b"capsule/v1/commit-key"  # 10.7
 X25519_INFO = b"capsule/v1/x25519-slot"  # 10.3
 EPHEMERAL_INFO = b"capsule/v1/ephemeral"  # 10.5 reproducible mode
 SCRYPT_SALT_INFO = b"capsule/v1/scrypt-salt"  # 10.5
@@ -142,7 +145,7 @@ class Keys:
 class FrameCipher:
     """Seals and opens frame payloads of one file under its file key (10.2)."""
 
-    __slots__ = ("file_id", "key_id", "file_key", "_aead", "_nonce_key")
+    __slots__ = ("file_id", "key_id", "file_key", "_aead", "_nonce_key", "_commit_key")
 
     def __init__(self, file_key: bytes, file_id: bytes) -> None:
         if len(file_key) != KEY_SIZE:
@@ -151,6 +154,18 @@ class FrameCipher:
         self.key_id = key_id(file_key, file_id)
         self._aead = aead.ChaCha20Poly1305(hkdf(file_key, file_id, FRAME_KEY_INFO))
         self._nonce_key = hkdf(file_key, file_id, NONCE_KEY_INFO)
+        self._commit_key = hkdf(file_key, file_id, COMMIT_KEY_INFO)
+
+    def commit_mac(self, chain_before: bytes, commit_map: bytes) -> bytes:
+        """10.7: HMAC over the chain value before a COMMIT (all history) and its map without `mac`."""
+        return hmac.digest(self._commit_key, chain_before + commit_map, "sha256")
+
+    def check_commit(self, info: CommitInfo, chain_before: bytes) -> None:
+        """10.7: the COMMIT was written by a holder of the file key, after exactly these bytes."""
+        want = self.commit_mac(chain_before, canon.pack(info.to_value(mac=False)))
+        if info.mac is None or not hmac.compare_digest(want, info.mac):
+            raise CorruptError("COMMIT is not authenticated under the file key (history edited or spliced, or "
+                               "written without the key)", offset=info.offset, seq=info.seq, check="commit-mac")
 
     def seal(self, header_raw: bytes, plain: bytes) -> bytes:
         """nonce || ChaCha20-Poly1305(plain) || tag; the nonce is a PRF of the AAD and the plaintext."""
@@ -159,6 +174,25 @@ class FrameCipher:
         mac.update(plain)
         nonce = mac.digest()[:NONCE_SIZE]
         return nonce + self._aead.encrypt(nonce, plain, ad)
+
+    def seal_runtime(self, plain: bytes) -> bytes:
+        """10.2: a checkpoint's runtime blob as an encrypted file stores it (its signed hash is of these bytes)."""
+        ad = AAD_TAG + self.file_id + RUNTIME_AD
+        mac = hmac.new(self._nonce_key, ad, "sha256")
+        mac.update(plain)
+        nonce = mac.digest()[:NONCE_SIZE]
+        return nonce + self._aead.encrypt(nonce, plain, ad)
+
+    def open_runtime(self, stored: bytes, offset: int | None = None) -> bytes:
+        from cryptography.exceptions import InvalidTag
+
+        if len(stored) < OVERHEAD:
+            raise CorruptError("checkpoint runtime blob is too short to be sealed", offset=offset, check="aead")
+        try:
+            return self._aead.decrypt(stored[:NONCE_SIZE], stored[NONCE_SIZE:], AAD_TAG + self.file_id + RUNTIME_AD)
+        except InvalidTag:
+            raise CorruptError("checkpoint runtime blob does not authenticate under the file key", offset=offset,
+                               check="aead") from None
 
     def open(self, fh: FrameHeader, stored: bytes | memoryview) -> bytes:
         """The plaintext of a sealed payload; CorruptError when it does not authenticate."""
@@ -185,9 +219,12 @@ def unseal(src: object, fh: FrameHeader, payload: bytes) -> tuple[FrameHeader, b
     sealed = bool(fh.flags & C.FFLAG_AEAD)
     c: FrameCipher | None = getattr(src, "crypt", None)
     if c is None:
-        if not sealed:
-            return fh, payload
         if getattr(src, "keyless", False):
+            if (fh.ftype in SEALED_TYPES) != sealed:  # 10.6: without the key, where seals are is still checked
+                raise CorruptError(f"{fh.type_name} frame is {'sealed' if sealed else 'not sealed'} in an "
+                                   "encrypted capsule (10.2)", offset=fh.offset, seq=fh.seq, check="aead")
+            return fh, payload
+        if not sealed:
             return fh, payload
         raise CorruptError("sealed frame in a capsule whose header says it is not encrypted", offset=fh.offset,
                            seq=fh.seq, check="aead")
@@ -277,6 +314,12 @@ def parse_keyslots(payload: bytes, offset: int, seq: int) -> KeySlots:
         if not isinstance(slot.wrapped, bytes) or len(slot.wrapped) != KEY_SIZE + TAG_SIZE:
             raise bad("wrapped key size")
         out.append(slot)
+    # 10.3: recipients first, each once, by their key bytes; then at most one passphrase slot
+    xs = [s.recipient for s in out if s.type == "x25519"]
+    if [s.type for s in out] != ["x25519"] * len(xs) + ["scrypt"] * (len(out) - len(xs)) or len(out) - len(xs) > 1:
+        raise bad("slots out of order: recipients first, then at most one passphrase slot")
+    if any(a >= b for a, b in zip(xs, xs[1:], strict=False)):
+        raise bad("recipient slots not sorted by key, or a recipient twice")
     return KeySlots(kid, tuple(out), prev)
 
 
@@ -343,8 +386,11 @@ def unlock(ks: KeySlots, file_id: bytes, *, identity: PrivateKey | None = None,
         for s in ks.slots:
             if s.type == "x25519" and s.recipient == mine:
                 sk = x25519.X25519PrivateKey.from_private_bytes(x25519_private(_seed(identity)))
-                shared = sk.exchange(x25519.X25519PublicKey.from_public_bytes(s.epk))
-                got = _unwrap(_x25519_kek(shared, s.epk, x25519_public(mine)), s.wrapped, file_id)
+                try:
+                    shared = sk.exchange(x25519.X25519PublicKey.from_public_bytes(s.epk))
+                    got = _unwrap(_x25519_kek(shared, s.epk, x25519_public(mine)), s.wrapped, file_id)
+                except (ValueError, DataError):  # a low-order `epk`: OpenSSL refuses the all-zero agreement
+                    got = None
                 if got is None:
                     raise CorruptError(f"the key slot for key {identity.key_id} does not open (damaged)",
                                        check="keyslot")
@@ -364,11 +410,16 @@ def unlock(ks: KeySlots, file_id: bytes, *, identity: PrivateKey | None = None,
     return got
 
 
-def new_file_key(file_id: bytes, *, reproducible_secret: bytes | None = None) -> bytes:
-    """10.1: random, or in reproducible mode (10.5) derived from a secret the writer holds."""
+def new_file_key(file_id: bytes, *, reproducible_secret: bytes | None = None,
+                 readers: tuple[list[bytes], bool] = ([], False)) -> bytes:
+    """10.1: random, or in reproducible mode (10.5) derived from a secret the writer holds and
+    from who may read the file (recipients' keys, whether a passphrase opens it), so two files
+    for different readers never share a key."""
     if reproducible_secret is None:
         return os.urandom(KEY_SIZE)
-    return hkdf(reproducible_secret, file_id, REPRO_KEY_INFO)
+    recipients, passphrase = readers
+    binding = hashlib.sha256(b"".join(sorted(recipients)) + (b"\x01" if passphrase else b"\x00")).digest()
+    return hkdf(reproducible_secret, file_id, REPRO_KEY_INFO + binding)
 
 
 def reproducible_secret(identity: PrivateKey | None, passphrase: bytes | None, file_id: bytes,

@@ -416,13 +416,24 @@ def walk(src: Source, header: FileHeader, pos: int, end: int, seq: int, chain: b
     is damage: the writer's own bytes say ``until`` skipped a commit."""
     rd = Reader(src, pos, end, seq, chain, header.max_frame_len)
     other: FrameHeader | None = None
+    bad: CorruptError | None = None
     try:
-        for fh, _, _ in rd.frames():
+        for fh, payload, _ in rd.frames():
             if until is not None and fh.ftype == C.FT_COMMIT and fh.offset != until.offset:
                 other = fh
                 break
+            if fh.ftype == C.FT_COMMIT:
+                # 8.2: its chain link checks, so these are the writer's bytes: a COMMIT that
+                # does not parse is damage, never a tear to truncate
+                try:
+                    parse_commit_payload(payload, fh.offset, fh.seq, fh.end, rd.chain)
+                except CorruptError as e:
+                    bad = e.with_traceback(None)
+                    break
     except CorruptError as e:
         return Stop(e.with_traceback(None), rd.pos, rd.seq)  # no frame cycle keeping the snapshot alive
+    if bad is not None:
+        raise bad
     if other is not None:
         raise CorruptError("a COMMIT lies between a commit and the one it names as prev", offset=other.offset,
                            seq=other.seq, check="commit-prev")
@@ -499,6 +510,8 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
                     checkpoint=ckpt, keyset=keyset, labels=labels, blobs=blobs, vectors=vectors)
     rd = Reader(src, pos, commit.end, seq, chain, header.max_frame_len)
     start, before = pos, None  # the last COMMIT on the path before ``commit``
+    crypt = getattr(src, "crypt", None)
+    chain_before = chain  # the chain value before the frame in hand
     for fh, payload, leaf in rd.frames():
         if fh.ftype == C.FT_COMMIT and fh.offset != commit.offset:
             before = fh.offset
@@ -506,6 +519,8 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
             if merkle.root() != commit.root:
                 raise CorruptError("Merkle root does not match the COMMIT", offset=fh.offset, seq=fh.seq,
                                    check="merkle-root")
+            if crypt is not None:
+                crypt.check_commit(commit, chain_before)  # 10.7: a key holder wrote all history before it
         elif fh.ftype == C.FT_RECORDS:
             add_records(snap, fh, payload, strict)
         elif fh.ftype == C.FT_CHECKPOINT:
@@ -518,6 +533,7 @@ def replay(src: Source, header: FileHeader, commit: CommitInfo | None, *, strict
             snap.keyset = fh.offset
         merkle.append(leaf)
         snap.frames_since_index += 1
+        chain_before = rd.chain
     if rd.chain != commit.chain:
         raise CorruptError("chain does not reach the COMMIT", offset=commit.offset, check="chain")
     if before != (commit.prev if commit.prev is not None and commit.prev >= start else None):

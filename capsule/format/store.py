@@ -17,6 +17,7 @@ ignored). The small frame cache has its own lock.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -325,7 +326,10 @@ class Store:
         if fh.ftype != C.FT_CHECKPOINT:
             raise CorruptError("checkpoint pointer does not name a CHECKPOINT frame", offset=offset,
                                check="checkpoint")
-        return parse_checkpoint(payload, offset, fh.seq)
+        ck = parse_checkpoint(payload, offset, fh.seq)
+        if ck.runtime is not None and self.h.crypt is not None:  # 10.2: the runtime blob is sealed
+            ck = dataclasses.replace(ck, runtime=self.h.crypt.open_runtime(ck.runtime, offset))
+        return ck
 
     def refresh(self) -> bool:
         """Readers: move the snapshot to the newest commit. True if it moved."""

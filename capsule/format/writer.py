@@ -18,6 +18,7 @@ covers every frame since the previous commit anyway (8.1).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING
 from ..core import constants as C
 from ..core.errors import InvalidRecordError
 from ..core.lazy import lazy
+from . import canonical as canon
 from .batch import Item as Item  # re-exported: the writer's input type, and its ids
 from .batch import RecordBatch, as_batch
 from .batch import item_ids as item_ids
@@ -209,6 +211,8 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         commits=snap.commits + 1, prev=snap.commit.offset if snap.commit else None, index=index_at,
         index_hash=index_hash, keyslots=keyslots,
     )
+    if h.crypt is not None:  # 10.7: a key holder's MAC over everything before this COMMIT
+        info = dataclasses.replace(info, mac=h.crypt.commit_mac(chain, canon.pack(info.to_value(mac=False))))
     cframe = encode_frame(C.FT_COMMIT, seq, encode_commit_payload(info), chain)
     if len(cframe.data) > max_frame:
         raise InvalidRecordError(f"this capsule's max frame length of {max_frame} bytes cannot hold a COMMIT")
@@ -230,7 +234,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     store.pending_recovery = []
     end = snap.end + data_len
     info = CommitInfo(info.offset, end, info.seq, info.time, info.root, info.records, info.commits,
-                      info.prev, info.index, info.index_hash, cframe.chain, info.keyslots)
+                      info.prev, info.index, info.index_hash, cframe.chain, info.keyslots, info.mac)
     if wrote_index:
         mem_after: dict[bytes, tuple[int, int]] = {}
         label_mem: dict[bytes, tuple[int, int]] = {}

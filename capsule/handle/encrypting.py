@@ -63,7 +63,8 @@ def new_encryption(file_id: bytes, recipients: Sequence[PublicKey | PrivateKey],
     n = log_n if log_n is not None else int(env) if env.isdigit() else SCRYPT_LOG_N_DEFAULT
     repro = source_date_epoch() is not None
     secret = reproducible_secret(keys.identity, keys.passphrase, file_id, n) if repro else None
-    fk = new_file_key(file_id, reproducible_secret=secret)
+    fk = new_file_key(file_id, reproducible_secret=secret,
+                      readers=([p.raw for p in pubs], keys.passphrase is not None))
     slots = [recipient_slot(p, fk, file_id, reproducible=repro) for p in pubs]
     if keys.passphrase is not None:
         slots.append(passphrase_slot(keys.passphrase, fk, file_id, log_n=n, reproducible=repro))

@@ -171,20 +171,25 @@ def _publish(plan: MergePlan, fid: bytes, out: Path, key: PrivateKey | Sequence[
 
 
 def sealed_like(p1: Side, p2: Side, fid: bytes) -> tuple[FrameCipher, bytes] | None:
-    """10.3, 20.7: when a parent is encrypted, the merged file is too, for every recipient of
-    either parent (and the passphrase, when one has a passphrase slot and it is known); its
+    """10.3, 20.7: when a parent is encrypted, the merged file is too, for the readers *both*
+    encrypted parents admit (the recipients they share; the passphrase when each has a slot
+    for it): a key removed from one parent must not read its later records in a merge. The
     file key is new (random, so only reproducible mode, 10.5, gives byte-identical merges)."""
     slots = [s.keyslots for s in (p1, p2) if s.keyslots is not None]
     if not slots:
         return None
     from ..format.keys import PublicKey
 
-    recipients = sorted({r for ks in slots for r in ks.recipients})
+    recipients = sorted(set.intersection(*(set(ks.recipients) for ks in slots)))
     keys = next((s.keys for s in (p1, p2) if s.keys is not None), None) or Keys()
-    if any(ks.has_passphrase for ks in slots) and keys.passphrase is None:
-        raise UsageError("a parent also opens with a passphrase: give it (--passphrase-env VAR) so the merged "
+    passphrase = keys.passphrase if all(ks.has_passphrase for ks in slots) else None
+    if all(ks.has_passphrase for ks in slots) and passphrase is None:
+        raise UsageError("both parents open with a passphrase: give it (--passphrase-env VAR) so the merged "
                          "file keeps it")
-    return new_encryption(fid, [PublicKey(r) for r in recipients], keys)
+    if not recipients and passphrase is None:
+        raise UsageError("no recipient (and no passphrase) opens both parents: the merged file would have no "
+                         "reader; rekey the parents to a common recipient first")
+    return new_encryption(fid, [PublicKey(r) for r in recipients], Keys(keys.identity, passphrase))
 
 
 def _write(plan: MergePlan, fid: bytes, tmp: Path, key: PrivateKey | Sequence[PrivateKey] | None) -> list[bytes]:

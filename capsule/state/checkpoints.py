@@ -223,6 +223,9 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
     if runtime_state is not None and not isinstance(runtime_state, bytes | bytearray | memoryview):
         raise UsageError("runtime_state must be bytes")
     runtime = None if runtime_state is None else bytes(runtime_state)
+    plain_runtime = runtime
+    if runtime is not None and store.h.crypt is not None:
+        runtime = store.h.crypt.seal_runtime(runtime)  # 10.2: sealed in an encrypted file; the body signs these bytes
     in_force = keyset_in_force(store)  # 14.6: refuses a chain that does not check (a forged first keyset)
     after: list[tuple[int, Build]] = []
     if in_force is not None:
@@ -261,7 +264,7 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
         raw = encode_checkpoint(body, sigs, prev.offset if prev else None, runtime)
         # what parse_checkpoint(raw) gives; read_checkpoint takes it once the commit names it by hash
         _WRITTEN[store] = CheckpointFrame(pos, body.body_bytes(), body, tuple(sigs), prev.offset if prev else None,
-                                          runtime)
+                                          plain_runtime)
         return raw
 
     after.append((C.FT_CHECKPOINT, build))

@@ -34,7 +34,6 @@ from ..format.commit import (
     parse_index_payload,
     parse_recovery,
 )
-from ..format.crypto import Keys
 from ..format.file import ReadHandle
 from ..format.frames import FileHeader, Merkle, parse_header, raw_payload
 from ..format.index import ENTRY_SIZE
@@ -57,7 +56,7 @@ from .journal import JournalCheck
 from .lifecycle import check_targets
 from .lineage import check_parent as _check_parent  # 15, 15.1: the LINEAGE against the parent
 from .lineage import inherited
-from .sealed import KEYLESS, KeyslotCheck, sealed_frame, unseal_for_verify
+from .sealed import KEYLESS, KeyslotCheck, keys_for, sealed_frame, unseal_for_verify
 from .tables import tables_match
 from .vectors import VectorEntries
 
@@ -193,12 +192,7 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
             rep.first_error = _err(e)
             return rep
         rep.file_id, rep.format_version = header.file_id.hex(), f"{header.major}.{header.minor}"
-        if identity is None and passphrase is None:
-            from ..handle.entry import default_keys
-
-            keys = default_keys()  # capsule.unlocking(...)
-        else:
-            keys = Keys.of(identity, passphrase)
+        keys = keys_for(identity, passphrase)  # or capsule.unlocking(...)'s
         try:
             deep = unseal_for_verify(h, p, rep, keys, deep)  # 10.6: without a key, the structure only
         except CorruptError as e:
@@ -461,10 +455,14 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     elif (c.index, c.index_hash if counts_unknown is False else None) != (
                             (last_index[0], last_index[1]) if last_index else (None, None)):
                         bad = ("index", "COMMIT does not name the latest INDEX")
-                    elif (wrong := slots.commit(c.keyslots)) is not None:
+                    elif (wrong := slots.commit(c.keyslots, c.mac)) is not None:
                         bad = wrong
+                    elif h.crypt is not None:
+                        h.crypt.check_commit(c, chain_before)  # 10.7
                     if bad:
                         raise CorruptError(bad[1], offset=fh.offset, seq=fh.seq, check=bad[0])
+                    if counts_unknown:  # 10.6: sealed records are counted by the COMMITs that hold them
+                        records = c.records
                     rep.commits += 1
                     rep.last_seq, rep.root = fh.seq, c.root.hex()
                     commit_roots[rep.root] = fh.seq
@@ -473,7 +471,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                    (lambda: _state_root(ids, dead, events)) if deep else None)  # noqa: B023
                     prev_commit = fh.offset
                     committed_end = fh.end
-                    rep.records = records if not counts_unknown else c.records
+                    rep.records = records
                 elif t == C.FT_KEYSET:
                     kf = parse_keyset(payload, fh.offset, fh.seq)
                     if kf.prev_offset != (keysets[-1].offset if keysets else None):

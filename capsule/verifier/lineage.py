@@ -41,7 +41,9 @@ def check_parent(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> N
         rep.first_error = {"offset": None, "seq": None, "check": "lineage", "message": "no LINEAGE frame: not a fork"}
         return
     if lin.get("merge") is not None:  # 20.8
-        _fail(rep, "a merged file: give both parents (--parent A --parent B)")
+        rep.ok = False
+        rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "lineage",
+                           "message": "a merged file: give both parents (--parent A --parent B)"}
         return
     keys = keys or Keys()
     with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ..format.file import ReadHandle
+    from ..format.keys import PrivateKey
     from .check import VerifyReport
 
 
@@ -42,9 +43,11 @@ class KeyslotCheck:
             raise bad("KEYSLOT does not follow the previous one")
         self.key_id, self.at = ks.key_id, fh.offset
 
-    def commit(self, keyslots: int | None) -> tuple[str, str] | None:
-        """What is wrong with a COMMIT's `keyslots`, or None."""
+    def commit(self, keyslots: int | None, mac: bytes | None = None) -> tuple[str, str] | None:
+        """What is wrong with a COMMIT's `keyslots` (or the presence of its `mac`, 10.7), or None."""
         if keyslots == self.at and (self.at is not None) == self.header.encrypted:
+            if self.header.encrypted and mac is None:
+                return ("commit-mac", "COMMIT of an encrypted capsule without a `mac`")
             return None
         if self.header.encrypted:
             return ("keyslot", "COMMIT does not name the latest KEYSLOT frame")
@@ -54,6 +57,15 @@ class KeyslotCheck:
 KEYLESS = ("encrypted, checked without its key: header, frames, chain, commits, Merkle roots, key slots and "
            "signatures were checked; contents, ids and tables were not (give --identity or --passphrase-env to "
            "check them too)")
+
+
+def keys_for(identity: PrivateKey | None, passphrase: bytes | str | None) -> Keys:
+    """The keys a verify uses: those given, else the innermost ``capsule.unlocking`` block's."""
+    if identity is None and passphrase is None:
+        from ..handle.entry import default_keys
+
+        return default_keys()
+    return Keys.of(identity, passphrase)
 
 
 def unseal_for_verify(h: ReadHandle, path: Path, rep: VerifyReport, keys: Keys, deep: bool) -> bool:
@@ -72,4 +84,4 @@ def sealed_frame(fh: FrameHeader) -> bool:
     return bool(fh.flags & C.FFLAG_AEAD)
 
 
-__all__ = ["KEYLESS", "KeyslotCheck", "sealed_frame", "unseal_for_verify"]
+__all__ = ["KEYLESS", "KeyslotCheck", "keys_for", "sealed_frame", "unseal_for_verify"]

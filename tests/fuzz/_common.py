@@ -44,6 +44,9 @@ def vector_frames() -> list[tuple[str, int, bytes]]:
         while off + 64 <= len(data):
             total, ftype, flags, _, _, plen, rlen = struct.unpack_from("<IBBHQII", data, off)
             payload = data[off + 32 : off + 32 + plen]
+            if flags & 2:  # 10.2: sealed, not a payload in the clear
+                off += total
+                continue
             if flags & 1:
                 payload = zstandard.ZstdDecompressor().decompress(payload, max_output_size=rlen)
             out.append((f"{p.parent.name}-{p.stem}-{off}", ftype, payload))

@@ -43,6 +43,7 @@ with (atheris.instrument_imports(include=["capsule"]) if atheris is not None and
       else contextlib.nullcontext()):
     from capsule.core import constants as C
     from capsule.core.errors import DataError
+    from capsule.format.crypto import KeyRequired
     from capsule.format.frames import (
         Merkle,
         chain_next,
@@ -93,7 +94,8 @@ def check(data: bytes) -> None:
         # 3.1: what parsed is exactly what the bytes say, within the limits given
         assert fh.offset == off and fh.raw == raw
         assert fh.total_len == C.FRAME_OVERHEAD + fh.payload_len <= max_len
-        assert fh.raw_len <= C.MAX_RAW_LEN and (fh.flags & C.FFLAG_ZSTD or fh.raw_len == fh.payload_len)
+        sealed = C.AEAD_OVERHEAD if fh.flags & C.FFLAG_AEAD else 0  # 10.2
+        assert fh.raw_len <= C.MAX_RAW_LEN and (fh.flags & C.FFLAG_ZSTD or fh.raw_len == fh.payload_len - sealed)
         assert encode_frame_header(fh.ftype, fh.flags, fh.seq, fh.payload_len, fh.raw_len) == raw
         if not mode & 8:
             assert fh.seq == int.from_bytes(raw[8:16], "little")
@@ -104,7 +106,7 @@ def check(data: bytes) -> None:
         payload = bytes(buf[fh.payload_offset : fh.end - C.TRAILER_SIZE])
         try:
             out = raw_payload(fh, payload)
-        except DataError:
+        except (DataError, KeyRequired):  # 10: a sealed payload needs the file key
             return
         assert len(out) == fh.raw_len, "raw_payload must return exactly raw_len bytes (3.3)"
         if mode & 4:
