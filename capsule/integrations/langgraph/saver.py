@@ -237,7 +237,9 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
         if self._cap.mode != "r":
             return
         if replaced(self._cap):
-            cap = open_capsule(self.path, "r", clock=self._clock)
+            k = self._cap._h.keys  # 10: reopened with the key the first open used (capsule.unlocking)
+            cap = open_capsule(self.path, "r", clock=self._clock, identity=getattr(k, "identity", None),
+                               passphrase=getattr(k, "passphrase", None))
             try:
                 ix = self._build(cap)
             except BaseException:

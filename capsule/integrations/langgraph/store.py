@@ -179,7 +179,9 @@ class CapsuleStore(BaseStore):
         item index (one pass). True if there was anything new."""
         with self._lock:
             if self._owned and self.read_only and replaced(self._cap):  # compacted in place: reopen
-                cap = _open(Path(self.path), "r", clock=self._clock)
+                k = self._cap._h.keys  # 10: reopened with the key the first open used (capsule.unlocking)
+                cap = _open(Path(self.path), "r", clock=self._clock, identity=getattr(k, "identity", None),
+                            passphrase=getattr(k, "passphrase", None))
                 old, self._cap = self._cap, cap
                 old.close()
             elif not self._cap.refresh():
