@@ -281,12 +281,16 @@ class Detector:
             if st == {"done"}:
                 self._add("action-twice", k, show(x), show(y), "done on both sides: the side effect may have "
                           f"happened twice; the merged journal says {m.status}", None)
-            elif st == {"done", "in-doubt"}:
+            elif "done" in st:
                 win = 0 if x.status == "done" else 1
-                done = (x, y)[win]
-                n = self._add("action-in-doubt", k, show(x), show(y), "done on one side, in doubt on the other: "
-                              "done, with the value of the side that finished it", win)
-                if m.status == "in-doubt":
+                done, other = (x, y)[win], (x, y)[1 - win]
+                if other.status == "in-doubt":
+                    n = self._add("action-in-doubt", k, show(x), show(y), "done on one side, in doubt on the other: "
+                                  "done, with the value of the side that finished it", win)
+                else:  # not-done or failed there: the effect happened here, so it must never run again
+                    n = self._add("action-done", k, show(x), show(y), f"done on one side, {other.status} on the "
+                                  "other: done, with the value of the side that finished it", win)
+                if m.status != "done":
                     self.fixes.append(("action", {"key": k, "phase": "resolve", "attempt": m.attempt, "ok": True,
                                                   "value": done.value, "by": "reconcile"}, n))
             elif x.status != y.status:

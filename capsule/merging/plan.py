@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from ..core.errors import UsageError
 from ..format.checkpoint import CommitRef, Lineage
 from ..format.frames import new_file_id
 from .conflicts import Conflict, Detector, Item, Resolution
@@ -82,8 +83,12 @@ class MergePlan:
 
 
 def _redacted(sides: tuple[Side, Side]) -> set[bytes]:
-    """7.7.1: every id a `redact` event of either parent names (redaction is sticky, 13.1)."""
+    """7.7.1: every id a `redact` event of either parent names (redaction is sticky, 13.1), of a
+    kind a redaction may name: an event naming an action record (which 7.7.1 forbids and verify
+    reports as `lifecycle-target`) never drops it from the journal (7.8)."""
     import msgspec
+
+    from ..handle.lifecycle import may_target
 
     class _Rev(msgspec.Struct, gc=False):
         drop: list[bytes] = []
@@ -98,7 +103,8 @@ def _redacted(sides: tuple[Side, Side]) -> set[bytes]:
                     rev = dec.decode(data)
                     if rev.op == "redact":
                         out.update(rev.drop)
-    return out
+    kinds = {rid: kind for s in sides for c in s.commits for rid, kind, _ in c.records}
+    return {x for x in out if x not in kinds or may_target("redact", kinds[x])}
 
 
 def interleave(first: Side, second: Side, redacted: set[bytes]) -> list[Group]:
@@ -123,6 +129,11 @@ def make_plan(a: Side, b: Side) -> MergePlan:
     """20: the whole merge of parents ``a`` and ``b`` (either order gives the same plan, but for
     which side the report calls `a`)."""
     first, second = in_order(a, b)
+    va, vb = first.vectors, second.vectors
+    if va is not None and vb is not None and va.to_value() != vb.to_value():
+        # 20.1: one vector index cannot hold both (16.1): refused, never merged silently
+        raise UsageError(f"{first.path} and {second.path} fix different vector parameters ({va.to_value()} and "
+                         f"{vb.to_value()}): their vectors cannot share one index; nothing to merge")
     anc, relation = ancestor(first, second)
     red = _redacted((first, second))
     groups = interleave(first, second, red)
@@ -130,6 +141,12 @@ def make_plan(a: Side, b: Side) -> MergePlan:
     flat = [[r for com in s.commits for r in com.records] for s in (first, second)]
     swap = first is not a
     conflicts, fixes = Detector(flat, merged, swap).run()
+    # 20.4: what the merge's own `redact` events (20.6) name is in R too, so its bytes are never
+    # copied; those events still name it (the conflicts and events are those of the first pass)
+    also = {x for f in fixes if f.kind == "revert" and f.fields.get("op") == "redact" for x in f.fields["drop"]}
+    if also - red:
+        red |= also
+        groups = interleave(first, second, red)
     ids = [{r[0] for r in f} for f in flat]
     only = [len(ids[0] - ids[1]), len(ids[1] - ids[0])]
     if swap:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..compaction.plan import Commit, commits
 from ..core.errors import DataError, UsageError
@@ -44,6 +45,7 @@ class Side:
     checkpoint: bytes | None  # hash of its newest checkpoint up to its last COMMIT (15's `checkpoint`)
     keyslots: KeySlots | None = None  # 10.3: who opens it, when it is encrypted
     keys: Keys | None = None  # what opened it
+    vectors: Any = None  # 16.1: its vector parameters (VectorParams), or None
 
     @property
     def file_id(self) -> bytes:
@@ -90,7 +92,8 @@ def read_side(path: str | Path, upto: int | None = None) -> Side:
             raise
         if upto is not None and got[-1].info.seq != upto:
             raise DataError(f"{p}: holds no COMMIT at seq {upto}")
-        return Side(p, snap.header, own[0] if own else None, got, checkpoint, cap._h.keyslots, cap._h.keys)
+        return Side(p, snap.header, own[0] if own else None, got, checkpoint, cap._h.keyslots, cap._h.keys,
+                    cap.vector_config())
 
 
 def in_order(a: Side, b: Side) -> tuple[Side, Side]:

@@ -22,6 +22,7 @@ from ..compaction.plan import commits
 from ..core import constants as C
 from ..core.errors import CapsuleError
 from ..format.checkpoint import CommitRef
+from ..format.crypto import KeyRequired, WrongKey
 from ..handle.entry import open as open_capsule
 from ..merging.plan import make_plan
 from ..merging.sides import read_side
@@ -46,6 +47,8 @@ def _match(ref: CommitRef, paths: Sequence[Path], taken: set[int]) -> int | None
             continue
         try:
             side = read_side(p, upto=ref.tree_size)
+        except (KeyRequired, WrongKey):
+            raise  # 10: the caller must give the key, not be told the parents are wrong
         except CapsuleError:
             continue
         c = side.last
