@@ -260,7 +260,10 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
         keep = always | (live & ~_isin(arr, gone))
     else:
         keep = always | live | spans.signed  # live at the end or in a signed state
-    keep &= ~_isin(arr, redacted)  # 7.7.1: a redacted payload is never kept
+    # 7.7.1: a redacted payload is never kept; but a record every policy keeps (the journal, tasks,
+    # events, vindex) is one a redaction may not name, so an event that names it (damage verify
+    # reports as lifecycle-target) cannot make compaction drop it (7.8: no effect runs twice)
+    keep &= ~(_isin(arr, redacted) & ~always)
     lost = spans.dropped_in(keep)  # per signed state: the rows it holds that are not kept
     pairs = [(ck, ordinal) for ck, ordinal, j in cks if not lost[j]]
     if policy == "live" and pairs:  # 15.1: one state is kept, the last: a checkpoint that signed it
