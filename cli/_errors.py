@@ -37,6 +37,8 @@ from ._render import err
 T = TypeVar("T")
 
 EXIT_DATA = 1  # the capsule or the input data is bad (the caller is not to blame)
+#: the option that gives this command the capsule's passphrase (cli/_keys.py sets it per command)
+CAPSULE_PASSPHRASE_OPTION = "--passphrase-env"
 EXIT_INTERNAL = 70  # a bug in capsule itself (sysexits EX_SOFTWARE): one line, never a traceback
 EXIT_USAGE = 2  # the command was used wrongly
 EXIT_INTERRUPTED = 128  # + the signal number: 130 for SIGINT, 143 for SIGTERM
@@ -73,7 +75,10 @@ def call(fn: Callable[[], T]) -> T:
     except capsule.PolicyViolation as e:
         fail(str(e), EXIT_DATA)  # 7.3.1: refused by a rule, as `verify --policy` fails
     except UsageError as e:
-        fail(str(e), EXIT_USAGE)
+        msg = str(e)
+        if CAPSULE_PASSPHRASE_OPTION != "--passphrase-env":  # 10: that command names the option otherwise
+            msg = msg.replace("--passphrase-env VAR", f"{CAPSULE_PASSPHRASE_OPTION} VAR")
+        fail(msg, EXIT_USAGE)
     except CapsuleError as e:
         fail(str(e), EXIT_DATA)
     except OSError as e:

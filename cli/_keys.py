@@ -27,7 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 IdentityOpt = Annotated[
     Path | None,
     typer.Option("--identity", "-i", metavar="KEY", show_default=False,
-                 help="Private key of a recipient, to open an encrypted capsule (default: $CAPSULE_IDENTITY)."),
+                 help="Private key of a recipient, to open an encrypted capsule (default: $CAPSULE_IDENTITY; "
+                 "a sealed key file takes its passphrase from $CAPSULE_KEY_PASSPHRASE)."),
 ]
 PassphraseEnvOpt = Annotated[
     str | None,
@@ -72,6 +73,9 @@ def with_keys(fn: F) -> F:
         else:
             _given["identity"] = kwargs.get("identity")
         _given["passphrase_env"] = kwargs.pop(own, None)
+        from . import _errors
+
+        _errors.CAPSULE_PASSPHRASE_OPTION = "--" + own.replace("_", "-")
         if not (_given["identity"] or _given["passphrase_env"] or os.environ.get("CAPSULE_IDENTITY")):
             return fn(*args, **kwargs)  # nothing to load: no cryptography import (start-up)
         import capsule
@@ -108,9 +112,18 @@ def identity_from(path: Path | str | None) -> Any:
     if path is None:
         return None
     import capsule
+    from capsule.format.keys import KeyFileError, PassphraseRequired
 
+    p = Path(path)
+    if p.is_dir():
+        fail(f"--identity {p}: is a directory, not a private key", EXIT_USAGE)
     kp = os.environ.get("CAPSULE_KEY_PASSPHRASE")
-    return capsule.load_private_key(path, kp.encode() if kp else None)
+    try:
+        return capsule.load_private_key(p, kp.encode() if kp else None)
+    except PassphraseRequired:
+        fail(f"--identity {p}: the key file is sealed: put its passphrase in $CAPSULE_KEY_PASSPHRASE", EXIT_USAGE)
+    except KeyFileError as e:  # a .pub file, another format: the user named the wrong file
+        fail(f"--identity {p}: {e}", EXIT_USAGE)
 
 
 def encryption(encrypt: bool, recipients: list[Path] | None) -> dict[str, Any]:

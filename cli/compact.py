@@ -42,6 +42,9 @@ def compact(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress
 
     def go() -> dict[str, Any]:
+        if passphrase_env and not key:
+            raise capsule.UsageError("--passphrase-env unlocks the signing --key, and no --key was given (the "
+                                     "capsule's own passphrase is --capsule-passphrase-env)")
         keys = _load_keys(key, passphrase_env) if key else None
         kw: dict[str, Any] = {"keep": keep, "key": keys, "timeout": wait or None}
         if json_out or not isatty(sys.stderr):

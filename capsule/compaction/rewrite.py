@@ -33,14 +33,14 @@ from ..core.errors import AlreadyExists, CapsuleError, CorruptError, UsageError,
 from ..format import canonical as canon
 from ..format.batch import RecordBatch
 from ..format.checkpoint import Lineage
-from ..format.crypto import FrameCipher, parse_keyslots
+from ..format.crypto import FrameCipher
 from ..format.file import WriteHandle, fsync_dir
-from ..format.frames import FileHeader, Merkle, new_file_id
+from ..format.frames import Merkle, new_file_id
 from ..format.keys import PrivateKey
 from ..format.records import decode_record
 from ..format.scan import Snapshot
 from ..handle.capsule import Capsule
-from ..handle.encrypting import Rekey, encrypted_header, like_parent
+from ..handle.encrypting import Rekey, begin_file, like_parent
 from ..handle.entry import open as open_capsule
 from ..search.part import SNAPSHOT_ON_CLOSE
 from .plan import _EMB_KEY, POLICIES, Plan, commits, make_plan
@@ -212,10 +212,7 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
     try:
         # 15.1: minor 3 (LINEAGE's compaction keys), or the parent's when higher: it ranks as the parent did (12.8)
         minor = max(3, src._snap.header.minor)
-        header = FileHeader(fid, minor=minor) if enc is None else encrypted_header(fid, minor)
-        if enc is not None:
-            h.crypt, h.keyslots, h.keys = enc[0], parse_keyslots(enc[1], 0, 0), src._h.keys
-        h.append_at(0, header.encode())
+        header, sealing = begin_file(h, fid, minor, enc, src._h.keys)  # 10.3: KEYSLOT after the LINEAGE
         cap = Capsule(tmp, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a",
                       lambda: now[0])
     except BaseException:
@@ -231,8 +228,8 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
             n, now[0] = groups[written]  # 15.1: the parent's commit time
             items, held = held[:n], held[n:]
             extra = [(C.FT_LINEAGE, canon.pack(lin.to_value()))] if written == 0 else []
-            if written == 0 and enc is not None:
-                extra.append((C.FT_KEYSLOT, enc[1]))  # 10.3: the slots open the file, after its LINEAGE
+            if written == 0:
+                extra += sealing
             batch, start = RecordBatch(items), cap._snap.end
             cap._write_commit(batch, extra=extra, defer_index=True)
             if len(batch):  # 16.8: the lexical catalog takes the records from here, not from the file
@@ -275,7 +272,13 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
     except BaseException:
         WriteHandle.close(h)  # no snapshots, no fsync: the temporary file is removed
         raise
-    cap.close()  # the writer's snapshots on close (16.3, 16.8), then the one fsync
+    close_written(cap)
+
+
+def close_written(cap: Capsule) -> None:
+    """Close a file a rewrite wrote (its snapshots on close, 16.3 and 16.8, then the one fsync);
+    a failure there fails the rewrite."""
+    cap.close()
     if cap.close_error is not None:
         raise cap.close_error if isinstance(cap.close_error, CapsuleError | OSError) else CapsuleError(
             str(cap.close_error))

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from ..core import constants as C
 from ..core.errors import CorruptError
-from .crypto import FrameCipher, KeySlots, parse_keyslots, unlock
+from .crypto import FrameCipher, KeySlots, WrongKey, parse_keyslots, unlock
 from .frames import FileHeader, parse_header
-from .scan import hop, read_commit_at, read_frame_at, tail_commit_offset
+from .scan import Snapshot, hop, read_commit_at, read_frame_at, tail_commit_offset
 
 if TYPE_CHECKING:
     from .file import ReadHandle
@@ -81,9 +81,48 @@ def attach(h: ReadHandle, *, identity: PrivateKey | None = None, passphrase: byt
         return header
     label = f"{os.fspath(where)}: " if where else ""
     ks = find_keyslots(h, header)
-    key = unlock(ks, header.file_id, identity=identity, passphrase=passphrase, where=label)
-    h.crypt, h.keyslots = FrameCipher(key, header.file_id), ks
+    try:
+        key = unlock(ks, header.file_id, identity=identity, passphrase=passphrase, where=label)
+    except WrongKey:
+        # the newest slots came from the tail COMMIT, which may be a forgery past the last real
+        # commit (checked only once the file key reads the history): try every KEYSLOT frame
+        key = _any_slot(h, header, identity, passphrase, label)
+    h.crypt, h.keyslots = FrameCipher(key, header.file_id), None  # settle() names the slots
     return header
 
 
-__all__ = ["attach", "find_keyslots"]
+def _any_slot(h: ReadHandle, header: FileHeader, identity: PrivateKey | None, passphrase: bytes | None,
+              label: str) -> bytes:
+    err: WrongKey | None = None
+    size = h.size()
+    for fh in hop(h, C.HEADER_SIZE, size, 0, header.max_frame_len):
+        if fh.ftype != C.FT_KEYSLOT or fh.end > size:
+            continue
+        try:
+            return unlock(_slots_at(h, header, fh.offset), header.file_id, identity=identity,
+                          passphrase=passphrase, where=label)
+        except WrongKey as e:
+            err = e
+        except CorruptError:
+            continue
+    raise err if err is not None else WrongKey(f"{label}no key slot opens with the key given")
+
+
+def settle(h: ReadHandle, snap: Snapshot) -> None:
+    """10.3: once the last commit is settled (and, 10.7, authenticated), the slots that say who
+    reads the file are those of the KEYSLOT frame that commit names, never one past it: a frame
+    appended by someone without the key could otherwise enrol them in a fork or compaction."""
+    if h.crypt is None or snap.commit is None:
+        return
+    at = snap.commit.keyslots
+    if at is None:
+        raise CorruptError("COMMIT of an encrypted capsule names no KEYSLOT frame", offset=snap.commit.offset,
+                           check="keyslot")
+    ks = _slots_at(h, snap.header, at)
+    if ks.key_id != h.crypt.key_id:
+        raise CorruptError("the KEYSLOT frame the last commit names holds another file key", offset=at,
+                           check="keyslot")
+    h.keyslots = ks
+
+
+__all__ = ["attach", "find_keyslots", "settle"]

@@ -117,6 +117,26 @@ def like_parent(parent: ReadHandle, file_id: bytes, keys: Keys, *, add: Sequence
                                                    not in gone else None, keys.passphrase), log_n)
 
 
+def begin_file(h: ReadHandle, file_id: bytes, minor: int, enc: tuple[FrameCipher, bytes] | None,
+               keys: Keys | None = None, *, plain: FileHeader | None = None
+               ) -> tuple[FileHeader, list[tuple[int, bytes]]]:
+    """Write a new file's header on ``h`` (``plain``, or one made for ``minor``; encrypted with
+    ``enc``: its cipher then seals every frame ``h`` writes) and return it with the frames its
+    first commit must hold after any LINEAGE: the KEYSLOT frame of an encrypted file (10.3)."""
+    if enc is not None:
+        header = encrypted_header(file_id, minor)
+    else:
+        header = plain if plain is not None else FileHeader(file_id, minor=minor)
+    extra: list[tuple[int, bytes]] = []
+    if enc is not None:
+        from ..format.crypto import parse_keyslots
+
+        h.crypt, h.keyslots, h.keys = enc[0], parse_keyslots(enc[1], 0, 0), keys
+        extra.append((C.FT_KEYSLOT, enc[1]))
+    h.append_at(0, header.encode())  # type: ignore[attr-defined]
+    return header, extra
+
+
 def reopen(path: Path, src: ReadHandle) -> ReadHandle:
     """A second handle on the same file, reading with the first one's key (views)."""
     from ..format.file import ReadHandle
@@ -126,4 +146,4 @@ def reopen(path: Path, src: ReadHandle) -> ReadHandle:
     return dst
 
 
-__all__ = ["Keys", "Rekey", "encrypted_header", "like_parent", "new_encryption", "reopen"]
+__all__ = ["Keys", "Rekey", "begin_file", "encrypted_header", "like_parent", "new_encryption", "reopen"]

@@ -15,10 +15,11 @@ from ..core.clock import Clock, default_clock, source_date_epoch
 from ..core.errors import AlreadyExists, DataError, UsageError
 from ..format import canonical as canon
 from ..format.checkpoint import Lineage
-from ..format.crypto import FrameCipher, parse_keyslots
+from ..format.crypto import FrameCipher
 from ..format.file import ReadHandle, WriteHandle, fsync_dir
 from ..format.frames import FileHeader, Merkle, new_file_id
 from ..format.keyslots import attach
+from ..format.keyslots import settle as settle_keyslots
 from ..format.records import _REGISTRY, encode_record
 from ..format.scan import Snapshot
 from ..format.store import Mode, load_stable
@@ -27,7 +28,7 @@ from ..state.fold import live_records
 from ..state.stateroot import state_root_of
 from .capsule import Capsule
 from .carry import carried_for, carry_snapshots, copy_keysets
-from .encrypting import Keys, encrypted_header, like_parent, new_encryption
+from .encrypting import Keys, begin_file, like_parent, new_encryption
 from .locking import open_writer
 
 if TYPE_CHECKING:
@@ -112,15 +113,10 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
             return _open_made(p, clock, timeout, keys)
         raise AlreadyExists(f"{p}: already exists") from None
     try:
-        header = FileHeader(file_id) if enc is None else encrypted_header(file_id)
-        hb = header.encode()
-        h.append_at(0, hb)
+        # 10.3: the file key's slots are the first frame (after a LINEAGE) of the first commit
+        header, sealing = begin_file(h, file_id, C.FORMAT_MINOR, enc, keys, plain=FileHeader(file_id))
         extra = [(C.FT_LINEAGE, lineage)] if lineage is not None else []
-        if enc is not None:
-            # 10.3: the file key's slots are the first frame (after a LINEAGE) of the first commit
-            h.crypt, h.keys = enc[0], keys
-            h.keyslots = parse_keyslots(enc[1], 0, 0)
-            extra.append((C.FT_KEYSLOT, enc[1]))
+        extra += sealing
         snap = Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0)
         cap = Capsule(p, h, snap, "a", clock)
         cap._write_commit([], extra=extra)
@@ -199,6 +195,7 @@ def open(path: str | Path, mode: Mode = "r", *, clock: Clock | None = None, at: 
         # 9.2: a writer does not hash the index tables here; it hashes each table it
         # merges before rewriting it, so it never builds on a damaged one (8.2).
         snap = load_stable(h, strict=mode == "a")
+        settle_keyslots(h, snap)  # 10.3: who reads it, as the last real commit says
         cap = Capsule(p, h, snap, mode, clock)
     except DataError as e:
         h.close()

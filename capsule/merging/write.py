@@ -26,20 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..compaction.rewrite import _SyncAtEnd
+from ..compaction.rewrite import _SyncAtEnd, close_written
 from ..core import constants as C
 from ..core.clock import iso, source_date_epoch
-from ..core.errors import AlreadyExists, CapsuleError, UsageError
+from ..core.errors import AlreadyExists, UsageError
 from ..format import canonical as canon
 from ..format.batch import RecordBatch
-from ..format.crypto import FrameCipher, Keys, parse_keyslots
+from ..format.crypto import FrameCipher, Keys
 from ..format.file import WriteHandle, fsync_dir
-from ..format.frames import FileHeader, Merkle
+from ..format.frames import Merkle
 from ..format.keys import PrivateKey
 from ..format.records import decode_record
 from ..format.scan import Snapshot
 from ..handle.capsule import Capsule
-from ..handle.encrypting import encrypted_header, new_encryption
+from ..handle.encrypting import begin_file, new_encryption
 from ..search.part import SNAPSHOT_ON_CLOSE
 from .conflicts import Conflict
 from .plan import MergePlan, make_plan
@@ -198,13 +198,8 @@ def _write(plan: MergePlan, fid: bytes, tmp: Path, key: PrivateKey | Sequence[Pr
     enc = sealed_like(plan.first, plan.second, fid)
     h = _SyncAtEnd(tmp, create=True)
     try:
-        header = FileHeader(fid, minor=plan.minor()) if enc is None else encrypted_header(fid, plan.minor())
-        if enc is not None:  # 10.3: a merge of an encrypted parent is encrypted for both parents' readers
-            h.crypt, h.keyslots = enc[0], parse_keyslots(enc[1], 0, 0)
-            lin_extra = [(C.FT_KEYSLOT, enc[1])]
-        else:
-            lin_extra = []
-        h.append_at(0, header.encode())
+        # 10.3: a merge of an encrypted parent is encrypted for the readers both parents admit
+        header, lin_extra = begin_file(h, fid, plan.minor(), enc)
         cap = Capsule(tmp, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a",
                       lambda: now[0])
     except BaseException:
@@ -243,10 +238,7 @@ def _write(plan: MergePlan, fid: bytes, tmp: Path, key: PrivateKey | Sequence[Pr
     except BaseException:
         WriteHandle.close(h)  # no snapshots, no fsync: the temporary file is removed
         raise
-    cap.close()  # the writer's snapshots on close (16.3, 16.8), then the one fsync
-    if cap.close_error is not None:
-        raise cap.close_error if isinstance(cap.close_error, CapsuleError | OSError) else CapsuleError(
-            str(cap.close_error))
+    close_written(cap)  # the writer's snapshots on close (16.3, 16.8), then the one fsync
     return ids
 
 

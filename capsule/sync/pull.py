@@ -266,7 +266,9 @@ def _check(remote: Remote, m: Manifest, tmp: Path, trust: Any, local_size: int, 
     if (rep.file_id, rep.last_seq, rep.root, rep.bytes, rep.torn_tail) != (m.file_id, m.seq, m.root, m.size, 0):
         raise RemoteCorrupt(f"{remote.shown}: the segments do not make the commit the manifest names "
                             f"(seq {m.seq}, root {m.root[:16]})", check="remote-manifest")
-    if trust is not None and rep.records > local_records and (rep.unsigned or {}).get("records"):
+    # 10.6: without the key, record counts are a COMMIT's word: any new bytes count as new records
+    grew = rep.records > local_records or (not rep.contents_checked and rep.bytes > local_size)
+    if trust is not None and grew and (rep.unsigned or {}).get("records"):
         raise RemoteUntrusted(f"{remote.shown}: refused: {rep.unsigned['records']} record(s) after the last "  # type: ignore[index]
                               f"checkpoint signed by the trusted key are not covered by its signature")
     return rep

@@ -51,7 +51,7 @@ from ..state.fold import EVENT_KINDS
 from ..state.liveness import apply_revert
 from ..state.stateroot import state_root_of
 from .carried import CarriedCheck, check_parent
-from .fast import check_frame, record_frame
+from .fast import array_len, check_frame, record_frame
 from .journal import JournalCheck
 from .lifecycle import check_targets
 from .lineage import check_parent as _check_parent  # 15, 15.1: the LINEAGE against the parent
@@ -146,17 +146,6 @@ class _Semantic(Exception):
         self.error = error
 
 
-def _array_len(raw: bytes, offset: int, seq: int) -> int:
-    b = raw[:1]
-    if b and 0x90 <= b[0] <= 0x9F:
-        return b[0] & 0x0F
-    if b == b"\xdc" and len(raw) >= 3:
-        return int.from_bytes(raw[1:3], "big")
-    if b == b"\xdd" and len(raw) >= 5:
-        return int.from_bytes(raw[1:5], "big")
-    raise CorruptError("RECORDS payload is not an array", offset=offset, seq=seq, check="records")
-
-
 def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int], None] | None = None,
            trust: PublicKey | Keyset | str | None = None, strict: bool = False,
            parent: str | Path | None = None, min_seq: int | None = None,
@@ -230,7 +219,7 @@ def _fail(rep: VerifyReport, check: str, message: str, offset: int | None = None
 
 
 def _trust(rep: VerifyReport, keysets: list[KeysetFrame], signed: list[_Signed], trust: object, strict: bool,
-           pins: Pins, commit_roots: dict[str, int], commit_ends: list[int]) -> bool:
+           pins: Pins, commit_roots: dict[str, int], commit_ends: list[int], sealed: list[int]) -> bool:
     """13.4, 14.7: anchor the keyset chain and measure what the anchored signatures
     cover; pins and --strict last. False (with first_error set) on failure."""
     rep.keyset = keysets[-1].keyset.keyset_hash if keysets else None
@@ -266,6 +255,8 @@ def _trust(rep: VerifyReport, keysets: list[KeysetFrame], signed: list[_Signed],
         rep.signed_prefix = {"seq": newest.seq, "bytes": newest.end, "label": newest.label,
                              "offset": newest.offset, "root": newest.root.hex(), "records": newest.records}
         beyond_records = rep.records - newest.records
+        if beyond_records <= 0 and sealed and sealed[-1] > newest.offset:
+            beyond_records = 1  # 10.6: a sealed RECORDS frame after it, whatever a COMMIT's count says
         beyond_commits = rep.commits - newest.commits - 1  # the checkpoint's own commit is covered
         own_commit_end = commit_ends[bisect.bisect_left(commit_ends, newest.end)]
         rep.unsigned = {"records": beyond_records, "commits": max(beyond_commits, 0),
@@ -322,6 +313,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     carried = CarriedCheck()  # 15.2: the parent's checkpoints the LINEAGE frame carries
     slots = KeyslotCheck(header)  # 10.3
     counts_unknown = False  # 10.6: sealed RECORDS read without the key are not counted
+    sealed_records: list[int] = []
     try:
         for fh, payload, leaf in rd.frames():
             try:
@@ -334,9 +326,11 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                         last_index = (fh.offset, None, None)
                     elif t == C.FT_BLOB:
                         blob_seqs[fh.offset] = fh.seq
+                    elif t == C.FT_RECORDS:
+                        sealed_records.append(fh.offset)  # 10.6: where records are, not how many
                 elif t == C.FT_RECORDS and not deep:
                     # structural: the codec must undo and the array header gives the count
-                    n = _array_len(raw_payload(fh, payload), fh.offset, fh.seq)
+                    n = array_len(raw_payload(fh, payload), fh.offset, fh.seq)
                     kinds_unknown = True
                     records += n
                 elif t == C.FT_RECORDS:
@@ -569,7 +563,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     if (signed := carried.merge(rep, keysets, signed, _Signed)) is None:  # type: ignore[assignment]
         return
     rep.checkpoints = len(signed)
-    if not _trust(rep, keysets, signed, trust, strict, pins, commit_roots, commit_ends):
+    if not _trust(rep, keysets, signed, trust, strict, pins, commit_roots, commit_ends, sealed_records):
         return
     if not deep:
         rep.ok = True

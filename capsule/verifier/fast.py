@@ -52,7 +52,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from ..core import constants as C
-from ..core.errors import DataError, NonCanonicalError
+from ..core.errors import CorruptError, DataError, NonCanonicalError
 from ..core.lazy import lazy
 from ..format import canonical as canon
 from ..format.commit import array_header, may_hold_too_many
@@ -297,3 +297,16 @@ def tables_list(tids: np.ndarray, tframes: np.ndarray, tslots: np.ndarray, ids: 
 
 
 __all__ = ["WALK_KINDS", "Frame", "check_frame", "record_frame", "tables_list"]
+
+
+def array_len(raw: bytes, offset: int, seq: int) -> int:
+    """The record count in a RECORDS payload's array header (a structural check, 13.3)."""
+    b = raw[:1]
+    if b and 0x90 <= b[0] <= 0x9F:
+        return b[0] & 0x0F
+    if b == b"\xdc" and len(raw) >= 3:
+        return int.from_bytes(raw[1:3], "big")
+    if b == b"\xdd" and len(raw) >= 5:
+        return int.from_bytes(raw[1:5], "big")
+    raise CorruptError("RECORDS payload is not an array", offset=offset, seq=seq, check="records")
+
