@@ -50,3 +50,34 @@ def test_store_on_an_encrypted_capsule(tmp_path: Path) -> None:
     item = store.get(("users", "u1"), "prefs")
     assert item is not None and item.value["units"] == "metric SECRET-9090"
     assert b"SECRET-9090" not in p.read_bytes()
+
+
+def test_mcp_service_opens_an_encrypted_capsule_from_worker_threads(tmp_path: Path) -> None:
+    """The MCP server's handlers run in worker threads, which do not inherit capsule.unlocking():
+    the service keeps the keys it started with for every later open (reads and writes)."""
+    import threading
+
+    from capsule.integrations._mcp_service import Service
+
+    key = capsule.generate_key()
+    p = tmp_path / "mcp.capsule"
+    capsule.create(p, recipients=[key.public_key]).close()
+    with capsule.unlocking(identity=key):
+        svc = Service(p)
+    got: list[object] = []
+
+    def worker() -> None:
+        try:
+            got.append(svc.remember({"text": "remembered from a worker SECRET-5151"}))
+            got.append(svc.search({"query": "remembered worker"}))
+        except BaseException as e:  # noqa: BLE001 - the assertion below reports it
+            got.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    svc.close()
+    assert not any(isinstance(g, BaseException) for g in got), got
+    assert b"SECRET-5151" not in p.read_bytes()
+    with capsule.open(p, identity=key) as cap:
+        assert [m.text for m in cap.records(kind="memory")] == ["remembered from a worker SECRET-5151"]

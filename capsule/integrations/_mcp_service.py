@@ -100,7 +100,13 @@ class Service:
         # The identity first: a file renamed over the path meanwhile then reads as moved
         # next time (and is reopened), never as the file this reader holds.
         self._ident, self._size = _identity(self.path), self.path.stat().st_size
-        self._reader = open_capsule(self.path)  # a missing, corrupt or future-version file fails here
+        # 10: the keys this server opens an encrypted capsule with, for every open from any thread
+        # (handlers run in worker threads, which do not inherit capsule.unlocking)
+        from ..handle.entry import default_keys
+
+        k = default_keys()
+        self._unlock: dict[str, Any] = {"identity": k.identity, "passphrase": k.passphrase}
+        self._reader = open_capsule(self.path, **self._unlock)  # a missing, corrupt or future-version file fails here
 
     def close(self) -> None:
         with self._read_lock:
@@ -138,7 +144,7 @@ class Service:
         """A fresh reader (the old one is kept if the file cannot be opened now). The identity
         and size are taken first: a change meanwhile then reads as a change next time."""
         ident, size = _identity(self.path), self.path.stat().st_size
-        fresh = open_capsule(self.path)
+        fresh = open_capsule(self.path, **self._unlock)
         self._reader.close()
         self._reader, self._ident, self._size = fresh, ident, size
 
@@ -155,7 +161,7 @@ class Service:
         delay = 0.001
         while True:
             try:
-                return open_capsule(self.path, "a")
+                return open_capsule(self.path, "a", **self._unlock)
             except Locked as e:
                 left = deadline - time.monotonic()
                 if cancel is not None and cancel.is_set():
