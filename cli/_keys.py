@@ -57,21 +57,15 @@ _given: dict[str, Any] = {}
 def with_keys(fn: F) -> F:
     """The command ``fn`` with ``--identity`` and ``--passphrase-env`` added."""
     sig = inspect.signature(fn)
-    names = set(sig.parameters)
-    extra = []
-    if "identity" not in names:
-        extra.append(inspect.Parameter("identity", inspect.Parameter.KEYWORD_ONLY, default=None,
-                                       annotation=IdentityOpt))
-    own = "capsule_passphrase_env" if "passphrase_env" in names else "passphrase_env"
-    extra.append(inspect.Parameter(own, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                   annotation=CapsulePassphraseEnvOpt if own != "passphrase_env" else PassphraseEnvOpt))
+    # where --passphrase-env already unlocks a signing key, the capsule's is --capsule-passphrase-env
+    own = "capsule_passphrase_env" if "passphrase_env" in sig.parameters else "passphrase_env"
+    extra = [inspect.Parameter("identity", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=IdentityOpt),
+             inspect.Parameter(own, inspect.Parameter.KEYWORD_ONLY, default=None,
+                               annotation=CapsulePassphraseEnvOpt if own != "passphrase_env" else PassphraseEnvOpt)]
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if "identity" not in names:
-            _given["identity"] = kwargs.pop("identity", None)
-        else:
-            _given["identity"] = kwargs.get("identity")
+        _given["identity"] = kwargs.pop("identity", None)
         _given["passphrase_env"] = kwargs.pop(own, None)
         from . import _errors
 

@@ -81,3 +81,16 @@ def test_mcp_service_opens_an_encrypted_capsule_from_worker_threads(tmp_path: Pa
     assert b"SECRET-5151" not in p.read_bytes()
     with capsule.open(p, identity=key) as cap:
         assert [m.text for m in cap.records(kind="memory")] == ["remembered from a worker SECRET-5151"]
+
+
+def test_an_identity_in_scope_is_not_made_a_recipient(tmp_path: Path) -> None:
+    """create(passphrase=) inside capsule.unlocking(identity=k) seals for the passphrase only:
+    the key in scope (there to open files) must not silently become a reader of new ones."""
+    key = capsule.generate_key()
+    p = tmp_path / "pw.capsule"
+    with capsule.unlocking(identity=key):
+        capsule.create(p, passphrase="pw", scrypt_log_n=10).close()
+    with pytest.raises(capsule.WrongKey):
+        capsule.open(p, identity=key)
+    with capsule.open(p, passphrase="pw") as cap:
+        assert cap.encrypted

@@ -308,7 +308,7 @@ def load(src: Source, size: int, *, strict: bool = True) -> Snapshot:
         try:
             snap, tear = settle(src, header, tail, strict=strict)
             _judge(src, header, snap, tear, size)
-            if _anchored(src, header, snap.commit) or locate(src, header, tail) != "inside":
+            if anchored(src, header, snap.commit) or locate(src, header, tail) != "inside":
                 return snap
         except CorruptError:
             if locate(src, header, tail) != "inside":
@@ -366,7 +366,7 @@ def locate(src: Source, header: FileHeader, c: CommitInfo) -> str:
     return "unknown"
 
 
-def _anchored(src: Source, header: FileHeader, c: CommitInfo | None) -> bool:
+def anchored(src: Source, header: FileHeader, c: CommitInfo | None) -> bool:
     """Cheap evidence that ``c``, a commit that settled, is a frame and not bytes in
     a payload. :func:`replay` checked that the last COMMIT on its path is the
     predecessor ``c`` names; when c's own commit wrote its INDEX, following frame

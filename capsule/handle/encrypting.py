@@ -53,9 +53,7 @@ def _public(recipients: Iterable[PublicKey | PrivateKey]) -> list[PublicKey]:
 def new_encryption(file_id: bytes, recipients: Sequence[PublicKey | PrivateKey], keys: Keys,
                    log_n: int | None = None) -> tuple[FrameCipher, bytes]:
     """A new file's frame cipher and first KEYSLOT payload (10.1, 10.3-10.5)."""
-    pubs = _public(recipients)
-    if keys.identity is not None and keys.identity.public_key.raw not in {p.raw for p in pubs} and not pubs:
-        pubs = [keys.identity.public_key]
+    pubs = _public(recipients)  # ``keys.identity`` only seeds reproducible mode (10.5): it is no recipient
     if not pubs and keys.passphrase is None:
         raise UsageError("an encrypted capsule needs at least one recipient or a passphrase")
     # CAPSULE_SCRYPT_LOG_N: a lighter work factor for tests and throwaway files (10.4 bounds it)

@@ -24,7 +24,7 @@ from ..format.frames import FileHeader, Merkle
 from ..format.scan import (
     Snapshot,
     Source,
-    _anchored,
+    anchored,
     hop,
     locate,
     read_commit_at,
@@ -100,7 +100,7 @@ def _sealed_head(h: ReadHandle, header: FileHeader) -> Snapshot:
             c = read_commit_at(h, at, header)
         except CorruptError:
             continue
-        if c.end <= size and (_anchored(h, header, c) or locate(h, header, c) == "frame"):
+        if c.end <= size and (anchored(h, header, c) or locate(h, header, c) == "frame"):
             snap = Snapshot(header, c.end, c, c.chain, Merkle(), c.seq + 1, records=c.records)
             if c.end < size:
                 snap.torn = (c.end, size - c.end)
