@@ -138,27 +138,81 @@ def test_a_token_is_folded(text: str) -> None:
         assert tokenize2(text.upper()) == tokenize2(text.lower()) or re.search(r"[a-z][A-Z]|[A-Z][a-z]", text)
 
 
+def _old_release(monkeypatch: pytest.MonkeyPatch, *, pystemmer: bool, snowball: bool) -> None:
+    """Make the chosen builds stem like snowballstemmer 2.2 (`internal` -> `intern`), the others
+    missing, and forget the stemmer loaded so far."""
+    tk._stemmer()  # the real one, loaded and checked
+    real = sys.modules["snowballstemmer.english_stemmer"].EnglishStemmer
+
+    class Old:
+        def __init__(self, *_: object) -> None:
+            pass
+
+        def stemWord(self, w: str) -> str:  # noqa: N802 - the stemmers' name
+            return "intern" if w == "internal" else str(real().stemWord(w))
+
+    py = types.ModuleType("Stemmer")
+    py.Stemmer = Old  # type: ignore[attr-defined]
+    sb = types.ModuleType("snowballstemmer.english_stemmer")
+    sb.EnglishStemmer = Old if snowball else real  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "Stemmer", py if pystemmer else None)
+    monkeypatch.setitem(sys.modules, "snowballstemmer.english_stemmer", sb)
+    monkeypatch.setattr(tk, "_STEMMER", [])
+    monkeypatch.setattr(tk, "_STEMS", {})
+    monkeypatch.setattr(tk, "_CHUNKS", {})
+
+
 def test_a_stemmer_of_another_release_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """16.4.1 names Snowball 3.1's English stemmer: one that stems a probe otherwise (here
     snowballstemmer 2.2's `internal` -> `intern`) makes tokenizer 2 unavailable, never silently
     different (its scores and snapshots would not be another host's)."""
-    tk._stemmer()  # the real one, loaded and checked
-    real = sys.modules["snowballstemmer.english_stemmer"]
-
-    class Old:
-        def stemWord(self, w: str) -> str:  # noqa: N802 - snowballstemmer's name
-            return "intern" if w == "internal" else str(real.EnglishStemmer().stemWord(w))
-
-    fake = types.ModuleType("snowballstemmer.english_stemmer")
-    fake.EnglishStemmer = Old  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "snowballstemmer.english_stemmer", fake)
-    monkeypatch.setattr(tk, "_STEMMER", [])
-    monkeypatch.setattr(tk, "_STEMS", {})
-    monkeypatch.setattr(tk, "_CHUNKS", {})
+    _old_release(monkeypatch, pystemmer=True, snowball=True)
     with pytest.raises(TokenizerUnavailable, match="'internal' as 'intern'"):
         tokenize2("internal affairs")
     assert tk.available(T2.id) is None and tk.available(T1.id) is T1 and tk.available("whitespace/9") is None
     assert isinstance(TokenizerUnavailable("x"), capsule.UsageError)
+
+
+def test_a_wrong_pystemmer_falls_back_to_snowballstemmer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyStemmer of another release is passed over for snowballstemmer 3.1, which stems right;
+    without PyStemmer at all, snowballstemmer alone serves."""
+    want = tokenize2("internal affairs of the university")
+    _old_release(monkeypatch, pystemmer=True, snowball=False)
+    assert tokenize2("internal affairs of the university") == want
+    assert "internal" in want
+    _old_release(monkeypatch, pystemmer=False, snowball=False)
+    assert tokenize2("internal affairs of the university") == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=18), min_size=1, max_size=400))
+def test_pystemmer_stems_as_the_python_reference(words: list[str]) -> None:
+    """The C build the reference prefers stems every a-z word as snowballstemmer 3.1.1 (the
+    release 16.4.1 names) does; a corpus check of 210k words agreed too."""
+    import Stemmer
+    from snowballstemmer.english_stemmer import EnglishStemmer
+
+    ref = EnglishStemmer()
+    fast = Stemmer.Stemmer("english", 0)
+    assert fast.stemWords(words) == [ref.stemWord(w) for w in words]
+
+
+def test_stemming_from_many_threads_agrees() -> None:
+    """Stemmer objects are not thread-safe: each thread gets its own, and stems agree."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    from snowballstemmer.english_stemmer import EnglishStemmer
+
+    rng = random.Random(3)
+    words = ["".join(rng.choice("abcdefghilmnorstuy") for _ in range(rng.randint(3, 14))) + rng.choice(
+        ("ing", "ed", "ational", "ization", "ies", "ness", "ly", "")) for _ in range(4000)]
+    ref = EnglishStemmer()
+    want = [ref.stemWord(w) for w in words]
+    stem = tk._stemmer()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda ws: [stem(w) for w in ws], [words] * 16))
+    assert all(g == want for g in got)
 
 
 # --- what a 1.4 capsule finds ------------------------------------------------------------------
