@@ -211,18 +211,21 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class EncodedFrame:
-    data: bytes
+    data: bytes  # the frame's bytes; empty when built in pieces
     chain: bytes
     leaf: bytes
     header: bytes
+    pieces: tuple[bytes, ...] = ()  # header, payload, chain, when built so (``split``)
 
 
 def encode_frame(
     ftype: int, seq: int, raw_payload: bytes, prev_chain: bytes, *, compress: bool = False,
-    level: int = 3, crypt: FrameCipher | None = None,
+    level: int = 3, crypt: FrameCipher | None = None, split: bool = False,
 ) -> EncodedFrame:
     """Build one frame. Compression is kept only when it saves bytes (3.3); with ``crypt``
-    (an encrypted file), a content frame's payload is sealed after compression (10.2)."""
+    (an encrypted file), a content frame's payload is sealed after compression (10.2).
+    ``split``: the frame as ``pieces`` (header, payload, chain), for a large payload that
+    need not be copied once more to be written."""
     payload = raw_payload
     flags = 0
     if compress and len(raw_payload) > 128:  # tiny payloads never shrink
@@ -237,6 +240,8 @@ def encode_frame(
         header = encode_frame_header(ftype, flags, seq, len(payload), len(raw_payload))
     ph = _sha256(payload).digest()
     chain = chain_next(prev_chain, header, ph)
+    if split:
+        return EncodedFrame(b"", chain, leaf_hash(header, ph), header, (header, payload, chain))
     return EncodedFrame(header + payload + chain, chain, leaf_hash(header, ph), header)
 
 

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 else:
     np = lazy("numpy")
 
+#: payloads longer than this are written as pieces, not copied into their frame's bytes
+_SPLIT_AT = 1 << 20
 #: a frame built once everything before it is laid out: (seq, chain, Merkle so far, offset) -> payload
 Build = Callable[[int, bytes, Merkle, int], bytes]
 
@@ -91,15 +93,18 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
 
     def emit(ftype: int, raw: bytes, compress: bool = False) -> int:
         nonlocal seq, chain, pos
-        fr = encode_frame(ftype, seq, raw, chain, compress=compress, crypt=h.crypt)
-        if len(fr.data) > max_frame:
+        # a large payload (an index table) is written from where it lies, not copied into a frame
+        fr = encode_frame(ftype, seq, raw, chain, compress=compress, crypt=h.crypt, split=len(raw) > _SPLIT_AT)
+        body = fr.pieces or (fr.data,)
+        size = sum(map(len, body))
+        if size > max_frame:
             # 11: a writer never writes what its own reader refuses; nothing is written yet.
-            raise InvalidRecordError(f"this commit needs a frame of {len(fr.data)} bytes, over this capsule's "
+            raise InvalidRecordError(f"this commit needs a frame of {size} bytes, over this capsule's "
                                      f"max frame length of {max_frame} bytes (spec 11)")
         at = pos
-        parts.append(fr.data)
+        parts.extend(body)
         merkle.append(fr.leaf)
-        chain, pos, seq = fr.chain, pos + len(fr.data), seq + 1
+        chain, pos, seq = fr.chain, pos + size, seq + 1
         return at
 
     frames = 0
@@ -220,16 +225,11 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     merkle.append(cframe.leaf)
     if before_index:
         # 6.4: every frame before an INDEX is durable before the INDEX is written.
-        head = b"".join(parts[:before_index])
-        h.append_at(snap.end, head)
+        head_len = h.append_parts(snap.end, parts[:before_index])
         h.sync()
-        data = b"".join(parts[before_index:])
-        h.append_at(snap.end + len(head), data)
-        data_len = len(head) + len(data)
+        data_len = head_len + h.append_parts(snap.end + head_len, parts[before_index:])
     else:
-        data = b"".join(parts)
-        h.append_at(snap.end, data)
-        data_len = len(data)
+        data_len = h.append_parts(snap.end, parts)
     h.sync()  # the commit exists from here on (6.4)
     store.pending_recovery = []
     end = snap.end + data_len
@@ -274,9 +274,10 @@ def _tables(emit: Callable[[int, bytes], int], ids: np.ndarray, frames: np.ndarr
     out = []
     for lo in range(0, max(len(ids), 1), cap):
         sel = order[lo : lo + cap]
-        table = build_table(ids[sel], frames[sel], slots[sel])
+        table = build_table(ids, frames, slots, sel)
         at = emit(C.FT_TABLE, table)
         ref = SegmentRef(at + C.FRAME_HEADER_SIZE, len(sel), hashlib.sha256(table).digest())
+        # the segment and a plain frame share the table's one buffer (F22); nothing changes it
         out.append(Segment(ref, table, verified=True))
     return out
 
