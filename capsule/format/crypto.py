@@ -167,7 +167,7 @@ class FrameCipher:
             raise CorruptError("COMMIT is not authenticated under the file key (history edited or spliced, or "
                                "written without the key)", offset=info.offset, seq=info.seq, check="commit-mac")
 
-    def seal(self, header_raw: bytes, plain: bytes) -> bytes:
+    def seal(self, header_raw: bytes, plain: bytes | bytearray) -> bytes:
         """nonce || ChaCha20-Poly1305(plain) || tag; the nonce is a PRF of the AAD and the plaintext."""
         ad = AAD_TAG + self.file_id + header_raw
         mac = hmac.new(self._nonce_key, ad, "sha256")

@@ -215,11 +215,11 @@ class EncodedFrame:
     chain: bytes
     leaf: bytes
     header: bytes
-    pieces: tuple[bytes, ...] = ()  # header, payload, chain, when built so (``split``)
+    pieces: tuple[bytes | bytearray, ...] = ()  # header, payload, chain, when built so (``split``)
 
 
 def encode_frame(
-    ftype: int, seq: int, raw_payload: bytes, prev_chain: bytes, *, compress: bool = False,
+    ftype: int, seq: int, raw_payload: bytes | bytearray, prev_chain: bytes, *, compress: bool = False,
     level: int = 3, crypt: FrameCipher | None = None, split: bool = False,
 ) -> EncodedFrame:
     """Build one frame. Compression is kept only when it saves bytes (3.3); with ``crypt``

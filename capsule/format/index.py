@@ -53,7 +53,7 @@ class Segment:
 
     __slots__ = ("ref", "prefix", "ids", "frames", "slots", "_buf", "_col", "_verified")
 
-    def __init__(self, ref: SegmentRef, buf: memoryview | bytes, *, verified: bool = False) -> None:
+    def __init__(self, ref: SegmentRef, buf: memoryview | bytes | bytearray, *, verified: bool = False) -> None:
         n = ref.count
         if len(buf) != n * ENTRY_SIZE:
             raise CorruptError("index table has the wrong size", offset=ref.offset, check="index-table")

@@ -83,7 +83,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     snap = store.snap
     seq, chain, merkle = snap.next_seq, snap.chain, snap.merkle.copy()
     pos = snap.end
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray] = []
     # New entries go to side columns and are merged into the snapshot only
     # after the fsync, so a failed commit leaves the in-memory state as it was.
     kinds = dict(snap.kinds)
@@ -91,7 +91,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     max_frame = snap.header.max_frame_len
     table_cap = max(1, (max_frame - C.FRAME_OVERHEAD) // ENTRY_SIZE)
 
-    def emit(ftype: int, raw: bytes, compress: bool = False) -> int:
+    def emit(ftype: int, raw: bytes | bytearray, compress: bool = False) -> int:
         nonlocal seq, chain, pos
         # a large payload (an index table) is written from where it lies, not copied into a frame
         fr = encode_frame(ftype, seq, raw, chain, compress=compress, crypt=h.crypt, split=len(raw) > _SPLIT_AT)
@@ -267,7 +267,7 @@ def _merge_count(counts: list[int], new: int, cap: int) -> int:
     return k
 
 
-def _tables(emit: Callable[[int, bytes], int], ids: np.ndarray, frames: np.ndarray, slots: np.ndarray,
+def _tables(emit: Callable[[int, bytes | bytearray], int], ids: np.ndarray, frames: np.ndarray, slots: np.ndarray,
             cap: int) -> list[Segment]:
     """TABLE frames for these entries: one, or sorted runs of at most ``cap`` entries (11)."""
     order = np.argsort(ids, kind="stable")
