@@ -22,6 +22,7 @@ from itertools import repeat
 from typing import Any
 
 import msgpack
+import msgspec
 
 from ..core.errors import CorruptError
 from ..format import canonical as canon
@@ -111,17 +112,54 @@ class LexicalCheck:
 
     def _docs(self, lo: int, hi: int) -> list[Doc]:
         """The searchable records lo..hi-1, read again. The walk has checked each one's
-        bytes, id and schema, so here the frame is only unpacked, not checked again."""
+        bytes, id and schema, so here the frame is only unpacked, not checked again: into
+        the few fields a document takes (msgspec, in C), or, for a frame whose other
+        records have fields of other types, as plain maps."""
         out: list[Doc] = []
-        cur, values = -1, []
+        cur, values, fast = -1, [], True
+        ids, frames, slots = self._ids, self._frames, self._slots
         for j in range(lo, hi):
-            frame = self._frames[j]
+            frame = frames[j]
             if frame != cur:
                 fh, payload, _, _ = read_frame_at(self.h, frame, max_frame=self.max_frame)
-                values = msgpack.unpackb(raw_payload(fh, payload), raw=False)
+                raw = raw_payload(fh, payload)
+                try:
+                    values, fast = _FIELDS.decode(raw), True
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    values, fast = msgpack.unpackb(raw, raw=False), False
                 cur = frame
-            out.append(_doc(bytes(self._ids[32 * j : 32 * j + 32]), values[self._slots[j]]))
+            rid = bytes(ids[32 * j : 32 * j + 32])
+            out.append(_doc_fields(rid, values[slots[j]]) if fast else _doc(rid, values[slots[j]]))
         return out
+
+
+class _Fields(msgspec.Struct, gc=False):
+    """What a document takes of a stored record (its other fields are skipped)."""
+
+    kind: str
+    time: int = 0
+    text: str = ""
+    summary: str = ""
+    rationale: str = ""
+    ttl: int = 0
+    tier: str = "working"
+    tags: tuple[str, ...] = ()
+    meta: dict[str, Any] = {}
+
+
+_FIELDS = msgspec.msgpack.Decoder(list[_Fields])
+
+
+def _doc_fields(rid: bytes, v: _Fields) -> Doc:
+    """:func:`_doc` of a record decoded into :class:`_Fields`."""
+    kind = v.kind
+    if kind == "decision":
+        return rid, v.summary + "\n" + v.rationale, v.time, 0, TIERS["working"], KIND_CODES[kind], (), None
+    if kind == "note":
+        return rid, v.text, v.time, 0, TIERS["working"], KIND_CODES[kind], (), None
+    meta = v.meta
+    session = canon.pack(canon.normalize(meta["session"])) if "session" in meta else None
+    return rid, v.text, v.time, v.ttl, TIERS[v.tier], KIND_CODES[kind], v.tags, session
 
 
 def _doc(rid: bytes, v: dict[str, Any]) -> Doc:
