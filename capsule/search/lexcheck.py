@@ -116,7 +116,8 @@ class LexicalCheck:
         the few fields a document takes (msgspec, in C), or, for a frame whose other
         records have fields of other types, as plain maps."""
         out: list[Doc] = []
-        cur, values, fast = -1, [], True
+        cur, fast = -1, True
+        values: list[Any] = []
         ids, frames, slots = self._ids, self._frames, self._slots
         for j in range(lo, hi):
             frame = frames[j]
