@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
@@ -62,6 +64,8 @@ FEED_BYTES = 1 << 25  # records this handle wrote make segments of at most this 
 FEED_CHUNK = 1 << 20  # and of at most this many records,
 _DECODE = 1 << 16  # decoded this many at a time
 KIND_CODES = {k: i for i, k in enumerate(LEXICAL_KINDS)}  # 16.8 `kind` column
+_KIND, _TEXT, _TIME, _TTL, _TIER, _TAGS, _META = map(attrgetter, ("kind", "text", "time", "ttl", "tier", "tags",
+                                                                   "meta"))
 
 
 def session_of(rec: Any) -> bytes | None:
@@ -291,11 +295,14 @@ class _Fed:
             self._decode(batch, sel)
             self.size += nbytes
             return
-        ends = np.frombuffer(batch.ends, np.uint64)[:count].astype(np.int64)
-        idx = np.asarray(sel, np.int64)
-        size = np.cumsum(ends[idx] - np.concatenate(([0], ends))[idx])
+        # a copy (a view would pin the batch's size); for the whole batch, its ends are the sizes summed
+        size = np.frombuffer(batch.ends, np.uint64)[:count].astype(np.int64)
+        if not isinstance(sel, range):
+            idx = np.asarray(sel, np.int64)
+            size = np.cumsum(size[idx] - np.concatenate(([0], size))[idx])
+            del idx
         lo = 0
-        while lo < len(idx):  # up to a segment's FEED_BYTES, FEED_CHUNK at a time, decoded _DECODE at a time
+        while lo < len(sel):  # up to a segment's FEED_BYTES, FEED_CHUNK at a time, decoded _DECODE at a time
             hi = max(lo + 1, int(np.searchsorted(size, (size[lo - 1] if lo else 0) + FEED_BYTES - self.size)))
             hi = min(hi, lo + max(1, FEED_CHUNK - len(self.texts)), lo + _DECODE)
             self._decode(batch, sel[lo:hi])
@@ -315,17 +322,27 @@ class _Fed:
             self.ids += b"".join(batch.ids[32 * i : 32 * i + 32] for i in sel)
             raw = array_header(len(sel)) + b"".join(batch.data.__getitem__(slice(*batch.span(i))) for i in sel)
         recs = _fields(self.rule.sessions).decode(raw)
+        del raw
         m = len(recs)
-        self.texts += [r.summary + "\n" + r.rationale if r.kind == "decision" else r.text for r in recs]
+        # each field through map and attrgetter: C loops, no Python frame per record
+        codes = np.fromiter(map(KIND_CODES.__getitem__, map(_KIND, recs)), np.uint8, m)
+        if (codes == KIND_CODES["decision"]).any():  # a decision's text is its summary and rationale
+            self.texts += [r.summary + "\n" + r.rationale if r.kind == "decision" else r.text for r in recs]
+        else:
+            self.texts += map(_TEXT, recs)
         time, ttl, tier, kind = self.cols
-        time.append(np.fromiter((r.time for r in recs), np.int64, m))
-        ttl.append(np.fromiter((r.ttl for r in recs), np.int64, m))
-        tier.append(np.fromiter((TIERS[r.tier] for r in recs), np.uint8, m))
-        kind.append(np.fromiter((KIND_CODES[r.kind] for r in recs), np.uint8, m))
-        self.tags += [r.tags for r in recs]
+        time.append(np.fromiter(map(_TIME, recs), np.int64, m))
+        ttl.append(np.fromiter(map(_TTL, recs), np.int64, m))
+        tier.append(np.fromiter(map(TIERS.__getitem__, map(_TIER, recs)), np.uint8, m))
+        kind.append(codes)
+        self.tags += map(_TAGS, recs)
         if self.rule.sessions:  # 16.4.1: stored canonical, so the stored bytes are the key
-            self.sessions += [bytes(r.meta["session"]) if r.kind == "memory" and "session" in r.meta else None
-                              for r in recs]
+            got = list(map(dict.get, map(_META, recs), repeat("session")))
+            if got.count(None) == m:  # none has one (most ingests): no step per record
+                self.sessions += got
+            else:
+                self.sessions += [bytes(g) if g is not None and c == 0 else None for g, c in zip(got, codes.tolist(),
+                                                                                                  strict=True)]
 
     def _segment(self) -> None:
         """The documents read and not yet built, as one more segment."""
@@ -333,7 +350,7 @@ class _Fed:
             return
         start = self.n - len(self.texts)
         time, ttl, tier, kind = (np.concatenate(c) for c in self.cols)
-        self.segs.append(build_columns(bytes(self.ids), self.texts, time, ttl, tier, kind, self.tags, start,
+        self.segs.append(build_columns(self.ids, self.texts, time, ttl, tier, kind, self.tags, start,
                                        self.rule.tok, self.sessions if self.rule.sessions else None))
         _counter(self.segs)
         self.ids, self.texts, self.cols, self.tags, self.size = bytearray(), [], [[], [], [], []], [], 0

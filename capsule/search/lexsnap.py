@@ -275,20 +275,25 @@ def _postings(sid: np.ndarray, doc: np.ndarray, n: int, k: int) -> tuple[np.ndar
     """From each occurrence's string (0..k-1) and document (0..n-1): per string its document
     count and its tf summed minus that, and the (position, tf) pairs, positions ascending
     per string."""
-    s = np.sort(sid * n + doc) if n else np.zeros(0, np.int64)
-    if not len(s):
+    if not n or not len(sid):
         z = np.zeros(k, np.int64)
         return z, z.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    s = np.multiply(sid, n, dtype=np.int64)  # in place from here: one array an occurrence, not three
+    s += doc
+    s.sort()
     first = np.empty(len(s), bool)
     first[0] = True
     np.not_equal(s[1:], s[:-1], out=first[1:])
     at = np.flatnonzero(first)
+    del first
     key = s[at]
     tf = np.diff(at, append=len(s))
+    del s, at
     bounds = np.searchsorted(key, np.arange(k + 1, dtype=np.int64) * n)  # every string occurs: no empty list
     df = np.diff(bounds)
     extra = np.add.reduceat(tf - 1, bounds[:-1]) if k else np.zeros(0, np.int64)
-    return df, extra, key - np.repeat(np.arange(k, dtype=np.int64) * n, df), tf
+    key -= np.repeat(np.arange(k, dtype=np.int64) * n, df)
+    return df, extra, key, tf
 
 
 def build(docs: Sequence[Doc], start: int = 0, tok: Tokenizer | None = None, sessions: bool = False) -> Segment:
@@ -303,7 +308,7 @@ def build(docs: Sequence[Doc], start: int = 0, tok: Tokenizer | None = None, ses
                          [d[7] if len(d) > 7 else None for d in docs] if sessions else None)
 
 
-def build_columns(ids: bytes, texts: Sequence[str], time: np.ndarray, ttl: np.ndarray, tier: np.ndarray,
+def build_columns(ids: bytes | bytearray, texts: Sequence[str], time: np.ndarray, ttl: np.ndarray, tier: np.ndarray,
                   kind: np.ndarray, tag_lists: Sequence[Sequence[str]], start: int = 0, tok: Tokenizer | None = None,
                   sessions: Sequence[bytes | None] | None = None) -> Segment:
     """:func:`build` from columns: ids back to back, texts, times, ttls (0: none), tier and
@@ -312,6 +317,7 @@ def build_columns(ids: bytes, texts: Sequence[str], time: np.ndarray, ttl: np.nd
     tok = tok or TOKENIZERS[TOKENIZER_1]
     terms, tid, lens = tok.term_ids(texts)
     df, extra, pdoc, ptf = _postings(tid, np.repeat(np.arange(n, dtype=np.int64), lens), n, len(terms))
+    del tid
     tags = sorted(set(chain.from_iterable(tag_lists)))
     flat = list(chain.from_iterable(tag_lists))
     gid = {t: i for i, t in enumerate(tags)}
