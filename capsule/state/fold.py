@@ -489,8 +489,17 @@ class _IsoCache:
             return f"{self._base}.{frac:09d}".rstrip("0") + "Z"
         return self._base + "Z"
 
-    def many(self, times: Iterable[int]) -> list[str]:
-        """``[self(t) for t in times]``, without a call per time."""
+    def many(self, times: list[int]) -> list[str]:
+        """``[self(t) for t in times]``: a frame's times at once, in NumPy when there are enough
+        of them to pay for its calls (some 60% of the loop's time at 100k records)."""
+        if len(times) >= _ISO_VECTOR_MIN:
+            try:
+                a = np.array(times, dtype=np.int64)
+            except OverflowError:  # a time past 2^63 - 1 (no record holds one): the loop decides
+                pass
+            else:
+                if a.min() >= 0:  # before 1970 (no record holds one either): the loop
+                    return _iso_array(a)
         out = []
         last, base = self._secs, self._base
         for ns in times:
@@ -500,6 +509,38 @@ class _IsoCache:
             out.append(f"{base}.{frac:09d}".rstrip("0") + "Z" if frac else base + "Z")
         self._secs, self._base = last, base
         return out
+
+
+#: below this many times the NumPy calls cost more than the loop they replace
+_ISO_VECTOR_MIN = 32
+_ISO_CONST: list[Any] = []
+
+
+def _iso_array(a: np.ndarray) -> list[str]:
+    """``iso`` of every time in ``a`` (int64 ns, none negative), built as one UCS-4 table.
+
+    Each row is the 30 code points of ``YYYY-MM-DDTHH:MM:SS.fffffffffZ``: the seconds part from
+    ``time.strftime`` once per distinct second (as ``iso`` writes it), the nine digits of the
+    fraction, then ``Z`` moved to just after the last non-zero digit (or over the point when the
+    fraction is zero) and NULs after it. A NumPy str item drops trailing NULs, so each row reads
+    back as ``iso`` spells that time. Int64 ns never pass 2262, so the year has four digits."""
+    if not _ISO_CONST:
+        _ISO_CONST.append((10 ** np.arange(8, -1, -1, dtype=np.int64), np.arange(30)))
+    powers, cols = _ISO_CONST[0]
+    n = len(a)
+    secs, frac = np.divmod(a, 1_000_000_000)
+    distinct, which = np.unique(secs, return_inverse=True)
+    bases = np.array([_time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(s)) for s in distinct.tolist()], "<U19")
+    rows = np.empty((n, 30), dtype="<u4")
+    rows[:, :19] = bases.view("<u4").reshape(-1, 19)[which.reshape(-1)]
+    rows[:, 19] = ord(".")
+    digits = frac[:, None] // powers % 10
+    rows[:, 20:29] = digits + ord("0")
+    # where Z goes: after the last non-zero digit of the fraction, or at the point when it is 0
+    zpos = np.where(frac == 0, 19, 29 - np.argmax(digits[:, ::-1] != 0, axis=1))
+    rows[cols > zpos[:, None]] = 0
+    rows[np.arange(n), zpos] = ord("Z")
+    return rows.view("<U30").reshape(-1).tolist()
 
 
 @contextmanager
