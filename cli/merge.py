@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-
-from capsule.merging import MergeReport, merge
 
 from ._errors import call
 from ._params import FileArg, JsonOpt
 from ._render import emit_json, out
 from .state import PassOpt, _load_keys
+
+if TYPE_CHECKING:
+    from capsule.merging import MergeReport
 
 
 def merge_cmd(
@@ -44,6 +45,8 @@ def merge_cmd(
     """
 
     def go() -> MergeReport:
+        from capsule.merging import merge  # loaded by the command that uses it (start-up, issue 14)
+
         keys = _load_keys(key, passphrase_env) if key and not dry_run else None
         return merge(a, b, out_path, key=keys, dry_run=dry_run, force=force)
 
