@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import capsule
 from capsule.core import constants as C
-from capsule.search import lexsnap
+from capsule.search import lexsnap, runs
 from capsule.search import tokenize as tk
 from capsule.search.catalog import doc_of
 
@@ -94,12 +94,12 @@ def test_places_is_searchsorted(keys: list[int], probes: int, collide: bool) -> 
     """The hash table numbering is a binary search's, including when keys collide (all in one
     slot: the probe limit hands over to the binary search) and with no probing allowed."""
     if collide:  # distinct keys whose top bits of key * _MUL agree: the same slot
-        keys = [(k << 40) * pow(tk._MUL, -1, 1 << 64) % (1 << 64) for k in range(len(keys))]
+        keys = [(k << 40) * pow(runs._MUL, -1, 1 << 64) % (1 << 64) for k in range(len(keys))]
     k = np.array(keys, np.uint64)
     u = np.unique(k)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tk, "_PROBES", probes)
-        got = tk._places(u, k)
+        mp.setattr(runs, "_PROBES", probes)
+        got = runs._places(u, k)
     assert got.tolist() == np.searchsorted(u, k).tolist()
 
 

@@ -24,6 +24,7 @@ NumPy. So ingest pays a stem per distinct word, not per word.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import unicodedata
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UsageError
 from ..core.lazy import lazy
+from .runs import _places, _shift, _token_keys
 
 if TYPE_CHECKING:
     import numpy as np
@@ -193,72 +195,6 @@ def _cut(texts: Sequence[str], prepare: Callable[[str], str], table: bytes) -> T
     return terms, tid, lens_all
 
 
-_MUL = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of key * 2^64 / golden ratio
-_PROBES = 32  # rounds of linear probing before a binary search is used instead
-
-
-def _places(u: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Each of ``keys``'s index in ``u`` (sorted, distinct, holding every one of them): as
-    ``np.searchsorted(u, keys)``, about 4x faster, through an open-addressing hash table of
-    ``u`` built and probed in NumPy (a binary search per key misses the cache 17 times at
-    100,000 distinct keys, a probe about once). Keys that collide much (a text made to)
-    cost at most _PROBES rounds, then the binary search answers."""
-    bits = max(4, (2 * len(u)).bit_length())  # load factor at most 1/2
-    mask, shift, mul = (1 << bits) - 1, np.uint64(64 - bits), np.uint64(_MUL)
-    slot = np.full(mask + 1, -1, np.int64)
-    h = ((u * mul) >> shift).astype(np.int64)
-    todo = np.arange(len(u))
-    for _ in range(_PROBES):
-        if not len(todo):
-            break
-        hh = h[todo]
-        free = slot[hh] < 0
-        slot[hh[free]] = todo[free]  # of keys meeting at a free slot, one wins; the others probe on
-        won = np.zeros(len(todo), bool)
-        won[free] = slot[hh[free]] == todo[free]
-        todo = todo[~won]
-        h[todo] = (h[todo] + 1) & mask
-    else:
-        if len(todo):
-            return np.searchsorted(u, keys)
-    del h, todo
-    at = keys * mul
-    at >>= shift
-    hk = at.view(np.int64)
-    res = slot[hk]
-    bad = np.flatnonzero(u[res] != keys)  # every key is in u: none meets a free slot first
-    for _ in range(_PROBES):
-        if not len(bad):
-            return res
-        hk[bad] = (hk[bad] + 1) & mask
-        res[bad] = slot[hk[bad]]
-        bad = bad[u[res[bad]] != keys[bad]]
-    return np.searchsorted(u, keys)
-
-
-def _shift(n: np.ndarray) -> np.ndarray:
-    """The bits past a run's last byte in a u64 holding ``n`` (at most 8) of its bytes."""
-    out: np.ndarray = (8 * (8 - np.minimum(n, 8))).astype(np.uint64)
-    return out
-
-
-def _token_keys(buf: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The runs of bytes other than spaces in ``buf``: each one's first 8 bytes as a
-    big-endian u64 (zero past its end), length and start; and the buffer's bytes from each
-    offset on as big-endian u64s (zero-padded), for a run's next 8."""
-    b = np.zeros(len(buf) + 8, np.uint8)
-    b[: len(buf)] = np.frombuffer(buf, np.uint8)
-    space = np.empty(len(buf) + 2, bool)
-    space[0] = space[-1] = True
-    np.equal(b[: len(buf)], 32, out=space[1:-1])
-    edge = np.flatnonzero(space[1:] != space[:-1])
-    del space
-    st, ln = edge[0::2], edge[1::2] - edge[0::2]
-    word = np.ndarray((len(buf) + 1,), ">u8", b, 0, (1,))  # the 8 bytes from each offset on
-    shift = _shift(ln)
-    return (word[st].astype(np.uint64) >> shift) << shift, ln, st, word
-
-
 # --- tokenizer 2 (16.4.1) --------------------------------------------------------------------
 
 #: 16.4.1: a raw token: words joined by one `.` or a run of `_`, then optionally a run of `+`
@@ -275,6 +211,18 @@ _ALPHA = re.compile(r"[a-z]+")  # 16.4.1: the tokens that are stemmed
 
 
 _LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A fork taken while another thread classified marks under _LOCK leaves the child a lock
+    nobody releases: its first text with a new character would wait forever. The sets are
+    whole in the child (set updates are atomic under the GIL), so a fresh lock is all it needs."""
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _MARKS: set[str] = set()  # the spacing and enclosing marks (Mc, Me) met so far
 _SEEN: set[str] = set()  # every non-ASCII character classified so far
 
@@ -382,6 +330,9 @@ PROBES = {"added": "add", "evening": "evening", "internal": "internal", "interva
           "organization": "organiz", "skis": "ski", "university": "universiti", "generously": "generous",
           "running": "run", "dying": "die", "news": "news"}
 _CACHE_MAX = 1 << 20
+#: longer words and chunks are not cached: they seldom come again, and entries are counted, not
+#: weighed (a 100 MB identifier would stay in the process)
+_CACHE_LEN = 256
 
 
 _LOCAL = threading.local()  # a stemmer object holds its word while it works: one per thread
@@ -448,9 +399,11 @@ def _final(tokens: list[str]) -> list[str]:
         if _ALPHA.fullmatch(t):
             s = _STEMS.get(t)
             if s is None:
-                if len(_STEMS) > _CACHE_MAX:
-                    _STEMS.clear()
-                s = _STEMS[t] = _stemmer()(t)
+                s = _stemmer()(t)
+                if len(t) <= _CACHE_LEN:
+                    if len(_STEMS) > _CACHE_MAX:
+                        _STEMS.clear()
+                    _STEMS[t] = s
             t = s
         out.append(t)
     return out
@@ -495,9 +448,10 @@ def _chunk_tokens(c: bytes) -> tuple[bytes, ...]:
         else:
             s = core.decode()
             got = tuple(t.encode() for m in _patterns(s)[0].finditer(s) for t in _final(_expand(m.group())))
-        if len(_CHUNKS) > _CACHE_MAX:
-            _CHUNKS.clear()
-        _CHUNKS[c] = got
+        if len(c) <= _CACHE_LEN:
+            if len(_CHUNKS) > _CACHE_MAX:
+                _CHUNKS.clear()
+            _CHUNKS[c] = got
     return got
 
 
