@@ -18,7 +18,7 @@ from capsule.format import canonical as canon
 from capsule.format.checkpoint import MAX_CARRIED, Carried, Lineage, parse_lineage
 from capsule.format.records import encode_record
 from capsule.format.signing import Signature
-from capsule.handle import entry
+from capsule.handle import carry
 from capsule.handle.carry import carried_for, carry_snapshots, copy_keysets
 from capsule.handle.entry import create
 from capsule.questions.diff_files import lineage_of
@@ -359,7 +359,7 @@ def how(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(carry_snapshots(*a, **k))  # type: ignore[arg-type]
         return seen[-1]
 
-    monkeypatch.setattr(entry, "carry_snapshots", spy)
+    monkeypatch.setattr(carry, "carry_snapshots", spy)  # _fork imports it when it runs
     return seen
 
 

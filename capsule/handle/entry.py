@@ -27,7 +27,6 @@ from ..questions._lifecycle import redacted
 from ..state.fold import live_records
 from ..state.stateroot import state_root_of
 from .capsule import Capsule
-from .carry import carried_for, carry_snapshots, copy_keysets
 from .encrypting import Keys, begin_file, like_parent, new_encryption
 from .locking import open_writer
 
@@ -237,6 +236,8 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
 
 
 def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock: Clock | None) -> Capsule:
+    from .carry import carried_for, carry_snapshots, copy_keysets  # forks only: not at start-up
+
     c = view._snap.commit
     if c is None:
         raise UsageError(f"{path}: has no commit to fork from")
