@@ -142,9 +142,17 @@ class ReadHandle:
                 raise ValueError("view beyond end of file")
             # Map through a descriptor of our own: mmap keeps a dup() of the fd it
             # is given, and a dup of the writer's descriptor would hold its flock
-            # for as long as any table view lives.
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # for as long as any table view lives. The path may no longer name our
+            # file (moved, or replaced by a rename): then the bytes are read from our
+            # own descriptor instead, a copy but never another file's.
             try:
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return memoryview(self.pread(offset, n))
+            try:
+                mine, theirs = os.fstat(self.fd), os.fstat(fd)
+                if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+                    return memoryview(self.pread(offset, n))
                 self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
             finally:
                 os.close(fd)

@@ -260,7 +260,10 @@ def _mapped(h: WriteHandle, seg: Segment) -> Segment:
     """``seg`` read from the file where its heap buffer (a table just written) is large."""
     if not isinstance(seg._buf, bytearray) or len(seg._buf) < _SPLIT_AT:
         return seg
-    return Segment(seg.ref, h.view(seg.ref.offset, len(seg._buf)), verified=seg.verified)
+    try:
+        return Segment(seg.ref, h.view(seg.ref.offset, len(seg._buf)), verified=seg.verified)
+    except (OSError, ValueError):  # the commit is durable already: keep the copy in hand
+        return seg
 
 
 def _join(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
