@@ -60,7 +60,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
                  blob: tuple[str, bytes] | None = None,
                  at_index: Callable[[], Sequence[tuple[str, bytes]]] | None = None,
                  vectors: Callable[[], dict[str, int | str]] | None = None,
-                 defer_index: bool = False) -> CommitInfo:
+                 defer_index: bool = False, published: Callable[[], object] | None = None) -> CommitInfo:
     """Append records (+ INDEX when due) + COMMIT, fsync once, then publish.
 
     ``extra`` frames go first; ``after`` frames are built by callbacks that get
@@ -70,6 +70,8 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     likewise for the INDEX's `vectors` map (9.2, 16.1), written in files created by 1.2 or later
     (header minor >= 2), so a 1.1 file appended to stays readable by 1.1 readers (12.6).
     ``defer_index``: no INDEX unless forced (compaction writes one fresh INDEX at its end, 15.1).
+    ``published`` runs once the new snapshot is, under the same guard: what the caller keeps in
+    step with the file (an interruption there poisons the writer too).
     """
     h = store.h
     assert isinstance(h, WriteHandle)
@@ -223,36 +225,47 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         raise InvalidRecordError(f"this capsule's max frame length of {max_frame} bytes cannot hold a COMMIT")
     parts.append(cframe.data)
     merkle.append(cframe.leaf)
-    if before_index:
-        # 6.4: every frame before an INDEX is durable before the INDEX is written.
-        head_len = h.append_parts(snap.end, parts[:before_index])
-        h.sync()
-        data_len = head_len + h.append_parts(snap.end + head_len, parts[before_index:])
-    else:
-        data_len = h.append_parts(snap.end, parts)
-    h.sync()  # the commit exists from here on (6.4)
-    if h.crypt is None and wrote_index:
-        # The new tables are in the file now: read them there (mapped, as a reader opens them),
-        # so the writer does not keep a heap copy of each (52 MB at a million records, F22).
-        segments = [_mapped(h, s) for s in segments]
-        labels = [_mapped(h, s) for s in labels]
-    store.pending_recovery = []
-    end = snap.end + data_len
-    info = CommitInfo(info.offset, end, info.seq, info.time, info.root, info.records, info.commits,
-                      info.prev, info.index, info.index_hash, cframe.chain, info.keyslots, info.mac)
-    if wrote_index:
-        mem_after: dict[bytes, tuple[int, int]] = {}
-        label_mem: dict[bytes, tuple[int, int]] = {}
-    else:  # fewer than INDEX_EVERY_RECORDS entries since the INDEX: a dict is fine here
-        mem_after, label_mem = snap.mem, snap.label_mem
-        mem_after.update(zip((batch.rid(j) for j in range(len(batch))),
-                             zip(new_frames.tolist(), new_slots.tolist(), strict=True), strict=True))
-        label_mem.update(new_labels)
-    store.snap = Snapshot(
-        snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
-        checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem, blobs=blobs,
-        vectors=vectors_at,
-    )
+    try:
+        if before_index:
+            # 6.4: every frame before an INDEX is durable before the INDEX is written.
+            head_len = h.append_parts(snap.end, parts[:before_index])
+            h.sync()
+            data_len = head_len + h.append_parts(snap.end + head_len, parts[before_index:])
+        else:
+            data_len = h.append_parts(snap.end, parts)
+        h.sync()  # the commit exists from here on (6.4)
+        if h.crypt is None and wrote_index:
+            # The new tables are in the file now: read them there (mapped, as a reader opens them),
+            # so the writer does not keep a heap copy of each (52 MB at a million records, F22).
+            segments = [_mapped(h, s) for s in segments]
+            labels = [_mapped(h, s) for s in labels]
+        store.pending_recovery = []
+        end = snap.end + data_len
+        info = CommitInfo(info.offset, end, info.seq, info.time, info.root, info.records, info.commits,
+                          info.prev, info.index, info.index_hash, cframe.chain, info.keyslots, info.mac)
+        if wrote_index:
+            mem_after: dict[bytes, tuple[int, int]] = {}
+            label_mem: dict[bytes, tuple[int, int]] = {}
+        else:  # fewer than INDEX_EVERY_RECORDS entries since the INDEX: a dict is fine here
+            mem_after, label_mem = snap.mem, snap.label_mem
+            mem_after.update(zip((batch.rid(j) for j in range(len(batch))),
+                                 zip(new_frames.tolist(), new_slots.tolist(), strict=True), strict=True))
+            label_mem.update(new_labels)
+        store.snap = Snapshot(
+            snap.header, end, info, cframe.chain, merkle, seq + 1, segments, mem_after, kinds, records, since + 1,
+            checkpoint=ckpt, keyset=keyset_at, labels=labels, label_mem=label_mem, blobs=blobs,
+            vectors=vectors_at,
+        )
+        if published is not None:
+            published()
+    except BaseException as e:
+        # From the first byte written to the new snapshot, an interruption (Ctrl-C, a signal
+        # handler's exception) may leave the commit durable yet unpublished: a next commit on
+        # this handle would write over it. Poisoned, the handle refuses; reopening finds the
+        # commit whole or a torn tail (8.1). An I/O error has poisoned it already.
+        if h.poisoned is None:
+            h.poisoned = InterruptedError(f"a commit was interrupted ({type(e).__name__}) before it was published")
+        raise
     return info
 
 

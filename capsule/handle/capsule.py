@@ -580,14 +580,14 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
     def _write_commit(self, items: Sequence[Item], *, force_index: bool = False,
                       extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
                       blob: tuple[str, bytes] | None = None, defer_index: bool = False) -> CommitInfo:
-        """One durable commit through the store's writer; the state root follows it."""
-        with self._lock, self._view_lock:  # searches and state_root see the snapshot and root move together
-            info = write_commit(self._store, items, force_index=force_index, extra=extra, after=after, blob=blob,
-                                at_index=lambda: self._journal.index.blobs_at_index(items),
-                                vectors=lambda: self._search.searcher().index_value(items), defer_index=defer_index)
+        """One durable commit; the state root and the journal (18) follow it under the writer's guard."""
+        def published() -> None:
             self._roots.committed(item_ids(items))
-            self._journal.index.committed(items)  # the journal folds its records and adopts its new head (18)
-            return info
+            self._journal.index.committed(items)  # it folds its records and adopts its new head
+        with self._lock, self._view_lock:  # searches and state_root see the snapshot and root move together
+            return write_commit(self._store, items, force_index=force_index, extra=extra, after=after, blob=blob,
+                                at_index=lambda: self._journal.index.blobs_at_index(items), published=published,
+                                vectors=lambda: self._search.searcher().index_value(items), defer_index=defer_index)
 
 
 def _parse_id(v: object) -> bytes:

@@ -15,6 +15,7 @@ commits per action does not rescan the file for each.
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -44,6 +45,19 @@ class _Seen:
 
 _SEEN: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A fork taken while another thread read records under _LOCK would leave the child a lock
+    nobody releases (its first run_once with a constraint would wait forever) and perhaps a
+    half-extended cache: the child starts both afresh."""
+    global _LOCK, _SEEN
+    _LOCK = threading.Lock()
+    _SEEN = weakref.WeakKeyDictionary()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _policy_records(store: Store) -> list[Any]:

