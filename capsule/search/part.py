@@ -118,6 +118,9 @@ class SearchPart:
             return None
         if params is not None and s.params is None:
             s.params = params
+        if fed is not None and not vectors and s.params is None and s._cfg_pos == fed[1] \
+                and "vindex" not in fed[0].kinds:
+            s._cfg_pos = fed[2]  # 16.1: a commit of no embedding and no vindex record fixes nothing
         s.pending_vectors += vectors
         try:
             if fed is not None:
