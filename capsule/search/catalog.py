@@ -341,8 +341,9 @@ class _Fed:
             if got.count(None) == m:  # none has one (most ingests): no step per record
                 self.sessions += got
             else:
-                self.sessions += [bytes(g) if g is not None and c == 0 else None for g, c in zip(got, codes.tolist(),
-                                                                                                  strict=True)]
+                memory = KIND_CODES["memory"]  # 16.4.1: only a memory has a session key
+                self.sessions += [bytes(g) if g is not None and c == memory else None
+                                  for g, c in zip(got, codes.tolist(), strict=True)]
 
     def _segment(self) -> None:
         """The documents read and not yet built, as one more segment."""
