@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,all]'
+	@# an editable install is not byte-compiled (a wheel install is): compile once, so every
+	@# command starts from bytecode even where PYTHONDONTWRITEBYTECODE is set (start-up, issue 14)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m compileall -q capsule cli > /dev/null
 	touch $(STAMP)
 
 demo: $(STAMP)
