@@ -266,7 +266,7 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
                     raise
         cap._write_commit([], force_index=True)  # one fresh INDEX, its tables and the journal snapshot
         if mems is not None:
-            carry_snapshots(src, cap, mems)  # 16.3, 16.8: the parent's graph when it fits, else built
+            carry_snapshots(src, cap, mems, complete=True)  # 16.3, 16.8: the parent's graph when it fits, else built
         if key is not None:
             cap.checkpoint(LABEL, key=key)
     except BaseException:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
 from ..core.errors import CorruptError, UsageError
+from ..core.lazy import lazy
 from ..format.blob import read_blob
 from ..format.checkpoint import MAX_CARRIED, Carried, CheckpointFrame, KeysetFrame, encode_keyset
 from ..format.frames import Merkle
@@ -36,11 +37,15 @@ from ..format.signing import count_valid
 from ..format.writer import Build
 from ..search.entries import check_ids_distinct, entries_disagree
 from ..search.part import LEX_SNAPSHOT_ON_CLOSE, SNAPSHOT_ON_CLOSE
-from ..search.vindex import BLOB_TYPE, VectorIndex
+from ..search.vindex import BLOB_TYPE, TIERS, Entry, VectorIndex
 from ..state import checkpoints as ck
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from .capsule import Capsule
+else:
+    np = lazy("numpy")
 
 
 def carried_for(parent: Capsule, pairs: Iterable[tuple[CheckpointFrame, int]]) -> list[Carried]:
@@ -102,7 +107,7 @@ def copy_keysets(parent: Capsule, new_cap: Capsule) -> int:
 
 
 def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, view: Capsule | None = None,
-                    build_max: int | None = None) -> str:
+                    build_max: int | None = None, complete: bool = False) -> str:
     """Write the search snapshots of ``new`` (a writer whose records are ``records``, in
     commit order) as a clean close does (16.3, 16.8), so its first search loads them.
 
@@ -114,6 +119,8 @@ def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, vi
     records, whatever their number (``build_max`` caps it: a larger index is then left to the
     first search, as a close leaves one over ``CLOSE_BUILD_MAX``): a fork or a compaction is
     done once, while an index left unbuilt is built again by every process that searches.
+    ``complete``: ``records`` holds every memory of ``new`` (a fork's, a compaction's), so a
+    build inserts them from here instead of reading the file back.
     Returns how: "parent", "view", "built" or "none".
     """
     how = "none"
@@ -142,7 +149,18 @@ def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, vi
             new._write_commit([], blob=(BLOB_TYPE, vi.encode()))
             return name
         if build_max is None or len(mine) <= build_max:
-            part.searcher().vectors()
+            s = part.searcher()
+            if complete and s.vi is None and BLOB_TYPE not in new._snap.blobs:
+                # 16.3: the entries in label order, inserted as a reader's catch-up inserts them
+                # (4,096 at a time), from the records in hand rather than read back from the file
+                vi = VectorIndex(params)
+                rows = list(mine.items())
+                for lo in range(0, len(rows), 4096):
+                    part_rows = rows[lo : lo + 4096]
+                    vi.add([Entry(rid, r.time, r.ttl or 0, TIERS[r.tier], tuple(r.tags)) for rid, r in part_rows],
+                           np.stack([r.embedding for _, r in part_rows]))
+                s.vi, s.params, s._vpos = vi, params, new._snap.end
+            s.vectors()
             part.write_snapshot()
             how = "built"
     return how

@@ -279,7 +279,7 @@ def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock:
             # 15.2: the carried signatures, and the checkpoints the fork signs later, verify
             # under the parent's keys; a fork that carries nothing picks its own first keyset
             copy_keysets(view, new)
-        carry_snapshots(src, new, recs, view=view)  # 16.3, 16.8: the first search loads, not builds
+        carry_snapshots(src, new, recs, view=view, complete=True)  # 16.3, 16.8: the first search loads
     except BaseException:
         new.close()
         raise
