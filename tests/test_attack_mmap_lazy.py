@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import pytest
 import capsule
 import capsule.format.file as cfile
 import capsule.format.writer as cwriter
+from tests.forking import fork_while_held
 
 
 @pytest.fixture
@@ -118,38 +118,33 @@ def test_fork_while_a_thread_reads_policy_records_does_not_deadlock_the_child(tm
     p = tmp_path / "a.capsule"
     with capsule.create(p) as cap, cap.commit() as tx:
         tx.constrain("outgoing email needs sign-off", rule={"action": "email.*"})
-    held, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
-        with policy._LOCK:  # what a thread inside _policy_records does while it reads
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=hold, daemon=True)
-    t.start()
-    assert held.wait(5)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:
-            code = 4
+    def child() -> bool:
+        with capsule.open(p, "a") as c:
             try:
-                signal.alarm(3)  # a deadlocked child dies of SIGALRM instead of hanging the suite
-                with capsule.open(p, "a") as c:
-                    try:
-                        c.run_once("email.send:1", lambda: None)
-                        code = 3
-                    except capsule.PolicyViolation:
-                        code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        release.set()
-        t.join(5)
+                c.run_once("email.send:1", lambda: None)
+            except capsule.PolicyViolation:
+                return True
+        return False
+
+    status = fork_while_held(lambda: policy._LOCK, child)
     if os.WIFSIGNALED(status):
         pytest.fail(f"the fork child deadlocked on run.policy._LOCK (killed by signal {os.WTERMSIG(status)})")
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_a_thread_holds_the_e5_lock_does_not_deadlock_the_child() -> None:
+    """The e5 embedder loads and runs under one module lock; a child forked meanwhile gets a
+    fresh lock (and loads its own engine), so its first embedding does not wait forever."""
+    from capsule.search import embed
+
+    def child() -> bool:
+        with embed._e5_lock:
+            return embed._e5_engine is None
+
+    status = fork_while_held(lambda: embed._e5_lock, child)
+    assert not os.WIFSIGNALED(status), "the fork child deadlocked on search.embed._e5_lock"
     assert os.waitstatus_to_exitcode(status) == 0
 
 

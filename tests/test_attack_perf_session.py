@@ -21,12 +21,10 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import struct
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +43,7 @@ from capsule.search import lexsnap, runs
 from capsule.search import part as spart
 from capsule.search import tokenize as tk
 from capsule.search.catalog import doc_of
+from tests.forking import fork_while_held
 
 T0 = 1_700_000_000 * 10**9
 FILE_ID = bytes(range(16))
@@ -90,31 +89,8 @@ def test_fork_while_a_thread_classifies_marks_does_not_deadlock_the_child() -> N
     always lands inside the critical section."""
     tk.tokenize2("warm up the stemmer and the caches")
     fresh = next(chr(c) for c in range(0x1E900, 0x1E944) if chr(c) not in tk._SEEN)  # Adlam: a new character
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with tk._LOCK:  # what a thread inside _patterns does while it classifies a text's characters
-            held.set()
-            release.wait(10)
-
-    t = threading.Thread(target=hold, daemon=True)
-    t.start()
-    assert held.wait(5)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads running
-            pid = os.fork()
-        if pid == 0:  # the child: tokenize a text with a character never classified
-            code = 4
-            try:
-                signal.alarm(3)  # a deadlocked child dies of SIGALRM instead of hanging the suite
-                code = 0 if tk.tokenize2(f"running {fresh}x") == ["run", f"{fresh}x".casefold()] else 3
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        release.set()
-        t.join(5)
+    status = fork_while_held(lambda: tk._LOCK,
+                             lambda: tk.tokenize2(f"running {fresh}x") == ["run", f"{fresh}x".casefold()])
     if os.WIFSIGNALED(status):
         pytest.fail(f"the fork child deadlocked on tokenize._LOCK (killed by signal {os.WTERMSIG(status)})")
     assert os.waitstatus_to_exitcode(status) == 0
