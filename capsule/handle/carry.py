@@ -37,7 +37,7 @@ from ..format.signing import count_valid
 from ..format.writer import Build
 from ..search.entries import check_ids_distinct, entries_disagree
 from ..search.part import LEX_SNAPSHOT_ON_CLOSE, SNAPSHOT_ON_CLOSE
-from ..search.vindex import BLOB_TYPE, TIERS, Entry, VectorIndex
+from ..search.vindex import BLOB_TYPE, Entry, VectorIndex
 from ..state import checkpoints as ck
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, vi
                 rows = list(mine.items())
                 for lo in range(0, len(rows), 4096):
                     part_rows = rows[lo : lo + 4096]
-                    vi.add([Entry(rid, r.time, r.ttl or 0, TIERS[r.tier], tuple(r.tags)) for rid, r in part_rows],
+                    vi.add([Entry.of(rid, r) for rid, r in part_rows],
                            np.stack([r.embedding for _, r in part_rows]))
                 s.vi, s.params, s._vpos = vi, params, new._snap.end
             s.vectors()

@@ -347,7 +347,7 @@ class Searcher:
                 self.vi = VectorIndex(self.params)
             if len(rec.embedding) != self.vi.params.dim:
                 continue  # 16.1: another dimension is not indexed
-            entries.append(Entry(rid, rec.time, rec.ttl or 0, TIERS[rec.tier], tuple(rec.tags)))
+            entries.append(Entry.of(rid, rec))
             vecs.append(rec.embedding)
             if len(entries) >= 4096:
                 flush()

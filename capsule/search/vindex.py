@@ -108,6 +108,11 @@ class Entry:
     tier: int
     tags: tuple[str, ...]
 
+    @classmethod
+    def of(cls, rid: bytes, rec: Any) -> Entry:
+        """16.1: the entry of memory ``rec`` (with id ``rid``)."""
+        return cls(rid, rec.time, rec.ttl or 0, TIERS[rec.tier], tuple(rec.tags))
+
 
 class IdArray:
     """Record ids by label, 32 bytes each in one buffer (no object per id)."""
