@@ -249,7 +249,8 @@ class WriteHandle(ReadHandle):
             self.check_owner()
         if self.poisoned is not None:
             raise WriterPoisoned(
-                f"{self.path}: an earlier I/O error ({self.poisoned}) poisoned this writer; reopen to recover"
+                f"{self.path}: an earlier failed or interrupted write ({self.poisoned}) poisoned this writer; "
+                "reopen to recover"
             )
 
     def append_at(self, offset: int, data: bytes) -> None:
