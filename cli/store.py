@@ -140,20 +140,21 @@ def put(
         # discards the whole batch, so a failed put leaves the capsule as it was.
         stream = _open_jsonl(jsonl) if jsonl is not None and jsonl != "\0body" else None
         ids: bytes | bytearray = bytearray()  # raw 32-byte ids, in input order
+        got: Any = None  # put_many's ids
         try:
-            with capsule.open(path, "a", timeout=wait or None) as cap, _close_warning(cap):
-                with cap.commit() as tx:
-                    if text is not None:
-                        ids += bytes.fromhex(tx.remember(text, tags=tag or [], meta=meta_map))
-                    elif stream is not None:
-                        lines = JsonLines(stream, "stdin " if jsonl == "-" else f"{Path(str(jsonl)).name} ")
-                        ids = tx.put_many(lines, names=lines.name).raw  # 32 bytes a record, no copy
-                    else:
-                        try:
-                            ids += bytes.fromhex(tx.put_value(body))
-                        except DataError as e:
-                            raise capsule.InvalidRecordError(f"--json-body: {e}") from None
-                return ids, len(tx.new_ids)
+            with capsule.open(path, "a", timeout=wait or None) as cap, _close_warning(cap), cap.commit() as tx:
+                if text is not None:
+                    ids += bytes.fromhex(tx.remember(text, tags=tag or [], meta=meta_map))
+                elif stream is not None:
+                    lines = JsonLines(stream, "stdin " if jsonl == "-" else f"{Path(str(jsonl)).name} ")
+                    got = tx.put_many(lines, names=lines.name)  # 32 bytes a record, copied when read
+                else:
+                    try:
+                        ids += bytes.fromhex(tx.put_value(body))
+                    except DataError as e:
+                        raise capsule.InvalidRecordError(f"--json-body: {e}") from None
+            # read once the commit is closed: the ids are copied after the index is built (F22)
+            return (got.raw if stream is not None else ids), len(tx.new_ids)
         finally:
             if stream is not None and stream is not sys.stdin.buffer:
                 stream.close()

@@ -234,11 +234,12 @@ def test_a_head_that_fails_its_sha256_is_reported_and_rebuilt(tmp_path: Path, no
 
     real = writer.blob_parts
 
-    def bent(btype: str, content: bytes) -> tuple[list[bytes], bytes]:
-        parts, bid = real(btype, content)
+    def bent(btype: str, content: bytes) -> tuple[list[list[bytes]], bytes, int]:
+        parts, bid, size = real(btype, content)
         if btype == JOURNAL_BLOB:  # the INDEX names the true hash, the frames carry other bytes
-            parts[-1] = parts[-1][:-1] + bytes([parts[-1][-1] ^ 1])
-        return parts, bid
+            last = b"".join(parts[-1])
+            parts[-1] = [last[:-1] + bytes([last[-1] ^ 1])]
+        return parts, bid, size
 
     p = tmp_path / "a.capsule"
     with capsule.create(p, clock=ticking()) as cap:

@@ -304,11 +304,12 @@ def test_7_9_task_bounds_and_one_encoding() -> None:
 
 
 def test_3_4_blob_part_header() -> None:
-    parts, bid = blob_parts("hnsw", b"")
-    assert len(parts) == 1 and bid == EMPTY_TREE
-    (n,) = struct.unpack_from("<H", parts[0])
-    assert canon.decode(parts[0][2 : 2 + n]) == {"id": bid, "part": 0, "parts": 1, "size": 0, "type": "hnsw"}
-    assert len(parts[0]) == 2 + n
+    pieces, bid, size = blob_parts("hnsw", b"")
+    assert len(pieces) == 1 and bid == EMPTY_TREE and size == 0
+    part = b"".join(pieces[0])
+    (n,) = struct.unpack_from("<H", part)
+    assert canon.decode(part[2 : 2 + n]) == {"id": bid, "part": 0, "parts": 1, "size": 0, "type": "hnsw"}
+    assert len(part) == 2 + n
     want = json.loads((VEC / "vectors.json").read_text())["search"]["snapshot"]
     _, frames = read_frames(VEC / "search.capsule")
     raw = next(f for f in frames if f.ftype == C.FT_BLOB).raw

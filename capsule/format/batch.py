@@ -40,11 +40,33 @@ def _at(raw: bytes | bytearray, i: int) -> int:
 class IdList(Sequence[str]):
     """Record ids as hex strings, kept as 32 raw bytes each (``raw``)."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("_raw", "_src")
 
     def __init__(self, raw: bytes | bytearray | memoryview = b"", *, copy: bool = True) -> None:
         # copy=False only for a buffer nothing will change again (a finished batch's ids)
-        self.raw: bytes | bytearray = bytes(raw) if copy or isinstance(raw, memoryview) else raw
+        self._raw: bytes | bytearray | None = bytes(raw) if copy or isinstance(raw, memoryview) else raw
+        self._src: tuple[bytearray, int, int] | None = None
+
+    @classmethod
+    def later(cls, buf: bytearray, start: int, stop: int) -> IdList:
+        """Ids ``start .. stop - 1`` of ``buf``, a buffer that only ever grows or shrinks
+        past ``stop`` (a batch's ids): copied when first read, not when made. A million
+        ids handed back by ``put_many`` cost nothing until the caller looks (F22)."""
+        out = cls.__new__(cls)
+        out._raw, out._src = None, (buf, start, stop)
+        return out
+
+    @property
+    def raw(self) -> bytes | bytearray:
+        raw, src = self._raw, self._src
+        if raw is None:
+            if src is None:  # another thread copied them in between (it sets _raw first)
+                return self._raw  # type: ignore[return-value]
+            buf, a, b = src
+            with memoryview(buf) as view:
+                raw = self._raw = bytes(view[32 * a : 32 * b])
+            self._src = None
+        return raw
 
     def __len__(self) -> int:
         return len(self.raw) // 32

@@ -12,7 +12,7 @@ import hashlib
 import queue
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,15 +52,37 @@ def part_count(size: int) -> int:
     return max(1, -(-size // C.BLOB_PART))
 
 
-def blob_parts(btype: str, data: bytes) -> tuple[list[bytes], bytes]:
-    """3.4: the BLOB payloads for ``data`` and its content id."""
-    bid = hashlib.sha256(data).digest()
-    n = part_count(len(data))
-    out = []
+Buffer = bytes | bytearray | memoryview
+
+
+def blob_parts(btype: str, data: Buffer | Sequence[Buffer]) -> tuple[list[list[Buffer]], bytes, int]:
+    """3.4: the BLOB payloads for ``data``, its content id and its size.
+
+    ``data`` is the content, whole or as pieces (byte buffers) to be read back to back;
+    each payload is a list of pieces too: its part header, then views of the content,
+    so a blob of hundreds of megabytes is never copied to be written (F22)."""
+    pieces = [memoryview(data).cast("B")] if isinstance(data, Buffer) else [memoryview(x).cast("B") for x in data]
+    h = hashlib.sha256()
+    for x in pieces:
+        h.update(x)
+    bid, size = h.digest(), sum(map(len, pieces))
+    n = part_count(size)
+    out: list[list[Buffer]] = []
+    it = iter(pieces)
+    cur, at = memoryview(b""), 0  # the piece being cut, and how much of it is taken
     for i in range(n):
-        head = canon.pack({"id": bid, "part": i, "parts": n, "size": len(data), "type": btype})
-        out.append(_LEN.pack(len(head)) + head + data[i * C.BLOB_PART : (i + 1) * C.BLOB_PART])
-    return out, bid
+        head = canon.pack({"id": bid, "part": i, "parts": n, "size": size, "type": btype})
+        payload: list[Buffer] = [_LEN.pack(len(head)) + head]
+        want = min(C.BLOB_PART, size - i * C.BLOB_PART)
+        while want:
+            if at == len(cur):
+                cur, at = next(it), 0
+                continue
+            take = min(want, len(cur) - at)
+            payload.append(cur[at : at + take])
+            at, want = at + take, want - take
+        out.append(payload)
+    return out, bid, size
 
 
 def parse_blob_refs(v: object, offset: int) -> dict[str, BlobRef]:

@@ -257,7 +257,7 @@ class WriteHandle(ReadHandle):
         """Write ``data`` at ``offset`` (the current end of the committed file)."""
         self.append_parts(offset, (data,))
 
-    def append_parts(self, offset: int, parts: Sequence[bytes | bytearray]) -> int:
+    def append_parts(self, offset: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         """Write ``parts`` back to back from ``offset`` (the current end of the committed
         file); the number of bytes written. One write each, not one joined copy: a commit of
         a million records holds its frames once (F22)."""

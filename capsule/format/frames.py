@@ -215,17 +215,22 @@ class EncodedFrame:
     chain: bytes
     leaf: bytes
     header: bytes
-    pieces: tuple[bytes | bytearray, ...] = ()  # header, payload, chain, when built so (``split``)
+    pieces: tuple[bytes | bytearray | memoryview, ...] = ()  # header, payload, chain, when built so (``split``)
 
 
 def encode_frame(
-    ftype: int, seq: int, raw_payload: bytes | bytearray, prev_chain: bytes, *, compress: bool = False,
-    level: int = 3, crypt: FrameCipher | None = None, split: bool = False,
+    ftype: int, seq: int, raw_payload: bytes | bytearray | list[bytes | bytearray | memoryview], prev_chain: bytes,
+    *, compress: bool = False, level: int = 3, crypt: FrameCipher | None = None, split: bool = False,
 ) -> EncodedFrame:
     """Build one frame. Compression is kept only when it saves bytes (3.3); with ``crypt``
     (an encrypted file), a content frame's payload is sealed after compression (10.2).
     ``split``: the frame as ``pieces`` (header, payload, chain), for a large payload that
-    need not be copied once more to be written."""
+    need not be copied once more to be written. A payload given as a list of byte pieces
+    is read back to back, and the frame is always built in pieces when it stays plain."""
+    if isinstance(raw_payload, list):  # pieces to be read back to back (a blob part, F22)
+        if not (compress or (crypt is not None and ftype in C.SEALED_TYPES)):
+            return _plain_pieces(ftype, seq, raw_payload, prev_chain)
+        raw_payload = b"".join(raw_payload)
     payload = raw_payload
     flags = 0
     if compress and len(raw_payload) > 128:  # tiny payloads never shrink
@@ -243,6 +248,19 @@ def encode_frame(
     if split:
         return EncodedFrame(b"", chain, leaf_hash(header, ph), header, (header, payload, chain))
     return EncodedFrame(header + payload + chain, chain, leaf_hash(header, ph), header)
+
+
+def _plain_pieces(ftype: int, seq: int, pieces: list[bytes | bytearray | memoryview], prev_chain: bytes
+                  ) -> EncodedFrame:
+    """A stored, unsealed frame whose payload is ``pieces`` back to back, never joined."""
+    size = sum(map(len, pieces))
+    header = encode_frame_header(ftype, 0, seq, size, size)
+    h = _sha256()
+    for x in pieces:
+        h.update(x)
+    ph = h.digest()
+    chain = chain_next(prev_chain, header, ph)
+    return EncodedFrame(b"", chain, leaf_hash(header, ph), header, (header, *pieces, chain))
 
 
 _tls = threading.local()

@@ -30,7 +30,7 @@ from . import canonical as canon
 from .batch import Item as Item  # re-exported: the writer's input type, and its ids
 from .batch import RecordBatch, as_batch
 from .batch import item_ids as item_ids
-from .blob import BlobRef, blob_parts
+from .blob import BlobRef, Buffer, blob_parts
 from .checkpoint import parse_checkpoint
 from .commit import (
     CommitInfo,
@@ -57,7 +57,7 @@ Build = Callable[[int, bytes, Merkle, int], bytes]
 
 def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_index: bool = False,
                  extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
-                 blob: tuple[str, bytes] | None = None,
+                 blob: tuple[str, Buffer | Sequence[Buffer]] | None = None,
                  at_index: Callable[[], Sequence[tuple[str, bytes]]] | None = None,
                  vectors: Callable[[], dict[str, int | str]] | None = None,
                  defer_index: bool = False, published: Callable[[], object] | None = None) -> CommitInfo:
@@ -85,7 +85,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     snap = store.snap
     seq, chain, merkle = snap.next_seq, snap.chain, snap.merkle.copy()
     pos = snap.end
-    parts: list[bytes | bytearray] = []
+    parts: list[Buffer] = []
     # New entries go to side columns and are merged into the snapshot only
     # after the fsync, so a failed commit leaves the in-memory state as it was.
     kinds = dict(snap.kinds)
@@ -93,10 +93,11 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     max_frame = snap.header.max_frame_len
     table_cap = max(1, (max_frame - C.FRAME_OVERHEAD) // ENTRY_SIZE)
 
-    def emit(ftype: int, raw: bytes | bytearray, compress: bool = False) -> int:
+    def emit(ftype: int, raw: bytes | bytearray | list[Buffer], compress: bool = False) -> int:
         nonlocal seq, chain, pos
-        # a large payload (an index table) is written from where it lies, not copied into a frame
-        fr = encode_frame(ftype, seq, raw, chain, compress=compress, crypt=h.crypt, split=len(raw) > _SPLIT_AT)
+        # a large payload (an index table, a blob part) is written from where it lies, not copied into a frame
+        big = (sum(map(len, raw)) if isinstance(raw, list) else len(raw)) > _SPLIT_AT
+        fr = encode_frame(ftype, seq, raw, chain, compress=compress, crypt=h.crypt, split=big)
         body = fr.pieces or (fr.data,)
         size = sum(map(len, body))
         if size > max_frame:
@@ -120,12 +121,12 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     if blob is not None:
         # 3.4: the parts go first; the INDEX this commit must write names them.
         btype, content = blob
-        payloads, bid = blob_parts(btype, content)
+        payloads, bid, size = blob_parts(btype, content)  # pieces of the content, not copies
         first = pos
-        for raw in payloads:
-            emit(C.FT_BLOB, raw)
+        for piece in payloads:
+            emit(C.FT_BLOB, piece)
             frames += 1
-        blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), len(content), bid)}
+        blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), size, bid)}
         force_index = True
     # RECORDS frames of about FRAME_TARGET_RAW bytes, smaller when the header allows less,
     # sliced out of the batch; the records' locations go into columns, not a dict entry
@@ -165,11 +166,11 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     if force_index or (not defer_index and (n_mem >= C.INDEX_EVERY_RECORDS or since >= C.INDEX_EVERY_FRAMES)):
         for btype, content in at_index() if at_index is not None else ():
             # 3.4: blobs kept current at every INDEX, after this commit's records
-            payloads, bid = blob_parts(btype, content)
+            payloads, bid, size = blob_parts(btype, content)
             first = pos
-            for raw in payloads:
-                emit(C.FT_BLOB, raw)
-            blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), len(content), bid)}
+            for piece in payloads:
+                emit(C.FT_BLOB, piece)
+            blobs = {**blobs, btype: BlobRef(btype, first, len(payloads), size, bid)}
         mem = snap.mem  # the batch's entries join as columns (its ids are in no table, 7.0)
         k = _merge_count([s.ref.count for s in segments], n_mem, table_cap)
         if k:

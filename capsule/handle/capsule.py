@@ -579,7 +579,7 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
 
     def _write_commit(self, items: Sequence[Item], *, force_index: bool = False,
                       extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
-                      blob: tuple[str, bytes] | None = None, defer_index: bool = False) -> CommitInfo:
+                      blob: tuple[str, Any] | None = None, defer_index: bool = False) -> CommitInfo:
         """One durable commit; the state root and the journal (18) follow it under the writer's guard."""
         def published() -> None:
             self._roots.committed(item_ids(items))

@@ -374,8 +374,7 @@ class Transaction(LifecycleMethods):
             batch.truncate(start)
             self._vconfig, self._vectors = vconfig, vectors
             raise
-        with memoryview(batch.ids) as view:  # one copy of the ids, not a slice and then a copy
-            return IdList(view[32 * start :])
+        return IdList.later(batch.ids, start, len(batch))  # copied when read (the batch only grows past it)
 
 
 __all__ = ["Transaction"]

@@ -256,7 +256,7 @@ class _Fed:
     texts: list[str] = field(default_factory=list)
     cols: list[list[np.ndarray]] = field(default_factory=lambda: [[], [], [], []])  # time, ttl, tier, kind
     tags: list[tuple[str, ...]] = field(default_factory=list)
-    sessions: list[bytes | None] = field(default_factory=list)  # 16.4.1, with a rule that keeps them
+    sessions: dict[int, bytes] = field(default_factory=dict)  # 16.4.1 (a rule that keeps them): {text: key}
     size: int = 0  # bytes of the records behind the texts not yet built
 
     @property
@@ -338,12 +338,11 @@ class _Fed:
         self.tags += map(_TAGS, recs)
         if self.rule.sessions:  # 16.4.1: stored canonical, so the stored bytes are the key
             got = list(map(dict.get, map(_META, recs), repeat("session")))
-            if got.count(None) == m:  # none has one (most ingests): no step per record
-                self.sessions += got
-            else:
+            if got.count(None) != m:  # most ingests have none: no step per record
                 memory = KIND_CODES["memory"]  # 16.4.1: only a memory has a session key
-                self.sessions += [bytes(g) if g is not None and c == memory else None
-                                  for g, c in zip(got, codes.tolist(), strict=True)]
+                base = len(self.texts) - m
+                self.sessions.update((base + j, bytes(g)) for j, (g, c) in enumerate(zip(got, codes.tolist(),
+                                     strict=True)) if g is not None and c == memory)
 
     def _segment(self) -> None:
         """The documents read and not yet built, as one more segment."""
@@ -351,11 +350,15 @@ class _Fed:
             return
         start = self.n - len(self.texts)
         time, ttl, tier, kind = (np.concatenate(c) for c in self.cols)
-        self.segs.append(build_columns(self.ids, self.texts, time, ttl, tier, kind, self.tags, start,
-                                       self.rule.tok, self.sessions if self.rule.sessions else None))
-        _counter(self.segs)
+        ids, texts, tags, sessions = self.ids, self.texts, self.tags, self.sessions
+        # handed over before the build: the chunks' columns go now, the rest once built (F22)
         self.ids, self.texts, self.cols, self.tags, self.size = bytearray(), [], [[], [], [], []], [], 0
-        self.sessions = []
+        self.sessions = {}
+        seg = build_columns(ids, texts, time, ttl, tier, kind, tags, start, self.rule.tok,
+                            sessions if self.rule.sessions else None)
+        del texts, tags, sessions
+        self.segs.append(seg)
+        _counter(self.segs)
 
     def build(self) -> None:
         """Everything held, as segments."""

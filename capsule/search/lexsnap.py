@@ -183,13 +183,18 @@ class Sessions:
     ix: np.ndarray  # int64 [m]
 
     @classmethod
-    def of(cls, keys: Sequence[bytes | None]) -> Sessions:
-        table = sorted({k for k in keys if k is not None})
+    def of(cls, keys: Sequence[bytes | None] | dict[int, bytes]) -> Sessions:
+        """From each document's key or None, or from {document: key} for those that have one
+        (ascending: most documents have none, and a million Nones need not be listed)."""
+        if isinstance(keys, dict):
+            doc, have = list(keys), list(keys.values())
+        else:
+            doc = [i for i, k in enumerate(keys) if k is not None]
+            have = [k for k in keys if k is not None]
+        table = sorted(set(have))
         rank = {k: i for i, k in enumerate(table)}
-        doc = [i for i, k in enumerate(keys) if k is not None]
         text, off = _table(table)
-        return cls(text, off, np.array(doc, np.int64),
-                   np.fromiter((rank[k] for k in keys if k is not None), np.int64, len(doc)))
+        return cls(text, off, np.array(doc, np.int64), np.fromiter(map(rank.__getitem__, have), np.int64, len(doc)))
 
     def keys(self) -> list[bytes]:
         o = self.off.tolist()
@@ -310,9 +315,9 @@ def build(docs: Sequence[Doc], start: int = 0, tok: Tokenizer | None = None, ses
 
 def build_columns(ids: bytes | bytearray, texts: Sequence[str], time: np.ndarray, ttl: np.ndarray, tier: np.ndarray,
                   kind: np.ndarray, tag_lists: Sequence[Sequence[str]], start: int = 0, tok: Tokenizer | None = None,
-                  sessions: Sequence[bytes | None] | None = None) -> Segment:
+                  sessions: Sequence[bytes | None] | dict[int, bytes] | None = None) -> Segment:
     """:func:`build` from columns: ids back to back, texts, times, ttls (0: none), tier and
-    kind codes, tags, and (1.4) each document's session key or None."""
+    kind codes, tags, and (1.4) each document's session key or None (or {document: key})."""
     n = len(texts)
     tok = tok or TOKENIZERS[TOKENIZER_1]
     terms, tid, lens = tok.term_ids(texts)
@@ -414,6 +419,17 @@ _SMALL_3 = (*_SMALL, "ses_len")  # CAPLEX03: then the session keys' lengths
 def encode(seg: Segment, base: Sequence[BlobRef], reverts: Sequence[bytes]) -> bytes:
     """16.8: the snapshot blob of ``seg`` on top of the ``base`` blobs, naming the revert
     records before it (in commit order)."""
+    return b"".join(encode_parts(seg, base, reverts))
+
+
+def _view(a: np.ndarray, dtype: str | None = None) -> memoryview:
+    """The bytes of ``a`` (as ``dtype``), without a copy when it is stored so already."""
+    return memoryview(np.ascontiguousarray(a, dtype)).cast("B")  # type: ignore[arg-type]
+
+
+def encode_parts(seg: Segment, base: Sequence[BlobRef], reverts: Sequence[bytes]) -> list[bytes | memoryview]:
+    """:func:`encode` as pieces to be written back to back: the segment's big columns are
+    viewed where they lie, not copied (F22)."""
     if len(base) > MAX_BASE:
         raise ValueError("too many base snapshots")
     n, terms, tags, ses = seg.n, seg.terms, seg.tags, seg.sessions
@@ -434,15 +450,15 @@ def encode(seg: Segment, base: Sequence[BlobRef], reverts: Sequence[bytes]) -> b
         head |= {"session_bytes": len(ses.text), "session_docs": len(ses.doc), "sessions": len(ses.off) - 1}
         ses_parts = [ses.doc.astype("<u4").tobytes(), ses.ix.astype("<u4").tobytes(), small[6][0], ses.text]
     header = canon.pack(dict(sorted(head.items())))  # 5.1: keys in byte order
-    out = [MAGIC if ses is None else MAGIC_3, struct.pack("<I", len(header)), header, bytes(-(12 + len(header)) % 8)]
+    out: list[bytes | memoryview] = [MAGIC if ses is None else MAGIC_3, struct.pack("<I", len(header)), header, bytes(-(12 + len(header)) % 8)]
     tk = seg.tier.astype(np.uint8) + _TIER_KINDS * seg.kind.astype(np.uint8)
-    parts = [seg.ids.tobytes(), seg.time.astype("<i8").tobytes(), tk.astype(np.uint8).tobytes(), small[0][0],
+    parts: list[bytes | memoryview] = [_view(seg.ids), _view(seg.time, "<i8"), tk.astype(np.uint8).tobytes(), small[0][0],
              has_ttl.astype("<u4").tobytes(), seg.ttl[has_ttl].astype("<i8").tobytes(), *ses_parts, small[1][0],
              small[2][0], small[3][0], terms.text, post, small[4][0], small[5][0], tags.text, tag_post,
              escapes.tobytes(), b"".join(reverts)]
     for raw in parts:
         out += [raw, bytes(-len(raw) % 8)]
-    return b"".join(out)
+    return out
 
 
 def peek(head: bytes | memoryview | np.ndarray) -> dict[str, object] | None:

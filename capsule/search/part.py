@@ -44,7 +44,7 @@ LEX_FED_MAX = 1 << 18
 
 
 class SearchPart:
-    def __init__(self, store: Store, write_blob: Callable[[tuple[str, bytes]], Any]) -> None:
+    def __init__(self, store: Store, write_blob: Callable[[tuple[str, Any]], Any]) -> None:
         self.store = store
         self._write_blob = write_blob
         self._s: Searcher | None = None
@@ -213,7 +213,7 @@ class SearchPart:
             x.check_all()
         head = lexsnap.merge([*kept[len(kept) - k :], new])
         base = kept[: len(kept) - k]
-        blob = lexsnap.encode(head, [x.ref for x in base if x.ref is not None], d.reverts)
+        blob = lexsnap.encode_parts(head, [x.ref for x in base if x.ref is not None], d.reverts)
         self._write_blob((lexsnap.BLOB_TYPE, blob))
         ref = self.store.snap.blobs[lexsnap.BLOB_TYPE]
         head.ref, head.checked = ref, True
