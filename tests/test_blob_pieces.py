@@ -172,3 +172,49 @@ def test_put_many_ids_after_the_commit(tmp_path: Path) -> None:
         assert len(first) == 100 and len(second) == 50
         assert [cap.get(r).text for r in first[:3]] == ["a0", "a1", "a2"]
         assert cap.get(second[-1]).text == "b49" and set(first) | set(second) == set(tx.new_ids)
+
+
+def test_a_vector_snapshot_is_written_from_pieces(tmp_path: Path) -> None:
+    """The vector snapshot goes out as the graph's own arrays (F22): the file holds exactly
+    encode()'s bytes, and writing it takes a small fraction of its size on the heap."""
+    import numpy as np
+
+    from capsule.search.vindex import VectorIndex
+
+    rng = np.random.default_rng(3)
+    p = tmp_path / "v.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.put_many([{"text": f"m{i}", "time": i, "embedding": rng.normal(size=64).round(3).tolist()}
+                         for i in range(3000)])
+        cap.build_index()
+        part = cap._search
+        real_write = part._write_blob
+        seen: dict[str, int] = {}
+
+        def write(blob: tuple[str, list[bytes | memoryview]]) -> object:
+            seen["memoryviews"] = sum(isinstance(x, memoryview) for x in blob[1])
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            out = real_write(blob)
+            seen["write"] = tracemalloc.get_traced_memory()[1] - before
+            return out
+
+        vi = part.searcher().vi
+        assert vi is not None
+        want = vi.encode()
+        tracemalloc.start()
+        try:
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(part, "_write_blob", write)
+                assert cap.save_index()
+        finally:
+            tracemalloc.stop()
+        ref = cap._store.snap.blobs["hnsw"]
+    assert hashlib.sha256(want).digest() == ref.id and len(want) == ref.size
+    assert seen["memoryviews"] >= 2 and seen["write"] < 0.1 * ref.size, (seen, ref.size)
+    with capsule.open(p) as r:  # a reader loads that snapshot as it is, and it encodes back to it
+        r.build_index()
+        got = r._search.searcher().vi
+        assert got is not None and list(got.ids) == list(vi.ids) and got.encode() == want
+        assert list(VectorIndex.decode(want).ids) == list(vi.ids)

@@ -112,18 +112,18 @@ def test_verify_refuses_a_vector_snapshot_entry_moved_away_from_its_memory(tmp_p
         for i in range(50):
             tx.remember(f"m{i}", embedding=rng.normal(size=8).tolist())
         target = tx.remember("the answer", embedding=[1, 0, 0, 0, 0, 0, 0, 0])
-    real = VectorIndex.encode
+    real = VectorIndex.encode_parts
 
-    def lying(self: VectorIndex) -> bytes:
-        blob = bytearray(real(self))
+    def lying(self: VectorIndex) -> list[bytes]:
+        blob = bytearray(b"".join(real(self)))
         lay = layout(blob)
         label = next(i for i in range(lay.n) if self.ids[i] == bytes.fromhex(target))
         at = lay.vector(label)
         blob[at : at + 4 * lay.dim] = np.array([-1, 0, 0, 0, 0, 0, 0, 0], "<f4").tobytes()
-        return bytes(blob)
+        return [bytes(blob)]
 
     with monkeypatch.context() as m:
-        m.setattr(VectorIndex, "encode", lying)
+        m.setattr(VectorIndex, "encode_parts", lying)  # what the writer writes
         cap.build_index()
         assert cap.save_index()
     cap.close()

@@ -146,7 +146,7 @@ def carry_snapshots(parent: Capsule, new: Capsule, records: Sequence[Any], *, vi
                     continue
             except CorruptError:
                 continue  # 16.2: a snapshot in doubt is absent; try the next, or build
-            new._write_commit([], blob=(BLOB_TYPE, vi.encode()))
+            new._write_commit([], blob=(BLOB_TYPE, vi.encode_parts()))
             return name
         if build_max is None or len(mine) <= build_max:
             s = part.searcher()

@@ -224,13 +224,15 @@ class SearchPart:
     def write_snapshot(self, *, reload: bool = True) -> None:
         s = self._s
         assert s is not None and s.vi is not None
-        blob = s.vi.encode()
-        self._write_blob((BLOB_TYPE, blob))
+        parts = s.vi.encode_parts()  # written as pieces, never joined to be copied into BLOB parts (F22)
+        self._write_blob((BLOB_TYPE, parts))
         if not reload:  # closing: nothing will search this handle again
             s.snapshot_count = len(s.vi)
             return
         # Continue from the blob as a reader would load it: the graph's level
         # generator restarts there too, so writer and readers stay identical (7).
+        blob = b"".join(parts)
+        del parts
         s.vi = VectorIndex.decode(blob)
         s.snapshot_count, s.pending_vectors = len(s.vi), 0
         s._vpos = self.store.snap.end
