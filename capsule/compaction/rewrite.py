@@ -34,7 +34,7 @@ from ..format import canonical as canon
 from ..format.batch import RecordBatch
 from ..format.checkpoint import Lineage
 from ..format.crypto import FrameCipher
-from ..format.file import WriteHandle, fsync_dir
+from ..format.file import WriteHandle, fsync_dir, sweep_temporaries
 from ..format.frames import Merkle, new_file_id
 from ..format.keys import PrivateKey
 from ..format.records import decode_record
@@ -173,9 +173,10 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
                       drop_passphrase=r.drop_passphrase)
     if in_place:
         # A compaction killed before its rename left its temporary file; only a holder of
-        # this lock writes one, so any still there is a dead compactor's.
-        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.compact-*"):
-            stale.unlink(missing_ok=True)
+        # this lock writes one in place, so any unlocked one is a dead compactor's.
+        sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.compact-*", min_age=0)
+    else:  # -o: nobody's lock covers the new name; a dead writer's (untouched a while) goes
+        sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.compact-*")
     tmp = dest.parent / f".{dest.name}.compact-{secrets.token_hex(6)}"
     try:
         _write(src, plan, lin, fid, tmp, key, (copy_keysets, carry_snapshots), progress, enc)

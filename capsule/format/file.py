@@ -62,6 +62,53 @@ def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+STALE_AFTER = 60.0  # seconds untouched before a writer's unlocked temporary file counts as dead
+
+
+def sweep_temporaries(folder: Path, pattern: str, *, min_age: float = STALE_AFTER, now: float | None = None,
+                      ) -> list[Path]:
+    """Remove the temporary files (``pattern``, a glob in ``folder``) that a killed merge or
+    compaction left, with their lock files; returns those removed.
+
+    A temporary file is its writer's own file, flocked while it lives (WriteHandle): one this
+    process can flock that nobody has touched for ``min_age`` seconds is a dead writer's. A
+    live one is locked, or was created a moment ago and is not locked yet: both are left."""
+    import time as _time
+
+    now = _time.time() if now is None else now
+    gone: list[Path] = []
+    for p in folder.glob(pattern):
+        if p.name.endswith(".lock"):
+            if not p.with_name(p.name[:-5]).exists() and now - _mtime(p) >= min_age:
+                p.unlink(missing_ok=True)  # the lock file of a temporary removed before
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its writer lives
+            p.unlink(missing_ok=True)  # removed while locked: no writer can take it up meanwhile
+            lock_path(p).unlink(missing_ok=True)
+            gone.append(p)
+        finally:
+            os.close(fd)
+    return gone
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.lstat().st_mtime
+    except OSError:
+        return float("inf")
+
+
 def fsync_dir(path: Path) -> None:
     """A new or renamed file is durable only once its directory entry is (6.4)."""
     fd = os.open(path.parent or ".", os.O_RDONLY)

@@ -18,6 +18,7 @@ opened at is what is merged.
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import time
@@ -33,7 +34,7 @@ from ..core.errors import AlreadyExists, UsageError
 from ..format import canonical as canon
 from ..format.batch import RecordBatch
 from ..format.crypto import FrameCipher, Keys
-from ..format.file import WriteHandle, fsync_dir
+from ..format.file import WriteHandle, fsync_dir, sweep_temporaries
 from ..format.frames import Merkle
 from ..format.keys import PrivateKey
 from ..format.records import decode_record
@@ -152,6 +153,8 @@ def merge(a_path: str | Path, b_path: str | Path, out_path: str | Path, *,
 
 def _publish(plan: MergePlan, fid: bytes, out: Path, key: PrivateKey | Sequence[PrivateKey] | None,
              force: bool) -> list[bytes]:
+    # a merge killed before its link left its temporary file (and lock file): a dead one goes
+    sweep_temporaries(out.parent, f".{glob.escape(out.name)}.merge-*")
     tmp = out.parent / f".{out.name}.merge-{secrets.token_hex(6)}"
     try:
         ids = _write(plan, fid, tmp, key)
