@@ -218,3 +218,33 @@ def test_a_vector_snapshot_is_written_from_pieces(tmp_path: Path) -> None:
         got = r._search.searcher().vi
         assert got is not None and list(got.ids) == list(vi.ids) and got.encode() == want
         assert list(VectorIndex.decode(want).ids) == list(vi.ids)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 3000), st.lists(st.tuples(st.integers(1, 60), st.integers(0, 3)), min_size=1, max_size=12),
+       st.integers(1, 40), st.booleans(), st.randoms(use_true_random=False))
+def test_frequent_terms_are_coded_a_slice_at_a_time_to_the_same_bytes(
+        n: int, terms: list[tuple[int, int]], chunk: int, with_tf: bool, rnd: object) -> None:
+    """A term with more postings than a chunk is coded slice by slice (_encode_one): the
+    blocks are byte for byte those of the one-chunk coder."""
+    import random
+
+    import numpy as np
+
+    from capsule.search import lexcodec as lc
+
+    assert isinstance(rnd, random.Random)
+    lists = []
+    for size, extra in terms:
+        m = min(n, size * (extra + 1))
+        lists.append((sorted(rnd.sample(range(n), m)), [1 + rnd.randrange(3) for _ in range(m)]))
+    off = np.cumsum([0] + [len(d) for d, _ in lists]).astype(np.int64)
+    docs = np.array([x for d, _ in lists for x in d], np.uint32)
+    tf = np.array([x for _, t in lists for x in t], np.uint32) if with_tf else None
+    whole = lc.encode_blocks(n, off, docs, tf)  # every term within one chunk of 2**15
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(lc, "_ENCODE_CHUNK", chunk)
+        assert lc.encode_blocks(n, off, docs, tf) == whole
+    d2, t2 = lc.decode_blocks(np.frombuffer(whole, np.uint8), n, np.diff(off),
+                              None if tf is None else np.add.reduceat(tf.astype(np.int64) - 1, off[:-1]))
+    assert d2.tolist() == docs.tolist() and (tf is None or t2.tolist() == tf.tolist())

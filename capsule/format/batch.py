@@ -63,8 +63,9 @@ class IdList(Sequence[str]):
             if src is None:  # another thread copied them in between (it sets _raw first)
                 return self._raw  # type: ignore[return-value]
             buf, a, b = src
-            with memoryview(buf) as view:
-                raw = self._raw = bytes(view[32 * a : 32 * b])
+            # one slice, one step under the GIL: a view held over several steps would stop the
+            # batch's owner, in another thread, from growing it meanwhile (BufferError)
+            raw = self._raw = buf[32 * a : 32 * b]
             self._src = None
         return raw
 
@@ -101,9 +102,10 @@ class IdList(Sequence[str]):
 class RecordBatch(Sequence[Item]):
     """Encoded records in the order they were added, duplicates and all."""
 
-    __slots__ = ("ids", "data", "ends", "codes", "kinds", "_code_of")
+    __slots__ = ("ids", "data", "ends", "codes", "kinds", "_code_of", "sealed")
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
+        self.sealed = False  # a finished transaction's: takes no record again, so views of it stay valid
         self.ids = bytearray()  # 32 bytes per record
         self.data = bytearray()  # canonical bytes, back to back
         self.ends = array("Q")  # where each record's bytes end in ``data``
@@ -120,7 +122,15 @@ class RecordBatch(Sequence[Item]):
             self.kinds.append(kind)
         return c
 
+    def check_open(self) -> None:
+        if self.sealed:
+            from ..core.errors import UsageError
+
+            raise UsageError("this commit is finished: records go into a new `with cap.commit()` block")
+
     def add(self, rid: bytes, kind: str, data: bytes) -> None:
+        if self.sealed:
+            self.check_open()
         self.ids += rid
         self.data += data
         self.ends.append(len(self.data))
@@ -156,6 +166,7 @@ class RecordBatch(Sequence[Item]):
 
     def truncate(self, n: int) -> None:
         """Drop every record from the ``n``-th on (undoes a failed ``put_many``)."""
+        self.check_open()
         del self.ids[32 * n :]
         del self.data[(self.ends[n - 1] if n else 0) :]
         del self.ends[n:]

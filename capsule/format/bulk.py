@@ -283,6 +283,7 @@ def encode_many(batch: RecordBatch, records: Iterable[object], clock: Clock, *,
     """
     # The hot loop, flattened: per record a decode or a dict check, a few field checks,
     # an encode and a hash, all but the checks in C.
+    batch.check_open()
     mcode = batch.code("memory")
     ids, data, ends, codes = batch.ids, batch.data, batch.ends, batch.codes
     mid = _ID_PREFIX.copy

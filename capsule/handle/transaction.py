@@ -101,10 +101,13 @@ class Transaction(LifecycleMethods):
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         cap = self._cap
         cap._tx_owner = None
+        self._batch.sealed = True  # done, written or not: a late record is refused, not silently lost
         try:
             if et is not None:
                 return  # nothing was written: the batch is discarded
             self.info = self._flush()
+            if self._fed is not None:
+                self._fed[0].sealed = True  # what was written (the batch, or its first occurrences)
             if self.info is not None:
                 with cap._view_lock:  # a handle that never searched and adds no vector or text: nothing to do
                     busy = self._vectors or self._vconfig is not None or cap._search_part is not None or self._fed
@@ -180,6 +183,7 @@ class Transaction(LifecycleMethods):
         >>> tx.checkpoint_frame.label, tx.checkpoint_frame.state_root == cap.state_root, cap.commit_count
         ('step-1', True, 2)
         """
+        self._batch.check_open()
         if self._checkpoint is not None:
             raise UsageError("one checkpoint per commit")
         self._checkpoint = (label, key, runtime_state)
@@ -361,9 +365,13 @@ class Transaction(LifecycleMethods):
 
         batch = self._batch
         start, vconfig, vectors = len(batch), self._vconfig, self._vectors
+        extra: list[int] = []  # where a vindex record went in among this call's records (16.1)
 
         def on_vector(dim: int) -> None:
+            at = len(batch)
             self._vector_config(dim)
+            if len(batch) > at:
+                extra.append(at)
             self._vectors += 1
 
         try:
@@ -374,6 +382,11 @@ class Transaction(LifecycleMethods):
             batch.truncate(start)
             self._vconfig, self._vectors = vconfig, vectors
             raise
+        if extra:  # the ids of the records given, not the vindex record added among them
+            keep = np.ones(len(batch) - start, dtype=bool)
+            keep[np.array(extra) - start] = False
+            ids = np.frombuffer(bytes(batch.ids[32 * start :]), "S32")[keep]
+            return IdList(ids.tobytes(), copy=False)
         return IdList.later(batch.ids, start, len(batch))  # copied when read (the batch only grows past it)
 
 

@@ -152,9 +152,38 @@ def encode_blocks(n: int, off: np.ndarray, docs: np.ndarray, tf: np.ndarray | No
     out = []
     p_all = np.diff(off)
     for a, b in _chunks(p_all, _ENCODE_CHUNK):
+        if b - a == 1 and p_all[a] > _ENCODE_CHUNK:  # one frequent term: its block, a slice at a time
+            out.append(_encode_one(n, docs[off[a] : off[b]], None if tf is None else tf[off[a] : off[b]]))
+            continue
         out.append(_encode_chunk(n, p_all[a:b], docs[off[a] : off[b]].astype(np.int64),
                                  None if tf is None else tf[off[a] : off[b]].astype(np.int64)))
     return b"".join(out)
+
+
+def _encode_one(n: int, d: np.ndarray, tf: np.ndarray | None) -> bytes:
+    """:func:`_encode_chunk` of a single term's list, its postings taken _ENCODE_CHUNK at a
+    time: the bit per byte of the block (a few bits a posting) is all that grows with it."""
+    m = len(d)
+    x = None if tf is None else np.array([int(tf.sum(dtype=np.int64)) - m], np.int64)
+    Ls, Hs, Ts = block_bits(n, np.array([m], np.int64), x)
+    L, H, T = int(Ls[0]), int(Hs[0]), int(Ts[0])
+    bits = np.zeros(8 * ((m * L + H + T + 7) >> 3), np.uint8)
+    high, unary = m * L, m * L + H  # where the high bitmap and the tf bits start
+    if T:
+        bits[unary : unary + T] = 1
+    seen = 0  # tf summed over the postings before the slice
+    for s in range(0, m, _ENCODE_CHUNK):
+        e = min(m, s + _ENCODE_CHUNK)
+        dd = d[s:e].astype(np.int64)
+        bits[high + (dd >> L) + np.arange(s, e, dtype=np.int64)] = 1
+        if L:
+            low = dd.astype("<u4").view(np.uint8).reshape(-1, 4)[:, : (L + 7) >> 3]
+            bits[s * L : e * L] = np.unpackbits(low, axis=1, bitorder="little")[:, :L].reshape(-1)
+        if T and tf is not None:
+            c = np.cumsum(tf[s:e], dtype=np.int64) + seen
+            bits[unary + c - 1] = 0  # the zero ending each posting's run of tf - 1 ones
+            seen = int(c[-1])
+    return np.packbits(bits, bitorder="little").tobytes()
 
 
 def _encode_chunk(n: int, p: np.ndarray, d: np.ndarray, tf: np.ndarray | None) -> bytes:
