@@ -253,6 +253,7 @@ class _Fed:
     segs: list[Segment] = field(default_factory=list)
     reverts: list[tuple[bytes, Any]] = field(default_factory=list)
     ids: bytearray = field(default_factory=bytearray)
+    run: tuple[RecordBatch, int, int] | None = None  # or the ids are records a..b-1 of a sealed batch
     texts: list[str] = field(default_factory=list)
     cols: list[list[np.ndarray]] = field(default_factory=lambda: [[], [], [], []])  # time, ttl, tier, kind
     tags: list[tuple[str, ...]] = field(default_factory=list)
@@ -316,9 +317,16 @@ class _Fed:
             return
         first, last = sel[0], sel[-1]
         if last - first + 1 == len(sel):  # a run of records: one slice of the batch
-            self.ids += batch.ids[32 * first : 32 * last + 32]
+            run = self.run
+            if batch.sealed and not self.ids and (run is None or (run[0] is batch and run[2] == first)):
+                # a written batch never changes again: its ids are viewed, not copied (F22)
+                self.run = (batch, first if run is None else run[1], last + 1)
+            else:
+                self._own_ids()
+                self.ids += batch.ids[32 * first : 32 * last + 32]
             raw = array_header(len(sel)) + batch.data[batch.span(first)[0] : batch.span(last)[1]]
         else:
+            self._own_ids()
             self.ids += b"".join(batch.ids[32 * i : 32 * i + 32] for i in sel)
             raw = array_header(len(sel)) + b"".join(batch.data.__getitem__(slice(*batch.span(i))) for i in sel)
         recs = _fields(self.rule.sessions).decode(raw)
@@ -344,13 +352,24 @@ class _Fed:
                 self.sessions.update((base + j, bytes(g)) for j, (g, c) in enumerate(zip(got, codes.tolist(),
                                      strict=True)) if g is not None and c == memory)
 
+    def _own_ids(self) -> None:
+        """The ids viewed so far, copied: what comes next is not their batch's next records."""
+        if self.run is not None:
+            batch, a, b = self.run
+            self.ids += batch.ids[32 * a : 32 * b]
+            self.run = None
+
     def _segment(self) -> None:
         """The documents read and not yet built, as one more segment."""
         if not self.texts:
             return
         start = self.n - len(self.texts)
         time, ttl, tier, kind = (np.concatenate(c) for c in self.cols)
-        ids, texts, tags, sessions = self.ids, self.texts, self.tags, self.sessions
+        ids: bytearray | memoryview = self.ids
+        if self.run is not None:
+            batch, a, b = self.run
+            ids, self.run = memoryview(batch.ids)[32 * a : 32 * b], None
+        texts, tags, sessions = self.texts, self.tags, self.sessions
         # handed over before the build: the chunks' columns go now, the rest once built (F22)
         self.ids, self.texts, self.cols, self.tags, self.size = bytearray(), [], [[], [], [], []], [], 0
         self.sessions = {}

@@ -313,7 +313,7 @@ def build(docs: Sequence[Doc], start: int = 0, tok: Tokenizer | None = None, ses
                          [d[7] if len(d) > 7 else None for d in docs] if sessions else None)
 
 
-def build_columns(ids: bytes | bytearray, texts: Sequence[str], time: np.ndarray, ttl: np.ndarray, tier: np.ndarray,
+def build_columns(ids: bytes | bytearray | memoryview, texts: Sequence[str], time: np.ndarray, ttl: np.ndarray, tier: np.ndarray,
                   kind: np.ndarray, tag_lists: Sequence[Sequence[str]], start: int = 0, tok: Tokenizer | None = None,
                   sessions: Sequence[bytes | None] | dict[int, bytes] | None = None) -> Segment:
     """:func:`build` from columns: ids back to back, texts, times, ttls (0: none), tier and
