@@ -248,3 +248,19 @@ def test_frequent_terms_are_coded_a_slice_at_a_time_to_the_same_bytes(
     d2, t2 = lc.decode_blocks(np.frombuffer(whole, np.uint8), n, np.diff(off),
                               None if tf is None else np.add.reduceat(tf.astype(np.int64) - 1, off[:-1]))
     assert d2.tolist() == docs.tolist() and (tf is None or t2.tolist() == tf.tolist())
+
+
+def test_the_catalog_views_the_ids_of_a_written_batch(tmp_path: Path) -> None:
+    """F22: a sealed batch never changes again, so its ids reach the lexical segment as a
+    view, not a 32-byte-a-record copy; the batch still refuses a late record."""
+    import numpy as np
+
+    with capsule.create(tmp_path / "a.capsule") as cap:
+        with cap.commit() as tx:
+            tx.put_many([b'{"text":"note %d","time":%d}' % (i, i) for i in range(5000)])
+        segs = cap._search.searcher().docs().segs
+        fresh = [s for s in segs if s.ref is None]
+        assert fresh and np.shares_memory(fresh[0].ids, np.frombuffer(tx.new_ids.raw, np.uint8))
+        with pytest.raises(capsule.UsageError):
+            tx.remember("late")
+        assert [h.text for h in cap.search("note 4321", k=1)] == ["note 4321"]
