@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import struct
 import subprocess
 import sys
 import threading
@@ -24,24 +23,17 @@ import pytest
 import capsule
 from capsule.core import constants as C
 from capsule.format import blob as blob_mod
-from capsule.format import canonical as canon
 from capsule.format import file as file_mod
 from capsule.search import catalog as catalog_mod
 from capsule.search import lexcodec as lc
 from capsule.search import part as part_mod
 
+from .test_blob_pieces import _joined_parts
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _reference_parts(btype: str, data: bytes, part: int) -> list[bytes]:
-    """3.4 spelled out: each part is u16 header length, canonical header, content slice."""
-    bid = hashlib.sha256(data).digest()
-    n = max(1, -(-len(data) // part))
-    out = []
-    for i in range(n):
-        head = canon.pack({"id": bid, "part": i, "parts": n, "size": len(data), "type": btype})
-        out.append(struct.pack("<H", len(head)) + head + data[i * part : (i + 1) * part])
-    return out
+_reference_parts = _joined_parts  # 3.4 spelled out (shared with test_blob_pieces)
 
 
 # ----------------------------------------------------------------------------------------
