@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import struct
 import sys
 import threading
 import time
@@ -40,10 +39,10 @@ import capsule.format.writer as cwriter
 from capsule import WriterPoisoned
 from capsule.core import constants as C
 from capsule.search import lexsnap, runs
-from capsule.search import part as spart
 from capsule.search import tokenize as tk
 from capsule.search.catalog import doc_of
 from tests.forking import fork_while_held
+from tests.lexforge import append_blob, honest_blob
 
 T0 = 1_700_000_000 * 10**9
 FILE_ID = bytes(range(16))
@@ -287,21 +286,6 @@ def test_power_loss_during_a_piecewise_commit(name: str, tmp_path: Path, monkeyp
 # --- 4. deep verify still rejects forged lexical snapshots ----------------------------------------
 
 
-def _honest(p: Path) -> bytes:
-    with capsule.open(p) as cap:
-        ref = cap._snap.blobs[lexsnap.BLOB_TYPE]
-        raw = cap._h.pread(ref.offset + C.FRAME_HEADER_SIZE, ref.size + 4096)
-    hl = struct.unpack_from("<H", raw)[0]
-    return raw[2 + hl : 2 + hl + ref.size]
-
-
-def _forge(p: Path, blob: bytes) -> None:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(spart, "LEX_SNAPSHOT_ON_CLOSE", 10**9)
-        with capsule.open(p, "a") as cap:
-            cap._write_commit([], blob=(lexsnap.BLOB_TYPE, blob))
-
-
 def _odd_stems(text: str) -> list[str]:
     """Tokenizer 2 as Snowball 2.2 would stem it (`internal` -> `intern`): a forger's
     snapshot built with another stemmer release."""
@@ -328,7 +312,7 @@ def lex_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any],
         rule = s.docs().rule
     assert rule is not None and rule.tok.id == tk.TOKENIZER_2 and rule.sessions
     honest = lexsnap.encode(lexsnap.build(docs, 0, rule.tok, rule.sessions), [], [])
-    assert honest == _honest(p), "the snapshot on file is not one segment of these documents"
+    assert honest == honest_blob(p), "the snapshot on file is not one segment of these documents"
     assert capsule.verify(p).ok
     return p, docs, rule
 
@@ -364,9 +348,9 @@ def test_verify_rejects_a_well_formed_snapshot_of_other_documents(lex_file: tupl
         forged_docs = FORGERIES[what](docs)
         assert forged_docs != docs
     blob = lexsnap.encode(lexsnap.build(forged_docs, 0, tok, rule.sessions), [], [])
-    assert blob != _honest(base)
+    assert blob != honest_blob(base)
     lexsnap.decode(blob).check_all()  # well formed: every bound of 16.8 holds
-    _forge(p, blob)
+    append_blob(p, blob)
     rep = capsule.verify(p)
     assert not rep.ok and rep.first_error is not None and rep.first_error["check"] == "lexical", rep.first_error
 

@@ -30,6 +30,7 @@ from capsule.search import catalog, lexsnap, part
 from capsule.search.catalog import Catalog
 from capsule.search.lexical import RULE_1, RULE_2, rule_of
 from capsule.search.tokenize import tokenize1, tokenize2
+from tests.lexforge import append_blob, honest_blob
 
 T0 = 1_767_225_600 * 10**9
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,22 +233,6 @@ def test_a_larger_catalog_is_the_model_s(tmp_path: Path) -> None:
 # --- the session keys of a snapshot (16.8, CAPLEX03) are hostile input too ------------------------------
 
 
-def _honest(p: Path) -> bytes:
-    with capsule.open(p) as cap:
-        ref = cap._snap.blobs[lexsnap.BLOB_TYPE]
-        raw = cap._store.h.pread(ref.offset + 32, ref.size + 4096)
-    hl = struct.unpack_from("<H", raw)[0]
-    return raw[2 + hl : 2 + hl + ref.size]
-
-
-def _forge(p: Path, blob: bytes) -> None:
-    """Append ``blob`` as the newest lexical snapshot."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(part, "LEX_SNAPSHOT_ON_CLOSE", 10**9)
-        with capsule.open(p, "a") as cap:
-            cap._write_commit([], blob=(lexsnap.BLOB_TYPE, blob))
-
-
 def _patch(blob: bytes, section: str, at: int, new: bytes) -> bytes:
     off = lexsnap.layout(blob)[1][section][0] + at
     return blob[:off] + new + blob[off + len(new) :]
@@ -287,10 +272,10 @@ def test_a_forged_session_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                 tx.remember(f"turn {i} {WORDS[i % len(WORDS)]}", meta={"session": i % 3} if i % 5 else None,
                             time=T0 + i)
         assert cap.save_index()
-    blob = _honest(p)
+    blob = honest_blob(p)
     assert blob[:8] == lexsnap.MAGIC_3 and len(lexsnap.decode(blob).sessions.doc) == 24  # type: ignore[union-attr]
     forge, doubt = FORGED[what]
-    _forge(p, forge(blob))
+    append_blob(p, forge(blob))
     with capsule.open(p) as cap:
         got = lexical(cap, "deploy cafe", k=10, now=T0)
         said = cap.index_info()["doubt"]

@@ -385,7 +385,7 @@ class Transaction(LifecycleMethods):
         if extra:  # the ids of the records given, not the vindex record added among them
             keep = np.ones(len(batch) - start, dtype=bool)
             keep[np.array(extra) - start] = False
-            ids = np.frombuffer(bytes(batch.ids[32 * start :]), "S32")[keep]
+            ids = np.frombuffer(batch.ids[32 * start :], "S32")[keep]  # a slice: a copy, no view of the batch
             return IdList(ids.tobytes(), copy=False)
         return IdList.later(batch.ids, start, len(batch))  # copied when read (the batch only grows past it)
 
