@@ -388,3 +388,14 @@ class VectorConfig(KindBase):
     seed: int = 100
     embedder: str = ""
     id: str = field(default="", compare=False)
+
+
+def _register_fast() -> None:
+    """Reverts are read in bulk by every liveness fold (13.1): their checked-in-C decoder."""
+    from ..format.kindwalk import FAST
+    from .revfast import decode_revert
+
+    FAST["revert"] = decode_revert
+
+
+_register_fast()
