@@ -10,6 +10,7 @@ liveness and state root with and without it.
 from __future__ import annotations
 
 import unicodedata
+from typing import Any
 
 import msgpack
 import pytest
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 import capsule
 from capsule.core.errors import DataError
 from capsule.format import canonical as canon
-from capsule.format import kindwalk
+from capsule.format import records
 from capsule.format.records import decode_record, encode_record, record_id
 from capsule.state.kinds import Revert
 from capsule.state.revfast import decode_revert
@@ -180,6 +181,32 @@ def test_a_file_of_lifecycle_events_folds_alike_both_ways(tmp_path, monkeypatch)
             with cap.commit() as tx:
                 tx.promote(mids[i + 3], "validated")
     fast = _fold(str(p))
-    monkeypatch.setattr(kindwalk, "FAST", {})
+    monkeypatch.setattr(records, "_FAST", {})
     assert _fold(str(p)) == fast
     assert fast[2] == 40 and fast[3] == 10
+
+
+def test_a_revert_read_by_id_is_the_reference_record(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    p = tmp_path / "get.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            a, b = tx.remember("old"), tx.remember("other")
+        with cap.commit() as tx:
+            tx.supersede(a, "new", reason="r\u00e9vis\u00e9")
+        with cap.commit() as tx:
+            tx.forget(b)
+    with capsule.open(p) as cap:
+        events = [r for _, _, r in walk_reverts(cap)]
+        got: list[Any] = [cap._store.get(bytes.fromhex(e.id)) for e in events]
+    monkeypatch.setattr(records, "_FAST", {})
+    with capsule.open(p) as cap:
+        ref = [cap._store.get(bytes.fromhex(e.id)) for e in events]
+    assert len(events) == 2 and got == ref
+    assert all(isinstance(g, Revert) for g in got) and [g.id for g in got] == [e.id for e in events]
+    assert [g.op for g in got] == ["supersede", "forget"] and got[0].reason == "r\u00e9vis\u00e9"
+
+
+def walk_reverts(cap: capsule.Capsule) -> list[tuple[int, int, Revert]]:
+    from capsule.format.kindwalk import walk
+
+    return list(walk(cap._store, ("revert",)))

@@ -11,7 +11,7 @@ the questions (13.5) read through it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..core import constants as C
@@ -19,15 +19,10 @@ from ..core.errors import CorruptError, DataError
 from . import canonical as canon
 from .commit import CommitInfo, parse_index_payload, record_bounds
 from .frames import parse_frame_header, raw_payload
-from .records import decode_record
+from .records import decode_fast, decode_record
 from .records import record_id as content_id
 from .scan import read_frame_at
 from .store import Store
-
-#: kind -> a decoder of one stored record's bytes into its record object (id included) that checks in C
-#: what the exact way checks, or returns None to leave the record to the exact way (which then
-#: accepts it or raises); registered by the kinds many records of a file may have (``revert``)
-FAST: dict[str, Callable[[bytes], Any]] = {}
 
 
 def _needle(kind: str) -> bytes:
@@ -93,16 +88,13 @@ def _records(store: Store, off: int, want: frozenset[str], needles: list[bytes],
     if not any(n in raw for n in needles) or (also is not None and also not in raw):
         return
     bounds = record_bounds(raw, fh.offset, fh.seq)
-    fast = [(_needle(k), FAST[k]) for k in want if k in FAST]
     for i in range(len(bounds) - 1):
         data = raw[bounds[i] : bounds[i + 1]]
         if not any(n in data for n in needles) or (also is not None and also not in data):
             continue
-        for n, dec in fast:
-            rec = dec(data) if n in data else None
-            if rec is not None:
-                yield fh.offset, fh.seq, rec
-                break
+        rec = decode_fast(data, want)
+        if rec is not None:
+            yield fh.offset, fh.seq, rec
         else:
             yield from _exact(data, fh, want)
 
@@ -120,4 +112,4 @@ def _exact(data: bytes, fh: Any, want: frozenset[str]) -> Iterator[tuple[int, in
         yield fh.offset, fh.seq, decode_record(value, content_id(k, data))
 
 
-__all__ = ["FAST", "read_frame", "walk"]
+__all__ = ["read_frame", "walk"]

@@ -36,7 +36,7 @@ from .commit import CommitInfo, decode_records_payload, record_bounds
 from .file import ReadHandle
 from .frames import Merkle, raw_payload
 from .index import merge_inputs, prefixes_of
-from .records import decode_record
+from .records import decode_fast, decode_record
 from .records import record_id as content_id
 from .scan import Reader, Snapshot, load, read_commit_at, read_frame_at
 
@@ -195,6 +195,9 @@ class Store:
         if loc[1] + 1 >= len(bounds):
             raise CorruptError("record slot outside its frame", offset=loc[0], check="index-location")
         data = raw[bounds[loc[1]] : bounds[loc[1] + 1]]
+        rec = decode_fast(data)
+        if rec is not None and rec.id == rid.hex():
+            return rec
         try:
             value = canon.decode(data)
         except DataError as e:

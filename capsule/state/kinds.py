@@ -392,10 +392,10 @@ class VectorConfig(KindBase):
 
 def _register_fast() -> None:
     """Reverts are read in bulk by every liveness fold (13.1): their checked-in-C decoder."""
-    from ..format.kindwalk import FAST
+    from ..format.records import register_fast
     from .revfast import decode_revert
 
-    FAST["revert"] = decode_revert
+    register_fast("revert", decode_revert)
 
 
 _register_fast()
