@@ -62,8 +62,8 @@ def walk(store: Store, kinds: Iterable[str], start: CommitInfo | None = None,
         if fh.ftype == C.FT_RECORDS:
             pending.append(pos)
         elif fh.ftype == C.FT_INDEX:
-            _, payload, _, _ = read_frame(store, pos)
-            meta = parse_index_payload(raw_payload(fh, payload), pos, fh.seq)
+            opened, payload, _, _ = read_frame(store, pos)  # 10.2: the header of the plaintext
+            meta = parse_index_payload(raw_payload(opened, payload), pos, fh.seq)
             counts = {k: meta.kinds.get(k, 0) for k in want}
             if counts != last:
                 for off in pending:
