@@ -73,3 +73,41 @@ def test_cli_pack_encrypt_then_forget_keeps_the_capsule_readable(tmp_path: Path)
     assert [r["id"] for r in after] == [r["id"] for r in rows[1:]]
     for verb in (("state",), ("log",), ("timeline",), ("verify",), ("search", "two")):
         ok(verb[0], cap, *verb[1:], "-i", tmp_path / "a.key")
+
+
+# --- 2: a first push published a file damaged before its last INDEX ----------------------------------
+# An open reads from the last INDEX on (6.3), so push shipped such a file and every pull refused it.
+
+
+def _commit_offsets(data: bytes) -> list[int]:
+    import struct
+
+    out, at = [], 64
+    while at + 32 <= len(data):
+        length, ftype = struct.unpack("<IB", data[at : at + 5])
+        if ftype == 0x82:
+            out.append(at)
+        at += length
+    return out
+
+
+def test_a_first_push_refuses_a_file_damaged_before_its_last_index(tmp_path: Path) -> None:
+    p = tmp_path / "d.capsule"
+    with capsule.create(p) as cap:
+        for i in range(40):  # one commit each: INDEX frames follow, so an open skips the early frames
+            with cap.commit() as tx:
+                tx.remember(f"fact {i}")
+    data = bytearray(p.read_bytes())
+    bad = _commit_offsets(bytes(data))[1] + 60
+    data[bad] ^= 0x10
+    p.write_bytes(bytes(data))
+    remote = tmp_path / "remote"
+    r = cli("push", p, remote.as_uri())
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "nothing was pushed" in r.stderr, r.stderr
+    assert not (remote / "manifests").exists() or not any((remote / "manifests").iterdir())
+    assert p.read_bytes() == bytes(data)  # only read
+    good = tmp_path / "g.capsule"
+    with capsule.create(good) as cap, cap.commit() as tx:
+        tx.remember("fine")
+    ok("push", good, (tmp_path / "remote2").as_uri())

@@ -74,6 +74,8 @@ def push(path: str | Path, url: str, *, as_name: str | None = None,
         head = head_of(h, p)
         rh = read_head(remote)
         start, old = _base(h, p, head, remote, rh)
+        if start == 0:
+            _check_whole(h, p, head)
         if start == head.size:
             m = rh.manifest
             assert m is not None
@@ -132,6 +134,21 @@ def diverged(h: ReadHandle, head: Head, remote: Remote, m: Manifest, local_name:
     return Diverged(f"{local_name} and {remote.shown} have diverged: local at {describe(head.summary())}, remote "
                     f"at {describe(m.summary())}, last common {describe(c)}; {hint}",
                     local=head.summary(), remote=m.summary(), common=c)
+
+
+def _check_whole(h: ReadHandle, p: Path, head: Head) -> None:
+    """A first push ships every byte: check every frame's link first (3.1, 4.2), as a pull of it
+    will (19.7), so a file damaged before its last INDEX (which an open does not read, 6.3) is
+    never published for every pull to refuse. A later push ships bytes ``extends`` checked."""
+    from ..core import constants as C
+    from ..core.errors import CorruptError
+    from ..format.scan import walk
+
+    stop = walk(h, head.header, C.HEADER_SIZE, head.size, 0, head.header.chain_seed)
+    if stop is not None:
+        e = stop.error
+        raise CorruptError(f"{p}: {e.message}; nothing was pushed (`capsule verify` names the damage)",
+                           offset=e.offset if e.offset is not None else stop.offset, seq=e.seq, check=e.check)
 
 
 def _chunks(h: ReadHandle, a: int, b: int, digest: Any, progress: Progress | None) -> Iterator[bytes]:
