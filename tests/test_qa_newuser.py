@@ -111,3 +111,96 @@ def test_a_first_push_refuses_a_file_damaged_before_its_last_index(tmp_path: Pat
     with capsule.create(good) as cap, cap.commit() as tx:
         tx.remember("fine")
     ok("push", good, (tmp_path / "remote2").as_uri())
+
+
+# --- 3: a fork child compacted its parent's file in place; the parent's next commits were lost ----
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("out", [None, "copy.capsule"])
+def test_a_fork_child_cannot_compact_through_the_parents_writer(tmp_path: Path, out: str | None) -> None:
+    p = tmp_path / "f.capsule"
+    cap = capsule.create(p)
+    with cap.commit() as tx:
+        tx.remember("before the fork")
+    pid = os.fork()
+    if pid == 0:  # the child: every write through the inherited writer is refused
+        try:
+            cap.compact(None if out is None else tmp_path / out)
+        except capsule.UsageError:
+            os._exit(7)
+        except BaseException:
+            os._exit(8)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 7
+    with cap.commit() as tx:
+        rid = tx.remember("the parent's commit after the child tried")
+    cap.close()
+    with capsule.open(p) as again:
+        assert rid in again and len(again) == 2
+    assert not (tmp_path / "copy.capsule").exists()
+
+
+# --- 4: a reader opening while the writer cuts a torn tail got a raw struct.error -------------------
+
+
+def test_the_tail_locator_of_a_file_that_shrank_while_read_is_none(tmp_path: Path) -> None:
+    from capsule.core import constants as C
+    from capsule.format.scan import tail_commit_offset
+
+    class Shrunk:  # pread past the new end returns what is left: fewer bytes than asked
+        def pread(self, offset: int, n: int) -> bytes:
+            return b"\0" * (n // 2)
+
+    assert tail_commit_offset(Shrunk(), C.HEADER_SIZE + 4096) is None  # type: ignore[arg-type]
+
+
+def test_readers_racing_a_torn_tail_repair_get_a_snapshot_or_a_library_error(tmp_path: Path) -> None:
+    p = tmp_path / "race.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.remember("first")
+        with cap.commit() as tx:
+            for i in range(3000):
+                tx.remember(f"big {i} " + os.urandom(2000).hex())
+    os.truncate(p, p.stat().st_size - 10)  # a torn tail: the next writer cuts it back
+    reader = ("import capsule, sys, time\nend = time.time() + 2\nwhile time.time() < end:\n"
+              "    try:\n        with capsule.open(sys.argv[1]) as c: len(c)\n"
+              "    except capsule.CapsuleError: pass\n")
+    rp = subprocess.Popen([sys.executable, "-c", reader, str(p)], stderr=subprocess.PIPE, text=True)
+    import time
+
+    time.sleep(0.4)
+    with capsule.open(p, "a") as w, w.commit() as tx:
+        tx.remember("after recovery")
+    _, err = rp.communicate(timeout=60)
+    assert rp.returncode == 0, err
+
+
+# --- 5: verify misread frame 0 (no chain seed) when checking a lexical snapshot ---------------------
+
+
+def test_a_lexical_snapshot_over_frame_zero_verifies(tmp_path: Path) -> None:
+    from capsule.core import constants as C
+    from capsule.core.clock import default_clock
+    from capsule.format.file import WriteHandle
+    from capsule.format.frames import FileHeader, Merkle, new_file_id
+    from capsule.format.scan import Snapshot
+    from capsule.handle.capsule import Capsule
+    from capsule.handle.encrypting import begin_file
+
+    p = tmp_path / "lex0.capsule"
+    h = WriteHandle(p, create=True)
+    fid = new_file_id(None)
+    header, _ = begin_file(h, fid, C.FORMAT_MINOR, None, plain=FileHeader(fid))
+    cap = Capsule(p, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a", default_clock())
+    with cap.commit() as tx:  # a first commit holding records: the RECORDS frame is frame 0, at offset 64
+        for i in range(300):
+            tx.remember(f"first commit memory {i}")
+    cap.close()
+    with capsule.open(p, "a") as cap, cap.commit() as tx:
+        for i in range(600):
+            tx.remember(f"second commit memory {i}")
+    rep = capsule.verify(p)
+    assert rep.ok, rep.first_error

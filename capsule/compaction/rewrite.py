@@ -140,6 +140,9 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
     compacted in place, is closed after (its file was replaced); a reader takes the lock."""
     if cap.mode != "a":
         return compact(cap.path, out, keep, key, progress=progress)
+    h = cap._store.h
+    if isinstance(h, WriteHandle):
+        h.check_owner()  # 6.5: a fork child inherits the writer, not its role (in place, the parent's file)
     if keep not in POLICIES:
         raise UsageError(f"unknown compaction policy {keep!r}: one of {', '.join(POLICIES)}")
     dest = Path(out) if out is not None else Path(os.path.realpath(cap.path))  # as compact()

@@ -177,6 +177,8 @@ def tail_commit_offset(src: Source, size: int) -> int | None:
     if size < C.HEADER_SIZE + C.FRAME_OVERHEAD + C.TAIL_LOCATOR_SIZE:
         return None
     tail = src.pread(size - C.TAIL_SIZE, C.TAIL_LOCATOR_SIZE)
+    if len(tail) != C.TAIL_LOCATOR_SIZE:  # the file shrank since ``size`` (a writer cutting a torn tail)
+        return None
     magic, off = struct.unpack("<8sQ", tail)
     if magic != C.TAIL_MAGIC or not C.HEADER_SIZE <= off < size:
         return None

@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 import msgspec
 
+from ..core import constants as C
 from ..core.errors import CorruptError
 from ..format import canonical as canon
 from ..format.blob import BlobRef, read_blob
@@ -36,9 +37,10 @@ from .vindex import TIERS
 
 
 class LexicalCheck:
-    def __init__(self, h: Source, max_frame: int) -> None:
+    def __init__(self, h: Source, max_frame: int, seed: bytes | None = None) -> None:
         self.h = h
         self.max_frame = max_frame
+        self.seed = seed  # 4.2: the chain value before frame 0 (the file's chain seed)
         self._frames = array("q")  # per searchable record, in commit order: its RECORDS frame
         self._slots = array("q")  # and its slot there
         self._ids = bytearray()  # and its id
@@ -122,7 +124,8 @@ class LexicalCheck:
         for j in range(lo, hi):
             frame = frames[j]
             if frame != cur:
-                fh, payload, _, _ = read_frame_at(self.h, frame, max_frame=self.max_frame)
+                prev = self.seed if frame == C.HEADER_SIZE else None
+                fh, payload, _, _ = read_frame_at(self.h, frame, max_frame=self.max_frame, prev_chain=prev)
                 raw = raw_payload(fh, payload)
                 try:
                     values, fast = _FIELDS.decode(raw), True

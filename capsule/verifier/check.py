@@ -288,7 +288,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
     kinds: dict[str, int] = {}
     blobs_seen: set[BlobRef] = set()
     blob_seqs: dict[int, int] = {}  # BLOB frame offset -> seq, to report a bad blob where it is
-    lexical = LexicalCheck(h, header.max_frame_len)  # 16.8: lexical snapshots against their records
+    lexical = LexicalCheck(h, header.max_frame_len, header.chain_seed)  # 16.8: lexical snapshots against their records
     vectors = VectorEntries(h, header)  # 16.3: vector snapshots against their records
     journal = JournalCheck(h, header.max_frame_len)  # 18: journal snapshots against their records
     tables: dict[int, tuple[int, bytes]] = {}
