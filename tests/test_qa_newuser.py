@@ -153,7 +153,7 @@ def test_the_tail_locator_of_a_file_that_shrank_while_read_is_none(tmp_path: Pat
         def pread(self, offset: int, n: int) -> bytes:
             return b"\0" * (n // 2)
 
-    assert tail_commit_offset(Shrunk(), C.HEADER_SIZE + 4096) is None  # type: ignore[arg-type]
+    assert tail_commit_offset(Shrunk(), C.HEADER_SIZE + 4096) is None
 
 
 def test_readers_racing_a_torn_tail_repair_get_a_snapshot_or_a_library_error(tmp_path: Path) -> None:
