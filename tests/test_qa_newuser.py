@@ -204,3 +204,33 @@ def test_a_lexical_snapshot_over_frame_zero_verifies(tmp_path: Path) -> None:
             tx.remember(f"second commit memory {i}")
     rep = capsule.verify(p)
     assert rep.ok, rep.first_error
+
+
+# --- 6: a living fork child kept the writer's flock after the parent closed ----------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_the_parent_that_closes_its_writer_frees_the_lock_while_a_fork_child_lives(tmp_path: Path) -> None:
+    p = tmp_path / "lock.capsule"
+    cap = capsule.create(p)
+    with cap.commit() as tx:
+        tx.remember("a")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child lives on, holding its copy of the descriptor, until told to go
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    try:
+        cap.close()
+        with capsule.open(p, "a") as again, again.commit() as tx:  # no wait: the lock is free now
+            tx.remember("b")
+        with pytest.raises(capsule.Locked), capsule.open(p, "a"), capsule.open(p, "a"):
+            pass  # and it is still a real lock
+    finally:
+        os.write(w, b"x")
+        os.close(w)
+        os.waitpid(pid, 0)
+    with capsule.open(p) as done:
+        assert len(done) == 2

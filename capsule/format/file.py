@@ -353,8 +353,11 @@ class WriteHandle(ReadHandle):
         if self.fd >= 0 and not self.forked:  # a fork child leaves the parent's lock file alone
             with contextlib.suppress(OSError):
                 lock_path(self.path).unlink()
-        # Closing the descriptor releases the flock once no process holds the open
-        # file: a fork child closing its copy leaves the parent's lock in place.
+            # The flock lives on the open file, which a fork child shares while it lives: the
+            # owner releases it outright, so a child still running never keeps the writer's
+            # role (6.5). A child closing its copy only closes it: the parent's lock stays.
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
         super().close()
 
 
