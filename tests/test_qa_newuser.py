@@ -234,3 +234,29 @@ def test_the_parent_that_closes_its_writer_frees_the_lock_while_a_fork_child_liv
         os.waitpid(pid, 0)
     with capsule.open(p) as done:
         assert len(done) == 2
+
+
+# --- 7: re-adding a forgotten record after a compaction that purged it left it dead -----------------
+
+
+@pytest.mark.parametrize("keep", [None, "history", "checkpoints", "live"])
+def test_re_adding_a_forgotten_record_makes_it_live_whatever_the_compaction(tmp_path: Path, keep: str | None) -> None:
+    p = tmp_path / "readd.capsule"
+    cap = capsule.create(p)
+    with cap.commit() as tx:
+        rid = tx.remember("the wiki moved", time=1000)
+        tx.remember("an unrelated fact", time=1001)
+    with cap.commit() as tx:
+        tx.forget(rid)
+    if keep is not None:
+        cap.compact(keep=keep)
+        cap = capsule.open(p, "a")
+    with cap.commit() as tx:
+        again = tx.remember("the wiki moved", time=1000)
+    assert again == rid
+    live = {m["id"] for ms in cap.state().memories.values() for m in ms}
+    cap.close()
+    assert rid in live and len(live) == 2
+    assert capsule.verify(p).ok
+    with capsule.open(p) as back:  # and a reopen agrees
+        assert rid in {m["id"] for ms in back.state().memories.values() for m in ms}

@@ -141,12 +141,14 @@ class Transaction(LifecycleMethods):
                                      "bytes are not stored again (7.7.1)")
             dup = cap._store.present(items.id_seq(), snap)
             again: list[bytes] = []
-            if dup.any() and "revert" in snap.kinds:
-                # A record a rollback dropped is live again only through a restore event.
-                dead = dead_ids(cap._store)  # 13.1, cached per snapshot end (state.liveness)
+            if "revert" in snap.kinds and (dead := dead_ids(cap._store)):  # 13.1, cached per snapshot end
+                # A dropped record is live again only through a restore event (7.7): one still
+                # stored is restored instead of stored again; one whose bytes a compaction purged
+                # (15.1: its event stays) is stored and restored, so adding it means what it meant
+                # before the compaction.
                 lc = self._lc.touched if self._lc is not None else ()  # a lifecycle event of this block says
-                again = sorted(rid for j in np.flatnonzero(dup).tolist()
-                               if (rid := items.rid(j)) in dead and rid not in lc)
+                raw = bytes(items.ids)  # set lookups: O(batch), whatever the size of the dead set
+                again = sorted(rid for i in range(0, len(raw), 32) if (rid := raw[i : i + 32]) in dead and rid not in lc)
             items = items.select(~dup)
             if again:
                 rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)
