@@ -260,3 +260,24 @@ def test_re_adding_a_forgotten_record_makes_it_live_whatever_the_compaction(tmp_
     assert capsule.verify(p).ok
     with capsule.open(p) as back:  # and a reopen agrees
         assert rid in {m["id"] for ms in back.state().memories.values() for m in ms}
+
+
+# --- 8: a reader's refresh() after an in-place compaction stayed on the old file in silence -------
+
+
+def test_a_readers_refresh_says_the_file_was_replaced(tmp_path: Path) -> None:
+    p = tmp_path / "r.capsule"
+    w = capsule.create(p)
+    with w.commit() as tx:
+        a = tx.remember("alpha")
+    r = capsule.open(p)
+    with w.commit() as tx:
+        tx.remember("beta")
+    assert r.refresh() is True and len(r) == 2  # an append: the reader moves on
+    w.compact(keep="history")
+    with pytest.raises(capsule.UsageError, match="was replaced"):
+        r.refresh()
+    assert a in r  # it still reads the file it opened
+    r.close()
+    with capsule.open(p) as fresh:
+        assert len(fresh) == 2

@@ -18,6 +18,7 @@ ignored). The small frame cache has its own lock.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -347,10 +348,22 @@ class Store:
         return ck
 
     def refresh(self) -> bool:
-        """Readers: move the snapshot to the newest commit. True if it moved."""
+        """Readers: move the snapshot to the newest commit. True if it moved.
+
+        Raises UsageError when the path now names another file (an in-place compaction or
+        rekey, a pull, replaced it): this handle keeps reading the file it opened, which no
+        writer appends to any more, so moving on means opening the path again."""
         self.check_open()
         if self.mode == "a" or self.pinned:
             return False
+        fd = getattr(self.h, "fd", -1)
+        try:
+            now, mine = (os.stat(self.path), os.fstat(fd)) if fd >= 0 else (None, None)
+        except OSError:
+            now = mine = None  # the path is gone (or unreadable): nothing newer to move to
+        if now is not None and mine is not None and (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            raise UsageError(f"{self.path}: was replaced since this reader opened it (an in-place compaction, "
+                             "rekey or pull): open it again to read the new file")
         size = self.h.size()
         if size == self.snap.end:
             return False
