@@ -44,7 +44,8 @@ def get(path: FileArg, record_id: IdArg, json_out: JsonOpt = False, at: AtOpt = 
     """Show one record of any kind: every field, the whole text.
 
     Ids are accepted whole or as any unique prefix of at least 4 hex digits, as
-    `put`, `list` and `search` print them.
+    `put`, `list` and `search` print them. A record that is no longer live says so;
+    --json prints the fields as stored (times in integer nanoseconds) and "live".
 
     Example: capsule get agent.capsule 3f9a1c
     """
@@ -54,7 +55,7 @@ def get(path: FileArg, record_id: IdArg, json_out: JsonOpt = False, at: AtOpt = 
         with capsule.open(path, at=at) as cap:
             rec = cap.get(record_id)
             d: dict[str, Any] = rec.to_dict()
-            return {"id": rec.id, "kind": rec.kind, **d}
+            return {"id": rec.id, "kind": rec.kind, **d, "live": cap.is_live(rec.id)}
 
     d = call(go)
     if json_out:
@@ -62,6 +63,10 @@ def get(path: FileArg, record_id: IdArg, json_out: JsonOpt = False, at: AtOpt = 
         return
     from capsule.core.clock import iso
 
+    if not d.pop("live"):
+        out.print("status     not live: forgotten, superseded, redacted or rolled back (history keeps it; "
+                  "`capsule why` says by what)" if d["kind"] != "revert" else "status     an event (never live)",
+                  markup=False)
     for k in ("id", "kind", "time", *sorted(set(d) - {"id", "kind", "time", *_LONG})):
         v = d.get(k)
         if v is None or v == [] or v == {}:

@@ -20,6 +20,8 @@ def _write(target: Path, text: str, source: Path) -> None:
     if target.exists() and (target.is_dir() or os.path.samefile(target, source)):
         fail(f"{target}: {'is a directory' if target.is_dir() else 'is the capsule being read'}", EXIT_USAGE)
     parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        fail(f"{target}: no such folder {parent}", EXIT_USAGE)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ rollback and forks (the byte-level verifier that checks all of it is ``verify``)
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -87,6 +88,9 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
         out.print(f"{tier:<11} {len(mems)} memories", markup=False)
         for m in mems[-5:]:
             out.print(f"  {m['id'][:12]}  {m.get('text', '[redacted]')[:100]}", markup=False)
+        if len(mems) > 5:
+            out.print(f"  ... {len(mems) - 5} older (all of them: --json, or capsule list --tier {tier})",
+                      markup=False)
     out.print(f"constraints {len(st['constraints'])} active", markup=False)
     for c in st["constraints"]:
         ok = sum(a["verified"] for a in c["approvals"])
@@ -94,6 +98,9 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
     out.print(f"decisions   {len(st['decisions'])}", markup=False)
     for d in st["decisions"][-5:]:
         out.print(f"  {d['id'][:12]}  {d.get('summary', '[redacted]')[:100]}", markup=False)
+    if len(st["decisions"]) > 5:
+        out.print(f"  ... {len(st['decisions']) - 5} older (all of them: --json, or capsule list --kind decision)",
+                  markup=False)
 
 
 def keygen(
@@ -110,6 +117,9 @@ def keygen(
     def go() -> dict[str, Any]:
         pw = _passphrase(passphrase_env)
         key = capsule.generate_key()
+        for p in (out_path, Path(f"{out_path}.pub")):  # as save_private_key checks, in the CLI's words
+            if os.path.lexists(p):
+                raise capsule.AlreadyExists(f"{p}: already exists; remove it first or choose another -o path")
         pub = capsule.save_private_key(out_path, key, passphrase=pw)
         return {"key": str(out_path), "public_key": str(pub), "key_id": key.key_id, "encrypted": pw is not None}
 

@@ -281,3 +281,43 @@ def test_a_readers_refresh_says_the_file_was_replaced(tmp_path: Path) -> None:
     r.close()
     with capsule.open(p) as fresh:
         assert len(fresh) == 2
+
+
+# --- 9: CLI wording a new user tripped on -------------------------------------------------------------
+
+
+def test_state_says_how_many_older_memories_it_did_not_show(tmp_path: Path) -> None:
+    p = tmp_path / "s.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        for i in range(7):
+            tx.remember(f"fact {i}", time=1000 + i)
+    text = ok("state", p).stdout
+    assert "fact 6" in text and "fact 1" not in text
+    assert "... 2 older (all of them: --json, or capsule list --tier working)" in text
+
+
+def test_get_says_when_a_record_is_no_longer_live(tmp_path: Path) -> None:
+    p = tmp_path / "g.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            a = tx.remember("old fact")
+        with cap.commit() as tx:
+            tx.supersede(a, "new fact")
+    assert "not live" in ok("get", p, a).stdout
+    assert json.loads(ok("get", p, a, "--json").stdout)["live"] is False
+    new = json.loads(ok("list", p, "--json").stdout)[0]["id"]
+    assert "not live" not in ok("get", p, new).stdout
+    assert json.loads(ok("get", p, new, "--json").stdout)["live"] is True
+
+
+def test_errors_name_the_cli_options_not_the_library_ones(tmp_path: Path) -> None:
+    ok("keygen", "-o", tmp_path / "k.key")
+    r = cli("keygen", "-o", tmp_path / "k.key")
+    assert r.returncode == 2 and "overwrite=True" not in r.stderr and "remove it first" in r.stderr, r.stderr
+    p = tmp_path / "d.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.remember("x")
+    r = cli("diff", p, "--from", "nosuch", "--to", "1")
+    assert r.returncode != 0 and "--at" not in r.stderr and "'nosuch'" in r.stderr, r.stderr
+    r = cli("report", p, "-o", tmp_path / "no" / "such" / "r.html")
+    assert r.returncode == 2 and ".tmp" not in r.stderr and "no such folder" in r.stderr, r.stderr

@@ -63,7 +63,7 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
         t = parse_iso_time(text)
     except InvalidRecordError:
         raise UsageError(
-            f"--at {text!r} is not a checkpoint label, a commit seq, a commit hash prefix or an ISO-8601 time"
+            f"{text!r} is not a checkpoint label, a commit seq, a commit hash prefix or an ISO-8601 time"
         ) from None
     for c in store.commits():
         if c.time <= t:
