@@ -177,7 +177,8 @@ def pack(
                                        "capsule (--append writes one commit).", min=1)] = 1000,
     append: Annotated[bool, typer.Option("--append", help="Add to an existing capsule: files already packed "
                                          "with the same bytes add nothing, a changed file's chunks supersede "
-                                         "its old ones.")] = False,
+                                         "its old ones; a JSONL line whose record is live already (its time "
+                                         "aside when it has none) is not packed again.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="With --append and a folder: forget the chunks of files "
                                         "no longer in it (a reason names each path).")] = False,
     wait: WaitOpt = 0.0,

@@ -321,3 +321,37 @@ def test_errors_name_the_cli_options_not_the_library_ones(tmp_path: Path) -> Non
     assert r.returncode != 0 and "--at" not in r.stderr and "'nosuch'" in r.stderr, r.stderr
     r = cli("report", p, "-o", tmp_path / "no" / "such" / "r.html")
     assert r.returncode == 2 and ".tmp" not in r.stderr and "no such folder" in r.stderr, r.stderr
+
+
+# --- 10: pack --append of an unchanged JSONL file packed every line again --------------------------
+
+
+def test_pack_append_of_the_same_jsonl_adds_nothing_and_a_changed_one_only_its_new_lines(tmp_path: Path) -> None:
+    src = tmp_path / "m.jsonl"
+    src.write_text('{"text":"alice owns billing"}\n{"text":"p95 is 300 ms","tags":["perf"]}\n'
+                   '{"text":"fixed","time":"2025-01-01T00:00:00Z"}\n{"kind":"note","text":"a note"}\n')
+    p = tmp_path / "m.capsule"
+    capsule.pack(src, p)
+    with capsule.open(p) as cap:
+        first = len(cap)
+    again = capsule.pack(src, p, append=True)
+    assert again.new == 0 and again.records == 0
+    assert again.sync.unchanged.files == 1 and again.sync.unchanged.chunks == 4
+    with capsule.open(p) as cap:
+        assert len(cap) == first
+    with src.open("a") as f:
+        f.write('{"text":"a new line"}\n')
+    changed = capsule.pack(src, p, append=True)
+    assert changed.new == 1 and changed.sync.changed.files == 1 and changed.sync.unchanged.chunks == 4
+    with capsule.open(p, "a") as cap:
+        texts = [m.text for m in cap.live("memory")]
+        assert sorted(texts) == ["a new line", "alice owns billing", "fixed", "p95 is 300 ms"]
+        gone = next(m.id for m in cap.live("memory") if m.text == "alice owns billing")
+        with cap.commit() as tx:
+            tx.forget(gone)
+    back = capsule.pack(src, p, append=True)  # a forgotten line is packed again
+    assert back.new == 1
+    with capsule.open(p) as cap:
+        assert sorted(m.text for m in cap.live("memory")).count("alice owns billing") == 1
+    r = ok("pack", src, "-o", p, "--append", "--json")
+    assert json.loads(r.stdout)["new"] == 0

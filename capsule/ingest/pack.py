@@ -44,6 +44,7 @@ from ..core.errors import AlreadyExists, CapsuleNotFound, InvalidRecordError, Us
 from ..search.embed import Embedder, get_embedder
 from ..search.vindex import VectorParams
 from .jsonl import read_jsonl
+from .jsonl_sync import Packed
 from .resync import (
     ADDED,
     CHANGED,
@@ -405,6 +406,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     # with the keys of capsule.unlocking(...) or that passphrase
     cap = (open_capsule(out, "a", timeout=timeout, passphrase=passphrase) if append
            else create(out, recipients=recipients, passphrase=passphrase))
+    packed: Packed | None = None
     try:
         if append:
             emb = _embedder_for(embedder, cap.vector_config(), source.own)
@@ -427,6 +429,9 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
             rows = _text_rows(source, report.sync, chunk_chars, vector_of)
         else:
             rows = source.rows()
+            if append:  # a line already packed (all but its time) is not packed again
+                packed = Packed(cap)
+                rows = packed.filter(rows)
         groups = _batches(rows, batch)
         if append:
             # 6.4: one commit, so a bad record anywhere leaves the capsule as it was; the
@@ -444,7 +449,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
                     _add(tx, group, emb, report, progress, source)
                 report.new += len(tx.new_ids)
         if source.files is None:
-            report.sync.added.chunks = report.records
+            _jsonl_tally(report, packed.skipped if packed is not None else 0)
         if build and cap.vector_config() is not None:
             if on_index is not None:
                 on_index()
@@ -461,6 +466,21 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     cap.close()
     report.bytes = out.stat().st_size
     return report
+
+
+def _jsonl_tally(report: PackReport, skipped: int) -> None:
+    """A JSONL file's line of the sync counts: added (nothing of it was there), unchanged (every
+    line was) or changed (some were), with its lines as chunks."""
+    sy = report.sync
+    if not skipped:
+        sy.added.chunks = report.records
+        return
+    sy.added.files = 0
+    sy.unchanged.chunks = skipped
+    if report.records:
+        sy.changed.files, sy.changed.chunks = 1, report.records
+    else:
+        sy.unchanged.files = 1
 
 
 def _note_new(new: dict[str, list[bytes]], group: list[Row], ids: Any, replace: dict[str, list[Chunk]]) -> None:
