@@ -355,3 +355,16 @@ def test_pack_append_of_the_same_jsonl_adds_nothing_and_a_changed_one_only_its_n
         assert sorted(m.text for m in cap.live("memory")).count("alice owns billing") == 1
     r = ok("pack", src, "-o", p, "--append", "--json")
     assert json.loads(r.stdout)["new"] == 0
+
+
+# --- 11: run_once nested in its own effect said InDoubt ----------------------------------------------
+
+
+def test_run_once_nested_in_its_own_effect_is_a_usage_error(tmp_path: Path) -> None:
+    ran: list[str] = []
+    with capsule.create(tmp_path / "a.capsule") as cap:
+        with pytest.raises(capsule.UsageError, match="already being run by this thread") as e:
+            cap.run_once("k", lambda: cap.run_once("k", lambda: ran.append("inner")))
+        assert not isinstance(e.value, capsule.InDoubt)
+        assert ran == []
+        assert cap.run_once("other", lambda: "fine") == "fine"  # the key's lock was released

@@ -298,6 +298,9 @@ class Journal:
         if len(key) > MAX_KEY:
             raise UsageError(f"an action key is at most {MAX_KEY} characters")
         owned = self._claim(key)
+        if not owned:  # its intent is written and its result is not: it is running, not in doubt
+            raise UsageError(f"action {key!r} is already being run by this thread (run_once inside its own "
+                             "effect, or begin() again before the first handle finished)")
         try:
             st = self.state(key)
             if st.status == "in-doubt" and self._settle(key, st, reconcile, policy):
