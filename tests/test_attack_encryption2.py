@@ -446,10 +446,12 @@ def test_rekey_remove_while_a_reader_holds_the_file(tmp_path: Path, owner: capsu
     with capsule.open(a, identity=bob) as reader:
         capsule.rekey(a, identity=owner, remove=[bob.public_key])
         assert [r.text for r in reader.records(kind="memory")] == ["before"]  # its own snapshot, its inode
-        reader.refresh()
+        with pytest.raises(capsule.UsageError, match="was replaced"):  # it says so, and stays on its inode
+            reader.refresh()
         with capsule.open(a, "a", identity=owner) as cap, cap.commit() as tx:
             tx.remember("after")
-        reader.refresh()
+        with pytest.raises(capsule.UsageError, match="was replaced"):
+            reader.refresh()
         assert [r.text for r in reader.records(kind="memory")] == ["before"]  # never the new file's
     with pytest.raises(capsule.WrongKey):
         memories(a, identity=bob)

@@ -23,7 +23,11 @@ from capsule.format import canonical as canon
 from capsule.format import records
 from capsule.format.records import decode_record, encode_record, record_id
 from capsule.state.kinds import Revert
-from capsule.state.revfast import decode_revert
+from capsule.state.revfast import decode_revert as _decode_revert
+
+
+def decode_revert(data: bytes) -> object:
+    return _decode_revert(Revert, data)
 
 
 def nfc(s: str) -> str:

@@ -225,7 +225,7 @@ class Service:
 
         def go(cap: Capsule) -> dict[str, Any]:
             rec = cap.get(a["id"])
-            return {"id": rec.id, "kind": rec.kind, **rec.to_dict()}
+            return {"id": rec.id, "kind": rec.kind, **rec.to_dict(), "live": cap.is_live(rec.id)}
 
         return plain(self._read(go, a.get("at")))
 

@@ -120,9 +120,10 @@ TOOLS: tuple[ToolSpec, ...] = (
                              "description": "Notes on the vector index (stale, rebuilt), if any."}}),
     ToolSpec(
         "get", "Get a record",
-        "One record of any kind with every field, as `capsule get ID --json`: {id, kind, time, ...}.",
+        "One record of any kind with every field, as `capsule get ID --json`: {id, kind, time, ..., live} "
+        "(live: false once forgotten, superseded, redacted or rolled back).",
         {"id": _ID, "at": _AT}, ("id",),
-        output={"id": _HEX64, "kind": {"type": "string"}, "time": {"type": "integer"}}),
+        output={"id": _HEX64, "kind": {"type": "string"}, "time": {"type": "integer"}, "live": {"type": "boolean"}}),
     ToolSpec(
         "beliefs", "What the agent believes",
         "What the agent holds now: memories by tier (counts, newest first), decisions, active constraints, "

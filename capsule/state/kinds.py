@@ -392,10 +392,12 @@ class VectorConfig(KindBase):
 
 def _register_fast() -> None:
     """Reverts are read in bulk by every liveness fold (13.1): their checked-in-C decoder."""
+    from functools import partial
+
     from ..format.records import register_fast
     from .revfast import decode_revert
 
-    register_fast("revert", decode_revert)
+    register_fast("revert", partial(decode_revert, Revert))
 
 
 _register_fast()

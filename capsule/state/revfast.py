@@ -57,10 +57,10 @@ def _nfc(s: str) -> bool:
     return s.isascii() or unicodedata.is_normalized("NFC", s)
 
 
-def decode_revert(data: bytes) -> Any:
-    """The :class:`Revert` the stored bytes ``data`` hold, or None to take the exact way."""
+def decode_revert(revert: Any, data: bytes) -> Any:
+    """The record of class ``revert`` (:class:`~capsule.state.kinds.Revert`, which registers this
+    decoder) the stored bytes ``data`` hold, or None to take the exact way."""
     from ..format.records import record_id
-    from .kinds import Revert
 
     dec, enc = _get()
     try:
@@ -73,7 +73,7 @@ def decode_revert(data: bytes) -> Any:
             and _nfc(r.reason) and _nfc(r.actor)):
         return None
     try:
-        return Revert(time=r.time, after=r.after, to=None if r.to is UNSET else r.to, drop=tuple(r.drop),
+        return revert(time=r.time, after=r.after, to=None if r.to is UNSET else r.to, drop=tuple(r.drop),
                       restore=tuple(r.restore), op=None if r.op is UNSET else r.op, by=tuple(r.by),
                       evidence=tuple(r.evidence), reason=r.reason, actor=r.actor,
                       id=record_id("revert", data).hex())
