@@ -45,25 +45,26 @@ def get(path: FileArg, record_id: IdArg, json_out: JsonOpt = False, at: AtOpt = 
 
     Ids are accepted whole or as any unique prefix of at least 4 hex digits, as
     `put`, `list` and `search` print them. A record that is no longer live says so;
-    --json prints the fields as stored (times in integer nanoseconds) and "live".
+    --json prints the fields as stored (times in integer nanoseconds) and "live"
+    (unless the record has a field of that name).
 
     Example: capsule get agent.capsule 3f9a1c
     """
     import capsule
 
-    def go() -> dict[str, Any]:
+    def go() -> tuple[dict[str, Any], bool]:
         with capsule.open(path, at=at) as cap:
             rec = cap.get(record_id)
-            d: dict[str, Any] = rec.to_dict()
-            return {"id": rec.id, "kind": rec.kind, **d, "live": cap.is_live(rec.id)}
+            d: dict[str, Any] = {"id": rec.id, "kind": rec.kind, **rec.to_dict()}
+            return d, cap.is_live(rec.id)
 
-    d = call(go)
+    d, live = call(go)
     if json_out:
-        emit_json(d)
+        emit_json(d if "live" in d else {**d, "live": live})  # an application record's own field stays
         return
     from capsule.core.clock import iso
 
-    if not d.pop("live"):
+    if not live:
         out.print("status     not live: forgotten, superseded, redacted or rolled back (history keeps it; "
                   "`capsule why` says by what)" if d["kind"] != "revert" else "status     an event (never live)",
                   markup=False)

@@ -368,3 +368,95 @@ def test_run_once_nested_in_its_own_effect_is_a_usage_error(tmp_path: Path) -> N
         assert not isinstance(e.value, capsule.InDoubt)
         assert ran == []
         assert cap.run_once("other", lambda: "fine") == "fine"  # the key's lock was released
+
+
+# --- 12: a second attack on this session's changes ------------------------------------------------
+
+
+def _pack_lines(tmp_path: Path, name: str, *lines: str) -> Path:
+    src = tmp_path / name
+    src.write_text("".join(line + "\n" for line in lines))
+    return src
+
+
+def test_pack_append_packs_again_a_constraint_or_identity_line_to_make_it_current(tmp_path: Path) -> None:
+    p = tmp_path / "cs.capsule"
+    capsule.create(p).close()
+    on = _pack_lines(tmp_path, "on.jsonl", '{"kind": "constraint", "text": "no deploys on Friday"}')
+    off = _pack_lines(tmp_path, "off.jsonl",
+                      '{"kind": "constraint", "text": "no deploys on Friday", "status": "revoked"}')
+    for src in (on, off, on):
+        assert capsule.pack(src, p, append=True, embedder=None).new == 1
+    with capsule.open(p) as cap:
+        assert [c["text"] for c in cap.state().to_dict()["constraints"]] == ["no deploys on Friday"]
+    a = _pack_lines(tmp_path, "a.jsonl", '{"kind": "identity", "agent_id": "a1", "name": "Alice"}')
+    b = _pack_lines(tmp_path, "b.jsonl", '{"kind": "identity", "agent_id": "a1", "name": "Bob"}')
+    for src in (a, b, a):
+        capsule.pack(src, p, append=True, embedder=None)
+    with capsule.open(p) as cap:
+        assert cap.state().to_dict()["identity"]["name"] == "Alice"
+
+
+def test_pack_append_keeps_a_lines_own_new_embedding_and_checks_its_dimension(tmp_path: Path) -> None:
+    p = tmp_path / "v.capsule"
+    capsule.pack(_pack_lines(tmp_path, "a.jsonl", '{"text": "alpha fact", "embedding": [0.1, 0.2, 0.3]}'), p)
+    same = capsule.pack(_pack_lines(tmp_path, "a2.jsonl", '{"text": "alpha fact", "embedding": [0.1, 0.2, 0.3]}'),
+                        p, append=True)
+    assert same.new == 0
+    moved = capsule.pack(_pack_lines(tmp_path, "b.jsonl", '{"text": "alpha fact", "embedding": [0.9, 0.0, 0.0]}'),
+                         p, append=True)
+    assert moved.new == 1
+    with pytest.raises(capsule.InvalidRecordError, match="line 1: embedding has dimension 4"):
+        capsule.pack(_pack_lines(tmp_path, "z.jsonl", '{"text": "alpha fact", "embedding": [1, 2, 3, 4]}'),
+                     p, append=True)
+
+
+def test_pack_append_renews_a_memory_with_a_ttl(tmp_path: Path) -> None:
+    p = tmp_path / "t.capsule"
+    src = _pack_lines(tmp_path, "t.jsonl", '{"text": "a short-lived fact", "ttl": 1}')
+    capsule.pack(src, p, embedder=None)
+    assert capsule.pack(src, p, append=True, embedder=None).new == 1  # its copy may have expired: a fresh one
+
+
+def test_refresh_after_a_change_of_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        with capsule.create(tmp_path / d / "x.capsule") as c, c.commit() as tx:
+            tx.remember(d)
+    monkeypatch.chdir(tmp_path / "a")
+    r = capsule.open("x.capsule")
+    with capsule.open(tmp_path / "a" / "x.capsule", "a") as w, w.commit() as tx:
+        tx.remember("new")
+    monkeypatch.chdir(tmp_path / "b")  # another x.capsule here: not the reader's file
+    assert r.refresh() is True and len(r) == 2
+    r.close()
+
+
+def test_the_mcp_service_reopens_when_refresh_finds_the_file_replaced(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsule.integrations import _mcp_service as svc_mod
+
+    p = tmp_path / "m.capsule"
+    with capsule.create(p) as c, c.commit() as tx:
+        tx.remember("fact")
+    svc = svc_mod.Service(p, read_only=True)
+    try:
+        ident = svc._ident
+        with capsule.open(p, "a") as w:
+            with w.commit() as tx:
+                tx.remember("after")
+            w.compact(keep="history")  # the path now names a new file
+        monkeypatch.setattr(svc_mod, "_identity", lambda _p: ident)  # the look before refresh misses it
+        assert svc._read(lambda cap: len(cap)) == 2
+    finally:
+        svc.close()
+
+
+def test_get_keeps_an_application_records_own_live_field(tmp_path: Path) -> None:
+    from capsule.format.records import GenericRecord
+
+    p = tmp_path / "g.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        rid = tx.put(GenericRecord("myapp.thing", {"kind": "myapp.thing", "time": 5, "live": "yes please", "x": 1}))
+    assert json.loads(ok("get", p, rid, "--json").stdout)["live"] == "yes please"
+    assert "yes please" in ok("get", p, rid).stdout

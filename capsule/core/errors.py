@@ -70,6 +70,11 @@ class Locked(UsageError, BlockingIOError):
         self.host = host
 
 
+class FileReplaced(UsageError):
+    """A reader's path now names another file (an in-place compaction, rekey or pull replaced
+    it): the handle keeps reading the file it opened; open the path again for the new one."""
+
+
 class ReadOnlyError(UsageError, PermissionError):
     """A write was attempted through a read-only handle."""
 

@@ -19,15 +19,10 @@ from ..core.errors import CorruptError, DataError
 from . import canonical as canon
 from .commit import CommitInfo, parse_index_payload, record_bounds
 from .frames import parse_frame_header, raw_payload
-from .records import decode_fast, decode_record
+from .records import decode_fast, decode_record, kind_needle
 from .records import record_id as content_id
 from .scan import read_frame_at
 from .store import Store
-
-
-def _needle(kind: str) -> bytes:
-    raw = kind.encode()
-    return bytes([0xA0 | len(raw)]) + raw if len(raw) < 32 else b"\xd9" + bytes([len(raw)]) + raw
 
 
 def walk(store: Store, kinds: Iterable[str], start: CommitInfo | None = None,
@@ -47,8 +42,8 @@ def walk(store: Store, kinds: Iterable[str], start: CommitInfo | None = None,
     want = frozenset(kinds) & set(snap.kinds)  # a kind the file never held: no walk at all
     if not want:
         return
-    needles = [_needle(k) for k in want]
-    also = None if field is None else _needle(field)
+    needles = [kind_needle(k) for k in want]
+    also = None if field is None else kind_needle(field)
     hdr = snap.header
     stop = snap.end if end is None else end
     pos = C.HEADER_SIZE if start is None else start.end

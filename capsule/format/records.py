@@ -457,9 +457,15 @@ def encode_record(rec: Any) -> tuple[bytes, bytes]:
 _FAST: dict[str, tuple[bytes, Callable[[bytes], Any]]] = {}
 
 
-def register_fast(kind: str, decode: Callable[[bytes], Any]) -> None:
+def kind_needle(kind: str) -> bytes:
+    """The canonical encoding of ``kind`` as a string (5.1: fixstr or str8): every record of that
+    kind holds these bytes."""
     raw = kind.encode()
-    _FAST[kind] = (bytes([0xA0 | len(raw)]) + raw if len(raw) < 32 else b"\xd9" + bytes([len(raw)]) + raw, decode)
+    return bytes([0xA0 | len(raw)]) + raw if len(raw) < 32 else b"\xd9" + bytes([len(raw)]) + raw
+
+
+def register_fast(kind: str, decode: Callable[[bytes], Any]) -> None:
+    _FAST[kind] = (kind_needle(kind), decode)
 
 
 def decode_fast(data: bytes, kinds: Collection[str] | None = None) -> Any | None:

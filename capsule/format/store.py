@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..core import constants as C
 from ..core.clock import Clock, iso
-from ..core.errors import CorruptError, DataError, NotFound, UsageError
+from ..core.errors import CorruptError, DataError, FileReplaced, NotFound, UsageError
 from ..core.lazy import lazy
 from . import canonical as canon
 from .checkpoint import CheckpointFrame, parse_checkpoint
@@ -71,6 +71,7 @@ class Store:
 
     def __init__(self, path: Path, handle: ReadHandle, snap: Snapshot, mode: Mode, clock: Clock) -> None:
         self.path = path
+        self._where = os.path.abspath(path)  # refresh() looks here, whatever the working directory then
         self.h = handle
         self.snap = snap
         self.mode: Mode = mode
@@ -350,20 +351,20 @@ class Store:
     def refresh(self) -> bool:
         """Readers: move the snapshot to the newest commit. True if it moved.
 
-        Raises UsageError when the path now names another file (an in-place compaction or
+        Raises :class:`FileReplaced` (a UsageError) when the path now names another file (an in-place compaction or
         rekey, a pull, replaced it): this handle keeps reading the file it opened, which no
         writer appends to any more, so moving on means opening the path again."""
         self.check_open()
         if self.mode == "a" or self.pinned:
             return False
         fd = getattr(self.h, "fd", -1)
-        try:
-            now, mine = (os.stat(self.path), os.fstat(fd)) if fd >= 0 else (None, None)
+        try:  # the path as it was when opened: the working directory may have changed since
+            now, mine = (os.stat(self._where), os.fstat(fd)) if fd >= 0 else (None, None)
         except OSError:
             now = mine = None  # the path is gone (or unreadable): nothing newer to move to
         if now is not None and mine is not None and (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
-            raise UsageError(f"{self.path}: was replaced since this reader opened it (an in-place compaction, "
-                             "rekey or pull): open it again to read the new file")
+            raise FileReplaced(f"{self.path}: was replaced since this reader opened it (an in-place compaction, "
+                               "rekey or pull): open it again to read the new file")
         size = self.h.size()
         if size == self.snap.end:
             return False

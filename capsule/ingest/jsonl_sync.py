@@ -1,13 +1,17 @@
 """``pack --append`` of a JSONL file: a line already packed adds nothing (issue 10).
 
 A JSONL line without its own ``time`` gets the commit clock's (7.0), so packing the same file
-again made every such record anew: same text, new time, new id. Here a line without ``time``
-whose record would equal a live record of its kind in every field but ``time`` (and
-``embedding``, which pack fills in from the text when the line has none) is taken as already
-packed and left out; so is a line with its own ``time`` whose record, but for the embedding pack
-gave it, is live. So re-packing an unchanged file adds nothing, a changed one adds
-only its new lines, and a line whose record was forgotten is packed again; lines gone from
-the file stay (a JSONL line names no file or position that would say it was removed).
+again made every such record anew: same text, new time, new id. Here a line is taken as
+already packed, and left out, when a live record of its kind equals the record it would make
+in every field but ``time`` (when the line brings none) and ``embedding`` (when the line brings
+none: pack fills it in from the text). So re-packing an unchanged file adds nothing, a changed
+one adds only its new lines, and a line whose record was forgotten is packed again; lines gone
+from the file stay (a JSONL line names no file or position that would say it was removed).
+
+Only facts are matched so: memories, notes and decisions (7.1, 7.2, 7.6). A constraint or an
+identity line is always packed, since the newest record of those wins (7.3, 7.5) and packing an
+older line again is how it is made current again; so is a memory line with a ``ttl``, whose
+copy may have expired (7.1), and an application record.
 """
 
 from __future__ import annotations
@@ -21,39 +25,46 @@ from ..format import canonical as canon
 from ..format.records import record_from_input
 
 Row = tuple[str, dict[str, Any]]
+#: the kinds whose live records are facts: one more copy adds nothing
+FACTS = frozenset({"memory", "note", "decision"})
 
 
-def timeless_key(value: Mapping[str, Any], timed: bool = False) -> bytes:
-    """SHA-256 of a record's canonical map without its embedding and (unless ``timed``) its time."""
-    drop = ("embedding",) if timed else ("embedding", "time")
+def timeless_key(value: Mapping[str, Any], timed: bool, embedded: bool) -> bytes:
+    """SHA-256 of a record's canonical map, its time left out unless ``timed`` and its
+    embedding unless ``embedded``."""
+    drop = {"time"} if not timed else set()
+    if not embedded:
+        drop.add("embedding")
     return hashlib.sha256(canon.pack({k: v for k, v in value.items() if k not in drop})).digest()
 
 
 class Packed:
-    """What the live records of a capsule are, but for their embeddings (and times), kind by
-    kind, read on first need."""
+    """The keys of the live facts of a capsule, kind by kind and by what a line brings (its own
+    time, its own embedding), read on first need."""
 
     def __init__(self, cap: Any) -> None:
         self.cap = cap
-        self.keys: dict[tuple[str, bool], set[bytes]] = {}
+        self.keys: dict[tuple[str, bool, bool], set[bytes]] = {}
         self.skipped = 0
 
-    def _of(self, kind: str, timed: bool) -> set[bytes]:
-        got = self.keys.get((kind, timed))
+    def _of(self, kind: str, timed: bool, embedded: bool) -> set[bytes]:
+        got = self.keys.get((kind, timed, embedded))
         if got is None:
-            got = self.keys[kind, timed] = {timeless_key(rec.to_value(), timed) for rec in self.cap.live(kind)}
+            got = self.keys[kind, timed, embedded] = {timeless_key(rec.to_value(), timed, embedded)
+                                                      for rec in self.cap.live(kind)}
         return got
 
     def seen(self, obj: Mapping[str, Any]) -> bool:
-        """Whether this JSONL object is a live record already, its embedding aside (and its time,
-        when it brings none)."""
+        """Whether this JSONL object is a live fact already (see the module's rules)."""
+        if obj.get("kind", "memory") not in FACTS or obj.get("ttl") is not None:
+            return False
         try:
             rec = record_from_input(obj, time=0)
             value = rec.to_value()
         except (DataError, TypeError, ValueError):
             return False  # the bulk path names what is wrong with it
-        timed = "time" in obj
-        return timeless_key(value, timed) in self._of(rec.kind, timed)
+        timed, embedded = "time" in obj, obj.get("embedding") is not None
+        return timeless_key(value, timed, embedded) in self._of(rec.kind, timed, embedded)
 
     def filter(self, rows: Iterator[Row]) -> Iterator[Row]:
         for row in rows:
@@ -63,4 +74,4 @@ class Packed:
                 yield row
 
 
-__all__ = ["Packed", "timeless_key"]
+__all__ = ["FACTS", "Packed", "timeless_key"]

@@ -36,7 +36,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..core.errors import CapsuleNotFound, DataError, Locked, ReadOnlyError, UsageError
+from ..core.errors import (
+    CapsuleNotFound,
+    DataError,
+    FileReplaced,
+    Locked,
+    ReadOnlyError,
+    UsageError,
+)
 from ..format.keys import PrivateKey
 from ..handle.capsule import Capsule
 from ..handle.entry import open as open_capsule
@@ -124,7 +131,10 @@ class Service:
                 # no refresh follows that, a fresh reader does.
                 self._reopen()
             else:
-                self._reader.refresh()
+                try:
+                    self._reader.refresh()
+                except FileReplaced:  # replaced between the look above and the refresh
+                    self._reopen()
                 self._size = size
             try:
                 return self._ask(fn, at)
@@ -225,7 +235,8 @@ class Service:
 
         def go(cap: Capsule) -> dict[str, Any]:
             rec = cap.get(a["id"])
-            return {"id": rec.id, "kind": rec.kind, **rec.to_dict(), "live": cap.is_live(rec.id)}
+            d = {"id": rec.id, "kind": rec.kind, **rec.to_dict()}
+            return d if "live" in d else {**d, "live": cap.is_live(rec.id)}  # as the CLI: a record's own field stays
 
         return plain(self._read(go, a.get("at")))
 

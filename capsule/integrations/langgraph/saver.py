@@ -51,7 +51,7 @@ from langgraph.checkpoint.serde.base import SerializerProtocol
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from ...core.clock import Clock
-from ...core.errors import AlreadyExists, InvalidRecordError, UsageError
+from ...core.errors import AlreadyExists, FileReplaced, InvalidRecordError, UsageError
 from ...format.records import GenericRecord
 from ...handle.capsule import Capsule
 from ...handle.entry import create
@@ -236,20 +236,24 @@ class CapsuleSaver(BaseCheckpointSaver[str]):
         ``capsule compact`` replaced the file (a new inode at the path), reopen it first."""
         if self._cap.mode != "r":
             return
-        if replaced(self._cap):
-            k = self._cap._h.keys  # 10: reopened with the key the first open used (capsule.unlocking)
-            cap = open_capsule(self.path, "r", clock=self._clock, identity=getattr(k, "identity", None),
-                               passphrase=getattr(k, "passphrase", None))
+        if not replaced(self._cap):
             try:
-                ix = self._build(cap)
-            except BaseException:
-                cap.close()
-                raise
-            old = self._cap
-            self._live.cap, self._live.ix = cap, ix
-            old.close()
-        elif self._cap.refresh():
-            self._ix = self._build(self._cap)
+                if self._cap.refresh():
+                    self._ix = self._build(self._cap)
+                return
+            except FileReplaced:  # replaced since the look above: reopen as if seen there
+                pass
+        k = self._cap._h.keys  # 10: reopened with the key the first open used (capsule.unlocking)
+        cap = open_capsule(self.path, "r", clock=self._clock, identity=getattr(k, "identity", None),
+                           passphrase=getattr(k, "passphrase", None))
+        try:
+            ix = self._build(cap)
+        except BaseException:
+            cap.close()
+            raise
+        old = self._cap
+        self._live.cap, self._live.ix = cap, ix
+        old.close()
 
     def _checkpoint(self, rid: bytes) -> r.CheckpointRec:
         rec = self._cache.get(rid)

@@ -48,7 +48,7 @@ from langgraph.store.base import (
 )
 
 from ...core.clock import Clock
-from ...core.errors import AlreadyExists, InvalidRecordError, UsageError
+from ...core.errors import AlreadyExists, FileReplaced, InvalidRecordError, UsageError
 from ...handle.capsule import Capsule
 from ...handle.entry import create as _create
 from ...handle.entry import open as _open
@@ -178,14 +178,21 @@ class CapsuleStore(BaseStore):
         """Read-only stores: move to the newest commit another process wrote and rebuild the
         item index (one pass). True if there was anything new."""
         with self._lock:
-            if self._owned and self.read_only and replaced(self._cap):  # compacted in place: reopen
+            reopen = self._owned and self.read_only and replaced(self._cap)  # compacted in place
+            if not reopen:
+                try:
+                    if not self._cap.refresh():
+                        return False
+                except FileReplaced:  # replaced since the look above
+                    if not (self._owned and self.read_only):
+                        raise
+                    reopen = True
+            if reopen:
                 k = self._cap._h.keys  # 10: reopened with the key the first open used (capsule.unlocking)
                 cap = _open(Path(self.path), "r", clock=self._clock, identity=getattr(k, "identity", None),
                             passphrase=getattr(k, "passphrase", None))
                 old, self._cap = self._cap, cap
                 old.close()
-            elif not self._cap.refresh():
-                return False
             self._index = self._load()
             return True
 
