@@ -26,6 +26,9 @@ def rotate_keys(
                                                   "(default: the old keyset's, at most its number of keys).")]
     = None,
     passphrase_env: PassOpt = None,
+    new_passphrase_env: Annotated[str | None, typer.Option(
+        "--new-passphrase-env", metavar="VAR", help="The passphrase of the --new key files, when it is not "
+        "--passphrase-env's (a plain old key and a sealed new one, or two passphrases).")] = None,
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -41,7 +44,7 @@ def rotate_keys(
 
     def go() -> dict[str, Any]:
         old_keys = _load_keys(key, passphrase_env)
-        new_keys = _load_keys(new, passphrase_env)
+        new_keys = _load_keys(new, new_passphrase_env if new_passphrase_env is not None else passphrase_env)
         pubs = []
         for p in new_pub or []:
             from capsule.ingest.source import check_regular

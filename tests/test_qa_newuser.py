@@ -460,3 +460,18 @@ def test_get_keeps_an_application_records_own_live_field(tmp_path: Path) -> None
         rid = tx.put(GenericRecord("myapp.thing", {"kind": "myapp.thing", "time": 5, "live": "yes please", "x": 1}))
     assert json.loads(ok("get", p, rid, "--json").stdout)["live"] == "yes please"
     assert "yes please" in ok("get", p, rid).stdout
+
+
+def test_rotate_keys_from_a_plain_key_to_a_sealed_one(tmp_path: Path) -> None:
+    old, new, p = tmp_path / "old.key", tmp_path / "new.key", tmp_path / "k.capsule"
+    ok("keygen", "-o", old)
+    ok("keygen", "-o", new, "--passphrase-env", "P", P="seal pass")
+    ok("init", p)
+    ok("checkpoint", p, "--key", old, "--label", "c1")
+    r = cli("rotate-keys", p, "--key", old, "--new", new, "--passphrase-env", "P", P="seal pass")
+    assert r.returncode == 2 and "not encrypted" in r.stderr  # one passphrase for both: the old says no
+    rot = json.loads(ok("rotate-keys", p, "--key", old, "--new", new, "--new-passphrase-env", "P", "--json",
+                        P="seal pass").stdout)
+    assert rot["version"] == 2 and len(rot["revoked"]) == 1
+    ok("checkpoint", p, "--key", new, "--passphrase-env", "P", "--label", "c2", P="seal pass")
+    ok("verify", p, "--trust", f"{new}.pub")
