@@ -3,8 +3,8 @@ analytics (spec 7, 13.2).
 
 *Record form* (``--format jsonl``): the record's canonical map (7) as JSON, field names as
 stored, times as int ns, ids, keys and signatures as hex (which the kinds' validators read
-back), an embedding as a list of floats (each float32 printed as the shortest float64 that
-reads back to the same float32). ``put --jsonl`` re-encodes it to the same canonical bytes,
+back), an embedding as a list of floats (each float32 printed as its exact float64 value,
+which reads back to the same float32). ``put --jsonl`` re-encodes it to the same canonical bytes,
 so the same content id. A bin value *inside* a map (a memory's ``meta``, a decision's
 ``inputs``) has no JSON form: it is written as hex, as every JSON output of capsule writes
 it, and such a record is counted as *lossy* (it re-imports as text, under another id).
