@@ -475,3 +475,43 @@ def test_rotate_keys_from_a_plain_key_to_a_sealed_one(tmp_path: Path) -> None:
     assert rot["version"] == 2 and len(rot["revoked"]) == 1
     ok("checkpoint", p, "--key", new, "--passphrase-env", "P", "--label", "c2", P="seal pass")
     ok("verify", p, "--trust", f"{new}.pub")
+
+
+# --- 13: the integrations review ------------------------------------------------------------------
+
+
+def test_the_id_of_an_over_long_request_is_read_from_its_end() -> None:
+    from capsule.integrations._mcp_stdio import _last_id
+
+    assert _last_id(b'xxxx","jsonrpc":"2.0","id":7}') == 7
+    assert _last_id(b'xxxx"},"jsonrpc":"2.0","id":"req-9"}\n'.rstrip()) == "req-9"
+    assert _last_id(b'xxxx","nested":{"id":7}}') is None  # an inner object's id is not the request's
+    assert _last_id(b'xxxx","id":true}') is None and _last_id(b'xxxx') is None
+
+
+def test_an_over_long_request_from_the_mcp_client_gets_an_error_not_silence(tmp_path: Path) -> None:
+    import anyio
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+    from mcp.shared.exceptions import McpError
+
+    p = tmp_path / "big.capsule"
+    capsule.create(p).close()
+
+    async def main() -> str:
+        params = StdioServerParameters(command=str(Path(sys.executable).with_name("capsule")),
+                                       args=["serve", str(p), "--mcp"])
+        async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
+            await s.initialize()
+            with anyio.fail_after(60):  # the client puts the id last: before, no answer ever came
+                try:
+                    await s.call_tool("remember", {"text": "y" * (17 * 1024 * 1024)})
+                except McpError as e:
+                    got = str(e)
+                else:
+                    got = "answered"
+            alive = await s.call_tool("search", {"query": "y"})
+            assert not alive.isError
+            return got
+
+    assert "longer than" in anyio.run(main)

@@ -54,10 +54,12 @@ _HEAD = 4096
 
 
 class _TooLong:
-    """An over-long line, dropped but for its first bytes."""
+    """An over-long line, dropped but for its first and last bytes (a client may put the
+    request's id first or last)."""
 
-    def __init__(self, head: bytes) -> None:
+    def __init__(self, head: bytes, tail: bytes = b"") -> None:
         self.head = head
+        self.tail = tail
 
 
 def claim_stdio() -> None:
@@ -82,10 +84,11 @@ async def _lines(fd: int) -> AsyncIterator[bytes | _TooLong]:
         if not _is_pipe(f):  # a file, /dev/null or a terminal: epoll takes no regular file
             while line := await anyio.to_thread.run_sync(f.readline, MAX_LINE + 1, abandon_on_cancel=True):
                 if len(line) > MAX_LINE and not line.endswith(b"\n"):  # its rest follows: skip it
-                    rest = line
+                    rest, tail = line, line[-_HEAD:]
                     while rest and not rest.endswith(b"\n"):
                         rest = await anyio.to_thread.run_sync(f.readline, MAX_LINE, abandon_on_cancel=True)
-                    yield _TooLong(line[:_HEAD])
+                        tail = (tail + rest)[-_HEAD:]
+                    yield _TooLong(line[:_HEAD], tail.rstrip(b"\r\n"))
                     continue
                 yield line.rstrip(b"\r\n")
             return
@@ -99,15 +102,17 @@ async def _lines(fd: int) -> AsyncIterator[bytes | _TooLong]:
                 return
             except asyncio.LimitOverrunError as e:
                 first = await reader.readexactly(e.consumed)  # drop the long line, then its rest
+                tail = first[-_HEAD:]
                 while True:
                     try:
-                        await reader.readuntil(b"\n")
+                        tail = (tail + await reader.readuntil(b"\n"))[-_HEAD:]
                         break
                     except asyncio.LimitOverrunError as again:
-                        await reader.readexactly(again.consumed)
-                    except asyncio.IncompleteReadError:  # it ran to the end of input
+                        tail = (tail + await reader.readexactly(again.consumed))[-_HEAD:]
+                    except asyncio.IncompleteReadError as end:  # it ran to the end of input
+                        tail = (tail + end.partial)[-_HEAD:]
                         break
-                yield _TooLong(first[:_HEAD])
+                yield _TooLong(first[:_HEAD], tail.rstrip(b"\r\n"))
                 continue
             yield line.rstrip(b"\r\n")
     finally:
@@ -140,6 +145,24 @@ def _request_id(data: bytes) -> int | str | None:
     except ValueError:
         return None
     return rid if isinstance(rid, int | str) else None
+
+
+#: the top-level object's last member, when it is the id: `, "id": 7}` at the very end (an
+#: inner object ending so is followed by more than one closing brace)
+_LAST_ID = re.compile(rb',\s*"id"\s*:\s*(-?\d{1,19}|"(?:[^"\\]|\\.){0,256}")\s*}\s*$')
+
+
+def _last_id(tail: bytes) -> int | str | None:
+    """The id of an over-long request whose id is its last member (as the ``mcp`` client writes
+    it), from the line's last bytes; else None."""
+    m = _LAST_ID.search(tail)
+    if m is None:
+        return None
+    try:
+        rid = json.loads(m.group(1))
+    except ValueError:
+        return None
+    return rid if isinstance(rid, int | str) and not isinstance(rid, bool) else None
 
 
 def _non_finite(value: Any) -> str | None:
@@ -221,8 +244,15 @@ async def stdio_streams(*, drain: float = 60.0) -> AsyncIterator[
         async with read_in, answers:
             async for line in _lines(0):
                 if isinstance(line, _TooLong):
-                    await refuse(line.head, types.INVALID_REQUEST,
-                                 f"a message longer than {MAX_LINE} bytes was dropped")
+                    msg = f"a message longer than {MAX_LINE} bytes was dropped"
+                    rid = None
+                    if b'"method"' in line.head:  # a request (a client's answer or a notification is not)
+                        rid = _request_id(line.head)
+                        rid = _last_id(line.tail) if rid is None else rid
+                    if rid is None:
+                        await refuse(line.head, types.INVALID_REQUEST, msg)
+                    else:
+                        await answers.send(_error(rid, types.INVALID_REQUEST, msg))
                     continue
                 if not line.strip():
                     continue
