@@ -515,3 +515,44 @@ def test_an_over_long_request_from_the_mcp_client_gets_an_error_not_silence(tmp_
             return got
 
     assert "longer than" in anyio.run(main)
+
+
+def test_a_query_vector_is_checked_like_a_stored_one(tmp_path: Path) -> None:
+    plain, emb = tmp_path / "plain.capsule", tmp_path / "emb.capsule"
+    with capsule.create(plain) as c, c.commit() as tx:
+        tx.remember("hello")
+    with capsule.create(emb) as c, c.commit() as tx:
+        tx.remember("hello", embedding=[0.1, 0.2])
+    with capsule.open(plain) as c:
+        assert c.search(vector=[1.0, 2.0]) == []  # no vectors yet: nothing to find (not an error)
+        with pytest.raises(capsule.UsageError, match="finite float32"):
+            c.search(vector=[1e39, 2.0])
+    with capsule.open(emb) as c:
+        with pytest.raises(capsule.UsageError, match="finite float32"):  # 1e39 is inf as float32
+            c.search(vector=[1e39, 2.0])
+        with pytest.raises(capsule.UsageError, match="list of numbers"):
+            c.search(vector=["a", 1])
+        assert len(c.search(vector=[1.0, 2.0])) == 1
+
+
+def test_a_time_outside_the_nanosecond_range_names_the_range(tmp_path: Path) -> None:
+    with capsule.create(tmp_path / "t.capsule") as c, c.commit() as tx:
+        for when in ("9999-12-31T00:00:00Z", "1960-01-01T00:00:00Z"):
+            with pytest.raises(capsule.InvalidRecordError, match="outside 1970-01-01 .. 2262-04-11"):
+                tx.remember("x", valid_from=when)
+
+
+def test_the_mcp_search_tool_takes_an_integral_float_for_k(tmp_path: Path) -> None:
+    from capsule.integrations._mcp_service import Service
+
+    p = tmp_path / "k.capsule"
+    with capsule.create(p) as c, c.commit() as tx:
+        for i in range(8):
+            tx.remember(f"note {i}")
+    svc = Service(p, read_only=True)
+    try:
+        assert len(svc.search({"query": "note", "k": 5.0})["hits"]) == 5
+        with pytest.raises(capsule.UsageError, match="k must be an integer"):
+            svc.search({"query": "note", "k": 5.5})
+    finally:
+        svc.close()

@@ -110,7 +110,10 @@ def parse_iso_time(v: str) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-    return parse_time((delta.days * 86400 + delta.seconds) * 1_000_000_000 + frac_ns)
+    ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + frac_ns
+    if not 0 <= ns < 1 << 63:  # 7.0: int ns in [0, 2^63)
+        raise InvalidRecordError(f"time {v!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds since 1970 in 63 bits)")
+    return ns
 
 
 def parse_text(v: object, name: str = "text") -> str:

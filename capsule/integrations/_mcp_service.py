@@ -216,8 +216,12 @@ class Service:
 
             when = iso(parse_valid_at(valid_at))
 
+        k = a.get("k", 10)
+        if type(k) is float and k.is_integer():  # JSON Schema's "integer" takes 5.0: so does the tool
+            k = int(k)
+
         def go(cap: Capsule) -> dict[str, Any]:
-            hits = cap.search(a.get("query") or "", vector=a.get("vector"), k=a.get("k", 10),
+            hits = cap.search(a.get("query") or "", vector=a.get("vector"), k=k,
                               mode=a.get("mode", "auto"), tags=a.get("tags"), any_tags=a.get("any_tags"),
                               tier=a.get("tier"), kind=a.get("kind"), since=a.get("since"), until=a.get("until"),
                               meta=a.get("meta") or {}, valid_at=when)

@@ -42,6 +42,7 @@ from ..format.scan import payload_head, read_frame_at
 from ..format.store import Store
 from ..state.liveness import fold_of
 from ..state.validtime import parse_valid_at
+from . import fusion as fusion_mod
 from .browse import browse
 from .catalog import KIND_CODES, LEXICAL_KINDS, Catalog, LexicalIndex, rid_at
 from .embed import Embedder, get_embedder
@@ -543,6 +544,8 @@ def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int 
         return Results((Hit(rid, score, rec, st) for rid, score, rec in browse(s, k, flt, now)),
                        Ranking("list", why="no query text or vector: the records passing the filters, "
                                            "newest first"))
+    if vector is not None and mode != "lexical":
+        fusion_mod.check_query_vector(vector)
     cfg = s.config() if vector is None and mode in ("auto", "hybrid") else None
     name = embedder or (cfg.embedder if cfg is not None else "")
     how = plan(mode, minor=st.snap.header.minor, text=bool(text.strip()), vector=vector is not None,

@@ -169,6 +169,20 @@ def fuse_weighted(lexical: Sequence[Scored], vector: Sequence[Scored], w_lex: fl
 # --- what to run ------------------------------------------------------------------------------
 
 
+def check_query_vector(vector: object) -> None:
+    """A query vector is checked as a stored one would be (7.1): numbers, finite as float32 (a
+    wrong dimension is the index's to name; with no vectors yet there is nothing to find)."""
+    import numpy as np
+
+    try:
+        with np.errstate(over="ignore"):
+            v32 = np.asarray(vector, dtype=np.float64).astype(np.float32)
+    except (TypeError, ValueError):
+        raise UsageError("a query vector must be a list of numbers") from None
+    if not np.isfinite(v32).all():
+        raise UsageError("a query vector must hold finite float32 numbers (beyond +-3.4e38 is infinite)")
+
+
 def plan(mode: str, *, minor: int, text: bool, vector: bool, embedder: str, has_vectors: bool,
          fusion: str | None, lexical_weight: float | None) -> Ranking:
     """16.6: the ranking a search runs, before any embedder is loaded.
