@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -556,3 +557,25 @@ def test_the_mcp_search_tool_takes_an_integral_float_for_k(tmp_path: Path) -> No
             svc.search({"query": "note", "k": 5.5})
     finally:
         svc.close()
+
+
+# --- 14: SIGTERM during pack sometimes said "could not be read again (Bad file descriptor)" ----------
+
+
+def test_an_interrupt_as_a_file_is_opened_surfaces_as_the_interrupt(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsule.ingest import source
+
+    f = tmp_path / "x.md"
+    f.write_text("hi")
+
+    def interrupted(real: Any) -> Any:
+        def call(*a: Any, **k: Any) -> Any:
+            real(*a, **k).close()  # the file object is made, then dropped (closing its descriptor) ...
+            raise KeyboardInterrupt  # ... by a signal handled just after
+        return call
+
+    monkeypatch.setattr(os, "fdopen", interrupted(os.fdopen))
+    monkeypatch.setattr(source, "open", interrupted(open), raising=False)
+    with pytest.raises(KeyboardInterrupt):  # was OSError(EBADF) from closing the descriptor twice
+        source.read_regular(f, 100, "a test")

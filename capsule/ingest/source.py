@@ -47,14 +47,19 @@ def open_regular(path: str | os.PathLike[str], what: str = "", *, nofollow: bool
     """
     check_regular(path, what)
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (os.O_NOFOLLOW if nofollow else 0)
-    fd = os.open(path, flags)
+    # The file object owns the descriptor from the moment it exists (``open`` with an opener,
+    # in C): with os.fdopen, a signal handled between its making the object and the return
+    # dropped the object, which closed the descriptor, and the cleanup closed it again: the
+    # EBADF of that second close replaced the KeyboardInterrupt (a pack interrupted by
+    # SIGTERM said "could not be read again (Bad file descriptor)" about a file, exit 1).
+    f = open(path, "rb", opener=lambda p, _flags: os.open(p, flags))  # noqa: SIM115 (returned open)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise UsageError(f"{what}{os.fspath(path)}: not a regular file")
         # O_NONBLOCK means nothing for a regular file's reads; the descriptor is one.
-        return os.fdopen(fd, "rb")
+        return f
     except BaseException:
-        os.close(fd)
+        f.close()
         raise
 
 

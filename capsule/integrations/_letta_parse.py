@@ -97,7 +97,7 @@ def parse_time(v: object, path: str) -> int | None:
     except DataError as e:
         if "precision" in str(e):
             reason = "more than nanosecond precision"
-        elif "non-negative" in str(e):  # 7.0: int64 ns since the epoch
+        elif "outside 1970" in str(e):  # 7.0: int64 ns since the epoch
             reason = "out of range (a capsule's times run from 1970-01-01 to 2262-04-11 UTC)"
         else:
             reason = "not an ISO-8601 time"
