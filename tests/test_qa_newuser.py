@@ -579,3 +579,13 @@ def test_an_interrupt_as_a_file_is_opened_surfaces_as_the_interrupt(tmp_path: Pa
     monkeypatch.setattr(source, "open", interrupted(open), raising=False)
     with pytest.raises(KeyboardInterrupt):  # was OSError(EBADF) from closing the descriptor twice
         source.read_regular(f, 100, "a test")
+
+
+def test_a_blank_checkpoint_label_is_refused(tmp_path: Path) -> None:
+    key = capsule.generate_key()
+    with capsule.create(tmp_path / "c.capsule") as cap:
+        size = cap.size
+        for label in ("", "   "):
+            with pytest.raises(capsule.UsageError, match="non-blank"):
+                cap.checkpoint(label, key=key)
+        assert cap.size == size and cap.checkpoint("day-1", key=key).label == "day-1"

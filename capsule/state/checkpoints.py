@@ -220,6 +220,8 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
     keys = [key] if isinstance(key, PrivateKey) else list(key)
     if not keys:
         raise UsageError("a checkpoint needs at least one signing key")
+    if not isinstance(label, str) or not label.strip():  # 14.8 allows it; nothing could name it again (--at)
+        raise UsageError("a checkpoint's label must be a non-blank string (it names the checkpoint: --at, rollback)")
     if runtime_state is not None and not isinstance(runtime_state, bytes | bytearray | memoryview):
         raise UsageError("runtime_state must be bytes")
     runtime = None if runtime_state is None else bytes(runtime_state)
