@@ -36,6 +36,9 @@ def push(
     url: UrlArg,
     as_name: Annotated[str | None, typer.Option("--as", metavar="NAME", help="Push beside URL, under this name in "
                                                 "the same folder (for a copy that diverged from URL).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Also read back every segment the remote names and "
+                                        "upload again, from FILE, any that is damaged or missing (a remote that "
+                                        "pull refuses).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Push the committed part of a capsule; only the tail the remote lacks is sent.
@@ -51,10 +54,13 @@ def push(
     import capsule.sync
 
     rep = call(lambda: _with_progress(json_out, lambda pr: capsule.sync.push(path, url, as_name=as_name,
-                                                                                progress=pr)))
+                                                                                progress=pr, check=check)))
     if json_out:
         emit_json(rep.to_dict())
         return
+    if rep.repaired:
+        out.print(f"repaired {len(rep.repaired)} damaged segment(s) of {rep.url}: {', '.join(rep.repaired)}",
+                  markup=False)
     if rep.status == "up-to-date":
         out.print(f"{rep.url} is up to date (commit {rep.commits}, generation {rep.generation})", markup=False)
         return

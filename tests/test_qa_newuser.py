@@ -589,3 +589,34 @@ def test_a_blank_checkpoint_label_is_refused(tmp_path: Path) -> None:
             with pytest.raises(capsule.UsageError, match="non-blank"):
                 cap.checkpoint(label, key=key)
         assert cap.size == size and cap.checkpoint("day-1", key=key).label == "day-1"
+
+
+# --- 15: a damaged segment on the remote could not be mended ---------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_push_check_mends_a_damaged_or_missing_segment(tmp_path: Path, damage: str) -> None:
+    import capsule.sync
+
+    p, remote = tmp_path / "x.capsule", tmp_path / "r"
+    with capsule.create(p) as cap:
+        for text in ("one", "two"):
+            with cap.commit() as tx:
+                tx.remember(text)
+            capsule.sync.push(p, remote.as_uri())
+    seg = sorted((remote / "segments").iterdir())[-1]
+    if damage == "flip":
+        b = bytearray(seg.read_bytes())
+        b[len(b) // 2] ^= 0xFF
+        seg.write_bytes(bytes(b))
+    else:
+        seg.unlink()
+    r = cli("pull", remote.as_uri(), tmp_path / "y.capsule")
+    assert r.returncode == 1 and "--check" in r.stderr, r.stderr  # the refusal says how to mend it
+    assert capsule.sync.push(p, remote.as_uri()).status == "up-to-date"  # a plain push does not look
+    rep = capsule.sync.push(p, remote.as_uri(), check=True)
+    assert rep.status == "up-to-date" and rep.repaired == [f"segments/{seg.name}"]
+    ok("pull", remote.as_uri(), tmp_path / "y.capsule")
+    assert capsule.sync.push(p, remote.as_uri(), check=True).repaired == []
+    with capsule.open(tmp_path / "y.capsule") as y:
+        assert sorted(m.text for m in y.live("memory")) == ["one", "two"]

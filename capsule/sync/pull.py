@@ -239,7 +239,8 @@ def _download(remote: Remote, m: Manifest, start: int, fd: int, at: int, progres
                     break
             if n != seg.size or digest.hexdigest() != seg.sha256:
                 raise RemoteCorrupt(f"{remote.shown}/{seg.name}: its bytes do not match the manifest's SHA-256 "
-                                    "(a damaged or tampered object): refused", check="remote-segment")
+                                    "(a damaged or tampered object): refused; a copy holding these bytes mends "
+                                    "the remote with `capsule push FILE URL --check`", check="remote-segment")
         for c in parts:
             _pwrite_all(fd, c, at)
             at += len(c)

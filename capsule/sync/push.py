@@ -44,22 +44,27 @@ class PushResult:
     seq: int
     root: str
     skipped: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # segments ``check`` found damaged and wrote again
 
     def to_dict(self) -> dict[str, Any]:
         return {"url": self.url, "status": self.status, "generation": self.generation, "bytes": self.bytes,
                 "tail_bytes": self.tail_bytes, "merged_bytes": self.merged_bytes, "segments": self.segments,
-                "commits": self.commits, "seq": self.seq, "root": self.root, "skipped_manifests": self.skipped}
+                "commits": self.commits, "seq": self.seq, "root": self.root, "skipped_manifests": self.skipped,
+                "repaired_segments": self.repaired}
 
 
 def push(path: str | Path, url: str, *, as_name: str | None = None,
-         storage_options: dict[str, Any] | None = None, progress: Progress | None = None) -> PushResult:
+         storage_options: dict[str, Any] | None = None, progress: Progress | None = None,
+         check: bool = False) -> PushResult:
     """Push the committed part of the capsule at ``path`` to ``url`` (any fsspec URL).
 
     Ships only the tail after the remote's last commit, after proving the remote is a
     prefix of the local file. Raises :class:`~capsule.sync.Diverged` when the two went
     their own ways (push beside it with ``as_name``), :class:`~capsule.sync.RemoteMoved`
     when another push published first. ``progress(stage, done, total)`` is called with
-    stage "upload" (bytes) and "publish".
+    stage "upload" (bytes) and "publish". ``check`` also reads back every segment the remote's
+    manifest names and writes again, from the local file's same bytes, any that is damaged or
+    missing (19.3: a segment's name fixes its bytes), so a remote no pull could take is mended.
 
     >>> import capsule.sync
     >>> capsule.sync.push("example.capsule", "memory://doctest/agent").status
@@ -76,11 +81,12 @@ def push(path: str | Path, url: str, *, as_name: str | None = None,
         start, old = _base(h, p, head, remote, rh)
         if start == 0:
             _check_whole(h, p, head)
+        repaired = _repair(h, remote, old) if check else []
         if start == head.size:
             m = rh.manifest
             assert m is not None
             return PushResult(remote.shown, "up-to-date", m.generation, 0, 0, 0, len(m.segments), head.commits,
-                              head.seq, head.root, rh.skipped)
+                              head.seq, head.root, rh.skipped, repaired)
         gen = rh.top + 1
         if gen > MAX_GENERATION:  # 19.2: no reader would ever take it, so a "pushed" would be a lie
             raise RemoteCorrupt(f"{remote.shown}: {manifest_name(rh.top)} leaves no generation to publish "
@@ -102,7 +108,7 @@ def push(path: str | Path, url: str, *, as_name: str | None = None,
             raise RemoteMoved(f"{remote.shown}: remote moved: another push published generation {gen} while this "
                               f"one ran; nothing was lost: pull (or push again) to see where it stands") from None
         return PushResult(remote.shown, "pushed", gen, (b - a) + len(data), head.size - start, start - a,
-                          len(segs), head.commits, head.seq, head.root, rh.skipped)
+                          len(segs), head.commits, head.seq, head.root, rh.skipped, repaired)
     finally:
         h.close()
 
@@ -149,6 +155,34 @@ def _check_whole(h: ReadHandle, p: Path, head: Head) -> None:
         e = stop.error
         raise CorruptError(f"{p}: {e.message}; nothing was pushed (`capsule verify` names the damage)",
                            offset=e.offset if e.offset is not None else stop.offset, seq=e.seq, check=e.check)
+
+
+def _repair(h: ReadHandle, remote: Remote, segs: tuple[Segment, ...]) -> list[str]:
+    """Read back each segment; write again, from the local file, one whose bytes do not match
+    its entry (or that cannot be read). The local bytes are the segment's: ``_base`` proved the
+    remote a prefix of the file through the chain, and their SHA-256 is checked before writing."""
+    from ._errors import RemoteError
+
+    fixed: list[str] = []
+    for seg in segs:
+        digest, size = hashlib.sha256(), 0
+        try:
+            for b in remote.chunks(seg.name, seg.size):
+                digest.update(b)
+                size += len(b)
+        except (RemoteError, RemoteCorrupt):
+            size = -1  # unreadable, or missing (RemoteCorrupt "missing")
+        if size == seg.size and digest.hexdigest() == seg.sha256:
+            continue
+        mine = hashlib.sha256()
+        for _ in _chunks(h, seg.offset, seg.end, mine, None):  # hashed as read
+            pass
+        if mine.hexdigest() != seg.sha256:
+            raise SyncError(f"{h.path}: its bytes {seg.offset}..{seg.end} are not the segment {seg.name} the remote "
+                            "names: not repaired")
+        remote.write(seg.name, _chunks(h, seg.offset, seg.end, hashlib.sha256(), None))
+        fixed.append(seg.name)
+    return fixed
 
 
 def _chunks(h: ReadHandle, a: int, b: int, digest: Any, progress: Progress | None) -> Iterator[bytes]:

@@ -106,7 +106,8 @@ class Remote:
             raise
         except FileNotFoundError as e:
             if what == "read":
-                raise RemoteCorrupt(f"{self.shown}/{name}: missing (a manifest names it)",
+                raise RemoteCorrupt(f"{self.shown}/{name}: missing (a manifest names it; a copy holding its bytes "
+                                    "mends the remote with `capsule push FILE URL --check`)",
                                     check="remote-segment") from None
             raise RemoteError(f"{self.shown}: {what} {name}: no such bucket or folder "
                               f"({scrub(_one_line(e), self._secrets)})") from None
