@@ -162,21 +162,25 @@ def checkpoint(
 def checkpoints(path: FileArg, json_out: JsonOpt = False) -> None:
     """List signed checkpoints: label, seq, state root, signer key ids, time.
 
+    A fork or a compacted file also lists the parent's checkpoints it carries ("signed by"
+    the parent): their labels still work with --at and rollback --to.
+
     Example: capsule checkpoints agent.capsule --json
     """
 
     def go() -> list[dict[str, Any]]:
         with capsule.open(path) as cap:
-            return [c.to_dict() for c in cap.checkpoints()]
+            carried = [c.to_dict() for c in cap.carried_checkpoints()]
+            return carried + [{**c.to_dict(), "carried": False} for c in cap.checkpoints()]
 
     rows = call(go)
     if json_out:
         emit_json(rows)
         return
-    t = Table("label", "seq", "time", "state root", "signers")
+    t = Table("label", "seq", "time", "state root", "signers", "signed in")
     for r in rows:
-        t.add_row(*(cell(x) for x in (r["label"], r["seq"], r["time"], r["state_root"][:16],
-                                      ", ".join(r["signers"]))))
+        t.add_row(*(cell(x) for x in (r["label"], r["seq"], r["time"], r["state_root"][:16], ", ".join(r["signers"]),
+                                      f"parent {r['origin'][:16]}" if r["carried"] else "this file")))
     out.print(t)
 
 
@@ -198,7 +202,7 @@ def rollback(
         keys = _load_keys(key or [], passphrase_env)
         with capsule.open(path, "a", timeout=wait or None) as cap:
             rid = cap.rollback(to, key=keys or None)
-            ck = cap.find_checkpoint(to)
+            ck = cap.find_checkpoint(to) or next((c for c in reversed(cap.carried_checkpoints()) if c.label == to), None)
             # 7.7.1: a record redacted since the checkpoint is not restored, so the roots may differ
             return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None,
                     "matches_checkpoint": ck is not None and ck.state_root == cap.state_root}

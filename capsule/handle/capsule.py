@@ -21,7 +21,6 @@ from ..core import constants as C
 from ..core.clock import Clock, iso
 from ..core.errors import (
     CapsuleError,
-    CorruptError,
     InvalidRecordError,
     NotFound,
     ReadOnlyError,
@@ -42,15 +41,16 @@ from ..run.actions import ActionHandle, ActionState, Journal
 from ..run.tasks import Tasks
 from ..state import checkpoints as ck
 from ..state import validtime as vt
-from ..state.fold import State, fold_store, live_records
+from ..state.carried import CarriedCheckpoint, carried_checkpoints
+from ..state.fold import State, fold_store
 from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
-from ..state.stateroot import state_root_of
 from .compacting import CompactMethods
 from .encrypting import reopen
 from .lifecycle import check_readable
 from .locking import track
 from .questions import QuestionMethods
+from .rollback import rollback_to
 from .searching import SearchMethods
 from .summary import Summary
 from .transaction import Transaction
@@ -338,6 +338,12 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         """
         return ck.checkpoints(self._store)
 
+    def carried_checkpoints(self) -> list[CarriedCheckpoint]:
+        """The parent's signed checkpoints a fork or a compacted file carries (15.2), oldest
+        first: not in :meth:`checkpoints` (the parent signed them), but their labels name
+        views and rollback targets as the file's own do (own labels win)."""
+        return carried_checkpoints(self._store)
+
     def find_checkpoint(self, label: str) -> CheckpointFrame | None:
         """The newest checkpoint with this label, or None: one table lookup (14.9).
 
@@ -407,7 +413,8 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
     def rollback(self, to: str, *, key: PrivateKey | Sequence[PrivateKey] | None = None) -> str | None:
         """Append a ``revert`` so the live state equals checkpoint ``to``'s again;
         history stays in the file. With ``key``, also sign a checkpoint
-        ``rollback-to-<label>``. Returns the revert record's id, or None when the
+        ``rollback-to-<label>``. ``to`` may name a checkpoint the parent signed that a fork or
+        a compacted file carries (:meth:`carried_checkpoints`). Returns the revert record's id, or None when the
         live state already equals the checkpoint's (nothing is written). A record redacted since
         is not restored (7.7.1): the state (and root) then differ from the checkpoint's by it.
 
@@ -418,30 +425,7 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         """
         self._check_writer()
         with self._lock:  # the live set read is the one the revert is written against
-            return self._rollback(to, key)
-
-    def _rollback(self, to: str, key: PrivateKey | Sequence[PrivateKey] | None) -> str | None:
-        target = self.find_checkpoint(to)
-        if target is None:
-            raise NotFound(f"no checkpoint labelled {to!r} (see `capsule checkpoints`)")
-        with self.view(self.commit_of(target)) as then:
-            # the stored records, not ``records()``'s placeholders: a (forged) redacted revert still
-            # applies (13.1), and only the payload is withheld from reads (7.7.1)
-            then_ids = {bytes.fromhex(r.id) for r in live_records(then._store.records())}
-        if state_root_of(list(then_ids)) != target.body.state_root.hex():
-            # checked before anything is written: the checkpoint and its records disagree
-            raise CorruptError(f"checkpoint {to!r} does not match the records before it",
-                               offset=target.offset, check="checkpoint-state")
-        now_ids = {bytes.fromhex(r.id) for r in live_records(self._store.records())}
-        back = then_ids - now_ids - set(redacted(self._store))  # 7.7.1: a redacted id stays gone
-        if not back and now_ids <= then_ids:
-            return None  # already there (but for redactions): nothing to write
-        with self.commit() as tx:
-            rid = tx._put_kind("revert", after=bytes.fromhex(self.root), to=target.hash,
-                               drop=sorted(now_ids - then_ids), restore=sorted(back))
-        if key is not None:
-            self.checkpoint(f"rollback-to-{to}", key=key)
-        return rid
+            return rollback_to(self, to, key)
 
     # --- durable tasks (7.9) ------------------------------------------------------
     @property

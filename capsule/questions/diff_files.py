@@ -27,31 +27,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core import constants as C
 from ..core.clock import iso
 from ..core.errors import NotFound, UsageError
-from ..format.checkpoint import Lineage, parse_lineage
+from ..format.checkpoint import Lineage
 from ..format.commit import CommitInfo
-from ..format.frames import parse_frame_header, raw_payload
-from ..format.kindwalk import read_frame as _read
 from ..format.kindwalk import walk
 from ..format.records import TIERS, parse_iso_time
+from ..state.carried import lineage_of as _lineage
 from ..state.history import commit_at_seq
 from ._walk import Source, commit_ref, ref
 
 
 def lineage_of(cap: Source) -> Lineage | None:
     """The LINEAGE frame of a fork (always seq 0, 15), or None."""
-    store = cap._store
-    snap = store.snap
-    if snap.end <= C.HEADER_SIZE:
-        return None
-    fh = parse_frame_header(store.h.pread(C.HEADER_SIZE, C.FRAME_HEADER_SIZE), C.HEADER_SIZE, expect_seq=None,
-                            max_frame_len=snap.header.max_frame_len)
-    if fh.ftype != C.FT_LINEAGE:
-        return None
-    fh, payload, _, _ = _read(store, C.HEADER_SIZE)
-    return parse_lineage(raw_payload(fh, payload), fh.offset, fh.seq)
+    return _lineage(cap._store)
 
 
 def _fork_point(parent: Source, lin: Lineage) -> CommitInfo | None:

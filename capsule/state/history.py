@@ -3,7 +3,8 @@
 A view is the state at one commit; :func:`resolve` finds the commit a user's
 ``--at`` names. Labels are tried first (one table probe), since a label may look
 like a number; then a frame seq, then a hex prefix of a commit root, then an
-ISO-8601 time (the last commit at or before it).
+ISO-8601 time (the last commit at or before it). A label is the file's own checkpoint's,
+else a checkpoint the parent signed that a fork or a compacted file carries (15.2).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from ..core.errors import InvalidRecordError, NotFound, UsageError
 from ..format.commit import CommitInfo
 from ..format.records import parse_iso_time
 from ..format.store import Store
+from .carried import find_carried
 from .checkpoints import commit_of, find_checkpoint
 
 
@@ -35,6 +37,9 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
     ck = find_checkpoint(store, text) if store.snap.checkpoint else None
     if ck is not None:
         return commit_of(store, ck)  # labels first: a label may look like a number
+    carried = find_carried(store, text)  # 14.9: then a label the parent signed (a fork, a compacted file)
+    if carried is not None:
+        return carried.commit
     if text.isdigit():
         # A seq names the commit that made frame N durable: N itself when N is a
         # COMMIT's seq (as `log` shows), else the first commit after it (so a

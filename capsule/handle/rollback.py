@@ -1,0 +1,55 @@
+"""Rollback of a handle to a checkpoint: its own, or one its parent signed (spec 7.7, 15.2).
+
+A rollback is one ``revert`` record whose ``to`` names the checkpoint's hash (14.8): it drops
+every id live now that was not live at the checkpoint and restores every id live then that is
+not live now, so the state root equals the checkpoint's again (but for ids redacted since,
+7.7.1, which stay gone). The checkpoint is found by label as a view is (14.9): the file's own
+checkpoints first, then those a fork or a compacted file carries from its parent, whose state
+this file still holds at the COMMIT the LINEAGE names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ..core import constants as C
+from ..core.errors import CorruptError, NotFound
+from ..format.keys import PrivateKey
+from ..questions._lifecycle import redacted
+from ..state.carried import find_carried
+from ..state.fold import live_records
+from ..state.stateroot import state_root_of
+
+if TYPE_CHECKING:
+    from .capsule import Capsule
+
+
+def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | None) -> str | None:
+    """:meth:`Capsule.rollback`, under the handle's lock."""
+    own = cap.find_checkpoint(to)
+    if own is not None:
+        commit, thash, sroot, where = cap.commit_of(own), own.hash, own.body.state_root, own.offset
+    else:
+        carried = find_carried(cap._store, to)
+        if carried is None:
+            raise NotFound(f"no checkpoint labelled {to!r} (see `capsule checkpoints`)")
+        commit, thash, sroot, where = carried.commit, carried.hash, carried.entry.body.state_root, C.HEADER_SIZE
+    with cap.view(commit) as then:
+        # the stored records, not ``records()``'s placeholders: a (forged) redacted revert still
+        # applies (13.1), and only the payload is withheld from reads (7.7.1)
+        then_ids = {bytes.fromhex(r.id) for r in live_records(then._store.records())}
+    if state_root_of(list(then_ids)) != sroot.hex():
+        # checked before anything is written: the checkpoint and its records disagree
+        raise CorruptError(f"checkpoint {to!r} does not match the records before it",
+                           offset=where, check="checkpoint-state")
+    now_ids = {bytes.fromhex(r.id) for r in live_records(cap._store.records())}
+    back = then_ids - now_ids - set(redacted(cap._store))  # 7.7.1: a redacted id stays gone
+    if not back and now_ids <= then_ids:
+        return None  # already there (but for redactions): nothing to write
+    with cap.commit() as tx:
+        rid = tx._put_kind("revert", after=bytes.fromhex(cap.root), to=thash,
+                           drop=sorted(now_ids - then_ids), restore=sorted(back))
+    if key is not None:
+        cap.checkpoint(f"rollback-to-{to}", key=key)
+    return rid
