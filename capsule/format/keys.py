@@ -481,4 +481,7 @@ def load_public_key(
                 f"{where} holds an {_key_type(loaded)} key; capsule keys are Ed25519"
             )
         return PublicKey(loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    if b"PRIVATE KEY-----" not in data and _SEALED_BEGIN not in data:
+        raise KeyFileError(f"{where} is not a key file (a KEY.pub from `capsule keygen`, a PEM public key "
+                           "or a private key)")
     return _parse_private(data, passphrase, where).public_key

@@ -50,6 +50,6 @@ def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | 
     with cap.commit() as tx:
         rid = tx._put_kind("revert", after=bytes.fromhex(cap.root), to=thash,
                            drop=sorted(now_ids - then_ids), restore=sorted(back))
-    if key is not None:
-        cap.checkpoint(f"rollback-to-{to}", key=key)
+        if key is not None:  # in the same commit: a key that cannot sign leaves the file as it was
+            tx.checkpoint(f"rollback-to-{to}", key=key)
     return rid

@@ -8,6 +8,7 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
                  "first": [node + {"reason": "rolled back" | "expired" | "forgotten" | "redacted"
                                    | "superseded" | "promoted" | "demoted"}...]},
      "restored": {"count": int, "first": [node...]},                     # live again (7.7)
+     "transient": {"count": int, "first": [node...]},   # committed and dropped in between
      "tier_changes": [{"text", "from": tier, "to": tier, "removed": id, "added": id}...],
      "lifecycle": [{"op", "event", "time", "records": [id...], "by": [id...], "evidence": [id...],
                     "reason", "actor"}...],                             # 7.7.1 events in between
@@ -19,7 +20,9 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
      "limit": int}
 
 ``from`` and ``to`` are what ``--at`` names (6.5). Only the frames between the two commits are
-read (and, before them, the records holding a ``ttl``, 7.1, for expiry): a record is *added* when it is committed in between, *removed* when a revert in between
+read (and, before them, the records holding a ``ttl``, 7.1, for expiry): a record is *added* when it is committed in
+between and no revert in between leaves it dropped (one that does is *transient*: live at neither
+end, so neither added nor removed), *removed* when a revert in between
 drops it and none restores it (reason ``rolled back``) or a memory live at ``from`` whose
 ``time + ttl`` falls after ``from``'s commit time and at or before ``to``'s (reason ``expired``,
 7.1), *restored* the reverse of a rollback. A record a lifecycle event dropped (7.7.1) is removed with
@@ -79,9 +82,7 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
         raise UsageError(f"--from {a} (seq {ca.seq}) is after --to {b} (seq {cb.seq})")
     store = cap._store
     snap = store.snap
-    added: list[bytes] = []
-    by_kind: dict[str, int] = {}
-    by_tier: dict[str, int] = {}
+    added: list[tuple[bytes, str, str | None]] = []  # (id, kind, tier of a memory)
     checkpoints = []
     rd = Reader(store.h, ca.end, cb.end, ca.seq + 1, ca.chain, snap.header.max_frame_len)
     for fh, payload, _ in rd.frames():
@@ -94,11 +95,8 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
         for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
             if not isinstance(value, dict) or not isinstance(kind := value.get("kind"), str):
                 raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
-            added.append(content_id(kind, data))
-            by_kind[kind] = by_kind.get(kind, 0) + 1
-            if kind == "memory":
-                t = str(value.get("tier", "working"))  # 7.1: omitted when "working"
-                by_tier[t] = by_tier.get(t, 0) + 1
+            # 7.1: the tier is omitted when "working"
+            added.append((content_id(kind, data), kind, str(value.get("tier", "working")) if kind == "memory" else None))
     dropped: set[bytes] = set()
     back: set[bytes] = set()
     why_gone: dict[bytes, str] = {}  # 7.7.1: the op that dropped it, when a lifecycle event did
@@ -130,9 +128,22 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
             actions.append({"key": r.key, "phase": r.phase, "attempt": r.attempt, "ok": r.ok, "time": iso(r.time)})
         elif k == "task" and r.event.OP in ("complete", "fail", "cancel"):
             finished.append({"task": r.event.task, "op": r.event.OP, "time": iso(r.event.time)})
-    new = set(added)
+    new = {x for x, _, _ in added}
     removed = sorted(dropped - new)  # added and dropped in between: never seen at either end
     restored = sorted(back - new)
+    # so neither added: a record committed in between that a revert in between holds dead is
+    # *transient* (live at neither end), listed apart
+    transient = [x for x, _, _ in added if x in dropped]
+    added_ids: list[bytes] = []
+    by_kind: dict[str, int] = {}
+    by_tier: dict[str, int] = {}
+    for x, kind, tier in added:
+        if x in dropped:
+            continue
+        added_ids.append(x)
+        by_kind[kind] = by_kind.get(kind, 0) + 1
+        if tier is not None:
+            by_tier[tier] = by_tier.get(tier, 0) + 1
     rem_nodes: list[dict[str, Any]] = []
     red = redacted(store)
     rem_kind: dict[str, int] = {}
@@ -159,7 +170,7 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
             rem_nodes.append({**ref(rec), "reason": reason})
         if rec.kind == "memory":
             if added_mem is None:  # the added memories by text, read once (bounded: a summary)
-                recs = (cap.get(x) for x in added[:MAX_TIER_SCAN] if x not in red)
+                recs = (cap.get(x) for x in added_ids[:MAX_TIER_SCAN] if x not in red)
                 added_mem = {m.text: m for m in recs if m.kind == "memory"}
             m = added_mem.get(rec.text)
             if m is not None and m.tier != rec.tier:
@@ -170,12 +181,13 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
         if len(rem_nodes) < limit:
             rem_nodes.append({**ref(rec), "reason": "expired"})
     reasons = {k: v for k, v in (("expired", len(expired)), *gone.items()) if v}
-    first = [_node(cap, x, red) for x in added[:limit]]
+    first = [_node(cap, x, red) for x in added_ids[:limit]]
     ida, idb = _identity(store, ca), _identity(store, cb)
     return Diff({
         "from": commit_ref(ca), "to": commit_ref(cb),
-        "added": {"count": len(added), "by_kind": dict(sorted(by_kind.items())),
+        "added": {"count": len(added_ids), "by_kind": dict(sorted(by_kind.items())),
                   "by_tier": dict(sorted(by_tier.items())), "first": first},
+        "transient": {"count": len(transient), "first": [_node(cap, x, red) for x in transient[:limit]]},
         "removed": {"count": len(removed) + len(expired), "by_kind": dict(sorted(rem_kind.items())),
                     "by_reason": dict(sorted(reasons.items())), "first": rem_nodes},
         "restored": {"count": len(restored), "first": [_node(cap, x, red) for x in restored[:limit]]},

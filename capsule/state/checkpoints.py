@@ -222,6 +222,9 @@ def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[Priva
         raise UsageError("a checkpoint needs at least one signing key")
     if not isinstance(label, str) or not label.strip():  # 14.8 allows it; nothing could name it again (--at)
         raise UsageError("a checkpoint's label must be a non-blank string (it names the checkpoint: --at, rollback)")
+    if label.strip().isdigit():  # a view tries labels first (14.9): "4" would hide commit seq 4 from --at
+        raise UsageError(f"a checkpoint's label must not be a number ({label!r} would hide commit seq "
+                         f"{label.strip()} from --at); try 'step-{label.strip()}'")
     if runtime_state is not None and not isinstance(runtime_state, bytes | bytearray | memoryview):
         raise UsageError("runtime_state must be bytes")
     runtime = None if runtime_state is None else bytes(runtime_state)
