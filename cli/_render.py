@@ -138,12 +138,15 @@ _JSON_ESCAPES = {c: f"\\u{c:04x}" for c in (*range(0x80, 0xA0), *range(0x202A, 0
 # character of the document (1.5 s for `state --json` of 37 MB with any non-ASCII text), a
 # regex a C scan. Over UTF-8 bytes each character is its whole encoding: a lead byte (C2, D8,
 # E2) never occurs inside another character's encoding, so a match is always one character.
-_JSON_ESCAPE_STR = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_JSON_ESCAPES)) + "]")
+# A lone surrogate (a path's undecodable byte, as Python's file system encoding keeps it) has no
+# UTF-8 form: it is written as its ``\udcXX`` escape, as json.dumps with ensure_ascii would.
+_JSON_ESCAPE_STR = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_JSON_ESCAPES)) + "\ud800-\udfff]")
 _JSON_ESCAPE_UTF8 = re.compile(b"|".join(re.escape(chr(c).encode()) for c in sorted(_JSON_ESCAPES)))
 
 
 def _escape_str(m: re.Match[str]) -> str:
-    return _JSON_ESCAPES[ord(m.group())]
+    c = ord(m.group())
+    return _JSON_ESCAPES.get(c) or f"\\u{c:04x}"
 
 
 def _escape_utf8(m: re.Match[bytes]) -> bytes:

@@ -14,17 +14,17 @@ from ._params import AtOpt, FileArg, JsonOpt
 from ._render import emit_json, out
 
 
-def _write(target: Path, text: str, source: Path) -> None:
-    """The page, written next to ``target`` and renamed over it (never half a page);
-    never over the capsule it was read from."""
-    if target.exists() and (target.is_dir() or os.path.samefile(target, source)):
-        fail(f"{target}: {'is a directory' if target.is_dir() else 'is the capsule being read'}", EXIT_USAGE)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        fail(f"{target}: no such folder {parent}", EXIT_USAGE)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+def _write(target: Path, text: str, source: Path, force: bool) -> None:
+    """The page, written next to ``target`` and renamed over it (never half a page); never
+    over the capsule it was read from, a device, a FIFO or a link, nor, without ``force``, over
+    a file that exists."""
+    from capsule.ingest.source import check_output
+
+    check_output(target, source, force=force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent)
+                               else Path("."))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:  # a path's undecodable byte
             f.write(text)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
@@ -37,6 +37,7 @@ def report(
     path: FileArg,
     output: Annotated[Path | None, typer.Option("--output", "-o", metavar="HTML",
                                                 help="Write the HTML page here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the -o file if it exists.")] = False,
     json_out: JsonOpt = False,
     at: AtOpt = None,
 ) -> None:
@@ -57,7 +58,7 @@ def report(
         with capsule.open(path, at=at) as cap:
             doc = build(cap)
         if output is not None:
-            _write(output, render(doc), path)
+            _write(output, render(doc), path, force)
         return doc
 
     doc = call(go)

@@ -166,6 +166,9 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
                     other[key] = other.get(key, 0) + 1
                 continue
             rel = p.relative_to(src).as_posix()
+            if not rel.isascii() and _undecodable(rel):  # meta holds text (5.1): the name could not be stored
+                _skip(report, warn, rel.encode("utf-8", "backslashreplace").decode(), "its name is not UTF-8 (rename it)")
+                continue
             if p.is_symlink():
                 try:
                     real = p.resolve(strict=True)
@@ -182,6 +185,14 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
         warn(f"ignored {n} {'file' if n == 1 else 'files'} of other types ({', '.join(sorted(other))}); "
              f"in a folder pack reads {', '.join(TEXT_SUFFIXES)}")
     return sorted(found)
+
+
+def _undecodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # the file system encoding kept a byte that is not UTF-8 as a surrogate
+        return True
+    return False
 
 
 def _read_text(rel: str, path: Path, nofollow: bool) -> tuple[str | None, str]:

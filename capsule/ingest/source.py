@@ -15,7 +15,7 @@ import os
 import stat
 from typing import BinaryIO
 
-from ..core.errors import InvalidRecordError, UsageError
+from ..core.errors import AlreadyExists, InvalidRecordError, UsageError
 
 CHUNK = 1 << 20
 
@@ -37,6 +37,34 @@ def check_regular(path: str | os.PathLike[str], what: str = "") -> None:
         return
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise UsageError(f"{what}{os.fspath(path)}: not a regular file")
+
+
+def check_output(out: str | os.PathLike[str], source: str | os.PathLike[str], *, force: bool,
+                 what: str = "the capsule being read") -> None:
+    """Refuse an output path a write-then-rename would wrongly replace: a folder, a device
+    such as /dev/null, a FIFO or a socket (the rename would put a plain file in its place),
+    the ``source`` itself (also through a link), or, without ``force``, a file or a link that
+    exists (with it, a link itself is replaced, its target never written); and a missing
+    parent folder."""
+    out = os.fspath(out)
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise UsageError(f"{out}: {e.strerror or e}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode) or (stat.S_ISLNK(st.st_mode) and os.path.isdir(out)):
+            raise UsageError(f"{out}: is a directory")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            raise UsageError(f"{out}: is not a regular file; refusing to replace it (give a plain file's path)")
+        if os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source):
+            raise UsageError(f"{out}: is {what}")
+        if not force:
+            raise AlreadyExists(f"{out}: exists (use --force to replace it)")
+    parent = os.path.dirname(out) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"{out}: no such folder {parent}")
 
 
 def open_regular(path: str | os.PathLike[str], what: str = "", *, nofollow: bool = False) -> BinaryIO:

@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
-from ..core.errors import AlreadyExists, UsageError
+from ..core.errors import UsageError
 from ..format.records import _REGISTRY
 from ..handle.entry import open as open_capsule
+from ..ingest.source import check_output
 from ._export_read import Entry, agent_of, check_kinds, entries
 from ._export_rows import COLUMNS, json_line, record_form, row_dict, row_values
 
@@ -102,17 +103,9 @@ def _partition_path(out: Path, agent: str, file_id: str, fmt: str) -> Path:
 
 
 def _target(cap: Capsule, src: Path, out: Path, *, force: bool) -> None:
-    """Refuse an output that exists (unless ``force``), is a folder, or is the capsule itself."""
-    if out.exists() or out.is_symlink():
-        if out.is_dir():
-            raise UsageError(f"{out}: is a directory")
-        if out.exists() and os.path.samefile(out, src):
-            raise UsageError(f"{out}: is the capsule being exported")
-        if not force:
-            raise AlreadyExists(f"{out}: exists (use --force to replace it)")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"{parent}: no such directory")
+    """Refuse an output that exists (unless ``force``), is a folder, a device, a FIFO or a
+    link (the rename would replace it with a plain file), or is the capsule itself."""
+    check_output(out, src, force=force, what="the capsule being exported")
 
 
 def export(
