@@ -43,13 +43,9 @@ def _regular_or_none(value: Path | None) -> Path | None:
 def _time(text: str | None, name: str) -> int | None:
     if text is None:
         return None
-    import capsule
-    from capsule.format.records import parse_iso_time
+    from capsule.format.records import parse_time_arg
 
-    try:
-        return parse_iso_time(text)
-    except capsule.CapsuleError:
-        raise capsule.UsageError(f"{name} {text!r} is not an ISO-8601 time") from None
+    return parse_time_arg(text, name)
 
 
 def _ck(c: dict[str, Any] | None) -> str:

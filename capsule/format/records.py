@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..core.constants import MAX_MAP, MAX_RECORD_BYTES, MAX_RECORD_OBJECTS, RECORD_ID_TAG
-from ..core.errors import InvalidRecordError, NonCanonicalError
+from ..core.errors import InvalidRecordError, NonCanonicalError, UsageError
 from ..core.lazy import lazy
 from . import canonical as canon
 
@@ -86,7 +86,8 @@ def parse_time(v: object, name: str = "time") -> int:
     return v
 
 
-_FRACTION = re.compile(r"(\.\d+)")
+# the seconds' fraction, after hh:mm:ss or hhmmss, with either decimal mark ISO 8601 allows
+_FRACTION = re.compile(r"(?:(?<=\d\d:\d\d:\d\d)|(?<=\d{6}))([.,]\d+)")
 
 
 def parse_iso_time(v: str) -> int:
@@ -96,7 +97,7 @@ def parse_iso_time(v: str) -> int:
 
     text = v.strip()
     frac_ns = 0
-    m = _FRACTION.search(text, text.find("T") + 1 if "T" in text else len(text))
+    m = _FRACTION.search(text)  # any date-time separator: "T", "t" or a space
     if m is not None:
         digits = m.group(1)[1:]
         if len(digits) > 9:
@@ -110,10 +111,24 @@ def parse_iso_time(v: str) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    if m is None:
+        frac_ns = delta.microseconds * 1000  # a fraction only datetime saw: never dropped
     ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + frac_ns
     if not 0 <= ns < 1 << 63:  # 7.0: int ns in [0, 2^63)
         raise InvalidRecordError(f"time {v!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds since 1970 in 63 bits)")
     return ns
+
+
+def parse_time_arg(v: str, name: str) -> int:
+    """:func:`parse_iso_time` for an option or argument (``--since`` ...): a one-line
+    :class:`UsageError` naming it and saying why (out of range, too precise, not a time)."""
+    try:
+        return parse_iso_time(v)
+    except InvalidRecordError as e:
+        msg = str(e)
+        why = next((w for w in ("is outside 1970-01-01 .. 2262-04-11", "has more than nanosecond precision")
+                    if w in msg), "is not an ISO-8601 time")
+        raise UsageError(f"{name} {v!r} {why}") from None
 
 
 def parse_text(v: object, name: str = "text") -> str:

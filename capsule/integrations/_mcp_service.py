@@ -75,13 +75,9 @@ def _identity(path: Path) -> tuple[int, int]:
 def _time(text: str | None, name: str) -> int | None:
     if text is None:
         return None
-    from ..core.errors import CapsuleError
-    from ..format.records import parse_iso_time
+    from ..format.records import parse_time_arg
 
-    try:
-        return parse_iso_time(text)
-    except CapsuleError:
-        raise UsageError(f"{name} {text!r} is not an ISO-8601 time") from None
+    return parse_time_arg(text, name)
 
 
 class Service:

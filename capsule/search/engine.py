@@ -36,7 +36,7 @@ from ..format.batch import Item
 from ..format.blob import read_blob
 from ..format.commit import decode_records_payload
 from ..format.frames import parse_frame_header, raw_payload
-from ..format.records import decode_record, parse_iso_time, parse_meta, parse_tags
+from ..format.records import decode_record, parse_meta, parse_tags, parse_time_arg
 from ..format.records import record_id as content_id
 from ..format.scan import payload_head, read_frame_at
 from ..format.store import Store
@@ -113,10 +113,7 @@ class Filter:
             if isinstance(v, int) and not isinstance(v, bool):
                 return v
             if isinstance(v, str):
-                try:
-                    return parse_iso_time(v)
-                except DataError:
-                    raise UsageError(f"{what} {v!r} is not an ISO-8601 time") from None
+                return parse_time_arg(v, what)
             raise UsageError(f"{what} must be int ns or an ISO-8601 string")
 
         try:  # filter values get the same normalisation (NFC...) as stored tags and meta

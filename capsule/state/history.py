@@ -66,7 +66,9 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
                        if text.isdigit() else f"no commit root starts with {text!r}")
     try:
         t = parse_iso_time(text)
-    except InvalidRecordError:
+    except InvalidRecordError as e:
+        if "outside 1970" in str(e):  # a time, just not one a capsule can hold
+            raise UsageError(f"{text!r} is outside 1970-01-01 .. 2262-04-11 (and no checkpoint label)") from None
         raise UsageError(
             f"{text!r} is not a checkpoint label, a commit seq, a commit hash prefix or an ISO-8601 time"
         ) from None

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
-from ..core.errors import CorruptError, DataError, UsageError
+from ..core.errors import CorruptError, UsageError
 from ..core.lazy import lazy
 from ..format import canonical as canon
 from ..format.commit import decode_records_payload
 from ..format.frames import raw_payload
-from ..format.records import Memory, decode_record, parse_iso_time, record_id
+from ..format.records import Memory, decode_record, parse_time_arg, record_id
 from ..format.scan import Reader
 from .fold import State, fold_store
 from .liveness import apply_revert
@@ -249,11 +249,8 @@ def parse_valid_at(v: object) -> int:
     """A ``valid_at`` as the caller gives it: int ns or an ISO-8601 time (no zone: UTC)."""
     if type(v) is int and 0 <= v < 1 << 63:
         return v
-    if isinstance(v, str):
-        try:
-            return parse_iso_time(v)
-        except DataError:
-            pass
+    if isinstance(v, str) and not v.strip().lstrip("-").isdigit():
+        return parse_time_arg(v, "valid_at")
     raise UsageError(f"valid_at {v!r} is not an ISO-8601 time or non-negative integer nanoseconds")
 
 
