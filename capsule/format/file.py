@@ -248,7 +248,7 @@ class WriteHandle(ReadHandle):
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            pid, host = _read_lock_info(lock_path(self.path))
+            pid, host = _read_lock_info(self._sidecar())
             os.close(self.fd)
             self.fd = -1
             who = f"pid {pid} on {host}" if pid else "another process"
@@ -270,7 +270,7 @@ class WriteHandle(ReadHandle):
         # Best effort: name the holder for the next writer's error message. The flock is
         # ours, so whatever stands at the lock path is replaced, never written through: a
         # symlink planted there must not make us overwrite its target (audit F19).
-        lp = lock_path(self.path)
+        lp = self._sidecar()
         with contextlib.suppress(OSError):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lp)
@@ -279,6 +279,11 @@ class WriteHandle(ReadHandle):
                 os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
             finally:
                 os.close(fd)
+
+    def _sidecar(self) -> Path:
+        """FILE.lock beside the file the path names: writers through a symbolic link and
+        through the real path name the same holder (6.5)."""
+        return lock_path(Path(os.path.realpath(self.path)))
 
     @property
     def forked(self) -> bool:
@@ -352,7 +357,7 @@ class WriteHandle(ReadHandle):
     def close(self) -> None:
         if self.fd >= 0 and not self.forked:  # a fork child leaves the parent's lock file alone
             with contextlib.suppress(OSError):
-                lock_path(self.path).unlink()
+                self._sidecar().unlink()
             # The flock lives on the open file, which a fork child shares while it lives: the
             # owner releases it outright, so a child still running never keeps the writer's
             # role (6.5). A child closing its copy only closes it: the parent's lock stays.
