@@ -12,7 +12,7 @@ import capsule
 
 from ._errors import call
 from ._params import FileArg, JsonOpt, WaitOpt
-from ._render import emit_json, err, isatty, out
+from ._render import emit_json, err, isatty, out, warn
 from .state import PassOpt, _load_keys
 
 
@@ -57,5 +57,11 @@ def compact(
     if json_out:
         emit_json(rep)
         return
+    if rep["not_carried"]:
+        gone = rep["not_carried"]
+        names = ", ".join(repr(x) for x in gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
+        warn(f"{len(gone)} signed checkpoint(s) not carried into the compacted file, their labels gone: {names} "
+             "(a --keep live file keeps only its last state, and a checkpoint the parent itself carried from its "
+             "own parent cannot be carried again)" + ("" if rep["signed"] else "; --key signs the compacted state"))
     out.print(f"compacted {rep['path']} into {rep['out']} ({rep['policy']}): {rep['kept']} records kept, "
               f"{rep['dropped']} dropped; {rep['bytes_before']} -> {rep['bytes_after']} bytes", markup=False)

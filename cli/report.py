@@ -21,7 +21,7 @@ def _write(target: Path, text: str, source: Path, force: bool) -> None:
     from capsule.ingest.source import check_output
 
     check_output(target, source, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=".tmp", dir=target.parent if str(target.parent)
                                else Path("."))
     try:
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:  # a path's undecodable byte

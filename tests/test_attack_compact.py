@@ -623,7 +623,7 @@ def test_record_ids_are_content_ids(parent):
                 assert rid == record_id(kind, data)
 
 
-def test_a_checkpoint_label_that_spells_the_fork_point_seq_does_not_hide_the_parent(tmp_path):
+def test_a_checkpoint_label_that_spells_the_fork_point_seq_does_not_hide_the_parent(tmp_path, monkeypatch):
     """15: the LINEAGE names the parent's COMMIT by seq. The verifier looked it up as an
     `--at` (labels first), so a checkpoint labelled like that number (a step counter) made
     the true parent "not the parent" of its fork and of its compacted file."""
@@ -639,6 +639,9 @@ def test_a_checkpoint_label_that_spells_the_fork_point_seq_does_not_hide_the_par
             assert cap._snap.commit is not None
             return cap._snap.commit.seq
 
+    from capsule.state import checkpoints
+
+    monkeypatch.setattr(checkpoints, "check_label", lambda label: None)  # as an older writer did
     p = tmp_path / "p.capsule"
     seq = make("step")
     assert make(str(seq)) == seq  # the same file, its checkpoint labelled with the last commit's seq

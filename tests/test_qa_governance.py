@@ -33,7 +33,8 @@ def digest(p: Path) -> str:
 
 # --- rollback --key with a key that cannot sign rolled the state back anyway ----------------------
 # The revert was one commit and the checkpoint another: the second failed ("rotate keys first")
-# after the first was durable, so the command failed while the agent's beliefs changed.
+# after the first was durable, so the command failed while the agent's beliefs changed. The keys
+# are now checked before the revert is written.
 
 
 def test_a_rollback_whose_key_cannot_sign_writes_nothing(tmp_path: Path) -> None:
@@ -54,10 +55,10 @@ def test_a_rollback_whose_key_cannot_sign_writes_nothing(tmp_path: Path) -> None
     r = cli("rollback", f, "--to", "day-1", "--key", wrong)
     assert r.returncode != 0 and "rotate keys first" in r.stderr
     assert digest(f) == before
-    with capsule.open(f, "a") as cap:  # the right key: the revert and its checkpoint, one commit
+    with capsule.open(f, "a") as cap:  # the right key: the revert, then its checkpoint
         commits = cap.commit_count
         assert cap.rollback("day-1", key=K1) is not None
-        assert cap.commit_count == commits + 1
+        assert cap.commit_count == commits + 2
         assert cap.checkpoints()[-1].label == "rollback-to-day-1"
         assert cap.checkpoints()[-1].state_root == cap.checkpoints()[0].state_root == cap.state_root
     assert capsule.verify(f, trust=K1.public_key).ok
@@ -126,9 +127,11 @@ def test_a_numeric_label_is_refused_so_a_seq_keeps_its_meaning(tmp_path: Path) -
                 tx.remember(f"m{i}")
         seq = cap.log()[1].seq
         before = cap.resolve(str(seq))
-        for label in (str(seq), f" {seq} ", "007"):
+        for label in (str(seq), "007", "\u0664"):  # ASCII digits, and an Arabic-Indic four
             with pytest.raises(capsule.UsageError, match="must not be a number"):
                 cap.checkpoint(label, key=K1)
+        with pytest.raises(capsule.UsageError, match="must not start or end with white space"):
+            cap.checkpoint(f" {seq} ", key=K1)
         cap.checkpoint(f"step-{seq}", key=K1)
         assert cap.resolve(str(seq)) == before
     key = tmp_path / "k"

@@ -198,9 +198,15 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
     after = dest.stat().st_size
     secs = time.perf_counter() - t0
     n = len(plan.ids)
+    # 15.2: signed states the new file does not carry (their labels go): under `live` the earlier
+    # ones, and always those the parent itself carried (a carried signature names its own parent)
+    kept_hashes = {c.hash for c in carried}
+    signed = [(c.hash, c.label) for c in src.checkpoints()] + [(c.hash, c.label) for c in src.carried_checkpoints()]
+    not_carried = [label for h, label in signed if h not in kept_hashes]
     return {"path": str(src_path), "out": str(dest), "policy": keep, "records": n, "kept": plan.kept,
             "dropped": n - plan.kept, "dropped_root": lin.dropped_root.hex() if lin.dropped_root else None,
-            "commits": len(plan.groups()), "carried": len(carried), "signed": key is not None,
+            "commits": len(plan.groups()), "carried": len(carried), "not_carried": not_carried,
+            "signed": key is not None,
             "bytes_before": before, "bytes_after": after, "seconds": round(secs, 3),
             "records_per_s": round(n / secs) if secs > 0 else None}
 

@@ -217,6 +217,8 @@ class ReadHandle:
 class WriteHandle(ReadHandle):
     """The single writer: an exclusive flock plus append-only writes."""
 
+    _lock_file: tuple[Path, bytes] | None = None  # the FILE.lock this writer made, and what it wrote
+
     def __init__(self, path: Path, *, create: bool = False) -> None:
         self.path = path
         flags = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -248,7 +250,7 @@ class WriteHandle(ReadHandle):
         except OSError as e:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            pid, host = _read_lock_info(self._sidecar())
+            pid, host = next((info for p in self._sidecars() if (info := _read_lock_info(p))[0]), (None, None))
             os.close(self.fd)
             self.fd = -1
             who = f"pid {pid} on {host}" if pid else "another process"
@@ -270,20 +272,26 @@ class WriteHandle(ReadHandle):
         # Best effort: name the holder for the next writer's error message. The flock is
         # ours, so whatever stands at the lock path is replaced, never written through: a
         # symlink planted there must not make us overwrite its target (audit F19).
-        lp = self._sidecar()
-        with contextlib.suppress(OSError):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lp)
-            fd = os.open(lp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        mine = f"{os.getpid()} {socket.gethostname()}\n".encode()
+        for lp in self._sidecars():  # beside the real file; in a read-only folder, beside the link
             try:
-                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lp)
+                fd = os.open(lp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            except OSError:
+                continue
+            try:
+                os.write(fd, mine)
             finally:
                 os.close(fd)
+            self._lock_file = (lp, mine)  # close removes this file, and only while it is still ours
+            break
 
-    def _sidecar(self) -> Path:
-        """FILE.lock beside the file the path names: writers through a symbolic link and
-        through the real path name the same holder (6.5)."""
-        return lock_path(Path(os.path.realpath(self.path)))
+    def _sidecars(self) -> list[Path]:
+        """Where FILE.lock goes (6.5): beside the file the path names, so writers through a
+        symbolic link and through the real path name the same holder; then beside the path."""
+        real, given = lock_path(Path(os.path.realpath(self.path))), lock_path(self.path)
+        return [real] if real == given else [real, given]
 
     @property
     def forked(self) -> bool:
@@ -356,8 +364,19 @@ class WriteHandle(ReadHandle):
 
     def close(self) -> None:
         if self.fd >= 0 and not self.forked:  # a fork child leaves the parent's lock file alone
-            with contextlib.suppress(OSError):
-                self._sidecar().unlink()
+            if self._lock_file is not None:
+                lp, mine = self._lock_file
+                with contextlib.suppress(OSError):
+                    # the path as it was at lock time, never recomputed (a link retargeted since
+                    # would name another file), and only our own: a file with other contents is
+                    # someone else's
+                    fd = os.open(lp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                    try:
+                        ours = os.read(fd, 512) == mine
+                    finally:
+                        os.close(fd)
+                    if ours:
+                        os.unlink(lp)
             # The flock lives on the open file, which a fork child shares while it lives: the
             # owner releases it outright, so a child still running never keeps the writer's
             # role (6.5). A child closing its copy only closes it: the parent's lock stays.

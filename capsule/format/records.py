@@ -108,12 +108,15 @@ def parse_iso_time(v: str) -> int:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
         raise InvalidRecordError(f"time {v!r} is not an ISO-8601 time or integer nanoseconds") from None
+    if dt.microsecond:
+        # a fraction of an hour or a minute ("09:30.5"), which datetime reads as seconds, or a
+        # second fraction: never a silently different instant
+        raise InvalidRecordError(f"time {v!r} is not an ISO-8601 time or integer nanoseconds "
+                                 "(a fraction goes after the seconds: hh:mm:ss.fff)")
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-    if m is None:
-        frac_ns = delta.microseconds * 1000  # a fraction only datetime saw: never dropped
-    ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + frac_ns
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)  # microseconds: an offset's own fraction
+    ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000 + frac_ns
     if not 0 <= ns < 1 << 63:  # 7.0: int ns in [0, 2^63)
         raise InvalidRecordError(f"time {v!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds since 1970 in 63 bits)")
     return ns

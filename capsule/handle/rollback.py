@@ -18,11 +18,17 @@ from ..core.errors import CorruptError, NotFound
 from ..format.keys import PrivateKey
 from ..questions._lifecycle import redacted
 from ..state.carried import find_carried
+from ..state.checkpoints import check_can_sign
 from ..state.fold import live_records
 from ..state.stateroot import state_root_of
 
 if TYPE_CHECKING:
     from .capsule import Capsule
+
+
+def rollback_label(to: str) -> str:
+    """``rollback-to-<label>``, the label cut (at a character) to 14.8's 1024 bytes."""
+    return ("rollback-to-" + to).encode()[:1024].decode("utf-8", "ignore")
 
 
 def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | None) -> str | None:
@@ -47,9 +53,11 @@ def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | 
     back = then_ids - now_ids - set(redacted(cap._store))  # 7.7.1: a redacted id stays gone
     if not back and now_ids <= then_ids:
         return None  # already there (but for redactions): nothing to write
+    if key is not None:  # before the revert is written: a key that cannot sign leaves the file as it was
+        check_can_sign(cap._store, rollback_label(to), key)
     with cap.commit() as tx:
         rid = tx._put_kind("revert", after=bytes.fromhex(cap.root), to=thash,
                            drop=sorted(now_ids - then_ids), restore=sorted(back))
-        if key is not None:  # in the same commit: a key that cannot sign leaves the file as it was
-            tx.checkpoint(f"rollback-to-{to}", key=key)
+    if key is not None:  # its own commit, as the golden vectors (spec/vectors) were written
+        cap.checkpoint(rollback_label(to), key=key)
     return rid

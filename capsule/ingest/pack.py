@@ -143,8 +143,8 @@ class _Source:
 
 
 def _skip(report: PackReport, warn: Callable[[str], None], rel: str, why: str) -> None:
-    report.skipped.append((rel, why))
-    warn(f"skipped {rel}: {why}")
+    report.skipped.append((rel, why))  # --json escapes a name's undecodable bytes (\udcXX), as every path
+    warn(f"skipped {rel.encode('utf-8', 'backslashreplace').decode()}: {why}")
 
 
 def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> list[tuple[str, Path]]:
@@ -167,7 +167,7 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
                 continue
             rel = p.relative_to(src).as_posix()
             if not rel.isascii() and _undecodable(rel):  # meta holds text (5.1): the name could not be stored
-                _skip(report, warn, rel.encode("utf-8", "backslashreplace").decode(), "its name is not UTF-8 (rename it)")
+                _skip(report, warn, rel, "its name is not UTF-8 (rename it)")
                 continue
             if p.is_symlink():
                 try:
@@ -224,6 +224,9 @@ def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: in
     files = _text_files(src, report, warn) if folder else [(src.name, src)]
     if not folder:
         check_regular(src)
+        if _undecodable(src.name):  # its name goes in every chunk's meta (text, 5.1)
+            raise UsageError(f"{src.name.encode('utf-8', 'backslashreplace').decode()}: its name is not UTF-8 "
+                             "(rename it)")
     source = _Source(0, False, lambda: iter(()), files=[], folder=folder)
     assert source.files is not None
     for rel, p in files:

@@ -11,6 +11,7 @@ truncation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from typing import BinaryIO
@@ -56,6 +57,9 @@ def check_output(out: str | os.PathLike[str], source: str | os.PathLike[str], *,
     if st is not None:
         if stat.S_ISDIR(st.st_mode) or (stat.S_ISLNK(st.st_mode) and os.path.isdir(out)):
             raise UsageError(f"{out}: is a directory")
+        if stat.S_ISLNK(st.st_mode):  # /dev/stdout, /dev/fd/N: a link to a device is a device here
+            with contextlib.suppress(OSError):
+                st = os.stat(out)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             raise UsageError(f"{out}: is not a regular file; refusing to replace it (give a plain file's path)")
         if os.path.exists(out) and os.path.exists(source) and os.path.samefile(out, source):

@@ -182,7 +182,7 @@ def _write(cap: Capsule, src: Path, final: Path, fmt: str, want: frozenset[str] 
             done[1] = done[0]
             progress(done[0], total)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name[:100]}.", suffix=".tmp", dir=final.parent)
     tmp = Path(tmp_name)
     by_kind: Counter[str] = Counter()
     skipped = lossy = 0

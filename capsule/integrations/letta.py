@@ -123,7 +123,7 @@ def import_agent(af: AgentFile, dst: str | Path, *, source: str = "") -> ImportR
     # Built under a hidden name and linked into place once committed: a kill -9 mid-import
     # leaves no empty capsule at ``dst`` (one that would block the retry), and the link
     # never replaces a file (or follows a symlink) that appeared meanwhile.
-    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".importing", dir=p.parent if str(p.parent) else ".")
+    fd, name = tempfile.mkstemp(prefix=f".{p.name[:100]}.", suffix=".importing", dir=p.parent if str(p.parent) else ".")
     os.close(fd)
     tmp = Path(name)
     tmp.unlink()
@@ -221,7 +221,7 @@ def export_af(capsule_path: str | Path, dst: str | Path, *, at: str | int | None
         raise UsageError(f"{p.parent}: no such directory")
     af = export_agent(capsule_path, at=at)
     data = dump_af(af)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:100]}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

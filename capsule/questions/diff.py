@@ -131,6 +131,11 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     new = {x for x, _, _ in added}
     removed = sorted(dropped - new)  # added and dropped in between: never seen at either end
     restored = sorted(back - new)
+    if removed or restored:  # by the state at FROM: dropped and restored in between (or the
+        # reverse) is no change at all, so neither removed nor restored
+        dead_then = dead_ids(r for _, _, r in walk(store, ("revert",), end=ca.end))
+        removed = [x for x in removed if x not in dead_then]
+        restored = [x for x in restored if x in dead_then]
     # so neither added: a record committed in between that a revert in between holds dead is
     # *transient* (live at neither end), listed apart
     transient = [x for x, _, _ in added if x in dropped]

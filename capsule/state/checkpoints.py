@@ -214,34 +214,51 @@ def index_due_for_checkpoint(store: Store) -> bool:
             or store.snap.frames_since_index >= C.INDEX_AT_CHECKPOINT_FRAMES)
 
 
-def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[PrivateKey], runtime_state: bytes | None,
-                      state_root: bytes) -> list[tuple[int, Build]]:
-    """The KEYSET (first checkpoint) and CHECKPOINT frames of a commit, as writer callbacks."""
+def check_label(label: object) -> None:
+    """The labels this writer signs (14.8 allows more): each must name its checkpoint in a view."""
+    if not isinstance(label, str) or not label.strip():  # 14.8 allows it; nothing could name it again (--at)
+        raise UsageError("a checkpoint's label must be a non-blank string (it names the checkpoint: --at, rollback)")
+    if label != label.strip():  # a view's name is stripped (--at " x " names "x"): nothing could name it
+        raise UsageError(f"a checkpoint's label must not start or end with white space ({label!r})")
+    if label.isdecimal():  # a view tries labels first (14.9): "4" would hide commit seq 4 from --at
+        raise UsageError(f"a checkpoint's label must not be a number ({label!r} would hide commit seq "
+                         f"{label} from --at); try 'step-{label}'")
+
+
+def check_can_sign(store: Store, label: str, key: PrivateKey | Sequence[PrivateKey]
+                   ) -> tuple[list[PrivateKey], Keyset | None]:
+    """Whether ``key`` can sign a checkpoint ``label`` of this store now, before anything is
+    written (a rollback asks before its revert): the keys and the keyset in force (None: the
+    first checkpoint sets it), or a UsageError saying why not."""
     keys = [key] if isinstance(key, PrivateKey) else list(key)
     if not keys:
         raise UsageError("a checkpoint needs at least one signing key")
-    if not isinstance(label, str) or not label.strip():  # 14.8 allows it; nothing could name it again (--at)
-        raise UsageError("a checkpoint's label must be a non-blank string (it names the checkpoint: --at, rollback)")
-    if label.strip().isdigit():  # a view tries labels first (14.9): "4" would hide commit seq 4 from --at
-        raise UsageError(f"a checkpoint's label must not be a number ({label!r} would hide commit seq "
-                         f"{label.strip()} from --at); try 'step-{label.strip()}'")
+    check_label(label)
+    in_force = keyset_in_force(store)  # 14.6: refuses a chain that does not check (a forged first keyset)
+    if in_force is not None:
+        signers = {k.key_id for k in keys}
+        inside = [k for k in in_force.keys if k.key_id in signers]
+        if len(inside) < in_force.threshold:
+            raise UsageError(
+                f"the capsule's keyset v{in_force.version} needs {in_force.threshold} of its keys; "
+                f"{len(inside)} given ({', '.join(sorted(signers))}): rotate keys first"
+            )
+    return keys, in_force
+
+
+def checkpoint_frames(store: Store, label: str, key: PrivateKey | Sequence[PrivateKey], runtime_state: bytes | None,
+                      state_root: bytes) -> list[tuple[int, Build]]:
+    """The KEYSET (first checkpoint) and CHECKPOINT frames of a commit, as writer callbacks."""
+    keys, in_force = check_can_sign(store, label, key)
     if runtime_state is not None and not isinstance(runtime_state, bytes | bytearray | memoryview):
         raise UsageError("runtime_state must be bytes")
     runtime = None if runtime_state is None else bytes(runtime_state)
     plain_runtime = runtime
     if runtime is not None and store.h.crypt is not None:
         runtime = store.h.crypt.seal_runtime(runtime)  # 10.2: sealed in an encrypted file; the body signs these bytes
-    in_force = keyset_in_force(store)  # 14.6: refuses a chain that does not check (a forged first keyset)
     after: list[tuple[int, Build]] = []
     if in_force is not None:
         keyset = in_force
-        signers = {k.key_id for k in keys}
-        inside = [k for k in keyset.keys if k.key_id in signers]
-        if len(inside) < keyset.threshold:
-            raise UsageError(
-                f"the capsule's keyset v{keyset.version} needs {keyset.threshold} of its keys; "
-                f"{len(inside)} given ({', '.join(sorted(signers))}): rotate keys first"
-            )
     else:
         keyset = Keyset.of([k.public_key for k in keys], threshold=len({k.key_id for k in keys}))
         after.append((C.FT_KEYSET, lambda seq, chain, m, pos: encode_keyset(keyset, [], None)))

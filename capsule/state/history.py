@@ -33,14 +33,17 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
     ``log`` shows it), a hex prefix of a commit root (>= 4 digits), or an
     ISO-8601 time (the last commit at or before it)."""
     store.check_open()
-    text = str(at).strip()
-    ck = find_checkpoint(store, text) if store.snap.checkpoint else None
+    raw = str(at)
+    text = raw.strip()
+    ck = None
+    if store.snap.checkpoint:  # a label as given first: an older writer signed some with white space around them
+        ck = (find_checkpoint(store, raw) if raw != text else None) or find_checkpoint(store, text)
     if ck is not None:
         return commit_of(store, ck)  # labels first: a label may look like a number
     carried = find_carried(store, text)  # 14.9: then a label the parent signed (a fork, a compacted file)
     if carried is not None:
         return carried.commit
-    if text.isdigit():
+    if text.isdecimal():
         # A seq names the commit that made frame N durable: N itself when N is a
         # COMMIT's seq (as `log` shows), else the first commit after it (so a
         # checkpoint's seq from `checkpoints` works too).
@@ -63,7 +66,7 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
         if len(hits) > 1:
             raise UsageError(f"commit prefix {text!r} is ambiguous ({len(hits)} commits)")
         raise NotFound(f"no commit with seq {text} and no commit root starting with {text!r}"
-                       if text.isdigit() else f"no commit root starts with {text!r}")
+                       if text.isdecimal() else f"no commit root starts with {text!r}")
     try:
         t = parse_iso_time(text)
     except InvalidRecordError as e:
