@@ -192,3 +192,32 @@ def test_packing_one_file_whose_name_is_not_utf8_says_so(tmp_path: Path) -> None
     r = cli("pack", p, "-o", tmp_path / "x.capsule")
     assert r.returncode == 2 and "its name is not UTF-8 (rename it)" in r.stderr
     assert not (tmp_path / "x.capsule").exists()
+
+
+# --- a rollback of ~500k records failed: its one revert passed the 16 MiB record limit --------------
+
+
+def test_a_rollback_too_large_for_one_record_is_several_reverts_of_one_commit(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsule.handle import rollback
+
+    monkeypatch.setattr(rollback, "REVERT_IDS", 3)  # as 2^18 ids are to the record limit
+    f = tmp_path / "r.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            keep = [tx.remember(f"kept {i}") for i in range(4)]
+        cap.checkpoint("c0", key=K1)
+        with cap.commit() as tx:
+            for i in range(4):
+                tx.forget(keep[i]) if i % 2 else None
+            for i in range(7):
+                tx.remember(f"later {i}")
+        commits = cap.commit_count
+        rid = cap.rollback("c0", key=K1)
+        assert rid is not None and cap.commit_count == commits + 2  # the reverts, then the checkpoint
+        assert cap.state_root == cap.checkpoints()[0].state_root
+        reverts = [r for r in cap.records("revert") if r.to is not None]
+        assert len(reverts) == 3 and reverts[0].id == rid  # 7 drops and 2 restores, 3 a revert
+        assert all(r.to == cap.checkpoints()[0].hash for r in reverts)
+        assert cap.rollback("c0") is None
+    assert capsule.verify(f, trust=K1.public_key).ok

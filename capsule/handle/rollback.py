@@ -19,11 +19,15 @@ from ..format.keys import PrivateKey
 from ..questions._lifecycle import redacted
 from ..state.carried import find_carried
 from ..state.checkpoints import check_can_sign
-from ..state.fold import live_records
+from ..state.fold import fold_store
 from ..state.stateroot import state_root_of
 
 if TYPE_CHECKING:
     from .capsule import Capsule
+
+
+#: ids in one rollback revert (at 34 bytes each, well under 11's 16 MiB record limit)
+REVERT_IDS = 1 << 18
 
 
 def rollback_label(to: str) -> str:
@@ -42,22 +46,29 @@ def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | 
             raise NotFound(f"no checkpoint labelled {to!r} (see `capsule checkpoints`)")
         commit, thash, sroot, where = carried.commit, carried.hash, carried.entry.body.state_root, C.HEADER_SIZE
     with cap.view(commit) as then:
-        # the stored records, not ``records()``'s placeholders: a (forged) redacted revert still
+        # the store's fold, not the handle's scrubbed state: a (forged) redacted revert still
         # applies (13.1), and only the payload is withheld from reads (7.7.1)
-        then_ids = {bytes.fromhex(r.id) for r in live_records(then._store.records())}
+        then_ids = set(fold_store(then._store).live)
     if state_root_of(list(then_ids)) != sroot.hex():
         # checked before anything is written: the checkpoint and its records disagree
         raise CorruptError(f"checkpoint {to!r} does not match the records before it",
                            offset=where, check="checkpoint-state")
-    now_ids = {bytes.fromhex(r.id) for r in live_records(cap._store.records())}
+    now_ids = set(fold_store(cap._store).live)
     back = then_ids - now_ids - set(redacted(cap._store))  # 7.7.1: a redacted id stays gone
     if not back and now_ids <= then_ids:
         return None  # already there (but for redactions): nothing to write
     if key is not None:  # before the revert is written: a key that cannot sign leaves the file as it was
         check_can_sign(cap._store, rollback_label(to), key)
+    drop, restore = sorted(now_ids - then_ids), sorted(back)
     with cap.commit() as tx:
-        rid = tx._put_kind("revert", after=bytes.fromhex(cap.root), to=thash,
-                           drop=sorted(now_ids - then_ids), restore=sorted(back))
+        # 11: one record holds at most 16 MiB, about 490,000 ids: a larger rollback is several
+        # reverts of one commit, each naming the checkpoint (7.7), drops first
+        first, ids = None, drop + restore
+        for i in range(0, len(ids), REVERT_IDS):
+            part = ids[i : i + REVERT_IDS]
+            nd = max(0, min(len(part), len(drop) - i))
+            rid = tx._put_kind("revert", after=bytes.fromhex(cap.root), to=thash, drop=part[:nd], restore=part[nd:])
+            first = first or rid
     if key is not None:  # its own commit, as the golden vectors (spec/vectors) were written
         cap.checkpoint(rollback_label(to), key=key)
-    return rid
+    return first
