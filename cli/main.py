@@ -9,7 +9,7 @@ Code map (each module is one command group; none holds format logic):
 - ``verify``: verify (spec 13.3, 10.6, 15, 20.8)
 - ``lifecycle``: forget, redact, supersede, promote, demote (spec 7.7.1)
 - ``run``:    tasks, actions
-- ``search``: search, pack
+- ``search``: search, pack, index
 - ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
 - ``report``: report (the HTML page and its figures)
 - ``sync``: push, pull (spec 19)
@@ -93,6 +93,7 @@ COMMANDS = (
     ("verify", verify.verify),
     ("search", search.search),
     ("pack", search.pack),
+    ("index", search.index),
     ("beliefs", inspect.beliefs),
     ("why", inspect.why),
     ("diff", inspect.diff),

@@ -16,7 +16,7 @@ MAX_LINES = 300  # style.md rule 7: aim for 150-300 lines, split by responsibili
 
 COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rotate-keys", "rekey", "checkpoint",
             "checkpoints", "rollback", "fork", "compact", "merge", "forget", "redact", "supersede", "promote", "demote",
-            "tasks", "actions", "verify", "search", "pack",
+            "tasks", "actions", "verify", "search", "pack", "index",
             "beliefs", "why", "diff", "timeline", "audit", "report", "push", "pull",
             "export", "import-af", "export-af", "serve",
             "records"]  # records: list's hidden alias

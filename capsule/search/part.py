@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..core import constants as C
 from ..core.errors import CapsuleError, InvalidRecordError, UsageError
 from ..format.batch import RecordBatch
+from ..format.frames import parse_frame_header, raw_payload
 from ..format.index import plan_merge
 from ..format.records import _REGISTRY, encode_record
+from ..format.scan import read_frame_at
 from ..format.store import Store
 from ..format.writer import Item
 from . import lexsnap
@@ -26,12 +29,17 @@ from .engine import search as run_search
 from .fusion import Results
 from .vindex import BLOB_TYPE, VectorIndex, VectorParams
 
-#: writer policy (16.3): snapshot on close when this many vectors are not in the newest one,
+#: writer policy (16.3): snapshot on close when this many vectors are not in the newest one
+#: (or, past 1,024, a quarter of its count, up to CLOSE_BUILD_MAX: each snapshot is a whole copy,
+#: so sessions of a few hundred vectors each would grow the file with the square of its vectors),
 SNAPSHOT_ON_CLOSE = 256
 #: and after a commit once the unsnapshotted vectors reach max(this, the snapshot's size).
 SNAPSHOT_EVERY = 16_384
 #: Close builds an index nobody loaded this session only when this few vectors need inserting.
 CLOSE_BUILD_MAX = 16_384
+#: A session that committed vectors counts those not in the newest snapshot on close (other
+#: sessions' too) when the frames after the snapshot are at most this many bytes.
+CLOSE_COUNT_BYTES = 64 << 20
 #: 16.8 writer policy: a lexical snapshot on close when this many searchable records are
 #: not in the newest one (the session committed or searched),
 LEX_SNAPSHOT_ON_CLOSE = 256
@@ -144,15 +152,17 @@ class SearchPart:
             self.write_lexical()
         if s is None:
             return
-        if s.vi is None and s.pending_vectors >= SNAPSHOT_ON_CLOSE:
-            # Not loaded this session: bring it up only if that is cheap; a
-            # larger catch-up is left to the first search or build_index().
+        if s.vi is None and s.pending_vectors > 0:
+            # Not loaded this session: bring it up only if that is cheap; a larger catch-up is
+            # left to the first search or build_index(). What is pending counts every session's
+            # vectors since the snapshot (sessions of 100 each never reached 256 on their own).
             base = (s._blob_params() or (None, 0))[1]
-            if self.store.snap.kinds.get("memory", 0) - base <= CLOSE_BUILD_MAX:
+            if s.pending_vectors >= snapshot_due(base) \
+                    and self.store.snap.kinds.get("memory", 0) - base <= CLOSE_BUILD_MAX or snapshot_due(base) <= (vectors_after_snapshot(self.store) or 0) <= CLOSE_BUILD_MAX:
                 s.vectors()
         if s.vi is not None:
             s.vectors()
-            if len(s.vi) - s.snapshot_count >= SNAPSHOT_ON_CLOSE:
+            if len(s.vi) - s.snapshot_count >= snapshot_due(s.snapshot_count):
                 self.write_snapshot(reload=False)
 
     def build(self) -> int:
@@ -236,6 +246,34 @@ class SearchPart:
         s.vi = VectorIndex.decode(blob)
         s.snapshot_count, s.pending_vectors = len(s.vi), 0
         s._vpos = self.store.snap.end
+
+
+def snapshot_due(count: int) -> int:
+    """16.3's close policy: vectors not in a snapshot of ``count`` that make a new one due."""
+    return max(SNAPSHOT_ON_CLOSE, min(count // 4, CLOSE_BUILD_MAX))
+
+
+def vectors_after_snapshot(store: Store) -> int | None:
+    """About how many memories with an embedding the frames after the newest vector snapshot
+    hold (every one before it when there is none), or None when those frames pass
+    CLOSE_COUNT_BYTES. A count of the field's key in each RECORDS payload: a hint for the close
+    policy, never for what is indexed (a text holding those bytes counts too)."""
+    snap = store.snap
+    ref = snap.blobs.get(BLOB_TYPE)
+    pos = C.HEADER_SIZE if ref is None else ref.offset
+    if snap.end - pos > CLOSE_COUNT_BYTES:
+        return None
+    n, seq = 0, None
+    while pos < snap.end:
+        fh = parse_frame_header(store.h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
+                                max_frame_len=snap.header.max_frame_len)
+        if fh.ftype == C.FT_RECORDS:
+            prev = snap.header.chain_seed if pos == C.HEADER_SIZE else None
+            fh, payload, _, _ = read_frame_at(store.h, pos, max_frame=snap.header.max_frame_len, seq=fh.seq,
+                                              prev_chain=prev)
+            n += raw_payload(fh, payload).count(b"\xa9embedding")
+        pos, seq = fh.end, fh.seq + 1
+    return n
 
 
 __all__ = ["SearchPart", "SNAPSHOT_EVERY", "SNAPSHOT_ON_CLOSE", "CLOSE_BUILD_MAX"]

@@ -1,0 +1,107 @@
+"""Regressions from a fresh-context review at scale (10k-1M records): the vector snapshot of a
+capsule filled by small writes, the file growth of whole-copy snapshots, and `capsule index`.
+The CLI ones run `capsule` in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import capsule
+from capsule.search import part
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([str(Path(sys.executable).with_name("capsule")), *map(str, args)], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    return r
+
+
+def put_session(path: Path, start: int, n: int, dim: int = 8, text_only: int = 0) -> None:
+    """One writer session, as one `capsule put --jsonl` is: ``n`` memories with an embedding
+    (and ``text_only`` without), then close."""
+    rng = np.random.default_rng(start)
+    with capsule.open(path, "a") as cap, cap.commit() as tx:
+        for i in range(n):
+            tx.remember(f"fact {start + i}", embedding=rng.standard_normal(dim).astype(np.float32))
+        for i in range(text_only):
+            tx.remember(f"note {start + i} without a vector")
+
+
+def snapshot_count(path: Path) -> int:
+    with capsule.open(path) as cap:
+        snap = cap.index_info()["snapshot"]
+        return 0 if snap is None else int(snap["vectors"])
+
+
+# --- sessions of fewer than 256 vectors never saved the index: every new process rebuilt it -------
+
+
+def test_small_sessions_add_up_to_a_snapshot(tmp_path: Path) -> None:
+    f = tmp_path / "w.capsule"
+    capsule.create(f).close()
+    seen = []
+    for b in range(6):
+        put_session(f, 100 * b, 100)
+        seen.append(snapshot_count(f))
+    assert seen == [0, 0, 300, 300, 300, 600]
+
+
+def test_small_sessions_among_many_text_records_add_up_too(tmp_path: Path) -> None:
+    """A capsule where most memories have no vector: the count of memories since the snapshot
+    says nothing; the frames after it do."""
+    f = tmp_path / "w.capsule"
+    capsule.create(f).close()
+    put_session(f, 0, 0, text_only=20_000)
+    for b in range(3):
+        put_session(f, 100 * b, 100, text_only=100)
+    assert snapshot_count(f) == 300
+
+
+# --- whole-copy snapshots on every close grew the file with the square of its vectors ---------------
+
+
+def test_snapshots_on_close_grow_geometrically(tmp_path: Path) -> None:
+    f = tmp_path / "w.capsule"
+    capsule.create(f).close()
+    counts: list[int] = []
+    for b in range(40):
+        put_session(f, 300 * b, 300)
+        n = snapshot_count(f)
+        if n and (not counts or n != counts[-1]):
+            counts.append(n)  # a snapshot was written on this close
+    assert 12_000 - counts[-1] < part.snapshot_due(counts[-1]) and len(counts) < 20, counts
+    # each snapshot waits for a quarter of the one before (past 1,024): their sum stays a few
+    # times the last one, where a snapshot per session made it 20 times
+    assert sum(counts) < 6 * counts[-1], counts
+    assert all(b - a >= part.snapshot_due(a) for a, b in zip(counts, counts[1:], strict=False))
+
+
+# --- a capsule far behind its snapshot: search says so, `capsule index` saves it ----------------------
+
+
+def test_a_lagging_index_is_named_and_capsule_index_saves_it(tmp_path: Path) -> None:
+    f = tmp_path / "big.capsule"
+    capsule.create(f).close()
+    put_session(f, 0, 17_000)  # more than a close builds: no snapshot
+    assert snapshot_count(f) == 0
+    q = tmp_path / "q.npy"
+    np.save(q, np.full(8, 0.1, dtype=np.float32))
+    r = cli("search", f, "--vector", q, "-k", "1", "--json")
+    assert r.returncode == 0 and "inserted 17000 vectors the newest snapshot lacks" in r.stderr
+    first = json.loads(r.stdout)
+    info = json.loads(cli("index", f, "--json").stdout)
+    assert info["vectors"] == 17_000 and info["saved"] is True
+    assert snapshot_count(f) == 17_000
+    r = cli("search", f, "--vector", q, "-k", "1", "--json")
+    assert r.returncode == 0 and "inserted" not in r.stderr and json.loads(r.stdout) == first
+    assert json.loads(cli("index", f, "--json").stdout)["saved"] is False
+    assert capsule.verify(f).ok
+    r = cli("index", tmp_path / "missing.capsule")
+    assert r.returncode != 0 and "no such capsule" in r.stderr
