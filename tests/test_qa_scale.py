@@ -105,3 +105,33 @@ def test_a_lagging_index_is_named_and_capsule_index_saves_it(tmp_path: Path) -> 
     assert capsule.verify(f).ok
     r = cli("index", tmp_path / "missing.capsule")
     assert r.returncode != 0 and "no such capsule" in r.stderr
+
+
+# --- pack --append folded the whole state (1.5 GB at 1M records) to find the files it packed --------
+
+
+def test_pack_append_finds_its_chunks_without_a_state_fold(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from capsule.handle import capsule as handle
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"d{i}.md").write_text(f"# doc {i}\n\nabout deploys {i}\n")
+    f = tmp_path / "n.capsule"
+    with capsule.create(f) as cap, cap.commit() as tx:
+        tx.put_many([{"text": f"bulk {i}"} for i in range(2000)])
+        tx.remember("a memory with a source but no path meta", source="d0.md")
+    capsule.pack(docs, f, append=True, embedder=None)
+
+    def no_fold(*a, **k):  # type: ignore[no-untyped-def]
+        raise AssertionError("pack --append folded the whole state")
+
+    monkeypatch.setattr(handle, "fold_store", no_fold)
+    (docs / "d1.md").write_text("# doc 1\n\nchanged\n")
+    rep = capsule.pack(docs, f, append=True, embedder=None)
+    d = rep.to_dict()
+    assert (d["unchanged"]["files"], d["changed"]["files"]) == (2, 1)
+    monkeypatch.undo()
+    with capsule.open(f) as cap:
+        texts = [m["text"] for t in cap.state().memories.values() for m in t]
+    assert "# doc 1\n\nchanged" in "\n".join(texts) and sum("about deploys 1" in t for t in texts) == 0

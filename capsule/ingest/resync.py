@@ -3,8 +3,8 @@
 Theory of operation: every chunk pack writes is a memory whose ``source`` is the
 file's relative POSIX path and whose ``meta`` holds ``path``, ``chunk`` (its
 number in the file, from 0) and ``sha256`` (of the whole file's bytes). Before an
-append, one pass over the live state (the state fold, not a scan per file) groups
-the live chunks by path. Each file of the folder is then, by its bytes' SHA-256
+append, one walk of the memories holding a ``source`` (not a scan per file, nor a
+state of every memory) groups the live chunks by path. Each file of the folder is then, by its bytes' SHA-256
 and its chunk count now, without embedding anything:
 
 - **added**: no live chunk has its path; every chunk is written.
@@ -44,7 +44,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..questions._lifecycle import redacted
+from ..format.kindwalk import walk
+from ..format.records import TIERS
+from ..questions._lifecycle import dead_ids, redacted
+
+_TIER_ORDER = {t: i for i, t in enumerate(TIERS)}  # the state's memories dict, tier by tier
 
 ADDED, UNCHANGED, RESUMED, CHANGED = "added", "unchanged", "resumed", "changed"
 
@@ -65,19 +69,28 @@ def nfc(s: str) -> str:
 
 
 def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
-    """The live memories pack made, by path: one pass over the state fold."""
+    """The live memories pack made, by path, in the state's order (by tier, then commit
+    order): one walk of the memories that hold a ``source`` (the others are not decoded, so a
+    capsule of a million memories costs a read of its frames, not a state of a million
+    entries), less the ids reverts hold dead."""
+    store = cap._store
+    dead = dead_ids(store)
+    found: list[tuple[int, str, Chunk]] = []
+    for _, _, m in walk(store, ("memory",), field="source"):
+        meta = getattr(m, "meta", None)
+        if not meta or m.kind != "memory":
+            continue
+        path, n = meta.get("path"), meta.get("chunk")
+        if type(path) is not str or type(n) is not int or m.source != path:
+            continue
+        rid = bytes.fromhex(m.id)
+        if rid in dead:
+            continue
+        sha = meta.get("sha256")
+        found.append((_TIER_ORDER[m.tier], path, Chunk(rid, n, sha if type(sha) is str else None, m.text)))
     out: dict[str, list[Chunk]] = {}
-    for tier in cap.state().memories.values():
-        for m in tier:
-            meta = m.get("meta")
-            if not meta:
-                continue
-            path, n = meta.get("path"), meta.get("chunk")
-            if type(path) is not str or type(n) is not int or m.get("source") != path:
-                continue
-            sha = meta.get("sha256")
-            out.setdefault(path, []).append(Chunk(bytes.fromhex(m["id"]), n, sha if type(sha) is str else None,
-                                                  m["text"]))
+    for _, path, c in sorted(found, key=lambda x: x[0]):  # stable: commit order within a tier
+        out.setdefault(path, []).append(c)
     return out
 
 
