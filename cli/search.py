@@ -173,10 +173,10 @@ def index(path: FileArg, wait: WaitOpt = 0.0, json_out: JsonOpt = False) -> None
             raise capsule.CapsuleNotFound(f"{path}: no such capsule")
         with capsule.open(path, "a", timeout=wait or None) as cap:
             n = cap.build_index()
-            saved = cap.save_index()
+            saved = cap.save_index(full=True)
             info = cap.index_info()
         lex = info["lexical"]["snapshot"] or {}
-        return {"file": str(path), "vectors": n, "documents": lex.get("documents"), "saved": saved}
+        return {"file": str(path), "vectors": n, "documents": lex.get("documents") or 0, "saved": saved}
 
     info = call(go)
     if json_out:

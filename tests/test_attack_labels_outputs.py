@@ -81,14 +81,25 @@ def test_a_compaction_says_which_signed_states_it_does_not_carry(tmp_path: Path)
 @pytest.mark.parametrize("text", ["2026-01-05T09:30.5Z", "2026-01-05T09.5Z", "2026-01-05T09:30:00.5.7Z",
                                   "2026-01-05T0930.5Z"])
 def test_a_fraction_anywhere_but_after_the_seconds_is_refused(text: str) -> None:
-    with pytest.raises(capsule.InvalidRecordError, match="a fraction goes after the seconds"):
+    with pytest.raises(capsule.InvalidRecordError, match="not an ISO-8601 time .*hh:mm:ss"):
         parse_iso_time(text)
 
 
-def test_an_offsets_own_fraction_counts() -> None:
-    want = parse_iso_time("2026-01-05T08:29:30Z")
-    assert parse_iso_time("2026-01-05T09:30:00.5+01:00:30.5") == want
-    assert parse_iso_time("2026-01-05T09:30:00+01:00:30.5") == want + 500_000_000
+@pytest.mark.parametrize("text", ["2026-01-05T09:30:00.5+01:00:30.5", "2026-01-05T09:30:00+00:00:00.5",
+                                  "2026-01-05T09:30+00:00:00.5", "2026-01-05T09:30:00+01:00.5",
+                                  "2026-01-05T09:30.0000001", "2026-01-05T09.0000001"])
+def test_an_offset_with_seconds_or_a_tiny_fraction_of_a_minute_is_refused(text: str) -> None:
+    """ISO 8601 offsets are +-hh[:mm]; datetime read "+00:00:00.5" and "+01:00.5" as offsets with
+    seconds, and the fraction of the offset as the time's, and dropped fractions under 1 us."""
+    with pytest.raises(capsule.InvalidRecordError, match="not an ISO-8601 time"):
+        parse_iso_time(text)
+
+
+def test_offsets_and_fractions_that_are_iso_parse_exactly() -> None:
+    base = parse_iso_time("2026-01-05T09:30:00Z")
+    assert parse_iso_time("2026-01-05T09:30:00.25-0130") == base + 5400 * 10**9 + 250_000_000
+    assert parse_iso_time("2026-01-05T10:30:00.000000001+01:00") == base + 1
+    assert parse_iso_time("2026-01-05T09:30") == parse_iso_time("2026-01-05T0930Z") == base
 
 
 # --- diff: dropped and restored in between (or the reverse) is no change -------------------------------

@@ -173,3 +173,69 @@ def brute(cap: capsule.Capsule, meta: dict[str, object], tags: list[str] | None,
 
     rows.sort(key=lambda m: (-parse_iso_time(m["time"]), m["id"]))
     return [m["id"] for m in rows[:k]]
+
+
+# --- from the attack on the snapshot policy -------------------------------------------------------
+
+
+def test_sessions_cannot_step_over_the_close_window(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Past 4 x CLOSE_BUILD_MAX the due count was CLOSE_BUILD_MAX itself, the very bound up to which
+    a close loads the index: only a session landing exactly on it snapshotted (scaled down here:
+    the bound 400 stands for 16,384, sessions of 150 for sessions of 100)."""
+    monkeypatch.setattr(part, "CLOSE_BUILD_MAX", 400)
+    monkeypatch.setattr(part, "SNAPSHOT_ON_CLOSE", 64)
+    assert all(part.snapshot_due(c) <= 200 for c in (0, 1_000, 1_600, 10**6))
+    f = tmp_path / "w.capsule"
+    capsule.create(f).close()
+    put_session(f, 0, 1_600)
+    with capsule.open(f, "a") as cap:
+        cap.build_index()
+        cap.save_index()
+    assert snapshot_count(f) == 1_600
+    put_session(f, 10_000, 150)
+    assert snapshot_count(f) == 1_600
+    put_session(f, 20_000, 150)
+    assert snapshot_count(f) == 1_900
+
+
+def test_the_count_reads_the_frames_after_the_snapshot_not_the_snapshot(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "w.capsule"
+    capsule.create(f).close()
+    put_session(f, 0, 3_000, dim=64)
+    with capsule.open(f, "a") as cap:
+        cap.build_index()
+        cap.save_index()
+        size = cap.index_info()["snapshot"]["bytes"]
+    put_session(f, 10_000, 100, dim=64)
+    monkeypatch.setattr(part, "CLOSE_COUNT_BYTES", size // 2)  # smaller than the snapshot, not the tail
+    with capsule.open(f) as cap:
+        assert part.vectors_after_snapshot(cap._store) == 100
+
+
+def test_damage_before_the_tail_is_no_error_of_the_close_count(tmp_path: Path) -> None:
+    f = tmp_path / "w.capsule"
+    capsule.create(f).close()
+    put_session(f, 0, 100)
+    with capsule.open(f, "a") as cap:  # commits after it, and an INDEX: the damage is no torn tail
+        for i in range(300):
+            with cap.commit() as tx:
+                tx.remember(f"later {i}")
+    with capsule.open(f) as cap:
+        first = next(c for c in cap.log() if c.records)
+    data = bytearray(f.read_bytes())
+    data[first.offset - 40] ^= 0xFF  # inside the first RECORDS frame, before every INDEX
+    f.write_bytes(bytes(data))
+    with capsule.open(f) as cap:
+        assert part.vectors_after_snapshot(cap._store) is None  # a hint: no answer, no error
+    r = cli("put", f, "--kind", "memory", "--json-body", json.dumps({"text": "v", "embedding": [1.0] * 8}))
+    assert "final index was not written" not in r.stderr
+
+
+def test_capsule_index_saves_the_lexical_snapshot_of_a_few_records_too(tmp_path: Path) -> None:
+    f = tmp_path / "s.capsule"
+    with capsule.create(f) as cap, cap.commit() as tx:
+        for i in range(20):
+            tx.remember(f"fact {i}")
+    info = json.loads(cli("index", f, "--json").stdout)
+    assert info["documents"] == 20 and info["saved"] is True and info["vectors"] == 0
+    assert json.loads(cli("index", f, "--json").stdout)["saved"] is False

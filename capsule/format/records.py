@@ -86,8 +86,10 @@ def parse_time(v: object, name: str = "time") -> int:
     return v
 
 
-# the seconds' fraction, after hh:mm:ss or hhmmss, with either decimal mark ISO 8601 allows
-_FRACTION = re.compile(r"(?:(?<=\d\d:\d\d:\d\d)|(?<=\d{6}))([.,]\d+)")
+# the time of day after the date's separator ("T", "t" or a space): hh[:mm[:ss[.fff]]] (or
+# without the colons), then a zone: "Z" or +-hh[:mm] (ISO 8601 offsets have no seconds); a
+# fraction goes after the seconds only, with either decimal mark ISO 8601 allows
+_CLOCK = re.compile(r"(\d\d(?::?\d\d(?::?\d\d)?)?)([.,]\d+)?(Z|[+-]\d\d(?::?\d\d)?)?")
 
 
 def parse_iso_time(v: str) -> int:
@@ -96,27 +98,31 @@ def parse_iso_time(v: str) -> int:
     from datetime import UTC, datetime
 
     text = v.strip()
+    bad = InvalidRecordError(f"time {v!r} is not an ISO-8601 time or integer nanoseconds")
     frac_ns = 0
-    m = _FRACTION.search(text)  # any date-time separator: "T", "t" or a space
-    if m is not None:
-        digits = m.group(1)[1:]
-        if len(digits) > 9:
-            raise InvalidRecordError(f"time {v!r} has more than nanosecond precision")
-        frac_ns = int(digits.ljust(9, "0"))
-        text = text[: m.start()] + text[m.end() :]
+    sep = next((i for i, ch in enumerate(text) if ch in "Tt "), -1)
+    if sep >= 0:
+        m = _CLOCK.fullmatch(text, sep + 1)
+        if m is None:  # a fraction of an hour or a minute, seconds in an offset, a second fraction...
+            raise InvalidRecordError(f"{bad} (hh:mm:ss.fff, then Z or +hh:mm)")
+        clock, frac, zone = m.groups()
+        if frac is not None:
+            if frac and len(clock.replace(":", "")) != 6:
+                raise InvalidRecordError(f"{bad} (a fraction goes after the seconds: hh:mm:ss.fff)")
+            if len(frac) - 1 > 9:
+                raise InvalidRecordError(f"time {v!r} has more than nanosecond precision")
+            frac_ns = int(frac[1:].ljust(9, "0"))
+        text = f"{text[:sep]}T{clock}{'+00:00' if zone == 'Z' else zone or ''}"
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        dt = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidRecordError(f"time {v!r} is not an ISO-8601 time or integer nanoseconds") from None
-    if dt.microsecond:
-        # a fraction of an hour or a minute ("09:30.5"), which datetime reads as seconds, or a
-        # second fraction: never a silently different instant
-        raise InvalidRecordError(f"time {v!r} is not an ISO-8601 time or integer nanoseconds "
-                                 "(a fraction goes after the seconds: hh:mm:ss.fff)")
+        raise bad from None
+    if dt.microsecond:  # never: a fraction was taken apart above (a date alone holds none)
+        raise bad
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)  # microseconds: an offset's own fraction
-    ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000 + frac_ns
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    ns = (delta.days * 86400 + delta.seconds) * 1_000_000_000 + frac_ns
     if not 0 <= ns < 1 << 63:  # 7.0: int ns in [0, 2^63)
         raise InvalidRecordError(f"time {v!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds since 1970 in 63 bits)")
     return ns

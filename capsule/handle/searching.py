@@ -122,12 +122,13 @@ class SearchMethods:
         with self._view_lock:
             return self._search.info()
 
-    def save_index(self) -> bool:
+    def save_index(self, *, full: bool = False) -> bool:
         """Write a snapshot of the vector index now if it holds vectors the newest
-        snapshot lacks. True if one was written."""
+        snapshot lacks (and of the lexical catalog from 256 records it lacks, or any with
+        ``full``). True if one was written."""
         self._check_writer()
         with self._lock, self._view_lock:
-            return self._search.save()
+            return self._search.save(full)
 
 
 __all__ = ["SearchMethods"]

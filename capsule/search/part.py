@@ -30,7 +30,7 @@ from .fusion import Results
 from .vindex import BLOB_TYPE, VectorIndex, VectorParams
 
 #: writer policy (16.3): snapshot on close when this many vectors are not in the newest one
-#: (or, past 1,024, a quarter of its count, up to CLOSE_BUILD_MAX: each snapshot is a whole copy,
+#: (or, past 1,024, a quarter of its count, up to CLOSE_BUILD_MAX / 2: each snapshot is a whole copy,
 #: so sessions of a few hundred vectors each would grow the file with the square of its vectors),
 SNAPSHOT_ON_CLOSE = 256
 #: and after a commit once the unsnapshotted vectors reach max(this, the snapshot's size).
@@ -187,11 +187,11 @@ class SearchPart:
                                                       else (s._blob_params() or (None, None))[1]},
                 "doubt": s.doubt, "notice": s.notice}
 
-    def save(self) -> bool:
+    def save(self, full: bool = False) -> bool:
         """Snapshots of what the newest ones lack (16.3; 16.8 from LEX_SNAPSHOT_ON_CLOSE
-        records on: fewer are caught up in no time); True if one was written."""
+        records on, or any with ``full``: fewer are caught up in no time); True if one was written."""
         s = self.searcher()
-        wrote = self.write_lexical() if self.lexical_pending() >= LEX_SNAPSHOT_ON_CLOSE else False
+        wrote = self.write_lexical() if self.lexical_pending() >= (1 if full else LEX_SNAPSHOT_ON_CLOSE) else False
         vi = s.vectors()
         if vi is not None and (len(vi) != s.snapshot_count or BLOB_TYPE not in self.store.snap.blobs):
             self.write_snapshot()
@@ -249,8 +249,10 @@ class SearchPart:
 
 
 def snapshot_due(count: int) -> int:
-    """16.3's close policy: vectors not in a snapshot of ``count`` that make a new one due."""
-    return max(SNAPSHOT_ON_CLOSE, min(count // 4, CLOSE_BUILD_MAX))
+    """16.3's close policy: vectors not in a snapshot of ``count`` that make a new one due. At
+    most half of CLOSE_BUILD_MAX, so that sessions of up to that many vectors each cannot step
+    over the window [due, CLOSE_BUILD_MAX] in which a close may still load the index."""
+    return max(SNAPSHOT_ON_CLOSE, min(count // 4, CLOSE_BUILD_MAX // 2))
 
 
 def vectors_after_snapshot(store: Store) -> int | None:
@@ -260,19 +262,23 @@ def vectors_after_snapshot(store: Store) -> int | None:
     policy, never for what is indexed (a text holding those bytes counts too)."""
     snap = store.snap
     ref = snap.blobs.get(BLOB_TYPE)
-    pos = C.HEADER_SIZE if ref is None else ref.offset
-    if snap.end - pos > CLOSE_COUNT_BYTES:
+    pos = C.HEADER_SIZE if ref is None else ref.offset  # its BLOB frames are hopped over, not read
+    n, seq, read = 0, None, 0
+    try:
+        while pos < snap.end:
+            fh = parse_frame_header(store.h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
+                                    max_frame_len=snap.header.max_frame_len)
+            if fh.ftype == C.FT_RECORDS:
+                read += fh.end - pos
+                if read > CLOSE_COUNT_BYTES:
+                    return None
+                prev = snap.header.chain_seed if pos == C.HEADER_SIZE else None
+                fh, payload, _, _ = read_frame_at(store.h, pos, max_frame=snap.header.max_frame_len, seq=fh.seq,
+                                                  prev_chain=prev)
+                n += raw_payload(fh, payload).count(b"\xa9embedding")
+            pos, seq = fh.end, fh.seq + 1
+    except CapsuleError:  # damage is verify's to report: a hint has no answer then
         return None
-    n, seq = 0, None
-    while pos < snap.end:
-        fh = parse_frame_header(store.h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
-                                max_frame_len=snap.header.max_frame_len)
-        if fh.ftype == C.FT_RECORDS:
-            prev = snap.header.chain_seed if pos == C.HEADER_SIZE else None
-            fh, payload, _, _ = read_frame_at(store.h, pos, max_frame=snap.header.max_frame_len, seq=fh.seq,
-                                              prev_chain=prev)
-            n += raw_payload(fh, payload).count(b"\xa9embedding")
-        pos, seq = fh.end, fh.seq + 1
     return n
 
 
