@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.lazy import lazy
 from .catalog import rid_at
+from .params import same_value
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,8 +52,6 @@ def _newest_with_meta(s: Searcher, d: Any, cand: np.ndarray, k: int, flt: Filter
     """The same list when ``flt`` has meta filters, which read each record: every other filter
     first, then the records newest first, each read only until ``k`` pass (a listing of 5 of a
     million records reads about 5 of them when most match, not a million)."""
-    from .engine import _same
-
     cand = cand[s.catalog_mask(d, cand, dataclasses.replace(flt, meta=()), now)]
     times = d.column("time", cand).astype(np.int64)
     ids = d.column("ids", cand)
@@ -62,6 +61,6 @@ def _newest_with_meta(s: Searcher, d: Any, cand: np.ndarray, k: int, flt: Filter
             break
         rid = rid_at(ids, i)
         meta = s._meta(rid)
-        if all(key in meta and _same(meta[key], v) for key, v in flt.meta):
+        if all(key in meta and same_value(meta[key], v) for key, v in flt.meta):
             out.append((rid, 0.0, None))
     return out

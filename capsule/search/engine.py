@@ -49,7 +49,7 @@ from .embed import Embedder, get_embedder
 from .entries import check_ids_distinct, entries_disagree
 from .fusion import Ranking, Results, fuse_rrf, fuse_weighted, parse_fusion, plan
 from .lexsnap import BLOB_TYPE as LEX_BLOB
-from .params import first_params, index_params
+from .params import first_params, index_params, same_value
 from .params import params_of as _params_of
 from .validview import ValidView
 from .vindex import BLOB_TYPE, TIER_NAMES, TIERS, Entry, VectorIndex, VectorParams
@@ -392,7 +392,7 @@ class Searcher:
         if flt.meta:
             for i in np.flatnonzero(m).tolist():
                 meta = meta_of(i)
-                m[i] = all(k in meta and _same(meta[k], v) for k, v in flt.meta)
+                m[i] = all(k in meta and same_value(meta[k], v) for k, v in flt.meta)
         return m
 
     def _vector_mask(self, vi: VectorIndex, flt: Filter, now: int) -> np.ndarray | None:
@@ -501,13 +501,6 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_jsonable(x) for x in v]
     return v
-
-
-def _same(have: Any, want: bytes) -> bool:
-    try:
-        return canon.pack(have) == want
-    except Exception:
-        return False
 
 
 fuse = fuse_rrf  # 16.6 for files of minor <= 3 (the name this module always exported)

@@ -71,3 +71,11 @@ def first_params(items: Sequence[Item]) -> VectorParams | None:
 
 
 __all__ = ["first_params", "index_params", "params_of"]
+
+
+def same_value(have: Any, want: bytes) -> bool:
+    """A meta filter's test (16.6): ``have``'s canonical bytes are ``want``."""
+    try:
+        return canon.pack(have) == want
+    except Exception:
+        return False
