@@ -54,7 +54,7 @@ def valid_at_iso(v: str | None) -> str | None:
     from capsule.core.clock import iso
     from capsule.state.validtime import parse_valid_at
 
-    return iso(parse_valid_at(int(v) if v.isdigit() else v))
+    return iso(parse_valid_at(int(v) if v.isdigit() else v, "--valid-at"))
 
 
 def meta_value(text: str) -> Any:

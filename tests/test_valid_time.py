@@ -350,7 +350,7 @@ def test_cli_jsonl_and_valid_at_views(tmp_path: Path) -> None:
     before = Path(path).read_bytes()
     for cmd in ("state", "search", "records"):
         r = _cli(cmd, path, *(["x"] if cmd == "search" else []), "--valid-at", "last tuesday")
-        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "valid_at" in r.stderr, r.stderr
+        assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "--valid-at" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
     assert Path(path).read_bytes() == before
 

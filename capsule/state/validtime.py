@@ -245,13 +245,14 @@ class Split:
         return (self.lo <= tt) & (tt < self.hi)  # type: ignore[no-any-return]
 
 
-def parse_valid_at(v: object) -> int:
-    """A ``valid_at`` as the caller gives it: int ns or an ISO-8601 time (no zone: UTC)."""
+def parse_valid_at(v: object, name: str = "valid_at") -> int:
+    """A ``valid_at`` as the caller gives it: int ns or an ISO-8601 time (no zone: UTC);
+    ``name`` is what an error calls it (the CLI's ``--valid-at``)."""
     if type(v) is int and 0 <= v < 1 << 63:
         return v
     if isinstance(v, str) and not v.strip().lstrip("-").isdigit():
-        return parse_time_arg(v, "valid_at")
-    raise UsageError(f"valid_at {v!r} is not an ISO-8601 time or non-negative integer nanoseconds")
+        return parse_time_arg(v, name)
+    raise UsageError(f"{name} {v!r} is not an ISO-8601 time or non-negative integer nanoseconds")
 
 
 def valid_time(store: Store) -> ValidTime:
