@@ -140,3 +140,33 @@ def test_the_lock_through_a_link_names_the_holder(tmp_path: Path) -> None:
             r = cli("put", asker, "--text", "x")
             assert r.returncode != 0 and f"locked by pid {os.getpid()}" in r.stderr, (holder, r.stderr)
     assert not (tmp_path / "other" / "l.capsule.lock").exists()
+
+
+# --- a pull killed with kill -9 left its temporary file (up to the capsule's size) forever ------------
+
+
+def test_a_pull_removes_the_temporaries_of_killed_pulls_but_not_a_live_ones(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    import capsule.sync
+
+    src = small(tmp_path / "a.capsule")
+    url = f"file://{tmp_path}/remote/a"
+    capsule.sync.push(src, url)
+    dest = tmp_path / "here"
+    dest.mkdir()
+    dead = [dest / ".b.capsule.pull-0123456789ab", dest / ".b.capsule.pull-ba9876543210"]
+    for d in dead:
+        d.write_bytes(b"x" * 4096)
+    old = time.time() - 3600
+    os.utime(dead[0], (old, old))  # a dead pull's: nobody holds it, untouched for an hour
+    os.utime(dead[1], (old, old))
+    live = os.open(dead[1], os.O_RDONLY)
+    fcntl.flock(live, fcntl.LOCK_EX)  # a live pull's: held
+    try:
+        capsule.sync.pull(url, dest / "b.capsule")
+        assert not dead[0].exists() and dead[1].exists()
+    finally:
+        os.close(live)
+    assert sorted(p.name for p in dest.iterdir()) == [".b.capsule.pull-ba9876543210", "b.capsule"]

@@ -18,6 +18,8 @@ pull, finding it equal to the bytes it is about to write, completes (19.7).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import hashlib
 import os
 import secrets
@@ -28,7 +30,7 @@ from typing import Any
 
 from ..core import constants as C
 from ..core.errors import CorruptError
-from ..format.file import ReadHandle, WriteHandle, fsync_dir
+from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
 from ..format.scan import Reader, Snapshot, Source
 from ..handle.locking import open_writer
 from ..verifier.check import verify
@@ -92,6 +94,9 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
     m = rh.manifest
     if m is None:
         raise RemoteNotFound(f"{remote.shown}: no capsule was pushed there (no manifest)")
+    # a pull killed (kill -9) left its temporary file, up to the capsule's size: one nobody holds
+    # (each pull flocks its own) and nobody touched for a minute is removed, as merge does (20.7)
+    sweep_temporaries(p.parent if str(p.parent) else Path("."), f".{glob.escape(p.name)}.pull-*")
     if not (p.exists() or p.is_symlink()):
         res = _pull_new(remote, m, p, trust, progress)
     else:
@@ -101,11 +106,20 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
                       skipped=rh.skipped, checked=checked)
 
 
+def _hold(path: Path) -> int:
+    """A descriptor holding ``path``'s flock while a pull lives: sweep_temporaries passes over it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a name of our own, just made: nobody else holds it
+    return fd
+
+
 def _pull_new(remote: Remote, m: Manifest, p: Path, trust: Any,
               progress: Progress | None) -> tuple[Any, ...]:
     tmp = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
+    held: list[int] = []
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        held.append(_hold(tmp))
         try:
             got = _download(remote, m, 0, fd, 0, progress)
             os.fsync(fd)
@@ -120,6 +134,8 @@ def _pull_new(remote: Remote, m: Manifest, p: Path, trust: Any,
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        for h in held:
+            os.close(h)
     return "created", m.generation, got, m.commits, m.seq, m.root, rep.records, rep.signed_prefix, "file"
 
 
@@ -143,8 +159,10 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
         tmp = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
         whole: Path | None = None
         th: ReadHandle | None = None
+        held: list[int] = []
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+            held.append(_hold(tmp))
             try:
                 got = _download(remote, m, head.size, fd, 0, progress)
             finally:
@@ -160,7 +178,7 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
                 # something only the whole file can judge (a checkpoint, a new snapshot blob):
                 # check a temporary copy of local bytes + tail as one file, as 19.7 allows
                 whole = p.parent / f".{p.name}.pull-{secrets.token_hex(6)}"
-                _assemble(wh.fd, th, head.size, m.size, whole)
+                _assemble(wh.fd, th, head.size, m.size, whole, held)
                 rep = _check(remote, m, whole, trust, head.size, head.records, progress)
                 records, signed = rep.records, rep.signed_prefix
             _append(wh, src, head, m, p, progress)
@@ -171,6 +189,8 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
                 if t is not None:
                     with contextlib.suppress(FileNotFoundError):
                         t.unlink()
+            for h in held:
+                os.close(h)
         return "pulled", m.generation, got, m.commits, m.seq, m.root, records, signed, checked
     finally:
         wh.close()
@@ -200,9 +220,11 @@ def _check_tail(remote: Remote, m: Manifest, src: Source, snap: Snapshot, trust:
     return t.records, None
 
 
-def _assemble(src_fd: int, tail: ReadHandle, local_size: int, size: int, path: Path) -> None:
-    """A temporary file holding the local committed bytes and the downloaded tail."""
+def _assemble(src_fd: int, tail: ReadHandle, local_size: int, size: int, path: Path, held: list[int]) -> None:
+    """A temporary file holding the local committed bytes and the downloaded tail (its flock
+    goes to ``held``)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    held.append(_hold(path))
     try:
         _copy(src_fd, fd, local_size)
         at = local_size
