@@ -157,3 +157,27 @@ def test_trust_with_a_file_that_is_no_key_says_so(tmp_path: Path) -> None:
     for bad in (junk, f):
         r = cli("verify", f, "--trust", bad)
         assert r.returncode == 1 and "is not a key file" in r.stderr and "no PEM private key" not in r.stderr
+
+
+# --- diff A B called B's lifecycle events "rolled back" and showed what B redacted --------------------
+
+
+def test_a_two_file_diff_names_lifecycle_events_and_withholds_what_b_redacted(tmp_path: Path) -> None:
+    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        secret = tx.remember("the password is hunter2")
+        old = tx.remember("old fact")
+        gone = tx.remember("stale fact")
+    capsule.fork(p, f).close()
+    with capsule.open(f, "a") as cap, cap.commit() as tx:
+        tx.redact(secret, reason="leak")
+        tx.supersede(old, "new fact")
+        tx.forget(gone)
+    r = cli("diff", p, f, "--json")
+    assert r.returncode == 0 and "hunter2" not in r.stdout
+    d = json.loads(r.stdout)
+    assert d["removed"]["by_reason"] == {"forgotten": 1, "redacted": 1, "superseded": 1}
+    assert sorted(e["op"] for e in d["lifecycle"]) == ["forget", "redact", "supersede"]
+    node = next(n for n in d["removed"]["first"] if n["id"] == secret)
+    assert node["redacted"] is True and "hunter2" not in json.dumps(node)
+    assert cli("diff", f, p, "--json").returncode == 0

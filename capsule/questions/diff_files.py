@@ -8,11 +8,14 @@ both hold with the same Merkle root, 6.1, which fixes every frame before it). An
 usage error: a diff of unrelated files would list everything as added and removed.
 
 Records are compared by state, not by history: *added* is live at B and not at A, *removed* live
-at A and not at B, each with a reason (``rolled back``: B holds it and a revert drops it;
+at A and not at B, each with a reason (``rolled back``: B holds it and a revert drops it, or
+the op's past tense when a lifecycle event did, 7.7.1: ``forgotten``, ``redacted``..., a record B
+redacted shown without its payload;
 ``expired``: a memory whose ``time + ttl`` is past B's commit time but not A's; ``superseded``:
 an identity B replaced; ``not in B``: A committed it after the two diverged). Constraints and the
 identity are the two state documents compared. Checkpoints, action results and finished tasks are
-the events B holds that A does not: read from B's frames after the common ancestor only.
+the events B holds that A does not: read from B's frames after the common ancestor only; so are
+the lifecycle events (7.7.1), read from B's reverts.
 
 The document (``Diff.to_dict()``, ``capsule diff A B --json``) is the one-file diff's (``diff``),
 with ``from``/``to`` the last commits of A and B and besides::
@@ -35,6 +38,7 @@ from ..format.kindwalk import walk
 from ..format.records import TIERS, parse_iso_time
 from ..state.carried import lineage_of as _lineage
 from ..state.history import commit_at_seq
+from ._lifecycle import PAST, event_doc, redacted, redacted_node
 from ._walk import Source, commit_ref, ref
 
 
@@ -110,7 +114,8 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
     live_b = {x for x in sb.live if not (x.hex() in mb and _expired(mb[x.hex()], tb))}
     added = sorted(live_b - live_a)
     removed = sorted(live_a - live_b)
-    dead_b = _dead(b)
+    dead_b, life = _dead(a, b)
+    red_b = redacted(b._store)
     ident_b = (sb.identity or {}).get("id")
     rem_nodes: list[dict[str, Any]] = []
     rem_kind: dict[str, int] = {}
@@ -119,7 +124,7 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
         h = rid.hex()
         rec = a.get(rid)
         if rid in dead_b:
-            reason = "rolled back"
+            reason = dead_b[rid]  # 7.7.1: the op's past tense, else a rollback
         elif h in mb and _expired(mb[h], tb):
             reason = "expired"
         elif rec.kind == "identity" and h != ident_b and b._store.locate(rid) is not None:
@@ -128,8 +133,8 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
             reason = "not in B"
         rem_kind[rec.kind] = rem_kind.get(rec.kind, 0) + 1
         by_reason[reason] = by_reason.get(reason, 0) + 1
-        if len(rem_nodes) < limit:
-            rem_nodes.append({**ref(rec), "reason": reason})
+        if len(rem_nodes) < limit:  # 7.7.1: what B redacted is shown as redacted, whatever A holds
+            rem_nodes.append({**(redacted_node(rid, rec.kind) if rid in red_b else ref(rec)), "reason": reason})
     kind_b = {x["id"]: k for k, xs in (("decision", sb.decisions), ("note", sb.notes),
                                        ("constraint", sb.constraints.values())) for x in xs}
     add_kind: dict[str, int] = {}
@@ -166,6 +171,7 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
                     "by_reason": dict(sorted(by_reason.items())), "first": rem_nodes},
         "restored": {"count": 0, "first": []},
         "tier_changes": changes,
+        "lifecycle": life[:limit],
         "constraints": {"added": [con(c) for i, c in con_b.items() if i not in con_a],
                         "revoked": [con(c) for i, c in con_a.items() if i not in con_b]},
         "identity": {"from": ida, "to": idb,
@@ -174,10 +180,23 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
     }
 
 
-def _dead(cap: Source) -> set[bytes]:
-    from ..state.fold import dead_ids
+def _dead(a: Source, b: Source) -> tuple[dict[bytes, str], list[dict[str, Any]]]:
+    """The ids B's reverts hold dead, each with why (7.7.1: the op of the event that dropped it
+    last, or ``rolled back``), and B's lifecycle events A does not hold."""
+    from ..state.liveness import apply_revert
 
-    return dead_ids(r for _, _, r in walk(cap._store, ("revert",)))
+    dead: set[bytes] = set()
+    red: set[bytes] = set()
+    why: dict[bytes, str] = {}
+    life: list[dict[str, Any]] = []
+    held = a._store.locate
+    for _, _, r in walk(b._store, ("revert",)):
+        apply_revert(dead, red, r)
+        for x in r.drop:
+            why[x] = PAST[r.op] if r.op is not None else "rolled back"
+        if r.op is not None and held(bytes.fromhex(r.id)) is None:
+            life.append(event_doc(r))
+    return {x: why.get(x, "rolled back") for x in dead}, life
 
 
 def _events(a: Source, b: Source, start: CommitInfo | None) -> dict[str, Any]:
