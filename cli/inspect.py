@@ -118,7 +118,8 @@ def why(path: FileArg, record_id: Annotated[str, typer.Argument(metavar="ID", sh
             return
         ap = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
                        for a in n["approvals"])
-        t.add_row(*(cell(x) for x in (pad + n["id"][:12], n["kind"], n["time"], n["summary"], ap,
+        # a redacted node has no time (7.7.1), one of a merge's purged records no kind either
+        t.add_row(*(cell("" if x is None else x) for x in (pad + n["id"][:12], n["kind"], n["time"], n["summary"], ap,
                                       ", ".join(m["mark"] for m in n["marks"]))))
         for e in n["evidence"]:
             row(e, depth + 1)

@@ -181,3 +181,13 @@ def test_a_two_file_diff_names_lifecycle_events_and_withholds_what_b_redacted(tm
     node = next(n for n in d["removed"]["first"] if n["id"] == secret)
     assert node["redacted"] is True and "hunter2" not in json.dumps(node)
     assert cli("diff", f, p, "--json").returncode == 0
+
+
+def test_a_key_outside_the_keyset_is_told_which_keys_sign(tmp_path: Path) -> None:
+    """A fork carries its parent's keyset: its owner's own key was refused naming only itself."""
+    with capsule.create(tmp_path / "a.capsule") as cap:
+        cap.checkpoint("c1", key=K1)
+        with pytest.raises(capsule.UsageError) as e:
+            cap.checkpoint("c2", key=K2)
+    msg = str(e.value)
+    assert f"({K1.public_key.key_id})" in msg and f"given ({K2.public_key.key_id})" in msg

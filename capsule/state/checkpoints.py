@@ -240,8 +240,9 @@ def check_can_sign(store: Store, label: str, key: PrivateKey | Sequence[PrivateK
         inside = [k for k in in_force.keys if k.key_id in signers]
         if len(inside) < in_force.threshold:
             raise UsageError(
-                f"the capsule's keyset v{in_force.version} needs {in_force.threshold} of its keys; "
-                f"{len(inside)} given ({', '.join(sorted(signers))}): rotate keys first"
+                f"the capsule's keyset v{in_force.version} needs {in_force.threshold} of its keys "
+                f"({', '.join(sorted(k.key_id for k in in_force.keys))}); {len(inside)} of them given "
+                f"({', '.join(sorted(signers))}): sign with them, or rotate keys first"
             )
     return keys, in_force
 
