@@ -191,3 +191,18 @@ def test_a_key_outside_the_keyset_is_told_which_keys_sign(tmp_path: Path) -> Non
             cap.checkpoint("c2", key=K2)
     msg = str(e.value)
     assert f"({K1.public_key.key_id})" in msg and f"given ({K2.public_key.key_id})" in msg
+
+
+def test_merging_a_compacted_fork_says_why_it_is_refused(tmp_path: Path) -> None:
+    p, a, b = (tmp_path / f"{n}.capsule" for n in "pab")
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.remember("base")
+    for f in (a, b):
+        capsule.fork(p, f).close()
+        with capsule.open(f, "a") as cap, cap.commit() as tx:
+            tx.remember(f"work of {f.stem}")
+    assert cli("merge", a, b, "-o", tmp_path / "ab.capsule", "--dry-run").returncode == 0
+    assert cli("compact", a).returncode == 0
+    r = cli("merge", a, b, "-o", tmp_path / "ab.capsule")
+    assert r.returncode == 1 and "is a compacted or rekeyed file" in r.stderr and "merge before compacting" in r.stderr
+    assert not (tmp_path / "ab.capsule").exists()

@@ -150,8 +150,14 @@ def ancestor(s1: Side, s2: Side) -> tuple[CommitRef, str]:
         raise DataError(f"{s1.path} and {s2.path} were forked from one parent at different commits (seq "
                         f"{l1.tree_size} and {l2.tree_size}): no common commit to merge from; merge each "
                         "with the parent instead")
+    # 15.1, 10.3: a compaction or a rekey writes a new file (a new id) whose LINEAGE names the
+    # old one: its forks and siblings share no ancestor with it any more
+    why = "; ".join(f"{s.path} is a compacted or rekeyed file (its parent: {s.lineage.parent.hex()}): "
+                    "merge before compacting or rekeying" for s in (s1, s2)
+                    if s.lineage is not None and s.lineage.policy is not None)
     raise DataError(f"{s1.path} and {s2.path} have no common ancestor (file ids {s1.file_id.hex()} and "
-                    f"{s2.file_id.hex()}, neither a copy nor a fork of the other): refusing to merge")
+                    f"{s2.file_id.hex()}, neither a copy nor a fork of the other): refusing to merge"
+                    + (f"; {why}" if why else ""))
 
 
 __all__ = ["Side", "ancestor", "in_order", "read_side"]
