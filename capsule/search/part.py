@@ -39,7 +39,7 @@ SNAPSHOT_EVERY = 16_384
 CLOSE_BUILD_MAX = 16_384
 #: A session that committed vectors counts those not in the newest snapshot on close (other
 #: sessions' too) when the frames after the snapshot are at most this many bytes.
-CLOSE_COUNT_BYTES = 64 << 20
+CLOSE_COUNT_BYTES = 32 << 20  # about 40 ms of reading, at most, on a close
 #: 16.8 writer policy: a lexical snapshot on close when this many searchable records are
 #: not in the newest one (the session committed or searched),
 LEX_SNAPSHOT_ON_CLOSE = 256
@@ -157,8 +157,9 @@ class SearchPart:
             # left to the first search or build_index(). What is pending counts every session's
             # vectors since the snapshot (sessions of 100 each never reached 256 on their own).
             base = (s._blob_params() or (None, 0))[1]
-            if s.pending_vectors >= snapshot_due(base) \
-                    and self.store.snap.kinds.get("memory", 0) - base <= CLOSE_BUILD_MAX or snapshot_due(base) <= (vectors_after_snapshot(self.store) or 0) <= CLOSE_BUILD_MAX:
+            due = snapshot_due(base)
+            cheap = s.pending_vectors >= due and self.store.snap.kinds.get("memory", 0) - base <= CLOSE_BUILD_MAX
+            if cheap or due <= (vectors_after_snapshot(self.store) or 0) <= CLOSE_BUILD_MAX:
                 s.vectors()
         if s.vi is not None:
             s.vectors()
