@@ -1,6 +1,7 @@
 """Rollback of a handle to a checkpoint: its own, or one its parent signed (spec 7.7, 15.2).
 
-A rollback is one ``revert`` record whose ``to`` names the checkpoint's hash (14.8): it drops
+A rollback is a ``revert`` record (several of one commit past 2^18 ids, 11's record limit)
+whose ``to`` names the checkpoint's hash (14.8): it drops
 every id live now that was not live at the checkpoint and restores every id live then that is
 not live now, so the state root equals the checkpoint's again (but for ids redacted since,
 7.7.1, which stay gone). The checkpoint is found by label as a view is (14.9): the file's own

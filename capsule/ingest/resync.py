@@ -78,7 +78,7 @@ def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
     found: list[tuple[int, str, Chunk]] = []
     for _, _, m in walk(store, ("memory",), field="source"):
         meta = getattr(m, "meta", None)
-        if not meta or m.kind != "memory":
+        if not meta:
             continue
         path, n = meta.get("path"), meta.get("chunk")
         if type(path) is not str or type(n) is not int or m.source != path:

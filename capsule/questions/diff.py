@@ -33,6 +33,7 @@ added memory with the same text in another tier. ``first`` lists at most ``limit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,11 +132,18 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     new = {x for x, _, _ in added}
     removed = sorted(dropped - new)  # added and dropped in between: never seen at either end
     restored = sorted(back - new)
+    dead_at: list[set[bytes]] = []  # the ids dead at FROM: one walk of the reverts before it, when asked
+
+    def dead_then() -> set[bytes]:
+        if not dead_at:
+            dead_at.append(dead_ids(r for _, _, r in walk(store, ("revert",), end=ca.end)))
+        return dead_at[0]
+
     if removed or restored:  # by the state at FROM: dropped and restored in between (or the
         # reverse) is no change at all, so neither removed nor restored
-        dead_then = dead_ids(r for _, _, r in walk(store, ("revert",), end=ca.end))
-        removed = [x for x in removed if x not in dead_then]
-        restored = [x for x in restored if x in dead_then]
+        then = dead_then()
+        removed = [x for x in removed if x not in then]
+        restored = [x for x in restored if x in then]
     # so neither added: a record committed in between that a revert in between holds dead is
     # *transient* (live at neither end), listed apart
     transient = [x for x, _, _ in added if x in dropped]
@@ -180,7 +188,7 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
             m = added_mem.get(rec.text)
             if m is not None and m.tier != rec.tier:
                 changes.append({"text": rec.text, "from": rec.tier, "to": m.tier, "removed": rec.id, "added": m.id})
-    expired = _expired(store, ca, cb, set(removed))
+    expired = _expired(store, ca, cb, set(removed), dead_then)
     for rec in expired:
         rem_kind["memory"] = rem_kind.get("memory", 0) + 1
         if len(rem_nodes) < limit:
@@ -208,7 +216,8 @@ def _node(cap: Source, rid: bytes, red: Any) -> dict[str, Any]:
     return redacted_node(rid, kind_of(cap._store, rid)) if rid in red else ref(cap.get(rid))
 
 
-def _expired(store: Any, ca: CommitInfo, cb: CommitInfo, removed: set[bytes]) -> list[Any]:
+def _expired(store: Any, ca: CommitInfo, cb: CommitInfo, removed: set[bytes],
+             dead_then: Callable[[], set[bytes]]) -> list[Any]:
     """The memories live at ``ca`` whose ``time + ttl`` falls after ``ca``'s commit time and
     at or before ``cb``'s (7.1), live at ``cb`` too but for that (a rolled-back one is
     listed once, as rolled back). Only records holding a ``ttl`` field are decoded."""
@@ -218,7 +227,7 @@ def _expired(store: Any, ca: CommitInfo, cb: CommitInfo, removed: set[bytes]) ->
             if r.kind == "memory" and r.ttl is not None and ca.time < r.time + r.ttl <= cb.time]
     if not hits:
         return []
-    dead_a = dead_ids(r for _, _, r in walk(store, ("revert",), end=ca.end))
+    dead_a = dead_then()
     return [r for r in hits if bytes.fromhex(r.id) not in dead_a and bytes.fromhex(r.id) not in removed]
 
 
