@@ -58,10 +58,13 @@ def compact(
         emit_json(rep)
         return
     if rep["not_carried"]:
-        gone = rep["not_carried"]
-        names = ", ".join(repr(x) for x in gone[:5]) + (f" and {len(gone) - 5} more" if len(gone) > 5 else "")
-        warn(f"{len(gone)} signed checkpoint(s) not carried into the compacted file, their labels gone: {names} "
-             "(a --keep live file keeps only its last state, and a checkpoint the parent itself carried from its "
-             "own parent cannot be carried again)" + ("" if rep["signed"] else "; --key signs the compacted state"))
+        gone = rep["not_carried_why"]
+        reasons: dict[str, list[str]] = {}
+        for g in gone:
+            reasons.setdefault(g["why"], []).append(repr(g["label"]))
+        parts = "; ".join(", ".join(ls[:5]) + (f" and {len(ls) - 5} more" if len(ls) > 5 else "") + f" ({why})"
+                          for why, ls in reasons.items())
+        warn(f"{len(gone)} signed checkpoint(s) not carried into the compacted file, their labels gone: {parts}"
+             + ("" if rep["signed"] else "; --key signs the compacted state"))
     out.print(f"compacted {rep['path']} into {rep['out']} ({rep['policy']}): {rep['kept']} records kept, "
               f"{rep['dropped']} dropped; {rep['bytes_before']} -> {rep['bytes_after']} bytes", markup=False)

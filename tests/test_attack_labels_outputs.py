@@ -73,6 +73,30 @@ def test_a_compaction_says_which_signed_states_it_does_not_carry(tmp_path: Path)
     assert r.returncode == 0 and "1 signed checkpoint(s) not carried" in r.stderr and "'day-1'" in r.stderr
     assert "--key signs the compacted state" in r.stderr
     assert json.loads(cli("checkpoints", f, "--json").stdout) == []
+    assert "carried it from its own parent" in r.stderr and "redacted" not in r.stderr
+
+
+def test_a_checkpoint_lost_to_a_redaction_is_named_with_that_reason(tmp_path: Path) -> None:
+    """The warning gave the two reasons of --keep live and of a second compaction, neither of
+    which applied: the state of 'day-1' held a record redacted later, whose payload compaction purges."""
+    f = tmp_path / "a.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            secret = tx.remember("the password is hunter2")
+            tx.remember("kept")
+        cap.checkpoint("day-1", key=K1)
+        with cap.commit() as tx:
+            tx.redact(secret, reason="leak")
+        cap.checkpoint("day-2", key=K1)
+    out = tmp_path / "b.capsule"
+    r = cli("compact", f, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "'day-1' (its state held a redacted record" in r.stderr and "'day-2'" not in r.stderr
+    rep = json.loads(cli("compact", f, "-o", tmp_path / "c.capsule", "--json").stdout)
+    assert rep["not_carried"] == ["day-1"] and "redacted" in rep["not_carried_why"][0]["why"]
+    live = json.loads(cli("compact", f, "-o", tmp_path / "d.capsule", "--keep", "live", "--json").stdout)
+    assert [w["label"] for w in live["not_carried_why"]] == ["day-1"]
+    assert "keeps only the last state" in live["not_carried_why"][0]["why"]
 
 
 # --- "09:30.5" (a fraction of a minute) became 09:30:00.5; "00.5.7" was accepted ----------------------

@@ -155,6 +155,7 @@ class Plan:
     bad_after: int | None = None  # index of the first kept revert whose `after` the parent does not vouch for
     embedded_kept: int = 0  # memories with an embedding (16.1's entries) kept,
     embedded_dropped: int = 0  # and dropped
+    unkept: dict[bytes, str] = field(default_factory=dict)  # checkpoint hash -> why its state is not kept
 
     @property
     def kept(self) -> int:
@@ -266,14 +267,18 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
     keep &= ~(_isin(arr, redacted) & ~always)
     lost = spans.dropped_in(keep)  # per signed state: the rows it holds that are not kept
     pairs = [(ck, ordinal) for ck, ordinal, j in cks if not lost[j]]
-    if policy == "live" and pairs:  # 15.1: one state is kept, the last: a checkpoint that signed it
-        final = state_root_of(rows(arr[keep & live]))
+    unkept = {ck.hash: "its state held a redacted record, whose payload compaction purges"
+              for ck, _, j in cks if lost[j]}
+    if policy == "live":  # 15.1: one state is kept, the last: a checkpoint that signed it
+        final = state_root_of(rows(arr[keep & live])) if pairs else ""
         groups = max(1, -(-int(keep.sum()) // LIVE_GROUP))
-        pairs = [(ck, groups) for ck, _ in pairs if ck.body.state_root.hex() == final]
+        unkept = {ck.hash: "a --keep live file keeps only the last state" for ck, _, _ in cks
+                  if ck.body.state_root.hex() != final or ck.hash in unkept}
+        pairs = [(ck, groups) for ck, _ in pairs if ck.hash not in unkept]
     bad_after = next((i for i in bad if keep[i]), None)
     emb = (fl & 4).astype(bool)
     return Plan(policy, arr, keep, bounds, times, copied, last, checkpoint, pairs, bad_after,
-                int((emb & keep).sum()), int((emb & ~keep).sum()))
+                int((emb & keep).sum()), int((emb & ~keep).sum()), unkept)
 
 
 class _Moves:

@@ -201,11 +201,15 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
     # 15.2: signed states the new file does not carry (their labels go): under `live` the earlier
     # ones, and always those the parent itself carried (a carried signature names its own parent)
     kept_hashes = {c.hash for c in carried}
-    signed = [(c.hash, c.label) for c in src.checkpoints()] + [(c.hash, c.label) for c in src.carried_checkpoints()]
-    not_carried = [label for h, label in signed if h not in kept_hashes]
+    why = [{"label": c.label, "why": plan.unkept.get(c.hash) or "its signatures are not a threshold of a keyset "
+            "of the file's chain, or it is older than the newest 1,024 carried"}
+           for c in src.checkpoints() if c.hash not in kept_hashes]
+    why += [{"label": c.label, "why": "the parent carried it from its own parent, and a carried signature is "
+             "not carried again"} for c in src.carried_checkpoints() if c.hash not in kept_hashes]
     return {"path": str(src_path), "out": str(dest), "policy": keep, "records": n, "kept": plan.kept,
             "dropped": n - plan.kept, "dropped_root": lin.dropped_root.hex() if lin.dropped_root else None,
-            "commits": len(plan.groups()), "carried": len(carried), "not_carried": not_carried,
+            "commits": len(plan.groups()), "carried": len(carried),
+            "not_carried": [w["label"] for w in why], "not_carried_why": why,
             "signed": key is not None,
             "bytes_before": before, "bytes_after": after, "seconds": round(secs, 3),
             "records_per_s": round(n / secs) if secs > 0 else None}
