@@ -236,7 +236,9 @@ def timeline(path: FileArg, json_out: JsonOpt = False,
     for e in d["events"]:
         t.add_row(*(cell(x) for x in (e["seq"], e["time"], e["kind"], e["summary"])))
     out.print(t)
-    if len(d["events"]) < d["total"]:
+    if d["total"] is None:  # the walk back from the last commit stopped at the limit
+        out.print(f"(the newest {len(d['events'])} events; older ones not read)")
+    elif len(d["events"]) < d["total"]:
         out.print(f"(newest {len(d['events'])} of {d['total']} events)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 import capsule
+from capsule.format.records import parse_iso_time
 
 
 def _build(path: Path) -> dict[str, Any]:
@@ -129,7 +131,7 @@ def test_timeline_filters(built: tuple[Path, dict[str, Any]]) -> None:
             cap.timeline(kinds=["nope"])
     assert {e["kind"] for e in all_["events"]} == {"commit", "checkpoint", "action", "task"}
     assert [e["summary"] for e in acts] == ["intent email:42 #1", "result email:42 #1 ok"]
-    assert last2["events"] == all_["events"][-2:] and last2["total"] == all_["total"]
+    assert last2["events"] == all_["events"][-2:] and last2["total"] is None  # older ones not read
     seqs = [e["seq"] for e in all_["events"]]
     assert seqs == sorted(seqs) and t_first
 
@@ -396,3 +398,66 @@ def test_diff_lists_memories_that_expired_in_between_as_removed(tmp_path: Path) 
     assert [(n["id"], n["reason"]) for n in d["removed"]["first"]] == [(brief, "expired")]
     assert d["removed"]["by_kind"] == {"memory": 1}
     assert after["removed"]["count"] == 0  # expired before b: not removed again
+
+
+def test_timeline_limit_agrees_with_the_whole_walk(built: tuple[Path, dict[str, Any]]) -> None:
+    """The walk back from the last commit gives exactly the newest ``limit`` of the full answer,
+    for every limit and filter; ``total`` is the full count whenever it reached the first commit."""
+    p, _ = built
+    with capsule.open(p) as cap:
+        events = cap.timeline().to_dict()["events"]
+        mid = events[len(events) // 2]["time"]
+        for kinds in (None, ["commit"], ["action", "task"], ["checkpoint"], ["lifecycle"]):
+            for since in (None, parse_iso_time(mid)):
+                full = cap.timeline(kinds=kinds, since=since).to_dict()
+                for k in range(len(full["events"]) + 3):
+                    d = cap.timeline(kinds=kinds, since=since, limit=k).to_dict()
+                    assert d["events"] == full["events"][max(0, len(full["events"]) - k):] if k else d["events"] == []
+                    assert d["total"] in (None, full["total"]) and d["limit"] == k
+                    if k > len(full["events"]):
+                        assert d["total"] == full["total"]
+
+
+def test_timeline_limit_reads_the_newest_commits_only(tmp_path: Path) -> None:
+    f = tmp_path / "long.capsule"
+    with capsule.create(f) as cap:
+        for i in range(400):
+            with cap.commit() as tx:
+                tx.put_many([{"text": f"memory {i}-{j} " + os.urandom(500).hex()} for j in range(20)])
+    with capsule.open(f) as cap:
+        h = cap._store.h
+        seen = [0]
+        real = h.pread
+
+        def counting(off: int, n: int) -> bytes:
+            seen[0] += n
+            return real(off, n)
+
+        h.pread = counting
+        d = cap.timeline(limit=3).to_dict()
+        small = seen[0]
+        seen[0] = 0
+        full = cap.timeline().to_dict()
+    assert [e["summary"] for e in d["events"]] == [e["summary"] for e in full["events"][-3:]]
+    assert d["total"] is None and full["total"] == len(full["events"]) > 400
+    # the last commits' frames (the close's TABLE of every record among them), not the 8 MB history
+    assert small * 10 < seen[0], (small, seen[0])
+
+
+def test_timeline_limit_refuses_damage_in_the_commits_it_reads(tmp_path: Path) -> None:
+    f = tmp_path / "d.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:  # 4,096 records or more: an INDEX follows, so open does not replay them
+            tx.put_many([{"text": f"bulk {i} " + os.urandom(40).hex()} for i in range(5000)])
+        bulk = cap.log()[-1]
+        for i in range(3):
+            with cap.commit() as tx:
+                tx.remember(f"fact {i}")
+    raw = bytearray(f.read_bytes())
+    raw[bulk.offset // 2] ^= 0xFF  # inside a RECORDS frame of the bulk commit
+    f.write_bytes(bytes(raw))
+    with capsule.open(f) as cap:
+        newest = cap.timeline(limit=4).to_dict()  # three small commits and the close's: the damage is not read
+        with pytest.raises(capsule.CorruptError):
+            cap.timeline(limit=6)
+    assert [e["summary"].split(": ")[1] for e in newest["events"]] == ["1 record (memory 1)"] * 3 + ["0 records"]

@@ -157,7 +157,9 @@ TOOLS: tuple[ToolSpec, ...] = (
          "limit": {"type": "integer", "minimum": 0, "description": "Only the newest N events."},
          "at": _AT},
         output={"events": {"type": "array", "items": {"type": "object", "required": ["seq", "time", "kind", "summary"]}},
-                "total": {"type": "integer", "description": "Events in the range before the limit."}}),
+                "total": {"type": ["integer", "null"],
+                          "description": "Events in the range before the limit; null when the newest `limit` "
+                                         "were found without reading back to the first commit."}}),
     ToolSpec(
         "checkpoint", "Sign a checkpoint",
         "Sign and commit a checkpoint of the current state under a label (for time travel and rollback), "

@@ -5,18 +5,20 @@ The document (``Timeline.to_dict()``, ``capsule timeline --json``), stable::
     {"events": [{"seq": int, "time": iso, "kind": "commit"|"checkpoint"|"action"|"task"|"lifecycle",
                  "summary": str, "id": record id | null}...],   # in file order
      # a lifecycle event (7.7.1) also carries "op", "records", "by", "reason", "actor"
-     "total": int,          # events that passed the filters, before ``limit``
+     "total": int | null,   # events that passed the filters, before ``limit``; null when the
+                            # newest ``limit`` were found before the first commit (older not counted)
      "limit": int | null}
 
 A commit's summary counts its records by kind; a checkpoint's names its label and signers;
 an action's, task event's or lifecycle event's is its one-line record summary (a lifecycle
 event: op, the ids it dropped, ``-> `` its replacements, reason and actor). ``since`` / ``until`` (ns,
-inclusive) filter by event time, ``kinds`` by event kind; ``limit`` keeps the newest.
+inclusive) filter by event time, ``kinds`` by event kind; ``limit`` keeps the newest,
+read back from the last commit so that the cost follows the commits read, not the history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +27,10 @@ from ..core.clock import iso
 from ..core.errors import CorruptError, DataError, UsageError
 from ..format import canonical as canon
 from ..format.commit import parse_commit_payload, record_kinds
-from ..format.frames import raw_payload
+from ..format.frames import parse_frame_header, raw_payload
+from ..format.kindwalk import read_frame
 from ..format.records import decode_record
 from ..format.records import record_id as content_id
-from ..format.scan import Reader
 from ._walk import Source, summarize
 
 EVENT_KINDS = ("commit", "checkpoint", "action", "task", "lifecycle")
@@ -56,15 +58,48 @@ def timeline(cap: Source, *, since: int | None = None, until: int | None = None,
     store = cap._store
     snap = store.snap
 
-    events: list[dict[str, Any]] = []
-    counts: dict[str, int] = {}
-
     def keep(t: int) -> bool:
         return (since is None or t >= since) and (until is None or t <= until)
 
-    rd = Reader(store.h, C.HEADER_SIZE, snap.end, 0, snap.header.chain_seed, snap.header.max_frame_len)
-    for fh, payload, _ in rd.frames():
+    if limit is None:
+        events = _events(store, C.HEADER_SIZE, snap.end, 0, want, keep)
+        return Timeline({"events": events, "total": len(events), "limit": None})
+    # 13.5: the newest first, commit by commit along the COMMIT back-pointers, until `limit` are
+    # found: the cost follows the commits read, not the file's history (as `log --limit`)
+    found: list[list[dict[str, Any]]] = []
+    n = 0
+    commits = store.commits()
+    cur = next(commits, None)
+    while cur is not None and n < limit:
+        prev = next(commits, None)
+        start, seq = (prev.end, prev.seq + 1) if prev is not None else (C.HEADER_SIZE, 0)
+        evs = _events(store, start, cur.end, seq, want, keep)
+        found.append(evs)
+        n += len(evs)
+        cur = prev
+    events = [e for evs in reversed(found) for e in evs]
+    # every event was seen only when the walk reached the first commit; else older ones are not counted
+    total = len(events) if cur is None else None
+    return Timeline({"events": events[max(0, len(events) - limit):], "total": total, "limit": limit})
+
+
+def _events(store: Any, start: int, end: int, seq: int, want: set[str],
+            keep: Callable[[int], bool]) -> list[dict[str, Any]]:
+    """The events of the frames from ``start`` (frame ``seq``) to ``end`` (a COMMIT's end), in
+    file order. Frames are followed by their headers (3.1); only RECORDS, CHECKPOINT and COMMIT
+    frames are read (13.5: a question reads what it needs), each checked against the chain
+    value before it, so a commit's snapshots and tables cost a header read."""
+    events: list[dict[str, Any]] = []
+    counts: dict[str, int] = {}
+    hdr = store.snap.header
+    pos = start
+    while pos < end:
+        fh = parse_frame_header(store.h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
+                                max_frame_len=hdr.max_frame_len)
+        if fh.end > end:
+            raise CorruptError("frame runs past its commit", offset=pos, seq=fh.seq, check="frame-length")
         if fh.ftype == C.FT_RECORDS:
+            fh, payload, _, _ = read_frame(store, pos)
             for kind, data in record_kinds(raw_payload(fh, payload), fh.offset, fh.seq):
                 counts[kind] = counts.get(kind, 0) + 1
                 if kind in ("action", "task") and kind in want:
@@ -78,12 +113,13 @@ def timeline(cap: Source, *, since: int | None = None, until: int | None = None,
                         events.append({"seq": fh.seq, "time": iso(rec.time), "kind": "lifecycle",
                                        "summary": summarize(rec), "id": rec.id, **_life(rec)})
         elif fh.ftype == C.FT_CHECKPOINT and "checkpoint" in want:
-            ck = store.read_checkpoint(fh.offset)
+            ck = store.read_checkpoint(pos)
             if keep(ck.time):
                 events.append({"seq": fh.seq, "time": iso(ck.time), "kind": "checkpoint", "id": None,
                                "summary": f"checkpoint {ck.label!r} signed by {', '.join(ck.signers) or 'nobody'}"})
         elif fh.ftype == C.FT_COMMIT:
-            c = parse_commit_payload(raw_payload(fh, payload), fh.offset, fh.seq, fh.end, rd.chain)
+            fh, payload, chain, _ = read_frame(store, pos)
+            c = parse_commit_payload(raw_payload(fh, payload), fh.offset, fh.seq, fh.end, chain)
             if "commit" in want and keep(c.time):
                 n = sum(counts.values())
                 what = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -91,10 +127,9 @@ def timeline(cap: Source, *, since: int | None = None, until: int | None = None,
                                "summary": f"commit #{c.commits}: {n} record{'s' if n != 1 else ''}"
                                           + (f" ({what})" if what else "")})
             counts = {}
-    total = len(events)
-    if limit is not None:
-        events = events[max(0, total - limit):]
-    return Timeline({"events": events, "total": total, "limit": limit})
+        pos = fh.end
+        seq += 1
+    return events
 
 
 def _life(rec: Any) -> dict[str, Any]:
