@@ -355,3 +355,50 @@ def test_import_never_writes_through_a_symlink_and_leaves_no_temporary(tmp_path:
         letta.import_af(_af(tmp_path, '{"agents": [], "x": 1, "x": 2}', "bad.af"), tmp_path / "bad.capsule")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.capsule", "bad.af", "in.af", "ok.capsule"]
     assert capsule.verify(tmp_path / "ok.capsule").ok
+
+
+# --- a fresh-context review (2026-12-05) -----------------------------------------------------------
+
+
+def test_export_af_keeps_block_ids_that_name_no_block(tmp_path: Path) -> None:
+    """Only the id of a block forgotten in the capsule leaves block_ids; an entry naming no block
+    of the file (or not a string) round-trips as imported, as a dangling tool id does."""
+    doc = _doc()
+    doc["agents"][0]["block_ids"] = ["b0", "block-nope", 7, "b1"]
+    src = _af(tmp_path, json.dumps(doc))
+    cap = tmp_path / "x.capsule"
+    letta.import_af(src, cap)
+    out = tmp_path / "back.af"
+    letta.export_af(cap, out)
+    assert json.loads(out.read_bytes())["agents"][0]["block_ids"] == ["b0", "block-nope", 7, "b1"]
+    with capsule.open(cap, mode="a") as c:
+        b0 = next(e["id"] for es in c.state().to_dict()["memories"].values() for e in es
+                  if e["text"].startswith("Chad"))
+        with c.commit() as tx:
+            tx.forget(b0)
+    letta.export_af(cap, out, overwrite=True)
+    assert json.loads(out.read_bytes())["agents"][0]["block_ids"] == ["block-nope", 7, "b1"]
+
+
+def test_export_af_refuses_an_identity_config_import_af_would_refuse(tmp_path: Path) -> None:
+    cap = tmp_path / "x.capsule"
+    letta.import_af(_af(tmp_path, json.dumps(_doc())), cap)
+    with capsule.open(cap, mode="a") as c, c.commit() as tx:
+        tx.set_identity(agent_id="agent-0", name="a", config={"system": 5})
+    out = tmp_path / "back.af"
+    with pytest.raises(AgentFileError, match=r"config\.system: expected a string or null, got a number"):
+        letta.export_af(cap, out)
+    assert not out.exists()
+    res = runner.invoke(app, ["export-af", str(cap), "-o", str(out)])
+    assert res.exit_code != 0 and "config.system" in res.output and not out.exists()
+
+
+def test_parquet_dim_other_than_the_capsules_is_a_usage_error(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    cap = tmp_path / "v.capsule"
+    with capsule.create(cap) as c, c.commit() as tx:
+        tx.remember("a vector", embedding=[0.1] * 8)
+    out = tmp_path / "v.parquet"
+    res = runner.invoke(app, ["export", str(cap), "-f", "parquet", "-o", str(out), "--dim", "3"])
+    assert res.exit_code == 2, res.output
+    assert "dim 3 was asked for, but this capsule's vectors have 8" in res.output and not out.exists()

@@ -30,7 +30,7 @@ from typing import Any
 from ..core import constants as C
 from ..core.errors import NonCanonicalError
 from ..format import canonical as canon
-from ._letta_parse import AgentFile, AgentFileError, parse_time
+from ._letta_parse import AgentFile, AgentFileError, expect, parse_time
 
 K_DOC, K_AGENT, K_TOOL, K_MESSAGE = "letta.document", "letta.agent", "letta.tool", "letta.message"
 APP_KINDS = (K_DOC, K_AGENT, K_TOOL, K_MESSAGE)
@@ -199,7 +199,10 @@ def af_to_records(af: AgentFile, *, now: int = 0) -> list[dict[str, Any]]:
     first = _first_time(af)
     t_doc = parse_time(doc.get("created_at"), "created_at") or first or now
     out: list[dict[str, Any]] = []
-    counts = {"agents": len(agents), "messages": [len(a.get("messages") or []) for a in agents]}
+    counts: dict[str, Any] = {"agents": len(agents), "messages": [len(a.get("messages") or []) for a in agents]}
+    if not v1:  # the file's block ids: export leaves out of block_ids only those of blocks forgotten since
+        counts["blocks"] = [b.get("id") if isinstance(b, dict) and isinstance(b.get("id"), str) else None
+                            for b in (doc.get("blocks") or [])]
     top = {} if v1 else {k: v for k, v in doc.items() if k not in ("agents", "blocks", "tools")}
     out.append(_app(K_DOC, t_doc, {"schema": af.schema, "encoded_twice": af.encoded_twice, "newline": af.newline,
                                    "counts": counts,
@@ -360,9 +363,16 @@ def af_from_records(app: Iterable[tuple[str, Mapping[str, Any]]],
     top, keys = _unpack(drec, "document", where)
     ids = {b.get("id") for b in live}
     tool_ids = {t.get("id") for t in tool_list}
-    for agent in out_agents:  # a block forgotten in the capsule leaves the agents' block_ids too
+    held = counts.get("blocks")
+    # a block forgotten in the capsule leaves the agents' block_ids too; any other entry (one naming
+    # no block of the file, or not a string) stays as imported. An import that did not list its
+    # blocks' ids (before 2026-12-05) keeps only the ids of live blocks, as it always did.
+    gone = {b for b in held if isinstance(b, str)} - ids if isinstance(held, list) else None
+    for agent in out_agents:
         if isinstance(agent.get("block_ids"), list):
-            agent["block_ids"] = [b for b in agent["block_ids"] if b in ids]
+            agent["block_ids"] = [b for b in agent["block_ids"]
+                                  if (not (isinstance(b, str) and b in gone) if gone is not None
+                                      else isinstance(b, str) and b in ids)]
         if left_out[K_TOOL] and isinstance(agent.get("tool_ids"), list):
             agent["tool_ids"] = [t for t in agent["tool_ids"] if t in tool_ids]
     doc = _insert(top, keys, {"agents": out_agents, "blocks": live, "tools": tool_list})
@@ -410,6 +420,8 @@ def _overlay(agent: dict[str, Any], identity: Mapping[str, Any] | None) -> dict[
     out = dict(agent)
     for key in IDENTITY_KEYS:
         if key in config and _json(config[key]) != _json(lossless(agent.get(key), 2)):
+            # what import-af would refuse is refused here, before a file is written (an .af is read back)
+            expect(config[key], str if key == "system" else dict, f"the identity's config.{key}", null=True)
             out[key] = config[key]
     return out
 

@@ -196,9 +196,12 @@ def _write(cap: Capsule, src: Path, final: Path, fmt: str, want: frozenset[str] 
                 os.fsync(f.fileno())
         else:
             os.close(fd)
+            vec = cap.index_info()["vectors"]
             if dim is None:
-                vec = cap.index_info()["vectors"]
                 dim = None if vec is None else int(vec["dim"])
+            elif vec is not None and int(vec["dim"]) != dim:  # 16.1: one dimension per capsule
+                raise UsageError(f"dim {dim} was asked for, but this capsule's vectors have {vec['dim']} "
+                                 "dimensions; leave it out to use theirs")
             _parquet(it, tmp, dim, batch, agent, fid, by_kind)
         os.chmod(tmp, 0o644)
         os.replace(tmp, final)
