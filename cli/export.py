@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -15,8 +14,9 @@ from ._render import emit_json, err, isatty, out, warn
 
 def export(
     path: FileArg,
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="OUT", show_default=False,
-                                         help="The file to write (a dataset folder with --by-agent).")],
+    output: Annotated[str, typer.Option("--output", "-o", metavar="OUT", show_default=False,
+                                        help="The file to write (a dataset folder with --by-agent; - for JSONL "
+                                             "on standard output).")],
     fmt: Annotated[str, typer.Option("--format", "-f", metavar="jsonl|parquet",
                                      help="jsonl: one record per line, as `put --jsonl` reads it back. parquet: "
                                      "one row per record (id, kind, seq, time, text, tags, meta, embedding ...), "
@@ -60,8 +60,11 @@ def export(
     kw: dict[str, Any] = {"format": fmt, "kinds": kind or None, "at": at, "history": history,
                           "partition": "agent" if by_agent else None, "dim": dim, "force": force}
 
+    if output == "-" and json_out:
+        fail("-o - writes the records to standard output; --json would print there too", EXIT_USAGE)
+
     def go() -> Any:
-        if json_out or not isatty(sys.stderr):
+        if json_out or not isatty(sys.stderr) or output == "-":
             return run(path, output, **kw)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -75,7 +78,9 @@ def export(
         emit_json(res.to_dict())
         return
     kinds = ", ".join(f"{n} {k}" for k, n in res.by_kind.items()) or "no records"
-    out.print(f"wrote {res.out}: {res.rows} {'row' if res.rows == 1 else 'rows'} ({kinds})", markup=False)
+    # with -o - the records are standard output: what was written goes to standard error
+    (err if output == "-" else out).print(f"wrote {res.out}: {res.rows} {'row' if res.rows == 1 else 'rows'} "
+                                          f"({kinds})", markup=False)
     if fmt == "jsonl" and not history:
         if res.not_importable:
             from capsule.integrations.export import why_not_importable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -57,7 +58,7 @@ def import_af(
 def export_af(
     path: FileArg,
     output: Annotated[Path, typer.Option("-o", "--output", metavar="AGENT.af", show_default=False,
-                                         help="The agent file to write.")],
+                                         help="The agent file to write (- for standard output).")],
     at: AtOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the output file if it exists.")] = False,
     json_out: JsonOpt = False,
@@ -75,6 +76,13 @@ def export_af(
     """
     from capsule.integrations.letta import export_af as do_export
 
+    if str(output) == "-":
+        from capsule.integrations.letta import dump_af, export_agent
+
+        data = call(lambda: dump_af(export_agent(path, at=at)))
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
     rep = call(lambda: do_export(path, output, at=at, overwrite=force))
     if json_out:
         emit_json(rep.to_dict())

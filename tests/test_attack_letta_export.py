@@ -402,3 +402,25 @@ def test_parquet_dim_other_than_the_capsules_is_a_usage_error(tmp_path: Path) ->
     res = runner.invoke(app, ["export", str(cap), "-f", "parquet", "-o", str(out), "--dim", "3"])
     assert res.exit_code == 2, res.output
     assert "dim 3 was asked for, but this capsule's vectors have 8" in res.output and not out.exists()
+
+
+def test_dash_output_is_standard_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o -` made a file named '-'; it now writes JSONL (and an agent file) to standard output,
+    and is refused where it cannot (parquet, --json), never creating '-'."""
+    monkeypatch.chdir(tmp_path)
+    cap = tmp_path / "x.capsule"
+    letta.import_af(_af(tmp_path, json.dumps(_doc())), cap)
+    res = runner.invoke(app, ["export", str(cap), "-o", "-", "--kind", "memory"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines()]
+    assert sorted(x["text"] for x in lines) == ["Chad " + SECRET, "a bot"]
+    af = runner.invoke(app, ["export-af", str(cap), "-o", "-"])
+    assert af.exit_code == 0 and json.loads(af.stdout)["blocks"][1]["id"] == "b1"
+    _cli_fails(["export", str(cap), "-o", "-", "-f", "parquet"], 2)
+    _cli_fails(["export", str(cap), "-o", "-", "--json"], 2)
+    assert not (tmp_path / "-").exists()
+
+
+def test_import_into_a_missing_folder_names_it(tmp_path: Path) -> None:
+    out = _cli_fails(["import-af", str(_af(tmp_path, json.dumps(_doc()))), "-o", str(tmp_path / "no" / "x.capsule")], 2)
+    assert "no such folder" in out and ".importing" not in out

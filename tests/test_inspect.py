@@ -460,4 +460,4 @@ def test_timeline_limit_refuses_damage_in_the_commits_it_reads(tmp_path: Path) -
         newest = cap.timeline(limit=4).to_dict()  # three small commits and the close's: the damage is not read
         with pytest.raises(capsule.CorruptError):
             cap.timeline(limit=6)
-    assert [e["summary"].split(": ")[1] for e in newest["events"]] == ["1 record (memory 1)"] * 3 + ["0 records"]
+    assert [e["summary"].split(": ")[1] for e in newest["events"]] == ["1 record (memory 1)"] * 3 + ["0 records (index, snapshot)"]

@@ -597,3 +597,21 @@ def test_one_capsule_for_checkpointer_and_store(path: Path) -> None:
     with CapsuleStore(path, read_only=True) as store:
         assert [i.value["text"] for i in store.search(("memories", "carol"))] == ["carol runs the payments team"]
     assert capsule.verify(path).ok
+
+
+def test_len_counts_live_items_and_negative_offsets_are_refused(path: Path) -> None:
+    """From a fresh-context review: len() counted items whose ttl had run out (which nothing
+    returns), and search(offset=-1) returned everything."""
+    clock = Clock(step=1)
+    with CapsuleStore(path, index=False, clock=clock) as store:
+        store.put(("a",), "short", {"v": 1}, ttl=2)  # minutes
+        store.put(("a",), "long", {"v": 2}, ttl=10**6)
+        store.put(("a",), "plain", {"v": 3})
+        assert len(store) == 3
+        clock.t += 3 * MIN
+        assert len(store) == 2 and len(store.search(("a",))) == 2
+        for bad in ({"offset": -1}, {"limit": -1}):
+            with pytest.raises(capsule.UsageError, match="offset and limit are integers >= 0"):
+                store.search(("a",), **bad)
+            with pytest.raises(capsule.UsageError, match="offset and limit are integers >= 0"):
+                store.list_namespaces(**bad)

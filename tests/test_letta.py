@@ -198,7 +198,7 @@ def test_cli_in_a_fresh_process(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert letta.read_af(tmp_path / "back.af").document == doc
     r = run("export-af", "agent.capsule", "-o", "back.af")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "exists (use --force to replace it)" in r.stderr
     assert run("export-af", "agent.capsule", "-o", "back.af", "--force").returncode == 0
 
 

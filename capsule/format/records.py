@@ -82,7 +82,8 @@ def input_kinds() -> list[str]:
 
 def parse_time(v: object, name: str = "time") -> int:
     if type(v) is not int or v < 0 or v >= 1 << 63:
-        raise InvalidRecordError(f"{name} must be a non-negative integer of nanoseconds")
+        raise InvalidRecordError(f"{name} must be an integer of nanoseconds in 0..2^63-1 (1970 to 2262), "
+                                 f"not {_shown(v)}")
     return v
 
 
@@ -547,3 +548,10 @@ def parse_when(t: object) -> object:
     if isinstance(t, str):
         return parse_iso_time(t)
     return t
+
+
+def _shown(v: object) -> str:
+    """A bad value for an error message: short, and never str() of an int too long to print."""
+    if type(v) is int and v.bit_length() > 64:
+        return f"an integer of {v.bit_length()} bits"
+    return repr(v)[:40]

@@ -48,6 +48,8 @@ def check_output(out: str | os.PathLike[str], source: str | os.PathLike[str], *,
     exists (with it, a link itself is replaced, its target never written); and a missing
     parent folder."""
     out = os.fspath(out)
+    if not out:
+        raise UsageError("the output path is empty")
     try:
         st = os.lstat(out)
     except FileNotFoundError:

@@ -363,15 +363,15 @@ def af_from_records(app: Iterable[tuple[str, Mapping[str, Any]]],
     top, keys = _unpack(drec, "document", where)
     ids = {b.get("id") for b in live}
     tool_ids = {t.get("id") for t in tool_list}
-    held = counts.get("blocks")
+    file_blocks = counts.get("blocks")
     # a block forgotten in the capsule leaves the agents' block_ids too; any other entry (one naming
     # no block of the file, or not a string) stays as imported. An import that did not list its
     # blocks' ids (before 2026-12-05) keeps only the ids of live blocks, as it always did.
-    gone = {b for b in held if isinstance(b, str)} - ids if isinstance(held, list) else None
+    forgotten = {b for b in file_blocks if isinstance(b, str)} - ids if isinstance(file_blocks, list) else None
     for agent in out_agents:
         if isinstance(agent.get("block_ids"), list):
             agent["block_ids"] = [b for b in agent["block_ids"]
-                                  if (not (isinstance(b, str) and b in gone) if gone is not None
+                                  if (not (isinstance(b, str) and b in forgotten) if forgotten is not None
                                       else isinstance(b, str) and b in ids)]
         if left_out[K_TOOL] and isinstance(agent.get("tool_ids"), list):
             agent["tool_ids"] = [t for t in agent["tool_ids"] if t in tool_ids]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
@@ -140,6 +141,11 @@ def export(
         from ._export_parquet import arrow
 
         arrow()  # the missing extra is said before anything is read
+    if isinstance(out, str) and out == "-":  # JSONL to standard output, as the CLI's `-o -`
+        if format != "jsonl" or partition is not None:
+            raise UsageError("-o - (standard output) is for JSONL only; name a file for parquet or --by-agent")
+        with open_capsule(Path(path), at=at) as cap:
+            return _stream(cap, check_kinds(cap, kinds), history)
     src, target = Path(path), Path(out)
     with open_capsule(src, at=at) as cap:
         want = check_kinds(cap, kinds)
@@ -213,6 +219,19 @@ def _write(cap: Capsule, src: Path, final: Path, fmt: str, want: frozenset[str] 
     commit = cap.log(1)
     return ExportResult(str(final), fmt, sum(by_kind.values()), dict(sorted(by_kind.items())), fid, agent,
                         commit[-1].seq if commit else None, cap.state_root, history, skipped,
+                        dict(sorted(refused.items())), lossy)
+
+
+def _stream(cap: Capsule, want: frozenset[str] | None, history: bool) -> ExportResult:
+    """JSONL to standard output (nothing to sync or rename; a closed pipe is the reader's choice)."""
+    by_kind: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
+    out = sys.stdout
+    skipped, lossy = _jsonl(entries(cap, want, history=history), out, by_kind, refused)
+    out.flush()
+    commit = cap.log(1)
+    return ExportResult("-", "jsonl", sum(by_kind.values()), dict(sorted(by_kind.items())), cap.file_id,
+                        agent_of(cap), commit[-1].seq if commit else None, cap.state_root, history, skipped,
                         dict(sorted(refused.items())), lossy)
 
 

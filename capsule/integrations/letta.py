@@ -39,7 +39,7 @@ from ..format.file import fsync_dir
 from ..format.records import GenericRecord
 from ..handle.entry import create
 from ..handle.entry import open as open_capsule
-from ..ingest.source import check_regular, read_regular
+from ..ingest.source import check_output, check_regular, read_regular
 from ._export_read import entries
 from ._letta_map import APP_KINDS, af_from_records, af_to_records
 from ._letta_parse import MAX_AF_BYTES, AgentFile, AgentFileError, dump_af, parse_af
@@ -118,8 +118,12 @@ def import_agent(af: AgentFile, dst: str | Path, *, source: str = "") -> ImportR
     """
     p = Path(dst)
     records = af_to_records(af, now=default_clock()())
+    if not str(dst):
+        raise UsageError("the output path is empty")
     if p.exists() or p.is_symlink():
         raise AlreadyExists(f"{p}: already exists")
+    if not (p.parent if str(p.parent) else Path(".")).is_dir():  # named, not the hidden name below
+        raise UsageError(f"{p}: no such folder {p.parent}")
     # Built under a hidden name and linked into place once committed: a kill -9 mid-import
     # leaves no empty capsule at ``dst`` (one that would block the retry), and the link
     # never replaces a file (or follows a symlink) that appeared meanwhile.
@@ -211,14 +215,8 @@ def export_af(capsule_path: str | Path, dst: str | Path, *, at: str | int | None
     is either the whole file or untouched; an existing ``dst`` is refused unless
     ``overwrite``. The capsule is opened read-only and never written."""
     p = Path(dst)
-    if p.exists() and Path(capsule_path).exists() and os.path.samefile(p, capsule_path):  # even with --force
-        raise UsageError(f"{p}: is the capsule being exported")
-    if p.is_dir():
-        raise UsageError(f"{p}: is a directory")
-    if (p.exists() or p.is_symlink()) and not overwrite:
-        raise AlreadyExists(f"{p}: already exists (overwrite=True, or --force, replaces it)")
-    if not p.parent.is_dir():
-        raise UsageError(f"{p.parent}: no such directory")
+    # as `capsule export`: never the capsule (even with --force), a folder, a device or a FIFO
+    check_output(dst, capsule_path, force=overwrite, what="the capsule being exported")
     af = export_agent(capsule_path, at=at)
     data = dump_af(af)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name[:100]}.", suffix=".tmp", dir=p.parent)

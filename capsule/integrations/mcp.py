@@ -165,9 +165,9 @@ class CapsuleServer(Server[Any, Any]):
     async def _call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any] | types.CallToolResult:
         spec = self._by_name.get(name)
         if spec is None:
-            why = " (this server is read-only)" if self.service.read_only and name in {"remember", "decide",
-                                                                                      "checkpoint"} else ""
-            return _error_result("unknown tool", f"no tool {name!r}{why}")
+            if self.service.read_only and name in {"remember", "decide", "checkpoint"}:  # a write tool, not listed
+                return _error_result("read-only", f"{name!r} writes, and this server is read-only (--read-only)")
+            return _error_result("unknown tool", f"no tool {name!r}")
         try:
             result = await _in_thread(getattr(self.service, name), arguments, writes=spec.writes)
         except (CapsuleError, OSError) as e:

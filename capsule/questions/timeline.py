@@ -9,7 +9,8 @@ The document (``Timeline.to_dict()``, ``capsule timeline --json``), stable::
                             # newest ``limit`` were found before the first commit (older not counted)
      "limit": int | null}
 
-A commit's summary counts its records by kind; a checkpoint's names its label and signers;
+A commit's summary counts its records by kind (one of no records names what it holds: index,
+snapshots, checkpoint, keyset, ...); a checkpoint's names its label and signers;
 an action's, task event's or lifecycle event's is its one-line record summary (a lifecycle
 event: op, the ids it dropped, ``-> `` its replacements, reason and actor). ``since`` / ``until`` (ns,
 inclusive) filter by event time, ``kinds`` by event kind; ``limit`` keeps the newest,
@@ -91,6 +92,7 @@ def _events(store: Any, start: int, end: int, seq: int, want: set[str],
     value before it, so a commit's snapshots and tables cost a header read."""
     events: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
+    other: set[str] = set()  # what a commit of no records holds instead (index, snapshots, ...)
     hdr = store.snap.header
     pos = start
     while pos < end:
@@ -98,6 +100,8 @@ def _events(store: Any, start: int, end: int, seq: int, want: set[str],
                                 max_frame_len=hdr.max_frame_len)
         if fh.end > end:
             raise CorruptError("frame runs past its commit", offset=pos, seq=fh.seq, check="frame-length")
+        if fh.ftype in _HOLDS:
+            other.add(_HOLDS[fh.ftype])
         if fh.ftype == C.FT_RECORDS:
             fh, payload, _, _ = read_frame(store, pos)
             for kind, data in record_kinds(raw_payload(fh, payload), fh.offset, fh.seq):
@@ -123,13 +127,21 @@ def _events(store: Any, start: int, end: int, seq: int, want: set[str],
             if "commit" in want and keep(c.time):
                 n = sum(counts.values())
                 what = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                if not what:
+                    what = ", ".join(sorted(other)) or ("created" if c.commits == 1 else "")
                 events.append({"seq": fh.seq, "time": iso(c.time), "kind": "commit", "id": None,
                                "summary": f"commit #{c.commits}: {n} record{'s' if n != 1 else ''}"
                                           + (f" ({what})" if what else "")})
-            counts = {}
+            counts, other = {}, set()
         pos = fh.end
         seq += 1
     return events
+
+
+# frames a commit of no records may hold, as its timeline summary names them
+_HOLDS = {C.FT_INDEX: "index", C.FT_TABLE: "index", C.FT_BLOB: "snapshot",
+          C.FT_CHECKPOINT: "checkpoint", C.FT_KEYSET: "keyset", C.FT_KEYSLOT: "keyslot", C.FT_LINEAGE: "lineage",
+          C.FT_RECOVERY: "recovery note"}
 
 
 def _life(rec: Any) -> dict[str, Any]:

@@ -71,7 +71,8 @@ class LeaseError(TaskRefused):
 
 def _time(v: object, name: str) -> int:
     if type(v) is not int or not 0 <= v <= _NS_MAX:
-        raise InvalidTaskEvent(f"{name} must be a non-negative integer of nanoseconds")
+        raise InvalidTaskEvent(f"{name} must be an integer of nanoseconds in 0..2^63-1 (1970 to 2262), "
+                               f"not {_shown(v)}")
     return v
 
 
@@ -304,3 +305,10 @@ def parse_event(v: object) -> Event:
         raise InvalidTaskEvent(f"unknown task event op {op!r}")
     ev: Event = cls.from_value(v)
     return ev
+
+
+def _shown(v: object) -> str:
+    """A bad value for an error message: short, and never str() of an int too long to print."""
+    if type(v) is int and v.bit_length() > 64:
+        return f"an integer of {v.bit_length()} bits"
+    return repr(v)[:40]

@@ -203,7 +203,10 @@ class CapsuleStore(BaseStore):
         self.close()
 
     def __len__(self) -> int:
-        return len(self._index)
+        """The live items: an item whose ttl has run out is not one (nothing returns it)."""
+        with self._lock:
+            now = self._cap.clock()
+            return sum(1 for d in self._index.by_ns.values() for e in d.values() if not e.expired(now))
 
     def _check_vectors(self) -> None:
         if self._embed is None:
@@ -251,6 +254,10 @@ class CapsuleStore(BaseStore):
             if not isinstance(op, (GetOp, PutOp, SearchOp, ListNamespacesOp)):
                 raise ValueError(f"Unknown operation type: {type(op)}")
             validate_op_namespace(op)
+            if isinstance(op, SearchOp | ListNamespacesOp) and (
+                    type(op.offset) is not int or type(op.limit) is not int or op.offset < 0 or op.limit < 0):
+                # a negative offset counted from the end in InMemoryStore (a slice), and was read as 0 here
+                raise UsageError(f"offset and limit are integers >= 0, not {op.offset!r} and {op.limit!r}")
             if isinstance(op, PutOp):
                 if not op.namespace:
                     raise InvalidNamespaceError("Namespace cannot be empty.")
