@@ -113,7 +113,12 @@ def identity_from(path: Path | str | None) -> Any:
         fail(f"--identity {p}: is a directory, not a private key", EXIT_USAGE)
     kp = os.environ.get("CAPSULE_KEY_PASSPHRASE")
     try:
-        return capsule.load_private_key(p, kp.encode() if kp else None)
+        try:  # $CAPSULE_KEY_PASSPHRASE is for a sealed key only: a plain one beside it loads as it is
+            return capsule.load_private_key(p)
+        except PassphraseRequired:
+            if not kp:
+                raise
+            return capsule.load_private_key(p, kp.encode())
     except PassphraseRequired:
         fail(f"--identity {p}: the key file is sealed: put its passphrase in $CAPSULE_KEY_PASSPHRASE", EXIT_USAGE)
     except KeyFileError as e:  # a .pub file, another format: the user named the wrong file

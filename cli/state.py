@@ -38,7 +38,25 @@ def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.Pr
     for p in paths:
         check_regular(p, "--key ")
     pw = _passphrase(passphrase_env)
-    return [capsule.load_private_key(p, pw) for p in paths]
+    return [_signing_key(p, pw) for p in paths]
+
+
+def _signing_key(p: Path, pw: bytes | None) -> capsule.PrivateKey:
+    """A --key file, with --passphrase-env's passphrase when given (a plain key then says it has
+    none: the option is the key's, not the capsule's); without the option a sealed key takes
+    $CAPSULE_KEY_PASSPHRASE, as -i does."""
+    from capsule.format.keys import PassphraseRequired
+
+    if pw is not None:
+        return capsule.load_private_key(p, pw)
+    try:
+        return capsule.load_private_key(p)
+    except PassphraseRequired:
+        env = os.environ.get("CAPSULE_KEY_PASSPHRASE")
+        if not env:
+            raise capsule.UsageError(f"--key {p}: the key file is sealed: give its passphrase with "
+                                     "--passphrase-env VAR (or in $CAPSULE_KEY_PASSPHRASE)") from None
+        return capsule.load_private_key(p, env.encode())
 
 
 def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, valid_at: ValidAtOpt = None) -> None:
@@ -201,10 +219,12 @@ def rollback(
     def go() -> dict[str, Any]:
         keys = _load_keys(key or [], passphrase_env)
         with capsule.open(path, "a", timeout=wait or None) as cap:
+            signed = len(cap.checkpoints())
             rid = cap.rollback(to, key=keys or None)
+            signed = len(cap.checkpoints()) > signed
             ck = cap.find_checkpoint(to) or next((c for c in reversed(cap.carried_checkpoints()) if c.label == to), None)
             # 7.7.1: a record redacted since the checkpoint is not restored, so the roots may differ
-            return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None,
+            return {"revert": rid, "state_root": cap.state_root, "changed": rid is not None, "signed": signed,
                     "matches_checkpoint": ck is not None and ck.state_root == cap.state_root}
 
     info = call(go)
@@ -213,6 +233,9 @@ def rollback(
     elif info["changed"]:
         out.print(f"rolled back to {to!r}: state root {info['state_root']}"
                   + ("" if info["matches_checkpoint"] else " (records redacted since stay gone)"), markup=False)
+    elif info["signed"]:  # a rollback killed before its checkpoint: the rerun signed it
+        out.print(f"already at {to!r} (state root {info['state_root']}): signed the checkpoint "
+                  f"{'rollback-to-' + to!r} it lacked", markup=False)
     else:
         out.print(f"already at {to!r} (state root {info['state_root']}): nothing written"
                   + ("" if info["matches_checkpoint"] else " (but for records redacted since, which stay gone)"),

@@ -13,7 +13,7 @@ from capsule.ingest.source import check_regular
 
 from ._errors import call
 from ._params import FileArg, JsonOpt, WaitOpt
-from ._render import emit_json, err, isatty, out
+from ._render import emit_json, err, isatty, out, warn
 
 UrlArg = Annotated[str, typer.Argument(help="Remote capsule: any fsspec URL (s3://bucket/prefix/name, "
                                        "file:///srv/capsules/name, memory://name). Credentials come from the "
@@ -58,6 +58,7 @@ def push(
     if json_out:
         emit_json(rep.to_dict())
         return
+    _skipped(rep.skipped)
     if rep.repaired:
         out.print(f"repaired {len(rep.repaired)} damaged segment(s) of {rep.url}: {', '.join(rep.repaired)}",
                   markup=False)
@@ -114,9 +115,19 @@ def pull(
     if json_out:
         emit_json(rep.to_dict())
         return
+    _skipped(rep.skipped)
     said = {"created": f"created {rep.path} from {rep.url}",
             "pulled": f"pulled {rep.url} into {rep.path}",
             "up-to-date": f"{rep.path} is up to date with {rep.url}",
             "ahead": f"{rep.path} is ahead of {rep.url} (push it)"}[rep.status]
     signed = f"; signed through seq {rep.signed_prefix['seq']}" if rep.signed_prefix else ""
     out.print(f"{said}: commit {rep.commits} (seq {rep.seq}), {rep.bytes} bytes downloaded{signed}", markup=False)
+
+
+def _skipped(names: list[str]) -> None:
+    """19.2: a newer manifest that could not be read was passed over for an older generation:
+    said, since "up to date" may then mean up to date with what is left of the remote."""
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        warn(f"{len(names)} newer manifest(s) could not be read and were passed over: {shown}; this used an "
+             "older generation, so the remote's newest commits may be out of reach (spec 19.2)")

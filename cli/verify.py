@@ -23,8 +23,8 @@ def verify(
     trust: Annotated[str | None, typer.Option("--trust", help="Trust anchor for checkpoint signatures: a KEY.pub "
                                               "file or a keyset hash (64 hex digits).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on every warning: a torn tail, signatures not "
-                                         "anchored, no signed checkpoint, records past the signed prefix. "
-                                         "Passes only with --trust.")] = False,
+                                         "anchored, no signed checkpoint, records past the signed prefix, an "
+                                         "encrypted file without its key. Passes only with --trust.")] = False,
     min_seq: Annotated[int | None, typer.Option("--min-seq", min=0, help="Pin: the signed prefix (or, without "
                                                 "--trust, the last commit) must reach this frame seq.")] = None,
     expect_root: Annotated[str | None, typer.Option("--expect-root", help="Pin: a commit with this Merkle root "

@@ -958,8 +958,10 @@ def test_non_canonical_return_value_is_recorded_as_done_without_a_value(tmp_path
         assert [j[:3] for j in journal(cap, "k")] == [("intent", 1, True), ("result", 1, True)]
         st = state(cap, "k")
         assert st.status == "done" and st.value is None and "not recordable" in st.error
-        assert cap.run_once("k", fn) is None  # replays without running the effect again
-        assert len(fn.calls) == 1
+        # a replay does not run the effect again, and does not pass off the missing value as None
+        with pytest.raises(capsule.InvalidRecordError, match="ran once .*could not be stored"):
+            cap.run_once("k", fn)
+        assert len(fn.calls) == 1 and "ran (recorded as done)" in str(ei.value)
     rep = capsule.verify(path)
     assert rep.ok and rep.torn_tail == 0
 

@@ -98,3 +98,59 @@ def test_a_handler_that_outlives_its_lease_is_retried_not_crashed(tmp_path: Path
         assert res.lost == ["t"] and res.done == ["t"] and len(runs) == 2
     with capsule.open(path, "a") as cap, pytest.raises(capsule.UsageError, match="advance_to"):
         AgentLoop(cap, {}, jump_when_idle=True)
+
+
+_KILLED_RUN = r"""
+import os, signal, sys, capsule
+from capsule import AgentLoop
+path, outbox, kill_at = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def act(step):
+    def send():
+        with open(outbox, "a") as f:
+            f.write(step.name + "\n")
+        if step.name == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # the effect happened; no result is written
+        return "sent"
+    def reconcile(key):
+        with open(outbox) as f:
+            return "found" if key.removeprefix("send:") + "\n" in f.readlines() else capsule.NOT_DONE
+    return step.run_once("send:" + step.name, send, reconcile=reconcile)
+
+with capsule.open(path, "a") as cap:
+    res = AgentLoop(cap, {"act": act}).run()  # the default lease: ten minutes
+    print(res.done, res.resumed, res.waiting)
+"""
+
+
+def test_a_restarted_loop_takes_up_the_task_its_dead_run_held(tmp_path: Path) -> None:
+    """From a fresh-context review: after kill -9 the rerun returned LoopResult(steps=0) at once
+    and left the task its own worker had claimed until the ten-minute lease ran out."""
+    import subprocess
+    import sys
+
+    path, outbox = tmp_path / "k.capsule", tmp_path / "outbox.txt"
+    outbox.write_text("")
+    with capsule.create(path) as cap:
+        cap.tasks.add_many([{"task": f"t{i}", "name": "act", "deps": [f"t{i - 1}"] if i else []} for i in range(6)])
+    script = tmp_path / "run.py"
+    script.write_text(_KILLED_RUN)
+    first = subprocess.run([sys.executable, str(script), str(path), str(outbox), "t2"], capture_output=True, text=True)
+    assert first.returncode == -9, first.stderr
+    second = subprocess.run([sys.executable, str(script), str(path), str(outbox), "none"], capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip() == "['t2', 't3', 't4', 't5'] ['t2'] []"
+    assert outbox.read_text().splitlines() == [f"t{i}" for i in range(6)]  # each effect once
+    with capsule.open(path) as cap:
+        assert cap.tasks.queue().tasks["t2"].result == "found"
+
+
+def test_the_result_names_what_is_still_waiting(tmp_path: Path) -> None:
+    with capsule.create(tmp_path / "w.capsule", clock=SimClock(T0)) as cap:
+        cap.tasks.add_many([{"task": "now", "name": "act"}, {"task": "later", "name": "act",
+                                                             "not_before": T0 + 3600 * S}])
+        res = AgentLoop(cap, {"act": lambda s: 1}).run()
+        assert res.done == ["now"] and res.waiting == ["later"] and res.resumed == []
+        res = AgentLoop(cap, {"act": lambda s: 1}, jump_when_idle=True).run()
+        assert res.done == ["later"] and res.waiting == []

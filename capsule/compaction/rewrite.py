@@ -19,9 +19,11 @@ open keeps its inode and reads it to the end.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +49,19 @@ from .plan import _EMB_KEY, POLICIES, Plan, commits, make_plan
 
 #: the label of the checkpoint ``key=`` signs over the compacted head
 LABEL = "compact"
+
+
+def _mode_of(parent: Path, fd: int) -> None:
+    """Give the new file the parent's permission bits (and owner, where this process may) before
+    a byte is written: a private capsule (0600) compacted or rekeyed in place stays private,
+    never replaced by a world-readable one, and no temporary copy of it is readable meanwhile."""
+    try:
+        st = os.stat(parent)
+    except OSError:
+        return
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    with contextlib.suppress(OSError):  # only root may give a file away; a group of one's own is fine
+        os.fchown(fd, st.st_uid, st.st_gid)
 
 
 class _SyncAtEnd(WriteHandle):
@@ -125,7 +140,7 @@ def compact(path: str | Path, out: str | Path | None = None, keep: str = "histor
     # the real file uncompacted beside a new one that only the link reaches)
     dest = Path(out) if out is not None else Path(os.path.realpath(src_path))
     if out is not None and (dest.exists() or dest.is_symlink()):
-        raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)")
+        raise AlreadyExists(f"{dest}: already exists (-o names a new file, never replaced)")
     if not dest.parent.is_dir():
         raise UsageError(f"{dest.parent}: no such directory")
     with open_capsule(src_path, "a", timeout=timeout, identity=identity,
@@ -147,7 +162,7 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
         raise UsageError(f"unknown compaction policy {keep!r}: one of {', '.join(POLICIES)}")
     dest = Path(out) if out is not None else Path(os.path.realpath(cap.path))  # as compact()
     if out is not None and (dest.exists() or dest.is_symlink()):
-        raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)")
+        raise AlreadyExists(f"{dest}: already exists (-o names a new file, never replaced)")
     rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
     if out is None:
         cap.close()
@@ -189,7 +204,7 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
             try:
                 os.link(tmp, dest)  # never replaces: -o onto a path that appeared meanwhile still refuses
             except FileExistsError:
-                raise AlreadyExists(f"{dest}: already exists (compact -o writes a new file)") from None
+                raise AlreadyExists(f"{dest}: already exists (-o names a new file, never replaced)") from None
             tmp.unlink()
         fsync_dir(dest)
     except BaseException:
@@ -224,6 +239,7 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
     now = [plan.times[0]]
     h = _SyncAtEnd(tmp, create=True)
     try:
+        _mode_of(src.path, h.fd)
         # 15.1: minor 3 (LINEAGE's compaction keys), or the parent's when higher: it ranks as the parent did (12.8)
         minor = max(3, src._snap.header.minor)
         header, sealing = begin_file(h, fid, minor, enc, src._h.keys)  # 10.3: KEYSLOT after the LINEAGE

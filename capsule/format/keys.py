@@ -397,9 +397,12 @@ def _open_sealed(data: bytes, passphrase: bytes | None, where: str) -> PrivateKe
     if not ok:
         raise KeyFileError(f"{where} is not a valid encrypted key file")
     # Cap the work factor before computing: a hostile file must not demand GiBs.
+    # log_n < 16 * r: scrypt's own bound (RFC 7914: N < 2^(128 * r / 8)), which OpenSSL enforces
+    # by failing as if out of memory
     if not (10 <= v["log_n"] <= _SCRYPT_MAX_LOG_N and 1 <= v["r"] <= 8 and 1 <= v["p"] <= 2
-            and 128 * v["r"] * (1 << v["log_n"]) <= _SCRYPT_MAX_MEMORY):
-        raise KeyFileError(f"{where}: scrypt parameters out of the allowed range (at most "
+            and v["log_n"] < 16 * v["r"] and 128 * v["r"] * (1 << v["log_n"]) <= _SCRYPT_MAX_MEMORY):
+        raise KeyFileError(f"{where}: scrypt parameters out of the allowed range (10 <= log_n <= "
+                           f"{_SCRYPT_MAX_LOG_N}, log_n < 16 * r, 1 <= r <= 8, 1 <= p <= 2, at most "
                            f"{_SCRYPT_MAX_MEMORY >> 20} MiB of work memory)")
     kek = _scrypt(passphrase, v["salt"], v["log_n"], v["r"], v["p"])
     try:

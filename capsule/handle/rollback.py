@@ -36,6 +36,12 @@ def rollback_label(to: str) -> str:
     return ("rollback-to-" + to).encode()[:1024].decode("utf-8", "ignore")
 
 
+def _signed_now(cap: Capsule) -> bool:
+    """Whether the newest checkpoint signs the state as it is now (its state root)."""
+    latest = cap._snap.checkpoint
+    return latest is not None and cap._store.read_checkpoint(latest[0]).body.state_root.hex() == cap.state_root
+
+
 def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | None) -> str | None:
     """:meth:`Capsule.rollback`, under the handle's lock."""
     own = cap.find_checkpoint(to)
@@ -57,7 +63,12 @@ def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | 
     now_ids = set(fold_store(cap._store).live)
     back = then_ids - now_ids - set(redacted(cap._store))  # 7.7.1: a redacted id stays gone
     if not back and now_ids <= then_ids:
-        return None  # already there (but for redactions): nothing to write
+        # already there (but for redactions): no revert. A rollback killed between its revert and
+        # its checkpoint (two commits) left this state unsigned: with a key, the rerun signs it.
+        if key is not None and not _signed_now(cap):
+            check_can_sign(cap._store, rollback_label(to), key)
+            cap.checkpoint(rollback_label(to), key=key)
+        return None
     if key is not None:  # before the revert is written: a key that cannot sign leaves the file as it was
         check_can_sign(cap._store, rollback_label(to), key)
     drop, restore = sorted(now_ids - then_ids), sorted(back)

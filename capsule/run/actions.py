@@ -48,6 +48,9 @@ Policy = Literal["at-most-once", "retry-safe", "ask"]
 POLICIES = ("at-most-once", "retry-safe", "ask")
 
 
+#: the error of a result record whose effect ran but whose value could not be stored (7.8)
+_NOT_RECORDABLE = "value not recordable: "
+
 class _NotDone:
     """What ``reconcile`` returns when the effect did not happen."""
 
@@ -325,6 +328,10 @@ class Journal:
                  policy: str = "at-most-once", what: str = "", inputs: Mapping[str, Any] | None = None) -> Any:
         a = self.begin(key, what=what, inputs=inputs, reconcile=reconcile, policy=policy)
         if a.done:
+            err = a._state.error or ""
+            if err.startswith(_NOT_RECORDABLE):  # done, with no value: never a silent None
+                raise InvalidRecordError(f"action {key!r}: the effect ran once (done), but its result could not be "
+                                         f"stored ({err.removeprefix(_NOT_RECORDABLE)}), so there is none to return")
             return a.value
         try:
             return self._run(a, fn)
@@ -346,7 +353,8 @@ class Journal:
             # The effect ran, but its value cannot be stored: record it as done
             # with no value and say why, rather than leaving it in doubt for ever.
             self._write({"key": a.key, "phase": "result", "attempt": attempt, "ok": True,
-                         "error": f"value not recordable: {e}", "by": "fn"})
-            raise
+                         "error": f"{_NOT_RECORDABLE}{e}", "by": "fn"})
+            raise InvalidRecordError(f"action {a.key!r}: the effect ran (recorded as done), but its result "
+                                     f"cannot be stored: {e}") from None
         return self.state(a.key).value  # the stored (canonical) value, as every replay returns
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core.errors import UsageError
-from .events import TaskRefused
+from .events import TERMINAL, TaskRefused
 from .tasks import Tasks
 
 
@@ -79,6 +79,10 @@ class LoopResult:
     failed: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # finished after the lease expired
     checkpoints: int = 0
+    resumed: list[str] = field(default_factory=list)  # held by this worker at the start: a run that died
+    #: tasks still open when the loop stopped (not yet due, blocked, or claimed by another worker):
+    #: empty when the queue is finished
+    waiting: list[str] = field(default_factory=list)
 
 
 class AgentLoop:
@@ -100,20 +104,35 @@ class AgentLoop:
     def run(self, max_steps: int | None = None) -> LoopResult:
         res = LoopResult()
         tasks = self.cap.tasks
+        # A task this worker holds when the loop starts was claimed by a run of it that died (a
+        # writer holds the file alone, so no live loop of this name shares it): it is taken up
+        # again now, its lease renewed, instead of waiting for that lease to run out. Its
+        # handler's effects replay from the journal (run_once).
+        now = self.cap.clock()
+        mine = sorted(t.id for t in tasks.queue().tasks.values()
+                      if t.status == "claimed" and t.worker == self.worker and (t.lease_expires_at or 0) > now)
         while max_steps is None or res.steps < max_steps:
             now = self.cap.clock()
-            due = tasks.due(now)
-            if not due:
-                wake = tasks.queue().next_wakeup(now)
-                if wake is None or not self.jump:
-                    break
-                self.cap.clock.advance_to(wake)
-                continue
-            ts = due[0]
-            name = ts.spec.task
+            if mine:
+                name = mine.pop(0)
+                ts = tasks.queue().tasks[name]
+                if ts.status != "claimed" or ts.worker != self.worker or (ts.lease_expires_at or 0) <= now:
+                    continue  # finished or expired meanwhile: the queue decides again
+                tasks.heartbeat(name, self.worker, lease=self.lease, now=now)
+                res.resumed.append(name)
+            else:
+                due = tasks.due(now)
+                if not due:
+                    wake = tasks.queue().next_wakeup(now)
+                    if wake is None or not self.jump:
+                        break
+                    self.cap.clock.advance_to(wake)
+                    continue
+                name = due[0].spec.task
+                tasks.claim(name, self.worker, lease=self.lease, now=now)
+            ts = tasks.queue().tasks[name]
             handler = self.handlers.get(ts.spec.name)
-            tasks.claim(name, self.worker, lease=self.lease, now=now)
-            step = Step(self.cap, tasks.queue().tasks[name], now)
+            step = Step(self.cap, ts, now)
             step.task_lease = self.lease
             try:
                 if handler is None:
@@ -137,4 +156,5 @@ class AgentLoop:
             if self.key is not None and self.checkpoint_every and res.steps % self.checkpoint_every == 0:
                 self.cap.checkpoint(f"loop-{len(self.cap.checkpoints()) + 1}", key=self.key)
                 res.checkpoints += 1
+        res.waiting = sorted(t.id for t in tasks.queue().tasks.values() if t.status not in TERMINAL)
         return res

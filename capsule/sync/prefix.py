@@ -61,8 +61,13 @@ def head_of(h: ReadHandle, path: Path) -> Head:
 def load_head(h: ReadHandle, path: Path) -> tuple[Head, Snapshot]:
     """The committed head and the reader's snapshot at it (6.3: read from the last INDEX on,
     never the whole history); a file with no commit is refused."""
-    header = _attach(h, path)
-    snap = load_stable(h, strict=False) if h.crypt is not None or not header.encrypted else _sealed_head(h, header)
+    try:
+        header = _attach(h, path)
+        snap = load_stable(h, strict=False) if h.crypt is not None or not header.encrypted else _sealed_head(h, header)
+    except CorruptError as e:
+        if not str(e).startswith(f"{path}: "):
+            e.args = (f"{path}: {e}",)  # which file (a push's local capsule, a pull's copy): offset and check stay
+        raise
     c = snap.commit
     if c is None:
         raise DataError(f"{path}: holds no commit (an interrupted create): nothing to sync")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import constants as C
-from ..core.errors import CorruptError
+from ..core.errors import CorruptError, UsageError
 from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
 from ..format.scan import Reader, Snapshot, Source
 from ..handle.locking import open_writer
@@ -89,6 +89,9 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
     'created'
     """
     p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():  # named before anything is read, not as the hidden temporary name
+        raise UsageError(f"{p}: no such folder {parent}")
     remote = Remote(url, storage_options)
     rh = read_head(remote)
     m = rh.manifest

@@ -190,6 +190,9 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
         _walk(h, header, size, rep, deep, progress, trust, strict, Pins(min_seq, expect_root))
         if h.keyless and rep.ok:
             rep.warnings[-1:] = [KEYLESS]
+            if strict:  # 13.4: every warning fails a strict verify, this one too (10.6)
+                rep.ok = _fail(rep, "keyless", "encrypted, and checked without its key: its contents were not "
+                                        "checked (--strict needs --identity or --passphrase-env)")
         if rep.ok and deep:
             check_targets(rep, p, keys)  # 7.7.1: what a lifecycle event may name
         if rep.ok and parent is not None:
