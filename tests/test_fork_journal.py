@@ -50,15 +50,37 @@ def test_f24_run_once_rollback_then_fork_never_runs_the_effect_again(tmp_path: P
     assert rep.ok, rep.first_error
 
 
-def test_a_fork_at_a_checkpoint_before_the_action_has_no_journal_entry(tmp_path: Path) -> None:
-    """Control: a fork *at* c0 is the world before the effect, as the parent was then."""
+def test_a_fork_at_a_checkpoint_before_the_action_keeps_its_journal_entry(tmp_path: Path) -> None:
+    """A fork *at* c0 has the parent's state then, but the effect the parent ran after c0
+    happened in the world: the fork's journal answers its key (a fresh-context review found the
+    fork ran it again), and its state root is still c0's."""
     p = tmp_path / "a.capsule"
+    calls: list[str] = []
+    k = capsule.generate_key()
     with capsule.create(p, clock=ticking()) as cap:
-        k = capsule.generate_key()
+        with cap.commit() as tx:
+            tx.remember("before")
         cap.checkpoint("c0", key=k)
-        cap.run_once("email:1", lambda: "msg-1")
+        assert cap.run_once("email:1", lambda: calls.append("sent") or "msg-1") == "msg-1"
+        with pytest.raises(KeyboardInterrupt):  # an intent without a result: in doubt in the parent
+            cap.run_once("charge:2", _interrupted)
+        with cap.commit() as tx:
+            tx.remember("after")
+    with capsule.open(p, at="c0") as then:
+        root_c0 = then.state_root
     with capsule.fork(p, tmp_path / "f.capsule", at="c0", clock=ticking()) as fk:
-        assert fk.actions() == []
+        assert fk.state_root == root_c0
+        assert sorted(m["text"] for m in fk.state().to_dict()["memories"]["working"]) == ["before"]
+        assert fk.run_once("email:1", lambda: calls.append("fork") or "y") == "msg-1"
+        with pytest.raises(capsule.InDoubt):
+            fk.run_once("charge:2", lambda: calls.append("charge"))
+    assert calls == ["sent"]
+    f = tmp_path / "f.capsule"
+    assert capsule.verify(f, parent=p).ok and capsule.verify(f, trust=k.public_key).ok
+
+
+def _interrupted() -> None:
+    raise KeyboardInterrupt
 
 
 def test_reproducible_fork_gets_a_new_file_id_and_is_reproducible(tmp_path: Path,

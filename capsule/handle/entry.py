@@ -236,6 +236,7 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
 
 
 def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock: Clock | None) -> Capsule:
+    from ..format.kindwalk import walk
     from .carry import carried_for, carry_snapshots, copy_keysets  # forks only: not at start-up
 
     c = view._snap.commit
@@ -249,6 +250,10 @@ def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock:
     # too, in their commit order, and dropped again by a revert in the same commit, so
     # the fork's live state and root are the parent's and no effect can run twice.
     recs = [r for r in every if r.id in live or r.kind == "action"]
+    # 15: so do the parent's action records after the fork point (its effects happened too: a
+    # fork at an earlier checkpoint must not run them again), after those, dead the same way
+    held = {r.id for r in recs}
+    recs += [r for _, _, r in walk(src._store, ["action"], start=c) if r.id not in held]
     journal = sorted(bytes.fromhex(r.id) for r in recs if r.id not in live)
     # 15.2: carry the newest signed checkpoint whose state is the fork's (the one forked at,
     # or one an earlier commit or a rollback left equal), held by the fork's commit 2
