@@ -20,7 +20,7 @@ Kill it at any moment and run it again: it picks up where it was and nobody is p
 - An alert ends with a note and a checkpoint labelled ``alert-N`` in one commit, signed with
   WORKDIR/agent.key; a rerun skips the alerts whose checkpoint exists.
 
-Inspect it afterwards (``why`` and ``timeline`` are planned, issue #11; until then):
+Inspect it afterwards:
     capsule state WORKDIR/agent.capsule          # memories, decisions with evidence, rules, identity
     capsule log WORKDIR/agent.capsule            # one row per commit
     capsule checkpoints WORKDIR/agent.capsule    # alert-1, alert-2, ... and who signed them
@@ -29,6 +29,8 @@ Inspect it afterwards (``why`` and ``timeline`` are planned, issue #11; until th
     capsule get WORKDIR/agent.capsule ID         # one record; a decision's evidence ids lead on
     capsule search WORKDIR/agent.capsule "disk database" --tag alert
     capsule verify WORKDIR/agent.capsule --trust WORKDIR/agent.key.pub
+    capsule why WORKDIR/agent.capsule ID         # a decision's evidence, and what it rests on
+    capsule timeline WORKDIR/agent.capsule --kind action --kind checkpoint
 """
 
 from __future__ import annotations

@@ -164,3 +164,17 @@ def test_pull_into_a_missing_folder_names_it_not_its_temporary(tmp_path: Path) -
     capsule.sync.push(f, f"file://{tmp_path}/remote/a")
     r = cli("pull", f"file://{tmp_path}/remote/a", tmp_path / "nodir" / "x.capsule")
     assert r.returncode == 2 and "no such folder" in r.stderr and ".pull-" not in r.stderr
+
+
+# --- --at with a state root prefix (what `capsule checkpoints` shows) said only "no commit root" ----------
+
+
+def test_at_a_state_root_prefix_names_the_checkpoint_label(tmp_path: Path) -> None:
+    f = tmp_path / "a.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            tx.remember("fact")
+        ck = cap.checkpoint("day-1", key=K1)
+    prefix = ck.state_root[:8]
+    with pytest.raises(capsule.NotFound, match="state root of checkpoint 'day-1': give --at 'day-1'"):
+        capsule.open(f, at=prefix)

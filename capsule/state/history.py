@@ -14,7 +14,7 @@ from ..format.commit import CommitInfo
 from ..format.records import parse_iso_time
 from ..format.store import Store
 from .carried import find_carried
-from .checkpoints import commit_of, find_checkpoint
+from .checkpoints import checkpoints, commit_of, find_checkpoint
 
 
 def commit_at_seq(store: Store, seq: int) -> CommitInfo:
@@ -65,8 +65,13 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
             return hits[0]
         if len(hits) > 1:
             raise UsageError(f"commit prefix {text!r} is ambiguous ({len(hits)} commits)")
-        raise NotFound(f"no commit with seq {text} and no commit root starting with {text!r}"
-                       if text.isdecimal() else f"no commit root starts with {text!r}")
+        said = (f"no commit with seq {text} and no commit root starting with {text!r}"
+                if text.isdecimal() else f"no commit root starts with {text!r}")
+        # a checkpoint's state root (what `capsule checkpoints` shows) is no commit root: name its label
+        named = [k.label for k in checkpoints(store) if k.body.state_root.hex().startswith(low)]
+        if named:
+            said += f"; it starts the state root of checkpoint {named[-1]!r}: give --at {named[-1]!r}"
+        raise NotFound(said)
     try:
         t = parse_iso_time(text)
     except InvalidRecordError as e:
