@@ -19,6 +19,7 @@ usage errors, a missing argument or ``-k 0``, in the same one-line form).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -81,6 +82,8 @@ def call(fn: Callable[[], T]) -> T:
         fail(msg, EXIT_USAGE)
     except CapsuleError as e:
         fail(str(e), EXIT_DATA)
+    except BrokenPipeError:
+        raise  # the reader of stdout went away: run_app ends quietly
     except OSError as e:
         fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_USAGE)
 
@@ -119,9 +122,13 @@ def run_app(app: typer.Typer) -> None:
     except MemoryError:
         err.print("capsule: error: out of memory")
         sys.exit(EXIT_DATA)
+    except BrokenPipeError:
+        stdout_gone()
     except SystemExit as e:
         try:
             sys.stdout.flush()
+        except BrokenPipeError:
+            stdout_gone()
         except OSError as oe:
             sys.stderr.write(f"capsule: error: cannot write output: {oe.strerror or oe}\n")
             sys.exit(EXIT_DATA)
@@ -136,3 +143,12 @@ def run_app(app: typer.Typer) -> None:
         sys.stderr.write(f"capsule: internal error: {type(e).__name__}: {msg} "
                          "(a bug in capsule: rerun with CAPSULE_DEBUG=1 for the traceback and report it)\n")
         sys.exit(EXIT_INTERNAL)
+
+
+def stdout_gone() -> None:
+    """The reader of stdout went away (`capsule export F -o - | head -1`): stop quietly, with
+    the status of a program SIGPIPE ended (128 + 13), as `cat` or `git` would."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())  # the interpreter's own flush at exit must not fail again
+    sys.exit(128 + signal.SIGPIPE)

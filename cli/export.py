@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._errors import EXIT_USAGE, call, fail
+from ._errors import EXIT_USAGE, call, fail, stdout_gone
 from ._params import AtOpt, FileArg, JsonOpt
 from ._render import emit_json, err, isatty, out, warn
 
@@ -73,7 +73,10 @@ def export(
             task = bar.add_task("exporting", total=None)
             return run(path, output, progress=lambda d, t: bar.update(task, completed=d, total=t), **kw)
 
-    res = call(go)
+    try:
+        res = call(go)
+    except BrokenPipeError:  # -o - into `| head`: the reader went away
+        stdout_gone()
     if json_out:
         emit_json(res.to_dict())
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ._errors import call
+from ._errors import EXIT_USAGE, call, fail, stdout_gone
 from ._params import AtOpt, FileArg, JsonOpt, regular
 from ._render import emit_json, out
 
@@ -77,11 +77,16 @@ def export_af(
     from capsule.integrations.letta import export_af as do_export
 
     if str(output) == "-":
+        if json_out:
+            fail("-o - writes the agent file to standard output; --json would print there too", EXIT_USAGE)
         from capsule.integrations.letta import dump_af, export_agent
 
         data = call(lambda: dump_af(export_agent(path, at=at)))
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            stdout_gone()
         return
     rep = call(lambda: do_export(path, output, at=at, overwrite=force))
     if json_out:

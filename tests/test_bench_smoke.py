@@ -59,3 +59,19 @@ def test_scale_rejects_a_bad_size(tmp_path: Path) -> None:
     r = _run(["--sizes", "10k,12q"], tmp_path)
     assert r.returncode == 2
     assert "bad size '12q'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sessions_quick_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "sessions.json"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sessions.py"), "--quick", "--out", str(out),
+                        "--tmpdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["rows"]) == {"capsule", "fixed", "sqlite"} and res["records"] == 1000
+    for side in ("capsule", "fixed"):
+        row = res["rows"][side]
+        assert row["by_frame"]["records"] > 0 and sum(row["by_frame"].values()) == row["bytes"] - 64
+        assert 0 < row["compacted_bytes"] <= row["bytes"] and row["first_query_ms"] > 0
+    assert res["rows"]["sqlite"]["bytes"] > 0
+    assert not list(tmp_path.glob("capsule-bench-sessions-*")), "the scratch folder must go"

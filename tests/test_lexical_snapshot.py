@@ -245,7 +245,7 @@ def test_same_records_same_blob_and_segments_merge_to_the_whole(tmp_path: Path,
 
 def test_segments_stay_few(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """9.3's binary counter: many small snapshots make O(log n) segments, each a base of the next."""
-    monkeypatch.setattr(part, "LEX_SNAPSHOT_ON_CLOSE", 1)
+    monkeypatch.setattr(part, "lexical_close_due", lambda covered: 1)  # a segment every close
     p = tmp_path / "s.capsule"
     for i in range(40):
         with capsule.open(p, "a") if p.exists() else capsule.create(p) as cap, cap.commit() as tx:

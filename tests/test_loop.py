@@ -154,3 +154,29 @@ def test_the_result_names_what_is_still_waiting(tmp_path: Path) -> None:
         assert res.done == ["now"] and res.waiting == ["later"] and res.resumed == []
         res = AgentLoop(cap, {"act": lambda s: 1}, jump_when_idle=True).run()
         assert res.done == ["later"] and res.waiting == []
+
+
+def test_a_second_loop_on_a_shared_handle_leaves_a_running_task_alone(tmp_path: Path) -> None:
+    """From an attack on the resume: two loops of one handle (threads), one worker name; the
+    second must not take up the task the first is running (its handler ran twice)."""
+    import threading
+
+    ran: list[str] = []
+    started, release = threading.Event(), threading.Event()
+
+    def slow(s: Step) -> Any:
+        ran.append(threading.current_thread().name)
+        started.set()
+        release.wait(10)
+        return 1
+
+    with capsule.create(tmp_path / "t.capsule") as cap:
+        cap.tasks.add("long", name="slow")
+        a = threading.Thread(target=lambda: AgentLoop(cap, {"slow": slow}).run(), name="A")
+        a.start()
+        assert started.wait(10)
+        res = AgentLoop(cap, {"slow": slow}).run()  # thread "MainThread", while A holds the task
+        release.set()
+        a.join(10)
+        assert res.resumed == [] and res.done == [] and res.waiting == ["long"]
+        assert ran == ["A"] and cap.tasks.queue().tasks["long"].status == "done"

@@ -36,12 +36,23 @@ def _plain_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- an in-place compaction or rekey replaced a 0600 capsule with a 0644 one -------------------------
 
 
-def test_compact_and_rekey_keep_the_files_permissions(tmp_path: Path) -> None:
+def test_compact_and_rekey_keep_the_files_permissions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsule.compaction import rewrite
+
     f = tmp_path / "m.capsule"
     with capsule.create(f) as cap, cap.commit() as tx:
         tx.remember("private thing")
     f.chmod(0o600)
+    born: list[int] = []
+    real = rewrite._mode_of
+
+    def spy(parent: Path, fd: int) -> None:
+        born.append(stat.S_IMODE(os.fstat(fd).st_mode))  # before the parent's mode is given
+        real(parent, fd)
+
+    monkeypatch.setattr(rewrite, "_mode_of", spy)
     capsule.compact(f)
+    assert born == [0o600], "the temporary file is private from its creation (an attack read it at 0644)"
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
     capsule.compact(f, tmp_path / "copy.capsule")
     assert stat.S_IMODE((tmp_path / "copy.capsule").stat().st_mode) == 0o600
@@ -178,3 +189,79 @@ def test_at_a_state_root_prefix_names_the_checkpoint_label(tmp_path: Path) -> No
     prefix = ck.state_root[:8]
     with pytest.raises(capsule.NotFound, match="state root of checkpoint 'day-1': give --at 'day-1'"):
         capsule.open(f, at=prefix)
+
+
+def test_rerun_signs_after_a_rollback_to_the_newest_checkpoint_and_only_then(tmp_path: Path) -> None:
+    """From an attack on the fix: the rerun judged by the newest checkpoint's state root, so a
+    rollback to the newest checkpoint was never signed, and a redaction since a checkpoint made
+    a rollback that wrote nothing sign one."""
+    key = tmp_path / "k.key"
+    capsule.save_private_key(key, K1, passphrase=None)
+    f = tmp_path / "a.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            tx.remember("a")
+        cap.checkpoint("d1", key=K1)
+        with cap.commit() as tx:
+            tx.remember("b")
+        cap.rollback("d1")  # a `rollback --key` killed after its revert
+    r = cli("rollback", f, "--to", "d1", "--key", key)
+    assert r.returncode == 0 and "signed the checkpoint 'rollback-to-d1'" in r.stdout, r.stdout + r.stderr
+    g = tmp_path / "g.capsule"
+    with capsule.create(g) as cap:
+        with cap.commit() as tx:
+            secret = tx.remember("secret")
+            tx.remember("kept")
+        cap.checkpoint("d1", key=K1)
+        with cap.commit() as tx:
+            tx.redact(secret)
+    r = cli("rollback", g, "--to", "d1", "--key", key)
+    assert r.returncode == 0 and "nothing written" in r.stdout, r.stdout + r.stderr
+    with capsule.open(g) as cap:
+        assert [c.label for c in cap.checkpoints()] == ["d1"]
+
+
+# --- an attack on this stop's own changes -----------------------------------------------------------------
+
+
+def _forked_after_an_effect(tmp_path: Path) -> tuple[Path, Path]:
+    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.remember("before")
+        cap.checkpoint("day-1", key=K1)
+        cap.run_once("email:1", lambda: "sent")
+        with cap.commit() as tx:
+            tx.remember("after")
+    capsule.fork(p, f, at="day-1").close()
+    return p, f
+
+
+def test_diff_of_a_fork_calls_the_parents_later_journal_journal_only(tmp_path: Path) -> None:
+    p, f = _forked_after_an_effect(tmp_path)
+    d = json.loads(cli("diff", p, f, "--json").stdout)
+    assert d["removed"]["by_reason"] == {"journal only": 2, "not in B": 1}, d["removed"]["by_reason"]
+
+
+def test_at_a_carried_checkpoints_state_root_names_its_label(tmp_path: Path) -> None:
+    _, f = _forked_after_an_effect(tmp_path)
+    with capsule.open(f) as cap:
+        root = next(c for c in cap.carried_checkpoints() if c.label == "day-1").state_root
+    r = cli("state", f, "--at", root[:8])
+    assert r.returncode != 0 and "give --at 'day-1'" in r.stderr, r.stderr
+
+
+def test_export_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    f = tmp_path / "big.capsule"
+    with capsule.create(f) as cap, cap.commit() as tx:
+        tx.put_many([{"text": f"line {i} " + "x" * 200} for i in range(20000)])
+    p = subprocess.Popen([str(Path(sys.executable).with_name("capsule")), "export", str(f), "-o", "-"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.read(100)
+    p.stdout.close()  # as `| head -c 100` does
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert p.wait(60) == 141 and err == "", err
+    r = cli("export-af", f, "-o", "-", "--json")
+    assert r.returncode == 2 and "--json" in r.stderr

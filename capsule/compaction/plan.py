@@ -272,7 +272,7 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
     if policy == "live":  # 15.1: one state is kept, the last: a checkpoint that signed it
         final = state_root_of(rows(arr[keep & live])) if pairs else ""
         groups = max(1, -(-int(keep.sum()) // LIVE_GROUP))
-        unkept = {ck.hash: "a --keep live file keeps only the last state" for ck, _, _ in cks
+        unkept = {ck.hash: unkept.get(ck.hash, "a --keep live file keeps only the last state") for ck, _, _ in cks
                   if ck.body.state_root.hex() != final or ck.hash in unkept}
         pairs = [(ck, groups) for ck, _ in pairs if ck.hash not in unkept]
     bad_after = next((i for i in bad if keep[i]), None)

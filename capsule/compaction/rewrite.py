@@ -237,7 +237,7 @@ def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
     copy_keysets, carry_snapshots = carry
     mems: list[Any] | None = [] if carry_snapshots is not None and _vectors_worth_it(plan) else None
     now = [plan.times[0]]
-    h = _SyncAtEnd(tmp, create=True)
+    h = _SyncAtEnd(tmp, create=True, mode=0o600)  # nobody else may open it before it has the parent's mode
     try:
         _mode_of(src.path, h.fd)
         # 15.1: minor 3 (LINEAGE's compaction keys), or the parent's when higher: it ranks as the parent did (12.8)

@@ -219,13 +219,13 @@ class WriteHandle(ReadHandle):
 
     _lock_file: tuple[Path, bytes] | None = None  # the FILE.lock this writer made, and what it wrote
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, mode: int = 0o644) -> None:
         self.path = path
         flags = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         if create:
             flags |= os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         try:
-            self.fd = os.open(path, flags, 0o644)
+            self.fd = os.open(path, flags, mode)
         except FileNotFoundError as e:
             raise CapsuleNotFound(f"{path}: no such capsule") from e
         except FileExistsError:

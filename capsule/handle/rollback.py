@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from ..core import constants as C
 from ..core.errors import CorruptError, NotFound
 from ..format.keys import PrivateKey
+from ..format.kindwalk import walk
+from ..format.scan import read_commit_at
 from ..questions._lifecycle import redacted
 from ..state.carried import find_carried
 from ..state.checkpoints import check_can_sign
@@ -36,10 +38,15 @@ def rollback_label(to: str) -> str:
     return ("rollback-to-" + to).encode()[:1024].decode("utf-8", "ignore")
 
 
-def _signed_now(cap: Capsule) -> bool:
-    """Whether the newest checkpoint signs the state as it is now (its state root)."""
-    latest = cap._snap.checkpoint
-    return latest is not None and cap._store.read_checkpoint(latest[0]).body.state_root.hex() == cap.state_root
+def _unsigned_rollback(cap: Capsule, thash: bytes) -> bool:
+    """Whether the last commit is a rollback to the checkpoint ``thash`` (a revert naming it in
+    ``to``, 7.7) that no checkpoint followed: what a rollback killed between its revert and its
+    checkpoint (two commits) leaves."""
+    c, ck = cap._snap.commit, cap._snap.checkpoint
+    if c is None or (ck is not None and ck[0] > (c.prev or 0)):
+        return False  # the last commit holds a checkpoint (its frames come before its COMMIT)
+    prev = read_commit_at(cap._store.h, c.prev, cap._snap.header) if c.prev is not None else None
+    return any(getattr(r, "to", None) == thash for _, _, r in walk(cap._store, ["revert"], start=prev))
 
 
 def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | None) -> str | None:
@@ -65,7 +72,7 @@ def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | 
     if not back and now_ids <= then_ids:
         # already there (but for redactions): no revert. A rollback killed between its revert and
         # its checkpoint (two commits) left this state unsigned: with a key, the rerun signs it.
-        if key is not None and not _signed_now(cap):
+        if key is not None and _unsigned_rollback(cap, thash):
             check_can_sign(cap._store, rollback_label(to), key)
             cap.checkpoint(rollback_label(to), key=key)
         return None

@@ -18,9 +18,11 @@ opened at is what is merged.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import secrets
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -199,8 +201,12 @@ def _write(plan: MergePlan, fid: bytes, tmp: Path, key: PrivateKey | Sequence[Pr
     lin = canon.pack(plan.lineage().to_value())
     now = [plan.groups[0].time if plan.groups else plan.time]
     enc = sealed_like(plan.first, plan.second, fid)
-    h = _SyncAtEnd(tmp, create=True)
+    h = _SyncAtEnd(tmp, create=True, mode=0o600)
     try:
+        # the mode both parents allow (a private parent gives a private merge), set before a byte is written
+        with contextlib.suppress(OSError):
+            os.fchmod(h.fd, stat.S_IMODE(os.stat(plan.first.path).st_mode) & stat.S_IMODE(
+                os.stat(plan.second.path).st_mode) | stat.S_IRUSR | stat.S_IWUSR)
         # 10.3: a merge of an encrypted parent is encrypted for the readers both parents admit
         header, lin_extra = begin_file(h, fid, plan.minor(), enc)
         cap = Capsule(tmp, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a",

@@ -8,7 +8,8 @@ both hold with the same Merkle root, 6.1, which fixes every frame before it). An
 usage error: a diff of unrelated files would list everything as added and removed.
 
 Records are compared by state, not by history: *added* is live at B and not at A, *removed* live
-at A and not at B, each with a reason (``rolled back``: B holds it and a revert drops it, or
+at A and not at B, each with a reason (``rolled back``: B holds it and a rollback drops it; ``journal only``:
+an action B holds dead in its journal, as a fork copies the parent's, 15; or
 the op's past tense when a lifecycle event did, 7.7.1: ``forgotten``, ``redacted``..., a record B
 redacted shown without its payload;
 ``expired``: a memory whose ``time + ttl`` is past B's commit time but not A's; ``superseded``:
@@ -193,7 +194,9 @@ def _dead(a: Source, b: Source) -> tuple[dict[bytes, str], list[dict[str, Any]]]
     for _, _, r in walk(b._store, ("revert",)):
         apply_revert(dead, red, r)
         for x in r.drop:
-            why[x] = PAST[r.op] if r.op is not None else "rolled back"
+            # 15: the revert of a fork's first commit (no `to`, no `op`) keeps the parent's journal
+            # dead in the fork; those actions were not rolled back, B's journal still answers them
+            why[x] = PAST[r.op] if r.op is not None else "rolled back" if r.to is not None else "journal only"
         if r.op is not None and held(bytes.fromhex(r.id)) is None:
             life.append(event_doc(r))
     return {x: why.get(x, "rolled back") for x in dead}, life

@@ -104,13 +104,16 @@ class AgentLoop:
     def run(self, max_steps: int | None = None) -> LoopResult:
         res = LoopResult()
         tasks = self.cap.tasks
-        # A task this worker holds when the loop starts was claimed by a run of it that died (a
-        # writer holds the file alone, so no live loop of this name shares it): it is taken up
-        # again now, its lease renewed, instead of waiting for that lease to run out. Its
-        # handler's effects replay from the journal (run_once).
+        # A task this worker name holds that no thread of this handle claimed was claimed by a
+        # process that died (a writer holds the file alone): it is taken up again now, its lease
+        # renewed, instead of waiting for that lease to run out; its handler's effects replay
+        # from the journal (run_once). One this handle claimed may be running in another thread
+        # (a handle is shared by threads): it is left to its lease.
         now = self.cap.clock()
+        here = getattr(tasks, "claimed_here", None)
         mine = sorted(t.id for t in tasks.queue().tasks.values()
-                      if t.status == "claimed" and t.worker == self.worker and (t.lease_expires_at or 0) > now)
+                      if t.status == "claimed" and t.worker == self.worker and (t.lease_expires_at or 0) > now
+                      and here is not None and t.id not in here)
         while max_steps is None or res.steps < max_steps:
             now = self.cap.clock()
             if mine:
@@ -119,6 +122,7 @@ class AgentLoop:
                 if ts.status != "claimed" or ts.worker != self.worker or (ts.lease_expires_at or 0) <= now:
                     continue  # finished or expired meanwhile: the queue decides again
                 tasks.heartbeat(name, self.worker, lease=self.lease, now=now)
+                tasks.claimed_here.add(name)
                 res.resumed.append(name)
             else:
                 due = tasks.due(now)

@@ -77,6 +77,9 @@ class Tasks:
         self._queue: Queue | None = None
         self._at = -1  # the snapshot end the queue is folded to
         self._known = 0  # task records folded
+        #: tasks claimed through this handle (by any thread): AgentLoop resumes only a task its
+        #: worker name holds that is not among them, one a dead process claimed
+        self.claimed_here: set[str] = set()
 
     def queue(self) -> Queue:
         with self._cap._lock:
@@ -172,6 +175,7 @@ class Tasks:
         ev = TaskClaimed(time=self._now(now), task=_task_id(task), worker=worker, lease=lease)
         with self._cap._lock:
             self._write([ev], lambda q: q.check_claim(ev))
+            self.claimed_here.add(ev.task)
             return self.queue().tasks[ev.task]
 
     def heartbeat(self, task: str | TaskState, worker: str, *, lease: int = 60_000_000_000,

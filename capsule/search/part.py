@@ -148,7 +148,7 @@ class SearchPart:
         open need not insert or tokenize much."""
         s = self._s
         if (self.store.committed or (s is not None and s.lex.cat is not None)) \
-                and self.lexical_pending() >= LEX_SNAPSHOT_ON_CLOSE:
+                and self.lexical_pending() >= lexical_close_due(self._covered()):
             self.write_lexical()
         if s is None:
             return
@@ -199,11 +199,13 @@ class SearchPart:
             wrote = True
         return wrote
 
+    def _covered(self) -> int:
+        d = self._s.lex.cat if self._s is not None else None
+        return d.covered if d is not None else peek_covered(self.store)
+
     def lexical_pending(self) -> int:
         """Searchable records not in the newest lexical snapshot (no scan: counts and one header)."""
-        d = self._s.lex.cat if self._s is not None else None
-        covered = d.covered if d is not None else peek_covered(self.store)
-        return sum(self.store.snap.kinds.get(k, 0) for k in LEXICAL_KINDS) - covered
+        return sum(self.store.snap.kinds.get(k, 0) for k in LEXICAL_KINDS) - self._covered()
 
     def write_lexical(self) -> bool:
         """16.8: append the records since the newest snapshot as a new segment blob.
@@ -247,6 +249,15 @@ class SearchPart:
         s.vi = VectorIndex.decode(blob)
         s.snapshot_count, s.pending_vectors = len(s.vi), 0
         s._vpos = self.store.snap.end
+
+
+def lexical_close_due(covered: int) -> int:
+    """16.8 writer policy: pending searchable records that make a close write a lexical segment.
+    Past 1,024 covered, a quarter of them, up to LEX_SNAPSHOT_EVERY: every segment is a new blob
+    and an INDEX naming it (its tables merged as 9.3 says), so sessions of a few hundred records
+    each would otherwise add a snapshot and a table every other close; a reader then tokenizes
+    at most LEX_SNAPSHOT_EVERY records (tens of ms) before its first query."""
+    return max(LEX_SNAPSHOT_ON_CLOSE, min(covered // 4, LEX_SNAPSHOT_EVERY))
 
 
 def snapshot_due(count: int) -> int:

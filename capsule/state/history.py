@@ -13,7 +13,7 @@ from ..core.errors import InvalidRecordError, NotFound, UsageError
 from ..format.commit import CommitInfo
 from ..format.records import parse_iso_time
 from ..format.store import Store
-from .carried import find_carried
+from .carried import carried_checkpoints, find_carried
 from .checkpoints import checkpoints, commit_of, find_checkpoint
 
 
@@ -68,7 +68,8 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
         said = (f"no commit with seq {text} and no commit root starting with {text!r}"
                 if text.isdecimal() else f"no commit root starts with {text!r}")
         # a checkpoint's state root (what `capsule checkpoints` shows) is no commit root: name its label
-        named = [k.label for k in checkpoints(store) if k.body.state_root.hex().startswith(low)]
+        named = [k.label for k in carried_checkpoints(store) if k.state_root.startswith(low)]
+        named += [k.label for k in checkpoints(store) if k.body.state_root.hex().startswith(low)]
         if named:
             said += f"; it starts the state root of checkpoint {named[-1]!r}: give --at {named[-1]!r}"
         raise NotFound(said)
