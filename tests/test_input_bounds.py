@@ -437,6 +437,11 @@ def test_control_characters_are_escaped_in_human_output(tmp_path: Path) -> None:
 # --- signals during pack ---------------------------------------------------------------------
 
 
+def _default_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_pack_leaves_nothing_behind(tmp_path: Path, sig: int, code: int) -> None:
     folder = tmp_path / "notes"
@@ -445,14 +450,18 @@ def test_an_interrupted_pack_leaves_nothing_behind(tmp_path: Path, sig: int, cod
         (folder / f"n{i:04d}.md").write_text(f"note {i}\n\n" + " ".join(f"w{i * j % 997}" for j in range(150)))
     out = tmp_path / "out.capsule"
     argv = [str(CAPSULE_BIN), "pack", str(folder), "-o", str(out), "--embedder", "none", "--batch", "5"]
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    # The child starts with the default dispositions: an ignored SIGINT is inherited across exec, and
+    # the CLI rightly leaves an ignored signal alone (nohup); some test before this one, in the same
+    # xdist worker, left SIGINT ignored, so the pack ran to the end (exit 0) under `make test` only.
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                         preexec_fn=_default_signals)
     deadline = time.monotonic() + 60
     while not (out.exists() and out.stat().st_size > 4096) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert p.poll() is None, "pack finished before it could be interrupted: make the folder bigger"
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == code, err
+    assert p.returncode == code, (err, "this process's own disposition:", signal.getsignal(sig))
     assert err.strip().splitlines() == ["capsule: interrupted"], err
     assert not out.exists() and not Path(str(out) + ".lock").exists()
     r = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120, check=False)
