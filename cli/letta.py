@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -83,8 +84,16 @@ def export_af(
 
         data = call(lambda: dump_af(export_agent(path, at=at)))
         try:
-            sys.stdout.buffer.write(data)
-            sys.stdout.buffer.flush()
+            sys.stdout.flush()
+            try:
+                fd = sys.stdout.fileno()
+            except (OSError, ValueError):  # a stream with no descriptor (a test runner's)
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+                return
+            view = memoryview(data)
+            while view:  # every byte, or the reader's going away said (a short write is not the end)
+                view = view[os.write(fd, view):]
         except BrokenPipeError:
             stdout_gone()
         return

@@ -180,3 +180,32 @@ def test_a_second_loop_on_a_shared_handle_leaves_a_running_task_alone(tmp_path: 
         a.join(10)
         assert res.resumed == [] and res.done == [] and res.waiting == ["long"]
         assert ran == ["A"] and cap.tasks.queue().tasks["long"].status == "done"
+
+
+def test_two_loops_of_one_handle_resume_each_dead_task_once(tmp_path: Path) -> None:
+    """From a second attack: loop A listed the dead run's t1 and t2, took t1; loop B (started
+    later) took t2; then A took t2 again from its list. Taking one up is now checked and marked
+    under the handle's lock."""
+    import threading
+    import time
+
+    p = tmp_path / "d.capsule"
+    with capsule.create(p) as cap:
+        cap.tasks.add_many([{"task": "t1", "name": "slow"}, {"task": "t2", "name": "slow"}])
+        cap.tasks.claim("t1", "agent")  # a process that died holding both
+        cap.tasks.claim("t2", "agent")
+    ran: list[tuple[str, str]] = []
+
+    def slow(s: Step) -> Any:
+        ran.append((threading.current_thread().name, s.name))
+        time.sleep(0.6 if s.name == "t1" else 0.05)
+        return 1
+
+    with capsule.open(p, "a") as cap:
+        a = threading.Thread(target=lambda: AgentLoop(cap, {"slow": slow}).run(), name="A")
+        a.start()
+        time.sleep(0.3)  # A holds t1 and still has t2 on its list
+        AgentLoop(cap, {"slow": slow}).run()
+        a.join(10)
+        assert sorted(t for _, t in ran) == ["t1", "t2"], ran
+        assert all(t.status == "done" for t in cap.tasks.queue().tasks.values())

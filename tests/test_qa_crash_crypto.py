@@ -46,13 +46,15 @@ def test_compact_and_rekey_keep_the_files_permissions(tmp_path: Path, monkeypatc
     born: list[int] = []
     real = rewrite._mode_of
 
-    def spy(parent: Path, fd: int) -> None:
+    def spy(parent: Path, fd: int, *, owner: bool = True) -> None:
         born.append(stat.S_IMODE(os.fstat(fd).st_mode))  # before the parent's mode is given
-        real(parent, fd)
+        real(parent, fd, owner=owner)
 
     monkeypatch.setattr(rewrite, "_mode_of", spy)
     capsule.compact(f)
     assert born == [0o600], "the temporary file is private from its creation (an attack read it at 0644)"
+    with capsule.fork(f, tmp_path / "fork.capsule") as fk:  # a second attack: a fork was 0644
+        assert stat.S_IMODE(os.fstat(fk._store.h.fd).st_mode) == 0o600
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
     capsule.compact(f, tmp_path / "copy.capsule")
     assert stat.S_IMODE((tmp_path / "copy.capsule").stat().st_mode) == 0o600
@@ -265,3 +267,46 @@ def test_export_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
     assert p.wait(60) == 141 and err == "", err
     r = cli("export-af", f, "-o", "-", "--json")
     assert r.returncode == 2 and "--json" in r.stderr
+
+
+def test_rerun_signs_past_a_close_that_indexed_after_the_revert(tmp_path: Path) -> None:
+    """From a second attack: a close that wrote an INDEX after the revert (a commit of no
+    records) hid the unsigned rollback from the rerun."""
+    key = tmp_path / "k.key"
+    capsule.save_private_key(key, K1, passphrase=None)
+    f = tmp_path / "a.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            tx.put_many([{"text": f"early {i}"} for i in range(300)])
+        cap.checkpoint("x", key=K1)
+        with cap.commit() as tx:
+            tx.put_many([{"text": f"late {i}"} for i in range(300)])
+        cap.rollback("x")
+    with capsule.open(f) as cap:  # the close indexed: the last commit holds no records
+        rows = cap.log()
+        assert rows[-1].records == 0, rows[-2:]
+    r = cli("rollback", f, "--to", "x", "--key", key, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["signed"] is True, r.stdout + r.stderr
+
+
+_KILLED_SESSION = r"""
+import os, sys, capsule
+p = sys.argv[1]
+cap = capsule.open(p, "a") if os.path.exists(p) else capsule.create(p)
+with cap.commit() as tx:
+    tx.put_many([{"text": f"session {sys.argv[2]} note {i} about deploys"} for i in range(1000)])
+os._exit(0)  # killed: no close, so no segment on close
+"""
+
+
+def test_sessions_that_never_close_leave_readers_a_bounded_catch_up(tmp_path: Path) -> None:
+    """From a second attack: writers killed after their commit wrote no lexical segment, so the
+    records a new process tokenizes before its first query grew without bound (42,000 after 140
+    sessions, a second per query)."""
+    f = tmp_path / "k.capsule"
+    for i in range(12):
+        subprocess.run([sys.executable, "-c", _KILLED_SESSION, str(f), str(i)], check=True, timeout=120)
+    with capsule.open(f) as cap:
+        assert len(cap) == 12_000
+        assert cap._search.lexical_pending() < 8192 + 1000
+        assert cap.search("deploys", k=3, mode="lexical")

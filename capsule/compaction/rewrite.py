@@ -51,17 +51,22 @@ from .plan import _EMB_KEY, POLICIES, Plan, commits, make_plan
 LABEL = "compact"
 
 
-def _mode_of(parent: Path, fd: int) -> None:
-    """Give the new file the parent's permission bits (and owner, where this process may) before
-    a byte is written: a private capsule (0600) compacted or rekeyed in place stays private,
-    never replaced by a world-readable one, and no temporary copy of it is readable meanwhile."""
+def _mode_of(parent: Path, fd: int, *, owner: bool = True) -> None:
+    """Give the new file the parent's permission bits (never set-id or sticky bits) and, with
+    ``owner`` (in place: the file keeps its name), its owner and group where this process may;
+    a private capsule (0600) compacted or rekeyed stays private, never replaced by a
+    world-readable one (the temporary file is born 0600, so none is readable meanwhile)."""
     try:
         st = os.stat(parent)
     except OSError:
         return
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    with contextlib.suppress(OSError):  # only root may give a file away; a group of one's own is fine
-        os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o777)
+    if owner:
+        try:  # only root may give a file away ...
+            os.fchown(fd, st.st_uid, st.st_gid)
+        except OSError:
+            with contextlib.suppress(OSError):  # ... a group of one's own is fine
+                os.fchown(fd, -1, st.st_gid)
 
 
 class _SyncAtEnd(WriteHandle):
@@ -197,7 +202,7 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
         sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.compact-*")
     tmp = dest.parent / f".{dest.name}.compact-{secrets.token_hex(6)}"
     try:
-        _write(src, plan, lin, fid, tmp, key, (copy_keysets, carry_snapshots), progress, enc)
+        _write(src, plan, lin, fid, tmp, key, (copy_keysets, carry_snapshots), progress, enc, in_place)
         if in_place:
             os.replace(tmp, dest)
         else:
@@ -233,13 +238,13 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
 def _write(src: Capsule, plan: Plan, lin: Lineage, fid: bytes, tmp: Path,
            key: PrivateKey | Sequence[PrivateKey] | None,
            carry: tuple[Any, Any], progress: Callable[[int, int], None] | None,
-           enc: tuple[FrameCipher, bytes] | None = None) -> None:
+           enc: tuple[FrameCipher, bytes] | None = None, in_place: bool = True) -> None:
     copy_keysets, carry_snapshots = carry
     mems: list[Any] | None = [] if carry_snapshots is not None and _vectors_worth_it(plan) else None
     now = [plan.times[0]]
     h = _SyncAtEnd(tmp, create=True, mode=0o600)  # nobody else may open it before it has the parent's mode
     try:
-        _mode_of(src.path, h.fd)
+        _mode_of(src.path, h.fd, owner=in_place)  # -o: a new file is its maker's
         # 15.1: minor 3 (LINEAGE's compaction keys), or the parent's when higher: it ranks as the parent did (12.8)
         minor = max(3, src._snap.header.minor)
         header, sealing = begin_file(h, fid, minor, enc, src._h.keys)  # 10.3: KEYSLOT after the LINEAGE

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
@@ -67,7 +69,7 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
            exist_ok: bool = False, lineage: bytes | None = None, timeout: float | None = None,
            recipients: Sequence[PublicKey | PrivateKey] = (), passphrase: bytes | str | None = None,
            identity: PrivateKey | None = None, scrypt_log_n: int | None = None,
-           _encryption: tuple[FrameCipher, bytes] | None = None) -> Capsule:
+           _encryption: tuple[FrameCipher, bytes] | None = None, _mode: int | None = None) -> Capsule:
     """Create a new, empty capsule and open it for writing.
 
     With ``SOURCE_DATE_EPOCH`` set (and no explicit ``file_id``/``clock``) the
@@ -106,7 +108,10 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     if p.is_dir():
         raise UsageError(f"{p}: is a directory, not a capsule")
     try:
-        h = WriteHandle(p, create=True)
+        # _mode (a fork: its parent's permission bits): born private, given that mode before a byte is written
+        h = WriteHandle(p, create=True, mode=0o644 if _mode is None else 0o600)
+        if _mode is not None:
+            os.fchmod(h.fd, _mode & 0o777)
     except FileExistsError:
         if exist_ok:  # another process created it since the check above: open what it made
             return _open_made(p, clock, timeout, keys)
@@ -134,6 +139,7 @@ def _open_made(p: Path, clock: Clock | None, timeout: float | None, keys: Keys) 
     (default 2 s), before it is called what it then is."""
     wait = 2.0 if timeout is None else timeout
     deadline = time.monotonic() + wait
+    whole = False  # a whole header was there when an open failed on it: once more, then it is the file's
     while True:
         try:
             return open(p, "a", clock=clock, timeout=wait, identity=keys.identity, passphrase=keys.passphrase)
@@ -142,7 +148,12 @@ def _open_made(p: Path, clock: Clock | None, timeout: float | None, keys: Keys) 
                 raise
             try:
                 if p.stat().st_size >= C.HEADER_SIZE:
-                    raise
+                    # the winner may have written its header between that read and this stat (CI saw
+                    # "not a capsule (no header)" under load): read it once more before saying so
+                    if whole:
+                        raise
+                    whole = True
+                    continue
             except FileNotFoundError:
                 raise e from None
             time.sleep(0.005)
@@ -268,7 +279,9 @@ def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock:
     fid = new_file_id() if sde is None or clock is not None else new_file_id(sde, lin.parent + lin.root)
     # 10.3: the fork of an encrypted capsule is encrypted for the same recipients, under its own file key
     enc = like_parent(src._h, fid, src._h.keys) if src._h.crypt is not None else None
-    new = create(out, clock=clock, file_id=fid, lineage=canon.pack(lin.to_value()), _encryption=enc)
+    # a fork holds the parent's records: a private parent gives a private fork
+    mode = stat.S_IMODE(os.stat(path).st_mode) | stat.S_IRUSR | stat.S_IWUSR
+    new = create(out, clock=clock, file_id=fid, lineage=canon.pack(lin.to_value()), _encryption=enc, _mode=mode)
     try:
         items = []
         for rec in recs:

@@ -18,7 +18,6 @@ from ..core import constants as C
 from ..core.errors import CorruptError, NotFound
 from ..format.keys import PrivateKey
 from ..format.kindwalk import walk
-from ..format.scan import read_commit_at
 from ..questions._lifecycle import redacted
 from ..state.carried import find_carried
 from ..state.checkpoints import check_can_sign
@@ -39,14 +38,21 @@ def rollback_label(to: str) -> str:
 
 
 def _unsigned_rollback(cap: Capsule, thash: bytes) -> bool:
-    """Whether the last commit is a rollback to the checkpoint ``thash`` (a revert naming it in
-    ``to``, 7.7) that no checkpoint followed: what a rollback killed between its revert and its
-    checkpoint (two commits) leaves."""
-    c, ck = cap._snap.commit, cap._snap.checkpoint
-    if c is None or (ck is not None and ck[0] > (c.prev or 0)):
-        return False  # the last commit holds a checkpoint (its frames come before its COMMIT)
-    prev = read_commit_at(cap._store.h, c.prev, cap._snap.header) if c.prev is not None else None
-    return any(getattr(r, "to", None) == thash for _, _, r in walk(cap._store, ["revert"], start=prev))
+    """Whether the newest commit holding records is a rollback to the checkpoint ``thash`` (a
+    revert naming it in ``to``, 7.7) that no checkpoint followed: what a rollback killed between
+    its revert and its checkpoint (two commits) leaves. Commits of derived data only (an INDEX or
+    a snapshot a close wrote after the revert) are looked past."""
+    ck = cap._snap.checkpoint
+    commits = cap._store.commits()  # newest first
+    c = next(commits, None)
+    while c is not None:
+        prev = next(commits, None)
+        if ck is not None and ck[0] > (prev.end if prev is not None else 0):
+            return False  # a checkpoint in this commit or after it
+        if c.records != (prev.records if prev is not None else 0):
+            return any(getattr(r, "to", None) == thash for _, _, r in walk(cap._store, ["revert"], start=prev))
+        c = prev
+    return False
 
 
 def rollback_to(cap: Capsule, to: str, key: PrivateKey | Sequence[PrivateKey] | None) -> str | None:

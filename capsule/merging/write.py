@@ -205,8 +205,8 @@ def _write(plan: MergePlan, fid: bytes, tmp: Path, key: PrivateKey | Sequence[Pr
     try:
         # the mode both parents allow (a private parent gives a private merge), set before a byte is written
         with contextlib.suppress(OSError):
-            os.fchmod(h.fd, stat.S_IMODE(os.stat(plan.first.path).st_mode) & stat.S_IMODE(
-                os.stat(plan.second.path).st_mode) | stat.S_IRUSR | stat.S_IWUSR)
+            os.fchmod(h.fd, (stat.S_IMODE(os.stat(plan.first.path).st_mode) & stat.S_IMODE(
+                os.stat(plan.second.path).st_mode) | stat.S_IRUSR | stat.S_IWUSR) & 0o777)  # no set-id bits
         # 10.3: a merge of an encrypted parent is encrypted for the readers both parents admit
         header, lin_extra = begin_file(h, fid, plan.minor(), enc)
         cap = Capsule(tmp, h, Snapshot(header, C.HEADER_SIZE, None, header.chain_seed, Merkle(), 0), "a",

@@ -35,6 +35,8 @@ class Host(Protocol):
     @property
     def tasks(self) -> Tasks: ...
     def commit(self) -> Any: ...
+    @property
+    def _lock(self) -> Any: ...
     def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = ...) -> Any: ...
     def checkpoint(self, label: str, *, key: Any) -> Any: ...
     def checkpoints(self) -> list[Any]: ...
@@ -118,11 +120,13 @@ class AgentLoop:
             now = self.cap.clock()
             if mine:
                 name = mine.pop(0)
-                ts = tasks.queue().tasks[name]
-                if ts.status != "claimed" or ts.worker != self.worker or (ts.lease_expires_at or 0) <= now:
-                    continue  # finished or expired meanwhile: the queue decides again
+                with self.cap._lock:  # one thread takes it up: the check and the mark together
+                    ts = tasks.queue().tasks[name]
+                    if name in tasks.claimed_here or ts.status != "claimed" or ts.worker != self.worker \
+                            or (ts.lease_expires_at or 0) <= now:
+                        continue  # another loop of this handle took it, or it ended: the queue decides again
+                    tasks.claimed_here.add(name)
                 tasks.heartbeat(name, self.worker, lease=self.lease, now=now)
-                tasks.claimed_here.add(name)
                 res.resumed.append(name)
             else:
                 due = tasks.due(now)

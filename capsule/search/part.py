@@ -46,6 +46,10 @@ LEX_SNAPSHOT_ON_CLOSE = 256
 #: and after a commit once this many are not, while the catalog is loaded; so a reader
 #: catches up at most about this many records (tens of ms) before its first query.
 LEX_SNAPSHOT_EVERY = 4096
+#: and after a commit once this many are not, even with the catalog not loaded: a writer that is
+#: killed writes no segment on close, so sessions that never close cleanly would otherwise leave
+#: every new process more and more to tokenize.
+LEX_CATCH_UP_MAX = 2 * LEX_SNAPSHOT_EVERY
 #: A handle keeps what it commits for the catalog (16.8) until it writes a snapshot; it writes
 #: one after a commit once this many records wait (so that memory stays bounded).
 LEX_FED_MAX = 1 << 18
@@ -56,6 +60,7 @@ class SearchPart:
         self.store = store
         self._write_blob = write_blob
         self._s: Searcher | None = None
+        self._peeked: tuple[int | None, int] | None = None  # (the newest lexical blob's offset, what it covers)
         self.defaults: VectorParams | None = None  # configure_vectors() before the first embedding
 
     @property
@@ -137,7 +142,10 @@ class SearchPart:
                 s.vectors()
                 self.write_snapshot()
             if (s.lex.cat is not None and self.lexical_pending() >= LEX_SNAPSHOT_EVERY) \
-                    or s.lex.fed_records() >= LEX_FED_MAX:
+                    or s.lex.fed_records() >= LEX_FED_MAX \
+                    or (fed is not None and self.lexical_pending() >= LEX_CATCH_UP_MAX):
+                # the last: writers that never close cleanly (killed) leave no segment on close,
+                # so without it every new process would tokenize more and more (16.8)
                 self.write_lexical()
         except (CapsuleError, OSError) as e:
             return e.with_traceback(None)
@@ -201,7 +209,13 @@ class SearchPart:
 
     def _covered(self) -> int:
         d = self._s.lex.cat if self._s is not None else None
-        return d.covered if d is not None else peek_covered(self.store)
+        if d is not None:
+            return d.covered
+        ref = self.store.snap.blobs.get(lexsnap.BLOB_TYPE)
+        at = None if ref is None else ref.offset
+        if self._peeked is None or self._peeked[0] != at:  # one header read per new snapshot, not per commit
+            self._peeked = (at, peek_covered(self.store))
+        return self._peeked[1]
 
     def lexical_pending(self) -> int:
         """Searchable records not in the newest lexical snapshot (no scan: counts and one header)."""
