@@ -10,10 +10,10 @@ stays in the append-only file until ``capsule compact``. This writes the same
 records (deterministic memories of ~20 words) in ``--sessions`` sessions of
 ``--per`` records each, three ways, and reports the file each leaves:
 
-* ``capsule``: the writer's close policies as they are (9.3, 16.8: they grow with
-  the file);
-* ``fixed``: the close policies of before 2026-12-05 (an INDEX on close from 512
-  records, a lexical segment from 256), swapped in for the run;
+* ``capsule``: the writer's close policies as they are (16.8: a lexical segment
+  waits for a share of what the newest one covers);
+* ``fixed``: the lexical close policy of before 2026-12-05 (a segment from 256
+  pending records), swapped in for the run;
 * ``sqlite``: SQLite (WAL, ``synchronous=FULL``) with an FTS5 table, one
   transaction per session, the database settled with ``wal_checkpoint(TRUNCATE)``.
 
@@ -58,14 +58,13 @@ def texts(sessions: int, per: int) -> Iterator[list[str]]:
 
 @contextmanager
 def fixed_policies() -> Iterator[None]:
-    """The close policies of before 2026-12-05, for the ``fixed`` column."""
-    saved = (C.index_close_due, part.lexical_close_due)
-    C.index_close_due = lambda records: C.INDEX_ON_CLOSE_RECORDS  # type: ignore[assignment]
+    """The lexical close policy of before 2026-12-05, for the ``fixed`` column."""
+    saved = part.lexical_close_due
     part.lexical_close_due = lambda covered: part.LEX_SNAPSHOT_ON_CLOSE  # type: ignore[assignment]
     try:
         yield
     finally:
-        C.index_close_due, part.lexical_close_due = saved  # type: ignore[assignment]
+        part.lexical_close_due = saved  # type: ignore[assignment]
 
 
 def write_capsule(path: Path, sessions: int, per: int) -> float:

@@ -119,15 +119,7 @@ assert max(FRAME_TARGET_RAW, MAX_RECORD_OBJECTS) < MAX_FRAME_OBJECTS
 INDEX_EVERY_RECORDS = 4096
 INDEX_EVERY_FRAMES = 256
 INDEX_ON_CLOSE_RECORDS = 512
-INDEX_ON_CLOSE_FRAMES = 16  # = INDEX_ON_CLOSE_RECORDS // 32
-
-
-def index_close_due(records: int) -> int:
-    """9.3 writer policy: records since the INDEX that make a close write one (and frames: a
-    32nd of that). Past 4,096 records, an eighth of them, up to INDEX_EVERY_RECORDS: every INDEX
-    merges tables (9.3), so sessions of a few hundred records each would otherwise rewrite the
-    tables every other close; an open then replays at most what a commit may leave anyway."""
-    return max(INDEX_ON_CLOSE_RECORDS, min(records // 8, INDEX_EVERY_RECORDS))
+INDEX_ON_CLOSE_FRAMES = 16
 # 9.3: an INDEX commit fsyncs twice (6.4), so indexing with every other checkpoint of a
 # step loop cost half an fsync per checkpoint; at these sizes a view still replays little
 INDEX_AT_CHECKPOINT_RECORDS = 512

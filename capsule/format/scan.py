@@ -110,8 +110,10 @@ class Reader:
         b0 = off - self._buf_at
         if b0 >= 0 and b0 + n <= len(self._buf):
             return self._buf[b0 : b0 + n]
-        want = min(max(n, self.CHUNK), self.end - off)
-        self._buf = self.src.pread(off, want)
+        have = self._buf[b0:] if 0 <= b0 < len(self._buf) else b""  # what is buffered is not read again
+        at = off + len(have)
+        want = min(max(n - len(have), self.CHUNK), self.end - at)
+        self._buf = have + self.src.pread(at, want) if have else self.src.pread(at, want)
         self._buf_at = off
         return self._buf[:n]
 

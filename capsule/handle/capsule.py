@@ -189,10 +189,9 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
                             part.on_close()
                     except (CapsuleError, OSError) as e:
                         self.close_error = e.with_traceback(None)
-                due = C.index_close_due(st.snap.records)
                 if (writer and st.committed and self.close_error is None
-                        and (len(st.snap.mem) >= due
-                             or st.snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES * due // C.INDEX_ON_CLOSE_RECORDS)):
+                        and (len(st.snap.mem) >= C.INDEX_ON_CLOSE_RECORDS
+                             or st.snap.frames_since_index >= C.INDEX_ON_CLOSE_FRAMES)):
                     # Best effort: the index only speeds up the next open. Every commit
                     # acknowledged so far is durable, so a failure here (disk full) must
                     # not surface as if they had failed.
