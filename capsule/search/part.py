@@ -46,9 +46,9 @@ LEX_SNAPSHOT_ON_CLOSE = 256
 #: and after a commit once this many are not, while the catalog is loaded; so a reader
 #: catches up at most about this many records (tens of ms) before its first query.
 LEX_SNAPSHOT_EVERY = 4096
-#: and after a commit once this many are not, even with the catalog not loaded: a writer that is
-#: killed writes no segment on close, so sessions that never close cleanly would otherwise leave
-#: every new process more and more to tokenize.
+#: and after a commit once this many that other sessions committed are not, even with the catalog
+#: not loaded: a writer that is killed writes no segment on close, so sessions that never close
+#: cleanly would otherwise leave every new process more and more to tokenize.
 LEX_CATCH_UP_MAX = 2 * LEX_SNAPSHOT_EVERY
 #: A handle keeps what it commits for the catalog (16.8) until it writes a snapshot; it writes
 #: one after a commit once this many records wait (so that memory stays bounded).
@@ -143,9 +143,10 @@ class SearchPart:
                 self.write_snapshot()
             if (s.lex.cat is not None and self.lexical_pending() >= LEX_SNAPSHOT_EVERY) \
                     or s.lex.fed_records() >= LEX_FED_MAX \
-                    or (fed is not None and self.lexical_pending() >= LEX_CATCH_UP_MAX):
+                    or (fed is not None and self.lexical_pending() - s.lex.fed_records() >= LEX_CATCH_UP_MAX):
                 # the last: writers that never close cleanly (killed) leave no segment on close,
-                # so without it every new process would tokenize more and more (16.8)
+                # so without it every new process would tokenize more and more (16.8); what this
+                # session committed itself waits for its close (a bulk ingest writes one segment)
                 self.write_lexical()
         except (CapsuleError, OSError) as e:
             return e.with_traceback(None)
