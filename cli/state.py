@@ -15,7 +15,7 @@ import capsule
 from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
-from ._errors import call
+from ._errors import EXIT_USAGE, call, fail
 from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, valid_at_iso
 from ._render import Table, cell, emit_json, escape_json, out
 
@@ -150,8 +150,12 @@ def keygen(
 
 def checkpoint(
     path: FileArg,
-    label: Annotated[str, typer.Option("--label", help="A name for this checkpoint (used by --at and rollback).")],
-    key: Annotated[list[Path], typer.Option("--key", help="Private key file; repeat for a threshold of keys.")],
+    label_arg: Annotated[str | None, typer.Argument(metavar="LABEL", show_default=False,
+                                                    help="The label, as --label gives it.")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="A name for this checkpoint (used by --at and "
+                                                               "rollback).")] = None,
+    key: Annotated[list[Path] | None, typer.Option("--key", help="Private key file; repeat for a threshold of "
+                                                                  "keys.")] = None,
     runtime: Annotated[Path | None, typer.Option("--runtime", help="A file of runtime state to store with it.")]
     = None,
     passphrase_env: PassOpt = None,
@@ -160,8 +164,16 @@ def checkpoint(
 ) -> None:
     """Sign and commit a checkpoint of the current state.
 
-    Example: capsule checkpoint agent.capsule --label day-1 --key agent.key
+    Example: capsule checkpoint agent.capsule day-1 --key agent.key   (or --label day-1)
     """
+
+    if label is not None and label_arg is not None and label != label_arg:
+        fail(f"two labels: {label_arg!r} and --label {label!r}", EXIT_USAGE)
+    label = label if label is not None else label_arg
+    if label is None:
+        fail("a checkpoint needs a label: capsule checkpoint FILE LABEL --key KEY (or --label LABEL)", EXIT_USAGE)
+    if not key:
+        fail("a checkpoint is signed: give --key KEY (repeat it for a threshold of keys)", EXIT_USAGE)
 
     def go() -> dict[str, Any]:
         keys = _load_keys(key, passphrase_env)

@@ -325,3 +325,19 @@ def test_a_bulk_ingest_writes_one_lexical_segment_at_close(tmp_path: Path) -> No
         assert lexsnap.BLOB_TYPE not in cap._store.snap.blobs  # nothing before the close
     with capsule.open(f) as cap:
         assert cap._search.lexical_pending() == 0
+
+
+def test_checkpoint_takes_its_label_as_an_argument_too(tmp_path: Path) -> None:
+    """docs/sync.md wrote `capsule checkpoint FILE LABEL`, which said "Missing option '--label'"."""
+    key = tmp_path / "k.key"
+    capsule.save_private_key(key, K1, passphrase=None)
+    f = tmp_path / "c.capsule"
+    capsule.create(f).close()
+    assert cli("checkpoint", f, "day-1", "--key", key).returncode == 0
+    assert cli("checkpoint", f, "--label", "day-2", "--key", key).returncode == 0
+    both = cli("checkpoint", f, "a", "--label", "b", "--key", key)
+    assert both.returncode == 2 and "two labels" in both.stderr
+    assert "needs a label" in cli("checkpoint", f, "--key", key).stderr
+    assert "give --key" in cli("checkpoint", f, "day-3").stderr
+    with capsule.open(f) as cap:
+        assert [c.label for c in cap.checkpoints()] == ["day-1", "day-2"]
