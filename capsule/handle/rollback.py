@@ -50,7 +50,7 @@ def _unsigned_rollback(cap: Capsule, thash: bytes) -> bool:
         if ck is not None and ck[0] > (prev.end if prev is not None else 0):
             return False  # a checkpoint in this commit or after it
         if c.records != (prev.records if prev is not None else 0):
-            return any(getattr(r, "to", None) == thash for _, _, r in walk(cap._store, ["revert"], start=prev))
+            return any(r.to == thash for _, _, r in walk(cap._store, ["revert"], start=prev))
         c = prev
     return False
 

@@ -112,10 +112,9 @@ class AgentLoop:
         # from the journal (run_once). One this handle claimed may be running in another thread
         # (a handle is shared by threads): it is left to its lease.
         now = self.cap.clock()
-        here = getattr(tasks, "claimed_here", None)
         mine = sorted(t.id for t in tasks.queue().tasks.values()
                       if t.status == "claimed" and t.worker == self.worker and (t.lease_expires_at or 0) > now
-                      and here is not None and t.id not in here)
+                      and t.id not in tasks.claimed_here)
         while max_steps is None or res.steps < max_steps:
             now = self.cap.clock()
             if mine:
