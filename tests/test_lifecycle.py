@@ -128,6 +128,58 @@ def test_readding_a_forgotten_memory_then_forgetting_it_in_one_block_stays_forgo
     assert live_memories(cap) == {}
 
 
+@pytest.mark.parametrize("how", ["forget", "supersede", "demote", "new in the block"])
+def test_a_re_add_after_an_event_of_the_same_block_makes_the_record_live(cap: capsule.Capsule, how: str) -> None:
+    # 7.7: adding a record makes it live, in the commit of its drop as in a later one (a QA
+    # fuzz found the re-add of a memory forgotten earlier in the same block silently dropped)
+    if how != "new in the block":
+        with cap.commit() as tx:
+            m = tx.remember("the build server is ci-3", time=5)
+    with cap.commit() as tx:
+        if how == "new in the block":
+            m = tx.remember("the build server is ci-3", time=5)
+            tx.forget(m)
+        elif how == "forget":
+            tx.forget(m)
+        elif how == "supersede":
+            new = tx.supersede(m, "the build server is ci-4")
+        else:
+            low = tx.demote(m, "scratch")
+        assert tx.remember("the build server is ci-3", time=5) == m
+        with pytest.raises(capsule.UsageError, match="added again; it is live once the commit is written"):
+            tx.forget(m)
+    assert cap.is_live(m)
+    expect = {m} | ({new} if how == "supersede" else {low} if how == "demote" else set())
+    assert set(live_memories(cap)) == expect
+    assert sum(1 for r in cap.records(kind="memory") if r.id == m) == 1  # restored, not stored twice
+    assert capsule.verify(cap.path).ok
+    with capsule.open(cap.path, mode="r") as again:  # the same state from the file
+        assert again.is_live(m) and again.state_root == cap.state_root
+
+
+def test_an_add_then_an_event_in_one_block_leaves_the_record_dropped(cap: capsule.Capsule) -> None:
+    with cap.commit() as tx:
+        m = tx.remember("scratch thought", time=5)
+    with cap.commit() as tx:
+        tx.forget(m)
+        assert tx.remember("scratch thought", time=5) == m
+        tx.redact(m)  # the last word of the block: redacted (a redact may name a dead id)
+    assert not cap.is_live(m)
+    with pytest.raises(capsule.Redacted):
+        cap.get(m)
+
+
+def test_a_re_add_after_a_redact_of_the_same_block_is_refused(cap: capsule.Capsule) -> None:
+    with cap.commit() as tx:
+        m = tx.remember(SECRET, time=5)
+    before = digest(cap.path)
+    with pytest.raises(capsule.UsageError, match="was redacted: its bytes are not stored again"), \
+            cap.commit() as tx:
+        tx.redact(m)
+        tx.remember(SECRET, time=5)
+    assert digest(cap.path) == before and cap.is_live(m)  # nothing written: the block is refused whole
+
+
 def test_a_refused_supersede_leaves_the_block_usable(cap: capsule.Capsule) -> None:
     with cap.commit() as tx:
         m = tx.remember("old")

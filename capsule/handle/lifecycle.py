@@ -77,20 +77,35 @@ class _Pending:
         self.now: dict[bytes, bool] = {}  # id -> dead after this block's events (those they name)
         self.red: set[bytes] = set()  # redacted by this block's events
         self.touched: set[bytes] = set()  # dropped or restored by an event of this block
+        self.dropped_at: dict[bytes, int] = {}  # id -> batch position of the last event of this block dropping it
         self.index: dict[bytes, int] = {}  # the batch's ids -> first position (``_in_block``)
         self.indexed = 0
 
-    def apply(self, rev: Any) -> None:
-        """13.1 with sticky redaction (7.7.1), for one event of this block."""
+    def apply(self, rev: Any, pos: int) -> None:
+        """13.1 with sticky redaction (7.7.1), for one event of this block, at batch position ``pos``."""
         self.events.append(rev)
         for x in rev.drop:
             self.now[x] = True
+            self.dropped_at[x] = pos
             if rev.op == "redact":
                 self.red.add(x)
         for x in rev.restore:
             if not self.is_redacted(x):
                 self.now[x] = False
         self.touched.update(rev.drop, rev.restore)
+
+    def added_after_drop(self, batch: RecordBatch) -> list[bytes]:
+        """The ids this block's events leave dead that the block adds again after the last
+        event dropping them: 7.7, a re-add makes a record live, so each needs a restore (or,
+        redacted, a refusal), as it would in a later commit."""
+        want = {x: i for x, i in self.dropped_at.items() if self.now.get(x)}
+        if not want:
+            return []
+        import numpy as np
+
+        ids = np.frombuffer(bytes(batch.ids), dtype="S32")
+        hits = np.flatnonzero(np.isin(ids, np.array(list(want), dtype="S32")))
+        return sorted({rid for j in hits.tolist() if j > want[rid := batch.rid(j)]})
 
     def is_redacted(self, rid: bytes) -> bool:
         return rid in self.redacted or rid in self.red
@@ -207,7 +222,7 @@ class LifecycleMethods:
             if p.is_redacted(rid):
                 raise UsageError(f"{op}: {rid.hex()} is already redacted")
             if op != "redact" and p.is_dead(rid, pending):
-                raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)")
+                raise UsageError(self._not_live(op, rid))
             olds.append(rec)
         restore = []
         for rid in bys:
@@ -236,7 +251,7 @@ class LifecycleMethods:
             raise UsageError(f"{op}: {e}") from None
         rid, data = encode_record(rev)
         self._batch.add(rid, "revert", data)
-        p.apply(rev)
+        p.apply(rev, len(self._batch) - 1)
         self.last_event = rid.hex()
         return self.last_event
 
@@ -349,7 +364,13 @@ class LifecycleMethods:
         if p.is_redacted(rid):
             raise UsageError(f"{op}: {rid.hex()} is already redacted")
         if p.is_dead(rid, pending):
-            raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)")
+            raise UsageError(self._not_live(op, rid))
+
+    def _not_live(self, op: str, rid: bytes) -> str:
+        if rid in self._pending().added_after_drop(self._batch):  # 7.7: restored when the commit is written
+            return (f"{op}: {rid.hex()} was dropped earlier in this commit and added again; it is live once "
+                    f"the commit is written: {op} it in a later commit")
+        return f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)"
 
 
 def _ids(v: Any) -> list[Any]:

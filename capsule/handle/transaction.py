@@ -129,6 +129,12 @@ class Transaction(LifecycleMethods):
             cap._h._check()
         items = self._batch
         if len(items):
+            # an id this block's events dropped and the block then adds again: live again (7.7),
+            # as in a later commit, or refused if redacted (7.7.1); positions in the whole batch
+            readd = self._lc.added_after_drop(items) if self._lc is not None and self._lc.dropped_at else []
+            for rid in readd:
+                if self._lc is not None and self._lc.is_redacted(rid):
+                    raise UsageError(f"record {rid.hex()} was redacted: its bytes are not stored again (7.7.1)")
             # Content addressing: the first of each id counts, and a record already
             # committed is not written again (7.0).
             items = items.select(items.first_occurrences())
@@ -149,6 +155,8 @@ class Transaction(LifecycleMethods):
                 lc = self._lc.touched if self._lc is not None else ()  # a lifecycle event of this block says
                 raw = bytes(items.ids)  # set lookups: O(batch), whatever the size of the dead set
                 again = sorted(rid for i in range(0, len(raw), 32) if (rid := raw[i : i + 32]) in dead and rid not in lc)
+            if readd:
+                again = sorted(set(again).union(readd))
             items = items.select(~dup)
             if again:
                 rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)
