@@ -400,6 +400,26 @@ def test_diff_lists_memories_that_expired_in_between_as_removed(tmp_path: Path) 
     assert after["removed"]["count"] == 0  # expired before b: not removed again
 
 
+def test_diff_counts_as_added_only_what_becomes_live(tmp_path: Path) -> None:
+    # events are never live (13.1): a forget between two points added nothing, removed one, so
+    # the diff's counts reconcile with the state's (a QA run found the revert counted as added)
+    key = capsule.generate_key()
+    with capsule.create(tmp_path / "d.capsule") as cap:
+        with cap.commit() as tx:
+            m = tx.remember("old")
+        cap.checkpoint("a", key=key)
+        with cap.commit() as tx:
+            tx.forget(m)
+            new = tx.remember("new")
+        cap.checkpoint("b", key=key)
+        d = cap.diff("a", "b").to_dict()
+        before, after = len(cap.view("a").state().live), len(cap.state().live)
+    assert d["added"]["by_kind"] == {"memory": 1} and [n["id"] for n in d["added"]["first"]] == [new]
+    assert d["removed"]["by_reason"] == {"forgotten": 1}
+    assert after - before == d["added"]["count"] - d["removed"]["count"]
+    assert [e["op"] for e in d["lifecycle"]] == ["forget"]  # the event is listed, as an event
+
+
 def test_timeline_limit_agrees_with_the_whole_walk(built: tuple[Path, dict[str, Any]]) -> None:
     """The walk back from the last commit gives exactly the newest ``limit`` of the full answer,
     for every limit and filter; ``total`` is the full count whenever it reached the first commit."""

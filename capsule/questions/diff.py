@@ -45,7 +45,7 @@ from ..format.frames import raw_payload
 from ..format.kindwalk import walk
 from ..format.records import record_id as content_id
 from ..format.scan import Reader
-from ..state.fold import dead_ids
+from ..state.fold import EVENT_KINDS, dead_ids
 from ._lifecycle import PAST, event_doc, kind_of, redacted, redacted_node
 from ._walk import Source, commit_ref, ref
 
@@ -96,6 +96,8 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
         for value, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
             if not isinstance(value, dict) or not isinstance(kind := value.get("kind"), str):
                 raise CorruptError("record without a kind", offset=fh.offset, seq=fh.seq, check="record")
+            if kind in EVENT_KINDS:  # 13.1: never live, so never added; listed as events below
+                continue
             # 7.1: the tier is omitted when "working"
             added.append((content_id(kind, data), kind, str(value.get("tier", "working")) if kind == "memory" else None))
     dropped: set[bytes] = set()
