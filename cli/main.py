@@ -28,6 +28,7 @@ lists them, and is the console-script entry point (``main``).
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Annotated
 
@@ -125,8 +126,19 @@ def _root(
         raise typer.Exit(0)
 
 
+class _Stderr(logging.Handler):
+    """The library's warnings worth a line (a writer dropping a torn tail, 8.3), on stderr as
+    ``capsule: warning: ...``; the library itself only logs (its users decide what to show)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"capsule: warning: {record.getMessage()}\n")
+
+
 def main() -> None:
     """Console-script entry point."""
+    log = logging.getLogger("capsule.recovery")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr(logging.WARNING))
     run_app(app)
 
 

@@ -102,6 +102,9 @@ def verify(
                         if lin.get("policy") else "fork")
                 extra += f", {what} of {lin['parent']} at seq {lin['tree_size']}"
         out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes{extra}")
+        for r in rep.recoveries:  # 8.3: not a failure, but bytes some commit lost
+            out.print(f"recovery at offset {r['offset']} (seq {r['seq']}): a writer dropped a torn tail of "
+                      f"{r['bytes']} bytes there")
         for w in rep.warnings:
             warn(w)
     else:

@@ -747,6 +747,28 @@ def test_verify_torn_tail_is_ok_with_a_warning(tmp_path: Path) -> None:
     assert s["torn_tail_bytes"] == p.stat().st_size - committed
 
 
+def test_a_writer_that_drops_a_torn_tail_says_so_and_verify_shows_it(tmp_path: Path) -> None:
+    # A byte flipped in the last commit reads as a tear (8.2); the next put drops that commit.
+    # The fleet review saw it go without a word: the writer now warns, verify lists the RECOVERY.
+    p = make_capsule(tmp_path / "a.capsule")
+    committed = p.stat().st_size
+    with capsule.open(p, "a") as cap, cap.commit() as tx:
+        tx.remember("the last commit, damaged below")
+    _flip(p, p.stat().st_size - 100)
+    lost = p.stat().st_size - committed
+    r = run_capsule("put", p, "--text", "next", "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["new"] == 1
+    assert text(r.stderr).strip() == (f"capsule: warning: {p}: dropped a torn tail of {lost} bytes at offset "
+                                      f"{committed} (a commit that was not durable, or damage that cannot be "
+                                      "told from one; a RECOVERY frame names them, spec 8.3)")
+    again = run_capsule("put", p, "--text", "after", cwd=tmp_path)
+    assert again.returncode == 0 and again.stderr == b""  # said once, by the writer that dropped it
+    rep = json.loads(invoke("verify", str(p), "--json").stdout)
+    assert rep["ok"] and rep["recoveries"] == [{"offset": committed, "seq": 3, "bytes": lost}]
+    assert f"recovery at offset {committed} (seq 3): a writer dropped a torn tail of {lost} bytes" in \
+        invoke("verify", str(p)).stdout
+
+
 NOT_CAPSULES: dict[str, Callable[[Path], bytes]] = {
     "text-file": lambda _: b"hello, I am a shopping list\n",
     "empty-file": lambda _: b"",

@@ -323,3 +323,9 @@ def recover(store: Store) -> None:
     h.sync()
     store.pending_recovery = [(C.FT_RECOVERY, encode_recovery(torn[0], dropped))]
     store.snap.torn = None
+    import logging  # loaded already (capsule/__init__); here so the writer's import stays light
+
+    # said, not only recorded: the dropped bytes may be damage that looks like a tear (8.2)
+    logging.getLogger("capsule.recovery").warning(
+        "%s: dropped a torn tail of %d bytes at offset %d (a commit that was not durable, or damage "
+        "that cannot be told from one; a RECOVERY frame names them, spec 8.3)", store.path, torn[1], torn[0])

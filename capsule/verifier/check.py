@@ -93,6 +93,7 @@ class VerifyReport:
     policy: list[dict[str, Any]] | None = None  # with policy=True: the violations (7.3.1, policy.py)
     encrypted: bool = False  # 10: the header says so
     contents_checked: bool = True  # 10.6: False for an encrypted file checked without its key
+    recoveries: list[dict[str, object]] = field(default_factory=list)  # 8.3: torn tails writers dropped
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "file_id": self.file_id, "format_version": self.format_version,
@@ -102,7 +103,7 @@ class VerifyReport:
                 "signatures_anchored": self.anchored, "trusted_checkpoints": self.trusted_checkpoints,
                 "signed_prefix": self.signed_prefix, "unsigned": self.unsigned, "keyset": self.keyset,
                 "lineage": self.lineage, "first_error": self.first_error, "warnings": self.warnings,
-                "encrypted": self.encrypted, "contents_checked": self.contents_checked,
+                "encrypted": self.encrypted, "contents_checked": self.contents_checked, "recoveries": self.recoveries,
                 **({} if self.policy is None else {"policy_violations": self.policy})}
 
 
@@ -514,6 +515,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                     if rv["offset"] != fh.offset or fh.offset != committed_end:
                         raise CorruptError("RECOVERY does not stand where the dropped bytes began",
                                            offset=fh.offset, seq=fh.seq, check="recovery")
+                    rep.recoveries.append({"offset": fh.offset, "seq": fh.seq, "bytes": rv["length"]})
                 elif t == C.FT_KEYSLOT:
                     slots.frame(fh, payload, rep.lineage is not None)
                 elif t == C.FT_LINEAGE:
