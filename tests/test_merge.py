@@ -128,6 +128,29 @@ def test_copies_that_diverged(tmp_path: Path) -> None:
                                                                        "on the laptop"]
 
 
+def test_a_merge_of_copies_merges_again_with_either_copy_that_went_on(tmp_path: Path) -> None:
+    # The merged file names the copies' one file id twice (parent and merge). The fleet review
+    # found the second merge refused with one of the copies (whichever sorted first): only the
+    # first name was tried, and that copy does not hold the other's commit.
+    a, b, m = (tmp_path / f"{n}.capsule" for n in "abm")
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.remember("base")
+    shutil.copyfile(a, b)
+    for step in ("1", "2"):
+        for p, tag in ((a, "A"), (b, "B")):
+            with capsule.open(p, "a") as cap, cap.commit() as tx:
+                tx.remember(tag + step)
+        if step == "1":
+            merge(a, b, m)
+    for other, only in ((a, "A2"), (b, "B2")):
+        out = tmp_path / f"m-{other.stem}.capsule"
+        rep = merge(m, other, out)
+        assert rep.relation == "fork" and rep.only_b == 1 and not rep.conflicts
+        assert verify_merge(out, [m, other]).ok
+        with capsule.open(out) as cap:
+            assert sorted(x.text for x in cap.records(kind="memory")) == sorted(["base", "A1", "B1", only])
+
+
 def test_two_forks_of_one_parent_at_one_commit(tmp_path: Path) -> None:
     p, x, y = (tmp_path / f"{n}.capsule" for n in "pxy")
     with capsule.create(p) as cap, cap.commit() as tx:

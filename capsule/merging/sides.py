@@ -136,13 +136,17 @@ def ancestor(s1: Side, s2: Side) -> tuple[CommitRef, str]:
                                  f"earlier state of it); use {y.path}")
         return CommitRef(s1.file_id, common.seq, common.root, common.chain), "copies"
     for child, par in ((s2, s1), (s1, s2)):
-        for ref in _parents(child.lineage):
-            if ref.parent == par.file_id:
-                c = _holds(par, ref)
-                if c is None:
-                    raise DataError(f"{child.path} descends from {par.path}'s file id at a commit (seq "
-                                    f"{ref.tree_size}) that {par.path} does not hold: no common ancestor")
-                return CommitRef(par.file_id, c.seq, c.root, c.chain), "fork"
+        # a merge of two copies names their file id twice (parent and merge): the ancestor is
+        # the named COMMIT the other parent holds (the newest, should it hold both)
+        refs = [ref for ref in _parents(child.lineage) if ref.parent == par.file_id]
+        held = [c for ref in refs if (c := _holds(par, ref)) is not None]
+        if held:
+            c = max(held, key=lambda c: c.seq)
+            return CommitRef(par.file_id, c.seq, c.root, c.chain), "fork"
+        if refs:
+            at = " and ".join(str(ref.tree_size) for ref in refs)
+            raise DataError(f"{child.path} descends from {par.path}'s file id at seq {at}, and {par.path} does "
+                            "not hold that commit (its bytes there differ, or it is shorter): no common ancestor")
     l1, l2 = s1.lineage, s2.lineage
     if l1 is not None and l2 is not None and l1.merge is None and l2.merge is None and l1.parent == l2.parent:
         if (l1.tree_size, l1.root, l1.chain) == (l2.tree_size, l2.root, l2.chain):
