@@ -138,11 +138,12 @@ def list_(
 
 
 def origin(h: Hit) -> str:
-    """Where a hit came from: its file (``meta.path``, with the chunk), else its
+    """Where a hit came from: its file (``meta.root/meta.path``, with the chunk), else its
     ``source``, else ``meta.source``, else its kind when not a memory."""
     meta = h.meta
-    path = meta.get("path")
+    path, root = meta.get("path"), meta.get("root")
     if isinstance(path, str) and path:
+        path = f"{root}/{path}" if isinstance(root, str) and root else path
         chunk = meta.get("chunk")
         return f"{path}#{chunk}" if isinstance(chunk, int) and chunk else path
     src = getattr(h.record, "source", None) or meta.get("source")

@@ -212,6 +212,10 @@ def pack(
                                          "aside when it has none) is not packed again.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="With --append and a folder: forget the chunks of files "
                                         "no longer in it (a reason names each path).")] = False,
+    root: Annotated[str | None, typer.Option("--root", metavar="NAME", help="File the text under this name "
+                                             "(meta root; source is NAME/path). Default: the folder's name. "
+                                             "--append and --prune touch only this root's files.",
+                                             show_default=False)] = None,
     wait: WaitOpt = 0.0,
     encrypt: EncryptOpt = False,
     recipient: RecipientOpt = None,
@@ -227,7 +231,9 @@ def pack(
     what was packed: `capsule open` also counts the capsule's vindex record
     (its vector index parameters). Re-running `--append` on the same folder
     keeps the capsule in sync with it: unchanged files add nothing, changed
-    ones replace their chunks, an interrupted pack is completed.
+    ones replace their chunks, an interrupted pack is completed. Files are
+    filed under the folder's name (--root): folders packed into one capsule
+    stay apart, and --append or --prune of one never touches another's.
 
     Examples:
       capsule pack docs/ -o docs.capsule
@@ -239,7 +245,7 @@ def pack(
     def go() -> capsule.PackReport:
         emb: Any = None if embedder == "none" else embedder
         kw: dict[str, Any] = {"embedder": emb, "batch": batch, "append": append, "warn": warn,
-                              "timeout": wait or None, "prune": prune}
+                              "timeout": wait or None, "prune": prune, "root": root}
         enc = encryption(encrypt, recipient)  # 10: a new capsule sealed for these readers
         if enc and append:
             raise capsule.UsageError("--encrypt is for a new capsule; --append opens one with --identity")

@@ -304,7 +304,7 @@ def test_search_table_shows_origin_and_marked_snippet_in_80_columns(tmp_path: Pa
     lines = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", screen).splitlines() if ln.strip()]
     assert all(len(ln) <= 80 for ln in lines), "\n".join(lines)
     assert len(lines) == 3, "a header and one line per hit, never wrapped:\n" + "\n".join(lines)
-    assert "teams/payments-oncall" in lines[1] and "misc.txt" in lines[2]
+    assert "notes/teams/payments" in lines[1] and "notes/misc.txt" in lines[2]  # root/path
     assert "\x1b[1mpager\x1b[0m" in screen or "\x1b[1mpayments\x1b[0m" in screen, repr(screen)
     piped = run("search", cap, "pager payments", cwd=tmp_path)
     assert "teams/payments-oncall-and-escalation.md" in piped.stdout and "misc.txt" in piped.stdout

@@ -91,7 +91,7 @@ def test_pack_folder_skips_non_utf8_with_a_warning_and_packs_the_rest(tmp_path: 
         mems = list(cap.records("memory"))
         assert len(mems) == rep.records
         assert {m.meta["path"] for m in mems} == PACKED
-        assert all(m.source == m.meta["path"] for m in mems)
+        assert all(m.source == f"src/{m.meta['path']}" and m.meta["root"] == "src" for m in mems)
         # chunk numbers run 0.. within each file, in file order
         by_path: dict[str, list[int]] = {}
         for m in mems:
@@ -113,7 +113,8 @@ def test_pack_folder_skips_non_utf8_with_a_warning_and_packs_the_rest(tmp_path: 
         assert not any(m.text.startswith("\ufeff") for m in mems), "the BOM is not text"
         hits = cap.search("filler words", mode="lexical", meta={"path": "sub/deeper/long.rst", "chunk": 1}, k=5)
         digest = hashlib.sha256(FILES["sub/deeper/long.rst"]).hexdigest()  # the file's, in each chunk
-        assert len(hits) == 1 and hits[0].meta == {"chunk": 1, "path": "sub/deeper/long.rst", "sha256": digest}
+        assert len(hits) == 1 and hits[0].meta == {"chunk": 1, "path": "sub/deeper/long.rst", "root": "src",
+                                                   "sha256": digest}
 
 
 def test_pack_is_reproducible_with_source_date_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,7 +283,8 @@ def test_pack_a_single_text_file(tmp_path: Path) -> None:
     assert rep.files == 1 and rep.records == 1
     with capsule.open(out) as cap:
         (hit,) = cap.search("uniqsecond", mode="lexical")
-        assert hit.meta == {"chunk": 0, "path": "notes.md", "sha256": hashlib.sha256(FILES["a.md"]).hexdigest()}
+        assert hit.meta == {"chunk": 0, "path": "notes.md", "sha256": hashlib.sha256(FILES["a.md"]).hexdigest(),
+                            "root": tmp_path.name}  # a single file is filed under its folder's name
     bad = tmp_path / "latin.txt"
     bad.write_bytes(FILES["latin1.txt"])
     with pytest.raises(capsule.UsageError, match="no UTF-8 text"):

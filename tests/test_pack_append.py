@@ -87,7 +87,7 @@ def test_repacking_an_unchanged_folder_writes_nothing(tmp_path: Path) -> None:
     assert rep.sync.added.files == rep.sync.changed.files == rep.sync.superseded.chunks == 0
     with capsule.open(out) as cap:
         assert live(cap) == state and len(cap) == n
-        assert all(m.meta["sha256"] == hashlib.sha256((src / m.source).read_bytes()).hexdigest()
+        assert all(m.meta["sha256"] == hashlib.sha256((src / m.meta["path"]).read_bytes()).hexdigest()
                    for m in cap.records("memory"))
 
 
@@ -182,18 +182,22 @@ def test_a_deleted_file_is_left_alone_unless_pruned(tmp_path: Path) -> None:
     assert capsule.verify(out).ok
 
 
-def test_prune_leaves_skipped_files_and_other_memories_alone(tmp_path: Path) -> None:
-    src = write(tmp_path / "docs", {"a.md": "alpha", "b.md": "beta"})
+def test_prune_leaves_unreadable_files_and_other_memories_alone(tmp_path: Path) -> None:
+    src = write(tmp_path / "docs", {"a.md": "alpha", "b.md": "beta", "c.md": "gamma"})
     out = tmp_path / "d.capsule"
     capsule.pack(src, out)
     with capsule.open(out, "a") as cap, cap.commit() as tx:  # the agent's own memories, one naming a path
         tx.remember("an agent note", meta={"path": "gone.md", "chunk": 0})
         tx.remember("another", source="gone.md")
-    (src / "b.md").write_bytes(b"\xff\xfe not UTF-8 any more")
+    (src / "b.md").write_bytes(b"\xff\xfe not UTF-8 any more")  # read, and no longer text: stale chunks
+    (src / "c.md").unlink()
+    os.mkfifo(src / "c.md")  # there, but not read (not a regular file): its chunks may be current
     rep = capsule.pack(src, out, append=True, prune=True, warn=lambda _m: None)
-    assert rep.sync.pruned.files == 0 and rep.skipped == [("b.md", "not UTF-8 text (byte 0)")]
+    assert rep.sync.pruned.files == 1 and sorted(rep.skipped) == [("b.md", "not UTF-8 text (byte 0)"),
+                                                                  ("c.md", "not a regular file")]
     with capsule.open(out) as cap:
-        assert len(cap.state().memories["working"]) == 4 and not events(cap)
+        assert sorted(m["text"] for m in cap.state().memories["working"]) == ["alpha", "an agent note", "another",
+                                                                              "gamma"]
 
 
 def _partial(cap: capsule.Capsule, path: str, text: str, numbers: list[int], limit: int) -> None:
@@ -201,8 +205,8 @@ def _partial(cap: capsule.Capsule, path: str, text: str, numbers: list[int], lim
     sha = hashlib.sha256(text.encode()).hexdigest()
     chunks = chunk_text(text, limit)
     with cap.commit() as tx:
-        tx.put_many([{"text": chunks[i], "source": path, "meta": {"chunk": i, "path": path, "sha256": sha}}
-                     for i in numbers])
+        tx.put_many([{"text": chunks[i], "source": f"docs/{path}",
+                      "meta": {"chunk": i, "path": path, "root": "docs", "sha256": sha}} for i in numbers])
 
 
 def test_a_cut_short_file_is_completed_and_another_chunking_replaced(tmp_path: Path) -> None:
@@ -241,7 +245,7 @@ def test_chunks_packed_before_sha256_and_duplicated_are_replaced_once(tmp_path: 
                     for i, chunk in enumerate(chunk_text((src / rel).read_text())):
                         tx.remember(chunk, source=rel, meta={"chunk": i, "path": rel}, time=t)
         legacy = len(cap)
-    rep = capsule.pack(src, out, append=True, embedder=None)
+    rep = capsule.pack(src, out, append=True, embedder=None, root="")  # packed before roots were kept
     assert rep.sync.changed.files == 3 and rep.sync.superseded.chunks == legacy == 2 * rep.records
     with capsule.open(out) as cap:
         assert sum(len(v) for v in live(cap).values()) == rep.records
@@ -391,3 +395,80 @@ def test_a_redacted_file_is_not_packed_again(tmp_path: Path) -> None:
     (src / "sub0/secret.md").write_text("the wifi password was rotated; ask IT")
     rep = capsule.pack(src, out, append=True)
     assert rep.sync.added.files == 1
+
+
+# --- roots: folders packed into one capsule stay apart (the docs-folder review) ------------------
+
+
+def by_root(cap: capsule.Capsule) -> dict[tuple[str, str], str]:
+    """(root, path) -> the text of each live chunk 0."""
+    return {(m["meta"].get("root", ""), m["meta"]["path"]): m["text"]
+            for tier in cap.state().memories.values() for m in tier if m["meta"].get("chunk") == 0}
+
+
+def test_two_folders_with_one_relative_path_stay_apart(tmp_path: Path) -> None:
+    # The review packed fa/ then fb/ with --append: fb/README.md superseded fa/README.md (one
+    # path, no root), and `--append --prune` of fa then forgot everything fb had added.
+    fa = write(tmp_path / "fa", {"README.md": "alpha: deploy with ansible", "only-a.md": "apples"})
+    fb = write(tmp_path / "fb", {"README.md": "beta: deploy with terraform"})
+    out = tmp_path / "two.capsule"
+    capsule.pack(fa, out, embedder=None)
+    rep = capsule.pack(fb, out, append=True, embedder=None)
+    assert rep.sync.added.files == 1 and rep.sync.changed.files == rep.sync.superseded.chunks == 0
+    rep = capsule.pack(fa, out, append=True, embedder=None, prune=True)
+    assert rep.sync.unchanged.files == 2 and rep.sync.pruned.files == 0 and rep.records == 0
+    (fa / "README.md").write_text("alpha: deploy with ansible 9")
+    (fa / "only-a.md").unlink()
+    rep = capsule.pack(fa, out, append=True, embedder=None, prune=True)
+    assert (rep.sync.changed.files, rep.sync.pruned.files) == (1, 1)
+    with capsule.open(out) as cap:
+        assert by_root(cap) == {("fa", "README.md"): "alpha: deploy with ansible 9",
+                                ("fb", "README.md"): "beta: deploy with terraform"}
+        assert {h.record.source for h in cap.search("deploy", mode="lexical")} == {"fa/README.md", "fb/README.md"}
+    assert capsule.verify(out).ok
+
+
+def test_a_subfolder_packed_by_mistake_prunes_nothing_of_its_parent(tmp_path: Path) -> None:
+    src = write(tmp_path / "p1", {"a.md": "top level", "sub/b.md": "below"})
+    out = tmp_path / "p.capsule"
+    capsule.pack(src, out, embedder=None)
+    rep = capsule.pack(src / "sub", out, append=True, embedder=None, prune=True)
+    assert rep.sync.pruned.files == 0 and rep.sync.added.files == 1
+    with capsule.open(out) as cap:
+        assert set(by_root(cap)) == {("p1", "a.md"), ("p1", "sub/b.md"), ("sub", "b.md")}
+
+
+def test_root_names_where_a_renamed_or_moved_folder_is_filed(tmp_path: Path) -> None:
+    src = write(tmp_path / "docs", {"a.md": "alpha"})
+    out = tmp_path / "d.capsule"
+    capsule.pack(src, out, embedder=None)
+    moved = src.rename(tmp_path / "docs-2026")
+    rep = capsule.pack(moved, out, append=True, embedder=None, root="docs", prune=True)
+    assert rep.sync.unchanged.files == 1 and rep.records == 0
+    one = capsule.pack(moved / "a.md", out, append=True, embedder=None, root="docs")  # a file, filed the same
+    assert one.sync.unchanged.files == 1
+    for bad in ("a/b", "..", "."):
+        with pytest.raises(capsule.UsageError, match="a plain name"):
+            capsule.pack(moved, out, append=True, embedder=None, root=bad)
+    (tmp_path / "r.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(capsule.UsageError, match="JSONL records are not filed"):
+        capsule.pack(tmp_path / "r.jsonl", out, append=True, embedder=None, root="docs")
+
+
+def test_a_sync_may_prune_the_last_file_and_a_file_no_longer_text(tmp_path: Path) -> None:
+    # the review: a folder emptied of text could not be synced (exit 2, stale chunks kept), and a
+    # file that became non-UTF-8 kept its old chunks through --prune
+    src = write(tmp_path / "e", {"a.txt": "gamma", "b.txt": "delta"})
+    out = tmp_path / "e.capsule"
+    capsule.pack(src, out, embedder=None)
+    (src / "b.txt").write_bytes(b"delta caf\xe9")
+    rep = capsule.pack(src, out, append=True, embedder=None, prune=True)
+    assert rep.sync.pruned.files == 1 and ("b.txt", "not UTF-8 text (byte 9)") in rep.skipped
+    (src / "a.txt").unlink()
+    with pytest.raises(capsule.UsageError, match="no UTF-8 text"):  # without --prune there is nothing to do
+        capsule.pack(src, out, append=True, embedder=None)
+    rep = capsule.pack(src, out, append=True, embedder=None, prune=True)
+    assert rep.sync.pruned.files == 1 and rep.records == 0
+    with capsule.open(out) as cap:
+        assert by_root(cap) == {} and not cap.search("gamma", mode="lexical")
+    assert capsule.verify(out).ok

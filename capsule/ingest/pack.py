@@ -6,11 +6,12 @@ ignored with one warning naming their suffixes; one file of another type is refu
 
 Files are read in sorted relative-path order and chunked by paragraphs, so the
 same input gives the same records; with ``SOURCE_DATE_EPOCH`` set the capsule
-itself is byte-identical (2.5). Each chunk is a memory whose ``source`` is the
-file's relative POSIX path and whose ``meta`` holds ``path``, ``chunk`` (its
-position in the file, from 0) and ``sha256`` (of the whole file's bytes), so packing
-again adds nothing for an unchanged file and supersedes a changed one's chunks
-(``resync.py``). Records go in group commits; the vector index is
+itself is byte-identical (2.5). Each chunk is a memory whose ``meta`` holds ``root``
+(the folder's own name, or a single file's folder's; ``root=`` another), ``path`` (the
+file's POSIX path relative to the folder), ``chunk`` (its position in the file, from 0) and
+``sha256`` (of the whole file's bytes), and whose ``source`` is ``root/path``, so packing
+again adds nothing for an unchanged file and supersedes a changed one's chunks, among the
+chunks of that root only (``resync.py``). Records go in group commits; the vector index is
 built at the end and its snapshot written on close, so the packed capsule opens
 straight to search.
 
@@ -59,6 +60,7 @@ from .resync import (
     prunable,
     redacted_files,
     same_texts,
+    source_of,
 )
 from .source import check_regular, open_regular, read_regular, size_text
 
@@ -136,6 +138,7 @@ class _Source:
     rows: Callable[[], Iterator[Row]]
     files: list[_File] | None = None  # text files, in order (None: JSONL)
     listed: set[str] = field(default_factory=set)  # every text file's path, skipped ones too (prune keeps them)
+    root: str = ""  # what the files are filed under (resync.py)
     folder: bool = False  # a folder's files (opened without following a final symlink)
     have: dict[str, list[Chunk]] = field(default_factory=dict)  # live chunks by path, before the pack
     replace: dict[str, list[Chunk]] = field(default_factory=dict)  # changed paths: the chunks to supersede
@@ -216,6 +219,9 @@ def _read_text(rel: str, path: Path, nofollow: bool) -> tuple[str | None, str]:
     return text, hashlib.sha256(raw).hexdigest()
 
 
+_NOT_TEXT = ("not UTF-8 text", "binary (NUL bytes)")  # _read_text's reasons that say what the bytes are
+
+
 def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: int) -> _Source:
     """A folder's text files (or one text file, by its name); the first pass reads
     each once to skip what is not text, hash it and count its chunks. Its rows are
@@ -238,7 +244,10 @@ def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: in
         n = len(chunk_text(text, limit))
         source.total += n
         source.files.append(_File(nfc(rel), p, note, n))
-    source.listed = {nfc(rel) for rel, _ in files} | {nfc(rel) for rel, _ in report.skipped}
+    # prune keeps the chunks of a file it could not read (its text may be there next time), not of one
+    # it read that is no longer text: those chunks are stale
+    stale = {nfc(rel) for rel, why in report.skipped if why.startswith(_NOT_TEXT)}
+    source.listed = ({nfc(rel) for rel, _ in files} | {nfc(rel) for rel, _ in report.skipped}) - stale
     return source
 
 
@@ -290,8 +299,10 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
                 same = {c.text: c.id for c in olds}
         {ADDED: sync.added, CHANGED: sync.changed, RESUMED: sync.resumed}[f.status].add(len(numbers))
         for i in numbers:
-            row = {"kind": "memory", "text": chunks[i], "source": f.rel,
-                   "meta": {"chunk": i, "path": f.rel, "sha256": f.sha256}}
+            meta: dict[str, Any] = {"chunk": i, "path": f.rel, "sha256": f.sha256}
+            if source.root:
+                meta["root"] = source.root
+            row = {"kind": "memory", "text": chunks[i], "source": source_of(source.root, f.rel), "meta": meta}
             old = same.get(nfc(chunks[i])) if same else None
             vec = None if old is None or vector_of is None else vector_of(old)
             if vec is not None:
@@ -352,7 +363,8 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
          append: bool = False, chunk_chars: int = CHUNK_CHARS, progress: Callable[[int, int], None] | None = None,
          warn: Callable[[str], None] | None = None, build: bool = True,
          on_index: Callable[[], None] | None = None, timeout: float | None = None,
-         prune: bool = False, recipients: Sequence[PublicKey] = (), passphrase: bytes | str | None = None) -> PackReport:
+         prune: bool = False, recipients: Sequence[PublicKey] = (), passphrase: bytes | str | None = None,
+         root: str | None = None) -> PackReport:
     """Ingest ``src`` (a folder or file of text / markdown, or a JSONL file) into the capsule ``out``.
 
     ``embedder``: a name (``hash``, ``minilm``, ...), an :class:`Embedder`, ``None``
@@ -369,7 +381,10 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     ``meta.sha256`` is its file's): a changed file's new chunks supersede its old ones,
     a pack cut short is completed, so re-running ``append`` keeps a capsule in sync with
     a folder (``resync.py``). ``prune`` (a folder, with ``append``) also forgets the
-    chunks of paths no longer in it; without it they are left alone. ``report.sync``
+    chunks of paths no longer in it; without it they are left alone. ``root``: the name
+    the files are filed under (default: the folder's name, or a single file's folder's):
+    a pack reads, supersedes and prunes only the chunks of its root, so folders packed
+    into one capsule stay apart; ``""`` for chunks packed before roots were kept. ``report.sync``
     counts files and chunks by what happened to them.
 
     >>> import capsule, pathlib
@@ -382,6 +397,9 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     >>> with capsule.open("notes.capsule") as cap:
     ...     [(h.meta["path"], h.meta["chunk"]) for h in cap.search("storage", mode="lexical")]
     [('oncall.md', 0)]
+    >>> with capsule.open("notes.capsule") as cap:
+    ...     [(h.meta["root"], h.record.source) for h in cap.search("storage", mode="lexical")]
+    [('notes', 'notes/oncall.md')]
     """
     from ..handle.entry import create
     from ..handle.entry import open as open_capsule
@@ -399,12 +417,15 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     report = PackReport()
     if src.is_dir() or src.suffix.lower() in TEXT_SUFFIXES:
         source = _texts(src, report, warn, chunk_chars)
-        if not source.total:
+        source.root = _root_of(src, root)
+        if not source.total and not (append and prune):  # a sync may prune the last file away
             raise UsageError(f"{src}: no UTF-8 text or markdown files ({', '.join(TEXT_SUFFIXES)}) to pack")
     elif src.suffix.lower() not in JSONL_SUFFIXES:
         raise UsageError(f"{src}: pack reads text ({', '.join(TEXT_SUFFIXES)}) and JSONL "
                          f"({', '.join(JSONL_SUFFIXES)}) files, not {src.suffix or 'files without an extension'}")
     else:
+        if root is not None:
+            raise UsageError("--root files text files under a name; JSONL records are not filed by path")
         source = _jsonl(src)
         if not source.total:
             raise UsageError(f"{src}: no records")
@@ -430,12 +451,12 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if source.files is not None:  # text: what is there already decides what is written
             withheld: list[_File] = []
             if append:
-                gone, source.redacted = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again
+                gone, source.redacted = redacted_files(cap, source.root)  # 7.7.1: redacted bytes are not packed again
                 withheld = [f for f in source.files if (f.rel, f.sha256) in gone]
                 for f in withheld:
                     source.files.remove(f)
                     _skip(report, warn, f.rel, "its content was redacted (7.7.1): not packed again")
-            _plan(source, live_chunks(cap) if append else {})
+            _plan(source, live_chunks(cap, source.root) if append else {})
             for f in withheld:  # its live chunks of another version left the folder
                 if stale := [c for c in source.have.get(f.rel, ()) if c.sha256 not in (None, f.sha256)]:
                     source.replace[f.rel] = stale  # superseded by nothing: forgotten (7.7.1)
@@ -480,6 +501,19 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     cap.close()
     report.bytes = out.stat().st_size
     return report
+
+
+def _root_of(src: Path, root: str | None) -> str:
+    """The name a text pack files its chunks under (resync.py): ``root``, else the folder's
+    own name (a single file's folder's), which stays the same wherever the folder is."""
+    if root is None:
+        root = (src if src.is_dir() else src.parent).resolve().name
+        if _undecodable(root):
+            raise UsageError(f"{src}: its folder's name is not UTF-8; name the root with --root NAME")
+    root = nfc(root)
+    if "/" in root or root in (".", "..") or _undecodable(root) or len(root) > 255:
+        raise UsageError(f"--root {root!r}: a plain name is needed (no '/', not . or .., at most 255 characters)")
+    return root
 
 
 def _jsonl_tally(report: PackReport, skipped: int) -> None:

@@ -1,10 +1,14 @@
 """Packing again is not duplicating: what a re-pack adds, keeps, supersedes and prunes.
 
-Theory of operation: every chunk pack writes is a memory whose ``source`` is the
-file's relative POSIX path and whose ``meta`` holds ``path``, ``chunk`` (its
-number in the file, from 0) and ``sha256`` (of the whole file's bytes). Before an
-append, one walk of the memories holding a ``source`` (not a scan per file, nor a
-state of every memory) groups the live chunks by path. Each file of the folder is then, by its bytes' SHA-256
+Theory of operation: every chunk pack writes is a memory whose ``meta`` holds ``root``
+(the name its files are filed under: the packed folder's own name by default, omitted
+when empty), ``path`` (the file's POSIX path relative to that folder), ``chunk`` (its
+number in the file, from 0) and ``sha256`` (of the whole file's bytes), and whose
+``source`` is ``root/path``. Two folders packed into one capsule are two roots: a pack
+reads, supersedes and prunes only the chunks of its own root, so their files of one
+relative path stay apart (chunks packed before roots existed have none: ``root=""``
+syncs them). Before an append, one walk of the memories holding a ``source`` (not a
+scan per file, nor a state of every memory) groups the live chunks of the root by path. Each file of the folder is then, by its bytes' SHA-256
 and its chunk count now, without embedding anything:
 
 - **added**: no live chunk has its path; every chunk is written.
@@ -27,7 +31,7 @@ and its chunk count now, without embedding anything:
 
 A path with live chunks that is no longer in the folder is left alone, unless
 ``prune`` asks: then its chunks are forgotten (op ``forget``, reason naming the
-path). Only memories pack made count (``source`` equal to ``meta.path``, an int
+path). Only memories pack made count (``source`` equal to ``root/path``, an int
 ``meta.chunk``); anything else the capsule holds is never touched. JSONL input
 is not tracked by file: its records are content-addressed as given (a record
 with its own ``time`` is not stored twice; one without gets the clock's).
@@ -68,8 +72,24 @@ def nfc(s: str) -> str:
     return s if s.isascii() else unicodedata.normalize("NFC", s)
 
 
-def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
-    """The live memories pack made, by path, in the state's order (by tier, then commit
+def source_of(root: str, path: str) -> str:
+    """A packed chunk's ``source``: its file's path under its root."""
+    return f"{root}/{path}" if root else path
+
+
+def _packed(m: Any, root: str) -> tuple[str, int, dict[str, Any]] | None:
+    """(path, chunk number, meta) of a memory pack made under ``root``, else None."""
+    meta = getattr(m, "meta", None)
+    if not meta:
+        return None
+    path, n = meta.get("path"), meta.get("chunk")
+    if type(path) is not str or type(n) is not int or meta.get("root", "") != root:
+        return None
+    return (path, n, meta) if getattr(m, "source", None) == source_of(root, path) else None
+
+
+def live_chunks(cap: Any, root: str = "") -> dict[str, list[Chunk]]:
+    """The live memories pack made under ``root``, by path, in the state's order (by tier, then commit
     order): one walk of the memories that hold a ``source`` (the others are not decoded, so a
     capsule of a million memories costs a read of its frames, not a state of a million
     entries), less the ids reverts hold dead."""
@@ -77,12 +97,9 @@ def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
     dead = dead_ids(store)
     found: list[tuple[int, str, Chunk]] = []
     for _, _, m in walk(store, ("memory",), field="source"):
-        meta = getattr(m, "meta", None)
-        if not meta:
+        if (got := _packed(m, root)) is None:
             continue
-        path, n = meta.get("path"), meta.get("chunk")
-        if type(path) is not str or type(n) is not int or m.source != path:
-            continue
+        path, n, meta = got
         rid = bytes.fromhex(m.id)
         if rid in dead:
             continue
@@ -94,7 +111,7 @@ def live_chunks(cap: Any) -> dict[str, list[Chunk]]:
     return out
 
 
-def redacted_files(cap: Any) -> tuple[set[tuple[str, str]], dict[str, set[str]]]:
+def redacted_files(cap: Any, root: str = "") -> tuple[set[tuple[str, str]], dict[str, set[str]]]:
     """(path, sha256) of every file a redacted chunk came from, and by path the redacted
     chunks' texts, read from the stored bytes (7.7.1: reads withhold them; compaction purges
     them, and then nothing is known here). A file with that sha256 is not packed again, and
@@ -103,10 +120,9 @@ def redacted_files(cap: Any) -> tuple[set[tuple[str, str]], dict[str, set[str]]]
     texts: dict[str, set[str]] = {}
     for rid in redacted(cap._store):
         rec = cap._store.get(rid)
-        meta = getattr(rec, "meta", None) or {}
-        path, sha = meta.get("path"), meta.get("sha256")
-        if type(path) is str and getattr(rec, "source", None) == path:
-            if type(sha) is str:
+        if (got := _packed(rec, root)) is not None:
+            path, _, meta = got
+            if type(sha := meta.get("sha256")) is str:
                 files.add((nfc(path), sha))
             texts.setdefault(nfc(path), set()).add(nfc(rec.text))
     return files, texts
@@ -179,4 +195,4 @@ def prunable(have: dict[str, list[Chunk]], present: set[str]) -> list[tuple[str,
 
 
 __all__ = ["ADDED", "CHANGED", "RESUMED", "UNCHANGED", "Chunk", "SyncReport", "Tally", "classify",
-           "lifecycle_event", "live_chunks", "nfc", "prunable", "same_texts"]
+           "lifecycle_event", "live_chunks", "nfc", "prunable", "same_texts", "source_of"]
