@@ -20,15 +20,46 @@ UrlArg = Annotated[str, typer.Argument(help="Remote capsule: any fsspec URL (s3:
                                        "store's usual environment or config.", metavar="URL", show_default=False)]
 
 
-def _with_progress(json_out: bool, run: Callable[[Callable[[str, int, int], None] | None], Any]) -> Any:
-    """Run ``run(progress)``; a bar on stderr when it is a terminal (never with --json)."""
-    if json_out or not isatty(sys.stderr):
-        return run(None)
-    from rich.progress import BarColumn, DownloadColumn, Progress
+#: a store that stops answering is waited for (its client's timeouts and retries decide how long),
+#: but not in silence: after this many seconds without a step, and then every 30 s, stderr says so
+STALL_SAY = 20.0
 
-    with Progress("{task.description}", BarColumn(), DownloadColumn(), console=err.rich, transient=True) as bar:
-        task = bar.add_task("contacting", total=None)
-        return run(lambda stage, done, total: bar.update(task, description=stage, completed=done, total=total))
+
+def _with_progress(json_out: bool, run: Callable[[Callable[[str, int, int], None] | None], Any]) -> Any:
+    """Run ``run(progress)``; a bar on stderr when it is a terminal (never with --json), and a line
+    on stderr while no step has come for a while (a store that accepts and never answers)."""
+    import threading
+    import time
+
+    last, done = [time.monotonic()], threading.Event()
+
+    def watch() -> None:
+        say = STALL_SAY
+        while not done.wait(min(say, 5.0)):
+            idle = time.monotonic() - last[0]
+            if idle < STALL_SAY:
+                say = STALL_SAY
+            elif idle >= say:
+                warn(f"still waiting for the store: {idle:.0f} s without progress (its client retries; "
+                     "Ctrl-C stops it safely)")
+                say += 30.0
+
+    threading.Thread(target=watch, daemon=True, name="capsule-stall").start()
+    try:
+        if json_out or not isatty(sys.stderr):
+            return run(lambda *_: last.__setitem__(0, time.monotonic()))
+        from rich.progress import BarColumn, DownloadColumn, Progress
+
+        with Progress("{task.description}", BarColumn(), DownloadColumn(), console=err.rich, transient=True) as bar:
+            task = bar.add_task("contacting", total=None)
+
+            def step(stage: str, n: int, total: int) -> None:
+                last[0] = time.monotonic()
+                bar.update(task, description=stage, completed=n, total=total)
+
+            return run(step)
+    finally:
+        done.set()
 
 
 def push(

@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -287,6 +288,7 @@ def test_racing_threads_one_wins(url: str, tmp_path: Path) -> None:
 RACER = """
 import os, sys, time
 from pathlib import Path
+from typing import Any
 import capsule.sync as sync
 path, url, me, other = sys.argv[1:5]
 def progress(stage, done, total):
@@ -476,3 +478,32 @@ def test_import_capsule_does_not_import_fsspec() -> None:
     code = ("import sys, capsule, capsule.sync\nimport capsule_cli.sync\n"
             "assert 'fsspec' not in sys.modules and 's3fs' not in sys.modules, 'imported'\n")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_a_store_that_stops_answering_is_waited_for_aloud(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet review: pull from an S3 endpoint that accepts and never answers printed
+    nothing for minutes (botocore's timeouts times its and s3fs's retries). The CLI now says on
+    stderr that it is still waiting, once the last step is STALL_SAY seconds old, then every 30 s."""
+    import time
+
+    from capsule_cli import _render
+    from capsule_cli import sync as cli_sync
+
+    said: list[str] = []
+    monkeypatch.setattr(cli_sync, "STALL_SAY", 0.2)
+    monkeypatch.setattr(cli_sync, "warn", said.append)
+    monkeypatch.setattr(_render, "warn", said.append)
+
+    def stalled(progress: Any) -> str:
+        progress("contacting", 0, 0)
+        time.sleep(0.2)
+        progress("manifest", 1, 1)  # a step: the wait starts again
+        time.sleep(5.6)  # the watcher looks every min(STALL_SAY, 5) s
+        return "done"
+
+    assert cli_sync._with_progress(True, stalled) == "done"
+    assert len(said) == 1 and said[0].startswith("still waiting for the store: ") and "Ctrl-C" in said[0]
+    said.clear()
+    assert cli_sync._with_progress(True, lambda p: [p("x", 0, 0) for _ in range(3)] and "quick") == "quick"
+    time.sleep(0.5)
+    assert said == []  # a command that finished says nothing, and its watcher has stopped
