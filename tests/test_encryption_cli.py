@@ -260,3 +260,15 @@ def test_library_and_cli_agree(tmp_path: Path, keys: Path) -> None:
     with capsule.open(path, "a", identity=me) as cap, cap.commit() as tx:
         rid = tx.remember(SECRET)
     assert json.loads(ok("get", path, rid, "-i", keys / "me.key", "--json").stdout)["text"] == SECRET
+
+
+def test_a_pull_with_the_wrong_key_names_the_file_not_its_temporary(tmp_path: Path, keys: Path,
+                                                                     sealed: tuple[Path, str]) -> None:
+    # the fleet review: "error: .k3.capsule.pull-a9e7247b5684: no key slot opens..."
+    src, _ = sealed
+    remote = tmp_path / "remote"
+    ok("push", src, f"file://{remote}", "-i", keys / "me.key")
+    dest = tmp_path / "k3.capsule"
+    p = run("pull", f"file://{remote}", dest, "-i", keys / "stranger.key")
+    assert p.returncode == 2 and ".pull-" not in p.stderr and f"{dest}:" in p.stderr, p.stderr
+    assert not dest.exists() and not list(tmp_path.glob(".k3.capsule.pull-*"))

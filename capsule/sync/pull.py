@@ -22,6 +22,7 @@ import fcntl
 import glob
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import constants as C
-from ..core.errors import CorruptError, UsageError
+from ..core.errors import CapsuleError, CorruptError, UsageError
 from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
 from ..format.scan import Reader, Snapshot, Source
 from ..handle.locking import open_writer
@@ -100,10 +101,17 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
     # a pull killed (kill -9) left its temporary file, up to the capsule's size: one nobody holds
     # (each pull flocks its own) and nobody touched for a minute is removed, as merge does (20.7)
     sweep_temporaries(p.parent if str(p.parent) else Path("."), f".{glob.escape(p.name)}.pull-*")
-    if not (p.exists() or p.is_symlink()):
-        res = _pull_new(remote, m, p, trust, progress)
-    else:
-        res = _pull_onto(remote, m, p, trust, progress, timeout)
+    try:
+        if not (p.exists() or p.is_symlink()):
+            res = _pull_new(remote, m, p, trust, progress)
+        else:
+            res = _pull_onto(remote, m, p, trust, progress, timeout)
+    except CapsuleError as e:  # name the file the user gave, not the hidden temporary checked in its stead
+        temp = re.compile(r"[^\s'\"]*\." + re.escape(p.name) + r"\.pull-[0-9a-f]{12}")
+        e.args = tuple(temp.sub(str(p), a) if isinstance(a, str) else a for a in e.args)
+        if isinstance(getattr(e, "message", None), str):
+            e.message = temp.sub(str(p), e.message)  # type: ignore[attr-defined]
+        raise
     status, gen, got, commits, seq, root, records, signed, checked = res
     return PullResult(remote.shown, str(p), status, gen, got, commits, seq, root, records, signed,
                       skipped=rh.skipped, checked=checked)
