@@ -213,7 +213,8 @@ def pack(
     prune: Annotated[bool, typer.Option("--prune", help="With --append and a folder: forget the chunks of files "
                                         "no longer in it (a reason names each path).")] = False,
     root: Annotated[str | None, typer.Option("--root", metavar="NAME", help="File the text under this name "
-                                             "(meta root; source is NAME/path). Default: the folder's name. "
+                                             "(meta root; source is NAME/path). Default: the folder's name "
+                                             "(two folders of one name share it: give each its own). "
                                              "--append and --prune touch only this root's files.",
                                              show_default=False)] = None,
     wait: WaitOpt = 0.0,

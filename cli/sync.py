@@ -40,8 +40,8 @@ def _with_progress(json_out: bool, run: Callable[[Callable[[str, int, int], None
             if idle < STALL_SAY:
                 say = STALL_SAY
             elif idle >= say:
-                warn(f"still waiting for the store: {idle:.0f} s without progress (its client retries; "
-                     "Ctrl-C stops it safely)")
+                warn(f"still working: {idle:.0f} s since the last step (a store that stops answering is "
+                     "waited for as long as its client retries; Ctrl-C stops it safely)")
                 say += 30.0
 
     threading.Thread(target=watch, daemon=True, name="capsule-stall").start()

@@ -268,7 +268,8 @@ def test_a_pull_with_the_wrong_key_names_the_file_not_its_temporary(tmp_path: Pa
     src, _ = sealed
     remote = tmp_path / "remote"
     ok("push", src, f"file://{remote}", "-i", keys / "me.key")
-    dest = tmp_path / "k3.capsule"
+    dest = tmp_path / "my d'ir \\1" / "k3.capsule"  # a space, a quote, a backslash: named whole
+    dest.parent.mkdir()
     p = run("pull", f"file://{remote}", dest, "-i", keys / "stranger.key")
     assert p.returncode == 2 and ".pull-" not in p.stderr and f"{dest}:" in p.stderr, p.stderr
-    assert not dest.exists() and not list(tmp_path.glob(".k3.capsule.pull-*"))
+    assert p.stderr.count(str(dest)) == 1 and not dest.exists() and not list(dest.parent.glob(".k3*"))

@@ -472,3 +472,30 @@ def test_a_sync_may_prune_the_last_file_and_a_file_no_longer_text(tmp_path: Path
     with capsule.open(out) as cap:
         assert by_root(cap) == {} and not cap.search("gamma", mode="lexical")
     assert capsule.verify(out).ok
+
+
+def test_a_redacted_file_stays_out_under_any_root(tmp_path: Path) -> None:
+    # the attack on roots: a copy of the folder under another name packed the redacted text again
+    src = write(tmp_path / "p1" / "docs", {"README.md": "alpha secret hunter2", "b.md": "beta"})
+    out = tmp_path / "r.capsule"
+    capsule.pack(src, out, embedder=None)
+    with capsule.open(out, "a") as cap, cap.commit() as tx:
+        tx.redact(next(m.id for m in cap.records("memory") if "hunter2" in m.text))
+    copy = write(tmp_path / "p3" / "docs2", {"README.md": "alpha secret hunter2", "b.md": "beta"})
+    for rep in (capsule.pack(copy, out, append=True, embedder=None),
+                capsule.pack(src, out, append=True, embedder=None, root="other")):
+        assert ("README.md", "its content was redacted (7.7.1): not packed again") in rep.skipped
+    with capsule.open(out) as cap:
+        assert not cap.search("hunter2", mode="lexical")
+
+
+def test_packing_with_a_root_warns_of_chunks_packed_without_one(tmp_path: Path) -> None:
+    src = write(tmp_path / "docs", {"a.md": "alpha"})
+    out = tmp_path / "old.capsule"
+    capsule.pack(src, out, embedder=None, root="")  # as packs were before roots
+    said: list[str] = []
+    rep = capsule.pack(src, out, append=True, embedder=None, warn=said.append)
+    assert rep.sync.added.files == 1 and any("--root ''" in w for w in said)
+    said.clear()
+    rep = capsule.pack(src, out, append=True, embedder=None, root="", warn=said.append)
+    assert rep.sync.unchanged.files == 1 and said == []

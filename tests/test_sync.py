@@ -502,7 +502,7 @@ def test_a_store_that_stops_answering_is_waited_for_aloud(monkeypatch: pytest.Mo
         return "done"
 
     assert cli_sync._with_progress(True, stalled) == "done"
-    assert len(said) == 1 and said[0].startswith("still waiting for the store: ") and "Ctrl-C" in said[0]
+    assert len(said) == 1 and said[0].startswith("still working: ") and "Ctrl-C" in said[0]
     said.clear()
     assert cli_sync._with_progress(True, lambda p: [p("x", 0, 0) for _ in range(3)] and "quick") == "quick"
     time.sleep(0.5)

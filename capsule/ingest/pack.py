@@ -384,7 +384,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     chunks of paths no longer in it; without it they are left alone. ``root``: the name
     the files are filed under (default: the folder's name, or a single file's folder's):
     a pack reads, supersedes and prunes only the chunks of its root, so folders packed
-    into one capsule stay apart; ``""`` for chunks packed before roots were kept. ``report.sync``
+    into one capsule stay apart (two folders of one name need a ``root`` each); ``""`` for chunks packed before roots were kept. ``report.sync``
     counts files and chunks by what happened to them.
 
     >>> import capsule, pathlib
@@ -451,12 +451,16 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if source.files is not None:  # text: what is there already decides what is written
             withheld: list[_File] = []
             if append:
-                gone, source.redacted = redacted_files(cap, source.root)  # 7.7.1: redacted bytes are not packed again
+                gone, source.redacted = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again
                 withheld = [f for f in source.files if (f.rel, f.sha256) in gone]
                 for f in withheld:
                     source.files.remove(f)
                     _skip(report, warn, f.rel, "its content was redacted (7.7.1): not packed again")
-            _plan(source, live_chunks(cap, source.root) if append else {})
+            roots: set[str] = set()
+            _plan(source, live_chunks(cap, source.root, roots) if append else {})
+            if source.root and "" in roots:  # packed before roots were kept: this pack would add it all again
+                warn("this capsule holds chunks packed without a root (before roots were kept); pack with "
+                     "--root '' to keep syncing those, else they stay beside the ones packed now")
             for f in withheld:  # its live chunks of another version left the folder
                 if stale := [c for c in source.have.get(f.rel, ()) if c.sha256 not in (None, f.sha256)]:
                     source.replace[f.rel] = stale  # superseded by nothing: forgotten (7.7.1)

@@ -77,29 +77,33 @@ def source_of(root: str, path: str) -> str:
     return f"{root}/{path}" if root else path
 
 
-def _packed(m: Any, root: str) -> tuple[str, int, dict[str, Any]] | None:
-    """(path, chunk number, meta) of a memory pack made under ``root``, else None."""
+def _packed(m: Any, root: str | None) -> tuple[str, int, dict[str, Any]] | None:
+    """(path, chunk number, meta) of a memory pack made under ``root`` (None: any), else None."""
     meta = getattr(m, "meta", None)
     if not meta:
         return None
-    path, n = meta.get("path"), meta.get("chunk")
-    if type(path) is not str or type(n) is not int or meta.get("root", "") != root:
+    path, n, its = meta.get("path"), meta.get("chunk"), meta.get("root", "")
+    if type(path) is not str or type(n) is not int or type(its) is not str or root not in (None, its):
         return None
-    return (path, n, meta) if getattr(m, "source", None) == source_of(root, path) else None
+    return (path, n, meta) if getattr(m, "source", None) == source_of(its, path) else None
 
 
-def live_chunks(cap: Any, root: str = "") -> dict[str, list[Chunk]]:
+def live_chunks(cap: Any, root: str = "", roots: set[str] | None = None) -> dict[str, list[Chunk]]:
     """The live memories pack made under ``root``, by path, in the state's order (by tier, then commit
     order): one walk of the memories that hold a ``source`` (the others are not decoded, so a
     capsule of a million memories costs a read of its frames, not a state of a million
-    entries), less the ids reverts hold dead."""
+    entries), less the ids reverts hold dead. ``roots`` collects every root the walk saw."""
     store = cap._store
     dead = dead_ids(store)
     found: list[tuple[int, str, Chunk]] = []
     for _, _, m in walk(store, ("memory",), field="source"):
-        if (got := _packed(m, root)) is None:
+        if (got := _packed(m, None)) is None:
             continue
         path, n, meta = got
+        if roots is not None:
+            roots.add(meta.get("root", ""))
+        if meta.get("root", "") != root:
+            continue
         rid = bytes.fromhex(m.id)
         if rid in dead:
             continue
@@ -111,16 +115,16 @@ def live_chunks(cap: Any, root: str = "") -> dict[str, list[Chunk]]:
     return out
 
 
-def redacted_files(cap: Any, root: str = "") -> tuple[set[tuple[str, str]], dict[str, set[str]]]:
-    """(path, sha256) of every file a redacted chunk came from, and by path the redacted
-    chunks' texts, read from the stored bytes (7.7.1: reads withhold them; compaction purges
+def redacted_files(cap: Any) -> tuple[set[tuple[str, str]], dict[str, set[str]]]:
+    """(path, sha256) of every file a redacted chunk came from, under any root (a copy of
+    the folder is the same secret), and by path the redacted chunks' texts, read from the stored bytes (7.7.1: reads withhold them; compaction purges
     them, and then nothing is known here). A file with that sha256 is not packed again, and
     a chunk with that text of another version of the file is not written either."""
     files: set[tuple[str, str]] = set()
     texts: dict[str, set[str]] = {}
     for rid in redacted(cap._store):
         rec = cap._store.get(rid)
-        if (got := _packed(rec, root)) is not None:
+        if (got := _packed(rec, None)) is not None:
             path, _, meta = got
             if type(sha := meta.get("sha256")) is str:
                 files.add((nfc(path), sha))

@@ -107,10 +107,11 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
         else:
             res = _pull_onto(remote, m, p, trust, progress, timeout)
     except CapsuleError as e:  # name the file the user gave, not the hidden temporary checked in its stead
-        temp = re.compile(r"[^\s'\"]*\." + re.escape(p.name) + r"\.pull-[0-9a-f]{12}")
-        e.args = tuple(temp.sub(str(p), a) if isinstance(a, str) else a for a in e.args)
+        temp = re.compile("(?:" + re.escape(str(p.parent / f".{p.name}.pull-")) + "|" + re.escape(f".{p.name}.pull-")
+                          + ")[0-9a-f]{12}")
+        e.args = tuple(temp.sub(lambda _m: str(p), a) if isinstance(a, str) else a for a in e.args)
         if isinstance(getattr(e, "message", None), str):
-            e.message = temp.sub(str(p), e.message)  # type: ignore[attr-defined]
+            e.message = temp.sub(lambda _m: str(p), e.message)  # type: ignore[attr-defined]
         raise
     status, gen, got, commits, seq, root, records, signed, checked = res
     return PullResult(remote.shown, str(p), status, gen, got, commits, seq, root, records, signed,
