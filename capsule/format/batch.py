@@ -227,6 +227,25 @@ class RecordBatch(Sequence[Item]):
             out.codes.extend(self.codes[a:b])
         return out
 
+    def spliced(self, keep: np.ndarray, inserts: list[tuple[int, Item]]) -> RecordBatch:
+        """The records where ``keep`` is true, in order, each of ``inserts`` (position, item;
+        ascending) placed before the record at that position (``len(self)``: at the end)."""
+        out = RecordBatch()
+        out.kinds, out._code_of = list(self.kinds), dict(self._code_of)
+        pos = np.arange(len(self))
+        lo = 0
+        for at, item in [*inserts, (len(self), None)]:
+            part = self.select(keep & (pos >= lo) & (pos < at), copy=True)
+            base = len(out.data)
+            out.ids += part.ids
+            out.data += part.data
+            out.ends.extend(e + base for e in part.ends)
+            out.codes.extend(out.code(part.kinds[c]) for c in part.codes)
+            if item is not None:
+                out.add(*item)
+            lo = at
+        return out
+
     def kind_counts(self) -> dict[str, int]:
         counts = np.bincount(np.array(self.codes, dtype=np.int64), minlength=len(self.kinds))
         return {k: int(c) for k, c in zip(self.kinds, counts, strict=True) if c}

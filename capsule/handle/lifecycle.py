@@ -32,7 +32,7 @@ record ... was redacted
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import InvalidRecordError, NotFound, Redacted, UsageError
@@ -78,12 +78,15 @@ class _Pending:
         self.red: set[bytes] = set()  # redacted by this block's events
         self.touched: set[bytes] = set()  # dropped or restored by an event of this block
         self.dropped_at: dict[bytes, int] = {}  # id -> batch position of the last event of this block dropping it
+        self.event_pos: list[int] = []  # each event's batch position, as ``events``
+        self.last: dict[bytes, int] = {}  # the batch's ids -> last position (``_in_block``)
         self.index: dict[bytes, int] = {}  # the batch's ids -> first position (``_in_block``)
         self.indexed = 0
 
     def apply(self, rev: Any, pos: int) -> None:
         """13.1 with sticky redaction (7.7.1), for one event of this block, at batch position ``pos``."""
         self.events.append(rev)
+        self.event_pos.append(pos)
         for x in rev.drop:
             self.now[x] = True
             self.dropped_at[x] = pos
@@ -94,29 +97,73 @@ class _Pending:
                 self.now[x] = False
         self.touched.update(rev.drop, rev.restore)
 
-    def added_after_drop(self, batch: RecordBatch) -> list[bytes]:
-        """The ids this block's events leave dead that the block adds again after the last
-        event dropping them: 7.7, a re-add makes a record live, so each needs a restore (or,
-        redacted, a refusal), as it would in a later commit."""
-        want = {x: i for x, i in self.dropped_at.items() if self.now.get(x)}
-        if not want:
-            return []
-        import numpy as np
-
-        ids = np.frombuffer(bytes(batch.ids), dtype="S32")
-        hits = np.flatnonzero(np.isin(ids, np.array(list(want), dtype="S32")))
-        return sorted({rid for j in hits.tolist() if j > want[rid := batch.rid(j)]})
-
     def is_redacted(self, rid: bytes) -> bool:
         return rid in self.redacted or rid in self.red
 
-    def is_dead(self, rid: bytes, pending: bool) -> bool:
+    def readded(self, rid: bytes) -> bool:
+        """Added in this block after the last event of the block that dropped it (7.7: a re-add
+        makes it live; the writer restores it there, ``restores``). Needs ``_in_block`` first."""
+        i = self.last.get(rid)
+        return i is not None and i > self.dropped_at.get(rid, -1)
+
+    def is_dead(self, rid: bytes, readded: bool) -> bool:
         if self.is_redacted(rid):
             return True
+        if readded:
+            return False
         dead = self.now.get(rid)
-        if dead is not None:
-            return dead
-        return not pending and rid in self.dead  # added in this block: live (a re-add restores it)
+        return dead if dead is not None else rid in self.dead
+
+    def restores(self, batch: RecordBatch, dead: Collection[bytes], redacted: Collection[bytes]
+                 ) -> list[tuple[int, list[bytes]]]:
+        """7.7 in batch order: a record added while dead (``dead``: at the last commit; or dropped
+        by an earlier event of this block) is live again through a restore-only revert, which must
+        stand before the next event that drops it (13.1, 7.7: an event drops only live ids). Returns
+        (batch position, ids): a revert restoring ids goes before that position (``len(batch)``:
+        at the end), as few as the events allow. A re-add of a redacted id is refused (7.7.1)."""
+        import numpy as np
+
+        interest = set(self.dropped_at)
+        raw = bytes(batch.ids)
+        if dead:  # set lookups: O(batch), whatever the size of the dead set
+            interest.update(rid for i in range(0, len(raw), 32) if (rid := raw[i : i + 32]) in dead)
+        if not interest:
+            return []
+        ids = np.frombuffer(raw, dtype="S32")
+        adds = np.flatnonzero(np.isin(ids, np.array(list(interest), dtype="S32"))).tolist()
+        at = dict(zip(self.event_pos, self.events, strict=True))
+        live = {x: x not in dead for x in interest}
+        pending: dict[bytes, None] = {}  # re-added, not yet restored (ordered)
+        red_now: set[bytes] = set()  # redacted by the events of this block so far
+        out: list[tuple[int, list[bytes]]] = []
+        for j in sorted(set(adds).union(at)):
+            rev = at.get(j)
+            if rev is None:  # an add
+                x = raw[32 * j : 32 * j + 32]
+                if not live[x]:
+                    if x in redacted or x in red_now:
+                        from ..core.errors import UsageError
+
+                        raise UsageError(f"record {x.hex()} was redacted: its bytes are not stored again (7.7.1)")
+                    live[x] = True
+                    pending[x] = None
+                continue
+            if need := [x for x in rev.drop if x in pending]:
+                out.append((j, need))
+                for x in need:
+                    del pending[x]
+            for x in rev.drop:
+                if x in live:
+                    live[x] = False
+                if rev.op == "redact":
+                    red_now.add(x)
+            for x in rev.restore:  # the event restores it, as dead before it: no revert of ours too
+                if x in live and x not in red_now:
+                    pending.pop(x, None)
+                    live[x] = True
+        if pending:
+            out.append((len(batch), list(pending)))
+        return out
 
 
 def _a(kind: str) -> str:
@@ -158,9 +205,11 @@ class LifecycleMethods:
         p, batch = self._pending(), self._batch
         n = len(batch)
         if n < p.indexed:  # the batch was cut back (a refused call): index it again
-            p.index, p.indexed = {}, 0
+            p.index, p.last, p.indexed = {}, {}, 0
         for i in range(p.indexed, n):
-            p.index.setdefault(batch.rid(i), i)
+            r = batch.rid(i)
+            p.index.setdefault(r, i)
+            p.last[r] = i
         p.indexed = n
         return p.index.get(rid)
 
@@ -221,8 +270,8 @@ class LifecycleMethods:
                 raise UsageError(f"{op}: {rid.hex()} is {_a(rec.kind)}; only a {allowed} can be {_done(op)}")
             if p.is_redacted(rid):
                 raise UsageError(f"{op}: {rid.hex()} is already redacted")
-            if op != "redact" and p.is_dead(rid, pending):
-                raise UsageError(self._not_live(op, rid))
+            if op != "redact" and p.is_dead(rid, pending and p.readded(rid)):
+                raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)")
             olds.append(rec)
         restore = []
         for rid in bys:
@@ -353,7 +402,7 @@ class LifecycleMethods:
         self._batch.truncate(start)
         self._vconfig, self._vectors = vconfig, vectors
         if self._lc is not None and self._lc.indexed > start:
-            self._lc.index, self._lc.indexed = {}, 0
+            self._lc.index, self._lc.last, self._lc.indexed = {}, {}, 0
 
     def _check_target(self, op: str, rid: bytes) -> None:
         """The checks of :meth:`lifecycle` on a verb's target, before its replacement is built."""
@@ -363,14 +412,8 @@ class LifecycleMethods:
         p = self._pending()
         if p.is_redacted(rid):
             raise UsageError(f"{op}: {rid.hex()} is already redacted")
-        if p.is_dead(rid, pending):
-            raise UsageError(self._not_live(op, rid))
-
-    def _not_live(self, op: str, rid: bytes) -> str:
-        if rid in self._pending().added_after_drop(self._batch):  # 7.7: restored when the commit is written
-            return (f"{op}: {rid.hex()} was dropped earlier in this commit and added again; it is live once "
-                    f"the commit is written: {op} it in a later commit")
-        return f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)"
+        if p.is_dead(rid, pending and p.readded(rid)):
+            raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)")
 
 
 def _ids(v: Any) -> list[Any]:

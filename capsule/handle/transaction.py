@@ -129,40 +129,43 @@ class Transaction(LifecycleMethods):
             cap._h._check()
         items = self._batch
         if len(items):
-            # an id this block's events dropped and the block then adds again: live again (7.7),
-            # as in a later commit, or refused if redacted (7.7.1); positions in the whole batch
-            readd = self._lc.added_after_drop(items) if self._lc is not None and self._lc.dropped_at else []
-            for rid in readd:
-                if self._lc is not None and self._lc.is_redacted(rid):
-                    raise UsageError(f"record {rid.hex()} was redacted: its bytes are not stored again (7.7.1)")
+            reverts = "revert" in snap.kinds
+            red = redacted(cap._store) if reverts else set()
             # Content addressing: the first of each id counts, and a record already
             # committed is not written again (7.0).
-            items = items.select(items.first_occurrences())
-            if "revert" in snap.kinds and (red := redacted(cap._store)):
+            keep = items.first_occurrences()
+            first = items.select(keep)
+            if red:
                 # 7.7.1: a redacted id's bytes are not stored again, whether the file still holds
                 # them (a re-add) or a compaction purged them (15.1: the redact event stays)
-                hit = np.isin(np.frombuffer(bytes(items.ids), dtype="S32"), np.array(list(red), dtype="S32"))
+                hit = np.isin(np.frombuffer(bytes(first.ids), dtype="S32"), np.array(list(red), dtype="S32"))
                 if hit.any():
-                    raise UsageError(f"record {items.rid(int(np.flatnonzero(hit)[0])).hex()} was redacted: its "
+                    raise UsageError(f"record {first.rid(int(np.flatnonzero(hit)[0])).hex()} was redacted: its "
                                      "bytes are not stored again (7.7.1)")
-            dup = cap._store.present(items.id_seq(), snap)
-            again: list[bytes] = []
-            if "revert" in snap.kinds and (dead := dead_ids(cap._store)):  # 13.1, cached per snapshot end
-                # A dropped record is live again only through a restore event (7.7): one still
-                # stored is restored instead of stored again; one whose bytes a compaction purged
-                # (15.1: its event stays) is stored and restored, so adding it means what it meant
-                # before the compaction.
-                lc = self._lc.touched if self._lc is not None else ()  # a lifecycle event of this block says
+            dup = cap._store.present(first.id_seq(), snap)
+            keep[np.flatnonzero(keep)[dup]] = False
+            # A dropped record is live again only through a restore event (7.7): one still stored
+            # is restored instead of stored again; one whose bytes a compaction purged (15.1: its
+            # event stays) is stored and restored, so adding it means what it meant before. Dead at
+            # the last commit (13.1, cached per snapshot end) or dropped by an earlier event of
+            # this block: the restore stands before the next event that drops it (lifecycle.py).
+            dead = dead_ids(cap._store) if reverts else set()
+            if self._lc is not None:
+                plan = self._lc.restores(items, dead, red)
+            else:
                 raw = bytes(items.ids)  # set lookups: O(batch), whatever the size of the dead set
-                again = sorted(rid for i in range(0, len(raw), 32) if (rid := raw[i : i + 32]) in dead and rid not in lc)
-            if readd:
-                again = sorted(set(again).union(readd))
-            items = items.select(~dup)
-            if again:
-                rev = _REGISTRY["revert"].build(time=cap.clock(), after=bytes.fromhex(cap.root), restore=again)
-                rid, data = encode_record(rev)
-                items = items.select(np.ones(len(items), dtype=bool), copy=True)
-                items.add(rid, "revert", data)
+                again = list(dict.fromkeys(r for i in range(0, len(raw), 32) if (r := raw[i : i + 32]) in dead))
+                plan = [(len(items), again)] if again else []
+            if plan:
+                after = bytes.fromhex(cap.root)
+                inserts = []
+                for at, ids in plan:
+                    rev = _REGISTRY["revert"].build(time=cap.clock(), after=after, restore=sorted(ids))
+                    rid, data = encode_record(rev)
+                    inserts.append((at, (rid, "revert", data)))
+                items = items.spliced(keep, inserts)
+            else:
+                items = items.select(keep)
         start = snap.end
         if self._checkpoint is not None:
             label, key, runtime = self._checkpoint
