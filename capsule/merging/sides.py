@@ -144,7 +144,7 @@ def ancestor(s1: Side, s2: Side) -> tuple[CommitRef, str]:
             c = max(held, key=lambda c: c.seq)
             return CommitRef(par.file_id, c.seq, c.root, c.chain), "fork"
         if refs:
-            at = " and ".join(str(ref.tree_size) for ref in refs)
+            at = " and ".join(dict.fromkeys(str(ref.tree_size) for ref in refs))
             raise DataError(f"{child.path} descends from {par.path}'s file id at seq {at}, and {par.path} does "
                             "not hold that commit (its bytes there differ, or it is shorter): no common ancestor")
     l1, l2 = s1.lineage, s2.lineage
