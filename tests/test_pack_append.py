@@ -499,3 +499,28 @@ def test_packing_with_a_root_warns_of_chunks_packed_without_one(tmp_path: Path) 
     said.clear()
     rep = capsule.pack(src, out, append=True, embedder=None, root="", warn=said.append)
     assert rep.sync.unchanged.files == 1 and said == []
+
+
+def test_a_small_sync_does_not_copy_the_vector_index_again(tmp_path: Path) -> None:
+    # The docs-folder review: every `pack --append` that changed a file wrote a whole new vector
+    # snapshot (+80 MB a day at 43k chunks). A small sync now leaves it to the close policy (16.3).
+    src = write(tmp_path / "docs", {f"d{i:03}.md": f"note {i} about topic{i % 7} and more words" for i in range(300)})
+    out = tmp_path / "d.capsule"
+    capsule.pack(src, out)
+    with capsule.open(out) as cap:
+        snap = cap.index_info()["snapshot"]
+    size = out.stat().st_size
+    (src / "d007.md").write_text("note 7 now says the deploy window moved to tuesday")
+    rep = capsule.pack(src, out, append=True)
+    assert rep.sync.changed.files == 1 and rep.vectors == 1
+    assert out.stat().st_size - size < snap["bytes"] / 4, (out.stat().st_size - size, snap)
+    with capsule.open(out) as cap:
+        assert cap.index_info()["snapshot"]["sha256"] == snap["sha256"]  # the same snapshot, caught up on load
+        for mode in ("vector", "lexical"):
+            assert cap.search("deploy window tuesday", mode=mode, k=1)[0].text.startswith("note 7 now"), mode
+    many = {f"d{i:03}.md": f"rewritten {i} entirely" for i in range(300)}
+    write(src, many)
+    capsule.pack(src, out, append=True)  # as many new vectors as the close policy wants: a snapshot
+    with capsule.open(out) as cap:
+        assert cap.index_info()["snapshot"]["sha256"] != snap["sha256"]
+    assert capsule.verify(out).ok

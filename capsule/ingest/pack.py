@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ..core import constants as C
 from ..core.errors import AlreadyExists, CapsuleNotFound, InvalidRecordError, UsageError
 from ..search.embed import Embedder, get_embedder
+from ..search.part import snapshot_due
 from ..search.vindex import VectorParams
 from .jsonl import read_jsonl
 from .jsonl_sync import Packed
@@ -489,7 +490,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
                 report.new += len(tx.new_ids)
         if source.files is None:
             _jsonl_tally(report, packed.skipped if packed is not None else 0)
-        if build and cap.vector_config() is not None:
+        if build and cap.vector_config() is not None and _snapshot_now(cap, report, append):
             if on_index is not None:
                 on_index()
             cap.build_index()
@@ -505,6 +506,16 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     cap.close()
     report.bytes = out.stat().st_size
     return report
+
+
+def _snapshot_now(cap: Any, report: PackReport, append: bool) -> bool:
+    """A new pack snapshots its vector index; an append only when it added as many vectors as
+    16.3's close policy wants: a snapshot is a whole copy, so a daily sync of a few changed files
+    otherwise grew the file by the whole index each time (the close writes one when it is due)."""
+    if not append:
+        return True
+    snap = (cap.index_info().get("snapshot") or {}).get("vectors")
+    return snap is None or report.vectors >= snapshot_due(snap)
 
 
 def _root_of(src: Path, root: str | None) -> str:
