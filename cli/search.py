@@ -100,7 +100,9 @@ def search(
     """Search memories by words (BM25), by meaning (vectors) or both.
 
     Expired and rolled-back records are never returned; results are exactly
-    scored, best first, ties broken by record id, the same on every host. Each
+    scored, best first, ties broken by record id, the same on every host. The
+    vector side finds its candidates in an approximate (HNSW) graph: on large
+    capsules raise --ef for better recall. Each
     hit shows where it came from (its file and chunk, or its source) and one
     line of text with the query's words in bold.
 
