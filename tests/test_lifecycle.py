@@ -586,3 +586,24 @@ def test_verify_refuses_a_lifecycle_event_naming_a_kind_its_op_may_not(tmp_path:
     assert not rep.ok and rep.first_error["check"] == "lifecycle-target", rep.first_error
     assert "a constraint, as its replacement" in rep.first_error["message"]  # the first bad event
     assert capsule.verify(p, deep=False).ok  # a structural check does not read records
+
+
+def test_a_purged_redacted_id_is_still_answered_as_redacted(tmp_path: Path) -> None:
+    # questions review: after compaction `get`/`why` of a redacted id said "no record", though
+    # the redact event (kept, 15.1) says when, by whom and why
+    f = tmp_path / "r.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            m = tx.remember(SECRET)
+        with cap.commit() as tx:
+            tx.redact(m, reason="a leak", actor="sec")
+    capsule.compact(f, tmp_path / "c.capsule")
+    with capsule.open(tmp_path / "c.capsule") as cap:
+        with pytest.raises(capsule.Redacted, match="redacted at .*a leak"):
+            cap.get(m)
+        with pytest.raises(capsule.NotFound, match="no record with id prefix"):
+            cap.get(m[:8])  # a prefix names no stored record: nothing to resolve it by
+        with pytest.raises(capsule.NotFound) as e:
+            cap.get("ab" * 32)
+        assert not isinstance(e.value, capsule.Redacted)
+    assert SECRET.encode() not in (tmp_path / "c.capsule").read_bytes()
