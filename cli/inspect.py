@@ -64,17 +64,25 @@ def beliefs(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, limit: L
     """
     import capsule
 
-    def go() -> dict[str, Any]:
-        with capsule.open(path, at=at) as cap:
-            return cap.beliefs(limit=limit).to_dict()
+    def go() -> tuple[dict[str, Any], Any]:
+        with capsule.open(path, at=at) as cap:  # 7.1: expiry as list and search judge it
+            return cap.beliefs(limit=limit).to_dict(), (cap.summary().last_commit_time if at else cap.clock())
 
-    d = call(go)
+    d, now = call(go)
     if json_out:
         emit_json(d)
         return
+    from capsule.format.records import parse_iso_time
+
+    now_ns = parse_iso_time(now) if isinstance(now, str) else now
+
+    def shown(m: dict[str, Any]) -> str:
+        gone = "ttl" in m and parse_iso_time(m["time"]) + m["ttl"] <= now_ns
+        return m.get("text", "[redacted]") + (" [expired]" if gone else "")
+
     t = Table("group", "count", "newest")
     for tier, g in d["memories"].items():
-        t.add_row(cell(f"memories: {tier}"), cell(g["count"]), cell("; ".join(m.get("text", "[redacted]") for m in g["newest"])))
+        t.add_row(cell(f"memories: {tier}"), cell(g["count"]), cell("; ".join(shown(m) for m in g["newest"])))
     t.add_row(cell("decisions"), cell(d["decisions"]["count"]),
               cell("; ".join(x.get("summary", "[redacted]") for x in d["decisions"]["newest"])))
     t.add_row(cell("constraints"), cell(len(d["constraints"])),

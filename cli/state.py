@@ -87,9 +87,11 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
 
     def go() -> Any:
         with capsule.open(path, at=at) as cap:
-            return cap.state(valid_at=when)
+            # 7.1: expiry judged as list and search judge it (a view: at its commit's time)
+            now = cap.summary().last_commit_time if at else cap.clock()
+            return cap.state(valid_at=when), now
 
-    state = call(go)
+    state, now = call(go)
     if json_out:  # the library's canonical document (13.2): sorted keys, compact, bin values as hex
         w = sys.stdout.buffer
         w.write(escape_json(call(state.to_json_bytes)))  # C1 and bidi escaped
@@ -102,10 +104,16 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
     ident = st["identity"]
     if ident:
         out.print(f"identity    {ident['agent_id']} {ident['name']} {ident['model']}".rstrip(), markup=False)
+    from capsule.format.records import parse_iso_time
+
+    now_ns = parse_iso_time(now) if isinstance(now, str) else now
     for tier, mems in st["memories"].items():
-        out.print(f"{tier:<11} {len(mems)} memories", markup=False)
+        gone = {m["id"] for m in mems if "ttl" in m and parse_iso_time(m["time"]) + m["ttl"] <= now_ns}
+        said = f" ({len(gone)} expired: live, but left out of list and search)" if gone else ""
+        out.print(f"{tier:<11} {len(mems)} memories{said}", markup=False)
         for m in mems[-5:]:
-            out.print(f"  {m['id'][:12]}  {m.get('text', '[redacted]')[:100]}", markup=False)
+            mark = " [expired]" if m["id"] in gone else ""
+            out.print(f"  {m['id'][:12]}  {m.get('text', '[redacted]')[:100]}{mark}", markup=False)
         if len(mems) > 5:
             out.print(f"  ... {len(mems) - 5} older (all of them: --json, or capsule list --tier {tier})",
                       markup=False)

@@ -481,3 +481,22 @@ def test_timeline_limit_refuses_damage_in_the_commits_it_reads(tmp_path: Path) -
         with pytest.raises(capsule.CorruptError):
             cap.timeline(limit=6)
     assert [e["summary"].split(": ")[1] for e in newest["events"]] == ["1 record (memory 1)"] * 3 + ["0 records (index, snapshot)"]
+
+
+def test_state_and_beliefs_mark_memories_whose_ttl_ran_out(tmp_path: Path) -> None:
+    # questions review: state and beliefs listed an expired memory as a current belief, unmarked,
+    # while list and search left it out. Liveness ignores ttl (13.1); the text now says which.
+    s, t = 1_000_000_000, 1_700_000_000 * 1_000_000_000  # commits in 2023
+    f = tmp_path / "t.capsule"
+    with capsule.create(f, clock=lambda: t) as cap, cap.commit() as tx:
+        tx.remember("door code 1234", ttl=10 * s, time=t - 60 * s)  # ran out before the commit
+        tx.remember("wifi is guest-5", ttl=3600 * s, time=t)  # ran out an hour after it
+        tx.remember("lasting")
+    view = _cli("state", str(f), "--at", "1").stdout  # a view: judged at its commit's time
+    assert "3 memories (1 expired: live, but left out of list and search)" in view
+    assert "door code 1234 [expired]" in view and "wifi is guest-5 [expired]" not in view
+    head = _cli("state", str(f)).stdout  # the head: judged now, as list and search do
+    assert "3 memories (2 expired" in head and "wifi is guest-5 [expired]" in head
+    bel = _cli("beliefs", str(f), "--at", "1").stdout
+    assert "door code 1234 [expired]" in bel and "wifi is guest-5 [expired]" not in bel
+    assert "lasting [expired]" not in _cli("beliefs", str(f)).stdout
