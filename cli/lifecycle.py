@@ -83,18 +83,34 @@ def supersede(
     evidence: EvidenceOpt = None,
     reason: ReasonOpt = "",
     actor: ActorOpt = "",
+    valid_from: Annotated[str | None, typer.Option("--valid-from", metavar="TIME", show_default=False, help=(
+        "When the new fact became true in the world (ISO-8601 or int ns): the old one was true until "
+        "then (a change). Without it the supersede is a correction (spec 13.6)."))] = None,
+    valid_to: Annotated[str | None, typer.Option("--valid-to", metavar="TIME", show_default=False,
+                                                 help="When the new fact stops being true.")] = None,
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Replace a live memory by a new one; state shows the new one, history keeps both.
 
     The new memory keeps the old one's tags, tier, meta and source unless given.
+    --valid-from records a change in the world, so `--valid-at` before it still finds the old one.
 
     Example: capsule supersede agent.capsule 3f9a1c --text "the staging db is db-stg-2" --reason migrated
     """
     meta_map = parse_meta(meta) if meta else None
-    _run(path, wait, lambda tx: tx.supersede(record_id, text, tags=tag or None, tier=tier, meta=meta_map,
-                                             evidence=evidence or (), reason=reason, actor=actor), json_out)
+    when = {k: int(v) if v.isdigit() else v for k, v in (("valid_from", valid_from), ("valid_to", valid_to))
+            if v is not None}
+    def go(tx: Any) -> str:
+        from capsule.core.errors import InvalidRecordError, UsageError
+
+        try:
+            return tx.supersede(record_id, text, tags=tag or None, tier=tier, meta=meta_map, evidence=evidence or (),
+                                reason=reason, actor=actor, **when)
+        except InvalidRecordError as e:  # the options given (a time, a window): used wrongly, exit 2
+            raise UsageError(str(e)) from None
+
+    _run(path, wait, go, json_out)
 
 
 def promote(path: FileArg, record_id: IdArg, tier: TierArg, evidence: EvidenceOpt = None, reason: ReasonOpt = "",

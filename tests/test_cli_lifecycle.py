@@ -89,6 +89,9 @@ def test_verbs_json(made: tuple[Path, dict[str, str]]) -> None:
     (("demote", "{p}", "{low}", "--tier", "validated"), 2, "higher"),
     (("promote", "{p}", "{m}", "--tier", "validated", "--evidence", "eeeeeeee"), 2, "no record"),
     (("redact", "{p}", "{s}"), 0, ""),
+    (("supersede", "{p}", "{m}", "--text", "x", "--valid-from", "garbage"), 2, "not an ISO-8601 time"),
+    (("supersede", "{p}", "{m}", "--text", "x", "--valid-from", "2025-01-01", "--valid-to", "2024-01-01"), 2,
+     "valid_from must be before valid_to"),
 ])
 def test_refusals_are_one_line_and_write_nothing(made: tuple[Path, dict[str, str]], args: tuple[str, ...],
                                                  code: int, msg: str) -> None:
@@ -156,3 +159,19 @@ def test_rollback_across_a_redaction_says_the_state_differs(made: tuple[Path, di
     with capsule.open(p) as cap:
         assert ids["n"] in {x["id"] for x in cap.state().notes}
         assert ids["s"] not in {m["id"] for ms in cap.state().memories.values() for m in ms}
+
+
+def test_supersede_with_valid_from_records_a_change_in_the_world(tmp_path: Path) -> None:
+    # questions review: the CLI had no way to say when a new fact became true, so every CLI
+    # supersede was a correction in the valid-time view (13.6)
+    p = tmp_path / "v.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        ann = tx.remember("the CEO is Ann")
+    r = invoke("supersede", p, ann[:8], "--text", "the CEO is Bob", "--valid-from", "2024-03-01", "--json")
+    assert r.exit_code == 0, r.output
+    with capsule.open(p) as cap:
+        bob = cap.get(json.loads(r.stdout)["new"])
+        assert bob.valid_from == 1_709_251_200 * 10**9
+        before = cap.state(valid_at="2024-02-01T00:00:00Z").memories["working"]
+        after = cap.state(valid_at="2024-04-01T00:00:00Z").memories["working"]
+    assert [m["text"] for m in before] == ["the CEO is Ann"] and [m["text"] for m in after] == ["the CEO is Bob"]
