@@ -57,6 +57,26 @@ def valid_at_iso(v: str | None) -> str | None:
     return iso(parse_valid_at(int(v) if v.isdigit() else v, "--valid-at"))
 
 
+def time_opt(text: str | None, name: str) -> int | None:
+    """A time option (``--since`` ...): ISO-8601, or int ns as ``--valid-at`` takes; a bad one is
+    a UsageError naming the option."""
+    if text is None:
+        return None
+    if text.isascii() and text.isdigit():
+        if int(text) >= 1 << 63:
+            raise capsule_usage(f"{name} {text!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 63 bits)")
+        return int(text)
+    from capsule.format.records import parse_time_arg
+
+    return parse_time_arg(text, name)
+
+
+def capsule_usage(message: str) -> Exception:
+    from capsule.core.errors import UsageError
+
+    return UsageError(message)
+
+
 def meta_value(text: str) -> Any:
     """The one typing rule for ``--meta`` VALUEs: valid (strict) JSON is that value, anything else is text."""
     try:

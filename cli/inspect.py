@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from ._errors import call
-from ._params import AtOpt, FileArg, JsonOpt, regular
+from ._params import AtOpt, FileArg, JsonOpt, regular, time_opt
 from ._render import Table, cell, emit_json, out
 
 LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="Show at most this many items per group.")]
@@ -41,11 +41,7 @@ def _regular_or_none(value: Path | None) -> Path | None:
 
 
 def _time(text: str | None, name: str) -> int | None:
-    if text is None:
-        return None
-    from capsule.format.records import parse_time_arg
-
-    return parse_time_arg(text, name)
+    return time_opt(text, name)
 
 
 def _ck(c: dict[str, Any] | None) -> str:

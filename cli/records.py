@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ._errors import call
-from ._params import META_RULE, AtOpt, FileArg, JsonOpt, ValidAtOpt, parse_meta, valid_at_iso
+from ._params import (
+    META_RULE,
+    AtOpt,
+    FileArg,
+    JsonOpt,
+    ValidAtOpt,
+    parse_meta,
+    time_opt,
+    valid_at_iso,
+)
 from ._render import cell, emit_json, json_text, out, safe
 
 if TYPE_CHECKING:
@@ -31,9 +40,9 @@ TierOpt = Annotated[list[str] | None, typer.Option("--tier", help="scratch, work
 KindOpt = Annotated[list[str] | None, typer.Option("--kind", help="memory, note or decision, the kinds search "
                                                    "covers (repeatable).")]
 SinceOpt = Annotated[str | None, typer.Option("--since", metavar="TIME", help="Only records at or after this "
-                                              "ISO-8601 time.")]
+                                              "ISO-8601 time (or int ns).")]
 UntilOpt = Annotated[str | None, typer.Option("--until", metavar="TIME", help="Only records at or before this "
-                                              "ISO-8601 time.")]
+                                              "ISO-8601 time (or int ns).")]
 MetaOpt = Annotated[list[str] | None, typer.Option("--meta", help=f"KEY=VALUE: only records whose meta has KEY "
                                                    f"equal to VALUE (repeatable). {META_RULE}")]
 
@@ -122,8 +131,8 @@ def list_(
 
     def go() -> list[Hit]:
         with capsule.open(path, at=at) as cap:
-            hits = cap.search(None, k=limit, tags=tag, any_tags=any_tag, tier=tier, kind=kind, since=since,
-                              until=until, meta=meta_map, valid_at=when)
+            hits = cap.search(None, k=limit, tags=tag, any_tags=any_tag, tier=tier, kind=kind, since=time_opt(since, "--since"),
+                              until=time_opt(until, "--until"), meta=meta_map, valid_at=when)
             for h in hits:
                 h.record  # noqa: B018  (read while the capsule is open)
             return hits

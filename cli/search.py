@@ -17,7 +17,16 @@ from capsule.ingest.source import check_regular, read_regular
 from ._errors import call
 from ._help import literal
 from ._keys import EncryptOpt, RecipientOpt, encryption
-from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, parse_meta, valid_at_iso
+from ._params import (
+    AtOpt,
+    FileArg,
+    JsonOpt,
+    ValidAtOpt,
+    WaitOpt,
+    parse_meta,
+    time_opt,
+    valid_at_iso,
+)
 from ._render import emit_json, err, isatty, out, warn
 from .records import AnyTagOpt, KindOpt, MetaOpt, SinceOpt, TagOpt, TierOpt, UntilOpt, hit_table
 
@@ -129,7 +138,7 @@ def search(
             view = cap.view(at) if at is not None else contextlib.nullcontext(cap)
             with view as c:
                 hits = c.search(query, vector=qv, k=k, mode=mode, tags=tag, any_tags=any_tag, tier=tier,
-                                kind=kind, since=since, until=until, meta=meta_map, embedder=embedder, ef=ef,
+                                kind=kind, since=time_opt(since, "--since"), until=time_opt(until, "--until"), meta=meta_map, embedder=embedder, ef=ef,
                                 valid_at=when, **fuse)
                 for h in hits:
                     h.record  # noqa: B018  (read while the capsule is open)

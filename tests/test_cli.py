@@ -878,3 +878,23 @@ def test_no_arguments_shows_help_not_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode in (0, 2)
     assert "Usage" in text(proc.stdout) + text(proc.stderr)
     assert "Traceback" not in text(proc.stderr)
+
+
+def test_time_options_take_int_ns_and_name_themselves(tmp_path: Path) -> None:
+    # questions review: --since/--until refused int ns (--valid-at takes them), and a bad
+    # --until was reported as "until 'garbage'"
+    p = str(make_capsule(tmp_path / "a.capsule", clock=fixed_clock))
+
+    def found(out: str) -> int:
+        doc = json.loads(out)
+        return len(doc["events"] if isinstance(doc, dict) else doc)
+
+    for verb in (["list", p], ["search", p, "alpha"], ["timeline", p]):
+        got = invoke(*verb, "--since", str(FIXED_NS), "--until", str(FIXED_NS), "--json")
+        assert got.exit_code == 0 and found(got.stdout) >= 1, got.output
+        none = invoke(*verb, "--since", str(FIXED_NS + 1), "--json")
+        assert none.exit_code == 0 and found(none.stdout) == 0, none.output
+        for opt, bad, why in (("--until", "garbage", "is not an ISO-8601 time"),
+                              ("--since", str(1 << 63), "is outside 1970-01-01")):
+            r = invoke(*verb, opt, bad)
+            assert r.exit_code == 2 and f"capsule: error: {opt} '{bad}' {why}" in r.stderr, r.stderr
