@@ -507,3 +507,22 @@ def test_a_store_that_stops_answering_is_waited_for_aloud(monkeypatch: pytest.Mo
     assert cli_sync._with_progress(True, lambda p: [p("x", 0, 0) for _ in range(3)] and "quick") == "quick"
     time.sleep(0.5)
     assert said == []  # a command that finished says nothing, and its watcher has stopped
+
+
+def test_push_check_from_a_file_behind_the_remote_says_who_can_mend_it(tmp_path: Path) -> None:
+    # fleet review: a copy behind the remote got the same "mend it with push --check" advice
+    # that it had just followed
+    a, old = tmp_path / "a.capsule", tmp_path / "old.capsule"
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.remember("one")
+    old.write_bytes(a.read_bytes())
+    url = f"file://{tmp_path / 'r'}"
+    sync.push(old, url)
+    with capsule.open(a, "a") as cap, cap.commit() as tx:
+        tx.remember("two")
+    sync.push(a, url)
+    first = sorted((tmp_path / "r" / "segments").iterdir())[0]
+    first.unlink()
+    with pytest.raises(sync.RemoteCorrupt, match="old.capsule is behind the remote .* only a copy holding"):
+        sync.push(old, url, check=True)
+    assert sync.push(a, url, check=True).repaired == [f"segments/{first.name}"]

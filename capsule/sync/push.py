@@ -127,9 +127,16 @@ def _base(h: ReadHandle, p: Path, head: Head, remote: Remote, rh: RemoteHead) ->
         return head.size, m.segments
     if m.size < head.size and extends(h, head, m.size, m.seq + 1, chain):
         return m.size, m.segments
-    if m.size > head.size and remote_has(remote, m, head.size, head.chain):
-        raise SyncError(f"{remote.shown} is ahead of {p} (remote {describe(m.summary())}, local "
-                        f"{describe(head.summary())}): pull first")
+    if m.size > head.size:
+        try:
+            ahead = remote_has(remote, m, head.size, head.chain)
+        except RemoteCorrupt as e:  # not something this shorter file could mend (push --check)
+            raise RemoteCorrupt(f"{e.message}; {p} is behind the remote (remote {describe(m.summary())}, local "
+                                f"{describe(head.summary())}), so only a copy holding the remote's last commit "
+                                "can mend it", offset=e.offset, seq=e.seq, check=e.check) from None
+        if ahead:
+            raise SyncError(f"{remote.shown} is ahead of {p} (remote {describe(m.summary())}, local "
+                            f"{describe(head.summary())}): pull first")
     raise diverged(h, head, remote, m, str(p), "push with --as NEWNAME to put the local copy beside it")
 
 
