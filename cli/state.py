@@ -45,12 +45,12 @@ def _signing_key(p: Path, pw: bytes | None) -> capsule.PrivateKey:
     """A --key file, with --passphrase-env's passphrase when given (a plain key then says it has
     none: the option is the key's, not the capsule's); without the option a sealed key takes
     $CAPSULE_KEY_PASSPHRASE, as -i does."""
-    from capsule.format.keys import PassphraseRequired
+    from capsule.format.keys import KeyFileError, PassphraseRequired
 
-    if pw is not None:
-        return capsule.load_private_key(p, pw)
     try:
-        return capsule.load_private_key(p)
+        return capsule.load_private_key(p, pw) if pw is not None else capsule.load_private_key(p)
+    except KeyFileError as e:  # a .pub file, another format: the wrong file named, as -i says (exit 2)
+        raise capsule.UsageError(f"--key {p}: {e}") from None
     except PassphraseRequired:
         env = os.environ.get("CAPSULE_KEY_PASSPHRASE")
         if not env:

@@ -129,3 +129,20 @@ def test_kill_9_during_merge_leaves_no_output_or_a_verifiable_one(tmp_path: Path
         for stray in tmp_path.glob(".c.capsule.merge-*"):
             stray.unlink()  # a killed run's temporary file: never the output name
     assert outcomes  # each round ended in one of the two allowed states
+
+
+@pytest.mark.parametrize("verb", ["merge", "checkpoint", "compact"])
+def test_a_public_key_given_as_key_is_a_usage_error(tmp_path: Path, verb: str) -> None:
+    # fleet review: a missing --key exited 2, a .pub given as --key exited 1 ("data")
+    capsule.save_private_key(tmp_path / "k", capsule.generate_key(), passphrase=None)
+    pub = tmp_path / "k.pub"  # written beside it
+    a = tmp_path / "a.capsule"
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.remember("x")
+    args = {"merge": ["merge", a, a, "-o", tmp_path / "m.capsule"], "checkpoint": ["checkpoint", a, "c1"],
+            "compact": ["compact", a, "-o", tmp_path / "c.capsule"]}[verb]
+    before = a.read_bytes()
+    r = subprocess.run([str(Path(sys.executable).with_name("capsule")), *map(str, args), "--key", str(pub)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith(f"capsule: error: --key {pub}: ") and "public key" in r.stderr
+    assert a.read_bytes() == before
