@@ -524,3 +524,21 @@ def test_a_small_sync_does_not_copy_the_vector_index_again(tmp_path: Path) -> No
     with capsule.open(out) as cap:
         assert cap.index_info()["snapshot"]["sha256"] != snap["sha256"]
     assert capsule.verify(out).ok
+
+
+def test_an_oversized_file_is_skipped_in_a_folder_and_empty_files_are_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs-folder review: one text file over the limit (a growing log) stopped every sync of its
+    # folder, and empty files were reported "added" on every unchanged append
+    from capsule.core import constants as C
+
+    monkeypatch.setattr(C, "MAX_PACK_TEXT", 1000)
+    src = write(tmp_path / "docs", {"a.md": "alpha", "big.txt": "x " * 600, "empty.md": ""})
+    out = tmp_path / "d.capsule"
+    rep = capsule.pack(src, out, embedder=None)
+    assert rep.records == 1 and [p for p, _ in rep.skipped] == ["big.txt"]
+    assert "larger than" in rep.skipped[0][1] and "big.txt:" not in rep.skipped[0][1]
+    again = capsule.pack(src, out, append=True, embedder=None)
+    assert again.sync.unchanged.files == 2 and again.sync.added.files == 0 and again.records == 0
+    with pytest.raises(capsule.InvalidRecordError, match="big.txt: larger than"):
+        capsule.pack(src / "big.txt", tmp_path / "one.capsule", embedder=None)  # the file asked for: an error

@@ -237,7 +237,12 @@ def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: in
     source = _Source(0, False, lambda: iter(()), files=[], folder=folder)
     assert source.files is not None
     for rel, p in files:
-        text, note = _read_text(rel, p, folder)
+        try:
+            text, note = _read_text(rel, p, folder)
+        except InvalidRecordError as e:  # too large (11): in a folder one file is skipped, said, not the pack
+            if not folder:
+                raise
+            text, note = None, str(e).removeprefix(f"{rel}: ")
         if text is None:
             _skip(report, warn, rel, note)
             continue

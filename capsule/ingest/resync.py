@@ -136,7 +136,7 @@ def classify(olds: list[Chunk], sha256: str, n: int) -> str:
     """A file's status from its live chunks, its SHA-256 and its chunk count now
     (a resumed file's texts are checked when it is read again: :func:`same_texts`)."""
     if not olds:
-        return ADDED
+        return UNCHANGED if n == 0 else ADDED  # an empty file: nothing there, nothing to add
     nums = {c.number for c in olds}
     if len(nums) == len(olds) and all(c.sha256 == sha256 and 0 <= c.number < n for c in olds):
         return UNCHANGED if len(olds) == n else RESUMED
