@@ -482,3 +482,18 @@ def test_a_million_tiny_lines_stay_under_480_mib(tmp_path: Path) -> None:
     assert peak < 480, f"peak RSS {peak} MiB for 1e6 tiny lines"
     with capsule.open(cap) as c:
         assert len(c) == 1_000_000
+
+
+@pytest.mark.parametrize("make", [lambda t: json.loads(json.dumps(t)), lambda t: "".join(list(t)), str])
+@pytest.mark.parametrize("tier", ["working", "scratch", "validated"])
+def test_a_tier_string_made_at_run_time_encodes_as_the_literal(make: Any, tier: str, tmp_path: Path) -> None:
+    # integrations review: an MCP remember with "tier": "working" (a str json.loads made) wrote the
+    # default tier out (msgspec's omit_defaults compares a str default by identity): every
+    # read of the file then failed "memory record is not in canonical form (7.1)"
+    obj = {"kind": "memory", "text": "bob", "tier": make(tier)}
+    assert outcome(fast, obj) == outcome(reference, obj)
+    p = tmp_path / "t.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.put_value(obj)
+        tx.put_many([{"text": "ann", "tier": make(tier)}])
+    assert capsule.verify(p).ok

@@ -180,6 +180,8 @@ def memory_from_dict(d: object, now: int) -> tuple[bytes, int] | None:
         return None
     if type(tier) is not str or tier not in TIERS:
         return None
+    if tier == "working":  # omit_defaults compares a str default by identity: a "working" built at run
+        m.tier = "working"  # time (json.loads) would be written out, not canonical (7.1); the literal is not
     ascii_only = text.isascii() and (source is None or source.isascii())
     if type(tags) is not list:
         if type(tags) is not tuple:
