@@ -607,3 +607,30 @@ def test_a_purged_redacted_id_is_still_answered_as_redacted(tmp_path: Path) -> N
             cap.get("ab" * 32)
         assert not isinstance(e.value, capsule.Redacted)
     assert SECRET.encode() not in (tmp_path / "c.capsule").read_bytes()
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4, 5])
+def test_repeated_drops_and_re_adds_in_one_block_under_a_fixed_clock(tmp_path: Path, steps: int) -> None:
+    # the second attack on same-block re-adds: with a fixed clock (SOURCE_DATE_EPOCH) the second
+    # forget had the first one's bytes and was dropped as a duplicate (the memory stayed live),
+    # and two restores of one id were one record twice (verify: duplicate-record)
+    f = tmp_path / "fixed.capsule"
+    with capsule.create(f, clock=lambda: 1000) as cap:
+        with cap.commit() as tx:
+            x = tx.remember("alpha", time=5)
+        with cap.commit() as tx:
+            for i in range(steps):  # forget, re-add, forget, re-add, ...
+                if i % 2 == 0:
+                    tx.forget(x)
+                else:
+                    assert tx.remember("alpha", time=5) == x
+            y = tx.remember("beta", time=5)
+            tx.supersede(y, "beta 2")  # another event, same clock: its own bytes
+        root = cap.state_root
+        assert cap.is_live(x) == (steps % 2 == 0)
+    ops = [(r.op, len(r.drop), len(r.restore)) for r in capsule.open(f).records(kind="revert")]
+    named = [o for o in ops if o[0] != "supersede"]  # a last restore may stand after it (the commit's end)
+    assert named == [("forget", 1, 0) if i % 2 == 0 else (None, 0, 1) for i in range(steps)]
+    assert capsule.verify(f).ok
+    with capsule.open(f) as again:
+        assert again.state_root == root

@@ -1560,3 +1560,16 @@ def test_a_failed_snapshot_write_never_fails_the_commit_it_follows(
         assert len([r for r in cap.records("memory")]) == 400
         for i in (0, 150, 399):
             assert cap.search(vector=vecs[i], k=1, mode="vector")[0].text == f"m{i}"
+
+
+def test_a_ttl_reaching_past_2_63_is_not_expired(tmp_path: Path) -> None:
+    # the attack on the expiry marks: time + ttl past 2^63 wrapped in the int64 mask, so list and
+    # search left out a memory 7.1 allows (ttl up to 2^63 - 1) as if it had expired
+    with capsule.create(tmp_path / "t.capsule") as cap:
+        with cap.commit() as tx:
+            tx.remember("mango forever", ttl=2**63 - 1)
+            tx.remember("mango later", ttl=2**62, embedding=[1.0, 0.0])
+            tx.remember("mango gone", ttl=1, time=5)
+        assert sorted(h.text for h in cap.search(None)) == ["mango forever", "mango later"]
+        assert sorted(h.text for h in cap.search("mango", mode="lexical")) == ["mango forever", "mango later"]
+        assert [h.text for h in cap.search(vector=[1.0, 0.0], mode="vector")] == ["mango later"]

@@ -299,6 +299,9 @@ class LifecycleMethods:
         except InvalidRecordError as e:
             raise UsageError(f"{op}: {e}") from None
         rid, data = encode_record(rev)
+        while self._in_block(rid) is not None:  # the same event earlier in this block (a fixed clock: forget,
+            rev = dataclasses.replace(rev, time=rev.time + 1)  # re-add, forget): a ns later, or 7.0 drops it
+            rid, data = encode_record(rev)
         self._batch.add(rid, "revert", data)
         p.apply(rev, len(self._batch) - 1)
         self.last_event = rid.hex()

@@ -157,11 +157,16 @@ class Transaction(LifecycleMethods):
                 again = list(dict.fromkeys(r for i in range(0, len(raw), 32) if (r := raw[i : i + 32]) in dead))
                 plan = [(len(items), again)] if again else []
             if plan:
-                after = bytes.fromhex(cap.root)
+                after, taken = bytes.fromhex(cap.root), set(items.id_seq())
                 inserts = []
                 for at, ids in plan:
-                    rev = _REGISTRY["revert"].build(time=cap.clock(), after=after, restore=sorted(ids))
-                    rid, data = encode_record(rev)
+                    t = cap.clock()
+                    while True:  # two restores of one id (a fixed clock) are two records: a ns apart
+                        rid, data = encode_record(_REGISTRY["revert"].build(time=t, after=after, restore=sorted(ids)))
+                        if rid not in taken:
+                            break
+                        t += 1
+                    taken.add(rid)
                     inserts.append((at, (rid, "revert", data)))
                 items = items.spliced(keep, inserts)
             else:

@@ -370,7 +370,7 @@ class Searcher:
         m[dead] = False
         has_ttl = ttls > 0
         if has_ttl.any():
-            m &= ~(has_ttl & (times + ttls <= now))  # 7.1: expired at time + ttl
+            m &= ~(has_ttl & (ttls <= now - times))  # 7.1: expired at time + ttl (a sum past 2^63 would wrap)
         if flt.tiers:
             m &= np.isin(tiers, [TIERS[t] for t in flt.tiers])
         if flt.kinds:
