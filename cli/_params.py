@@ -54,7 +54,7 @@ def valid_at_iso(v: str | None) -> str | None:
     from capsule.core.clock import iso
     from capsule.state.validtime import parse_valid_at
 
-    return iso(parse_valid_at(int(v) if v.isdigit() else v, "--valid-at"))
+    return iso(parse_valid_at(int(v) if v.isascii() and v.isdigit() else v, "--valid-at"))
 
 
 def time_opt(text: str | None, name: str) -> int | None:
@@ -66,9 +66,13 @@ def time_opt(text: str | None, name: str) -> int | None:
         if int(text) >= 1 << 63:
             raise capsule_usage(f"{name} {text!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 63 bits)")
         return int(text)
+    from capsule.core.errors import UsageError
     from capsule.format.records import parse_time_arg
 
-    return parse_time_arg(text, name)
+    try:
+        return parse_time_arg(text, name)
+    except UsageError as e:  # int ns are taken too: say so
+        raise UsageError(str(e).replace("is not an ISO-8601 time", "is not an ISO-8601 time or int ns")) from None
 
 
 def capsule_usage(message: str) -> Exception:

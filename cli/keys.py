@@ -44,7 +44,7 @@ def rotate_keys(
 
     def go() -> dict[str, Any]:
         old_keys = _load_keys(key, passphrase_env)
-        new_keys = _load_keys(new, new_passphrase_env if new_passphrase_env is not None else passphrase_env)
+        new_keys = _load_keys(new, new_passphrase_env if new_passphrase_env is not None else passphrase_env, "--new")
         pubs = []
         for p in new_pub or []:
             from capsule.ingest.source import check_regular

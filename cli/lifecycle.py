@@ -99,8 +99,8 @@ def supersede(
     Example: capsule supersede agent.capsule 3f9a1c --text "the staging db is db-stg-2" --reason migrated
     """
     meta_map = parse_meta(meta) if meta else None
-    when = {k: int(v) if v.isdigit() else v for k, v in (("valid_from", valid_from), ("valid_to", valid_to))
-            if v is not None}
+    when = {k: int(v) if v.isascii() and v.isdigit() else v
+            for k, v in (("valid_from", valid_from), ("valid_to", valid_to)) if v is not None}
     def go(tx: Any) -> str:
         from capsule.core.errors import InvalidRecordError, UsageError
 
@@ -108,7 +108,10 @@ def supersede(
             return tx.supersede(record_id, text, tags=tag or None, tier=tier, meta=meta_map, evidence=evidence or (),
                                 reason=reason, actor=actor, **when)
         except InvalidRecordError as e:  # the options given (a time, a window): used wrongly, exit 2
-            raise UsageError(str(e)) from None
+            said = str(e)
+            if said.startswith("time "):  # which option gave it
+                said = f"--valid-{'from' if said[5:].startswith(repr(valid_from)) else 'to'} {said[5:]}"
+            raise UsageError(said) from None
 
     _run(path, wait, go, json_out)
 

@@ -34,14 +34,14 @@ def _passphrase(env: str | None) -> bytes | None:
     return v.encode()
 
 
-def _load_keys(paths: list[Path], passphrase_env: str | None) -> list[capsule.PrivateKey]:
+def _load_keys(paths: list[Path], passphrase_env: str | None, opt: str = "--key") -> list[capsule.PrivateKey]:
     for p in paths:
-        check_regular(p, "--key ")
+        check_regular(p, f"{opt} ")
     pw = _passphrase(passphrase_env)
-    return [_signing_key(p, pw) for p in paths]
+    return [_signing_key(p, pw, opt) for p in paths]
 
 
-def _signing_key(p: Path, pw: bytes | None) -> capsule.PrivateKey:
+def _signing_key(p: Path, pw: bytes | None, opt: str = "--key") -> capsule.PrivateKey:
     """A --key file, with --passphrase-env's passphrase when given (a plain key then says it has
     none: the option is the key's, not the capsule's); without the option a sealed key takes
     $CAPSULE_KEY_PASSPHRASE, as -i does."""
@@ -50,11 +50,11 @@ def _signing_key(p: Path, pw: bytes | None) -> capsule.PrivateKey:
     try:
         return capsule.load_private_key(p, pw) if pw is not None else capsule.load_private_key(p)
     except KeyFileError as e:  # a .pub file, another format: the wrong file named, as -i says (exit 2)
-        raise capsule.UsageError(f"--key {p}: {e}") from None
+        raise capsule.UsageError(f"{opt} {p}: {e}") from None
     except PassphraseRequired:
         env = os.environ.get("CAPSULE_KEY_PASSPHRASE")
         if not env:
-            raise capsule.UsageError(f"--key {p}: the key file is sealed: give its passphrase with "
+            raise capsule.UsageError(f"{opt} {p}: the key file is sealed: give its passphrase with "
                                      "--passphrase-env VAR (or in $CAPSULE_KEY_PASSPHRASE)") from None
         return capsule.load_private_key(p, env.encode())
 
@@ -88,7 +88,7 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
     def go() -> Any:
         with capsule.open(path, at=at) as cap:
             # 7.1: expiry judged as list and search judge it (a view: at its commit's time)
-            now = cap.summary().last_commit_time if at else cap.clock()
+            now = when or (cap.summary().last_commit_time if at else cap.clock())  # --valid-at: judged then
             return cap.state(valid_at=when), now
 
     state, now = call(go)

@@ -175,3 +175,26 @@ def test_supersede_with_valid_from_records_a_change_in_the_world(tmp_path: Path)
         before = cap.state(valid_at="2024-02-01T00:00:00Z").memories["working"]
         after = cap.state(valid_at="2024-04-01T00:00:00Z").memories["working"]
     assert [m["text"] for m in before] == ["the CEO is Ann"] and [m["text"] for m in after] == ["the CEO is Bob"]
+
+
+def test_option_values_are_checked_and_named(tmp_path: Path) -> None:
+    # second attack: supersede --valid-from took Arabic-Indic digits as int ns, errors said "time
+    # ''" without the option; rotate-keys --new k.pub blamed --key; state --valid-at marked
+    # memories [expired] by today, not by the valid time list judges them at
+    p = tmp_path / "v.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        ann = tx.remember("the CEO is Ann")
+        tx.remember("door code 1234", ttl=3600 * 10**9, time=1_700_000_000 * 10**9)
+    before = digest(p)
+    for args, said in ((["--valid-from", "\u0661\u0667\u0660\u0660"], "--valid-from '\u0661\u0667\u0660\u0660' is not"),
+                       (["--valid-from", ""], "--valid-from '' is not"),
+                       (["--valid-to", "nope"], "--valid-to 'nope' is not")):
+        r = invoke("supersede", p, ann[:8], "--text", "x", *args)
+        assert r.exit_code == 2 and said in r.stderr, r.stderr
+    assert digest(p) == before
+    capsule.save_private_key(tmp_path / "k", capsule.generate_key(), passphrase=None)
+    r = invoke("rotate-keys", p, "--key", tmp_path / "k", "--new", tmp_path / "k.pub")
+    assert r.exit_code == 2 and f"--new {tmp_path / 'k.pub'}: " in r.stderr, r.stderr
+    then = invoke("state", p, "--valid-at", "2023-11-14T22:30:00Z").stdout  # within the hour it held
+    assert "door code 1234" in then and "[expired]" not in then
+    assert "door code 1234" not in invoke("state", p, "--valid-at", "2023-11-15T00:00:00Z").stdout  # 13.6: over

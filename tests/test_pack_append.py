@@ -542,3 +542,20 @@ def test_an_oversized_file_is_skipped_in_a_folder_and_empty_files_are_unchanged(
     assert again.sync.unchanged.files == 2 and again.sync.added.files == 0 and again.records == 0
     with pytest.raises(capsule.InvalidRecordError, match="big.txt: larger than"):
         capsule.pack(src / "big.txt", tmp_path / "one.capsule", embedder=None)  # the file asked for: an error
+
+
+def test_a_folder_whose_files_were_all_emptied_syncs(tmp_path: Path) -> None:
+    # second attack: emptying every file left the old text live (the append refused: nothing to pack)
+    src = write(tmp_path / "d", {"a.txt": "keepme", "b.txt": "andme"})
+    out = tmp_path / "e.capsule"
+    capsule.pack(src, out, embedder=None)
+    for f in ("a.txt", "b.txt"):
+        (src / f).write_text("")
+    rep = capsule.pack(src, out, append=True, embedder=None)
+    assert rep.sync.changed.files == 2 and rep.sync.superseded.chunks == 2 and rep.records == 0
+    with capsule.open(out) as cap:
+        assert not cap.search("keepme", mode="lexical") and by_root(cap) == {}
+    for f in ("a.txt", "b.txt"):
+        (src / f).unlink()
+    with pytest.raises(capsule.UsageError, match="no UTF-8 text"):  # no file at all and no --prune
+        capsule.pack(src, out, append=True, embedder=None)

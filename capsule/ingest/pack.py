@@ -424,7 +424,8 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     if src.is_dir() or src.suffix.lower() in TEXT_SUFFIXES:
         source = _texts(src, report, warn, chunk_chars)
         source.root = _root_of(src, root)
-        if not source.total and not (append and prune):  # a sync may prune the last file away
+        # a sync may prune the last file away, or find every file emptied (their chunks then go)
+        if not source.total and not (append and (prune or report.files)):
             raise UsageError(f"{src}: no UTF-8 text or markdown files ({', '.join(TEXT_SUFFIXES)}) to pack")
     elif src.suffix.lower() not in JSONL_SUFFIXES:
         raise UsageError(f"{src}: pack reads text ({', '.join(TEXT_SUFFIXES)}) and JSONL "
