@@ -111,6 +111,9 @@ def supersede(
             said = str(e)
             if said.startswith("time "):  # which option gave it
                 said = f"--valid-{'from' if said[5:].startswith(repr(valid_from)) else 'to'} {said[5:]}"
+            elif said.startswith(("valid_from must", "valid_to must")):  # a range: the field's own words
+                opt, v = ("--valid-from", valid_from) if said.startswith("valid_from") else ("--valid-to", valid_to)
+                said = f"{opt} {v!r}: {said}"
             raise UsageError(said) from None
 
     _run(path, wait, go, json_out)

@@ -634,3 +634,18 @@ def test_repeated_drops_and_re_adds_in_one_block_under_a_fixed_clock(tmp_path: P
     assert capsule.verify(f).ok
     with capsule.open(f) as again:
         assert again.state_root == root
+
+
+def test_a_bumped_event_never_passes_the_last_nanosecond(tmp_path: Path) -> None:
+    # third attack: at a clock of 2^63 - 1 the bump wrote a revert of time 2^63, and the file
+    # could not be read again; it is refused and nothing is written
+    f = tmp_path / "end.capsule"
+    with capsule.create(f, clock=lambda: 2**63 - 1) as cap:
+        with cap.commit() as tx:
+            m = tx.remember("x")
+        with cap.commit() as tx:
+            tx.forget(m)
+            tx.remember("x")
+            with pytest.raises(capsule.UsageError, match="last nanosecond"):
+                tx.forget(m)
+    assert capsule.verify(f).ok and capsule.open(f).is_live(m)

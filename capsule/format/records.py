@@ -90,7 +90,7 @@ def parse_time(v: object, name: str = "time") -> int:
 # the time of day after the date's separator ("T", "t" or a space): hh[:mm[:ss[.fff]]] (or
 # without the colons), then a zone: "Z" or +-hh[:mm] (ISO 8601 offsets have no seconds); a
 # fraction goes after the seconds only, with either decimal mark ISO 8601 allows
-_CLOCK = re.compile(r"(\d\d(?::?\d\d(?::?\d\d)?)?)([.,]\d+)?(Z|[+-]\d\d(?::?\d\d)?)?")
+_CLOCK = re.compile(r"(\d\d(?::?\d\d(?::?\d\d)?)?)([.,]\d+)?(Z|[+-]\d\d(?::?\d\d)?)?", re.ASCII)  # digits 0-9 only
 
 
 def parse_iso_time(v: str) -> int:
@@ -475,6 +475,9 @@ def encode_value(kind: str, value: dict[str, Any]) -> tuple[bytes, bytes]:
 
 def encode_record(rec: Any) -> tuple[bytes, bytes]:
     """Return (content id, canonical bytes) of a record object."""
+    t = getattr(rec, "time", None)
+    if type(t) is int and not 0 <= t < 1 << 63:  # 7.0: never write what a reader refuses (a bumped time)
+        raise InvalidRecordError(f"{rec.kind} record time {t} is outside 0 .. 2^63 - 1 nanoseconds")
     data = _check_size(canon.pack(rec.to_value()))
     return record_id(rec.kind, data), data
 

@@ -300,7 +300,9 @@ class LifecycleMethods:
             raise UsageError(f"{op}: {e}") from None
         rid, data = encode_record(rev)
         while self._in_block(rid) is not None:  # the same event earlier in this block (a fixed clock: forget,
-            rev = dataclasses.replace(rev, time=rev.time + 1)  # re-add, forget): a ns later, or 7.0 drops it
+            if rev.time + 1 >= 1 << 63:  # re-add, forget): a ns later, or 7.0 drops it
+                raise UsageError(f"{op}: the same event is in this commit already, at the clock's last nanosecond")
+            rev = dataclasses.replace(rev, time=rev.time + 1)
             rid, data = encode_record(rev)
         self._batch.add(rid, "revert", data)
         p.apply(rev, len(self._batch) - 1)
