@@ -559,3 +559,21 @@ def test_a_folder_whose_files_were_all_emptied_syncs(tmp_path: Path) -> None:
         (src / f).unlink()
     with pytest.raises(capsule.UsageError, match="no UTF-8 text"):  # no file at all and no --prune
         capsule.pack(src, out, append=True, embedder=None)
+
+
+def test_a_renamed_file_takes_its_old_chunks_embeddings(tmp_path: Path) -> None:
+    # docs-folder review: a renamed 1,205-chunk file was embedded again from scratch
+    # (reused_embeddings 0); the same text's stored embedding is the one the embedder gives
+    src = write(tmp_path / "docs", docs(4))
+    out = tmp_path / "d.capsule"
+    capsule.pack(src, out)
+    (src / "sub1/doc3.md").rename(src / "moved.md")
+    n = len(chunk_text((src / "moved.md").read_text()))
+    rep = capsule.pack(src, out, append=True, prune=True)
+    assert rep.sync.added.files == 1 and rep.sync.pruned.files == 1 and rep.sync.reused == n == rep.vectors
+    emb = get_embedder("hash")
+    with capsule.open(out) as cap:
+        for m in cap.records("memory"):
+            if m.meta.get("path") == "moved.md":
+                assert np.array_equal(np.frombuffer(m.embedding.data, "<f4"), np.asarray(emb.embed([m.text])[0], "<f4"))
+    assert capsule.verify(out).ok

@@ -60,10 +60,11 @@ from .resync import (
     nfc,
     prunable,
     redacted_files,
+    root_of,
     same_texts,
     source_of,
 )
-from .source import check_regular, open_regular, read_regular, size_text
+from .source import check_regular, open_regular, read_regular, size_text, undecodable
 
 if TYPE_CHECKING:
     from ..format.keys import PublicKey
@@ -140,6 +141,7 @@ class _Source:
     files: list[_File] | None = None  # text files, in order (None: JSONL)
     listed: set[str] = field(default_factory=set)  # every text file's path, skipped ones too (prune keeps them)
     root: str = ""  # what the files are filed under (resync.py)
+    everywhere: dict[str, bytes] | None = None  # text -> a live chunk of the root holding it (embeddings)
     folder: bool = False  # a folder's files (opened without following a final symlink)
     have: dict[str, list[Chunk]] = field(default_factory=dict)  # live chunks by path, before the pack
     replace: dict[str, list[Chunk]] = field(default_factory=dict)  # changed paths: the chunks to supersede
@@ -170,7 +172,7 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
                     other[key] = other.get(key, 0) + 1
                 continue
             rel = p.relative_to(src).as_posix()
-            if not rel.isascii() and _undecodable(rel):  # meta holds text (5.1): the name could not be stored
+            if not rel.isascii() and undecodable(rel):  # meta holds text (5.1): the name could not be stored
                 _skip(report, warn, rel, "its name is not UTF-8 (rename it)")
                 continue
             if p.is_symlink():
@@ -189,14 +191,6 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
         warn(f"ignored {n} {'file' if n == 1 else 'files'} of other types ({', '.join(sorted(other))}); "
              f"in a folder pack reads {', '.join(TEXT_SUFFIXES)}")
     return sorted(found)
-
-
-def _undecodable(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # the file system encoding kept a byte that is not UTF-8 as a surrogate
-        return True
-    return False
 
 
 def _read_text(rel: str, path: Path, nofollow: bool) -> tuple[str | None, str]:
@@ -231,7 +225,7 @@ def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: in
     files = _text_files(src, report, warn) if folder else [(src.name, src)]
     if not folder:
         check_regular(src)
-        if _undecodable(src.name):  # its name goes in every chunk's meta (text, 5.1)
+        if undecodable(src.name):  # its name goes in every chunk's meta (text, 5.1)
             raise UsageError(f"{src.name.encode('utf-8', 'backslashreplace').decode()}: its name is not UTF-8 "
                              "(rename it)")
     source = _Source(0, False, lambda: iter(()), files=[], folder=folder)
@@ -303,6 +297,10 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             source.replace[f.rel] = olds
             if vector_of is not None:
                 same = {c.text: c.id for c in olds}
+        if vector_of is not None and source.have and not same:  # a renamed or copied file: any live chunk
+            if source.everywhere is None:  # of the root with the very same text lends its embedding
+                source.everywhere = {c.text: c.id for cs in source.have.values() for c in cs}
+            same = source.everywhere
         {ADDED: sync.added, CHANGED: sync.changed, RESUMED: sync.resumed}[f.status].add(len(numbers))
         for i in numbers:
             meta: dict[str, Any] = {"chunk": i, "path": f.rel, "sha256": f.sha256}
@@ -423,7 +421,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     report = PackReport()
     if src.is_dir() or src.suffix.lower() in TEXT_SUFFIXES:
         source = _texts(src, report, warn, chunk_chars)
-        source.root = _root_of(src, root)
+        source.root = root_of(src, root)
         # a sync may prune the last file away, or find every file emptied (their chunks then go)
         if not source.total and not (append and (prune or report.files)):
             raise UsageError(f"{src}: no UTF-8 text or markdown files ({', '.join(TEXT_SUFFIXES)}) to pack")
@@ -522,19 +520,6 @@ def _snapshot_now(cap: Any, report: PackReport, append: bool) -> bool:
         return True
     snap = (cap.index_info().get("snapshot") or {}).get("vectors")
     return snap is None or report.vectors >= snapshot_due(snap)
-
-
-def _root_of(src: Path, root: str | None) -> str:
-    """The name a text pack files its chunks under (resync.py): ``root``, else the folder's
-    own name (a single file's folder's), which stays the same wherever the folder is."""
-    if root is None:
-        root = (src if src.is_dir() else src.parent).resolve().name
-        if _undecodable(root):
-            raise UsageError(f"{src}: its folder's name is not UTF-8; name the root with --root NAME")
-    root = nfc(root)
-    if "/" in root or root in (".", "..") or _undecodable(root) or len(root) > 255:
-        raise UsageError(f"--root {root!r}: a plain name is needed (no '/', not . or .., at most 255 characters)")
-    return root
 
 
 def _jsonl_tally(report: PackReport, skipped: int) -> None:

@@ -46,11 +46,14 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..core.errors import UsageError
 from ..format.kindwalk import walk
 from ..format.records import TIERS
 from ..questions._lifecycle import dead_ids, redacted
+from .source import undecodable
 
 _TIER_ORDER = {t: i for i, t in enumerate(TIERS)}  # the state's memories dict, tier by tier
 
@@ -70,6 +73,19 @@ class Chunk:
 def nfc(s: str) -> str:
     """Paths and texts are stored NFC (5.1): compare them so."""
     return s if s.isascii() else unicodedata.normalize("NFC", s)
+
+
+def root_of(src: Path, root: str | None) -> str:
+    """The name a text pack files its chunks under: ``root``, else the folder's own name (a
+    single file's folder's), which stays the same wherever the folder is."""
+    if root is None:
+        root = (src if src.is_dir() else src.parent).resolve().name
+        if undecodable(root):
+            raise UsageError(f"{src}: its folder's name is not UTF-8; name the root with --root NAME")
+    root = nfc(root)
+    if "/" in root or root in (".", "..") or undecodable(root) or len(root) > 255:
+        raise UsageError(f"--root {root!r}: a plain name is needed (no '/', not . or .., at most 255 characters)")
+    return root
 
 
 def source_of(root: str, path: str) -> str:
@@ -199,4 +215,4 @@ def prunable(have: dict[str, list[Chunk]], present: set[str]) -> list[tuple[str,
 
 
 __all__ = ["ADDED", "CHANGED", "RESUMED", "UNCHANGED", "Chunk", "SyncReport", "Tally", "classify",
-           "lifecycle_event", "live_chunks", "nfc", "prunable", "same_texts", "source_of"]
+           "lifecycle_event", "live_chunks", "nfc", "prunable", "root_of", "same_texts", "source_of"]

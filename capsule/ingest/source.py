@@ -128,4 +128,16 @@ def read_regular(path: str | os.PathLike[str], limit: int, which: str, what: str
         return read_limited(f, limit, name, which)
 
 
-__all__ = ["check_regular", "open_regular", "read_limited", "read_regular", "size_text", "too_large"]
+
+
+def undecodable(name: str) -> bool:
+    """A name the file system gave with a byte that is not UTF-8 (kept as a surrogate): no text
+    of a record can hold it (5.1)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+__all__ = ["check_regular", "open_regular", "read_limited", "read_regular", "size_text", "too_large", "undecodable"]
