@@ -1573,3 +1573,40 @@ def test_a_ttl_reaching_past_2_63_is_not_expired(tmp_path: Path) -> None:
         assert sorted(h.text for h in cap.search(None)) == ["mango forever", "mango later"]
         assert sorted(h.text for h in cap.search("mango", mode="lexical")) == ["mango forever", "mango later"]
         assert [h.text for h in cap.search(vector=[1.0, 0.0], mode="vector")] == ["mango later"]
+
+
+def test_an_index_build_cut_short_is_dropped_not_snapshotted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the new-user trial: Ctrl-C during `pack --append`'s index build, then the close wrote a
+    # snapshot of a graph holding entries twice (112,848 for 100,560 memories): verify failed
+    # for good. A catch-up cut short between hnswlib's insert and its bookkeeping is dropped.
+    from capsule.search.vindex import VectorIndex
+
+    p = tmp_path / "v.capsule"
+    rng = np.random.default_rng(3)
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.put_many([{"text": f"m-{i}", "embedding": rng.random(8).tolist()} for i in range(1000)])
+    assert capsule.open(p).index_info()["snapshot"]["vectors"] == 1000  # written on close
+    real = VectorIndex._append
+    calls = []
+
+    def cut(self: Any, entries: Any, stored: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # inserted into the graph, not yet noted: as a SIGINT there
+            raise KeyboardInterrupt
+        real(self, entries, stored)
+
+    with capsule.open(p, "a") as cap:
+        for c in range(3):  # after the snapshot: caught up by the next build
+            with cap.commit() as tx:
+                tx.put_many([{"text": f"m{c}-{i}", "embedding": rng.random(8).tolist()} for i in range(5000)])
+        monkeypatch.setattr(VectorIndex, "_append", cut)
+        with pytest.raises(KeyboardInterrupt):
+            cap.build_index()
+        monkeypatch.setattr(VectorIndex, "_append", real)
+        assert cap.build_index() == 16000  # built again, whole and once
+        cap.save_index()
+    assert capsule.verify(p).ok
+    with capsule.open(p) as cap:
+        assert cap.index_info()["snapshot"]["vectors"] == 16000
+        q = rng.random(8).tolist()
+        assert len(cap.search(vector=q, mode="vector", k=5)) == 5

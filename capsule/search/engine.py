@@ -316,7 +316,15 @@ class Searcher:
                     self.doubt = f"{e}; rebuilt the vector index from the records"
                     log.warning("capsule %s: %s", self.store.path, self.doubt)
         if self._vpos < snap.end:
-            self._catch_up()
+            try:
+                self._catch_up()
+            except BaseException:
+                # Cut short (Ctrl-C, an error) between inserting entries and noting them, the graph
+                # may hold entries twice over on the next catch-up (a close then snapshotted it, and
+                # verify refused the file for ever): what this handle built is dropped, loaded again
+                # from the snapshot when next asked.
+                self.vi, self._vpos, self.snapshot_count, self._gone, self._vouched = None, 0, 0, None, set()
+                raise
         return self.vi
 
     def _catch_up(self) -> None:
