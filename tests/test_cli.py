@@ -898,3 +898,30 @@ def test_time_options_take_int_ns_and_name_themselves(tmp_path: Path) -> None:
                               ("--since", str(1 << 63), "is outside 1970-01-01")):
             r = invoke(*verb, opt, bad)
             assert r.exit_code == 2 and f"capsule: error: {opt} '{bad}' {why}" in r.stderr, r.stderr
+
+
+def test_an_interruption_after_a_commit_says_the_commit_stands(tmp_path: Path) -> None:
+    # the new-user trial: Ctrl-C after `put --jsonl` had committed (while indexing or printing)
+    # said only "interrupted", exit 130, and a retry added every line again (new times)
+    p = make_capsule(tmp_path / "a.capsule")
+    script = f"""
+import signal, typer, capsule
+from capsule_cli._errors import Interrupted, run_app
+app = typer.Typer()
+@app.command()
+def go() -> None:
+    with capsule.open({str(p)!r}, "a") as cap:
+        with cap.commit() as tx:
+            tx.remember("committed before the signal")
+        raise Interrupted(signal.SIGINT)
+@app.command()
+def other() -> None:
+    raise Interrupted(signal.SIGINT)
+run_app(app)
+"""
+    r = subprocess.run([sys.executable, "-c", script, "go"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130
+    assert r.stderr == f"capsule: interrupted after {p}: commit 3 (seq 4) was written and stands\n", r.stderr
+    assert any(m.text == "committed before the signal" for m in capsule.open(p).records("memory"))
+    r = subprocess.run([sys.executable, "-c", script, "other"], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (130, "capsule: interrupted\n")

@@ -267,7 +267,13 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         if h.poisoned is None:
             h.poisoned = InterruptedError(f"a commit was interrupted ({type(e).__name__}) before it was published")
         raise
+    WRITTEN[str(store.path)] = (info.commits, info.seq)
     return info
+
+
+#: path -> (commit ordinal, seq) of the last commit this process made durable there: a command cut
+#: short later (Ctrl-C while indexing or printing) says that commit stands (``capsule_cli._errors``)
+WRITTEN: dict[str, tuple[int, int]] = {}
 
 
 def _mapped(h: WriteHandle, seg: Segment) -> Segment:
