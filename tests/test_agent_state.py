@@ -865,3 +865,15 @@ def test_first_checkpoint_with_two_keys_sets_threshold_two(tmp_path: Path) -> No
             cap.checkpoint("c2", key=K1)
         cap.checkpoint("c2", key=[K2, K1])
     assert capsule.verify(path, trust=capsule.Keyset.of([K1, K2], threshold=2).keyset_hash).ok
+
+
+def test_remember_takes_an_iso_time_as_a_jsonl_line_does(tmp_path: Path) -> None:
+    # new-user trial: tx.remember(time="2023-12-01T00:00:00Z") was refused, though a JSONL line's
+    # "time", valid_from and search(since=) take ISO-8601
+    with capsule.create(tmp_path / "t.capsule") as cap:
+        with cap.commit() as tx:
+            a = tx.remember("x", time="2023-12-01T00:00:00Z")
+            b = tx.put_value({"text": "x", "time": "2023-12-01T00:00:00Z"})
+        assert a == b and cap.get(a).time == 1_701_388_800 * 10**9
+        with pytest.raises(capsule.InvalidRecordError, match="'nope' is not an ISO-8601 time"), cap.commit() as tx:
+            tx.remember("y", time="nope")

@@ -30,6 +30,7 @@ from ..format.records import (
     encode_record,
     encode_value,
     memory_value,
+    parse_iso_time,
     parse_when,
     record_id,
 )
@@ -240,13 +241,13 @@ class Transaction(LifecycleMethods):
         tier: str = "working",
         ttl: int | None = None,
         source: str | None = None,
-        time: int | None = None,
+        time: int | str | None = None,
         valid_from: int | str | None = None,
         valid_to: int | str | None = None,
     ) -> str:
         """Add a memory; returns its content id (hex).
 
-        ``time`` (int ns) defaults to the capsule's clock; ``embedding`` is any
+        ``time`` (int ns or ISO-8601, as a JSONL line's) defaults to the capsule's clock; ``embedding`` is any
         1-D sequence of floats and is stored as little-endian float32.
         ``valid_from`` / ``valid_to`` (int ns or ISO-8601, 7.1) bound when the fact is
         true in the world: ``cap.state(valid_at=T)`` shows it for T in [from, to).
@@ -257,7 +258,8 @@ class Transaction(LifecycleMethods):
         >>> m.text, m.tags, m.meta, m.tier, m.embedding.tolist()
         ('p95 budget is 300 ms', ('slo',), {'ms': 300}, 'working', [0.5, 0.25])
         """
-        value = memory_value(text, time=self._cap.clock() if time is None else time, tags=tags, meta=meta,
+        when = self._cap.clock() if time is None else parse_iso_time(time) if isinstance(time, str) else time
+        value = memory_value(text, time=when, tags=tags, meta=meta,
                              embedding=embedding, tier=tier, ttl=ttl, source=source,
                              valid_from=parse_when(valid_from), valid_to=parse_when(valid_to))
         if "embedding" in value:
