@@ -100,5 +100,7 @@ def parse_meta(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             fail(f"--meta expects KEY=VALUE, got {item!r}", EXIT_USAGE)
+        if key in meta:  # the second would silently win
+            fail(f"--meta {key} is given twice", EXIT_USAGE)
         meta[key] = meta_value(value)
     return meta

@@ -925,3 +925,13 @@ run_app(app)
     assert any(m.text == "committed before the signal" for m in capsule.open(p).records("memory"))
     r = subprocess.run([sys.executable, "-c", script, "other"], capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stderr) == (130, "capsule: interrupted\n")
+
+
+def test_a_meta_key_given_twice_is_refused(tmp_path: Path) -> None:
+    # new-user trial: --meta a=1 --meta a=2 kept a=2 without a word
+    p = make_capsule(tmp_path / "a.capsule")
+    before = p.read_bytes()
+    for verb in (["put", str(p), "--text", "x"], ["list", str(p)], ["search", str(p), "alpha"]):
+        r = invoke(*verb, "--meta", "a=1", "--meta", "a=2")
+        assert r.exit_code == 2 and "capsule: error: --meta a is given twice" in r.stderr, r.stderr
+    assert p.read_bytes() == before
