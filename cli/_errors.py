@@ -120,7 +120,9 @@ def run_app(app: typer.Typer) -> None:
         writer = sys.modules.get("capsule.format.writer")
         done = {f: c for f, c in getattr(writer, "WRITTEN", {}).items() if os.path.exists(f)}  # not a deleted temp
         # a commit made durable before the interruption stands: a retry might add its records again
-        said = "; ".join(f"{f}: commit {c} (seq {q}) was written and stands" for f, (c, q) in done.items())
+        said = "; ".join(f"{f}: commit {c} (seq {q}) " + ("was written and stands" if sure else
+                                                           "was being written and may stand (capsule log)")
+                         for f, (c, q, sure) in done.items())
         err.print(f"capsule: interrupted{' after ' + said if said else ''}", markup=False)
         sys.exit(EXIT_INTERRUPTED + e.signum)
     except MemoryError:

@@ -917,6 +917,20 @@ def go() -> None:
 @app.command()
 def other() -> None:
     raise Interrupted(signal.SIGINT)
+@app.command()
+def during() -> None:
+    from capsule.format.file import WriteHandle
+    real = WriteHandle.sync
+    def cut(self) -> None:  # the signal as the fsync returns: the commit is there, not yet noted
+        real(self)
+        raise Interrupted(signal.SIGINT)
+    with capsule.open({str(p)!r}, "a") as cap:
+        WriteHandle.sync = cut
+        try:
+            with cap.commit() as tx:
+                tx.remember("written as the signal came")
+        finally:
+            WriteHandle.sync = real
 run_app(app)
 """
     r = subprocess.run([sys.executable, "-c", script, "go"], capture_output=True, text=True, timeout=60)
@@ -925,6 +939,10 @@ run_app(app)
     assert any(m.text == "committed before the signal" for m in capsule.open(p).records("memory"))
     r = subprocess.run([sys.executable, "-c", script, "other"], capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stderr) == (130, "capsule: interrupted\n")
+    r = subprocess.run([sys.executable, "-c", script, "during"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 130 and r.stderr == (f"capsule: interrupted after {p}: commit 4 (seq 6) was being "
+                                                "written and may stand (capsule log)\n"), r.stderr
+    assert any(m.text == "written as the signal came" for m in capsule.open(p).records("memory"))
 
 
 def test_a_meta_key_given_twice_is_refused(tmp_path: Path) -> None:

@@ -226,6 +226,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         raise InvalidRecordError(f"this capsule's max frame length of {max_frame} bytes cannot hold a COMMIT")
     parts.append(cframe.data)
     merkle.append(cframe.leaf)
+    WRITTEN[str(store.path)] = (info.commits, info.seq, False)  # from the first byte: it may stand
     try:
         if before_index:
             # 6.4: every frame before an INDEX is durable before the INDEX is written.
@@ -235,6 +236,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         else:
             data_len = h.append_parts(snap.end, parts)
         h.sync()  # the commit exists from here on (6.4)
+        WRITTEN[str(store.path)] = (info.commits, info.seq, True)
         if h.crypt is None and wrote_index:
             # The new tables are in the file now: read them there (mapped, as a reader opens them),
             # so the writer does not keep a heap copy of each (52 MB at a million records, F22).
@@ -267,13 +269,13 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         if h.poisoned is None:
             h.poisoned = InterruptedError(f"a commit was interrupted ({type(e).__name__}) before it was published")
         raise
-    WRITTEN[str(store.path)] = (info.commits, info.seq)
     return info
 
 
-#: path -> (commit ordinal, seq) of the last commit this process made durable there: a command cut
-#: short later (Ctrl-C while indexing or printing) says that commit stands (``capsule_cli._errors``)
-WRITTEN: dict[str, tuple[int, int]] = {}
+#: path -> (commit ordinal, seq, durable) of the last commit this process wrote there (``durable``
+#: once its fsync returned; before, cut short, it may or may not stand): a command cut short later
+#: (Ctrl-C while indexing or printing) says so (``capsule_cli._errors``)
+WRITTEN: dict[str, tuple[int, int, bool]] = {}
 
 
 def _mapped(h: WriteHandle, seg: Segment) -> Segment:
