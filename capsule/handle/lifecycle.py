@@ -76,7 +76,6 @@ class _Pending:
         self.events: list[Any] = []
         self.now: dict[bytes, bool] = {}  # id -> dead after this block's events (those they name)
         self.red: set[bytes] = set()  # redacted by this block's events
-        self.touched: set[bytes] = set()  # dropped or restored by an event of this block
         self.dropped_at: dict[bytes, int] = {}  # id -> batch position of the last event of this block dropping it
         self.event_pos: list[int] = []  # each event's batch position, as ``events``
         self.last: dict[bytes, int] = {}  # the batch's ids -> last position (``_in_block``)
@@ -95,7 +94,6 @@ class _Pending:
         for x in rev.restore:
             if not self.is_redacted(x):
                 self.now[x] = False
-        self.touched.update(rev.drop, rev.restore)
 
     def is_redacted(self, rid: bytes) -> bool:
         return rid in self.redacted or rid in self.red
