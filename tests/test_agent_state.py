@@ -875,5 +875,10 @@ def test_remember_takes_an_iso_time_as_a_jsonl_line_does(tmp_path: Path) -> None
             a = tx.remember("x", time="2023-12-01T00:00:00Z")
             b = tx.put_value({"text": "x", "time": "2023-12-01T00:00:00Z"})
         assert a == b and cap.get(a).time == 1_701_388_800 * 10**9
+        with cap.commit() as tx:  # and every kind's time= (the fourth attack: note, decide took int only)
+            n = tx.note("n", time="2023-12-01T00:00:00Z")
+            d = tx.decide("d", time="2023-12-01T00:00:00Z")
+            c = tx.constrain("c", time="2023-12-01T00:00:00Z")
+        assert {cap.get(x).time for x in (n, d, c)} == {1_701_388_800 * 10**9}
         with pytest.raises(capsule.InvalidRecordError, match="'nope' is not an ISO-8601 time"), cap.commit() as tx:
             tx.remember("y", time="nope")

@@ -270,8 +270,9 @@ class Transaction(LifecycleMethods):
         return rid.hex()
 
     def _put_kind(self, kind: str, **kw: Any) -> str:
-        time = kw.pop("time", None)
-        rec = _REGISTRY[kind].build(time=self._cap.clock() if time is None else time, **kw)
+        time = kw.pop("time", None)  # int ns or ISO-8601, as remember() and a JSONL line take it
+        when = self._cap.clock() if time is None else parse_iso_time(time) if isinstance(time, str) else time
+        rec = _REGISTRY[kind].build(time=when, **kw)
         return self.put(rec)
 
     def _resolve(self, v: Any, name: str) -> Any:
@@ -295,7 +296,7 @@ class Transaction(LifecycleMethods):
         return obj
 
     def decide(self, summary: str, *, rationale: str = "", evidence: Any = (), inputs: Mapping[str, Any] | None = None,
-               alternatives: Any = (), time: int | None = None) -> str:
+               alternatives: Any = (), time: int | str | None = None) -> str:
         """Record an immutable decision and the evidence (record ids, or unique prefixes of
         >= 4 hex digits) behind it.
 
@@ -311,26 +312,26 @@ class Transaction(LifecycleMethods):
                               alternatives=alternatives, time=time)
 
     def constrain(self, text: str, *, scope: str = "global", status: str = "active",
-                  rule: Mapping[str, Any] | None = None, time: int | None = None) -> str:
+                  rule: Mapping[str, Any] | None = None, time: int | str | None = None) -> str:
         """Add (or, with ``status="revoked"``, lift) a rule for ``scope``. ``rule`` makes it
         machine-readable (spec 7.3.1): ``{"action": "email.*", "approvals": 1, "approvers": [key ids]}``
         gates ``run_once`` on matching keys until enough verified approvals are committed."""
         return self._put_kind("constraint", text=text, scope=scope, status=status, rule=rule, time=time)
 
-    def approve(self, subject: str | bytes, key: Any, *, time: int | None = None) -> str:
+    def approve(self, subject: str | bytes, key: Any, *, time: int | str | None = None) -> str:
         """Sign approval of the record ``subject`` (an id or a unique prefix) with a :class:`capsule.PrivateKey`."""
         sid = parse_id(self._resolve(subject, "subject"), "subject")
         sig = key.sign(approval_message(sid))
         return self._put_kind("approval", subject=sid, approver=key.key_id, signature=sig, time=time)
 
     def set_identity(self, agent_id: str, *, name: str = "", model: str = "", config: Mapping[str, Any] | None = None,
-                     keys: Any = (), time: int | None = None) -> str:
+                     keys: Any = (), time: int | str | None = None) -> str:
         """Record who the agent is now; identity history is the chain of these records."""
         raw = [k.raw if hasattr(k, "raw") else k for k in keys]
         return self._put_kind("identity", agent_id=agent_id, name=name, model=model, config=config, keys=raw,
                               time=time)
 
-    def note(self, text: str, *, time: int | None = None) -> str:
+    def note(self, text: str, *, time: int | str | None = None) -> str:
         """A free-text note (task progress and the like).
 
         >>> with cap.commit() as tx: n = tx.note("step 3 of 5 done")
