@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from ._errors import call
-from ._params import AtOpt, FileArg, JsonOpt, regular, time_opt
+from ._params import AtOpt, FileArg, JsonOpt, expired_at, regular, time_opt
 from ._render import Table, cell, emit_json, out
 
 LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="Show at most this many items per group.")]
@@ -68,13 +68,10 @@ def beliefs(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, limit: L
     if json_out:
         emit_json(d)
         return
-    from capsule.format.records import parse_iso_time
-
-    now_ns = parse_iso_time(now) if isinstance(now, str) else now
+    expired = expired_at(now)
 
     def shown(m: dict[str, Any]) -> str:
-        gone = "ttl" in m and parse_iso_time(m["time"]) + m["ttl"] <= now_ns
-        return m.get("text", "[redacted]") + (" [expired]" if gone else "")
+        return m.get("text", "[redacted]") + (" [expired]" if expired(m) else "")
 
     t = Table("group", "count", "newest")
     for tier, g in d["memories"].items():

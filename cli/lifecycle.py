@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from ._errors import EXIT_USAGE, call, fail
-from ._params import META_RULE, FileArg, JsonOpt, WaitOpt, parse_meta
+from ._params import META_RULE, FileArg, JsonOpt, WaitOpt, parse_meta, time_opt
 from ._render import emit_json, out
 
 IdArg = Annotated[str, typer.Argument(help="The record's id, or any unique prefix of it (at least 4 hex digits).",
@@ -99,22 +99,17 @@ def supersede(
     Example: capsule supersede agent.capsule 3f9a1c --text "the staging db is db-stg-2" --reason migrated
     """
     meta_map = parse_meta(meta) if meta else None
-    when = {k: int(v) if v.isascii() and v.isdigit() else v
-            for k, v in (("valid_from", valid_from), ("valid_to", valid_to)) if v is not None}
     def go(tx: Any) -> str:
         from capsule.core.errors import InvalidRecordError, UsageError
 
+        # each time parsed here, so a bad one names its option (ISO-8601 or int ns, as --valid-at)
+        when = {k: time_opt(v, f"--{k.replace('_', '-')}") for k, v in (("valid_from", valid_from),
+                                                                     ("valid_to", valid_to)) if v is not None}
         try:
             return tx.supersede(record_id, text, tags=tag or None, tier=tier, meta=meta_map, evidence=evidence or (),
                                 reason=reason, actor=actor, **when)
-        except InvalidRecordError as e:  # the options given (a time, a window): used wrongly, exit 2
-            said = str(e)
-            if said.startswith("time "):  # which option gave it
-                said = f"--valid-{'from' if said[5:].startswith(repr(valid_from)) else 'to'} {said[5:]}"
-            elif said.startswith(("valid_from must", "valid_to must")):  # a range: the field's own words
-                opt, v = ("--valid-from", valid_from) if said.startswith("valid_from") else ("--valid-to", valid_to)
-                said = f"{opt} {v!r}: {said}"
-            raise UsageError(said) from None
+        except InvalidRecordError as e:  # the options given (a window from >= to): used wrongly, exit 2
+            raise UsageError(str(e)) from None
 
     _run(path, wait, go, json_out)
 

@@ -16,7 +16,7 @@ from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_USAGE, call, fail
-from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, valid_at_iso
+from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, expired_at, valid_at_iso
 from ._render import Table, cell, emit_json, escape_json, out
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
@@ -104,11 +104,9 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
     ident = st["identity"]
     if ident:
         out.print(f"identity    {ident['agent_id']} {ident['name']} {ident['model']}".rstrip(), markup=False)
-    from capsule.format.records import parse_iso_time
-
-    now_ns = parse_iso_time(now) if isinstance(now, str) else now
+    expired = expired_at(now)
     for tier, mems in st["memories"].items():
-        gone = {m["id"] for m in mems if "ttl" in m and parse_iso_time(m["time"]) + m["ttl"] <= now_ns}
+        gone = {m["id"] for m in mems if expired(m)}
         said = f" ({len(gone)} expired: live, but left out of list and search)" if gone else ""
         out.print(f"{tier:<11} {len(mems)} memories{said}", markup=False)
         for m in mems[-5:]:

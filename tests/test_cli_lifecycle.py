@@ -189,7 +189,7 @@ def test_option_values_are_checked_and_named(tmp_path: Path) -> None:
     for args, said in ((["--valid-from", "\u0661\u0667\u0660\u0660"], "--valid-from '\u0661\u0667\u0660\u0660' is not"),
                        (["--valid-from", ""], "--valid-from '' is not"),
                        (["--valid-to", "nope"], "--valid-to 'nope' is not"),
-                       (["--valid-from", str(2**63)], f"--valid-from '{2**63}': valid_from must"),
+                       (["--valid-from", str(2**63)], f"--valid-from '{2**63}' is outside 1970"),
                        (["--valid-to", "2026-01-01T00:00:00.\u0665Z"], "--valid-to '2026-01-01T00:00:00.\u0665Z' is not")):
         r = invoke("supersede", p, ann[:8], "--text", "x", *args)
         assert r.exit_code == 2 and said in r.stderr, r.stderr

@@ -195,7 +195,8 @@ def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> l
 
 def _read_text(rel: str, path: Path, nofollow: bool) -> tuple[str | None, str]:
     """(the text, its bytes' SHA-256) or (None, why it is skipped); a file over the
-    limit is an error, not a skip (11: an input is never silently cut)."""
+    limit raises (11: an input is never silently cut), which a folder's pack turns into a
+    skip it names."""
     try:
         raw = read_regular(path, C.MAX_PACK_TEXT, _PACK_TEXT, nofollow=nofollow)
     except InvalidRecordError:
@@ -388,8 +389,9 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     chunks of paths no longer in it; without it they are left alone. ``root``: the name
     the files are filed under (default: the folder's name, or a single file's folder's):
     a pack reads, supersedes and prunes only the chunks of its root, so folders packed
-    into one capsule stay apart (two folders of one name need a ``root`` each); ``""`` for chunks packed before roots were kept. ``report.sync``
-    counts files and chunks by what happened to them.
+    into one capsule stay apart (two folders of one name need a ``root`` each); ``""``
+    for chunks packed before roots were kept. ``report.sync`` counts files and chunks by
+    what happened to them.
 
     >>> import capsule, pathlib
     >>> notes = pathlib.Path("notes")

@@ -8,8 +8,9 @@ number in the file, from 0) and ``sha256`` (of the whole file's bytes), and whos
 reads, supersedes and prunes only the chunks of its own root, so their files of one
 relative path stay apart (chunks packed before roots existed have none: ``root=""``
 syncs them). Before an append, one walk of the memories holding a ``source`` (not a
-scan per file, nor a state of every memory) groups the live chunks of the root by path. Each file of the folder is then, by its bytes' SHA-256
-and its chunk count now, without embedding anything:
+scan per file, nor a state of every memory) groups the live chunks of the root by path.
+Each file of the folder is then, by its bytes' SHA-256 and its chunk count now, without
+embedding anything:
 
 - **added**: no live chunk has its path; every chunk is written.
 - **unchanged**: its live chunks all carry its SHA-256 and their numbers are
@@ -116,12 +117,13 @@ def live_chunks(cap: Any, root: str = "", roots: set[str] | None = None) -> dict
         if (got := _packed(m, None)) is None:
             continue
         path, n, meta = got
-        if roots is not None:
-            roots.add(meta.get("root", ""))
-        if meta.get("root", "") != root:
-            continue
         rid = bytes.fromhex(m.id)
         if rid in dead:
+            continue
+        its = meta.get("root", "")
+        if roots is not None:
+            roots.add(its)
+        if its != root:
             continue
         sha = meta.get("sha256")
         found.append((_TIER_ORDER[m.tier], path, Chunk(rid, n, sha if type(sha) is str else None, m.text)))
@@ -133,8 +135,9 @@ def live_chunks(cap: Any, root: str = "", roots: set[str] | None = None) -> dict
 
 def redacted_files(cap: Any) -> tuple[set[tuple[str, str]], dict[str, set[str]]]:
     """(path, sha256) of every file a redacted chunk came from, under any root (a copy of
-    the folder is the same secret), and by path the redacted chunks' texts, read from the stored bytes (7.7.1: reads withhold them; compaction purges
-    them, and then nothing is known here). A file with that sha256 is not packed again, and
+    the folder is the same secret), and by path the redacted chunks' texts, read from the
+    stored bytes (7.7.1: reads withhold them; compaction purges them, and then nothing is
+    known here). A file with that sha256 is not packed again, and
     a chunk with that text of another version of the file is not written either."""
     files: set[tuple[str, str]] = set()
     texts: dict[str, set[str]] = {}
