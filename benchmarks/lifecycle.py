@@ -28,7 +28,12 @@ The scenario, at N records (default 100k; 1M only when ``--records 1M`` asks):
   per second), bytes before and after, ``capsule open NEW --json`` as a process,
   search recall@10 of NEW against the uncompacted file's own live search (the
   same queries: vector queries from held-out embeddings of the same clusters,
-  lexical ones of three words from live texts), ``capsule verify NEW --parent
+  lexical ones of three words from live texts), and against a fresh capsule of
+  the live records (the truth for them: the uncompacted file's BM25 statistics
+  count its dead memories, 16.6, so its lexical ranking is not the live records'
+  own), the revert records (lifecycle events) each file keeps (every policy keeps
+  them, 15.1: the ids they name are most of what ``live`` holds beyond the fresh
+  capsule), ``capsule verify NEW --parent
   OLD`` as a process; the size of NEW against a fresh capsule holding the same
   live records (one ``put_many`` commit, as ``put --jsonl`` writes, then
   ``build_index()`` + ``close()``); and the index overhead of NEW: the bytes of
@@ -409,7 +414,8 @@ def fresh_pack(b: Built, where: Path) -> dict[str, Any]:
 
 
 def measure_policy(cfg: Config, b: Built, policy: str, where: Path, ref: dict[str, list[list[str]]],
-                   before: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+                   before: dict[str, Any], fresh: dict[str, Any],
+                   fresh_ref: dict[str, list[list[str]]] | None) -> dict[str, Any]:
     new = where / f"compact-{policy}.capsule"
     res: dict[str, Any] = {"policy": policy}
     log(f"{label(b.n)}: compact --keep {policy}")
@@ -436,8 +442,12 @@ def measure_policy(cfg: Config, b: Built, policy: str, where: Path, ref: dict[st
 
     def recalls() -> dict[str, Any]:
         got = answers(new, b)
-        return {"value": recall(got["vector"], ref["vector"]), "lexical": recall(got["lexical"], ref["lexical"]),
-                "snapshots": got["snapshots"]}
+        out = {"value": recall(got["vector"], ref["vector"]), "lexical": recall(got["lexical"], ref["lexical"]),
+               "snapshots": got["snapshots"]}
+        if fresh_ref is not None:  # the truth for the live records: BM25 statistics without the dead (16.6)
+            out["fresh"] = {"vector": recall(got["vector"], fresh_ref["vector"]),
+                            "lexical": recall(got["lexical"], fresh_ref["lexical"])}
+        return out
 
     res["recall"] = cell(recalls)
     res["verify_parent_s"] = cell(lambda: cli("verify", str(new), "--parent", str(b.path))["wall"])
@@ -456,7 +466,12 @@ def measure(cfg: Config, b: Built, where: Path) -> dict[str, Any]:
     before["reference_hits"] = {k: statistics.fmean(map(len, v)) if v else 0 for k, v in ref.items()}
     log(f"{label(b.n)}: fresh capsule of the live records")
     fresh = cell(lambda: fresh_pack(b, where))
-    policies = {p: measure_policy(cfg, b, p, where, ref, before, fresh) for p in POLICIES}
+    fresh_ref = None
+    if fresh.get("path") is not None:
+        fresh_ref = answers(fresh["path"], b)
+        fresh_ref.pop("snapshots")
+        before["recall_vs_fresh"] = {k: recall(ref[k], fresh_ref[k]) for k in ("vector", "lexical")}
+    policies = {p: measure_policy(cfg, b, p, where, ref, before, fresh, fresh_ref) for p in POLICIES}
     fresh.pop("path", None)
     return {"before": before, "fresh": fresh, "policies": policies}
 
@@ -466,6 +481,11 @@ def measure(cfg: Config, b: Built, where: Path) -> dict[str, Any]:
 
 def _v(c: dict[str, Any] | None, key: str = "value") -> Any:
     return None if c is None else c.get(key)
+
+
+def _kind(c: dict[str, Any] | None, kind: str) -> int:
+    """Records of ``kind`` in a file, from its ``open --json`` cell."""
+    return int(((c or {}).get("records_by_kind") or {}).get(kind, 0))
 
 
 def show(v: Any, fmt: str) -> str:
@@ -555,6 +575,11 @@ def print_tables(res: dict[str, Any]) -> None:
          "", "—"],
         ["recall@10 vector (vs uncompacted)", "1", *per(lambda r: show(_v(r["recall"]), "r")), "", "—"],
         ["recall@10 lexical (vs uncompacted)", "1", *per(lambda r: show(_v(r["recall"], "lexical"), "r")), "", "—"],
+        ["recall@10 vector / lexical (vs fresh capsule)",
+         "/".join(show(v, "r") for v in (before.get("recall_vs_fresh") or {}).values()) or "—",
+         *per(lambda r: "/".join(show(v, "r") for v in (r["recall"].get("fresh") or {}).values()) or "—"), "", "—"],
+        ["revert records kept (lifecycle events)", f"{_kind(before['open'], 'revert'):,}",
+         *per(lambda r: f"{_kind(r['open_cli'], 'revert'):,}"), "", "—"],
         ["verify --parent (process)", "", *per(lambda r: show(_v(r["verify_parent_s"]), "s")), "", "—"],
         ["TABLE bytes per record", show(before.get("table_bytes_per_record"), "b"),
          *per(lambda r: show(_v(r["table_bytes_per_record"]), "b")), f"<= {GOAL_TABLE_B:.0f} B",
