@@ -18,29 +18,16 @@ from __future__ import annotations
 import json
 import re
 import sys
-import unicodedata
 from typing import TYPE_CHECKING, Any
+
+from capsule.core.visible import visible
 
 if TYPE_CHECKING:  # rich is imported when something is first printed for people
     from rich.console import Console
     from rich.table import Table as RichTable
     from rich.text import Text
 
-_UNSAFE = frozenset({"Cc", "Cs", "Zl", "Zp", "Cf"})  # controls, surrogates, line breaks, format
-_JOINERS = frozenset("\u200c\u200d")
-
-
-def safe(value: object) -> str:
-    """``str(value)`` with control and format characters escaped (``\\x1b``, ``\\u202e``)."""
-    text = str(value)
-    if text.isprintable():  # the common case; isprintable() is false for a superset
-        return text
-    return "".join(_escape(c) if unicodedata.category(c) in _UNSAFE and c not in _JOINERS else c for c in text)
-
-
-def _escape(c: str) -> str:
-    n = ord(c)
-    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+safe = visible  # every string printed for people (see capsule.core.visible)
 
 
 def _console(**kw: Any) -> Console:

@@ -1,4 +1,4 @@
-"""Question commands (spec 13.5): beliefs, why, diff, timeline, audit.
+"""Question commands (spec 13.5): beliefs, diff, timeline (why and audit: ``lineage``).
 
 Each opens the capsule read-only, asks one library question and prints a table, or
 with ``--json`` the question's ``to_dict()`` document. Nothing here is imported by
@@ -90,50 +90,6 @@ def beliefs(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, limit: L
     out.print(f"{d['records']} live records, state root {d['state_root']}")
 
 
-def why(path: FileArg, record_id: Annotated[str, typer.Argument(metavar="ID", show_default=False,
-                                                                help="A record id or a unique prefix of it.")],
-        json_out: JsonOpt = False, at: AtOpt = None, trust: TrustOpt = None) -> None:
-    """Why a decision (or any record) is there: evidence recursively, approvals, constraints then
-    active, the first checkpoint covering it, and what was later rolled back, revoked or expired.
-
-    Example: capsule why agent.capsule 6559913571
-    """
-    import capsule
-
-    def go() -> dict[str, Any]:
-        anchor = _trust(trust)
-        with capsule.open(path, at=at) as cap:
-            return cap.why(record_id, trust=anchor).to_dict()
-
-    d = call(go)
-    if json_out:
-        emit_json(d)
-        return
-    t = Table("record", "kind", "time", "summary", "approvals", "marks")
-
-    def row(n: dict[str, Any], depth: int) -> None:
-        pad = "  " * depth + ("- " if depth else "")
-        if n.get("seen") or n.get("missing"):
-            t.add_row(cell(pad + n["id"][:12]), cell(""), cell(""), cell("(missing)" if n.get("missing") else
-                                                                          "(shown above)"), cell(""), cell(""))
-            return
-        ap = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
-                       for a in n["approvals"])
-        # a redacted node has no time (7.7.1), one of a merge's purged records no kind either
-        t.add_row(*(cell("" if x is None else x) for x in (pad + n["id"][:12], n["kind"], n["time"], n["summary"], ap,
-                                      ", ".join(m["mark"] for m in n["marks"]))))
-        for e in n["evidence"]:
-            row(e, depth + 1)
-
-    row(d["root"], 0)
-    out.print(t)
-    cons = "; ".join(f"[{c['scope']}] {c['text']}" for c in d["constraints"]) or "none"
-    out.print(f"constraints when committed: {cons}")
-    out.print(f"first checkpoint covering it: {_ck(d['checkpoint'])}")
-    if d["truncated"]:
-        out.print(f"(tree cut at {d['nodes']} records)")
-
-
 def diff(path: FileArg,
          other: Annotated[Path | None, typer.Argument(metavar="OTHER", show_default=False, callback=_regular_or_none,
                                                       help="A second capsule sharing FILE's lineage (a fork of it, "
@@ -141,12 +97,12 @@ def diff(path: FileArg,
          from_: Annotated[str | None, typer.Option("--from", help="Start: a label, seq, commit-root prefix or "
                                                    "time (one-file form).")] = None,
          to: Annotated[str | None, typer.Option("--to", help="End: a label, seq, commit-root prefix or time "
-                                                "(one-file form).")] = None,
+                                                "(one-file form; default: the newest commit).")] = None,
          json_out: JsonOpt = False, limit: LimitOpt = 20) -> None:
     """What changed: records added and removed (rolled back, expired, ...), tier, constraint and
     identity changes, checkpoints signed, actions run, tasks finished.
 
-    One file between two points: capsule diff FILE --from X --to Y.
+    One file between two points: capsule diff FILE --from X --to Y (without --to: up to the newest commit).
 
     Two files sharing lineage (a fork and its parent, or two copies that diverged): capsule diff A B, from A's newest commit to B's, with B's events since their common ancestor (named in --json under "lineage"); files that share no lineage are refused.
 
@@ -162,8 +118,9 @@ def diff(path: FileArg,
                 raise capsule.UsageError("diff A B compares two files: --from/--to belong to diff FILE --from X --to Y")
             with capsule.open(path) as a, capsule.open(other) as b:
                 return a.diff(b, limit=limit).to_dict()
-        if from_ is None or to is None:
-            raise capsule.UsageError("diff needs --from and --to (one file) or a second capsule (diff A B)")
+        if from_ is None:
+            raise capsule.UsageError("diff needs --from (one file; --to defaults to the newest commit) or a second "
+                                     "capsule (diff A B)")
         with capsule.open(path) as cap:
             return cap.diff(from_, to, limit=limit).to_dict()
 
@@ -189,15 +146,16 @@ def diff(path: FileArg,
     t.add_row(cell("tier changes"), cell(len(d["tier_changes"])),
               cell("; ".join(f"{c['text']}: {c['from']} -> {c['to']}" for c in d["tier_changes"][:limit])))
     life = d.get("lifecycle", [])  # 7.7.1: forgotten, redacted, superseded old -> new, promoted, demoted
-    t.add_row(cell("lifecycle"), cell(len(life)), cell("; ".join(
+    t.add_row(cell("lifecycle"), cell(d.get("lifecycle_count", len(life))), cell("; ".join(
         f"{e['op']} {', '.join(x[:12] for x in e['records'])}"
         + (f" -> {', '.join(x[:12] for x in e['by'])}" if e["by"] else "") for e in life[:limit])))
     for what in ("added", "revoked"):
         cs = d["constraints"][what]
         t.add_row(cell(f"constraints {what}"), cell(len(cs)),
-                  cell("; ".join(f"[{c['scope']}] {c['text']}" for c in cs[:limit])))
-    ident = d["identity"]
-    t.add_row(cell("identity"), cell(len(ident["changes"])),
+                  cell("; ".join("[redacted]" if c.get("redacted") else f"[{c['scope']}] {c['text']}"
+                                 for c in cs[:limit])))
+    ident = d["identity"]  # a rollback may change the identity in force with no identity record in between
+    t.add_row(cell("identity"), cell(max(len(ident["changes"]), int(ident["from"] != ident["to"]))),
               cell("unchanged" if ident["from"] == ident["to"] else f"{(ident['from'] or 'none')[:12]} -> "
                    f"{(ident['to'] or 'none')[:12]}"))
     t.add_row(cell("checkpoints signed"), cell(len(d["checkpoints"])),
@@ -241,40 +199,3 @@ def timeline(path: FileArg, json_out: JsonOpt = False,
         out.print(f"(the newest {len(d['events'])} events; older ones not read)")
     elif len(d["events"]) < d["total"]:
         out.print(f"(newest {len(d['events'])} of {d['total']} events)")
-
-
-def audit(path: FileArg, key: Annotated[str, typer.Argument(metavar="KEY", show_default=False,
-                                                            help="The action's idempotency key.")],
-          json_out: JsonOpt = False, at: AtOpt = None, trust: TrustOpt = None) -> None:
-    """What governed an action: intent and result, the state root at the intent, the decisions and
-    approvals behind it, the constraints then active, the checkpoint covering it.
-
-    Example: capsule audit agent.capsule email:42 --trust agent.key.pub
-    """
-    import capsule
-
-    def go() -> dict[str, Any]:
-        anchor = _trust(trust)
-        with capsule.open(path, at=at) as cap:
-            return cap.audit(key, trust=anchor).to_dict()
-
-    d = call(go)
-    if json_out:
-        emit_json(d)
-        return
-    out.print(f"action {d['key']}: {d['status']}")
-    t = Table("phase", "attempt", "time", "commit seq", "outcome")
-    for s in d["steps"]:
-        res = "" if s["phase"] == "intent" else ("ok" if s["ok"] else f"failed: {s['error']}")
-        t.add_row(*(cell(x) for x in (s["phase"], s["attempt"], s["time"], s["commit"]["seq"], res)))
-    out.print(t)
-    out.print(f"state root at the intent: {d['state_root_at_intent'] or 'none'}")
-    for x in d["decisions"]:
-        ap = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
-                       for a in x["approvals"]) or "no approvals"
-        out.print(f"decision {x['id'][:12]} ({x['link']}): {x['summary']} [{ap}]")
-    if not d["decisions"]:
-        out.print("no linked decision")
-    cons = "; ".join(f"[{c['scope']}] {c['text']}" for c in d["constraints"]) or "none"
-    out.print(f"constraints at the intent: {cons}")
-    out.print(f"first checkpoint covering it: {_ck(d['checkpoint'])}")

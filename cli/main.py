@@ -10,7 +10,7 @@ Code map (each module is one command group; none holds format logic):
 - ``lifecycle``: forget, redact, supersede, promote, demote (spec 7.7.1)
 - ``run``:    tasks, actions
 - ``search``: search, pack, index
-- ``inspect``: beliefs, why, diff, timeline, audit (spec 13.5)
+- ``inspect``: beliefs, diff, timeline; ``lineage``: why, audit (spec 13.5)
 - ``report``: report (the HTML page and its figures)
 - ``sync``: push, pull (spec 19)
 - ``merge``: merge (spec 20)
@@ -44,6 +44,7 @@ from . import (
     keys,
     letta,
     lifecycle,
+    lineage,
     records,
     report,
     run,
@@ -96,10 +97,10 @@ COMMANDS = (
     ("pack", search.pack),
     ("index", search.index),
     ("beliefs", inspect.beliefs),
-    ("why", inspect.why),
+    ("why", lineage.why),
     ("diff", inspect.diff),
     ("timeline", inspect.timeline),
-    ("audit", inspect.audit),
+    ("audit", lineage.audit),
     ("report", report.report),
     ("push", sync.push),
     ("pull", sync.pull),

@@ -356,9 +356,12 @@ def test_diff_of_unrelated_files_is_refused(tmp_path: Path) -> None:
             ca.diff(cb, "x")
     before = a.read_bytes(), b.read_bytes()
     for args in (("diff", str(a), str(b)), ("diff", str(a), str(a), "--from", "1"), ("diff", str(a)),
-                 ("diff", str(a), "--from", "1")):
+                 ("diff", str(a), "--to", "1")):
         r = _cli(*args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+    since = _cli("diff", str(a), "--from", "1", "--json")  # no --to: up to the newest commit
+    assert since.returncode == 0, since.stderr
+    assert json.loads(since.stdout)["to"]["seq"] == json.loads(_cli("log", str(a), "--json").stdout)[-1]["seq"]
     assert (a.read_bytes(), b.read_bytes()) == before
 
 
@@ -500,3 +503,149 @@ def test_state_and_beliefs_mark_memories_whose_ttl_ran_out(tmp_path: Path) -> No
     bel = _cli("beliefs", str(f), "--at", "1").stdout
     assert "door code 1234 [expired]" in bel and "wifi is guest-5 [expired]" not in bel
     assert "lasting [expired]" not in _cli("beliefs", str(f)).stdout
+
+
+def test_diff_compares_the_rules_in_force_at_each_end(tmp_path: Path) -> None:
+    # 13.5 by the constraint fold at FROM and TO (a QA run found diff listing the constraint
+    # records committed in between): a rollback that brings a revoked rule back, or lifts one,
+    # changes the rules; a rule added and rolled back in between, or asserted again, does not
+    key = capsule.generate_key()
+    with capsule.create(tmp_path / "c.capsule") as cap:
+        with cap.commit() as tx:
+            tx.constrain("no weekend email", scope="comms")
+            tx.constrain("rule kept", scope="x")
+            tx.set_identity("agent", model="m1")
+        cap.checkpoint("A", key=key)
+        with cap.commit() as tx:
+            tx.constrain("no weekend email", scope="comms", status="revoked")
+            tx.constrain("brand-new rule", scope="ops")
+            tx.set_identity("agent", model="m2")
+        cap.checkpoint("B", key=key)
+        cap.rollback("A", key=key)
+        with cap.commit() as tx:
+            tx.constrain("rule kept", scope="x")  # again, while active: no change
+        with cap.commit() as tx:
+            tx.constrain("a rule with a policy", rule={"action": "email.*"})
+        cap.checkpoint("C", key=key)
+        with cap.commit() as tx:
+            tx.constrain("a rule with a policy", rule={"action": "email.*", "approvals": 1})  # same rule
+        with cap.commit() as tx:
+            tx.constrain("a rule with a policy", rule={"action": "pay.*"})  # another rule
+        cap.checkpoint("D", key=key)
+        back = cap.diff("B", "rollback-to-A").to_dict()
+        same = cap.diff("A", "rollback-to-A").to_dict()
+        c_d = cap.diff("C", "D").to_dict()
+        a_c = cap.diff("A", "C").to_dict()
+    assert [c["text"] for c in back["constraints"]["added"]] == ["no weekend email"]
+    assert [c["text"] for c in back["constraints"]["revoked"]] == ["brand-new rule"]
+    assert same["constraints"] == {"added": [], "revoked": []}  # added and rolled back in between
+    assert [c["text"] for c in a_c["constraints"]["added"]] == ["a rule with a policy"]  # "rule kept" again: not
+    assert [c["text"] for c in c_d["constraints"]["added"]] == ["a rule with a policy"]  # its rule changed
+    assert c_d["constraints"]["revoked"] == []
+    assert back["identity"]["from"] != back["identity"]["to"] and back["identity"]["changes"] == []
+    out = subprocess.run([sys.executable, "-m", "capsule_cli.main", "diff", str(tmp_path / "c.capsule"), "--from", "B",
+                          "--to", "rollback-to-A"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if "identity" in line)
+    assert "│ 1 " in row  # the identity in force changed by the rollback, with no identity record in between
+
+
+def test_diff_counts_every_lifecycle_event(tmp_path: Path) -> None:
+    # `lifecycle` lists at most `limit` events; `lifecycle_count` says how many there were (the
+    # table printed the cut length, and the JSON had no total)
+    key = capsule.generate_key()
+    p = tmp_path / "l.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            ms = [tx.remember(f"m{i}") for i in range(30)]
+            secret = tx.remember("the code is kestrel-7")
+        cap.checkpoint("a", key=key)
+        for m in ms:
+            with cap.commit() as tx:
+                tx.forget(m)
+        with cap.commit() as tx:
+            tx.redact(secret)
+        cap.checkpoint("b", key=key)
+        d = cap.diff("a", "b", limit=5).to_dict()
+    assert len(d["lifecycle"]) == 5 and d["lifecycle_count"] == 31
+    assert d["removed"]["count"] == 31
+    assert "kestrel" not in json.dumps(d)
+    out = subprocess.run([sys.executable, "-m", "capsule_cli.main", "diff", str(p), "--from", "a", "--to", "b",
+                          "--limit", "5"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "kestrel" not in out.stdout
+    assert "│ 31 " in next(line for line in out.stdout.splitlines() if "lifecycle" in line)
+
+
+def test_audit_shows_the_approval_of_the_action_itself_and_which_rule_governs(tmp_path: Path) -> None:
+    # 7.3.1: an approval of action_subject(key) lets a gated action run; audit must show it (a QA
+    # run found it nowhere in the human or JSON output) and which rule matched the key
+    key = capsule.generate_key()
+    p = tmp_path / "g.capsule"
+    with capsule.create(p) as cap:
+        cap.checkpoint("keys", key=key)  # its keyset vouches for the approver (7.4)
+        with cap.commit() as tx:
+            tx.constrain("customer emails need an approval", rule={"action": "email.*"})
+            tx.constrain("tickets are free", rule={"action": "ticket.*"})
+        with pytest.raises(capsule.PolicyViolation):
+            cap.run_once("email.42", lambda: 1)
+        with cap.commit() as tx:
+            tx.approve(capsule.action_subject("email.42"), key)
+        cap.run_once("email.42", lambda: 1)
+        with cap.commit() as tx:
+            tx.approve(capsule.action_subject("email.42"), key)  # later: counts for no intent before it
+        a = cap.audit("email.42").to_dict()
+    assert [(x["verified"], x["before_intent"]) for x in a["approvals"]] == [(True, True), (True, False)]
+    assert {c["text"]: c.get("governs") for c in a["constraints"]} == {
+        "customer emails need an approval": True, "tickets are free": False}
+    out = subprocess.run([sys.executable, "-m", "capsule_cli.main", "audit", str(p), "email.42"], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "approvals of the action itself: " in out.stdout and "verified" in out.stdout
+    assert "(rule email.*: governs this key)" in out.stdout
+
+
+def test_why_of_a_replacement_shows_the_event_that_made_it(tmp_path: Path) -> None:
+    # 7.7.1: why and diff show the chain old -> new; from the new end why showed nothing (a QA run)
+    p = tmp_path / "w.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            old = tx.remember("the rota is in the wiki")
+            ev = tx.remember("confirmed by two people")
+        with cap.commit() as tx:
+            new = tx.supersede(old, "the rota is in PagerDuty", reason="moved", actor="ops-bot")
+        with cap.commit() as tx:
+            top = tx.promote(new, "validated", evidence=[ev], reason="confirmed twice")
+        w_new = cap.why(new).to_dict()["root"]
+        w_top = cap.why(top).to_dict()["root"]
+        w_plain = cap.why(ev).to_dict()["root"]
+    assert [(e["op"], e["records"], e["reason"], e["actor"]) for e in w_new["replaces"]] == [
+        ("supersede", [old], "moved", "ops-bot")]
+    assert [(e["op"], e["records"], e["evidence"]) for e in w_top["replaces"]] == [("promote", [new], [ev])]
+    assert w_plain["replaces"] == []
+    out = subprocess.run([sys.executable, "-m", "capsule_cli.main", "why", str(p), new[:12]], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert f"supersede: replaces {old[:12]}" in out.stdout and "(ops-bot): moved" in out.stdout
+    assert f"promoted by {top[:12]}" in out.stdout  # the mark names the replacement and the reason
+    assert "confirmed twice" in out.stdout
+
+
+def test_why_keeps_every_id_of_a_deep_chain_in_view(tmp_path: Path) -> None:
+    p = tmp_path / "deep.capsule"
+    with capsule.create(p) as cap:
+        prev = None
+        ids = []
+        for i in range(50):
+            with cap.commit() as tx:
+                obs = tx.remember(f"observation {i}: the nightly build failed again because the database was "
+                                  "not reachable from the runner")
+                prev = tx.decide(f"plan {i}: retry the build after moving the runner",
+                                 evidence=[obs] + ([prev] if prev else []))
+                ids.append(prev)
+    out = subprocess.run([sys.executable, "-m", "capsule_cli.main", "why", str(p), ids[-1]], capture_output=True,
+                         text=True, env={**os.environ, "COLUMNS": "150"})
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if "│ decision │" in line]
+    assert len(rows) == 50
+    assert all(any(d[:12] in line for d in ids) for line in rows), "a row of the chain lost its id"

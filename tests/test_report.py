@@ -237,6 +237,47 @@ def test_user_strings_are_escaped(made: tuple[Path, dict[str, Any], Path]) -> No
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10
 
 
+def test_bidi_and_control_characters_are_written_out(tmp_path: Path) -> None:
+    # a QA run: U+202E in a decision's summary reversed the time and id printed after it ("0001
+    # EUR" read "RUE 1000"); the page now shows such characters as the terminal does
+    p = tmp_path / "bidi.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        m = tx.remember("invoice \u202e1000 EUR\u202c paid \x1b[31m")
+        tx.decide("pay invoice \u202e1000 EUR", evidence=[m])
+    with capsule.open(p) as c:
+        html = render(report(c))
+    assert not any(ch in html for ch in "\u202e\u202c\x1b")
+    assert "pay invoice \\u202e1000 EUR" in html
+    assert "unicode-bidi:isolate" in html  # natural right-to-left text stays in its own element
+
+
+def test_a_cut_graph_says_so_and_fits_the_page(tmp_path: Path) -> None:
+    # a QA run: a decision resting on 3,000 records was drawn with 39, with no word of the rest,
+    # and the graphs were wider than the page
+    p = tmp_path / "wide.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        ev = [tx.remember(f"fact {i}") for i in range(100)]
+        prev = tx.decide("plan 0", evidence=ev[:2])
+        for i in range(1, 8):
+            prev = tx.decide(f"plan {i}", evidence=[prev, ev[i]])
+        tx.decide("the wide one", evidence=ev)
+        tx.decide("a small one", evidence=ev[:1])
+    with capsule.open(p) as c:
+        doc = report(c)
+        html = render(doc)
+    graphs = {g["summary"]: g for g in doc["decisions"]["graphs"]}
+    wide, deep = graphs["the wide one"], graphs["plan 7"]
+    assert wide["truncated"] and wide["more"] == 100 - len(wide["evidence"]) > 0
+    assert deep["truncated"] and not graphs["a small one"]["truncated"] and graphs["a small one"]["more"] == 0
+    node = deep
+    while node.get("evidence"):  # down the chain to where it was cut
+        node = next(e for e in node["evidence"] if e["kind"] == "decision")
+    assert node.get("more") == 2
+    assert f"(+{wide['more']} more)" in html and html.count("Cut at ") == sum(g["truncated"] for g in graphs.values())
+    assert all("viewBox=" in tag for tag in re.findall(r"<svg[^>]*>", html))
+    assert "max-width:100%" in html
+
+
 def test_the_page_is_a_function_of_the_file(made: tuple[Path, dict[str, Any], Path]) -> None:
     cap, doc, page = made
     with capsule.open(cap) as c:

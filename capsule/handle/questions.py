@@ -45,8 +45,9 @@ class QuestionMethods:
         return why(self, record_id, trust=trust)  # type: ignore[arg-type]
 
     def diff(self, a: Any, b: Any = None, *, limit: int = 20) -> Diff:
-        """What changed between two points (labels, seqs, commit-root prefixes, times), or from
-        this capsule to ``a``, another open capsule sharing its lineage (a fork, its parent, a copy).
+        """What changed between two points (labels, seqs, commit-root prefixes, times; without
+        ``b``, from ``a`` to the newest commit), or from this capsule to ``a``, another open
+        capsule sharing its lineage (a fork, its parent, a copy).
 
         >>> _ = cap.checkpoint("a", key=key)
         >>> with cap.commit() as tx: _ = tx.remember("later")

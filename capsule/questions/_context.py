@@ -65,7 +65,7 @@ class Context:
 
     def constraints_at(self, end: int) -> list[dict[str, Any]]:
         """The constraints active when the commit ending at ``end`` was made (7.3), with
-        the reverts before it applied (7.7)."""
+        the reverts before it applied (7.7); ``rule`` when one carries a rule (7.3.1)."""
         before = [r for off, r in self.rows if off < end]
         dead = dead_ids(r for r in before if r.kind == "revert")
         active: dict[tuple[str, str], Any] = {}
@@ -76,8 +76,8 @@ class Context:
                 active[(r.scope, r.text)] = r
             else:
                 active.pop((r.scope, r.text), None)
-        return [{"id": r.id, "text": r.text, "scope": r.scope, "since": iso(r.time)}
-                for _, r in sorted(active.items())]
+        return [{"id": r.id, "text": r.text, "scope": r.scope, "since": iso(r.time),
+                 **({"rule": dict(r.rule)} if r.rule else {})} for _, r in sorted(active.items())]
 
     def located(self, rid: bytes) -> tuple[int, int, CommitInfo | None]:
         """(frame offset, frame seq, commit) of a committed record."""

@@ -8,13 +8,18 @@ The document (``Audit.to_dict()``, ``capsule audit --json``), stable::
      "intent": step | null,                      # the latest attempt's intent
      "state_root_at_intent": hex | null,         # 13.1, at the commit that made that intent durable
      "decisions": [{"id", "summary", "time", "evidence": [ids], "approvals": [...], "link": str}...],
-     "constraints": [{"id", "text", "scope", "since"}...],   # active at the intent's commit
+     "approvals": [{"id", "approver", "time", "signature_ok", "verified", "rolled_back",
+                    "before_intent"}...],   # of the action itself (its 7.3.1 subject)
+     "constraints": [{"id", "text", "scope", "since", "rule"?, "governs"?}...],  # active at the
+                                            # intent's commit; ``governs``: its rule matches the key
      "checkpoint": {label, seq, time, signers, keyset, signature_ok, anchored} | null}
 
 A decision is linked to the action (``link``) when the intent's ``inputs`` holds its id at any
 top-level key (a 32-byte bin or 64 hex digits: ``"inputs"``), or the decision's own ``inputs``
-names the action key under ``"action"`` (``"decision-inputs"``). ``checkpoint`` is the first
-checkpoint covering the newest step.
+names the action key under ``"action"`` (``"decision-inputs"``). ``approvals`` are those of the
+action's own subject (``action_subject(key)``, 7.3.1: an approval of every run of the key), the
+other way to satisfy a rule; ``before_intent`` says whether it was committed before the intent
+(in an earlier commit: only those count for it). ``checkpoint`` is the first checkpoint covering the newest step.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 from ..core.clock import iso
 from ..core.errors import NotFound
 from ..format.commit import CommitInfo
+from ..state.rules import action_subject, matches
 from ._context import Context
 from ._walk import Source, anchor_of, commit_holding, commit_ref
 
@@ -99,10 +105,19 @@ def audit(cap: Source, key: str, *, trust: Any = None) -> Audit:
             continue
         decisions.append({"id": d.id, "summary": d.summary, "time": iso(d.time), "link": how,
                           "evidence": [e.hex() for e in d.evidence], "approvals": ctx.approvals_of(rid)})
+    subject = action_subject(key)
+    approvals = ctx.approvals_of(subject)
+    placed = {r.id: off for off, r in ctx.rows if r.kind == "approval" and r.subject == subject}
+    for a in approvals:  # 7.3.1: the approvals of the commits before the intent's commit count
+        held = commit_holding(store, placed[a["id"]])
+        a["before_intent"] = at is not None and held is not None and held.seq < at.seq
+    constraints = ctx.constraints_at(at.end) if at is not None else []
+    for c in constraints:
+        if "rule" in c:
+            c["governs"] = matches(c["rule"]["action"], key)
     return Audit({"key": key, "status": _status(cap, key), "steps": steps, "intent": intent,
-                  "state_root_at_intent": root, "decisions": decisions,
-                  "constraints": ctx.constraints_at(at.end) if at is not None else [],
-                  "checkpoint": ctx.covered_by(steps_raw[-1][0])})
+                  "state_root_at_intent": root, "decisions": decisions, "approvals": approvals,
+                  "constraints": constraints, "checkpoint": ctx.covered_by(steps_raw[-1][0])})
 
 
 def _status(cap: Any, key: str) -> str:

@@ -11,8 +11,10 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
      "transient": {"count": int, "first": [node...]},   # committed and dropped in between
      "tier_changes": [{"text", "from": tier, "to": tier, "removed": id, "added": id}...],
      "lifecycle": [{"op", "event", "time", "records": [id...], "by": [id...], "evidence": [id...],
-                    "reason", "actor"}...],                             # 7.7.1 events in between
-     "constraints": {"added": [{"id", "text", "scope"}...], "revoked": [...]},
+                    "reason", "actor"}...],          # 7.7.1 events in between: the first ``limit``
+     "lifecycle_count": int,                                            # ... of this many
+     "constraints": {"added": [{"id", "text", "scope", "time"}...], "revoked": [...]},  # in force at
+                                                   # TO and not at FROM (or its rule changed); the reverse
      "identity": {"from": id | null, "to": id | null, "changes": [node...]},
      "checkpoints": [{"label", "seq", "time", "signers"}...],           # signed in between
      "actions": [{"key", "phase", "attempt", "ok", "time"}...],         # results and resolves
@@ -63,8 +65,8 @@ class Diff:
 
 def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitInfo | None = None, *,
          limit: int = DEFAULT_LIMIT) -> Diff:
-    """What changed from the commit ``a`` names to the one ``b`` names (``b`` not before ``a``),
-    or, with ``a`` another open capsule and no ``b``, from ``cap`` to that capsule, which must
+    """What changed from the commit ``a`` names to the one ``b`` names (``b`` not before ``a``;
+    None: the newest commit), or, with ``a`` another open capsule and no ``b``, from ``cap`` to that capsule, which must
     share its lineage (``diff_files``)."""
     if type(limit) is not int or limit < 0:
         raise UsageError("limit must be a non-negative integer")
@@ -74,11 +76,14 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
         from .diff_files import diff_files
 
         return Diff(diff_files(cap, a, limit=limit))  # type: ignore[arg-type]
-    if b is None:
-        raise UsageError("diff needs two points (or another capsule)")
     assert not hasattr(b, "_store")
     ca = a if isinstance(a, CommitInfo) else cap.resolve(a)
-    cb = b if isinstance(b, CommitInfo) else cap.resolve(b)
+    if b is None:  # to the newest commit: "what changed since"
+        cb = cap._store.snap.commit
+        if cb is None:
+            raise UsageError("the capsule has no commit")
+    else:
+        cb = b if isinstance(b, CommitInfo) else cap.resolve(b)
     if ca.seq > cb.seq:
         raise UsageError(f"--from {a} (seq {ca.seq}) is after --to {b} (seq {cb.seq})")
     store = cap._store
@@ -104,12 +109,10 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     back: set[bytes] = set()
     why_gone: dict[bytes, str] = {}  # 7.7.1: the op that dropped it, when a lifecycle event did
     life: list[dict[str, Any]] = []
-    cons_added: list[dict[str, Any]] = []
-    cons_revoked: list[dict[str, Any]] = []
     ident: list[dict[str, Any]] = []
     actions: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []
-    kinds = ("revert", "constraint", "identity", "action", "task")
+    kinds = ("revert", "identity", "action", "task")
     for _, _, r in walk(store, kinds, start=ca, end=cb.end):
         k = r.kind
         if k == "revert":
@@ -122,9 +125,6 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
             for x in r.restore:
                 back.add(x)
                 dropped.discard(x)
-        elif k == "constraint":
-            (cons_added if r.status == "active" else cons_revoked).append(
-                {"id": r.id, "text": r.text, "scope": r.scope, "time": iso(r.time)})
         elif k == "identity":
             ident.append(ref(r))
         elif k == "action" and r.phase != "intent":
@@ -198,6 +198,7 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     reasons = {k: v for k, v in (("expired", len(expired)), *gone.items()) if v}
     first = [_node(cap, x, red) for x in added_ids[:limit]]
     ida, idb = _identity(store, ca), _identity(store, cb)
+    cons_added, cons_revoked = _constraints(store, ca, cb, red)
     return Diff({
         "from": commit_ref(ca), "to": commit_ref(cb),
         "added": {"count": len(added_ids), "by_kind": dict(sorted(by_kind.items())),
@@ -207,7 +208,7 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
                     "by_reason": dict(sorted(reasons.items())), "first": rem_nodes},
         "restored": {"count": len(restored), "first": [_node(cap, x, red) for x in restored[:limit]]},
         "tier_changes": changes,
-        "lifecycle": life[:limit],
+        "lifecycle": life[:limit], "lifecycle_count": len(life),
         "constraints": {"added": cons_added, "revoked": cons_revoked},
         "identity": {"from": ida, "to": idb, "changes": ident},
         "checkpoints": checkpoints, "actions": actions, "tasks_finished": finished, "limit": limit,
@@ -231,6 +232,42 @@ def _expired(store: Any, ca: CommitInfo, cb: CommitInfo, removed: set[bytes],
         return []
     dead_a = dead_then()
     return [r for r in hits if bytes.fromhex(r.id) not in dead_a and bytes.fromhex(r.id) not in removed]
+
+
+def _in_force(store: Any, c: CommitInfo) -> dict[tuple[str, str], Any]:
+    """The constraints active at commit ``c`` (7.3: the latest live record of each (scope,
+    text) decides, liveness as 13.1), by (scope, text)."""
+    if "constraint" not in store.snap.kinds:
+        return {}
+    rows = [r for _, _, r in walk(store, ("constraint", "revert"), end=c.end)]
+    dead = dead_ids(r for r in rows if r.kind == "revert")
+    active: dict[tuple[str, str], Any] = {}
+    for r in rows:
+        if r.kind == "constraint" and bytes.fromhex(r.id) not in dead:
+            if r.status == "active":
+                active[(r.scope, r.text)] = r
+            else:
+                active.pop((r.scope, r.text), None)
+    return active
+
+
+def _constraints(store: Any, ca: CommitInfo, cb: CommitInfo, red: Any
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rules in force at ``cb`` that were not at ``ca`` (or whose ``rule`` changed), and
+    those in force at ``ca`` that are not at ``cb``, by the constraint fold at each end (13.5):
+    a rule revoked, rolled back or restored in between counts; one added and dropped again
+    in between, or asserted again while in force, does not. A redacted constraint (which
+    7.7.1 does not allow, so only another writer's) is a node without its text."""
+    a, b = _in_force(store, ca), _in_force(store, cb)
+
+    def doc(r: Any) -> dict[str, Any]:
+        if bytes.fromhex(r.id) in red:
+            return redacted_node(bytes.fromhex(r.id), "constraint")
+        return {"id": r.id, "text": r.text, "scope": r.scope, "time": iso(r.time)}
+
+    added = [doc(r) for key, r in b.items() if key not in a or a[key].rule != r.rule]
+    revoked = [doc(r) for key, r in a.items() if key not in b]
+    return added, revoked
 
 
 def _identity(store: Any, c: CommitInfo) -> str | None:

@@ -172,7 +172,7 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
                     "by_reason": dict(sorted(by_reason.items())), "first": rem_nodes},
         "restored": {"count": 0, "first": []},
         "tier_changes": changes,
-        "lifecycle": life[:limit],
+        "lifecycle": life[:limit], "lifecycle_count": len(life),
         "constraints": {"added": [con(c) for i, c in con_b.items() if i not in con_a],
                         "revoked": [con(c) for i, c in con_a.items() if i not in con_b]},
         "identity": {"from": ida, "to": idb,

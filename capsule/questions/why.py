@@ -12,12 +12,16 @@ The document (``Why.to_dict()``, ``capsule why --json``), stable::
                        |"promoted"|"demoted"}...],  # a lifecycle mark (7.7.1) also carries
                                                     # "op", "event", "time", "by", "evidence", "reason", "actor"
             "approvals": [{"id", "approver", "time", "signature_ok", "verified", "rolled_back"}...],
-            "evidence": [node...]}                          # a decision's evidence, recursively
+            "evidence": [node...],                          # a decision's evidence, recursively
+            "replaces": [{"op", "event", "time", "records", "by", "evidence", "reason", "actor"}...]}
+                                # the lifecycle events (7.7.1: supersede, promote, demote) that name
+                                # this record in `by`: the chain old -> new, seen from the new one
 
 An evidence id the capsule does not hold is a node ``{"id", "kind": null, "missing": true,
 "marks": [], "approvals": [], "evidence": []}``; a record reached twice is expanded once
 (later occurrences carry ``"seen": true`` and no evidence). At most ``MAX_NODES`` nodes are
-expanded (``truncated`` says so). ``checkpoint`` is the first checkpoint whose Merkle root
+expanded, ``MAX_DEPTH`` levels deep (``truncated`` says so, and a node whose evidence was cut
+carries ``"cut"``: how many of its evidence ids are not shown). ``checkpoint`` is the first checkpoint whose Merkle root
 covers the root record's frame (14.8); a redacted evidence record is a node without time or
 text (``"redacted": true``), and ``why`` of a redacted record raises ``Redacted``; ``anchored`` is null unless a trust anchor was given.
 Marks are judged at the snapshot asked about (the capsule, or ``--at``'s view).
@@ -59,9 +63,13 @@ class _Tree:
         ids = [r for _, r in ctx.rows if r.kind == "identity" and bytes.fromhex(r.id) not in ctx.dead]
         self.identity = ids[-1].id if ids else None
         self.gone: dict[bytes, Any] = {}  # a dead id -> the revert that dropped it last (7.7.1: its op)
+        self.made: dict[bytes, list[Any]] = {}  # a replacement -> the lifecycle events naming it in `by`
         for _, r in ctx.rows:
             if r.kind == "revert":
                 self.gone.update((x, r) for x in r.drop)
+                if r.op is not None:
+                    for x in r.by:
+                        self.made.setdefault(x, []).append(r)
 
     def marks(self, rec: Any) -> list[dict[str, Any]]:
         out = []
@@ -95,10 +103,13 @@ class _Tree:
         self.count += 1
         off, _, c = self.ctx.located(rid)
         n = {**ref(rec), "commit": commit_ref(c), "marks": self.marks(rec),
-             "approvals": self.ctx.approvals_of(rid), "evidence": []}
-        for e in getattr(rec, "evidence", ()):
+             "approvals": self.ctx.approvals_of(rid), "evidence": [],
+             "replaces": [event_doc(ev) for ev in self.made.get(rid, ())]}
+        evidence = getattr(rec, "evidence", ())
+        for e in evidence:
             if self.count >= self.max_nodes or depth >= self.max_depth:
                 self.truncated = True
+                n["cut"] = len(evidence) - len(n["evidence"])
                 break
             n["evidence"].append(self.node(e, depth + 1))
         return n

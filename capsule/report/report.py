@@ -112,8 +112,9 @@ def _label(text: object) -> str:
 
 def decisions(cap: Capsule, state: dict[str, Any], live: set[bytes]) -> dict[str, Any]:
     """The newest decisions with their evidence, recursively: the ``why`` of each
-    (``capsule.questions.why``, bounded to ``GRAPH_NODES`` and ``GRAPH_DEPTH``), all sharing
-    one read of the history. Each node says whether it is live; a node that is not was
+    (``capsule.questions.why``, bounded to ``GRAPH_NODES`` and ``GRAPH_DEPTH``: ``truncated``
+    says a graph was cut, ``more`` on it or a node how many evidence ids were not drawn), all
+    sharing one read of the history. Each node says whether it is live; a node that is not was
     superseded, forgotten or rolled back after the decision rested on it."""
     from ..questions.why import context, why
 
@@ -124,8 +125,10 @@ def decisions(cap: Capsule, state: dict[str, Any], live: set[bytes]) -> dict[str
     ctx = context(cap) if newest else None
     graphs = []
     for d in newest:
-        tree = why(cap, d["id"], context=ctx, max_nodes=GRAPH_NODES, max_depth=GRAPH_DEPTH).to_dict()["root"]
+        w = why(cap, d["id"], context=ctx, max_nodes=GRAPH_NODES, max_depth=GRAPH_DEPTH).to_dict()
+        tree = w["root"]
         graphs.append({"id": d["id"], "summary": _label(d["summary"]), "time": d["time"],
+                       "truncated": w["truncated"], "more": tree.get("cut", 0),
                        "approvals": [{"approver": a["approver"], "verified": a["verified"],
                                       "signature_ok": a["signature_ok"]} for a in d.get("approvals", [])],
                        "evidence": _graph(tree.get("evidence") or [], live, {d["id"]: tree})})
@@ -150,6 +153,8 @@ def _graph(nodes: list[dict[str, Any]], live: set[bytes], named: dict[str, dict[
                                 "status": "live" if alive else "not live", "marks": [m["mark"] for m in n["marks"]]}
         if n["evidence"]:
             node["evidence"] = _graph(n["evidence"], live, named)
+        if n.get("cut"):  # evidence past the graph's bounds: counted, not drawn
+            node["more"] = n["cut"]
         out.append(node)
     return out
 

@@ -14,6 +14,11 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from ..core.visible import visible
+from .report import GRAPH_DEPTH, GRAPH_NODES
+
+GRAPH_LIMITS = f"{GRAPH_NODES} records or {GRAPH_DEPTH} levels of evidence"
+
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 CHART_DAYS = 90  # the timeline chart draws the newest days; the JSON has them all
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
@@ -31,7 +36,8 @@ table{border-collapse:collapse;width:100%;background:#fff;font-size:12.5px}
 th,td{border:1px solid #e1e4ea;padding:3px 7px;text-align:left;vertical-align:top}
 th{background:#eef0f4}td.mono,span.mono{font-family:ui-monospace,monospace;font-size:11.5px}
 .ok{color:#1a7f37}.bad{color:#c62828}.warn{color:#b26a00}
-svg{background:#fff;border:1px solid #d8dce3;border-radius:6px;display:block;margin:6px 0}
+svg{background:#fff;border:1px solid #d8dce3;border-radius:6px;display:block;margin:6px 0;max-width:100%;
+height:auto}b,span,td,th,text{unicode-bidi:isolate}
 svg text{font:11px system-ui,sans-serif;fill:#1d2330}.legend span{margin-right:12px;font-size:12px}
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px}
 .dec{margin:12px 0}.note{color:#5b6474;font-size:12px}
@@ -39,8 +45,10 @@ svg text{font:11px system-ui,sans-serif;fill:#1d2330}.legend span{margin-right:1
 
 
 def esc(s: object) -> str:
-    """Any value as HTML text, quotes included (safe in text and in attribute values)."""
-    return escape("" if s is None else str(s), quote=True)
+    """Any value as HTML text, quotes included (safe in text and in attribute values), with
+    control and format characters written out as the terminal shows them (``\u202e``): a
+    bidi override in a record's text would otherwise reverse the id or amount beside it."""
+    return escape("" if s is None else visible(s), quote=True)
 
 
 def ptr(*parts: object) -> str:
@@ -158,7 +166,8 @@ def _tiers(tiers: dict[str, int]) -> str:
                     f'<rect x="90" y="{10 + i * 26}" width="{wpx:.1f}" height="16" fill="{PALETTE[i]}" '
                     f'data-n="{esc(ptr("tiers", t))}" data-v="{n}"/>'
                     f'<text x="{96 + wpx:.1f}" y="{22 + i * 26}" data-n="{esc(ptr("tiers", t))}">{n}</text>')
-    return (f'<h2>Memory tiers (live)</h2><svg width="760" height="{14 + 26 * len(tiers)}" role="img" '
+    h = 14 + 26 * len(tiers)
+    return (f'<h2>Memory tiers (live)</h2><svg width="760" height="{h}" viewBox="0 0 760 {h}" role="img" '
             f'aria-label="tiers">{"".join(rows)}</svg>')
 
 
@@ -181,12 +190,13 @@ def _decisions(d: dict[str, Any]) -> str:
     for gi, g in enumerate(d["graphs"]):
         rows: list[tuple[int, int, dict[str, Any], list[object]]] = []
         _flatten(g["evidence"], 1, 0, ["decisions", "graphs", gi], rows)
-        root: dict[str, Any] = {"kind": "decision", "label": g["summary"], "live": True, "id": g["id"]}
+        root: dict[str, Any] = {"kind": "decision", "label": g["summary"], "live": True, "id": g["id"],
+                                "more": g.get("more", 0)}
         nodes: list[tuple[int, int, dict[str, Any], list[object]]] = [(0, -1, root, []), *rows]
         bw, bh, dx, dy = 250, 22, 270, 28
         depth = max(n[0] for n in nodes)
         w, h = 20 + dx * depth + bw, 10 + dy * len(nodes)
-        svg = [f'<svg width="{w}" height="{h}" role="img" aria-label="decision lineage">']
+        svg = [f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="decision lineage">']
         for r, (dep, parent, n, _) in enumerate(nodes):
             x, y = 10 + dep * dx, 6 + r * dy
             if parent >= 0:
@@ -196,7 +206,8 @@ def _decisions(d: dict[str, Any]) -> str:
             fill = "#dbe7f6" if n["kind"] == "decision" else ("#e3f1e0" if live else "#fdecea")
             dash = "" if live else ' stroke-dasharray="4 2"'
             stroke = "#c62828" if not live else "#7d8799"
-            text = _clip(f"{n['kind']}: {n.get('label') or n['id'][:12]}", 44)
+            more = f" (+{n['more']} more)" if n.get("more") else ""
+            text = _clip(f"{n['kind']}: {n.get('label') or n['id'][:12]}", 44 - len(more)) + more
             svg.append(f'<rect x="{x}" y="{y}" width="{bw}" height="{bh}" rx="4" fill="{fill}" stroke="{stroke}"'
                        f'{dash}><title>{esc(n["id"])} ({esc(n.get("status", "live"))})</title></rect>'
                        f'<text x="{x + 6}" y="{y + 15}">{esc(text)}</text>')
@@ -206,8 +217,10 @@ def _decisions(d: dict[str, Any]) -> str:
             f'{"&#10003;" if a["verified"] else "&#10007;"} approved by <span class=mono>{esc(a["approver"])}'
             f'</span> ({"verified" if a["verified"] else ("signature ok, key not in keyset" if a["signature_ok"] else "bad signature")})</span> '
             for a in g["approvals"]) or '<span class="warn">no approval</span>'
+        cut = (f'<p class=note>Cut at {GRAPH_LIMITS}: <code>capsule why {esc(g["id"][:16])}</code> shows the '
+               "whole tree.</p>") if g.get("truncated") else ""
         out.append(f'<div class="dec"><b>{esc(g["summary"])}</b> <span class=sub>{esc(g["time"])} &middot; '
-                   f'<span class=mono>{esc(g["id"][:16])}</span></span><br>{appr}{"".join(svg)}</div>')
+                   f'<span class=mono>{esc(g["id"][:16])}</span></span><br>{appr}{"".join(svg)}{cut}</div>')
     return "".join(out)
 
 
