@@ -81,3 +81,22 @@ def test_tasks_cli_and_records_are_internal(tmp_path: Path) -> None:
     assert {t["id"] for t in q["tasks"]} == {"fetch", "summarize", "email", "flaky"}
     with capsule.open(path, "a") as cap, pytest.raises(capsule.InvalidRecordError), cap.commit() as tx:
         tx.put_value({"kind": "task", "op": "add", "task": "forged", "time": 0})
+
+
+def test_a_rollback_keeps_the_task_queue(tmp_path: Path) -> None:
+    # 7.9 (clarified): the queue folds every task record, live or not; a rollback drops them
+    # from the state and its root, as any record after the checkpoint, but undoes no event
+    key = capsule.generate_key()
+    with capsule.create(tmp_path / "r.capsule") as cap:
+        cap.checkpoint("base", key=key)
+        cap.tasks.add("later", name="added after the checkpoint")
+        cap.tasks.add("done")
+        cap.tasks.claim("done", "w1")
+        cap.tasks.complete("done", "w1", result=1)
+        now = cap.clock()
+        before = cap.tasks.to_dict(now=now)
+        base_root = cap.find_checkpoint("base").state_root
+        cap.rollback("base", key=key)
+        assert cap.state_root == base_root  # the task records left the state
+        assert cap.tasks.to_dict(now=now) == before  # and the queue is as it was
+        assert [t.spec.task for t in cap.tasks.due()] == ["later"]
