@@ -55,8 +55,10 @@ def report(
         from capsule.report.report import report as build
         from capsule.report.report_html import render
 
-        with capsule.open(path, at=at) as cap:
+        with capsule.open(path) as whole, (whole.view(at) if at is not None else whole) as cap:
             doc = build(cap)
+            if at is not None:  # say on the page that it is not the newest state
+                doc["summary"]["view"] = {"at": at, "newer_commits": whole.commit_count - cap.commit_count}
         if output is not None:
             _write(output, render(doc), path, force)
         return doc

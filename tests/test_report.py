@@ -293,6 +293,12 @@ def test_report_at_an_earlier_commit(made: tuple[Path, dict[str, Any], Path]) ->
     early = json.loads(r.stdout)
     assert early["summary"]["commits"] < doc["summary"]["commits"]
     assert early["checkpoints"]["total"] == 3  # base, the rollback's, day-0
+    # the page says it is a view, not the newest state (a QA run mistook one for the current state)
+    view = early["summary"]["view"]
+    assert view == {"at": f"day-0 {HOSTILE}", "newer_commits": doc["summary"]["commits"] - early["summary"]["commits"]}
+    assert "view" not in doc["summary"]
+    html = render(early)
+    assert "A view at day-0 " in html and f'data-n="/summary/view/newer_commits">{view["newer_commits"]}<' in html
 
 
 @pytest.mark.parametrize("args, message", [
