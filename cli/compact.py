@@ -16,6 +16,20 @@ from ._render import emit_json, err, isatty, out, warn
 from .state import PassOpt, _load_keys
 
 
+def warn_not_carried(rep: dict[str, Any], what: str) -> None:
+    """Say which signed checkpoints a rewrite (compaction, rekey) could not carry (15.2), and why."""
+    if not rep["not_carried"]:
+        return
+    gone = rep["not_carried_why"]
+    reasons: dict[str, list[str]] = {}
+    for g in gone:
+        reasons.setdefault(g["why"], []).append(repr(g["label"]))
+    parts = "; ".join(", ".join(ls[:5]) + (f" and {len(ls) - 5} more" if len(ls) > 5 else "") + f" ({why})"
+                      for why, ls in reasons.items())
+    warn(f"{len(gone)} signed checkpoint(s) not carried into the {what} file, their labels gone: {parts}"
+         + ("" if rep["signed"] else f"; --key signs the {what} state"))
+
+
 def compact(
     path: FileArg,
     out_path: Annotated[Path | None, typer.Option("-o", "--out", help="Write this new file (refused if it exists) "
@@ -57,14 +71,6 @@ def compact(
     if json_out:
         emit_json(rep)
         return
-    if rep["not_carried"]:
-        gone = rep["not_carried_why"]
-        reasons: dict[str, list[str]] = {}
-        for g in gone:
-            reasons.setdefault(g["why"], []).append(repr(g["label"]))
-        parts = "; ".join(", ".join(ls[:5]) + (f" and {len(ls) - 5} more" if len(ls) > 5 else "") + f" ({why})"
-                          for why, ls in reasons.items())
-        warn(f"{len(gone)} signed checkpoint(s) not carried into the compacted file, their labels gone: {parts}"
-             + ("" if rep["signed"] else "; --key signs the compacted state"))
+    warn_not_carried(rep, "compacted")
     out.print(f"compacted {rep['path']} into {rep['out']} ({rep['policy']}): {rep['kept']} records kept, "
               f"{rep['dropped']} dropped; {rep['bytes_before']} -> {rep['bytes_after']} bytes", markup=False)

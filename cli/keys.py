@@ -10,6 +10,7 @@ import typer
 from ._errors import call
 from ._params import FileArg, JsonOpt, WaitOpt
 from ._render import emit_json, out
+from .compact import warn_not_carried
 from .state import PassOpt, _load_keys
 
 
@@ -87,6 +88,9 @@ def rekey(
                                                   "(rewrites the file).")] = False,
     out_path: Annotated[Path | None, typer.Option("-o", "--out", help="With a rewrite: write this new file instead "
                                                   "of replacing FILE in place.")] = None,
+    key: Annotated[list[Path] | None, typer.Option("--key", help="With a rewrite: sign a checkpoint of the new head "
+                                                   "with this private key file (repeat for a threshold); a sealed key "
+                                                   "takes $CAPSULE_KEY_PASSPHRASE.")] = None,
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -94,8 +98,9 @@ def rekey(
 
     Adding a recipient appends a key slot for the same file key. Removing one (or
     changing the passphrase) compacts the capsule (policy history) under a new file
-    key the removed key never sees, in place or to --out. Open it with --identity KEY
-    or --passphrase-env VAR.
+    key the removed key never sees, in place or to --out; the rewrite carries the signed
+    checkpoints spec 15.2 allows and names the others (--key signs the new state).
+    Open it with --identity KEY or --passphrase-env VAR.
 
     Examples:
       capsule rekey agent.capsule -i me.key --add-recipient colleague.key.pub
@@ -113,12 +118,14 @@ def rekey(
         return capsule.rekey(path, add=[capsule.load_public_key(p) for p in add or []],
                              remove=[capsule.load_public_key(p) for p in remove or []],
                              new_passphrase=passphrase_from(new_passphrase_env), drop_passphrase=drop_passphrase,
-                             out=out_path, timeout=wait or None)
+                             out=out_path, timeout=wait or None, key=_load_keys(key, None) if key else None)
 
     info = call(go)
     if json_out:
         emit_json(info)
         return
+    if "compaction" in info:
+        warn_not_carried(info["compaction"], "rewritten")
     who = ", ".join(info["recipients"]) or "no recipient"
     out.print(f"{info['path']}: {'key slot appended' if info['how'] == 'appended' else 'rewritten under a new file key'}"
               f"; opens with {who}{' and the passphrase' if info['passphrase'] else ''}", markup=False)

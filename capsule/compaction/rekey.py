@@ -27,9 +27,13 @@ from .rewrite import compact
 def rekey(path: str | Path, *, identity: PrivateKey | None = None, passphrase: bytes | str | None = None,
           add: Sequence[PublicKey] = (), remove: Sequence[PublicKey] = (),
           new_passphrase: bytes | str | None = None, drop_passphrase: bool = False,
-          out: str | Path | None = None, timeout: float | None = None) -> dict[str, Any]:
+          out: str | Path | None = None, timeout: float | None = None,
+          key: PrivateKey | Sequence[PrivateKey] | None = None) -> dict[str, Any]:
     """Add recipients or a passphrase (a KEYSLOT frame appended) or remove some (a compaction
     under a new file key, in place or to ``out``). ``identity`` / ``passphrase`` open the file.
+    ``key`` signs a checkpoint of the rewritten head (the rewrite carries a parent's signatures
+    only as 15.2 allows: ``compaction["not_carried"]`` names those it could not). ``out`` and
+    ``key`` belong to a rewrite: an append writes to the file itself and signs nothing.
     Returns a report: what was done, the recipients (key ids) and whether a passphrase opens it."""
     if isinstance(new_passphrase, str):
         new_passphrase = new_passphrase.encode()
@@ -46,7 +50,12 @@ def rekey(path: str | Path, *, identity: PrivateKey | None = None, passphrase: b
         if h.crypt is None or h.keyslots is None:
             raise UsageError(f"{path}: is not encrypted (create an encrypted capsule with --encrypt)")
         old = h.keyslots
+        if drop_passphrase and not old.has_passphrase:
+            raise UsageError("no passphrase opens this capsule: there is none to drop")
         if not replace:
+            if out is not None or key is not None:
+                raise UsageError("adding a recipient appends a key slot to the file itself: -o and --key belong to a "
+                                 "rewrite (--remove-recipient, or setting or dropping the passphrase)")
             have = set(old.recipients)
             new = [p for p in add if p.raw not in have]
             if not new:
@@ -63,7 +72,7 @@ def rekey(path: str | Path, *, identity: PrivateKey | None = None, passphrase: b
             return _report(str(path), "appended", ks.recipients, ks.has_passphrase)
         recipients = sorted({*(r for r in old.recipients if r not in gone), *(p.raw for p in add)})
         keeps_passphrase = new_passphrase is not None or (old.has_passphrase and not drop_passphrase)
-    rep = compact(path, out, "history", timeout=timeout, identity=identity, passphrase=passphrase,
+    rep = compact(path, out, "history", key, timeout=timeout, identity=identity, passphrase=passphrase,
                   rekey=Rekey(tuple(add), tuple(remove), new_passphrase, drop_passphrase))
     return {**_report(rep["out"], "compacted", recipients, keeps_passphrase), "compaction": rep}
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..core import constants as C
-from ..core.errors import InvalidRecordError
+from ..core.errors import CorruptError, InvalidRecordError
 from ..core.lazy import lazy
 from . import canonical as canon
 from .batch import Item as Item  # re-exported: the writer's input type, and its ids
@@ -326,6 +326,12 @@ def recover(store: Store) -> None:
     torn = store.snap.torn
     if torn is None:
         return
+    if h.crypt is not None and store.snap.commit is None:
+        # 10.3: the first KEYSLOT is frame 0 (1 after a LINEAGE) of the first commit, so with no
+        # COMMIT it lies in this tail: dropping it would seal the records under a key stored nowhere
+        raise CorruptError("an encrypted capsule whose creation was interrupted before its first commit: its "
+                           "KEYSLOT is in the torn tail, and a write would drop it; nothing was committed, so "
+                           "remove the file and create the capsule again", offset=torn[0], check="keyslot")
     dropped = h.pread(torn[0], torn[1])
     h.truncate(torn[0])
     h.sync()

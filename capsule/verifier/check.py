@@ -56,7 +56,7 @@ from .journal import JournalCheck
 from .lifecycle import check_targets
 from .lineage import check_parent as _check_parent  # 15, 15.1: the LINEAGE against the parent
 from .lineage import inherited
-from .sealed import KEYLESS, KeyslotCheck, keys_for, sealed_frame, unseal_for_verify
+from .sealed import KEYLESS, KeyslotCheck, keyless_error, keys_for, sealed_frame, unseal_for_verify
 from .tables import tables_match
 from .vectors import VectorEntries
 
@@ -186,7 +186,10 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
         try:
             deep = unseal_for_verify(h, p, rep, keys, deep)  # 10.6: without a key, the structure only
         except CorruptError as e:
-            rep.first_error = _err(e)
+            rep.first_error, rep.encrypted = _err(e), header.encrypted
+            if keys.identity is not None or keys.passphrase is not None:  # a damaged frame failed the unlock?
+                rep.first_error = keyless_error(p, VerifyReport(ok=False, path=str(p), bytes=size), lambda hh, r: _walk(
+                    hh, header, size, r, False, None, None, False, Pins(None, None))) or rep.first_error
             return rep
         _walk(h, header, size, rep, deep, progress, trust, strict, Pins(min_seq, expect_root))
         if h.keyless and rep.ok:
@@ -200,8 +203,7 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
             _check_parent(rep, Path(parent), keys)
             check_parent(rep, p, Path(parent), keys)  # 15.2: carried checkpoints are the parent's
         if rep.ok and policy:
-            from .policy import check_policy
-
+            from .policy import check_policy  # noqa: I001  (only with --policy)
             check_policy(rep, p, keys)
         return rep
     finally:
@@ -210,10 +212,8 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
 
 def _state_root(ids: bytearray, dead: set[bytes], events: set[bytes]) -> bytes:
     arr = np.frombuffer(bytes(ids), dtype="S32")
-    if dead or events:
-        gone = dead | events
-        arr = np.array([x for x in (bytes(ids[i : i + 32]) for i in range(0, len(ids), 32)) if x not in gone],
-                       dtype="S32")
+    if gone := dead | events:
+        arr = np.array([x for x in (bytes(ids[i : i + 32]) for i in range(0, len(ids), 32)) if x not in gone], "S32")
     return bytes.fromhex(state_root_of(arr))
 
 
@@ -259,8 +259,10 @@ def _trust(rep: VerifyReport, keysets: list[KeysetFrame], signed: list[_Signed],
         rep.signed_prefix = {"seq": newest.seq, "bytes": newest.end, "label": newest.label,
                              "offset": newest.offset, "root": newest.root.hex(), "records": newest.records}
         beyond_records = rep.records - newest.records
-        if beyond_records <= 0 and sealed and sealed[-1] > newest.offset:
-            beyond_records = 1  # 10.6: a sealed RECORDS frame after it, whatever a COMMIT's count says
+        if beyond_records <= 0 and sealed and sealed[-1] >= newest.end:
+            # 10.6: a sealed RECORDS frame after it, whatever a COMMIT's count says (after its end: a
+            # carried checkpoint, 15.2, sits at the LINEAGE's offset and covers up to its COMMIT's end)
+            beyond_records = 1
         beyond_commits = rep.commits - newest.commits - 1  # the checkpoint's own commit is covered
         own_commit_end = commit_ends[bisect.bisect_left(commit_ends, newest.end)]
         rep.unsigned = {"records": beyond_records, "commits": max(beyond_commits, 0),

@@ -3,7 +3,8 @@ the key, the sealed frames' place in the file."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
 from ..core.errors import CorruptError
@@ -79,9 +80,29 @@ def unseal_for_verify(h: ReadHandle, path: Path, rep: VerifyReport, keys: Keys, 
     return deep
 
 
+def keyless_error(path: Path, rep: Any, walk: Callable[[ReadHandle, Any], None]) -> dict[str, Any] | None:
+    """13.3 with a key that failed to unlock (``failed``): the frames are walked as without a
+    key (``walk`` checks them into ``rep``, a fresh report), and the first failure of that walk
+    is the one to name: a damaged frame before the KEYSLOT, or the KEYSLOT's own header, fails
+    the unlock under another name and at another offset than the frame's. None when the walk
+    finds nothing (a wrong key, a slot's contents): ``failed`` is then the failure."""
+    from ..format.file import ReadHandle
+
+    h = ReadHandle(path)
+    try:
+        unseal_for_verify(h, path, rep, Keys(), False)
+        walk(h, rep)
+    except CorruptError:
+        return None
+    finally:
+        h.close()
+    first = rep.first_error
+    return first if first is not None and first.get("offset") is not None else None
+
+
 def sealed_frame(fh: FrameHeader) -> bool:
     """10.6: a frame read without the key whose payload stays sealed."""
     return bool(fh.flags & C.FFLAG_AEAD)
 
 
-__all__ = ["KEYLESS", "KeyslotCheck", "keys_for", "sealed_frame", "unseal_for_verify"]
+__all__ = ["KEYLESS", "KeyslotCheck", "keyless_error", "keys_for", "sealed_frame", "unseal_for_verify"]
