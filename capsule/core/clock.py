@@ -34,6 +34,19 @@ def default_clock() -> Clock:
     return time.time_ns
 
 
+def read_clock(clock: Clock) -> int:
+    """One reading of ``clock``, checked: an int of nanoseconds in 0..2^63-1 (a COMMIT's time,
+    6.1, and every record's, 7). A writer reads the clock through this before it writes, so a
+    clock that returns seconds as a float (``time.time``), a negative or a huge value is a
+    usage error, never a commit its reader refuses."""
+    t = clock()
+    if type(t) is not int or not 0 <= t < 1 << 63:
+        hint = " (time.time gives seconds as a float: use time.time_ns)" if isinstance(t, float) else ""
+        raise UsageError(f"the clock returned {t!r}: a time is an int of nanoseconds since the epoch, "
+                         f"0..2^63-1{hint}")
+    return t
+
+
 def iso(ns: int) -> str:
     """RFC 3339 UTC with nanoseconds trimmed to what is non-zero."""
     secs, frac = divmod(ns, 1_000_000_000)

@@ -8,12 +8,14 @@ over lost data. A poisoned writer refuses further writes; reopening recovers
 from the last commit that is really on disk.
 
 A writer belongs to the process that opened it. A child made by ``fork()``
-inherits the descriptor and the flock (they live on the shared open file) but
-not the parent's idea of where the file ends: a commit from the child and the
-parent's next one would land at the same offset, one silently replacing an
-acknowledged other. So every write checks the pid the handle was opened by,
-and ``close`` in another process only drops its descriptor: the lock and its
-sidecar stay the parent's.
+inherits the descriptor but not the parent's idea of where the file ends: a
+commit from the child and the parent's next one would land at the same offset,
+one silently replacing an acknowledged other. So every write checks the pid the
+handle was opened by, and ``close`` in another process only drops its
+descriptor: the lock and its sidecar stay the parent's. The flock lives on the
+open file, which the child would share: right after the fork the child's
+descriptor is pointed at a new, read-only open file of the same inode, so a
+child that outlives a killed parent holds no lock.
 
 The module-level ``_write``/``_fsync``/``_ftruncate`` indirections exist so
 fault-injection tests can make each call fail in turn.
@@ -28,6 +30,7 @@ import mmap
 import os
 import socket
 import stat
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,9 +52,20 @@ _ftruncate = os.ftruncate
 _pid = os.getpid()
 
 
+#: every writer of this process that holds its flock: a fork child lets go of them (below)
+_writers: weakref.WeakSet[WriteHandle] = weakref.WeakSet()
+
+
 def _after_fork_in_child() -> None:
     global _pid
     _pid = os.getpid()
+    # The flock lives on the open file the child shares: were the parent killed, a child still
+    # running would hold the writer's role it may not use, and every restart would be refused
+    # naming the dead pid. The child's descriptor is pointed at a new open file of the same inode
+    # (read-only: a child only reads), which holds no lock; the parent's stays locked.
+    for w in list(_writers):
+        with contextlib.suppress(OSError):
+            w.detach_lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -286,6 +300,21 @@ class WriteHandle(ReadHandle):
                 os.close(fd)
             self._lock_file = (lp, mine)  # close removes this file, and only while it is still ours
             break
+        _writers.add(self)
+
+    def detach_lock(self) -> None:
+        """In a fork child: this descriptor becomes a new, read-only open file of the same inode,
+        so the child no longer shares (and holds) the parent's flock."""
+        if self.fd < 0:
+            return
+        proc = f"/proc/self/fd/{self.fd}"
+        fresh = os.open(proc if os.path.exists(proc) else self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            a, b = os.fstat(fresh), os.fstat(self.fd)
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                os.dup2(fresh, self.fd, inheritable=False)
+        finally:
+            os.close(fresh)
 
     def _sidecars(self) -> list[Path]:
         """Where FILE.lock goes (6.5): beside the file the path names, so writers through a

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..core import constants as C
+from ..core.clock import read_clock
 from ..core.errors import CorruptError, InvalidRecordError
 from ..core.lazy import lazy
 from . import canonical as canon
@@ -75,6 +76,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
     """
     h = store.h
     assert isinstance(h, WriteHandle)
+    now = read_clock(store.clock)  # before any byte is written: a bad clock is a usage error (6.1)
     if store.snap.torn is not None:
         # 8.3: a torn tail is dropped, durably and on the record, before any write.
         recover(store)
@@ -188,6 +190,13 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
             # Label tables: same layout and merge rule as record tables, but a
             # later checkpoint with the same label replaces the entry (14.9).
             k = _merge_count([s.ref.count for s in labels], len(lmem), table_cap)
+            # 14.9: one entry per label over all tables: a label used again (a checkpoint label an agent
+            # reuses) merges down to the table that holds it, so the newest entry replaces it there
+            older = len(labels) - k
+            for i in range(older - 1, -1, -1):
+                if any(labels[i].find(key) is not None for key in lmem):
+                    older = i
+            k = len(labels) - older
             merged: dict[bytes, tuple[int, int]] = {}
             for seg in labels[len(labels) - k:]:
                 seg.verify()
@@ -215,7 +224,7 @@ def write_commit(store: Store, items: Sequence[Item] | RecordBatch, *, force_ind
         wrote_index = True
         since = 1
     info = CommitInfo(
-        offset=pos, end=0, seq=seq, time=store.clock(), root=merkle.root(), records=records,
+        offset=pos, end=0, seq=seq, time=now, root=merkle.root(), records=records,
         commits=snap.commits + 1, prev=snap.commit.offset if snap.commit else None, index=index_at,
         index_hash=index_hash, keyslots=keyslots,
     )

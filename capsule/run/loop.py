@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..core.errors import UsageError
+from .actions import InDoubt
 from .events import TERMINAL, TaskRefused
 from .tasks import Tasks
 
@@ -85,6 +86,9 @@ class LoopResult:
     #: tasks still open when the loop stopped (not yet due, blocked, or claimed by another worker):
     #: empty when the queue is finished
     waiting: list[str] = field(default_factory=list)
+    #: tasks whose handler raised InDoubt (an effect that may have happened): left claimed, not
+    #: failed; settle the action (``reconcile``, ``capsule actions --resolve``) and run again
+    in_doubt: list[str] = field(default_factory=list)
 
 
 class AgentLoop:
@@ -128,15 +132,18 @@ class AgentLoop:
                 tasks.heartbeat(name, self.worker, lease=self.lease, now=now)
                 res.resumed.append(name)
             else:
-                due = tasks.due(now)
+                due = [t for t in tasks.due(now) if t.spec.task not in res.in_doubt]
                 if not due:
                     wake = tasks.queue().next_wakeup(now)
-                    if wake is None or not self.jump:
+                    if wake is None or not self.jump or wake <= now:
                         break
                     self.cap.clock.advance_to(wake)
                     continue
                 name = due[0].spec.task
-                tasks.claim(name, self.worker, lease=self.lease, now=now)
+                try:
+                    tasks.claim(name, self.worker, lease=self.lease, now=now)
+                except TaskRefused:
+                    continue  # another loop on this handle (a thread) claimed it first: pick again
             ts = tasks.queue().tasks[name]
             handler = self.handlers.get(ts.spec.name)
             step = Step(self.cap, ts, now)
@@ -146,6 +153,15 @@ class AgentLoop:
                     raise LookupError(f"no handler for task kind {ts.spec.name!r}")
                 result = handler(step)
                 error = None
+            except InDoubt:
+                # An effect of the handler may or may not have happened (7.8): not a failure, which
+                # would spend the task's attempts on a question only reconcile or `capsule actions
+                # --resolve` answers. The task keeps its lease (a lost lease counts no attempt) and
+                # is taken up again by a later run, once settled; this run leaves it.
+                res.in_doubt.append(name)
+                tasks.claimed_here.discard(name)
+                res.steps += 1
+                continue
             except Exception as e:
                 result, error = None, f"{type(e).__name__}: {e}"[:2000]
             try:
@@ -161,7 +177,8 @@ class AgentLoop:
                 res.lost.append(name)
             res.steps += 1
             if self.key is not None and self.checkpoint_every and res.steps % self.checkpoint_every == 0:
-                self.cap.checkpoint(f"loop-{len(self.cap.checkpoints()) + 1}", key=self.key)
+                with self.cap._lock:  # the label and its checkpoint together (loops on one handle in threads)
+                    self.cap.checkpoint(f"loop-{len(self.cap.checkpoints()) + 1}", key=self.key)
                 res.checkpoints += 1
         res.waiting = sorted(t.id for t in tasks.queue().tasks.values() if t.status not in TERMINAL)
         return res

@@ -107,7 +107,7 @@ class TaskState:
         return (
             self.status == "claimed"
             and self.lease_expires_at is not None
-            and now < self.lease_expires_at
+            and (now < self.lease_expires_at or self.lease_expires_at >= NEVER)
         )
 
     def order_key(self) -> tuple[int, bool, int, int, str]:
@@ -134,6 +134,16 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _jsonable(x) for k, x in v.items()}
     return v
+
+
+NEVER = (1 << 63) - 1  # 7.9: a computed time that saturates here is never reached
+
+
+def _sat(t: int) -> int:
+    """7.9: a time the fold computes (a lease's expiry, a retry's time) saturates at 2^63 - 1,
+    the last time a record can carry, and that time never comes: the lease stays live, the retry
+    never falls due (a clock at 2^63 - 1 could record nothing after it)."""
+    return min(t, NEVER)
 
 
 @dataclass
@@ -178,7 +188,7 @@ class Queue:
                 return NotDue(f"task {t!r} waits for {d!r} ({what})", task=t)
         if st.spec.not_before is not None and now < st.spec.not_before:
             return NotDue(f"task {t!r} may not run before {st.spec.not_before}", task=t)
-        if now < st.next_attempt_at:
+        if now < st.next_attempt_at or st.next_attempt_at >= NEVER:
             return NotDue(f"task {t!r} is backing off until {st.next_attempt_at}", task=t)
         return None
 
@@ -318,11 +328,11 @@ class Queue:
                 attempts=st.attempts + 1,
                 lost=lost,
                 worker=ev.worker,
-                lease_expires_at=t + ev.lease,
+                lease_expires_at=_sat(t + ev.lease),
                 **common,
             )
         elif isinstance(ev, TaskHeartbeat):
-            until = max(st.lease_expires_at or 0, t + ev.lease)
+            until = max(st.lease_expires_at or 0, _sat(t + ev.lease))
             new = replace(st, lease_expires_at=until, **common)
         elif isinstance(ev, TaskCompleted):
             new = replace(st, status="done", lease_expires_at=None, result=ev.result, **common)
@@ -340,7 +350,7 @@ class Queue:
                     failures=n,
                     lease_expires_at=None,
                     error=ev.error,
-                    next_attempt_at=t + wait,
+                    next_attempt_at=_sat(t + wait),
                     **common,
                 )
         else:
@@ -392,7 +402,7 @@ class Queue:
             at = max(st.spec.not_before or 0, st.next_attempt_at)
             if st.status == "claimed" and st.lease_expires_at is not None:
                 at = max(at, st.lease_expires_at)
-            if at > t:
+            if t < at < NEVER:
                 times.append(at)
         return min(times, default=None)
 
