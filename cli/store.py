@@ -98,12 +98,17 @@ def put(
                                                   "Record ids in it (a decision's evidence, an approval's subject) "
                                                   "may be unique prefixes of >= 4 hex digits.")]
     = None,
+    batch: Annotated[int | None, typer.Option("--batch", metavar="N", min=1, show_default=False,
+                                              help="With --jsonl: commit every N lines, each batch atomic (for "
+                                              "a stream too long for one commit: a failure keeps the batches "
+                                              "before it). Without it the input is one commit of at most "
+                                              "10,000,000 lines.")] = None,
     wait: WaitOpt = 0.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Add records: --text (a memory), --kind with --json-body (any kind), or --jsonl (a batch).
 
-    Each call is one atomic commit. --meta n=5 stores the number 5, --meta
+    Each call is one atomic commit (--jsonl --batch N: one every N lines). --meta n=5 stores the number 5, --meta
     'n="5"' the text 5 (search --meta reads VALUEs the same way).
 
     Examples:
@@ -127,6 +132,8 @@ def put(
         fail("give exactly one of --text, --jsonl or --kind with --json-body", EXIT_USAGE)
     if jsonl is not None and (tag or meta):
         fail("--tag and --meta go with --text; put tags and meta inside the JSONL lines", EXIT_USAGE)
+    if batch is not None and (jsonl is None or jsonl == "\0body"):
+        fail("--batch goes with --jsonl", EXIT_USAGE)
     if path.is_dir():
         fail(f"{path}: is a directory, not a capsule", EXIT_USAGE)
     if not path.is_file():
@@ -142,11 +149,14 @@ def put(
         ids: bytes | bytearray = bytearray()  # raw 32-byte ids, in input order
         got: Any = None  # put_many's ids
         try:
+            if stream is not None and batch is not None:
+                with capsule.open(path, "a", timeout=wait or None) as cap, _close_warning(cap):
+                    return _batched(cap, JsonLines(stream, _where(str(jsonl)), max_lines=None), batch)
             with capsule.open(path, "a", timeout=wait or None) as cap, _close_warning(cap), cap.commit() as tx:
                 if text is not None:
                     ids += bytes.fromhex(tx.remember(text, tags=tag or [], meta=meta_map))
                 elif stream is not None:
-                    lines = JsonLines(stream, "stdin " if jsonl == "-" else f"{Path(str(jsonl)).name} ")
+                    lines = JsonLines(stream, _where(jsonl))
                     got = tx.put_many(lines, names=lines.name)  # 32 bytes a record, copied when read
                 else:
                     try:
@@ -168,6 +178,24 @@ def put(
         dup = len(ids) // 32 - new
         noun = "record" if new == 1 else "records"
         out.print(f"{new} {noun} committed" + (f" ({dup} already in the capsule)" if dup else ""))
+
+
+def _where(jsonl: str) -> str:
+    return "stdin " if jsonl == "-" else f"{Path(jsonl).name} "
+
+
+def _batched(cap: Any, lines: JsonLines, size: int) -> tuple[bytearray, int]:
+    """``put --jsonl --batch N``: one commit every ``size`` lines (each atomic; a failure keeps
+    the commits before it); the ids in input order and the records the commits added."""
+    from itertools import islice
+
+    it, ids, new = iter(lines), bytearray(), 0
+    while chunk := list(islice(it, size)):
+        with cap.commit() as tx:
+            got = tx.put_many(chunk, names=lines.name)
+        ids += got.raw  # read once the commit is closed (F22)
+        new += len(tx.new_ids)
+    return ids, new
 
 
 def open_(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:

@@ -128,5 +128,8 @@ INDEX_AT_CHECKPOINT_FRAMES = 16
 # --- Input limits of the tools (section 11, informative): what a command reads before
 # it builds records, refused once passed, so an endless stream ends in an error.
 MAX_JSONL_LINE = MAX_RECORD_BYTES  # 11: one JSONL line (put --jsonl, pack) may hold one record
+#: lines of JSONL one commit takes (put --jsonl, pack): a commit is laid out in memory (6.4), so an
+#: endless stream would grow without bound; --batch commits a longer input in parts
+MAX_JSONL_COMMIT_LINES = 10_000_000
 MAX_RUNTIME_BYTES = 64 * 1024 * 1024  # 11: a checkpoint's runtime blob (checkpoint --runtime)
 MAX_PACK_TEXT = 64 * 1024 * 1024  # 11: one text or markdown file given to pack

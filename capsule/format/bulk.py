@@ -205,8 +205,9 @@ def loads(text: str | bytes, where: str = "") -> Any:
     """One JSON value, with the reference's errors (``where`` prefixes them: "line 3: ")."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidRecordError(f"{where}invalid JSON: {e.msg}") from None
+    except json.JSONDecodeError as e:  # some e.msg end "... at" / "starting at": the column completes them
+        msg = e.msg.removesuffix(" starting at").removesuffix(" at")
+        raise InvalidRecordError(f"{where}invalid JSON: {msg} at column {e.colno}") from None
     except RecursionError:
         raise InvalidRecordError(f"{where}JSON nested too deeply") from None
     except ValueError as e:  # an int longer than Python converts (4300 digits): never a 64-bit int (5.1)

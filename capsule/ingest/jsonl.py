@@ -41,11 +41,13 @@ class JsonLines:
     :meth:`name` names it for errors ("notes.jsonl line 7"), so a consumer that takes
     one line at a time can say where a bad record was. ``seen``, if given, is fed
     every raw line (a hash, to tell that a file read twice did not change in between).
+    More than ``max_lines`` lines (one commit's worth, 11) is refused, before any is written.
     """
 
     def __init__(self, stream: LineSource, where: str = "", *, limit: int = C.MAX_JSONL_LINE,
-                 seen: Any = None) -> None:
+                 seen: Any = None, max_lines: int | None = C.MAX_JSONL_COMMIT_LINES) -> None:
         self.stream, self.where, self.limit, self.seen = stream, where, limit, seen
+        self.max_lines = max_lines  # None: no bound (a caller that commits in parts)
         self.line = 0
 
     def name(self, _index: int = 0) -> str:
@@ -60,6 +62,10 @@ class JsonLines:
                 return
             n += 1
             self.line = n
+            if self.max_lines is not None and n > self.max_lines:
+                raise InvalidRecordError(f"{self.where}more than {self.max_lines:,} lines, too many for one commit "
+                                         "(held in memory until it is written): split the input, or give "
+                                         "`capsule put --batch N` to commit every N lines")
             if len(raw) - (1 if raw.endswith(b"\n") else 0) > limit:
                 raise InvalidRecordError(f"{self.where}line {n}: longer than {size_text(limit)}, the limit of "
                                          f"one record (spec 11)")
@@ -81,10 +87,11 @@ class JsonLines:
 
 def read_jsonl(stream: LineSource, where: str = "", *, limit: int = C.MAX_JSONL_LINE,
                seen: Any = None) -> Iterator[tuple[int, Any]]:
-    """(line number, value) for every non-blank line of a binary stream (see :class:`JsonLines`)."""
+    """(line number, value) for every non-blank line of a binary stream (see :class:`JsonLines`;
+    no bound on the lines: ``pack`` commits them in batches)."""
     from ..format.bulk import decode_json
 
-    lines = JsonLines(stream, where, limit=limit, seen=seen)
+    lines = JsonLines(stream, where, limit=limit, seen=seen, max_lines=None)
     for raw in lines:
         yield lines.line, decode_json(raw, f"{where}line {lines.line}: ")
 

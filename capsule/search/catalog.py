@@ -223,17 +223,17 @@ class Catalog:
         return hit
 
     def id_mask(self, cand: np.ndarray, ids: Collection[bytes]) -> np.ndarray:
-        """Which documents at ``cand`` have one of ``ids``."""
+        """Which documents at ``cand`` have one of ``ids`` (as raw bytes: ``S32`` sorts 3x slower)."""
         if not ids or not len(cand):
             return np.zeros(len(cand), bool)
-        return np.isin(self.column("ids", cand), np.array(sorted(ids), "S32"))
+        return np.isin(self.column("ids", cand).view("V32"), np.frombuffer(b"".join(ids), "V32"))
 
     def dead_mask(self, cand: np.ndarray) -> np.ndarray:
         if not self.dead or not len(cand):
             return np.zeros(len(cand), bool)
         if self._dead_arr is None or self._dead_arr[0] != self._dead_version:
-            self._dead_arr = (self._dead_version, np.array(sorted(self.dead), "S32"))
-        return np.isin(self.column("ids", cand), self._dead_arr[1])
+            self._dead_arr = (self._dead_version, np.frombuffer(b"".join(self.dead), "V32"))
+        return np.isin(self.column("ids", cand).view("V32"), self._dead_arr[1])
 
 
 @dataclass(slots=True, eq=False)
