@@ -29,6 +29,7 @@ from ..format.commit import decode_records_payload
 from ..format.frames import raw_payload
 from ..format.records import TIERS, GenericRecord, Memory, decode_record, record_id
 from ..format.scan import Reader
+from .liveframes import live_frames, live_values
 from .liveness import apply_revert
 from .stateroot import state_root_of
 
@@ -316,9 +317,16 @@ def fold_store(store: Store, view: tuple[int, frozenset[bytes]] | None = None) -
     iso_ = _IsoCache()
     live, mems, special = st.live, st.memories, st.special_meta
     assert special is not None
+    # a history mostly dead: the live records alone, one by one, the dead set known (liveframes.py)
+    plan = live_frames(store) if view is None else None
+    if plan is not None:
+        dead = plan[1]
+        for lid, lkind, lvalue in live_values(store, plan[0]):
+            lentry = _memory_entry(lvalue, lid, iso_, dims) if lkind == "memory" else None
+            rows.append((lid, decode_record(lvalue, lid) if lentry is None else lentry))
     with _no_gc():  # millions of small containers, none of them cyclic
         rd = Reader(store.h, C.HEADER_SIZE, snap.end, 0, snap.header.chain_seed, snap.header.max_frame_len)
-        for fh, payload, _ in rd.frames():
+        for fh, payload, _ in rd.frames() if plan is None else ():
             if fh.ftype != C.FT_RECORDS:
                 continue
             raw = raw_payload(fh, payload)
