@@ -18,6 +18,16 @@ from .inspect import TrustOpt, _ck, _trust
 DEEP = 10  # `why`: levels of indent before the level is written as a number
 
 
+def _sig(a: dict[str, Any]) -> str:
+    """An approval's signature in a word: checked under the keyset, under a published key, wrong,
+    or not checkable (no key of that id in the capsule)."""
+    if a["verified"]:
+        return "verified"
+    if a["signature_ok"]:
+        return "sig ok"
+    return "BAD" if a.get("key_known", True) else "key unknown"
+
+
 def why(path: FileArg, record_id: Annotated[str, typer.Argument(metavar="ID", show_default=False,
                                                                 help="A record id or a unique prefix of it.")],
         json_out: JsonOpt = False, at: AtOpt = None, trust: TrustOpt = None) -> None:
@@ -57,7 +67,7 @@ def why(path: FileArg, record_id: Annotated[str, typer.Argument(metavar="ID", sh
             t.add_row(cell(pad + n["id"][:12]), cell(""), cell(""), cell("(missing)" if n.get("missing") else
                                                                           "(shown above)"), cell(""), cell(""))
             return
-        ap = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
+        ap = ", ".join(f"{a['approver'][:8]} {_sig(a)}"
                        for a in n["approvals"])
         # a redacted node has no time (7.7.1), one of a merge's purged records no kind either
         t.add_row(*(cell("" if x is None else x) for x in (pad + n["id"][:12], n["kind"], n["time"], n["summary"], ap,
@@ -107,12 +117,12 @@ def audit(path: FileArg, key: Annotated[str, typer.Argument(metavar="KEY", show_
     out.print(t)
     out.print(f"state root at the intent: {d['state_root_at_intent'] or 'none'}")
     for x in d["decisions"]:
-        ap = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
+        ap = ", ".join(f"{a['approver'][:8]} {_sig(a)}"
                        for a in x["approvals"]) or "no approvals"
         out.print(f"decision {x['id'][:12]} ({x['link']}): {x['summary']} [{ap}]")
     if not d["decisions"]:
         out.print("no linked decision")
-    own = ", ".join(f"{a['approver'][:8]} {'verified' if a['verified'] else 'sig ok' if a['signature_ok'] else 'BAD'}"
+    own = ", ".join(f"{a['approver'][:8]} {_sig(a)}"
                     + ("" if a["before_intent"] else " (after the intent)") + (" (rolled back)" if a["rolled_back"] else "")
                     for a in d.get("approvals", []))
     out.print(f"approvals of the action itself: {own or 'none'}")

@@ -190,12 +190,22 @@ def _batched(cap: Any, lines: JsonLines, size: int) -> tuple[bytearray, int]:
     from itertools import islice
 
     it, ids, new = iter(lines), bytearray(), 0
-    while chunk := list(islice(it, size)):
-        with cap.commit() as tx:
-            got = tx.put_many(chunk, names=lines.name)
+    while True:
+        chunk, nums = [], []  # each line with its number: an error names the line, not the batch's last
+        for raw in islice(it, size):
+            chunk.append(raw)
+            nums.append(lines.line)
+        if not chunk:
+            return ids, new
+        try:
+            with cap.commit() as tx:
+                got = tx.put_many(chunk, names=lambda i, nums=nums: f"{lines.where}line {nums[i]}")
+        except capsule.CapsuleError as e:
+            if new:  # say what stands: the batches before this one are committed
+                warn(f"{new} records in the batches before this one are committed and stay")
+            raise e
         ids += got.raw  # read once the commit is closed (F22)
         new += len(tx.new_ids)
-    return ids, new
 
 
 def open_(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:

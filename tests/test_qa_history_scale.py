@@ -66,7 +66,7 @@ def test_listing_leaves_out_exactly_the_dead_documents(tmp_path: Path) -> None:
 
 def test_one_commit_of_jsonl_is_bounded_and_batch_commits_in_parts(tmp_path: Path) -> None:
     lines = JsonLines(iter_bytes(b'{"text": "x"}\n' * 6), "stdin ", max_lines=5)
-    with pytest.raises(InvalidRecordError, match="more than 5 lines, too many for one commit"):
+    with pytest.raises(InvalidRecordError, match="line 6: more than 5 records, too many for one commit"):
         list(lines)
     p = tmp_path / "b.capsule"
     assert _cli("init", str(p)).returncode == 0

@@ -298,7 +298,7 @@ def test_report_at_an_earlier_commit(made: tuple[Path, dict[str, Any], Path]) ->
     assert view == {"at": f"day-0 {HOSTILE}", "newer_commits": doc["summary"]["commits"] - early["summary"]["commits"]}
     assert "view" not in doc["summary"]
     html = render(early)
-    assert "A view at day-0 " in html and f'data-n="/summary/view/newer_commits">{view["newer_commits"]}<' in html
+    assert "A view at <span>day-0 " in html and f'data-n="/summary/view/newer_commits">{view["newer_commits"]}<' in html
 
 
 @pytest.mark.parametrize("args, message", [

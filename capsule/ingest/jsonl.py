@@ -41,7 +41,8 @@ class JsonLines:
     :meth:`name` names it for errors ("notes.jsonl line 7"), so a consumer that takes
     one line at a time can say where a bad record was. ``seen``, if given, is fed
     every raw line (a hash, to tell that a file read twice did not change in between).
-    More than ``max_lines`` lines (one commit's worth, 11) is refused, before any is written.
+    More than ``max_lines`` records (non-blank lines: one commit's worth, 11) is refused,
+    before any is written.
     """
 
     def __init__(self, stream: LineSource, where: str = "", *, limit: int = C.MAX_JSONL_LINE,
@@ -56,16 +57,13 @@ class JsonLines:
     def __iter__(self) -> Iterator[bytes]:
         readline, limit, seen = self.stream.readline, self.limit, self.seen
         n = self.line
+        left = self.max_lines  # records (non-blank lines) one commit may still take
         while True:
             raw = readline(limit + 1)
             if not raw:
                 return
             n += 1
             self.line = n
-            if self.max_lines is not None and n > self.max_lines:
-                raise InvalidRecordError(f"{self.where}more than {self.max_lines:,} lines, too many for one commit "
-                                         "(held in memory until it is written): split the input, or give "
-                                         "`capsule put --batch N` to commit every N lines")
             if len(raw) - (1 if raw.endswith(b"\n") else 0) > limit:
                 raise InvalidRecordError(f"{self.where}line {n}: longer than {size_text(limit)}, the limit of "
                                          f"one record (spec 11)")
@@ -74,15 +72,22 @@ class JsonLines:
             if n == 1 and raw.startswith(_BOM):
                 raw = raw[3:]
             if raw.isascii():
-                if raw.strip(_ASCII_SPACE):
-                    yield raw
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidRecordError(f"{self.where}line {n}: not UTF-8 text") from None
-            if text.strip():
-                yield raw
+                if not raw.strip(_ASCII_SPACE):
+                    continue
+            else:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidRecordError(f"{self.where}line {n}: not UTF-8 text") from None
+                if not text.strip():
+                    continue
+            if left is not None:
+                if left == 0:
+                    raise InvalidRecordError(f"{self.where}line {n}: more than {self.max_lines:,} records, too many for "
+                                             "one commit (held in memory until it is written): split the input, or "
+                                             "give `capsule put --batch N` to commit every N lines")
+                left -= 1
+            yield raw
 
 
 def read_jsonl(stream: LineSource, where: str = "", *, limit: int = C.MAX_JSONL_LINE,

@@ -52,14 +52,15 @@ class Context:
 
     def approvals_of(self, rid: bytes) -> list[dict[str, Any]]:
         """7.4: ``signature_ok`` under a key an identity published or the keyset in force
-        holds; ``verified`` only under a key of the keyset in force."""
+        holds (``key_known``: there is such a key to check it with); ``verified`` only under a
+        key of the keyset in force."""
         out = []
         for a in self.approvals.get(rid, []):
             member = self.vouched.get(a.approver)
             raw = member if member is not None else self.keys.get(a.approver)
             ok = raw is not None and PublicKey(raw).verify(approval_message(rid), a.signature)
             out.append({"id": a.id, "approver": a.approver, "time": iso(a.time), "signature_ok": ok,
-                        "verified": ok and member is not None,
+                        "key_known": raw is not None, "verified": ok and member is not None,
                         "rolled_back": bytes.fromhex(a.id) in self.dead})
         return out
 

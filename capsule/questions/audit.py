@@ -8,7 +8,7 @@ The document (``Audit.to_dict()``, ``capsule audit --json``), stable::
      "intent": step | null,                      # the latest attempt's intent
      "state_root_at_intent": hex | null,         # 13.1, at the commit that made that intent durable
      "decisions": [{"id", "summary", "time", "evidence": [ids], "approvals": [...], "link": str}...],
-     "approvals": [{"id", "approver", "time", "signature_ok", "verified", "rolled_back",
+     "approvals": [{"id", "approver", "time", "signature_ok", "key_known", "verified", "rolled_back",
                     "before_intent"}...],   # of the action itself (its 7.3.1 subject)
      "constraints": [{"id", "text", "scope", "since", "rule"?, "governs"?}...],  # active at the
                                             # intent's commit; ``governs``: its rule matches the key
@@ -24,6 +24,7 @@ other way to satisfy a rule; ``before_intent`` says whether it was committed bef
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,8 @@ def _jsonable(v: Any) -> Any:
 
 
 def audit(cap: Source, key: str, *, trust: Any = None) -> Audit:
-    """The intent, result and governance of the action ``key``."""
+    """The intent, result and governance of the action ``key`` (read as NFC, as ``run_once`` reads it)."""
+    key = unicodedata.normalize("NFC", key) if isinstance(key, str) else key
     store = cap._store
     ctx = Context.load(cap, anchor_of(cap, trust), extra=("action", "decision"))
     rows = [(off, seq, r) for (off, r), seq in zip(ctx.rows, ctx.seqs, strict=True)

@@ -156,11 +156,19 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
         if m is not None and old is not None and old["tier"] != m["tier"]:
             changes.append({"text": m["text"], "from": old["tier"], "to": m["tier"], "removed": old["id"],
                             "added": m["id"]})
-    con_a = {c["id"]: c for c in sa.to_dict()["constraints"]}
-    con_b = {c["id"]: c for c in sb.to_dict()["constraints"]}
+    # 13.5 as a one-file diff has it: by (scope, text), a rule asserted again (another record,
+    # the same rule) no change, one whose `rule` changed added
+    con_a = {(c["scope"], c["text"]): c for c in sa.to_dict()["constraints"]}
+    con_b = {(c["scope"], c["text"]): c for c in sb.to_dict()["constraints"]}
 
     def con(c: dict[str, Any]) -> dict[str, Any]:
         return {"id": c["id"], "text": c["text"], "scope": c["scope"], "time": c["since"]}
+
+    def changed(k: tuple[str, str]) -> bool:
+        if k not in con_a:
+            return True
+        ia, ib = con_a[k]["id"], con_b[k]["id"]
+        return bool(ia != ib and a.get(ia).rule != b.get(ib).rule)
 
     ida, idb = (sa.identity or {}).get("id"), ident_b
     events = _events(a, b, start)
@@ -173,8 +181,8 @@ def diff_files(a: Source, b: Source, *, limit: int) -> dict[str, Any]:
         "restored": {"count": 0, "first": []},
         "tier_changes": changes,
         "lifecycle": life[:limit], "lifecycle_count": len(life),
-        "constraints": {"added": [con(c) for i, c in con_b.items() if i not in con_a],
-                        "revoked": [con(c) for i, c in con_a.items() if i not in con_b]},
+        "constraints": {"added": [con(c) for k, c in con_b.items() if changed(k)],
+                        "revoked": [con(c) for k, c in con_a.items() if k not in con_b]},
         "identity": {"from": ida, "to": idb,
                      "changes": [ref(b.get(idb))] if idb is not None and idb != ida else []},
         **events, "limit": limit,

@@ -11,7 +11,7 @@ The document (``Why.to_dict()``, ``capsule why --json``), stable::
             "marks": [{"mark": "rolled-back"|"expired"|"revoked"|"superseded"|"forgotten"|"redacted"
                        |"promoted"|"demoted"}...],  # a lifecycle mark (7.7.1) also carries
                                                     # "op", "event", "time", "by", "evidence", "reason", "actor"
-            "approvals": [{"id", "approver", "time", "signature_ok", "verified", "rolled_back"}...],
+            "approvals": [{"id", "approver", "time", "signature_ok", "key_known", "verified", "rolled_back"}...],
             "evidence": [node...],                          # a decision's evidence, recursively
             "replaces": [{"op", "event", "time", "records", "by", "evidence", "reason", "actor"}...]}
                                 # the lifecycle events (7.7.1: supersede, promote, demote) that name

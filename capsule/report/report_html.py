@@ -70,10 +70,10 @@ def render(doc: dict[str, Any]) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>capsule report: {esc(s['file'])}</title><style>{CSS}</style></head><body><main>",
-        f"<h1>capsule report</h1><div class=sub>{esc(s['file'])} &middot; file id "
+        f"<h1>capsule report</h1><div class=sub><span>{esc(s['file'])}</span> &middot; file id "
         f"<span class=mono>{esc(s['file_id'])}</span> &middot; format {esc(s['format_version'])} &middot; "
         f"last commit {esc(s['last_commit_time'])}</div>",
-        (f"<p class=warn>A view at {esc(s['view']['at'])}: the file has "
+        (f"<p class=warn>A view at <span>{esc(s['view']['at'])}</span>: the file has "
          f"{num(s['view']['newer_commits'], 'summary', 'view', 'newer_commits', tag='span')} newer commits, "
          "not shown here.</p>") if s.get("view") else "",
         _summary(s),

@@ -16,6 +16,7 @@ next moment a task becomes due, so a week can run in seconds.
 
 from __future__ import annotations
 
+import time as _time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,6 +92,11 @@ class LoopResult:
     in_doubt: list[str] = field(default_factory=list)
 
 
+#: seconds (real time) an idle loop with ``jump_when_idle`` waits for sibling loops of its handle
+#: to finish their tasks before it moves the shared clock on (a sibling that died holds its lease)
+SIBLING_WAIT = 10.0
+
+
 class AgentLoop:
     """Run tasks from a capsule until none is left (or ``max_steps``).
 
@@ -119,6 +125,7 @@ class AgentLoop:
         mine = sorted(t.id for t in tasks.queue().tasks.values()
                       if t.status == "claimed" and t.worker == self.worker and (t.lease_expires_at or 0) > now
                       and t.id not in tasks.claimed_here)
+        waited = 0.0  # since when this loop has been idle while a sibling worked (monotonic s)
         while max_steps is None or res.steps < max_steps:
             now = self.cap.clock()
             if mine:
@@ -134,11 +141,21 @@ class AgentLoop:
             else:
                 due = [t for t in tasks.due(now) if t.spec.task not in res.in_doubt]
                 if not due:
-                    wake = tasks.queue().next_wakeup(now)
+                    q = tasks.queue()
+                    # tasks a sibling loop of this handle (a thread) is working on: their leases are
+                    # not idle time, and a jump of the shared clock past one would take the task away
+                    busy = {n for n in tasks.claimed_here if (b := q.tasks.get(n)) is not None
+                            and b.status == "claimed" and b.lease_live(now)} if self.jump else set()
+                    waited = waited or _time.monotonic()
+                    if busy and _time.monotonic() - waited < SIBLING_WAIT:
+                        _time.sleep(0.001)  # wait for what the sibling finishes (it may free a task)
+                        continue
+                    wake = q.next_wakeup(now)
                     if wake is None or not self.jump or wake <= now:
                         break
                     self.cap.clock.advance_to(wake)
                     continue
+                waited = 0.0
                 name = due[0].spec.task
                 try:
                     tasks.claim(name, self.worker, lease=self.lease, now=now)

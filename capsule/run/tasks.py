@@ -128,6 +128,8 @@ class Tasks:
                                                    "nanosecond")
                         ev = dataclasses.replace(ev, time=ev.time + 1)
                         rid = encode_record(TaskRecord(ev))[0]
+                        if not isinstance(ev, TaskAdded):
+                            q.check(ev)  # at its own time (a lease may end in that nanosecond): before a write
                     seen.add(rid)
                     written.append(ev)
                     tx.put(TaskRecord(ev))

@@ -204,7 +204,7 @@ def verify(path: str | Path, *, deep: bool = True, progress: Callable[[int, int]
             check_parent(rep, p, Path(parent), keys)  # 15.2: carried checkpoints are the parent's
         if rep.ok and policy:
             from .policy import check_policy  # noqa: I001  (only with --policy)
-            check_policy(rep, p, keys)
+            check_policy(rep, p, keys, () if parent is None else (Path(parent),))
         return rep
     finally:
         h.close()

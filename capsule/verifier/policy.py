@@ -40,6 +40,7 @@ class _Intent:
     seq: int
     before: int  # policy records committed before its commit
     commit_start: int  # offset of the first frame of its commit
+    ordinal: int  # records of the file before it (the first LINEAGE `kept` are inherited, 15.1)
 
 
 def _collect(store: Store) -> tuple[list[Any], list[_Intent]]:
@@ -49,6 +50,7 @@ def _collect(store: Store) -> tuple[list[Any], list[_Intent]]:
     pending: list[Any] = []
     intents: list[_Intent] = []
     start = C.HEADER_SIZE
+    n = 0
     for fh, payload, _ in rd.frames():
         if fh.ftype == C.FT_COMMIT:
             committed.extend(pending)
@@ -65,16 +67,20 @@ def _collect(store: Store) -> tuple[list[Any], list[_Intent]]:
                 pending.append(decode_record(value, record_id(kind, data)))
             elif kind == "action" and isinstance(value, dict) and value.get("phase") == "intent":
                 rec = decode_record(value, record_id(kind, data))
-                intents.append(_Intent(rec, fh.offset, fh.seq, len(committed), start))
+                intents.append(_Intent(rec, fh.offset, fh.seq, len(committed), start, n))
+            n += 1
     return committed, intents
 
 
-def policy_violations(store: Store) -> list[dict[str, Any]]:
+def policy_violations(store: Store, inherited: int = 0) -> list[dict[str, Any]]:
     """Every intent in ``store``'s history that broke a rule in force when it was
-    written, in commit order, each with the intent's id, attempt, offset and seq."""
+    written, in commit order, each with the intent's id, attempt, offset and seq.
+    The first ``inherited`` records (a compacted, forked or merged file's, 15.1) are not
+    judged here: their keysets and commits were the parent's (see :func:`check_policy`)."""
     from ..state.checkpoints import keysets
 
     records, intents = _collect(store)
+    intents = [it for it in intents if it.ordinal >= inherited]
     patterns = {c.rule["action"] for c in records if c.kind == "constraint" and c.rule}
     if not patterns:
         return []
@@ -95,13 +101,26 @@ def policy_violations(store: Store) -> list[dict[str, Any]]:
     return out
 
 
-def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None) -> None:
-    """13.3 with ``policy``: list the violations in ``rep.policy``; any fails the report."""
+def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None, parents: tuple[Path, ...] = ()) -> None:
+    """13.3 with ``policy``: list the violations in ``rep.policy``; any fails the report.
+
+    7.3.1 in a file with a LINEAGE: the records it inherited (15.1) were judged where they were
+    written, under the parent's keysets and commits, which the file does not keep in place (its
+    copy of the keyset chain follows them). They are judged in the ``parents`` when given (a
+    parent's violation fails this file too); otherwise a warning says they were not judged."""
     from ..handle.entry import open as open_capsule
+    from .lineage import inherited
 
     keys = keys or Keys()
+    kept = inherited(rep.lineage)
     with open_capsule(path, identity=keys.identity, passphrase=keys.passphrase) as cap:
-        found = policy_violations(cap._store)
+        found = policy_violations(cap._store, kept)
+    for parent in parents if kept else ():
+        with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as cap:
+            found += [{**v, "in": str(parent)} for v in policy_violations(cap._store)]
+    if kept and not parents:
+        rep.warnings.append(f"policy: the {kept} records inherited from the parent (15.1) are judged in the parent, "
+                            "where they were written: give --parent PARENT to judge them")
     rep.policy = found
     if found:
         rep.ok = False

@@ -1,0 +1,172 @@
+"""Findings of a hostile review of the day's own changes, each a regression test: verify
+--policy after a compaction, two jumping AgentLoops on one handle, a task event moved a
+nanosecond into a lease's end, put --batch line numbers and blank lines, the two-file diff's
+constraints, audit of an NFD key, and approvals whose key the capsule does not hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+import capsule
+from capsule import AgentLoop
+
+
+def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "capsule_cli.main", *args], capture_output=True, text=True,
+                          input=stdin, timeout=120)
+
+
+def test_verify_policy_of_a_compacted_file_judges_inherited_intents_in_the_parent(tmp_path: Path) -> None:
+    # the compacted file copies the keyset chain after the inherited records, so in place an intent
+    # the parent allowed (an approval of its own subject by the keyset's key) read as a violation
+    key = capsule.generate_key()
+    p = tmp_path / "p.capsule"
+    with capsule.create(p) as cap:
+        cap.checkpoint("keys", key=key)
+        with cap.commit() as tx:
+            tx.constrain("mail needs an approval", rule={"action": "email.*"})
+            tx.approve(capsule.action_subject("email.send:42"), key)
+        cap.run_once("email.send:42", lambda: "sent")
+    assert capsule.verify(p, policy=True).ok
+    for keep in ("history", "live"):
+        new = tmp_path / f"{keep}.capsule"
+        capsule.compact(p, new, keep=keep)
+        alone = capsule.verify(new, policy=True)
+        assert alone.ok and any("judged in the parent" in w for w in alone.warnings)
+        assert capsule.verify(new, policy=True, parent=p).ok
+    # a violation in the parent fails the compacted file's check with the parent
+    bad = tmp_path / "bad.capsule"
+    with capsule.create(bad) as cap:
+        with cap.commit() as tx:
+            tx.constrain("mail needs an approval", rule={"action": "email.*"})
+        with pytest.raises(capsule.PolicyViolation):
+            cap.run_once("email.send:1", lambda: "sent")
+    assert capsule.verify(bad, policy=True).ok  # the writer refused: nothing to judge
+
+
+class _Sim:
+    def __init__(self) -> None:
+        self.t = 1_000
+
+    def __call__(self) -> int:
+        return self.t
+
+    def advance_to(self, t: int) -> None:
+        self.t = max(self.t, t)
+
+
+def test_a_jumping_loop_does_not_move_the_clock_past_a_siblings_lease(tmp_path: Path) -> None:
+    # loop 2, idle, took loop 1's live lease expiry for idle time, jumped the shared clock past
+    # it and ran the task again; loop 1's completion was refused
+    clk = _Sim()
+    runs: list[str] = []
+    with capsule.create(tmp_path / "j.capsule", clock=clk) as cap:
+        cap.tasks.add("A", name="slow")
+        cap.tasks.add("B", name="slow", not_before=10**15)  # due later: a reason to jump
+        started = threading.Event()
+
+        def slow(step: object) -> str:
+            runs.append(step.name)  # type: ignore[attr-defined]
+            started.set()
+            time.sleep(0.2)
+            return "ok"
+
+        res: dict[str, object] = {}
+
+        def go(worker: str) -> None:
+            if worker == "w2":
+                started.wait(5)
+            res[worker] = AgentLoop(cap, {"slow": slow}, worker=worker, lease=60 * 10**9,
+                                    jump_when_idle=True).run()
+
+        threads = [threading.Thread(target=go, args=(w,)) for w in ("w1", "w2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(runs) == ["A", "B"]  # each ran once
+        assert all(not r.lost for r in res.values())  # type: ignore[attr-defined]
+        assert {t.status for t in cap.tasks.queue().tasks.values()} == {"done"}
+
+
+def test_a_task_event_moved_a_nanosecond_is_checked_at_its_own_time(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # under a fixed clock a repeated fail moves a nanosecond later, where a 1 ns lease has ended:
+    # it was checked at the old time, written, and then refused (and skipped by the fold)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    p = tmp_path / "n.capsule"
+    with capsule.create(p) as cap:
+        cap.tasks.add("t", max_attempts=5, backoff=0)
+        cap.tasks.claim("t", "w", lease=2)
+        cap.tasks.fail("t", "w", "boom")
+        cap.tasks.claim("t", "w", lease=1)
+        before = p.read_bytes()
+        with pytest.raises(capsule.UsageError):
+            cap.tasks.fail("t", "w", "boom")  # the same bytes as the first: at T+1 the lease is over
+        assert p.read_bytes() == before
+        state = cap.tasks.queue().tasks["t"]
+    with capsule.open(p) as cap:
+        again = cap.tasks.queue().tasks["t"]
+    assert (state.status, state.failures) == (again.status, again.failures) == ("claimed", 1)
+
+
+def test_put_batch_names_the_bad_line_and_blank_lines_are_not_records(tmp_path: Path) -> None:
+    p = tmp_path / "b.capsule"
+    assert _cli("init", str(p)).returncode == 0
+    body = '{"text": "a"}\n{"text": "b", "bogus": 1}\n{"text": "c"}\n{"text": "d"}\n'
+    one = _cli("put", str(p), "--jsonl", "-", stdin=body)
+    batched = _cli("put", str(p), "--jsonl", "-", "--batch", "4", stdin=body)
+    assert "stdin line 2: unknown memory field(s): bogus" in one.stderr
+    assert "stdin line 2: unknown memory field(s): bogus" in batched.stderr
+    later = _cli("put", str(p), "--jsonl", "-", "--batch", "2", stdin='{"text": "e"}\n{"text": "f"}\n{"text": 1}\n')
+    assert later.returncode == 1 and "stdin line 3" in later.stderr
+    assert "2 records in the batches before this one are committed and stay" in later.stderr
+    import io
+
+    from capsule.ingest.jsonl import JsonLines
+
+    lines = JsonLines(io.BytesIO(b'{"text": "x"}\n' + b"\n" * 50 + b'{"text": "y"}\n'), max_lines=2)
+    assert len(list(lines)) == 2  # blank lines hold nothing: they count toward no bound
+
+
+def test_two_file_diff_counts_a_rule_asserted_again_as_no_change(tmp_path: Path) -> None:
+    import shutil
+
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.constrain("rule kept", scope="x", rule={"action": "email.*"})
+        tx.constrain("rule changed", scope="x", rule={"action": "pay.*"})
+    shutil.copyfile(a, b)
+    with capsule.open(b, "a") as cap, cap.commit() as tx:
+        tx.constrain("rule kept", scope="x", rule={"action": "email.*"})  # again, the same rule
+        tx.constrain("rule changed", scope="x", rule={"action": "refund.*"})
+    with capsule.open(a) as ca, capsule.open(b) as cb:
+        d = ca.diff(cb).to_dict()
+    assert [c["text"] for c in d["constraints"]["added"]] == ["rule changed"]
+    assert d["constraints"]["revoked"] == []
+
+
+def test_audit_reads_the_key_as_nfc_and_says_when_an_approval_cannot_be_checked(tmp_path: Path) -> None:
+    p = tmp_path / "k.capsule"
+    nfd = unicodedata.normalize("NFD", "mail.café")
+    stranger = capsule.generate_key()  # a key the capsule publishes nowhere
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            d = tx.decide("send it")
+            tx.approve(d, stranger)
+        cap.run_once(nfd, lambda: "sent", inputs={"decision": d})
+        doc = cap.audit(nfd).to_dict()
+        assert doc["status"] == "done"
+        [ap] = doc["decisions"][0]["approvals"]
+        assert ap["key_known"] is False and ap["signature_ok"] is False
+    r = _cli("audit", str(p), nfd)
+    assert r.returncode == 0 and "key unknown" in r.stdout and "BAD" not in r.stdout
+    assert json.loads(_cli("audit", str(p), unicodedata.normalize("NFC", nfd), "--json").stdout)["status"] == "done"
