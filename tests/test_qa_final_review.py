@@ -170,3 +170,63 @@ def test_audit_reads_the_key_as_nfc_and_says_when_an_approval_cannot_be_checked(
     r = _cli("audit", str(p), nfd)
     assert r.returncode == 0 and "key unknown" in r.stdout and "BAD" not in r.stdout
     assert json.loads(_cli("audit", str(p), unicodedata.normalize("NFC", nfd), "--json").stdout)["status"] == "done"
+
+
+@pytest.mark.parametrize("mode", ["hide", "twice"])
+def test_the_live_records_plan_refuses_tables_that_hide_or_repeat_a_record(tmp_path: Path, mode: str) -> None:
+    # a writer bug (hash-valid tables that name the wrong ids): a live memory's entry naming the
+    # forget event hid it from `state`, or a dead record's entry naming it listed it twice
+    import numpy as np
+
+    from capsule.format import writer
+
+    p = tmp_path / f"{mode}.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            keep = tx.remember("keeper", time=1)
+            tx.remember("keeper two", time=2)
+            doomed = [tx.remember(f"doomed {i}", time=10 + i) for i in range(50)]
+        with cap.commit() as tx:
+            ev = tx.lifecycle("forget", drop=doomed)
+        orig = writer._tables
+
+        def forged(emit: object, ids: object, frames: object, slots: object, cap_: object) -> object:
+            ids, frames, slots = np.array(ids), np.array(frames), np.array(slots)
+            raw = [bytes(x) for x in ids.view("V32")]
+            j = raw.index(bytes.fromhex(keep))
+            if mode == "hide":
+                ids[j] = np.frombuffer(bytes.fromhex(ev), ids.dtype)[0]
+            else:
+                d = raw.index(bytes.fromhex(doomed[0]))
+                ids[d], frames[d], slots[d] = ids[j], frames[j], slots[j]
+            return orig(emit, ids, frames, slots, cap_)
+
+        writer._tables = forged  # type: ignore[assignment]
+        try:
+            cap._write_commit([], force_index=True)
+        finally:
+            writer._tables = orig
+    with capsule.open(p) as cap, pytest.raises(capsule.CorruptError, match="one entry for each committed record"):
+        cap.state()
+    assert not capsule.verify(p).ok
+
+
+def test_verify_policy_with_the_parent_judges_only_the_inherited_intents(tmp_path: Path) -> None:
+    # the parent went on after the compaction with an intent the compacted file does not hold: it
+    # failed the unchanged compacted file
+    from capsule.run.actions import Action
+
+    key = capsule.generate_key()
+    p, c = tmp_path / "p.capsule", tmp_path / "c.capsule"
+    with capsule.create(p) as cap:
+        cap.checkpoint("keys", key=key)
+        with cap.commit() as tx:
+            tx.constrain("mail needs approval", rule={"action": "email.*"})
+            tx.approve(capsule.action_subject("email.send:1"), key)
+        cap.run_once("email.send:1", lambda: "ok")
+    capsule.compact(p, c, keep="live")
+    assert capsule.verify(c, policy=True, parent=p).ok
+    with capsule.open(p, "a") as cap, cap.commit() as tx:  # a forged intent the parent holds later
+        tx.put(Action.build(time=cap.clock(), key="email.send:999", phase="intent", attempt=1))
+    assert not capsule.verify(p, policy=True).ok
+    assert capsule.verify(c, policy=True, parent=p).ok

@@ -12,6 +12,8 @@ table is hashed first (9.2). Each frame read is checked against the chain value 
 
 When most records are live, reading every frame in order is cheaper than reading most of
 them one by one: :func:`live_frames` then says None, and the fold reads the file in order.
+Like any read that need not read them (``get``, ``list``), this one does not read the frames
+that hold only dead records, so damage there is reported by ``verify``, which reads every byte.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import CorruptError
 from ..core.lazy import lazy
 from ..format.store import verify_tables
 from .liveness import fold_of
@@ -55,6 +58,11 @@ def live_frames(store: Store) -> tuple[Plan, set[bytes]] | None:
                              np.fromiter((loc[0] for loc in mem.values()), np.uint64, len(mem))])
     slots = np.concatenate([*(s.slots for s in snap.segments),
                             np.fromiter((loc[1] for loc in mem.values()), np.uint32, len(mem))])
+    # 9.2: one entry a record. The hashes say the tables are the writer's, not that the writer was
+    # right: a table that named another record's id in place of a live one would hide it here
+    if len(ids) != snap.records or len(np.unique(ids)) != len(ids):
+        raise CorruptError("the index tables do not hold one entry for each committed record",
+                           offset=snap.segments[-1].ref.offset, check="index-table")
     keep = np.flatnonzero(~np.isin(ids, np.frombuffer(b"".join(gone), "V32")))
     keep = keep[np.lexsort((slots[keep], frames[keep]))]
     raw = ids[keep].tobytes()
@@ -71,7 +79,7 @@ def live_values(store: Store, plan: Plan) -> Iterator[tuple[bytes, str, dict[str
     """(id, kind, canonical value) of each record the plan names, in its order, each checked as
     ``Store.get`` checks one: its frame's chain link, canonical form, depth, and its content id."""
     from ..core import constants as C
-    from ..core.errors import CorruptError, DataError
+    from ..core.errors import DataError
     from ..format import canonical as canon
     from ..format.commit import record_bounds
     from ..format.frames import raw_payload

@@ -115,9 +115,10 @@ def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None, parent
     kept = inherited(rep.lineage)
     with open_capsule(path, identity=keys.identity, passphrase=keys.passphrase) as cap:
         found = policy_violations(cap._store, kept)
-    for parent in parents if kept else ():
+        mine = {it.rec.id for it in _collect(cap._store)[1] if it.ordinal < kept} if kept and parents else set()
+    for parent in parents if mine else ():  # the inherited intents only: the parent may have gone on since
         with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as cap:
-            found += [{**v, "in": str(parent)} for v in policy_violations(cap._store)]
+            found += [{**v, "in": str(parent)} for v in policy_violations(cap._store) if v["intent"] in mine]
     if kept and not parents:
         rep.warnings.append(f"policy: the {kept} records inherited from the parent (15.1) are judged in the parent, "
                             "where they were written: give --parent PARENT to judge them")
