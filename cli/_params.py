@@ -37,7 +37,8 @@ META_RULE = ('A VALUE that is valid JSON is that JSON value: n=5 is the number 5
 AtOpt = Annotated[
     str | None,
     typer.Option("--at", help="View as of a checkpoint label, a seq (the commit that made that frame "
-                 "durable), a commit root prefix (>= 4 hex digits) or an ISO-8601 time, tried in that order."),
+                 "durable), a commit root prefix (>= 4 hex digits), an ISO-8601 time or a time ago ('2d ago', "
+                 "'yesterday', 'now'), tried in that order."),
 ]
 
 ValidAtOpt = Annotated[

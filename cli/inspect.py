@@ -94,8 +94,8 @@ def diff(path: FileArg,
          other: Annotated[Path | None, typer.Argument(metavar="OTHER", show_default=False, callback=_regular_or_none,
                                                       help="A second capsule sharing FILE's lineage (a fork of it, "
                                                            "its parent, or a copy): diff FILE -> OTHER.")] = None,
-         from_: Annotated[str | None, typer.Option("--from", help="Start: a label, seq, commit-root prefix or "
-                                                   "time (one-file form).")] = None,
+         from_: Annotated[str | None, typer.Option("--from", help="Start: a label, seq, commit-root prefix, time or "
+                                                   "time ago ('yesterday', '6h ago'; one-file form).")] = None,
          to: Annotated[str | None, typer.Option("--to", help="End: a label, seq, commit-root prefix or time "
                                                 "(one-file form; default: the newest commit).")] = None,
          json_out: JsonOpt = False, limit: LimitOpt = 20) -> None:
@@ -107,6 +107,8 @@ def diff(path: FileArg,
     Two files sharing lineage (a fork and its parent, or two copies that diverged): capsule diff A B, from A's newest commit to B's, with B's events since their common ancestor (named in --json under "lineage"); files that share no lineage are refused.
 
     Example: capsule diff agent.capsule --from day-1 --to day-2
+
+    Example: capsule diff agent.capsule --from yesterday
 
     Example: capsule diff agent.capsule experiment.capsule
     """

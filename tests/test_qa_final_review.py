@@ -230,3 +230,26 @@ def test_verify_policy_with_the_parent_judges_only_the_inherited_intents(tmp_pat
         tx.put(Action.build(time=cap.clock(), key="email.send:999", phase="intent", attempt=1))
     assert not capsule.verify(p, policy=True).ok
     assert capsule.verify(c, policy=True, parent=p).ok
+
+
+def test_a_view_named_by_a_time_ago(tmp_path: Path) -> None:
+    # "what changed since yesterday": --at/--from/--to take `N s|m|h|d|w ago`, `yesterday`, `now`
+    day = 86_400 * 10**9
+    t = [1_767_225_600 * 10**9]
+    p = tmp_path / "r.capsule"
+    with capsule.create(p, clock=lambda: t[0]) as cap:
+        for i in range(3):
+            with cap.commit() as tx:
+                tx.remember(f"day {i}")
+            t[0] += day
+        t[0] -= day // 2  # now: half a day after the last commit
+        assert cap.resolve("now").commits == cap.commit_count
+        assert len(cap.view("yesterday")) == 2 and len(cap.view("37h ago")) == 1 and len(cap.view("2 d ago")) == 1
+        d = cap.diff("yesterday").to_dict()
+        assert d["added"]["count"] == 1
+        with pytest.raises(capsule.NotFound):
+            cap.view("3w ago")
+        with pytest.raises(capsule.UsageError, match="time ago"):
+            cap.view("sometime ago")
+        cap.checkpoint("yesterday", key=capsule.generate_key())  # a label of that name wins
+        assert cap.resolve("yesterday").commits == cap.commit_count

@@ -3,18 +3,41 @@
 A view is the state at one commit; :func:`resolve` finds the commit a user's
 ``--at`` names. Labels are tried first (one table probe), since a label may look
 like a number; then a frame seq, then a hex prefix of a commit root, then an
-ISO-8601 time (the last commit at or before it). A label is the file's own checkpoint's,
+ISO-8601 time or a time ago (``24h ago``, ``yesterday``: the last commit at or before it). A label is the file's own checkpoint's,
 else a checkpoint the parent signed that a fork or a compacted file carries (15.2).
 """
 
 from __future__ import annotations
 
+import re
+
+from ..core.clock import read_clock
 from ..core.errors import InvalidRecordError, NotFound, UsageError
 from ..format.commit import CommitInfo
 from ..format.records import parse_iso_time
 from ..format.store import Store
 from .carried import carried_checkpoints, find_carried
 from .checkpoints import checkpoints, commit_of, find_checkpoint
+
+_AGO = re.compile(r"(\d{1,12}) ?(s|m|h|d|w) ago", re.ASCII)
+_UNIT = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9, "w": 7 * 86_400 * 10**9}
+
+
+def _relative(store: Store, low: str) -> int | None:
+    """A time relative to the reader's clock (the wall clock, or the one the capsule was opened
+    with): ``now``, ``yesterday`` (24 hours ago) or ``N s|m|h|d|w ago``; None for anything else."""
+    if low == "now":
+        back = 0
+    elif low == "yesterday":
+        back = _UNIT["d"]
+    elif m := _AGO.fullmatch(low):
+        back = int(m[1]) * _UNIT[m[2]]
+    else:
+        return None
+    t = read_clock(store.clock) - back
+    if t < 0:
+        raise UsageError(f"{low!r} is before 1970-01-01")
+    return t
 
 
 def commit_at_seq(store: Store, seq: int) -> CommitInfo:
@@ -31,7 +54,8 @@ def commit_at_seq(store: Store, seq: int) -> CommitInfo:
 def resolve(store: Store, at: str | int) -> CommitInfo:
     """Find the commit a view names (6.5): a checkpoint label, a commit seq (as
     ``log`` shows it), a hex prefix of a commit root (>= 4 digits), or an
-    ISO-8601 time (the last commit at or before it)."""
+    ISO-8601 time or a time ago by the reader's clock (``2d ago``, ``yesterday``, ``now``):
+    the last commit at or before it."""
     store.check_open()
     raw = str(at)
     text = raw.strip()
@@ -73,13 +97,15 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
         if named:
             said += f"; it starts the state root of checkpoint {named[-1]!r}: give --at {named[-1]!r}"
         raise NotFound(said)
+    t = _relative(store, low)
     try:
-        t = parse_iso_time(text)
+        t = parse_iso_time(text) if t is None else t
     except InvalidRecordError as e:
         if "outside 1970" in str(e):  # a time, just not one a capsule can hold
             raise UsageError(f"{text!r} is outside 1970-01-01 .. 2262-04-11 (and no checkpoint label)") from None
         raise UsageError(
-            f"{text!r} is not a checkpoint label, a commit seq, a commit hash prefix or an ISO-8601 time"
+            f"{text!r} is not a checkpoint label, a commit seq, a commit hash prefix, an ISO-8601 time or a "
+            "time ago (24h ago, 2d ago, yesterday, now)"
         ) from None
     for c in store.commits():
         if c.time <= t:
