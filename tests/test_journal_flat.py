@@ -92,8 +92,8 @@ def past_actions(cap: capsule.Capsule, n: int, *, per_commit: int = 50, start: i
         with cap.commit() as tx:
             for i in range(lo, min(lo + per_commit, start + n)):
                 key = f"email:{i}"
-                tx.put(Action.build(time=cap.clock(), key=key, phase="intent", attempt=1, what="send"))
-                tx.put(Action.build(time=cap.clock(), key=key, phase="result", attempt=1, value=f"msg-{i}"))
+                tx._put(Action.build(time=cap.clock(), key=key, phase="intent", attempt=1, what="send"))
+                tx._put(Action.build(time=cap.clock(), key=key, phase="result", attempt=1, value=f"msg-{i}"))
 
 
 def fold_of(cap: capsule.Capsule) -> dict[str, dict[str, Any]]:

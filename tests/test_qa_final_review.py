@@ -227,7 +227,7 @@ def test_verify_policy_with_the_parent_judges_only_the_inherited_intents(tmp_pat
     capsule.compact(p, c, keep="live")
     assert capsule.verify(c, policy=True, parent=p).ok
     with capsule.open(p, "a") as cap, cap.commit() as tx:  # a forged intent the parent holds later
-        tx.put(Action.build(time=cap.clock(), key="email.send:999", phase="intent", attempt=1))
+        tx._put(Action.build(time=cap.clock(), key="email.send:999", phase="intent", attempt=1))
     assert not capsule.verify(p, policy=True).ok
     assert capsule.verify(c, policy=True, parent=p).ok
 

@@ -264,15 +264,18 @@ def make_plan(src: Source, header: FileHeader, end: int, policy: str) -> Plan:
     # 7.7.1: a redacted payload is never kept; but a record every policy keeps (the journal, tasks,
     # events, vindex) is one a redaction may not name, so an event that names it (damage verify
     # reports as lifecycle-target) cannot make compaction drop it (7.8: no effect runs twice)
-    keep &= ~(_isin(arr, redacted) & ~always)
+    purge = _isin(arr, redacted) & ~always
+    keep &= ~purge
     lost = spans.dropped_in(keep)  # per signed state: the rows it holds that are not kept
+    purged = spans.dropped_in(~purge) if purge.any() else [False] * len(lost)  # ... that a redaction purges
     pairs = [(ck, ordinal) for ck, ordinal, j in cks if not lost[j]]
-    unkept = {ck.hash: "its state held a redacted record, whose payload compaction purges"
-              for ck, _, j in cks if lost[j]}
+    unkept = {ck.hash: "its state held a redacted record, whose payload compaction purges" if purged[j] else
+              "its state held records the policy does not keep" for ck, _, j in cks if lost[j]}
     if policy == "live":  # 15.1: one state is kept, the last: a checkpoint that signed it
         final = state_root_of(rows(arr[keep & live])) if pairs else ""
         groups = max(1, -(-int(keep.sum()) // LIVE_GROUP))
-        unkept = {ck.hash: unkept.get(ck.hash, "a --keep live file keeps only the last state") for ck, _, _ in cks
+        last_only = "a --keep live file keeps only the last state"
+        unkept = {ck.hash: unkept[ck.hash] if ck.hash in unkept and purged[j] else last_only for ck, _, j in cks
                   if ck.body.state_root.hex() != final or ck.hash in unkept}
         pairs = [(ck, groups) for ck, _ in pairs if ck.hash not in unkept]
     bad_after = next((i for i in bad if keep[i]), None)

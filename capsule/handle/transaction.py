@@ -50,6 +50,12 @@ if TYPE_CHECKING:
 _TEXT_KINDS = frozenset({"memory", "note", "decision", "revert"})  # what the lexical catalog reads (16.4, 16.8)
 
 
+
+#: kinds :meth:`Transaction.put` refuses, with the API that writes them (7.7 - 7.10)
+_OWN_API = {"action": "run_once or cap.action (7.8)", "task": "cap.tasks (7.9)",
+            "revert": "forget, redact, supersede, promote, demote or rollback (7.7)",
+            "vindex": "configure_vectors or the first embedding (7.10)"}
+
 class Transaction(LifecycleMethods):
     """A group of records that commit together (one COMMIT, one fsync): ``with cap.commit() as tx``.
 
@@ -217,12 +223,21 @@ class Transaction(LifecycleMethods):
             self._vconfig = params
 
     def put(self, record: Any) -> str:
-        """Add a record object (e.g. :class:`Memory`); returns its content id (hex).
+        """Add a record object (e.g. :class:`Memory`); returns its content id (hex). The kinds
+        with an API of their own are refused here (spec 7.7-7.10): an action record written
+        by hand would skip the policy gate (7.3.1) and could settle a key no effect ran for.
 
         >>> with cap.commit() as tx: rid = tx.put(capsule.Memory(text="a fact", time=0))
         >>> cap.get(rid) == capsule.Memory(text="a fact", time=0)
         True
         """
+        own = _OWN_API.get(getattr(record, "kind", None))  # type: ignore[arg-type]
+        if own is not None:
+            raise UsageError(f"{record.kind} records are written by {own}, not put directly")
+        return self._put(record)
+
+    def _put(self, record: Any) -> str:
+        """:meth:`put` for every kind: the journal, the scheduler and the tests that forge files."""
         emb = getattr(record, "embedding", None) if getattr(record, "kind", None) == "memory" else None
         if emb is not None:
             self._vector_config(len(emb))
@@ -273,7 +288,7 @@ class Transaction(LifecycleMethods):
         time = kw.pop("time", None)  # int ns or ISO-8601, as remember() and a JSONL line take it
         when = self._cap.clock() if time is None else parse_iso_time(time) if isinstance(time, str) else time
         rec = _REGISTRY[kind].build(time=when, **kw)
-        return self.put(rec)
+        return self._put(rec)  # the verbs' own kinds (a rollback's revert among them)
 
     def _resolve(self, v: Any, name: str) -> Any:
         """A record id given as a unique hex prefix (>= 4 digits) becomes the whole id, found

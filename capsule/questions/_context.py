@@ -4,7 +4,9 @@ approval's signature may check under (7.4)."""
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from ..core.clock import iso
@@ -12,6 +14,7 @@ from ..format.commit import CommitInfo
 from ..format.keys import PublicKey
 from ..format.kindwalk import walk
 from ..state import checkpoints as ck
+from ..state.carried import carried_checkpoints
 from ..state.fold import dead_ids
 from ..state.kinds import approval_message
 from ._walk import Source, checkpoint_after, checkpoint_ref, commit_holding, frame_seq
@@ -29,6 +32,7 @@ class Context:
     dead: set[bytes] = field(default_factory=set)
     keys: dict[str, bytes] = field(default_factory=dict)
     vouched: dict[str, bytes] = field(default_factory=dict)
+    chain: list[tuple[int, dict[str, bytes]]] = field(default_factory=list)  # (KEYSET offset, its keys), oldest first
 
     @classmethod
     def load(cls, cap: Source, anchor: int | None = None, extra: tuple[str, ...] = ()) -> Context:
@@ -48,15 +52,27 @@ class Context:
         ks = ck.keyset_in_force(store)
         if ks is not None:
             ctx.vouched = {k.key_id: k.raw for k in ks.keys}
+            ctx.chain = [(kf.offset, {k.key_id: k.raw for k in kf.keyset.keys}) for kf in ck.keysets(store)]
+            for _, keys in ctx.chain:  # a key rotated out since is still a key the capsule knows
+                for kid, raw in keys.items():
+                    ctx.keys.setdefault(kid, raw)
         return ctx
 
-    def approvals_of(self, rid: bytes) -> list[dict[str, Any]]:
+    def vouched_before(self, offset: int) -> dict[str, bytes]:
+        """The keyset in force before the commit starting at ``offset`` (7.3.1: what an intent
+        there was judged under), as key id -> raw key; empty when there was none."""
+        i = bisect.bisect_left([o for o, _ in self.chain], offset)
+        return self.chain[i - 1][1] if i else {}
+
+    def approvals_of(self, rid: bytes, vouched: dict[str, bytes] | None = None) -> list[dict[str, Any]]:
         """7.4: ``signature_ok`` under a key an identity published or the keyset in force
-        holds (``key_known``: there is such a key to check it with); ``verified`` only under a
-        key of the keyset in force."""
+        holds, or one an earlier keyset held (``key_known``: there is such a key to check it with);
+        ``verified`` only under a key of ``vouched``: the keyset in force at the snapshot, or the
+        one a caller names (``vouched_before``: the one an intent was judged under)."""
         out = []
+        vouched = self.vouched if vouched is None else vouched
         for a in self.approvals.get(rid, []):
-            member = self.vouched.get(a.approver)
+            member = vouched.get(a.approver)
             raw = member if member is not None else self.keys.get(a.approver)
             ok = raw is not None and PublicKey(raw).verify(approval_message(rid), a.signature)
             out.append({"id": a.id, "approver": a.approver, "time": iso(a.time), "signature_ok": ok,
@@ -88,5 +104,15 @@ class Context:
         return loc[0], frame_seq(store, loc[0]), commit_holding(store, loc[0])
 
     def covered_by(self, offset: int) -> dict[str, Any] | None:
-        """The first checkpoint covering the frame at ``offset`` (14.8)."""
-        return checkpoint_ref(self.cap, checkpoint_after(self.cap._store, offset), self.anchor)
+        """The first checkpoint covering the frame at ``offset`` (14.8): a CHECKPOINT frame after
+        it, or a checkpoint the parent signed that this file carries (15.2, 13.4: it counts like
+        one signed here) at a commit that holds the frame, whichever comes first."""
+        store = self.cap._store
+        own = checkpoint_after(store, offset)
+        for cc in carried_checkpoints(store):
+            if offset < cc.commit.end and (own is None or cc.commit.end <= own.offset):
+                view = SimpleNamespace(body=cc.entry.body, body_raw=cc.entry.body_raw, sigs=cc.entry.sigs,
+                                       label=cc.label, seq=cc.seq, time=cc.time, signers=cc.signers)
+                ref = checkpoint_ref(self.cap, view, self.anchor)  # type: ignore[arg-type]
+                return None if ref is None else {**ref, "carried": True}
+        return checkpoint_ref(self.cap, own, self.anchor)

@@ -16,7 +16,8 @@ The document (``Audit.to_dict()``, ``capsule audit --json``), stable::
 
 A decision is linked to the action (``link``) when the intent's ``inputs`` holds its id at any
 top-level key (a 32-byte bin or 64 hex digits: ``"inputs"``), or the decision's own ``inputs``
-names the action key under ``"action"`` (``"decision-inputs"``). ``approvals`` are those of the
+names the action key under ``"action"`` (``"decision-inputs"``). Approvals are judged as the intent was
+(7.3.1): ``verified`` under the keyset in force before its commit. ``approvals`` are those of the
 action's own subject (``action_subject(key)``, 7.3.1: an approval of every run of the key), the
 other way to satisfy a rule; ``before_intent`` says whether it was committed before the intent
 (in an earlier commit: only those count for it). ``checkpoint`` is the first checkpoint covering the newest step.
@@ -106,9 +107,11 @@ def audit(cap: Source, key: str, *, trust: Any = None) -> Audit:
         if d.kind != "decision":
             continue
         decisions.append({"id": d.id, "summary": d.summary, "time": iso(d.time), "link": how,
-                          "evidence": [e.hex() for e in d.evidence], "approvals": ctx.approvals_of(rid)})
+                          "evidence": [e.hex() for e in d.evidence],
+                          "approvals": ctx.approvals_of(rid, ctx.vouched_before(at.offset) if at is not None else None)})
     subject = action_subject(key)
-    approvals = ctx.approvals_of(subject)
+    judged = ctx.vouched_before(at.offset) if at is not None else None  # 7.3.1: the keyset of the intent
+    approvals = ctx.approvals_of(subject, judged)
     placed = {r.id: off for off, r in ctx.rows if r.kind == "approval" and r.subject == subject}
     for a in approvals:  # 7.3.1: the approvals of the commits before the intent's commit count
         held = commit_holding(store, placed[a["id"]])

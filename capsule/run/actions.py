@@ -252,7 +252,7 @@ class Journal:
             self.index.lookup(rec_kw["key"])  # loaded first, so the commit below is folded in as it lands
             with cap.commit() as tx:  # one commit, one fsync: the record is durable on return
                 rec = Action.build(time=cap.clock(), **rec_kw)
-                tx.put(rec)  # the handle folds what the commit wrote (JournalIndex.committed)
+                tx._put(rec)  # the handle folds what the commit wrote (JournalIndex.committed)
         return rec  # type: ignore[no-any-return]
 
     def _intent(self, key: str, attempt: int, what: str, inputs: Mapping[str, Any] | None) -> None:

@@ -132,7 +132,7 @@ class Tasks:
                             q.check(ev)  # at its own time (a lease may end in that nanosecond): before a write
                     seen.add(rid)
                     written.append(ev)
-                    tx.put(TaskRecord(ev))
+                    tx._put(TaskRecord(ev))
             for ev in written:
                 q.apply(ev)
             # folded as written; a record the commit did not store (already there) refolds next time

@@ -198,7 +198,8 @@ def decision_of(inputs: Mapping[str, Any] | None) -> bytes | None:
 def describe(v: Mapping[str, Any]) -> str:
     """One line for a violation dict (the message of ``PolicyViolation``)."""
     rule = v["rule"]
-    who = f"one of {len(rule['approvers'])} named keys" if rule.get("approvers") else "the keyset in force"
+    n = len(rule.get("approvers") or ())
+    who = (f"the {n} named keys" if n > 1 else "the named key") if n else "the keyset in force"
     return (f"policy violation: action {v['key']!r} matches {rule['action']!r} (constraint {v['text']!r}, "
-            f"{v['constraint'][:12]}) and needs {v['need']} verified approval(s) by {who}; "
-            f"{v['approvals']} found")
+            f"{v['constraint'][:12]}) and needs verified approvals from {v['need']} distinct key(s) among "
+            f"{who}, in commits before the intent's; {v['approvals']} found")

@@ -135,9 +135,15 @@ def verify_merge(path: str | Path, parents: Sequence[str | Path], **kw: Any) -> 
     """
     from .check import verify
 
-    rep = verify(path, **kw)
+    rep = verify(path, **{**kw, "policy": False})
     if rep.ok:
         check_merge(rep, parents)
+    if rep.ok and kw.get("policy"):  # 7.3.1: the inherited intents are judged in the parents
+        from ..format.crypto import Keys
+        from .policy import check_policy
+
+        check_policy(rep, Path(path), Keys.of(kw.get("identity"), kw.get("passphrase")),
+                     tuple(Path(p) for p in parents))
     return rep
 
 

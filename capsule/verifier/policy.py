@@ -104,8 +104,8 @@ def policy_violations(store: Store, inherited: int = 0) -> list[dict[str, Any]]:
 def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None, parents: tuple[Path, ...] = ()) -> None:
     """13.3 with ``policy``: list the violations in ``rep.policy``; any fails the report.
 
-    7.3.1 in a file with a LINEAGE: the records it inherited (15.1) were judged where they were
-    written, under the parent's keysets and commits, which the file does not keep in place (its
+    7.3.1 in a file with a LINEAGE: the records it inherited (15.1 ``kept``; the records of a
+    fork's first commit that has any, 15) were judged where they were written, under the parent's keysets and commits, which the file does not keep in place (its
     copy of the keyset chain follows them). They are judged in the ``parents`` when given (a
     parent's violation fails this file too); otherwise a warning says they were not judged."""
     from ..handle.entry import open as open_capsule
@@ -114,6 +114,9 @@ def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None, parent
     keys = keys or Keys()
     kept = inherited(rep.lineage)
     with open_capsule(path, identity=keys.identity, passphrase=keys.passphrase) as cap:
+        if not kept and rep.lineage is not None:  # a fork (15): its first commit with records holds what it copied
+            held = [c.records for c in cap._store.commits() if c.records]  # newest first
+            kept = held[-1] if held else 0
         found = policy_violations(cap._store, kept)
         mine = {it.rec.id for it in _collect(cap._store)[1] if it.ordinal < kept} if kept and parents else set()
     for parent in parents if mine else ():  # the inherited intents only: the parent may have gone on since
@@ -128,4 +131,5 @@ def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None, parent
         v = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
         rep.first_error = {"offset": v["offset"], "seq": v["seq"], "check": "policy",
-                           "message": describe(v) + more}
+                           "message": describe(v) + more + (f" (an inherited intent: the offset is in the parent "
+                                                             f"{v['in']})" if "in" in v else "")}

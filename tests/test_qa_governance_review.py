@@ -1,0 +1,153 @@
+"""Findings of a governance review (rules, approvals, rotation, copies), each a regression test:
+forks and merges whose inherited intents were never judged, action records put by hand past the
+policy gate, a compaction warning that blamed a redaction, audit judging approvals at today's
+keyset, carried checkpoints that audit and why did not see, and the violation's wording."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import capsule
+from capsule.run.actions import Action
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "capsule_cli.main", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _parent_with_a_violation(p: Path) -> None:
+    """A capsule whose journal holds an intent its rule forbade (forged past the writer)."""
+    key = capsule.generate_key()
+    with capsule.create(p) as cap:
+        cap.checkpoint("c0", key=key)
+        with cap.commit() as tx:
+            tx.constrain("email needs approval", rule={"action": "email.*"})
+        with cap.commit() as tx:
+            tx._put(Action.build(time=cap.clock(), key="email.blast", phase="intent", attempt=1))
+    assert not capsule.verify(p, policy=True).ok
+
+
+def test_a_fork_is_judged_in_its_parent(tmp_path: Path) -> None:
+    # a fork's copied intents sit in one commit with its copied rules, so in place no rule was in
+    # force for them: verify --policy passed a fork of a parent that fails it, and said nothing
+    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    _parent_with_a_violation(p)
+    capsule.fork(p, f).close()
+    alone = capsule.verify(f, policy=True)
+    assert alone.ok and any("judged in the parent" in w for w in alone.warnings)
+    with_parent = capsule.verify(f, policy=True, parent=p)
+    assert not with_parent.ok and with_parent.first_error["check"] == "policy"
+    assert "inherited intent" in with_parent.first_error["message"] and str(p) in with_parent.first_error["message"]
+
+
+def test_a_merge_is_judged_in_both_parents(tmp_path: Path) -> None:
+    a, b, m = tmp_path / "a.capsule", tmp_path / "b.capsule", tmp_path / "m.capsule"
+    _parent_with_a_violation(a)
+    capsule.fork(a, b).close()
+    for f, text in ((a, "on A"), (b, "on B")):
+        with capsule.open(f, "a") as cap, cap.commit() as tx:
+            tx.remember(text)
+    capsule.merge(a, b, m)
+    rep = capsule.verify_merge(m, [a, b], policy=True)
+    assert not rep.ok and rep.first_error["check"] == "policy"
+    assert not any("give --parent" in w for w in rep.warnings)
+    r = _cli("verify", str(m), "--policy", "--parent", str(a), "--parent", str(b))
+    assert r.returncode == 1 and "policy" in r.stderr and "give --parent" not in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["action", "task", "revert", "vindex"])
+def test_records_with_an_api_of_their_own_cannot_be_put(tmp_path: Path, kind: str) -> None:
+    # tx.put(capsule.Action(...)) wrote an intent and a result past the policy gate (7.3.1, 7.8)
+    from capsule.format.records import _REGISTRY
+    from capsule.run.events import TaskAdded
+    from capsule.run.tasks import TaskRecord
+
+    p = tmp_path / "k.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.constrain("email needs approval", rule={"action": "email.*"})
+        before = p.read_bytes()
+        records = {
+            "action": lambda: Action.build(time=1, key="email.blast", phase="intent", attempt=1),
+            "task": lambda: TaskRecord(TaskAdded(time=1, task="t")),
+            "revert": lambda: _REGISTRY["revert"].build(time=1, after=bytes(32), drop=[bytes(32)]),
+            "vindex": lambda: _REGISTRY["vindex"].build(time=1, dim=4),
+        }
+        rec = records[kind]()
+        with pytest.raises(capsule.UsageError, match="not put directly"), cap.commit() as tx:
+            tx.put(rec)
+        assert p.read_bytes() == before
+        with pytest.raises(capsule.PolicyViolation):
+            cap.run_once("email.blast", lambda: "sent")
+
+
+def test_a_live_compaction_names_the_true_reason_a_checkpoint_is_not_carried(tmp_path: Path) -> None:
+    # it said "its state held a redacted record" of a file with no redaction
+    key = tmp_path / "k.key"
+    assert _cli("keygen", "-o", str(key)).returncode == 0
+    p = tmp_path / "a.capsule"
+    assert _cli("init", str(p)).returncode == 0
+    rid = _cli("put", str(p), "--text", "first").stdout.strip()
+    assert _cli("checkpoint", str(p), "--label", "day-1", "--key", str(key)).returncode == 0
+    assert _cli("forget", str(p), rid).returncode == 0
+    r = _cli("compact", str(p), "-o", str(tmp_path / "small.capsule"), "--keep", "live")
+    assert r.returncode == 0 and "'day-1' (a --keep live file keeps only the last state)" in r.stderr
+    assert "redacted" not in r.stderr
+
+
+def test_audit_judges_approvals_under_the_keyset_of_the_intent(tmp_path: Path) -> None:
+    # a 2-of-3 action approved under keyset v2, one approver revoked in v3: audit showed her as
+    # "key unknown" and the action as under-approved, while verify --policy said it was fine
+    agent, alice, bob, carol = (capsule.generate_key() for _ in range(4))
+    p = tmp_path / "r.capsule"
+    with capsule.create(p) as cap:
+        cap.checkpoint("c0", key=agent)
+        cap.rotate_keys(capsule.Keyset.of([k.public_key for k in (agent, alice, bob, carol)], version=2),
+                        old_signers=[agent], new_signers=[agent])
+        with cap.commit() as tx:
+            tx.constrain("pay 2 of 3", rule={"action": "pay.*", "approvals": 2,
+                                             "approvers": [alice.key_id, bob.key_id, carol.key_id]})
+        with cap.commit() as tx:
+            tx.approve(capsule.action_subject("pay.v1"), carol)
+            tx.approve(capsule.action_subject("pay.v1"), bob)
+        cap.run_once("pay.v1", lambda: "paid")
+        cap.rotate_keys(capsule.Keyset.of([k.public_key for k in (agent, alice, bob)], version=3),
+                        old_signers=[agent], new_signers=[agent])
+        doc = cap.audit("pay.v1").to_dict()
+    assert capsule.verify(p, policy=True).ok
+    assert {a["approver"]: (a["verified"], a["key_known"]) for a in doc["approvals"]} == {
+        carol.key_id: (True, True), bob.key_id: (True, True)}
+
+
+def test_audit_and_why_see_the_checkpoints_a_copy_carries(tmp_path: Path) -> None:
+    # on a compacted copy they said "first checkpoint covering it: none yet" while verify --trust
+    # counted the same records as signed through the carried checkpoint (13.4, 15.2)
+    key = capsule.generate_key()
+    p, c = tmp_path / "p.capsule", tmp_path / "c.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            d = tx.decide("ship it", evidence=[tx.remember("tests pass")])
+        cap.run_once("deploy:1", lambda: "ok", inputs={"decision": d})
+        cap.checkpoint("signed", key=key)
+    capsule.compact(p, c)
+    assert capsule.verify(c, trust=key.public_key).ok
+    with capsule.open(c) as cap:
+        w = cap.why(d, trust=key.public_key).to_dict()["checkpoint"]
+        a = cap.audit("deploy:1", trust=key.public_key).to_dict()["checkpoint"]
+    for ck in (w, a):
+        assert ck is not None and ck["label"] == "signed" and ck["carried"] and ck["signature_ok"] and ck["anchored"]
+
+
+def test_the_violation_says_how_many_distinct_approvers_it_needs(tmp_path: Path) -> None:
+    a, b, c = (capsule.generate_key() for _ in range(3))
+    with capsule.create(tmp_path / "w.capsule") as cap:
+        with cap.commit() as tx:
+            tx.constrain("two of three", rule={"action": "pay.*", "approvals": 2,
+                                               "approvers": [a.key_id, b.key_id, c.key_id]})
+        with pytest.raises(capsule.PolicyViolation, match="from 2 distinct key\\(s\\) among the 3 named keys"):
+            cap.run_once("pay.1", lambda: 1)
