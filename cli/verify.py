@@ -102,6 +102,8 @@ def verify(
                         if lin.get("policy") else "fork")
                 extra += f", {what} of {lin['parent']} at seq {lin['tree_size']}"
         out.print(f"ok: {rep.commits} commits, {rep.records} records, {rep.frames} frames, {rep.bytes} bytes{extra}")
+        if policy and rep.policy == []:  # 7.3.1: say that it was checked, not only that nothing failed
+            out.print("policy: no violation (each action intent judged against the rules in force when it was written)")
         for r in rep.recoveries:  # 8.3: not a failure, but bytes some commit lost
             out.print(f"recovery at offset {r['offset']} (seq {r['seq']}): a writer dropped a torn tail of "
                       f"{r['bytes']} bytes there")

@@ -151,3 +151,12 @@ def test_the_violation_says_how_many_distinct_approvers_it_needs(tmp_path: Path)
                                                "approvers": [a.key_id, b.key_id, c.key_id]})
         with pytest.raises(capsule.PolicyViolation, match="from 2 distinct key\\(s\\) among the 3 named keys"):
             cap.run_once("pay.1", lambda: 1)
+
+
+def test_verify_policy_says_that_it_judged(tmp_path: Path) -> None:
+    # `verify --policy` printed exactly what plain verify prints: nothing said policy was checked
+    p = tmp_path / "v.capsule"
+    assert _cli("init", str(p)).returncode == 0
+    judged = _cli("verify", str(p), "--policy")
+    assert judged.returncode == 0 and "policy: no violation" in judged.stdout
+    assert "policy:" not in _cli("verify", str(p)).stdout
