@@ -123,7 +123,8 @@ def audit(path: FileArg, key: Annotated[str, typer.Argument(metavar="KEY", show_
     if not d["decisions"]:
         out.print("no linked decision")
     own = ", ".join(f"{a['approver'][:8]} {_sig(a)}"
-                    + ("" if a["before_intent"] else " (after the intent)") + (" (rolled back)" if a["rolled_back"] else "")
+                    + ("" if a["before_intent"] else " (after the intent)" if a["before_intent"] is False
+                       else " (order not kept in this copy)") + (" (rolled back)" if a["rolled_back"] else "")
                     for a in d.get("approvals", []))
     out.print(f"approvals of the action itself: {own or 'none'}")
 

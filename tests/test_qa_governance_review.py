@@ -160,3 +160,90 @@ def test_verify_policy_says_that_it_judged(tmp_path: Path) -> None:
     judged = _cli("verify", str(p), "--policy")
     assert judged.returncode == 0 and "policy: no violation" in judged.stdout
     assert "policy:" not in _cli("verify", str(p)).stdout
+
+
+def _clean_parent(p: Path) -> capsule.PrivateKey:
+    """A capsule whose approved action passes verify --policy."""
+    key = capsule.generate_key()
+    with capsule.create(p) as cap:
+        cap.checkpoint("keys", key=key)
+        with cap.commit() as tx:
+            tx.constrain("mail needs an approval", rule={"action": "email.*"})
+            tx.approve(capsule.action_subject("email.send:1"), key)
+        cap.run_once("email.send:1", lambda: "sent")
+    assert capsule.verify(p, policy=True).ok
+    return key
+
+
+def test_copies_of_copies_are_judged_as_their_parent_judges_itself(tmp_path: Path) -> None:
+    # the parent's own inherited intents were judged in place: a clean fork of a compacted file
+    # failed, and a fork of a fork of a violating parent passed without a word
+    clean, compacted, fork = tmp_path / "clean.capsule", tmp_path / "c.capsule", tmp_path / "f.capsule"
+    _clean_parent(clean)
+    capsule.compact(clean, compacted)
+    capsule.fork(compacted, fork).close()
+    assert capsule.verify(fork, policy=True, parent=compacted).ok
+    bad, f1, f2 = tmp_path / "bad.capsule", tmp_path / "f1.capsule", tmp_path / "f2.capsule"
+    _parent_with_a_violation(bad)
+    capsule.fork(bad, f1).close()
+    capsule.fork(f1, f2).close()
+    assert not capsule.verify(f1, policy=True, parent=bad).ok
+    rep = capsule.verify(f2, policy=True, parent=f1)
+    assert any("from its own parent" in w and str(f1) in w for w in rep.warnings)
+
+
+def test_an_inherited_intent_no_parent_holds_fails(tmp_path: Path) -> None:
+    # a fork made --at an earlier checkpoint copies the parent's later intents; an older copy of the
+    # parent (cut back to the checkpoint, still valid) holds none of them: nothing judged them
+    g, old, f = tmp_path / "g.capsule", tmp_path / "old.capsule", tmp_path / "f.capsule"
+    with capsule.create(g) as cap:
+        with cap.commit() as tx:
+            tx.constrain("email needs approval", rule={"action": "email.*"})
+        cap.checkpoint("c1", key=capsule.generate_key())
+        size = g.stat().st_size
+        with cap.commit() as tx:
+            tx._put(Action.build(time=cap.clock(), key="email.blast", phase="intent", attempt=1))
+    old.write_bytes(g.read_bytes()[:size])
+    capsule.fork(g, f, at="c1").close()
+    assert not capsule.verify(f, policy=True, parent=g).ok
+    rep = capsule.verify(f, policy=True, parent=old)
+    assert not rep.ok and "in no parent given" in rep.first_error["message"]
+
+
+def test_a_fork_of_an_empty_parent_inherits_nothing(tmp_path: Path) -> None:
+    e, f = tmp_path / "e.capsule", tmp_path / "f.capsule"
+    capsule.create(e).close()
+    capsule.fork(e, f).close()
+    with capsule.open(f, "a") as cap:
+        with cap.commit() as tx:
+            tx.constrain("mail needs an approval", rule={"action": "email.*"})
+        with pytest.raises(capsule.PolicyViolation):
+            cap.run_once("email.x", lambda: 1)
+    assert not [w for w in capsule.verify(f, policy=True).warnings if "inherited" in w]
+    assert capsule.verify(f, policy=True, parent=e).ok
+
+
+@pytest.mark.parametrize("kind", ["action", "revert"])
+def test_put_many_refuses_what_put_refuses(tmp_path: Path, kind: str) -> None:
+    from capsule.format.records import _REGISTRY
+
+    p = tmp_path / "m.capsule"
+    with capsule.create(p) as cap:
+        before = p.read_bytes()
+        rec = (Action.build(time=1, key="email.blast", phase="intent", attempt=1) if kind == "action"
+               else _REGISTRY["revert"].build(time=1, after=bytes(32), drop=[bytes(32)]))
+        with pytest.raises(capsule.UsageError, match="not put directly"), cap.commit() as tx:
+            tx.put_many([{"text": "fine"}, rec])
+        assert p.read_bytes() == before
+
+
+def test_audit_on_a_copy_judges_inherited_approvals_as_the_parent_did(tmp_path: Path) -> None:
+    p = tmp_path / "p.capsule"
+    key = _clean_parent(p)
+    for keep in ("history", "live"):
+        c = tmp_path / f"{keep}.capsule"
+        capsule.compact(p, c, keep=keep)
+        with capsule.open(c) as cap:
+            [a] = cap.audit("email.send:1").to_dict()["approvals"]
+        assert a["approver"] == key.public_key.key_id and a["verified"]
+        assert a["before_intent"] is (True if keep == "history" else None)

@@ -15,7 +15,7 @@ so a commit from another thread waits for this one (see ``handle.locking``).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,19 @@ if TYPE_CHECKING:
 _TEXT_KINDS = frozenset({"memory", "note", "decision", "revert"})  # what the lexical catalog reads (16.4, 16.8)
 
 
+
+_INPUTS = frozenset({dict, str, bytes, bytearray, memoryview})  # maps and JSON text: their kinds are checked later
+
+
+def _not_own(records: Iterable[Any]) -> Iterator[Any]:
+    """``records``, refusing a record object of a kind :meth:`Transaction.put` refuses (a map or
+    a JSON line of such a kind is refused by the reference path: unknown kind)."""
+    for obj in records:
+        if type(obj) not in _INPUTS:
+            own = _OWN_API.get(getattr(obj, "kind", None))  # type: ignore[arg-type]
+            if own is not None:
+                raise UsageError(f"{obj.kind} records are written by {own}, not put directly")
+        yield obj
 
 #: kinds :meth:`Transaction.put` refuses, with the API that writes them (7.7 - 7.10)
 _OWN_API = {"action": "run_once or cap.action (7.8)", "task": "cap.tasks (7.9)",
@@ -411,7 +424,7 @@ class Transaction(LifecycleMethods):
             self._vectors += 1
 
         try:
-            encode_many(batch, records, self._cap.clock, prepare=self._resolve_ids, on_vector=on_vector,
+            encode_many(batch, _not_own(records), self._cap.clock, prepare=self._resolve_ids, on_vector=on_vector,
                         names=names)
         except BaseException:
             # all or nothing: the records of this call leave the batch (a vindex record too)

@@ -14,7 +14,7 @@ from ..format.commit import CommitInfo
 from ..format.keys import PublicKey
 from ..format.kindwalk import walk
 from ..state import checkpoints as ck
-from ..state.carried import carried_checkpoints
+from ..state.carried import carried_checkpoints, lineage_of
 from ..state.fold import dead_ids
 from ..state.kinds import approval_message
 from ._walk import Source, checkpoint_after, checkpoint_ref, commit_holding, frame_seq
@@ -33,6 +33,7 @@ class Context:
     keys: dict[str, bytes] = field(default_factory=dict)
     vouched: dict[str, bytes] = field(default_factory=dict)
     chain: list[tuple[int, dict[str, bytes]]] = field(default_factory=list)  # (KEYSET offset, its keys), oldest first
+    lineage: Any = None  # the file's LINEAGE (15), when it is a fork, a compacted or a merged file
 
     @classmethod
     def load(cls, cap: Source, anchor: int | None = None, extra: tuple[str, ...] = ()) -> Context:
@@ -49,6 +50,7 @@ class Context:
                 for raw in rec.keys:
                     ctx.keys[PublicKey(raw).key_id] = raw
         ctx.dead = dead_ids(r for _, r in ctx.rows if r.kind == "revert")
+        ctx.lineage = lineage_of(store)
         ks = ck.keyset_in_force(store)
         if ks is not None:
             ctx.vouched = {k.key_id: k.raw for k in ks.keys}
@@ -62,7 +64,13 @@ class Context:
         """The keyset in force before the commit starting at ``offset`` (7.3.1: what an intent
         there was judged under), as key id -> raw key; empty when there was none."""
         i = bisect.bisect_left([o for o, _ in self.chain], offset)
-        return self.chain[i - 1][1] if i else {}
+        if i:
+            return self.chain[i - 1][1]
+        if self.chain and self.lineage is not None:
+            # a copy (15.2): the parent's chain follows the records it inherited, so which keyset was
+            # in force at one of them is the parent's to say; any of the chain it copied may have been
+            return {kid: raw for _, keys in self.chain for kid, raw in keys.items()}
+        return {}
 
     def approvals_of(self, rid: bytes, vouched: dict[str, bytes] | None = None) -> list[dict[str, Any]]:
         """7.4: ``signature_ok`` under a key an identity published or the keyset in force

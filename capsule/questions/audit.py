@@ -20,6 +20,7 @@ names the action key under ``"action"`` (``"decision-inputs"``). Approvals are j
 (7.3.1): ``verified`` under the keyset in force before its commit. ``approvals`` are those of the
 action's own subject (``action_subject(key)``, 7.3.1: an approval of every run of the key), the
 other way to satisfy a rule; ``before_intent`` says whether it was committed before the intent
+(null in a fork, a ``live`` compaction or a merge, whose inherited records share one commit)
 (in an earlier commit: only those count for it). ``checkpoint`` is the first checkpoint covering the newest step.
 """
 
@@ -116,6 +117,9 @@ def audit(cap: Source, key: str, *, trust: Any = None) -> Audit:
     for a in approvals:  # 7.3.1: the approvals of the commits before the intent's commit count
         held = commit_holding(store, placed[a["id"]])
         a["before_intent"] = at is not None and held is not None and held.seq < at.seq
+        if a["before_intent"] is False and held is not None and at is not None and held.seq == at.seq \
+                and ctx.lineage is not None and ctx.lineage.policy not in ("history", "checkpoints"):
+            a["before_intent"] = None  # a fork or a live copy holds its inherited records in one commit (15)
     constraints = ctx.constraints_at(at.end) if at is not None else []
     for c in constraints:
         if "rule" in c:

@@ -14,6 +14,7 @@ skipped without folding anything, so a file without rules costs one read.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,35 +102,74 @@ def policy_violations(store: Store, inherited: int = 0) -> list[dict[str, Any]]:
     return out
 
 
+def _inherited(store: Store, lineage: dict[str, Any] | None) -> int:
+    """How many records at the start of a file are inherited (15.1 ``kept``; a fork's copy
+    commit, the second, when its first holds only the LINEAGE, 15); 0 without a LINEAGE."""
+    from .lineage import inherited
+
+    kept = inherited(lineage)
+    if kept or lineage is None or lineage.get("merge") is not None:
+        return kept
+    oldest = list(itertools.islice(reversed(list(store.commits())), 2))  # newest first: the two oldest
+    return oldest[1].records if len(oldest) == 2 and oldest[0].records == 0 else 0
+
+
 def check_policy(rep: VerifyReport, path: Path, keys: Keys | None = None, parents: tuple[Path, ...] = ()) -> None:
     """13.3 with ``policy``: list the violations in ``rep.policy``; any fails the report.
 
-    7.3.1 in a file with a LINEAGE: the records it inherited (15.1 ``kept``; the records of a
-    fork's first commit that has any, 15) were judged where they were written, under the parent's keysets and commits, which the file does not keep in place (its
-    copy of the keyset chain follows them). They are judged in the ``parents`` when given (a
-    parent's violation fails this file too); otherwise a warning says they were not judged."""
+    7.3.1 in a file with a LINEAGE: the records it inherited (:func:`_inherited`) were judged
+    where they were written, under the parent's keysets and commits, which the file does not
+    keep in place (its copy of the keyset chain follows them). They are judged in the
+    ``parents`` when given, as the parent's own verify judges them (its own inherited intents
+    in turn only in its parent: those are named in a warning). An inherited intent that no
+    parent holds is a violation: nothing vouches for it. Without parents a warning says that
+    the inherited intents were not judged."""
     from ..handle.entry import open as open_capsule
-    from .lineage import inherited
+    from ..state.carried import lineage_of
 
     keys = keys or Keys()
-    kept = inherited(rep.lineage)
     with open_capsule(path, identity=keys.identity, passphrase=keys.passphrase) as cap:
-        if not kept and rep.lineage is not None:  # a fork (15): its first commit with records holds what it copied
-            held = [c.records for c in cap._store.commits() if c.records]  # newest first
-            kept = held[-1] if held else 0
+        intents = _collect(cap._store)[1]
+        kept = _inherited(cap._store, rep.lineage)
+        if kept and parents and rep.lineage is not None and "kept" not in rep.lineage:
+            # a fork: its copy commit starts with a record of the parent; a first commit of its own
+            # (a fork of a parent that had nothing to copy) does not
+            first = next(iter(cap._store.records()), None)
+            with open_capsule(parents[0], identity=keys.identity, passphrase=keys.passphrase) as par:
+                if first is None or par._store.locate(bytes.fromhex(first.id)) is None:
+                    kept = 0
         found = policy_violations(cap._store, kept)
-        mine = {it.rec.id for it in _collect(cap._store)[1] if it.ordinal < kept} if kept and parents else set()
-    for parent in parents if mine else ():  # the inherited intents only: the parent may have gone on since
-        with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as cap:
-            found += [{**v, "in": str(parent)} for v in policy_violations(cap._store) if v["intent"] in mine]
-    if kept and not parents:
-        rep.warnings.append(f"policy: the {kept} records inherited from the parent (15.1) are judged in the parent, "
-                            "where they were written: give --parent PARENT to judge them")
+    mine = {it.rec.id: it for it in intents if it.ordinal < kept}
+    unjudged: dict[str, int] = {}
+    for parent in parents if mine else ():
+        with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
+            theirs = _collect(par._store)[1]
+            lin = lineage_of(par._store)
+            pk = _inherited(par._store, None if lin is None else lin.to_dict())
+            held = {it.rec.id for it in theirs}
+            found += [{**v, "in": str(parent)} for v in policy_violations(par._store, pk) if v["intent"] in mine]
+            deeper = sum(1 for it in theirs if it.ordinal < pk and it.rec.id in mine)
+            if deeper:
+                unjudged[str(parent)] = deeper
+            for rid in [x for x in mine if x in held]:
+                mine.pop(rid)
+    for it in mine.values() if parents else ():  # in no parent given: nothing vouches for it
+        found.append({"key": it.rec.key, "intent": it.rec.id, "attempt": it.rec.attempt, "offset": it.offset,
+                      "seq": it.seq, "missing": True})
+    for where, n in unjudged.items():
+        rep.warnings.append(f"policy: {n} inherited intents came to {where} from its own parent: verify {where} "
+                            "--policy --parent ITS-PARENT judges them")
+    n = sum(1 for it in intents if it.ordinal < kept)
+    if n and not parents:
+        rep.warnings.append(f"policy: the {n} action intents among the records inherited from the parent (15.1) "
+                            "are judged in the parent, where they were written: give --parent PARENT to judge them")
     rep.policy = found
     if found:
         rep.ok = False
         v = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        what = (f"inherited intent {v['intent'][:12]} of {v['key']!r} is in no parent given: nothing judged it"
+                if v.get("missing") else describe(v))
         rep.first_error = {"offset": v["offset"], "seq": v["seq"], "check": "policy",
-                           "message": describe(v) + more + (f" (an inherited intent: the offset is in the parent "
-                                                             f"{v['in']})" if "in" in v else "")}
+                           "message": what + more + (f" (an inherited intent: the offset is in the parent "
+                                                     f"{v['in']})" if "in" in v else "")}
