@@ -60,8 +60,9 @@ def valid_at_iso(v: str | None) -> str | None:
 
 
 def time_opt(text: str | None, name: str) -> int | None:
-    """A time option (``--since`` ...): ISO-8601, or int ns as ``--valid-at`` takes; a bad one is
-    a UsageError naming the option."""
+    """A time option (``--since`` ...): ISO-8601, int ns as ``--valid-at`` takes, or a time ago
+    (``yesterday``, ``6h ago``, ``now``, on the wall clock); a bad one is a UsageError naming
+    the option."""
     if text is None:
         return None
     from capsule.core.errors import UsageError
@@ -71,10 +72,16 @@ def time_opt(text: str | None, name: str) -> int | None:
         if int(text) >= 1 << 63:
             raise UsageError(f"{name} {text!r} is outside 1970-01-01 .. 2262-04-11 (nanoseconds in 63 bits)")
         return int(text)
+    from capsule.core.clock import ago, default_clock
+
+    rel = ago(text, default_clock()())  # 'yesterday', '6h ago', 'now', as views take them
+    if rel is not None:
+        return rel
     try:
         return parse_time_arg(text, name)
-    except UsageError as e:  # int ns are taken too: say so
-        raise UsageError(str(e).replace("is not an ISO-8601 time", "is not an ISO-8601 time or int ns")) from None
+    except UsageError as e:  # int ns and times ago are taken too: say so
+        raise UsageError(str(e).replace("is not an ISO-8601 time",
+                                        "is not an ISO-8601 time, int ns or a time ago ('2d ago')")) from None
 
 
 def expired_at(now: str | int) -> Callable[[Mapping[str, Any]], bool]:

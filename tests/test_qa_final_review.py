@@ -253,3 +253,17 @@ def test_a_view_named_by_a_time_ago(tmp_path: Path) -> None:
             cap.view("sometime ago")
         cap.checkpoint("yesterday", key=capsule.generate_key())  # a label of that name wins
         assert cap.resolve("yesterday").commits == cap.commit_count
+
+
+def test_since_and_until_take_a_time_ago_too(tmp_path: Path) -> None:
+    # views took 'yesterday' and '6h ago'; --since/--until of list and timeline refused them
+    p = tmp_path / "s.capsule"
+    assert _cli("init", str(p)).returncode == 0
+    assert _cli("put", str(p), "--text", "fresh").returncode == 0
+    listed = _cli("list", str(p), "--since", "yesterday", "--json")
+    assert listed.returncode == 0 and [h["text"] for h in json.loads(listed.stdout)] == ["fresh"]
+    assert json.loads(_cli("list", str(p), "--until", "2 d ago", "--json").stdout) == []
+    tl = _cli("timeline", str(p), "--since", "1h ago", "--json")
+    assert tl.returncode == 0 and json.loads(tl.stdout)["events"]
+    bad = _cli("list", str(p), "--since", "soon")
+    assert bad.returncode == 2 and "a time ago" in bad.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable
 
@@ -45,6 +46,28 @@ def read_clock(clock: Clock) -> int:
         raise UsageError(f"the clock returned {t!r}: a time is an int of nanoseconds since the epoch, "
                          f"0..2^63-1{hint}")
     return t
+
+
+_AGO = re.compile(r"(\d{1,12}) ?(s|m|h|d|w) ago", re.ASCII)
+_UNIT = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9, "w": 7 * 86_400 * 10**9}
+
+
+def ago(text: str, now: int) -> int | None:
+    """A time given relative to ``now``: ``now``, ``yesterday`` (24 hours before) or
+    ``N s|m|h|d|w ago`` (any case, spaces around ignored); None for any other text. A time
+    before 1970 is a UsageError."""
+    low = text.strip().lower()
+    if low == "now":
+        back = 0
+    elif low == "yesterday":
+        back = _UNIT["d"]
+    elif m := _AGO.fullmatch(low):
+        back = int(m[1]) * _UNIT[m[2]]
+    else:
+        return None
+    if now - back < 0:
+        raise UsageError(f"{text.strip()!r} is before 1970-01-01")
+    return now - back
 
 
 def iso(ns: int) -> str:

@@ -9,9 +9,7 @@ else a checkpoint the parent signed that a fork or a compacted file carries (15.
 
 from __future__ import annotations
 
-import re
-
-from ..core.clock import read_clock
+from ..core.clock import ago, read_clock
 from ..core.errors import InvalidRecordError, NotFound, UsageError
 from ..format.commit import CommitInfo
 from ..format.records import parse_iso_time
@@ -19,25 +17,13 @@ from ..format.store import Store
 from .carried import carried_checkpoints, find_carried
 from .checkpoints import checkpoints, commit_of, find_checkpoint
 
-_AGO = re.compile(r"(\d{1,12}) ?(s|m|h|d|w) ago", re.ASCII)
-_UNIT = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86_400 * 10**9, "w": 7 * 86_400 * 10**9}
-
 
 def _relative(store: Store, low: str) -> int | None:
     """A time relative to the reader's clock (the wall clock, or the one the capsule was opened
     with): ``now``, ``yesterday`` (24 hours ago) or ``N s|m|h|d|w ago``; None for anything else."""
-    if low == "now":
-        back = 0
-    elif low == "yesterday":
-        back = _UNIT["d"]
-    elif m := _AGO.fullmatch(low):
-        back = int(m[1]) * _UNIT[m[2]]
-    else:
+    if not (low in ("now", "yesterday") or low.endswith(" ago")):
         return None
-    t = read_clock(store.clock) - back
-    if t < 0:
-        raise UsageError(f"{low!r} is before 1970-01-01")
-    return t
+    return ago(low, read_clock(store.clock))
 
 
 def commit_at_seq(store: Store, seq: int) -> CommitInfo:
