@@ -894,7 +894,7 @@ def test_time_options_take_int_ns_and_name_themselves(tmp_path: Path) -> None:
         assert got.exit_code == 0 and found(got.stdout) >= 1, got.output
         none = invoke(*verb, "--since", str(FIXED_NS + 1), "--json")
         assert none.exit_code == 0 and found(none.stdout) == 0, none.output
-        for opt, bad, why in (("--until", "garbage", "is not an ISO-8601 time or int ns"),
+        for opt, bad, why in (("--until", "garbage", "is not an ISO-8601 time, int ns or a time ago"),
                               ("--since", str(1 << 63), "is outside 1970-01-01")):
             r = invoke(*verb, opt, bad)
             assert r.exit_code == 2 and f"capsule: error: {opt} '{bad}' {why}" in r.stderr, r.stderr
