@@ -1212,7 +1212,7 @@ def bad_vector_files(tmp_path: Path) -> dict[str, list[str]]:
         "json-nan": ["--vector", str(tmp_path / "nan.json")],
         "mode-bogus": ["x", "--mode", "bogus"],
         "tier-bogus": ["x", "--tier", "gold"],
-        "since-bogus": ["x", "--since", "yesterday"],
+        "since-bogus": ["x", "--since", "someday"],
         "meta-no-equals": ["x", "--meta", "novalue"],
         "vector-mode-no-vector-no-embedder": ["x", "--mode", "vector"],
         "embedder-unknown": ["x", "--mode", "vector", "--embedder", "nope"],
