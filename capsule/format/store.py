@@ -259,8 +259,9 @@ class Store:
                              f"give more digits")
         raise NotFound(f"no record with id prefix {hexprefix!r}")
 
-    def _id_at(self, offset: int, slot: int, snap: Snapshot) -> bytes:
-        """The content id of the record at a table location (read, not taken from a table)."""
+    def slot_record(self, offset: int, slot: int, snap: Snapshot | None = None) -> tuple[bytes, dict[str, Any], str]:
+        """The bytes, canonical value and kind of the record at a table location (its frame's
+        chain link, its canonical form and its kind checked; its id is the caller's to check)."""
         raw, bounds = self.frame_slots(offset, snap)
         if slot + 1 >= len(bounds):
             raise CorruptError("record slot outside its frame", offset=offset, check="index-location")
@@ -272,6 +273,11 @@ class Store:
         kind = value.get("kind") if isinstance(value, dict) else None
         if not isinstance(kind, str):
             raise CorruptError("record without a kind", offset=offset, check="record")
+        return data, value, kind
+
+    def _id_at(self, offset: int, slot: int, snap: Snapshot) -> bytes:
+        """The content id of the record at a table location (read, not taken from a table)."""
+        data, _, kind = self.slot_record(offset, slot, snap)
         return content_id(kind, data)
 
     def _committed(self, rid: bytes, snap: Snapshot) -> bool:

@@ -79,36 +79,17 @@ def live_values(store: Store, plan: Plan) -> Iterator[tuple[bytes, str, dict[str
     """(id, kind, canonical value) of each record the plan names, in its order, each checked as
     ``Store.get`` checks one: its frame's chain link, canonical form, depth, and its content id."""
     from ..core import constants as C
-    from ..core.errors import DataError
     from ..format import canonical as canon
-    from ..format.commit import record_bounds
-    from ..format.frames import raw_payload
     from ..format.records import record_id
-    from ..format.scan import read_frame_at
 
-    snap = store.snap
     for offset, items in plan:
-        prev = snap.header.chain_seed if offset == C.HEADER_SIZE else None
-        fh, payload, _, _ = read_frame_at(store.h, offset, max_frame=snap.header.max_frame_len, prev_chain=prev)
-        if fh.ftype != C.FT_RECORDS or fh.end > snap.end:
-            raise CorruptError("a table names a place that is not a RECORDS frame", offset=offset,
-                               check="index-location")
-        raw = raw_payload(fh, payload)
-        bounds = record_bounds(raw, fh.offset, fh.seq)
         for slot, rid in items:
-            if slot + 1 >= len(bounds):
-                raise CorruptError("record slot outside its frame", offset=offset, check="index-location")
-            data = raw[bounds[slot] : bounds[slot + 1]]
-            try:
-                value = canon.decode(data)
-            except DataError as e:
-                raise CorruptError(str(e), offset=offset, seq=fh.seq, check="canonical") from None
-            kind = value.get("kind") if isinstance(value, dict) else None
-            if not isinstance(kind, str) or record_id(kind, data) != rid:
+            data, value, kind = store.slot_record(offset, slot)
+            if record_id(kind, data) != rid:
                 raise CorruptError(f"record {rid.hex()} does not match its content id", offset=offset,
-                                   seq=fh.seq, check="content-id")
+                                   check="content-id")
             if canon.depth(value) > C.MAX_DEPTH:
-                raise CorruptError("record nested too deeply", offset=offset, seq=fh.seq, check="canonical")
+                raise CorruptError("record nested too deeply", offset=offset, check="canonical")
             yield rid, kind, value
 
 
