@@ -146,10 +146,13 @@ class AgentLoop:
                     # not idle time, and a jump of the shared clock past one would take the task away
                     busy = {n for n in tasks.claimed_here if (b := q.tasks.get(n)) is not None
                             and b.status == "claimed" and b.lease_live(now)} if self.jump else set()
-                    waited = waited or _time.monotonic()
-                    if busy and _time.monotonic() - waited < SIBLING_WAIT:
-                        _time.sleep(0.001)  # wait for what the sibling finishes (it may free a task)
-                        continue
+                    if busy:  # each idle spell while a sibling works waits afresh
+                        waited = waited or _time.monotonic()
+                        if _time.monotonic() - waited < SIBLING_WAIT:
+                            _time.sleep(0.001)  # wait for what the sibling finishes (it may free a task)
+                            continue
+                    else:
+                        waited = 0.0
                     wake = q.next_wakeup(now)
                     if wake is None or not self.jump or wake <= now:
                         break
