@@ -28,6 +28,7 @@ lists them, and is the console-script entry point (``main``).
 
 from __future__ import annotations
 
+import inspect as inspect_
 import logging
 import sys
 from typing import Annotated
@@ -111,8 +112,17 @@ COMMANDS = (
 )
 #: 10: every command that reads or writes contents takes --identity / --passphrase-env
 NO_KEYS = frozenset({"keygen"})
+
+
+def _short(fn: object) -> str:
+    """The first paragraph of a command's docstring on one line: typer's rich listing keeps the
+    docstring's line breaks, which left ragged rows in `capsule --help`."""
+    doc = inspect_.cleandoc(getattr(fn, "__doc__", None) or "")
+    return " ".join(doc.split("\n\n", 1)[0].split())
+
+
 for _name, _fn in COMMANDS:
-    app.command(_name)(_fn if _name in NO_KEYS else with_keys(_fn))
+    app.command(_name, short_help=_short(_fn))(_fn if _name in NO_KEYS else with_keys(_fn))
 app.command("records", hidden=True)(with_keys(records.list_))  # the same command by the name the issue asked for
 
 

@@ -323,6 +323,18 @@ def test_help_shows_plain_metavars(tmp_path: Path, name: str) -> None:
     assert "agent-capsule[minilm]" in text if name == "pack" else True
 
 
+def test_command_list_reads_one_row_per_command_when_it_fits(tmp_path: Path) -> None:
+    """`capsule --help` once kept docstring line breaks: 'decisions, constraints, identity,' then
+    'open tasks, ...' on a row of its own, in a listing wide enough for both."""
+    text = run("--help", cwd=tmp_path, env={"COLUMNS": "400"}).stdout
+    rows = [ln for ln in text.splitlines() if ln.startswith("│")]
+    listing = [ln for ln in rows if re.match(r"│ [a-z][a-z-]+ ", ln)]
+    names = {ln.split()[1] for ln in listing}
+    assert {"beliefs", "why", "audit", "report", "serve", "redact"} <= names, names
+    continuation = [ln for ln in rows[rows.index(listing[0]):] if re.match(r"│\s{3,}\S", ln)]
+    assert not continuation, "\n".join(continuation)
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["search", "x.capsule", "-k", "0"], "'-k' / '--top'"),
     (["put"], "Missing argument 'FILE'"),
