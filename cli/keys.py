@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ._errors import call
+from ._errors import EXIT_USAGE, call, fail
 from ._params import FileArg, JsonOpt, WaitOpt
 from ._render import emit_json, out
 from .compact import warn_not_carried
@@ -70,6 +71,77 @@ def rotate_keys(
         return
     gone = f"; revoked {', '.join(info['revoked'])}" if info["revoked"] else ""
     out.print(f"keyset v{info['version']}: {info['threshold']} of {', '.join(info['keys'])}{gone}")
+
+
+def approve(
+    path: FileArg,
+    subject: Annotated[str | None, typer.Argument(metavar="ID", show_default=False,
+                                                  help="The record to approve: an id or a unique prefix of at "
+                                                  "least 4 hex digits (a decision an action names).")] = None,
+    action: Annotated[str | None, typer.Option("--action", metavar="KEY", show_default=False,
+                                               help="Approve every run of this action key instead (spec 7.3.1).")]
+    = None,
+    key: Annotated[list[Path] | None, typer.Option("--key", metavar="KEY", show_default=False,
+                                                   help="The approver's private key file; repeat for one approval "
+                                                   "per key, in one commit.")] = None,
+    passphrase_env: PassOpt = None,
+    wait: WaitOpt = 0.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign an approval of a record or of an action key with an approver's key (spec 7.4).
+
+    A rule (capsule put --kind constraint with a rule) lets a gated action run once
+    enough keys of the keyset in force have approved its key (--action) or the decision
+    its intent names (ID). An approval by a key outside that keyset is kept, and
+    counts for no rule: the command says so.
+
+    Examples:
+      capsule approve agent.capsule --action email.send --key alice.key
+      capsule approve agent.capsule 3f2a9c1e --key alice.key --key bob.key
+    """
+    import capsule
+
+    if (subject is None) == (action is None):
+        fail("approve what? give a record ID or --action KEY (one of them)", EXIT_USAGE)
+    if not key:
+        fail("an approval is signed: give --key KEY (the approver's private key; repeat for more approvers)",
+             EXIT_USAGE)
+
+    def go() -> dict[str, Any]:
+        keys = _load_keys(key, passphrase_env)
+        if len({k.key_id for k in keys}) < len(keys):
+            raise capsule.UsageError("the same key given twice: an approval counts once per key")
+        with capsule.open(path, "a", timeout=wait or None) as cap:
+            if action is not None:
+                if not action:
+                    raise capsule.UsageError("--action: an action key is never empty")
+                sid, what = capsule.action_subject(action).hex(), {"action": action}
+            else:
+                rec = cap.get(subject)
+                sid, what = rec.id, {"record": rec.id, "kind": rec.kind}
+            ks = cap.keyset
+            members = set() if ks is None else {k.key_id for k in ks.keys}
+            with cap.commit() as tx:
+                ids = [tx.approve(bytes.fromhex(sid), k) for k in keys]
+            return {"subject": sid, **what,
+                    "approvals": [{"id": i, "approver": k.key_id, "in_keyset": k.key_id in members}
+                                  for i, k in zip(ids, keys, strict=True)],
+                    "keyset": None if ks is None else {"version": ks.version, "threshold": ks.threshold}}
+
+    info = call(go)
+    for a in info["approvals"]:  # on stderr, with --json too (where in_keyset says it)
+        if not a["in_keyset"]:
+            why = ("the capsule has no keyset yet: a rule counts this approval only once a checkpoint signed "
+                   "with this key sets one" if info["keyset"] is None else
+                   f"it is not in the keyset in force (v{info['keyset']['version']}): a rule counts this approval "
+                   "only once it is (capsule rotate-keys)")
+            sys.stderr.write(f"capsule: warning: key {a['approver']}: {why}\n")
+    if json_out:
+        emit_json(info)
+        return
+    what = f"action {info['action']!r}" if "action" in info else f"{info['kind']} {info['record'][:12]}"
+    for a in info["approvals"]:
+        out.print(f"approval {a['id']} of {what} by key {a['approver']}", markup=False)
 
 
 def rekey(

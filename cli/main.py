@@ -80,6 +80,7 @@ COMMANDS = (
     ("keygen", state.keygen),
     ("rotate-keys", keys.rotate_keys),
     ("rekey", keys.rekey),
+    ("approve", keys.approve),
     ("checkpoint", state.checkpoint),
     ("checkpoints", state.checkpoints),
     ("rollback", state.rollback),
