@@ -155,3 +155,14 @@ def escape_json(data: bytes) -> bytes:
 
 def emit_json(obj: Any, *, compact: bool = False) -> None:
     write_out(json_text(obj, compact=compact) + "\n")
+
+
+def rule_text(c: Any) -> str:
+    """A constraint's rule (7.3.1) in words, or "" without one: ' (rule email.*: 2 approvals
+    among 3 named keys)'."""
+    rule = c.get("rule")
+    if not rule:
+        return ""
+    n, named = rule.get("approvals", 1), len(rule.get("approvers") or ())
+    who = f"among {named} named key{'s' if named > 1 else ''}" if named else "by keys of the keyset"
+    return f" (rule {rule['action']}: {n} approval{'s' if n > 1 else ''} {who})"

@@ -14,7 +14,7 @@ import typer
 
 from ._errors import call
 from ._params import AtOpt, FileArg, JsonOpt, expired_at, regular, time_opt
-from ._render import Table, cell, emit_json, out
+from ._render import Table, cell, emit_json, out, rule_text
 
 LimitOpt = Annotated[int, typer.Option("--limit", min=0, help="Show at most this many items per group.")]
 TrustOpt = Annotated[str | None, typer.Option("--trust", help="Trust anchor (a KEY.pub file or a keyset hash): "
@@ -79,7 +79,7 @@ def beliefs(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, limit: L
     t.add_row(cell("decisions"), cell(d["decisions"]["count"]),
               cell("; ".join(x.get("summary", "[redacted]") for x in d["decisions"]["newest"])))
     t.add_row(cell("constraints"), cell(len(d["constraints"])),
-              cell("; ".join(f"[{c['scope']}] {c['text']}" for c in d["constraints"][:limit])))
+              cell("; ".join(f"[{c['scope']}] {c['text']}{rule_text(c)}" for c in d["constraints"][:limit])))
     ident = d["identity"]
     t.add_row(cell("identity"), cell(1 if ident else 0), cell(ident["agent_id"] if ident else ""))
     t.add_row(cell("open tasks"), cell(len(d["tasks_open"])),

@@ -17,7 +17,7 @@ from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_USAGE, call, fail
 from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, expired_at, valid_at_iso
-from ._render import Table, cell, emit_json, escape_json, out
+from ._render import Table, cell, emit_json, escape_json, out, rule_text
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
                                              "passphrase.")]
@@ -118,7 +118,7 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
     out.print(f"constraints {len(st['constraints'])} active", markup=False)
     for c in st["constraints"]:
         ok = sum(a["verified"] for a in c["approvals"])
-        out.print(f"  [{c['scope']}] {c['text'][:100]}  ({ok} verified approvals)", markup=False)
+        out.print(f"  [{c['scope']}] {c['text'][:100]}{rule_text(c)}  ({ok} verified approvals)", markup=False)
     out.print(f"decisions   {len(st['decisions'])}", markup=False)
     for d in st["decisions"][-5:]:
         out.print(f"  {d['id'][:12]}  {d.get('summary', '[redacted]')[:100]}", markup=False)

@@ -132,3 +132,18 @@ def test_approve_in_an_encrypted_capsule(tmp_path: Path) -> None:
     assert "no keyset yet" in r.stderr  # no checkpoint has set a keyset
     with capsule.open(p, passphrase=env["CAP_PW"].encode()) as cap:
         assert cap.get(json.loads(r.stdout)["approvals"][0]["id"]).subject == capsule.action_subject("deploy")
+
+
+def test_state_and_beliefs_show_the_rule_of_a_constraint(gated: tuple[Path, Path, Path]) -> None:
+    """A rule was shown by get and audit only: `state` and `beliefs` hid which actions need approval."""
+    p, _, _ = gated
+    cwd = p.parent
+    doc = json.loads(run("state", p, "--json", cwd=cwd).stdout)
+    assert [(c["text"], c.get("rule")) for c in doc["constraints"]] == [("email needs a human", {"action": "email.*"})]
+    assert json.loads(run("beliefs", p, "--json", cwd=cwd).stdout)["constraints"] == doc["constraints"]
+    assert "(rule email.*: 1 approval by keys of the keyset)" in run("state", p, cwd=cwd).stdout
+    assert "rule email.*" in run("beliefs", p, cwd=cwd).stdout
+    plain = p.parent / "plain.capsule"
+    with capsule.create(plain) as cap, cap.commit() as tx:
+        tx.constrain("be kind")
+    assert "rule" not in json.loads(run("state", plain, "--json", cwd=cwd).stdout)["constraints"][0]

@@ -5,7 +5,7 @@ The document (``Beliefs.to_dict()``, ``capsule beliefs --json``), stable::
     {"state_root": hex, "records": int (live), "commit": {seq, commit, time, root} | null,
      "memories": {tier: {"count": int, "newest": [entry...]}} for scratch, working, validated,
      "decisions": {"count": int, "newest": [entry...]},
-     "constraints": [{"id", "text", "scope", "since", "approvals": [...]}...],   # active
+     "constraints": [{"id", "text", "scope", "since", "rule"?, "approvals": [...]}...],  # active
      "identity": {...} | null,
      "tasks_open": [task state...], "actions_in_doubt": [action state...],
      "limit": int}

@@ -109,7 +109,7 @@ class State:
             "decisions": [{**d, "approvals": approvals(d["id"])} for d in self.decisions],
             "constraints": [
                 {"id": c["id"], "text": c["text"], "scope": c["scope"], "since": c["time"],
-                 "approvals": approvals(c["id"])}
+                 **({"rule": c["rule"]} if "rule" in c else {}), "approvals": approvals(c["id"])}
                 for c in active
             ],
             "identity": self.identity,
@@ -260,6 +260,8 @@ def _add(st: State, rec: Any, rid: bytes) -> None:
         if rec.status == "active":
             st.constraints[key] = {"id": rec.id, "text": rec.text, "scope": rec.scope,
                                    "status": "active", "time": iso(rec.time)}
+            if rec.rule is not None:  # 7.3.1: what the agent must ask approval for
+                st.constraints[key]["rule"] = dict(rec.rule)
         else:
             st.constraints.pop(key, None)
     elif kind == "approval":
