@@ -11,23 +11,34 @@ import capsule
 from capsule.ingest.jsonl import loads
 
 from ._errors import EXIT_USAGE, call, fail
-from ._params import AtOpt, FileArg, JsonOpt, WaitOpt
+from ._params import AtOpt, FileArg, JsonOpt, WaitOpt, time_opt
 from ._render import Table, cell, emit_json, out
 
 
-def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
+def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
+          now: Annotated[str | None, typer.Option("--now", metavar="WHEN", show_default=False, help=(
+              "Judge what is due at this time: an ISO-8601 time, '2h ago', or 'last' (the last commit's "
+              "time: the capsule's own clock, for an agent on a simulated one). Default: the clock; with "
+              "--at, that commit's time."))] = None) -> None:
     """Show the durable task queue: status, attempts, leases, what is due and blocked.
 
-    Example: capsule tasks agent.capsule --json
+    Examples:
+      capsule tasks agent.capsule --json
+      capsule tasks agent.capsule --now last   # as the agent's own (simulated) clock sees it
     """
+    if now is not None and at is not None:
+        fail("--at judges the view at its commit's time; --now judges the live queue: give one of them", EXIT_USAGE)
+    when = None if now in (None, "last") else call(lambda: time_opt(now, "--now"))
 
     def go() -> dict[str, Any]:
         with capsule.open(path, at=at) as cap:
             c = cap._snap.commit
             # a view at an earlier commit is judged at that commit's time; the live
             # capsule at the current time (SOURCE_DATE_EPOCH in reproducible mode)
-            if at is not None:
+            if at is not None or now == "last":
                 return cap.tasks.to_dict(now=c.time if c else 0)
+            if when is not None:
+                return cap.tasks.to_dict(now=when)
             from capsule.core.clock import default_clock
 
             return cap.tasks.to_dict(now=default_clock()())

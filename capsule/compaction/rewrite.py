@@ -168,9 +168,14 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
     dest = Path(out) if out is not None else Path(os.path.realpath(cap.path))  # as compact()
     if out is not None and (dest.exists() or dest.is_symlink()):
         raise AlreadyExists(f"{dest}: already exists (-o names a new file, never replaced)")
-    rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
-    if out is None:
-        cap.close()
+    # The handle's commit lock, held from the plan to the rename (and the close): another
+    # thread's commit waits, then finds the handle closed, instead of landing in the old file
+    # after the plan was made, where the rename would lose it (its effect to run again).
+    with cap._lock:
+        cap._check_open()
+        rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
+        if out is None:
+            cap.close()
     return rep
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import secrets
 import stat
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +20,7 @@ from ..core.errors import AlreadyExists, DataError, UsageError
 from ..format import canonical as canon
 from ..format.checkpoint import Lineage
 from ..format.crypto import FrameCipher
-from ..format.file import ReadHandle, WriteHandle, fsync_dir
+from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
 from ..format.frames import FileHeader, Merkle, new_file_id
 from ..format.keyslots import attach
 from ..format.keyslots import settle as settle_keyslots
@@ -242,8 +244,25 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
     with open(path, "r", identity=identity, passphrase=passphrase) as src:
         if src._snap.commit is None:
             raise UsageError(f"{path}: has no commit to fork from")
-        with src.view(at if at is not None else src._snap.commit) as view:
-            return _fork(src, view, path, out, clock)
+        dest = Path(out)
+        if dest.exists() or dest.is_symlink():
+            raise AlreadyExists(f"{dest}: already exists")
+        # Written whole under a temporary name, then linked to ``out`` (never replacing): a fork
+        # killed midway left a file at ``out`` holding its LINEAGE and none of the parent's
+        # state, which opened, verified and ran the parent's done effects again (15).
+        sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.fork-*")
+        tmp = dest.parent / f".{dest.name}.fork-{secrets.token_hex(6)}"
+        try:
+            with src.view(at if at is not None else src._snap.commit) as view:
+                _fork(src, view, path, tmp, clock).close()
+            try:
+                os.link(tmp, dest)
+            except FileExistsError:
+                raise AlreadyExists(f"{dest}: already exists") from None
+            fsync_dir(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return open(dest, "a", clock=clock, identity=identity, passphrase=passphrase)
 
 
 def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock: Clock | None) -> Capsule:

@@ -16,6 +16,7 @@ next moment a task becomes due, so a week can run in seconds.
 
 from __future__ import annotations
 
+import re
 import time as _time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class Host(Protocol):
     def run_once(self, key: str, fn: Callable[[], Any], *, reconcile: Callable[[str], Any] | None = ...) -> Any: ...
     def checkpoint(self, label: str, *, key: Any) -> Any: ...
     def checkpoints(self) -> list[Any]: ...
+    def carried_checkpoints(self) -> list[Any]: ...
 
 
 @dataclass
@@ -113,6 +115,14 @@ class AgentLoop:
         if jump_when_idle and not callable(getattr(cap.clock, "advance_to", None)):
             raise UsageError("jump_when_idle needs a clock with advance_to(ns) (a simulated clock)")
 
+    def _next_label(self) -> str:
+        """``loop-N``, N past every loop label the file holds, its own checkpoints' and the
+        carried ones' (15.2: a compacted or forked file lists those apart): a label used again
+        would make ``--at loop-1`` and ``rollback --to loop-1`` name the newer state."""
+        labels = [c.label for c in self.cap.checkpoints()] + [c.label for c in self.cap.carried_checkpoints()]
+        used = [int(m.group(1)) for x in labels if (m := re.fullmatch(r"loop-([0-9]{1,18})", x))]
+        return f"loop-{max(used, default=0) + 1}"
+
     def run(self, max_steps: int | None = None) -> LoopResult:
         res = LoopResult()
         tasks = self.cap.tasks
@@ -121,13 +131,15 @@ class AgentLoop:
         # renewed, instead of waiting for that lease to run out; its handler's effects replay
         # from the journal (run_once). One this handle claimed may be running in another thread
         # (a handle is shared by threads): it is left to its lease.
-        now = self.cap.clock()
+        now = max(self.cap.clock(), tasks.queue().time)  # 7.9: the queue's time, as its checks judge leases
         mine = sorted(t.id for t in tasks.queue().tasks.values()
                       if t.status == "claimed" and t.worker == self.worker and (t.lease_expires_at or 0) > now
                       and t.id not in tasks.claimed_here)
         waited = 0.0  # since when this loop has been idle while a sibling worked (monotonic s)
         while max_steps is None or res.steps < max_steps:
-            now = self.cap.clock()
+            # 7.9: never behind the queue's time (a clock stepped back across a restart): a lease
+            # judged live by the raw clock is expired to the queue, which refuses its heartbeat
+            now = max(self.cap.clock(), tasks.queue().time)
             if mine:
                 name = mine.pop(0)
                 with self.cap._lock:  # one thread takes it up: the check and the mark together
@@ -136,7 +148,11 @@ class AgentLoop:
                             or (ts.lease_expires_at or 0) <= now:
                         continue  # another loop of this handle took it, or it ended: the queue decides again
                     tasks.claimed_here.add(name)
-                tasks.heartbeat(name, self.worker, lease=self.lease, now=now)
+                try:
+                    tasks.heartbeat(name, self.worker, lease=self.lease, now=now)
+                except TaskRefused:  # the queue judged otherwise: it decides again, as after a lost claim
+                    tasks.claimed_here.discard(name)
+                    continue
                 res.resumed.append(name)
             else:
                 due = [t for t in tasks.due(now) if t.spec.task not in res.in_doubt]
@@ -198,7 +214,7 @@ class AgentLoop:
             res.steps += 1
             if self.key is not None and self.checkpoint_every and res.steps % self.checkpoint_every == 0:
                 with self.cap._lock:  # the label and its checkpoint together (loops on one handle in threads)
-                    self.cap.checkpoint(f"loop-{len(self.cap.checkpoints()) + 1}", key=self.key)
+                    self.cap.checkpoint(self._next_label(), key=self.key)
                 res.checkpoints += 1
         res.waiting = sorted(t.id for t in tasks.queue().tasks.values() if t.status not in TERMINAL)
         return res

@@ -145,6 +145,8 @@ class Tasks:
             backoff: int = 1_000_000_000, backoff_cap: int = 3_600_000_000_000,
             payload: Mapping[str, Any] | None = None, now: int | None = None) -> str:
         """Add a durable task; a dependency cycle or an unknown dependency is refused."""
+        if isinstance(deps, str | bytes):  # tuple("ab") would be the tasks "a" and "b"
+            raise InvalidTaskEvent(f"deps must be a list of task ids, not the text {deps!r}")
         ev = TaskAdded(time=self._now(now), task=task, name=name, deps=tuple(deps), not_before=not_before,
                        deadline=deadline, priority=priority, max_attempts=max_attempts, backoff=backoff,
                        backoff_cap=backoff_cap, payload=dict(payload or {}))
