@@ -257,6 +257,10 @@ class WriteHandle(ReadHandle):
         self.poisoned: BaseException | None = None
         self.pid = _pid  # the process this writer belongs to (see the module docstring)
         self._lock()
+        if not create:
+            from .pending import finish
+
+            finish(path, self.fd)  # an append a killed pull began is finished before any read (19.7)
 
     def _lock(self) -> None:
         try:

@@ -32,6 +32,7 @@ from typing import Any
 from ..core import constants as C
 from ..core.errors import CapsuleError, CorruptError, UsageError
 from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
+from ..format.pending import remove_journal, write_journal
 from ..format.scan import Reader, Snapshot, Source
 from ..handle.locking import open_writer
 from ..verifier.check import verify
@@ -193,7 +194,11 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
                 _assemble(wh.fd, th, head.size, m.size, whole, held)
                 rep = _check(remote, m, whole, trust, head.size, head.records, progress)
                 records, signed = rep.records, rep.signed_prefix
+            # 19.7: the verified bytes go to a journal first, so a kill midway leaves a tail the
+            # next writer finishes (format.pending) instead of dropping, which would diverge the copy
+            write_journal(p, head.size, m.size - head.size, lambda off, n: src.pread(head.size + off, n))
             _append(wh, src, head, m, p, progress)
+            remove_journal(p)
         finally:
             if th is not None:
                 th.close()

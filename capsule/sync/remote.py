@@ -78,6 +78,8 @@ class Remote:
                              f"({_one_line(e)}); for s3:// pip install 'agent-capsule[sync]'") from None
         except (ValueError, TypeError) as e:
             raise UsageError(f"{self.shown}: not a URL fsspec can open: {scrub(_one_line(e), self._secrets)}") from None
+        except OSError as e:  # a store that connects when built (ftp, sftp, smb): its own failure (19.8)
+            raise RemoteError(f"{self.shown}: connect: {scrub(_one_line(e), self._secrets)}") from None
         self.fs = fs
         self.root = str(root).rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -93,6 +95,8 @@ class Remote:
         if self.kind not in ("local", "memory") and "/" not in self.root.strip("/"):
             raise UsageError(f"--as {name}: {self.shown} is a whole bucket, so its sibling would be another "
                              "bucket; push to a prefix inside one (s3://bucket/agents/name)")
+        if "/" not in self.url:  # a bare relative folder (`rem`): its sibling is `name` beside it
+            return Remote(name, self._options)
         return Remote(self.url.rsplit("/", 1)[0] + "/" + name, self._options)
 
     def _path(self, name: str) -> str:
@@ -187,7 +191,11 @@ class Remote:
 
     def _local_tmp(self, name: str, chunks: Iterable[bytes]) -> str:
         folder = os.path.dirname(self._path(name))
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except FileExistsError:  # a file stands where the folder goes: the store's failure, not a lost race
+            raise RemoteError(f"{self.shown}: write {name}: cannot create the folder {os.path.basename(folder)}: "
+                              "a file of that name is in the way") from None
         tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
