@@ -147,3 +147,15 @@ def keys() -> dict[str, Any]:
 
 
 __all__ = ["EncryptOpt", "IdentityOpt", "PassphraseEnvOpt", "RecipientOpt", "encryption", "identity_from", "keys", "passphrase_from", "with_keys"]
+
+
+def trust_key(p: Path) -> Any:
+    """A ``--trust`` KEY.pub: a file that is no key is the wrong file named, a usage error (exit
+    2), as ``--key`` and ``-i`` say."""
+    import capsule
+    from capsule.format.keys import KeyFileError
+
+    try:
+        return capsule.load_public_key(p)
+    except KeyFileError as e:
+        raise capsule.UsageError(f"--trust {p}: {e}") from None

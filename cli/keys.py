@@ -58,6 +58,9 @@ def rotate_keys(
             if old is None:
                 raise capsule.UsageError(f"{path}: no keyset yet: the first checkpoint sets it (capsule checkpoint)")
             members = {k.key_id: k.public_key for k in new_keys} | {k.key_id: k for k in pubs}
+            if threshold is not None and threshold > len(members):
+                raise capsule.UsageError(f"--threshold {threshold}: the new keyset has {len(members)} key(s) "
+                                         "(--new and --new-pub)")
             t = threshold if threshold is not None else min(old.threshold, len(members))
             ks = capsule.Keyset.of(members.values(), threshold=t, version=old.version + 1)
             frame = cap.rotate_keys(ks, old_signers=old_keys, new_signers=new_keys)

@@ -29,6 +29,8 @@ def _run(path: Any, wait: float, verb: Callable[[Any], str], json_out: bool, *, 
     """One commit holding one lifecycle event; print the event id and (``replaces``) the new memory's id."""
     import capsule
 
+    if path.is_dir():
+        fail(f"{path}: is a directory, not a capsule", EXIT_USAGE)
     if not path.is_file():
         fail(f"{path}: no such capsule (create it with `capsule init`)", EXIT_USAGE)
 

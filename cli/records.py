@@ -116,7 +116,9 @@ def list_(
     Live records only: rolled-back and expired ones are left out, as in search.
     With --valid-at, the memories true at that time instead (a superseded one too,
     while it was true; expiry judged then); other kinds as without it.
-    --json prints the search result shape, with score 0. (`records` is the same
+    --json prints the search result shape, with score 0; a record of another kind
+    than memory adds its own fields (a decision's evidence and rationale, a
+    constraint's scope and rule), as get --json shows them. (`records` is the same
     command; other kinds: `capsule state`, `capsule tasks`, `capsule actions`.)
 
     Examples:
@@ -139,11 +141,20 @@ def list_(
 
     hits = call(go)
     if json_out:  # 13.6: each record says the valid time it was listed at
-        emit_json([h.to_dict() if when is None else {**h.to_dict(), "valid_at": when} for h in hits])
+        emit_json([_row(h) if when is None else {**_row(h), "valid_at": when} for h in hits])
     elif not hits:
         out.print("no records")
     else:
         out.print(hit_table(hits, None))
+
+
+def _row(h: Hit) -> dict[str, Any]:
+    """The search result shape (16.7); a kind other than memory adds its own fields (a decision's
+    evidence: what a reader of `list --kind decision --json` looks for)."""
+    d = h.to_dict()
+    if h.kind != "memory":
+        d.update({k: v for k, v in h.record.to_dict().items() if k not in d and k != "embedding"})
+    return d
 
 
 def origin(h: Hit) -> str:

@@ -143,6 +143,11 @@ def search(
                 for h in hits:
                     h.record  # noqa: B018  (read while the capsule is open)
                 info = c.index_info()
+                ranking = getattr(hits, "ranking", None)
+                if qv is not None and info["vectors"] is None and ranking is not None and ranking.mode == "vector":
+                    # as a text query is told (the library answers [], for an agent that has stored none yet)
+                    raise capsule.UsageError("this capsule has no vectors to compare the query vector with: "
+                                             "search by words (a query text, --mode lexical)")
                 minor[0] = int(cap.format_version.split(".")[1])
                 snap = (info["snapshot"] or {}).get("vectors") or 0
                 lag = (info["indexed"] or 0) - snap  # 16.3: what this search inserted past the snapshot

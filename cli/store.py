@@ -98,7 +98,7 @@ def put(
                                                   "Record ids in it (a decision's evidence, an approval's subject) "
                                                   "may be unique prefixes of >= 4 hex digits.")]
     = None,
-    batch: Annotated[int | None, typer.Option("--batch", metavar="N", min=1, show_default=False,
+    batch: Annotated[int | None, typer.Option("--batch", metavar="N", min=1, max=10_000_000, show_default=False,
                                               help="With --jsonl: commit every N lines, each batch atomic (for "
                                               "a stream too long for one commit: a failure keeps the batches "
                                               "before it). Without it the input is one commit of at most "

@@ -12,6 +12,7 @@ import typer
 from capsule.ingest.source import check_regular
 
 from ._errors import call
+from ._keys import trust_key
 from ._params import FileArg, JsonOpt, WaitOpt
 from ._render import emit_json, err, isatty, out, warn
 
@@ -132,7 +133,7 @@ def pull(
             tp = Path(trust)
             if tp.exists():
                 check_regular(tp, "--trust ")
-                anchor = capsule.load_public_key(tp)
+                anchor = trust_key(tp)
             elif len(trust) == 64 and all(c in "0123456789abcdefABCDEF" for c in trust):
                 anchor = trust.lower()
             else:

@@ -13,6 +13,7 @@ import capsule
 from capsule.ingest.source import check_regular
 
 from ._errors import EXIT_DATA, call
+from ._keys import trust_key
 from ._params import FileArg, JsonOpt
 from ._render import emit_json, err, isatty, out, warn
 
@@ -60,7 +61,7 @@ def verify(
             tp = Path(trust)
             check_regular(tp, "--trust ")
             if tp.is_file():
-                anchor = capsule.load_public_key(tp)
+                anchor = trust_key(tp)
             elif len(trust) == 64 and all(c in "0123456789abcdefABCDEF" for c in trust):
                 anchor = trust.lower()
             else:

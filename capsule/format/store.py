@@ -330,7 +330,8 @@ class Store:
         if limit is not None and (type(limit) is not int or limit < 0):
             raise UsageError("limit must be a non-negative integer")
         # one commit more than shown: the records column is the difference with the one before
-        rows = list(islice(self.commits(), None if limit is None else limit + 1))
+        # (a limit past any file's commits is no limit: islice takes at most sys.maxsize)
+        rows = list(islice(self.commits(), None if limit is None or limit >= 1 << 62 else limit + 1))
         if limit is not None and len(rows) > limit:
             before = rows.pop().records
         elif rows and rows[-1].commits != 1:

@@ -395,7 +395,11 @@ class LifecycleMethods:
         rid = self._id(record_id, "demote")
         self._check_target("demote", rid)
         old, _ = self._record(rid, "demote")
-        if tier in TIERS and TIERS.index(tier) > TIERS.index(old.tier):
+        if tier not in TIERS:
+            raise UsageError(f"demote: tier must be one of {', '.join(TIERS)}, not {tier!r}")
+        if tier == old.tier:
+            raise UsageError(f"demote: {rid.hex()} is already {tier}")
+        if TIERS.index(tier) > TIERS.index(old.tier):
             raise UsageError(f"demote: {rid.hex()} is {old.tier}; {tier} is higher (use promote)")
         return self.promote(rid, tier, evidence=evidence, reason=reason, actor=actor)
 

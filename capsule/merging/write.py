@@ -89,6 +89,8 @@ class MergeReport:
 
 def _check_paths(a: Path, b: Path, out: Path, force: bool) -> None:
     for p in (a, b):
+        if p.is_dir():
+            raise UsageError(f"{p}: is a directory, not a capsule")
         if not p.is_file():
             raise UsageError(f"{p}: no such capsule file")
     if a.resolve() == b.resolve() or os.path.samefile(a, b):

@@ -48,6 +48,7 @@ from ..format.kindwalk import walk
 from ..format.records import record_id as content_id
 from ..format.scan import Reader
 from ..state.fold import EVENT_KINDS, dead_ids
+from ..state.history import BeforeFirstCommit
 from ._lifecycle import PAST, event_doc, kind_of, redacted, redacted_node
 from ._walk import Source, commit_ref, ref
 
@@ -77,7 +78,14 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
 
         return Diff(diff_files(cap, a, limit=limit))  # type: ignore[arg-type]
     assert not hasattr(b, "_store")
-    ca = a if isinstance(a, CommitInfo) else cap.resolve(a)
+    try:
+        ca = a if isinstance(a, CommitInfo) else cap.resolve(a)
+    except BeforeFirstCommit as e:
+        # "what changed since yesterday" on a younger capsule: everything, from its first commit
+        # when that commit holds no record (a new capsule's, a fork's LINEAGE), as it nearly always does
+        if e.first is None or e.first.records != 0:
+            raise
+        ca = e.first
     if b is None:  # to the newest commit: "what changed since"
         cb = cap._store.snap.commit
         if cb is None:

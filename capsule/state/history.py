@@ -18,6 +18,13 @@ from .carried import carried_checkpoints, find_carried
 from .checkpoints import checkpoints, commit_of, find_checkpoint
 
 
+class BeforeFirstCommit(NotFound):
+    """A time before the capsule's first commit; ``first`` is that commit (None: no commit)."""
+
+    def __init__(self, message: str, first: CommitInfo | None) -> None:
+        super().__init__(message)
+        self.first = first
+
 def _relative(store: Store, low: str) -> int | None:
     """A time relative to the reader's clock (the wall clock, or the one the capsule was opened
     with): ``now``, ``yesterday`` (24 hours ago) or ``N s|m|h|d|w ago``; None for anything else."""
@@ -93,7 +100,9 @@ def resolve(store: Store, at: str | int) -> CommitInfo:
             f"{text!r} is not a checkpoint label, a commit seq, a commit hash prefix, an ISO-8601 time or a "
             "time ago (24h ago, 2d ago, yesterday, now)"
         ) from None
+    first = None
     for c in store.commits():
         if c.time <= t:
             return c
-    raise NotFound(f"no commit at or before {text}")
+        first = c
+    raise BeforeFirstCommit(f"no commit at or before {text}", first)
