@@ -60,6 +60,10 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+class SigningKeyError(UsageError):
+    """A usage error about a signing key file, whose passphrase option keeps its name."""
+
+
 def fail(message: str, code: int) -> NoReturn:
     err.print(f"capsule: error: {message}", markup=False)
     raise typer.Exit(code)
@@ -77,7 +81,8 @@ def call(fn: Callable[[], T]) -> T:
         fail(str(e), EXIT_DATA)  # 7.3.1: refused by a rule, as `verify --policy` fails
     except UsageError as e:
         msg = str(e)
-        if CAPSULE_PASSPHRASE_OPTION != "--passphrase-env":  # 10: that command names the option otherwise
+        if CAPSULE_PASSPHRASE_OPTION != "--passphrase-env" and not isinstance(e, SigningKeyError):
+            # 10: the capsule's passphrase has another option on this command (a signing key's is not it)
             msg = msg.replace("--passphrase-env VAR", f"{CAPSULE_PASSPHRASE_OPTION} VAR")
         fail(msg, EXIT_USAGE)
     except CapsuleError as e:

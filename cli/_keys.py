@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from . import _errors
 from ._errors import EXIT_USAGE, fail
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,8 +68,6 @@ def with_keys(fn: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         _given["identity"] = kwargs.pop("identity", None)
         _given["passphrase_env"] = kwargs.pop(own, None)
-        from . import _errors
-
         _errors.CAPSULE_PASSPHRASE_OPTION = "--" + own.replace("_", "-")
         if not (_given["identity"] or _given["passphrase_env"] or os.environ.get("CAPSULE_IDENTITY")):
             return fn(*args, **kwargs)  # nothing to load: no cryptography import (start-up)
@@ -90,14 +89,15 @@ def with_keys(fn: F) -> F:
     return run  # type: ignore[return-value]
 
 
-def passphrase_from(var: str | None) -> bytes | None:
-    """The passphrase in environment variable ``var`` (one line error when unset or empty)."""
+def passphrase_from(var: str | None, opt: str | None = None) -> bytes | None:
+    """The passphrase in environment variable ``var`` (one line error when unset or empty),
+    given with ``opt`` (default: the option that names the capsule's passphrase here)."""
     if var is None:
         return None
     value = os.environ.get(var)
     if not value:
-        fail(f"--passphrase-env {var}: the environment variable is {'empty' if value == '' else 'not set'}",
-             EXIT_USAGE)
+        fail(f"{opt or _errors.CAPSULE_PASSPHRASE_OPTION} {var}: the environment variable is "
+             f"{'empty' if value == '' else 'not set'}", EXIT_USAGE)
     return value.encode()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,12 +117,16 @@ def approve(
             raise capsule.UsageError("the same key given twice: an approval counts once per key")
         with capsule.open(path, "a", timeout=wait or None) as cap:
             if action is not None:
+                from capsule.run.actions import MAX_KEY
+
                 if not action:
                     raise capsule.UsageError("--action: an action key is never empty")
+                if len(unicodedata.normalize("NFC", action)) > MAX_KEY:  # as run_once refuses it
+                    raise capsule.UsageError(f"--action: an action key is at most {MAX_KEY} characters")
                 sid, what = capsule.action_subject(action).hex(), {"action": action}
             else:
                 rec = cap.get(subject)
-                sid, what = rec.id, {"record": rec.id, "kind": rec.kind}
+                sid, what = rec.id, {"record": rec.id, "kind": rec.kind, "live": cap.is_live(rec.id)}
             ks = cap.keyset
             members = set() if ks is None else {k.key_id for k in ks.keys}
             with cap.commit() as tx:
@@ -132,6 +137,10 @@ def approve(
                     "keyset": None if ks is None else {"version": ks.version, "threshold": ks.threshold}}
 
     info = call(go)
+    if "record" in info and (info["kind"] != "decision" or not info["live"]):  # 7.3.1: what a rule reads
+        what = "not live (forgotten or rolled back)" if not info["live"] else f"a {info['kind']}"
+        sys.stderr.write(f"capsule: warning: {info['record'][:12]} is {what}: a rule counts approvals of an "
+                         "action key (--action) or of a live decision an intent names, not of this\n")
     for a in info["approvals"]:  # on stderr, with --json too (where in_keyset says it)
         if not a["in_keyset"]:
             why = ("the capsule has no keyset yet: a rule counts this approval only once a checkpoint signed "
@@ -192,7 +201,7 @@ def rekey(
             check_regular(p, "--add-recipient " if p in (add or []) else "--remove-recipient ")
         return capsule.rekey(path, add=[capsule.load_public_key(p) for p in add or []],
                              remove=[capsule.load_public_key(p) for p in remove or []],
-                             new_passphrase=passphrase_from(new_passphrase_env), drop_passphrase=drop_passphrase,
+                             new_passphrase=passphrase_from(new_passphrase_env, "--new-passphrase-env"), drop_passphrase=drop_passphrase,
                              out=out_path, timeout=wait or None, key=_load_keys(key, None) if key else None)
 
     info = call(go)

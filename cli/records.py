@@ -116,9 +116,8 @@ def list_(
     Live records only: rolled-back and expired ones are left out, as in search.
     With --valid-at, the memories true at that time instead (a superseded one too,
     while it was true; expiry judged then); other kinds as without it.
-    --json prints the search result shape, with score 0; a record of another kind
-    than memory adds its own fields (a decision's evidence and rationale, a
-    constraint's scope and rule), as get --json shows them. (`records` is the same
+    --json prints the search result shape, with score 0; a decision adds its own
+    fields (evidence, rationale, inputs, alternatives), as get --json shows them. (`records` is the same
     command; other kinds: `capsule state`, `capsule tasks`, `capsule actions`.)
 
     Examples:

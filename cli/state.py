@@ -15,7 +15,7 @@ import capsule
 from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
-from ._errors import EXIT_USAGE, call, fail
+from ._errors import EXIT_USAGE, SigningKeyError, call, fail
 from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, expired_at, valid_at_iso
 from ._render import Table, cell, emit_json, escape_json, out, rule_text
 
@@ -54,8 +54,8 @@ def _signing_key(p: Path, pw: bytes | None, opt: str = "--key") -> capsule.Priva
     except PassphraseRequired:
         env = os.environ.get("CAPSULE_KEY_PASSPHRASE")
         if not env:
-            raise capsule.UsageError(f"{opt} {p}: the key file is sealed: give its passphrase with "
-                                     "--passphrase-env VAR (or in $CAPSULE_KEY_PASSPHRASE)") from None
+            raise SigningKeyError(f"{opt} {p}: the key file is sealed: give its passphrase with "
+                                  "--passphrase-env VAR (or in $CAPSULE_KEY_PASSPHRASE)") from None
         return capsule.load_private_key(p, env.encode())
 
 
@@ -118,7 +118,9 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
     out.print(f"constraints {len(st['constraints'])} active", markup=False)
     for c in st["constraints"]:
         ok = sum(a["verified"] for a in c["approvals"])
-        out.print(f"  [{c['scope']}] {c['text'][:100]}{rule_text(c)}  ({ok} verified approvals)", markup=False)
+        # the approvals of the constraint record itself; a rule's are of action keys (`capsule audit KEY`)
+        mine = f"  ({ok} verified approvals)" if ok or not c.get("rule") else ""
+        out.print(f"  [{c['scope']}] {c['text'][:100]}{rule_text(c)}{mine}", markup=False)
     out.print(f"decisions   {len(st['decisions'])}", markup=False)
     for d in st["decisions"][-5:]:
         out.print(f"  {d['id'][:12]}  {d.get('summary', '[redacted]')[:100]}", markup=False)

@@ -14,7 +14,7 @@ import typer
 CLI = Path(__file__).resolve().parents[1] / "cli"
 MAX_LINES = 300  # style.md rule 7: aim for 150-300 lines, split by responsibility before 600
 
-COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rotate-keys", "rekey", "checkpoint",
+COMMANDS = ["init", "put", "get", "list", "open", "log", "state", "keygen", "rotate-keys", "rekey", "approve", "checkpoint",
             "checkpoints", "rollback", "fork", "compact", "merge", "forget", "redact", "supersede", "promote", "demote",
             "tasks", "actions", "verify", "search", "pack", "index",
             "beliefs", "why", "diff", "timeline", "audit", "report", "push", "pull",

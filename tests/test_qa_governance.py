@@ -156,7 +156,8 @@ def test_trust_with_a_file_that_is_no_key_says_so(tmp_path: Path) -> None:
     assert "private" not in str(e.value).split("(")[0]
     for bad in (junk, f):
         r = cli("verify", f, "--trust", bad)
-        assert r.returncode == 1 and "is not a key file" in r.stderr and "no PEM private key" not in r.stderr
+        # the wrong file named: a usage error (exit 2), as --key and -i say it
+        assert r.returncode == 2 and "is not a key file" in r.stderr and "no PEM private key" not in r.stderr
 
 
 # --- diff A B called B's lifecycle events "rolled back" and showed what B redacted --------------------

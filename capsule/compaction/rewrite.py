@@ -24,6 +24,7 @@ import glob
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -171,7 +172,17 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
     # The handle's commit lock, held from the plan to the rename (and the close): another
     # thread's commit waits, then finds the handle closed, instead of landing in the old file
     # after the plan was made, where the rename would lose it (its effect to run again).
-    with cap._lock:
+    me = threading.get_ident()
+    if cap._tx_owner == me:
+        raise UsageError("compact: a commit is open on this capsule in this thread; compact after it")
+    with cap._cv:  # the Condition on cap._lock
+        journal = cap._actions
+        if me in journal._owners.values():
+            raise UsageError("compact: called from inside a run_once effect; compact after it returns")
+        # 7.8: an effect in flight in another thread has its intent committed and its result not
+        # yet: the result would be lost with the old file, and the key left in doubt
+        while journal._owners:
+            cap._cv.wait()
         cap._check_open()
         rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
         if out is None:

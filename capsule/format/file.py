@@ -260,7 +260,11 @@ class WriteHandle(ReadHandle):
         if not create:
             from .pending import finish
 
-            finish(path, self.fd)  # an append a killed pull began is finished before any read (19.7)
+            try:
+                finish(path, self.fd)  # an append a killed pull began is finished before any read (19.7)
+            except BaseException:
+                self.close()  # never keep the lock of a handle that was not returned
+                raise
 
     def _lock(self) -> None:
         try:

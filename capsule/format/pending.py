@@ -7,20 +7,27 @@ left its remote for good (every later push and pull: "diverged"). So before the 
 byte is appended, the puller writes those bytes to a journal beside the file,
 ``.NAME.append``, and fsyncs it (and the folder); it removes the journal once the last
 byte is durable. The journal is a header, ``MAGIC || u64 start || u64 length ||
-SHA-256(bytes)``, then the bytes, to go at offset ``start``.
+chain || SHA-256(bytes)``, then the bytes, to go at offset ``start``, where the COMMIT
+whose chain value (its last 32 bytes, 4.2) is ``chain`` ends.
 
 A writer, once it holds the lock and before it reads the file, calls :func:`finish`:
 
-- no journal: nothing to do (one failed ``stat``);
-- a journal that does not check (header, length or digest), or that the file does not
-  continue from ``start`` (the file holds nothing past ``start``, or all of the bytes, or
-  other bytes there: the append never began, ended, or the file went on without it): it
-  is removed and the file is left as it is, for the usual torn-tail rules;
+- no journal: nothing to do (one failed ``open``);
+- a journal that is not a regular file of this user's, writable by nobody else (a folder
+  shared with others, like /tmp, must not let them choose bytes for this file), is
+  ignored and left alone;
+- a journal that does not check (header, its size against ``length``, the chain value
+  the file holds before ``start``, the digest), or that the file does not continue from
+  ``start`` (the file holds nothing past ``start``, or all of the bytes, or other bytes
+  there: the append never began, ended, or the file went on without it): it is removed
+  and the file is left as it is, for the usual torn-tail rules;
 - else the file's bytes past ``start`` are a proper prefix of the journal's: the rest is
   appended and fsynced, and the journal removed. The file is then what the finished pull
   would have left, and the reader that loads it checks every appended frame as usual.
 
 Nothing else writes or reads the journal, and it is touched only under the writer's lock.
+Whatever happens to the journal, a writer goes on: :func:`finish` never raises; it costs at
+most the journal's own size, which is the tail being finished.
 """
 
 from __future__ import annotations
@@ -29,12 +36,16 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core import constants as C
+
 MAGIC = b"CAPSULE-APPEND\x00\x01"
-_HEAD = struct.Struct("<16sQQ32s")
+_HEAD = struct.Struct("<16sQQ32s32s")
 _CHUNK = 8 << 20
 
 
@@ -52,9 +63,10 @@ def _fsync_dir(p: Path) -> None:
         os.close(fd)
 
 
-def write_journal(path: Path, start: int, length: int, read: Callable[[int, int], bytes]) -> Path:
-    """Write (durably) the journal of an append of ``length`` bytes at ``start``;
-    ``read(offset, n)`` gives the bytes, offsets counted from ``start``."""
+def write_journal(path: Path, start: int, chain: bytes, length: int, read: Callable[[int, int], bytes]) -> Path:
+    """Write (durably) the journal of an append of ``length`` bytes at ``start``, where the
+    COMMIT with chain value ``chain`` ends; ``read(offset, n)`` gives the bytes, offsets
+    counted from ``start``."""
     j = journal_path(path)
     tmp = j.with_name(j.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -67,7 +79,7 @@ def write_journal(path: Path, start: int, length: int, read: Callable[[int, int]
             digest.update(data)
             _pwrite_all(fd, data, _HEAD.size + at)
             at += len(data)
-        _pwrite_all(fd, _HEAD.pack(MAGIC, start, length, digest.digest()), 0)
+        _pwrite_all(fd, _HEAD.pack(MAGIC, start, length, chain, digest.digest()), 0)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -80,43 +92,75 @@ def write_journal(path: Path, start: int, length: int, read: Callable[[int, int]
 
 
 def remove_journal(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):
         journal_path(path).unlink()
 
 
 def finish(path: Path, fd: int) -> int:
     """Finish an append the journal of ``path`` describes, through the writer's ``fd``
-    (held under the lock); returns the bytes appended (0 when there was nothing to finish)."""
-    j = journal_path(path)
+    (held under the lock); returns the bytes appended (0 when there was nothing to finish).
+    Never raises: a journal it cannot use leaves the file to the torn-tail rules (8.3)."""
+    log = logging.getLogger("capsule.recovery")
     try:
-        jfd = os.open(j, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        j = journal_path(path)
+        jfd = os.open(j, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return 0  # none (the common case), or not one we may read: nothing to finish
-    done = 0
+    done, stale = 0, False
     try:
+        st = os.fstat(jfd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            log.warning("%s: ignored %s: not a regular file of this user's that only they can write", path, j)
+            return 0
+        stale = True
         head = os.pread(jfd, _HEAD.size, 0)
         size = os.fstat(fd).st_size
-        if len(head) == _HEAD.size:
-            magic, start, length, want = _HEAD.unpack(head)
-            if magic == MAGIC and start < size < start + length and _continues(fd, jfd, start, size, length, want):
-                log = logging.getLogger("capsule.recovery")
-                try:
-                    at = size
-                    while at < start + length:
-                        data = os.pread(jfd, min(_CHUNK, start + length - at), _HEAD.size + at - start)
-                        _pwrite_all(fd, data, at)
-                        at += len(data)
-                    os.fsync(fd)
-                except OSError as e:  # a full disk, say: the torn-tail rules (8.3) take it from here
-                    log.warning("%s: could not finish an interrupted append (%s): its bytes are a torn tail", path, e)
-                else:
-                    done = start + length - size
-                    log.warning("%s: finished an append that was interrupted (a pull killed midway): %d bytes "
-                                "after the %d it had written", path, done, size - start)
+        if len(head) != _HEAD.size:
+            return 0
+        magic, start, length, chain, want = _HEAD.unpack(head)
+        if (magic != MAGIC or st.st_size != _HEAD.size + length or not 32 <= start < size < start + length
+                or os.pread(fd, 32, start - 32) != chain or not _frames_fit(jfd, length)
+                or not _continues(fd, jfd, start, size, length, want)):
+            return 0
+        try:
+            at = size
+            while at < start + length:
+                data = os.pread(jfd, min(_CHUNK, start + length - at), _HEAD.size + at - start)
+                if not data:
+                    raise OSError("the journal ended early")
+                _pwrite_all(fd, data, at)
+                at += len(data)
+            os.fsync(fd)
+        except OSError as e:  # a full disk, say: the torn-tail rules (8.3) take it from here
+            log.warning("%s: could not finish an interrupted append (%s): its bytes are a torn tail", path, e)
+        else:
+            done = start + length - size
+            log.warning("%s: finished an append that was interrupted (a pull killed midway): %d bytes after the "
+                        "%d it had written", path, done, size - start)
+    except OSError as e:
+        log.warning("%s: could not read %s (%s): left to the torn-tail rules", path, j, e)
     finally:
         os.close(jfd)
-    j.unlink(missing_ok=True)  # finished now, or stale: never used twice
+        if stale:  # finished now, or stale: never used twice
+            with contextlib.suppress(OSError):
+                j.unlink()
     return done
+
+
+def _frames_fit(jfd: int, length: int) -> bool:
+    """The journal's bytes are whole frames (3.1: each header passes its CRC and its length
+    leads to the next), ending at ``length``: a walk of the headers alone, before any byte is
+    hashed, so a journal that only claims a length (a sparse file) costs a read or two."""
+    at = 0
+    while at < length:
+        raw = os.pread(jfd, C.FRAME_HEADER_SIZE, _HEAD.size + at)
+        if len(raw) != C.FRAME_HEADER_SIZE or zlib.crc32(raw[:28]) != int.from_bytes(raw[28:], "little"):
+            return False
+        total, _, _, _, _, plen, *_ = C.FRAME_HEADER_STRUCT.unpack(raw)
+        if total != C.FRAME_OVERHEAD + plen:
+            return False
+        at += total
+    return at == length
 
 
 def _continues(fd: int, jfd: int, start: int, size: int, length: int, want: bytes) -> bool:

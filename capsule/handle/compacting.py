@@ -21,8 +21,10 @@ class CompactMethods:
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Compact this capsule's file (see :func:`capsule.compact`) and return the report.
 
-        A writer handle is the source (the lock it holds is the one compaction needs);
-        compacted in place it is closed afterwards, since its file was replaced: open the
+        A writer handle is the source (the lock it holds is the one compaction needs): other
+        threads' commits wait for it, and it waits for their run_once effects in flight (their
+        results first); from inside a commit block or an effect of this thread it is refused.
+        Compacted in place it is closed afterwards, since its file was replaced: open the
         new one to go on. A reader handle takes the writer lock for the compaction.
 
         >>> cap.compact("example-live.capsule", keep="live")["policy"]  # cap: see tests/test_doctests.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import secrets
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..core import constants as C
 from ..core.clock import Clock, default_clock, source_date_epoch
-from ..core.errors import AlreadyExists, DataError, UsageError
+from ..core.errors import AlreadyExists, CapsuleError, DataError, UsageError
 from ..format import canonical as canon
 from ..format.checkpoint import Lineage
 from ..format.crypto import FrameCipher
@@ -255,14 +256,34 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
         try:
             with src.view(at if at is not None else src._snap.commit) as view:
                 _fork(src, view, path, tmp, clock).close()
-            try:
-                os.link(tmp, dest)
-            except FileExistsError:
-                raise AlreadyExists(f"{dest}: already exists") from None
+            _link_new(tmp, dest)
             fsync_dir(dest)
+        except CapsuleError as e:  # about the temporary file: name the one asked for
+            if str(tmp) not in str(e):
+                raise
+            raise type(e)(str(e).replace(str(tmp), str(dest))) from None
+        except OSError as e:
+            if e.filename is None or str(tmp) not in str(e.filename):
+                raise
+            raise UsageError(f"{dest}: {e.strerror or e}") from None
         finally:
             tmp.unlink(missing_ok=True)
     return open(dest, "a", clock=clock, identity=identity, passphrase=passphrase)
+
+
+def _link_new(tmp: Path, dest: Path) -> None:
+    """Give ``tmp`` the name ``dest``, never replacing a file there: a hard link, or, where the
+    file system has none (vfat, exFAT, some network and FUSE mounts), a rename after a check."""
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise AlreadyExists(f"{dest}: already exists") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+            raise
+        if dest.exists() or dest.is_symlink():
+            raise AlreadyExists(f"{dest}: already exists") from None
+        os.rename(tmp, dest)
 
 
 def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock: Clock | None) -> Capsule:

@@ -17,6 +17,7 @@ string``); every other field is kept as it is, whatever it holds.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +215,9 @@ def _check_item(name: str, item: dict[str, Any], at: str) -> None:
         parse_time(item.get(key), at + key)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dump_af(af: AgentFile) -> bytes:
     """The file bytes of ``af`` as Letta writes them: JSON indented by 2, non-ASCII text as
     is, inside a JSON string (ASCII) when it was encoded twice, a final line break if it had one.
@@ -222,9 +226,12 @@ def dump_af(af: AgentFile) -> bytes:
     b'{\\n  "agents": []\\n}'
     """
     text = json.dumps(af.document, indent=2, ensure_ascii=False)
+    # a lone surrogate (valid in a JSON escape, not in UTF-8) stays an escape: the file is UTF-8 text
+    # that reads back as the same document (json.loads never leaves a valid pair split)
+    text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     if af.encoded_twice:
         text = json.dumps(text)
-    return (text + "\n" * af.newline).encode("utf-8", "surrogatepass")
+    return (text + "\n" * af.newline).encode("utf-8")
 
 
 __all__ = ["MAX_AF_BYTES", "AgentFile", "AgentFileError", "check_document", "dump_af", "parse_af"]

@@ -83,8 +83,11 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     except BeforeFirstCommit as e:
         # "what changed since yesterday" on a younger capsule: everything, from its first commit
         # when that commit holds no record (a new capsule's, a fork's LINEAGE), as it nearly always does
-        if e.first is None or e.first.records != 0:
+        if e.first is None:
             raise
+        if e.first.records != 0:  # its first commit holds records (a `live` compaction's): say where it begins
+            raise NotFound(f"{e}: this capsule begins at {iso(e.first.time)} with {e.first.records} records in its "
+                           f"first commit (a compacted copy); --from {e.first.seq} starts there") from None
         ca = e.first
     if b is None:  # to the newest commit: "what changed since"
         cb = cap._store.snap.commit

@@ -120,7 +120,7 @@ class AgentLoop:
         carried ones' (15.2: a compacted or forked file lists those apart): a label used again
         would make ``--at loop-1`` and ``rollback --to loop-1`` name the newer state."""
         labels = [c.label for c in self.cap.checkpoints()] + [c.label for c in self.cap.carried_checkpoints()]
-        used = [int(m.group(1)) for x in labels if (m := re.fullmatch(r"loop-([0-9]{1,18})", x))]
+        used = [int(m.group(1)) for x in labels if (m := re.fullmatch(r"loop-([0-9]{1,4000})", x))]
         return f"loop-{max(used, default=0) + 1}"
 
     def run(self, max_steps: int | None = None) -> LoopResult:

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -196,7 +197,12 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
                 records, signed = rep.records, rep.signed_prefix
             # 19.7: the verified bytes go to a journal first, so a kill midway leaves a tail the
             # next writer finishes (format.pending) instead of dropping, which would diverge the copy
-            write_journal(p, head.size, m.size - head.size, lambda off, n: src.pread(head.size + off, n))
+            try:
+                write_journal(p, head.size, head.chain, m.size - head.size,
+                              lambda off, n: src.pread(head.size + off, n))
+            except OSError as e:  # a folder we may not write (the file through a link): as before, no journal
+                logging.getLogger("capsule.recovery").warning(
+                    "%s: no journal for this pull (%s): if it is killed midway, pull again before writing", p, e)
             _append(wh, src, head, m, p, progress)
             remove_journal(p)
         finally:

@@ -192,7 +192,9 @@ def _mixed(raw: bytes, parts: Sequence[msgspec.Raw], one_dec: Any, enc: Any, to_
         except msgspec.ValidationError:
             m = None
         kind = "memory" if m is not None else _reference(data)
-        if kind is None:
+        if kind is None or (m is None and kind == "memory" and b"\xa9embedding" in data):
+            # a memory the typed decode refused (a nested meta: a LangGraph store item) whose
+            # embedding this path would not count for the vector index (16.3): the reference walk
             return None
         if m is not None:
             if enc.encode(m) != data or _NEG_ZERO in data or (len(m.tags) > 1 and not _increasing(m.tags)) or (
