@@ -287,3 +287,160 @@ def test_export_af_keeps_a_lone_surrogate_an_escape(tmp_path: Path) -> None:
     data.decode("utf-8")  # strict
     assert json.loads(data)["metadata"]["note"] == "a\udfffb"
     assert run("import-af", "out.af", "-o", "b.capsule", cwd=tmp_path).returncode == 0
+
+
+# --- a second attack (s15): the journal's own temporary, power loss, draining, rename fallback -----
+
+
+KILLED_PULL_HOLE = """
+import importlib, os, signal, sys
+pl = importlib.import_module("capsule.sync.pull")
+real, calls = pl._write, []
+def _write(wh, src, a, b):
+    calls.append((a, b))
+    if len(calls) == 2:
+        real(wh, src, a, a + (b - a) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(wh, src, a, b)
+pl._write = _write
+pl.pull(sys.argv[1], sys.argv[2])
+"""
+
+
+def _behind(tmp_path: Path) -> tuple[str, Path, Path]:
+    import capsule.sync as sync
+
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    url = (tmp_path / "remote").as_uri()
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.remember("first")
+    sync.push(a, url)
+    sync.pull(url, b)
+    with capsule.open(a, "a") as cap:
+        for i in range(3):
+            with cap.commit() as tx:
+                tx.remember(f"later {i} " + os.urandom(6000).hex())
+    sync.push(a, url)
+    return url, a, b
+
+
+def test_a_power_loss_hole_in_the_torn_tail_does_not_split_the_copy(tmp_path: Path) -> None:
+    """A page of the pulled tail never written back reads as zeros: the torn tail was no longer a
+    byte prefix of the journal, which was dropped, and the copy diverged from its remote."""
+    import capsule.sync as sync
+
+    url, a, b = _behind(tmp_path)
+    p = subprocess.run([sys.executable, "-c", KILLED_PULL_HOLE, url, str(b)], capture_output=True, timeout=120,
+                       check=False)
+    assert p.returncode == -9 and journal_path(b).exists()
+    size = b.stat().st_size
+    with open(b, "r+b") as f:  # a page inside the torn tail reads back as zeros
+        f.seek(size - 5000)
+        f.write(b"\0" * 4096)
+    with capsule.open(b, "a") as cap, cap.commit() as tx:
+        tx.remember("the restarted agent's memory")
+    assert b.read_bytes()[: a.stat().st_size] == a.read_bytes() and capsule.verify(b).ok
+    assert sync.push(b, url).status == "pushed"
+
+
+def test_the_pulls_journal_never_writes_into_a_file_someone_planted(tmp_path: Path) -> None:
+    import capsule.sync as sync
+
+    url, a, b = _behind(tmp_path)
+    planted = journal_path(b).with_name(journal_path(b).name + ".tmp")
+    planted.write_bytes(b"someone else's file\n")
+    os.chmod(planted, 0o666)
+    assert sync.pull(url, b).status == "pulled" and b.read_bytes() == a.read_bytes()
+    assert planted.read_bytes() == b"someone else's file\n"
+
+
+def test_compaction_drains_effects_new_claims_wait_and_a_dead_owner_holds_nothing(tmp_path: Path) -> None:
+    """Effects started back to back starved a waiting compaction for ever; a handle whose thread
+    ended unfinished held it for ever; a reused thread ident made another thread its owner."""
+    p = tmp_path / "t.capsule"
+    cap = capsule.create(p)
+    leaked = threading.Thread(target=lambda: cap.action("never-finished"))
+    leaked.start()
+    leaked.join()
+    stop, ran = threading.Event(), []
+
+    def worker(w: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                cap.run_once(f"w{w}:{i}", lambda: time.sleep(0.05) or ran.append(1))
+            except capsule.UsageError:
+                return
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    rep = cap.compact(keep="history")
+    assert time.monotonic() - t0 < 10 and rep["policy"] == "history"
+    stop.set()
+    for t in threads:
+        t.join(30)
+    with capsule.open(p) as again:
+        states = {x.key: x.status for x in again.actions()}
+    assert states.pop("never-finished") == "in-doubt"  # its intent, and no result: surfaced, not held
+    assert set(states.values()) == {"done"} and len(states) >= len(ran) - 2
+
+
+def test_close_waits_for_an_effect_in_flight(tmp_path: Path) -> None:
+    p = tmp_path / "t.capsule"
+    cap = capsule.create(p)
+    running = threading.Event()
+    out: list[Any] = []
+
+    def effect() -> str:
+        running.set()
+        time.sleep(0.3)
+        return "sent"
+
+    t = threading.Thread(target=lambda: out.append(cap.run_once("invoice-42", effect)))
+    t.start()
+    assert running.wait(30)
+    cap.close()
+    t.join(30)
+    assert out == ["sent"]
+    with capsule.open(p) as again:
+        assert [(x.key, x.status) for x in again.actions()] == [("invoice-42", "done")]
+
+
+def test_two_forks_to_one_name_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename fallback checked, then renamed: both forks returned OK and one's commits were lost."""
+    p, out = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.remember("parent memory")
+
+    def no_link(*a: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    real_rename = os.rename
+
+    def slow_rename(a: Any, b: Any) -> None:
+        time.sleep(0.2)
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "rename", slow_rename)
+    res: list[str] = []
+
+    def fork(tag: int) -> None:
+        try:
+            with capsule.fork(p, out) as c, c.commit() as tx:
+                tx.remember(f"written by fork {tag}")
+            res.append("ok")
+        except capsule.AlreadyExists:
+            res.append("exists")
+
+    ts = [threading.Thread(target=fork, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert sorted(res) == ["exists", "ok"]
+    assert len(_texts(out)) == 2 and capsule.verify(out).ok

@@ -172,17 +172,14 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
     # The handle's commit lock, held from the plan to the rename (and the close): another
     # thread's commit waits, then finds the handle closed, instead of landing in the old file
     # after the plan was made, where the rename would lose it (its effect to run again).
-    me = threading.get_ident()
-    if cap._tx_owner == me:
+    if cap._tx_owner == threading.get_ident():
         raise UsageError("compact: a commit is open on this capsule in this thread; compact after it")
     with cap._cv:  # the Condition on cap._lock
-        journal = cap._actions
-        if me in journal._owners.values():
-            raise UsageError("compact: called from inside a run_once effect; compact after it returns")
-        # 7.8: an effect in flight in another thread has its intent committed and its result not
-        # yet: the result would be lost with the old file, and the key left in doubt
-        while journal._owners:
-            cap._cv.wait()
+        if out is None:
+            # 7.8: an effect in flight in another thread has its intent committed and its result
+            # not yet: the result would be lost with the old file, and the key left in doubt. (A
+            # copy to -o is a copy as of now: the handle goes on and writes the result.)
+            cap._actions.drain("compact")
         cap._check_open()
         rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
         if out is None:

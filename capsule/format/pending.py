@@ -21,9 +21,11 @@ A writer, once it holds the lock and before it reads the file, calls :func:`fini
   ``start`` (the file holds nothing past ``start``, or all of the bytes, or other bytes
   there: the append never began, ended, or the file went on without it): it is removed
   and the file is left as it is, for the usual torn-tail rules;
-- else the file's bytes past ``start`` are a proper prefix of the journal's: the rest is
-  appended and fsynced, and the journal removed. The file is then what the finished pull
-  would have left, and the reader that loads it checks every appended frame as usual.
+- else the file past ``start`` is the start of the journal (at each journal frame that
+  begins before the file's end, that frame's header or zeros, a page a power loss never
+  wrote back): the journal's bytes are written from ``start`` and fsynced, and the journal
+  removed. The file is then what the finished pull would have left, and the reader that
+  loads it checks every appended frame as usual.
 
 Nothing else writes or reads the journal, and it is touched only under the writer's lock.
 Whatever happens to the journal, a writer goes on: :func:`finish` never raises; it costs at
@@ -36,6 +38,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import stat
 import struct
 import zlib
@@ -68,8 +71,9 @@ def write_journal(path: Path, start: int, chain: bytes, length: int, read: Calla
     COMMIT with chain value ``chain`` ends; ``read(offset, n)`` gives the bytes, offsets
     counted from ``start``."""
     j = journal_path(path)
-    tmp = j.with_name(j.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    # a name of its own, created here (O_EXCL): nothing another user planted receives the bytes
+    tmp = j.with_name(f"{j.name}.tmp-{secrets.token_hex(6)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
         digest, at = hashlib.sha256(), 0
         while at < length:
@@ -86,8 +90,12 @@ def write_journal(path: Path, start: int, chain: bytes, length: int, read: Calla
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, j)
-    _fsync_dir(j)
+    try:
+        os.replace(tmp, j)
+        _fsync_dir(j)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return j
 
 
@@ -118,12 +126,15 @@ def finish(path: Path, fd: int) -> int:
         if len(head) != _HEAD.size:
             return 0
         magic, start, length, chain, want = _HEAD.unpack(head)
-        if (magic != MAGIC or st.st_size != _HEAD.size + length or not 32 <= start < size < start + length
-                or os.pread(fd, 32, start - 32) != chain or not _frames_fit(jfd, length)
+        if magic != MAGIC or st.st_size != _HEAD.size + length or not 32 <= start < size < start + length:
+            return 0  # not one, or stale: the append never began, or ended
+        if (os.pread(fd, 32, start - 32) != chain or not _frames_fit(jfd, length)
                 or not _continues(fd, jfd, start, size, length, want)):
+            log.warning("%s: removed %s: it does not continue the bytes after the last commit (the torn-tail "
+                        "rules apply, 8.3)", path, j)
             return 0
         try:
-            at = size
+            at = start  # all of it: the bytes already there may have holes (see _continues)
             while at < start + length:
                 data = os.pread(jfd, min(_CHUNK, start + length - at), _HEAD.size + at - start)
                 if not data:
@@ -164,17 +175,22 @@ def _frames_fit(jfd: int, length: int) -> bool:
 
 
 def _continues(fd: int, jfd: int, start: int, size: int, length: int, want: bytes) -> bool:
-    """The journal checks (its bytes hash to ``want``) and the file's bytes past ``start``
-    are its first ones."""
+    """The journal checks (its bytes hash to ``want``) and the file past ``start`` is the start
+    of it: at each of the journal's frames that begins before the file's end, the file holds
+    that frame's header, or zeros (a page a power loss never wrote back: those bytes were not
+    yet committed, 8.2). Any other bytes there mean the file went on without the journal."""
+    at = 0
+    while at < min(length, size - start):
+        want_head = os.pread(jfd, C.FRAME_HEADER_SIZE, _HEAD.size + at)
+        got = os.pread(fd, min(C.FRAME_HEADER_SIZE, size - start - at), start + at)
+        if got != want_head[: len(got)] and got.strip(b"\0"):
+            return False
+        at += C.FRAME_HEADER_STRUCT.unpack(want_head)[0]
     digest, at = hashlib.sha256(), 0
     while at < length:
         data = os.pread(jfd, min(_CHUNK, length - at), _HEAD.size + at)
         if not data:
             return False
-        if at < size - start:
-            n = min(len(data), size - start - at)
-            if os.pread(fd, n, start + at) != data[:n]:
-                return False
         digest.update(data)
         at += len(data)
     return at == length and os.pread(jfd, 1, _HEAD.size + length) == b"" and digest.digest() == want

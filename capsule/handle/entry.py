@@ -281,9 +281,16 @@ def _link_new(tmp: Path, dest: Path) -> None:
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
             raise
-        if dest.exists() or dest.is_symlink():
+        # the name reserved first (O_EXCL: another fork or file there wins), then renamed over
+        try:
+            os.close(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        except FileExistsError:
             raise AlreadyExists(f"{dest}: already exists") from None
-        os.rename(tmp, dest)
+        try:
+            os.rename(tmp, dest)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
 
 
 def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock: Clock | None) -> Capsule:

@@ -32,6 +32,7 @@ that already owns a key and asks for it again is not made to wait for itself
 from __future__ import annotations
 
 import threading
+import time as _time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -210,7 +211,8 @@ class Journal:
         # ``cap`` provides ``_lock`` (re-entrant), ``_cv`` (a Condition on it) and ``_store``.
         self._cap = cap
         self.index = JournalIndex(cap._store)  # the folded journal, from its snapshot blobs (18)
-        self._owners: dict[str, int] = {}  # key -> the thread that owns it (see the module docstring)
+        self._owners: dict[str, threading.Thread] = {}  # key -> the thread that owns it (module docstring)
+        self.draining = 0  # compactions or closes waiting for the effects in flight: no new claim meanwhile
 
     def states(self) -> dict[str, ActionState]:
         """Every key's state (reads every journal entry: for listings)."""
@@ -227,15 +229,48 @@ class Journal:
             return self.index.lookup(key)
 
     def _claim(self, key: str) -> bool:
-        """Own ``key``, waiting while another thread does. False: this thread already owns it."""
-        me = threading.get_ident()
+        """Own ``key``, waiting while another thread does (or while the handle drains for a
+        compaction or a close). False: this thread already owns it. A thread that ended owning
+        a key (a handle it never finished) owns nothing: its key is in doubt, not held."""
+        me = threading.current_thread()
         with self._cap._cv:
-            while (owner := self._owners.get(key)) is not None and owner != me:
+            while ((owner := self._owners.get(key)) is not None and owner is not me and owner.is_alive()) or (
+                    self.draining and owner is not me):
                 self._cap._cv.wait()
-            if owner == me:
+            if owner is me:
                 return False
             self._owners[key] = me
             return True
+
+    def in_flight(self) -> list[threading.Thread]:
+        """The live threads that own a key (an effect between its intent and its result)."""
+        return [t for t in self._owners.values() if t.is_alive()]
+
+    def drain(self, what: str, timeout: float = 60.0, *, strict: bool = True) -> bool:
+        """Wait (under the handle's Condition, held by the caller) until no other thread has an
+        effect in flight, claiming no new key meanwhile: their results land before ``what``.
+        ``strict``: refused from inside an effect, and a UsageError after ``timeout`` seconds;
+        otherwise False then (the caller goes on)."""
+        me = threading.current_thread()
+        if me in self._owners.values():
+            if strict:
+                raise UsageError(f"{what}: called from inside a run_once effect; {what} after it returns")
+            return False
+        deadline = _time.monotonic() + timeout
+        self.draining += 1
+        try:
+            while busy := [t for t in self.in_flight() if t is not me]:
+                left = deadline - _time.monotonic()
+                if left <= 0:
+                    if not strict:
+                        return False
+                    raise UsageError(f"{what}: {len(busy)} run_once effect(s) still in flight after {timeout:g} s "
+                                     f"(threads {', '.join(sorted(t.name for t in busy))}); {what} once they finish")
+                self._cap._cv.wait(min(left, 0.5))
+            return True
+        finally:
+            self.draining -= 1
+            self._cap._cv.notify_all()
 
     def _release(self, key: str) -> None:
         with self._cap._cv:
@@ -245,6 +280,7 @@ class Journal:
     def after_fork(self) -> None:
         """In a fork child: the threads that owned keys did not come along."""
         self._owners.clear()
+        self.draining = 0
 
     def _write(self, rec_kw: dict[str, Any]) -> Action:
         cap = self._cap

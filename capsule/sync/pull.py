@@ -33,7 +33,7 @@ from typing import Any
 from ..core import constants as C
 from ..core.errors import CapsuleError, CorruptError, UsageError
 from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
-from ..format.pending import remove_journal, write_journal
+from ..format.pending import journal_path, remove_journal, write_journal
 from ..format.scan import Reader, Snapshot, Source
 from ..handle.locking import open_writer
 from ..verifier.check import verify
@@ -103,6 +103,8 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
     # a pull killed (kill -9) left its temporary file, up to the capsule's size: one nobody holds
     # (each pull flocks its own) and nobody touched for a minute is removed, as merge does (20.7)
     sweep_temporaries(p.parent if str(p.parent) else Path("."), f".{glob.escape(p.name)}.pull-*")
+    j = journal_path(p)  # and the journal a pull killed while writing it began (19.7)
+    sweep_temporaries(j.parent, f"{glob.escape(j.name)}.tmp-*")
     try:
         if not (p.exists() or p.is_symlink()):
             res = _pull_new(remote, m, p, trust, progress)
