@@ -166,7 +166,7 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
     def close(self) -> None:
         """Write a final INDEX (writers) so the next open is fast, then release.
 
-        Waits for a commit open in another thread, and (up to a minute) for the results of
+        Waits for a commit open in another thread, and (up to 30 s) for the results of
         ``run_once`` effects running in other threads. In a fork child of the writer
         it only drops the child's descriptor: nothing is written, and the lock
         stays the parent's."""
@@ -176,7 +176,7 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
             return
         if self.mode == "a" and not st.closed:
             with self._cv:  # 7.8: the results of effects in flight in other threads land first
-                self._journal.drain("close", strict=False)
+                self._journal.drain("close", 30.0, strict=False)
         with self._lock, self._view_lock:
             if st.closed:
                 return
