@@ -444,3 +444,31 @@ def test_two_forks_to_one_name_without_hard_links(tmp_path: Path, monkeypatch: p
         t.join(60)
     assert sorted(res) == ["exists", "ok"]
     assert len(_texts(out)) == 2 and capsule.verify(out).ok
+
+
+def test_a_nested_run_once_inside_an_effect_is_not_held_back_by_a_drain(tmp_path: Path) -> None:
+    """While compaction drains, new effects wait; an effect's own nested run_once must not, or the
+    drain (waiting for that effect) and the effect (waiting for the drain) would deadlock."""
+    p = tmp_path / "t.capsule"
+    cap = capsule.create(p)
+    started, go_on = threading.Event(), threading.Event()
+    out: list[Any] = []
+
+    def effect() -> str:
+        started.set()
+        go_on.wait(30)
+        return "outer+" + str(cap.run_once("inner", lambda: "inner"))
+
+    a = threading.Thread(target=lambda: out.append(cap.run_once("outer", effect)))
+    a.start()
+    assert started.wait(30)
+    b = threading.Thread(target=lambda: out.append(cap.compact(keep="history")["policy"]))
+    b.start()
+    time.sleep(0.3)  # the compaction is draining now
+    go_on.set()
+    t0 = time.monotonic()
+    a.join(30)
+    b.join(30)
+    assert time.monotonic() - t0 < 10 and sorted(map(str, out)) == ["history", "outer+inner"]
+    with capsule.open(p) as again:
+        assert {x.key: x.status for x in again.actions()} == {"inner": "done", "outer": "done"}

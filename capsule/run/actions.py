@@ -234,8 +234,10 @@ class Journal:
         a key (a handle it never finished) owns nothing: its key is in doubt, not held."""
         me = threading.current_thread()
         with self._cap._cv:
+            # while draining, new effects wait; an effect's own nested run_once does not (the
+            # drain waits for that effect: holding its nested claim back would deadlock both)
             while ((owner := self._owners.get(key)) is not None and owner is not me and owner.is_alive()) or (
-                    self.draining and owner is not me):
+                    self.draining and owner is not me and me not in self._owners.values()):
                 self._cap._cv.wait()
             if owner is me:
                 return False
