@@ -472,3 +472,113 @@ def test_a_nested_run_once_inside_an_effect_is_not_held_back_by_a_drain(tmp_path
     assert time.monotonic() - t0 < 10 and sorted(map(str, out)) == ["history", "outer+inner"]
     with capsule.open(p) as again:
         assert {x.key: x.status for x in again.actions()} == {"inner": "done", "outer": "done"}
+
+
+# --- a third attack (s15): close's drain and the compacting thread ---------------------------------
+
+
+def test_no_effect_result_is_lost_when_a_handle_closes_under_busy_workers(tmp_path: Path) -> None:
+    """close() drained, let go of the lock and took it again: effects begun in between ran and lost
+    their results (the key in doubt, though the effect happened)."""
+    import sys as _sys
+
+    old = _sys.getswitchinterval()
+    _sys.setswitchinterval(1e-6)
+    try:
+        for it in range(20):
+            p = tmp_path / f"t{it}.capsule"
+            cap = capsule.create(p)
+            ran: list[str] = []
+            stop = threading.Event()
+
+            def worker(w: int, cap: Any = cap, ran: list[str] = ran, stop: threading.Event = stop) -> None:
+                i = 0
+                while not stop.is_set():
+                    k = f"w{w}:{i}"
+                    try:
+                        cap.run_once(k, lambda k=k: ran.append(k))
+                    except capsule.UsageError:
+                        return
+                    i += 1
+
+            ts = [threading.Thread(target=worker, args=(w,)) for w in range(3)]
+            for t in ts:
+                t.start()
+            time.sleep(0.05)
+            cap.close()
+            stop.set()
+            for t in ts:
+                t.join(30)
+            with capsule.open(p) as again:
+                states = {x.key: x.status for x in again.actions()}
+            assert [k for k in ran if states.get(k) != "done"] == []
+            assert [k for k, v in states.items() if v != "done"] == []
+    finally:
+        _sys.setswitchinterval(old)
+
+
+def test_close_waits_for_an_effect_that_waits_on_its_own_helper_thread(tmp_path: Path) -> None:
+    """An effect that fans a sub-effect out to a pool: close held the pool's claim back while it
+    waited for the effect, which waited for the pool: 30 s, then the result was lost."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = tmp_path / "t.capsule"
+    cap = capsule.create(p)
+    pool = ThreadPoolExecutor(1)
+    started = threading.Event()
+
+    def outer() -> str:
+        started.set()
+        time.sleep(0.2)
+        return str(pool.submit(cap.run_once, "sub:1", lambda: "sub").result(30))
+
+    t = threading.Thread(target=lambda: cap.run_once("outer", outer))
+    t.start()
+    assert started.wait(30)
+    t0 = time.monotonic()
+    cap.close()
+    assert time.monotonic() - t0 < 10
+    t.join(30)
+    pool.shutdown()
+    with capsule.open(p) as again:
+        assert {x.key: x.status for x in again.actions()} == {"outer": "done", "sub:1": "done"}
+
+
+def test_a_compactions_progress_callback_cannot_write_into_the_old_file(tmp_path: Path) -> None:
+    p = tmp_path / "t.capsule"
+    cap = capsule.create(p)
+    with cap.commit() as tx:
+        for i in range(50):
+            tx.remember(f"m{i}")
+    errors: list[str] = []
+
+    def progress(done: int, total: int) -> None:
+        try:
+            cap.run_once("pay:1", lambda: "paid")
+        except capsule.UsageError as e:
+            errors.append(str(e))
+
+    cap.compact(keep="history", progress=progress)
+    assert errors and "being compacted in place" in errors[0]
+    with capsule.open(p) as again:
+        assert again.actions() == []  # nothing acknowledged and then lost
+
+
+def test_close_inside_an_effect_still_waits_for_the_other_threads_effects(tmp_path: Path) -> None:
+    p = tmp_path / "t.capsule"
+    cap = capsule.create(p)
+    b_running = threading.Event()
+
+    def b_effect() -> str:
+        b_running.set()
+        time.sleep(0.3)
+        return "b"
+
+    tb = threading.Thread(target=lambda: cap.run_once("B", b_effect))
+    tb.start()
+    assert b_running.wait(30)
+    with pytest.raises(capsule.UsageError):
+        cap.run_once("A", lambda: cap.close())  # A's own result cannot be written: its own doing
+    tb.join(30)
+    with capsule.open(p) as again:
+        assert {x.key: x.status for x in again.actions()} == {"A": "in-doubt", "B": "done"}

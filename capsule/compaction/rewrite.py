@@ -181,7 +181,11 @@ def compact_handle(cap: Capsule, out: str | Path | None = None, keep: str = "his
             # copy to -o is a copy as of now: the handle goes on and writes the result.)
             cap._actions.drain("compact")
         cap._check_open()
-        rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
+        cap._compacting = out is None
+        try:
+            rep = _compact(cap, cap.path, dest, out is None, keep, key, progress)
+        finally:
+            cap._compacting = False
         if out is None:
             cap.close()
     return rep

@@ -105,6 +105,7 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         self._lock = threading.RLock()
         self._view_lock = threading.RLock()
         self._cv = threading.Condition(self._lock)
+        self._compacting = False  # an in-place compaction of this handle is running (its thread)
 
     @property
     def _search(self) -> SearchPart:
@@ -174,10 +175,16 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         if isinstance(st.h, WriteHandle) and st.h.forked:
             st.h.close()
             return
-        if self.mode == "a" and not st.closed:
-            with self._cv:  # 7.8: the results of effects in flight in other threads land first
-                self._journal.drain("close", 30.0, strict=False)
-        with self._lock, self._view_lock:
+        # One hold of the lock from the drain to the end: no effect starts between the two.
+        with self._lock, self._cv:  # (the Condition is on this lock)
+            if self.mode == "a" and not st.closed:
+                # 7.8: the results of effects in flight in other threads land first; new effects
+                # are not held back (an effect may wait on one it started in another thread)
+                self._journal.drain("close", 30.0, strict=False, gate=False)
+            self._close_locked(st)
+
+    def _close_locked(self, st: Any) -> None:
+        with self._view_lock:
             if st.closed:
                 return
             try:
@@ -574,6 +581,8 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
                       extra: Sequence[tuple[int, bytes]] = (), after: Sequence[tuple[int, Build]] = (),
                       blob: tuple[str, Any] | None = None, defer_index: bool = False) -> CommitInfo:
         """One durable commit; the state root and the journal (18) follow it under the writer's guard."""
+        if self._compacting:  # a compaction's own thread (its progress callback): the rename would lose it
+            raise UsageError("the capsule is being compacted in place: write after compact returns")
         def published() -> None:
             self._roots.committed(item_ids(items))
             self._journal.index.committed(items)  # it folds its records and adopts its new head

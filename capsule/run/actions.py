@@ -248,18 +248,17 @@ class Journal:
         """The live threads that own a key (an effect between its intent and its result)."""
         return [t for t in self._owners.values() if t.is_alive()]
 
-    def drain(self, what: str, timeout: float = 60.0, *, strict: bool = True) -> bool:
+    def drain(self, what: str, timeout: float = 60.0, *, strict: bool = True, gate: bool = True) -> bool:
         """Wait (under the handle's Condition, held by the caller) until no other thread has an
-        effect in flight, claiming no new key meanwhile: their results land before ``what``.
-        ``strict``: refused from inside an effect, and a UsageError after ``timeout`` seconds;
-        otherwise False then (the caller goes on)."""
+        effect in flight: their results land before ``what``. ``gate``: no new key is claimed
+        meanwhile (but nested ones). ``strict``: refused from inside an effect, and a UsageError
+        after ``timeout`` seconds; otherwise False then (the caller goes on), and from inside an
+        effect it waits for the others' (the caller's own key is its own doing)."""
         me = threading.current_thread()
-        if me in self._owners.values():
-            if strict:
-                raise UsageError(f"{what}: called from inside a run_once effect; {what} after it returns")
-            return False
+        if strict and me in self._owners.values():
+            raise UsageError(f"{what}: called from inside a run_once effect; {what} after it returns")
         deadline = _time.monotonic() + timeout
-        self.draining += 1
+        self.draining += gate
         try:
             while busy := [t for t in self.in_flight() if t is not me]:
                 left = deadline - _time.monotonic()
@@ -271,7 +270,7 @@ class Journal:
                 self._cap._cv.wait(min(left, 0.5))
             return True
         finally:
-            self.draining -= 1
+            self.draining -= gate
             self._cap._cv.notify_all()
 
     def _release(self, key: str) -> None:
