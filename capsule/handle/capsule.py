@@ -167,19 +167,17 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
     def close(self) -> None:
         """Write a final INDEX (writers) so the next open is fast, then release.
 
-        Waits for a commit open in another thread, and (up to 30 s) for the results of
-        ``run_once`` effects running in other threads. In a fork child of the writer
-        it only drops the child's descriptor: nothing is written, and the lock
-        stays the parent's."""
+        Waits for a commit open in another thread, and (up to 30 s) for the results of ``run_once``
+        effects running in other threads. In a fork child of the writer it only drops the child's
+        descriptor: nothing is written, and the lock stays the parent's."""
         st = self._store
         if isinstance(st.h, WriteHandle) and st.h.forked:
             st.h.close()
             return
-        # One hold of the lock from the drain to the end: no effect starts between the two.
+        # 7.8: the results of effects in flight in other threads land first, then the close, in one
+        # hold of the lock; new effects are not held back (one may wait on one it started elsewhere)
         with self._lock, self._cv:  # (the Condition is on this lock)
             if self.mode == "a" and not st.closed:
-                # 7.8: the results of effects in flight in other threads land first; new effects
-                # are not held back (an effect may wait on one it started in another thread)
                 self._journal.drain("close", 30.0, strict=False, gate=False)
             self._close_locked(st)
 
