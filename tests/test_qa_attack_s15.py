@@ -23,6 +23,8 @@ import pytest
 import capsule
 from capsule.format.pending import MAGIC, journal_path
 
+from .test_qa_sync_review import KILLED_PULL
+
 CAPSULE_BIN = Path(sys.executable).with_name("capsule")
 HEAD = struct.Struct("<16sQQ32s32s")
 
@@ -292,21 +294,6 @@ def test_export_af_keeps_a_lone_surrogate_an_escape(tmp_path: Path) -> None:
 # --- a second attack (s15): the journal's own temporary, power loss, draining, rename fallback -----
 
 
-KILLED_PULL_HOLE = """
-import importlib, os, signal, sys
-pl = importlib.import_module("capsule.sync.pull")
-real, calls = pl._write, []
-def _write(wh, src, a, b):
-    calls.append((a, b))
-    if len(calls) == 2:
-        real(wh, src, a, a + (b - a) // 2)
-        os.kill(os.getpid(), signal.SIGKILL)
-    real(wh, src, a, b)
-pl._write = _write
-pl.pull(sys.argv[1], sys.argv[2])
-"""
-
-
 def _behind(tmp_path: Path) -> tuple[str, Path, Path]:
     import capsule.sync as sync
 
@@ -330,7 +317,7 @@ def test_a_power_loss_hole_in_the_torn_tail_does_not_split_the_copy(tmp_path: Pa
     import capsule.sync as sync
 
     url, a, b = _behind(tmp_path)
-    p = subprocess.run([sys.executable, "-c", KILLED_PULL_HOLE, url, str(b)], capture_output=True, timeout=120,
+    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
                        check=False)
     assert p.returncode == -9 and journal_path(b).exists()
     size = b.stat().st_size

@@ -81,9 +81,9 @@ def write_journal(path: Path, start: int, chain: bytes, length: int, read: Calla
             if not data:
                 raise OSError(f"{path}: the bytes to append ended at {at} of {length}")
             digest.update(data)
-            _pwrite_all(fd, data, _HEAD.size + at)
+            pwrite_all(fd, data, _HEAD.size + at)
             at += len(data)
-        _pwrite_all(fd, _HEAD.pack(MAGIC, start, length, chain, digest.digest()), 0)
+        pwrite_all(fd, _HEAD.pack(MAGIC, start, length, chain, digest.digest()), 0)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -139,7 +139,7 @@ def finish(path: Path, fd: int) -> int:
                 data = os.pread(jfd, min(_CHUNK, start + length - at), _HEAD.size + at - start)
                 if not data:
                     raise OSError("the journal ended early")
-                _pwrite_all(fd, data, at)
+                pwrite_all(fd, data, at)
                 at += len(data)
             os.fsync(fd)
         except OSError as e:  # a full disk, say: the torn-tail rules (8.3) take it from here
@@ -196,11 +196,12 @@ def _continues(fd: int, jfd: int, start: int, size: int, length: int, want: byte
     return at == length and os.pread(jfd, 1, _HEAD.size + length) == b"" and digest.digest() == want
 
 
-def _pwrite_all(fd: int, data: bytes, at: int) -> None:
+def pwrite_all(fd: int, data: bytes, at: int) -> None:
+    """``data`` at ``at`` of ``fd``, whatever short writes the system makes."""
     view = memoryview(data)
     while view:
         k = os.pwrite(fd, view, at)
         view, at = view[k:], at + k
 
 
-__all__ = ["finish", "journal_path", "remove_journal", "write_journal"]
+__all__ = ["finish", "journal_path", "pwrite_all", "remove_journal", "write_journal"]

@@ -33,7 +33,7 @@ from typing import Any
 from ..core import constants as C
 from ..core.errors import CapsuleError, CorruptError, UsageError
 from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
-from ..format.pending import journal_path, remove_journal, write_journal
+from ..format.pending import journal_path, pwrite_all, remove_journal, write_journal
 from ..format.scan import Reader, Snapshot, Source
 from ..handle.locking import open_writer
 from ..verifier.check import verify
@@ -257,7 +257,7 @@ def _assemble(src_fd: int, tail: ReadHandle, local_size: int, size: int, path: P
             data = tail.pread(at - local_size, min(8 << 20, size - at))
             if not data:
                 raise SyncError("the downloaded tail shrank while it was being checked")
-            _pwrite_all(fd, data, at)
+            pwrite_all(fd, data, at)
             at += len(data)
     finally:
         os.close(fd)
@@ -289,7 +289,7 @@ def _download(remote: Remote, m: Manifest, start: int, fd: int, at: int, progres
                                     "(a damaged or tampered object): refused; a copy holding these bytes mends "
                                     "the remote with `capsule push FILE URL --check`", check="remote-segment")
         for c in parts:
-            _pwrite_all(fd, c, at)
+            pwrite_all(fd, c, at)
             at += len(c)
             got += len(c)
             if progress is not None:
@@ -364,13 +364,7 @@ def _copy(src_fd: int, dst_fd: int, n: int) -> None:
             data = os.pread(src_fd, min(8 << 20, n - done), done)
             if not data:
                 raise SyncError("the local file shrank while it was being pulled onto")
-            _pwrite_all(dst_fd, data, done)
+            pwrite_all(dst_fd, data, done)
             k = len(data)
         done += k
 
-
-def _pwrite_all(fd: int, data: bytes, at: int) -> None:
-    view = memoryview(data)
-    while view:
-        k = os.pwrite(fd, view, at)
-        view, at = view[k:], at + k
