@@ -256,7 +256,9 @@ class WriteHandle(ReadHandle):
         self._map_len = 0
         self.poisoned: BaseException | None = None
         self.pid = _pid  # the process this writer belongs to (see the module docstring)
-        self._lock()
+        # A file this call just created (O_EXCL) is ours: a create(exist_ok=True) that lost the
+        # race may hold its lock a moment, probing for a header; wait that out (2 s at most)
+        self._lock(2.0 if create else 0.0)
         if not create:
             from .pending import finish
 
@@ -266,17 +268,25 @@ class WriteHandle(ReadHandle):
                 self.close()  # never keep the lock of a handle that was not returned
                 raise
 
-    def _lock(self) -> None:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            pid, host = next((info for p in self._sidecars() if (info := _read_lock_info(p))[0]), (None, None))
-            os.close(self.fd)
-            self.fd = -1
-            who = f"pid {pid} on {host}" if pid else "another process"
-            raise Locked(f"{self.path}: locked by {who} (one writer at a time)", pid=pid, host=host) from None
+    def _lock(self, wait: float = 0.0) -> None:
+        import time
+
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(0.002)
+                    continue
+                pid, host = next((info for p in self._sidecars() if (info := _read_lock_info(p))[0]), (None, None))
+                os.close(self.fd)
+                self.fd = -1
+                who = f"pid {pid} on {host}" if pid else "another process"
+                raise Locked(f"{self.path}: locked by {who} (one writer at a time)", pid=pid, host=host) from None
         # The lock is on the inode opened above. If the path was renamed over meanwhile (an
         # in-place compaction, 15.1, whose holder let go of the old file just now), this lock
         # guards a file nobody will read again: let go and report it as held, so a waiting
