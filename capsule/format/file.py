@@ -258,7 +258,10 @@ class WriteHandle(ReadHandle):
         self.pid = _pid  # the process this writer belongs to (see the module docstring)
         # A file this call just created (O_EXCL) is ours: a create(exist_ok=True) that lost the
         # race may hold its lock a moment, probing for a header; wait that out (2 s at most)
-        self._lock(2.0 if create else 0.0)
+        if create:
+            self._lock(wait=2.0)
+        else:
+            self._lock()
         if not create:
             from .pending import finish
 
