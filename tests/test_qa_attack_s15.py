@@ -23,7 +23,7 @@ import pytest
 import capsule
 from capsule.format.pending import MAGIC, journal_path
 
-from .test_qa_sync_review import KILLED_PULL
+from .test_qa_sync_review import KILLED_PULL, _remote_with_three_new_commits
 
 CAPSULE_BIN = Path(sys.executable).with_name("capsule")
 HEAD = struct.Struct("<16sQQ32s32s")
@@ -294,29 +294,12 @@ def test_export_af_keeps_a_lone_surrogate_an_escape(tmp_path: Path) -> None:
 # --- a second attack (s15): the journal's own temporary, power loss, draining, rename fallback -----
 
 
-def _behind(tmp_path: Path) -> tuple[str, Path, Path]:
-    import capsule.sync as sync
-
-    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
-    url = (tmp_path / "remote").as_uri()
-    with capsule.create(a) as cap, cap.commit() as tx:
-        tx.remember("first")
-    sync.push(a, url)
-    sync.pull(url, b)
-    with capsule.open(a, "a") as cap:
-        for i in range(3):
-            with cap.commit() as tx:
-                tx.remember(f"later {i} " + os.urandom(6000).hex())
-    sync.push(a, url)
-    return url, a, b
-
-
 def test_a_power_loss_hole_in_the_torn_tail_does_not_split_the_copy(tmp_path: Path) -> None:
     """A page of the pulled tail never written back reads as zeros: the torn tail was no longer a
     byte prefix of the journal, which was dropped, and the copy diverged from its remote."""
     import capsule.sync as sync
 
-    url, a, b = _behind(tmp_path)
+    url, a, b = _remote_with_three_new_commits(tmp_path)
     p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
                        check=False)
     assert p.returncode == -9 and journal_path(b).exists()
@@ -333,7 +316,7 @@ def test_a_power_loss_hole_in_the_torn_tail_does_not_split_the_copy(tmp_path: Pa
 def test_the_pulls_journal_never_writes_into_a_file_someone_planted(tmp_path: Path) -> None:
     import capsule.sync as sync
 
-    url, a, b = _behind(tmp_path)
+    url, a, b = _remote_with_three_new_commits(tmp_path)
     planted = journal_path(b).with_name(journal_path(b).name + ".tmp")
     planted.write_bytes(b"someone else's file\n")
     os.chmod(planted, 0o666)

@@ -51,7 +51,7 @@ def _remote_with_three_new_commits(tmp_path: Path) -> tuple[str, Path, Path]:
     with capsule.open(a, "a") as cap:
         for i in range(3):
             with cap.commit() as tx:
-                tx.remember(f"later {i} " + "x" * 4000)
+                tx.remember(f"later {i} " + os.urandom(6000).hex())  # incompressible: torn tails span pages
     sync.push(a, url)
     return url, a, b
 
