@@ -148,13 +148,13 @@ class _Event:
     def to_value(self) -> dict[str, Any]:
         """The canonical map: ``op`` plus every field not at its default, keys sorted."""
         v: dict[str, Any] = {"op": self.OP}
-        for f in fields(self):  # type: ignore[arg-type]
-            x = getattr(self, f.name)
-            if f.default is not MISSING and x == f.default:
+        for name, default, factory in _shape(type(self))[0]:
+            x = getattr(self, name)
+            if default is not MISSING and x == default:
                 continue
-            if f.default_factory is not MISSING and x == f.default_factory():
+            if factory is not MISSING and x == factory():
                 continue
-            v[f.name] = list(x) if isinstance(x, tuple) else x
+            v[name] = list(x) if isinstance(x, tuple) else x
         return dict(sorted(v.items()))
 
     @classmethod
@@ -164,15 +164,11 @@ class _Event:
             raise InvalidTaskEvent("a task event must be a map with string keys")
         if v.get("op") != cls.OP:
             raise InvalidTaskEvent(f"expected op {cls.OP!r}, not {v.get('op')!r}")
-        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        extra = sorted(set(v) - set(known) - {"op"})
+        shape, known, required = _shape(cls)
+        extra = sorted(set(v) - known - {"op"})
         if extra:
             raise InvalidTaskEvent(f"unknown {cls.OP} field(s): {', '.join(extra)}")
-        missing = [
-            n
-            for n, f in known.items()
-            if f.default is MISSING and f.default_factory is MISSING and n not in v
-        ]
+        missing = [n for n, _, _ in shape if n in required and n not in v]
         if missing:
             raise InvalidTaskEvent(f"{cls.OP} needs {', '.join(missing)}")
         ev = cls(**{k: x for k, x in v.items() if k != "op"})
@@ -182,6 +178,22 @@ class _Event:
                 "out, deps unsorted or text not NFC)"
             )
         return ev
+
+
+_Shape: TypeAlias = tuple[tuple[tuple[str, Any, Any], ...], frozenset[str], frozenset[str]]
+_SHAPES: dict[type, _Shape] = {}
+
+
+def _shape(cls: type) -> _Shape:
+    """An event class's fields once: ``(name, default, default_factory)`` in order, all names, the
+    required names (a replay parses one event per task record, so not ``fields()`` each time)."""
+    got = _SHAPES.get(cls)
+    if got is None:
+        fs = fields(cls)
+        got = _SHAPES[cls] = (
+            tuple((f.name, f.default, f.default_factory) for f in fs), frozenset(f.name for f in fs),
+            frozenset(f.name for f in fs if f.default is MISSING and f.default_factory is MISSING))
+    return got
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
