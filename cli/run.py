@@ -14,20 +14,39 @@ from ._errors import EXIT_USAGE, call, fail
 from ._params import AtOpt, FileArg, JsonOpt, WaitOpt, time_opt
 from ._render import Table, cell, emit_json, out
 
+#: ``--status`` values: a task status (7.9), or ``open`` for pending and claimed
+TASK_STATUSES = ("pending", "claimed", "done", "failed", "cancelled", "open")
+TABLE_ROWS = 100  # rows the table shows without --limit; JSON lists every task unless --limit
+
 
 def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
           now: Annotated[str | None, typer.Option("--now", metavar="WHEN", show_default=False, help=(
               "Judge what is due at this time: an ISO-8601 time, '2h ago', or 'last' (the last commit's "
               "time: the capsule's own clock, for an agent on a simulated one). Default: the clock; with "
-              "--at, that commit's time."))] = None) -> None:
+              "--at, that commit's time."))] = None,
+          status: Annotated[list[str] | None, typer.Option("--status", metavar="STATUS", show_default=False, help=(
+              "Only tasks in this status (repeatable): pending, claimed, done, failed, cancelled, or open "
+              "(pending and claimed). The counts stay the whole queue's."))] = None,
+          limit: Annotated[int | None, typer.Option("--limit", "-n", metavar="N", min=1, show_default=False, help=(
+              f"List at most N tasks (by id). Default: the table shows {TABLE_ROWS} and says how many it left "
+              "out; --json lists every task."))] = None) -> None:
     """Show the durable task queue: status, attempts, leases, what is due and blocked.
 
     Examples:
       capsule tasks agent.capsule --json
+      capsule tasks agent.capsule --status open   # what is still to run
       capsule tasks agent.capsule --now last   # as the agent's own (simulated) clock sees it
     """
     if now is not None and at is not None:
         fail("--at judges the view at its commit's time; --now judges the live queue: give one of them", EXIT_USAGE)
+    wanted: set[str] = set()
+    for s in status or ():
+        for one in s.split(","):
+            if one.strip().lower() not in TASK_STATUSES:
+                fail(f"--status {one.strip()!r}: expected one of {', '.join(TASK_STATUSES)}", EXIT_USAGE)
+            wanted.add(one.strip().lower())
+    if "open" in wanted:
+        wanted |= {"pending", "claimed"}
     when = None if now in (None, "last") else call(lambda: time_opt(now, "--now"))
 
     def go() -> dict[str, Any]:
@@ -44,16 +63,27 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
             return cap.tasks.to_dict(now=default_clock()())
 
     q = call(go)
+    chosen = [st for st in q["tasks"] if not wanted or st["status"] in wanted]
+    shown = chosen[: limit or (None if json_out else TABLE_ROWS)]
     if json_out:
+        q["tasks"] = shown
+        if len(shown) < len(chosen):
+            q["more"] = len(chosen) - len(shown)  # tasks --limit left out
         emit_json(q)
         return
     t = Table("task", "status", "attempts", "worker", "due")
-    due = {d if isinstance(d, str) else d.get("id") for d in q.get("due") or []}
-    for st in q.get("tasks", []):
+    due = set(q.get("due") or ())
+    for st in shown:
         name = st["id"]
         mark = "yes" if name in due else ("blocked" if st.get("blocked_by") else "")
         t.add_row(*(cell(x) for x in (name, st.get("status"), st.get("attempts", 0), st.get("worker") or "", mark)))
-    out.print(t)
+    if shown:
+        out.print(t)
+    counts = ", ".join(f"{n} {k}" for k, n in q["counts"].items() if n)
+    more = len(chosen) - len(shown)
+    out.print(f"{len(q['tasks'])} tasks ({counts or 'none'}); {len(due)} due now"
+              + (f"; {more} more not shown (--limit N, --status open, --json)" if more else ""),
+              markup=False, highlight=False)
 
 
 def actions(
