@@ -21,6 +21,7 @@ from ..core import constants as C
 from ..core.errors import CapsuleError
 from ..format.crypto import Keys
 from ..handle.entry import open as open_capsule
+from ..questions._lifecycle import redacted
 from ..state.history import commit_at_seq  # 15: by seq, never a label
 
 if TYPE_CHECKING:
@@ -60,6 +61,47 @@ def check_parent(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> N
                            "message": f"{parent} is not the parent this fork names (or the fork point differs)"}
     elif lin.get("policy") is not None:
         check_compacted(rep, parent, keys)
+    else:
+        try:
+            _check_fork(rep, lin, parent, keys)
+        except CapsuleError as e:  # the parent itself is damaged: it proves nothing
+            _fail(rep, f"{parent}: {e}")
+
+
+def _check_fork(rep: VerifyReport, lin: dict[str, Any], parent: Path, keys: Keys) -> None:
+    """15: a fork's first commit that holds records (commit 1 when none does) leaves live exactly
+    the parent's live records at the fork point, but those the parent has redacted since (7.7.1),
+    and every other record it holds but its ``revert`` (the journal) is a record of the parent."""
+    with open_capsule(rep.path, identity=keys.identity, passphrase=keys.passphrase) as new:
+        snap = new._snap
+        assert snap.commit is not None
+        first = None
+        for got in commits(new._h, snap.header, snap.commit.end):
+            if first is None or got.records:
+                first = got
+            if got.records or got.ordinal >= 2:  # 15.2: the fork writes its records in commit 2
+                break
+        assert first is not None
+        with new.view(first.info) as v:
+            mine = set(v.state().live)
+        held = [rid for rid, kind, _ in first.records if kind != "revert"]
+    with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
+        with par.view(commit_at_seq(par._store, lin["tree_size"])) as pv:
+            theirs = set(pv.state().live)
+        extra = sorted(mine - theirs)
+        if extra:
+            return _fail(rep, f"record {extra[0].hex()} is live in the fork but was not live in {parent} at the "
+                              "fork point", first.info.offset, first.info.seq)
+        red = redacted(par._store)
+        lost = sorted(x for x in theirs - mine if x not in red)
+        if lost:
+            return _fail(rep, f"record {lost[0].hex()} was live in {parent} at the fork point and is not live in "
+                              "the fork (nor redacted in the parent since)", first.info.offset, first.info.seq)
+        alien = [rid for rid, ok in zip(held, par._store.present(held), strict=True) if not ok] if held else []
+        if alien:
+            return _fail(rep, f"record {alien[0].hex()} of the fork's first commit is not a record of {parent}",
+                         first.info.offset, first.info.seq)
+    return None
 
 
 def check_compacted(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> None:
