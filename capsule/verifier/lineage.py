@@ -20,6 +20,7 @@ from ..compaction.plan import commits, make_plan, rows
 from ..core import constants as C
 from ..core.errors import CapsuleError
 from ..format.crypto import Keys
+from ..format.kindwalk import walk
 from ..handle.entry import open as open_capsule
 from ..questions._lifecycle import redacted
 from ..state.history import commit_at_seq  # 15: by seq, never a label
@@ -69,39 +70,47 @@ def check_parent(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> N
 
 
 def _check_fork(rep: VerifyReport, lin: dict[str, Any], parent: Path, keys: Keys) -> None:
-    """15: a fork's first commit that holds records (commit 1 when none does) leaves live exactly
-    the parent's live records at the fork point, but those the parent has redacted since (7.7.1),
-    and every other record it holds but its ``revert`` (the journal) is a record of the parent."""
-    with open_capsule(rep.path, identity=keys.identity, passphrase=keys.passphrase) as new:
-        snap = new._snap
-        assert snap.commit is not None
-        first = None
-        for got in commits(new._h, snap.header, snap.commit.end):
-            if first is None or got.records:
-                first = got
-            if got.records or got.ordinal >= 2:  # 15.2: the fork writes its records in commit 2
-                break
-        assert first is not None
-        with new.view(first.info) as v:
-            mine = set(v.state().live)
-        held = [rid for rid, kind, _ in first.records if kind != "revert"]
-    with open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
+    """15: the state a fork inherits (its first commit that holds records, or commit 1 when the
+    parent's state at the fork point is empty) is exactly the parent's live records at the fork
+    point, but those the parent has redacted since (7.7.1); and every record a ``revert`` of that
+    commit drops (the journal) is a record of the parent. State roots are compared first (13.1:
+    from the sorted id columns, no record read); live sets only when the roots differ."""
+    with open_capsule(rep.path, identity=keys.identity, passphrase=keys.passphrase) as new, \
+            open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
+        done = list(new._store.commits())[::-1]  # oldest first
         with par.view(commit_at_seq(par._store, lin["tree_size"])) as pv:
-            theirs = set(pv.state().live)
-        extra = sorted(mine - theirs)
-        if extra:
-            return _fail(rep, f"record {extra[0].hex()} is live in the fork but was not live in {parent} at the "
-                              "fork point", first.info.offset, first.info.seq)
-        red = redacted(par._store)
-        lost = sorted(x for x in theirs - mine if x not in red)
-        if lost:
-            return _fail(rep, f"record {lost[0].hex()} was live in {parent} at the fork point and is not live in "
-                              "the fork (nor redacted in the parent since)", first.info.offset, first.info.seq)
-        alien = [rid for rid, ok in zip(held, par._store.present(held), strict=True) if not ok] if held else []
+            theirs_root = pv.state_root
+            i, same = 0, new_root(new, done[0]) == theirs_root
+            if not same:  # commit 1 is not it (the parent's state was not empty)
+                i = next((k for k, c in enumerate(done) if c.records), 0)
+                same = new_root(new, done[i]) == theirs_root
+            theirs = None if same else set(pv.state().live)
+        first = done[i]
+        if theirs is not None:
+            with new.view(first) as v:
+                mine = set(v.state().live)
+            red = redacted(par._store)
+            extra = sorted(mine - theirs)
+            if extra:
+                return _fail(rep, f"record {extra[0].hex()} is live in the fork but was not live in {parent} at "
+                                  "the fork point", first.offset, first.seq)
+            lost = sorted(x for x in theirs - mine if x not in red)
+            if lost:
+                return _fail(rep, f"record {lost[0].hex()} was live in {parent} at the fork point and is not live "
+                                  "in the fork (nor redacted in the parent since)", first.offset, first.seq)
+        drops = sorted({rid for _, _, r in walk(new._store, ["revert"], done[i - 1] if i else None, first.end)
+                        for rid in r.drop})
+        alien = [rid for rid, ok in zip(drops, par._store.present(drops), strict=True) if not ok] if drops else []
         if alien:
             return _fail(rep, f"record {alien[0].hex()} of the fork's first commit is not a record of {parent}",
-                         first.info.offset, first.info.seq)
+                         first.offset, first.seq)
     return None
+
+
+def new_root(cap: Any, commit: Any) -> str:
+    """The state root of ``cap`` at ``commit`` (13.1)."""
+    with cap.view(commit) as v:
+        return str(v.state_root)
 
 
 def check_compacted(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> None:
