@@ -116,3 +116,6 @@ def parse_meta(items: list[str]) -> dict[str, Any]:
             fail(f"--meta {key} is given twice", EXIT_USAGE)
         meta[key] = meta_value(value)
     return meta
+
+NewestOpt = Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", show_default=False,
+                                               help="Only the newest N (oldest first, as without it).")]

@@ -77,8 +77,9 @@ def isatty(stream: Any) -> bool:
 
 
 # Pipes get a wide console so tables (hashes, times) are not cut at 80 columns.
-out = _LazyConsole(highlight=False, markup=False, soft_wrap=True, width=None if isatty(sys.stdout) else 200)
-err = _LazyConsole(stderr=True, highlight=False, markup=False, soft_wrap=True)
+out = _LazyConsole(highlight=False, markup=False, emoji=False, soft_wrap=True,
+                   width=None if isatty(sys.stdout) else 200)
+err = _LazyConsole(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def Table(*headers: Any, **kw: Any) -> RichTable:  # noqa: N802  (stands in for the class)

@@ -96,6 +96,9 @@ def actions(
     value: Annotated[str | None, typer.Option("--value", help="With --resolve --done: the result, as JSON.")]
     = None,
     wait: WaitOpt = 0.0,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", show_default=False, help=(
+        "Only the N actions started last (listed by start time, oldest first; without it, every key in "
+        "key order)."))] = None,
 ) -> None:
     """List the idempotent-action journal: keys, status, times, results; settle in-doubt ones.
 
@@ -118,7 +121,10 @@ def actions(
             with capsule.open(path, "a", timeout=wait or None) as cap:
                 return [cap.resolve_action(resolve, done=bool(done), value=v).to_dict()]
         with capsule.open(path) as cap:  # --in-doubt reads the journal's doubt lists, not every key
-            return [a.to_dict() for a in cap.actions(in_doubt=in_doubt)]
+            states = cap.actions(in_doubt=in_doubt)
+            if limit is not None:  # a key never started sorts first
+                states = sorted(states, key=lambda a: (-1 if a.started is None else a.started, a.key))[-limit:]
+            return [a.to_dict() for a in states]
 
     rows = call(go)
     if json_out:

@@ -16,7 +16,16 @@ from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_USAGE, SigningKeyError, call, fail
-from ._params import AtOpt, FileArg, JsonOpt, ValidAtOpt, WaitOpt, expired_at, valid_at_iso
+from ._params import (
+    AtOpt,
+    FileArg,
+    JsonOpt,
+    NewestOpt,
+    ValidAtOpt,
+    WaitOpt,
+    expired_at,
+    valid_at_iso,
+)
 from ._render import Table, cell, emit_json, escape_json, out, rule_text
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
@@ -197,7 +206,7 @@ def checkpoint(
         out.print(f"checkpoint {info['label']!r} at seq {info['seq']}, state root {info['state_root']}", markup=False)
 
 
-def checkpoints(path: FileArg, json_out: JsonOpt = False) -> None:
+def checkpoints(path: FileArg, json_out: JsonOpt = False, limit: NewestOpt = None) -> None:
     """List signed checkpoints: label, seq, state root, signer key ids, time.
 
     A fork or a compacted file also lists the parent's checkpoints it carries ("signed by"
@@ -208,8 +217,9 @@ def checkpoints(path: FileArg, json_out: JsonOpt = False) -> None:
 
     def go() -> list[dict[str, Any]]:
         with capsule.open(path) as cap:
-            carried = [c.to_dict() for c in cap.carried_checkpoints()]
-            return carried + [{**c.to_dict(), "carried": False} for c in cap.checkpoints()]
+            carried = [c.to_dict() for c in cap.carried_checkpoints()]  # a few, in the LINEAGE
+            rows = carried + [{**c.to_dict(), "carried": False} for c in cap.checkpoints(limit)]
+            return rows[-limit:] if limit else rows
 
     rows = call(go)
     if json_out:

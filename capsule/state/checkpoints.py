@@ -100,14 +100,15 @@ def _read_keyset(store: Store, off: int) -> KeysetFrame:
     return kf
 
 
-def checkpoints(store: Store) -> list[CheckpointFrame]:
-    """Every checkpoint up to this snapshot, oldest first (walks the prev pointers)."""
+def checkpoints(store: Store, limit: int | None = None) -> list[CheckpointFrame]:
+    """Every checkpoint up to this snapshot, oldest first (walks the prev pointers; with
+    ``limit``, only the newest that many are read)."""
     store.check_open()
     out: list[CheckpointFrame] = []
     cur = store.snap.checkpoint
     expect = cur[1] if cur else None
     off = cur[0] if cur else None
-    while off is not None:
+    while off is not None and (limit is None or len(out) < limit):
         ck = read_checkpoint(store, off)
         if ck.hash != expect:
             raise CorruptError("checkpoint chain is broken", offset=off, check="checkpoint-prev")
