@@ -145,6 +145,8 @@ def diff(path: FileArg,
     t.add_row(cell("restored"), cell(d["restored"]["count"]), cell(""))
     if "transient" in d:  # one file: committed and dropped in between (live at neither end)
         t.add_row(cell("transient"), cell(d["transient"]["count"]), cell("added and dropped in between"))
+    if d.get("purged", {}).get("count"):  # redacted ids a compaction purged: removed or transient, unknown here
+        t.add_row(cell("purged"), cell(d["purged"]["count"]), cell("redacted, bytes purged by a compaction"))
     t.add_row(cell("tier changes"), cell(len(d["tier_changes"])),
               cell("; ".join(f"{c['text']}: {c['from']} -> {c['to']}" for c in d["tier_changes"][:limit])))
     life = d.get("lifecycle", [])  # 7.7.1: forgotten, redacted, superseded old -> new, promoted, demoted

@@ -47,7 +47,7 @@ from ..state.history import resolve as resolve_at
 from ..state.kinds import parse_id
 from .compacting import CompactMethods
 from .encrypting import reopen
-from .lifecycle import check_readable
+from .lifecycle import check_purged, check_readable
 from .locking import track
 from .questions import QuestionMethods
 from .rollback import rollback_to
@@ -269,9 +269,9 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         self._check_open()
         try:
             rid = self._store.resolve_prefix(record_id) if isinstance(record_id, str) else _parse_id(record_id)
-        except NotFound:  # a whole id whose bytes a compaction purged: its redact event still says (15.1)
-            if isinstance(record_id, str) and len(record_id) == 64:
-                check_readable(self._store, _parse_id(record_id))
+        except NotFound:  # an id (or a prefix) whose bytes a compaction purged: its redact event
+            # still says when, who and why (15.1)
+            check_purged(self._store, record_id)
             raise
         check_readable(self._store, rid)  # 7.7.1: a redacted payload is never returned (Redacted)
         rec = self._store.get(rid)
@@ -343,14 +343,14 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         return scrub_state(st, redacted(self._store))  # a view from before a redaction: no payload
 
     # --- checkpoints and keys (14.9) ---------------------------------------------
-    def checkpoints(self) -> list[CheckpointFrame]:
-        """Every checkpoint up to this snapshot, oldest first (walks the prev pointers).
+    def checkpoints(self, limit: int | None = None) -> list[CheckpointFrame]:
+        """Every checkpoint up to this snapshot, oldest first (walks the prev pointers; ``limit``: the newest only).
 
         >>> _ = cap.checkpoint("day-1", key=key), cap.checkpoint("day-2", key=key)
         >>> [c.label for c in cap.checkpoints()]
         ['day-1', 'day-2']
         """
-        return ck.checkpoints(self._store)
+        return ck.checkpoints(self._store, limit)
 
     def carried_checkpoints(self) -> list[CarriedCheckpoint]:
         """The parent's signed checkpoints a fork or a compacted file carries (15.2), oldest

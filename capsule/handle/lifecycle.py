@@ -39,7 +39,7 @@ from ..core.errors import InvalidRecordError, NotFound, Redacted, UsageError
 from ..format import canonical as canon
 from ..format.records import _REGISTRY, SPEC_KINDS, TIERS, decode_record, encode_record
 from ..format.store import Store
-from ..questions._lifecycle import describe, fold_of, redaction
+from ..questions._lifecycle import describe, fold_of, redacted, redaction
 from ..state.kinds import LIFECYCLE_OPS, parse_id
 
 if TYPE_CHECKING:
@@ -64,6 +64,18 @@ def check_readable(store: Store, rid: bytes) -> None:
     ev = redaction(store, rid)
     if ev is not None:
         raise Redacted(describe(rid, ev), event=ev.id)
+
+
+def check_purged(store: Store, record_id: object) -> None:
+    """After a lookup found no record: raise :class:`Redacted` when ``record_id`` (an id, or a
+    prefix of exactly one redacted id) names a redacted record whose bytes a compaction purged,
+    so its redact event still says when, who and why (15.1); else return."""
+    if not isinstance(record_id, str):
+        return
+    p = record_id.strip().lower()
+    hits = [rid for rid in redacted(store) if rid.hex().startswith(p)] if 4 <= len(p) <= 64 else []
+    if len(hits) == 1:
+        check_readable(store, hits[0])
 
 
 class _Pending:

@@ -8,6 +8,7 @@ The document (``Diff.to_dict()``, ``capsule diff --json``), stable::
                  "first": [node + {"reason": "rolled back" | "expired" | "forgotten" | "redacted"
                                    | "superseded" | "promoted" | "demoted"}...]},
      "restored": {"count": int, "first": [node...]},                     # live again (7.7)
+     "purged": {"count": int, "first": [node...]},   # redacted in between, bytes purged (15.1)
      "transient": {"count": int, "first": [node...]},   # committed and dropped in between
      "tier_changes": [{"text", "from": tier, "to": tier, "removed": id, "added": id}...],
      "lifecycle": [{"op", "event", "time", "records": [id...], "by": [id...], "evidence": [id...],
@@ -172,6 +173,12 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
             by_tier[tier] = by_tier.get(tier, 0) + 1
     rem_nodes: list[dict[str, Any]] = []
     red = redacted(store)
+    # 7.7.1, 15.1: a redacted id a compaction purged names no record here, so whether it was live
+    # at FROM (removed) or committed in between (transient) is not in this file: counted apart
+    purged = [x for x in removed if x in red and kind_of(store, x) is None]
+    if purged:
+        gone_ids = set(purged)
+        removed = [x for x in removed if x not in gone_ids]
     rem_kind: dict[str, int] = {}
     changes: list[dict[str, Any]] = []
     added_mem: dict[str, Any] | None = None
@@ -218,6 +225,7 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
         "removed": {"count": len(removed) + len(expired), "by_kind": dict(sorted(rem_kind.items())),
                     "by_reason": dict(sorted(reasons.items())), "first": rem_nodes},
         "restored": {"count": len(restored), "first": [_node(cap, x, red) for x in restored[:limit]]},
+        "purged": {"count": len(purged), "first": [redacted_node(x) for x in purged[:limit]]},
         "tier_changes": changes,
         "lifecycle": life[:limit], "lifecycle_count": len(life),
         "constraints": {"added": cons_added, "revoked": cons_revoked},
