@@ -163,3 +163,28 @@ def test_actions_and_checkpoints_take_limit(tmp_path: Path) -> None:
     for cmd in ("actions", "checkpoints"):
         p = run(cmd, f, "--limit", "0", ok=False)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_listing_the_newest_few_widens_past_dead_and_filtered_ones(tmp_path: Path) -> None:
+    """`list --limit k` masks the newest documents first and widens until k pass (it masked every
+    document, a sort of a million ids for five rows); against a brute-force model, with ties."""
+    import random
+
+    rng = random.Random(7)
+    f = tmp_path / "a.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            recs = [tx.put(capsule.Memory(text=f"m{i}", time=rng.randrange(40) * 10**9,
+                                          tags=("odd",) if i % 2 else ())) for i in range(3000)]
+        times = {rid: cap.get(rid).time for rid in recs}
+        gone = sorted(times, key=lambda r: (-times[r], r))[:2900]  # all but the 100 oldest
+        with cap.commit() as tx:
+            for rid in gone:
+                tx.forget(rid)
+        dead = set(gone)
+        live = [r for r in times if r not in dead]
+        for k, tags in ((5, None), (1, None), (60, None), (200, None), (7, ["odd"])):
+            pool = [r for r in live if tags is None or cap.get(r).tags == ("odd",)]
+            want = sorted(pool, key=lambda r: (-times[r], r))[:k]
+            got = [h.id for h in cap.search(None, k=k, tags=tags)]
+            assert got == want, (k, tags)

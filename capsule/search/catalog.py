@@ -1,26 +1,23 @@
 """The lexical catalog of one searcher: snapshot segments, then what came after (spec 16.4, 16.8).
 
-A :class:`Catalog` is the list of :class:`~.lexsnap.Segment` a searcher
-scores: first the segments of the newest ``bm25`` snapshot blob (its base
-blobs, then itself), loaded by :func:`load`, then segments built here from the
-records committed after it. Those are merged like the snapshot's own (the
-newest absorbs each newest older one no more than twice its size), so catching
-up after every commit stays O(log n) segments. The catalog also folds the
-``revert`` events (13.1), from the records themselves: the snapshot names the
-revert records before it (read through the index, each checked against its
-id, and counted against the capsule's), the catch-up reads those after it. So
-a snapshot cannot bring back a record a rollback dropped.
+A :class:`Catalog` is the list of :class:`~.lexsnap.Segment` a searcher scores: first the segments
+of the newest ``bm25`` snapshot blob (its base blobs, then itself), loaded by :func:`load`, then
+segments built here from the records committed after it. Those are merged like the snapshot's own
+(the newest absorbs each newest older one no more than twice its size), so catching up after every
+commit stays O(log n) segments. The catalog also folds the ``revert`` events (13.1), from the
+records themselves: the snapshot names the revert records before it (read through the index, each
+checked against its id, and counted against the capsule's), the catch-up reads those after it. So a
+snapshot cannot bring back a record a rollback dropped.
 
 Columns, tags and ids are read per candidate (positions ascending), never for
 the whole catalog, and a hit's record is read from the capsule when it is used.
 
-A writer does not read back what it has just written: the handle hands each
-commit's record batch to :meth:`LexicalIndex.feed`, which keeps it, named by
-the file range of its commit, until the catalog is needed (or the batches kept
-reach FEED_BYTES); catching up then decodes from their bytes only the fields
-the catalog needs (msgspec, in C), tokenizes all their texts at once
-(``lexical.term_ids``) and reads from the file only the records between those
-ranges. A commit so costs nothing here, and a bulk ingest one tokenizer pass.
+A writer does not read back what it has just written: the handle hands each commit's record batch
+to :meth:`LexicalIndex.feed`, which keeps it, named by the file range of its commit, until the
+catalog is needed (or the batches kept reach FEED_BYTES); catching up then decodes from their bytes
+only the fields the catalog needs (msgspec, in C), tokenizes all their texts at once
+(``lexical.term_ids``) and reads from the file only the records between those ranges. A commit so
+costs nothing here, and a bulk ingest one tokenizer pass.
 
 The file's header minor fixes its ranking rule (``lexical.rule_of``, 12.8): a
 1.4 catalog also keeps each memory's session key, and from those (and the dead
@@ -231,6 +228,9 @@ class Catalog:
     def dead_mask(self, cand: np.ndarray) -> np.ndarray:
         if not self.dead or not len(cand):
             return np.zeros(len(cand), bool)
+        if len(cand) * 64 < len(self.dead):  # a few documents: a set lookup each, not a sort of the dead
+            raw = self.column("ids", cand).tobytes()  # whole ids: an S32 item drops trailing zero bytes
+            return np.fromiter((raw[i : i + 32] in self.dead for i in range(0, len(raw), 32)), bool, len(cand))
         if self._dead_arr is None or self._dead_arr[0] != self._dead_version:
             self._dead_arr = (self._dead_version, np.frombuffer(b"".join(self.dead), "V32"))
         return np.isin(self.column("ids", cand).view("V32"), self._dead_arr[1])
