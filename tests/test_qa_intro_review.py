@@ -188,3 +188,36 @@ def test_listing_the_newest_few_widens_past_dead_and_filtered_ones(tmp_path: Pat
             want = sorted(pool, key=lambda r: (-times[r], r))[:k]
             got = [h.id for h in cap.search(None, k=k, tags=tags)]
             assert got == want, (k, tags)
+
+
+def test_timeline_of_one_kind_is_the_full_timeline_filtered(tmp_path: Path) -> None:
+    """`timeline --kind K` parses only the frames whose bytes hold kind K (a checkpoint listing
+    parses none): the same events as the whole timeline filtered, with or without --limit."""
+    f = tmp_path / "a.capsule"
+    key = capsule.generate_key()
+    with capsule.create(f) as cap:
+        for i in range(30):
+            with cap.commit() as tx:
+                rid = tx.remember(f"fact {i} mentions revert and action and task")
+                if i % 4 == 0:
+                    tx.forget(rid)
+            if i % 5 == 0:
+                cap.run_once(f"k{i}", lambda: 1)
+            if i % 7 == 0:
+                cap.tasks.add(f"t{i}")
+            if i % 6 == 0:
+                cap.checkpoint(f"c{i}", key=key)
+    everything = cap_timeline(f)
+    for kind in ("checkpoint", "action", "task", "lifecycle", "commit"):
+        want = [e for e in everything if e["kind"] == kind]
+        assert want, kind
+        assert cap_timeline(f, "--kind", kind) == want
+        for limit in (1, 3, 100):
+            assert cap_timeline(f, "--kind", kind, "--limit", str(limit)) == want[-limit:]
+    both = [e for e in everything if e["kind"] in ("action", "checkpoint")]
+    assert cap_timeline(f, "--kind", "action", "--kind", "checkpoint", "--limit", "4") == both[-4:]
+
+
+def cap_timeline(f: Path, *args: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = json.loads(run("timeline", f, "--json", *args).stdout)["events"]
+    return events

@@ -30,7 +30,7 @@ from ..format import canonical as canon
 from ..format.commit import parse_commit_payload, record_kinds
 from ..format.frames import parse_frame_header, raw_payload
 from ..format.kindwalk import read_frame
-from ..format.records import decode_record
+from ..format.records import decode_record, kind_needle
 from ..format.records import record_id as content_id
 from ._walk import Source, summarize
 
@@ -94,6 +94,10 @@ def _events(store: Any, start: int, end: int, seq: int, want: set[str],
     counts: dict[str, int] = {}
     other: set[str] = set()  # what a commit of no records holds instead (index, snapshots, ...)
     hdr = store.snap.header
+    counting = "commit" in want  # a commit's summary counts its records by kind: every frame read
+    # else a RECORDS frame is parsed only when its bytes hold a kind asked for (5.1: its fixstr)
+    needles = [kind_needle(k) for k in ("action", "task") if k in want] + \
+        ([kind_needle("revert")] if "lifecycle" in want else [])
     pos = start
     while pos < end:
         fh = parse_frame_header(store.h.pread(pos, C.FRAME_HEADER_SIZE), pos, expect_seq=seq,
@@ -102,9 +106,11 @@ def _events(store: Any, start: int, end: int, seq: int, want: set[str],
             raise CorruptError("frame runs past its commit", offset=pos, seq=fh.seq, check="frame-length")
         if fh.ftype in _HOLDS:
             other.add(_HOLDS[fh.ftype])
-        if fh.ftype == C.FT_RECORDS:
+        if fh.ftype == C.FT_RECORDS and (counting or needles):
             fh, payload, _, _ = read_frame(store, pos)
-            for kind, data in record_kinds(raw_payload(fh, payload), fh.offset, fh.seq):
+            raw = raw_payload(fh, payload)
+            found = record_kinds(raw, fh.offset, fh.seq) if counting or any(n in raw for n in needles) else ()
+            for kind, data in found:
                 counts[kind] = counts.get(kind, 0) + 1
                 if kind in ("action", "task") and kind in want:
                     rec = _decode(kind, data, fh.offset, fh.seq)
