@@ -2,10 +2,10 @@
 
 Exit codes: 0 ok; 1 the capsule or the input data is bad; 2 the command was
 used wrongly (missing file, bad option, capsule locked); 130 interrupted
-(SIGINT), 143 terminated (SIGTERM). Errors are one line on stderr; tracebacks
+(SIGINT), 143 terminated (SIGTERM), 129 hung up (SIGHUP). Errors are one line on stderr; tracebacks
 are never shown.
 
-SIGINT and SIGTERM both become :class:`Interrupted`, raised wherever the program
+SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh) become :class:`Interrupted`, raised wherever the program
 was, so they take the same way out as any failure: a transaction discards its
 batch, ``pack`` deletes the capsule it was making, the writer lock is released;
 then ``capsule: interrupted`` and 128 + the signal number. (Not KeyboardInterrupt:
@@ -53,9 +53,12 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     # The way out is a cleanup (a pack deleting its file): a second signal must not cut it short.
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in _SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     raise Interrupted(signum)
 
@@ -101,7 +104,7 @@ def run_app(app: typer.Typer) -> None:
     """Run the app; a signal, exhausted memory and an unwritable stdout end it with
     one line, not a traceback."""
     claim_std_fds()  # before any capsule is opened: a closed fd 1 must not become the capsule's
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in _SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:  # nohup and `cmd &` ignore them on purpose
             signal.signal(s, _on_signal)
     try:

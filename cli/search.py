@@ -218,8 +218,8 @@ def pack(
     output: Annotated[Path, typer.Option("-o", "--output", help="The capsule to write.", show_default=False)],
     embedder: Annotated[str, typer.Option("--embedder", help=literal(
         "hash (offline hashed word/char n-grams), minilm (needs agent-capsule[minilm]), e5-small (semantic, no torch; "
-        "needs agent-capsule[e5], linux x86_64), st:<model dir>, or none. "
-        "auto: hash, unless the JSONL records carry their own embeddings."))] = "auto",
+        "needs agent-capsule[e5], linux x86_64), st:<model dir>, or none. auto: --append keeps the capsule's own "
+        "(none for memories without vectors); else hash, unless JSONL records bring embeddings."))] = "auto",
     batch: Annotated[int, typer.Option("--batch", help="Records per embedding batch, and per commit in a new "
                                        "capsule (--append writes one commit).", min=1)] = 1000,
     append: Annotated[bool, typer.Option("--append", help="Add to an existing capsule: files already packed "

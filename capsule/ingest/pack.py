@@ -33,7 +33,6 @@ Only regular files are read, and in a folder a symlink only while it stays insid
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core import constants as C
-from ..core.errors import AlreadyExists, CapsuleNotFound, InvalidRecordError, UsageError
+from ..core.errors import (
+    AlreadyExists,
+    CapsuleError,
+    CapsuleNotFound,
+    InvalidRecordError,
+    UsageError,
+)
 from ..search.embed import Embedder, get_embedder
 from ..search.part import snapshot_due
 from ..search.vindex import VectorParams
@@ -64,12 +69,20 @@ from .resync import (
     same_texts,
     source_of,
 )
-from .source import check_regular, open_regular, read_regular, size_text, undecodable
+from .source import (
+    FOLDER_UNREAD,
+    TEXT_SUFFIXES,
+    check_regular,
+    open_regular,
+    read_regular,
+    size_text,
+    text_files,
+    undecodable,
+)
 
 if TYPE_CHECKING:
     from ..format.keys import PublicKey
 
-TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CHUNK_CHARS = 1200
 _PARA = re.compile(r"\n\s*\n")
@@ -145,52 +158,13 @@ class _Source:
     folder: bool = False  # a folder's files (opened without following a final symlink)
     have: dict[str, list[Chunk]] = field(default_factory=dict)  # live chunks by path, before the pack
     replace: dict[str, list[Chunk]] = field(default_factory=dict)  # changed paths: the chunks to supersede
-    redacted: dict[str, set[str]] = field(default_factory=dict)  # by path, redacted chunks' texts (7.7.1)
+    redacted: set[str] = field(default_factory=set)  # redacted chunks' texts, of any path (7.7.1)
+    unread: tuple[str, ...] = ()  # folders the walk could not list ("a/b/"): prune keeps what is under them
 
 
 def _skip(report: PackReport, warn: Callable[[str], None], rel: str, why: str) -> None:
     report.skipped.append((rel, why))  # --json escapes a name's undecodable bytes (\udcXX), as every path
     warn(f"skipped {rel.encode('utf-8', 'backslashreplace').decode()}: {why}")
-
-
-def _text_files(src: Path, report: PackReport, warn: Callable[[str], None]) -> list[tuple[str, Path]]:
-    """A folder's text files as (relative POSIX path, path to open), in sorted order.
-
-    The walk never descends into a symlinked folder, and a symlinked file is read
-    only if it resolves inside the folder (its target is what gets opened): pack
-    never reads outside the folder it was given.
-    """
-    root = src.resolve()
-    found: list[tuple[str, Path]] = []
-    other: dict[str, int] = {}  # suffix -> files of a type pack does not read (hidden ones aside)
-    for top, _dirs, names in os.walk(src):  # followlinks=False
-        for name in names:
-            p = Path(top, name)
-            if p.suffix.lower() not in TEXT_SUFFIXES:
-                if not any(part.startswith(".") for part in p.relative_to(src).parts):
-                    key = p.suffix.lower() or "no extension"
-                    other[key] = other.get(key, 0) + 1
-                continue
-            rel = p.relative_to(src).as_posix()
-            if not rel.isascii() and undecodable(rel):  # meta holds text (5.1): the name could not be stored
-                _skip(report, warn, rel, "its name is not UTF-8 (rename it)")
-                continue
-            if p.is_symlink():
-                try:
-                    real = p.resolve(strict=True)
-                except (OSError, RuntimeError):  # dangling, or a loop
-                    _skip(report, warn, rel, "a symlink to nothing")
-                    continue
-                if not real.is_relative_to(root):
-                    _skip(report, warn, rel, "a symlink that leaves the folder")
-                    continue
-                p = real
-            found.append((rel, p))
-    if other:
-        n = sum(other.values())
-        warn(f"ignored {n} {'file' if n == 1 else 'files'} of other types ({', '.join(sorted(other))}); "
-             f"in a folder pack reads {', '.join(TEXT_SUFFIXES)}")
-    return sorted(found)
 
 
 def _read_text(rel: str, path: Path, nofollow: bool) -> tuple[str | None, str]:
@@ -223,7 +197,7 @@ def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: in
     each once to skip what is not text, hash it and count its chunks. Its rows are
     :func:`_text_rows`, which follow the plan made once the capsule is open."""
     folder = src.is_dir()
-    files = _text_files(src, report, warn) if folder else [(src.name, src)]
+    files = text_files(src, lambda rel, why: _skip(report, warn, rel, why), warn) if folder else [(src.name, src)]
     if not folder:
         check_regular(src)
         if undecodable(src.name):  # its name goes in every chunk's meta (text, 5.1)
@@ -249,6 +223,8 @@ def _texts(src: Path, report: PackReport, warn: Callable[[str], None], limit: in
     # it read that is no longer text: those chunks are stale
     stale = {nfc(rel) for rel, why in report.skipped if why.startswith(_NOT_TEXT)}
     source.listed = ({nfc(rel) for rel, _ in files} | {nfc(rel) for rel, _ in report.skipped}) - stale
+    source.unread = tuple("" if rel == "./" else nfc(rel) for rel, why in report.skipped  # "": the folder itself
+                          if why.startswith(FOLDER_UNREAD))
     return source
 
 
@@ -291,8 +267,8 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             else:  # packed with another chunking: replace it whole
                 f.status = CHANGED
                 source.total += len(olds)
-        if gone := source.redacted.get(f.rel):  # 7.7.1: a redacted chunk's text is never written again
-            numbers = [i for i in numbers if nfc(chunks[i]) not in gone]  # type: ignore[assignment]
+        if source.redacted:  # 7.7.1: a redacted chunk's text is never written again, under any name
+            numbers = [i for i in numbers if nfc(chunks[i]) not in source.redacted]  # type: ignore[assignment]
         same: dict[str, bytes] = {}  # text -> an old chunk holding it
         if f.status == CHANGED:
             source.replace[f.rel] = olds
@@ -438,9 +414,11 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
             raise UsageError(f"{src}: no records")
         report.files = 1
         report.sync.added.files = 1
+    check_regular(out)  # a folder or a device where the capsule goes: no --append would help
+    if out.is_dir():
+        raise UsageError(f"{out}: is a folder; -o names the capsule file to write")
     if out.exists() and not append:
-        raise AlreadyExists(f"{out}: already exists (pass append=True / --append to add to it)")
-    check_regular(out)
+        raise AlreadyExists(f"{out}: already exists (--append adds to it)")
     # A new capsule's embedder is loaded before the file exists, so a missing model
     # leaves nothing behind; appending checks it against the capsule's own.
     emb = None if append else _embedder_for(embedder, None, source.own)
@@ -450,16 +428,19 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
            else create(out, recipients=recipients, passphrase=passphrase))
     packed: Packed | None = None
     try:
-        if append:
-            emb = _embedder_for(embedder, cap.vector_config(), source.own)
+        if append:  # "auto" keeps to a capsule of memories without vectors (packed --embedder none)
+            none = embedder == "auto" and cap.vector_config() is None and cap._snap.kinds.get("memory", 0)
+            emb = None if none else _embedder_for(embedder, cap.vector_config(), source.own)
         report.embedder = None if emb is None else emb.name
         if emb is not None and cap.vector_config() is None:
             cap.configure_vectors(dim=emb.dim, embedder=emb.name)
         if source.files is not None:  # text: what is there already decides what is written
             withheld: list[_File] = []
             if append:
-                gone, source.redacted = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again
-                withheld = [f for f in source.files if (f.rel, f.sha256) in gone]
+                gone, texts = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again, renamed,
+                source.redacted = set().union(*texts.values())  # copied or as they were
+                shas = {sha for _, sha in gone}
+                withheld = [f for f in source.files if f.sha256 in shas]
                 for f in withheld:
                     source.files.remove(f)
                     _skip(report, warn, f.rel, "its content was redacted (7.7.1): not packed again")
@@ -499,8 +480,14 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if build and cap.vector_config() is not None and _snapshot_now(cap, report, append):
             if on_index is not None:
                 on_index()
-            cap.build_index()
-            cap.save_index()  # 16.3: a packed capsule opens straight to search
+            try:
+                cap.build_index()
+                cap.save_index()  # 16.3: a packed capsule opens straight to search
+            except (OSError, CapsuleError) as e:  # after an append's commit: the records are in (6.4)
+                if not append:
+                    raise
+                warn(f"the records are committed, but the search snapshot was not saved ({e}); "
+                     "search works without it, and `capsule index` saves it later")
     except BaseException:
         cap.close()
         if not append:  # a failed or interrupted pack leaves no half-made capsule behind
@@ -509,7 +496,12 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
             out.unlink(missing_ok=True)
             lock_path(out).unlink(missing_ok=True)
         raise
-    cap.close()
+    try:
+        cap.close()
+    except (OSError, CapsuleError) as e:  # a close's own snapshot (16.3): the commits stand
+        if not append:
+            raise
+        warn(f"the records are committed, but closing failed ({e})")
     report.bytes = out.stat().st_size
     return report
 
@@ -562,7 +554,7 @@ def _events(tx: Any, source: _Source, new: dict[str, list[bytes]], sync: SyncRep
             sync.events += 1
         sync.superseded.add(len(drop))
     if prune:
-        for path, olds in prunable(source.have, source.listed):
+        for path, olds in prunable(source.have, source.listed, source.unread):
             lifecycle_event(tx, "forget", [c.id for c in olds], (), f"pack --prune: {path} is no longer there")
             sync.events += 1
             sync.pruned.add(len(olds))

@@ -45,7 +45,7 @@ live set, and state root, of a clean pack of the same folder.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,8 +137,8 @@ def redacted_files(cap: Any) -> tuple[set[tuple[str, str]], dict[str, set[str]]]
     """(path, sha256) of every file a redacted chunk came from, under any root (a copy of
     the folder is the same secret), and by path the redacted chunks' texts, read from the
     stored bytes (7.7.1: reads withhold them; compaction purges them, and then nothing is
-    known here). A file with that sha256 is not packed again, and
-    a chunk with that text of another version of the file is not written either."""
+    known here). A file with that sha256 is not packed again, and a chunk with that text
+    is not written either, whatever the path (a renamed or copied file is the same secret)."""
     files: set[tuple[str, str]] = set()
     texts: dict[str, set[str]] = {}
     for rid in redacted(cap._store):
@@ -212,9 +212,11 @@ def lifecycle_event(tx: Any, op: str, drop: Iterable[bytes], by: Iterable[bytes]
     tx.lifecycle(op, drop, by=by if op == "supersede" else (), reason=reason)
 
 
-def prunable(have: dict[str, list[Chunk]], present: set[str]) -> list[tuple[str, list[Chunk]]]:
-    """Paths with live chunks that are no longer in the folder, in sorted order."""
-    return [(p, have[p]) for p in sorted(have) if p not in present]
+def prunable(have: dict[str, list[Chunk]], present: set[str], unread: Sequence[str] = ()
+             ) -> list[tuple[str, list[Chunk]]]:
+    """Paths with live chunks that are no longer in the folder, in sorted order; never one under
+    a folder the walk could not list (``unread``, each ending in "/"): its files may all be there."""
+    return [(p, have[p]) for p in sorted(have) if p not in present and not p.startswith(tuple(unread))]
 
 
 __all__ = ["ADDED", "CHANGED", "RESUMED", "UNCHANGED", "Chunk", "SyncReport", "Tally", "classify",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from ..core.errors import AlreadyExists, InvalidRecordError, UsageError
@@ -140,4 +142,57 @@ def undecodable(name: str) -> bool:
     return False
 
 
-__all__ = ["check_regular", "open_regular", "read_limited", "read_regular", "size_text", "too_large", "undecodable"]
+
+
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".text")
+FOLDER_UNREAD = "a folder it could not list"  # a skip's reason: --prune keeps what is under it
+
+
+def text_files(src: Path, skip: Callable[[str, str], None], warn: Callable[[str], None]) -> list[tuple[str, Path]]:
+    """A folder's text files as (relative POSIX path, path to open), in sorted order.
+
+    The walk never descends into a symlinked folder, and a symlinked file is read
+    only if it resolves inside the folder (its target is what gets opened): pack
+    never reads outside the folder it was given. ``skip(rel, why)`` hears of each file (and
+    folder, "rel/") left out; ``warn`` of the files of other types.
+    """
+    root = src.resolve()
+    found: list[tuple[str, Path]] = []
+    other: dict[str, int] = {}  # suffix -> files of a type pack does not read (hidden ones aside)
+
+    def unread(e: OSError) -> None:  # a folder the walk cannot list: said, and --prune keeps its chunks
+        rel = Path(e.filename).relative_to(src).as_posix() if e.filename else "?"
+        skip(f"{rel}/", f"{FOLDER_UNREAD} ({e.strerror or e})")
+
+    for top, _dirs, names in os.walk(src, onerror=unread):  # followlinks=False
+        for name in names:
+            p = Path(top, name)
+            if p.suffix.lower() not in TEXT_SUFFIXES:
+                if not any(part.startswith(".") for part in p.relative_to(src).parts):
+                    key = p.suffix.lower() or "no extension"
+                    other[key] = other.get(key, 0) + 1
+                continue
+            rel = p.relative_to(src).as_posix()
+            if not rel.isascii() and undecodable(rel):  # meta holds text (5.1): the name could not be stored
+                skip(rel, "its name is not UTF-8 (rename it)")
+                continue
+            if p.is_symlink():
+                try:
+                    real = p.resolve(strict=True)
+                except (OSError, RuntimeError):  # dangling, or a loop
+                    skip(rel, "a symlink to nothing")
+                    continue
+                if not real.is_relative_to(root):
+                    skip(rel, "a symlink that leaves the folder")
+                    continue
+                p = real
+            found.append((rel, p))
+    if other:
+        n = sum(other.values())
+        warn(f"ignored {n} {'file' if n == 1 else 'files'} of other types ({', '.join(sorted(other))}); "
+             f"in a folder pack reads {', '.join(TEXT_SUFFIXES)}")
+    return sorted(found)
+
+
+__all__ = ["FOLDER_UNREAD", "TEXT_SUFFIXES", "check_regular", "open_regular", "read_limited", "read_regular",
+           "size_text", "text_files", "too_large", "undecodable"]

@@ -1,0 +1,189 @@
+"""`capsule pack` of real folders, as a fresh-context review found it.
+
+- A redacted chunk came back when its file was renamed or copied inside the folder: withheld
+  content was keyed on (path, sha256) and withheld texts on the path.
+- A subfolder the walk could not list (permissions, a path past PATH_MAX) was skipped without a
+  word, and `--prune` then forgot the chunks of its files as if they had been deleted.
+- `pack --append` exited 1 when the search snapshot written after its commit failed (a full
+  disk), though the records were committed.
+- SIGHUP (a closed terminal) left a half-made new capsule; SIGINT and SIGTERM did not.
+- `pack docs -o docs` said "already exists (pass append=True / --append ...)".
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import capsule
+
+CAPSULE_BIN = Path(sys.executable).with_name("capsule")
+
+
+def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "FORCE_COLOR", "TTY_COMPATIBLE")}
+    env["COLUMNS"] = "200"
+    p = subprocess.run([str(CAPSULE_BIN), *map(str, args)], input="", capture_output=True, text=True, env=env,
+                       timeout=300, check=False)
+    assert "Traceback" not in p.stderr, p.stderr
+    if ok:
+        assert p.returncode == 0, (args, p.stdout, p.stderr)
+    return p
+
+
+def hits(f: Path, query: str) -> int:
+    return len(json.loads(run("search", f, query, "--json", "--mode", "lexical").stdout))
+
+
+@pytest.mark.parametrize("how", ["rename", "copy"])
+def test_a_redacted_chunk_stays_out_when_its_file_moves(tmp_path: Path, how: str) -> None:
+    docs, f = tmp_path / "docs", tmp_path / "r.capsule"
+    docs.mkdir()
+    (docs / "a.md").write_text("# Notes\n\nthe wifi password is hunter2\n\n# Other\n\nsomething harmless\n")
+    (docs / "b.md").write_text("unrelated wombat\n")
+    run("pack", docs, "-o", f, "--embedder", "none")
+    with capsule.open(f) as cap:
+        secret = next(h.id for h in cap.search("hunter2", mode="lexical"))
+    run("redact", f, secret, "--reason", "credential")
+    if how == "rename":
+        (docs / "a.md").rename(docs / "notes.md")
+    else:
+        (docs / "copy.md").write_bytes((docs / "a.md").read_bytes())
+    run("pack", docs, "-o", f, "--append", "--prune")
+    assert hits(f, "hunter2") == 0
+    assert hits(f, "wombat") == 1
+
+
+def test_a_folder_the_walk_cannot_list_is_said_and_prune_keeps_its_chunks(tmp_path: Path) -> None:
+    """A path past PATH_MAX (no root needed); a folder without permission fails the same way (onerror)."""
+    docs, f = tmp_path / "docs", tmp_path / "p.capsule"
+    (docs / "deep").mkdir(parents=True)
+    (docs / "a.md").write_text("shallow kumquat\n")
+    (docs / "deep" / "c.md").write_text("deep wombat\n")
+    run("pack", docs, "-o", f, "--embedder", "none")
+    assert hits(f, "wombat") == 1
+    # now make deep/ unlistable: its name is still there, but its path is too long to open
+    long = docs / "deep"
+    here = os.getcwd()
+    os.chdir(long)
+    try:
+        for _ in range(20):
+            os.mkdir("d" * 250)
+            os.chdir("d" * 250)
+        Path("deeper.md").write_text("deeper aardvark\n")
+    finally:
+        os.chdir(here)
+    before = f.read_bytes()
+    p = run("pack", docs, "-o", f, "--append", "--prune", "--json", "--embedder", "none")
+    doc = json.loads(p.stdout)
+    unread = [s for s in doc["skipped"] if s["reason"].startswith("a folder it could not list")]
+    assert len(unread) == 1 and unread[0]["path"].endswith("/"), doc["skipped"]
+    assert "a folder it could not list" in p.stderr
+    assert doc["pruned"] == {"chunks": 0, "files": 0}
+    assert hits(f, "wombat") == 1 and hits(f, "kumquat") == 1
+    assert f.read_bytes() == before  # nothing changed, nothing pruned
+
+
+def test_prune_keeps_everything_when_the_folder_itself_cannot_be_listed(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    docs, f = tmp_path / "docs", tmp_path / "p.capsule"
+    docs.mkdir()
+    (docs / "a.md").write_text("kumquat\n")
+    capsule.pack(docs, f, embedder=None)
+    real = os.walk
+
+    def walk(top: Any, *a: Any, onerror: Any = None, **k: Any) -> Any:
+        onerror(PermissionError(errno.EACCES, "Permission denied", str(top)))
+        return iter(())
+
+    monkeypatch.setattr(os, "walk", walk)
+    said: list[str] = []
+    rep = capsule.pack(docs, f, embedder=None, append=True, prune=True, warn=said.append)
+    monkeypatch.setattr(os, "walk", real)
+    assert rep.sync.pruned.files == 0 and any("could not list" in w for w in said)
+    assert hits(f, "kumquat") == 1
+
+
+def test_an_append_whose_snapshot_fails_after_its_commit_succeeds_with_a_warning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    docs, f = tmp_path / "docs", tmp_path / "p.capsule"
+    docs.mkdir()
+    for i in range(40):
+        (docs / f"{i}.md").write_text(f"file {i} about topic{i}\n")
+    capsule.pack(docs, f)  # hash vectors
+    for i in range(40):
+        (docs / f"{i}.md").write_text(f"file {i} about topic{i}, changed MODMARK\n")
+    from capsule.handle.capsule import Capsule
+
+    def full(self: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Capsule, "save_index", full)
+    monkeypatch.setattr("capsule.ingest.pack._snapshot_now", lambda *a: True)
+    said: list[str] = []
+    rep = capsule.pack(docs, f, append=True, warn=said.append)
+    assert rep.sync.changed.files == 40
+    assert any("records are committed" in w and "No space left" in w for w in said), said
+    monkeypatch.undo()
+    assert capsule.verify(f).ok and hits(f, "modmark") == 10  # search's -k default
+
+
+def test_a_new_pack_hung_up_leaves_no_half_made_capsule(tmp_path: Path) -> None:
+    docs, f = tmp_path / "docs", tmp_path / "h.capsule"
+    docs.mkdir()
+    for i in range(3000):
+        (docs / f"{i:04d}.md").write_text(f"# File {i}\n\n" + f"paragraph {i} " * 200 + "\n")
+    proc = subprocess.Popen([str(CAPSULE_BIN), "pack", str(docs), "-o", str(f)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not f.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the pack finished before it could be hung up: give it more files"
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGHUP, (proc.returncode, err)
+    assert err.strip() == "capsule: interrupted", err
+    assert not f.exists() and not (tmp_path / "h.capsule.lock").exists()
+
+
+def test_packing_onto_a_folder_or_a_device_names_what_is_wrong(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("x\n")
+    p = run("pack", docs, "-o", docs, ok=False)
+    assert p.returncode == 2 and "is a folder" in p.stderr and "append=True" not in p.stderr, p.stderr
+    p = run("pack", docs, "-o", "/dev/null", ok=False)
+    assert p.returncode == 2 and "not a regular file" in p.stderr, p.stderr
+    run("pack", docs, "-o", tmp_path / "x.capsule")
+    p = run("pack", docs, "-o", tmp_path / "x.capsule", ok=False)
+    assert p.returncode == 2 and p.stderr.strip().endswith("already exists (--append adds to it)"), p.stderr
+
+
+def test_auto_keeps_a_capsule_packed_without_vectors_without_them(tmp_path: Path) -> None:
+    """An unchanged re-sync of a folder packed --embedder none wrote a vindex (the capsule became a
+    hash-vector one) and later chunks got vectors the older ones lack."""
+    docs, f = tmp_path / "docs", tmp_path / "x.capsule"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"n{i}.md").write_text(f"note {i} about pelicans\n")
+    run("pack", docs, "-o", f, "--embedder", "none")
+    before = f.read_bytes()
+    run("pack", docs, "-o", f, "--append")
+    assert f.read_bytes() == before
+    (docs / "n1.md").write_text("note 1 about pelicans, changed\n")
+    doc = json.loads(run("pack", docs, "-o", f, "--append", "--json").stdout)
+    assert doc["embedder"] is None and doc["vectors"] == 0
+    with capsule.open(f) as cap:
+        assert cap.vector_config() is None
+    e = tmp_path / "e.capsule"  # an empty capsule still gets the default
+    capsule.create(e).close()
+    assert json.loads(run("pack", docs, "-o", e, "--append", "--json").stdout)["embedder"] == "hash"
