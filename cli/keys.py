@@ -11,7 +11,7 @@ import typer
 
 from ._errors import EXIT_USAGE, call, fail
 from ._params import FileArg, JsonOpt, WaitOpt
-from ._render import emit_json, out
+from ._render import emit_json, out, warn
 from .compact import warn_not_carried
 from .state import PassOpt, _load_keys
 
@@ -210,6 +210,9 @@ def rekey(
         return
     if "compaction" in info:
         warn_not_carried(info["compaction"], "rewritten")
+    if info.get("redacted_unpurged"):
+        warn(f"the file still holds the bytes of {info['redacted_unpurged']} redacted record(s), which the added "
+             "key can decrypt; `capsule compact` purges them")
     who = ", ".join(info["recipients"]) or "no recipient"
     out.print(f"{info['path']}: {'key slot appended' if info['how'] == 'appended' else 'rewritten under a new file key'}"
               f"; opens with {who}{' and the passphrase' if info['passphrase'] else ''}", markup=False)

@@ -239,7 +239,9 @@ def open_(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None) -> None:
         out.print(f"vector index      {v['space']}, dim {v['dim']}{made}; snapshot of {v['snapshot_vectors']} "
                   f"vectors ({v['snapshot_bytes']} bytes)", markup=False)
     if s["torn_tail_bytes"]:
-        out.print(f"torn tail         {s['torn_tail_bytes']} bytes (ignored; the next writer truncates it)")
+        from capsule.format.pending import torn_fate
+
+        out.print(f"torn tail         {s['torn_tail_bytes']} bytes (ignored; the next writer {torn_fate(path)})")
 
 
 def log(

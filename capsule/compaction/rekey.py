@@ -69,7 +69,12 @@ def rekey(path: str | Path, *, identity: PrivateKey | None = None, passphrase: b
                           cap._snap.commit.keyslots if cap._snap.commit else None)
             cap._write_commit([], extra=[(C.FT_KEYSLOT, ks.encode())])
             h.keyslots = ks
-            return _report(str(path), "appended", ks.recipients, ks.has_passphrase)
+            # 7.7.1, 10.3: the new key opens every frame, the bytes of records redacted and not yet
+            # purged too (reads withhold them; a compaction removes them): said, so one compacts first
+            from ..questions._lifecycle import kind_of, redacted
+
+            held = sum(kind_of(cap._store, rid) is not None for rid in redacted(cap._store))
+            return {**_report(str(path), "appended", ks.recipients, ks.has_passphrase), "redacted_unpurged": held}
         recipients = sorted({*(r for r in old.recipients if r not in gone), *(p.raw for p in add)})
         keeps_passphrase = new_passphrase is not None or (old.has_passphrase and not drop_passphrase)
     rep = compact(path, out, "history", key, timeout=timeout, identity=identity, passphrase=passphrase,

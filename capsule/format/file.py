@@ -255,6 +255,7 @@ class WriteHandle(ReadHandle):
         self._map = None
         self._map_len = 0
         self.poisoned: BaseException | None = None
+        self.finished = 0  # bytes of an interrupted pull's append this open finished (19.7)
         self.pid = _pid  # the process this writer belongs to (see the module docstring)
         # A file this call just created (O_EXCL) is ours: a create(exist_ok=True) that lost the
         # race may hold its lock a moment, probing for a header; wait that out (2 s at most)
@@ -266,7 +267,7 @@ class WriteHandle(ReadHandle):
             from .pending import finish
 
             try:
-                finish(path, self.fd)  # an append a killed pull began is finished before any read (19.7)
+                self.finished = finish(path, self.fd)  # a killed pull's append, finished before any read (19.7)
             except BaseException:
                 self.close()  # never keep the lock of a handle that was not returned
                 raise

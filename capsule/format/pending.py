@@ -99,6 +99,13 @@ def write_journal(path: Path, start: int, chain: bytes, length: int, read: Calla
     return j
 
 
+def torn_fate(path: str | Path) -> str:
+    """What the next writer does with a torn tail of ``path`` (for a message): finishes it when an
+    interrupted pull's journal is there (it may still find the journal unusable), else truncates it."""
+    return ("finishes it (an interrupted pull's journal continues it, 19.7)" if journal_path(Path(path)).exists()
+            else "truncates it")
+
+
 def remove_journal(path: Path) -> None:
     with contextlib.suppress(OSError):
         journal_path(path).unlink()

@@ -164,9 +164,9 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
             raise Diverged(f"{remote.shown} holds another capsule (file id {m.file_id}, {p} is {head.file_id}); "
                            f"pull it into a new file", local=head.summary(), remote=m.summary(), common=None)
         chain = bytes.fromhex(m.chain)
-        done = (m.generation, 0, head.commits, head.seq, head.root, head.records, None, None)
-        if m.size == head.size and chain == head.chain:
-            return ("up-to-date", *done)
+        done = (m.generation, wh.finished, head.commits, head.seq, head.root, head.records, None, None)
+        if m.size == head.size and chain == head.chain:  # pulled, when what was left was a killed pull's
+            return ("pulled" if wh.finished else "up-to-date", *done)
         if m.size < head.size and extends(wh, head, m.size, m.seq + 1, chain):
             return ("ahead", *done)
         if m.size < head.size or not remote_has(remote, m, head.size, head.chain):

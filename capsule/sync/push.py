@@ -82,10 +82,11 @@ def push(path: str | Path, url: str, *, as_name: str | None = None,
         if start == 0:
             _check_whole(h, p, head)
         repaired = _repair(h, remote, old) if check else []
+        fixed = sum(s.size for s in old if s.name in repaired)  # bytes sent again (--json "bytes": all moved)
         if start == head.size:
             m = rh.manifest
             assert m is not None
-            return PushResult(remote.shown, "up-to-date", m.generation, 0, 0, 0, len(m.segments), head.commits,
+            return PushResult(remote.shown, "up-to-date", m.generation, fixed, 0, 0, len(m.segments), head.commits,
                               head.seq, head.root, rh.skipped, repaired)
         gen = rh.top + 1
         if gen > MAX_GENERATION:  # 19.2: no reader would ever take it, so a "pushed" would be a lie
@@ -107,7 +108,7 @@ def push(path: str | Path, url: str, *, as_name: str | None = None,
         except FileExistsError:
             raise RemoteMoved(f"{remote.shown}: remote moved: another push published generation {gen} while this "
                               f"one ran; nothing was lost: pull (or push again) to see where it stands") from None
-        return PushResult(remote.shown, "pushed", gen, (b - a) + len(data), head.size - start, start - a,
+        return PushResult(remote.shown, "pushed", gen, (b - a) + len(data) + fixed, head.size - start, start - a,
                           len(segs), head.commits, head.seq, head.root, rh.skipped, repaired)
     finally:
         h.close()

@@ -38,6 +38,7 @@ from ..format.file import ReadHandle
 from ..format.frames import FileHeader, Merkle, parse_header, raw_payload
 from ..format.index import ENTRY_SIZE
 from ..format.keys import CHECKPOINT_PAYLOAD_TYPE, PrivateKey, PublicKey
+from ..format.pending import torn_fate
 from ..format.records import decode_record, record_id
 from ..format.scan import Reader, damage_is_not_a_crash, label_key, segment
 from ..format.signing import Keyset, anchor_index, count_valid, verify_rotation
@@ -559,7 +560,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
         rep.torn_tail = size - committed_end
     if rep.torn_tail:
         rep.warnings.append(f"torn tail of {rep.torn_tail} bytes after the last commit at offset "
-                            f"{committed_end}: readers ignore it and the next writer truncates it")
+                            f"{committed_end}: readers ignore it and the next writer {torn_fate(h.path)}")
     if rep.commits == 0:
         rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "no-commit",
                            "message": "the file holds no commit (interrupted create?)"}

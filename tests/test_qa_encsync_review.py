@@ -1,0 +1,110 @@
+"""Encryption, sync and lifecycle together, as a fresh-context review found them.
+
+- A killed pull's temporary copy (`.NAME.pull-*`, the local file plus the tail) survived
+  `redact` + `compact`: the purged secret stayed on disk beside the capsule.
+- `pull --json` said "up-to-date", 0 bytes, when the pull had finished a killed pull's append.
+- `push --check --json` said 0 bytes after sending a damaged segment again.
+- `rekey --add-recipient` said nothing of redacted records not yet purged, which the new key
+  can decrypt.
+- `verify` said the next writer truncates a torn tail that a pull journal continues (it finishes it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import capsule
+from capsule import sync
+from capsule.format.pending import journal_path
+
+from .test_qa_sync_review import KILLED_PULL, _remote_with_three_new_commits
+
+CAPSULE_BIN = Path(sys.executable).with_name("capsule")
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "FORCE_COLOR", "TTY_COMPATIBLE")}
+    full.update(env or {})
+    p = subprocess.run([str(CAPSULE_BIN), *map(str, args)], capture_output=True, text=True, timeout=120,
+                       check=False, env=full)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def test_an_in_place_compaction_removes_a_killed_pulls_copies(tmp_path: Path) -> None:
+    f = tmp_path / "b.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            leak = tx.remember("db password PLAINLEAK4242")
+            tx.remember("kept")
+        with cap.commit() as tx:
+            tx.redact(leak, reason="leak")
+    dead = tmp_path / ".b.capsule.pull-0123456789ab"  # what a kill -9 left: nobody holds it
+    dead.write_bytes(f.read_bytes())
+    live = tmp_path / ".b.capsule.pull-ba9876543210"  # a pull (new file) alive: it holds its flock
+    live.write_bytes(b"in progress")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with capsule.open(f, "a") as cap:
+            cap.compact()
+    finally:
+        os.close(fd)
+    assert not dead.exists() and live.exists()
+    assert [p.name for p in tmp_path.iterdir() if b"PLAINLEAK4242" in p.read_bytes()] == []
+
+
+def test_pull_json_says_pulled_when_it_finished_a_killed_pulls_append(tmp_path: Path) -> None:
+    url, a, b = _remote_with_three_new_commits(tmp_path)
+    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
+                       check=False)
+    assert p.returncode == -signal.SIGKILL and journal_path(b).exists()
+    torn = b.stat().st_size
+    v = cli("verify", b, "--json")
+    assert any("the next writer finishes it" in w for w in json.loads(v.stdout)["warnings"]), v.stdout
+    r = cli("pull", url, b, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "pulled" and doc["bytes"] == a.stat().st_size - torn, doc
+    assert b.read_bytes() == a.read_bytes()
+    doc = json.loads(cli("pull", url, b, "--json").stdout)
+    assert doc["status"] == "up-to-date" and doc["bytes"] == 0
+    assert any("the next writer truncates it" in w
+               for w in json.loads(cli("verify", b, "--json").stdout)["warnings"]) is False
+
+
+def test_push_check_counts_the_bytes_it_sent_again(tmp_path: Path) -> None:
+    a = tmp_path / "a.capsule"
+    remote = tmp_path / "remote"
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.remember("x" * 500)
+    sync.push(a, remote.as_uri())
+    seg = next((remote / "segments").iterdir())
+    size = seg.stat().st_size
+    seg.write_bytes(b"\0" * size)
+    doc = json.loads(cli("push", a, remote.as_uri(), "--check", "--json").stdout)
+    assert doc["status"] == "up-to-date" and doc["repaired_segments"] and doc["bytes"] == size, doc
+    assert json.loads(cli("push", a, remote.as_uri(), "--check", "--json").stdout)["bytes"] == 0
+
+
+def test_adding_a_recipient_warns_of_redacted_bytes_not_yet_purged(tmp_path: Path) -> None:
+    f = tmp_path / "e.capsule"
+    env = {"PP": "correct horse", "CAPSULE_SCRYPT_LOG_N": "10"}
+    assert cli("init", f, "--encrypt", "--passphrase-env", "PP", env=env).returncode == 0
+    leak = cli("put", f, "--text", "the key is hunter2", "--passphrase-env", "PP", env=env).stdout.strip()
+    assert cli("redact", f, leak, "--passphrase-env", "PP", env=env).returncode == 0
+    assert cli("keygen", "-o", tmp_path / "b.key").returncode == 0
+    r = cli("rekey", f, "--passphrase-env", "PP", "--add-recipient", tmp_path / "b.key.pub", "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["redacted_unpurged"] == 1, r.stdout
+    r = cli("rekey", f, "--passphrase-env", "PP", "--add-recipient", tmp_path / "b.key.pub", env=env)
+    assert r.returncode == 2  # already a recipient: nothing appended
+    assert cli("compact", f, "--capsule-passphrase-env", "PP", env=env).returncode == 0
+    assert cli("keygen", "-o", tmp_path / "c.key").returncode == 0
+    r = cli("rekey", f, "--passphrase-env", "PP", "--add-recipient", tmp_path / "c.key.pub", env=env)
+    assert r.returncode == 0 and "redacted" not in r.stderr, r.stderr
