@@ -221,3 +221,39 @@ def test_timeline_of_one_kind_is_the_full_timeline_filtered(tmp_path: Path) -> N
 def cap_timeline(f: Path, *args: str) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = json.loads(run("timeline", f, "--json", *args).stdout)["events"]
     return events
+
+
+def test_a_prefix_shared_with_purged_redacted_ids_stays_ambiguous(tmp_path: Path) -> None:
+    """Attack on the purged-prefix change: a prefix two purged ids share said "no record", and one a
+    purged id shares with a stored record quietly named the stored one (ambiguous before the
+    compaction)."""
+    f = tmp_path / "a.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            ids = [tx.remember(f"memory {i}") for i in range(1500)]
+        by4: dict[str, list[str]] = {}
+        for rid in ids:
+            by4.setdefault(rid[:4], []).append(rid)
+        pairs = [v for v in by4.values() if len(v) == 2]
+        assert len(pairs) >= 2  # 1,500 ids over 65,536 prefixes: about 17 pairs share four digits
+        both_gone, one_gone = pairs[0][:2], pairs[1][:2]
+        with cap.commit() as tx:
+            for rid in (*both_gone, one_gone[0]):
+                tx.redact(rid, reason="r")
+        cap.compact()
+    with capsule.open(f) as cap:
+        for prefix, want in ((both_gone[0][:4], "2 redacted records"), (one_gone[0][:4], "a record and 1 redacted")):
+            for ident in (prefix, prefix.upper()):
+                try:
+                    cap.get(ident)
+                except capsule.UsageError as e:
+                    assert "ambiguous" in str(e) and want in str(e), str(e)
+                else:
+                    raise AssertionError(f"{ident} resolved")
+        assert cap.get(one_gone[1]).text.startswith("memory")  # whole ids and longer prefixes resolve
+        try:
+            cap.get(one_gone[0][:12])
+        except capsule.Redacted as e:
+            assert "redacted at" in str(e)
+    p = run("get", f, both_gone[0][:4], ok=False)
+    assert p.returncode == 2 and "ambiguous" in p.stderr

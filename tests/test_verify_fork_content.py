@@ -156,3 +156,91 @@ def test_a_fork_of_an_empty_state_verifies(tmp_path: Path) -> None:
     capsule.fork(tmp_path / "f.capsule", tmp_path / "g.capsule").close()  # a fork of a fork
     assert verify(tmp_path / "g.capsule", tmp_path / "f.capsule")["ok"]
     assert not verify(tmp_path / "g.capsule", path)["ok"]  # not its parent
+
+
+def test_a_fork_of_a_state_all_redacted_since_verifies_after_its_own_commit(tmp_path: Path) -> None:
+    """Attack on the first version: nothing was copied (all of it redacted since), so commit 1 is the
+    inherited one; the fork's own commit was compared as if inherited and failed."""
+    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            r = tx.remember("the only memory")
+        assert cap._snap.commit is not None
+        seq = cap._snap.commit.seq
+        with cap.commit() as tx:
+            tx.redact(r, reason="leak")
+    with capsule.fork(p, f, at=seq) as fk, fk.commit() as tx:
+        tx.remember("the fork's own")
+    assert verify(f, p)["ok"]
+
+
+def _forged_parent_actions(monkeypatch: pytest.MonkeyPatch, forged: list[Any]) -> None:
+    real = kindwalk.walk
+
+    def walk(store: Any, kinds: Any, *a: Any, **k: Any) -> Iterator[tuple[int, int, Any]]:
+        yield from real(store, kinds, *a, **k)
+        if list(kinds) == ["action"]:
+            yield from ((0, 0, r) for r in forged)
+
+    monkeypatch.setattr(kindwalk, "walk", walk)
+
+
+@pytest.mark.parametrize("empty", [True, False])
+def test_a_forged_journal_fails_whether_or_not_the_parent_state_was_empty(tmp_path: Path, empty: bool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack on the first version: with an empty state at the fork point, commit 1 was taken as the
+    inherited one, and the journal commit 2 (with a forged done result) was never read."""
+    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    forged = [Action(time=1, key="email:FORGED", phase="intent", attempt=1),
+              Action(time=2, key="email:FORGED", phase="result", attempt=1, value="never ran", by="fn")]
+    forged = [dataclasses.replace(a, id=encode_record(a)[0].hex()) for a in forged]
+    key = capsule.generate_key()
+    with capsule.create(p) as cap:
+        if not empty:
+            with cap.commit() as tx:
+                tx.remember("alpha")
+        cap.checkpoint("c1", key=key)
+        cap.run_once("email:1", lambda: "sent")
+    _forged_parent_actions(monkeypatch, forged)
+    capsule.fork(p, f, at="c1").close()
+    monkeypatch.undo()
+    doc = verify(f, p)
+    assert not doc["ok"] and "is not a record of" in doc["first_error"]["message"], doc
+    honest = tmp_path / "h.capsule"
+    capsule.fork(p, honest, at="c1").close()
+    assert verify(honest, p)["ok"]
+
+
+def test_a_fork_missing_an_action_the_parent_ran_before_the_fork_point_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal must survive a fork (15): a rolled-back effect's records, dead at the fork point,
+    are the parent's up to it and so must be in the fork."""
+    p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
+    key = capsule.generate_key()
+    with capsule.create(p) as cap:
+        with cap.commit() as tx:
+            tx.remember("alpha")
+        cap.checkpoint("c1", key=key)
+        cap.run_once("email:1", lambda: "sent")  # then rolled back: dead, yet it happened
+        cap.rollback("c1", key=key)
+    from capsule.handle.capsule import Capsule
+
+    orig = Capsule._write_commit
+
+    def strip(self: Any, items: Any, **k: Any) -> Any:  # the journal revert and what it drops, left out
+        items = list(items)
+        if any(it[1] == "revert" for it in items):
+            items = [it for it in items if it[1] not in ("revert", "action")]
+        return orig(self, items, **k)
+
+    monkeypatch.setattr(Capsule, "_write_commit", strip)
+    capsule.fork(p, f).close()
+    monkeypatch.undo()
+    with capsule.open(f, "a") as fk:
+        assert fk.actions() == []  # it would send email:1 again
+    doc = verify(f, p)
+    assert not doc["ok"] and doc["first_error"]["message"].startswith("action record "), doc
+    assert "must survive the fork" in doc["first_error"]["message"]
+    honest = tmp_path / "h.capsule"
+    capsule.fork(p, honest).close()
+    assert verify(honest, p)["ok"]

@@ -270,9 +270,9 @@ class Capsule(SearchMethods, QuestionMethods, CompactMethods):
         try:
             rid = self._store.resolve_prefix(record_id) if isinstance(record_id, str) else _parse_id(record_id)
         except NotFound:  # an id (or a prefix) whose bytes a compaction purged: its redact event
-            # still says when, who and why (15.1)
-            check_purged(self._store, record_id)
+            check_purged(self._store, record_id)  # still says when, who and why (15.1)
             raise
+        check_purged(self._store, record_id, rid)  # a purged id with the prefix too: ambiguous
         check_readable(self._store, rid)  # 7.7.1: a redacted payload is never returned (Redacted)
         rec = self._store.get(rid)
         if rec is None:

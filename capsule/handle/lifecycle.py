@@ -66,15 +66,25 @@ def check_readable(store: Store, rid: bytes) -> None:
         raise Redacted(describe(rid, ev), event=ev.id)
 
 
-def check_purged(store: Store, record_id: object) -> None:
-    """After a lookup found no record: raise :class:`Redacted` when ``record_id`` (an id, or a
-    prefix of exactly one redacted id) names a redacted record whose bytes a compaction purged,
-    so its redact event still says when, who and why (15.1); else return."""
-    if not isinstance(record_id, str):
+def check_purged(store: Store, record_id: object, found: bytes | None = None) -> None:
+    """Redacted records whose bytes a compaction purged (15.1) still answer a prefix: before a
+    lookup fails (``found`` None), raise :class:`Redacted` when ``record_id`` (an id, or a prefix
+    of exactly one purged id) names one, so its redact event says when, who and why, and
+    :class:`UsageError` when a prefix names several; after it found ``found`` by a prefix, raise
+    :class:`UsageError` when a purged id starts with it too (ambiguous, as it was before the
+    compaction). Else return."""
+    if not isinstance(record_id, str) or (found is not None and len(record_id.strip()) == 64):
         return
     p = record_id.strip().lower()
-    hits = [rid for rid in redacted(store) if rid.hex().startswith(p)] if 4 <= len(p) <= 64 else []
-    if len(hits) == 1:
+    red = redacted(store) if 4 <= len(p) <= 64 else {}
+    hits = [rid for rid in red if rid != found and rid.hex().startswith(p) and store.get(rid) is None]
+    if found is not None and hits:
+        raise UsageError(f"id prefix {record_id!r} is ambiguous: a record and {len(hits)} redacted one(s) whose "
+                         "bytes a compaction purged start with it; give more digits")
+    if len(hits) > 1:
+        raise UsageError(f"id prefix {record_id!r} is ambiguous: {len(hits)} redacted records whose bytes a "
+                         "compaction purged start with it; give more digits")
+    if hits:
         check_readable(store, hits[0])
 
 

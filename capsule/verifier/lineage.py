@@ -70,26 +70,39 @@ def check_parent(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> N
 
 
 def _check_fork(rep: VerifyReport, lin: dict[str, Any], parent: Path, keys: Keys) -> None:
-    """15: the state a fork inherits (its first commit that holds records, or commit 1 when the
-    parent's state at the fork point is empty) is exactly the parent's live records at the fork
-    point, but those the parent has redacted since (7.7.1); and every record a ``revert`` of that
-    commit drops (the journal) is a record of the parent. State roots are compared first (13.1:
-    from the sorted id columns, no record read); live sets only when the roots differ."""
+    """15: what a fork inherits is exactly the parent's live records at the fork point, but those
+    the parent has redacted since (7.7.1), with the parent's journal.
+
+    The inherited commit is the fork's first that holds records (the reference writes them in
+    commit 2), or commit 1 when there was nothing to copy: the parent's state then was empty, or
+    all of it is redacted since, and the fork's later commits are its own. A commit 2 holding a
+    journal-only revert (no ``to``, no ``op``: only a fork or a merge writes one) is inherited
+    whatever else. Every record a revert of the inherited commit drops must be the parent's,
+    and every ``action`` record of the parent up to the fork point must be in the fork (the
+    ones after it, copied too, are the parent's as it was when the fork was made: not checked).
+    State roots are compared first (13.1: from the sorted id columns); live sets only when the
+    roots differ."""
     with open_capsule(rep.path, identity=keys.identity, passphrase=keys.passphrase) as new, \
             open_capsule(parent, identity=keys.identity, passphrase=keys.passphrase) as par:
         done = list(new._store.commits())[::-1]  # oldest first
-        with par.view(commit_at_seq(par._store, lin["tree_size"])) as pv:
-            theirs_root = pv.state_root
-            i, same = 0, new_root(new, done[0]) == theirs_root
-            if not same:  # commit 1 is not it (the parent's state was not empty)
-                i = next((k for k, c in enumerate(done) if c.records), 0)
-                same = new_root(new, done[i]) == theirs_root
-            theirs = None if same else set(pv.state().live)
+        i = next((k for k, c in enumerate(done) if c.records and k), 0)  # the first after commit 1 with records
+        reverts = [r for _, _, r in walk(new._store, ["revert"], done[i - 1], done[i].end)] if i else []
+        journal = any(r.to is None and r.op is None for r in reverts)
+        point = commit_at_seq(par._store, lin["tree_size"])
+        red = redacted(par._store)
+        with par.view(point) as pv:
+            theirs_root, theirs = pv.state_root, None
+            if not (i and new_root(new, done[i]) == theirs_root):  # the common case: commit 2, equal
+                if not journal and new_root(new, done[0]) == theirs_root:
+                    i = 0  # nothing was live: commit 1, empty, is it
+                else:
+                    theirs = set(pv.state().live)
+                    if not journal and all(x in red for x in theirs) and not done[0].records:
+                        i, theirs = 0, None  # all of it redacted since: nothing was copied
         first = done[i]
         if theirs is not None:
             with new.view(first) as v:
                 mine = set(v.state().live)
-            red = redacted(par._store)
             extra = sorted(mine - theirs)
             if extra:
                 return _fail(rep, f"record {extra[0].hex()} is live in the fork but was not live in {parent} at "
@@ -97,13 +110,18 @@ def _check_fork(rep: VerifyReport, lin: dict[str, Any], parent: Path, keys: Keys
             lost = sorted(x for x in theirs - mine if x not in red)
             if lost:
                 return _fail(rep, f"record {lost[0].hex()} was live in {parent} at the fork point and is not live "
-                                  "in the fork (nor redacted in the parent since)", first.offset, first.seq)
-        drops = sorted({rid for _, _, r in walk(new._store, ["revert"], done[i - 1] if i else None, first.end)
-                        for rid in r.drop})
+                                  "in the fork (nor redacted in the parent given: a newer copy of it may have "
+                                  "redacted it since)", first.offset, first.seq)
+        drops = sorted({rid for r in (reverts if i else ()) for rid in r.drop})
         alien = [rid for rid, ok in zip(drops, par._store.present(drops), strict=True) if not ok] if drops else []
         if alien:
             return _fail(rep, f"record {alien[0].hex()} of the fork's first commit is not a record of {parent}",
                          first.offset, first.seq)
+        acts = sorted({bytes.fromhex(r.id) for _, _, r in walk(par._store, ["action"], end=point.end)} - set(red))
+        gone = [rid for rid, ok in zip(acts, new._store.present(acts), strict=True) if not ok] if acts else []
+        if gone:
+            return _fail(rep, f"action record {gone[0].hex()} of {parent} before the fork point is not in the fork: "
+                              "its journal (7.8) must survive the fork", first.offset, first.seq)
     return None
 
 
