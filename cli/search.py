@@ -246,11 +246,11 @@ def pack(
     .jsonl or .ndjson, as JSONL. The vector index is built and stored in the
     capsule, so it opens straight to search. The record count includes only
     what was packed: `capsule open` also counts the capsule's vindex record
-    (its vector index parameters). Re-running `--append` on the same folder
-    keeps the capsule in sync with it: unchanged files add nothing, changed
-    ones replace their chunks, an interrupted pack is completed. Files are
-    filed under the folder's name (--root): folders packed into one capsule
-    stay apart, and --append or --prune of one never touches another's.
+    (its vector index parameters). Re-running `--append` on the same folder keeps the capsule in
+    sync with it: unchanged files add nothing, changed ones replace their chunks, an interrupted
+    pack is completed; files gone from the folder (deleted, renamed) leave only with --prune.
+    Files are filed under the folder's name (--root): folders packed into one capsule stay
+    apart, and --append or --prune of one never touches another's.
 
     Examples:
       capsule pack docs/ -o docs.capsule

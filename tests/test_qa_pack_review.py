@@ -187,3 +187,38 @@ def test_auto_keeps_a_capsule_packed_without_vectors_without_them(tmp_path: Path
     e = tmp_path / "e.capsule"  # an empty capsule still gets the default
     capsule.create(e).close()
     assert json.loads(run("pack", docs, "-o", e, "--append", "--json").stdout)["embedder"] == "hash"
+
+
+def test_a_resumed_jsonl_pack_keeps_repeated_lines_as_a_clean_pack_does(tmp_path: Path) -> None:
+    """Lines are counted against live records: three `ok` lines against one committed `ok` (a pack
+    killed after its first batch) add two, not none."""
+    src = tmp_path / "chat.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("ok", "hello", "ok", "ok")))
+    killed = tmp_path / "killed.capsule"
+    with capsule.create(killed) as cap, cap.commit() as tx:
+        tx.remember("ok")  # what the killed pack's first batch committed
+    run("pack", src, "-o", killed, "--append", "--embedder", "none")
+    with capsule.open(killed) as cap:
+        assert sorted(m.text for m in cap.records(kind="memory")) == ["hello", "ok", "ok", "ok"]
+    before = killed.read_bytes()
+    doc = json.loads(run("pack", src, "-o", killed, "--append", "--embedder", "none", "--json").stdout)
+    assert doc["new"] == 0 and killed.read_bytes() == before  # and then it is in sync: nothing more
+
+
+def test_two_names_one_in_nfc_settle(tmp_path: Path) -> None:
+    """`café.md` in NFC and in NFD are two files on Linux but one path once normalized (5.1): each
+    --append superseded one by the other, forever. The second is skipped, named."""
+    import unicodedata
+
+    docs, f = tmp_path / "docs", tmp_path / "n.capsule"
+    docs.mkdir()
+    nfc_name, nfd_name = unicodedata.normalize("NFC", "café.md"), unicodedata.normalize("NFD", "café.md")
+    (docs / nfc_name).write_text("first version\n")
+    (docs / nfd_name).write_text("second version\n")
+    doc = json.loads(run("pack", docs, "-o", f, "--embedder", "none", "--json").stdout)
+    assert [s["reason"] for s in doc["skipped"]] == [
+        "another file's name in another Unicode form (the same in NFC): rename one"]
+    before = f.read_bytes()
+    for _ in range(2):
+        run("pack", docs, "-o", f, "--append", "--prune", "--embedder", "none")
+        assert f.read_bytes() == before

@@ -2,7 +2,8 @@
 
 A JSONL line without its own ``time`` gets the commit clock's (7.0), so packing the same file
 again made every such record anew: same text, new time, new id. Here a line is taken as
-already packed, and left out, when a live record of its kind equals the record it would make
+already packed, and left out, when a live record of its kind (one not matched to another line
+already: lines and records are counted) equals the record it would make
 in every field but ``time`` (when the line brings none) and ``embedding`` (when the line brings
 none: pack fills it in from the text). So re-packing an unchanged file adds nothing, a changed
 one adds only its new lines, and a line whose record was forgotten is packed again; lines gone
@@ -17,6 +18,7 @@ copy may have expired (7.1), and an application record.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -44,14 +46,14 @@ class Packed:
 
     def __init__(self, cap: Any) -> None:
         self.cap = cap
-        self.keys: dict[tuple[str, bool, bool], set[bytes]] = {}
+        self.keys: dict[tuple[str, bool, bool], Counter[bytes]] = {}
         self.skipped = 0
 
-    def _of(self, kind: str, timed: bool, embedded: bool) -> set[bytes]:
+    def _of(self, kind: str, timed: bool, embedded: bool) -> Counter[bytes]:
         got = self.keys.get((kind, timed, embedded))
         if got is None:
-            got = self.keys[kind, timed, embedded] = {timeless_key(rec.to_value(), timed, embedded)
-                                                      for rec in self.cap.live(kind)}
+            got = self.keys[kind, timed, embedded] = Counter(timeless_key(rec.to_value(), timed, embedded)
+                                                             for rec in self.cap.live(kind))
         return got
 
     def seen(self, obj: Mapping[str, Any]) -> bool:
@@ -64,7 +66,13 @@ class Packed:
         except (DataError, TypeError, ValueError):
             return False  # the bulk path names what is wrong with it
         timed, embedded = "time" in obj, obj.get("embedding") is not None
-        return timeless_key(value, timed, embedded) in self._of(rec.kind, timed, embedded)
+        # counted: a line repeated three times whose record is live once (a pack killed after
+        # its first copy) is packed twice more, as a clean pack of the file would hold three
+        have, key = self._of(rec.kind, timed, embedded), timeless_key(value, timed, embedded)
+        if have[key] <= 0:
+            return False
+        have[key] -= 1
+        return True
 
     def filter(self, rows: Iterator[Row]) -> Iterator[Row]:
         for row in rows:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -191,7 +192,16 @@ def text_files(src: Path, skip: Callable[[str, str], None], warn: Callable[[str]
         n = sum(other.values())
         warn(f"ignored {n} {'file' if n == 1 else 'files'} of other types ({', '.join(sorted(other))}); "
              f"in a folder pack reads {', '.join(TEXT_SUFFIXES)}")
-    return sorted(found)
+    kept: list[tuple[str, Path]] = []
+    taken: set[str] = set()
+    for rel, p in sorted(found):  # chunks are filed under the NFC name (5.1): two names, one path
+        key = unicodedata.normalize("NFC", rel)
+        if key in taken:
+            skip(rel, "another file's name in another Unicode form (the same in NFC): rename one")
+            continue
+        taken.add(key)
+        kept.append((rel, p))
+    return kept
 
 
 __all__ = ["FOLDER_UNREAD", "TEXT_SUFFIXES", "check_regular", "open_regular", "read_limited", "read_regular",
