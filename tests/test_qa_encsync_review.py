@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import capsule
 from capsule import sync
 from capsule.format.pending import journal_path
@@ -108,3 +110,32 @@ def test_adding_a_recipient_warns_of_redacted_bytes_not_yet_purged(tmp_path: Pat
     assert cli("keygen", "-o", tmp_path / "c.key").returncode == 0
     r = cli("rekey", f, "--passphrase-env", "PP", "--add-recipient", tmp_path / "c.key.pub", env=env)
     assert r.returncode == 0 and "redacted" not in r.stderr, r.stderr
+
+
+def test_a_keyed_pull_sets_aside_a_journal_it_did_not_authenticate(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key-less pull (structure only) killed midway left a journal; a pull given the key finished
+    it before checking anything, so a forged tail landed and then failed its AEAD: the copy no
+    longer opened. The keyed pull now drops the journal and checks the tail itself."""
+    monkeypatch.setenv("PP", "correct horse")
+    monkeypatch.setenv("CAPSULE_SCRYPT_LOG_N", "10")
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    url = (tmp_path / "remote").as_uri()
+    with capsule.create(a, passphrase="correct horse") as cap, cap.commit() as tx:
+        tx.remember("first")
+    sync.push(a, url)
+    sync.pull(url, b)  # key-less: bytes move, structure checked
+    with capsule.open(a, "a", passphrase="correct horse") as cap:
+        for i in range(3):
+            with cap.commit() as tx:
+                tx.remember(f"later {i} " + os.urandom(6000).hex())
+    sync.push(a, url)
+    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
+                       check=False)
+    assert p.returncode == -signal.SIGKILL and journal_path(b).exists()
+    r = cli("pull", url, b, "--passphrase-env", "PP", "--json")
+    assert r.returncode == 0, r.stderr
+    assert "set aside an interrupted pull's journal" in r.stderr
+    assert json.loads(r.stdout)["status"] == "pulled" and not journal_path(b).exists()
+    assert b.read_bytes() == a.read_bytes()
+    assert cli("verify", b, "--passphrase-env", "PP").returncode == 0

@@ -233,7 +233,7 @@ class WriteHandle(ReadHandle):
 
     _lock_file: tuple[Path, bytes] | None = None  # the FILE.lock this writer made, and what it wrote
 
-    def __init__(self, path: Path, *, create: bool = False, mode: int = 0o644) -> None:
+    def __init__(self, path: Path, *, create: bool = False, mode: int = 0o644, finish: bool = True) -> None:
         self.path = path
         flags = os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
         if create:
@@ -263,11 +263,11 @@ class WriteHandle(ReadHandle):
             self._lock(wait=2.0)
         else:
             self._lock()
-        if not create:
-            from .pending import finish
+        if not create and finish:  # (a keyed pull discards a journal it did not authenticate: sync.pull)
+            from .pending import finish as finish_append
 
             try:
-                self.finished = finish(path, self.fd)  # a killed pull's append, finished before any read (19.7)
+                self.finished = finish_append(path, self.fd)  # a killed pull's append, finished before any read (19.7)
             except BaseException:
                 self.close()  # never keep the lock of a handle that was not returned
                 raise

@@ -70,9 +70,10 @@ if hasattr(os, "register_at_fork"):
 POLL_FIRST, POLL_MAX = 0.001, 0.1
 
 
-def open_writer(path: Path, timeout: float | None = None) -> WriteHandle:
+def open_writer(path: Path, timeout: float | None = None, *, finish: bool = True) -> WriteHandle:
     """Take the writer's lock on ``path``, waiting up to ``timeout`` seconds for
-    another writer to let go (None or 0: do not wait)."""
+    another writer to let go (None or 0: do not wait). ``finish``: finish an append a killed
+    pull's journal describes (19.7), as every writer does."""
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                                 or not 0 <= timeout < float("inf")):
         raise UsageError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
@@ -80,7 +81,7 @@ def open_writer(path: Path, timeout: float | None = None) -> WriteHandle:
     delay = POLL_FIRST
     while True:
         try:
-            return WriteHandle(path)
+            return WriteHandle(path, finish=finish)
         except Locked as e:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -35,6 +35,7 @@ from ..core.errors import CapsuleError, CorruptError, UsageError
 from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
 from ..format.pending import journal_path, pwrite_all, remove_journal, write_journal
 from ..format.scan import Reader, Snapshot, Source
+from ..handle.entry import default_keys
 from ..handle.locking import open_writer
 from ..verifier.check import verify
 from ._errors import Diverged, RemoteCorrupt, RemoteNotFound, SyncError
@@ -157,7 +158,16 @@ def _pull_new(remote: Remote, m: Manifest, p: Path, trust: Any,
 
 def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progress | None,
                timeout: float | None) -> tuple[Any, ...]:
-    wh = open_writer(p, timeout)
+    # 19.7: a journal's bytes were checked by the pull that wrote it, maybe without the key (a
+    # key-less pull checks structure only): a pull given the key checks the tail itself, so it
+    # drops such a journal (under the lock) rather than append what it has not authenticated
+    keys = default_keys()
+    keyed = keys.identity is not None or keys.passphrase is not None
+    wh = open_writer(p, timeout, finish=not keyed)
+    if keyed and journal_path(p).exists():
+        logging.getLogger("capsule.recovery").warning(
+            "%s: set aside an interrupted pull's journal: this pull checks the tail with the key", p)
+        remove_journal(p)
     try:
         head, snap = load_head(wh, p)
         if head.file_id != m.file_id:
