@@ -32,6 +32,7 @@ from typing import Any
 
 from ..core import constants as C
 from ..core.errors import CapsuleError, CorruptError, UsageError
+from ..format.crypto import WrongKey
 from ..format.file import ReadHandle, WriteHandle, fsync_dir, sweep_temporaries
 from ..format.pending import journal_path, pwrite_all, remove_journal, write_journal
 from ..format.scan import Reader, Snapshot, Source
@@ -169,7 +170,12 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
             "%s: set aside an interrupted pull's journal: this pull checks the tail with the key", p)
         remove_journal(p)
     try:
-        head, snap = load_head(wh, p)
+        try:
+            head, snap = load_head(wh, p)
+        except WrongKey as e:  # 10.3: a recipient added since has its slot in the remote's tail only
+            raise WrongKey(f"{e}; a key added since the copy was made has its slot in the remote's new bytes "
+                           "only: pull once without the key (the structure is checked), then use it, or pull "
+                           "into a new file with it") from None
         if head.file_id != m.file_id:
             raise Diverged(f"{remote.shown} holds another capsule (file id {m.file_id}, {p} is {head.file_id}); "
                            f"pull it into a new file", local=head.summary(), remote=m.summary(), common=None)
