@@ -158,3 +158,44 @@ def test_a_key_added_since_the_copy_says_how_to_pull_with_it(tmp_path: Path) -> 
     assert b.read_bytes() == before
     assert cli("pull", url, b).returncode == 0
     assert cli("verify", b, "-i", tmp_path / "b.key").returncode == 0
+
+
+def test_a_pull_streams_a_huge_segment_instead_of_holding_it(tmp_path: Path) -> None:
+    """A manifest naming a 512 MiB segment (zeros, its true size and SHA-256) made the pull hold it
+    all before one byte was written: memory grew with the segment. Peak RSS now stays small (the
+    zeros are then refused as frames)."""
+    import hashlib
+
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    url = (tmp_path / "rem").as_uri()
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.remember("x")
+    sync.push(a, url)
+    sync.pull(url, b)
+    with capsule.open(a, "a") as cap, cap.commit() as tx:
+        tx.remember("y")
+    sync.push(a, url)
+    mpath = sorted((tmp_path / "rem" / "manifests").iterdir())[-1]
+    doc = json.loads(mpath.read_bytes())
+    seg = doc["segments"][-1]
+    n = 512 << 20
+    with open(tmp_path / "rem" / seg["name"], "r+b") as f:
+        f.truncate(n)
+    h = hashlib.sha256()
+    with open(tmp_path / "rem" / seg["name"], "rb") as f:
+        for c in iter(lambda: f.read(1 << 24), b""):
+            h.update(c)
+    seg.update(size=n, sha256=h.hexdigest())
+    doc["size"] = seg["offset"] + n
+    mpath.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n")
+    before = b.read_bytes()
+    probe = ("import resource, sys\nfrom capsule_cli.main import main\nsys.argv = ['capsule', 'pull', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+             "print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)\n")
+    r = subprocess.run([sys.executable, "-c", probe, url, str(b)], capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    rss_kib = int(r.stderr.rsplit("maxrss", 1)[1].split()[0])
+    assert rss_kib < 300 * 1024, rss_kib  # well under the 512 MiB segment
+    assert b.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.capsule.pull-")]

@@ -280,37 +280,48 @@ def _assemble(src_fd: int, tail: ReadHandle, local_size: int, size: int, path: P
 
 
 def _download(remote: Remote, m: Manifest, start: int, fd: int, at: int, progress: Progress | None) -> int:
-    """Write the remote's bytes [start, size) at ``at`` of ``fd``: whole segments checked by
-    their SHA-256; the one ``start`` cuts (if any) by a ranged read, checked by the chain."""
+    """Write the remote's bytes [start, size) at ``at`` of ``fd`` (a pull's own temporary file, never
+    the capsule): whole segments checked by their SHA-256; the one ``start`` cuts (if any) by ranged
+    reads, checked by the chain. Written as they arrive, so memory does not grow with a segment
+    (17.4: a hostile manifest may name a huge one); a segment that fails its check fails the pull."""
     got, total = 0, m.size - start
+
+    def put(c: bytes) -> None:
+        nonlocal at, got
+        pwrite_all(fd, c, at)
+        at += len(c)
+        got += len(c)
+        if progress is not None:
+            progress("download", got, total)
+
     for seg in m.segments:
         if seg.end <= start:
             continue
         if seg.offset < start:
-            data = remote.read_range(seg.name, start - seg.offset, seg.size)
-            if len(data) != seg.end - start:
-                raise RemoteCorrupt(f"{remote.shown}/{seg.name}: shorter than its manifest entry",
-                                    check="remote-segment")
-            parts = [data]
-        else:
-            digest, n, parts = hashlib.sha256(), 0, []
-            for c in remote.chunks(seg.name, seg.size):
-                digest.update(c)
-                n += len(c)
-                parts.append(c)
-                if n > seg.size:
-                    break
-            if n != seg.size or digest.hexdigest() != seg.sha256:
-                raise RemoteCorrupt(f"{remote.shown}/{seg.name}: its bytes do not match the manifest's SHA-256 "
-                                    "(a damaged or tampered object): refused; a copy holding these bytes mends "
-                                    "the remote with `capsule push FILE URL --check`", check="remote-segment")
-        for c in parts:
-            pwrite_all(fd, c, at)
-            at += len(c)
-            got += len(c)
-            if progress is not None:
-                progress("download", got, total)
+            pos = start - seg.offset
+            while pos < seg.size:
+                data = remote.read_range(seg.name, pos, min(seg.size, pos + _RANGE))
+                if not data or len(data) != min(seg.size, pos + _RANGE) - pos:
+                    raise RemoteCorrupt(f"{remote.shown}/{seg.name}: shorter than its manifest entry",
+                                        check="remote-segment")
+                put(data)
+                pos += len(data)
+            continue
+        digest, n = hashlib.sha256(), 0
+        for c in remote.chunks(seg.name, seg.size):
+            n += len(c)
+            if n > seg.size:
+                break
+            digest.update(c)
+            put(c)
+        if n != seg.size or digest.hexdigest() != seg.sha256:
+            raise RemoteCorrupt(f"{remote.shown}/{seg.name}: its bytes do not match the manifest's SHA-256 "
+                                "(a damaged or tampered object): refused; a copy holding these bytes mends "
+                                "the remote with `capsule push FILE URL --check`", check="remote-segment")
     return got
+
+
+_RANGE = 8 << 20  # bytes of one ranged read
 
 
 def _check(remote: Remote, m: Manifest, tmp: Path, trust: Any, local_size: int, local_records: int,
