@@ -222,3 +222,38 @@ def test_two_names_one_in_nfc_settle(tmp_path: Path) -> None:
     for _ in range(2):
         run("pack", docs, "-o", f, "--append", "--prune", "--embedder", "none")
         assert f.read_bytes() == before
+
+
+def test_an_empty_file_a_killed_create_left_is_made_again(tmp_path: Path) -> None:
+    """kill -9 between making the file and writing its header left 0 bytes that neither `pack`
+    ("already exists") nor `pack --append` ("no header") would take. An empty file nobody holds
+    and nobody touched for 2 s is now made again; a fresh or locked one is still refused."""
+    import fcntl
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("hello\n")
+    old = time.time() - 10
+    for name, args in (("pack", ("pack", docs, "-o")), ("init", ("init",))):
+        f = tmp_path / f"{name}.capsule"
+        f.write_bytes(b"")
+        os.utime(f, (old, old))
+        run(*args, f)
+        assert capsule.verify(f).ok
+    fresh = tmp_path / "fresh.capsule"
+    fresh.write_bytes(b"")
+    p = run("pack", docs, "-o", fresh, ok=False)
+    assert p.returncode == 2 and "already exists" in p.stderr and fresh.read_bytes() == b""
+    held = tmp_path / "held.capsule"
+    held.write_bytes(b"")
+    os.utime(held, (old, old))
+    fd = os.open(held, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        p = run("init", held, ok=False)
+        assert p.returncode == 2 and "already exists" in p.stderr and held.read_bytes() == b""
+    finally:
+        os.close(fd)
+    (tmp_path / "notempty.capsule").write_bytes(b"x")
+    os.utime(tmp_path / "notempty.capsule", (old, old))
+    assert run("init", tmp_path / "notempty.capsule", ok=False).returncode == 2

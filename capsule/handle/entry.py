@@ -118,7 +118,12 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     except FileExistsError:
         if exist_ok:  # another process created it since the check above: open what it made
             return _open_made(p, clock, timeout, keys)
-        raise AlreadyExists(f"{p}: already exists") from None
+        if not _abandoned_empty(p):
+            raise AlreadyExists(f"{p}: already exists") from None
+        p.unlink(missing_ok=True)  # a create killed before its header: nothing in it, nobody holds it
+        return create(p, clock=clock, file_id=file_id, recipients=recipients, identity=identity,
+                      passphrase=passphrase, scrypt_log_n=scrypt_log_n, lineage=lineage, timeout=timeout,
+                      _encryption=_encryption, _mode=_mode)
     try:
         # 10.3: the file key's slots are the first frame (after a LINEAGE) of the first commit
         header, sealing = begin_file(h, file_id, C.FORMAT_MINOR, enc, keys, plain=FileHeader(file_id))
@@ -133,6 +138,29 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
         p.unlink(missing_ok=True)
         raise
     return cap
+
+
+def _abandoned_empty(p: Path, min_age: float = 2.0) -> bool:
+    """An empty regular file nobody holds locked and nobody touched for ``min_age`` seconds: what a
+    create killed between making the file and writing its header leaves (a live creator holds its
+    lock from the first moment, or is within those seconds of making it)."""
+    import fcntl
+
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size or time.time() - st.st_mtime < min_age:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)
 
 
 def _open_made(p: Path, clock: Clock | None, timeout: float | None, keys: Keys) -> Capsule:

@@ -417,7 +417,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
     check_regular(out)  # a folder or a device where the capsule goes: no --append would help
     if out.is_dir():
         raise UsageError(f"{out}: is a folder; -o names the capsule file to write")
-    if out.exists() and not append:
+    if out.exists() and not append and out.stat().st_size:  # an empty one: create() decides (a killed create's)
         raise AlreadyExists(f"{out}: already exists (--append adds to it)")
     # A new capsule's embedder is loaded before the file exists, so a missing model
     # leaves nothing behind; appending checks it against the capsule's own.
