@@ -199,3 +199,11 @@ def test_a_pull_streams_a_huge_segment_instead_of_holding_it(tmp_path: Path) -> 
     assert rss_kib < 300 * 1024, rss_kib  # well under the 512 MiB segment
     assert b.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.capsule.pull-")]
+
+
+@pytest.mark.parametrize("value", ["abc", "1e3", "١٢", "-5"])
+def test_a_scrypt_work_factor_that_is_no_number_is_refused(tmp_path: Path, value: str) -> None:
+    """`CAPSULE_SCRYPT_LOG_N=abc` was ignored (the default used); 9 and 21 were refused (out of 10.4's bounds)."""
+    f = tmp_path / "s.capsule"
+    r = cli("init", f, "--encrypt", "--passphrase-env", "PP", env={"PP": "x", "CAPSULE_SCRYPT_LOG_N": value})
+    assert r.returncode == 2 and "CAPSULE_SCRYPT_LOG_N" in r.stderr and not f.exists(), r.stderr
