@@ -154,7 +154,7 @@ def test_a_key_added_since_the_copy_says_how_to_pull_with_it(tmp_path: Path) -> 
     assert cli("push", a, url).returncode == 0
     before = b.read_bytes()
     r = cli("pull", url, b, "-i", tmp_path / "b.key")
-    assert r.returncode == 2 and "pull once without the key" in r.stderr, r.stderr
+    assert r.returncode == 2 and "pull once without it" in r.stderr, r.stderr
     assert b.read_bytes() == before
     assert cli("pull", url, b).returncode == 0
     assert cli("verify", b, "-i", tmp_path / "b.key").returncode == 0
@@ -207,3 +207,49 @@ def test_a_scrypt_work_factor_that_is_no_number_is_refused(tmp_path: Path, value
     f = tmp_path / "s.capsule"
     r = cli("init", f, "--encrypt", "--passphrase-env", "PP", env={"PP": "x", "CAPSULE_SCRYPT_LOG_N": value})
     assert r.returncode == 2 and "CAPSULE_SCRYPT_LOG_N" in r.stderr and not f.exists(), r.stderr
+
+
+def test_compaction_sweeps_only_names_a_pull_makes_and_the_journals_temporary(tmp_path: Path) -> None:
+    """Attack on the sweep: any `.NAME.pull-*` went at once (a user's `.NAME.pull-backup` too), and the
+    journal's own temporary file (`.NAME.append.tmp-*`, the tail's bytes) stayed."""
+    f = tmp_path / "b.capsule"
+    with capsule.create(f) as cap:
+        with cap.commit() as tx:
+            leak = tx.remember("SECRET-hunter2-token")
+        with cap.commit() as tx:
+            tx.redact(leak)
+    tmp_journal = tmp_path / ".b.capsule.append.tmp-0123456789ab"
+    tmp_journal.write_bytes(f.read_bytes())
+    mine = [tmp_path / ".b.capsule.pull-backup-2026-01", tmp_path / ".b.capsule.pull-notes.txt"]
+    for p in mine:
+        p.write_bytes(b"the user's own")
+    with capsule.open(f, "a") as cap:
+        cap.compact()
+    assert not tmp_journal.exists() and all(p.exists() for p in mine)
+    assert [p.name for p in tmp_path.iterdir() if b"hunter2" in p.read_bytes()] == []
+
+
+def test_a_pull_with_a_key_that_opens_nothing_keeps_the_journal(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attack on the keyed pull: it set the journal aside before it knew the key was wrong."""
+    monkeypatch.setenv("CAPSULE_SCRYPT_LOG_N", "10")
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    url = (tmp_path / "remote").as_uri()
+    with capsule.create(a, passphrase="right") as cap, cap.commit() as tx:
+        tx.remember("first")
+    sync.push(a, url)
+    sync.pull(url, b)
+    with capsule.open(a, "a", passphrase="right") as cap:
+        for i in range(3):
+            with cap.commit() as tx:
+                tx.remember(f"later {i} " + os.urandom(6000).hex())
+    sync.push(a, url)
+    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
+                       check=False)
+    assert p.returncode == -signal.SIGKILL and journal_path(b).exists()
+    torn = b.read_bytes()
+    r = cli("pull", url, b, "--passphrase-env", "PP", env={"PP": "wrong"})
+    assert r.returncode == 2 and "no key slot opens" in r.stderr, r.stderr
+    assert journal_path(b).exists() and b.read_bytes() == torn
+    r = cli("pull", url, b, "--passphrase-env", "PP", env={"PP": "right"})
+    assert r.returncode == 0 and b.read_bytes() == a.read_bytes(), r.stderr

@@ -257,3 +257,97 @@ def test_an_empty_file_a_killed_create_left_is_made_again(tmp_path: Path) -> Non
     (tmp_path / "notempty.capsule").write_bytes(b"x")
     os.utime(tmp_path / "notempty.capsule", (old, old))
     assert run("init", tmp_path / "notempty.capsule", ok=False).returncode == 2
+
+
+SECRET_PARA = "The wifi password is hunter2. " + "It opens the office network for guests. " * 22
+PUBLIC_PARA = "The deploy windows are Tuesday and Thursday. " + "Ask the release manager first. " * 28
+
+
+def _two_chunk_file(docs: Path, f: Path) -> str:
+    """a.md: a secret paragraph and a public one, two chunks; packed, the secret one redacted."""
+    docs.mkdir()
+    (docs / "a.md").write_text(SECRET_PARA + "\n\n" + PUBLIC_PARA + "\n")
+    (docs / "b.md").write_text("unrelated wombat\n")
+    run("pack", docs, "-o", f, "--embedder", "none")
+    with capsule.open(f) as cap:
+        chunks = [h.id for h in cap.search("hunter2", mode="lexical")]
+        assert len(chunks) == 1 and not any("deploy" in cap.get(c).text for c in chunks)
+    run("redact", f, chunks[0], "--reason", "credential")
+    return chunks[0]
+
+
+def test_a_renamed_file_keeps_its_public_chunks_while_the_redacted_one_stays_out(tmp_path: Path) -> None:
+    """Attack on the rename fix: withholding the whole renamed file (same SHA-256) lost its public
+    chunk once --prune forgot the old path."""
+    docs, f = tmp_path / "docs", tmp_path / "c.capsule"
+    _two_chunk_file(docs, f)
+    (docs / "a.md").rename(docs / "moved.md")
+    run("pack", docs, "-o", f, "--append", "--prune", "--embedder", "none")
+    assert hits(f, "hunter2") == 0
+    got = json.loads(run("search", f, "deploy windows", "--json", "--mode", "lexical").stdout)
+    assert [h["meta"]["path"] for h in got] == ["moved.md"], got
+
+
+def test_an_edit_that_merges_the_redacted_text_into_a_bigger_chunk_keeps_it_out(tmp_path: Path) -> None:
+    docs, f = tmp_path / "docs", tmp_path / "c.capsule"
+    _two_chunk_file(docs, f)
+    (docs / "a.md").write_text("# Title\n\n" + SECRET_PARA + "\n\n" + PUBLIC_PARA + "\n")
+    (docs / "c.md").write_text("Notes\n\n" + SECRET_PARA + "\n")  # pasted into another file too
+    run("pack", docs, "-o", f, "--append", "--prune", "--embedder", "none")
+    assert hits(f, "hunter2") == 0 and hits(f, "deploy") == 1
+
+
+def test_a_redacted_jsonl_line_is_not_packed_again(tmp_path: Path) -> None:
+    """Attack: folders withheld redacted text; JSONL put the line back (untimed) or failed the whole
+    append (timed: its bytes are a redacted id's)."""
+    src, f = tmp_path / "m.jsonl", tmp_path / "m.capsule"
+    src.write_text(json.dumps({"text": "the wifi password is hunter2"}) + "\n"
+                   + json.dumps({"text": "timed secret hunter3", "time": "2026-01-05T09:30:00Z"}) + "\n"
+                   + json.dumps({"text": "public fact"}) + "\n")
+    run("pack", src, "-o", f, "--embedder", "none")
+    with capsule.open(f) as cap:
+        ids = [h.id for q in ("hunter2", "hunter3") for h in cap.search(q, mode="lexical")]
+    for rid in ids:
+        run("redact", f, rid)
+    p = run("pack", src, "-o", f, "--append", "--embedder", "none")
+    assert "2 line(s) whose record was redacted not packed again" in p.stderr, p.stderr
+    assert hits(f, "hunter2") == 0 and hits(f, "hunter3") == 0 and hits(f, "public") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists(), reason="needs root and setpriv")
+def test_a_folder_that_lists_but_hides_its_entries_is_skipped_not_fatal() -> None:
+    """A folder of mode r-- lists its names, but each entry's stat fails: that failed the whole
+    pack (`is_symlink` raised); its files are now skipped, named, and --prune keeps them."""
+    import shutil
+    import tempfile
+
+    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's own folder is root's alone
+    tmp_path.chmod(0o777)
+    try:
+        _hidden_entries(tmp_path, nobody)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _hidden_entries(tmp_path: Path, nobody: list[str]) -> None:
+    src, f = tmp_path / "src", tmp_path / "c.capsule"
+    (src / "locked").mkdir(parents=True)
+    (src / "open").mkdir()
+    (src / "locked" / "a.md").write_text("locked kumquat\n")
+    (src / "open" / "o.md").write_text("open wombat\n")
+    subprocess.run(["chmod", "-R", "a+rwX", str(tmp_path)], check=True)
+    p = subprocess.run([*nobody, str(CAPSULE_BIN), "pack", str(src), "-o", str(f), "--embedder", "none"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert p.returncode == 0, p.stderr
+    (src / "locked").chmod(0o444)
+    try:
+        p = subprocess.run([*nobody, str(CAPSULE_BIN), "pack", str(src), "-o", str(f), "--append", "--prune",
+                            "--json", "--embedder", "none"], capture_output=True, text=True, timeout=120,
+                           check=False)
+    finally:
+        (src / "locked").chmod(0o755)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["pruned"]["files"] == 0 and any(s["path"] == "locked/a.md" for s in doc["skipped"]), doc
+    assert hits(f, "kumquat") == 1

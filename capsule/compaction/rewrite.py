@@ -52,6 +52,10 @@ from .plan import _EMB_KEY, POLICIES, Plan, commits, make_plan
 LABEL = "compact"
 
 
+
+#: the random part of a temporary file's name (secrets.token_hex(6)): only such names are swept
+_HEX12 = "[0-9a-f]" * 12
+
 def _mode_of(parent: Path, fd: int, *, owner: bool = True) -> None:
     """Give the new file the parent's permission bits (never set-id or sticky bits) and, with
     ``owner`` (in place: the file keeps its name), its owner and group where this process may;
@@ -215,9 +219,10 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
         # A compaction killed before its rename left its temporary file; only a holder of
         # this lock writes one in place, so any unlocked one is a dead compactor's.
         sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.compact-*", min_age=0)
-        # so are a killed pull's copies of this file (a pull onto it holds this lock; a live one
+        # so are a killed pull's copies of this file and its journal's temporary file (a pull onto it holds this lock; a live one
         # holds its own flock, which the sweep passes over): they hold what a purge removes (17.3)
-        sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.pull-*", min_age=0)
+        sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.pull-{_HEX12}", min_age=0)
+        sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.append.tmp-{_HEX12}", min_age=0)
     else:  # -o: nobody's lock covers the new name; a dead writer's (untouched a while) goes
         sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.compact-*")
     tmp = dest.parent / f".{dest.name}.compact-{secrets.token_hex(6)}"

@@ -47,7 +47,22 @@ class Packed:
     def __init__(self, cap: Any) -> None:
         self.cap = cap
         self.keys: dict[tuple[str, bool, bool], Counter[bytes]] = {}
+        self.red: dict[tuple[str, bool, bool], set[bytes]] = {}
         self.skipped = 0
+        self.withheld = 0  # lines whose record was redacted (7.7.1): never packed again
+
+    def _redacted(self, kind: str, timed: bool, embedded: bool) -> set[bytes]:
+        """The keys of the redacted records of ``kind`` whose bytes are still stored (7.7.1: until
+        a compaction purges them; then nothing is known of them here)."""
+        got = self.red.get((kind, timed, embedded))
+        if got is None:
+            from ..questions._lifecycle import redacted
+
+            store = self.cap._store
+            recs = (store.get(rid) for rid in redacted(store))
+            got = self.red[kind, timed, embedded] = {timeless_key(r.to_value(), timed, embedded)
+                                                     for r in recs if r is not None and r.kind == kind}
+        return got
 
     def _of(self, kind: str, timed: bool, embedded: bool) -> Counter[bytes]:
         got = self.keys.get((kind, timed, embedded))
@@ -69,6 +84,9 @@ class Packed:
         # counted: a line repeated three times whose record is live once (a pack killed after
         # its first copy) is packed twice more, as a clean pack of the file would hold three
         have, key = self._of(rec.kind, timed, embedded), timeless_key(value, timed, embedded)
+        if key in self._redacted(rec.kind, timed, embedded):
+            self.withheld += 1
+            return True
         if have[key] <= 0:
             return False
         have[key] -= 1

@@ -267,8 +267,10 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             else:  # packed with another chunking: replace it whole
                 f.status = CHANGED
                 source.total += len(olds)
-        if source.redacted:  # 7.7.1: a redacted chunk's text is never written again, under any name
-            numbers = [i for i in numbers if nfc(chunks[i]) not in source.redacted]  # type: ignore[assignment]
+        if source.redacted:  # 7.7.1: a redacted chunk's text is never written again, under any name, nor
+            # a chunk that holds it (an edit beside it merged it into a bigger chunk): the rest of a
+            # renamed or copied file is packed, which withholding the whole file had lost to --prune
+            numbers = [i for i in numbers if not _holds_redacted(nfc(chunks[i]), source.redacted)]  # type: ignore[assignment]
         same: dict[str, bytes] = {}  # text -> an old chunk holding it
         if f.status == CHANGED:
             source.replace[f.rel] = olds
@@ -439,8 +441,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
             if append:
                 gone, texts = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again, renamed,
                 source.redacted = set().union(*texts.values())  # copied or as they were
-                shas = {sha for _, sha in gone}
-                withheld = [f for f in source.files if f.sha256 in shas]
+                withheld = [f for f in source.files if (f.rel, f.sha256) in gone]  # as it was, where it was
                 for f in withheld:
                     source.files.remove(f)
                     _skip(report, warn, f.rel, "its content was redacted (7.7.1): not packed again")
@@ -477,6 +478,8 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
                 report.new += len(tx.new_ids)
         if source.files is None:
             _jsonl_tally(report, packed.skipped if packed is not None else 0)
+            if packed is not None and packed.withheld:
+                warn(f"{packed.withheld} line(s) whose record was redacted not packed again (7.7.1)")
         if build and cap.vector_config() is not None and _snapshot_now(cap, report, append):
             if on_index is not None:
                 on_index()
@@ -504,6 +507,11 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         warn(f"the records are committed, but closing failed ({e})")
     report.bytes = out.stat().st_size
     return report
+
+
+def _holds_redacted(text: str, redacted: set[str]) -> bool:
+    """Whether a chunk is, or holds, the text of a redacted chunk (7.7.1)."""
+    return text in redacted or any(r and r in text for r in redacted if len(r) < len(text))
 
 
 def _snapshot_now(cap: Any, report: PackReport, append: bool) -> bool:

@@ -177,7 +177,12 @@ def text_files(src: Path, skip: Callable[[str, str], None], warn: Callable[[str]
             if not rel.isascii() and undecodable(rel):  # meta holds text (5.1): the name could not be stored
                 skip(rel, "its name is not UTF-8 (rename it)")
                 continue
-            if p.is_symlink():
+            try:
+                link = p.is_symlink()
+            except OSError as e:  # a folder that lists but does not let its entries be seen (r--)
+                skip(rel, f"cannot be read ({e.strerror or e})")
+                continue
+            if link:
                 try:
                     real = p.resolve(strict=True)
                 except (OSError, RuntimeError):  # dangling, or a loop

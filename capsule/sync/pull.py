@@ -104,9 +104,10 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
         raise RemoteNotFound(f"{remote.shown}: no capsule was pushed there (no manifest)")
     # a pull killed (kill -9) left its temporary file, up to the capsule's size: one nobody holds
     # (each pull flocks its own) and nobody touched for a minute is removed, as merge does (20.7)
-    sweep_temporaries(p.parent if str(p.parent) else Path("."), f".{glob.escape(p.name)}.pull-*")
+    hex12 = "[0-9a-f]" * 12  # secrets.token_hex(6): a file of another name is none of ours
+    sweep_temporaries(p.parent if str(p.parent) else Path("."), f".{glob.escape(p.name)}.pull-{hex12}")
     j = journal_path(p)  # and the journal a pull killed while writing it began (19.7)
-    sweep_temporaries(j.parent, f"{glob.escape(j.name)}.tmp-*")
+    sweep_temporaries(j.parent, f"{glob.escape(j.name)}.tmp-{hex12}")
     try:
         if not (p.exists() or p.is_symlink()):
             res = _pull_new(remote, m, p, trust, progress)
@@ -165,17 +166,17 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
     keys = default_keys()
     keyed = keys.identity is not None or keys.passphrase is not None
     wh = open_writer(p, timeout, finish=not keyed)
-    if keyed and journal_path(p).exists():
-        logging.getLogger("capsule.recovery").warning(
-            "%s: set aside an interrupted pull's journal: this pull checks the tail with the key", p)
-        remove_journal(p)
     try:
         try:
             head, snap = load_head(wh, p)
         except WrongKey as e:  # 10.3: a recipient added since has its slot in the remote's tail only
-            raise WrongKey(f"{e}; a key added since the copy was made has its slot in the remote's new bytes "
-                           "only: pull once without the key (the structure is checked), then use it, or pull "
-                           "into a new file with it") from None
+            raise WrongKey(f"{e} (if the key was added as a recipient after the copy was made, its slot is in "
+                           "the remote's new bytes only: pull once without it, then use it, or pull into a "
+                           "new file with it)") from None
+        if keyed and journal_path(p).exists():  # the key opened the copy: it checks the tail itself
+            logging.getLogger("capsule.recovery").warning(
+                "%s: set aside an interrupted pull's journal: this pull checks the tail with the key", p)
+            remove_journal(p)
         if head.file_id != m.file_id:
             raise Diverged(f"{remote.shown} holds another capsule (file id {m.file_id}, {p} is {head.file_id}); "
                            f"pull it into a new file", local=head.summary(), remote=m.summary(), common=None)
