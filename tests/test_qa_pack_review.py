@@ -351,3 +351,14 @@ def _hidden_entries(tmp_path: Path, nobody: list[str]) -> None:
     doc = json.loads(p.stdout)
     assert doc["pruned"]["files"] == 0 and any(s["path"] == "locked/a.md" for s in doc["skipped"]), doc
     assert hits(f, "kumquat") == 1
+
+
+def test_only_a_redacted_text_of_some_length_withholds_the_chunks_that_hold_it() -> None:
+    from capsule.ingest.pack import _holds_redacted
+
+    secret = "the wifi password is hunter2, do not share it"  # 45 characters
+    assert _holds_redacted(secret, {secret})
+    assert _holds_redacted("# Title\n\n" + secret, {secret})
+    assert not _holds_redacted("# Notes\n\nnothing secret here", {"# Notes"})  # a short one: exact only
+    assert _holds_redacted("# Notes", {"# Notes"})
+    assert not _holds_redacted("anything", set())

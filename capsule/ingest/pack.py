@@ -510,8 +510,9 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
 
 
 def _holds_redacted(text: str, redacted: set[str]) -> bool:
-    """Whether a chunk is, or holds, the text of a redacted chunk (7.7.1)."""
-    return text in redacted or any(r and r in text for r in redacted if len(r) < len(text))
+    """Whether a chunk is, or holds, the text of a redacted chunk (7.7.1): held counts for a
+    redacted text of at least 40 characters, so a short one (a heading) withholds no other chunk."""
+    return text in redacted or any(r in text for r in redacted if 40 <= len(r) < len(text))
 
 
 def _snapshot_now(cap: Any, report: PackReport, append: bool) -> bool:
