@@ -253,3 +253,15 @@ def test_a_pull_with_a_key_that_opens_nothing_keeps_the_journal(tmp_path: Path,
     assert journal_path(b).exists() and b.read_bytes() == torn
     r = cli("pull", url, b, "--passphrase-env", "PP", env={"PP": "right"})
     assert r.returncode == 0 and b.read_bytes() == a.read_bytes(), r.stderr
+
+
+def test_a_scrypt_work_factor_matters_only_where_a_passphrase_is_used(tmp_path: Path) -> None:
+    """Third attack: a recipient-only capsule (no scrypt) was refused over the variable, and a
+    5000-digit value was an internal error."""
+    assert cli("keygen", "-o", tmp_path / "k.key").returncode == 0
+    bad = {"CAPSULE_SCRYPT_LOG_N": "abc"}
+    r = cli("init", tmp_path / "r.capsule", "--encrypt", "--recipient", tmp_path / "k.key.pub", env=bad)
+    assert r.returncode == 0, r.stderr
+    r = cli("init", tmp_path / "p.capsule", "--encrypt", "--passphrase-env", "PP",
+            env={"PP": "x", "CAPSULE_SCRYPT_LOG_N": "9" * 5000})
+    assert r.returncode == 2 and "CAPSULE_SCRYPT_LOG_N" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr

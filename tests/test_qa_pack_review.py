@@ -353,12 +353,67 @@ def _hidden_entries(tmp_path: Path, nobody: list[str]) -> None:
     assert hits(f, "kumquat") == 1
 
 
-def test_only_a_redacted_text_of_some_length_withholds_the_chunks_that_hold_it() -> None:
-    from capsule.ingest.pack import _holds_redacted
+def test_a_chunk_sharing_a_paragraph_with_redacted_text_is_withheld() -> None:
+    from capsule.ingest.resync import holds_redacted, red_paragraphs
 
-    secret = "the wifi password is hunter2, do not share it"  # 45 characters
-    assert _holds_redacted(secret, {secret})
-    assert _holds_redacted("# Title\n\n" + secret, {secret})
-    assert not _holds_redacted("# Notes\n\nnothing secret here", {"# Notes"})  # a short one: exact only
-    assert _holds_redacted("# Notes", {"# Notes"})
-    assert not _holds_redacted("anything", set())
+    red = {"the wifi password is hunter2, do not share it", "# Notes", "P1 is public text here, long enough\n\nS"}
+    paras = red_paragraphs(red)
+    assert holds_redacted("the wifi password is hunter2, do not share it", red, paras)
+    assert holds_redacted("# Title\n\nthe wifi password is hunter2, do not share it", red, paras)
+    assert holds_redacted("P0 new\n\nP1 is public text here, long enough", red, paras)  # boundaries moved
+    assert holds_redacted("# Notes", red, paras)  # a short one: its exact chunk only
+    assert not holds_redacted("# Notes\n\nnothing secret here", red, paras)
+    assert not holds_redacted("S", red, paras) and not holds_redacted("anything", set(), set())
+
+
+def test_short_secrets_and_moved_boundaries_stay_out_and_the_user_is_told(tmp_path: Path) -> None:
+    """Third attack: a short secret (an API key line) came back once a line was added after it; a
+    redacted chunk split by an edit above it came back as its own chunk; and public text that
+    shares a chunk with redacted text was dropped without a word."""
+    docs, f = tmp_path / "docs", tmp_path / "d.capsule"
+    docs.mkdir()
+    (docs / "env.md").write_text("API_KEY=sk-live-51Hx9aQ2\n")
+    p1 = "Public paragraph one. " * 27
+    secret = "The vault code is 4417-2290 and it opens the east door. " * 8
+    (docs / "notes.md").write_text(p1 + "\n\n" + secret + "\n")
+    run("pack", docs, "-o", f, "--embedder", "none")
+    with capsule.open(f) as cap:
+        ids = {h.id for q in ("API_KEY", "4417") for h in cap.search(q, mode="lexical")}
+    assert len(ids) == 2
+    for rid in ids:
+        run("redact", f, rid)
+    (docs / "env.md").write_text("API_KEY=sk-live-51Hx9aQ2\n\nremember to rotate quarterly\n")
+    (docs / "notes.md").write_text("A new public opening. " * 30 + "\n\n" + p1 + "\n\n" + secret + "\n")
+    p = run("pack", docs, "-o", f, "--append", "--embedder", "none")
+    assert hits(f, "sk-live-51Hx9aQ2") == 0 and hits(f, "4417") == 0
+    assert "not written: they hold redacted text" in p.stderr and "env.md" in p.stderr, p.stderr
+
+
+def test_a_killed_creates_file_is_made_again_with_its_mode_and_by_exist_ok(tmp_path: Path) -> None:
+    """Third attack: the re-made file lost the placeholder's mode (a private 0600 file came back
+    0644), and create(exist_ok=True), which agents and the LangGraph saver use, still failed on it."""
+    old = time.time() - 10
+    private = tmp_path / "private.capsule"
+    private.write_bytes(b"")
+    private.chmod(0o600)
+    os.utime(private, (old, old))
+    run("init", private)
+    assert (private.stat().st_mode & 0o777) == 0o600 and capsule.verify(private).ok
+    agent = tmp_path / "agent.capsule"
+    agent.write_bytes(b"")
+    os.utime(agent, (old, old))
+    with capsule.create(agent, exist_ok=True) as cap, cap.commit() as tx:
+        tx.remember("restarted")
+    with capsule.create(agent, exist_ok=True) as cap:  # and a capsule there now is opened, not made again
+        assert len(cap) == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a file of another user's")
+def test_another_users_empty_file_is_not_made_again(tmp_path: Path) -> None:
+    f = tmp_path / "theirs.capsule"
+    f.write_bytes(b"")
+    os.chown(f, 65534, 65534)
+    old = time.time() - 10
+    os.utime(f, (old, old))
+    p = run("init", f, ok=False)
+    assert p.returncode == 2 and "already exists" in p.stderr and f.stat().st_uid == 65534

@@ -96,7 +96,10 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     p = Path(path)
     keys = Keys.of(identity, passphrase) if identity is not None or passphrase is not None else _KEYS.get()
     if exist_ok and p.exists():
-        return _open_made(p, clock, timeout, keys)
+        mode = _remove_abandoned(p)  # a killed create's empty file: made again (an agent restarting)
+        if mode is None:
+            return _open_made(p, clock, timeout, keys)
+        _mode = mode if _mode is None else _mode
     clock = clock or default_clock()
     if file_id is None:
         file_id = new_file_id(source_date_epoch())
@@ -118,12 +121,12 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     except FileExistsError:
         if exist_ok:  # another process created it since the check above: open what it made
             return _open_made(p, clock, timeout, keys)
-        if not _abandoned_empty(p):
+        mode = _remove_abandoned(p)  # a create killed before its header: nothing in it, nobody holds it
+        if mode is None:
             raise AlreadyExists(f"{p}: already exists") from None
-        p.unlink(missing_ok=True)  # a create killed before its header: nothing in it, nobody holds it
         return create(p, clock=clock, file_id=file_id, recipients=recipients, identity=identity,
                       passphrase=passphrase, scrypt_log_n=scrypt_log_n, lineage=lineage, timeout=timeout,
-                      _encryption=_encryption, _mode=_mode)
+                      _encryption=_encryption, _mode=mode if _mode is None else _mode)
     try:
         # 10.3: the file key's slots are the first frame (after a LINEAGE) of the first commit
         header, sealing = begin_file(h, file_id, C.FORMAT_MINOR, enc, keys, plain=FileHeader(file_id))
@@ -140,25 +143,35 @@ def create(path: str | Path, *, clock: Clock | None = None, file_id: bytes | Non
     return cap
 
 
-def _abandoned_empty(p: Path, min_age: float = 2.0) -> bool:
-    """An empty regular file nobody holds locked and nobody touched for ``min_age`` seconds: what a
-    create killed between making the file and writing its header leaves (a live creator holds its
-    lock from the first moment, or is within those seconds of making it)."""
+def _remove_abandoned(p: Path, min_age: float = 2.0) -> int | None:
+    """Remove what a create killed between making the file and writing its header leaves: an
+    empty regular file of this user's that nobody holds locked and nobody touched for ``min_age``
+    seconds (a live creator holds its lock from the first moment, or is within those seconds of
+    making it). Its permission bits are returned for the new file; None: it is not such a file.
+    The lock is held while the name is checked to be that file and removed, so two processes
+    cannot both take it (each sees the other's lock) nor remove a file made since."""
     import fcntl
 
     try:
         fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        return False
+        return None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size or time.time() - st.st_mtime < min_age:
-            return False
+        if (not stat.S_ISREG(st.st_mode) or st.st_size or st.st_uid != os.geteuid()
+                or time.time() - st.st_mtime < min_age):
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            now = os.stat(p, follow_symlinks=False)
         except OSError:
-            return False
-        return True
+            return None
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or now.st_size:
+            return None
+        p.unlink()
+        return stat.S_IMODE(st.st_mode)
+    except OSError:
+        return None
     finally:
         os.close(fd)
 

@@ -60,10 +60,12 @@ from .resync import (
     Chunk,
     SyncReport,
     classify,
+    holds_redacted,
     lifecycle_event,
     live_chunks,
     nfc,
     prunable,
+    red_paragraphs,
     redacted_files,
     root_of,
     same_texts,
@@ -159,6 +161,8 @@ class _Source:
     have: dict[str, list[Chunk]] = field(default_factory=dict)  # live chunks by path, before the pack
     replace: dict[str, list[Chunk]] = field(default_factory=dict)  # changed paths: the chunks to supersede
     redacted: set[str] = field(default_factory=set)  # redacted chunks' texts, of any path (7.7.1)
+    red_paras: set[str] = field(default_factory=set)  # their paragraphs (_holds_redacted)
+    withheld: dict[str, int] = field(default_factory=dict)  # by path, chunks not written: redacted text
     unread: tuple[str, ...] = ()  # folders the walk could not list ("a/b/"): prune keeps what is under them
 
 
@@ -267,10 +271,11 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             else:  # packed with another chunking: replace it whole
                 f.status = CHANGED
                 source.total += len(olds)
-        if source.redacted:  # 7.7.1: a redacted chunk's text is never written again, under any name, nor
-            # a chunk that holds it (an edit beside it merged it into a bigger chunk): the rest of a
-            # renamed or copied file is packed, which withholding the whole file had lost to --prune
-            numbers = [i for i in numbers if not _holds_redacted(nfc(chunks[i]), source.redacted)]  # type: ignore[assignment]
+        if source.redacted:  # 7.7.1: redacted text is never written again, under any name (see _holds_redacted)
+            keep = [i for i in numbers if not holds_redacted(nfc(chunks[i]), source.redacted, source.red_paras)]
+            if len(keep) < len(numbers):
+                source.withheld[f.rel] = len(numbers) - len(keep)
+            numbers = keep  # type: ignore[assignment]
         same: dict[str, bytes] = {}  # text -> an old chunk holding it
         if f.status == CHANGED:
             source.replace[f.rel] = olds
@@ -441,6 +446,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
             if append:
                 gone, texts = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again, renamed,
                 source.redacted = set().union(*texts.values())  # copied or as they were
+                source.red_paras = red_paragraphs(source.redacted)
                 withheld = [f for f in source.files if (f.rel, f.sha256) in gone]  # as it was, where it was
                 for f in withheld:
                     source.files.remove(f)
@@ -476,6 +482,11 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
                 with cap.commit() as tx:
                     _add(tx, group, emb, report, progress, source)
                 report.new += len(tx.new_ids)
+        if source.withheld:  # said: a chunk that shares a paragraph with redacted text goes whole
+            names = sorted(source.withheld)
+            warn(f"{sum(source.withheld.values())} chunk(s) of {', '.join(names[:5])}"
+                 f"{f' and {len(names) - 5} more files' if len(names) > 5 else ''} not written: they hold "
+                 "redacted text (7.7.1); edit it out of the file to pack the rest")
         if source.files is None:
             _jsonl_tally(report, packed.skipped if packed is not None else 0)
             if packed is not None and packed.withheld:
@@ -507,12 +518,6 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         warn(f"the records are committed, but closing failed ({e})")
     report.bytes = out.stat().st_size
     return report
-
-
-def _holds_redacted(text: str, redacted: set[str]) -> bool:
-    """Whether a chunk is, or holds, the text of a redacted chunk (7.7.1): held counts for a
-    redacted text of at least 40 characters, so a short one (a heading) withholds no other chunk."""
-    return text in redacted or any(r in text for r in redacted if 40 <= len(r) < len(text))
 
 
 def _snapshot_now(cap: Any, report: PackReport, append: bool) -> bool:

@@ -105,7 +105,8 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
     # a pull killed (kill -9) left its temporary file, up to the capsule's size: one nobody holds
     # (each pull flocks its own) and nobody touched for a minute is removed, as merge does (20.7)
     hex12 = "[0-9a-f]" * 12  # secrets.token_hex(6): a file of another name is none of ours
-    sweep_temporaries(p.parent if str(p.parent) else Path("."), f".{glob.escape(p.name)}.pull-{hex12}")
+    for pattern in (f".{glob.escape(p.name)}.pull-{hex12}", f".{glob.escape(p.name)}.pull-{hex12}.lock"):
+        sweep_temporaries(p.parent if str(p.parent) else Path("."), pattern)  # a lock file left alone too
     j = journal_path(p)  # and the journal a pull killed while writing it began (19.7)
     sweep_temporaries(j.parent, f"{glob.escape(j.name)}.tmp-{hex12}")
     try:
