@@ -288,13 +288,41 @@ def test_a_renamed_file_keeps_its_public_chunks_while_the_redacted_one_stays_out
     assert [h["meta"]["path"] for h in got] == ["moved.md"], got
 
 
-def test_an_edit_that_merges_the_redacted_text_into_a_bigger_chunk_keeps_it_out(tmp_path: Path) -> None:
+def test_an_edited_file_that_held_redacted_text_is_packed_again_with_a_warning(tmp_path: Path) -> None:
+    """Only a chunk whose text is exactly a redacted one's is known to be the secret: matching parts of
+    chunks (substrings, then paragraphs) lost public text (a shared licence paragraph withheld every
+    file's chunk) and still let whitespace edits through (attacks three and four). So an edited file
+    that held redacted text is packed again, and the user is told to take the secret out of it."""
     docs, f = tmp_path / "docs", tmp_path / "c.capsule"
     _two_chunk_file(docs, f)
     (docs / "a.md").write_text("# Title\n\n" + SECRET_PARA + "\n\n" + PUBLIC_PARA + "\n")
-    (docs / "c.md").write_text("Notes\n\n" + SECRET_PARA + "\n")  # pasted into another file too
+    p = run("pack", docs, "-o", f, "--append", "--prune", "--embedder", "none")
+    assert "a.md held redacted text and changed, so it was packed again" in p.stderr, p.stderr
+    assert hits(f, "deploy") == 1
+    (docs / "a.md").write_text("# Title\n\n" + PUBLIC_PARA + "\n")  # the user takes it out
     run("pack", docs, "-o", f, "--append", "--prune", "--embedder", "none")
+    with capsule.open(f) as cap:
+        for h in cap.search("hunter2", mode="lexical"):
+            run("redact", f, h.id)
     assert hits(f, "hunter2") == 0 and hits(f, "deploy") == 1
+
+
+def test_a_licence_paragraph_shared_with_a_redacted_chunk_withholds_nothing_else(tmp_path: Path) -> None:
+    docs, f = tmp_path / "docs", tmp_path / "c.capsule"
+    docs.mkdir()
+    lic = "Copyright (c) 2026 Example Corp. Licensed under the Apache License, Version 2.0."
+    for i in range(4):
+        (docs / f"doc{i}.md").write_text(lic + "\n\n" + f"public document {i} about kumquats\n")
+    (docs / "secret.md").write_text(lic + "\n\ntoken: SECRET-123\n")
+    run("pack", docs, "-o", f, "--embedder", "none")
+    with capsule.open(f) as cap:
+        (rid,) = [h.id for h in cap.search("SECRET-123", mode="lexical")]
+    run("redact", f, rid)
+    for i in range(4):
+        (docs / f"doc{i}.md").write_text(lic + "\n\n" + f"public document {i} about kumquats, edited\n")
+    p = run("pack", docs, "-o", f, "--append", "--embedder", "none")
+    assert "not written" not in p.stderr, p.stderr
+    assert hits(f, "kumquats") == 4 and hits(f, "SECRET-123") == 0
 
 
 def test_a_redacted_jsonl_line_is_not_packed_again(tmp_path: Path) -> None:
@@ -353,40 +381,22 @@ def _hidden_entries(tmp_path: Path, nobody: list[str]) -> None:
     assert hits(f, "kumquat") == 1
 
 
-def test_a_chunk_sharing_a_paragraph_with_redacted_text_is_withheld() -> None:
-    from capsule.ingest.resync import holds_redacted, red_paragraphs
-
-    red = {"the wifi password is hunter2, do not share it", "# Notes", "P1 is public text here, long enough\n\nS"}
-    paras = red_paragraphs(red)
-    assert holds_redacted("the wifi password is hunter2, do not share it", red, paras)
-    assert holds_redacted("# Title\n\nthe wifi password is hunter2, do not share it", red, paras)
-    assert holds_redacted("P0 new\n\nP1 is public text here, long enough", red, paras)  # boundaries moved
-    assert holds_redacted("# Notes", red, paras)  # a short one: its exact chunk only
-    assert not holds_redacted("# Notes\n\nnothing secret here", red, paras)
-    assert not holds_redacted("S", red, paras) and not holds_redacted("anything", set(), set())
-
-
-def test_short_secrets_and_moved_boundaries_stay_out_and_the_user_is_told(tmp_path: Path) -> None:
-    """Third attack: a short secret (an API key line) came back once a line was added after it; a
-    redacted chunk split by an edit above it came back as its own chunk; and public text that
-    shares a chunk with redacted text was dropped without a word."""
+def test_an_edited_file_holding_a_short_secret_is_named(tmp_path: Path) -> None:
+    """A short secret (an API key line) came back, unsaid, once a note was added after it."""
     docs, f = tmp_path / "docs", tmp_path / "d.capsule"
     docs.mkdir()
     (docs / "env.md").write_text("API_KEY=sk-live-51Hx9aQ2\n")
-    p1 = "Public paragraph one. " * 27
-    secret = "The vault code is 4417-2290 and it opens the east door. " * 8
-    (docs / "notes.md").write_text(p1 + "\n\n" + secret + "\n")
+    (docs / "other.md").write_text("unrelated\n")
     run("pack", docs, "-o", f, "--embedder", "none")
     with capsule.open(f) as cap:
-        ids = {h.id for q in ("API_KEY", "4417") for h in cap.search(q, mode="lexical")}
-    assert len(ids) == 2
-    for rid in ids:
-        run("redact", f, rid)
+        (rid,) = [h.id for h in cap.search("API_KEY", mode="lexical")]
+    run("redact", f, rid)
     (docs / "env.md").write_text("API_KEY=sk-live-51Hx9aQ2\n\nremember to rotate quarterly\n")
-    (docs / "notes.md").write_text("A new public opening. " * 30 + "\n\n" + p1 + "\n\n" + secret + "\n")
     p = run("pack", docs, "-o", f, "--append", "--embedder", "none")
-    assert hits(f, "sk-live-51Hx9aQ2") == 0 and hits(f, "4417") == 0
-    assert "not written: they hold redacted text" in p.stderr and "env.md" in p.stderr, p.stderr
+    assert "env.md held redacted text and changed" in p.stderr and "other.md" not in p.stderr, p.stderr
+    (docs / "copy.md").write_text("API_KEY=sk-live-51Hx9aQ2\n")  # the exact chunk, under another name
+    p = run("pack", docs, "-o", f, "--append", "--embedder", "none")
+    assert "1 chunk(s) not written: each is a redacted chunk's text (7.7.1), in copy.md" in p.stderr, p.stderr
 
 
 def test_a_killed_creates_file_is_made_again_with_its_mode_and_by_exist_ok(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,12 +60,10 @@ from .resync import (
     Chunk,
     SyncReport,
     classify,
-    holds_redacted,
     lifecycle_event,
     live_chunks,
     nfc,
     prunable,
-    red_paragraphs,
     redacted_files,
     root_of,
     same_texts,
@@ -161,8 +159,9 @@ class _Source:
     have: dict[str, list[Chunk]] = field(default_factory=dict)  # live chunks by path, before the pack
     replace: dict[str, list[Chunk]] = field(default_factory=dict)  # changed paths: the chunks to supersede
     redacted: set[str] = field(default_factory=set)  # redacted chunks' texts, of any path (7.7.1)
-    red_paras: set[str] = field(default_factory=set)  # their paragraphs (_holds_redacted)
-    withheld: dict[str, int] = field(default_factory=dict)  # by path, chunks not written: redacted text
+    red_paths: set[str] = field(default_factory=set)  # the paths they came from
+    withheld: dict[str, int] = field(default_factory=dict)  # by path, chunks not written: a redacted one's text
+    rewritten: set[str] = field(default_factory=set)  # changed files that held redacted text: packed again
     unread: tuple[str, ...] = ()  # folders the walk could not list ("a/b/"): prune keeps what is under them
 
 
@@ -271,10 +270,12 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             else:  # packed with another chunking: replace it whole
                 f.status = CHANGED
                 source.total += len(olds)
-        if source.redacted:  # 7.7.1: redacted text is never written again, under any name (see _holds_redacted)
-            keep = [i for i in numbers if not holds_redacted(nfc(chunks[i]), source.redacted, source.red_paras)]
+        if source.redacted:  # 7.7.1: a redacted chunk's text is never written again, under any name
+            keep = [i for i in numbers if nfc(chunks[i]) not in source.redacted]
             if len(keep) < len(numbers):
                 source.withheld[f.rel] = len(numbers) - len(keep)
+            if f.rel in source.red_paths and f.status != UNCHANGED and keep:
+                source.rewritten.add(f.rel)  # it held redacted text and changed: packed again, said
             numbers = keep  # type: ignore[assignment]
         same: dict[str, bytes] = {}  # text -> an old chunk holding it
         if f.status == CHANGED:
@@ -446,7 +447,7 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
             if append:
                 gone, texts = redacted_files(cap)  # 7.7.1: redacted bytes are not packed again, renamed,
                 source.redacted = set().union(*texts.values())  # copied or as they were
-                source.red_paras = red_paragraphs(source.redacted)
+                source.red_paths = set(texts)
                 withheld = [f for f in source.files if (f.rel, f.sha256) in gone]  # as it was, where it was
                 for f in withheld:
                     source.files.remove(f)
@@ -482,11 +483,12 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
                 with cap.commit() as tx:
                     _add(tx, group, emb, report, progress, source)
                 report.new += len(tx.new_ids)
-        if source.withheld:  # said: a chunk that shares a paragraph with redacted text goes whole
-            names = sorted(source.withheld)
-            warn(f"{sum(source.withheld.values())} chunk(s) of {', '.join(names[:5])}"
-                 f"{f' and {len(names) - 5} more files' if len(names) > 5 else ''} not written: they hold "
-                 "redacted text (7.7.1); edit it out of the file to pack the rest")
+        if source.withheld:  # 7.7.1: said, with the files
+            warn(f"{sum(source.withheld.values())} chunk(s) not written: each is a redacted chunk's text "
+                 f"(7.7.1), in {_some(source.withheld)}")
+        if source.rewritten:  # only an exact chunk is known to be the secret: an edited file may hold it still
+            warn(f"{_some(source.rewritten)} held redacted text and changed, so it was packed again: if the "
+                 "redacted text is still in it, it is live again; take it out of the file, then redact again")
         if source.files is None:
             _jsonl_tally(report, packed.skipped if packed is not None else 0)
             if packed is not None and packed.withheld:
@@ -518,6 +520,11 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         warn(f"the records are committed, but closing failed ({e})")
     report.bytes = out.stat().st_size
     return report
+
+
+def _some(paths: Collection[str]) -> str:
+    names = sorted(paths)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more files" if len(names) > 5 else "")
 
 
 def _snapshot_now(cap: Any, report: PackReport, append: bool) -> bool:

@@ -151,19 +151,6 @@ def redacted_files(cap: Any) -> tuple[set[tuple[str, str]], dict[str, set[str]]]
     return files, texts
 
 
-def holds_redacted(text: str, redacted: set[str], paras: set[str]) -> bool:
-    """Whether a chunk is a redacted chunk's text or shares a paragraph with one (7.7.1): an edit
-    moves chunk boundaries, merging a redacted paragraph into a bigger chunk or splitting a
-    redacted chunk, but its paragraphs stay. ``paras``: the redacted chunks' paragraphs of at
-    least 20 characters (a short one, a heading, withholds only its exact chunk). A set lookup per
-    paragraph, so many redactions cost no more than a few."""
-    return text in redacted or any(p in paras for p in text.split("\n\n"))
-
-
-def red_paragraphs(redacted: set[str]) -> set[str]:
-    return {p for t in redacted for p in t.split("\n\n") if len(p) >= 20}
-
-
 def classify(olds: list[Chunk], sha256: str, n: int) -> str:
     """A file's status from its live chunks, its SHA-256 and its chunk count now
     (a resumed file's texts are checked when it is read again: :func:`same_texts`)."""
@@ -233,4 +220,4 @@ def prunable(have: dict[str, list[Chunk]], present: set[str], unread: Sequence[s
 
 
 __all__ = ["ADDED", "CHANGED", "RESUMED", "UNCHANGED", "Chunk", "SyncReport", "Tally", "classify",
-           "holds_redacted", "lifecycle_event", "live_chunks", "nfc", "prunable", "red_paragraphs", "root_of", "same_texts", "source_of"]
+           "lifecycle_event", "live_chunks", "nfc", "prunable", "root_of", "same_texts", "source_of"]
