@@ -271,3 +271,22 @@ def test_a_scrypt_work_factor_matters_only_where_a_passphrase_is_used(tmp_path: 
     r = cli("init", tmp_path / "p.capsule", "--encrypt", "--passphrase-env", "PP",
             env={"PP": "x", "CAPSULE_SCRYPT_LOG_N": "9" * 5000})
     assert r.returncode == 2 and "CAPSULE_SCRYPT_LOG_N" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+
+
+def test_a_folder_named_like_a_pull_lock_does_not_stop_pulls(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    with capsule.create(a) as cap, cap.commit() as tx:
+        tx.remember("x")
+    url = (tmp_path / "rem").as_uri()
+    sync.push(a, url)
+    odd = tmp_path / ".b.capsule.pull-aaaaaaaaaaaa.lock"
+    odd.mkdir()
+    os.utime(odd, (1, 1))
+    r = cli("pull", url, b)
+    assert r.returncode == 0 and odd.is_dir(), r.stderr
+
+
+def test_a_zero_padded_scrypt_work_factor_is_a_number(tmp_path: Path) -> None:
+    r = cli("init", tmp_path / "p.capsule", "--encrypt", "--passphrase-env", "PP",
+            env={"PP": "x", "CAPSULE_SCRYPT_LOG_N": "00012"})
+    assert r.returncode == 0, r.stderr

@@ -427,3 +427,26 @@ def test_another_users_empty_file_is_not_made_again(tmp_path: Path) -> None:
     os.utime(f, (old, old))
     p = run("init", f, ok=False)
     assert p.returncode == 2 and "already exists" in p.stderr and f.stat().st_uid == 65534
+
+
+def test_exist_ok_waits_for_a_file_another_create_is_making_again(tmp_path: Path) -> None:
+    """Attack four: two create(exist_ok=True) on a killed create's empty file; the one that found it
+    gone while the other derived its keys got CapsuleNotFound instead of opening what was made."""
+    import threading
+
+    from capsule.format.crypto import Keys
+    from capsule.handle.entry import _open_made
+
+    f = tmp_path / "race.capsule"
+
+    def later() -> None:
+        time.sleep(0.3)
+        capsule.create(f).close()
+
+    t = threading.Thread(target=later)
+    t.start()
+    try:
+        with _open_made(f, None, 2.0, Keys()) as cap:
+            assert cap.summary().commits == 1
+    finally:
+        t.join()

@@ -93,8 +93,9 @@ def sweep_temporaries(folder: Path, pattern: str, *, min_age: float = STALE_AFTE
     gone: list[Path] = []
     for p in folder.glob(pattern):
         if p.name.endswith(".lock"):
-            if not p.with_name(p.name[:-5]).exists() and now - _mtime(p) >= min_age:
-                p.unlink(missing_ok=True)  # the lock file of a temporary removed before
+            if p.is_file() and not p.with_name(p.name[:-5]).exists() and now - _mtime(p) >= min_age:
+                with contextlib.suppress(OSError):  # the lock file of a temporary removed before
+                    p.unlink()
             continue
         try:
             fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

@@ -58,8 +58,9 @@ def new_encryption(file_id: bytes, recipients: Sequence[PublicKey | PrivateKey],
         raise UsageError("an encrypted capsule needs at least one recipient or a passphrase")
     # CAPSULE_SCRYPT_LOG_N: a lighter work factor for tests and throwaway files (10.4 bounds it)
     env = os.environ.get("CAPSULE_SCRYPT_LOG_N", "").strip() if keys.passphrase is not None else ""
-    if log_n is None and env and not (env.isascii() and env.isdigit() and len(env) <= 4):  # a typo: not the default
-        raise UsageError(f"CAPSULE_SCRYPT_LOG_N={env[:40]!r}: a whole number is needed (scrypt's log2 N, 10.4)")
+    if log_n is None and env and not (env.isascii() and env.isdigit() and len(env.lstrip("0")) <= 4):  # a typo
+        raise UsageError(f"CAPSULE_SCRYPT_LOG_N={env[:40]!r}: a small whole number is needed (scrypt's log2 N, "
+                         "10.4)")
     n = log_n if log_n is not None else int(env) if env else SCRYPT_LOG_N_DEFAULT
     repro = source_date_epoch() is not None
     secret = reproducible_secret(keys.identity, keys.passphrase, file_id, n) if repro else None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..core import constants as C
 from ..core.clock import Clock, default_clock, source_date_epoch
-from ..core.errors import AlreadyExists, CapsuleError, DataError, UsageError
+from ..core.errors import AlreadyExists, CapsuleError, CapsuleNotFound, DataError, UsageError
 from ..format import canonical as canon
 from ..format.checkpoint import Lineage
 from ..format.crypto import FrameCipher
@@ -187,6 +187,10 @@ def _open_made(p: Path, clock: Clock | None, timeout: float | None, keys: Keys) 
     while True:
         try:
             return open(p, "a", clock=clock, timeout=wait, identity=keys.identity, passphrase=keys.passphrase)
+        except CapsuleNotFound:  # another create(exist_ok) removed a killed create's empty file and is
+            if time.monotonic() >= deadline:  # making it again (its keys may take a second to derive)
+                raise
+            time.sleep(0.01)
         except DataError as e:
             if getattr(e, "check", None) not in ("header-magic", "header-length") or time.monotonic() >= deadline:
                 raise
