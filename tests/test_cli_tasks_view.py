@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import capsule
 
-CAPSULE_BIN = Path(sys.executable).with_name("capsule")
+from .clirun import capsule_cli
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "FORCE_COLOR", "TTY_COMPATIBLE")}
-    env["COLUMNS"] = "200"
-    return subprocess.run([str(CAPSULE_BIN), *map(str, args)], input="", capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    return capsule_cli(*args, ok=False, timeout=120)
 
 
 @pytest.fixture(scope="module")

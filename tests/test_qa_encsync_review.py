@@ -25,18 +25,12 @@ import capsule
 from capsule import sync
 from capsule.format.pending import journal_path
 
+from .clirun import capsule_cli
 from .test_qa_sync_review import KILLED_PULL, _remote_with_three_new_commits
-
-CAPSULE_BIN = Path(sys.executable).with_name("capsule")
 
 
 def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "FORCE_COLOR", "TTY_COMPATIBLE")}
-    full.update(env or {})
-    p = subprocess.run([str(CAPSULE_BIN), *map(str, args)], capture_output=True, text=True, timeout=120,
-                       check=False, env=full)
-    assert "Traceback" not in p.stderr, p.stderr
-    return p
+    return capsule_cli(*args, ok=False, env=env, timeout=120)
 
 
 def test_an_in_place_compaction_removes_a_killed_pulls_copies(tmp_path: Path) -> None:
@@ -112,27 +106,35 @@ def test_adding_a_recipient_warns_of_redacted_bytes_not_yet_purged(tmp_path: Pat
     assert r.returncode == 0 and "redacted" not in r.stderr, r.stderr
 
 
+def _encrypted_copy_after_a_killed_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        passphrase: str) -> tuple[str, Path, Path]:
+    """A copy b of an encrypted capsule a, pulled key-less, then a key-less pull of a's three newer
+    commits killed midway: b holds a torn tail and the journal of it (19.7)."""
+    monkeypatch.setenv("CAPSULE_SCRYPT_LOG_N", "10")
+    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
+    url = (tmp_path / "remote").as_uri()
+    with capsule.create(a, passphrase=passphrase) as cap, cap.commit() as tx:
+        tx.remember("first")
+    sync.push(a, url)
+    sync.pull(url, b)  # key-less: bytes move, structure checked
+    with capsule.open(a, "a", passphrase=passphrase) as cap:
+        for i in range(3):
+            with cap.commit() as tx:
+                tx.remember(f"later {i} " + os.urandom(6000).hex())  # incompressible: a tail over pages
+    sync.push(a, url)
+    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
+                       check=False)
+    assert p.returncode == -signal.SIGKILL and journal_path(b).exists()
+    return url, a, b
+
+
 def test_a_keyed_pull_sets_aside_a_journal_it_did_not_authenticate(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A key-less pull (structure only) killed midway left a journal; a pull given the key finished
     it before checking anything, so a forged tail landed and then failed its AEAD: the copy no
     longer opened. The keyed pull now drops the journal and checks the tail itself."""
     monkeypatch.setenv("PP", "correct horse")
-    monkeypatch.setenv("CAPSULE_SCRYPT_LOG_N", "10")
-    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
-    url = (tmp_path / "remote").as_uri()
-    with capsule.create(a, passphrase="correct horse") as cap, cap.commit() as tx:
-        tx.remember("first")
-    sync.push(a, url)
-    sync.pull(url, b)  # key-less: bytes move, structure checked
-    with capsule.open(a, "a", passphrase="correct horse") as cap:
-        for i in range(3):
-            with cap.commit() as tx:
-                tx.remember(f"later {i} " + os.urandom(6000).hex())
-    sync.push(a, url)
-    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
-                       check=False)
-    assert p.returncode == -signal.SIGKILL and journal_path(b).exists()
+    url, a, b = _encrypted_copy_after_a_killed_pull(tmp_path, monkeypatch, "correct horse")
     r = cli("pull", url, b, "--passphrase-env", "PP", "--json")
     assert r.returncode == 0, r.stderr
     assert "set aside an interrupted pull's journal" in r.stderr
@@ -238,21 +240,7 @@ def test_compaction_sweeps_only_names_a_pull_makes_and_the_journals_temporary(tm
 def test_a_pull_with_a_key_that_opens_nothing_keeps_the_journal(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Attack on the keyed pull: it set the journal aside before it knew the key was wrong."""
-    monkeypatch.setenv("CAPSULE_SCRYPT_LOG_N", "10")
-    a, b = tmp_path / "a.capsule", tmp_path / "b.capsule"
-    url = (tmp_path / "remote").as_uri()
-    with capsule.create(a, passphrase="right") as cap, cap.commit() as tx:
-        tx.remember("first")
-    sync.push(a, url)
-    sync.pull(url, b)
-    with capsule.open(a, "a", passphrase="right") as cap:
-        for i in range(3):
-            with cap.commit() as tx:
-                tx.remember(f"later {i} " + os.urandom(6000).hex())
-    sync.push(a, url)
-    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
-                       check=False)
-    assert p.returncode == -signal.SIGKILL and journal_path(b).exists()
+    url, a, b = _encrypted_copy_after_a_killed_pull(tmp_path, monkeypatch, "right")
     torn = b.read_bytes()
     r = cli("pull", url, b, "--passphrase-env", "PP", env={"PP": "wrong"})
     assert r.returncode == 2 and "no key slot opens" in r.stderr, r.stderr

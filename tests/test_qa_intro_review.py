@@ -13,27 +13,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import capsule
 import capsule.core.clock
 
-CAPSULE_BIN = Path(sys.executable).with_name("capsule")
+from .clirun import capsule_cli
 
-
-def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "FORCE_COLOR", "TTY_COMPATIBLE")}
-    env["COLUMNS"] = "200"
-    p = subprocess.run([str(CAPSULE_BIN), *map(str, args)], input="", capture_output=True, text=True, env=env,
-                       timeout=120, check=False)
-    assert "Traceback" not in p.stderr, p.stderr
-    if ok:
-        assert p.returncode == 0, (args, p.stdout, p.stderr)
-    return p
+run = capsule_cli
 
 
 def test_user_text_with_colons_is_printed_as_stored(tmp_path: Path) -> None:

@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,9 @@ import pytest
 
 import capsule
 
-CAPSULE_BIN = Path(sys.executable).with_name("capsule")
+from .clirun import CAPSULE_BIN, capsule_cli
 
-
-def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "FORCE_COLOR", "TTY_COMPATIBLE")}
-    env["COLUMNS"] = "200"
-    p = subprocess.run([str(CAPSULE_BIN), *map(str, args)], input="", capture_output=True, text=True, env=env,
-                       timeout=300, check=False)
-    assert "Traceback" not in p.stderr, p.stderr
-    if ok:
-        assert p.returncode == 0, (args, p.stdout, p.stderr)
-    return p
+run = capsule_cli
 
 
 def hits(f: Path, query: str) -> int:

@@ -58,6 +58,24 @@ def verify(fork: Path, parent: Path) -> dict[str, Any]:
     return doc
 
 
+def _forged_parent_actions(monkeypatch: pytest.MonkeyPatch, forged: list[Any]) -> None:
+    real = kindwalk.walk
+
+    def walk(store: Any, kinds: Any, *a: Any, **k: Any) -> Iterator[tuple[int, int, Any]]:
+        yield from real(store, kinds, *a, **k)
+        if list(kinds) == ["action"]:
+            yield from ((0, 0, r) for r in forged)
+
+    monkeypatch.setattr(kindwalk, "walk", walk)
+
+
+def _forged_done(key: str, value: Any) -> list[Any]:
+    """An intent and a done result for ``key`` that no parent ran, with their ids."""
+    acts = [Action(time=1, key=key, phase="intent", attempt=1),
+            Action(time=2, key=key, phase="result", attempt=1, value=value, by="fn")]
+    return [dataclasses.replace(a, id=encode_record(a)[0].hex()) for a in acts]
+
+
 def test_an_honest_fork_verifies_against_its_parent(parent: tuple[Path, int, dict[str, str]],
                                                     tmp_path: Path) -> None:
     path, seq, _ = parent
@@ -120,19 +138,10 @@ def test_a_fork_claiming_an_effect_the_parent_never_ran_fails(parent: tuple[Path
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The forged journal would make the fork's run_once("k9") return 99 without running."""
     path, seq, _ = parent
-    forged = [Action(time=1, key="k9", phase="intent", attempt=1),
-              Action(time=2, key="k9", phase="result", attempt=1, value=99, by="fn")]
-    forged = [dataclasses.replace(a, id=encode_record(a)[0].hex()) for a in forged]
-    real = kindwalk.walk
-
-    def walk(store: Any, kinds: Any, *a: Any, **k: Any) -> Iterator[tuple[int, int, Any]]:
-        yield from real(store, kinds, *a, **k)
-        if "action" in kinds:
-            yield from ((0, 0, r) for r in forged)
-
-    monkeypatch.setattr(kindwalk, "walk", walk)
+    forged = _forged_done("k9", 99)
+    _forged_parent_actions(monkeypatch, forged)
     capsule.fork(path, tmp_path / "f.capsule", at=seq).close()
-    monkeypatch.setattr(kindwalk, "walk", real)
+    monkeypatch.undo()
     with capsule.open(tmp_path / "f.capsule", "a") as f:
         assert f.run_once("k9", lambda: 1) == 99  # what a forged fork would do
     doc = verify(tmp_path / "f.capsule", path)
@@ -174,26 +183,13 @@ def test_a_fork_of_a_state_all_redacted_since_verifies_after_its_own_commit(tmp_
     assert verify(f, p)["ok"]
 
 
-def _forged_parent_actions(monkeypatch: pytest.MonkeyPatch, forged: list[Any]) -> None:
-    real = kindwalk.walk
-
-    def walk(store: Any, kinds: Any, *a: Any, **k: Any) -> Iterator[tuple[int, int, Any]]:
-        yield from real(store, kinds, *a, **k)
-        if list(kinds) == ["action"]:
-            yield from ((0, 0, r) for r in forged)
-
-    monkeypatch.setattr(kindwalk, "walk", walk)
-
-
 @pytest.mark.parametrize("empty", [True, False])
 def test_a_forged_journal_fails_whether_or_not_the_parent_state_was_empty(tmp_path: Path, empty: bool,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Attack on the first version: with an empty state at the fork point, commit 1 was taken as the
     inherited one, and the journal commit 2 (with a forged done result) was never read."""
     p, f = tmp_path / "p.capsule", tmp_path / "f.capsule"
-    forged = [Action(time=1, key="email:FORGED", phase="intent", attempt=1),
-              Action(time=2, key="email:FORGED", phase="result", attempt=1, value="never ran", by="fn")]
-    forged = [dataclasses.replace(a, id=encode_record(a)[0].hex()) for a in forged]
+    forged = _forged_done("email:FORGED", "never ran")
     key = capsule.generate_key()
     with capsule.create(p) as cap:
         if not empty:
