@@ -349,10 +349,12 @@ def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock:
     live_then = {r.id for r in live_records(every)}
     red = redacted(view._store)  # 7.7.1: redacted since, though live then: never copied
     live = {x for x in live_then if bytes.fromhex(x) not in red} if red else live_then
-    # 15: the journal survives a fork. Action records a rollback made dead are copied
-    # too, in their commit order, and dropped again by a revert in the same commit, so
-    # the fork's live state and root are the parent's and no effect can run twice.
-    recs = [r for r in every if r.id in live or r.kind == "action"]
+    # 15: the journal and the task queue survive a fork. Action and task records a rollback made
+    # dead are copied too, in their commit order, and dropped again by a revert in the same commit,
+    # so the fork's live state and root are the parent's, no effect can run twice, and the fork's
+    # queue is the parent's at the fork point (a task finished after a rollback's checkpoint stays
+    # finished: 7.9 folds dead task records too)
+    recs = [r for r in every if r.id in live or r.kind in ("action", "task")]
     # 15: so do the parent's action records after the fork point (its effects happened too: a
     # fork at an earlier checkpoint must not run them again), after those, dead the same way
     held = {r.id for r in recs}
