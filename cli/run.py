@@ -12,7 +12,7 @@ from capsule.ingest.jsonl import loads
 
 from ._errors import EXIT_USAGE, call, fail
 from ._params import AtOpt, FileArg, JsonOpt, WaitOpt, time_opt
-from ._render import Table, cell, emit_json, out
+from ._render import Table, cell, emit_json, out, warn
 
 #: ``--status`` values: a task status (7.9), or ``open`` for pending and claimed
 TASK_STATUSES = ("pending", "claimed", "done", "failed", "cancelled", "open")
@@ -49,20 +49,26 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
         wanted |= {"pending", "claimed"}
     when = None if now in (None, "last") else call(lambda: time_opt(now, "--now"))
 
-    def go() -> dict[str, Any]:
+    def go() -> tuple[dict[str, Any], int]:
         with capsule.open(path, at=at) as cap:
             c = cap._snap.commit
             # a view at an earlier commit is judged at that commit's time; the live
             # capsule at the current time (SOURCE_DATE_EPOCH in reproducible mode)
             if at is not None or now == "last":
-                return cap.tasks.to_dict(now=c.time if c else 0)
-            if when is not None:
-                return cap.tasks.to_dict(now=when)
-            from capsule.core.clock import default_clock
+                t = c.time if c else 0
+            elif when is not None:
+                t = when
+            else:
+                from capsule.core.clock import default_clock
 
-            return cap.tasks.to_dict(now=default_clock()())
+                t = default_clock()()
+            return cap.tasks.to_dict(now=t), t
 
-    q = call(go)
+    q, asked = call(go)
+    if q["time"] > asked + 10**9:  # 7.9: the queue's clock never runs back; one event stamped ahead moves it
+        warn(f"the queue's clock is {_span(q['time'] - asked)} ahead of {'--now' if when else 'now'} (an event "
+             "was stamped then): leases, backoffs and not-before times are judged from that time until the clock "
+             "catches up (spec 7.9)")
     chosen = [st for st in q["tasks"] if not wanted or st["status"] in wanted]
     shown = chosen[: limit or (None if json_out else TABLE_ROWS)]
     if json_out:
@@ -98,7 +104,7 @@ def actions(
     wait: WaitOpt = 0.0,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", show_default=False, help=(
         "Only the N actions started last (listed by start time, oldest first; without it, every key in "
-        "key order)."))] = None,
+        f"key order: the table shows the first {TABLE_ROWS} and says how many it left out)."))] = None,
 ) -> None:
     """List the idempotent-action journal: keys, status, times, results; settle in-doubt ones.
 
@@ -131,8 +137,25 @@ def actions(
         emit_json(rows)
         return
     t = Table("key", "status", "attempt", "started", "finished", "result")
-    for r in rows:
+    shown = rows if limit is not None or resolve is not None else rows[:TABLE_ROWS]  # 20k rows drew for 8 s
+    for r in shown:
         res = r["error"] if r["status"] == "failed" else json.dumps(r["value"], ensure_ascii=False)
         t.add_row(*(cell(x) for x in (r["key"][:200], r["status"], r["attempt"], r["started"] or "",
                                       r["finished"] or "", res[:60])))
     out.print(t)
+    if len(shown) < len(rows):
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        out.print(f"{len(rows)} actions ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
+                  f"{len(rows) - len(shown)} more not shown (--limit N for the newest, --in-doubt, --json)",
+                  markup=False, highlight=False)
+
+
+def _span(ns: int) -> str:
+    """A positive duration, roughly: '364 days', '3 h', '42 s'."""
+    s = ns // 10**9
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit}"
+    return f"{s} s"

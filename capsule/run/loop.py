@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..core.errors import UsageError
+from ..core.errors import InvalidRecordError, NonCanonicalError, UsageError
 from .actions import InDoubt
 from .events import TERMINAL, TaskRefused
 from .tasks import Tasks
@@ -202,9 +202,16 @@ class AgentLoop:
                 result, error = None, f"{type(e).__name__}: {e}"[:2000]
             try:
                 if error is None:
-                    tasks.complete(name, self.worker, result)
-                    res.done.append(name)
-                else:
+                    try:
+                        tasks.complete(name, self.worker, result)
+                    except (InvalidRecordError, NonCanonicalError) as e:
+                        # a result the format cannot hold (NaN, a set, an object, past the record limit):
+                        # nothing was written; the attempt fails (and retries), else the task stayed
+                        # claimed and every restart ran the handler again and stopped the loop there
+                        error = f"result not recordable: {e}"[:2000]
+                    else:
+                        res.done.append(name)
+                if error is not None:
                     tasks.fail(name, self.worker, error)
                     res.failed.append(name)
             except TaskRefused:

@@ -103,7 +103,12 @@ class Tasks:
             return self._queue
 
     def _now(self, now: int | None) -> int:
-        return self._cap.clock() if now is None else now
+        if now is not None:
+            return now
+        store = self._cap._store
+        if store.pinned and store.snap.commit is not None:  # 13.5: a view is judged at its commit's time, as
+            return int(store.snap.commit.time)  # its search's ttl is (and `capsule tasks --at`), not the clock's
+        return int(self._cap.clock())
 
     def _write(self, events: Sequence[Event], check: Callable[[Queue], Any] | None = None) -> None:
         """Check (``check(queue)``) and write ``events`` under one hold of the lock."""
@@ -144,6 +149,8 @@ class Tasks:
         """Add a durable task; a dependency cycle or an unknown dependency is refused."""
         if isinstance(deps, str | bytes):  # tuple("ab") would be the tasks "a" and "b"
             raise InvalidTaskEvent(f"deps must be a list of task ids, not the text {deps!r}")
+        if not isinstance(deps, Iterable):
+            raise InvalidTaskEvent(f"deps must be a list of task ids, not {type(deps).__name__}")
         ev = TaskAdded(time=self._now(now), task=task, name=name, deps=tuple(deps), not_before=not_before,
                        deadline=deadline, priority=priority, max_attempts=max_attempts, backoff=backoff,
                        backoff_cap=backoff_cap, payload=dict(payload or {}))
@@ -169,7 +176,8 @@ class Tasks:
         return [e.task for e in ordered]
 
     def due(self, now: int | None = None) -> list[TaskState]:
-        """The tasks a worker may claim now, in the order to take them (priority, deadline, ...)."""
+        """The tasks a worker may claim now (a view: at its commit's time), in the order to take them
+        (priority, deadline, ...)."""
         with self._cap._lock:
             return self.queue().due(self._now(now))
 
