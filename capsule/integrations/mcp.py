@@ -119,9 +119,14 @@ async def _in_thread(fn: Callable[..., dict[str, Any]], arguments: dict[str, Any
     answer: the SDK has answered the call already and a second answer would crash it."""
     if not writes:
         return await anyio.to_thread.run_sync(fn, arguments, abandon_on_cancel=True)
-    cancel, finished = threading.Event(), threading.Event()
+    cancel, finished, guard = threading.Event(), threading.Event(), threading.Lock()
+    state = ["queued"]  # -> "running" (the job took it) or "dropped" (cancelled first: it never runs)
 
     def job() -> dict[str, Any]:
+        with guard:
+            if state[0] == "dropped":
+                raise anyio.get_cancelled_exc_class()()  # nobody waits for it: write nothing
+            state[0] = "running"
         try:
             return fn(arguments, cancel)
         finally:
@@ -131,9 +136,15 @@ async def _in_thread(fn: Callable[..., dict[str, Any]], arguments: dict[str, Any
         return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class():
         cancel.set()
-        with anyio.CancelScope(shield=True):
-            while not finished.is_set():
-                await anyio.sleep(0.005)
+        with guard:
+            # a call cancelled while it waited for a worker thread (anyio's limiter: calls queued
+            # behind 40 others) never starts, and waiting for it to finish hung the server for ever
+            if state[0] == "queued":
+                state[0] = "dropped"
+        if state[0] == "running":
+            with anyio.CancelScope(shield=True):
+                while not finished.is_set():
+                    await anyio.sleep(0.005)
         raise
 
 

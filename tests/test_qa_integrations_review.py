@@ -1,0 +1,126 @@
+"""Integrations, reviewed from the docs with a fresh context: regression tests for what it found.
+
+The MCP server hung for ever on SIGTERM or SIGINT, or when its client went away, while write
+calls were queued behind anyio's worker threads: a cancelled call that never reached a thread
+was waited for as if it ran (findings H1, H2).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import types
+
+import capsule
+from capsule.integrations.mcp import _in_thread
+
+BIN = Path(sys.executable).with_name("capsule")
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": types.LATEST_PROTOCOL_VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+
+
+def _line(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg).encode() + b"\n"
+
+
+def _remember(i: int, text: str) -> bytes:
+    return _line({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                  "params": {"name": "remember", "arguments": {"text": text}}})
+
+
+def test_a_cancelled_write_that_never_reached_a_thread_is_dropped_not_awaited() -> None:
+    """The unit of H1: 60 writes against anyio's 40 worker threads, all cancelled; the 20 queued
+    ones must never run and the cancellation must come back at once (it spun for ever)."""
+    started: list[int] = []
+    gate = threading.Event()
+
+    def write(args: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
+        started.append(args["i"])
+        gate.wait(5)
+        return {}
+
+    async def main() -> float:
+        async with anyio.create_task_group() as tg:
+            for i in range(60):
+                tg.start_soon(lambda i=i: _in_thread(write, {"i": i}, writes=True))
+            await anyio.sleep(0.3)
+            t = time.monotonic()
+            tg.cancel_scope.cancel()
+            gate.set()  # the running ones finish their "commit"
+        return time.monotonic() - t
+
+    took: list[float] = []
+    runner = threading.Thread(target=lambda: took.append(anyio.run(main)), daemon=True)
+    runner.start()
+    runner.join(10)  # the old wait spun for ever: a failure here, not a hung suite
+    assert not runner.is_alive() and took[0] < 5
+    time.sleep(0.2)  # a dropped job that ran late would show here
+    assert len(started) == 40  # anyio's default thread limit: the other 20 never ran
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_with_many_writes_queued_stops_the_server(tmp_path: Path, sig: signal.Signals) -> None:
+    """H1: 200 queued `remember` calls and a signal: the server hung (no exit after 70 s)."""
+    p = tmp_path / "a.capsule"
+    capsule.create(p).close()
+    answers: list[bytes] = []
+    with subprocess.Popen([str(BIN), "serve", str(p), "--mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as srv:
+        assert srv.stdin is not None and srv.stdout is not None and srv.stderr is not None
+        srv.stdin.write(_line(INIT))
+        srv.stdin.flush()
+        srv.stdout.readline()
+        reader = threading.Thread(target=lambda: answers.extend(srv.stdout), daemon=True)  # type: ignore[arg-type]
+        reader.start()
+        srv.stdin.write(b"".join(_remember(i + 1, f"note {i}") for i in range(200)))
+        srv.stdin.flush()
+        time.sleep(0.3)
+        srv.send_signal(sig)
+        try:
+            rc = srv.wait(30)
+        finally:
+            srv.kill()
+        reader.join(5)
+        err = srv.stderr.read().decode()
+    assert rc == 128 + sig
+    assert "Traceback" not in err
+    assert capsule.verify(p).ok
+    acked = {json.loads(a)["id"] for a in answers if b'"isError":false' in a.replace(b" ", b"")}
+    with capsule.open(p) as cap:  # every acknowledged write is there
+        texts = {r.text for r in cap.records(kind="memory")}
+    assert {f"note {i - 1}" for i in acked} <= texts
+
+
+def test_a_client_that_goes_away_with_writes_queued_does_not_leave_the_server_running(tmp_path: Path) -> None:
+    """H2: the client closed its end of stdout, sent 30 writes and closed stdin: the server never
+    exited (docs: within --wait + 60 s). Writes not yet started are dropped: nobody was answered."""
+    p = tmp_path / "a.capsule"
+    capsule.create(p).close()
+    with subprocess.Popen([str(BIN), "serve", str(p), "--mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as srv:
+        assert srv.stdin is not None and srv.stdout is not None and srv.stderr is not None
+        srv.stdin.write(_line(INIT))
+        srv.stdin.flush()
+        srv.stdout.readline()
+        srv.stdout.close()
+        srv.stdin.write(b"".join(_remember(i + 1, f"gone {i}") for i in range(30)))
+        srv.stdin.flush()
+        time.sleep(0.5)
+        srv.stdin.close()
+        try:
+            rc = srv.wait(30)
+        finally:
+            srv.kill()
+        err = srv.stderr.read().decode()
+    assert rc == 0
+    assert "Traceback" not in err
+    assert capsule.verify(p).ok
