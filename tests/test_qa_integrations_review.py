@@ -124,3 +124,66 @@ def test_a_client_that_goes_away_with_writes_queued_does_not_leave_the_server_ru
     assert rc == 0
     assert "Traceback" not in err
     assert capsule.verify(p).ok
+
+
+def test_an_unknown_method_is_method_not_found(tmp_path: Path) -> None:
+    """L5: the SDK answered `nosuch/method` with -32602 and logged an internal server error."""
+    p = tmp_path / "a.capsule"
+    capsule.create(p).close()
+    lines = _line(INIT) + _line({"jsonrpc": "2.0", "id": 6, "method": "nosuch/method"}) + \
+        _line({"jsonrpc": "2.0", "id": 7, "method": "ping"})
+    r = subprocess.run([str(BIN), "serve", str(p), "--mcp"], input=lines, capture_output=True, timeout=60,
+                       check=True)
+    got = {m["id"]: m for m in map(json.loads, r.stdout.splitlines()) if "id" in m}
+    assert got[6]["error"]["code"] == types.METHOD_NOT_FOUND
+    assert "nosuch/method" in got[6]["error"]["message"]
+    assert got[7]["result"] == {}
+    assert b"Internal Server Error" not in r.stdout
+
+
+def _loop_af() -> dict[str, Any]:
+    """A small agent file in Letta's v2 layout, undated (the published ones live outside the repo)."""
+    return {"agents": [{"name": "a", "id": "agent-1", "system": "be brief", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "my name is Chad"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "hello Chad"}]}]}],
+        "blocks": [{"label": "human", "value": "Chad", "id": "block-1"}], "tools": []}
+
+
+def test_a_duplicate_key_is_named_by_its_json_path(tmp_path: Path) -> None:
+    """L2: a key twice deep inside was reported at `$`, its prefix doubled ('$: not JSON: $: ...')."""
+    from tests.clirun import capsule_cli
+
+    text = json.dumps(_loop_af())
+    i = text.index('"role": ')  # the first message's role, given twice
+    bad = tmp_path / "dup.af"
+    bad.write_text(text[:i] + '"role": "user", ' + text[i:])
+    r = capsule_cli("import-af", bad, "-o", tmp_path / "x.capsule", ok=False)
+    assert r.returncode != 0
+    assert "agents[0].messages[0]: duplicate key 'role'" in r.stderr and "not JSON" not in r.stderr
+    big = tmp_path / "big.af"
+    big.write_text(text[:-1] + ', "n": ' + "9" * 5000 + "}")
+    r = capsule_cli("import-af", big, "-o", tmp_path / "y.capsule", ok=False)
+    assert "an integer of more than 4300 digits" in r.stderr and "set_int_max_str_digits" not in r.stderr
+    assert not (tmp_path / "x.capsule").exists() and not (tmp_path / "y.capsule").exists()
+
+
+def test_an_agent_file_that_dates_nothing_imports_to_the_same_records(tmp_path: Path) -> None:
+    """L3: with no time anywhere, records took the import's clock: two imports, two state roots."""
+    from capsule.integrations.letta import import_af
+
+    doc = _loop_af()
+    doc.pop("created_at", None)
+    for agent in doc.get("agents", []):
+        for key in ("created_at", "updated_at"):
+            agent.pop(key, None)
+        for m in agent.get("messages", []):
+            m.pop("created_at", None)
+    af = tmp_path / "undated.af"
+    af.write_text(json.dumps(doc))
+    roots = []
+    for name in ("a.capsule", "b.capsule"):
+        import_af(af, tmp_path / name)
+        time.sleep(0.01)
+        with capsule.open(tmp_path / name) as cap:
+            roots.append(cap.state_root)
+    assert roots[0] == roots[1]

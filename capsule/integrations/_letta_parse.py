@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,27 +137,58 @@ def parse_af(data: bytes | str) -> AgentFile:
     return AgentFile(doc, check_document(doc), twice, text.endswith("\n"))
 
 
+class _Dup(dict[str, Any]):
+    """An object that held a key twice (json keeps the last value, the others would be lost
+    unseen): the hook cannot know where it is, so the decoded document is searched for it."""
+
+    dup = ""
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
-    if len(obj) != len(pairs):  # json keeps the last value: the others would be lost unseen
+    if len(obj) != len(pairs):
         seen: set[str] = set()
         for dup, _ in pairs:
             if dup in seen:
                 break
             seen.add(dup)
-        raise AgentFileError("$", f"duplicate key {dup[:80]!r} in an object (only one of its values could be kept)")
+        marked = _Dup(obj)
+        marked.dup = dup
+        return marked
     return obj
+
+
+def _first_dup(doc: Any) -> tuple[str, str] | None:
+    """The JSON path and key of the first object (in document order) that held a key twice."""
+    stack: list[tuple[Any, str]] = [(doc, "$")]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, _Dup):
+            return at, v.dup
+        if isinstance(v, dict):
+            stack.extend(reversed([(x, k if at == "$" else f"{at}.{k}") for k, x in v.items()]))
+        elif isinstance(v, list):
+            stack.extend(reversed([(x, f"{at}[{i}]") for i, x in enumerate(v)]))
+    return None
 
 
 def _loads(text: str, what: str) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_object)
+        doc = json.loads(text, object_pairs_hook=_object)
     except json.JSONDecodeError as e:
         raise AgentFileError("$", f"{what}: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise AgentFileError("$", f"{what}: nested too deeply") from None
     except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        if "digits" in str(e):
+            raise AgentFileError("$", f"{what}: an integer of more than {sys.get_int_max_str_digits()} digits") \
+                from None
         raise AgentFileError("$", f"{what}: {str(e)[:120]}") from None
+    found = _first_dup(doc)
+    if found is not None:
+        raise AgentFileError(found[0], f"duplicate key {found[1][:80]!r} in an object (only one of its values "
+                                       "could be kept)")
+    return doc
 
 
 def check_document(doc: dict[str, Any]) -> str:

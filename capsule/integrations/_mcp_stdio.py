@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -179,6 +180,15 @@ def _non_finite(value: Any) -> str | None:
     return None
 
 
+@functools.cache
+def _methods() -> frozenset[str]:
+    """The request methods the SDK's server knows (``ClientRequest``'s ``method`` literals)."""
+    import typing
+
+    return frozenset(m for c in typing.get_args(types.ClientRequest.model_fields["root"].annotation)
+                     for m in typing.get_args(c.model_fields["method"].annotation))
+
+
 def _error(rid: int | str, code: int, message: str) -> SessionMessage:
     err = types.JSONRPCError(jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message))
     return SessionMessage(types.JSONRPCMessage(err))
@@ -264,6 +274,10 @@ async def stdio_streams(*, drain: float = 60.0) -> AsyncIterator[
                     continue
                 root = message.root
                 if isinstance(root, types.JSONRPCRequest):
+                    if root.method not in _methods():  # the SDK answers -32602 and logs an internal error
+                        await answers.send(_error(root.id, types.METHOD_NOT_FOUND,
+                                                  f"no method {root.method[:200]!r}"))
+                        continue
                     where = _non_finite(root.params)
                     if where is not None:
                         await answers.send(_error(root.id, types.INVALID_PARAMS, f"{where}: NaN, Infinity and "

@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.clock import default_clock
 from ..core.errors import AlreadyExists, Redacted, UsageError
 from ..format import canonical as canon
 from ..format.file import fsync_dir
@@ -117,7 +116,7 @@ def import_agent(af: AgentFile, dst: str | Path, *, source: str = "") -> ImportR
     library's reproducible mode) they are byte-identical files.
     """
     p = Path(dst)
-    records = af_to_records(af, now=default_clock()())
+    records = af_to_records(af)  # a file that dates nothing: time 0, so its ids still depend on it alone
     if not str(dst):
         raise UsageError("the output path is empty")
     if p.exists() or p.is_symlink():
