@@ -139,6 +139,11 @@ def run_app(app: typer.Typer) -> None:
     except BrokenPipeError:
         stdout_gone()
     except SystemExit as e:
+        if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            # typer turns a BrokenPipeError it meets first (a command writing straight to
+            # sys.stdout.buffer, as `state --json` does) into exit 1, the "bad capsule" status,
+            # and marks it by wrapping stdout: the reader went away, as below
+            stdout_gone()
         try:
             sys.stdout.flush()
         except BrokenPipeError:

@@ -39,6 +39,12 @@ def _console(**kw: Any) -> Console:
         def print(self, *objects: Any, **kw: Any) -> None:
             super().print(*(safe(o) if isinstance(o, str) else o for o in objects), **kw)
 
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 (the "bad capsule" status, `state | head`): end as any closed pipe does
+            from ._errors import stdout_gone
+
+            stdout_gone()
+
     return _Console(**kw)
 
 

@@ -242,6 +242,9 @@ class WriteHandle(ReadHandle):
         try:
             self.fd = os.open(path, flags, mode)
         except FileNotFoundError as e:
+            if create:  # its folder is missing, or a file system that makes no files there (/proc)
+                why = e.strerror if path.parent.is_dir() else f"no folder {path.parent}"
+                raise CapsuleNotFound(f"{path}: cannot create it: {why}") from e
             raise CapsuleNotFound(f"{path}: no such capsule") from e
         except FileExistsError:
             raise
