@@ -119,7 +119,8 @@ def run_app(app: typer.Typer) -> None:
             sys.exit(EXIT_USAGE)
         ctx = getattr(e, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        err.print(f"capsule: error: {' '.join(e.format_message().split())}{hint}", markup=False)
+        msg = " ".join(e.format_message().split()).replace(" (Possible options: --help)", "")  # no suggestion
+        err.print(f"capsule: error: {msg}{hint}", markup=False)
         sys.exit(getattr(e, "exit_code", EXIT_USAGE))
     except typer.Abort:
         err.print("capsule: error: aborted")

@@ -74,7 +74,8 @@ def get(path: FileArg, record_id: IdArg, json_out: JsonOpt = False, at: AtOpt = 
     from capsule.core.clock import iso
 
     if not live:
-        out.print("status     not live: forgotten, superseded, redacted or rolled back (history keeps it; "
+        out.print("status     not live: forgotten, superseded, promoted or demoted, redacted or rolled back "
+                  "(history keeps it; "
                   "`capsule why` says by what)" if d["kind"] != "revert" else "status     an event (never live)",
                   markup=False)
     for k in ("id", "kind", "time", *sorted(set(d) - {"id", "kind", "time", *_LONG})):

@@ -70,3 +70,22 @@ def test_timeline_counts_a_commits_kinds_without_building_every_record(tmp_path:
     for bad in (payload[:-3], canon.pack([{"text": "no kind"}]), canon.pack([{"kind": 7}])):
         with pytest.raises(CorruptError):
             _kind_counts(bad, 0, 0)
+
+
+def test_small_messages(tmp_path: Path) -> None:
+    """The review's nits: a non-UTF-8 query was searched (put refuses such text); `--deep` was answered
+    'Possible options: --help'; demoting a promoted memory's old id did not say it had been promoted."""
+    p = tmp_path / "a.capsule"
+    capsule_cli("init", p)
+    rid = capsule_cli("put", p, "--text", "a fact").stdout.strip()
+    r = capsule_cli("search", p, "fact\udcff", ok=False)
+    assert r.returncode == 2 and "query is not valid Unicode" in r.stderr
+    with capsule.open(p) as cap, pytest.raises(capsule.UsageError, match="not valid Unicode"):
+        cap.search("\ud800")
+    r = capsule_cli("verify", p, "--deep", ok=False)
+    assert "No such option: --deep" in r.stderr and "Possible options" not in r.stderr
+    assert "Possible options: --strict, --trust" in capsule_cli("verify", p, "--strcit", ok=False).stderr
+    capsule_cli("promote", p, rid[:12], "--tier", "validated")
+    r = capsule_cli("demote", p, rid[:12], "--tier", "scratch", ok=False)
+    assert r.returncode == 2 and "promoted or demoted to a new id" in r.stderr
+    assert "promoted or demoted" in capsule_cli("get", p, rid[:12]).stdout

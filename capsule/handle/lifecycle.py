@@ -291,7 +291,8 @@ class LifecycleMethods:
             if p.is_redacted(rid):
                 raise UsageError(f"{op}: {rid.hex()} is already redacted")
             if op != "redact" and p.is_dead(rid, pending and p.readded(rid)):
-                raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)")
+                raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded, promoted or demoted to a "
+                                  "new id, or rolled back: why() names by what)")
             olds.append(rec)
         restore = []
         for rid in bys:
@@ -442,7 +443,8 @@ class LifecycleMethods:
         if p.is_redacted(rid):
             raise UsageError(f"{op}: {rid.hex()} is already redacted")
         if p.is_dead(rid, pending and p.readded(rid)):
-            raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded or rolled back)")
+            raise UsageError(f"{op}: {rid.hex()} is not live (forgotten, superseded, promoted or demoted to a "
+                              "new id, or rolled back: why() names by what)")
 
 
 def _ids(v: Any) -> list[Any]:

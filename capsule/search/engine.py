@@ -526,6 +526,11 @@ def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int 
         raise UsageError("ef must be an integer in 1..100000")
     if query is not None and not isinstance(query, str):
         raise UsageError("query must be a string")
+    if query is not None and not query.isascii():
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:  # as `put` refuses such text, and no stored text holds it
+            raise UsageError("query is not valid Unicode (lone surrogate or undecodable byte)") from None
     fusion, lexical_weight = parse_fusion(fusion, lexical_weight)
     flt = Filter.build(**filters)
     st = s.store
