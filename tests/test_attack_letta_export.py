@@ -65,7 +65,7 @@ def _cli_fails(args: list[str], code: int) -> str:
     # an integer of more than 4300 digits: Python's int parser refuses it with a plain ValueError
     ('{"agents": [], "big": ' + "9" * 5000 + "}", "$", "not JSON"),
     # a duplicate key: json keeps the last value, so the first one would be dropped silently
-    ('{"agents": [{"name": "a", "name": "b"}], "blocks": [], "tools": []}', "$", "duplicate key 'name'"),
+    ('{"agents": [{"name": "a", "name": "b"}], "blocks": [], "tools": []}', "agents[0]", "duplicate key 'name'"),
     ('{"agents": [], "x": 1, "x": 2}', "$", "duplicate key 'x'"),
     # text no record can hold (a lone surrogate): named by its JSON path, not by a record field
     ('{"agents": [{"id": "a", "messages": [{"role": "user", "content": "x\\ud800y"}]}]}',
