@@ -524,13 +524,7 @@ def search(s: Searcher, query: str | None = None, *, vector: Any = None, k: int 
         raise UsageError("k must be an integer in 1..10000")
     if type(ef) is not int or not 1 <= ef <= 100_000:
         raise UsageError("ef must be an integer in 1..100000")
-    if query is not None and not isinstance(query, str):
-        raise UsageError("query must be a string")
-    if query is not None and not query.isascii():
-        try:
-            query.encode("utf-8")
-        except UnicodeEncodeError:  # as `put` refuses such text, and no stored text holds it
-            raise UsageError("query is not valid Unicode (lone surrogate or undecodable byte)") from None
+    fusion_mod.check_query_text(query)
     fusion, lexical_weight = parse_fusion(fusion, lexical_weight)
     flt = Filter.build(**filters)
     st = s.store

@@ -169,6 +169,17 @@ def fuse_weighted(lexical: Sequence[Scored], vector: Sequence[Scored], w_lex: fl
 # --- what to run ------------------------------------------------------------------------------
 
 
+def check_query_text(query: object) -> None:
+    """A query text is a string of valid Unicode, as `put` refuses other text (none is stored)."""
+    if query is not None and not isinstance(query, str):
+        raise UsageError("query must be a string")
+    if query is not None and not query.isascii():
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("query is not valid Unicode (lone surrogate or undecodable byte)") from None
+
+
 def check_query_vector(vector: object) -> None:
     """A query vector is checked as a stored one would be (7.1): numbers, finite as float32 (a
     wrong dimension is the index's to name; with no vectors yet there is nothing to find)."""
