@@ -187,3 +187,54 @@ def test_an_agent_file_that_dates_nothing_imports_to_the_same_records(tmp_path: 
         with capsule.open(tmp_path / name) as cap:
             roots.append(cap.state_root)
     assert roots[0] == roots[1]
+
+
+def test_a_write_cancelled_while_it_waits_its_turn_writes_nothing(tmp_path: Path) -> None:
+    """The attack on 10a54c5: a call that reached a thread waited for this server's own turn lock
+    without looking at its cancel flag, then wrote after 'Request cancelled' was answered (23 of 30),
+    and after SIGTERM queued writes ran unanswered. One waiting its turn now gives up."""
+    from capsule.integrations._mcp_service import Service
+
+    p = tmp_path / "a.capsule"
+    capsule.create(p).close()
+    svc = Service(p)
+    try:
+        cancel = threading.Event()
+        errors: list[Exception] = []
+        svc._write_lock.acquire()  # another call of this server is writing
+
+        def second() -> None:
+            try:
+                svc.remember({"text": "should not land"}, cancel)
+            except capsule.UsageError as e:
+                errors.append(e)
+
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.1)
+        cancel.set()
+        t.join(5)
+        assert not t.is_alive()
+        svc._write_lock.release()
+        assert [str(e) for e in errors] == ["the call was cancelled before it wrote"]
+        svc.remember({"text": "lands"}, threading.Event())  # the lock is free again
+    finally:
+        svc.close()
+    with capsule.open(p) as cap:
+        assert [r.text for r in cap.records(kind="memory")] == ["lands"]
+
+
+def test_help_into_a_closed_pipe_is_141(tmp_path: Path) -> None:
+    """`capsule --help | true` exited 1, the "bad capsule" status: rich (typer's help) exits 1 on a
+    broken pipe after putting /dev/null on fd 1."""
+    import os
+
+    for args in (["--help"], ["put", "-h"]):
+        r, w = os.pipe()
+        os.close(r)
+        try:
+            proc = subprocess.run([str(BIN), *args], stdout=w, stderr=subprocess.PIPE, timeout=60, check=False)
+        finally:
+            os.close(w)
+        assert proc.returncode == 141, (args, proc.returncode, proc.stderr)
+    assert subprocess.run([str(BIN), "--help"], stdout=subprocess.DEVNULL, check=False).returncode == 0

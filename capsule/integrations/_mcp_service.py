@@ -157,8 +157,19 @@ class Service:
     def _write(self, fn: Callable[[Capsule], T], cancel: threading.Event | None = None) -> T:
         if self.read_only:
             raise ReadOnlyError(f"{self.path}: served read-only (--read-only): writes are refused")
-        with self._write_lock, self._writer(cancel) as cap:
-            return fn(cap)
+        # this server's calls write one at a time: a call cancelled (or the server stopped) while it
+        # waits its turn gives up, as it does while waiting for another process's lock; it had gone
+        # on to write after its cancellation was answered
+        while not self._write_lock.acquire(timeout=0.01):
+            if cancel is not None and cancel.is_set():
+                raise UsageError("the call was cancelled before it wrote")
+        try:
+            if cancel is not None and cancel.is_set():
+                raise UsageError("the call was cancelled before it wrote")
+            with self._writer(cancel) as cap:
+                return fn(cap)
+        finally:
+            self._write_lock.release()
 
     def _writer(self, cancel: threading.Event | None) -> Capsule:
         """The capsule opened for writing, waiting up to ``wait`` seconds for another writer;
