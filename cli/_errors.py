@@ -104,6 +104,7 @@ def run_app(app: typer.Typer) -> None:
     """Run the app; a signal, exhausted memory and an unwritable stdout end it with
     one line, not a traceback."""
     claim_std_fds()  # before any capsule is opened: a closed fd 1 must not become the capsule's
+    stdout_was = _fd_identity(1)
     for s in _SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:  # nohup and `cmd &` ignore them on purpose
             signal.signal(s, _on_signal)
@@ -140,10 +141,12 @@ def run_app(app: typer.Typer) -> None:
     except BrokenPipeError:
         stdout_gone()
     except SystemExit as e:
-        if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+        if e.code == 1 and (type(sys.stdout).__name__ == "PacifyFlushWrapper"
+                            or _fd_identity(1) not in (stdout_was, None) and _fd_identity(1) == _devnull()):
             # typer turns a BrokenPipeError it meets first (a command writing straight to
             # sys.stdout.buffer, as `state --json` does) into exit 1, the "bad capsule" status,
-            # and marks it by wrapping stdout: the reader went away, as below
+            # marking it by wrapping stdout; rich (typer's help) exits 1 after putting /dev/null on
+            # fd 1: the reader went away, as below
             stdout_gone()
         try:
             sys.stdout.flush()
@@ -163,6 +166,22 @@ def run_app(app: typer.Typer) -> None:
         sys.stderr.write(f"capsule: internal error: {type(e).__name__}: {msg} "
                          "(a bug in capsule: rerun with CAPSULE_DEBUG=1 for the traceback and report it)\n")
         sys.exit(EXIT_INTERNAL)
+
+
+def _fd_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _devnull() -> tuple[int, int] | None:
+    try:
+        st = os.stat(os.devnull)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def stdout_gone() -> None:

@@ -66,7 +66,7 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
 
     q, asked = call(go)
     if q["time"] > asked + 10**9:  # 7.9: the queue's clock never runs back; one event stamped ahead moves it
-        warn(f"the queue's clock is {_span(q['time'] - asked)} ahead of {'--now' if when else 'now'} (an event "
+        warn(f"the queue's clock is {_span(q['time'] - asked)} ahead of {'--now' if when is not None else 'now'} (an event "
              "was stamped then): leases, backoffs and not-before times are judged from that time until the clock "
              "catches up (spec 7.9)")
     chosen = [st for st in q["tasks"] if not wanted or st["status"] in wanted]
@@ -88,7 +88,7 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
     counts = ", ".join(f"{n} {k}" for k, n in q["counts"].items() if n)
     more = len(chosen) - len(shown)
     out.print(f"{len(q['tasks'])} tasks ({counts or 'none'}); {len(due)} due now"
-              + (f"; {more} more not shown (--limit N, --status open, --json)" if more else ""),
+              + (f"; {more} more not shown (--limit N{'' if wanted else ', --status open'}, --json)" if more else ""),
               markup=False, highlight=False)
 
 
@@ -148,7 +148,8 @@ def actions(
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         out.print(f"{len(rows)} actions ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}); "
-                  f"{len(rows) - len(shown)} more not shown (--limit N for the newest, --in-doubt, --json)",
+                  f"{len(rows) - len(shown)} more not shown (--limit N for the newest"
+                  f"{'' if in_doubt else ', --in-doubt'}, --json)",
                   markup=False, highlight=False)
 
 

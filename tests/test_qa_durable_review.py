@@ -114,3 +114,65 @@ def capsule_now() -> int:
     import time
 
     return time.time_ns()
+
+
+UNDECODABLE = b"caf\xe9.txt".decode("utf-8", "surrogateescape")  # as os.fsdecode gives a Latin-1 name
+
+
+class _BadStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class _BadKey:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __hash__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize("case", ["surrogate-error", "broken-str", "surrogate-result-message", "repr-raises"])
+def test_a_handler_error_the_format_cannot_hold_fails_the_attempt_too(tmp_path: Path, case: str) -> None:
+    """The attack on M1's fix: the error path had the same hole. An exception naming an undecodable
+    file name (a lone surrogate, as os.fsdecode gives), one whose __str__ raises, or a result whose
+    own message cannot be stored raised out of run() and left the task claimed for ever."""
+    p = tmp_path / "a.capsule"
+
+    def handler(step: capsule.Step) -> Any:
+        if case == "surrogate-error":
+            raise ValueError(f"cannot read {UNDECODABLE}")
+        if case == "broken-str":
+            raise _BadStr
+        if case == "surrogate-result-message":
+            return {"\udcff": float("nan")}
+        return {_BadKey(): 1}
+
+    with capsule.create(p) as cap:
+        cap.tasks.add("t", name="h", max_attempts=1)
+        res = capsule.AgentLoop(cap, {"h": handler}).run()
+        st = cap.tasks.queue().tasks["t"]
+        assert res.failed == ["t"] and st.status == "failed" and st.error
+        if case == "surrogate-error":
+            assert st.error == "ValueError: cannot read caf\\udce9.txt"
+    assert capsule.verify(p).ok
+
+
+def test_hints_do_not_point_back_at_the_option_given(tmp_path: Path) -> None:
+    """`actions --in-doubt` over 100 keys suggested --in-doubt; `tasks --now 0` warned of 'now'."""
+    from tests.clirun import capsule_cli
+
+    p = tmp_path / "a.capsule"
+    def crash() -> None:
+        raise SystemExit  # the process "dies" inside the effect: its intent stays, in doubt
+
+    with capsule.create(p) as cap:
+        for i in range(120):
+            with pytest.raises(SystemExit):
+                cap.run_once(f"k{i:03d}", crash)
+    r = capsule_cli("actions", p, "--in-doubt")
+    assert "120 actions (120 in-doubt); 20 more not shown (--limit N for the newest, --json)" in r.stdout
+    with capsule.create(tmp_path / "b.capsule") as cap:
+        cap.tasks.add("t", now=10**18)
+    r = capsule_cli("tasks", tmp_path / "b.capsule", "--now", "1970-01-01T00:00:00Z")
+    assert "ahead of --now" in r.stderr

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..core.errors import InvalidRecordError, NonCanonicalError, UsageError
+from ..core.errors import CapsuleError, InvalidRecordError, NonCanonicalError, UsageError
 from .actions import InDoubt
 from .events import TERMINAL, TaskRefused
 from .tasks import Tasks
@@ -199,7 +199,7 @@ class AgentLoop:
                 res.steps += 1
                 continue
             except Exception as e:
-                result, error = None, f"{type(e).__name__}: {e}"[:2000]
+                result, error = None, _describe(e)
             try:
                 if error is None:
                     try:
@@ -208,11 +208,18 @@ class AgentLoop:
                         # a result the format cannot hold (NaN, a set, an object, past the record limit):
                         # nothing was written; the attempt fails (and retries), else the task stayed
                         # claimed and every restart ran the handler again and stopped the loop there
-                        error = f"result not recordable: {e}"[:2000]
+                        error = _text(f"result not recordable: {e}")
+                    except (CapsuleError, OSError):
+                        raise  # the lease (TaskRefused, below), the file, the disk: not the value's fault
+                    except Exception as e:  # noqa: BLE001  (the value's own code raised: a __repr__, an __eq__)
+                        error = _text(f"result not recordable: {_describe(e)}")
                     else:
                         res.done.append(name)
                 if error is not None:
-                    tasks.fail(name, self.worker, error)
+                    try:
+                        tasks.fail(name, self.worker, error)
+                    except (InvalidRecordError, NonCanonicalError):  # no text at all is kept rather than none
+                        tasks.fail(name, self.worker, "the handler failed; its error could not be stored")
                     res.failed.append(name)
             except TaskRefused:
                 # The lease ran out while the handler worked: the task is due again
@@ -225,3 +232,18 @@ class AgentLoop:
                 res.checkpoints += 1
         res.waiting = sorted(t.id for t in tasks.queue().tasks.values() if t.status not in TERMINAL)
         return res
+
+
+def _text(s: str) -> str:
+    """Text a task record can hold: at most 2,000 characters, a lone surrogate (an undecodable file
+    name in a message, os.fsdecode's) escaped as ``\\udcff``; raw, `fail` refused it, out of the loop."""
+    return s[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _describe(e: BaseException) -> str:
+    """``Type: message`` of a handler's exception, whatever its ``__str__`` does."""
+    try:
+        msg = str(e)
+    except Exception:  # noqa: BLE001  (a broken __str__ is the handler's bug, not the loop's)
+        msg = f"(its message could not be read: {object.__repr__(e)})"
+    return _text(f"{type(e).__name__}: {msg}")
