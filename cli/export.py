@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from capsule import DataError
+
 from ._errors import EXIT_USAGE, call, fail, stdout_gone
 from ._params import AtOpt, FileArg, JsonOpt
 from ._render import emit_json, err, isatty, out, warn
@@ -64,7 +66,16 @@ def export(
         fail("-o - writes the records to standard output; --json would print there too", EXIT_USAGE)
 
     def go() -> Any:
-        if json_out or not isatty(sys.stderr) or output == "-":
+        if output == "-":
+            try:
+                return run(path, output, **kw)
+            except BrokenPipeError:
+                raise
+            except OSError as e:  # standard output refused it (/dev/full), as other commands say it
+                if e.filename is not None:
+                    raise
+                raise DataError(f"cannot write output: {e.strerror or e}") from None
+        if json_out or not isatty(sys.stderr):
             return run(path, output, **kw)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,7 +25,7 @@ from ._params import (
     expired_at,
     valid_at_iso,
 )
-from ._render import Table, cell, emit_json, escape_json, out, rule_text
+from ._render import Table, cell, emit_json, escape_json, out, rule_text, write_all
 
 PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environment variable holding the key's "
                                              "passphrase.")]
@@ -102,9 +101,8 @@ def _show(path: Path, json_out: bool, at: str | None, valid_at: str | None) -> N
 
     state, now = call(go)
     if json_out:  # the library's canonical document (13.2): sorted keys, compact, bin values as hex
-        w = sys.stdout.buffer
-        w.write(escape_json(call(state.to_json_bytes)))  # C1 and bidi escaped
-        w.write(b"\n")  # apart: `doc + b"\n"` would copy tens of MB
+        write_all(escape_json(call(state.to_json_bytes)))  # C1 and bidi escaped
+        write_all(b"\n")  # apart: `doc + b"\n"` would copy tens of MB
         return
     st = state.to_dict()
     out.print(f"state root  {st['state_root']}  ({st['records']} records)", markup=False)

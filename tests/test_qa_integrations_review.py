@@ -238,3 +238,50 @@ def test_help_into_a_closed_pipe_is_141(tmp_path: Path) -> None:
             os.close(w)
         assert proc.returncode == 141, (args, proc.returncode, proc.stderr)
     assert subprocess.run([str(BIN), "--help"], stdout=subprocess.DEVNULL, check=False).returncode == 0
+
+
+def test_a_cancel_that_lands_as_a_call_finishes_does_not_kill_the_server(tmp_path: Path) -> None:
+    """The second attack: `notifications/cancelled` arriving between a handler's return and its
+    answer made the SDK answer twice and assert ('Request already responded to'): the server died
+    with exit 70 (a search: within 7 tries), leaving every other call unanswered."""
+    import random
+
+    p = tmp_path / "a.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.remember("hello world")
+    answered: dict[int, dict[str, Any]] = {}
+    got = threading.Condition()
+    with subprocess.Popen([str(BIN), "serve", str(p), "--mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as srv:
+        assert srv.stdin is not None and srv.stdout is not None and srv.stderr is not None
+
+        def read() -> None:
+            for raw in srv.stdout:  # type: ignore[union-attr]
+                msg = json.loads(raw)
+                if "id" in msg:
+                    with got:
+                        answered[msg["id"]] = msg
+                        got.notify_all()
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        srv.stdin.write(_line(INIT) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        srv.stdin.flush()
+        rnd = random.Random(7)
+        for i in range(1, 201):
+            srv.stdin.write(_line({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                   "params": {"name": "search", "arguments": {"query": "hello"}}}))
+            srv.stdin.flush()
+            time.sleep(rnd.random() * 0.012)
+            srv.stdin.write(_line({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                   "params": {"requestId": i, "reason": "t"}}))
+            srv.stdin.flush()
+            with got:
+                got.wait_for(lambda i=i: i in answered or srv.poll() is not None, timeout=5)
+            assert srv.poll() is None, f"the server died at call {i}"
+            assert i in answered
+        srv.stdin.close()
+        rc = srv.wait(30)
+        reader.join(5)
+        err = srv.stderr.read().decode()
+    assert rc == 0 and "internal error" not in err and "Traceback" not in err

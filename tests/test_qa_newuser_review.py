@@ -89,3 +89,37 @@ def test_small_messages(tmp_path: Path) -> None:
     r = capsule_cli("demote", p, rid[:12], "--tier", "scratch", ok=False)
     assert r.returncode == 2 and "promoted or demoted to a new id" in r.stderr
     assert "promoted or demoted" in capsule_cli("get", p, rid[:12]).stdout
+
+
+def test_a_reader_that_leaves_in_the_middle_of_a_large_document_is_a_closed_pipe(tmp_path: Path) -> None:
+    """The second attack: `list --json | head -c 10` exited 0 with 563 KB never written. The pipe's
+    reader left during one large write, which returned short; BufferedWriter passed the count on
+    and dropped the rest, so nothing said the output was cut."""
+    p = tmp_path / "a.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        for i in range(3000):
+            tx.remember(f"line {i} some text here")
+    for args in (["list", str(p), "--limit", "3000", "--json"], ["state", str(p), "--json"]):
+        proc = subprocess.Popen([str(CAPSULE_BIN), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert len(proc.stdout.read(10)) == 10  # the reader takes a little, then goes away mid-write
+        proc.stdout.close()
+        rc = proc.wait(60)
+        err = proc.stderr.read()
+        proc.stderr.close()
+        assert rc == 141, (args, rc, err)
+        assert err == b""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_export_to_a_full_stdout_is_a_write_error_like_every_command(tmp_path: Path) -> None:
+    """`export -o - > /dev/full` exited 2 (used wrongly) where every other command exits 1."""
+    p = tmp_path / "a.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        tx.remember("x")
+    for args in (["export", str(p), "-o", "-"], ["list", str(p), "--json"]):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([str(CAPSULE_BIN), *args], stdout=full, stderr=subprocess.PIPE, timeout=60,
+                                  check=False)
+        assert proc.returncode == 1, (args, proc.returncode, proc.stderr)
+        assert b"cannot write output: No space left on device" in proc.stderr

@@ -148,12 +148,40 @@ async def _in_thread(fn: Callable[..., dict[str, Any]], arguments: dict[str, Any
         raise
 
 
+def _guard_cancel_race() -> None:
+    """The SDK (1.30) answers a request twice when a client's ``notifications/cancelled`` lands
+    between the handler's return and its answer: ``cancel()`` answers "Request cancelled", then
+    ``respond()`` asserts "Request already responded to" and the server dies (python-sdk issue
+    2416, fixes proposed in its PRs 2418 and 3088). Whichever answer comes first stands; the other
+    is dropped, as those PRs do. Applied once, to the class: the server makes the responders."""
+    from mcp.shared.session import RequestResponder
+
+    if getattr(RequestResponder, "_capsule_guarded", False):
+        return
+    respond, cancel = RequestResponder.respond, RequestResponder.cancel
+
+    async def guarded_respond(self: Any, response: Any) -> None:
+        if self._completed:  # cancelled meanwhile: the client has its answer
+            return
+        await respond(self, response)
+
+    async def guarded_cancel(self: Any) -> None:
+        if self._completed:  # answered meanwhile: the result stands
+            return
+        await cancel(self)
+
+    RequestResponder.respond = guarded_respond  # type: ignore[method-assign]
+    RequestResponder.cancel = guarded_cancel  # type: ignore[method-assign]
+    RequestResponder._capsule_guarded = True  # type: ignore[attr-defined]
+
+
 class CapsuleServer(Server[Any, Any]):
     """The MCP server of one capsule: :attr:`tools` are the tools it lists, :meth:`close`
     releases the capsule's reader."""
 
     def __init__(self, service: Service) -> None:
         super().__init__("capsule", version=_version(), instructions=_INSTRUCTIONS)
+        _guard_cancel_race()
         self.service = service
         self.tools: tuple[ToolSpec, ...] = tuple(t for t in TOOLS if not (service.read_only and t.writes))
         self._by_name = {t.name: t for t in self.tools}
