@@ -15,9 +15,10 @@ controls, so C1 and bidi controls are escaped there too (``json_text``).
 
 from __future__ import annotations
 
-import errno
 import json
+import os
 import re
+import select
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -113,16 +114,56 @@ def write_out(text: str) -> None:
     write_all(text.encode("utf-8"))
 
 
-def write_all(data: bytes) -> None:
-    """Every byte to stdout, or the reader's going away raised: when a pipe's reader leaves in the
-    middle of one large write, the write returns short and BufferedWriter passes that count on
-    with the rest dropped (`list --json | head -c 10` exited 0, 563 KB unwritten and unsaid)."""
-    w, view = sys.stdout.buffer, memoryview(data)
+def write_all(data: bytes, stream: Any = None) -> None:
+    """Every byte to stdout, or the reader's going away raised (BrokenPipeError): written with
+    os.write in a loop, not through BufferedWriter, which passes a short write's count on and
+    drops the rest when a pipe's reader leaves mid-write (`list --json | head -c 10` exited 0,
+    563 KB unsaid) and gives up on a non-blocking pipe that is full (a slow reader, here waited for)."""
+    f = sys.stdout if stream is None else stream
+    f.flush()
+    try:
+        fd = f.fileno()
+    except (OSError, ValueError, AttributeError):  # a stream with no descriptor (a test runner's)
+        f.buffer.write(data)
+        f.buffer.flush()
+        return
+    view = memoryview(data)
     while view:
-        n = w.write(view)
-        if not n:  # a non-blocking stdout that takes nothing now
-            raise OSError(errno.EAGAIN, "standard output takes no more bytes")
-        view = view[n:]
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:  # a non-blocking stdout (set by the parent) that is full: wait
+            select.select([], [fd], [])
+
+
+class OutputError(OSError):
+    """Standard output refused a write (a full disk, an I/O error): not the input's fault."""
+
+
+class TextOut:
+    """``sys.stdout`` for a command that streams text (``export -o -``): UTF-8, in 64 KiB writes
+    by :func:`write_all`, and an error of stdout raised as :class:`OutputError`, so that it is
+    told from an error reading the capsule (both carry no file name)."""
+
+    def __init__(self) -> None:
+        self._real = sys.stdout
+        self._parts: list[str] = []
+        self._size = 0
+
+    def write(self, s: str) -> int:
+        self._parts.append(s)
+        self._size += len(s)
+        if self._size >= 1 << 16:
+            self.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        data, self._parts, self._size = "".join(self._parts).encode("utf-8"), [], 0
+        try:
+            write_all(data, self._real)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OutputError(e.errno, e.strerror) from None
 
 
 def _jsonable(v: object) -> Any:

@@ -11,7 +11,7 @@ from capsule import DataError
 
 from ._errors import EXIT_USAGE, call, fail, stdout_gone
 from ._params import AtOpt, FileArg, JsonOpt
-from ._render import emit_json, err, isatty, out, warn
+from ._render import OutputError, TextOut, emit_json, err, isatty, out, warn
 
 
 def export(
@@ -66,15 +66,14 @@ def export(
         fail("-o - writes the records to standard output; --json would print there too", EXIT_USAGE)
 
     def go() -> Any:
-        if output == "-":
+        if output == "-":  # the JSONL is written through TextOut: an error of stdout is told apart
+            real, sys.stdout = sys.stdout, TextOut()  # type: ignore[assignment]
             try:
                 return run(path, output, **kw)
-            except BrokenPipeError:
-                raise
-            except OSError as e:  # standard output refused it (/dev/full), as other commands say it
-                if e.filename is not None:
-                    raise
+            except OutputError as e:  # /dev/full: as every command says it (exit 1)
                 raise DataError(f"cannot write output: {e.strerror or e}") from None
+            finally:
+                sys.stdout = real
         if json_out or not isatty(sys.stderr):
             return run(path, output, **kw)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

@@ -285,3 +285,21 @@ def test_a_cancel_that_lands_as_a_call_finishes_does_not_kill_the_server(tmp_pat
         reader.join(5)
         err = srv.stderr.read().decode()
     assert rc == 0 and "internal error" not in err and "Traceback" not in err
+
+
+def test_a_cancel_right_behind_its_request_logs_no_warning(tmp_path: Path) -> None:
+    """The third attack: a cancel the SDK sees before it starts the call is not honoured (docs/mcp.md
+    says so), and each one logged 'Failed to validate notification: RequestResponder must be used
+    as a context manager' on stderr (2,300 lines for 3,000 pairs)."""
+    p = tmp_path / "a.capsule"
+    capsule.create(p).close()
+    lines = _line(INIT) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    for i in range(1, 40):
+        lines += _remember(i, f"note {i}") + _line({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                                    "params": {"requestId": i}})
+    r = subprocess.run([str(BIN), "serve", str(p), "--mcp"], input=lines, capture_output=True, timeout=120,
+                       check=True)
+    answers = [m for m in map(json.loads, r.stdout.splitlines()) if "id" in m and m["id"] != 0]
+    assert sorted(m["id"] for m in answers) == list(range(1, 40))  # one answer each
+    assert b"context manager" not in r.stderr and b"WARNING" not in r.stderr, r.stderr[-500:]
+    assert capsule.verify(p).ok

@@ -123,3 +123,47 @@ def test_export_to_a_full_stdout_is_a_write_error_like_every_command(tmp_path: P
                                   check=False)
         assert proc.returncode == 1, (args, proc.returncode, proc.stderr)
         assert b"cannot write output: No space left on device" in proc.stderr
+
+
+def _slow_nonblocking_reader(args: list[str]) -> tuple[int, bytes, bytes]:
+    """Run ``capsule ARGS`` into a pipe whose write end is O_NONBLOCK (as a parent such as node
+    may leave it), with a reader that starts after a second: (status, stdout, stderr)."""
+    import fcntl
+    import time
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETFL, fcntl.fcntl(w, fcntl.F_GETFL) | os.O_NONBLOCK)
+    proc = subprocess.Popen([str(CAPSULE_BIN), *args], stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    time.sleep(1.0)
+    chunks = []
+    while chunk := os.read(r, 1 << 16):
+        chunks.append(chunk)
+    os.close(r)
+    rc = proc.wait(60)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.stderr.close()
+    return rc, b"".join(chunks), err
+
+
+def test_a_slow_reader_of_a_non_blocking_pipe_gets_every_byte(tmp_path: Path) -> None:
+    """The third attack: into a non-blocking pipe a slow reader lost megabytes of `export -o -`
+    (exit 0, 'wrote -: 100000 rows'), and `list --json` / `state --json` failed after 64 KiB."""
+    p = tmp_path / "a.capsule"
+    with capsule.create(p) as cap, cap.commit() as tx:
+        for i in range(4000):
+            tx.remember(f"line {i} " + "some text here " * 10)
+    for args in (["export", str(p), "-o", "-"], ["list", str(p), "--json", "-n", "4000"], ["state", str(p), "--json"]):
+        full = subprocess.run([str(CAPSULE_BIN), *args], capture_output=True, check=True, timeout=60).stdout
+        assert len(full) > 1 << 18
+        rc, got, err = _slow_nonblocking_reader(args)
+        assert (rc, got) == (0, full), (args, rc, len(got), len(full), err)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+def test_an_export_that_cannot_read_its_input_is_not_an_output_error() -> None:
+    """The third attack on 550d209: a read of the capsule that failed (EINVAL, no file name) was
+    reported as 'cannot write output' with exit 1 under `-o -`; it is the input's error (exit 2)."""
+    r = capsule_cli("export", "/proc/self/clear_refs", "-o", "-", ok=False)
+    assert r.returncode == 2 and "cannot write output" not in r.stderr

@@ -166,7 +166,9 @@ def _guard_cancel_race() -> None:
         await respond(self, response)
 
     async def guarded_cancel(self: Any) -> None:
-        if self._completed:  # answered meanwhile: the result stands
+        # answered meanwhile: the result stands; not started yet: the cancel is not seen (docs/mcp.md),
+        # where the SDK raised and logged a warning for each ("must be used as a context manager")
+        if self._completed or not self._entered:
             return
         await cancel(self)
 
