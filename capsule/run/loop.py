@@ -218,7 +218,7 @@ class AgentLoop:
                 if error is not None:
                     try:
                         tasks.fail(name, self.worker, error)
-                    except (InvalidRecordError, NonCanonicalError):  # no text at all is kept rather than none
+                    except (InvalidRecordError, NonCanonicalError):  # a fixed text rather than none
                         tasks.fail(name, self.worker, "the handler failed; its error could not be stored")
                     res.failed.append(name)
             except TaskRefused:
@@ -236,7 +236,8 @@ class AgentLoop:
 
 def _text(s: str) -> str:
     """Text a task record can hold: at most 2,000 characters, a lone surrogate (an undecodable file
-    name in a message, os.fsdecode's) escaped as ``\\udcff``; raw, `fail` refused it, out of the loop."""
+    name in a message, as os.fsdecode gives it) escaped as ``\\udcff``: raw, `fail` refused it and
+    the refusal escaped the loop."""
     return s[:2000].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
