@@ -37,6 +37,17 @@ def _remember(i: int, text: str) -> bytes:
                   "params": {"name": "remember", "arguments": {"text": text}}})
 
 
+def _served(p: Path) -> subprocess.Popen[bytes]:
+    """`capsule serve P --mcp` in a fresh process, initialized (its answer read): use it in a `with`."""
+    srv = subprocess.Popen([str(BIN), "serve", str(p), "--mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    assert srv.stdin is not None and srv.stdout is not None and srv.stderr is not None
+    srv.stdin.write(_line(INIT))
+    srv.stdin.flush()
+    srv.stdout.readline()
+    return srv
+
+
 def test_a_cancelled_write_that_never_reached_a_thread_is_dropped_not_awaited() -> None:
     """The unit of H1: 60 writes against anyio's 40 worker threads, all cancelled; the 20 queued
     ones must never run and the cancellation must come back at once (it spun for ever)."""
@@ -73,12 +84,8 @@ def test_a_signal_with_many_writes_queued_stops_the_server(tmp_path: Path, sig: 
     p = tmp_path / "a.capsule"
     capsule.create(p).close()
     answers: list[bytes] = []
-    with subprocess.Popen([str(BIN), "serve", str(p), "--mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as srv:
+    with _served(p) as srv:
         assert srv.stdin is not None and srv.stdout is not None and srv.stderr is not None
-        srv.stdin.write(_line(INIT))
-        srv.stdin.flush()
-        srv.stdout.readline()
         reader = threading.Thread(target=lambda: answers.extend(srv.stdout), daemon=True)  # type: ignore[arg-type]
         reader.start()
         srv.stdin.write(b"".join(_remember(i + 1, f"note {i}") for i in range(200)))
@@ -105,12 +112,8 @@ def test_a_client_that_goes_away_with_writes_queued_does_not_leave_the_server_ru
     exited (docs: within --wait + 60 s). Writes not yet started are dropped: nobody was answered."""
     p = tmp_path / "a.capsule"
     capsule.create(p).close()
-    with subprocess.Popen([str(BIN), "serve", str(p), "--mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as srv:
+    with _served(p) as srv:
         assert srv.stdin is not None and srv.stdout is not None and srv.stderr is not None
-        srv.stdin.write(_line(INIT))
-        srv.stdin.flush()
-        srv.stdout.readline()
         srv.stdout.close()
         srv.stdin.write(b"".join(_remember(i + 1, f"gone {i}") for i in range(30)))
         srv.stdin.flush()
@@ -251,8 +254,7 @@ def test_a_cancel_that_lands_as_a_call_finishes_does_not_kill_the_server(tmp_pat
         tx.remember("hello world")
     answered: dict[int, dict[str, Any]] = {}
     got = threading.Condition()
-    with subprocess.Popen([str(BIN), "serve", str(p), "--mcp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as srv:
+    with _served(p) as srv:
         assert srv.stdin is not None and srv.stdout is not None and srv.stderr is not None
 
         def read() -> None:
@@ -265,7 +267,7 @@ def test_a_cancel_that_lands_as_a_call_finishes_does_not_kill_the_server(tmp_pat
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        srv.stdin.write(_line(INIT) + _line({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        srv.stdin.write(_line({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         srv.stdin.flush()
         rnd = random.Random(7)
         for i in range(1, 201):
