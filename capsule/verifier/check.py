@@ -368,7 +368,7 @@ def _walk(h: ReadHandle, header: FileHeader, size: int, rep: VerifyReport, deep:
                                                             rec.embedder)
                             elif kind == "memory" and not first_dim and rec.embedding is not None:
                                 first_dim = len(rec.embedding)
-                            vectors.record(kind, rid, rec, fh.offset)
+                            vectors.record(kind, rid, rec, fh.offset, slot)
                             if kind == "action":
                                 journal.record(rec)
                             if kind in EVENT_KINDS:

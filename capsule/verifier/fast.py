@@ -277,7 +277,7 @@ def record_frame(fr: Frame, offset: int, ids: bytearray, locs: list[tuple[int, i
             kinds[k] = kinds.get(k, 0) + 1
     lexical.records(fr.kinds or repeat("memory", n), fr.ids, offset)
     for slot, dim in fr.vectors:
-        vectors.add(fr.ids[32 * slot : 32 * slot + 32], dim, offset)
+        vectors.add(fr.ids[32 * slot : 32 * slot + 32], dim, offset, slot)
     return fr.vectors[0][1] if fr.vectors else 0
 
 

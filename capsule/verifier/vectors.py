@@ -16,14 +16,14 @@ from __future__ import annotations
 from array import array
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ..core import constants as C
 from ..core.errors import CorruptError
 from ..core.lazy import lazy
 from ..format.blob import BlobRef
-from ..format.commit import decode_records_payload
 from ..format.file import ReadHandle
 from ..format.frames import FileHeader, raw_payload
-from ..format.records import record_id
 from ..format.scan import read_frame_at
 from ..search.vindex import TIERS, VectorIndex, VectorParams
 
@@ -34,7 +34,7 @@ else:
 
 
 class VectorEntries:
-    """The memories with an embedding, in commit order: id, dimension, frame offset."""
+    """The memories with an embedding, in commit order: id, dimension, frame offset and slot."""
 
     def __init__(self, h: ReadHandle | None = None, header: FileHeader | None = None) -> None:
         self._h, self._header = h, header
@@ -42,17 +42,19 @@ class VectorEntries:
         self._ids = bytearray()
         self._dims = array("q")
         self._at = array("q")
+        self._slot = array("q")
 
-    def record(self, kind: str, rid: bytes, rec: Any, offset: int) -> None:
+    def record(self, kind: str, rid: bytes, rec: Any, offset: int, slot: int) -> None:
         emb = getattr(rec, "embedding", None) if kind == "memory" else None
         if emb is not None:
-            self.add(rid, len(emb), offset)
+            self.add(rid, len(emb), offset, slot)
 
-    def add(self, rid: bytes, dim: int, offset: int) -> None:
-        """A memory with a ``dim``-dimension embedding, in the RECORDS frame at ``offset``."""
+    def add(self, rid: bytes, dim: int, offset: int, slot: int) -> None:
+        """A memory with a ``dim``-dimension embedding, record ``slot`` of the RECORDS frame at ``offset``."""
         self._ids += rid
         self._dims.append(dim)
         self._at.append(offset)
+        self._slot.append(slot)
 
     def check(self, ref: BlobRef, vi: VectorIndex, params: VectorParams | None) -> None:
         """16.3: raise ``vindex`` unless ``vi`` indexes exactly the entries of 16.1 before ``ref``."""
@@ -94,7 +96,9 @@ class VectorEntries:
                     and prev[5][:m] == tags[:m])
             m = m if same else 0
         raw = bytes(self._ids)  # not ids.tolist(): NumPy drops an S32 value's trailing NULs
-        at_of = {raw[32 * i : 32 * i + 32]: int(at[i]) for i in np.flatnonzero((at < ref.offset) & (dims == dim))}
+        slot = self._slot
+        at_of = {raw[32 * i : 32 * i + 32]: (int(at[i]), slot[i])
+                 for i in np.flatnonzero((at < ref.offset) & (dims == dim))}
         labels = list(range(m, n))
         values = self._values(vi, labels, at_of)
         want = np.empty((len(labels), dim), np.float64)
@@ -119,24 +123,25 @@ class VectorEntries:
                       tags)
         return None
 
-    def _values(self, vi: VectorIndex, labels: list[int], at_of: dict[bytes, int]) -> list[Any]:
+    def _values(self, vi: VectorIndex, labels: list[int], at_of: dict[bytes, tuple[int, int]]) -> list[Any]:
         """The stored maps of the memories ``labels`` name (None for an id that names none),
-        each RECORDS frame read once (the walk has checked every one)."""
+        each RECORDS frame read once. The walk has checked every record's bytes, schema and
+        id, so only the slots wanted are unpacked, without checking them again."""
         h, hdr = self._h, self._header
         assert h is not None and hdr is not None
         out: list[Any] = [None] * len(labels)
-        by_frame: dict[int, list[int]] = {}
+        by_frame: dict[int, list[tuple[int, int]]] = {}
         for j, label in enumerate(labels):
-            off = at_of.get(vi.ids[label])
-            if off is not None:
-                by_frame.setdefault(off, []).append(j)
+            place = at_of.get(vi.ids[label])
+            if place is not None:
+                by_frame.setdefault(place[0], []).append((j, place[1]))
         for off, js in by_frame.items():
             prev = hdr.chain_seed if off == C.HEADER_SIZE else None
             fh, payload, _, _ = read_frame_at(h, off, max_frame=hdr.max_frame_len, prev_chain=prev)
-            frame: dict[bytes, Any] = {}
-            for v, data in decode_records_payload(raw_payload(fh, payload), fh.offset, fh.seq):
-                if isinstance(v, dict) and v.get("kind") == "memory":
-                    frame[record_id("memory", data)] = v
-            for j in js:
-                out[j] = frame.get(vi.ids[labels[j]])
+            parts = _SPLIT.decode(raw_payload(fh, payload))
+            for j, slot in js:
+                out[j] = msgspec.msgpack.decode(parts[slot])
         return out
+
+
+_SPLIT = msgspec.msgpack.Decoder(list[msgspec.Raw])
