@@ -339,6 +339,7 @@ def _link_new(tmp: Path, dest: Path) -> None:
 
 
 def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock: Clock | None) -> Capsule:
+    from ..format.batch import RecordBatch
     from ..format.kindwalk import walk
     from .carry import carried_for, carry_snapshots, copy_keysets  # forks only: not at start-up
 
@@ -386,7 +387,10 @@ def _fork(src: Capsule, view: Capsule, path: str | Path, out: str | Path, clock:
             rid, data = encode_record(rev)
             items.append((rid, "revert", data))
         if items:
-            new._write_commit(items)
+            batch, start = RecordBatch(items), new._snap.end
+            new._write_commit(batch)
+            # 16.8: the lexical catalog takes the records from here, not read back from the file
+            new._search.searcher().lex.feed(batch, start, new._snap.end)
         if carried:
             # 15.2: the carried signatures, and the checkpoints the fork signs later, verify
             # under the parent's keys; a fork that carries nothing picks its own first keyset
