@@ -217,3 +217,34 @@ def test_a_queue_folded_through_it_equals_the_reference_fold(tmp_path: Path, mon
     assert sum(r is not None for r in calls) >= 100 and any(r is None for r in calls)
     monkeypatch.delitem(R._FAST, "task")
     assert fold() == fast
+
+
+def test_state_counts_task_records_as_the_reference_fold(tmp_path: Path) -> None:
+    """``state`` reads task records through the fast reader too: the same state as folding
+    ``records()``, and a task record the reference refuses fails the state the same way."""
+    from capsule.format.writer import write_commit
+    from capsule.state.fold import fold
+
+    p = tmp_path / "s.capsule"
+    it = itertools.count(T0, 10**6)
+    with capsule.create(p, clock=lambda: next(it)) as cap:
+        cap.tasks.add_many([{"task": f"t{i}", "payload": {"i": i}} for i in range(30)])
+        cap.tasks.claim("t0", "w", lease=10**12)
+        cap.tasks.complete("t0", "w", result=[1, 2])
+        cap.tasks.add("float", payload={"x": 0.25})
+        with cap.commit() as tx:
+            tx.remember("a memory tagged task", tags=["task"])
+            tx.note("a note")
+    with capsule.open(p) as cap:
+        st = cap.state()
+        assert st.to_json_bytes() == fold(cap._store.records()).to_json_bytes()
+        assert st.other == {"task": 33}
+    bad = packed({"kind": "task", "op": "add", "task": "x", "time": T0, "priority": 0})  # a default spelled out
+    with capsule.open(p, "a") as cap:
+        write_commit(cap._store, [(record_id("task", bad), "task", bad)])
+    with capsule.open(p) as cap:
+        with pytest.raises(CapsuleError) as fast:
+            cap.state()
+        with pytest.raises(CapsuleError) as ref:
+            fold(cap._store.records())
+        assert str(fast.value) == str(ref.value)
