@@ -33,7 +33,7 @@ import capsule
 from capsule import CapsuleError, DataError, UsageError
 from capsule.core.stdio import claim_std_fds
 
-from ._render import err
+from ._render import ClosedStdout, OutputError, err
 
 T = TypeVar("T")
 
@@ -90,8 +90,8 @@ def call(fn: Callable[[], T]) -> T:
         fail(msg, EXIT_USAGE)
     except CapsuleError as e:
         fail(str(e), EXIT_DATA)
-    except BrokenPipeError:
-        raise  # the reader of stdout went away: run_app ends quietly
+    except (BrokenPipeError, OutputError):
+        raise  # the reader of stdout went away (run_app ends quietly), or stdout failed (run_app says so)
     except OSError as e:
         fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_USAGE)
 
@@ -103,7 +103,8 @@ _CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.
 def run_app(app: typer.Typer) -> None:
     """Run the app; a signal, exhausted memory and an unwritable stdout end it with
     one line, not a traceback."""
-    claim_std_fds()  # before any capsule is opened: a closed fd 1 must not become the capsule's
+    if 1 in claim_std_fds():  # before any capsule is opened: a closed fd 1 must not become the capsule's
+        sys.stdout = ClosedStdout()  # type: ignore[assignment]  # and output to it is an error, not dropped
     stdout_was = _fd_identity(1)
     for s in _SIGNALS:
         if signal.getsignal(s) is not signal.SIG_IGN:  # nohup and `cmd &` ignore them on purpose

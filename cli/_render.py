@@ -139,6 +139,27 @@ class OutputError(OSError):
     """Standard output refused a write (a full disk, an I/O error): not the input's fault."""
 
 
+class ClosedStdout:
+    """``sys.stdout`` when the shell closed fd 1 (``capsule export F -o - >&-``): every write
+    fails as on a closed descriptor (``echo hi >&-`` says "write error"), so output is never
+    dropped with exit 0. (/dev/null holds fd 1, so no file opened later takes it.)"""
+
+    def _closed(self, *_: Any) -> Any:
+        raise OutputError(9, "standard output is closed")  # EBADF
+
+    write = fileno = _closed
+
+    @property
+    def buffer(self) -> ClosedStdout:
+        return self
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 class TextOut:
     """``sys.stdout`` for a command that streams text (``export -o -``): UTF-8, in 64 KiB writes
     by :func:`write_all`, and an error of stdout raised as :class:`OutputError`, so that it is

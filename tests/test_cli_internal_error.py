@@ -46,7 +46,9 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def test_closed_standard_streams_are_no_internal_error(tmp_path: Path) -> None:
     """`capsule ... >&-` (fd 1 closed): Python leaves sys.stdout None; the CLI put /dev/null
     there, before the capsule was opened, so the capsule never becomes fd 1 and no command
-    dies with an internal error. Output to a closed stream is dropped."""
+    dies with an internal error. Output to a closed stdout is an error, as for `echo hi >&-`:
+    each of these commands prints, so each says it cannot write its output and exits 1 (the
+    work done stands: the put's record is in); a closed stderr or stdin changes nothing."""
     p = tmp_path / "a.capsule"
     exe = [sys.executable, "-c", "import sys; from capsule_cli.main import main; sys.argv[0] = 'capsule'; main()"]
     for redir in (">&-", "2>&-", "<&-", ">&- 2>&-"):
@@ -56,7 +58,12 @@ def test_closed_standard_streams_are_no_internal_error(tmp_path: Path) -> None:
                 continue
             cmd = " ".join(shlex.quote(a) for a in [*exe, *args]) + " " + redir
             r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
-            assert r.returncode == 0, (redir, args, r.stderr)
+            if redir.startswith(">&-"):
+                assert r.returncode == 1, (redir, args, r.stderr)
+                assert r.stderr == ("" if "2>&-" in redir else
+                                    "capsule: error: cannot write output: standard output is closed\n"), r.stderr
+            else:
+                assert r.returncode == 0, (redir, args, r.stderr)
             assert "internal error" not in r.stderr and "Traceback" not in r.stderr
     rep = capsule.verify(p)
     assert rep.ok and rep.records == 4
