@@ -248,3 +248,32 @@ def test_state_counts_task_records_as_the_reference_fold(tmp_path: Path) -> None
         with pytest.raises(CapsuleError) as ref:
             fold(cap._store.records())
         assert str(fast.value) == str(ref.value)
+
+
+@pytest.mark.parametrize("bad", [None, "default", "nfc", "unknown-field"])
+def test_verify_reads_task_records_as_its_reference_walk_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              bad: str | None) -> None:
+    """verify's bulk check takes task records through the fast reader: the same verdict and
+    first error as its record-by-record walk (fast.BULK off), on a good file and on bad records."""
+    from capsule.format.writer import write_commit
+    from capsule.verifier import fast
+
+    p = tmp_path / "v.capsule"
+    it = itertools.count(T0, 10**6)
+    with capsule.create(p, clock=lambda: next(it)) as cap:
+        cap.tasks.add_many([{"task": f"t{i}", "payload": {"i": i}} for i in range(20)])
+        cap.tasks.claim("t0", "w", lease=10**12)
+        with cap.commit() as tx:
+            tx.remember("a memory", tags=["task"])
+        if bad is not None:
+            m = {"kind": "task", "op": "add", "task": "x", "time": T0,
+                 **{"default": {"priority": 0}, "nfc": {"name": "A\u030a"}, "unknown-field": {"colour": "red"}}[bad]}
+            data = packed(m)
+            write_commit(cap._store, [(record_id("task", data), "task", data), *[
+                (record_id("task", d), "task", d) for d in [packed({"kind": "task", "op": "add", "task": "y",
+                                                                    "time": T0})]]])
+    got = capsule.verify(p)
+    monkeypatch.setattr(fast, "BULK", False)
+    want = capsule.verify(p)
+    assert (got.ok, got.first_error, got.records) == (want.ok, want.first_error, want.records)
+    assert got.ok == (bad is None)

@@ -56,7 +56,7 @@ from ..core.errors import CorruptError, DataError, NonCanonicalError
 from ..core.lazy import lazy
 from ..format import canonical as canon
 from ..format.commit import array_header, may_hold_too_many
-from ..format.records import MAX_DIM, MAX_TAG_LEN, decode_record, record_id
+from ..format.records import MAX_DIM, MAX_TAG_LEN, decode_fast, decode_record, record_id
 from ..state.fold import EVENT_KINDS
 
 if TYPE_CHECKING:
@@ -212,7 +212,12 @@ def _mixed(raw: bytes, parts: Sequence[msgspec.Raw], one_dec: Any, enc: Any, to_
 
 def _reference(data: bytes) -> str | None:
     """The kind of one record of another kind, checked as the reference walk checks it
-    (5.2, 11 depth, 7.0 and the kind's schema); None when it fails or is one the walk acts on."""
+    (5.2, 11 depth, 7.0 and the kind's schema); None when it fails or is one the walk acts on.
+    A kind with a checked-in-C reader (task events) takes it: the record it gives is the one
+    the reference gives (a flat record, within the depth bound), or none, and then the reference decides."""
+    rec = decode_fast(data)
+    if rec is not None:
+        return None if rec.kind in WALK_KINDS else rec.kind
     try:
         value = canon.decode(data)
     except NonCanonicalError:
