@@ -1,6 +1,6 @@
 """The checked-in-C reader of ``task`` records agrees with the reference reader (spec 5.2, 7.9).
 
-``run.taskfast.decode_task`` must give, for any bytes, either nothing (the reference
+``run.eventfast.decode_task`` must give, for any bytes, either nothing (the reference
 then decides) or exactly the record the reference reader gives: the same event, field by
 field, and the same id. Where the reference refuses a record, the fast reader must not
 accept it. Checked on random events built through the API, on random maps written with
@@ -25,6 +25,7 @@ from capsule.core.errors import CapsuleError
 from capsule.format import canonical as canon
 from capsule.format import records as R
 from capsule.format.records import decode_record, encode_record, record_id
+from capsule.run.eventfast import decode_task
 from capsule.run.events import (
     TaskAdded,
     TaskCancelled,
@@ -33,7 +34,6 @@ from capsule.run.events import (
     TaskFailed,
     TaskHeartbeat,
 )
-from capsule.run.taskfast import decode_task
 from capsule.run.tasks import TaskRecord
 
 

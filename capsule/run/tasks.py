@@ -67,7 +67,7 @@ def _register_fast() -> None:
     from functools import partial
 
     from ..format.records import register_fast
-    from .taskfast import decode_task
+    from .eventfast import decode_task
 
     register_fast("task", partial(decode_task, TaskRecord))
 

@@ -18,7 +18,7 @@ from ..core.errors import CorruptError
 from ..format import canonical as canon
 from ..format.blob import BlobRef, read_blob
 from ..format.file import ReadHandle
-from ..format.records import decode_record
+from ..format.records import decode_fast, decode_record
 from ..run.journal_blob import (
     JOURNAL_BLOB,
     ActionState,
@@ -57,8 +57,8 @@ class JournalCheck:
         """The action records of a RECORDS payload the bulk walk accepted (``kinds``: per slot)."""
         if kinds is not None and "action" in kinds:
             for data, kind in zip(canon.split_array(raw), kinds, strict=True):
-                if kind == "action":
-                    self.record(decode_record(canon.decode(data), b""))
+                if kind == "action":  # the walk checked it: its fast reader, else the reference
+                    self.record(decode_fast(data, ("action",)) or decode_record(canon.decode(data), b""))
 
     def pending(self, ref: BlobRef) -> bool:
         """Whether ``ref`` is a journal head not checked yet (an INDEX named it before its records)."""

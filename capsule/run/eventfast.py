@@ -1,21 +1,23 @@
-"""A stored ``task`` record straight to its scheduler event, checked in C (5.2, 7.9).
+"""Stored ``task`` and ``action`` records straight to their record objects, checked in C (5.2, 7.8, 7.9).
 
-Theory of operation: the queue is a fold of every task record of a file (7.9), so an agent
-with 100k tasks reads 100k+ of them when a process first asks what is due, and each went
-through the generic reader (``canonical.decode`` checking every scalar in Python, then the
-event's own parse, which re-encodes it to compare): about 40 µs a record, 4 s at 100k.
-msgspec decodes the record into a struct whose declared types and bounds are 7.9's table
-(text lengths in code points, int ranges, deps as a set of task ids, no unknown field), and
-one re-encoding with the keys sorted must give the bytes back: that is the canonical check
-of 5.2 for them (key order, shortest forms, a default spelled out, deps sorted and
-distinct: a set re-encodes sorted and without the repeat), as in ``memframe`` and
-``state.revfast``. What is left is checked here: the fields the event's ``op`` allows and
-needs, a ``result`` of nil spelled out (its default), and NFC over the record's JSON text.
+Theory of operation: the queue is a fold of every task record of a file (7.9), and the state
+counts every task and action record, so an agent with 100k tasks or side effects reads 100k+
+of them when a process first asks what is due or what it believes, and each went through the
+generic reader (``canonical.decode`` checking every scalar in Python, then the record's own
+parse, which re-encodes it to compare): 30-40 µs a record, seconds at 100k. msgspec decodes
+the record into a struct whose declared types and bounds are the spec's table (text lengths
+in code points, int ranges, deps as a set of task ids, no unknown field), and one re-encoding
+with the keys sorted must give the bytes back: that is the canonical check of 5.2 for them
+(key order, shortest forms, a default spelled out, deps sorted and distinct: a set
+re-encodes sorted and without the repeat), as in ``memframe`` and ``state.revfast``. What is
+left is checked here: the fields a task event's ``op`` allows and needs, a nil ``result`` or
+``value`` spelled out (their default), and NFC over the record's JSON text.
 
-``payload`` and ``result`` are taken here only when they are flat (a map of text, integers,
-booleans and nil; ``result`` may also be a list of those or one of them); anything else (a
-float, bytes, nesting) leaves the record to the exact way, which accepts it or raises the
-reader's error, so the result is what the exact way gives, or nothing.
+``payload``, ``inputs``, ``result`` and ``value`` are taken here only when they are flat (a map
+of text, integers, booleans and nil; ``result`` and ``value`` may also be a list of those or
+one of them); anything else (a float, bytes, nesting) leaves the record to the exact way,
+which accepts it or raises the reader's error, so the result is what the exact way gives,
+or nothing.
 """
 
 from __future__ import annotations
@@ -131,4 +133,43 @@ def decode_task(record: Any, data: bytes) -> Any:
     return record(ev, record_id("task", data).hex())
 
 
-__all__ = ["decode_task"]
+class _Action(msgspec.Struct, tag_field="kind", tag="action", omit_defaults=True, forbid_unknown_fields=True):
+    """7.8, in the order ``Action`` builds its record from."""
+
+    key: str
+    phase: Literal["intent", "result", "resolve"]
+    attempt: Annotated[int, Meta(ge=1, le=(1 << 31) - 1)]
+    time: _Ns
+    what: str = ""
+    inputs: _Flat = {}
+    ok: bool = True
+    value: _Flat | list[_Plain] | _Plain | UnsetType = UNSET
+    error: str = ""
+    by: Literal["", "fn", "reconcile", "human", "retry"] = ""
+
+
+_action_codecs: list[tuple[Any, Any, Any]] = []
+
+
+def decode_action(record: Any, data: bytes) -> Any:
+    """The ``record`` class's record (:class:`~capsule.run.actions.Action`) the stored bytes
+    ``data`` hold, or None to take the exact way."""
+    if not _action_codecs:  # two threads may both build them: each gets a whole set
+        _action_codecs.append((msgspec.msgpack.Decoder(_Action), msgspec.msgpack.Encoder(order="sorted"),
+                               msgspec.json.Encoder()))
+    dec, enc, to_json = _action_codecs[0]
+    try:
+        a = dec.decode(data)
+        if enc.encode(a) != data:
+            return None
+        text = to_json.encode(a)  # 5.1: NFC, over every string at once
+    except (msgspec.DecodeError, msgspec.EncodeError, ValueError):
+        return None
+    if a.value is None or not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
+        return None  # a nil value spelled out (its default), or text not NFC: the exact way names it
+    return record(time=a.time, key=a.key, phase=a.phase, attempt=a.attempt, what=a.what, inputs=a.inputs,
+                  ok=a.ok, value=None if a.value is UNSET else a.value, error=a.error, by=a.by,
+                  id=record_id("action", data).hex())
+
+
+__all__ = ["decode_action", "decode_task"]
