@@ -62,19 +62,15 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
                 from capsule.core.clock import default_clock
 
                 t = default_clock()()
-            return cap.tasks.to_dict(now=t), t
+            return cap.tasks.to_dict(now=t, statuses=wanted or None, limit=limit or (None if json_out else TABLE_ROWS)), t
 
     q, asked = call(go)
     if q["time"] > asked + 10**9:  # 7.9: the queue's clock never runs back; one event stamped ahead moves it
         warn(f"the queue's clock is {_span(q['time'] - asked)} ahead of {'--now' if when is not None else 'now'} (an event "
              "was stamped then): leases, backoffs and not-before times are judged from that time until the clock "
              "catches up (spec 7.9)")
-    chosen = [st for st in q["tasks"] if not wanted or st["status"] in wanted]
-    shown = chosen[: limit or (None if json_out else TABLE_ROWS)]
+    shown = q["tasks"]  # the tasks of --status, up to --limit (q["more"]: how many it left out)
     if json_out:
-        q["tasks"] = shown
-        if len(shown) < len(chosen):
-            q["more"] = len(chosen) - len(shown)  # tasks --limit left out
         emit_json(q)
         return
     t = Table("task", "status", "attempts", "worker", "due")
@@ -86,8 +82,8 @@ def tasks(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None,
     if shown:
         out.print(t)
     counts = ", ".join(f"{n} {k}" for k, n in q["counts"].items() if n)
-    more = len(chosen) - len(shown)
-    out.print(f"{len(q['tasks'])} tasks ({counts or 'none'}); {len(due)} due now"
+    more = q.get("more", 0)
+    out.print(f"{sum(q['counts'].values())} tasks ({counts or 'none'}); {len(due)} due now"
               + (f"; {more} more not shown (--limit N{'' if wanted else ', --status open'}, --json)" if more else ""),
               markup=False, highlight=False)
 

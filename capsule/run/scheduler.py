@@ -422,17 +422,25 @@ class Queue:
                 times.append(at)
         return min(times, default=None)
 
-    def to_dict(self, now: int | None = None) -> dict[str, Any]:
+    def to_dict(self, now: int | None = None, *, statuses: Iterable[str] | None = None,
+                limit: int | None = None) -> dict[str, Any]:
         """The ``capsule tasks --json`` document: tasks sorted by id; with ``now``,
-        also the due list in claim order."""
+        also the due list in claim order. ``statuses`` lists only the tasks in those, and
+        ``limit`` only the first ``limit`` of them (``more`` says how many it left out); the
+        counts stay the whole queue's. Only the tasks listed are turned into maps."""
         blocked = self.blocked()
         counts = dict.fromkeys(STATUSES, 0)
-        tasks = []
+        want = None if statuses is None else frozenset(statuses)
+        chosen = []
         for tid in sorted(self.tasks):
             st = self.tasks[tid]
             counts[st.status] += 1
+            if want is None or st.status in want:
+                chosen.append(st)
+        tasks = []
+        for st in chosen[:limit]:
             d = st.to_dict()
-            d["blocked_by"] = list(blocked.get(tid, ()))
+            d["blocked_by"] = list(blocked.get(st.id, ()))
             tasks.append(d)
         doc: dict[str, Any] = {
             "time": self.time,
@@ -443,6 +451,8 @@ class Queue:
         if now is not None:
             doc["now"] = self._now(now)
             doc["due"] = [st.id for st in self.due(now)]
+        if len(tasks) < len(chosen):
+            doc["more"] = len(chosen) - len(tasks)
         return doc
 
 

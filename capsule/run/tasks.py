@@ -234,6 +234,9 @@ class Tasks:
         ev = TaskCancelled(time=self._now(now), task=_task_id(task), reason=reason)
         self._write([ev], lambda q: q.check_cancel(ev))
 
-    def to_dict(self, now: int | None = None) -> dict[str, Any]:
+    def to_dict(self, now: int | None = None, *, statuses: Iterable[str] | None = None,
+                limit: int | None = None) -> dict[str, Any]:
+        """The ``capsule tasks --json`` document (see :meth:`Queue.to_dict`: ``statuses`` and
+        ``limit`` choose the tasks it lists; its counts stay the whole queue's)."""
         with self._cap._lock:
-            return self.queue().to_dict(now=self._now(now))
+            return self.queue().to_dict(now=self._now(now), statuses=statuses, limit=limit)
