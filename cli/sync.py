@@ -11,13 +11,13 @@ import typer
 
 from capsule.ingest.source import check_regular
 
-from ._errors import call
+from ._errors import EXIT_USAGE, call, fail
 from ._keys import trust_key
 from ._params import FileArg, JsonOpt, WaitOpt
 from ._render import emit_json, err, isatty, out, warn
 
 UrlArg = Annotated[str, typer.Argument(help="Remote capsule: any fsspec URL (s3://bucket/prefix/name, "
-                                       "file:///srv/capsules/name, memory://name). Credentials come from the "
+                                       "file:///srv/capsules/name). Credentials come from the "
                                        "store's usual environment or config.", metavar="URL", show_default=False)]
 
 
@@ -63,6 +63,13 @@ def _with_progress(json_out: bool, run: Callable[[Callable[[str, int, int], None
         done.set()
 
 
+def _not_memory(url: str) -> None:
+    """memory:// is one process's dict: from the command line a push there is gone at exit."""
+    if url.lower().startswith("memory:"):
+        fail(f"{url}: memory:// lives inside one process, so from the command line it is gone when the command "
+             "exits; use a path, file:///path or s3://bucket/prefix (memory:// is for the library)", EXIT_USAGE)
+
+
 def push(
     path: FileArg,
     url: UrlArg,
@@ -85,6 +92,7 @@ def push(
     """
     import capsule.sync
 
+    _not_memory(url)
     rep = call(lambda: _with_progress(json_out, lambda pr: capsule.sync.push(path, url, as_name=as_name,
                                                                                 progress=pr, check=check)))
     if json_out:
@@ -126,6 +134,8 @@ def pull(
       capsule pull s3://fleet/agents/agent-7 agent.capsule --trust agent.key.pub --json
     """
     import capsule.sync
+
+    _not_memory(url)
 
     def go() -> Any:
         anchor: Any = None

@@ -101,6 +101,10 @@ def pull(url: str, path: str | Path, *, trust: Any = None, storage_options: dict
     rh = read_head(remote)
     m = rh.manifest
     if m is None:
+        if rh.skipped:  # manifests there, none readable: damage, not an empty URL
+            raise RemoteCorrupt(f"{remote.shown}: no manifest there can be read: {rh.skipped[0]}"
+                                + (f" (and {len(rh.skipped) - 1} more)" if len(rh.skipped) > 1 else ""),
+                                check="remote-manifest")
         raise RemoteNotFound(f"{remote.shown}: no capsule was pushed there (no manifest)")
     # a pull killed (kill -9) left its temporary file, up to the capsule's size: one nobody holds
     # (each pull flocks its own) and nobody touched for a minute is removed, as merge does (20.7)

@@ -12,7 +12,10 @@ The local file is opened read-only and only bytes up to its last commit are read
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +75,8 @@ def push(path: str | Path, url: str, *, as_name: str | None = None,
     """
     p = Path(path)
     remote = Remote(url, storage_options)
+    with contextlib.suppress(OSError):  # a local store's files: no more open than the capsule (ReadHandle says why not)
+        remote.file_mode = (stat.S_IMODE(os.stat(p).st_mode) & 0o666) | 0o600
     if as_name is not None:
         remote = remote.sibling(as_name)
     h = ReadHandle(p)

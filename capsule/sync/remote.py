@@ -22,6 +22,7 @@ import contextlib
 import os
 import re
 import secrets
+import stat
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -51,6 +52,33 @@ def _one_line(e: BaseException) -> str:
     return msg[:300]
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(//)?(.*)", re.DOTALL)
+
+
+def _check_url(url: str) -> None:
+    """Refuse what a store would take as another place than the user meant: a scheme
+    without ``//`` (``s3:/fleet/x`` would be the local folder ``s3:``), a scheme with
+    nothing after it (``s3://``, ``file://``: the current folder), and an empty path
+    segment (``s3://fleet//agent``: S3 keys under ``/agent``, which its listing never
+    finds, so a pull would not see what the push wrote). A plain path has no scheme."""
+    m = _SCHEME.fullmatch(url)
+    if m is None:
+        return  # a local path (relative or absolute): the file system makes `a//b` `a/b`
+    scheme, slashes, rest = m.group(1), m.group(2), m.group(3)
+    shown = scrub(url)
+    if slashes is None:
+        raise UsageError(f"{shown}: not a remote URL: after `{scheme}:` comes `//` ({scheme}://bucket/prefix/name); "
+                         "a local folder is a path or file:///path")
+    if scheme.lower() in ("file", "local"):
+        rest = rest.removeprefix("/")  # file:///srv/x: the third slash starts the absolute path
+    rest = rest.rstrip("/")
+    if not rest:
+        raise UsageError(f"{shown}: the URL names no bucket or folder after `{scheme}://`")
+    if scheme.lower() not in ("file", "local") and "" in rest.split("/"):  # a local path makes `a//b` `a/b`
+        raise UsageError(f"{shown}: the URL has an empty path segment (`//`); a store keeps such keys apart from "
+                         "the ones without it, so a pull would not find what a push wrote there")
+
+
 class Remote:
     """One remote capsule under ``url``, through fsspec (19.1)."""
 
@@ -63,6 +91,7 @@ class Remote:
                          if isinstance(v, str) and re.search(r"secret|key|token|pass", k, re.IGNORECASE)]
         if not isinstance(url, str) or not url.strip("/"):
             raise UsageError(f"not a remote URL: {url!r}")
+        _check_url(url)
         self.url = url.rstrip("/")
         # A store quotes the URL's parts in its own words (botocore: `Invalid bucket name
         # "user:pass@bucket"`), without the `://` scrub() keys on: drop the user-info itself too.
@@ -81,6 +110,9 @@ class Remote:
         except OSError as e:  # a store that connects when built (ftp, sftp, smb): its own failure (19.8)
             raise RemoteError(f"{self.shown}: connect: {scrub(_one_line(e), self._secrets)}") from None
         self.fs = fs
+        #: the mode of the files a local store gets (push: the capsule's own, so a private capsule
+        #: is not published readable by all on a shared folder)
+        self.file_mode = 0o644
         self.root = str(root).rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.kind = "local" if protocol in ("file", "local") else "memory" if protocol == "memory" else protocol
@@ -96,8 +128,11 @@ class Remote:
             raise UsageError(f"--as {name}: {self.shown} is a whole bucket, so its sibling would be another "
                              "bucket; push to a prefix inside one (s3://bucket/agents/name)")
         if "/" not in self.url:  # a bare relative folder (`rem`): its sibling is `name` beside it
-            return Remote(name, self._options)
-        return Remote(self.url.rsplit("/", 1)[0] + "/" + name, self._options)
+            other = Remote(name, self._options)
+        else:
+            other = Remote(self.url.rsplit("/", 1)[0] + "/" + name, self._options)
+        other.file_mode = self.file_mode
+        return other
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
@@ -129,22 +164,43 @@ class Remote:
             raise RemoteError(f"{self.shown}: list {folder}: {scrub(_one_line(e), self._secrets)}") from None
         return [str(p).rstrip("/").rsplit("/", 1)[-1] for p in entries]
 
+    def _regular(self, name: str) -> None:
+        """On a local store, an object is a regular file: a device (/dev/zero) or a FIFO in
+        its place would be read without end or wait for ever (a shared folder is writable
+        by others, 19.8); its size says nothing of either."""
+        if self.kind == "local":
+            try:
+                mode = os.stat(self._path(name)).st_mode
+            except FileNotFoundError:
+                return  # the read says it is missing
+            if not stat.S_ISREG(mode):
+                raise RemoteCorrupt(f"{self.shown}/{name}: not a regular file", check="remote-object")
+
     def read(self, name: str, limit: int | None = None) -> bytes:
-        """The whole object, refused beyond ``limit`` bytes (checked before reading it)."""
+        """The whole object, refused beyond ``limit`` bytes (checked before reading it, and
+        by reading no more than one byte past it whatever the size said)."""
         with self._io("read", name):
-            if limit is not None:
-                size = self.fs.size(self._path(name))
-                if size is not None and size > limit:
-                    raise RemoteCorrupt(f"{self.shown}/{name}: {size} bytes, over the {limit} allowed",
-                                        check="remote-manifest")
-            return bytes(self.fs.cat_file(self._path(name)))
+            self._regular(name)
+            if limit is None:
+                return bytes(self.fs.cat_file(self._path(name)))
+            size = self.fs.size(self._path(name))
+            if size is not None and size > limit:
+                raise RemoteCorrupt(f"{self.shown}/{name}: {size} bytes, over the {limit} allowed",
+                                    check="remote-manifest")
+            with self.fs.open(self._path(name), "rb") as f:
+                data = bytes(f.read(limit + 1))
+            if len(data) > limit:
+                raise RemoteCorrupt(f"{self.shown}/{name}: over the {limit} bytes allowed", check="remote-manifest")
+            return data
 
     def read_range(self, name: str, start: int, end: int) -> bytes:
         with self._io("read", name):
+            self._regular(name)
             return bytes(self.fs.cat_file(self._path(name), start=start, end=end))
 
     def chunks(self, name: str, size: int, chunk: int = 8 << 20) -> Iterator[bytes]:
         """The object in chunks, at most ``size`` bytes (the manifest's word)."""
+        self._regular(name)
         with self._io("read", name), self.fs.open(self._path(name), "rb", block_size=chunk) as f:
             left = size + 1  # one byte more, so an object longer than its entry is seen
             while left > 0:
@@ -197,7 +253,7 @@ class Remote:
             raise RemoteError(f"{self.shown}: write {name}: cannot create the folder {os.path.basename(folder)}: "
                               "a file of that name is in the way") from None
         tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), self.file_mode)
         try:
             for c in chunks:
                 view = memoryview(c)
