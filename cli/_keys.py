@@ -89,16 +89,25 @@ def with_keys(fn: F) -> F:
     return run  # type: ignore[return-value]
 
 
+def env_bytes(name: str) -> bytes | None:
+    """Environment variable ``name`` as the bytes it holds (spec 10: a passphrase is its bytes
+    as given), so a value that is not UTF-8 is taken as it is rather than failing to encode."""
+    if os.supports_bytes_environ:
+        return os.environb.get(os.fsencode(name))
+    value = os.environ.get(name)
+    return None if value is None else value.encode("utf-8", "surrogateescape")
+
+
 def passphrase_from(var: str | None, opt: str | None = None) -> bytes | None:
     """The passphrase in environment variable ``var`` (one line error when unset or empty),
     given with ``opt`` (default: the option that names the capsule's passphrase here)."""
     if var is None:
         return None
-    value = os.environ.get(var)
+    value = env_bytes(var)
     if not value:
         fail(f"{opt or _errors.CAPSULE_PASSPHRASE_OPTION} {var}: the environment variable is "
-             f"{'empty' if value == '' else 'not set'}", EXIT_USAGE)
-    return value.encode()
+             f"{'empty' if value == b'' else 'not set'}", EXIT_USAGE)
+    return value
 
 
 def identity_from(path: Path | str | None) -> Any:
@@ -111,14 +120,14 @@ def identity_from(path: Path | str | None) -> Any:
     p = Path(path)
     if p.is_dir():
         fail(f"--identity {p}: is a directory, not a private key", EXIT_USAGE)
-    kp = os.environ.get("CAPSULE_KEY_PASSPHRASE")
+    kp = env_bytes("CAPSULE_KEY_PASSPHRASE")
     try:
         try:  # $CAPSULE_KEY_PASSPHRASE is for a sealed key only: a plain one beside it loads as it is
             return capsule.load_private_key(p)
         except PassphraseRequired:
             if not kp:
                 raise
-            return capsule.load_private_key(p, kp.encode())
+            return capsule.load_private_key(p, kp)
     except PassphraseRequired:
         fail(f"--identity {p}: the key file is sealed: put its passphrase in $CAPSULE_KEY_PASSPHRASE", EXIT_USAGE)
     except KeyFileError as e:  # a .pub file, another format: the user named the wrong file
@@ -146,7 +155,7 @@ def keys() -> dict[str, Any]:
     return {"identity": identity_from(ident), "passphrase": passphrase_from(_given.get("passphrase_env"))}
 
 
-__all__ = ["EncryptOpt", "IdentityOpt", "PassphraseEnvOpt", "RecipientOpt", "encryption", "identity_from", "keys", "passphrase_from", "with_keys"]
+__all__ = ["EncryptOpt", "env_bytes", "IdentityOpt", "PassphraseEnvOpt", "RecipientOpt", "encryption", "identity_from", "keys", "passphrase_from", "with_keys"]
 
 
 def trust_key(p: Path) -> Any:

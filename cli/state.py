@@ -15,6 +15,7 @@ from capsule.core import constants as C
 from capsule.ingest.source import check_regular, read_regular
 
 from ._errors import EXIT_USAGE, SigningKeyError, call, fail
+from ._keys import env_bytes
 from ._params import (
     AtOpt,
     FileArg,
@@ -32,14 +33,12 @@ PassOpt = Annotated[str | None, typer.Option("--passphrase-env", help="Environme
 
 
 def _passphrase(env: str | None) -> bytes | None:
-    import os
-
     if env is None:
         return None
-    v = os.environ.get(env)
+    v = env_bytes(env)
     if not v:
         raise capsule.UsageError(f"environment variable {env} is not set or empty")
-    return v.encode()
+    return v
 
 
 def _load_keys(paths: list[Path], passphrase_env: str | None, opt: str = "--key") -> list[capsule.PrivateKey]:
@@ -60,11 +59,11 @@ def _signing_key(p: Path, pw: bytes | None, opt: str = "--key") -> capsule.Priva
     except KeyFileError as e:  # a .pub file, another format: the wrong file named, as -i says (exit 2)
         raise capsule.UsageError(f"{opt} {p}: {e}") from None
     except PassphraseRequired:
-        env = os.environ.get("CAPSULE_KEY_PASSPHRASE")
+        env = env_bytes("CAPSULE_KEY_PASSPHRASE")
         if not env:
             raise SigningKeyError(f"{opt} {p}: the key file is sealed: give its passphrase with "
                                   "--passphrase-env VAR (or in $CAPSULE_KEY_PASSPHRASE)") from None
-        return capsule.load_private_key(p, env.encode())
+        return capsule.load_private_key(p, env)
 
 
 def state(path: FileArg, json_out: JsonOpt = False, at: AtOpt = None, valid_at: ValidAtOpt = None) -> None:
