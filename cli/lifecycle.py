@@ -14,7 +14,7 @@ import typer
 
 from ._errors import EXIT_USAGE, call, fail
 from ._params import META_RULE, FileArg, JsonOpt, WaitOpt, parse_meta, time_opt
-from ._render import emit_json, out
+from ._render import emit_json, out, warn
 
 IdArg = Annotated[str, typer.Argument(help="The record's id, or any unique prefix of it (at least 4 hex digits).",
                                       show_default=False, metavar="ID")]
@@ -25,7 +25,8 @@ EvidenceOpt = Annotated[list[str] | None, typer.Option("--evidence", metavar="ID
 TierArg = Annotated[str, typer.Option("--tier", help="scratch, working or validated.", show_default=False)]
 
 
-def _run(path: Any, wait: float, verb: Callable[[Any], str], json_out: bool, *, replaces: bool = True) -> None:
+def _run(path: Any, wait: float, verb: Callable[[Any], str], json_out: bool, *, replaces: bool = True
+         ) -> dict[str, Any]:
     """One commit holding one lifecycle event; print the event id and (``replaces``) the new memory's id."""
     import capsule
 
@@ -47,10 +48,27 @@ def _run(path: Any, wait: float, verb: Callable[[Any], str], json_out: bool, *, 
     d = call(go)
     if json_out:
         emit_json(d)
-        return
+        return d
     what = ", ".join(d["records"])
     out.print(f"{d['op']} {what}" + (f" -> {d['new']}" if d["new"] else "") + f"  (event {d['event']})",
               markup=False)
+    return d
+
+
+def _live_successors(path: Any, ids: list[str]) -> list[tuple[str, str]]:
+    """(redacted id, live memory that superseded it): a supersede keeps the old memory's tags,
+    meta and source unless it was given new ones, so a leak there may live on."""
+    import capsule
+    from capsule.questions._lifecycle import dead_ids
+
+    gone = {bytes.fromhex(x) for x in ids}
+    with capsule.open(path) as cap:
+        dead = dead_ids(cap._store)
+        found = []
+        for ev in cap.records(kind="revert"):
+            if ev.op == "supersede" and gone.intersection(ev.drop):
+                found += [(x.hex(), b.hex()) for x in ev.drop if x in gone for b in ev.by if b not in dead]
+        return found
 
 
 def forget(path: FileArg, record_id: IdArg, reason: ReasonOpt = "", actor: ActorOpt = "", wait: WaitOpt = 0.0,
@@ -65,11 +83,15 @@ def forget(path: FileArg, record_id: IdArg, reason: ReasonOpt = "", actor: Actor
 def redact(path: FileArg, record_id: IdArg, reason: ReasonOpt = "", actor: ActorOpt = "", wait: WaitOpt = 0.0,
            json_out: JsonOpt = False) -> None:
     """Redact a memory, note, decision or application record: forgotten, and its text is never shown again
-    (get, list, search, state); the next compaction purges its bytes.
+    (get, list, search, state); the next compaction purges its bytes. Its copies under another tier
+    (promoted or demoted) are redacted with it; a live memory that superseded it is named on stderr.
 
     Example: capsule redact agent.capsule 3f9a1c --reason "held a password" --actor alice
     """
-    _run(path, wait, lambda tx: tx.redact(record_id, reason=reason, actor=actor), json_out, replaces=False)
+    d = _run(path, wait, lambda tx: tx.redact(record_id, reason=reason, actor=actor), json_out, replaces=False)
+    for old, new in call(lambda: _live_successors(path, d["records"])):
+        warn(f"{old[:16]} was superseded by {new[:16]}, which is live and kept its tags, meta and source unless "
+             "the supersede gave new ones: redact it too if they hold what leaked")
 
 
 def supersede(

@@ -497,6 +497,7 @@ def test_random_lifecycles_match_a_dict_model(tmp_path_factory: pytest.TempPathF
     stored: set[str] = set()  # every memory id ever written
     content: dict[str, tuple[str, str]] = {}  # id -> (text, tier) of every memory written
     checkpoints: list[dict[str, str]] = []
+    copies: dict[str, set[str]] = {}  # promote/demote links: the same payload under another tier
     cap = capsule.create(p, clock=Clock())
     try:
         for i, (op, pick, tier) in enumerate(ops):
@@ -515,8 +516,16 @@ def test_random_lifecycles_match_a_dict_model(tmp_path_factory: pytest.TempPathF
                 victim = target if pick % 2 or not dead else dead[pick % len(dead)]
                 with cap.commit() as tx:
                     tx.redact(victim)
-                live.pop(victim, None)
-                redacted.add(victim)
+                # a redaction names every copy of the payload under another tier (promoted or demoted)
+                chain, todo = {victim}, [victim]
+                while todo:
+                    for x in copies.get(todo.pop(), ()):
+                        if x not in chain:
+                            chain.add(x)
+                            todo.append(x)
+                for x in chain:
+                    live.pop(x, None)
+                redacted.update(chain)
             elif op == "supersede":
                 with cap.commit() as tx:
                     rid = tx.supersede(target, f"fact {i} v2")
@@ -537,6 +546,8 @@ def test_random_lifecycles_match_a_dict_model(tmp_path_factory: pytest.TempPathF
                         rid = tx.promote(target, tier)
                     del live[target]
                     live[rid] = cap.get(rid).text
+                    copies.setdefault(target, set()).add(rid)
+                    copies.setdefault(rid, set()).add(target)
             elif op == "checkpoint":
                 cap.checkpoint(f"c{len(checkpoints)}", key=key)
                 checkpoints.append(dict(live))

@@ -344,14 +344,46 @@ class LifecycleMethods:
     def redact(self, record_id: str | bytes, *, reason: str = "", actor: str = "") -> str:
         """Like :meth:`forget` (a dead but not yet redacted record may be redacted too), and
         its payload is never read again: ``get`` raises :class:`Redacted`, ``records`` yields
-        a placeholder, the next compaction purges the bytes. Returns the event id.
+        a placeholder, the next compaction purges the bytes. The event also names every copy
+        of the payload under another tier (:meth:`copies`: promoted or demoted, live or not)
+        not yet redacted. Returns the event id.
 
         >>> with cap.commit() as tx: m = tx.remember("the root password is hunter2")
         >>> with cap.commit() as tx: _ = tx.redact(m, reason="a secret", actor="alice")
         >>> [r.to_dict() for r in cap.records(kind="memory")] == [{"id": m, "kind": "memory", "redacted": True}]
         True
         """
-        return self.lifecycle("redact", [record_id], reason=reason, actor=actor)
+        rid = self._id(record_id, "redact")
+        copies = [x for x in self.copies(rid) if x != rid and not self._pending().is_redacted(x)]
+        return self.lifecycle("redact", [rid, *copies], reason=reason, actor=actor)
+
+    def copies(self, record_id: str | bytes) -> list[bytes]:
+        """The records holding ``record_id``'s payload under another tier: those a chain of
+        ``promote`` and ``demote`` events (committed, or earlier in this block) links to it, in
+        either direction (7.7.1: each is the same memory with another tier, so another id), the
+        record itself first. :meth:`redact` names them all: redacting only the id ``put``
+        returned would leave the secret live in its promoted copy, and a copy that was
+        promoted away would keep it in history past the next compaction."""
+        from ..format.kindwalk import walk
+
+        rid = record_id if isinstance(record_id, bytes) else self._id(record_id, "redact")
+        links: dict[bytes, set[bytes]] = {}
+        events = [r for _, _, r in walk(self._cap._store, ["revert"])] + self._pending().events
+        for ev in events:
+            if ev.op in ("promote", "demote"):
+                for a in ev.drop:
+                    for b in ev.by:
+                        links.setdefault(a, set()).add(b)
+                        links.setdefault(b, set()).add(a)
+        out, todo = [rid], [rid]
+        seen = {rid}
+        while todo:
+            for x in sorted(links.get(todo.pop(), ())):
+                if x not in seen:
+                    seen.add(x)
+                    out.append(x)
+                    todo.append(x)
+        return out
 
     def supersede(self, old_id: str | bytes, text: str, *, tags: Any = None, meta: Mapping[str, Any] | None = None,
                   embedding: Any = None, tier: str | None = None, ttl: int | None = None,
