@@ -95,7 +95,9 @@ def test_what_the_reference_refuses_the_fast_reader_refuses() -> None:
               {**base, "by": ""}, {**base, "error": ""}, {**base, "attempt": 0}, {**base, "attempt": 1 << 31},
               {**base, "phase": "done"}, {**base, "by": "robot"}, {**base, "key": "A\u030a"},
               {**base, "value": {"x": "A\u030a"}}, {**base, "other": 1}, {**base, "time": -1},
-              {k: v for k, v in base.items() if k != "key"}, {**base, "kind": "task"}]:
+              {k: v for k, v in base.items() if k != "key"}, {**base, "kind": "task"},
+              {**base, "inputs": {f"k{i}": i for i in range(100_001)}},  # 11: past the map bound
+              {**base, "value": list(range(1_000_001))}]:  # 11: past the array bound
         data = packed(m)
         assert isinstance(reference(data), Exception), m
         assert decode_action(Action, data) is None, m

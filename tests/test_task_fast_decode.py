@@ -130,6 +130,12 @@ def test_what_the_reference_refuses_the_fast_reader_refuses() -> None:
     base = {"kind": "task", "op": "add", "task": "t", "time": 1}
     cases = [
         {**base, "priority": 0},  # a default spelled out
+        {**base, "backoff": 1_000_000_000},  # a large int: msgspec omits only the default object itself
+        {**base, "backoff_cap": 3_600_000_000_000},
+        {**base, "max_attempts": 3},
+        {**base, "payload": {f"k{i}": i for i in range(100_001)}},  # 11: past the map bound
+        {**base, "op": "complete", "worker": "w", "result": list(range(1_000_001))},  # 11: past the array bound
+        {**base, "op": "complete", "worker": "w", "result": {f"k{i}": 0 for i in range(100_001)}},
         {**base, "name": ""},
         {**base, "deps": []},
         {**base, "payload": {}},

@@ -22,6 +22,7 @@ or nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import unicodedata
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import astuple
 
+from ..core import constants as C
 from ..format.records import record_id
 from .events import (
     _NS_MAX,
@@ -44,25 +46,32 @@ from .events import (
 _Ns = Annotated[int, Meta(ge=0, le=_NS_MAX)]
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_TASK_ID)]
 _Plain = str | int | bool | None
-_Flat = dict[str, _Plain]
+_Flat = Annotated[dict[str, _Plain], Meta(max_length=C.MAX_MAP)]  # 11: as the reference reader bounds them
+_List = Annotated[list[_Plain], Meta(max_length=C.MAX_ARRAY)]
+_U = UnsetType
+
+# Every optional field is UNSET when absent, and a present one equal to its default is refused
+# below (a default spelled out): msgspec's omit_defaults leaves out only the default object
+# itself, so a decoded 1_000_000_000 equal to ``backoff``'s default would be written back and
+# pass the byte comparison.
 
 
-class _Base(msgspec.Struct, tag_field="op", omit_defaults=True, forbid_unknown_fields=True):
+class _Base(msgspec.Struct, tag_field="op", forbid_unknown_fields=True):
     kind: Literal["task"]
     task: _Id
     time: _Ns
 
 
 class _Add(_Base, tag="add"):
-    name: Annotated[str, Meta(max_length=MAX_NAME)] = ""
-    deps: Annotated[set[_Id], Meta(max_length=MAX_DEPS)] = set()
-    not_before: _Ns | UnsetType = UNSET
-    deadline: _Ns | UnsetType = UNSET
-    priority: Annotated[int, Meta(ge=-(1 << 63), le=_NS_MAX)] = 0
-    max_attempts: Annotated[int, Meta(ge=1, le=MAX_ATTEMPTS)] = 3
-    backoff: _Ns = 1_000_000_000
-    backoff_cap: _Ns = 3_600_000_000_000
-    payload: _Flat = {}
+    name: Annotated[str, Meta(max_length=MAX_NAME)] | _U = UNSET
+    deps: Annotated[set[_Id], Meta(max_length=MAX_DEPS)] | _U = UNSET
+    not_before: _Ns | _U = UNSET
+    deadline: _Ns | _U = UNSET
+    priority: Annotated[int, Meta(ge=-(1 << 63), le=_NS_MAX)] | _U = UNSET
+    max_attempts: Annotated[int, Meta(ge=1, le=MAX_ATTEMPTS)] | _U = UNSET
+    backoff: _Ns | _U = UNSET
+    backoff_cap: _Ns | _U = UNSET
+    payload: _Flat | _U = UNSET
 
 
 class _Claim(_Base, tag="claim"):
@@ -76,32 +85,47 @@ class _Heartbeat(_Claim, tag="heartbeat"):
 
 class _Complete(_Base, tag="complete"):
     worker: _Id
-    result: _Flat | list[_Plain] | _Plain | UnsetType = UNSET
+    result: _Flat | _List | _Plain | _U = UNSET
 
 
 class _Fail(_Base, tag="fail"):
     worker: _Id
-    error: Annotated[str, Meta(max_length=MAX_TEXT)] = ""
+    error: Annotated[str, Meta(max_length=MAX_TEXT)] | _U = UNSET
 
 
 class _Cancel(_Base, tag="cancel"):
-    reason: Annotated[str, Meta(max_length=MAX_TEXT)] = ""
+    reason: Annotated[str, Meta(max_length=MAX_TEXT)] | _U = UNSET
 
 
 _STRUCTS = (_Add, _Claim, _Heartbeat, _Complete, _Fail, _Cancel)
-#: per op: its event class and the fields it takes beyond task and time
-_EVENTS = {s.__struct_config__.tag: (EVENT_TYPES[s.__struct_config__.tag],  # type: ignore[index]
-                                     tuple(f for f in s.__struct_fields__ if f not in ("kind", "task", "time")))
-           for s in _STRUCTS}
+_REQUIRED: Any = object()
+#: per op: its event class and the fields it takes beyond task and time, each with its default
+#: as the event holds it (_REQUIRED: a field decoding already demanded); filled by _get
+_EVENTS: dict[str, tuple[type, tuple[tuple[str, Any], ...]]] = {}
 
-#: fields whose stored form is not the event's: a set of deps (a sorted tuple), UNSET (None)
-_FIX = frozenset({"deps", "not_before", "deadline", "result"})
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else
+                     f.default_factory() if f.default_factory is not dataclasses.MISSING else _REQUIRED)
+            for f in dataclasses.fields(cls)}
+
+
+def _spelled(v: Any, default: Any) -> bool:
+    """A present value equal to its default (of the same type: ``True`` is not ``1``)."""
+    return type(v) is type(default) and v == default
+
 
 _codecs: list[tuple[Any, Any, Any]] = []
 
 
 def _get() -> tuple[Any, Any, Any]:
-    if not _codecs:  # two threads may both build them: each gets a whole set
+    if not _codecs:  # two threads may both build them: each gets a whole set, the table first
+        for st in _STRUCTS:
+            op = str(st.__struct_config__.tag)
+            cls = EVENT_TYPES[op]
+            defaults = _defaults(cls)
+            _EVENTS[op] = (cls, tuple((f, defaults[f]) for f in st.__struct_fields__
+                                      if f not in ("kind", "task", "time")))
         _codecs.append((msgspec.msgpack.Decoder(_Add | _Claim | _Heartbeat | _Complete | _Fail | _Cancel),
                         msgspec.msgpack.Encoder(order="sorted"), msgspec.json.Encoder()))
     return _codecs[0]
@@ -110,6 +134,8 @@ def _get() -> tuple[Any, Any, Any]:
 def decode_task(record: Any, data: bytes) -> Any:
     """The ``record`` class's record (:class:`~capsule.run.tasks.TaskRecord`) the stored bytes
     ``data`` hold, or None to take the exact way."""
+    if len(data) > C.MAX_RECORD_BYTES:
+        return None
     dec, enc, to_json = _get()
     try:
         t = dec.decode(data)
@@ -120,44 +146,51 @@ def decode_task(record: Any, data: bytes) -> Any:
         return None
     if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
         return None
-    if type(t) is _Complete and t.result is None:
-        return None  # nil spelled out, the default: the exact way names it
     cls, names = _EVENTS[t.__struct_config__.tag]
     ev: Event = object.__new__(cls)
     setattr_ = object.__setattr__
     _, task, time, *rest = astuple(t)
     setattr_(ev, "time", time)
     setattr_(ev, "task", task)
-    for f, v in zip(names, rest, strict=True):  # the checks of __post_init__ are the struct's, above
-        setattr_(ev, f, v if f not in _FIX else tuple(sorted(v)) if f == "deps" else None if v is UNSET else v)
+    for (f, default), v in zip(names, rest, strict=True):  # the checks of __post_init__ are the struct's, above
+        if v is UNSET:
+            v = default
+        elif default is not _REQUIRED and _spelled(v if f != "deps" else tuple(v), default):
+            return None  # a default spelled out (7.9): the exact way names it
+        elif f == "deps":
+            v = tuple(sorted(v))
+        setattr_(ev, f, v)
     return record(ev, record_id("task", data).hex())
 
 
-class _Action(msgspec.Struct, tag_field="kind", tag="action", omit_defaults=True, forbid_unknown_fields=True):
-    """7.8, in the order ``Action`` builds its record from."""
+class _Action(msgspec.Struct, tag_field="kind", tag="action", forbid_unknown_fields=True):
+    """7.8; an optional field absent is UNSET, present and equal to its default is refused."""
 
     key: str
     phase: Literal["intent", "result", "resolve"]
     attempt: Annotated[int, Meta(ge=1, le=(1 << 31) - 1)]
     time: _Ns
-    what: str = ""
-    inputs: _Flat = {}
-    ok: bool = True
-    value: _Flat | list[_Plain] | _Plain | UnsetType = UNSET
-    error: str = ""
-    by: Literal["", "fn", "reconcile", "human", "retry"] = ""
+    what: str | _U = UNSET
+    inputs: _Flat | _U = UNSET
+    ok: bool | _U = UNSET
+    value: _Flat | _List | _Plain | _U = UNSET
+    error: str | _U = UNSET
+    by: Literal["", "fn", "reconcile", "human", "retry"] | _U = UNSET
 
 
-_action_codecs: list[tuple[Any, Any, Any]] = []
+_ACTION_OPTIONAL = ("what", "inputs", "ok", "value", "error", "by")
+_action_codecs: list[tuple[Any, Any, Any, dict[str, Any]]] = []
 
 
 def decode_action(record: Any, data: bytes) -> Any:
     """The ``record`` class's record (:class:`~capsule.run.actions.Action`) the stored bytes
     ``data`` hold, or None to take the exact way."""
+    if len(data) > C.MAX_RECORD_BYTES:
+        return None
     if not _action_codecs:  # two threads may both build them: each gets a whole set
         _action_codecs.append((msgspec.msgpack.Decoder(_Action), msgspec.msgpack.Encoder(order="sorted"),
-                               msgspec.json.Encoder()))
-    dec, enc, to_json = _action_codecs[0]
+                               msgspec.json.Encoder(), _defaults(record)))
+    dec, enc, to_json, defaults = _action_codecs[0]
     try:
         a = dec.decode(data)
         if enc.encode(a) != data:
@@ -165,10 +198,17 @@ def decode_action(record: Any, data: bytes) -> Any:
         text = to_json.encode(a)  # 5.1: NFC, over every string at once
     except (msgspec.DecodeError, msgspec.EncodeError, ValueError):
         return None
-    if a.value is None or not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
-        return None  # a nil value spelled out (its default), or text not NFC: the exact way names it
-    return record(time=a.time, key=a.key, phase=a.phase, attempt=a.attempt, what=a.what, inputs=a.inputs,
-                  ok=a.ok, value=None if a.value is UNSET else a.value, error=a.error, by=a.by,
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
+        return None  # the exact way names it
+    vals = {}
+    for f in _ACTION_OPTIONAL:
+        v = getattr(a, f)
+        if v is UNSET:
+            v = defaults[f]
+        elif _spelled(v, defaults[f]):
+            return None  # a default spelled out (7.8): the exact way names it
+        vals[f] = v
+    return record(time=a.time, key=a.key, phase=a.phase, attempt=a.attempt, **vals,
                   id=record_id("action", data).hex())
 
 
