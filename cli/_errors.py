@@ -128,12 +128,7 @@ def run_app(app: typer.Typer) -> None:
         err.print("capsule: error: aborted")
         sys.exit(EXIT_DATA)
     except Interrupted as e:
-        writer = sys.modules.get("capsule.format.writer")
-        done = {f: c for f, c in getattr(writer, "WRITTEN", {}).items() if os.path.exists(f)}  # not a deleted temp
-        # a commit made durable before the interruption stands: a retry might add its records again
-        said = "; ".join(f"{f}: commit {c} (seq {q}) " + ("was written and stands" if sure else
-                                                           "was being written and may stand (capsule log)")
-                         for f, (c, q, sure) in done.items())
+        said = _written()
         err.print(f"capsule: interrupted{' after ' + said if said else ''}", markup=False)
         sys.exit(EXIT_INTERRUPTED + e.signum)
     except MemoryError:
@@ -154,12 +149,10 @@ def run_app(app: typer.Typer) -> None:
         except BrokenPipeError:
             stdout_gone()
         except OSError as oe:
-            sys.stderr.write(f"capsule: error: cannot write output: {oe.strerror or oe}\n")
-            sys.exit(EXIT_DATA)
+            _output_failed(oe)
         raise e from None
     except OSError as e:  # e.g. stdout is /dev/full or a closed pipe
-        sys.stderr.write(f"capsule: error: cannot write output: {e.strerror or e}\n")
-        sys.exit(EXIT_DATA)
+        _output_failed(e)
     except Exception as e:  # a bug of ours: still one line (the traceback on request)
         if os.environ.get("CAPSULE_DEBUG"):
             raise
@@ -167,6 +160,25 @@ def run_app(app: typer.Typer) -> None:
         sys.stderr.write(f"capsule: internal error: {type(e).__name__}: {msg} "
                          "(a bug in capsule: rerun with CAPSULE_DEBUG=1 for the traceback and report it)\n")
         sys.exit(EXIT_INTERNAL)
+
+
+def _written() -> str:
+    """The commits this process made durable, as a retry must know them ("" when none): a
+    command stopped after its commit stands, and running it again may add its records twice."""
+    writer = sys.modules.get("capsule.format.writer")
+    done = {f: c for f, c in getattr(writer, "WRITTEN", {}).items() if os.path.exists(f)}  # not a deleted temp
+    return "; ".join(f"{f}: commit {c} (seq {q}) " + ("was written and stands" if sure else
+                                                       "was being written and may stand (capsule log)")
+                     for f, (c, q, sure) in done.items())
+
+
+def _output_failed(e: OSError) -> NoReturn:
+    """Standard output refused the output (a full disk, `>&-`): exit 1, saying whether the
+    command's change was committed before it (then it stands: do not simply run it again)."""
+    said = _written()
+    sys.stderr.write(f"capsule: error: cannot write output: {e.strerror or e}"
+                     + (f" (the change was made: {said})" if said else "") + "\n")
+    sys.exit(EXIT_DATA)
 
 
 def _fd_identity(fd: int) -> tuple[int, int] | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ._errors import EXIT_USAGE, Interrupted, call, fail
+from ._errors import EXIT_DATA, EXIT_USAGE, Interrupted, call, fail
 from ._params import FileArg
+from ._render import ClosedStdout
 from .state import PassOpt, _load_keys
 
 
@@ -54,6 +56,8 @@ def serve(
         fail(f"{path}: is a directory, not a capsule", EXIT_USAGE)
     if not path.is_file():
         fail(f"{path}: no such capsule (create it with `capsule init`)", EXIT_USAGE)
+    if isinstance(sys.stdout, ClosedStdout):  # `>&-`: no answer could reach the client, yet writes would land
+        fail("cannot serve: standard output is closed, so no answer could reach the client", EXIT_DATA)
     try:
         from capsule.integrations._mcp_stdio import claim_stdio
         from capsule.integrations.mcp import build_server

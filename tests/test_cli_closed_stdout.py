@@ -44,6 +44,7 @@ def test_a_put_into_a_closed_stdout_keeps_its_record_and_says_the_id_was_not_pri
     capsule.create(p).close()
     r = _closed("put", str(p), "--text", "kept")
     assert r.returncode == 1 and "cannot write output" in r.stderr
+    assert f"(the change was made: {p}: commit 2 (seq " in r.stderr and "was written and stands)" in r.stderr
     with capsule.open(p) as cap:
         assert [m.text for m in cap.records()] == ["kept"]
     assert capsule.verify(p).ok
@@ -56,3 +57,15 @@ def test_stdout_on_dev_null_is_no_error(tmp_path: Path) -> None:
     r = subprocess.run([CAPSULE_BIN, "export", str(p), "-o", "-"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_serve_refuses_a_closed_stdout_before_any_write(tmp_path: Path) -> None:
+    """`capsule serve F --mcp >&-` committed the client's writes and dropped every answer, exit 0."""
+    p = tmp_path / "a.capsule"
+    capsule.create(p).close()
+    before = p.read_bytes()
+    r = subprocess.run([CAPSULE_BIN, "serve", str(p), "--mcp"], input='{"jsonrpc": "2.0"}\n', stderr=subprocess.PIPE,
+                       text=True, timeout=120, preexec_fn=lambda: os.close(1))
+    assert (r.returncode, r.stderr) == (1, "capsule: error: cannot serve: standard output is closed, so no answer "
+                                           "could reach the client\n")
+    assert p.read_bytes() == before
