@@ -352,6 +352,14 @@ def _check(remote: Remote, m: Manifest, tmp: Path, trust: Any, local_size: int, 
     if trust is not None and grew and (rep.unsigned or {}).get("records"):
         raise RemoteUntrusted(f"{remote.shown}: refused: {rep.unsigned['records']} record(s) after the last "  # type: ignore[index]
                               f"checkpoint signed by the trusted key are not covered by its signature")
+    if trust is not None and not rep.contents_checked and rep.bytes > local_size and (rep.unsigned or {}).get("bytes"):
+        # 10.6, 10.7: without the key a COMMIT's MAC cannot be checked, and a commit with no record
+        # (a bucket writer's, MAC of zeros) would make the copy unreadable to every key holder:
+        # with an anchor and no key, nothing past the signed commit is taken
+        raise RemoteUntrusted(f"{remote.shown}: refused: {rep.unsigned['commits'] or 1} commit(s) after the last "  # type: ignore[index]
+                              "checkpoint signed by the trusted key, and this encrypted capsule's commits cannot "
+                              "be authenticated without its key: pull with -i KEY, or have the owner sign a "
+                              "checkpoint as the last commit before pushing")
     return rep
 
 
