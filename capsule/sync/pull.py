@@ -169,7 +169,7 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
     # key-less pull checks structure only): a pull given the key checks the tail itself, so it
     # drops such a journal (under the lock) rather than append what it has not authenticated
     keys = default_keys()
-    keyed = keys.identity is not None or keys.passphrase is not None
+    keyed = (keys.identity is not None or keys.passphrase is not None) and _encrypted(p)  # a plain copy: no key
     wh = open_writer(p, timeout, finish=not keyed)
     try:
         try:
@@ -178,16 +178,17 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
             raise WrongKey(f"{e} (if the key was added as a recipient after the copy was made, its slot is in "
                            "the remote's new bytes only: pull once without it, then use it, or pull into a "
                            "new file with it)") from None
-        if keyed and journal_path(p).exists():  # the key opened the copy: it checks the tail itself
-            logging.getLogger("capsule.recovery").warning(
-                "%s: set aside an interrupted pull's journal: this pull checks the tail with the key", p)
-            remove_journal(p)
+        # the key opened the copy: it checks the tail itself, and sets the journal aside once that
+        # passed (below): a download that fails first leaves it, so a later pull can still finish it
+        stale = keyed and journal_path(p).exists()
         if head.file_id != m.file_id:
             raise Diverged(f"{remote.shown} holds another capsule (file id {m.file_id}, {p} is {head.file_id}); "
                            f"pull it into a new file", local=head.summary(), remote=m.summary(), common=None)
         chain = bytes.fromhex(m.chain)
         done = (m.generation, wh.finished, head.commits, head.seq, head.root, head.records, None, None)
         if m.size == head.size and chain == head.chain:  # pulled, when what was left was a killed pull's
+            if stale:  # nothing of the remote's is past the local commit: the journal's bytes are no one's
+                remove_journal(p)
             return ("pulled" if wh.finished else "up-to-date", *done)
         if m.size < head.size and extends(wh, head, m.size, m.seq + 1, chain):
             return ("ahead", *done)
@@ -219,6 +220,10 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
                 _assemble(wh.fd, th, head.size, m.size, whole, held)
                 rep = _check(remote, m, whole, trust, head.size, head.records, progress)
                 records, signed = rep.records, rep.signed_prefix
+            if stale:
+                logging.getLogger("capsule.recovery").warning(
+                    "%s: set aside an interrupted pull's journal: this pull checked the tail with the key", p)
+                remove_journal(p)
             # 19.7: the verified bytes go to a journal first, so a kill midway leaves a tail the
             # next writer finishes (format.pending) instead of dropping, which would diverge the copy
             try:
@@ -241,6 +246,17 @@ def _pull_onto(remote: Remote, m: Manifest, p: Path, trust: Any, progress: Progr
         return "pulled", m.generation, got, m.commits, m.seq, m.root, records, signed, checked
     finally:
         wh.close()
+
+
+def _encrypted(p: Path) -> bool:
+    """Whether the local file's header says it is encrypted (10.1); False when it cannot say."""
+    from ..format.frames import parse_header
+
+    try:
+        with open(p, "rb") as f:
+            return parse_header(f.read(C.HEADER_SIZE)).encrypted
+    except (OSError, CapsuleError):
+        return False  # the writer's own open says what is wrong
 
 
 def _check_tail(remote: Remote, m: Manifest, src: Source, snap: Snapshot, trust: Any,
