@@ -46,7 +46,8 @@ def compact(
 ) -> None:
     """Rewrite a capsule without what its policy drops; `verify NEW --parent OLD` proves it.
 
-    In place: temporary file, fsync, rename, so a crash leaves the old file or the new one.
+    In place: temporary file, fsync, rename, so a crash leaves the old file or the new one; a file
+    with bytes after its last commit (a torn tail) is compacted to a new file only (-o), which keeps it.
 
     Examples:
       capsule compact agent.capsule
@@ -72,5 +73,8 @@ def compact(
         emit_json(rep)
         return
     warn_not_carried(rep, "compacted")
+    if rep.get("torn_tail_bytes"):
+        warn(f"{rep['path']} has {rep['torn_tail_bytes']} bytes after its last commit (an interrupted write, or "
+             f"damage to the newest commit): not in {rep['out']}; {rep['path']} keeps them (capsule verify says which)")
     out.print(f"compacted {rep['path']} into {rep['out']} ({rep['policy']}): {rep['kept']} records kept, "
               f"{rep['dropped']} dropped; {rep['bytes_before']} -> {rep['bytes_after']} bytes", markup=False)

@@ -203,6 +203,14 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
     if snap.commit is None:
         raise UsageError(f"{src_path}: has no commit to compact")
     before = snap.commit.end
+    torn = max(0, os.stat(src_path).st_size - before)
+    if torn and in_place:
+        # 8.2, 8.3: a writer that drops bytes after the last commit records them (RECOVERY); this
+        # one would replace the file and leave no trace of them, nor of the damage they may be
+        raise UsageError(f"{src_path}: {torn} bytes after its last commit (an interrupted write, or damage to "
+                         "the newest commit: capsule verify says which); compacting in place would drop them "
+                         "without the RECOVERY record a writer leaves: compact to a new file (-o NEW), which "
+                         "keeps this one, or let any write record them first")
     plan = make_plan(src._h, snap.header, before, keep)
     carried_for, copy_keysets, carry_snapshots = _carry()
     carried = tuple(carried_for(src, plan.pairs)) if carried_for is not None and plan.pairs else ()
@@ -255,7 +263,7 @@ def _compact(src: Capsule, src_path: Path, dest: Path, in_place: bool, keep: str
             "dropped": n - plan.kept, "dropped_root": lin.dropped_root.hex() if lin.dropped_root else None,
             "commits": len(plan.groups()), "carried": len(carried),
             "not_carried": [w["label"] for w in why], "not_carried_why": why,
-            "signed": key is not None,
+            "signed": key is not None, "torn_tail_bytes": torn,
             "bytes_before": before, "bytes_after": after, "seconds": round(secs, 3),
             "records_per_s": round(n / secs) if secs > 0 else None}
 
