@@ -122,8 +122,23 @@ def _short(fn: object) -> str:
     return " ".join(doc.split("\n\n", 1)[0].split())
 
 
+def _flowed(fn: object) -> str:
+    """A command's docstring with each paragraph's lines joined: typer's rich help keeps the
+    docstring's line breaks and wraps within them, which broke lines mid-sentence ("if the two /
+    diverged"). An indented line (an example), a list item and the line after a colon stay apart."""
+    out: list[str] = []
+    for line in inspect_.cleandoc(getattr(fn, "__doc__", None) or "").split("\n"):
+        prev = out[-1] if out else ""
+        if prev and line and not line[0].isspace() and not prev[0].isspace() and not prev.endswith(":") \
+                and not line.startswith(("- ", "* ")):
+            out[-1] = f"{prev} {line}"
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 for _name, _fn in COMMANDS:
-    app.command(_name, short_help=_short(_fn))(_fn if _name in NO_KEYS else with_keys(_fn))
+    app.command(_name, short_help=_short(_fn), help=_flowed(_fn))(_fn if _name in NO_KEYS else with_keys(_fn))
 app.command("records", hidden=True)(with_keys(records.list_))  # the same command by the name the issue asked for
 
 
