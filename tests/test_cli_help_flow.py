@@ -19,6 +19,8 @@ def test_no_help_line_is_a_stub_of_a_broken_sentence() -> None:
         lines = [ln.strip() for ln in head.splitlines()]
         for a, b in zip(lines, lines[1:], strict=False):
             # a line far shorter than the width followed by a continuation in lower case was a break
+            if b.startswith(("capsule ", "{")):
+                continue  # an example line
             assert not (a and b and len(a) < 40 and b[:1].islower() and not a.endswith((":", "."))), (cmd, a, b)
     serve = capsule_cli("serve", "--help").stdout
     assert re.search(r"\n\s+capsule serve agent.capsule --mcp --key agent.key", serve)  # examples keep their lines
