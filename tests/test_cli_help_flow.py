@@ -14,7 +14,7 @@ from .clirun import capsule_cli
 
 def test_no_help_line_is_a_stub_of_a_broken_sentence() -> None:
     for cmd in ("push", "serve", "compact", "pull", "redact"):
-        text = capsule_cli(cmd, "--help").stdout
+        text = capsule_cli(cmd, "--help", env={"COLUMNS": "80"}).stdout  # as a terminal of 80 columns shows it
         head = text.split("╭")[0]  # the description, before the option panels
         lines = [ln.strip() for ln in head.splitlines()]
         for a, b in zip(lines, lines[1:], strict=False):
