@@ -50,6 +50,11 @@ NO_TTL = 0
 #: candidates and this many multiply-adds (~10k vectors at 384 dims, ~0.25 ms here).
 EXACT_BELOW = 20_000
 EXACT_WORK = 4_000_000
+#: A graph where more than M entries share one vector (vendored copies of a licence, chunks an
+#: embedder maps to one point) loses its way: a node's neighbour lists fill with copies and the
+#: rest of the graph is out of reach (a self-query missed its own vector 6 times in 10). Such an
+#: index is scanned exactly instead, up to this many multiply-adds (~500k vectors at 384 dims).
+EXACT_DEGENERATE_WORK = 200_000_000
 MAX_LEVEL = 64  # 16.2: a level beyond this is a forged blob (1/M^64 odds)
 
 
@@ -168,6 +173,7 @@ class VectorIndex:
         self._tag_labels: dict[str, np.ndarray] = {}
         self._sqn: np.ndarray | None = None  # squared norms, for l2 scans
         self._hnsw: Any = None
+        self._copies: tuple[int, int] = (-1, 0)  # (entries it was counted over, most entries sharing a vector)
 
     # --- building --------------------------------------------------------------
     def __len__(self) -> int:
@@ -329,6 +335,10 @@ class VectorIndex:
                 return self._rank(allowed, q, k)
         elif n <= exact_below:
             return self._rank(np.arange(n), q, k)
+        if self._degenerate():
+            span = np.arange(n) if mask is None else np.flatnonzero(mask)
+            if len(span) * self.params.dim <= EXACT_DEGENERATE_WORK:
+                return self._rank(span, q, k)
         g = self._hnsw
         fetch = min(n if mask is None else int(mask.sum()), max(2 * k, k + 10))
         g.set_ef(max(ef, fetch))
@@ -343,6 +353,18 @@ class VectorIndex:
                     return self._rank(np.arange(n) if mask is None else np.flatnonzero(mask), q, k)
                 fetch = max(k, fetch // 2)
         return self._rank(labels[0].astype(np.int64), q, k)
+
+    def _degenerate(self) -> bool:
+        """Whether more than M entries hold one same vector (EXACT_DEGENERATE_WORK), counted once
+        per 5% of growth of the index: equal vectors give equal projections on one fixed direction, so the
+        largest group of equal projections bounds the largest group of equal vectors from above."""
+        n = self._n
+        if not 0 <= self._copies[0] <= n <= self._copies[0] * 1.05 + 64:  # again after 5% more entries
+            v = self._dense()
+            probe = np.random.default_rng(0x5EED).standard_normal(self.params.dim).astype(np.float32)
+            _, counts = np.unique(v @ probe, return_counts=True)
+            self._copies = (n, int(counts.max()) if len(counts) else 0)
+        return self._copies[1] > self.params.M
 
     def _dense(self) -> np.ndarray:
         """All vectors as one C-contiguous array (a snapshot's are a strided view)."""
