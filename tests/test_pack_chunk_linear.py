@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capsule.ingest.pack import _PARA, CHUNK_CHARS, chunk_text
+from capsule.ingest.chunk import _PARA, CHUNK_CHARS, chunk_text
 
 
 def model(text: str, limit: int = CHUNK_CHARS) -> list[str]:

@@ -33,7 +33,6 @@ Only regular files are read, and in a folder a symlink only while it stays insid
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from ..core.errors import (
 from ..search.embed import Embedder, get_embedder
 from ..search.part import snapshot_due
 from ..search.vindex import VectorParams
+from .chunk import CHUNK_CHARS, chunk_text
 from .jsonl import read_jsonl
 from .jsonl_sync import Packed
 from .resync import (
@@ -84,8 +84,6 @@ if TYPE_CHECKING:
     from ..format.keys import PublicKey
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-CHUNK_CHARS = 1200
-_PARA = re.compile(r"\n\s*\n")
 
 
 @dataclass
@@ -104,37 +102,6 @@ class PackReport:
         return {"files": self.files, "records": self.records, "new": self.new, "vectors": self.vectors,
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped], "embedder": self.embedder,
                 "bytes": self.bytes, **self.sync.to_dict()}
-
-
-def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
-    """Paragraphs packed greedily up to ``limit`` characters; a longer paragraph is
-    cut at the last whitespace before the limit (or hard, if it has none)."""
-    out: list[str] = []
-    cur = ""
-    for para in (p.strip() for p in _PARA.split(text.replace("\r\n", "\n"))):
-        if not para:
-            continue
-        # the rest of a long paragraph is para[at:] (its left stripped, its right already is):
-        # an index, not a copy of the rest per chunk, which made one 16 MB paragraph take 40 s
-        at, n = 0, len(para)
-        while n - at > limit:
-            cut = para.rfind(" ", at, at + limit)
-            cut = cut if cut - at > limit // 2 else at + limit
-            if cur:
-                out.append(cur)
-                cur = ""
-            out.append(para[at:cut].strip())
-            at = cut
-            while at < n and para[at].isspace():
-                at += 1
-        para = para[at:] if at else para
-        if cur and len(cur) + 2 + len(para) > limit:
-            out.append(cur)
-            cur = ""
-        cur = f"{cur}\n\n{para}" if cur else para
-    if cur:
-        out.append(cur)
-    return out
 
 
 Row = tuple[str, dict[str, Any]]  # (where it came from, for errors; the record)
@@ -249,7 +216,8 @@ def _plan(source: _Source, have: dict[str, list[Chunk]]) -> None:
 
 
 def _text_rows(source: _Source, sync: SyncReport, limit: int,
-               vector_of: Callable[[bytes], Any] | None = None) -> Iterator[Row]:
+               vector_of: Callable[[bytes], Any] | None = None,
+               skip: Callable[[str, str], None] | None = None) -> Iterator[Row]:
     """The second pass: read again (and check) each file that needs writing, chunk it,
     yield the chunks to write; a changed file's old chunks go to ``source.replace``.
     ``vector_of(id)``: a stored chunk's embedding, which a new chunk of a changed
@@ -262,10 +230,17 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             sync.unchanged.add(len(olds))
             continue
         text, again = _read_text(f.rel, f.path, source.folder)
+        why = None
         if text is None:  # readable in the first pass: say what changed, not that the bytes did
-            raise InvalidRecordError(f"{f.rel}: could not be read again ({again})")
-        if again != f.sha256:
-            raise InvalidRecordError(f"{f.rel}: changed while it was being packed")
+            why = f"could not be read again ({again})"
+        elif again != f.sha256:
+            why = "changed while it was being packed"
+        if why is not None:
+            if skip is None:
+                raise InvalidRecordError(f"{f.rel}: {why}")
+            # a file an agent keeps writing: the others go in, this one keeps what it had (not pruned)
+            skip(f.rel, f"{why}: its chunks are as they were; pack --append again to take it")
+            continue
         assert text is not None
         chunks = chunk_text(text, limit)
         numbers = range(len(chunks))
@@ -467,7 +442,8 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
                 if stale := [c for c in source.have.get(f.rel, ()) if c.sha256 not in (None, f.sha256)]:
                     source.replace[f.rel] = stale  # superseded by nothing: forgotten (7.7.1)
             vector_of = None if emb is None else (lambda rid: getattr(cap.get(rid), "embedding", None))
-            rows = _text_rows(source, report.sync, chunk_chars, vector_of)
+            rows = _text_rows(source, report.sync, chunk_chars, vector_of,  # a folder's other files go in
+                              (lambda rel, why: _skip(report, warn, rel, why)) if source.folder else None)
         else:
             rows = source.rows()
             if append:  # a line already packed (all but its time) is not packed again

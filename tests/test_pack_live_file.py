@@ -1,0 +1,67 @@
+"""A file that changes while a folder is packed is skipped, not the end of the pack (a review's finding).
+
+One file an agent keeps appending to (a journal, a log) made ``capsule pack DIR`` fail with
+"changed while it was being packed" and write nothing: on a first pack the 2,000 other files
+were thrown away, and ``--append`` added none of the new ones. The changing file is now skipped
+with a warning (its chunks as they were, not pruned) and the rest goes in; a single file that
+changes still fails, since nothing else would be packed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import capsule
+from capsule.ingest import pack as pack_mod
+
+
+def _changing(monkeypatch: pytest.MonkeyPatch, victim: Path) -> None:
+    """Append to ``victim`` just before its second read (the write pass), as a live writer would."""
+    real = pack_mod._read_text
+    reads: dict[str, int] = {}
+
+    def read(rel: str, path: Path, nofollow: bool) -> Any:
+        if Path(path).name == victim.name:
+            reads[rel] = reads.get(rel, 0) + 1
+            if reads[rel] == 2:
+                with open(victim, "a") as f:
+                    f.write("one more line\n")
+        return real(rel, path, nofollow)
+
+    monkeypatch.setattr(pack_mod, "_read_text", read)
+
+
+def test_the_other_files_go_in_and_the_changing_one_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"n{i}.md").write_text(f"document number {i}\n")
+    journal = src / "journal.md"
+    journal.write_text("first line\n")
+    out = tmp_path / "a.capsule"
+    capsule.pack(src, out, embedder=None)
+    for i in range(30, 40):
+        (src / f"n{i}.md").write_text(f"new document number {i}\n")
+    journal.write_text("first line\nsecond line\n")
+    _changing(monkeypatch, journal)
+    said: list[str] = []
+    rep = capsule.pack(src, out, embedder=None, append=True, prune=True, warn=said.append)
+    assert [r for r, _ in rep.skipped] == ["journal.md"] and "changed while it was being packed" in rep.skipped[0][1]
+    assert any("journal.md" in w for w in said)
+    with capsule.open(out) as cap:
+        texts = {m.text for m in cap.records(kind="memory")}
+        live = {m["text"] for m in cap.state().memories["working"]}
+    assert {f"new document number {i}" for i in range(30, 40)} <= live
+    assert "first line" in live and "first line\n\nsecond line" not in texts  # as it was, kept
+    assert capsule.verify(out).ok
+
+
+def test_a_single_file_that_changes_still_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "journal.md"
+    f.write_text("first line\n")
+    _changing(monkeypatch, f)
+    with pytest.raises(capsule.CapsuleError, match="changed while it was being packed"):
+        capsule.pack(f, tmp_path / "a.capsule", embedder=None)
