@@ -320,9 +320,16 @@ def _batches(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 def _embedder_for(choice: str | Embedder | None, have: VectorParams | None, own: bool) -> Embedder | None:
     """16.1: which embedder fills in missing vectors; a capsule's vectors all come from one."""
-    if choice == "auto":  # keep to what made the capsule's vectors; else hash, unless records bring their own
+    auto = choice == "auto"
+    if auto:  # keep to what made the capsule's vectors; else hash, unless records bring their own
         choice = (have.embedder or None) if have is not None else (None if own else "hash")
     emb = None if choice is None else get_embedder(choice)
+    if auto and own and emb is not None:
+        # 16.5: vectors of two embedders are not comparable; a query embedded by this one would
+        # never find vectors another model made (the summary called them this embedder's)
+        raise UsageError(f"these records bring their own embeddings, and this capsule's vectors come from the "
+                         f"{emb.name} embedder: leave the embeddings out (the text is embedded), or pass "
+                         f"--embedder {emb.name} if they are that embedder's")
     if emb is not None and have is not None and have.embedder != emb.name:
         made = f"the {have.embedder} embedder" if have.embedder else "the agent (no named embedder)"
         raise UsageError(f"this capsule's vectors came from {made}; pack with the same embedder, not {emb.name}")

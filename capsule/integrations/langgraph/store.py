@@ -219,8 +219,10 @@ class CapsuleStore(BaseStore):
         if have.dim != self._embed.dim:
             raise UsageError(f"{self.path}: the capsule's vectors are {have.dim}-d ({have.embedder or 'unnamed'}),"
                              f" the store's embedder gives {self._embed.dim}")
-        if have.embedder and self._embed.name and have.embedder != self._embed.name:
-            raise UsageError(f"{self.path}: the capsule's vectors come from {have.embedder!r},"
+        if self._embed.name and have.embedder != self._embed.name:
+            # 16.5: an agent's own vectors (no embedder named) are not this embedder's either
+            made = repr(have.embedder) if have.embedder else "the agent (no embedder named)"
+            raise UsageError(f"{self.path}: the capsule's vectors come from {made},"
                              f" not {self._embed.name!r}; open it with that embedder")
 
     # -- batch --------------------------------------------------------------------------------
