@@ -20,6 +20,7 @@ usage errors, a missing argument or ``-k 0``, in the same one-line form).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -93,8 +94,13 @@ def call(fn: Callable[[], T]) -> T:
     except (BrokenPipeError, OutputError):
         raise  # the reader of stdout went away (run_app ends quietly), or stdout failed (run_app says so)
     except OSError as e:
-        fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_USAGE)
+        # a full disk or a failing one is not a usage mistake (the README: exit 1); a missing
+        # file, a permission, a folder where a file was meant are (exit 2)
+        disk = e.errno in _DISK_ERRNOS or any(f"[errno {n}]" in str(e).lower() for n in _DISK_ERRNOS)
+        fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "), EXIT_DATA if disk else EXIT_USAGE)
 
+
+_DISK_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EDQUOT", "EIO", "EFBIG") if hasattr(errno, n))
 
 #: typer's usage errors (click's ClickException, which newer typer vendors privately)
 _CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
