@@ -385,7 +385,9 @@ def _append(wh: WriteHandle, src: Source, head: Head, m: Manifest, p: Path, prog
     if head.torn and (head.torn > m.size - head.size
                       or wh.pread(head.size, head.torn) != src.pread(head.size, head.torn)):
         raise SyncError(f"{p}: a torn tail of {head.torn} bytes follows its last commit and is not the "
-                        f"remote's; open it for writing once (it recovers, 8.3), then sync again")
+                        f"remote's (a write of its own was interrupted, or its newest commit is damaged: "
+                        f"capsule verify says which); pull into a new file to follow the remote (a commit "
+                        f"here would drop the tail with a RECOVERY record, and the copy would be its own)")
     rd = Reader(src, head.size, m.size, head.seq + 1, head.chain, head.header.max_frame_len)
     pending = head.size  # the first byte not yet written
     for fh, _, _ in rd.frames():
