@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import os
 import secrets
 import stat
@@ -296,7 +295,9 @@ def fork(path: str | Path, out: str | Path, *, at: str | int | None = None, cloc
         # Written whole under a temporary name, then linked to ``out`` (never replacing): a fork
         # killed midway left a file at ``out`` holding its LINEAGE and none of the parent's
         # state, which opened, verified and ran the parent's done effects again (15).
-        sweep_temporaries(dest.parent, f".{glob.escape(dest.name)}.fork-*")
+        # a killed fork's temporary file (and lock) of any name: unlocked and a minute old, it is
+        # a dead writer's (a live one holds its flock), and it may be megabytes of records
+        sweep_temporaries(dest.parent, ".*.fork-" + "[0-9a-f]" * 12 + "*")
         tmp = dest.parent / f".{dest.name}.fork-{secrets.token_hex(6)}"
         try:
             with src.view(at if at is not None else src._snap.commit) as view:
