@@ -2,21 +2,19 @@
 
 Theory of operation
 -------------------
-A :class:`Searcher` belongs to one :class:`~capsule.format.store.Store` (one
-handle) and follows its snapshot. The vector index starts from the newest snapshot blob the INDEX names
-(16.2) and catches up by inserting, in commit order, every memory with an
-embedding in the frames after that blob; with no usable blob it starts empty
-and inserts everything. A blob that fails any check is reported (``doubt``,
-a log warning, ``capsule search`` prints it) and the index is rebuilt from the
-records: never silently. The lexical catalog (BM25, ``catalog``) loads the
-same way from its own snapshot blobs (16.8), or is rebuilt from the records,
-lazily; its hits carry no record, which is read through the store when used.
+A :class:`Searcher` belongs to one :class:`~capsule.format.store.Store` (one handle) and follows
+its snapshot. The vector index starts from the newest snapshot blob the INDEX names (16.2) and
+catches up by inserting, in commit order, every memory with an embedding in the frames after that
+blob; with no usable blob it starts empty and inserts everything. A blob that fails any check is
+reported (``doubt``, a log warning, ``capsule search`` prints it) and the index is rebuilt from the
+records: never silently. The lexical catalog (BM25, ``catalog``) loads the same way from its own
+snapshot blobs (16.8), or is rebuilt from the records, lazily; its hits carry no record, which is
+read through the store when used.
 
-Filters become boolean masks over the indexed entries; the vector search scans
-exactly when few entries pass and otherwise filters inside the graph walk, so a
-selective filter cannot starve the result. Every result is scored exactly and
-ties go to the smaller record id. Dead records (dropped by a revert), expired
-ones (time + ttl <= now) and filtered-out ones are never returned.
+Filters become boolean masks over the indexed entries; the vector search scans exactly when few
+entries pass and otherwise filters inside the graph walk, so a selective filter cannot starve the
+result. Every result is scored exactly and ties go to the smaller record id. Dead records (dropped
+by a revert), expired ones (time + ttl <= now) and filtered-out ones are never returned.
 """
 
 from __future__ import annotations
@@ -214,11 +212,9 @@ class Searcher:
     def _scan(self, pos: int, kinds: frozenset[str] = _SCAN_KINDS,
               want: Callable[[str, dict[str, Any]], bool] | None = None, end: int | None = None,
               ) -> Iterator[tuple[bytes, Any]]:
-        """Records of ``kinds`` in the committed frames from ``pos`` on (up to ``end``), in commit order.
-
-        Hops from frame header to frame header and reads only RECORDS frames, each
-        checked against its own chain link (4.2): a snapshot blob is never read
-        here, so a damaged one cannot stop a rebuild from the records."""
+        """Records of ``kinds`` in the committed frames from ``pos`` on (up to ``end``), in commit order:
+        RECORDS frames only, each checked against its own chain link (4.2), hopping from header to
+        header, so a damaged snapshot blob, never read here, cannot stop a rebuild from the records."""
         snap, h = self.store.snap, self.store.h
         seq: int | None = None
         while pos < (snap.end if end is None else end):
@@ -398,8 +394,9 @@ class Searcher:
                 anym |= tag_mask(t)
             m &= anym
         if flt.meta:
+            needles = tuple(canon.pack(k) + v for k, v in flt.meta)
             for i in np.flatnonzero(m).tolist():
-                meta = meta_of(i)
+                meta = meta_of(i, needles)
                 m[i] = all(k in meta and same_value(meta[k], v) for k, v in flt.meta)
         return m
 
@@ -412,8 +409,8 @@ class Searcher:
         meta_of = None
         if flt.meta:
 
-            def meta_of(i: int) -> Mapping[str, Any]:
-                return self._meta(vi.ids[i])
+            def meta_of(i: int, needles: tuple[bytes, ...] = ()) -> Mapping[str, Any]:
+                return self._meta(vi.ids[i], needles)
 
         if t is not None:
             gone = np.flatnonzero(self.valid.hides(vi, len(vi), lambda: np.frombuffer(vi.ids.tobytes(), "S32"), t))
@@ -479,10 +476,16 @@ class Searcher:
                                                   flt.valid_at)[cand], gone)
         return self._mask(len(cand), np.flatnonzero(gone), d.column("time", cand),
                           d.column("ttl", cand), d.column("tier", cand), lambda t: d.tag_mask(t, cand),
-                          d.column("kind", cand), flt, now, lambda j: self._meta(rid_at(ids, j)))
+                          d.column("kind", cand), flt, now, lambda j, nd=(): self._meta(rid_at(ids, j), nd))
 
-    def _meta(self, rid: bytes) -> Mapping[str, Any]:
-        """A record's meta, read through the store (checked against its id)."""
+    def _meta(self, rid: bytes, needles: tuple[bytes, ...] = ()) -> Mapping[str, Any]:
+        """A record's meta, read through the store (checked against its id); ``{}`` undecoded when its
+        bytes (its id checked) lack a needle: a wanted key and value side by side, as a canonical map holds them."""
+        if needles and (loc := self.store.locate(rid)) is not None:
+            raw, bounds = self.store.frame_slots(loc[0])
+            data = raw[bounds[loc[1]] : bounds[loc[1] + 1]] if loc[1] + 1 < len(bounds) else b""
+            if not all(n in data for n in needles) and any(content_id(k, data) == rid for k in ("memory", "note", "decision")):
+                return {}  # a meta filter over 200k candidates decoded every one (11 s)
         rec = self.store.get(rid)
         if rec is None:
             raise CorruptError(f"the search index names record {rid.hex()}, which is not in the capsule",
