@@ -271,9 +271,9 @@ def _check_tail(remote: Remote, m: Manifest, src: Source, snap: Snapshot, trust:
         where = (f"{remote.shown}/{m.covering(off).name}" if off is not None and snap.end <= off < m.size
                  else f"{remote.shown}")
         raise RemoteCorrupt(f"{where}: refused: {e.check} at offset {off}: {e.message}", check=e.check) from None
-    if (t.seq, t.root) != (m.seq, m.root):
+    if (t.seq, t.root, t.commits) != (m.seq, m.root, m.commits):
         raise RemoteCorrupt(f"{remote.shown}: the segments do not make the commit the manifest names "
-                            f"(seq {m.seq}, root {m.root[:16]})", check="remote-manifest")
+                            f"(commit {m.commits}, seq {m.seq}, root {m.root[:16]})", check="remote-manifest")
     if trust is not None:
         if not t.new_records:
             raise NeedsWhole("with an anchor, the whole file says what is signed (13.4)")
@@ -360,9 +360,10 @@ def _check(remote: Remote, m: Manifest, tmp: Path, trust: Any, local_size: int, 
         where = (f"{remote.shown}/{m.covering(off).name}" if local_size <= off < m.size else
                  f"{remote.shown}" if off >= local_size else "the local file")
         raise RemoteCorrupt(f"{where}: refused: {check} at offset {off}: {e.get('message')}", check=check)
-    if (rep.file_id, rep.last_seq, rep.root, rep.bytes, rep.torn_tail) != (m.file_id, m.seq, m.root, m.size, 0):
+    if (rep.file_id, rep.last_seq, rep.root, rep.bytes, rep.torn_tail, rep.commits) != (
+            m.file_id, m.seq, m.root, m.size, 0, m.commits):
         raise RemoteCorrupt(f"{remote.shown}: the segments do not make the commit the manifest names "
-                            f"(seq {m.seq}, root {m.root[:16]})", check="remote-manifest")
+                            f"(commit {m.commits}, seq {m.seq}, root {m.root[:16]})", check="remote-manifest")
     # 10.6: without the key, record counts are a COMMIT's word: any new bytes count as new records
     grew = rep.records > local_records or (not rep.contents_checked and rep.bytes > local_size)
     if trust is not None and grew and (rep.unsigned or {}).get("records"):
