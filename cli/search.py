@@ -240,15 +240,14 @@ def pack(
 ) -> None:
     """Ingest text files (chunked; path, chunk and file SHA-256 kept in meta) or JSONL records.
 
-    A folder's .txt, .md, .markdown, .rst and .text files are read (any case);
-    files of other types are ignored with one warning, and files that are not
-    UTF-8 are skipped with a warning. One file is read as text or, named
-    .jsonl or .ndjson, as JSONL. The vector index is built and stored in the
-    capsule, so it opens straight to search. The record count includes only
-    what was packed: `capsule open` also counts the capsule's vindex record
-    (its vector index parameters). Re-running `--append` on the same folder keeps the capsule in
-    sync with it: unchanged files add nothing, changed ones replace their chunks, an interrupted
-    pack is completed; files gone from the folder (deleted, renamed) leave only with --prune.
+    A folder's .txt, .md, .markdown, .rst and .text files are read (any case); files of other types
+    are ignored with one warning, and files that are not UTF-8 are skipped with a warning. One file is
+    read as text or, named .jsonl or .ndjson, as JSONL. The vector index is built and stored in the
+    capsule, so it opens straight to search. The record count includes only what was packed: `capsule
+    open` also counts the capsule's vindex record (its vector index parameters). Re-running `--append` on the same folder keeps the capsule in
+    sync with it: unchanged files add nothing, changed ones replace their chunks, a pack killed
+    midway (kill -9, a crash) is completed; files gone from the folder (deleted, renamed) leave only
+    with --prune. A new pack stopped by Ctrl-C or a signal leaves no capsule (pack it again).
     Files are filed under the folder's name (--root): folders packed into one capsule stay
     apart, and --append or --prune of one never touches another's.
 
