@@ -163,7 +163,10 @@ def pull(
             "up-to-date": f"{rep.path} is up to date with {rep.url}",
             "ahead": f"{rep.path} is ahead of {rep.url} (push it)"}[rep.status]
     signed = f"; signed through seq {rep.signed_prefix['seq']}" if rep.signed_prefix else ""
-    out.print(f"{said}: commit {rep.commits} (seq {rep.seq}), {rep.bytes} bytes downloaded{signed}", markup=False)
+    # pulled with nothing checked now: a killed pull's journal was finished, nothing downloaded
+    moved = (f"{rep.bytes} bytes appended from an interrupted pull's journal"
+             if rep.status == "pulled" and rep.checked is None else f"{rep.bytes} bytes downloaded")
+    out.print(f"{said}: commit {rep.commits} (seq {rep.seq}), {moved}{signed}", markup=False)
 
 
 def _skipped(names: list[str]) -> None:

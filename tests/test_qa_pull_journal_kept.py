@@ -58,3 +58,17 @@ def test_a_keyed_pull_that_fails_keeps_the_journal_of_an_encrypted_copy(tmp_path
     with capsule.unlocking(passphrase="pw"):
         assert capsule.sync.pull(url, b).status == "pulled"
     assert b.read_bytes() == a.read_bytes() and not journal_path(b).exists()
+
+
+def test_a_pull_that_only_finished_a_journal_says_so(tmp_path: Path) -> None:
+    """It said "N bytes downloaded" though every segment had just been deleted from the store."""
+    url, a, b = _remote_with_three_new_commits(tmp_path)
+    p = subprocess.run([sys.executable, "-c", KILLED_PULL, url, str(b)], capture_output=True, timeout=120,
+                       check=False)
+    assert p.returncode == -signal.SIGKILL and journal_path(b).exists()
+    segs = Path(url.removeprefix("file://")) / "segments"
+    shutil.move(segs, tmp_path / "segments.away")
+    r = cli("pull", url, b)
+    assert r.returncode == 0, r.stderr
+    assert "bytes appended from an interrupted pull's journal" in r.stdout and "downloaded" not in r.stdout, r.stdout
+    assert b.read_bytes() == a.read_bytes()
