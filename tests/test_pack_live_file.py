@@ -65,3 +65,19 @@ def test_a_single_file_that_changes_still_fails(tmp_path: Path, monkeypatch: pyt
     _changing(monkeypatch, f)
     with pytest.raises(capsule.CapsuleError, match="changed while it was being packed"):
         capsule.pack(f, tmp_path / "a.capsule", embedder=None)
+
+
+def test_a_symlinked_folder_is_named_not_dropped_in_silence(tmp_path: Path) -> None:
+    """A symlinked file leaving the folder was named; a symlinked folder (never followed) was not."""
+    src, other = tmp_path / "src", tmp_path / "other"
+    (src / "real").mkdir(parents=True)
+    other.mkdir()
+    (src / "real" / "a.md").write_text("hello\n")
+    (other / "b.md").write_text("outside\n")
+    (src / "linked").symlink_to(other)
+    (src / "inner").symlink_to("real")
+    said: list[str] = []
+    rep = capsule.pack(src, tmp_path / "a.capsule", embedder=None, warn=said.append)
+    assert rep.files == 1
+    assert sorted(rel for rel, why in rep.skipped if "symlink to a folder" in why) == ["inner/", "linked/"]
+    assert any("linked/" in w for w in said)

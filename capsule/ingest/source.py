@@ -165,7 +165,12 @@ def text_files(src: Path, skip: Callable[[str, str], None], warn: Callable[[str]
         rel = Path(e.filename).relative_to(src).as_posix() if e.filename else "?"
         skip(f"{rel}/", f"{FOLDER_UNREAD} ({e.strerror or e})")
 
-    for top, _dirs, names in os.walk(src, onerror=unread):  # followlinks=False
+    for top, dirs, names in os.walk(src, onerror=unread):  # followlinks=False
+        for d in dirs:  # said, as a symlinked file that leaves the folder is (it was dropped in silence)
+            q = Path(top, d)
+            with contextlib.suppress(OSError):  # a name too long to stat: the walk says what it cannot list
+                if q.is_symlink() and not any(part.startswith(".") for part in q.relative_to(src).parts):
+                    skip(f"{q.relative_to(src).as_posix()}/", "a symlink to a folder (not followed)")
         for name in names:
             p = Path(top, name)
             if p.suffix.lower() not in TEXT_SUFFIXES:
