@@ -107,3 +107,12 @@ def test_the_command_names_a_live_memory_that_superseded_it(tmp_path: Path) -> N
     assert f"{old[:16]} was superseded by {sup['new'][:16]}, which is live" in r.stderr, r.stderr
     r = capsule_cli("redact", str(p), sup["new"][:8])
     assert r.stderr == ""  # nothing superseded it
+
+
+def test_a_bad_id_is_named_as_why_names_it(tmp_path: Path) -> None:
+    """It said `forget must be a record id (64 hex digits)`, though a 4-digit prefix is taken too."""
+    p = tmp_path / "a.capsule"
+    capsule.create(p).close()
+    for bad in ("zzzzzzzz", "a" * 80):
+        r = capsule_cli("forget", str(p), bad, ok=False)
+        assert r.returncode == 2 and "is not a record id or id prefix (4 to 64 hex digits)" in r.stderr, r.stderr

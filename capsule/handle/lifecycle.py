@@ -217,6 +217,8 @@ class LifecycleMethods:
         try:
             return parse_id(self._resolve(v, op), op)
         except InvalidRecordError as e:
+            if isinstance(v, str):  # as `why` says it: a prefix is an id too
+                raise UsageError(f"{op}: {v[:80]!r} is not a record id or id prefix (4 to 64 hex digits)") from None
             raise UsageError(str(e)) from None
 
     def _in_block(self, rid: bytes) -> int | None:
