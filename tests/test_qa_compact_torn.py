@@ -50,3 +50,15 @@ def test_to_a_new_file_it_says_the_old_one_keeps_them(tmp_path: Path) -> None:
     doc = json.loads(capsule_cli("compact", str(p), "-o", str(tmp_path / "c.capsule"), "--json").stdout)
     assert doc["torn_tail_bytes"] == torn
     assert capsule.verify(tmp_path / "c.capsule", parent=p).ok
+
+
+def test_verify_parent_of_a_compaction_says_compaction(tmp_path: Path) -> None:
+    """It said 'WRONG is not the parent this fork names' of a compacted file."""
+    a, other = tmp_path / "a.capsule", tmp_path / "other.capsule"
+    for f in (a, other):
+        with capsule.create(f) as cap, cap.commit() as tx:
+            tx.remember(f"in {f.name}")
+    capsule.compact(a, out=tmp_path / "c.capsule")
+    rep = capsule.verify(tmp_path / "c.capsule", parent=other)
+    assert not rep.ok and rep.first_error is not None
+    assert "is not the parent this compaction names" in rep.first_error["message"], rep.first_error

@@ -59,7 +59,9 @@ def check_parent(rep: VerifyReport, parent: Path, keys: Keys | None = None) -> N
     if not ok:
         rep.ok = False
         rep.first_error = {"offset": C.HEADER_SIZE, "seq": 0, "check": "lineage",
-                           "message": f"{parent} is not the parent this fork names (or the fork point differs)"}
+                           "message": f"{parent} is not the parent this compaction names (or its last commit "
+                                      "differs)" if lin.get("policy") is not None else
+                                      f"{parent} is not the parent this fork names (or the fork point differs)"}
     elif lin.get("policy") is not None:
         check_compacted(rep, parent, keys)
     else:
