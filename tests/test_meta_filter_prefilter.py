@@ -35,12 +35,13 @@ def cap_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("meta", [{"i": 1234}, {"svc": "s3", "ok": False}, {"i": 12}, {"i": "1234"}, {"nope": 1}])
-@pytest.mark.parametrize("mode", ["lexical", "vector"])
+@pytest.mark.parametrize("mode", ["lexical", "vector", "list"])
 def test_the_results_are_the_full_checks(cap_path: Path, meta: dict[str, object], mode: str,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with capsule.open(cap_path) as cap:
-        kw = {"vector": np.ones(8)} if mode == "vector" else {"query": "latency"}
-        fast = [(h.id, h.score) for h in cap.search(k=50, mode=mode, meta=meta, **kw)]
+        kw: dict[str, object] = {"vector": np.ones(8), "mode": mode} if mode == "vector" else \
+            {"query": "latency", "mode": mode} if mode == "lexical" else {}  # no query: the listing (capsule list)
+        fast = [(h.id, h.score) for h in cap.search(k=50, meta=meta, **kw)]
     calls = [0]
     real = store_mod.Store.get
 
@@ -52,9 +53,9 @@ def test_the_results_are_the_full_checks(cap_path: Path, meta: dict[str, object]
         monkeypatch.setattr(store_mod.Store, "get", get)
         plain = engine.Searcher._meta
         monkeypatch.setattr(engine.Searcher, "_meta", lambda self, rid, needles=(): plain(self, rid))  # no prefilter
-        slow = [(h.id, h.score) for h in cap.search(k=50, mode=mode, meta=meta, **kw)]
+        slow = [(h.id, h.score) for h in cap.search(k=50, meta=meta, **kw)]
     assert fast == slow
-    assert calls[0] >= 3000  # the full check decoded every candidate
+    assert calls[0] >= (50 if mode == "list" and meta == {"svc": "s3", "ok": False} else 3000)  # the full check
 
 
 def test_only_the_candidates_that_can_match_are_decoded(cap_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,5 +69,6 @@ def test_only_the_candidates_that_can_match_are_decoded(cap_path: Path, monkeypa
     monkeypatch.setattr(store_mod.Store, "get", get)
     with capsule.open(cap_path) as cap:
         hits = cap.search("latency", k=5, meta={"i": 1234})
-    assert [h.text for h in hits] == ["latency report number 1234"]
+        listed = cap.search(k=5, meta={"i": 1234})  # capsule list --meta: newest first, read until k pass
+    assert [h.text for h in hits] == [h.text for h in listed] == ["latency report number 1234"]
     assert calls[0] < 50, calls[0]

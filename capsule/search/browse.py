@@ -14,6 +14,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from ..core.lazy import lazy
+from ..format import canonical as canon
 from .catalog import rid_at
 from .params import same_value
 
@@ -68,11 +69,12 @@ def _newest_with_meta(s: Searcher, d: Any, cand: np.ndarray, k: int, flt: Filter
     times = d.column("time", cand).astype(np.int64)
     ids = d.column("ids", cand)
     out: list[tuple[bytes, float, Any]] = []
+    needles = tuple(canon.pack(key) + v for key, v in flt.meta)  # a record lacking one is not decoded
     for i in np.lexsort((ids, -times)).tolist():  # time descending, then id ascending
         if len(out) >= k:
             break
         rid = rid_at(ids, i)
-        meta = s._meta(rid)
+        meta = s._meta(rid, needles)
         if all(key in meta and same_value(meta[key], v) for key, v in flt.meta):
             out.append((rid, 0.0, None))
     return out
