@@ -116,3 +116,41 @@ def test_a_bad_id_is_named_as_why_names_it(tmp_path: Path) -> None:
     for bad in ("zzzzzzzz", "a" * 80):
         r = capsule_cli("forget", str(p), bad, ok=False)
         assert r.returncode == 2 and "is not a record id or id prefix (4 to 64 hex digits)" in r.stderr, r.stderr
+
+
+def test_after_a_live_compaction_the_live_copy_is_redacted(tmp_path: Path) -> None:
+    """`compact --keep live` drops the original a kept promote event names: redact skips it
+    (nothing of it is left) instead of failing 'no record' and leaving the secret live."""
+    p = tmp_path / "a.capsule"
+    ids = _chain(p, ["validated"])
+    out = tmp_path / "b.capsule"
+    capsule.compact(p, out=out, keep="live")
+    with capsule.open(out, "a", clock=clock()) as cap:
+        with cap.commit() as tx:
+            ev = tx.redact(ids[-1], reason="leak")
+        assert [x.hex() for x in cap.get(ev).drop] == [ids[-1]]
+    assert not _leaks(out)
+
+
+def test_many_redactions_in_one_block_read_the_events_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from capsule.format import kindwalk
+
+    p = tmp_path / "a.capsule"
+    with capsule.create(p, clock=clock()) as cap:
+        with cap.commit() as tx:
+            ms = [tx.remember(f"secret {i}", tier="scratch") for i in range(300)]
+        with cap.commit() as tx:
+            tops = [tx.promote(m, "working") for m in ms]
+        walks = [0]
+        real = kindwalk.walk
+
+        def counting(*a, **kw):  # type: ignore[no-untyped-def]
+            walks[0] += 1
+            return real(*a, **kw)
+
+        monkeypatch.setattr(kindwalk, "walk", counting)
+        with cap.commit() as tx:
+            for m in ms[:200]:
+                tx.redact(m)
+        assert walks[0] <= 2, walks[0]  # once per block, not once per redaction
+        assert all(not cap.is_live(t) for t in tops[:200]) and all(cap.is_live(t) for t in tops[200:])

@@ -194,6 +194,8 @@ class LifecycleMethods:
     """``lifecycle`` and the verbs over it: a mixin of :class:`~capsule.handle.transaction.Transaction`."""
 
     _lc: _Pending | None = None
+    _links: dict[bytes, set[bytes]] | None = None  # promote/demote links (copies), built on first redact
+    _linked = 0  # this block's events already in _links
     #: the id (hex) of the last lifecycle event this transaction added (a verb returns the new id)
     last_event: str | None = None
 
@@ -356,8 +358,13 @@ class LifecycleMethods:
         True
         """
         rid = self._id(record_id, "redact")
-        copies = [x for x in self.copies(rid) if x != rid and not self._pending().is_redacted(x)]
+        copies = [x for x in self.copies(rid) if x != rid and not self._pending().is_redacted(x) and self._has(x)]
         return self.lifecycle("redact", [rid, *copies], reason=reason, actor=actor)
+
+    def _has(self, rid: bytes) -> bool:
+        """Whether the file or this block holds ``rid`` (a compaction may have dropped a copy a
+        kept promote event still names: nothing of it is left to redact)."""
+        return self._in_block(rid) is not None or self._cap._store.get(rid) is not None
 
     def copies(self, record_id: str | bytes) -> list[bytes]:
         """The records holding ``record_id``'s payload under another tier: those a chain of
@@ -369,14 +376,15 @@ class LifecycleMethods:
         from ..format.kindwalk import walk
 
         rid = record_id if isinstance(record_id, bytes) else self._id(record_id, "redact")
-        links: dict[bytes, set[bytes]] = {}
-        events = [r for _, _, r in walk(self._cap._store, ["revert"])] + self._pending().events
-        for ev in events:
-            if ev.op in ("promote", "demote"):
-                for a in ev.drop:
-                    for b in ev.by:
-                        links.setdefault(a, set()).add(b)
-                        links.setdefault(b, set()).add(a)
+        # the links of the committed events, once per transaction (its snapshot is fixed), then
+        # those of this block's events not yet taken: many redactions in one block stay linear
+        if self._links is None:
+            self._links, self._linked = {}, 0
+            self._link([r for _, _, r in walk(self._cap._store, ["revert"])])
+        pending = self._pending().events
+        self._link(pending[self._linked :])
+        self._linked = len(pending)
+        links = self._links
         out, todo = [rid], [rid]
         seen = {rid}
         while todo:
@@ -386,6 +394,15 @@ class LifecycleMethods:
                     out.append(x)
                     todo.append(x)
         return out
+
+    def _link(self, events: Iterable[Any]) -> None:
+        assert self._links is not None
+        for ev in events:
+            if ev.op in ("promote", "demote"):
+                for a in ev.drop:
+                    for b in ev.by:
+                        self._links.setdefault(a, set()).add(b)
+                        self._links.setdefault(b, set()).add(a)
 
     def supersede(self, old_id: str | bytes, text: str, *, tags: Any = None, meta: Mapping[str, Any] | None = None,
                   embedding: Any = None, tier: str | None = None, ttl: int | None = None,
