@@ -50,10 +50,8 @@ NO_TTL = 0
 #: candidates and this many multiply-adds (~10k vectors at 384 dims, ~0.25 ms here).
 EXACT_BELOW = 20_000
 EXACT_WORK = 4_000_000
-#: A graph where more than M entries share one vector (vendored copies of a licence, chunks an
-#: embedder maps to one point) loses its way: a node's neighbour lists fill with copies and the
-#: rest of the graph is out of reach (a self-query missed its own vector 6 times in 10). Such an
-#: index is scanned exactly instead, up to this many multiply-adds (~500k vectors at 384 dims).
+#: A graph with more than M entries on one vector (copies of a licence) loses its way (a self-query
+#: missed 6 in 10): scanned exactly instead, up to this many multiply-adds (~500k vectors of 384).
 EXACT_DEGENERATE_WORK = 200_000_000
 MAX_LEVEL = 64  # 16.2: a level beyond this is a forged blob (1/M^64 odds)
 
@@ -173,7 +171,8 @@ class VectorIndex:
         self._tag_labels: dict[str, np.ndarray] = {}
         self._sqn: np.ndarray | None = None  # squared norms, for l2 scans
         self._hnsw: Any = None
-        self._copies: tuple[int, int] = (-1, 0)  # (entries it was counted over, most entries sharing a vector)
+        #: (entries counted, projection -> entries, most entries sharing one): see _degenerate
+        self._copies: tuple[int, dict[float, int], int] = (0, {}, 0)
 
     # --- building --------------------------------------------------------------
     def __len__(self) -> int:
@@ -355,16 +354,18 @@ class VectorIndex:
         return self._rank(labels[0].astype(np.int64), q, k)
 
     def _degenerate(self) -> bool:
-        """Whether more than M entries hold one same vector (EXACT_DEGENERATE_WORK), counted once
-        per 5% of growth of the index: equal vectors give equal projections on one fixed direction, so the
-        largest group of equal projections bounds the largest group of equal vectors from above."""
-        n = self._n
-        if not 0 <= self._copies[0] <= n <= self._copies[0] * 1.05 + 64:  # again after 5% more entries
-            v = self._dense()
+        """Whether more than M entries hold one same vector (EXACT_DEGENERATE_WORK): equal vectors give
+        equal projections on one fixed direction, so the largest group of equal projections bounds the
+        largest group of equal vectors. Counted over the entries added since the last call."""
+        n, (seen, counts, most) = self._n, self._copies
+        if seen < n:
             probe = np.random.default_rng(0x5EED).standard_normal(self.params.dim).astype(np.float32)
-            _, counts = np.unique(v @ probe, return_counts=True)
-            self._copies = (n, int(counts.max()) if len(counts) else 0)
-        return self._copies[1] > self.params.M
+            vals, c = np.unique(self._vecs[seen:n] @ probe, return_counts=True)
+            for v, k in zip(vals.tolist(), c.tolist(), strict=True):
+                counts[v] = got = counts.get(v, 0) + k
+                most = max(most, got)
+            self._copies = (n, counts, most)
+        return self._copies[2] > self.params.M
 
     def _dense(self) -> np.ndarray:
         """All vectors as one C-contiguous array (a snapshot's are a strided view)."""
