@@ -130,7 +130,7 @@ def _flowed(fn: object) -> str:
     for line in inspect_.cleandoc(getattr(fn, "__doc__", None) or "").split("\n"):
         prev = out[-1] if out else ""
         if prev and line and not line[0].isspace() and not prev[0].isspace() and not prev.endswith(":") \
-                and not line.startswith(("- ", "* ")):
+                and not line.startswith(("- ", "* ", "Example")):
             out[-1] = f"{prev} {line}"
         else:
             out.append(line)

@@ -22,5 +22,7 @@ def test_no_help_line_is_a_stub_of_a_broken_sentence() -> None:
             if b.startswith(("capsule ", "{")):
                 continue  # an example line
             assert not (a and b and len(a) < 40 and b[:1].islower() and not a.endswith((":", "."))), (cmd, a, b)
+    verify = capsule_cli("verify", "--help", env={"COLUMNS": "80"}).stdout
+    assert re.search(r"\n\s*Example: capsule verify", verify), verify  # its own line, not run into the prose
     serve = capsule_cli("serve", "--help").stdout
     assert re.search(r"\n\s+capsule serve agent.capsule --mcp --key agent.key", serve)  # examples keep their lines

@@ -58,6 +58,8 @@ def test_a_local_path_with_a_doubled_slash_is_still_a_path(tmp_path: Path) -> No
     src = _capsule(tmp_path / "a.capsule")
     assert capsule.sync.push(src, f"{tmp_path}//rem").status == "pushed"
     assert capsule.sync.pull(f"file://{tmp_path}/rem", tmp_path / "b.capsule").status == "created"
+    # RFC 8089's short form, file:/abs/path, is a local path too (an attack found it refused)
+    assert capsule.sync.pull(f"file:{tmp_path}/rem", tmp_path / "c.capsule").status == "created"
 
 
 def _remote_with(tmp_path: Path) -> Path:

@@ -66,6 +66,8 @@ def _check_url(url: str) -> None:
         return  # a local path (relative or absolute): the file system makes `a//b` `a/b`
     scheme, slashes, rest = m.group(1), m.group(2), m.group(3)
     shown = scrub(url)
+    if slashes is None and scheme.lower() == "file" and rest.startswith("/"):
+        return  # file:/srv/x, RFC 8089's short form of file:///srv/x: a local path
     if slashes is None:
         raise UsageError(f"{shown}: not a remote URL: after `{scheme}:` comes `//` ({scheme}://bucket/prefix/name); "
                          "a local folder is a path or file:///path")
