@@ -81,3 +81,17 @@ def test_a_symlinked_folder_is_named_not_dropped_in_silence(tmp_path: Path) -> N
     assert rep.files == 1
     assert sorted(rel for rel, why in rep.skipped if "symlink to a folder" in why) == ["inner/", "linked/"]
     assert any("linked/" in w for w in said)
+
+
+def test_a_new_pack_whose_every_file_changed_makes_no_empty_capsule(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attack found it exiting 0 with an empty capsule, saying 'its chunks are as they were'."""
+    src = tmp_path / "src"
+    src.mkdir()
+    only = src / "only.md"
+    only.write_text("first line\n")
+    _changing(monkeypatch, only)
+    out = tmp_path / "n.capsule"
+    with pytest.raises(capsule.UsageError, match="nothing was packed"):
+        capsule.pack(src, out, embedder=None)
+    assert not out.exists()

@@ -153,7 +153,7 @@ def test_a_listing_with_meta_reads_only_what_it_returns_and_agrees_with_the_full
         s = cap._search.searcher()
         reads: list[bytes] = []
         real = s._meta
-        monkeypatch.setattr(s, "_meta", lambda rid: (reads.append(rid), real(rid))[1])
+        monkeypatch.setattr(s, "_meta", lambda rid, needles=(): (reads.append(rid), real(rid, needles))[1])
         for meta, tags, k in (({"n": 3}, None, 5), ({"n": 3, "even": True}, ["t"], 17), ({"n": 9}, None, 5),
                               ({"even": False}, None, 1), ({"n": 1}, None, 5000)):
             reads.clear()

@@ -239,7 +239,8 @@ def _text_rows(source: _Source, sync: SyncReport, limit: int,
             if skip is None:
                 raise InvalidRecordError(f"{f.rel}: {why}")
             # a file an agent keeps writing: the others go in, this one keeps what it had (not pruned)
-            skip(f.rel, f"{why}: its chunks are as they were; pack --append again to take it")
+            skip(f.rel, f"{why}: {'its chunks are as they were' if olds else 'not packed'}; pack --append "
+                        "again to take it")
             continue
         assert text is not None
         chunks = chunk_text(text, limit)
@@ -478,6 +479,9 @@ def pack(src: str | Path, out: str | Path, *, embedder: str | Embedder | None = 
         if source.rewritten:  # only an exact chunk is known to be the secret: an edited file may hold it still
             warn(f"{_some(source.rewritten)} held redacted text and changed, so it was packed again: if the "
                  "redacted text is still in it, it is live again; take it out of the file, then redact again")
+        if not append and source.files and not report.records and any(  # every file changed under the pack
+                why.endswith("pack --append again to take it") for _, why in report.skipped):
+            raise UsageError(f"{src}: nothing was packed: its files changed while they were being packed")
         if source.files is None:
             _jsonl_tally(report, packed.skipped if packed is not None else 0)
             if packed is not None and packed.withheld:
