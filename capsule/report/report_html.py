@@ -26,7 +26,7 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
 
 CSS = """
 body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1d2330;background:#f5f6f8}
-main{max-width:1100px;margin:0 auto;padding:20px}
+main{max-width:1100px;margin:0 auto;padding:20px;overflow-wrap:anywhere}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d8dce3;
 padding-bottom:4px}.sub{color:#5b6474;font-size:12px;word-break:break-all}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin-top:14px}
@@ -34,7 +34,7 @@ padding-bottom:4px}.sub{color:#5b6474;font-size:12px;word-break:break-all}
 .card b{display:block;font-size:20px}.card span{color:#5b6474;font-size:12px}
 table{border-collapse:collapse;width:100%;background:#fff;font-size:12.5px}
 th,td{border:1px solid #e1e4ea;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#eef0f4}td.mono,span.mono{font-family:ui-monospace,monospace;font-size:11.5px}
+th{background:#eef0f4;overflow-wrap:normal;white-space:nowrap}td.mono,span.mono{font-family:ui-monospace,monospace;font-size:11.5px}
 .ok{color:#1a7f37}.bad{color:#c62828}.warn{color:#b26a00}
 svg{background:#fff;border:1px solid #d8dce3;border-radius:6px;display:block;margin:6px 0;max-width:100%;
 height:auto}b,span,td,th,text{unicode-bidi:isolate}
