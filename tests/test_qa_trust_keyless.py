@@ -18,16 +18,23 @@ import capsule.sync
 from .test_encryption_tamper import append
 
 
-def test_a_bare_commit_past_the_signature_is_refused_without_the_key(tmp_path: Path) -> None:
+def _signed_copy(tmp_path: Path, text: str) -> tuple[capsule.PrivateKey, Path, str, Path]:
+    """An encrypted capsule with one memory and a signed checkpoint last, pushed, and pulled
+    key-less with --trust into host.capsule: (key, source, remote URL, host copy)."""
     key = capsule.generate_key()
     src, rem = tmp_path / "v.capsule", f"file://{tmp_path}/rem"
     with capsule.create(src, recipients=[key.public_key]) as cap:
         with cap.commit() as tx:
-            tx.remember("secret one")
+            tx.remember(text)
         cap.checkpoint("c1", key=key)
     capsule.sync.push(src, rem)
     host = tmp_path / "host.capsule"
     assert capsule.sync.pull(rem, host, trust=key.public_key).status == "created"
+    return key, src, rem, host
+
+
+def test_a_bare_commit_past_the_signature_is_refused_without_the_key(tmp_path: Path) -> None:
+    key, src, rem, host = _signed_copy(tmp_path, "secret one")
     # the attacker: no key, write access to the bucket
     evil = tmp_path / "evil.capsule"
     capsule.sync.pull(rem, evil)
@@ -55,15 +62,7 @@ def test_a_bare_commit_past_the_signature_is_refused_without_the_key(tmp_path: P
 
 
 def test_a_signed_remote_still_pulls_without_the_key(tmp_path: Path) -> None:
-    key = capsule.generate_key()
-    src, rem = tmp_path / "v.capsule", f"file://{tmp_path}/rem"
-    with capsule.create(src, recipients=[key.public_key]) as cap:
-        with cap.commit() as tx:
-            tx.remember("one")
-        cap.checkpoint("c1", key=key)
-    capsule.sync.push(src, rem)
-    host = tmp_path / "host.capsule"
-    capsule.sync.pull(rem, host, trust=key.public_key)
+    key, src, rem, host = _signed_copy(tmp_path, "one")
     with capsule.open(src, "a", identity=key) as cap:
         with cap.commit() as tx:
             tx.remember("two")

@@ -37,16 +37,24 @@ from capsule.run.events import (
 from capsule.run.tasks import TaskRecord
 
 
-def reference(data: bytes) -> Any:
-    """The reference reader's record, or the exception it raises."""
+def reference(data: bytes, kind: str = "task") -> Any:
+    """The reference reader's record of ``kind``, or the exception it raises."""
     try:
         value = canon.decode(data)
-        kind = value.get("kind") if isinstance(value, dict) else None
-        if kind != "task":
-            return CapsuleError("not a task record")
+        if not isinstance(value, dict) or value.get("kind") != kind:
+            return CapsuleError(f"not a {kind} record")
         return decode_record(value, record_id(kind, data))
     except (CapsuleError, ValueError, TypeError) as e:
         return e
+
+
+def same(got: Any, want: Any) -> None:
+    """Field by field, types too: a tuple where the reference has a tuple, None for None."""
+    assert type(got) is type(want) and got == want
+    for f in got.__slots__:
+        a, b = getattr(got, f), getattr(want, f)
+        assert type(a) is type(b) and a == b, (f, a, b)
+    assert got.to_value() == want.to_value()
 
 
 def agree(data: bytes) -> bool:
@@ -56,12 +64,8 @@ def agree(data: bytes) -> bool:
     if got is None:
         return False
     assert not isinstance(want, Exception), (data, want)
-    assert type(got.event) is type(want.event)
-    assert got.event == want.event and got.id == want.id
-    for f in got.event.__slots__:  # types too: a tuple where the reference has a tuple, None for None
-        a, b = getattr(got.event, f), getattr(want.event, f)
-        assert type(a) is type(b) and a == b, (f, a, b)
-    assert got.event.to_value() == want.event.to_value()
+    assert got.id == want.id
+    same(got.event, want.event)
     return True
 
 

@@ -183,6 +183,7 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
     changes: list[dict[str, Any]] = []
     added_mem: dict[str, Any] | None = None
     gone: dict[str, int] = {}
+
     def fetch(rid: bytes) -> Any:
         try:
             return cap.get(rid)
@@ -191,12 +192,10 @@ def diff(cap: Source, a: str | int | CommitInfo | Source, b: str | int | CommitI
 
     # read in file order, so each frame is decompressed once (in id order every get missed the
     # frame cache: 30 s for 120k records a rollback removed), then walk them in the order given
-    got = {rid: fetch(rid) for rid in sorted(removed, key=lambda x: store.locate(x) or (-1, 0))} \
-        if len(removed) > 64 else {}
+    got = {rid: fetch(rid) for rid in sorted(removed, key=lambda x: store.locate(x) or (-1, 0))}
     for rid in removed:
         try:
-            rec = got.get(rid) or fetch(rid)
-            if isinstance(rec, (Redacted, NotFound)):
+            if isinstance(rec := got[rid], (Redacted, NotFound)):
                 raise rec
         except Redacted:  # 7.7.1: listed with its kind, its payload not shown
             kind = kind_of(store, rid) or "?"

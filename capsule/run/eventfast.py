@@ -31,6 +31,7 @@ from msgspec import UNSET, Meta, UnsetType
 from msgspec.structs import astuple
 
 from ..core import constants as C
+from ..format import canonical as canon
 from ..format.records import record_id
 from .events import (
     _NS_MAX,
@@ -100,7 +101,7 @@ class _Cancel(_Base, tag="cancel"):
 _STRUCTS = (_Add, _Claim, _Heartbeat, _Complete, _Fail, _Cancel)
 _REQUIRED: Any = object()
 #: per op: its event class and the fields it takes beyond task and time, each with its default
-#: as the event holds it (_REQUIRED: a field decoding already demanded); filled by _get
+#: as the event holds it (_REQUIRED: a field decoding already demanded); filled with the decoder
 _EVENTS: dict[str, tuple[type, tuple[tuple[str, Any], ...]]] = {}
 
 
@@ -115,36 +116,40 @@ def _spelled(v: Any, default: Any) -> bool:
     return type(v) is type(default) and v == default
 
 
-_codecs: list[tuple[Any, Any, Any]] = []
+_task_dec: list[Any] = []
 
 
-def _get() -> tuple[Any, Any, Any]:
-    if not _codecs:  # two threads may both build them: each gets a whole set, the table first
+def _canonical(dec: Any, data: bytes) -> Any:
+    """The struct ``dec`` decodes ``data`` into when those bytes are its canonical form (5.2: the
+    sorted re-encoding gives them back, with the codecs ``canonical.decode_bulk`` uses, which
+    stand down if msgspec ever spells a header form otherwise than the reference packer) and
+    every string is NFC (5.1, over the JSON text at once); else None, and the exact way decides."""
+    enc, to_json, _, reference_too = canon._bulk_codecs()
+    if reference_too or len(data) > C.MAX_RECORD_BYTES:
+        return None
+    try:
+        s = dec.decode(data)
+        if enc.encode(s) != data:
+            return None
+        text = to_json.encode(s)
+    except (msgspec.DecodeError, msgspec.EncodeError, ValueError):
+        return None
+    return s if text.isascii() or unicodedata.is_normalized("NFC", text.decode()) else None
+
+
+def decode_task(record: Any, data: bytes) -> Any:
+    """The ``record`` class's record (:class:`~capsule.run.tasks.TaskRecord`) the stored bytes
+    ``data`` hold, or None to take the exact way."""
+    if not _task_dec:  # two threads may both build it: the table first, then the decoder
         for st in _STRUCTS:
             op = str(st.__struct_config__.tag)
             cls = EVENT_TYPES[op]
             defaults = _defaults(cls)
             _EVENTS[op] = (cls, tuple((f, defaults[f]) for f in st.__struct_fields__
                                       if f not in ("kind", "task", "time")))
-        _codecs.append((msgspec.msgpack.Decoder(_Add | _Claim | _Heartbeat | _Complete | _Fail | _Cancel),
-                        msgspec.msgpack.Encoder(order="sorted"), msgspec.json.Encoder()))
-    return _codecs[0]
-
-
-def decode_task(record: Any, data: bytes) -> Any:
-    """The ``record`` class's record (:class:`~capsule.run.tasks.TaskRecord`) the stored bytes
-    ``data`` hold, or None to take the exact way."""
-    if len(data) > C.MAX_RECORD_BYTES:
-        return None
-    dec, enc, to_json = _get()
-    try:
-        t = dec.decode(data)
-        if enc.encode(t) != data:
-            return None
-        text = to_json.encode(t)  # 5.1: NFC, over every string at once
-    except (msgspec.DecodeError, msgspec.EncodeError, ValueError):
-        return None
-    if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
+        _task_dec.append(msgspec.msgpack.Decoder(_Add | _Claim | _Heartbeat | _Complete | _Fail | _Cancel))
+    t = _canonical(_task_dec[0], data)
+    if t is None:
         return None
     cls, names = _EVENTS[t.__struct_config__.tag]
     ev: Event = object.__new__(cls)
@@ -179,27 +184,18 @@ class _Action(msgspec.Struct, tag_field="kind", tag="action", forbid_unknown_fie
 
 
 _ACTION_OPTIONAL = ("what", "inputs", "ok", "value", "error", "by")
-_action_codecs: list[tuple[Any, Any, Any, dict[str, Any]]] = []
+_action_dec: list[tuple[Any, dict[str, Any]]] = []
 
 
 def decode_action(record: Any, data: bytes) -> Any:
     """The ``record`` class's record (:class:`~capsule.run.actions.Action`) the stored bytes
     ``data`` hold, or None to take the exact way."""
-    if len(data) > C.MAX_RECORD_BYTES:
+    if not _action_dec:  # two threads may both build it: each gets a whole pair
+        _action_dec.append((msgspec.msgpack.Decoder(_Action), _defaults(record)))
+    dec, defaults = _action_dec[0]
+    a = _canonical(dec, data)
+    if a is None:
         return None
-    if not _action_codecs:  # two threads may both build them: each gets a whole set
-        _action_codecs.append((msgspec.msgpack.Decoder(_Action), msgspec.msgpack.Encoder(order="sorted"),
-                               msgspec.json.Encoder(), _defaults(record)))
-    dec, enc, to_json, defaults = _action_codecs[0]
-    try:
-        a = dec.decode(data)
-        if enc.encode(a) != data:
-            return None
-        text = to_json.encode(a)  # 5.1: NFC, over every string at once
-    except (msgspec.DecodeError, msgspec.EncodeError, ValueError):
-        return None
-    if not text.isascii() and not unicodedata.is_normalized("NFC", text.decode()):
-        return None  # the exact way names it
     vals = {}
     for f in _ACTION_OPTIONAL:
         v = getattr(a, f)

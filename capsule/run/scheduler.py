@@ -118,25 +118,17 @@ class TaskState:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the add's fields (``time`` as ``added_at``), then the live ones."""
         d: dict[str, Any] = {"id": self.spec.task, "status": self.status}
-        spec_names, own_names = _names()
-        d.update((n, getattr(self.spec, n)) for n in spec_names)
+        d.update((n, getattr(self.spec, n)) for n in _ADD_FIELDS)
         d["added_at"] = d.pop("time")
         del d["task"]
-        d.update((n, getattr(self, n)) for n in own_names)
+        d.update((n, getattr(self, n)) for n in _STATE_FIELDS)
         return {k: v if type(v) in _SCALARS else _jsonable(v) for k, v in d.items()}
 
 
 _SCALARS = frozenset({str, int, bool, float, type(None)})
-_NAMES: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
-
-
-def _names() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The field names of an add event and of a task's own state, once (a queue of 100k tasks
-    asks for them per task)."""
-    if not _NAMES:
-        _NAMES.append((tuple(f.name for f in fields(TaskAdded)),
-                       tuple(f.name for f in fields(TaskState) if f.name != "spec")))
-    return _NAMES[0]
+#: the field names to_dict lists, once (not fields() per task: a queue of 100k tasks lists them all)
+_ADD_FIELDS = tuple(f.name for f in fields(TaskAdded))
+_STATE_FIELDS = tuple(f.name for f in fields(TaskState) if f.name != "spec")
 
 
 def _jsonable(v: Any) -> Any:

@@ -21,6 +21,7 @@ import msgspec
 from ..core import constants as C
 from ..core.errors import CorruptError
 from ..core.lazy import lazy
+from ..format import canonical as canon
 from ..format.blob import BlobRef
 from ..format.file import ReadHandle
 from ..format.frames import FileHeader, raw_payload
@@ -138,10 +139,8 @@ class VectorEntries:
         for off, js in by_frame.items():
             prev = hdr.chain_seed if off == C.HEADER_SIZE else None
             fh, payload, _, _ = read_frame_at(h, off, max_frame=hdr.max_frame_len, prev_chain=prev)
-            parts = _SPLIT.decode(raw_payload(fh, payload))
+            parts = canon._bulk_codecs()[2].decode(raw_payload(fh, payload))  # the records' bytes, unread
             for j, slot in js:
                 out[j] = msgspec.msgpack.decode(parts[slot])
         return out
 
-
-_SPLIT = msgspec.msgpack.Decoder(list[msgspec.Raw])
